@@ -1,0 +1,115 @@
+/**
+ * Reading and validating a config file. Every problem is reported at once, each as
+ * "path: what is wrong, got <value>", so `fulcrum check` reads like `haproxy -c`.
+ */
+import { readFileSync } from 'node:fs';
+import { availableParallelism } from 'node:os';
+import { parseDocument } from 'yaml';
+import type { z } from 'zod';
+import { ConfigInvalidError, ConfigUnreadableError, type ConfigProblem } from '../errors.ts';
+import { MAX_BACKENDS } from '../shm/layout.ts';
+import { configSchema, formatHostPort, type Config } from './schema.ts';
+
+export type { Config } from './schema.ts';
+
+/** "services[0].backends[1].weight" from zod's path array. */
+export function formatPath(path: readonly PropertyKey[]): string {
+  let out = '';
+  for (const p of path) out += typeof p === 'number' ? `[${p}]` : out ? `.${String(p)}` : String(p);
+  return out;
+}
+
+function formatValue(v: unknown): string {
+  if (v === undefined) return 'nothing';
+  if (typeof v === 'string') return JSON.stringify(v);
+  try {
+    const s = JSON.stringify(v);
+    return s.length > 80 ? s.slice(0, 77) + '...' : s;
+  } catch {
+    return String(v);
+  }
+}
+
+function problemsFromZod(error: z.ZodError): ConfigProblem[] {
+  const out: ConfigProblem[] = [];
+  for (const issue of error.issues) {
+    const path = formatPath(issue.path);
+    if (issue.code === 'unrecognized_keys') {
+      for (const key of issue.keys) out.push({ path: path ? `${path}.${key}` : key, message: 'unknown key' });
+      continue;
+    }
+    const input = (issue as { input?: unknown }).input;
+    const message = input === undefined ? `is required: ${issue.message}` : `${issue.message}, got ${formatValue(input)}`;
+    out.push({ path, message });
+  }
+  return out;
+}
+
+/** Checks that span fields: uniqueness, and a health block that fits its type. */
+function crossChecks(config: Config): ConfigProblem[] {
+  const problems: ConfigProblem[] = [];
+  const names = new Map<string, number>();
+  const listens = new Map<string, number>();
+  let backendTotal = 0;
+  config.services.forEach((s, i) => {
+    const at = `services[${i}]`;
+    if (names.has(s.name)) problems.push({ path: `${at}.name`, message: `duplicates services[${names.get(s.name)}].name, got ${JSON.stringify(s.name)}` });
+    else names.set(s.name, i);
+    const listen = formatHostPort(s.listen);
+    if (listens.has(listen)) problems.push({ path: `${at}.listen`, message: `duplicates services[${listens.get(listen)}].listen, got ${JSON.stringify(listen)}` });
+    else listens.set(listen, i);
+    const addresses = new Map<string, number>();
+    s.backends.forEach((b, j) => {
+      const a = formatHostPort(b.address);
+      if (addresses.has(a)) problems.push({ path: `${at}.backends[${j}].address`, message: `duplicates backends[${addresses.get(a)}].address, got ${JSON.stringify(a)}` });
+      else addresses.set(a, j);
+    });
+    backendTotal += s.backends.length;
+    const h = s.health;
+    if (h) {
+      if (h.type === 'send_expect' && !h.send_expect) problems.push({ path: `${at}.health.send_expect`, message: 'is required when health.type is send_expect' });
+      if (h.role !== 'any' && !['redis', 'postgres', 'mysql'].includes(h.type)) {
+        problems.push({ path: `${at}.health.role`, message: `needs health.type redis, postgres or mysql, got ${JSON.stringify(h.role)} with type ${JSON.stringify(h.type)}` });
+      }
+      if (h.timeout > h.interval) problems.push({ path: `${at}.health.timeout`, message: `must not exceed health.interval (${h.interval}ms), got ${h.timeout}ms` });
+    }
+  });
+  if (backendTotal > MAX_BACKENDS) problems.push({ path: 'services', message: `must hold at most ${MAX_BACKENDS} backends in all, got ${backendTotal}` });
+  if (config.ha && formatHostPort(config.ha.bind) === formatHostPort(config.ha.peer)) {
+    problems.push({ path: 'ha.peer', message: `must differ from ha.bind, got ${JSON.stringify(formatHostPort(config.ha.peer))}` });
+  }
+  return problems;
+}
+
+/** Validates YAML text; throws ConfigInvalidError listing every problem. */
+export function parseConfig(text: string, file = '<config>'): Config {
+  const doc = parseDocument(text, { prettyErrors: true, uniqueKeys: true });
+  if (doc.errors.length > 0) {
+    throw new ConfigInvalidError(file, doc.errors.map((e) => ({ path: '', message: `YAML: ${e.message.split('\n')[0]}` })));
+  }
+  const data: unknown = doc.toJS() ?? {};
+  if (typeof data !== 'object' || data === null || Array.isArray(data)) {
+    throw new ConfigInvalidError(file, [{ path: '', message: `the top level must be a mapping, got ${formatValue(data)}` }]);
+  }
+  const result = configSchema.safeParse(data, { reportInput: true });
+  if (!result.success) throw new ConfigInvalidError(file, problemsFromZod(result.error));
+  const problems = crossChecks(result.data);
+  if (problems.length > 0) throw new ConfigInvalidError(file, problems);
+  return result.data;
+}
+
+/** Reads and validates a config file. */
+export function loadConfig(file: string): Config {
+  let text: string;
+  try {
+    text = readFileSync(file, 'utf8');
+  } catch (err) {
+    throw new ConfigUnreadableError(file, `cannot read: ${(err as Error).message}`, err);
+  }
+  return parseConfig(text, file);
+}
+
+/** `workers: auto` → one per core, at most 16 (the layout's MAX_WORKERS). */
+export function resolveWorkers(config: Config): number {
+  return config.workers === 'auto' ? Math.min(16, Math.max(1, availableParallelism())) : config.workers;
+}

@@ -1,0 +1,225 @@
+/**
+ * The configuration schema: what a YAML file may say, its defaults, and the messages for what it
+ * may not. Names are the YAML names (snake_case) all the way through the code, so the README,
+ * the config file and the source use one vocabulary. Durations are parsed to milliseconds here.
+ *
+ * Every message is written to follow "path: " and to end in ", got <value>" (see load.ts), as
+ * HAProxy's parser quotes the keyword and the value.
+ */
+import { z } from 'zod';
+import { MAX_BACKENDS, MAX_MEMBERS, MAX_SERVICES, MAX_WEIGHT, MAX_WORKERS, RING_CAPACITY } from '../shm/layout.ts';
+
+// ── scalar building blocks ──────────────────────────────────────────────────
+
+const DURATION_UNITS: Record<string, number> = { ms: 1, s: 1000, m: 60_000, h: 3_600_000 };
+
+/** "250ms", "2s", "1.5m", "30m", "1h" → milliseconds; a bare number is milliseconds, as in HAProxy. */
+export function parseDuration(v: unknown): number | undefined {
+  if (typeof v === 'number') return Number.isFinite(v) && v >= 0 ? v : undefined;
+  if (typeof v !== 'string') return undefined;
+  const m = /^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)\s*$/.exec(v);
+  if (!m) return undefined;
+  return Math.round(Number(m[1]) * DURATION_UNITS[m[2]]);
+}
+
+export const duration = (min = 0, max = 7 * 24 * 3_600_000) =>
+  z.custom<number | string>((v) => {
+    const ms = parseDuration(v);
+    return ms !== undefined && ms >= min && ms <= max;
+  }, { error: `must be a duration like 500ms, 2s, 30m or 1h${min > 0 ? ` (at least ${min}ms)` : ''}` })
+    .transform((v) => parseDuration(v) as number);
+
+export const intIn = (min: number, max: number) =>
+  z.custom<number>((v) => Number.isInteger(v) && (v as number) >= min && (v as number) <= max, {
+    error: `must be an integer ${min}–${max}`,
+  });
+
+export const bool = () => z.custom<boolean>((v) => typeof v === 'boolean', { error: 'must be true or false' });
+
+export const oneOf = <const T extends readonly [string, ...string[]]>(values: T) =>
+  z.custom<T[number]>((v) => typeof v === 'string' && (values as readonly string[]).includes(v), {
+    error: `must be one of ${values.join(' | ')}`,
+  });
+
+const nonEmptyString = (what: string) =>
+  z.custom<string>((v) => typeof v === 'string' && v.trim().length > 0, { error: `must be a non-empty ${what}` });
+
+export interface HostPort {
+  host: string;
+  port: number;
+}
+
+/** "127.0.0.1:6380", "[::1]:6380", "db1.internal:5432" → { host, port }. */
+export function parseHostPort(v: unknown, portOptional = false): HostPort | undefined {
+  if (typeof v !== 'string') return undefined;
+  const m = /^(?:\[([0-9a-fA-F:.]+)\]|([^\s:\[\]]+))(?::(\d{1,5}))?$/.exec(v.trim());
+  if (!m) return undefined;
+  const host = m[1] ?? m[2];
+  if (m[3] === undefined) return portOptional ? { host, port: 0 } : undefined;
+  const port = Number(m[3]);
+  if (port < 1 || port > 65535) return undefined;
+  return { host, port };
+}
+
+export const hostPort = () =>
+  z.custom<string>((v) => parseHostPort(v) !== undefined, { error: 'must be host:port with a port 1–65535 (IPv6 as [addr]:port)' })
+    .transform((v) => parseHostPort(v) as HostPort);
+
+/** "10.0.0.100/24" → { address, prefix }. */
+export function parseCidr(v: unknown): { address: string; prefix: number } | undefined {
+  if (typeof v !== 'string') return undefined;
+  const m = /^(\d{1,3}(?:\.\d{1,3}){3})\/(\d{1,2})$/.exec(v.trim());
+  if (!m || m[1].split('.').some((o) => Number(o) > 255) || Number(m[2]) > 32) return undefined;
+  return { address: m[1], prefix: Number(m[2]) };
+}
+
+export function isPrime(n: number): boolean {
+  if (n < 2 || !Number.isInteger(n)) return false;
+  for (let d = 2; d * d <= n; d++) if (n % d === 0) return false;
+  return true;
+}
+
+// ── sections ─────────────────────────────────────────────────────────────────
+
+export const BACKEND_ADMIN_STATES = ['ready', 'drain', 'maint'] as const;
+
+export const backendSchema = z.strictObject({
+  address: hostPort(),
+  /** 0 takes no new connections (as HAProxy's weight 0). */
+  weight: intIn(0, MAX_WEIGHT).default(1),
+  /** 0 = unlimited. */
+  max_connections: intIn(0, 1_000_000).default(0),
+  /** Serves only while no primary backend is up. */
+  backup: bool().default(false),
+  /** The administrative state at start-up. */
+  state: oneOf(BACKEND_ADMIN_STATES).default('ready'),
+});
+
+const sendExpectSchema = z.strictObject({
+  /** Text with \r \n \t \\ escapes, or "hex:0a0b…". */
+  send: z.string().default(''),
+  /** Text the reply must contain, "hex:…" (bytes the reply must start with), or "regex:…". */
+  expect: nonEmptyString('string (text, hex:… or regex:…)'),
+});
+
+const httpCheckSchema = z.strictObject({
+  path: z.custom<string>((v) => typeof v === 'string' && v.startsWith('/'), { error: 'must be a path starting with /' }).default('/'),
+  method: oneOf(['GET', 'HEAD'] as const).default('GET'),
+  host: z.string().optional(),
+  expect_status: intIn(100, 599).default(200),
+});
+
+const dbCheckSchema = z.strictObject({
+  user: nonEmptyString('user name').optional(),
+  password_file: nonEmptyString('file path').optional(),
+  database: nonEmptyString('database name').optional(),
+});
+
+export const HEALTH_TYPES = ['tcp', 'send_expect', 'http', 'redis', 'postgres', 'mysql'] as const;
+
+export const healthSchema = z.strictObject({
+  type: oneOf(HEALTH_TYPES).default('tcp'),
+  /** redis/postgres/mysql: which servers may take connections. */
+  role: oneOf(['primary', 'replica', 'any'] as const).default('any'),
+  interval: duration(10).default(2000),
+  timeout: duration(1).default(1000),
+  rise: intIn(1, 100).default(2),
+  fall: intIn(1, 100).default(3),
+  /** Consecutive connect failures seen by the data plane that mark a backend down at once (0 = off). */
+  observe_failures: intIn(0, 100).default(1),
+  send_expect: sendExpectSchema.optional(),
+  http: httpCheckSchema.optional(),
+  redis: z.strictObject({ password_file: nonEmptyString('file path').optional(), user: nonEmptyString('user name').optional() }).optional(),
+  postgres: dbCheckSchema.optional(),
+  mysql: dbCheckSchema.optional(),
+});
+
+export const serviceSchema = z.strictObject({
+  name: z.custom<string>((v) => typeof v === 'string' && /^[A-Za-z0-9_.-]{1,64}$/.test(v), {
+    error: 'must be 1–64 characters of letters, digits, _ . -',
+  }),
+  listen: hostPort(),
+  balance: oneOf(['maglev', 'leastconn', 'roundrobin', 'random'] as const).default('leastconn'),
+  hash_key: oneOf(['source_ip', 'source_ip_port'] as const).default('source_ip'),
+  table_size: z.custom<number>((v) => isPrime(v as number) && (v as number) >= 7 && (v as number) <= RING_CAPACITY, {
+    error: `must be a prime 7–${RING_CAPACITY}`,
+  }).default(RING_CAPACITY),
+  /** 0 = unlimited. */
+  max_connections: intIn(0, 10_000_000).default(0),
+  queue: z.strictObject({
+    max: intIn(0, 10_000_000).default(1000),
+    timeout: duration().default(5000),
+  }).default({ max: 1000, timeout: 5000 }),
+  retries: intIn(0, 15).default(2),
+  timeouts: z.strictObject({
+    connect: duration(1).default(2000),
+    /** Closes a session with no traffic either way for this long (HAProxy's timeout client/server/tunnel). */
+    idle: duration(1).default(1_800_000),
+  }).default({ connect: 2000, idle: 1_800_000 }),
+  health: healthSchema.optional(),
+  on_marked_down: oneOf(['shutdown_sessions', 'keep'] as const).default('keep'),
+  slow_start: duration().default(0),
+  backends: z.array(backendSchema).min(1, { error: 'must list at least one backend' }).max(MAX_MEMBERS, {
+    error: `must list at most ${MAX_MEMBERS} backends`,
+  }),
+});
+
+export const haSchema = z.strictObject({
+  vip: z.union([z.string(), z.array(z.string()).min(1)]).transform((v) => (Array.isArray(v) ? v : [v]))
+    .pipe(z.array(z.custom<string>((v) => parseCidr(v) !== undefined, { error: 'must be an IPv4 address with a prefix, like 10.0.0.100/24' })
+      .transform((v) => parseCidr(v) as { address: string; prefix: number }))),
+  interface: nonEmptyString('interface name'),
+  bind: hostPort(),
+  peer: hostPort(),
+  priority: intIn(1, 254),
+  advert_interval: duration(10, 10_000).default(100),
+  dead_after: intIn(2, 100).default(3),
+  preempt: bool().default(true),
+  secret_file: nonEmptyString('file path'),
+  garp: z.strictObject({
+    count: intIn(1, 20).default(3),
+    interval: duration(1).default(100),
+  }).default({ count: 3, interval: 100 }),
+  track: z.strictObject({
+    min_backends_up: intIn(0, MAX_BACKENDS).default(0),
+    interface: bool().default(true),
+  }).default({ min_backends_up: 0, interface: true }),
+});
+
+export const adminSchema = z.strictObject({
+  listen: hostPort().default({ host: '127.0.0.1', port: 9900 }),
+  token_file: nonEmptyString('file path').optional(),
+  /** Require the token for reads (GET) too, not only for changes. */
+  auth_reads: bool().default(false),
+});
+
+export const loggingSchema = z.strictObject({
+  level: oneOf(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'] as const).default('info'),
+  /** One line per closed connection, as HAProxy's option tcplog. */
+  connections: bool().default(true),
+});
+
+export const configSchema = z.strictObject({
+  workers: z.union([
+    z.literal('auto'),
+    intIn(1, MAX_WORKERS),
+  ], { error: `must be auto or an integer 1–${MAX_WORKERS}` }).default('auto'),
+  shutdown_grace: duration().default(30_000),
+  services: z.array(serviceSchema).min(1, { error: 'must list at least one service' }).max(MAX_SERVICES, {
+    error: `must list at most ${MAX_SERVICES} services`,
+  }),
+  admin: adminSchema.optional(),
+  ha: haSchema.optional(),
+  logging: loggingSchema.default({ level: 'info', connections: true }),
+});
+
+export type Config = z.output<typeof configSchema>;
+export type ServiceConfig = Config['services'][number];
+export type BackendConfig = ServiceConfig['backends'][number];
+export type HealthConfig = z.output<typeof healthSchema>;
+export type HaConfig = z.output<typeof haSchema>;
+export type AdminConfig = z.output<typeof adminSchema>;
+export type LoggingConfig = z.output<typeof loggingSchema>;
+
+/** "host:port" as fulcrum prints and keys addresses everywhere (IPv6 bracketed). */
+export const formatHostPort = ({ host, port }: HostPort): string => (host.includes(':') ? `[${host}]:${port}` : `${host}:${port}`);

@@ -1,0 +1,285 @@
+/**
+ * The shared-memory contract between the control plane, the data-plane workers and the
+ * WebAssembly engine. This file is the single source of truth: `build/gen-layout.ts`
+ * generates `assembly/generated/layout.ts` from the constants exported here, and
+ * `checkHeader()` verifies the magic and version when any party attaches to the memory.
+ *
+ * One fixed-size shared `WebAssembly.Memory` (initial = maximum, it never grows, so no
+ * party ever holds a stale buffer). All multi-byte fields are little-endian and aligned to
+ * their size; every region starts on a 64-byte boundary (a cache line) so that records
+ * written by different threads do not share a line.
+ *
+ * ```
+ *  0 ───────────────────────────────────────────────────────────────────────────────
+ *    AssemblyScript's own static data (page 0, never touched by the layout)
+ *  LAYOUT_BASE = 65536
+ *    ┌──────────── header (64 B) ───────────────────────────────────────────────┐
+ *    │ 0 magic u32 │ 4 version u32 │ 8 generation u32 │ 12 flags u32 │ 16 workers u32 │
+ *    │ 20 maxServices │ 24 maxBackends │ 28 maxMembers │ 32 ringCapacity │ 36 maxWorkers │
+ *    │ 40 totalBytes u32 │ 44..63 reserved                                              │
+ *    ├──────────── services: MAX_SERVICES × 64 B ────────────────────────────────┤
+ *    │ 0 state │ 4 algorithm │ 8 maxConn i32 │ 12 active i32* │ 16 activeRing u32* │
+ *    │ 20 ringLen[0] │ 24 ringLen[1] │ 28 memberCount │ 32 cursor u32* │ 36 queued i32* │
+ *    │ 40 queueMax │ 44 releaseSeq i32* │ 48 primaryUp │ 52 backupUp │ 56..63 reserved │
+ *    ├──────────── backends: MAX_BACKENDS × 64 B (one global pool) ──────────────┤
+ *    │ 0 state u32 │ 4 flags u32 │ 8 weight i32 │ 12 effWeight i32 │ 16 maxConn i32 │
+ *    │ 20 active i32* │ 24 hashOffset u32 │ 28 hashSkip u32 │ 32 service u32 │
+ *    │ 36 connectFailStreak u32* │ 40 incarnation u32 │ 44..63 reserved              │
+ *    ├──────────── members: MAX_SERVICES × MAX_MEMBERS × u16 ────────────────────┤
+ *    │ backend ids of a service, sorted by "address:port" (the Maglev build order) │
+ *    ├──────────── worker scratch: MAX_WORKERS × 64 B ──────────────────────────┤
+ *    │ 0 triedCount u32 │ 4..35 tried u16[16] (backends already tried by this conn) │
+ *    ├──────────── service counters: MAX_WORKERS × MAX_SERVICES × 16 × f64 ──────┤
+ *    ├──────────── backend counters: MAX_WORKERS × MAX_BACKENDS × 8 × f64 ───────┤
+ *    │ one writer per slot (its worker, plain stores); the control plane sums     │
+ *    ├──────────── build scratch: MAX_MEMBERS × 16 B (control plane only) ────────┤
+ *    ├──────────── rings: MAX_SERVICES × 2 × RING_CAPACITY × u16 ─────────────────┤
+ *    │ ring A / ring B per service: the Maglev lookup table or the weighted       │
+ *    │ round-robin schedule; picks read the ring named by `activeRing`            │
+ *    └──────────────────────────────────────────────────────────────────────────┘
+ *  (*) written by the data plane with atomics; every other field has one writer:
+ *      the control plane.
+ * ```
+ */
+
+/** "FULC" read as a little-endian u32. */
+export const MAGIC = 0x434c5546;
+/** Bump on any change to this file's offsets or meanings. */
+export const LAYOUT_VERSION = 1;
+
+export const PAGE = 65536;
+export const LAYOUT_BASE = PAGE;
+
+export const MAX_SERVICES = 64;
+export const MAX_BACKENDS = 4096;
+export const MAX_MEMBERS = 1024;
+export const MAX_WORKERS = 16;
+/** Largest Maglev table (a prime) or round-robin schedule, in u16 slots. */
+export const RING_CAPACITY = 65537;
+/** Up to this many backends are remembered per connection as already tried. */
+export const MAX_TRIED = 16;
+/** Effective weights are the configured weight × WEIGHT_SCALE, so slow start can ramp smoothly. */
+export const WEIGHT_SCALE = 16;
+/** Configured weights are 0..MAX_WEIGHT. */
+export const MAX_WEIGHT = 256;
+/** Marks an empty ring slot while a table is built, and "no backend" in u16 lists. */
+export const NO_BACKEND_U16 = 0xffff;
+
+// ── header ────────────────────────────────────────────────────────────────────
+export const HEADER_SIZE = 64;
+export const H_MAGIC = 0;
+export const H_VERSION = 4;
+export const H_GENERATION = 8;
+export const H_FLAGS = 12;
+export const H_WORKERS = 16;
+export const H_MAX_SERVICES = 20;
+export const H_MAX_BACKENDS = 24;
+export const H_MAX_MEMBERS = 28;
+export const H_RING_CAPACITY = 32;
+export const H_MAX_WORKERS = 36;
+export const H_TOTAL_BYTES = 40;
+
+/** Header flag bits. */
+export const FLAG_SHUTTING_DOWN = 1;
+
+// ── service record ───────────────────────────────────────────────────────────
+export const SERVICE_SIZE = 64;
+export const S_STATE = 0;
+export const S_ALGORITHM = 4;
+export const S_MAX_CONN = 8;
+export const S_ACTIVE = 12;
+export const S_ACTIVE_RING = 16;
+export const S_RING_LEN = 20; // two u32: ring 0 at +20, ring 1 at +24
+export const S_MEMBER_COUNT = 28;
+export const S_CURSOR = 32;
+export const S_QUEUED = 36;
+export const S_QUEUE_MAX = 40;
+export const S_RELEASE_SEQ = 44;
+export const S_PRIMARY_UP = 48;
+export const S_BACKUP_UP = 52;
+
+/** Service states. */
+export const SERVICE_FREE = 0;
+export const SERVICE_ACTIVE = 1;
+
+/** Algorithms: the value stored in S_ALGORITHM. */
+export const ALG_MAGLEV = 0;
+export const ALG_LEASTCONN = 1;
+export const ALG_ROUNDROBIN = 2;
+export const ALG_RANDOM = 3;
+export const ALGORITHMS = { maglev: ALG_MAGLEV, leastconn: ALG_LEASTCONN, roundrobin: ALG_ROUNDROBIN, random: ALG_RANDOM } as const;
+export type AlgorithmName = keyof typeof ALGORITHMS;
+
+// ── backend record ───────────────────────────────────────────────────────────
+export const BACKEND_SIZE = 64;
+export const B_STATE = 0;
+export const B_FLAGS = 4;
+export const B_WEIGHT = 8;
+export const B_EFF_WEIGHT = 12;
+export const B_MAX_CONN = 16;
+export const B_ACTIVE = 20;
+export const B_HASH_OFFSET = 24;
+export const B_HASH_SKIP = 28;
+export const B_SERVICE = 32;
+export const B_FAIL_STREAK = 36;
+export const B_INCARNATION = 40;
+
+/** Backend states. Only UP receives new connections; DRAIN and MAINT keep open ones. */
+export const BACKEND_FREE = 0;
+export const BACKEND_UP = 1;
+export const BACKEND_DOWN = 2;
+export const BACKEND_DRAIN = 3;
+export const BACKEND_MAINT = 4;
+export const BACKEND_STATES = ['free', 'up', 'down', 'drain', 'maint'] as const;
+export type BackendStateName = (typeof BACKEND_STATES)[number];
+
+/** Backend flag bits. */
+export const BF_BACKUP = 1;
+
+// ── worker scratch ───────────────────────────────────────────────────────────
+export const WORKER_SCRATCH_SIZE = 64;
+export const W_TRIED_COUNT = 0;
+export const W_TRIED = 4;
+
+// ── counters (f64, one writer per worker slot) ──────────────────────────────
+export const SERVICE_COUNTERS = 16;
+export const SC_ACCEPTED = 0; // connections accepted by the listener
+export const SC_QUEUED = 1; // connections that had to wait in the queue
+export const SC_QUEUE_TIMEOUTS = 2;
+export const SC_RETRIES = 3; // connect attempts redispatched to another backend
+export const SC_BYTES_IN = 4; // client → backend
+export const SC_BYTES_OUT = 5; // backend → client
+export const SC_CONNECT_TIME_MS = 6; // summed, for averages
+export const SC_QUEUE_TIME_MS = 7; // summed
+export const SC_TERM_BASE = 8; // 8 termination reasons follow, indexed by TERM_*
+
+/** Termination reasons, in the order of their counters. */
+export const TERM_REASONS = [
+  'client_closed',
+  'server_closed',
+  'idle_timeout',
+  'connect_failed',
+  'no_backend',
+  'queue_timeout',
+  'shutdown',
+  'backend_down',
+] as const;
+export type TerminationReason = (typeof TERM_REASONS)[number];
+export const TERM_CLIENT_CLOSED = 0;
+export const TERM_SERVER_CLOSED = 1;
+export const TERM_IDLE_TIMEOUT = 2;
+export const TERM_CONNECT_FAILED = 3;
+export const TERM_NO_BACKEND = 4;
+export const TERM_QUEUE_TIMEOUT = 5;
+export const TERM_SHUTDOWN = 6;
+export const TERM_BACKEND_DOWN = 7;
+
+export const BACKEND_COUNTERS = 8;
+export const BC_CONNECTIONS = 0; // sessions established to this backend
+export const BC_CONNECT_FAILURES = 1;
+export const BC_BYTES_IN = 2; // client → backend
+export const BC_BYTES_OUT = 3; // backend → client
+export const BC_RETRIES = 4; // attempts that failed here and were redispatched
+export const BC_KILLED = 5; // sessions closed because the backend was marked down
+export const BC_CONNECT_TIME_MS = 6;
+
+// ── engine return codes (negative results of acquire/reacquire) ─────────────
+export const PICK_SERVICE_FULL = -1; // service max_connections reached: queue
+export const PICK_NO_BACKEND = -2; // nothing up (nor any backup): close at once
+export const PICK_BACKENDS_FULL = -3; // backends up but all at max_connections: queue
+export const PICK_BAD_SERVICE = -4; // no such service (reload raced the connection)
+
+// ── engine ↔ layout check codes (result of the engine's `init`) ─────────────
+export const INIT_OK = 0;
+export const INIT_BAD_MAGIC = 1;
+export const INIT_BAD_VERSION = 2;
+export const INIT_BAD_WORKER = 3;
+export const INIT_HEAP_OVERLAP = 4;
+
+// ── regions ──────────────────────────────────────────────────────────────────
+const align64 = (n: number): number => Math.ceil(n / 64) * 64;
+
+export const HEADER_OFFSET = LAYOUT_BASE;
+export const SERVICES_OFFSET = align64(HEADER_OFFSET + HEADER_SIZE);
+export const BACKENDS_OFFSET = align64(SERVICES_OFFSET + MAX_SERVICES * SERVICE_SIZE);
+export const MEMBERS_OFFSET = align64(BACKENDS_OFFSET + MAX_BACKENDS * BACKEND_SIZE);
+export const SCRATCH_OFFSET = align64(MEMBERS_OFFSET + MAX_SERVICES * MAX_MEMBERS * 2);
+export const SERVICE_COUNTERS_OFFSET = align64(SCRATCH_OFFSET + MAX_WORKERS * WORKER_SCRATCH_SIZE);
+export const BACKEND_COUNTERS_OFFSET = align64(SERVICE_COUNTERS_OFFSET + MAX_WORKERS * MAX_SERVICES * SERVICE_COUNTERS * 8);
+export const BUILD_SCRATCH_OFFSET = align64(BACKEND_COUNTERS_OFFSET + MAX_WORKERS * MAX_BACKENDS * BACKEND_COUNTERS * 8);
+export const BUILD_SCRATCH_SIZE = MAX_MEMBERS * 16;
+export const RING_BYTES = align64(RING_CAPACITY * 2);
+export const RINGS_OFFSET = align64(BUILD_SCRATCH_OFFSET + BUILD_SCRATCH_SIZE);
+export const LAYOUT_END = RINGS_OFFSET + MAX_SERVICES * 2 * RING_BYTES;
+export const MEMORY_PAGES = Math.ceil(LAYOUT_END / PAGE);
+
+// ── address helpers (control path and tests; the engine has its own generated copies) ──
+export const serviceAddr = (s: number): number => SERVICES_OFFSET + s * SERVICE_SIZE;
+export const backendAddr = (b: number): number => BACKENDS_OFFSET + b * BACKEND_SIZE;
+export const membersAddr = (s: number): number => MEMBERS_OFFSET + s * MAX_MEMBERS * 2;
+export const scratchAddr = (w: number): number => SCRATCH_OFFSET + w * WORKER_SCRATCH_SIZE;
+export const ringAddr = (s: number, ring: number): number => RINGS_OFFSET + (s * 2 + ring) * RING_BYTES;
+/** Index (in f64 units) of a worker's counter for a service. */
+export const serviceCounterIndex = (w: number, s: number, c: number): number =>
+  (SERVICE_COUNTERS_OFFSET >> 3) + (w * MAX_SERVICES + s) * SERVICE_COUNTERS + c;
+/** Index (in f64 units) of a worker's counter for a backend. */
+export const backendCounterIndex = (w: number, b: number, c: number): number =>
+  (BACKEND_COUNTERS_OFFSET >> 3) + (w * MAX_BACKENDS + b) * BACKEND_COUNTERS + c;
+
+/** Creates the one shared memory, sized for this layout, with its header written. */
+export function createSharedMemory(): WebAssembly.Memory {
+  const memory = new WebAssembly.Memory({ initial: MEMORY_PAGES, maximum: MEMORY_PAGES, shared: true });
+  const u32 = new Uint32Array(memory.buffer);
+  const h = HEADER_OFFSET >> 2;
+  u32[h + (H_VERSION >> 2)] = LAYOUT_VERSION;
+  u32[h + (H_MAX_SERVICES >> 2)] = MAX_SERVICES;
+  u32[h + (H_MAX_BACKENDS >> 2)] = MAX_BACKENDS;
+  u32[h + (H_MAX_MEMBERS >> 2)] = MAX_MEMBERS;
+  u32[h + (H_RING_CAPACITY >> 2)] = RING_CAPACITY;
+  u32[h + (H_MAX_WORKERS >> 2)] = MAX_WORKERS;
+  u32[h + (H_TOTAL_BYTES >> 2)] = LAYOUT_END;
+  // The magic goes last: a reader that sees it sees a complete header.
+  Atomics.store(u32, h + (H_MAGIC >> 2), MAGIC);
+  return memory;
+}
+
+export class LayoutMismatchError extends Error {
+  readonly code = 'FULCRUM_ERR_LAYOUT_MISMATCH';
+}
+
+/** Verifies that `memory` carries this layout; throws naming what was expected and found. */
+export function checkHeader(memory: WebAssembly.Memory): void {
+  const u32 = new Uint32Array(memory.buffer);
+  const h = HEADER_OFFSET >> 2;
+  const hex = (n: number): string => `0x${(n >>> 0).toString(16).padStart(8, '0')}`;
+  if (memory.buffer.byteLength < LAYOUT_END) {
+    throw new LayoutMismatchError(`shared memory: expected at least ${LAYOUT_END} bytes, got ${memory.buffer.byteLength}`);
+  }
+  const magic = Atomics.load(u32, h + (H_MAGIC >> 2));
+  if (magic !== MAGIC) throw new LayoutMismatchError(`shared memory: expected magic ${hex(MAGIC)}, got ${hex(magic)}`);
+  const version = u32[h + (H_VERSION >> 2)];
+  if (version !== LAYOUT_VERSION) {
+    throw new LayoutMismatchError(`shared memory: expected layout version ${LAYOUT_VERSION}, got ${version}`);
+  }
+}
+
+/**
+ * Every constant the engine may use, by name. `build/gen-layout.ts` writes these into
+ * `assembly/generated/layout.ts`; nothing in assembly/ spells an offset by hand.
+ */
+export const ENGINE_CONSTANTS: Record<string, number> = {
+  MAGIC, LAYOUT_VERSION, LAYOUT_BASE,
+  MAX_SERVICES, MAX_BACKENDS, MAX_MEMBERS, MAX_WORKERS, RING_CAPACITY, MAX_TRIED, WEIGHT_SCALE, MAX_WEIGHT, NO_BACKEND_U16,
+  H_MAGIC, H_VERSION, H_GENERATION, H_FLAGS, H_WORKERS, FLAG_SHUTTING_DOWN,
+  SERVICE_SIZE, S_STATE, S_ALGORITHM, S_MAX_CONN, S_ACTIVE, S_ACTIVE_RING, S_RING_LEN, S_MEMBER_COUNT, S_CURSOR,
+  S_QUEUED, S_QUEUE_MAX, S_RELEASE_SEQ, S_PRIMARY_UP, S_BACKUP_UP,
+  SERVICE_FREE, SERVICE_ACTIVE, ALG_MAGLEV, ALG_LEASTCONN, ALG_ROUNDROBIN, ALG_RANDOM,
+  BACKEND_SIZE, B_STATE, B_FLAGS, B_WEIGHT, B_EFF_WEIGHT, B_MAX_CONN, B_ACTIVE, B_HASH_OFFSET, B_HASH_SKIP, B_SERVICE,
+  B_FAIL_STREAK, B_INCARNATION,
+  BACKEND_FREE, BACKEND_UP, BACKEND_DOWN, BACKEND_DRAIN, BACKEND_MAINT, BF_BACKUP,
+  WORKER_SCRATCH_SIZE, W_TRIED_COUNT, W_TRIED,
+  PICK_SERVICE_FULL, PICK_NO_BACKEND, PICK_BACKENDS_FULL, PICK_BAD_SERVICE,
+  INIT_OK, INIT_BAD_MAGIC, INIT_BAD_VERSION, INIT_BAD_WORKER, INIT_HEAP_OVERLAP,
+  HEADER_OFFSET, SERVICES_OFFSET, BACKENDS_OFFSET, MEMBERS_OFFSET, SCRATCH_OFFSET,
+  BUILD_SCRATCH_OFFSET, BUILD_SCRATCH_SIZE, RING_BYTES, RINGS_OFFSET, LAYOUT_END, MEMORY_PAGES,
+};

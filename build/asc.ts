@@ -25,6 +25,8 @@ const { error, stderr } = await asc.main([
   // One shared memory, made by the JavaScript side and imported by every instance.
   '--importMemory', '--sharedMemory', '--initialMemory', String(MEMORY_PAGES), '--maximumMemory', String(MEMORY_PAGES),
   '--enable', 'threads',
+  // Nothing in the engine can abort (no bounds checks, no allocation): no host import needed.
+  '--use', 'abort=',
 ]);
 if (error) {
   console.error(stderr.toString());

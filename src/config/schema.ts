@@ -176,6 +176,8 @@ export const haSchema = z.strictObject({
   dead_after: intIn(2, 100).default(3),
   preempt: bool().default(true),
   secret_file: nonEmptyString('file path'),
+  /** Heartbeats whose timestamp is further than dead_after × advert_interval + this from our clock are dropped as stale. */
+  max_clock_skew: duration(0, 60_000).default(2000),
   garp: z.strictObject({
     count: intIn(1, 20).default(3),
     interval: duration(1).default(100),

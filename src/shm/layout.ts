@@ -20,7 +20,8 @@
  *    ├──────────── services: MAX_SERVICES × 64 B ────────────────────────────────┤
  *    │ 0 state │ 4 algorithm │ 8 maxConn i32 │ 12 active i32* │ 16 activeRing u32* │
  *    │ 20 ringLen[0] │ 24 ringLen[1] │ 28 memberCount │ 32 cursor u32* │ 36 queued i32* │
- *    │ 40 queueMax │ 44 releaseSeq i32* │ 48 primaryUp │ 52 backupUp │ 56..63 reserved │
+ *    │ 40 queueMax │ 44 releaseSeq i32* │ 48 primaryUp │ 52 backupUp │ 56 tableSize u32 │
+ *    │ 60..63 reserved                                                             │
  *    ├──────────── backends: MAX_BACKENDS × 64 B (one global pool) ──────────────┤
  *    │ 0 state u32 │ 4 flags u32 │ 8 weight i32 │ 12 effWeight i32 │ 16 maxConn i32 │
  *    │ 20 active i32* │ 24 hashOffset u32 │ 28 hashSkip u32 │ 32 service u32 │
@@ -45,7 +46,7 @@
 /** "FULC" read as a little-endian u32. */
 export const MAGIC = 0x434c5546;
 /** Bump on any change to this file's offsets or meanings. */
-export const LAYOUT_VERSION = 1;
+export const LAYOUT_VERSION = 2;
 
 export const PAGE = 65536;
 export const LAYOUT_BASE = PAGE;
@@ -97,6 +98,11 @@ export const S_QUEUE_MAX = 40;
 export const S_RELEASE_SEQ = 44;
 export const S_PRIMARY_UP = 48;
 export const S_BACKUP_UP = 52;
+/**
+ * Maglev table size M (a prime 7..RING_CAPACITY) the next rebuild uses; written by the control
+ * plane from `table_size`. The built ring's length is in S_RING_LEN[ring]. (Added in version 2.)
+ */
+export const S_TABLE_SIZE = 56;
 
 /** Service states. */
 export const SERVICE_FREE = 0;
@@ -272,7 +278,7 @@ export const ENGINE_CONSTANTS: Record<string, number> = {
   MAX_SERVICES, MAX_BACKENDS, MAX_MEMBERS, MAX_WORKERS, RING_CAPACITY, MAX_TRIED, WEIGHT_SCALE, MAX_WEIGHT, NO_BACKEND_U16,
   H_MAGIC, H_VERSION, H_GENERATION, H_FLAGS, H_WORKERS, FLAG_SHUTTING_DOWN,
   SERVICE_SIZE, S_STATE, S_ALGORITHM, S_MAX_CONN, S_ACTIVE, S_ACTIVE_RING, S_RING_LEN, S_MEMBER_COUNT, S_CURSOR,
-  S_QUEUED, S_QUEUE_MAX, S_RELEASE_SEQ, S_PRIMARY_UP, S_BACKUP_UP,
+  S_QUEUED, S_QUEUE_MAX, S_RELEASE_SEQ, S_PRIMARY_UP, S_BACKUP_UP, S_TABLE_SIZE,
   SERVICE_FREE, SERVICE_ACTIVE, ALG_MAGLEV, ALG_LEASTCONN, ALG_ROUNDROBIN, ALG_RANDOM,
   BACKEND_SIZE, B_STATE, B_FLAGS, B_WEIGHT, B_EFF_WEIGHT, B_MAX_CONN, B_ACTIVE, B_HASH_OFFSET, B_HASH_SKIP, B_SERVICE,
   B_FAIL_STREAK, B_INCARNATION,

@@ -1,0 +1,27 @@
+# syntax=docker/dockerfile:1
+# Build: compile the WebAssembly engine and type-check the TypeScript with the dev toolchain.
+FROM node:24-bookworm-slim AS build
+WORKDIR /app
+COPY package.json package-lock.json ./
+RUN npm ci --ignore-scripts --no-audit --no-fund
+COPY tsconfig.json ./
+COPY build ./build
+COPY assembly ./assembly
+COPY src ./src
+RUN npm run build:wasm && npx tsc -p tsconfig.json --noEmit
+
+# Runtime: Node 24 runs the TypeScript sources directly (type stripping); only production
+# dependencies and the compiled engine are copied. iproute2 and arping serve the VIP failover.
+FROM node:24-bookworm-slim
+RUN apt-get update && apt-get install -y --no-install-recommends iproute2 iputils-arping \
+    && rm -rf /var/lib/apt/lists/*
+WORKDIR /app
+ENV NODE_ENV=production
+COPY package.json package-lock.json ./
+RUN npm ci --omit=dev --ignore-scripts --no-audit --no-fund && npm cache clean --force
+COPY src ./src
+COPY bin ./bin
+COPY --from=build /app/build/out ./build/out
+EXPOSE 9900
+ENTRYPOINT ["node", "src/cli.ts"]
+CMD ["run", "--config", "/etc/fulcrum/fulcrum.yaml"]

@@ -1,0 +1,154 @@
+/**
+ * The selection engine: admission and backend selection over the shared memory described by
+ * src/shm/layout.ts. Every worker thread instantiates this module over the same imported memory;
+ * the control plane (main thread) has its own instance for `rebuild`. Compiled with the stub
+ * runtime: no allocator, no GC, no static data: only loads, stores and atomics on the layout.
+ *
+ * Exports (the fixed contract, see src/balancer/engine.ts): init, acquire, reacquire, release,
+ * rebuild, plus each algorithm's entries for tests and benchmarks, and the tried-list helpers.
+ */
+import {
+  MAGIC, LAYOUT_VERSION, LAYOUT_BASE, MAX_SERVICES, MAX_BACKENDS, MAX_WORKERS, HEADER_OFFSET, H_MAGIC, H_VERSION,
+  H_GENERATION, S_STATE, S_ALGORITHM, S_MAX_CONN, S_ACTIVE, S_ACTIVE_RING, S_RING_LEN, S_RELEASE_SEQ, SERVICE_ACTIVE,
+  ALG_MAGLEV, ALG_LEASTCONN, ALG_ROUNDROBIN, ALG_RANDOM, B_ACTIVE, B_MAX_CONN, PICK_SERVICE_FULL, PICK_BAD_SERVICE,
+  INIT_OK, INIT_BAD_MAGIC, INIT_BAD_VERSION, INIT_BAD_WORKER, INIT_HEAP_OVERLAP,
+} from './generated/layout';
+import { serviceAt, backendAt, setWorker, clearTried, addTried } from './records';
+import { maglevBuild, maglevPick } from './maglev';
+import { leastconnPick } from './leastconn';
+import { scheduleBuild, roundrobinPick } from './roundrobin';
+import { randomPick, seedRandom } from './random';
+import { countUp } from './tier';
+
+export { maglevBuild, maglevPick } from './maglev';
+export { leastconnPick } from './leastconn';
+export { scheduleBuild, roundrobinPick } from './roundrobin';
+export { randomPick, seedRandom } from './random';
+
+/**
+ * Checks that this module and the memory agree (magic, layout version), that `workerId` has a
+ * scratch record, and that this module's own static data ends below the layout. Called once per
+ * instance by instantiateEngine. Returns INIT_OK or the INIT_* code of the first problem.
+ */
+export function init(workerId: u32): u32 {
+  if (atomic.load<u32>(HEADER_OFFSET + H_MAGIC) != MAGIC) return INIT_BAD_MAGIC;
+  if (load<u32>(HEADER_OFFSET + H_VERSION) != LAYOUT_VERSION) return INIT_BAD_VERSION;
+  if (workerId >= MAX_WORKERS) return INIT_BAD_WORKER;
+  if (<usize>__heap_base > <usize>LAYOUT_BASE) return INIT_HEAP_OVERLAP;
+  setWorker(workerId);
+  clearTried();
+  // Distinct per worker; the JavaScript side reseeds with real entropy through seedRandom.
+  seedRandom((workerId + 1) * 0x9e3779b1 ^ atomic.load<u32>(HEADER_OFFSET + H_GENERATION));
+  return INIT_OK;
+}
+
+/** Dispatches to the service's algorithm. Hot path: once per pick. */
+@inline function pick(s: u32, hash: u32): i32 {
+  const alg = load<u32>(serviceAt(s) + S_ALGORITHM);
+  if (alg == ALG_LEASTCONN) return leastconnPick(s);
+  if (alg == ALG_MAGLEV) return maglevPick(s, hash);
+  if (alg == ALG_ROUNDROBIN) return roundrobinPick(s);
+  if (alg == ALG_RANDOM) return randomPick(s);
+  return leastconnPick(s);
+}
+
+/** Wakes every agent waiting on the service's release sequence (queued connections, any worker). */
+@inline function signalRelease(sa: usize): void {
+  atomic.add<i32>(sa + S_RELEASE_SEQ, 1);
+  atomic.notify(sa + S_RELEASE_SEQ, i32.MAX_VALUE);
+}
+
+/**
+ * Admits one new connection to service `s` and picks its backend. Hot path: once per accepted
+ * connection, in the worker that accepted it. Returns the backend id (a slot taken on it and on the
+ * service), or PICK_SERVICE_FULL (queue), PICK_BACKENDS_FULL (queue), PICK_NO_BACKEND (close),
+ * PICK_BAD_SERVICE (close). On a negative result no slot is held.
+ */
+export function acquire(s: u32, hash: u32): i32 {
+  if (s >= MAX_SERVICES) return PICK_BAD_SERVICE;
+  const sa = serviceAt(s);
+  if (atomic.load<u32>(sa + S_STATE) != SERVICE_ACTIVE) return PICK_BAD_SERVICE;
+  clearTried();
+  // Service admission: a CAS loop so that workers together never exceed max_connections.
+  const max = load<i32>(sa + S_MAX_CONN);
+  if (max > 0) {
+    let cur = atomic.load<i32>(sa + S_ACTIVE);
+    while (true) {
+      if (cur >= max) return PICK_SERVICE_FULL;
+      const seen = atomic.cmpxchg<i32>(sa + S_ACTIVE, cur, cur + 1);
+      if (seen == cur) break;
+      cur = seen;
+    }
+  } else {
+    atomic.add<i32>(sa + S_ACTIVE, 1);
+  }
+  const b = pick(s, hash);
+  if (b < 0) {
+    const before = atomic.sub<i32>(sa + S_ACTIVE, 1);
+    // While we held it, that slot may have been the last: someone may have queued on it.
+    if (max > 0 && before >= max) signalRelease(sa);
+  }
+  return b;
+}
+
+/**
+ * After a failed connect to `failed`: gives back its slot, remembers it as tried, and picks another
+ * backend of `s` that this connection has not tried. Hot path: once per retry (`retries`). The
+ * service slot stays held whatever the result; on a negative result the caller calls
+ * release(s, -1).
+ */
+export function reacquire(s: u32, hash: u32, failed: u32): i32 {
+  if (failed < MAX_BACKENDS) {
+    const a = backendAt(failed);
+    atomic.sub<i32>(a + B_ACTIVE, 1);
+    addTried(failed);
+    // Its slot may unblock a connection queued because every backend was full.
+    if (s < MAX_SERVICES && load<i32>(a + B_MAX_CONN) > 0) signalRelease(serviceAt(s));
+  }
+  if (s >= MAX_SERVICES) return PICK_BAD_SERVICE;
+  if (atomic.load<u32>(serviceAt(s) + S_STATE) != SERVICE_ACTIVE) return PICK_BAD_SERVICE;
+  return pick(s, hash);
+}
+
+/**
+ * Ends a session: gives back the backend slot (when `backend` ≥ 0) and the service slot, bumps
+ * S_RELEASE_SEQ and notifies it so queued connections in any worker retry. Hot path: once per
+ * closed connection. Works on a service already removed by a reload (its counters still drain).
+ */
+export function release(s: u32, backend: i32): void {
+  if (backend >= 0 && <u32>backend < MAX_BACKENDS) atomic.sub<i32>(backendAt(<u32>backend) + B_ACTIVE, 1);
+  if (s >= MAX_SERVICES) return;
+  const sa = serviceAt(s);
+  atomic.sub<i32>(sa + S_ACTIVE, 1);
+  signalRelease(sa);
+}
+
+/**
+ * Control plane only, after any change to service `s`'s members, states or weights: recounts the
+ * up tiers, builds the algorithm's ring into the inactive ring, then publishes it by flipping
+ * S_ACTIVE_RING with one atomic store (pickers read the index once per pick, see maglevPick for the
+ * race argument) and bumps the header generation. Cost: a Maglev build, O(M log M), or a schedule.
+ */
+export function rebuild(s: u32): void {
+  if (s >= MAX_SERVICES) return;
+  const sa = serviceAt(s);
+  countUp(s);
+  const next = (atomic.load<u32>(sa + S_ACTIVE_RING) & 1) ^ 1;
+  const alg = load<u32>(sa + S_ALGORITHM);
+  let len: u32 = 0;
+  if (alg == ALG_MAGLEV) len = maglevBuild(s, next);
+  else if (alg == ALG_ROUNDROBIN || alg == ALG_RANDOM) len = scheduleBuild(s, next);
+  atomic.store<u32>(sa + S_RING_LEN + (next << 2), len);
+  atomic.store<u32>(sa + S_ACTIVE_RING, next);
+  atomic.add<u32>(HEADER_OFFSET + H_GENERATION, 1);
+}
+
+/** Forgets this worker's tried list (the proxy may restore one connection's list before reacquire). */
+export function resetTried(): void {
+  clearTried();
+}
+
+/** Adds `backend` to this worker's tried list (bounded at MAX_TRIED). */
+export function excludeBackend(backend: u32): void {
+  if (backend < MAX_BACKENDS) addTried(backend);
+}

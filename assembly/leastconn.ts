@@ -1,0 +1,55 @@
+/**
+ * Weighted least-connections, as HAProxy's leastconn: the eligible backend with the lowest
+ * (active + 1) × SCALE / effective weight wins; ties go to the first one met from a rotating start
+ * (S_CURSOR), so equal backends share new connections instead of the first member taking them all.
+ *
+ * It is also every other algorithm's exact fallback: when a bounded walk of a ring finds nothing,
+ * this scan decides between "here is a backend", PICK_BACKENDS_FULL and PICK_NO_BACKEND.
+ */
+import { S_CURSOR, B_ACTIVE, B_MAX_CONN, B_EFF_WEIGHT, PICK_NO_BACKEND, PICK_BACKENDS_FULL } from './generated/layout';
+import { serviceAt, backendAt, membersAt, memberCount, wantedTier, eligible, takeSlot, lighter } from './records';
+
+/** Rescans after losing the last slot of the chosen backend to another worker; then give up as full. */
+const ATTEMPTS: i32 = 4;
+
+/**
+ * Picks a backend of service `s` and takes a slot on it (B_ACTIVE + 1). Returns the backend id, or
+ * PICK_BACKENDS_FULL (eligible backends exist, all at max_connections) or PICK_NO_BACKEND.
+ * Hot path: once per accepted connection of a leastconn service (a scan of the members, O(n)),
+ * and as the fallback of the other algorithms.
+ */
+export function leastconnPick(s: u32): i32 {
+  const sa = serviceAt(s);
+  const n = memberCount(sa);
+  if (n == 0) return PICK_NO_BACKEND;
+  const ma = membersAt(s);
+  const tier = wantedTier(sa);
+  for (let attempt = 0; attempt < ATTEMPTS; attempt++) {
+    let i = atomic.add<u32>(sa + S_CURSOR, 1) % n;
+    let best: i32 = -1;
+    let bestActive: i32 = 0;
+    let bestWeight: i32 = 1;
+    let full = false;
+    for (let k: u32 = 0; k < n; k++) {
+      const b = <u32>load<u16>(ma + (<usize>i << 1));
+      if (++i == n) i = 0;
+      if (!eligible(b, s, tier)) continue;
+      const a = backendAt(b);
+      const active = atomic.load<i32>(a + B_ACTIVE);
+      const max = load<i32>(a + B_MAX_CONN);
+      if (max > 0 && active >= max) {
+        full = true;
+        continue;
+      }
+      const weight = load<i32>(a + B_EFF_WEIGHT);
+      if (best < 0 || lighter(active, weight, bestActive, bestWeight)) {
+        best = <i32>b;
+        bestActive = active;
+        bestWeight = weight;
+      }
+    }
+    if (best < 0) return full ? PICK_BACKENDS_FULL : PICK_NO_BACKEND;
+    if (takeSlot(<u32>best)) return best;
+  }
+  return PICK_BACKENDS_FULL;
+}

@@ -1,0 +1,411 @@
+/**
+ * `npm run bench` — fulcrum against HAProxy (and no proxy at all), in one command, written to
+ * BENCHMARKS.md. See bench/lib/report.ts for what the report says and bench/lib/proxies.ts for how
+ * the two proxies are configured alike.
+ *
+ *   node bench/run.ts [--quick] [--scenarios rr,churn,bulk,idle,redis] [--workers 1,2]
+ *                     [--proxies fulcrum,haproxy] [--reps 3] [--install] [--no-profile]
+ *                     [--out BENCHMARKS.md] [--report-only]
+ *
+ * Order of work: build the load generator; start the backends once; then for each thread count:
+ * idle (fresh proxies per repetition), then both proxies up for rr, churn, bulk and redis, runs
+ * alternating fulcrum/HAProxy (with the direct run interleaved the first time); then profiles.
+ */
+import { execFileSync, spawn } from 'node:child_process';
+import { mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { parseArgs } from 'node:util';
+import { BENCH_DIR, buildLoadgen, holdIdle, killAllLoadgens, OUT_DIR, runClient, startBackend, type Backend, type LoadgenResult } from './lib/loadgen.ts';
+import { summarizeProfile } from './lib/profile.ts';
+import { cpuSeconds, fdLimits, freePort, rssBytes, sleep } from './lib/procfs.ts';
+import {
+  cpuProfiles, fulcrumMissing, haproxyVersion, killAllProxies, REPO_DIR, startFulcrum, startHaproxy, type Proxy, type ProxyName,
+  type Upstreams,
+} from './lib/proxies.ts';
+import { renderMarkdown, type Machine, type Results, type Run, type TargetName } from './lib/report.ts';
+
+const ALL_SCENARIOS = ['rr', 'churn', 'bulk', 'idle', 'redis'] as const;
+type Scenario = (typeof ALL_SCENARIOS)[number];
+
+// Loopback addresses of this harness (127.6.0.0/16): backends, proxies, client sources.
+const BACKEND_NET = '127.6.0';
+const PROXY_HOST = '127.6.1.1';
+const SOURCE_BASE = '127.6.2.1';
+const SOURCE_COUNT = 64;
+
+const { values: flags } = parseArgs({
+  options: {
+    quick: { type: 'boolean', default: false },
+    scenarios: { type: 'string', default: ALL_SCENARIOS.join(',') },
+    workers: { type: 'string', default: '1,2' },
+    proxies: { type: 'string', default: 'fulcrum,haproxy' },
+    reps: { type: 'string' },
+    install: { type: 'boolean', default: false },
+    'no-profile': { type: 'boolean', default: false },
+    'loadgen-threads': { type: 'string', default: '1' },
+    out: { type: 'string', default: 'BENCHMARKS.md' },
+    'report-only': { type: 'boolean', default: false },
+  },
+  allowPositionals: false,
+});
+
+const quick = flags.quick!;
+const scenarios = flags.scenarios!.split(',').map((s) => s.trim()).filter(Boolean) as Scenario[];
+for (const s of scenarios) if (!ALL_SCENARIOS.includes(s)) usageError(`--scenarios: unknown scenario ${s} (known: ${ALL_SCENARIOS.join(', ')})`);
+const workerCounts = flags.workers!.split(',').map(Number);
+if (workerCounts.some((w) => !Number.isInteger(w) || w < 1 || w > 64)) usageError(`--workers: expected a list like 1,2, got ${flags.workers}`);
+const wantProxies = flags.proxies!.split(',').map((s) => s.trim()) as ProxyName[];
+const reps = flags.reps ? Number(flags.reps) : quick ? 1 : 3;
+const loadgenThreads = Number(flags['loadgen-threads']);
+const outFile = path.resolve(REPO_DIR, flags.out!);
+const resultsFile = path.join(OUT_DIR, 'results.json');
+
+const fdLimit = fdLimits().hard;
+const S = {
+  reps,
+  warmup: quick ? 0.2 : 0.5,
+  rrConns: 50,
+  rrDuration: quick ? 1 : 5,
+  churnConns: 50,
+  churnDuration: quick ? 1 : 5,
+  bulkConns: 4,
+  bulkDuration: quick ? 1 : 10,
+  // Each proxied connection costs the proxy two descriptors; keep a margin for everything else.
+  idleConns: quick ? 1000 : Math.min(10_000, Math.floor((fdLimit - 400) / 2)),
+  redisN: quick ? 10_000 : 50_000,
+  redisNP: quick ? 100_000 : 500_000,
+  echoBackends: 2,
+  sinkBackends: 2,
+  backendThreads: 1,
+  loadgenThreads,
+  sources: SOURCE_COUNT,
+  algorithm: 'leastconn',
+  order: 'fulcrum, HAProxy, fulcrum, HAProxy, …',
+};
+
+function usageError(msg: string): never {
+  process.stderr.write(`bench: ${msg}\n`);
+  process.exit(2);
+}
+
+const say = (msg: string) => process.stdout.write(`[bench ${new Date().toISOString().slice(11, 19)}] ${msg}\n`);
+
+// ── environment ──────────────────────────────────────────────────────────────
+
+function tryVersion(cmd: string, args: string[]): string | null {
+  try {
+    return execFileSync(cmd, args, { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] }).split('\n')[0].trim();
+  } catch {
+    return null;
+  }
+}
+
+function install(): void {
+  if (process.getuid?.() !== 0) {
+    say('--install needs root: run  sudo apt-get install -y haproxy redis-server redis-tools  instead');
+    return;
+  }
+  say('installing haproxy, redis-server and redis-tools with apt-get');
+  execFileSync('apt-get', ['install', '-y', '--no-install-recommends', 'haproxy', 'redis-server', 'redis-tools'], { stdio: 'inherit' });
+}
+
+function machine(): Machine {
+  const cpus = os.cpus();
+  return {
+    cores: cpus.length,
+    cpuModel: cpus[0]?.model.trim() ?? 'unknown',
+    kernel: `${os.type()} ${os.release()}`,
+    node: tryVersion(path.join(REPO_DIR, 'node_modules', '.bin', 'node'), ['--version']) ?? process.version,
+    haproxy: haproxyVersion() ?? 'not installed',
+    redis: tryVersion('redis-server', ['--version']) ?? 'not installed',
+    memory: `${(os.totalmem() / 2 ** 30).toFixed(1)} GiB`,
+    fdLimit,
+  };
+}
+
+// ── measuring ────────────────────────────────────────────────────────────────
+
+const runs: Run[] = [];
+
+/** Reads the proxy's CPU seconds at the start and the end of the load generator's measured window. */
+async function withCpuWindow<T>(pid: number | null, startS: number, lengthS: number | null, work: () => Promise<T>): Promise<{ res: T; cpuS: number | null }> {
+  if (pid === null) return { res: await work(), cpuS: null };
+  let c0: number | null = startS === 0 ? cpuSeconds(pid) : null;
+  let c1: number | null = null;
+  const t0 = startS > 0 ? setTimeout(() => { c0 = cpuSeconds(pid); }, startS * 1000) : null;
+  const t1 = lengthS !== null ? setTimeout(() => { c1 = cpuSeconds(pid); }, (startS + lengthS) * 1000) : null;
+  try {
+    const res = await work();
+    c0 ??= cpuSeconds(pid);
+    c1 ??= cpuSeconds(pid);
+    return { res, cpuS: c1 - c0 };
+  } finally {
+    if (t0) clearTimeout(t0);
+    if (t1) clearTimeout(t1);
+  }
+}
+
+interface Target {
+  name: TargetName;
+  workers: number;
+  pid: number | null;
+  echo: string[];
+  sink: string[];
+  redis?: string;
+}
+
+function record(run: Run): void {
+  runs.push(run);
+  const m = Object.entries(run.metrics).map(([k, v]) => `${k}=${Number.isInteger(v) ? v : v.toFixed(2)}`).join(' ');
+  say(`${run.scenario}${run.variant ? `/${run.variant}` : ''} ${run.target}${run.workers ? ` w${run.workers}` : ''} #${run.rep}: ${m}` +
+    `${run.cpuS !== null ? ` cpu=${run.cpuS.toFixed(2)}s` : ''}${run.ok ? '' : ` ⚠ errors=${run.errors} corrupt=${run.corrupt}`}`);
+  writeFileSync(resultsFile + '.partial', JSON.stringify(runs));
+}
+
+async function requestRun(scenario: 'rr' | 'churn', t: Target, rep: number): Promise<void> {
+  const duration = scenario === 'rr' ? S.rrDuration : S.churnDuration;
+  const { res, cpuS } = await withCpuWindow(t.pid, S.warmup, duration, () => runClient({
+    mode: scenario, targets: t.echo, conns: scenario === 'rr' ? S.rrConns : S.churnConns, durationS: duration, warmupS: S.warmup,
+    threads: loadgenThreads, source: scenario === 'churn' ? { base: SOURCE_BASE, count: SOURCE_COUNT } : undefined,
+  }));
+  const metrics: Record<string, number> = {
+    per_s: res.per_s!, p50_us: res.p50_us!, p99_us: res.p99_us!, p999_us: res.p999_us!, loadgen_cpu_s: res.cpu_s ?? NaN,
+  };
+  if (cpuS !== null) {
+    metrics.cpu_s = cpuS;
+    metrics.per_cpu_s = cpuS > 0 ? res.count! / cpuS : NaN;
+  }
+  record({ scenario, variant: '', target: t.name, workers: t.workers, rep, ok: res.ok, errors: res.errors, corrupt: res.corrupt, cpuS, metrics });
+}
+
+async function bulkRun(t: Target, rep: number): Promise<void> {
+  const { res, cpuS } = await withCpuWindow(t.pid, 0, null, () =>
+    runClient({ mode: 'bulk', targets: t.sink, conns: S.bulkConns, durationS: S.bulkDuration, threads: loadgenThreads }));
+  const r = res as LoadgenResult;
+  const metrics: Record<string, number> = { gbit_s: r.gbit_s!, bytes: r.received!, loadgen_cpu_s: r.cpu_s ?? NaN };
+  if (cpuS !== null) {
+    metrics.cpu_s = cpuS;
+    metrics.gbit_per_cpu_s = cpuS > 0 ? (r.received! * 8) / 1e9 / cpuS : NaN;
+  }
+  record({ scenario: 'bulk', variant: '', target: t.name, workers: t.workers, rep, ok: r.ok, errors: r.errors, corrupt: r.corrupt + (r.reports_missing ?? 0), cpuS, metrics });
+}
+
+/** redis-benchmark's CSV: "test","rps","avg_latency_ms","min_latency_ms","p50_latency_ms","p95_latency_ms","p99_latency_ms","max_latency_ms". */
+function runRedisBenchmark(address: string, n: number, pipeline: number): Promise<{ rows: Record<string, number[]>; ok: boolean; err: string }> {
+  const i = address.lastIndexOf(':');
+  const args = ['-h', address.slice(0, i), '-p', address.slice(i + 1), '-t', 'ping,set,get', '-c', '50', '-n', String(n), '--csv'];
+  if (pipeline > 1) args.push('-P', String(pipeline));
+  return new Promise((resolve) => {
+    const child = spawn('redis-benchmark', args, { stdio: ['ignore', 'pipe', 'pipe'] });
+    let out = '';
+    let err = '';
+    child.stdout.on('data', (d: Buffer) => { out += d.toString(); });
+    child.stderr.on('data', (d: Buffer) => { err += d.toString(); });
+    const timer = setTimeout(() => child.kill('SIGKILL'), 120_000);
+    child.once('exit', (code) => {
+      clearTimeout(timer);
+      const rows: Record<string, number[]> = {};
+      for (const line of out.split('\n')) {
+        const cells = line.split(',').map((c) => c.replace(/"/g, ''));
+        if (cells.length >= 7 && cells[0] !== 'test') rows[cells[0]] = cells.slice(1).map(Number);
+      }
+      const ok = code === 0 && Object.keys(rows).length === 4 && !/error/i.test(err + out.replace(/^"test".*$/m, ''));
+      resolve({ rows, ok, err: err.trim() });
+    });
+  });
+}
+
+async function redisRun(t: Target, rep: number, variant: '' | 'P16'): Promise<void> {
+  if (!t.redis) return;
+  const n = variant ? S.redisNP : S.redisN;
+  const { res, cpuS } = await withCpuWindow(t.pid, 0, null, () => runRedisBenchmark(t.redis!, n, variant ? 16 : 1));
+  const metrics: Record<string, number> = {};
+  let total = 0;
+  for (const [test, cells] of Object.entries(res.rows)) {
+    metrics[test] = cells[0];
+    if (test === 'GET') metrics.GET_p99_ms = cells[5];
+    total += n;
+  }
+  if (cpuS !== null) {
+    metrics.cpu_s = cpuS;
+    metrics.per_cpu_s = cpuS > 0 ? total / cpuS : NaN;
+  }
+  if (!res.ok) say(`redis-benchmark through ${t.name}: ${res.err || 'incomplete output'}`);
+  record({ scenario: 'redis', variant, target: t.name, workers: t.workers, rep, ok: res.ok, errors: res.ok ? 0 : 1, corrupt: 0, cpuS, metrics });
+}
+
+/** Idle: a fresh proxy, RSS, open S.idleConns connections (each proven by an echo), settle, RSS, release. */
+async function idleRun(start: () => Promise<Proxy>, rep: number): Promise<void> {
+  const proxy = await start();
+  try {
+    await sleep(1000);
+    const before = rssBytes(proxy.pid);
+    const hold = await holdIdle(proxy.listen.echo, S.idleConns, 120);
+    await sleep(1000);
+    const after = rssBytes(proxy.pid);
+    const done = await hold.release();
+    const est = hold.established;
+    const ok = est.ok === true && done.ok === true;
+    record({
+      scenario: 'idle', variant: '', target: proxy.name, workers: proxy.workers, rep, ok,
+      errors: Number(est.errors) + Number(done.errors ?? 0), corrupt: Number(est.corrupt ?? 0), cpuS: null,
+      metrics: { conns: Number(est.established), rss_before: before, rss_after: after, bytes_per_conn: (after - before) / S.idleConns, open_ms: Number(est.ms) },
+    });
+  } finally {
+    await proxy.stop();
+  }
+}
+
+// ── main ─────────────────────────────────────────────────────────────────────
+
+async function main(): Promise<void> {
+  mkdirSync(OUT_DIR, { recursive: true });
+  const command = `npm run bench${process.argv.length > 2 ? ` -- ${process.argv.slice(2).join(' ')}` : ''}`;
+  if (flags['report-only']) {
+    const res = JSON.parse(readFileSync(resultsFile, 'utf8')) as Results;
+    writeFileSync(outFile, renderMarkdown(res, BENCH_DIR));
+    say(`re-rendered ${path.relative(REPO_DIR, outFile)} from ${path.relative(REPO_DIR, resultsFile)}`);
+    return;
+  }
+
+  if (flags.install && (!haproxyVersion() || !tryVersion('redis-server', ['--version']))) install();
+  const skipped: string[] = [];
+  const proxies: ProxyName[] = [];
+  if (wantProxies.includes('haproxy')) {
+    if (haproxyVersion()) proxies.push('haproxy');
+    else {
+      const how = 'HAProxy is not installed: apt-get install haproxy (or run `npm run bench -- --install` as root)';
+      say(how);
+      skipped.push(how);
+    }
+  }
+  if (wantProxies.includes('fulcrum')) {
+    const why = fulcrumMissing();
+    if (why === null) proxies.unshift('fulcrum');
+    else {
+      say(`fulcrum cannot run: ${why}`);
+      skipped.push(`fulcrum: ${why}`);
+    }
+  }
+  const redisOk = tryVersion('redis-server', ['--version']) !== null && tryVersion('redis-benchmark', ['--version']) !== null;
+  if (scenarios.includes('redis') && !redisOk) skipped.push('redis: redis-server or redis-benchmark is not installed (apt-get install redis-server redis-tools, or --install as root)');
+
+  say(`building the load generator`);
+  buildLoadgen();
+
+  // ── backends, once ──
+  const backends: Backend[] = [];
+  let redisPid: number | null = null;
+  const cleanup = async () => {
+    killAllProxies();
+    for (const b of backends) await b.stop();
+    killAllLoadgens();
+    if (redisPid) try { process.kill(redisPid, 'SIGTERM'); } catch { /* gone */ }
+  };
+  process.once('SIGINT', () => { void cleanup().then(() => process.exit(130)); });
+  process.once('SIGTERM', () => { void cleanup().then(() => process.exit(143)); });
+
+  const profiles: Results['profiles'] = [];
+  try {
+    for (let i = 0; i < S.echoBackends; i++) backends.push(await startBackend('echo', `${BACKEND_NET}.${1 + i}:0`, S.backendThreads));
+    for (let i = 0; i < S.sinkBackends; i++) backends.push(await startBackend('sink', `${BACKEND_NET}.${11 + i}:0`, S.backendThreads));
+    let redisAddr: string | undefined;
+    if (scenarios.includes('redis') && redisOk) {
+      const port = await freePort(`${BACKEND_NET}.21`);
+      const child = spawn('redis-server', ['--bind', `${BACKEND_NET}.21`, '--port', String(port), '--save', '', '--appendonly', 'no',
+        '--protected-mode', 'no', '--daemonize', 'no', '--maxclients', '10000', '--loglevel', 'warning'], { stdio: 'ignore' });
+      redisPid = child.pid!;
+      redisAddr = `${BACKEND_NET}.21:${port}`;
+      for (let i = 0; i < 50 && tryVersion('redis-cli', ['-h', `${BACKEND_NET}.21`, '-p', String(port), 'ping']) !== 'PONG'; i++) await sleep(100);
+    }
+    const upstreams: Upstreams = {
+      echo: backends.filter((b) => b.mode === 'echo').map((b) => b.address),
+      sink: backends.filter((b) => b.mode === 'sink').map((b) => b.address),
+      redis: redisAddr,
+    };
+    say(`backends: echo ${upstreams.echo.join(' ')} · sink ${upstreams.sink.join(' ')}${redisAddr ? ` · redis ${redisAddr}` : ''}`);
+    const direct: Target = { name: 'direct', workers: 0, pid: null, echo: upstreams.echo, sink: upstreams.sink, redis: redisAddr };
+    const starters: Record<ProxyName, (w: number, prof?: string) => Promise<Proxy>> = {
+      fulcrum: (w, prof) => startFulcrum({ workers: w, host: PROXY_HOST, upstreams, cpuProfDir: prof }),
+      haproxy: (w) => startHaproxy({ workers: w, host: PROXY_HOST, upstreams, maxconn: S.idleConns + 50 }),
+    };
+    const asTarget = (p: Proxy): Target => ({ name: p.name, workers: p.workers, pid: p.pid, echo: [p.listen.echo], sink: [p.listen.sink], redis: p.listen.redis });
+
+    for (const [wi, w] of workerCounts.entries()) {
+      if (scenarios.includes('idle') && proxies.length) {
+        say(`idle, ${w} thread(s): ${S.idleConns} connections, fresh proxy per run`);
+        for (let rep = 1; rep <= reps; rep++) for (const p of proxies) await idleRun(() => starters[p](w), rep);
+      }
+      const running: Proxy[] = [];
+      try {
+        for (const p of proxies) running.push(await starters[p](w));
+        const targets = running.map(asTarget);
+        const order = wi === 0 ? [direct, ...targets] : targets;
+        for (const scenario of scenarios) {
+          if (scenario === 'idle') continue;
+          if (scenario === 'redis' && !redisAddr) continue;
+          say(`${scenario}, ${w} thread(s)`);
+          for (let rep = 1; rep <= reps; rep++) {
+            for (const t of order) {
+              if (scenario === 'rr' || scenario === 'churn') await requestRun(scenario, t, rep);
+              else if (scenario === 'bulk') await bulkRun(t, rep);
+              else if (scenario === 'redis') {
+                await redisRun(t, rep, '');
+                await redisRun(t, rep, 'P16');
+              }
+            }
+          }
+        }
+      } finally {
+        for (const p of running) await p.stop();
+      }
+    }
+
+    // ── profiles: fulcrum under rr and churn, 1 worker, in runs of their own ──
+    if (!quick && !flags['no-profile'] && proxies.includes('fulcrum')) {
+      for (const scenario of ['rr', 'churn'] as const) {
+        if (!scenarios.includes(scenario)) continue;
+        const w = workerCounts[0];
+        const dir = path.join(OUT_DIR, 'profiles', `${scenario}-w${w}`);
+        rmSync(dir, { recursive: true, force: true });
+        say(`profiling fulcrum under ${scenario}, ${w} worker(s) → ${path.relative(REPO_DIR, dir)}`);
+        const p = await starters.fulcrum(w, dir);
+        try {
+          await runClient({ mode: scenario, targets: [p.listen.echo], conns: 50, durationS: S.rrDuration, warmupS: S.warmup,
+            source: scenario === 'churn' ? { base: SOURCE_BASE, count: SOURCE_COUNT } : undefined });
+        } finally {
+          await p.stop();
+        }
+        const files = cpuProfiles(dir);
+        if (files.length) profiles.push({ scenario, workers: w, summaries: files.map((f) => summarizeProfile(f, REPO_DIR)) });
+        else say(`no .cpuprofile was written in ${dir}`);
+      }
+    }
+  } finally {
+    await cleanup();
+  }
+
+  const results: Results = {
+    date: new Date().toISOString().replace(/\.\d+Z$/, 'Z'),
+    command,
+    quick,
+    machine: machine(),
+    settings: S,
+    runs,
+    skipped,
+    profiles,
+  };
+  writeFileSync(resultsFile, JSON.stringify(results, null, 1));
+  writeFileSync(outFile, renderMarkdown(results, BENCH_DIR));
+  say(`wrote ${path.relative(REPO_DIR, outFile)} (raw: ${path.relative(REPO_DIR, resultsFile)})`);
+  const flagged = runs.filter((r) => !r.ok);
+  if (flagged.length) say(`⚠ ${flagged.length} run(s) had errors or corrupted bytes: see the tables`);
+}
+
+main().catch((err) => {
+  process.stderr.write(`bench: ${(err as Error).stack ?? err}\n`);
+  killAllProxies();
+  killAllLoadgens();
+  process.exit(1);
+});

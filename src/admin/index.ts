@@ -1,0 +1,247 @@
+/**
+ * The operations side of a running fulcrum, wired in one call from src/main.ts:
+ * - Stats (per-worker counters summed from shared memory) and the Prometheus registry;
+ * - health 'probe' events → probe metrics; the probe history → the status page;
+ * - the Balancer's 'backend-state' events → one log line per transition (from, to, cause)
+ *   (failover role changes are logged by src/failover itself, with from, to and cause);
+ * - the Reloader (SIGHUP and POST /api/reload) over main's apply hook;
+ * - the admin server, when the config has an `admin` section.
+ *
+ * Runtime adds and removals of backends go through the same apply hook as a reload, with the
+ * config in force plus or minus that backend: the balancer, the workers' service table and the
+ * health monitor then always agree, and there is one code path to trust. Like HAProxy's runtime
+ * API, such changes last until the next reload replaces them with what the file says.
+ */
+import type { Config } from '../config/schema.ts';
+import { FulcrumError } from '../errors.ts';
+import { formatHostPort, type BackendConfig } from '../config/schema.ts';
+import type { Logger } from '../observability/log.ts';
+import { Metrics, type ProbeObservation } from '../observability/prom.ts';
+import { Stats } from '../observability/stats.ts';
+import { Reloader } from './reload.ts';
+import { AdminServer, type AdminBalancer, type AdminState, type DescribedService, type ProbeRecord } from './server.ts';
+
+export { AdminServer } from './server.ts';
+export { Reloader } from './reload.ts';
+
+/** A backend transition as the Balancer emits it ('backend-state'). */
+export interface BackendStateEvent {
+  service: string;
+  address: string;
+  backend?: number;
+  from: string;
+  to: string;
+  cause: string;
+}
+
+interface Emitter {
+  on(event: string, listener: (...args: any[]) => void): unknown;
+  off(event: string, listener: (...args: any[]) => void): unknown;
+}
+
+export interface OperationsBalancer extends Emitter {
+  describe(): readonly DescribedService[];
+  setAdminState(service: string, address: string, state: AdminState, cause: string): unknown;
+  setWeight(service: string, address: string, weight: number): unknown;
+  addBackend(service: string, backend: BackendConfig): unknown;
+  removeBackend(service: string, address: string, options: { force: boolean }): unknown;
+}
+
+export interface OperationsHealth extends Emitter {
+  history(service: string, address: string): readonly ProbeRecord[];
+  setAdminState?(service: string, address: string, state: AdminState): void;
+}
+
+export interface OperationsFailover {
+  status(): { role: string; transitions: number; [field: string]: unknown };
+}
+
+export interface OperationsOptions {
+  memory: WebAssembly.Memory;
+  balancer: OperationsBalancer;
+  logger: Logger;
+  /** The config in force now (main keeps it; `apply` replaces it). */
+  config: () => Config;
+  /** The file reloads read; without it there is no reload. */
+  configFile?: string;
+  /**
+   * main's reload hook: applies a validated config as a difference (balancer.apply, the workers'
+   * service table, health.update) and makes it the config in force.
+   */
+  apply?: (next: Config) => void | Promise<void>;
+  /** Closes the open sessions of a backend (a forced removal); resolves with how many. */
+  killSessions?: (service: string, address: string) => number | Promise<number>;
+  health?: OperationsHealth;
+  failover?: OperationsFailover;
+  /** Worker threads (bounds the counter slots summed; MAX_WORKERS if omitted). */
+  workers?: number;
+  /** Reload on SIGHUP (default true when configFile is given). */
+  signals?: boolean;
+  /** More fields for /api/status. */
+  status?: () => Record<string, unknown>;
+}
+
+export interface Operations {
+  stats: Stats;
+  metrics: Metrics;
+  reloader: Reloader | undefined;
+  admin: AdminServer | undefined;
+  /** Re-reads the config file (what SIGHUP does); rejects with the problems when it is invalid. */
+  reload(trigger?: string): Promise<unknown>;
+  close(): Promise<void>;
+}
+
+export async function startOperations(options: OperationsOptions): Promise<Operations> {
+  const log = options.logger.child({ component: 'operations' });
+  const { balancer, health, failover } = options;
+  const stats = new Stats(options.memory, options.workers);
+  const directory = (): readonly DescribedService[] => balancer.describe();
+
+  let reloader: Reloader | undefined;
+  const apply = options.apply;
+  if (options.configFile && apply) {
+    reloader = new Reloader({
+      file: options.configFile,
+      current: options.config,
+      logger: options.logger,
+      apply: async (next) => {
+        await apply(next);
+        if (next.admin) admin?.updateAdminConfig(next.admin);
+      },
+    });
+  }
+
+  const metrics = new Metrics({
+    stats,
+    directory,
+    failover: failover ? () => failover.status() : undefined,
+    reloads: () => ({ applied: reloader?.applied ?? 0, refused: reloader?.refused ?? 0 }),
+  });
+
+  // ── events ──
+  const onProbe = (p: ProbeObservation): void => metrics.observeProbe(p);
+  health?.on('probe', onProbe);
+  // A backend created in a slot gets counters that start at 0 (the slot may have served another).
+  // Transition log lines are the Balancer's own ('backend state': service, backend, from, to, cause).
+  const onBackendState = (e: BackendStateEvent): void => {
+    if (e.from === 'free' && e.backend !== undefined) stats.rebaseBackend(e.backend, e.service, e.address);
+  };
+  balancer.on('backend-state', onBackendState);
+
+  // ── runtime membership changes through the apply hook (see the header comment) ──
+  const withBackends = (service: string, edit: (backends: BackendConfig[]) => BackendConfig[]): Config => {
+    const current = options.config();
+    return {
+      ...current,
+      services: current.services.map((s) => (s.name === service ? { ...s, backends: edit([...s.backends]) } : s)),
+    };
+  };
+  const adminBalancer: AdminBalancer = {
+    describe: directory,
+    setAdminState: (service, address, state, cause) => {
+      const r = balancer.setAdminState(service, address, state, cause);
+      health?.setAdminState?.(service, address, state);
+      return r;
+    },
+    setWeight: (service, address, weight) => balancer.setWeight(service, address, weight),
+    addBackend: async (service, backend) => {
+      if (!apply) return balancer.addBackend(service, backend);
+      await apply(withBackends(service, (bs) => [...bs, backend]));
+    },
+    removeBackend: async (service, address, { force }) => {
+      if (force && options.killSessions) await options.killSessions(service, address);
+      if (apply) await apply(withBackends(service, (bs) => bs.filter((b) => formatHostPort(b.address) !== address)));
+      // The Balancer's promise resolves when the drain ends: not something an HTTP request waits for.
+      else void Promise.resolve(balancer.removeBackend(service, address, { force })).catch((err) => log.warn({ err, service, backend: address }, 'removal failed'));
+      metrics.forgetBackend(service, address);
+    },
+  };
+
+  let admin: AdminServer | undefined;
+  const adminConfig = options.config().admin;
+  if (adminConfig) {
+    admin = new AdminServer({
+      admin: adminConfig,
+      balancer: adminBalancer,
+      stats,
+      metrics,
+      logger: options.logger,
+      config: options.config,
+      reload: reloader ? () => reloader.reload('admin API') : undefined,
+      healthHistory: health ? (s, a) => health.history(s, a) : undefined,
+      status: () => ({
+        ...(reloader ? reloader.summary() : { config_file: options.configFile ?? null }),
+        ...(failover ? { failover: failover.status() } : {}),
+        ...options.status?.(),
+      }),
+    });
+    await admin.listen();
+  }
+
+  const removeSignal = reloader && (options.signals ?? true) ? reloader.installSignalHandler() : undefined;
+
+  return {
+    stats,
+    metrics,
+    reloader,
+    admin,
+    reload: (trigger = 'api') => {
+      if (!reloader) return Promise.reject(new Error('reload: fulcrum was not started from a config file'));
+      return reloader.reload(trigger);
+    },
+    async close() {
+      removeSignal?.();
+      health?.off('probe', onProbe);
+      balancer.off('backend-state', onBackendState);
+      await admin?.close();
+    },
+  };
+}
+
+/** A started fulcrum (src/main.ts's handle), with the health monitor and failover when wired. */
+export interface FulcrumLike {
+  readonly config: Config;
+  readonly memory: WebAssembly.Memory;
+  readonly balancer: OperationsBalancer & { backendIndex(service: string, address: string): number };
+  readonly pool: { killBackend(backend: number): Promise<number>; readonly size?: number };
+  readonly logger: Logger;
+  reload(next: Config): Promise<unknown>;
+  readonly stopped: Promise<void>;
+  readonly health?: OperationsHealth;
+  readonly failover?: OperationsFailover;
+}
+
+/**
+ * startOperations for a handle of startFulcrum: reloads and runtime membership changes go through
+ * `handle.reload`, forced removals close sessions through the pool, and everything closes when
+ * the handle stops.
+ */
+export async function startOperationsFor(
+  handle: FulcrumLike,
+  options: { configFile?: string; signals?: boolean; health?: OperationsHealth; failover?: OperationsFailover; status?: () => Record<string, unknown> } = {},
+): Promise<Operations> {
+  const ops = await startOperations({
+    memory: handle.memory,
+    balancer: handle.balancer,
+    logger: handle.logger,
+    config: () => handle.config,
+    configFile: options.configFile,
+    apply: async (next) => {
+      const problems = await handle.reload(next);
+      if (Array.isArray(problems) && problems.length > 0) {
+        throw new FulcrumError('FULCRUM_ERR_LISTEN', `applied, but ${problems.length} listener${problems.length === 1 ? '' : 's'} could not bind: ${problems.map((p) => `${p.service} ${p.address}: ${p.message}`).join('; ')}`);
+      }
+    },
+    killSessions: async (service, address) => {
+      const index = handle.balancer.backendIndex(service, address);
+      return index >= 0 ? handle.pool.killBackend(index) : 0;
+    },
+    health: options.health ?? handle.health,
+    failover: options.failover ?? handle.failover,
+    workers: handle.pool.size,
+    signals: options.signals ?? false,
+    status: options.status,
+  });
+  void handle.stopped.then(() => ops.close());
+  return ops;
+}

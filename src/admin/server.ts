@@ -1,0 +1,497 @@
+/**
+ * The admin server: a small node:http server on the control plane (loopback by default) with a
+ * JSON API, the Prometheus endpoint and the status page. It is what HAProxy's runtime API and
+ * stats page are to HAProxy operators.
+ *
+ * Routes (every error is `{ "error": { "code", "message" } }`, codes in ./errors.ts):
+ *
+ * | method | path                                          | what                                   |
+ * |--------|-----------------------------------------------|----------------------------------------|
+ * | GET    | /                                             | the status page (HTML)                 |
+ * | GET    | /metrics                                      | Prometheus text                        |
+ * | GET    | /api/services                                 | services, backends, states, counters   |
+ * | GET    | /api/status                                   | uptime, config file, reloads, HA role  |
+ * | POST   | /api/services/:svc/backends/:addr/state       | body {state: ready|drain|maint}        |
+ * | POST   | /api/services/:svc/backends/:addr/weight      | body {weight: 0–256}                   |
+ * | POST   | /api/services/:svc/backends                   | body: a backend as in the config: add  |
+ * | DELETE | /api/services/:svc/backends/:addr[?force=1]   | drain then remove; force: at once      |
+ * | POST   | /api/reload                                   | re-read the config file and apply it   |
+ *
+ * Changes (POST, DELETE) always need `Authorization: Bearer <token>` with the token from
+ * `admin.token_file`; reads need it too when `admin.auth_reads` is true. Without a token file,
+ * changes are refused (403): an admin port must never change the balancer unauthenticated.
+ */
+import { createHash, timingSafeEqual } from 'node:crypto';
+import { readFileSync } from 'node:fs';
+import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { ConfigInvalidError, ConfigUnreadableError, FulcrumError, ListenError } from '../errors.ts';
+import { BACKEND_ADMIN_STATES, backendSchema, formatHostPort, parseHostPort, type AdminConfig, type BackendConfig, type Config } from '../config/schema.ts';
+import { formatPath } from '../config/load.ts';
+import { MAX_WEIGHT } from '../shm/layout.ts';
+import type { Logger } from '../observability/log.ts';
+import type { Metrics } from '../observability/prom.ts';
+import type { ServiceStats, Stats } from '../observability/stats.ts';
+import { ADMIN_ERRORS, AdminHttpError, AdminTokenError, badRequest, notFound } from './errors.ts';
+
+/** Request bodies larger than this are refused with 413: the API's bodies are a few hundred bytes. */
+export const MAX_BODY_BYTES = 64 * 1024;
+
+export type AdminState = (typeof BACKEND_ADMIN_STATES)[number];
+
+/**
+ * One backend as the Balancer describes it (BackendDescription in src/balancer/balancer.ts); the
+ * API passes every other field it has (admin_state, health…) through as it is.
+ */
+export interface DescribedBackend {
+  address: string;
+  index: number;
+  /** Removed and still draining its open sessions. */
+  removed?: boolean;
+}
+export interface DescribedService {
+  name: string;
+  index: number;
+  backends: readonly DescribedBackend[];
+}
+
+/** What the admin server needs from the Balancer (src/balancer/balancer.ts). */
+export interface AdminBalancer {
+  describe(): readonly DescribedService[];
+  setAdminState(service: string, address: string, state: AdminState, cause: string): unknown;
+  setWeight(service: string, address: string, weight: number): unknown;
+  addBackend(service: string, backend: BackendConfig): unknown;
+  removeBackend(service: string, address: string, options: { force: boolean }): unknown;
+}
+
+/** One recent probe result, for the status page's health strip. */
+export interface ProbeRecord {
+  /** Epoch milliseconds. */
+  at: number;
+  ok: boolean;
+  latency_ms: number;
+  /** Why it failed (refused, timeout, wrong role…), or what it saw when it passed. */
+  reason?: string;
+}
+
+export interface ReloadResult {
+  /** What changed, one line each ("services[redis]: backend 127.0.0.1:7004 added"). */
+  changes: string[];
+  /** Settings that changed in the file but need a restart to take effect. */
+  restart_required: string[];
+}
+
+export interface AdminServerOptions {
+  admin: AdminConfig;
+  balancer: AdminBalancer;
+  stats: Stats;
+  metrics: Metrics;
+  logger: Logger;
+  /** The config in force (for listen addresses and algorithms in /api/services). */
+  config?: () => Config;
+  /** Extra fields for /api/status: config file, reloads, failover, workers… */
+  status?: () => Record<string, unknown>;
+  /** Re-reads the config file and applies it; throws ConfigInvalidError/ConfigUnreadableError to refuse. */
+  reload?: () => Promise<ReloadResult>;
+  /** Recent probe results of a backend, oldest first. */
+  healthHistory?: (service: string, address: string) => readonly ProbeRecord[];
+}
+
+const sha256 = (s: string): Buffer => createHash('sha256').update(s).digest();
+
+/** Reads the admin token: the file's content without surrounding whitespace, never empty. */
+export function readToken(file: string): string {
+  let text: string;
+  try {
+    text = readFileSync(file, 'utf8');
+  } catch (err) {
+    throw new AdminTokenError(file, `cannot read: ${(err as Error).message}`, err);
+  }
+  const token = text.trim();
+  if (token.length === 0) throw new AdminTokenError(file, 'the file is empty');
+  return token;
+}
+
+let statusPageCache: string | undefined;
+function statusPage(): string {
+  statusPageCache ??= readFileSync(new URL('./status.html', import.meta.url), 'utf8');
+  return statusPageCache;
+}
+
+interface Route {
+  method: string;
+  pattern: RegExp;
+  change: boolean;
+  handle: (ctx: RequestContext, params: string[]) => Promise<Reply> | Reply;
+}
+
+interface RequestContext {
+  req: IncomingMessage;
+  url: URL;
+  body: () => Promise<Record<string, unknown>>;
+}
+
+interface Reply {
+  status: number;
+  body: unknown;
+  type?: string;
+}
+
+const json = (status: number, body: unknown): Reply => ({ status, body });
+
+export class AdminServer {
+  readonly #options: AdminServerOptions;
+  readonly #log: Logger;
+  readonly #server: Server;
+  readonly #routes: Route[];
+  /** SHA-256 of the token (compared in constant time), or undefined when changes are disabled. */
+  #tokenHash: Buffer | undefined;
+  #authReads: boolean;
+  readonly #startedAt = Date.now();
+
+  constructor(options: AdminServerOptions) {
+    this.#options = options;
+    this.#log = options.logger.child({ component: 'admin' });
+    this.#authReads = options.admin.auth_reads;
+    this.#tokenHash = options.admin.token_file ? sha256(readToken(options.admin.token_file)) : undefined;
+    this.#routes = this.#makeRoutes();
+    this.#server = createServer({ requestTimeout: 30_000, headersTimeout: 10_000 }, (req, res) => {
+      void this.#dispatch(req, res);
+    });
+    // Scrapers and the status page poll with keep-alive; close() must not wait for them.
+    this.#server.keepAliveTimeout = 5_000;
+  }
+
+  async listen(): Promise<void> {
+    const { host, port } = this.#options.admin.listen;
+    await new Promise<void>((resolve, reject) => {
+      const onError = (err: Error): void => reject(new ListenError('admin', formatHostPort({ host, port }), err));
+      this.#server.once('error', onError);
+      this.#server.listen(port, host, () => {
+        this.#server.off('error', onError);
+        resolve();
+      });
+    });
+    this.#log.info({ url: this.url, changes: this.#tokenHash ? 'token' : 'disabled (no admin.token_file)' }, 'admin server listening');
+  }
+
+  /** The address actually bound (port 0 resolved). */
+  address(): { host: string; port: number } {
+    const a = this.#server.address() as AddressInfo;
+    return { host: a.address, port: a.port };
+  }
+
+  get url(): string {
+    return `http://${formatHostPort(this.address())}`;
+  }
+
+  /**
+   * Applies a reloaded `admin` section: the token file is re-read and auth_reads follows the file.
+   * A changed listen address needs a restart (reported by the reload, not applied here).
+   */
+  updateAdminConfig(admin: AdminConfig): void {
+    this.#tokenHash = admin.token_file ? sha256(readToken(admin.token_file)) : undefined;
+    this.#authReads = admin.auth_reads;
+  }
+
+  async close(): Promise<void> {
+    await new Promise<void>((resolve) => {
+      this.#server.close(() => resolve());
+      this.#server.closeAllConnections();
+    });
+  }
+
+  // ── dispatch ──────────────────────────────────────────────────────────────
+
+  async #dispatch(req: IncomingMessage, res: ServerResponse): Promise<void> {
+    let reply: Reply;
+    try {
+      const url = new URL(req.url ?? '/', 'http://admin');
+      reply = await this.#route(req, url);
+    } catch (err) {
+      reply = this.#errorReply(err);
+    }
+    const headers: Record<string, string> = { 'cache-control': 'no-store' };
+    let payload: string;
+    if (reply.type) {
+      headers['content-type'] = reply.type;
+      payload = String(reply.body);
+    } else {
+      headers['content-type'] = 'application/json; charset=utf-8';
+      payload = JSON.stringify(reply.body) + '\n';
+    }
+    if (reply.status === 401) headers['www-authenticate'] = 'Bearer realm="fulcrum"';
+    res.writeHead(reply.status, headers);
+    res.end(payload);
+  }
+
+  async #route(req: IncomingMessage, url: URL): Promise<Reply> {
+    const method = req.method ?? 'GET';
+    let pathMatched = false;
+    for (const route of this.#routes) {
+      const m = route.pattern.exec(url.pathname);
+      if (!m) continue;
+      pathMatched = true;
+      const sameMethod = route.method === method || (route.method === 'GET' && method === 'HEAD');
+      if (!sameMethod) continue;
+      this.#authorize(req, route.change);
+      let params: string[];
+      try {
+        params = m.slice(1).map((p) => decodeURIComponent(p));
+      } catch {
+        throw badRequest('path', 'has a malformed %-escape', url.pathname);
+      }
+      const ctx: RequestContext = { req, url, body: () => readJsonBody(req) };
+      return await route.handle(ctx, params);
+    }
+    if (pathMatched) throw new AdminHttpError(405, ADMIN_ERRORS.METHOD_NOT_ALLOWED, `${method} is not allowed on ${url.pathname}`);
+    throw notFound(`no route ${method} ${url.pathname}`);
+  }
+
+  #authorize(req: IncomingMessage, change: boolean): void {
+    if (!change && !this.#authReads) return;
+    if (!this.#tokenHash) {
+      throw new AdminHttpError(403, ADMIN_ERRORS.CHANGES_DISABLED,
+        `${change ? 'changes are' : 'reads are'} disabled: set admin.token_file to a file holding the admin token`);
+    }
+    const header = req.headers.authorization;
+    const m = header ? /^Bearer\s+(\S+)\s*$/i.exec(header) : null;
+    if (!m) throw new AdminHttpError(401, ADMIN_ERRORS.UNAUTHORIZED, 'authorization: expected "Bearer <token>" with the token from admin.token_file');
+    // Hashes have equal length, so timingSafeEqual compares without leaking the token's length.
+    if (!timingSafeEqual(sha256(m[1]), this.#tokenHash)) {
+      throw new AdminHttpError(401, ADMIN_ERRORS.UNAUTHORIZED, 'authorization: the token does not match admin.token_file');
+    }
+  }
+
+  #errorReply(err: unknown): Reply {
+    if (err instanceof AdminHttpError) {
+      if (err.status >= 500) this.#log.error({ err }, 'admin request failed');
+      return json(err.status, { error: { code: err.code, message: err.message, ...err.details } });
+    }
+    if (err instanceof ConfigInvalidError) {
+      return json(422, { error: { code: err.code, message: err.message, problems: err.problems } });
+    }
+    if (err instanceof ConfigUnreadableError) return json(422, { error: { code: err.code, message: err.message } });
+    if (err instanceof FulcrumError) {
+      // A Balancer refusal (table full, bad state) is the caller's conflict, not our bug.
+      return json(409, { error: { code: err.code, message: err.message } });
+    }
+    this.#log.error({ err }, 'admin request failed');
+    return json(500, { error: { code: ADMIN_ERRORS.INTERNAL, message: (err as Error)?.message ?? String(err) } });
+  }
+
+  // ── routes ────────────────────────────────────────────────────────────────
+
+  #makeRoutes(): Route[] {
+    const seg = '([^/]+)';
+    const backend = `^/api/services/${seg}/backends/${seg}`;
+    return [
+      { method: 'GET', pattern: /^\/$/, change: false, handle: () => ({ status: 200, body: statusPage(), type: 'text/html; charset=utf-8' }) },
+      { method: 'GET', pattern: /^\/metrics$/, change: false, handle: async () => ({ status: 200, body: await this.#options.metrics.text(), type: this.#options.metrics.contentType }) },
+      { method: 'GET', pattern: /^\/api\/services$/, change: false, handle: () => json(200, { at: Date.now(), services: this.#services() }) },
+      { method: 'GET', pattern: /^\/api\/status$/, change: false, handle: () => json(200, this.#status()) },
+      { method: 'POST', pattern: new RegExp(`${backend}/state$`), change: true, handle: (ctx, p) => this.#setState(ctx, p[0], p[1]) },
+      { method: 'POST', pattern: new RegExp(`${backend}/weight$`), change: true, handle: (ctx, p) => this.#setWeight(ctx, p[0], p[1]) },
+      { method: 'POST', pattern: new RegExp(`^/api/services/${seg}/backends$`), change: true, handle: (ctx, p) => this.#addBackend(ctx, p[0]) },
+      { method: 'DELETE', pattern: new RegExp(`${backend}$`), change: true, handle: (ctx, p) => this.#removeBackend(ctx, p[0], p[1]) },
+      { method: 'POST', pattern: /^\/api\/reload$/, change: true, handle: () => this.#reload() },
+    ];
+  }
+
+  /** Like #find, and refuses a backend already removed (draining its last sessions) with 409. */
+  #findLive(service: string, address: string): DescribedBackend {
+    const backend = this.#find(service, address).backend!;
+    if (backend.removed === true) {
+      throw new AdminHttpError(409, ADMIN_ERRORS.CONFLICT, `service ${JSON.stringify(service)}: backend ${JSON.stringify(backend.address)} is being removed (draining its last sessions)`);
+    }
+    return backend;
+  }
+
+  /** The service and backend of a route, or 404 naming which one is unknown. */
+  #find(service: string, address?: string): { service: DescribedService; backend?: DescribedBackend } {
+    const s = this.#options.balancer.describe().find((x) => x.name === service);
+    if (!s) throw notFound(`service ${JSON.stringify(service)} does not exist`);
+    if (address === undefined) return { service: s };
+    const key = normalizeAddress(address);
+    const b = s.backends.find((x) => x.address === key);
+    if (!b) throw notFound(`service ${JSON.stringify(service)} has no backend ${JSON.stringify(address)}`);
+    return { service: s, backend: b };
+  }
+
+  #services(): unknown[] {
+    const described = this.#options.balancer.describe();
+    const stats = new Map<string, ServiceStats>(this.#options.stats.snapshot(described).map((s) => [s.name, s]));
+    const config = this.#options.config?.();
+    return described.map((s) => {
+      const st = stats.get(s.name)!;
+      const sc = config?.services.find((x) => x.name === s.name);
+      const { backends: _b, index: _i, name: _n, ...extra } = s;
+      return {
+        name: s.name,
+        ...(sc ? { listen: formatHostPort(sc.listen), balance: sc.balance } : {}),
+        ...extra,
+        active: st.active,
+        queued: st.queued,
+        max_connections: st.max_connections,
+        queue_max: st.queue_max,
+        counters: st.counters,
+        backends: s.backends.map((b, j) => {
+          const bs = st.backends[j];
+          const history = this.#options.healthHistory?.(s.name, b.address);
+          return {
+            ...b,
+            address: b.address,
+            state: bs.state,
+            weight: bs.weight,
+            effective_weight: bs.effective_weight,
+            backup: bs.backup,
+            active: bs.active,
+            max_connections: bs.max_connections,
+            counters: bs.counters,
+            removing: b.removed === true,
+            ...(history ? { health_history: history } : {}),
+          };
+        }),
+      };
+    });
+  }
+
+  #status(): Record<string, unknown> {
+    return {
+      pid: process.pid,
+      node: process.version,
+      started_at: new Date(this.#startedAt).toISOString(),
+      uptime_s: Math.round((Date.now() - this.#startedAt) / 1000),
+      changes_enabled: this.#tokenHash !== undefined,
+      ...this.#options.status?.(),
+    };
+  }
+
+  async #setState(ctx: RequestContext, service: string, address: string): Promise<Reply> {
+    const backend = this.#findLive(service, address);
+    const body = await ctx.body();
+    const state = body.state;
+    if (typeof state !== 'string' || !(BACKEND_ADMIN_STATES as readonly string[]).includes(state)) {
+      throw badRequest('state', `must be one of ${BACKEND_ADMIN_STATES.join(' | ')}`, state);
+    }
+    await this.#options.balancer.setAdminState(service, backend.address, state as AdminState, 'admin API');
+    this.#log.info({ service, backend: backend.address, state }, 'admin: backend state set');
+    return json(200, { service, backend: this.#backendView(service, backend.address) });
+  }
+
+  async #setWeight(ctx: RequestContext, service: string, address: string): Promise<Reply> {
+    const backend = this.#findLive(service, address);
+    const body = await ctx.body();
+    const weight = body.weight;
+    if (!Number.isInteger(weight) || (weight as number) < 0 || (weight as number) > MAX_WEIGHT) {
+      throw badRequest('weight', `must be an integer 0–${MAX_WEIGHT}`, weight);
+    }
+    await this.#options.balancer.setWeight(service, backend.address, weight as number);
+    this.#log.info({ service, backend: backend.address, weight }, 'admin: backend weight set');
+    return json(200, { service, backend: this.#backendView(service, backend.address) });
+  }
+
+  async #addBackend(ctx: RequestContext, service: string): Promise<Reply> {
+    const { service: s } = this.#find(service);
+    const body = await ctx.body();
+    const parsed = backendSchema.safeParse(body, { reportInput: true });
+    if (!parsed.success) {
+      const issue = parsed.error.issues[0];
+      if (issue.code === 'unrecognized_keys') throw badRequest(issue.keys[0], 'unknown field', body[issue.keys[0]]);
+      const field = formatPath(issue.path) || 'body';
+      throw badRequest(field, issue.message, (issue as { input?: unknown }).input);
+    }
+    const address = formatHostPort(parsed.data.address);
+    if (s.backends.some((b) => b.address === address)) {
+      throw new AdminHttpError(409, ADMIN_ERRORS.CONFLICT, `address: service ${JSON.stringify(service)} already has backend ${JSON.stringify(address)}`);
+    }
+    await this.#options.balancer.addBackend(service, parsed.data);
+    this.#log.info({ service, backend: address, weight: parsed.data.weight }, 'admin: backend added');
+    return json(201, { service, backend: this.#backendView(service, address) });
+  }
+
+  async #removeBackend(ctx: RequestContext, service: string, address: string): Promise<Reply> {
+    const backend = this.#find(service, address).backend!;
+    const forceParam = ctx.url.searchParams.get('force');
+    if (forceParam !== null && !['1', 'true', '0', 'false', ''].includes(forceParam)) {
+      throw badRequest('force', 'must be 1, true, 0 or false', forceParam);
+    }
+    const force = forceParam === '1' || forceParam === 'true' || forceParam === '';
+    const addr = backend.address;
+    if (backend.removed === true && !force) {
+      return json(202, { service, backend: addr, removed: false, draining: true, active: this.#activeOf(service, addr) ?? 0 });
+    }
+    const active = this.#activeOf(service, addr) ?? 0;
+    // The Balancer takes the backend out of the member list at once (no new sessions); without
+    // force its open sessions finish and the slot is freed when the last one closes.
+    await this.#options.balancer.removeBackend(service, addr, { force });
+    this.#log.info({ service, backend: addr, force, active }, force ? 'admin: backend removed, sessions closed' : 'admin: backend removed, draining');
+    if (force || active === 0) return json(200, { service, backend: addr, removed: true, closed_sessions: force ? active : 0 });
+    return json(202, { service, backend: addr, removed: false, draining: true, active });
+  }
+
+  /** Active sessions of a backend now; undefined when it no longer exists. */
+  #activeOf(service: string, address: string): number | undefined {
+    const s = this.#options.balancer.describe().find((x) => x.name === service);
+    const b = s?.backends.find((x) => x.address === address);
+    if (!s || !b) return undefined;
+    return this.#options.stats.snapshot([{ name: s.name, index: s.index, backends: [b] }])[0].backends[0].active;
+  }
+
+  #backendView(service: string, address: string): unknown {
+    const s = this.#services().find((x) => (x as { name: string }).name === service) as { backends: { address: string }[] } | undefined;
+    return s?.backends.find((b) => b.address === address) ?? null;
+  }
+
+  async #reload(): Promise<Reply> {
+    if (!this.#options.reload) {
+      throw new AdminHttpError(501, ADMIN_ERRORS.NOT_AVAILABLE, 'reload: this instance was not started from a config file');
+    }
+    const result = await this.#options.reload();
+    return json(200, { reloaded: true, ...result });
+  }
+}
+
+/** "127.0.0.1:6379", "[::1]:6379" as fulcrum keys them; a malformed address is a 404 by name. */
+function normalizeAddress(address: string): string {
+  const hp = parseHostPort(address);
+  return hp ? formatHostPort(hp) : address;
+}
+
+async function readJsonBody(req: IncomingMessage): Promise<Record<string, unknown>> {
+  const declared = Number(req.headers['content-length'] ?? 0);
+  if (declared > MAX_BODY_BYTES) {
+    throw new AdminHttpError(413, ADMIN_ERRORS.BODY_TOO_LARGE, `body: must be at most ${MAX_BODY_BYTES} bytes, got ${declared}`);
+  }
+  const chunks: Buffer[] = [];
+  let size = 0;
+  // Past the limit the rest is read and dropped (bounded by the server's requestTimeout), so the
+  // client still gets its 413 instead of a reset connection.
+  for await (const chunk of req as AsyncIterable<Buffer>) {
+    size += chunk.length;
+    if (size <= MAX_BODY_BYTES) chunks.push(chunk);
+  }
+  if (size > MAX_BODY_BYTES) {
+    throw new AdminHttpError(413, ADMIN_ERRORS.BODY_TOO_LARGE, `body: must be at most ${MAX_BODY_BYTES} bytes, got ${size}`);
+  }
+  const text = Buffer.concat(chunks).toString('utf8').trim();
+  if (text.length === 0) return {};
+  const type = req.headers['content-type'];
+  if (type && !/^application\/json\b/i.test(type)) {
+    throw new AdminHttpError(415, ADMIN_ERRORS.UNSUPPORTED_MEDIA_TYPE, `content-type: must be application/json, got ${JSON.stringify(type)}`);
+  }
+  let value: unknown;
+  try {
+    value = JSON.parse(text);
+  } catch (err) {
+    throw badRequest('body', `must be JSON (${(err as Error).message})`, text.length > 40 ? text.slice(0, 40) + '…' : text);
+  }
+  if (typeof value !== 'object' || value === null || Array.isArray(value)) throw badRequest('body', 'must be a JSON object', value);
+  return value as Record<string, unknown>;
+}
+
+export async function startAdminServer(options: AdminServerOptions): Promise<AdminServer> {
+  const server = new AdminServer(options);
+  await server.listen();
+  return server;
+}

@@ -1,0 +1,131 @@
+/**
+ * The command line: `fulcrum <command> [options]`. Each command is one entry of COMMANDS (lazy
+ * imports keep `fulcrum check` quick); add a command by adding an entry.
+ *
+ * Exit codes: 0 ok, 1 failure (invalid config, cannot start), 2 usage error.
+ */
+import { parseArgs, type ParseArgsConfig } from 'node:util';
+import { FulcrumError } from './errors.ts';
+import { CTL_OPTIONS } from './admin/ctl-options.ts';
+
+export interface Command {
+  summary: string;
+  usage: string;
+  options: NonNullable<ParseArgsConfig['options']>;
+  /** Resolves with the exit code; `run` resolves only when the balancer has stopped. */
+  run(values: Record<string, unknown>, positionals: string[]): Promise<number>;
+}
+
+const configOption = { config: { type: 'string', short: 'c' } } as const;
+
+export const COMMANDS: Record<string, Command> = {
+  run: {
+    summary: 'start the balancer from a config file',
+    usage: 'fulcrum run --config FILE',
+    options: configOption,
+    async run(values) {
+      const file = requireConfig(values);
+      const { loadConfig } = await import('./config/load.ts');
+      const { startFulcrum, installSignalHandlers } = await import('./main.ts');
+      const config = loadConfig(file);
+      const handle = await startFulcrum(config, { configFile: file });
+      // Metrics, the admin server (when config.admin is set) and the reload path (SIGHUP, POST /api/reload).
+      const { startOperationsFor } = await import('./admin/index.ts');
+      const ops = await startOperationsFor(handle, { configFile: file });
+      installSignalHandlers(handle, file, () => ops.reload('SIGHUP'));
+      await handle.stopped;
+      await new Promise<void>((resolve) => handle.logger.flush(() => resolve()));
+      return 0;
+    },
+  },
+  check: {
+    summary: 'validate a config file and print every problem (like haproxy -c)',
+    usage: 'fulcrum check --config FILE',
+    options: configOption,
+    async run(values) {
+      const file = requireConfig(values);
+      const { loadConfig } = await import('./config/load.ts');
+      loadConfig(file);
+      process.stdout.write(`${file}: config OK\n`);
+      return 0;
+    },
+  },
+  demo: {
+    summary: 'run three local backends behind fulcrum and show what to try',
+    usage: 'fulcrum demo',
+    options: {},
+    async run() {
+      const { runDemo } = await import('./demo/demo.ts');
+      return runDemo();
+    },
+  },
+  ctl: {
+    summary: 'change a running balancer through its admin API (list, state, weight, add, remove, reload)',
+    usage: 'fulcrum ctl list|state|weight|add|remove|reload … [--admin URL] [--token-file FILE] [--config FILE]',
+    options: CTL_OPTIONS,
+    async run(values, positionals) {
+      return (await import('./admin/ctl.ts')).runCtlParsed(values, positionals);
+    },
+  },
+  status: {
+    summary: "show the running balancer's failover role, peer, failovers and uptime",
+    usage: 'fulcrum status [--admin URL] [--token-file FILE] [--config FILE] [--json]',
+    options: CTL_OPTIONS,
+    async run(values, positionals) {
+      return (await import('./admin/ctl.ts')).runCtlParsed(values, ['status', ...positionals]);
+    },
+  },
+};
+
+class UsageError extends Error {}
+
+function requireConfig(values: Record<string, unknown>): string {
+  const file = values.config;
+  if (typeof file !== 'string' || file === '') throw new UsageError('--config FILE is required');
+  return file;
+}
+
+export function usage(): string {
+  const width = Math.max(...Object.keys(COMMANDS).map((n) => n.length));
+  const lines = Object.entries(COMMANDS).map(([name, c]) => `  ${name.padEnd(width)}  ${c.summary}\n  ${' '.repeat(width)}  ${c.usage}`);
+  return `fulcrum — L4 TCP load balancer\n\nusage: fulcrum <command> [options]\n\ncommands:\n${lines.join('\n')}\n\n  fulcrum --help        this text\n`;
+}
+
+export async function main(argv: string[]): Promise<number> {
+  const [name, ...rest] = argv;
+  if (name === undefined || name === '--help' || name === '-h' || name === 'help') {
+    process.stdout.write(usage());
+    return name === undefined ? 2 : 0;
+  }
+  const command = Object.hasOwn(COMMANDS, name) ? COMMANDS[name] : undefined;
+  if (command === undefined) {
+    process.stderr.write(`fulcrum: unknown command ${JSON.stringify(name)}\n\n${usage()}`);
+    return 2;
+  }
+  try {
+    if (rest.includes('--help') || rest.includes('-h')) {
+      process.stdout.write(`usage: ${command.usage}\n${command.summary}\n`);
+      return 0;
+    }
+    const { values, positionals } = parseArgs({ args: rest, options: command.options, allowPositionals: true, strict: true });
+    return await command.run(values, positionals);
+  } catch (err) {
+    if (err instanceof UsageError || (err as { code?: string }).code?.startsWith('ERR_PARSE_ARGS')) {
+      process.stderr.write(`fulcrum ${name}: ${(err as Error).message}\nusage: ${command.usage}\n`);
+      return 2;
+    }
+    if (err instanceof FulcrumError || String((err as { code?: unknown }).code).startsWith('FULCRUM_ERR_')) {
+      // Config problems: every one, "path: message, got value", as haproxy -c prints them.
+      process.stderr.write(`fulcrum ${name}: [${err.code}] ${err.message}\n`);
+      return 1;
+    }
+    process.stderr.write(`fulcrum ${name}: ${err instanceof Error ? err.stack : String(err)}\n`);
+    return 1;
+  }
+}
+
+// Run when executed (bin/fulcrum execs `node src/cli.ts`), not when imported.
+if (import.meta.main) {
+  // Exit explicitly: a failed start may leave timers behind; stdout/stderr are synchronous on Linux.
+  process.exit(await main(process.argv.slice(2)));
+}

@@ -1,0 +1,357 @@
+/**
+ * Failover: one instance of an active/passive pair. Wires the pure state machine (fsm.ts) to the
+ * heartbeat (heartbeat.ts), the VIP commands (vip.ts), the track checks and the timers, and
+ * reports roles to whoever wires it (src/main.ts through wire.ts): 'role' {from, to, cause} on
+ * every change, 'accepting' (boolean) when the listeners on the VIP must start or stop accepting.
+ *
+ * Timers use Node's timers (libuv's monotonic clock), and ages in status() use performance.now(),
+ * so a wall-clock step never declares the peer dead; only the heartbeat's timestamp (checked
+ * against a window, see heartbeat.ts) uses the wall clock.
+ */
+import { EventEmitter } from 'node:events';
+import { readFileSync } from 'node:fs';
+import { formatHostPort, type HaConfig } from '../config/schema.ts';
+import type { Logger } from '../observability/log.ts';
+import { HaAddressError } from './errors.ts';
+import { FailoverFsm, ipv4ToInt, masterDownInterval, type Action, type Role, type Step } from './fsm.ts';
+import { Heartbeat, readSecret, staleWindowMs, DROP_REASONS, type Advert, type DropReason } from './heartbeat.ts';
+import { VipManager } from './vip.ts';
+
+export type { Role, Step } from './fsm.ts';
+export type { DropReason } from './heartbeat.ts';
+
+export interface RoleChange {
+  from: Role;
+  to: Role;
+  cause: string;
+}
+
+export interface FailoverEvents {
+  role: [change: RoleChange];
+  accepting: [accepting: boolean];
+}
+
+export interface FailoverOptions {
+  config: HaConfig;
+  logger: Logger;
+  /** Backends currently up, across every service (ha.track.min_backends_up compares with it). */
+  backendsUp?: () => number;
+  /**
+   * Called with false at start and on stepping down, true on taking over. Should return promptly
+   * (stop accepting new connections; do not wait for open ones to end).
+   */
+  setAccepting?: (accepting: boolean) => void | Promise<void>;
+  /** Where the interface state is read; tests point it elsewhere. */
+  operstateFile?: (iface: string) => string;
+}
+
+export interface FailoverStatus {
+  role: Role;
+  /** Differs from role while a master with a failing track waits for the peer to be ready. */
+  wanted: Role;
+  priority: number;
+  preempt: boolean;
+  vips: string[];
+  interface: string;
+  vip_held: boolean;
+  accepting: boolean;
+  advert_interval_ms: number;
+  master_down_interval_ms: number;
+  peer: {
+    address: string;
+    role: Role | null;
+    priority: number | null;
+    /** Since the last valid heartbeat from the peer; null if none ever came. */
+    last_advert_ms_ago: number | null;
+    alive: boolean;
+  };
+  /** How many times this instance took the VIP (became master). */
+  failovers: number;
+  /** Role changes since start. */
+  transitions: number;
+  last_transition: { from: Role; to: Role; cause: string; at: string } | null;
+  track: {
+    ok: boolean;
+    cause: string;
+    backends_up: number | null;
+    min_backends_up: number;
+    interface_state: string | null;
+  };
+  heartbeat: { sent: number; received: number; epoch: number };
+  dropped: Record<DropReason, number>;
+  errors: Record<string, number>;
+}
+
+/** Interface states that mean "no link" (anything else: up, unknown for virtual links). */
+const DOWN_OPERSTATES = new Set(['down', 'lowerlayerdown', 'notpresent', 'dormant', 'testing', 'missing']);
+
+export class Failover extends EventEmitter<FailoverEvents> {
+  readonly fsm: FailoverFsm;
+  readonly vip: VipManager;
+  private hb: Heartbeat | null = null;
+  private readonly config: HaConfig;
+  private readonly log: Logger;
+  private readonly backendsUp: (() => number) | undefined;
+  private readonly setAccepting: ((accepting: boolean) => void | Promise<void>) | undefined;
+  private readonly operstateFile: (iface: string) => string;
+  private readonly bindAddress: number;
+  private readonly peerAddress: number;
+
+  private tickTimer: NodeJS.Timeout | null = null;
+  private masterDownTimer: NodeJS.Timeout | null = null;
+  private peerTimer: NodeJS.Timeout | null = null;
+  /** Actions that touch the system run one after another, in the order the FSM gave them. */
+  private actions: Promise<unknown> = Promise.resolve();
+  private accepting = false;
+  private acceptingSet = false;
+  private lastAdvertAt: number | null = null;
+  private failovers = 0;
+  private transitions = 0;
+  private lastTransition: FailoverStatus['last_transition'] = null;
+  private lastBackendsUp: number | null = null;
+  private lastOperstate: string | null = null;
+  private stopped = false;
+
+  constructor(opts: FailoverOptions) {
+    super();
+    const c = opts.config;
+    this.config = c;
+    this.log = opts.logger.child({ component: 'failover' });
+    this.backendsUp = opts.backendsUp;
+    this.setAccepting = opts.setAccepting;
+    this.operstateFile = opts.operstateFile ?? ((iface) => `/sys/class/net/${iface}/operstate`);
+    this.bindAddress = ipv4ToInt(c.bind.host);
+    if (this.bindAddress < 0) throw new HaAddressError('ha.bind', formatHostPort(c.bind));
+    this.peerAddress = ipv4ToInt(c.peer.host);
+    if (this.peerAddress < 0) throw new HaAddressError('ha.peer', formatHostPort(c.peer));
+    this.fsm = new FailoverFsm({
+      priority: c.priority, address: this.bindAddress, advertIntervalMs: c.advert_interval,
+      deadAfter: c.dead_after, preempt: c.preempt,
+    });
+    this.vip = new VipManager({ vips: c.vip, iface: c.interface, garp: c.garp, logger: this.log });
+  }
+
+  /**
+   * Reads the secret, binds the heartbeat, releases a VIP a previous run may have left behind
+   * (kill -9 leaves the address on the interface), stops the listeners, then starts as backup
+   * (or fault, if the track fails). Throws FulcrumErrors for a bad secret or an unbindable address.
+   */
+  async start(): Promise<void> {
+    const c = this.config;
+    const key = readSecret(c.secret_file, this.log);
+    const hb = new Heartbeat({
+      bind: c.bind, peer: c.peer, bindAddress: this.bindAddress, peerAddress: this.peerAddress, key,
+      advertIntervalMs: c.advert_interval, staleWindowMs: staleWindowMs(c.dead_after, c.advert_interval, c.max_clock_skew),
+      logger: this.log,
+    });
+    await hb.start();
+    this.hb = hb;
+    hb.on('advert', (a) => this.onAdvert(a));
+    await this.applyAccepting(false);
+    await this.vip.remove();
+    this.checkTrack();
+    this.log.info({
+      priority: c.priority, vips: c.vip.map((v) => `${v.address}/${v.prefix}`), interface: c.interface,
+      bind: formatHostPort(c.bind), peer: formatHostPort(c.peer), advert_interval_ms: c.advert_interval,
+      dead_after: c.dead_after, preempt: c.preempt, epoch: hb.epoch,
+    }, 'failover starting');
+    this.handle(this.fsm.start());
+    this.tickTimer = setInterval(() => this.tick(), c.advert_interval);
+    void hb.send(this.fsm.current, this.fsm.priority);
+  }
+
+  /**
+   * Leaves the pair cleanly: a master stops accepting, sends priority 0 (the backup takes over
+   * after its Skew_Time instead of a full Master_Down_Interval) and removes the VIP.
+   */
+  async stop(): Promise<void> {
+    if (this.stopped) return;
+    this.stopped = true;
+    if (this.tickTimer) clearInterval(this.tickTimer);
+    this.tickTimer = null;
+    this.handle(this.fsm.stop());
+    await this.actions;
+    this.clearMasterDown();
+    if (this.peerTimer) clearTimeout(this.peerTimer);
+    this.peerTimer = null;
+    if (this.vip.held) await this.vip.remove();
+    await this.vip.idle();
+    this.hb?.close();
+    this.hb = null;
+  }
+
+  status(): FailoverStatus {
+    const f = this.fsm;
+    const c = this.config;
+    return {
+      role: f.current,
+      wanted: f.wanted,
+      priority: f.priority,
+      preempt: f.preempt,
+      vips: c.vip.map((v) => `${v.address}/${v.prefix}`),
+      interface: c.interface,
+      vip_held: this.vip.held,
+      accepting: this.accepting,
+      advert_interval_ms: c.advert_interval,
+      master_down_interval_ms: Math.round(f.masterDownMs()),
+      peer: {
+        address: formatHostPort(c.peer),
+        role: f.peer?.role ?? null,
+        priority: f.peer?.priority ?? null,
+        last_advert_ms_ago: this.lastAdvertAt === null ? null : Math.round(performance.now() - this.lastAdvertAt),
+        alive: f.peer?.alive ?? false,
+      },
+      failovers: this.failovers,
+      transitions: this.transitions,
+      last_transition: this.lastTransition,
+      track: {
+        ok: f.trackPassing,
+        cause: f.trackCause,
+        backends_up: this.lastBackendsUp,
+        min_backends_up: c.track.min_backends_up,
+        interface_state: this.lastOperstate,
+      },
+      heartbeat: { sent: this.hb?.sent ?? 0, received: this.hb?.received ?? 0, epoch: this.hb?.epoch ?? 0 },
+      dropped: this.hb ? { ...this.hb.dropped } : Object.fromEntries(DROP_REASONS.map((r) => [r, 0])) as Record<DropReason, number>,
+      errors: { ...this.vip.errors },
+    };
+  }
+
+  // ── events in ──────────────────────────────────────────────────────────────────────────────
+
+  /** Every advert interval: re-check the track, then send our heartbeat. */
+  private tick(): void {
+    this.checkTrack();
+    if (this.hb && this.fsm.current !== 'init') void this.hb.send(this.fsm.current, this.fsm.priority);
+  }
+
+  private onAdvert(a: Advert): void {
+    if (this.stopped) return;
+    this.lastAdvertAt = performance.now();
+    // Peer liveness (any heartbeat, whatever its state): lost after Master_Down_Interval of silence.
+    if (this.peerTimer) clearTimeout(this.peerTimer);
+    this.peerTimer = setTimeout(() => {
+      this.peerTimer = null;
+      this.log.warn({ peer: formatHostPort(this.config.peer), silent_ms: Math.round(performance.now() - (this.lastAdvertAt ?? 0)) }, 'peer lost: no valid heartbeat');
+      this.handle(this.fsm.peerLost());
+    }, masterDownInterval(this.fsm.priority, a.intervalMs, this.config.dead_after));
+    this.handle(this.fsm.advert({ role: a.role, priority: a.priority, address: a.senderAddress, intervalMs: a.intervalMs }));
+  }
+
+  /** Edge-triggered: the FSM hears about a track change once, with its cause. */
+  private checkTrack(): void {
+    const problems: string[] = [];
+    const t = this.config.track;
+    if (this.backendsUp) {
+      const up = this.backendsUp();
+      this.lastBackendsUp = up;
+      if (t.min_backends_up > 0 && up < t.min_backends_up) problems.push(`${up} backend${up === 1 ? '' : 's'} up, ha.track.min_backends_up is ${t.min_backends_up}`);
+    }
+    if (t.interface) {
+      const state = this.readOperstate();
+      this.lastOperstate = state;
+      if (DOWN_OPERSTATES.has(state)) problems.push(`interface ${this.config.interface} is ${state}`);
+    }
+    const ok = problems.length === 0;
+    if (ok === this.fsm.trackPassing && this.fsm.trackCause !== 'not checked yet') return;
+    const cause = ok ? (this.backendsUp ? `${this.lastBackendsUp} backends up` : 'ok') + (t.interface ? `, interface ${this.config.interface} ${this.lastOperstate}` : '') : problems.join('; ');
+    this.handle(ok ? this.fsm.trackOk(cause) : this.fsm.trackFail(cause));
+  }
+
+  /** sysfs reads are served from memory by the kernel: a sync read of a few bytes costs microseconds. */
+  private readOperstate(): string {
+    try {
+      return readFileSync(this.operstateFile(this.config.interface), 'utf8').trim();
+    } catch {
+      return 'missing';
+    }
+  }
+
+  // ── actions out ────────────────────────────────────────────────────────────────────────────
+
+  private handle(step: Step | null): void {
+    if (!step) return;
+    if (step.from !== step.to) {
+      this.transitions++;
+      if (step.to === 'master') this.failovers++;
+      this.lastTransition = { from: step.from, to: step.to, cause: step.cause, at: new Date().toISOString() };
+      const level = step.to === 'fault' ? 'warn' : 'info';
+      this.log[level]({ from: step.from, to: step.to, cause: step.cause, handler: step.handler }, `role ${step.from} → ${step.to}: ${step.cause}`);
+      this.emit('role', { from: step.from, to: step.to, cause: step.cause });
+    } else if (step.actions.length > 0 && step.handler !== 'backupOnAdvert') {
+      this.log.info({ role: step.to, cause: step.cause, handler: step.handler }, step.cause);
+    } else if (step.handler === 'masterOnTrackFail') {
+      this.log.warn({ role: step.to, cause: step.cause, handler: step.handler }, step.cause);
+    }
+    for (const action of step.actions) this.run(action);
+  }
+
+  /** Timers change at once; everything else waits its turn behind the previous system action. */
+  private run(action: Action): void {
+    switch (action.type) {
+      case 'armMasterDown':
+        this.clearMasterDown();
+        this.masterDownTimer = setTimeout(() => {
+          this.masterDownTimer = null;
+          this.handle(this.fsm.masterDown());
+        }, action.ms);
+        return;
+      case 'cancelMasterDown':
+        this.clearMasterDown();
+        return;
+      case 'sendGarp':
+        this.queue(() => this.vip.garp());
+        return;
+      case 'sendAdvert': {
+        const hb = this.hb;
+        // Priority 0 is a master resigning; otherwise the role we have just taken (or keep).
+        const role: Role = action.priority === 0 ? 'master' : this.fsm.current;
+        this.queue(async () => {
+          if (!hb) return;
+          await hb.send(role, action.priority);
+          // A priority-0 advert goes twice: a lost datagram would cost the peer a whole Master_Down_Interval.
+          if (action.priority === 0) await hb.send(role, 0);
+        });
+        return;
+      }
+      case 'addVip':
+        this.queue(async () => {
+          const errors = await this.vip.add();
+          if (errors.length > 0) this.log.error({ code: errors[0].code }, 'could not take every VIP; serving on those taken');
+        });
+        return;
+      case 'removeVip':
+        this.queue(() => this.vip.remove());
+        return;
+      case 'startAccepting':
+        this.queue(() => this.applyAccepting(true));
+        return;
+      case 'stopAccepting':
+        this.queue(() => this.applyAccepting(false));
+        return;
+    }
+  }
+
+  private queue(job: () => unknown): void {
+    this.actions = this.actions.then(job).catch((err: unknown) => {
+      this.log.error({ err: (err as Error)?.message }, 'failover action failed');
+    });
+  }
+
+  private async applyAccepting(on: boolean): Promise<void> {
+    if (this.accepting === on && this.acceptingSet) return;
+    this.acceptingSet = true;
+    this.accepting = on;
+    this.emit('accepting', on);
+    try {
+      await this.setAccepting?.(on);
+    } catch (err) {
+      this.log.error({ err: (err as Error).message, accepting: on }, on ? 'could not start accepting on the VIP' : 'could not stop accepting on the VIP');
+    }
+  }
+
+  private clearMasterDown(): void {
+    if (this.masterDownTimer) clearTimeout(this.masterDownTimer);
+    this.masterDownTimer = null;
+  }
+}

@@ -1,0 +1,55 @@
+/**
+ * `type: mysql` — connects with `mysql2` (MySQL and MariaDB), runs `SELECT @@global.read_only`:
+ * 0 is a primary, 1 a replica (the convention replication tooling keeps: replicas read-only).
+ *
+ * Settings (health.mysql): user (default "root"), password_file, database (optional).
+ */
+import mysql from 'mysql2';
+import { ProbeFailure, readSecret, roleResult, runProbe, type Probe } from './probe.ts';
+
+const AUTH_ERRNOS = new Set([1044, 1045, 1698, 1130]);
+
+export const mysqlProbe: Probe = (target, settings, signal) =>
+  runProbe(signal, settings, async (stage) => {
+    const cfg = settings.mysql ?? {};
+    const password = cfg.password_file ? await readSecret(cfg.password_file, 'health.mysql.password_file') : undefined;
+    const conn = mysql.createConnection({
+      host: target.host,
+      port: target.port,
+      user: cfg.user ?? 'root',
+      password,
+      database: cfg.database,
+      connectTimeout: settings.timeout + 100,
+      // Numbers as numbers; no date handling needed.
+      supportBigNumbers: false,
+    });
+    conn.on('error', () => {});
+    stage.name = 'connecting: waiting for the handshake';
+    conn.once('connect', () => { stage.name = 'waiting for @@global.read_only'; });
+    const onAbort = () => conn.destroy();
+    signal.addEventListener('abort', onAbort, { once: true });
+    let clean = false;
+    try {
+      const rows = await new Promise<unknown>((resolve, reject) => {
+        conn.query('SELECT @@global.read_only AS ro', (err, result) => (err ? reject(err) : resolve(result)));
+      });
+      const ro = Array.isArray(rows) ? (rows[0] as { ro?: unknown } | undefined)?.ro : undefined;
+      const n = typeof ro === 'string' ? Number(ro) : ro;
+      if (n !== 0 && n !== 1) throw new ProbeFailure(`bad reply: @@global.read_only returned ${JSON.stringify(ro)}`);
+      clean = true;
+      return roleResult(n === 1 ? 'replica' : 'primary', settings.role);
+    } catch (err) {
+      const e = err as { errno?: number; code?: string; sqlMessage?: string; message?: string };
+      if (e.errno !== undefined && AUTH_ERRNOS.has(e.errno)) throw new ProbeFailure(`auth failed: ${e.sqlMessage ?? e.message}`);
+      if (e.sqlMessage) throw new ProbeFailure(`server error ${e.code ?? e.errno}: ${e.sqlMessage}`);
+      throw err;
+    } finally {
+      signal.removeEventListener('abort', onAbort);
+      if (clean) {
+        conn.end(() => {});
+        setTimeout(() => conn.destroy(), 1000).unref();
+      } else {
+        conn.destroy();
+      }
+    }
+  });

@@ -1,0 +1,219 @@
+/**
+ * What every probe shares: its signature, its result, the reasons it gives, and a small socket
+ * wrapper that turns "read until this parser is satisfied" into a promise that always settles
+ * (on data, close, error or abort) and never leaves a socket behind.
+ *
+ * Probes run on the control plane's event loop. A probe must not throw, must not stall past its
+ * signal, and must destroy everything it opened: a garbage reply or a silent server is a failed
+ * probe with a reason, never a problem for the rest of fulcrum.
+ */
+import net from 'node:net';
+import { readFile } from 'node:fs/promises';
+import type { HostPort, HealthConfig } from '../../config/schema.ts';
+
+export type Role = 'primary' | 'replica';
+export type RoleFilter = 'primary' | 'replica' | 'any';
+
+export interface ProbeResult {
+  ok: boolean;
+  /** Why it failed, or what it saw when it passed ("ok", "role primary"). */
+  reason: string;
+  latency_ms: number;
+  /** Database probes: the role the server reported. */
+  role?: Role;
+}
+
+/**
+ * One probe type. `settings` is the service's whole health section; `signal` aborts the probe at
+ * its timeout (the monitor passes AbortSignal.timeout(health.timeout)).
+ */
+export type Probe = (target: HostPort, settings: HealthConfig, signal: AbortSignal) => Promise<ProbeResult>;
+
+/** A failure with an operator-readable reason; thrown inside probes, caught by runProbe(). */
+export class ProbeFailure extends Error {
+  constructor(reason: string) {
+    super(reason);
+    this.name = 'ProbeFailure';
+  }
+}
+
+/** At most `max` bytes of a reply, quoted, with control bytes escaped: `"+PON\x00…"`. */
+export function excerpt(data: Buffer | string, max = 40): string {
+  const buf = typeof data === 'string' ? Buffer.from(data) : data;
+  let s = '';
+  for (let i = 0; i < Math.min(buf.length, max); i++) {
+    const c = buf[i];
+    if (c === 0x0d) s += '\\r';
+    else if (c === 0x0a) s += '\\n';
+    else if (c === 0x09) s += '\\t';
+    else if (c === 0x22) s += '\\"';
+    else if (c === 0x5c) s += '\\\\';
+    else if (c >= 0x20 && c < 0x7f) s += String.fromCharCode(c);
+    else s += '\\x' + c.toString(16).padStart(2, '0');
+  }
+  return `"${s}${buf.length > max ? '…' : ''}"`;
+}
+
+/** Turns a socket or driver error into the few reasons an operator needs. */
+export function describeError(err: unknown): string {
+  const e = err as NodeJS.ErrnoException | undefined;
+  switch (e?.code) {
+    case 'ECONNREFUSED': return 'connection refused';
+    case 'ECONNRESET': case 'EPIPE': return 'connection reset';
+    case 'ETIMEDOUT': return 'timeout';
+    case 'EHOSTUNREACH': case 'ENETUNREACH': return `unreachable (${e.code})`;
+    case 'EADDRNOTAVAIL': return 'address not available';
+    case 'ENOTFOUND': case 'EAI_AGAIN': return `cannot resolve host (${e.code})`;
+  }
+  if (err instanceof ProbeFailure) return err.message;
+  const msg = (e as Error | undefined)?.message ?? String(err);
+  return msg.length > 160 ? msg.slice(0, 160) + '…' : msg;
+}
+
+/** "timeout after 500ms (waiting for reply)" — `stage` says how far the probe got. */
+export function timeoutReason(settings: HealthConfig, stage: string): string {
+  return `timeout after ${settings.timeout}ms (${stage})`;
+}
+
+/** How far a probe got: named in its timeout reason, with any partial reply the socket holds. */
+export interface ProbeStage {
+  name: string;
+  socket?: ProbeSocket;
+}
+
+/** Runs a probe body, measuring latency and turning every throw into a failed result. */
+export async function runProbe(
+  signal: AbortSignal,
+  settings: HealthConfig,
+  body: (stage: ProbeStage) => Promise<{ reason: string; role?: Role; ok?: boolean }>,
+): Promise<ProbeResult> {
+  const started = performance.now();
+  const stage: ProbeStage = { name: 'connecting' };
+  const latency = () => Math.round((performance.now() - started) * 100) / 100;
+  let onAbort: (() => void) | undefined;
+  try {
+    if (signal.aborted) throw new ProbeFailure(timeoutReason(settings, 'before start'));
+    // The signal bounds the probe even if a driver never calls back after being destroyed.
+    const r = await Promise.race([body(stage), new Promise<never>((_, reject) => {
+      onAbort = () => reject(new Error('aborted'));
+      signal.addEventListener('abort', onAbort, { once: true });
+    })]);
+    return { ok: r.ok ?? true, reason: r.reason, latency_ms: latency(), ...(r.role ? { role: r.role } : {}) };
+  } catch (err) {
+    let reason = signal.aborted && !(err instanceof ProbeFailure) ? timeoutReason(settings, stage.name) : describeError(err);
+    const partial = signal.aborted ? stage.socket?.pending : undefined;
+    if (partial && partial.length > 0 && reason.startsWith('timeout')) reason += `, partial reply ${excerpt(partial)}`;
+    return { ok: false, reason, latency_ms: latency() };
+  } finally {
+    if (onAbort) signal.removeEventListener('abort', onAbort);
+  }
+}
+
+/** Applies the role filter to the role a server reported. */
+export function roleResult(role: Role, want: RoleFilter): { ok: boolean; reason: string; role: Role } {
+  if (want === 'any' || want === role) return { ok: true, reason: `role ${role}`, role };
+  return { ok: false, reason: `wrong role: saw ${role}, want ${want}`, role };
+}
+
+/** Reads a password file; trailing newline ignored. Read per probe so rotation needs no reload. */
+export async function readSecret(file: string, setting: string): Promise<string> {
+  try {
+    return (await readFile(file, 'utf8')).replace(/\r?\n$/, '');
+  } catch (err) {
+    throw new ProbeFailure(`${setting} ${file}: cannot read (${(err as NodeJS.ErrnoException).code ?? err})`);
+  }
+}
+
+/** Largest reply a probe keeps: enough for INFO replication or an HTTP status line. */
+const MAX_REPLY = 64 * 1024;
+
+/**
+ * A TCP connection for one probe. `read(parse)` accumulates bytes until `parse` returns a value
+ * (it may throw ProbeFailure for a bad reply), then keeps the unparsed rest for the next read.
+ * Every path (close, error, abort, oversize) settles the pending read, and `destroy()` is
+ * idempotent.
+ */
+export class ProbeSocket {
+  readonly socket: net.Socket;
+  #buf: Buffer = Buffer.alloc(0);
+  #ended = false;
+  #error: unknown = null;
+  #wake: (() => void) | null = null;
+  readonly #signal: AbortSignal;
+  readonly #onAbort = () => this.#notify();
+
+  private constructor(socket: net.Socket, signal: AbortSignal) {
+    this.socket = socket;
+    this.#signal = signal;
+    socket.on('data', (d: Buffer) => {
+      this.#buf = this.#buf.length === 0 ? d : Buffer.concat([this.#buf, d]);
+      this.#notify();
+    });
+    socket.on('end', () => { this.#ended = true; this.#notify(); });
+    socket.on('close', () => { this.#ended = true; this.#notify(); });
+    socket.on('error', (err) => { this.#error ??= err; this.#notify(); });
+    signal.addEventListener('abort', this.#onAbort, { once: true });
+  }
+
+  #notify(): void {
+    const w = this.#wake;
+    this.#wake = null;
+    w?.();
+  }
+
+  /** Connects, or throws "connection refused" / the timeout (via the signal). */
+  static connect(target: HostPort, signal: AbortSignal): Promise<ProbeSocket> {
+    return new Promise((resolve, reject) => {
+      const socket = net.connect({ host: target.host, port: target.port, noDelay: true });
+      const ps = new ProbeSocket(socket, signal);
+      const onAbort = () => { cleanup(); ps.destroy(); reject(new Error('aborted')); };
+      const onError = (err: unknown) => { cleanup(); ps.destroy(); reject(err); };
+      const onConnect = () => { cleanup(); resolve(ps); };
+      const cleanup = () => {
+        socket.off('connect', onConnect);
+        socket.off('error', onError);
+        signal.removeEventListener('abort', onAbort);
+      };
+      if (signal.aborted) return onAbort();
+      socket.once('connect', onConnect);
+      socket.once('error', onError);
+      signal.addEventListener('abort', onAbort, { once: true });
+    });
+  }
+
+  write(data: Buffer | string): void {
+    if (!this.socket.destroyed) this.socket.write(data);
+  }
+
+  /** Resolves with parse()'s value; `parse` returns [value, bytesConsumed] or undefined for "need more". */
+  async read<T>(parse: (buf: Buffer, ended: boolean) => [T, number] | undefined): Promise<T> {
+    for (;;) {
+      if (this.#signal.aborted) throw new Error('aborted');
+      if (this.#buf.length > 0 || this.#ended) {
+        const r = parse(this.#buf, this.#ended);
+        if (r) {
+          this.#buf = this.#buf.subarray(r[1]);
+          return r[0];
+        }
+      }
+      if (this.#error) throw this.#error;
+      if (this.#ended) {
+        throw new ProbeFailure(this.#buf.length === 0
+          ? 'closed by server before replying'
+          : `closed by server after a partial reply ${excerpt(this.#buf)}`);
+      }
+      if (this.#buf.length > MAX_REPLY) throw new ProbeFailure(`reply too long (over ${MAX_REPLY} bytes) ${excerpt(this.#buf)}`);
+      await new Promise<void>((resolve) => { this.#wake = resolve; });
+    }
+  }
+
+  /** What has arrived and not been consumed (for failure messages). */
+  get pending(): Buffer {
+    return this.#buf;
+  }
+
+  destroy(): void {
+    this.#signal.removeEventListener('abort', this.#onAbort);
+    this.socket.destroy();
+  }
+}

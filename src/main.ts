@@ -1,0 +1,199 @@
+/**
+ * The wiring: one function that builds a running fulcrum from a validated config, and the
+ * signal handling of `fulcrum run`. Components never reach for each other; they emit events and
+ * this file routes them (keep it a readable list of routes).
+ *
+ *   shared memory ─▶ engine (control-plane instance) ─▶ Balancer (records, rings)
+ *                                   └─▶ WorkerPool (data-plane threads, same memory)
+ *   events: pool 'connect-failed' ─▶ handle.events ─▶ (health: passive checks)
+ *           balancer 'backend-state' ─▶ handle.events; down + shutdown_sessions ─▶ pool.killBackend
+ */
+import { EventEmitter } from 'node:events';
+import { Balancer } from './balancer/balancer.ts';
+import { instantiateEngine, loadEngineModule } from './balancer/engine.ts';
+import { loadConfig, resolveWorkers } from './config/load.ts';
+import type { Config } from './config/schema.ts';
+import { createLogger, type Logger } from './observability/log.ts';
+import type { ListenProblem } from './proxy/messages.ts';
+import { WorkerPool } from './proxy/pool.ts';
+import { buildServiceTable } from './proxy/table.ts';
+import { createSharedMemory } from './shm/layout.ts';
+import type { Failover } from './failover/index.ts';
+import { vipBoundServices, wireFailover } from './failover/wire.ts';
+import type { HealthMonitor } from './health/monitor.ts';
+import { wireHealth } from './health/wire.ts';
+
+export interface StartOptions {
+  /** Defaults to a pino logger at config.logging.level on stdout. */
+  logger?: Logger;
+  /** The file the config came from: what a reload (SIGHUP) re-reads. */
+  configFile?: string;
+  /** Services that start with no listener (bound to a VIP this node does not hold yet); see pool.resumeService. */
+  pausedServices?: string[];
+}
+
+/** Events routed through the handle: 'connect-failed', 'backend-state', 'stopping', 'stopped'. */
+export type FulcrumEvents = EventEmitter;
+
+export interface FulcrumHandle {
+  /** The config in force (replaced by each successful reload). */
+  readonly config: Config;
+  readonly memory: WebAssembly.Memory;
+  readonly balancer: Balancer;
+  readonly pool: WorkerPool;
+  readonly events: FulcrumEvents;
+  /** Health probes and passive health: health.describe(), health.history(service, address). */
+  readonly health: HealthMonitor;
+  /** Present when config.ha is set: role, peer, counters via failover.status(). */
+  readonly failover: Failover | null;
+  readonly logger: Logger;
+  /** Applies a validated config as a difference; resolves with listeners that could not be bound. */
+  reload(next: Config): Promise<ListenProblem[]>;
+  /** Re-sends the service table to the workers: call after balancer.addBackend / removeBackend. */
+  syncServices(): Promise<ListenProblem[]>;
+  /** Graceful stop: stop accepting, let sessions finish up to shutdown_grace, close the rest. */
+  stop(reason?: string): Promise<void>;
+  /** Resolves once stopped, whoever asked. */
+  readonly stopped: Promise<void>;
+}
+
+export async function startFulcrum(initial: Config, options: StartOptions = {}): Promise<FulcrumHandle> {
+  const logger = options.logger ?? createLogger(initial.logging.level);
+  const log = logger.child({ component: 'main' });
+  const events: FulcrumEvents = new EventEmitter();
+  let config = initial;
+
+  // ── the engine and the control plane ──────────────────────────────────────
+  const memory = createSharedMemory();
+  const module = loadEngineModule();
+  // The control plane's own instance; it never calls acquire, so sharing worker 0's scratch id is safe.
+  const engine = instantiateEngine(module, memory, 0);
+  const balancer = new Balancer(memory, engine, logger.child({ component: 'balancer' }));
+  balancer.apply(config);
+
+  // ── the data plane ────────────────────────────────────────────────────────
+  const pool = new WorkerPool({
+    module,
+    memory,
+    workers: resolveWorkers(config),
+    logging: { level: config.logging.level, connections: config.logging.connections },
+    logger,
+  });
+  // Services bound to a VIP start paused: failover resumes them when this instance is master.
+  await pool.start(buildServiceTable(config, balancer), [...(options.pausedServices ?? []), ...vipBoundServices(config)]);
+
+  // ── routes ────────────────────────────────────────────────────────────────
+  // Passive health: every failed connect in any worker. (Health engineer: feed observe_failures here.)
+  pool.on('connect-failed', (ev) => events.emit('connect-failed', ev));
+  // Backend state changes (health, admin, runtime API).
+  balancer.on('backend-state', (ev: { service: string; address: string; backend: number; from: string; to: string; cause: string }) => {
+    events.emit('backend-state', ev);
+    const svc = config.services.find((s) => s.name === ev.service);
+    if (ev.to === 'down' && svc?.on_marked_down === 'shutdown_sessions') {
+      pool.killBackend(ev.backend).then(
+        (killed) => log.info({ service: ev.service, backend: ev.address, killed }, 'closed the sessions of a backend marked down'),
+        (err) => log.error({ err }, 'closing sessions of a backend marked down failed'),
+      );
+    }
+  });
+  // Health (src/health/wire.ts): probes ─▶ balancer.setHealth; 'connect-failed' ─▶ passive health;
+  //   'backend-state' maint ─▶ probes paused; re-emits 'health-probe' / 'health-transition'.
+  const health = wireHealth({ balancer, events, logger }, config);
+  // TODO(lead): admin server (src/admin) when config.admin is set, and the failover FSM (src/failover)
+  //   when config.ha is set (pool.pauseService / resumeService for VIP-bound services).
+
+  // High availability: VIP, heartbeat, role → listeners on the VIP (src/failover/wire.ts).
+  const failover = config.ha ? await wireFailover({ config: () => config, balancer, pool, events, logger }, config.ha) : null;
+
+  // ── reload and stop ───────────────────────────────────────────────────────
+  async function reload(next: Config): Promise<ListenProblem[]> {
+    balancer.apply(next);
+    config = next;
+    health.update(next);
+    return syncServices();
+  }
+
+  /** Sends the workers the current table: after a reload, and after runtime backend changes. */
+  async function syncServices(): Promise<ListenProblem[]> {
+    const problems = await pool.updateServices(buildServiceTable(config, balancer));
+    for (const p of problems) log.error(p, `reload: service ${p.service} cannot listen on ${p.address}: ${p.message}`);
+    return problems;
+  }
+
+  let stopping: Promise<void> | null = null;
+  let markStopped!: () => void;
+  const stopped = new Promise<void>((resolve) => (markStopped = resolve));
+  function stop(reason = 'stop requested'): Promise<void> {
+    if (stopping !== null) return stopping;
+    log.info({ reason, grace_ms: config.shutdown_grace }, 'stopping: no new connections, open ones get the grace period');
+    events.emit('stopping', { reason });
+    health.stop();
+    stopping = (async () => {
+      // First: a master sends priority 0 and releases the VIP, so the peer takes over while we drain.
+      await failover?.stop();
+      await pool.shutdown(config.shutdown_grace);
+      balancer.close();
+      events.emit('stopped', { reason });
+      log.info('stopped');
+      markStopped();
+    })();
+    return stopping;
+  }
+
+  return {
+    get config() {
+      return config;
+    },
+    memory,
+    balancer,
+    pool,
+    events,
+    health,
+    failover,
+    logger,
+    reload,
+    syncServices,
+    stop,
+    stopped,
+  };
+}
+
+/**
+ * SIGHUP: re-reads `file` and applies it. An invalid file changes nothing (its problems are
+ * logged). The operations engineer's Reloader (src/admin/reload.ts) may replace this body.
+ */
+export async function reloadFromFile(handle: FulcrumHandle, file: string): Promise<void> {
+  const log = handle.logger.child({ component: 'reload' });
+  try {
+    const next = loadConfig(file);
+    const problems = await handle.reload(next);
+    log.info({ file, listen_problems: problems.length }, 'config reloaded');
+  } catch (err) {
+    log.error({ err, file }, `reload refused, the running config stays: ${(err as Error).message}`);
+  }
+}
+
+/** `fulcrum run`: SIGTERM/SIGINT stop gracefully (a second one exits at once), SIGHUP reloads. */
+export function installSignalHandlers(handle: FulcrumHandle, configFile: string | undefined, reload?: () => Promise<unknown>): void {
+  let signals = 0;
+  const onStop = (signal: NodeJS.Signals): void => {
+    signals++;
+    if (signals > 1) {
+      handle.logger.warn({ signal }, 'second signal: exiting now');
+      process.exit(1);
+    }
+    // `fulcrum run` exits once handle.stopped resolves (src/cli.ts).
+    handle.stop(signal).catch((err) => {
+      handle.logger.error({ err }, 'stop failed');
+      process.exit(1);
+    });
+  };
+  process.on('SIGTERM', onStop);
+  process.on('SIGINT', onStop);
+  process.on('SIGHUP', () => {
+    // The admin Reloader (src/admin/reload.ts) logs problems itself and counts reloads for /api/status.
+    if (reload !== undefined) void reload().catch(() => undefined);
+    else if (configFile === undefined) handle.logger.warn('SIGHUP: no config file to reload');
+    else void reloadFromFile(handle, configFile);
+  });
+}

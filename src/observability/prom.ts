@@ -1,0 +1,234 @@
+/**
+ * Prometheus metrics. The ONLY module that imports prom-client: everything else hands this one
+ * plain figures (Stats snapshots, probe results, role changes), so the metrics library could be
+ * swapped without touching the data plane or the admin server.
+ *
+ * Data-plane figures are not pushed here per connection. At scrape time `text()` takes one
+ * snapshot of shared memory (Stats sums the per-worker counters) and each metric's collect()
+ * copies its part of that snapshot into prom-client's series. Series of services and backends
+ * that disappeared on a reload disappear from the next scrape, because every collect() starts
+ * from reset().
+ */
+import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
+import { BACKEND_STATES, TERM_REASONS } from '../shm/layout.ts';
+import type { DirectoryService, ServiceStats, Stats } from './stats.ts';
+
+export const METRICS_PREFIX = 'fulcrum_';
+
+/** Failover roles, as VRRP names them. */
+export const FAILOVER_ROLES = ['init', 'backup', 'master', 'fault'] as const;
+
+/** One probe result: the health monitor's 'probe' event has this shape. */
+export interface ProbeObservation {
+  service: string;
+  /** Backend "host:port". */
+  address: string;
+  ok: boolean;
+  /** How long the probe took, in milliseconds. */
+  latency_ms: number;
+}
+
+export interface MetricsSources {
+  stats: Stats;
+  /** The Balancer's directory of services and backends (`balancer.describe()`), read per scrape. */
+  directory: () => readonly DirectoryService[];
+  /** Failover's current role and failover count, when `ha` is configured. */
+  failover?: () => { role: string; transitions: number } | undefined;
+  /** Reloads applied and refused since start. */
+  reloads?: () => { applied: number; refused: number };
+}
+
+type ServiceLabels = 'service';
+type BackendLabels = 'service' | 'backend';
+
+export class Metrics {
+  readonly registry = new Registry();
+  readonly #sources: MetricsSources;
+  /** The snapshot the collect() callbacks of a scrape read; taken at the start of text(). */
+  #snapshot: ServiceStats[] = [];
+  readonly #probeDuration: Histogram<BackendLabels>;
+  readonly #probes: Counter<BackendLabels | 'result'>;
+  readonly #probeLast: Gauge<BackendLabels>;
+  readonly #probeLastOk: Gauge<BackendLabels>;
+  /** Last probe of each backend: kept here so the gauges can drop backends that were removed. */
+  readonly #lastProbe = new Map<string, ProbeObservation>();
+
+  constructor(sources: MetricsSources) {
+    this.#sources = sources;
+    const registers = [this.registry];
+    // Process metrics, among them fulcrum_nodejs_eventloop_lag_seconds and its percentiles
+    // (prom-client samples them with perf_hooks.monitorEventLoopDelay).
+    collectDefaultMetrics({ register: this.registry, prefix: METRICS_PREFIX });
+
+    const snap = (): ServiceStats[] => this.#snapshot;
+    const serviceGauge = (name: string, help: string, value: (s: ServiceStats) => number): void => {
+      new Gauge<ServiceLabels>({
+        name: METRICS_PREFIX + name, help, labelNames: ['service'], registers,
+        collect() {
+          this.reset();
+          for (const s of snap()) this.set({ service: s.name }, value(s));
+        },
+      });
+    };
+    const serviceCounter = (name: string, help: string, value: (s: ServiceStats) => number): void => {
+      new Counter<ServiceLabels>({
+        name: METRICS_PREFIX + name, help, labelNames: ['service'], registers,
+        collect() {
+          this.reset();
+          for (const s of snap()) this.inc({ service: s.name }, value(s));
+        },
+      });
+    };
+    type B = ServiceStats['backends'][number];
+    const backendGauge = (name: string, help: string, value: (b: B) => number): void => {
+      new Gauge<BackendLabels>({
+        name: METRICS_PREFIX + name, help, labelNames: ['service', 'backend'], registers,
+        collect() {
+          this.reset();
+          for (const s of snap()) for (const b of s.backends) this.set({ service: s.name, backend: b.address }, value(b));
+        },
+      });
+    };
+    const backendCounter = (name: string, help: string, value: (b: B) => number): void => {
+      new Counter<BackendLabels>({
+        name: METRICS_PREFIX + name, help, labelNames: ['service', 'backend'], registers,
+        collect() {
+          this.reset();
+          for (const s of snap()) for (const b of s.backends) this.inc({ service: s.name, backend: b.address }, value(b));
+        },
+      });
+    };
+
+    // ── services ──
+    serviceGauge('service_active_connections', 'Connections open now (admitted, not yet closed).', (s) => s.active);
+    serviceGauge('service_queue_length', 'Connections waiting in the queue now.', (s) => s.queued);
+    serviceGauge('service_max_connections', 'Configured max_connections (0 = unlimited).', (s) => s.max_connections);
+    serviceCounter('service_connections_total', 'Connections accepted by the listener.', (s) => s.counters.accepted);
+    serviceCounter('service_queued_total', 'Connections that had to wait in the queue.', (s) => s.counters.queued);
+    serviceCounter('service_queue_timeouts_total', 'Connections closed after waiting queue.timeout.', (s) => s.counters.queue_timeouts);
+    serviceCounter('service_retries_total', 'Connect attempts redispatched to another backend.', (s) => s.counters.retries);
+    serviceCounter('service_bytes_in_total', 'Bytes from clients to backends.', (s) => s.counters.bytes_in);
+    serviceCounter('service_bytes_out_total', 'Bytes from backends to clients.', (s) => s.counters.bytes_out);
+    serviceCounter('service_queue_time_seconds_total', 'Time connections spent queued, summed.', (s) => s.counters.queue_time_ms / 1000);
+    new Counter<ServiceLabels | 'reason'>({
+      name: METRICS_PREFIX + 'service_terminations_total',
+      help: `Closed connections by termination reason (${TERM_REASONS.join(', ')}).`,
+      labelNames: ['service', 'reason'], registers,
+      collect() {
+        this.reset();
+        for (const s of snap()) for (const reason of TERM_REASONS) this.inc({ service: s.name, reason }, s.counters.terminations[reason]);
+      },
+    });
+
+    // ── backends ──
+    backendGauge('backend_active_connections', 'Sessions open to this backend now.', (b) => b.active);
+    backendGauge('backend_up', '1 when the backend takes new connections (state up), else 0.', (b) => (b.state === 'up' ? 1 : 0));
+    backendGauge('backend_weight', 'Configured weight.', (b) => b.weight);
+    backendGauge('backend_effective_weight', 'Weight in use now (lower during slow start).', (b) => b.effective_weight);
+    backendGauge('backend_max_connections', 'Configured max_connections (0 = unlimited).', (b) => b.max_connections);
+    new Gauge<BackendLabels | 'state'>({
+      name: METRICS_PREFIX + 'backend_state',
+      help: 'The backend state: 1 for the current one of up, down, drain, maint.',
+      labelNames: ['service', 'backend', 'state'], registers,
+      collect() {
+        this.reset();
+        for (const s of snap()) for (const b of s.backends) {
+          for (const state of BACKEND_STATES) if (state !== 'free') this.set({ service: s.name, backend: b.address, state }, b.state === state ? 1 : 0);
+        }
+      },
+    });
+    backendCounter('backend_connections_total', 'Sessions established to this backend.', (b) => b.counters.connections);
+    backendCounter('backend_connect_failures_total', 'Failed connect attempts to this backend.', (b) => b.counters.connect_failures);
+    backendCounter('backend_retries_total', 'Attempts that failed on this backend and were redispatched.', (b) => b.counters.retries);
+    backendCounter('backend_bytes_in_total', 'Bytes from clients to this backend.', (b) => b.counters.bytes_in);
+    backendCounter('backend_bytes_out_total', 'Bytes from this backend to clients.', (b) => b.counters.bytes_out);
+    backendCounter('backend_killed_sessions_total', 'Sessions closed because the backend was marked down.', (b) => b.counters.killed);
+    backendCounter('backend_connect_time_seconds_total', 'Time spent establishing sessions, summed.', (b) => b.counters.connect_time_ms / 1000);
+
+    // ── health probes (pushed by the health monitor's 'probe' events: a few per second at most) ──
+    this.#probeDuration = new Histogram<BackendLabels>({
+      name: METRICS_PREFIX + 'health_probe_duration_seconds', help: 'Health probe durations.',
+      labelNames: ['service', 'backend'], buckets: [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5], registers,
+    });
+    this.#probes = new Counter<BackendLabels | 'result'>({
+      name: METRICS_PREFIX + 'health_probes_total', help: 'Health probes by result (ok, fail).',
+      labelNames: ['service', 'backend', 'result'], registers,
+    });
+    const lastProbe = this.#lastProbe;
+    this.#probeLast = new Gauge<BackendLabels>({
+      name: METRICS_PREFIX + 'health_probe_last_duration_seconds', help: 'Duration of the last health probe.',
+      labelNames: ['service', 'backend'], registers,
+      collect() {
+        this.reset();
+        for (const p of lastProbe.values()) this.set({ service: p.service, backend: p.address }, p.latency_ms / 1000);
+      },
+    });
+    this.#probeLastOk = new Gauge<BackendLabels>({
+      name: METRICS_PREFIX + 'health_probe_last_success', help: '1 when the last health probe succeeded, else 0.',
+      labelNames: ['service', 'backend'], registers,
+      collect() {
+        this.reset();
+        for (const p of lastProbe.values()) this.set({ service: p.service, backend: p.address }, p.ok ? 1 : 0);
+      },
+    });
+
+    // ── failover and reloads ──
+    const failover = sources.failover;
+    new Gauge<'role'>({
+      name: METRICS_PREFIX + 'failover_role', help: `1 for this instance's current role (${FAILOVER_ROLES.join(', ')}); absent without ha.`,
+      labelNames: ['role'], registers,
+      collect() {
+        this.reset();
+        const f = failover?.();
+        if (!f) return;
+        for (const role of FAILOVER_ROLES) this.set({ role }, f.role === role ? 1 : 0);
+      },
+    });
+    new Counter({
+      name: METRICS_PREFIX + 'failover_transitions_total', help: 'Role changes of this instance since start.', registers,
+      collect() {
+        this.reset();
+        const f = failover?.();
+        if (f) this.inc(f.transitions);
+      },
+    });
+    const reloads = sources.reloads;
+    new Counter<'result'>({
+      name: METRICS_PREFIX + 'reloads_total', help: 'Config reloads by result (applied, refused).', labelNames: ['result'], registers,
+      collect() {
+        this.reset();
+        const r = reloads?.() ?? { applied: 0, refused: 0 };
+        this.inc({ result: 'applied' }, r.applied);
+        this.inc({ result: 'refused' }, r.refused);
+      },
+    });
+  }
+
+  get contentType(): string {
+    return this.registry.contentType;
+  }
+
+  /** Records one health probe result (from the health monitor's 'probe' event). */
+  observeProbe(p: ProbeObservation): void {
+    const labels = { service: p.service, backend: p.address };
+    this.#probeDuration.observe(labels, p.latency_ms / 1000);
+    this.#probes.inc({ ...labels, result: p.ok ? 'ok' : 'fail' });
+    // Copy the four fields: the event object may carry more and must not be kept alive whole.
+    this.#lastProbe.set(`${p.service}\u0000${p.address}`, { service: p.service, address: p.address, ok: p.ok, latency_ms: p.latency_ms });
+  }
+
+  /** Drops the probe series of backends no longer configured (after a reload or a removal). */
+  forgetBackend(service: string, backend: string): void {
+    this.#lastProbe.delete(`${service}\u0000${backend}`);
+    this.#probeDuration.remove({ service, backend });
+    this.#probes.remove({ service, backend, result: 'ok' });
+    this.#probes.remove({ service, backend, result: 'fail' });
+  }
+
+  /** The Prometheus text exposition of everything, read now. */
+  async text(): Promise<string> {
+    // Kept after the scrape (not cleared): two overlapping scrapes then both read a whole snapshot.
+    this.#snapshot = this.#sources.stats.snapshot(this.#sources.directory());
+    return await this.registry.metrics();
+  }
+}

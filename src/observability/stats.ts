@@ -1,0 +1,223 @@
+/**
+ * Reading the data plane's figures out of shared memory, for the metrics, the admin API and the
+ * status page. The control plane never receives a message per connection: each worker adds to its
+ * own f64 counter slots (one writer per slot), and this module sums the slots over the workers
+ * when somebody asks (a Prometheus scrape, an API call, the status page's poll — about once a
+ * second, never per connection). Live gauges (active, queued, state, weights) are read straight
+ * from the service and backend records.
+ *
+ * Names and addresses are not in shared memory: the caller passes the Balancer's directory
+ * (`describe()`), which maps service names and backend "host:port" to their record indexes.
+ */
+import {
+  BACKEND_COUNTERS, BACKEND_STATES, BC_BYTES_IN, BC_BYTES_OUT, BC_CONNECT_FAILURES, BC_CONNECT_TIME_MS, BC_CONNECTIONS,
+  BC_KILLED, BC_RETRIES, B_ACTIVE, B_EFF_WEIGHT, B_FLAGS, B_MAX_CONN, B_STATE, B_WEIGHT, BF_BACKUP, MAX_WORKERS,
+  SC_ACCEPTED, SC_BYTES_IN, SC_BYTES_OUT, SC_CONNECT_TIME_MS, SC_QUEUED, SC_QUEUE_TIME_MS, SC_QUEUE_TIMEOUTS, SC_RETRIES,
+  SC_TERM_BASE, SERVICE_COUNTERS, S_ACTIVE, S_MAX_CONN, S_QUEUED, S_QUEUE_MAX, TERM_REASONS, WEIGHT_SCALE,
+  backendAddr, backendCounterIndex, serviceAddr, serviceCounterIndex,
+  type BackendStateName, type TerminationReason,
+} from '../shm/layout.ts';
+
+/** The part of `Balancer.describe()` this module needs: names, addresses and record indexes. */
+export interface DirectoryService {
+  name: string;
+  index: number;
+  backends: readonly { address: string; index: number }[];
+}
+
+export interface ServiceCounters {
+  /** Connections accepted by the service's listener. */
+  accepted: number;
+  /** Connections that had to wait in the queue. */
+  queued: number;
+  queue_timeouts: number;
+  /** Connect attempts redispatched to another backend. */
+  retries: number;
+  /** Client → backend. */
+  bytes_in: number;
+  /** Backend → client. */
+  bytes_out: number;
+  connect_time_ms: number;
+  queue_time_ms: number;
+  /** Closed connections by termination reason. */
+  terminations: Record<TerminationReason, number>;
+}
+
+export interface BackendCounters {
+  /** Sessions established to this backend. */
+  connections: number;
+  connect_failures: number;
+  bytes_in: number;
+  bytes_out: number;
+  /** Attempts that failed here and were redispatched. */
+  retries: number;
+  /** Sessions closed because the backend was marked down. */
+  killed: number;
+  connect_time_ms: number;
+}
+
+export interface BackendStats {
+  address: string;
+  index: number;
+  /** The record's state as the engine sees it: up, down, drain or maint. */
+  state: BackendStateName;
+  weight: number;
+  /** The weight the engine uses now (lower than `weight` during slow start), in weight units. */
+  effective_weight: number;
+  backup: boolean;
+  active: number;
+  /** 0 = unlimited. */
+  max_connections: number;
+  counters: BackendCounters;
+}
+
+export interface ServiceStats {
+  name: string;
+  index: number;
+  active: number;
+  /** Connections waiting in the queue now. */
+  queued: number;
+  /** 0 = unlimited. */
+  max_connections: number;
+  queue_max: number;
+  counters: ServiceCounters;
+  backends: BackendStats[];
+}
+
+/** Which backend or service a counter slot belonged to when its baseline was taken. */
+interface Owner {
+  key: string;
+  base: Float64Array;
+}
+
+export class Stats {
+  readonly #memory: WebAssembly.Memory;
+  readonly #workers: number;
+  /**
+   * Counter slots are reused when a removed backend's (or service's) slot goes to a new one, and
+   * the data plane never zeroes counters (a worker's plain add would race a reset). So each slot
+   * remembers its owner and the sums at the moment it changed hands; figures are reported
+   * relative to that baseline, and a new backend starts at 0 as Prometheus expects.
+   */
+  readonly #backendOwners = new Map<number, Owner>();
+  readonly #serviceOwners = new Map<number, Owner>();
+
+  /**
+   * `workers` bounds the slots summed; MAX_WORKERS (the default) is always right, because slots of
+   * workers that do not exist stay zero.
+   */
+  constructor(memory: WebAssembly.Memory, workers = MAX_WORKERS) {
+    this.#memory = memory;
+    this.#workers = Math.min(Math.max(1, workers), MAX_WORKERS);
+  }
+
+  #sumService(service: number): Float64Array {
+    const f64 = new Float64Array(this.#memory.buffer);
+    const sums = new Float64Array(SERVICE_COUNTERS);
+    for (let w = 0; w < this.#workers; w++) {
+      const base = serviceCounterIndex(w, service, 0);
+      for (let c = 0; c < SERVICE_COUNTERS; c++) sums[c] += f64[base + c];
+    }
+    return sums;
+  }
+
+  #sumBackend(backend: number): Float64Array {
+    const f64 = new Float64Array(this.#memory.buffer);
+    const sums = new Float64Array(BACKEND_COUNTERS);
+    for (let w = 0; w < this.#workers; w++) {
+      const base = backendCounterIndex(w, backend, 0);
+      for (let c = 0; c < BACKEND_COUNTERS; c++) sums[c] += f64[base + c];
+    }
+    return sums;
+  }
+
+  /** `raw` minus the baseline of the slot's owner; a slot seen with a new owner is rebased first. */
+  static #relative(owners: Map<number, Owner>, index: number, key: string, raw: Float64Array): Float64Array {
+    let owner = owners.get(index);
+    if (owner === undefined) {
+      // First sight: the slot's counts so far are this owner's (fresh memory starts at 0).
+      owner = { key, base: new Float64Array(raw.length) };
+      owners.set(index, owner);
+    } else if (owner.key !== key) {
+      owner = { key, base: raw.slice() };
+      owners.set(index, owner);
+    }
+    for (let c = 0; c < raw.length; c++) raw[c] -= owner.base[c];
+    return raw;
+  }
+
+  /**
+   * Marks backend slot `index` as now belonging to `address` of `service`, with its counts
+   * starting at 0 from now. Called on the Balancer's 'backend-state' event for an added backend
+   * (from 'free'), before any worker can reach it.
+   */
+  rebaseBackend(index: number, service: string, address: string): void {
+    const key = `${service}\u0000${address}`;
+    const owner = this.#backendOwners.get(index);
+    if (owner?.key === key) return;
+    this.#backendOwners.set(index, { key, base: this.#sumBackend(index) });
+  }
+
+  serviceCounters(service: number, name = ''): ServiceCounters {
+    const sums = Stats.#relative(this.#serviceOwners, service, name, this.#sumService(service));
+    const terminations = {} as Record<TerminationReason, number>;
+    TERM_REASONS.forEach((reason, i) => { terminations[reason] = sums[SC_TERM_BASE + i]; });
+    return {
+      accepted: sums[SC_ACCEPTED],
+      queued: sums[SC_QUEUED],
+      queue_timeouts: sums[SC_QUEUE_TIMEOUTS],
+      retries: sums[SC_RETRIES],
+      bytes_in: sums[SC_BYTES_IN],
+      bytes_out: sums[SC_BYTES_OUT],
+      connect_time_ms: sums[SC_CONNECT_TIME_MS],
+      queue_time_ms: sums[SC_QUEUE_TIME_MS],
+      terminations,
+    };
+  }
+
+  backendCounters(backend: number, service = '', address = ''): BackendCounters {
+    const sums = Stats.#relative(this.#backendOwners, backend, `${service}\u0000${address}`, this.#sumBackend(backend));
+    return {
+      connections: sums[BC_CONNECTIONS],
+      connect_failures: sums[BC_CONNECT_FAILURES],
+      bytes_in: sums[BC_BYTES_IN],
+      bytes_out: sums[BC_BYTES_OUT],
+      retries: sums[BC_RETRIES],
+      killed: sums[BC_KILLED],
+      connect_time_ms: sums[BC_CONNECT_TIME_MS],
+    };
+  }
+
+  /** Everything about every service and backend named in `directory`, read now. */
+  snapshot(directory: readonly DirectoryService[]): ServiceStats[] {
+    const buffer = this.#memory.buffer;
+    const i32 = new Int32Array(buffer);
+    const u32 = new Uint32Array(buffer);
+    return directory.map((s) => {
+      const sa = serviceAddr(s.index);
+      return {
+        name: s.name,
+        index: s.index,
+        active: Atomics.load(i32, (sa + S_ACTIVE) >> 2),
+        queued: Atomics.load(i32, (sa + S_QUEUED) >> 2),
+        max_connections: i32[(sa + S_MAX_CONN) >> 2],
+        queue_max: u32[(sa + S_QUEUE_MAX) >> 2],
+        counters: this.serviceCounters(s.index, s.name),
+        backends: s.backends.map((b) => {
+          const ba = backendAddr(b.index);
+          return {
+            address: b.address,
+            index: b.index,
+            state: BACKEND_STATES[u32[(ba + B_STATE) >> 2]] ?? 'free',
+            weight: i32[(ba + B_WEIGHT) >> 2],
+            effective_weight: i32[(ba + B_EFF_WEIGHT) >> 2] / WEIGHT_SCALE,
+            backup: (u32[(ba + B_FLAGS) >> 2] & BF_BACKUP) !== 0,
+            active: Atomics.load(i32, (ba + B_ACTIVE) >> 2),
+            max_connections: i32[(ba + B_MAX_CONN) >> 2],
+            counters: this.backendCounters(b.index, s.name, b.address),
+          };
+        }),
+      };
+    });
+  }
+}

@@ -1,0 +1,64 @@
+/**
+ * What the main thread and the data-plane workers say to each other. Everything here is
+ * structured-cloneable; the shared memory and the compiled engine travel in `workerData`.
+ *
+ * main → worker: `services` (the whole service table, on start, reload and runtime changes),
+ * `kill-backend`, `pause` / `resume` (stop / start accepting on one service), `shutdown`.
+ * worker → main: `ack` (answers a request, with any listen errors), `connect-failed`
+ * (passive health), `stopped`.
+ */
+import type { HostPort } from '../config/schema.ts';
+
+/** One backend as a worker needs it: the engine's id and where to connect. */
+export interface BackendEntry {
+  index: number;
+  host: string;
+  port: number;
+  /** "host:port", for log lines and messages (made once, here). */
+  address: string;
+}
+
+/** One service as a worker needs it. Built by the control plane from config + balancer indexes. */
+export interface ServiceEntry {
+  index: number;
+  name: string;
+  listen: HostPort;
+  /** Only maglev uses the client hash; other algorithms get 0 and no string work is done. */
+  hashed: boolean;
+  hash_key: 'source_ip' | 'source_ip_port';
+  retries: number;
+  timeouts: { connect: number; idle: number };
+  queue: { max: number; timeout: number };
+  backends: BackendEntry[];
+}
+
+export interface WorkerInit {
+  module: WebAssembly.Module;
+  memory: WebAssembly.Memory;
+  workerId: number;
+  services: ServiceEntry[];
+  /** Names of services that start without a listener (e.g. bound to a VIP this node does not hold). */
+  paused: string[];
+  logging: { level: string; connections: boolean };
+  reusePort: boolean;
+}
+
+export type MainToWorker =
+  | { type: 'services'; seq: number; services: ServiceEntry[] }
+  | { type: 'kill-backend'; seq: number; backend: number }
+  | { type: 'pause'; seq: number; service: string }
+  | { type: 'resume'; seq: number; service: string }
+  | { type: 'shutdown'; seq: number; grace: number };
+
+/** A listener that could not bind, as reported by a worker. */
+export interface ListenProblem {
+  service: string;
+  address: string;
+  message: string;
+  code?: string;
+}
+
+export type WorkerToMain =
+  | { type: 'ack'; seq: number; errors: ListenProblem[]; killed?: number }
+  | { type: 'connect-failed'; service: string; backend: number; address: string; error: string }
+  | { type: 'stopped'; workerId: number };

@@ -1,0 +1,652 @@
+/**
+ * The data path of one worker: a session per client connection, from accept to close.
+ *
+ *   accept ─▶ acquire ─┬─ backend ──▶ connect ─┬─ ok ──▶ splice both ways ─▶ close ─▶ release
+ *                      ├─ full ────▶ queue ──┘ └─ fail ─▶ reacquire (≤ retries) ─┘
+ *                      └─ none ────▶ close (no_backend)
+ *
+ * Performance notes (this file decides the proxy's cost per CPU-second):
+ * - No closure is created per connection or per chunk: every socket event goes to one of the
+ *   module-level handlers below, which find their session through `socket[kSession]`.
+ * - Session objects (and their backend read buffers) are pooled and reused.
+ * - Backend → client: the backend socket reads into the session's own buffer (`onread`), so no
+ *   Buffer is allocated per chunk. The chunk is written to the client; when the kernel did not
+ *   take it all at once (`writableLength > 0`) the backend read is paused until the client's
+ *   'drain', so the buffer is never overwritten while a write still points into it.
+ * - Client → backend: 'data' events (Node offers no `onread` for accepted sockets); a chunk
+ *   the backend does not take at once pauses the client until the backend's 'drain'.
+ * - Backpressure is therefore exact both ways, and half-close is forwarded both ways
+ *   (allowHalfOpen on both sockets; 'end' on one side ends the other's write side).
+ */
+import { connect, type Socket } from 'node:net';
+import { performance } from 'node:perf_hooks';
+import type { Engine } from '../balancer/engine.ts';
+import { hashKey } from '../balancer/hash.ts';
+import {
+  BC_BYTES_IN, BC_BYTES_OUT, BC_CONNECT_FAILURES, BC_CONNECT_TIME_MS, BC_CONNECTIONS, BC_KILLED,
+  BC_RETRIES, backendCounterIndex, PICK_BAD_SERVICE, PICK_NO_BACKEND, SC_ACCEPTED, SC_BYTES_IN, SC_BYTES_OUT,
+  SC_CONNECT_TIME_MS, SC_QUEUE_TIME_MS, SC_QUEUE_TIMEOUTS, SC_QUEUED, SC_RETRIES, SC_TERM_BASE, serviceAddr,
+  serviceCounterIndex, S_QUEUED, S_RELEASE_SEQ, TERM_BACKEND_DOWN, TERM_CLIENT_CLOSED, TERM_CONNECT_FAILED,
+  TERM_IDLE_TIMEOUT, TERM_NO_BACKEND, TERM_QUEUE_TIMEOUT, TERM_REASONS, TERM_SERVER_CLOSED, TERM_SHUTDOWN,
+} from '../shm/layout.ts';
+import type { ConnectionLogLine } from '../observability/log.ts';
+import type { BackendEntry, ServiceEntry, WorkerToMain } from './messages.ts';
+
+/** Size of each session's backend read buffer; HAProxy's default tune.bufsize is the same. */
+export const READ_BUFFER_SIZE = 16 * 1024;
+/** Client bytes held while a session waits for its backend; the client is paused beyond this. */
+const PENDING_LIMIT = 64 * 1024;
+/** Queued connections re-try at least this often, so backends coming up (no release) are seen. */
+const QUEUE_POLL_MS = 200;
+/** Pools are capped so a burst does not pin memory for ever. */
+const SESSION_POOL_MAX = 4096;
+
+// Session states.
+const ST_FREE = 0;
+const ST_QUEUED = 1;
+const ST_CONNECTING = 2;
+const ST_CONNECTED = 3;
+
+const kSession = Symbol('fulcrum.session');
+const kRuntime = Symbol('fulcrum.service');
+type TaggedSocket = Socket & { [kSession]: Session | null };
+
+/** One closed connection: the connection log line (field names fixed in observability/log.ts). */
+export type CloseRecord = ConnectionLogLine;
+
+/** What the data path needs from its worker; set once by `initDataPath`. */
+export interface DataPathContext {
+  engine: Engine;
+  memory: WebAssembly.Memory;
+  workerId: number;
+  post(msg: WorkerToMain): void;
+  /** Called once per closed connection when set (the connection log). */
+  onClose: ((rec: CloseRecord) => void) | null;
+  /** Called when the last session ends during a shutdown. */
+  onIdle: (() => void) | null;
+}
+
+let ctx: DataPathContext;
+let f64: Float64Array;
+let i32: Int32Array;
+/** Backend id → where to connect. Rebuilt on every service table update. */
+let backends: (BackendEntry | undefined)[] = [];
+/** Every session with a client socket (queued, connecting or connected). */
+export const sessions = new Set<Session>();
+let shuttingDown = false;
+
+export function initDataPath(c: DataPathContext): void {
+  ctx = c;
+  f64 = new Float64Array(c.memory.buffer);
+  i32 = new Int32Array(c.memory.buffer);
+  setInterval(accountAllBytes, 1000).unref();
+}
+
+export function setBackends(list: ServiceEntry[]): void {
+  const next: (BackendEntry | undefined)[] = [];
+  for (const s of list) for (const b of s.backends) next[b.index] = b;
+  backends = next;
+}
+
+/** Per-service state of one worker: its config, its listener, its wait queue. */
+export class ServiceRuntime {
+  entry: ServiceEntry;
+  index: number;
+  /** Index of this worker's first counter for the service. */
+  scBase: number;
+  /** i32 index of the service's S_QUEUED and S_RELEASE_SEQ. */
+  queuedIdx: number;
+  seqIdx: number;
+  queue: Session[] = [];
+  /** A waitAsync on S_RELEASE_SEQ is pending. */
+  waiting = false;
+  readonly onWake: () => void;
+
+  constructor(entry: ServiceEntry, workerId: number) {
+    this.entry = entry;
+    this.index = entry.index;
+    this.scBase = serviceCounterIndex(workerId, entry.index, 0);
+    this.queuedIdx = (serviceAddr(entry.index) + S_QUEUED) >> 2;
+    this.seqIdx = (serviceAddr(entry.index) + S_RELEASE_SEQ) >> 2;
+    this.onWake = () => {
+      this.waiting = false;
+      pumpQueue(this);
+    };
+  }
+}
+
+/** Everything about one client connection. Pooled: `reset()` makes it new again. */
+export class Session {
+  client: TaggedSocket | null = null;
+  server: TaggedSocket | null = null;
+  svc: ServiceRuntime | null = null;
+  bk: BackendEntry | undefined = undefined;
+  state = ST_FREE;
+  hash = 0;
+  /** Backend whose B_ACTIVE this session holds (-1: none). */
+  backend = -1;
+  /** Whether this session holds a service slot (S_ACTIVE): acquire succeeded, release not yet called. */
+  holdsSlot = false;
+  /** Base index of this worker's counters for `backend`. */
+  bcBase = -1;
+  retries = 0;
+  reason = -1;
+  clientEnded = false;
+  serverEnded = false;
+  clientClosed = false;
+  serverClosed = false;
+  tAccept = 0;
+  tQueued = 0;
+  queueMs = 0;
+  tConnect = 0;
+  /** -1 until a backend connection is up. */
+  connectMs = -1;
+  countedIn = 0;
+  countedOut = 0;
+  clientAddr = '';
+  pending: Buffer[] | null = null;
+  pendingBytes = 0;
+  readonly buf: Buffer = Buffer.allocUnsafeSlow(READ_BUFFER_SIZE);
+  /** Reused for every connect of this session (no options object per connect). */
+  readonly connectOptions = {
+    host: '',
+    port: 0,
+    allowHalfOpen: true,
+    noDelay: true,
+    onread: { buffer: this.buf, callback: onBackendRead },
+  };
+
+  reset(): void {
+    this.client = null;
+    this.server = null;
+    this.svc = null;
+    this.bk = undefined;
+    this.state = ST_FREE;
+    this.hash = 0;
+    this.backend = -1;
+    this.holdsSlot = false;
+    this.bcBase = -1;
+    this.retries = 0;
+    this.reason = -1;
+    this.clientEnded = false;
+    this.serverEnded = false;
+    this.clientClosed = false;
+    this.serverClosed = false;
+    this.tAccept = this.tQueued = this.queueMs = this.tConnect = 0;
+    this.connectMs = -1;
+    this.countedIn = this.countedOut = 0;
+    this.clientAddr = '';
+    this.pending = null;
+    this.pendingBytes = 0;
+  }
+}
+
+const pool: Session[] = [];
+
+// ── accept ───────────────────────────────────────────────────────────────────
+
+/** Tags a listener with its service; its 'connection' event goes to `onConnection`. */
+export function attachListener(server: import('node:net').Server, rt: ServiceRuntime): void {
+  (server as unknown as { [kRuntime]: ServiceRuntime })[kRuntime] = rt;
+  server.on('connection', onConnection);
+}
+
+export function updateRuntime(server: import('node:net').Server, rt: ServiceRuntime): void {
+  (server as unknown as { [kRuntime]: ServiceRuntime })[kRuntime] = rt;
+}
+
+/** HOT: the listener's 'connection' event, once per accepted connection. */
+function onConnection(this: { [kRuntime]: ServiceRuntime }, socket: Socket): void {
+  const rt = this[kRuntime];
+  const client = socket as TaggedSocket;
+  const e = rt.entry;
+  f64[rt.scBase + SC_ACCEPTED] += 1;
+  const s = pool.pop() ?? new Session();
+  s.client = client;
+  s.svc = rt;
+  s.tAccept = performance.now();
+  client[kSession] = s;
+  client.on('data', onClientData);
+  client.on('end', onClientEnd);
+  client.on('error', onClientError);
+  client.on('close', onClientClose);
+  client.on('drain', onClientDrain);
+  client.on('timeout', onClientTimeout);
+  sessions.add(s);
+  if (shuttingDown) {
+    closeClient(s, TERM_SHUTDOWN);
+    return;
+  }
+  if (e.hashed || ctx.onClose !== null) {
+    const ip = client.remoteAddress ?? '';
+    s.clientAddr = e.hash_key === 'source_ip_port' || ctx.onClose !== null ? ip + ':' + client.remotePort : ip;
+    if (e.hashed) s.hash = hashKey(e.hash_key === 'source_ip_port' ? s.clientAddr : ip) >>> 0;
+  }
+  // FIFO: a newcomer never overtakes connections already waiting in this worker.
+  if (rt.queue.length > 0) {
+    enqueue(s, rt);
+    return;
+  }
+  const r = ctx.engine.acquire(rt.index, s.hash);
+  if (r >= 0) {
+    s.holdsSlot = true;
+    connectTo(s, r);
+  } else if (r === PICK_NO_BACKEND || r === PICK_BAD_SERVICE) {
+    closeClient(s, TERM_NO_BACKEND);
+  } else {
+    enqueue(s, rt);
+  }
+}
+
+// ── queue ────────────────────────────────────────────────────────────────────
+
+/** Once per connection that finds the service or its backends full. */
+function enqueue(s: Session, rt: ServiceRuntime): void {
+  const max = rt.entry.queue.max;
+  // The bound is global (all workers): S_QUEUED counts every waiting connection.
+  if (Atomics.add(i32, rt.queuedIdx, 1) >= max) {
+    Atomics.sub(i32, rt.queuedIdx, 1);
+    // Queue full: closed at once. Counted as a queue timeout of zero length.
+    f64[rt.scBase + SC_QUEUE_TIMEOUTS] += 1;
+    closeClient(s, TERM_QUEUE_TIMEOUT);
+    return;
+  }
+  f64[rt.scBase + SC_QUEUED] += 1;
+  s.state = ST_QUEUED;
+  s.tQueued = performance.now();
+  rt.queue.push(s);
+  s.client!.setTimeout(rt.entry.queue.timeout);
+  if (!rt.waiting) pumpQueue(rt);
+}
+
+function leaveQueue(s: Session): void {
+  const rt = s.svc!;
+  const at = rt.queue.indexOf(s);
+  if (at >= 0) rt.queue.splice(at, 1);
+  Atomics.sub(i32, rt.queuedIdx, 1);
+  s.queueMs = performance.now() - s.tQueued;
+  f64[rt.scBase + SC_QUEUE_TIME_MS] += s.queueMs;
+  s.state = ST_FREE;
+  if (s.client !== null && !s.clientClosed) s.client.setTimeout(0);
+}
+
+/**
+ * Gives queued connections the slots released since the last look. Called when a connection is
+ * queued, and on every wake of the service's S_RELEASE_SEQ (a release in any worker) or poll.
+ */
+function pumpQueue(rt: ServiceRuntime): void {
+  const q = rt.queue;
+  while (q.length > 0) {
+    // Read the sequence before trying: a release after this read makes the wait return at once.
+    const seq = Atomics.load(i32, rt.seqIdx);
+    const s = q[0];
+    const r = ctx.engine.acquire(rt.index, s.hash);
+    if (r >= 0) {
+      leaveQueue(s);
+      s.holdsSlot = true;
+      connectTo(s, r);
+      continue;
+    }
+    if (r === PICK_NO_BACKEND || r === PICK_BAD_SERVICE) {
+      leaveQueue(s);
+      closeClient(s, TERM_NO_BACKEND);
+      continue;
+    }
+    rt.waiting = true;
+    const w = Atomics.waitAsync(i32, rt.seqIdx, seq, QUEUE_POLL_MS);
+    if (w.async) w.value.then(rt.onWake);
+    else queueMicrotask(rt.onWake);
+    return;
+  }
+}
+
+// ── connect ──────────────────────────────────────────────────────────────────
+
+/** Once per connect attempt (the first, and each retry). */
+function connectTo(s: Session, backend: number): void {
+  const rt = s.svc!;
+  s.backend = backend;
+  s.bcBase = backendCounterIndex(ctx.workerId, backend, 0);
+  s.state = ST_CONNECTING;
+  const bk = backends[backend];
+  s.bk = bk;
+  if (bk === undefined) {
+    // The table has not caught up with the engine (a reload in flight): treat as a failed connect.
+    connectFailed(s, null, 'EUNKNOWNBACKEND');
+    return;
+  }
+  s.tConnect = performance.now();
+  const o = s.connectOptions;
+  o.host = bk.host;
+  o.port = bk.port;
+  const server = connect(o) as TaggedSocket;
+  server[kSession] = s;
+  s.server = server;
+  s.serverClosed = false;
+  s.serverEnded = false;
+  server.setTimeout(rt.entry.timeouts.connect);
+  server.on('connect', onServerConnect);
+  server.on('end', onServerEnd);
+  server.on('error', onServerError);
+  server.on('close', onServerClose);
+  server.on('drain', onServerDrain);
+  server.on('timeout', onServerTimeout);
+}
+
+/** Once per established backend connection. */
+function onServerConnect(this: TaggedSocket): void {
+  const s = this[kSession];
+  if (s === null) return;
+  const rt = s.svc!;
+  s.state = ST_CONNECTED;
+  s.connectMs = performance.now() - s.tConnect;
+  f64[rt.scBase + SC_CONNECT_TIME_MS] += s.connectMs;
+  f64[s.bcBase + BC_CONNECTIONS] += 1;
+  f64[s.bcBase + BC_CONNECT_TIME_MS] += s.connectMs;
+  this.setTimeout(0);
+  const client = s.client!;
+  client.setTimeout(rt.entry.timeouts.idle);
+  const pending = s.pending;
+  if (pending !== null) {
+    let full = false;
+    for (let i = 0; i < pending.length; i++) full = this.write(pending[i]) === false;
+    s.pending = null;
+    s.pendingBytes = 0;
+    if (full) client.pause();
+    else client.resume();
+  }
+  if (s.clientEnded) this.end();
+}
+
+/** A connect attempt failed (error or timeout): count it, tell the control plane, try again. */
+function connectFailed(s: Session, sock: TaggedSocket | null, code: string): void {
+  const rt = s.svc!;
+  const failed = s.backend;
+  if (sock !== null) {
+    sock[kSession] = null;
+    sock.destroy();
+  }
+  s.server = null;
+  s.serverClosed = true;
+  s.state = ST_FREE;
+  f64[s.bcBase + BC_CONNECT_FAILURES] += 1;
+  const bk = s.bk;
+  ctx.post({ type: 'connect-failed', service: rt.entry.name, backend: failed, address: bk?.address ?? '', error: code });
+  if (s.clientClosed) {
+    // The client left while we were connecting: give everything back.
+    releaseSession(s);
+    maybeFinalize(s);
+    return;
+  }
+  if (s.retries < rt.entry.retries && !shuttingDown) {
+    const r = ctx.engine.reacquire(rt.index, s.hash, failed);
+    if (r >= 0) {
+      s.retries++;
+      f64[rt.scBase + SC_RETRIES] += 1;
+      f64[s.bcBase + BC_RETRIES] += 1;
+      connectTo(s, r);
+      return;
+    }
+    // reacquire released `failed`; the service slot is still held. Nothing left to try (every
+    // candidate failed, or the rest are full): the client saw its connects fail.
+    s.backend = -1;
+    releaseSession(s);
+    closeClient(s, TERM_CONNECT_FAILED);
+    return;
+  }
+  releaseSession(s);
+  closeClient(s, shuttingDown ? TERM_SHUTDOWN : TERM_CONNECT_FAILED);
+}
+
+function onServerTimeout(this: TaggedSocket): void {
+  const s = this[kSession];
+  if (s === null) return;
+  if (s.state === ST_CONNECTING) connectFailed(s, this, 'ETIMEDOUT');
+  else if (s.state === ST_CONNECTED) killSession(s, TERM_IDLE_TIMEOUT);
+}
+
+function onServerError(this: TaggedSocket, err: NodeJS.ErrnoException): void {
+  const s = this[kSession];
+  if (s === null) return;
+  if (s.state === ST_CONNECTING) {
+    connectFailed(s, this, err.code ?? 'ERROR');
+    return;
+  }
+  if (s.reason < 0) s.reason = TERM_SERVER_CLOSED;
+  // 'close' follows.
+}
+
+// ── splice ───────────────────────────────────────────────────────────────────
+
+/** HOT: once per chunk read from a client. */
+function onClientData(this: TaggedSocket, chunk: Buffer): void {
+  const s = this[kSession];
+  if (s === null) return;
+  if (s.state === ST_CONNECTED) {
+    if (s.server!.write(chunk) === false) this.pause();
+    return;
+  }
+  // Still queued or connecting: hold the bytes (bounded) until the backend is there.
+  if (s.pending === null) s.pending = [];
+  s.pending.push(chunk);
+  s.pendingBytes += chunk.length;
+  if (s.pendingBytes >= PENDING_LIMIT) this.pause();
+}
+
+/**
+ * HOT: once per chunk read from a backend, into the session's own buffer (`onread`).
+ * Returning false stops reading until the client's 'drain' (`onClientDrain`).
+ */
+function onBackendRead(this: TaggedSocket, n: number, buf: Uint8Array): boolean {
+  const s = this[kSession];
+  if (s === null) return false;
+  const client = s.client!;
+  if (client.destroyed) return false;
+  client.write((buf as Buffer).subarray(0, n));
+  // Not taken whole by the kernel: the client socket still points into our buffer.
+  return client.writableLength === 0;
+}
+
+/** Once per backpressure episode, client → backend. */
+function onServerDrain(this: TaggedSocket): void {
+  const s = this[kSession];
+  if (s !== null && s.state === ST_CONNECTED && !s.clientClosed) s.client!.resume();
+}
+
+/** Once per backpressure episode, backend → client. */
+function onClientDrain(this: TaggedSocket): void {
+  const s = this[kSession];
+  if (s !== null && s.state === ST_CONNECTED && s.server !== null && !s.serverClosed) s.server.resume();
+}
+
+function onClientEnd(this: TaggedSocket): void {
+  const s = this[kSession];
+  if (s === null) return;
+  s.clientEnded = true;
+  if (s.reason < 0 && !s.serverEnded) s.reason = TERM_CLIENT_CLOSED;
+  if (s.state === ST_CONNECTED) s.server!.end();
+  else if (s.state === ST_QUEUED) {
+    // A client that hangs up before it ever got a backend is gone (HAProxy's abortonclose).
+    leaveQueue(s);
+    this.destroy();
+  }
+  // Connecting: the backend's write side is ended once it is connected (onServerConnect).
+}
+
+function onServerEnd(this: TaggedSocket): void {
+  const s = this[kSession];
+  if (s === null) return;
+  s.serverEnded = true;
+  if (s.reason < 0 && !s.clientEnded) s.reason = TERM_SERVER_CLOSED;
+  if (!s.clientClosed) s.client!.end();
+}
+
+function onClientError(this: TaggedSocket): void {
+  const s = this[kSession];
+  if (s !== null && s.reason < 0) s.reason = TERM_CLIENT_CLOSED;
+  // 'close' follows.
+}
+
+function onClientTimeout(this: TaggedSocket): void {
+  const s = this[kSession];
+  if (s === null) return;
+  if (s.state === ST_QUEUED) {
+    leaveQueue(s);
+    f64[s.svc!.scBase + SC_QUEUE_TIMEOUTS] += 1;
+    closeClient(s, TERM_QUEUE_TIMEOUT);
+  } else if (s.state === ST_CONNECTED) {
+    killSession(s, TERM_IDLE_TIMEOUT);
+  }
+}
+
+function onClientClose(this: TaggedSocket, hadError: boolean): void {
+  const s = this[kSession];
+  if (s === null) return;
+  s.clientClosed = true;
+  if (s.reason < 0) s.reason = TERM_CLIENT_CLOSED;
+  if (s.state === ST_QUEUED) leaveQueue(s);
+  const server = s.server;
+  if (server !== null && !s.serverClosed) {
+    if (hadError || !s.clientEnded || !s.serverEnded || s.state !== ST_CONNECTED) {
+      // Reset or destroyed client: nothing more can be delivered either way.
+      server.destroy();
+    } else {
+      // Both sides said goodbye; the backend socket may still be flushing the client's last
+      // bytes. It closes by itself; the idle timeout guards a backend that stops reading.
+      server.setTimeout(s.svc!.entry.timeouts.idle);
+    }
+    return; // finalized from onServerClose
+  }
+  maybeFinalize(s);
+}
+
+function onServerClose(this: TaggedSocket, hadError: boolean): void {
+  const s = this[kSession];
+  if (s === null) return;
+  s.serverClosed = true;
+  if (!s.clientClosed && (hadError || !s.serverEnded || s.state !== ST_CONNECTED)) {
+    // Reset or destroyed backend: pass the abort on. After a clean close the client socket
+    // was already ended and closes by itself once its last bytes are written.
+    if (s.reason < 0) s.reason = TERM_SERVER_CLOSED;
+    s.client!.destroy();
+    return; // finalized from onClientClose
+  }
+  maybeFinalize(s);
+}
+
+// ── close ────────────────────────────────────────────────────────────────────
+
+/** Closes the client at once with `reason` (no backend held, or everything released). */
+function closeClient(s: Session, reason: number): void {
+  if (s.reason < 0) s.reason = reason;
+  s.client!.destroy();
+}
+
+/** Closes both sides at once: idle timeout, backend marked down, shutdown. */
+function killSession(s: Session, reason: number): void {
+  if (s.reason < 0 || reason === TERM_BACKEND_DOWN || reason === TERM_SHUTDOWN) s.reason = reason;
+  if (s.state === ST_QUEUED) leaveQueue(s);
+  if (s.server !== null && !s.serverClosed) s.server.destroy();
+  if (!s.clientClosed) s.client!.destroy();
+}
+
+/** Gives the engine back what the session holds; safe to call more than once. */
+function releaseSession(s: Session): void {
+  if (s.holdsSlot) {
+    s.holdsSlot = false;
+    ctx.engine.release(s.svc!.index, s.backend);
+  }
+  s.backend = -1;
+}
+
+function maybeFinalize(s: Session): void {
+  if (s.clientClosed && (s.server === null || s.serverClosed)) finalize(s);
+}
+
+/** Adds the bytes moved since the last look to the counters. Per close, and once a second. */
+function accountBytes(s: Session): void {
+  const rt = s.svc!;
+  const inNow = s.client!.bytesRead;
+  const outNow = s.server !== null ? s.server.bytesRead : s.countedOut;
+  const dIn = inNow - s.countedIn;
+  const dOut = outNow - s.countedOut;
+  if (dIn === 0 && dOut === 0) return;
+  s.countedIn = inNow;
+  s.countedOut = outNow;
+  f64[rt.scBase + SC_BYTES_IN] += dIn;
+  f64[rt.scBase + SC_BYTES_OUT] += dOut;
+  if (s.bcBase >= 0 && s.bk !== undefined) {
+    f64[s.bcBase + BC_BYTES_IN] += dIn;
+    f64[s.bcBase + BC_BYTES_OUT] += dOut;
+  }
+}
+
+function accountAllBytes(): void {
+  for (const s of sessions) if (s.state === ST_CONNECTED) accountBytes(s);
+}
+
+/** Exactly once per session: counters, release, log, back to the pool. */
+function finalize(s: Session): void {
+  const rt = s.svc!;
+  if (s.client![kSession] !== s) return;
+  accountBytes(s);
+  releaseSession(s);
+  const reason = s.reason < 0 ? TERM_CLIENT_CLOSED : s.reason;
+  f64[rt.scBase + SC_TERM_BASE + reason] += 1;
+  s.client![kSession] = null;
+  if (s.server !== null) s.server[kSession] = null;
+  sessions.delete(s);
+  if (ctx.onClose !== null) {
+    ctx.onClose({
+      client: s.clientAddr,
+      service: rt.entry.name,
+      backend: s.bk?.address ?? null,
+      connect_ms: s.connectMs < 0 ? -1 : round1(s.connectMs),
+      queue_ms: round1(s.queueMs),
+      duration_ms: round1(performance.now() - s.tAccept),
+      bytes_in: s.countedIn,
+      bytes_out: s.countedOut,
+      retries: s.retries,
+      reason: TERM_REASONS[reason],
+    });
+  }
+  s.reset();
+  if (pool.length < SESSION_POOL_MAX) pool.push(s);
+  if (shuttingDown && sessions.size === 0 && ctx.onIdle !== null) ctx.onIdle();
+}
+
+const round1 = (ms: number): number => Math.round(ms * 10) / 10;
+
+// ── control (rare) ───────────────────────────────────────────────────────────
+
+/** Closes this worker's sessions on `backend` (on_marked_down: shutdown_sessions). */
+export function killBackend(backend: number): number {
+  let killed = 0;
+  for (const s of sessions) {
+    if (s.backend === backend && (s.state === ST_CONNECTED || s.state === ST_CONNECTING)) {
+      f64[s.bcBase + BC_KILLED] += 1;
+      killSession(s, TERM_BACKEND_DOWN);
+      killed++;
+    }
+  }
+  return killed;
+}
+
+/** Stop path, step 1: no new sessions; waiting ones are closed (reason shutdown). */
+export function beginShutdown(): void {
+  shuttingDown = true;
+  for (const s of [...sessions]) if (s.state === ST_QUEUED) killSession(s, TERM_SHUTDOWN);
+}
+
+/** Stop path, step 2 (after the grace period): everything still open is closed. */
+export function killAll(reason = TERM_SHUTDOWN): void {
+  for (const s of [...sessions]) killSession(s, reason);
+}
+
+/** Closes the queued sessions of a service that was removed. */
+export function dropQueue(rt: ServiceRuntime): void {
+  for (const s of [...rt.queue]) {
+    leaveQueue(s);
+    closeClient(s, TERM_NO_BACKEND);
+  }
+}

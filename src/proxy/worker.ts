@@ -1,0 +1,181 @@
+/**
+ * A data-plane worker thread: its own engine instance over the shared memory, one listener per
+ * service (reusePort, so the kernel spreads accepts among workers), the sessions of
+ * splice.ts. Started by pool.ts; everything it is told arrives as a MainToWorker message.
+ */
+import { createServer, type Server } from 'node:net';
+import { parentPort, workerData } from 'node:worker_threads';
+import { pino } from 'pino';
+import { instantiateEngine } from '../balancer/engine.ts';
+import { formatHostPort } from '../config/schema.ts';
+import { CONNECTION_LOG_MSG, createLogger, type Logger } from '../observability/log.ts';
+import type { ListenProblem, MainToWorker, ServiceEntry, WorkerInit, WorkerToMain } from './messages.ts';
+import {
+  attachListener, beginShutdown, dropQueue, initDataPath, killAll, killBackend, ServiceRuntime, sessions, setBackends,
+  updateRuntime, type CloseRecord,
+} from './splice.ts';
+
+const init = workerData as WorkerInit;
+const port = parentPort!;
+const post = (msg: WorkerToMain): void => port.postMessage(msg);
+
+const destination = pino.destination({ sync: false, minLength: 4096 });
+const log: Logger = createLogger(init.logging.level as 'info', destination).child({ component: 'proxy', worker: init.workerId });
+
+const engine = instantiateEngine(init.module, init.memory, init.workerId);
+
+let onClose: ((rec: CloseRecord) => void) | null = null;
+if (init.logging.connections) {
+  // One JSON line per closed connection (HAProxy's option tcplog); the logger is made once.
+  onClose = (rec) => log.info(rec, CONNECTION_LOG_MSG);
+}
+
+let stopWaiter: (() => void) | null = null;
+initDataPath({
+  engine,
+  memory: init.memory,
+  workerId: init.workerId,
+  post,
+  onClose,
+  onIdle: () => stopWaiter?.(),
+});
+
+interface Listener {
+  rt: ServiceRuntime;
+  server: Server | null;
+  address: string;
+  paused: boolean;
+}
+const listeners = new Map<string, Listener>();
+const paused = new Set(init.paused);
+
+function listen(l: Listener): Promise<ListenProblem | null> {
+  const e = l.rt.entry;
+  const server = createServer({ allowHalfOpen: true, noDelay: true });
+  attachListener(server, l.rt);
+  l.server = server;
+  return new Promise((resolve) => {
+    const onError = (err: NodeJS.ErrnoException): void => {
+      if (l.server === server) l.server = null;
+      server.close();
+      resolve({ service: e.name, address: l.address, message: err.message, code: err.code });
+    };
+    server.once('error', onError);
+    server.listen({ host: e.listen.host, port: e.listen.port, reusePort: init.reusePort, backlog: 1024 }, () => {
+      server.off('error', onError);
+      server.on('error', (err) => log.error({ err, service: e.name }, 'listener error'));
+      resolve(null);
+    });
+  });
+}
+
+function closeListener(l: Listener): void {
+  if (l.server !== null) {
+    l.server.close();
+    l.server = null;
+  }
+}
+
+/** Applies a whole service table: new listeners bound, removed ones closed, changed ones moved. */
+async function applyServices(services: ServiceEntry[]): Promise<ListenProblem[]> {
+  setBackends(services);
+  const seen = new Set<string>();
+  const binds: Promise<ListenProblem | null>[] = [];
+  for (const e of services) {
+    seen.add(e.name);
+    const address = formatHostPort(e.listen);
+    const l = listeners.get(e.name);
+    if (l === undefined) {
+      const fresh: Listener = { rt: new ServiceRuntime(e, init.workerId), server: null, address, paused: paused.has(e.name) };
+      listeners.set(e.name, fresh);
+      if (!fresh.paused) binds.push(listen(fresh));
+      continue;
+    }
+    // Same name: the session code reads `rt.entry` at each use, so updating it is enough.
+    if (l.rt.index !== e.index) {
+      // The engine moved the service to another slot: a fresh runtime (new counters, queue).
+      dropQueue(l.rt);
+      l.rt = new ServiceRuntime(e, init.workerId);
+      if (l.server !== null) updateRuntime(l.server, l.rt);
+    } else {
+      l.rt.entry = e;
+    }
+    if (address !== l.address) {
+      closeListener(l);
+      l.address = address;
+      if (!l.paused) binds.push(listen(l));
+    }
+  }
+  for (const [name, l] of listeners) {
+    if (seen.has(name)) continue;
+    closeListener(l);
+    dropQueue(l.rt);
+    listeners.delete(name);
+  }
+  const results = await Promise.all(binds);
+  return results.filter((r): r is ListenProblem => r !== null);
+}
+
+async function shutdown(grace: number): Promise<void> {
+  for (const l of listeners.values()) closeListener(l);
+  beginShutdown();
+  if (sessions.size > 0) {
+    await new Promise<void>((resolve) => {
+      stopWaiter = resolve;
+      const timer = setTimeout(() => {
+        log.info({ open: sessions.size, grace }, 'shutdown grace over: closing open connections');
+        killAll();
+        // Closes are asynchronous; onIdle resolves once the last one is accounted.
+      }, grace);
+      timer.unref();
+      const poll = setInterval(() => {
+        if (sessions.size === 0) resolve();
+      }, 50);
+      poll.unref();
+    });
+  }
+  try {
+    destination.flushSync();
+  } catch {
+    // not ready yet: nothing was written
+  }
+  post({ type: 'stopped', workerId: init.workerId });
+}
+
+port.on('message', async (msg: MainToWorker) => {
+  switch (msg.type) {
+    case 'services':
+      post({ type: 'ack', seq: msg.seq, errors: await applyServices(msg.services) });
+      break;
+    case 'kill-backend':
+      post({ type: 'ack', seq: msg.seq, errors: [], killed: killBackend(msg.backend) });
+      break;
+    case 'pause': {
+      paused.add(msg.service);
+      const l = listeners.get(msg.service);
+      if (l !== undefined) {
+        l.paused = true;
+        closeListener(l);
+      }
+      post({ type: 'ack', seq: msg.seq, errors: [] });
+      break;
+    }
+    case 'resume': {
+      paused.delete(msg.service);
+      const l = listeners.get(msg.service);
+      let problem: ListenProblem | null = null;
+      if (l !== undefined && l.paused) {
+        l.paused = false;
+        if (l.server === null) problem = await listen(l);
+      }
+      post({ type: 'ack', seq: msg.seq, errors: problem ? [problem] : [] });
+      break;
+    }
+    case 'shutdown':
+      await shutdown(msg.grace);
+      break;
+  }
+});
+
+const errors = await applyServices(init.services);
+post({ type: 'ack', seq: 0, errors });

@@ -1,0 +1,65 @@
+/** Shared set-up for the balancer tests: one memory, a control-plane engine, a worker engine, a Balancer. */
+import { createSharedMemory } from '../../src/shm/layout.ts';
+import { loadEngineModule, instantiateEngine, type Engine } from '../../src/balancer/engine.ts';
+import { Balancer } from '../../src/balancer/balancer.ts';
+import { configSchema, type Config } from '../../src/config/schema.ts';
+import { silentLogger } from '../../src/observability/log.ts';
+
+export const engineModule = loadEngineModule();
+
+export interface Env {
+  memory: WebAssembly.Memory;
+  control: Engine;
+  worker: Engine;
+  balancer: Balancer;
+}
+
+export function makeEnv(): Env {
+  const memory = createSharedMemory();
+  const control = instantiateEngine(engineModule, memory, 0);
+  const worker = instantiateEngine(engineModule, memory, 1);
+  const balancer = new Balancer(memory, control, silentLogger);
+  return { memory, control, worker, balancer };
+}
+
+export interface BackendSpec {
+  address: string;
+  weight?: number;
+  max_connections?: number;
+  backup?: boolean;
+  state?: 'ready' | 'drain' | 'maint';
+}
+
+export interface ServiceSpec {
+  name?: string;
+  listen?: string;
+  balance?: 'maglev' | 'leastconn' | 'roundrobin' | 'random';
+  table_size?: number;
+  max_connections?: number;
+  slow_start?: string | number;
+  health?: Record<string, unknown>;
+  backends: BackendSpec[];
+}
+
+/** A validated config of the given services (names s0, s1… and listen ports by default). */
+export function config(...services: ServiceSpec[]): Config {
+  return configSchema.parse({
+    services: services.map((s, i) => ({
+      name: s.name ?? `s${i}`,
+      listen: s.listen ?? `127.1.9.1:${5000 + i}`,
+      ...s,
+    })),
+  });
+}
+
+/** `n` backends "10.0.<i/250>.<i%250>:5432" with weight 1 (or as `f` says). */
+export function backends(n: number, f: (i: number) => Partial<BackendSpec> = () => ({})): BackendSpec[] {
+  return Array.from({ length: n }, (_, i) => ({ address: `10.0.${Math.floor(i / 250)}.${(i % 250) + 1}:5432`, ...f(i) }));
+}
+
+/** Slot counts per backend id in a ring. */
+export function ownership(ring: Uint16Array): Map<number, number> {
+  const m = new Map<number, number>();
+  for (const b of ring) m.set(b, (m.get(b) ?? 0) + 1);
+  return m;
+}

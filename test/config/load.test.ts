@@ -1,0 +1,180 @@
+import { describe, expect, it } from 'vitest';
+import { mkdtempSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { loadConfig, parseConfig, resolveWorkers } from '../../src/config/load.ts';
+import { parseDuration, parseHostPort, isPrime } from '../../src/config/schema.ts';
+import { ConfigInvalidError } from '../../src/errors.ts';
+
+const minimal = `
+services:
+  - name: redis
+    listen: 127.0.0.1:6380
+    backends:
+      - { address: 127.0.0.1:7001 }
+`;
+
+function problemsOf(text: string): string[] {
+  try {
+    parseConfig(text, 'test.yaml');
+  } catch (err) {
+    expect(err).toBeInstanceOf(ConfigInvalidError);
+    expect((err as ConfigInvalidError).code).toBe('FULCRUM_ERR_CONFIG_INVALID');
+    return (err as ConfigInvalidError).problems.map((p) => `${p.path}: ${p.message}`);
+  }
+  throw new Error('expected the config to be refused');
+}
+
+describe('config scalars', () => {
+  it('parses durations in ms, s, m, h and bare milliseconds', () => {
+    expect(parseDuration('250ms')).toBe(250);
+    expect(parseDuration('2s')).toBe(2000);
+    expect(parseDuration('1.5m')).toBe(90_000);
+    expect(parseDuration('1h')).toBe(3_600_000);
+    expect(parseDuration(40)).toBe(40);
+    expect(parseDuration('2 weeks')).toBeUndefined();
+    expect(parseDuration(-1)).toBeUndefined();
+  });
+  it('parses host:port including bracketed IPv6', () => {
+    expect(parseHostPort('127.0.0.1:80')).toEqual({ host: '127.0.0.1', port: 80 });
+    expect(parseHostPort('[::1]:6380')).toEqual({ host: '::1', port: 6380 });
+    expect(parseHostPort('db.internal:5432')).toEqual({ host: 'db.internal', port: 5432 });
+    expect(parseHostPort('127.0.0.1')).toBeUndefined();
+    expect(parseHostPort('127.0.0.1:70000')).toBeUndefined();
+  });
+  it('knows its primes', () => {
+    expect([7, 11, 101, 65537].every(isPrime)).toBe(true);
+    expect([1, 9, 100, 65535].some(isPrime)).toBe(false);
+  });
+});
+
+describe('parseConfig', () => {
+  it('fills documented defaults', () => {
+    const c = parseConfig(minimal);
+    const s = c.services[0];
+    expect(c.workers).toBe('auto');
+    expect(c.shutdown_grace).toBe(30_000);
+    expect(s.balance).toBe('leastconn');
+    expect(s.table_size).toBe(65537);
+    expect(s.retries).toBe(2);
+    expect(s.queue).toEqual({ max: 1000, timeout: 5000 });
+    expect(s.timeouts).toEqual({ connect: 2000, idle: 1_800_000 });
+    expect(s.backends[0]).toEqual({ address: { host: '127.0.0.1', port: 7001 }, weight: 1, max_connections: 0, backup: false, state: 'ready' });
+    expect(c.logging).toEqual({ level: 'info', connections: true });
+    expect(resolveWorkers(c)).toBeGreaterThanOrEqual(1);
+  });
+
+  it('accepts the full example of the data plane issue', () => {
+    const c = parseConfig(`
+workers: auto
+services:
+  - name: redis
+    listen: 127.0.0.1:6380
+    balance: maglev
+    hash_key: source_ip
+    table_size: 65537
+    max_connections: 10000
+    queue: { max: 1000, timeout: 2s }
+    retries: 2
+    timeouts: { connect: 1s, idle: 30m }
+    backends:
+      - { address: 127.0.0.1:7001, weight: 1, max_connections: 500 }
+      - { address: 127.0.0.1:7002, weight: 2 }
+      - { address: 127.0.0.1:7003, backup: true }
+`);
+    expect(c.services[0].queue.timeout).toBe(2000);
+    expect(c.services[0].timeouts.idle).toBe(1_800_000);
+    expect(c.services[0].backends[2].backup).toBe(true);
+  });
+
+  it('names the path and the value of every problem at once', () => {
+    const problems = problemsOf(`
+workers: 0
+bogus: 1
+services:
+  - name: "a b"
+    listen: 127.0.0.1
+    table_size: 100
+    timeouts: { connect: 5x }
+    backends:
+      - { address: 127.0.0.1:7001, weight: -1 }
+      - { address: 127.0.0.1:7002, weight: "x", extra: 1 }
+`);
+    expect(problems).toEqual(expect.arrayContaining([
+      'workers: must be auto or an integer 1–16, got 0',
+      'bogus: unknown key',
+      'services[0].name: must be 1–64 characters of letters, digits, _ . -, got "a b"',
+      'services[0].listen: must be host:port with a port 1–65535 (IPv6 as [addr]:port), got "127.0.0.1"',
+      'services[0].table_size: must be a prime 7–65537, got 100',
+      'services[0].timeouts.connect: must be a duration like 500ms, 2s, 30m or 1h (at least 1ms), got "5x"',
+      'services[0].backends[0].weight: must be an integer 0–256, got -1',
+      'services[0].backends[1].weight: must be an integer 0–256, got "x"',
+      'services[0].backends[1].extra: unknown key',
+    ]));
+    expect(problems).toHaveLength(9);
+  });
+
+  it('says what is missing', () => {
+    expect(problemsOf('services:\n  - name: x\n    backends: []\n')).toEqual(expect.arrayContaining([
+      expect.stringMatching(/^services\[0\]\.listen: is required/),
+      expect.stringMatching(/^services\[0\]\.backends: must list at least one backend/),
+    ]));
+    expect(problemsOf('{}')).toEqual([expect.stringMatching(/^services: is required/)]);
+  });
+
+  it('refuses duplicates and health blocks that do not fit their type', () => {
+    const problems = problemsOf(`
+services:
+  - name: a
+    listen: 127.0.0.1:6000
+    health: { type: tcp, role: primary, interval: 1s, timeout: 2s }
+    backends: [{ address: 127.0.0.1:7001 }, { address: 127.0.0.1:7001 }]
+  - name: a
+    listen: 127.0.0.1:6000
+    health: { type: send_expect }
+    backends: [{ address: 127.0.0.1:7001 }]
+`);
+    expect(problems).toEqual(expect.arrayContaining([
+      'services[0].backends[1].address: duplicates backends[0].address, got "127.0.0.1:7001"',
+      'services[1].name: duplicates services[0].name, got "a"',
+      'services[1].listen: duplicates services[0].listen, got "127.0.0.1:6000"',
+      'services[0].health.role: needs health.type redis, postgres or mysql, got "primary" with type "tcp"',
+      'services[0].health.timeout: must not exceed health.interval (1000ms), got 2000ms',
+      'services[1].health.send_expect: is required when health.type is send_expect',
+    ]));
+  });
+
+  it('reports YAML syntax errors and a non-mapping top level', () => {
+    expect(problemsOf('services: [\n')[0]).toMatch(/^: YAML: /);
+    expect(problemsOf('- 1\n- 2\n')[0]).toMatch(/the top level must be a mapping/);
+    expect(problemsOf('a: 1\na: 2\n')[0]).toMatch(/YAML/);
+  });
+
+  it('validates the ha section', () => {
+    const problems = problemsOf(`
+services:
+  - { name: a, listen: 127.0.0.1:6000, backends: [{ address: 127.0.0.1:7001 }] }
+ha:
+  vip: 10.0.0.300/24
+  interface: eth0
+  bind: 10.0.0.1:7946
+  peer: 10.0.0.1:7946
+  priority: 255
+  secret_file: ./ha.secret
+`);
+    expect(problems).toEqual(expect.arrayContaining([
+      'ha.vip[0]: must be an IPv4 address with a prefix, like 10.0.0.100/24, got "10.0.0.300/24"',
+      'ha.priority: must be an integer 1–254, got 255',
+    ]));
+  });
+});
+
+describe('loadConfig', () => {
+  it('reads a file, and says so when it cannot', () => {
+    const dir = mkdtempSync(join(tmpdir(), 'fulcrum-config-'));
+    const file = join(dir, 'ok.yaml');
+    writeFileSync(file, minimal);
+    expect(loadConfig(file).services[0].name).toBe('redis');
+    expect(() => loadConfig(join(dir, 'missing.yaml'))).toThrow(expect.objectContaining({ code: 'FULCRUM_ERR_CONFIG_UNREADABLE' }));
+  });
+});

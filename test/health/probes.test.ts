@@ -1,0 +1,258 @@
+/**
+ * Every probe type against servers written here: good ones, and bad ones (refused, reset,
+ * garbage, a half-sent reply, accept-and-silent). Each failure must carry its reason and settle
+ * within the timeout, and no socket may be left open on either side.
+ * Loopback: 127.3.1.x.
+ */
+import net from 'node:net';
+import { writeFile, mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { healthSchema, type HostPort } from '../../src/config/schema.ts';
+import { PROBES } from '../../src/health/probes/index.ts';
+import type { ProbeResult } from '../../src/health/probes/probe.ts';
+import { decodeSend } from '../../src/health/probes/send-expect.ts';
+import { parseReply } from '../../src/health/probes/resp.ts';
+
+const HOST = '127.3.1.1';
+const TIMEOUT = 300;
+
+type Behaviour = (sock: net.Socket) => void;
+
+/** A TCP server whose every connection gets `behaviour`; counts connections still open. */
+async function server(behaviour: Behaviour) {
+  const open = new Set<net.Socket>();
+  const srv = net.createServer((sock) => {
+    open.add(sock);
+    sock.on('close', () => open.delete(sock));
+    sock.on('error', () => {});
+    behaviour(sock);
+  });
+  await new Promise<void>((r) => srv.listen(0, HOST, r));
+  const target: HostPort = { host: HOST, port: (srv.address() as net.AddressInfo).port };
+  return {
+    target,
+    open,
+    close: () => new Promise<void>((r) => { for (const s of open) s.destroy(); srv.close(() => r()); }),
+  };
+}
+
+const servers: Array<{ close(): Promise<void> }> = [];
+async function serve(behaviour: Behaviour) {
+  const s = await server(behaviour);
+  servers.push(s);
+  return s;
+}
+
+// Reads (and drops) whatever comes, so it sees the probe's close; never answers.
+const silent: Behaviour = (s) => { s.resume(); };
+const garbage: Behaviour = (s) => s.write(Buffer.from([0x00, 0xff, 0x13, 0x37, 0x47, 0x41, 0x52, 0x42, 0x0d, 0x0a]));
+const garbageOnData: Behaviour = (s) => s.once('data', () => s.write('\x00\xffGARBAGE\r\n'));
+const resetOnData: Behaviour = (s) => s.once('data', () => s.resetAndDestroy());
+const closeOnData: Behaviour = (s) => s.once('data', () => s.end());
+const reply = (text: string | Buffer, close = false): Behaviour => (s) => s.once('data', () => (close ? s.end(text) : s.write(text)));
+
+let refusedTarget: HostPort;
+let dir: string;
+
+beforeAll(async () => {
+  // A port that was just released: nothing listens there.
+  const s = await server(silent);
+  refusedTarget = s.target;
+  await s.close();
+  dir = await mkdtemp(join(tmpdir(), 'fulcrum-probe-'));
+});
+afterAll(async () => {
+  for (const s of servers) await s.close();
+  await rm(dir, { recursive: true, force: true });
+});
+
+const cfg = (h: Record<string, unknown>) => healthSchema.parse({ timeout: `${TIMEOUT}ms`, ...h });
+
+async function probe(type: keyof typeof PROBES, target: HostPort, h: Record<string, unknown> = {}): Promise<ProbeResult> {
+  const started = performance.now();
+  const r = await PROBES[type](target, cfg({ type, ...h }), AbortSignal.timeout(TIMEOUT));
+  const took = performance.now() - started;
+  // Never past the timeout (plus scheduling slack), whatever the server does.
+  expect(took).toBeLessThan(TIMEOUT + 500);
+  expect(typeof r.latency_ms).toBe('number');
+  return r;
+}
+
+/** Waits until the server side has seen every probe connection closed. */
+async function allClosed(s: { open: Set<net.Socket> }) {
+  const deadline = Date.now() + 2000;
+  while (s.open.size > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 10));
+  expect(s.open.size).toBe(0);
+}
+
+describe('tcp probe', () => {
+  it('passes when the port accepts, and closes its connection', async () => {
+    const s = await serve(silent);
+    const r = await probe('tcp', s.target);
+    expect(r).toMatchObject({ ok: true, reason: 'connected' });
+    await allClosed(s);
+  });
+  it('fails with "connection refused"', async () => {
+    expect(await probe('tcp', refusedTarget)).toMatchObject({ ok: false, reason: 'connection refused' });
+  });
+});
+
+describe('send_expect probe', () => {
+  it('decodes \\r\\n, \\xNN and hex: forms', () => {
+    expect(decodeSend('PING\\r\\n')).toEqual(Buffer.from('PING\r\n'));
+    expect(decodeSend('a\\x00\\\\b')).toEqual(Buffer.from([0x61, 0x00, 0x5c, 0x62]));
+    expect(decodeSend('hex:0d0a ff')).toEqual(Buffer.from([0x0d, 0x0a, 0xff]));
+  });
+  it('text: passes when the reply contains the text, even across packets', async () => {
+    const s = await serve((sock) => sock.once('data', (d) => {
+      expect(d.toString()).toBe('PING\r\n');
+      sock.write('+PO');
+      setTimeout(() => sock.write('NG\r\n'), 30);
+    }));
+    const r = await probe('send_expect', s.target, { send_expect: { send: 'PING\\r\\n', expect: '+PONG' } });
+    expect(r).toMatchObject({ ok: true, reason: 'matched "+PONG"' });
+    await allClosed(s);
+  });
+  it('hex: passes on a matching prefix and fails at the first wrong byte', async () => {
+    const s = await serve(reply(Buffer.from([0x01, 0x02, 0x03, 0x04])));
+    expect(await probe('send_expect', s.target, { send_expect: { send: 'hex:ff', expect: 'hex:010203' } })).toMatchObject({ ok: true });
+    const r = await probe('send_expect', s.target, { send_expect: { send: 'hex:ff', expect: 'hex:0109' } });
+    expect(r).toMatchObject({ ok: false, reason: 'bad reply: expected hex:0109, got "\\x01\\x02\\x03\\x04"' });
+  });
+  it('regex: matches the reply', async () => {
+    const s = await serve(reply('SSH-2.0-OpenSSH_9.2\r\n'));
+    expect(await probe('send_expect', s.target, { send_expect: { send: 'x', expect: 'regex:^SSH-2\\.0-' } })).toMatchObject({ ok: true });
+  });
+  it('a server that speaks first: empty send', async () => {
+    const s = await serve((sock) => sock.write('220 mail ESMTP\r\n'));
+    expect(await probe('send_expect', s.target, { send_expect: { expect: '220 ' } })).toMatchObject({ ok: true });
+  });
+  it('garbage fails with the reply quoted once the server closes', async () => {
+    const s = await serve(reply('\x00\xffGARBAGE\r\n', true));
+    const r = await probe('send_expect', s.target, { send_expect: { send: 'PING\\r\\n', expect: '+PONG' } });
+    expect(r.ok).toBe(false);
+    expect(r.reason).toBe('bad reply: expected "+PONG", got "\\x00\\xc3\\xbfGARBAGE\\r\\n" before the server closed');
+  });
+  it('a half-sent reply fails at the timeout and quotes what came', async () => {
+    const s = await serve(reply('+PO'));
+    const r = await probe('send_expect', s.target, { send_expect: { send: 'PING\\r\\n', expect: '+PONG' } });
+    expect(r).toMatchObject({ ok: false, reason: 'timeout after 300ms (waiting for "+PONG"), partial reply "+PO"' });
+    await allClosed(s);
+  });
+  it('accept-and-silent fails at the timeout, saying where it waited', async () => {
+    const s = await serve(silent);
+    const r = await probe('send_expect', s.target, { send_expect: { send: 'PING\\r\\n', expect: '+PONG' } });
+    expect(r).toMatchObject({ ok: false, reason: 'timeout after 300ms (waiting for "+PONG")' });
+    await allClosed(s);
+  });
+  it('reset and refused', async () => {
+    const s = await serve(resetOnData);
+    expect(await probe('send_expect', s.target, { send_expect: { send: 'PING\\r\\n', expect: '+PONG' } }))
+      .toMatchObject({ ok: false, reason: 'connection reset' });
+    expect(await probe('send_expect', refusedTarget, { send_expect: { send: 'x', expect: 'y' } }))
+      .toMatchObject({ ok: false, reason: 'connection refused' });
+  });
+});
+
+describe('http probe', () => {
+  it('sends an HTTP/1.0 request with the path and passes on the expected status', async () => {
+    let request = '';
+    const s = await serve((sock) => sock.once('data', (d) => {
+      request = d.toString();
+      sock.end('HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok');
+    }));
+    const r = await probe('http', s.target, { http: { path: '/health' } });
+    expect(r).toMatchObject({ ok: true, reason: 'status 200' });
+    expect(request).toMatch(/^GET \/health HTTP\/1\.0\r\nHost: 127\.3\.1\.1:\d+\r\n/);
+    await allClosed(s);
+  });
+  it('fails on another status, quoting it', async () => {
+    const s = await serve(reply('HTTP/1.1 503 Service Unavailable\r\n\r\n', true));
+    expect(await probe('http', s.target)).toMatchObject({ ok: false, reason: 'status 503 Service Unavailable, want 200' });
+    expect(await probe('http', s.target, { http: { expect_status: 503 } })).toMatchObject({ ok: true });
+  });
+  it('garbage, half status line, silence, close, reset', async () => {
+    const g = await serve(garbageOnData);
+    expect(await probe('http', g.target)).toMatchObject({ ok: false, reason: 'bad reply: not an HTTP status line "\\x00\\xc3\\xbfGARBAGE\\r\\n"' });
+    const h = await serve(reply('HTTP/1.1 20'));
+    expect(await probe('http', h.target)).toMatchObject({ ok: false, reason: 'timeout after 300ms (waiting for the status line), partial reply "HTTP/1.1 20"' });
+    const q = await serve(silent);
+    expect(await probe('http', q.target)).toMatchObject({ ok: false, reason: 'timeout after 300ms (waiting for the status line)' });
+    const c = await serve(closeOnData);
+    expect(await probe('http', c.target)).toMatchObject({ ok: false, reason: 'closed by server before replying' });
+    const r = await serve(resetOnData);
+    expect(await probe('http', r.target)).toMatchObject({ ok: false, reason: 'connection reset' });
+    for (const s of [g, h, q, c, r]) await allClosed(s);
+  });
+});
+
+describe('redis probe against bad servers', () => {
+  const role = { role: 'primary' };
+  it('parses RESP incrementally and rejects what is not RESP', () => {
+    expect(parseReply(Buffer.from('*3\r\n$6\r\nmaster\r\n:0\r\n*0\r\n'))).toEqual([['master', 0, []], 24]);
+    expect(parseReply(Buffer.from('*3\r\n$6\r\nmas'))).toBeUndefined();
+    expect(() => parseReply(Buffer.from('\x00\xffGARBAGE\r\n'))).toThrow('bad reply: not RESP "\\x00\\xc3\\xbfGARBAGE\\r\\n"');
+    expect(() => parseReply(Buffer.from('*1\r\n'.repeat(20)))).toThrow(/not RESP/);
+  });
+  it('garbage, half reply, silence, refused', async () => {
+    const g = await serve(garbageOnData);
+    expect(await probe('redis', g.target, role)).toMatchObject({ ok: false, reason: 'bad reply: not RESP "\\x00\\xc3\\xbfGARBAGE\\r\\n"' });
+    const h = await serve(reply('*3\r\n$6\r\nmas'));
+    expect(await probe('redis', h.target, role)).toMatchObject({ ok: false, reason: 'timeout after 300ms (waiting for ROLE reply), partial reply "*3\\r\\n$6\\r\\nmas"' });
+    const hc = await serve(reply('*3\r\n$6\r\nmas', true));
+    expect(await probe('redis', hc.target, role)).toMatchObject({ ok: false, reason: 'closed by server after a partial reply "*3\\r\\n$6\\r\\nmas"' });
+    const q = await serve(silent);
+    expect(await probe('redis', q.target, role)).toMatchObject({ ok: false, reason: 'timeout after 300ms (waiting for ROLE reply)' });
+    expect(await probe('redis', refusedTarget, role)).toMatchObject({ ok: false, reason: 'connection refused' });
+    for (const s of [g, h, hc, q]) await allClosed(s);
+  });
+  it('a sentinel is neither primary nor replica; an unreadable password_file says so', async () => {
+    const s = await serve(reply('*2\r\n$8\r\nsentinel\r\n*0\r\n'));
+    expect(await probe('redis', s.target, role)).toMatchObject({ ok: false, reason: 'server is a sentinel, not a primary or replica' });
+    expect(await probe('redis', s.target, { redis: { password_file: join(dir, 'missing') } }))
+      .toMatchObject({ ok: false, reason: `health.redis.password_file ${join(dir, 'missing')}: cannot read (ENOENT)` });
+  });
+  it('falls back to INFO replication when ROLE is refused', async () => {
+    const s = await serve((sock) => {
+      let n = 0;
+      sock.on('data', () => {
+        n++;
+        if (n === 1) sock.write("-ERR unknown command 'ROLE'\r\n");
+        else {
+          const info = '# Replication\r\nrole:slave\r\nmaster_host:10.0.0.1\r\n';
+          sock.write(`$${info.length}\r\n${info}\r\n`);
+        }
+      });
+    });
+    expect(await probe('redis', s.target, { role: 'replica' })).toMatchObject({ ok: true, reason: 'role replica', role: 'replica' });
+    expect(await probe('redis', s.target, { role: 'primary' })).toMatchObject({ ok: false, reason: 'wrong role: saw replica, want primary' });
+  });
+});
+
+describe('postgres and mysql probes against bad servers', () => {
+  for (const type of ['postgres', 'mysql'] as const) {
+    it(`${type}: garbage, half reply, silence, reset, refused all fail with a reason in time`, async () => {
+      const g = await serve((sock) => { sock.write('\x00\xffGARBAGE\r\n'.repeat(3)); sock.on('data', () => sock.write('\xff\xff\xff\xff\x00garbage')); });
+      const rg = await probe(type, g.target);
+      expect(rg.ok).toBe(false);
+      expect(rg.reason.length).toBeGreaterThan(5);
+      const h = await serve((sock) => { sock.write(type === 'mysql' ? Buffer.from([0x4a, 0x00, 0x00, 0x00, 0x0a, 0x35]) : ''); sock.on('data', () => sock.write('R\x00\x00\x00')); });
+      expect(await probe(type, h.target)).toMatchObject({ ok: false, reason: expect.stringMatching(/^timeout after 300ms/) });
+      const q = await serve(silent);
+      expect(await probe(type, q.target)).toMatchObject({ ok: false, reason: expect.stringMatching(/^timeout after 300ms/) });
+      const r = await serve((sock) => (type === 'mysql' ? setTimeout(() => sock.resetAndDestroy(), 20) : resetOnData(sock)));
+      expect(await probe(type, r.target)).toMatchObject({ ok: false, reason: 'connection reset' });
+      expect(await probe(type, refusedTarget)).toMatchObject({ ok: false, reason: 'connection refused' });
+      for (const s of [g, h, q, r]) await allClosed(s);
+    });
+  }
+  it('postgres: a missing password_file is reported with the setting', async () => {
+    const s = await serve(silent);
+    const file = join(dir, 'pw');
+    await writeFile(file, 'x\n');
+    expect(await probe('postgres', s.target, { postgres: { password_file: join(dir, 'nope') } }))
+      .toMatchObject({ ok: false, reason: `health.postgres.password_file ${join(dir, 'nope')}: cannot read (ENOENT)` });
+  });
+});

@@ -1,0 +1,62 @@
+/**
+ * A real MariaDB server for tests (Debian's mariadb-server): a temp datadir made with
+ * mariadb-install-db, mariadbd bound to one loopback address and port, its socket in the temp
+ * dir, running as root (acceptable in a test sandbox). stop() kills it and removes the dir.
+ */
+import { execFile, spawn, type ChildProcess } from 'node:child_process';
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { promisify } from 'node:util';
+import { freePort } from './redis.ts';
+
+const run = promisify(execFile);
+
+export interface MariaDbServer {
+  host: string;
+  port: number;
+  address: string;
+  dir: string;
+  /** Runs SQL as root over the socket; returns the client's tab-separated output, trimmed. */
+  sql(query: string): Promise<string>;
+  stop(): Promise<void>;
+}
+
+export async function startMariaDb(host: string): Promise<MariaDbServer> {
+  const dir = await mkdtemp(join(tmpdir(), 'fulcrum-mariadb-'));
+  const datadir = join(dir, 'data');
+  const socket = join(dir, 'mysqld.sock');
+  const port = await freePort(host);
+  await run('mariadb-install-db', ['--no-defaults', `--datadir=${datadir}`, '--user=root', '--auth-root-authentication-method=normal', '--skip-test-db'], { timeout: 60_000 });
+  const child: ChildProcess = spawn('mariadbd', [
+    '--no-defaults', `--datadir=${datadir}`, `--socket=${socket}`, `--port=${port}`, `--bind-address=${host}`,
+    '--user=root', `--pid-file=${join(dir, 'mysqld.pid')}`, `--log-error=${join(dir, 'error.log')}`,
+    '--skip-log-bin', '--innodb-buffer-pool-size=16M', '--skip-name-resolve', '--innodb-flush-log-at-trx-commit=0',
+  ], { stdio: 'ignore' });
+  let exited = false;
+  const exitPromise = new Promise<void>((resolve) => child.once('exit', () => { exited = true; resolve(); }));
+  const sql = async (query: string) => {
+    const { stdout } = await run('mariadb', ['--no-defaults', `--socket=${socket}`, '-uroot', '-N', '-B', '-e', query], { timeout: 10_000 });
+    return stdout.trim();
+  };
+  const stop = async () => {
+    if (!exited) {
+      child.kill('SIGKILL');
+      await exitPromise;
+    }
+    await rm(dir, { recursive: true, force: true });
+  };
+  const deadline = Date.now() + 30_000;
+  for (;;) {
+    try {
+      await sql('SELECT 1');
+      break;
+    } catch { /* starting */ }
+    if (exited || Date.now() > deadline) {
+      await stop();
+      throw new Error(`mariadbd on ${host}:${port} did not start (is mariadb-server installed?)`);
+    }
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  return { host, port, address: `${host}:${port}`, dir, sql, stop };
+}

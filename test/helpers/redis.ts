@@ -1,0 +1,82 @@
+/**
+ * Real redis-server processes for tests: each in its own temp dir, bound to one loopback
+ * address, no persistence (`--save '' --appendonly no`), killed and removed by stop().
+ */
+import { spawn, type ChildProcess } from 'node:child_process';
+import { mkdtemp, rm } from 'node:fs/promises';
+import net from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { encodeCommand, parseReply, type RespValue } from '../../src/health/probes/resp.ts';
+
+export interface RedisServer {
+  host: string;
+  port: number;
+  /** "host:port" */
+  address: string;
+  dir: string;
+  /** Runs one command on a fresh connection and returns the parsed reply. */
+  command(...args: string[]): Promise<RespValue>;
+  stop(): Promise<void>;
+}
+
+/** A free TCP port on `host` (bound and released; good enough when each test file has its own address). */
+export function freePort(host: string): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const srv = net.createServer();
+    srv.once('error', reject);
+    srv.listen(0, host, () => {
+      const { port } = srv.address() as net.AddressInfo;
+      srv.close(() => resolve(port));
+    });
+  });
+}
+
+/** Sends one RESP command over a new connection; rejects after 2 s. */
+export function redisCommand(host: string, port: number, args: string[]): Promise<RespValue> {
+  return new Promise((resolve, reject) => {
+    const sock = net.connect({ host, port });
+    let buf = Buffer.alloc(0);
+    const timer = setTimeout(() => { sock.destroy(); reject(new Error(`redis ${host}:${port} ${args[0]}: no reply in 2s`)); }, 2000);
+    sock.on('connect', () => sock.write(encodeCommand(args)));
+    sock.on('data', (d) => {
+      buf = Buffer.concat([buf, d]);
+      try {
+        const r = parseReply(buf);
+        if (r) { clearTimeout(timer); sock.destroy(); resolve(r[0]); }
+      } catch (err) { clearTimeout(timer); sock.destroy(); reject(err); }
+    });
+    sock.on('error', (err) => { clearTimeout(timer); reject(err); });
+  });
+}
+
+export async function startRedis(opts: { host: string; port?: number; args?: string[] }): Promise<RedisServer> {
+  const { host } = opts;
+  const port = opts.port ?? await freePort(host);
+  const dir = await mkdtemp(join(tmpdir(), 'fulcrum-redis-'));
+  const child: ChildProcess = spawn('redis-server', [
+    '--bind', host, '--port', String(port), '--dir', dir, '--save', '', '--appendonly', 'no',
+    '--protected-mode', 'no', '--daemonize', 'no', '--logfile', join(dir, 'redis.log'), ...(opts.args ?? []),
+  ], { stdio: 'ignore' });
+  let exited = false;
+  const exitPromise = new Promise<void>((resolve) => child.once('exit', () => { exited = true; resolve(); }));
+  const stop = async () => {
+    if (!exited) {
+      child.kill('SIGKILL');
+      await exitPromise;
+    }
+    await rm(dir, { recursive: true, force: true });
+  };
+  const deadline = Date.now() + 10_000;
+  for (;;) {
+    try {
+      if ((await redisCommand(host, port, ['PING'])) === 'PONG') break;
+    } catch { /* not up yet */ }
+    if (exited || Date.now() > deadline) {
+      await stop();
+      throw new Error(`redis-server on ${host}:${port} did not start (is redis-server installed?)`);
+    }
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  return { host, port, address: `${host}:${port}`, dir, command: (...args) => redisCommand(host, port, args), stop };
+}

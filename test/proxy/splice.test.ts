@@ -1,0 +1,119 @@
+/**
+ * Bytes through the proxy: many clients pushing megabytes both ways arrive intact (sha256), and
+ * half-close works in both directions. Addresses: 127.2.1.0/24.
+ */
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import type { FulcrumHandle } from '../../src/main.ts';
+import { SC_ACCEPTED, SC_BYTES_IN, SC_BYTES_OUT } from '../../src/shm/layout.ts';
+import {
+  connectClient, freePort, randomData, readAll, sha256, startEchoServer, startServer, waitFor, type TestServer,
+} from '../helpers/net.ts';
+import { reasons, serviceCounter, startProxy, activeCounts } from './harness.ts';
+
+const HOST = '127.2.1.1';
+let backends: TestServer[] = [];
+let proxy: FulcrumHandle;
+let echoPort = 0;
+let halfPort = 0;
+
+beforeAll(async () => {
+  backends = await Promise.all([startEchoServer(HOST), startEchoServer(HOST), startEchoServer(HOST)]);
+  // A backend that reads everything, answers with its digest, then ends: the client half-closes first.
+  const digester = await startServer((s) => {
+    const chunks: Buffer[] = [];
+    s.on('data', (d: Buffer) => chunks.push(d));
+    s.on('end', () => s.end(sha256(Buffer.concat(chunks))));
+  }, HOST);
+  // A backend that greets, ends its side at once, then collects what the client still sends.
+  const early = await startServer((s) => {
+    const chunks: Buffer[] = [];
+    s.end('bye early\n');
+    s.on('data', (d: Buffer) => chunks.push(d));
+    s.on('end', () => early.server.emit('received', sha256(Buffer.concat(chunks))));
+  }, HOST);
+  backends.push(digester, early);
+  echoPort = await freePort(HOST);
+  halfPort = await freePort(HOST);
+  const earlyPort = await freePort(HOST);
+  proxy = await startProxy(`
+workers: 2
+logging: { level: silent, connections: false }
+services:
+  - name: echo
+    listen: ${HOST}:${echoPort}
+    balance: roundrobin
+    backends:
+${backends.slice(0, 3).map((b) => `      - address: ${b.address}`).join('\n')}
+  - name: digest
+    listen: ${HOST}:${halfPort}
+    backends: [{ address: ${digester.address} }]
+  - name: early
+    listen: ${HOST}:${earlyPort}
+    backends: [{ address: ${early.address} }]
+`);
+  (globalThis as Record<string, unknown>).__earlyPort = earlyPort;
+});
+
+afterAll(async () => {
+  await proxy?.stop('test over');
+  await Promise.all(backends.map((b) => b.close()));
+});
+
+describe('splice', () => {
+  it('carries megabytes both ways for 24 concurrent clients, byte for byte', async () => {
+    const clients = 24;
+    const size = 3 * 1024 * 1024 + 17;
+    const results = await Promise.all(Array.from({ length: clients }, async (_, i) => {
+      const data = randomData(size + i);
+      const s = await connectClient(echoPort, HOST);
+      const got = readAll(s, 60_000);
+      // Write in uneven pieces, honouring backpressure, then half-close.
+      let off = 0;
+      while (off < data.length) {
+        const n = Math.min(data.length - off, 1000 + ((off * 7919) % 70_000));
+        if (!s.write(data.subarray(off, off + n))) await new Promise((r) => s.once('drain', r));
+        off += n;
+      }
+      s.end();
+      const back = await got;
+      s.destroy();
+      return { sent: sha256(data), back: sha256(back), len: back.length, want: data.length };
+    }));
+    for (const r of results) {
+      expect(r.len).toBe(r.want);
+      expect(r.back).toBe(r.sent);
+    }
+    const total = results.reduce((n, r) => n + r.want, 0);
+    await waitFor(() => serviceCounter(proxy, 'echo', SC_BYTES_OUT) >= total, 3000, 'bytes counters');
+    expect(serviceCounter(proxy, 'echo', SC_BYTES_IN)).toBe(total);
+    expect(serviceCounter(proxy, 'echo', SC_BYTES_OUT)).toBe(total);
+    expect(serviceCounter(proxy, 'echo', SC_ACCEPTED)).toBeGreaterThanOrEqual(clients);
+    // Every session released: nothing active.
+    await waitFor(() => activeCounts(proxy, 'echo', backends.slice(0, 3).map((b) => b.address)).active === 0, 3000, 'active 0');
+    expect(activeCounts(proxy, 'echo', backends.slice(0, 3).map((b) => b.address)).backends).toEqual([0, 0, 0]);
+  });
+
+  it('client half-close: the client ends, then still receives the server reply', async () => {
+    const data = randomData(2 * 1024 * 1024);
+    const s = await connectClient(halfPort, HOST);
+    const got = readAll(s);
+    s.end(data);
+    const reply = (await got).toString();
+    expect(reply).toBe(sha256(data));
+    await waitFor(() => reasons(proxy, 'digest').client_closed === 1, 3000, 'client_closed counted');
+  });
+
+  it('server half-close: the server ends first, the client can still send', async () => {
+    const port = (globalThis as Record<string, unknown>).__earlyPort as number;
+    const early = backends[4];
+    const received = new Promise<string>((resolve) => early.server.once('received', resolve));
+    const s = await connectClient(port, HOST);
+    const greeting = readAll(s);
+    expect((await greeting).toString()).toBe('bye early\n');
+    // Our read side has ended; the write side is still open through the proxy.
+    const data = randomData(512 * 1024);
+    s.end(data);
+    expect(await received).toBe(sha256(data));
+    await waitFor(() => reasons(proxy, 'early').server_closed === 1, 3000, 'server_closed counted');
+  });
+});

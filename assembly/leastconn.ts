@@ -35,7 +35,7 @@ export function leastconnPick(s: u32): i32 {
       if (++i == n) i = 0;
       if (!eligible(b, s, tier)) continue;
       const a = backendAt(b);
-      const active = atomic.load<i32>(a + B_ACTIVE);
+      const active = load<i32>(a + B_ACTIVE); // a hint: takeSlot decides atomically
       const max = load<i32>(a + B_MAX_CONN);
       if (max > 0 && active >= max) {
         full = true;

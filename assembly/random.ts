@@ -50,7 +50,7 @@ export function randomPick(s: u32): i32 {
     if (okA && okB) {
       const ra_ = backendAt(a);
       const rb_ = backendAt(b);
-      if (lighter(atomic.load<i32>(rb_ + B_ACTIVE), load<i32>(rb_ + B_EFF_WEIGHT), atomic.load<i32>(ra_ + B_ACTIVE), load<i32>(ra_ + B_EFF_WEIGHT))) {
+      if (lighter(load<i32>(rb_ + B_ACTIVE), load<i32>(rb_ + B_EFF_WEIGHT), load<i32>(ra_ + B_ACTIVE), load<i32>(ra_ + B_EFF_WEIGHT))) {
         const t = a;
         a = b;
         b = t;

@@ -362,9 +362,9 @@ async function main(): Promise<void> {
       }
     }
 
-    // ── profiles: fulcrum under rr and churn, 1 worker, in runs of their own ──
+    // ── profiles: fulcrum under rr, churn and bulk, one thread count, in runs of their own ──
     if (!quick && !flags['no-profile'] && proxies.includes('fulcrum')) {
-      for (const scenario of ['rr', 'churn'] as const) {
+      for (const scenario of ['rr', 'churn', 'bulk'] as const) {
         if (!scenarios.includes(scenario)) continue;
         const w = workerCounts[0];
         const dir = path.join(OUT_DIR, 'profiles', `${scenario}-w${w}`);
@@ -372,7 +372,8 @@ async function main(): Promise<void> {
         say(`profiling fulcrum under ${scenario}, ${w} worker(s) → ${path.relative(REPO_DIR, dir)}`);
         const p = await starters.fulcrum(w, dir);
         try {
-          await runClient({ mode: scenario, targets: [p.listen.echo], conns: 50, durationS: S.rrDuration, warmupS: S.warmup,
+          if (scenario === 'bulk') await runClient({ mode: 'bulk', targets: [p.listen.sink], conns: S.bulkConns, durationS: S.rrDuration });
+          else await runClient({ mode: scenario, targets: [p.listen.echo], conns: 50, durationS: S.rrDuration, warmupS: S.warmup,
             source: scenario === 'churn' ? { base: SOURCE_BASE, count: SOURCE_COUNT } : undefined });
         } finally {
           await p.stop();

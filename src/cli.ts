@@ -25,14 +25,16 @@ export const COMMANDS: Record<string, Command> = {
     options: configOption,
     async run(values) {
       const file = requireConfig(values);
-      const { loadConfig } = await import('./config/load.ts');
-      const { startFulcrum, installSignalHandlers } = await import('./main.ts');
+      const [{ loadConfig }, { startFulcrum, installSignalHandlers, reloadFromFile }, { startOperationsFor }] = await Promise.all([
+        import('./config/load.ts'), import('./main.ts'), import('./admin/index.ts'),
+      ]);
       const config = loadConfig(file);
       const handle = await startFulcrum(config, { configFile: file });
+      // Signals first: from the moment the listeners are bound, SIGTERM must mean a graceful stop.
+      let ops: Awaited<ReturnType<typeof startOperationsFor>> | undefined;
+      installSignalHandlers(handle, file, () => (ops !== undefined ? ops.reload('SIGHUP') : reloadFromFile(handle, file)));
       // Metrics, the admin server (when config.admin is set) and the reload path (SIGHUP, POST /api/reload).
-      const { startOperationsFor } = await import('./admin/index.ts');
-      const ops = await startOperationsFor(handle, { configFile: file });
-      installSignalHandlers(handle, file, () => ops.reload('SIGHUP'));
+      ops = await startOperationsFor(handle, { configFile: file });
       await handle.stopped;
       await new Promise<void>((resolve) => handle.logger.flush(() => resolve()));
       return 0;
@@ -52,11 +54,11 @@ export const COMMANDS: Record<string, Command> = {
   },
   demo: {
     summary: 'run three local backends behind fulcrum and show what to try',
-    usage: 'fulcrum demo',
-    options: {},
-    async run() {
-      const { runDemo } = await import('./demo/demo.ts');
-      return runDemo();
+    usage: 'fulcrum demo [--config FILE]   (default: examples/demo.yaml)',
+    options: configOption,
+    async run(values) {
+      const { runDemo, DEMO_CONFIG } = await import('./demo/demo.ts');
+      return runDemo(typeof values.config === 'string' ? values.config : DEMO_CONFIG);
     },
   },
   ctl: {
@@ -93,9 +95,13 @@ export function usage(): string {
 
 export async function main(argv: string[]): Promise<number> {
   const [name, ...rest] = argv;
-  if (name === undefined || name === '--help' || name === '-h' || name === 'help') {
+  if (name === undefined) {
+    process.stderr.write(usage());
+    return 2;
+  }
+  if (name === '--help' || name === '-h' || name === 'help') {
     process.stdout.write(usage());
-    return name === undefined ? 2 : 0;
+    return 0;
   }
   const command = Object.hasOwn(COMMANDS, name) ? COMMANDS[name] : undefined;
   if (command === undefined) {
@@ -110,13 +116,15 @@ export async function main(argv: string[]): Promise<number> {
     const { values, positionals } = parseArgs({ args: rest, options: command.options, allowPositionals: true, strict: true });
     return await command.run(values, positionals);
   } catch (err) {
-    if (err instanceof UsageError || (err as { code?: string }).code?.startsWith('ERR_PARSE_ARGS')) {
-      process.stderr.write(`fulcrum ${name}: ${(err as Error).message}\nusage: ${command.usage}\n`);
+    const code = typeof err === 'object' && err !== null && 'code' in err ? String(err.code) : '';
+    const message = err instanceof Error ? err.message : String(err);
+    if (err instanceof UsageError || code.startsWith('ERR_PARSE_ARGS')) {
+      process.stderr.write(`fulcrum ${name}: ${message}\nusage: ${command.usage}\n`);
       return 2;
     }
-    if (err instanceof FulcrumError || String((err as { code?: unknown }).code).startsWith('FULCRUM_ERR_')) {
+    if (err instanceof FulcrumError || code.startsWith('FULCRUM_ERR_')) {
       // Config problems: every one, "path: message, got value", as haproxy -c prints them.
-      process.stderr.write(`fulcrum ${name}: [${err.code}] ${err.message}\n`);
+      process.stderr.write(`fulcrum ${name}: [${code}] ${message}\n`);
       return 1;
     }
     process.stderr.write(`fulcrum ${name}: ${err instanceof Error ? err.stack : String(err)}\n`);

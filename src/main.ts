@@ -68,7 +68,7 @@ export async function startFulcrum(initial: Config, options: StartOptions = {}):
   const module = loadEngineModule();
   // The control plane's own instance; it never calls acquire, so sharing worker 0's scratch id is safe.
   const engine = instantiateEngine(module, memory, 0);
-  const balancer = new Balancer(memory, engine, logger.child({ component: 'balancer' }));
+  const balancer = new Balancer(memory, engine, logger);
   balancer.apply(config);
 
   // ── the data plane ────────────────────────────────────────────────────────
@@ -83,7 +83,7 @@ export async function startFulcrum(initial: Config, options: StartOptions = {}):
   await pool.start(buildServiceTable(config, balancer), [...(options.pausedServices ?? []), ...vipBoundServices(config)]);
 
   // ── routes ────────────────────────────────────────────────────────────────
-  // Passive health: every failed connect in any worker. (Health engineer: feed observe_failures here.)
+  // Passive health: every failed connect in any worker (src/health/wire.ts feeds observe_failures).
   pool.on('connect-failed', (ev) => events.emit('connect-failed', ev));
   // Backend state changes (health, admin, runtime API).
   balancer.on('backend-state', (ev: { service: string; address: string; backend: number; from: string; to: string; cause: string }) => {
@@ -99,8 +99,8 @@ export async function startFulcrum(initial: Config, options: StartOptions = {}):
   // Health (src/health/wire.ts): probes ─▶ balancer.setHealth; 'connect-failed' ─▶ passive health;
   //   'backend-state' maint ─▶ probes paused; re-emits 'health-probe' / 'health-transition'.
   const health = wireHealth({ balancer, events, logger }, config);
-  // TODO(lead): admin server (src/admin) when config.admin is set, and the failover FSM (src/failover)
-  //   when config.ha is set (pool.pauseService / resumeService for VIP-bound services).
+  // TODO(lead): admin server (src/admin) when config.admin is set; its /api/status can add
+  //   `ha: failover?.status()` (role, peer, failovers, dropped heartbeats by reason).
 
   // High availability: VIP, heartbeat, role → listeners on the VIP (src/failover/wire.ts).
   const failover = config.ha ? await wireFailover({ config: () => config, balancer, pool, events, logger }, config.ha) : null;

@@ -49,11 +49,11 @@ export interface OperationsBalancer extends Emitter {
 
 export interface OperationsHealth extends Emitter {
   history(service: string, address: string): readonly ProbeRecord[];
-  setAdminState?(service: string, address: string, state: AdminState): void;
 }
 
 export interface OperationsFailover {
-  status(): { role: string; transitions: number; [field: string]: unknown };
+  /** FailoverStatus (src/failover/index.ts): role, peer, failovers, transitions…, shown as it is. */
+  status(): { role: string; transitions: number };
 }
 
 export interface OperationsOptions {
@@ -105,8 +105,9 @@ export async function startOperations(options: OperationsOptions): Promise<Opera
       current: options.config,
       logger: options.logger,
       apply: async (next) => {
+        const commitAdmin = next.admin ? admin?.prepareAdminConfig(next.admin) : undefined;
         await apply(next);
-        if (next.admin) admin?.updateAdminConfig(next.admin);
+        commitAdmin?.();
       },
     });
   }
@@ -138,11 +139,8 @@ export async function startOperations(options: OperationsOptions): Promise<Opera
   };
   const adminBalancer: AdminBalancer = {
     describe: directory,
-    setAdminState: (service, address, state, cause) => {
-      const r = balancer.setAdminState(service, address, state, cause);
-      health?.setAdminState?.(service, address, state);
-      return r;
-    },
+    // The health monitor follows maint through the Balancer's 'backend-state' events (src/health/wire.ts).
+    setAdminState: (service, address, state, cause) => balancer.setAdminState(service, address, state, cause),
     setWeight: (service, address, weight) => balancer.setWeight(service, address, weight),
     addBackend: async (service, backend) => {
       if (!apply) return balancer.addBackend(service, backend);
@@ -208,7 +206,7 @@ export interface FulcrumLike {
   reload(next: Config): Promise<unknown>;
   readonly stopped: Promise<void>;
   readonly health?: OperationsHealth;
-  readonly failover?: OperationsFailover;
+  readonly failover?: OperationsFailover | null;
 }
 
 /**
@@ -237,7 +235,7 @@ export async function startOperationsFor(
       return index >= 0 ? handle.pool.killBackend(index) : 0;
     },
     health: options.health ?? handle.health,
-    failover: options.failover ?? handle.failover,
+    failover: options.failover ?? handle.failover ?? undefined,
     workers: handle.pool.size,
     signals: options.signals ?? false,
     status: options.status,

@@ -190,8 +190,20 @@ export class AdminServer {
    * A changed listen address needs a restart (reported by the reload, not applied here).
    */
   updateAdminConfig(admin: AdminConfig): void {
-    this.#tokenHash = admin.token_file ? sha256(readToken(admin.token_file)) : undefined;
-    this.#authReads = admin.auth_reads;
+    this.prepareAdminConfig(admin)();
+  }
+
+  /**
+   * Reads what a new `admin` section needs (the token file) and returns the function that puts
+   * it in force: a reload checks first (an unreadable token file refuses the reload before
+   * anything is applied), then commits after the rest was applied.
+   */
+  prepareAdminConfig(admin: AdminConfig): () => void {
+    const hash = admin.token_file ? sha256(readToken(admin.token_file)) : undefined;
+    return () => {
+      this.#tokenHash = hash;
+      this.#authReads = admin.auth_reads;
+    };
   }
 
   async close(): Promise<void> {

@@ -178,10 +178,14 @@ export const haSchema = z.strictObject({
   secret_file: nonEmptyString('file path'),
   /** Heartbeats whose timestamp is further than dead_after × advert_interval + this from our clock are dropped as stale. */
   max_clock_skew: duration(0, 60_000).default(2000),
+  /**
+   * Gratuitous ARP after taking the VIP: count announcements, interval apart. Linux ignores an ARP
+   * update for an entry changed less than 1 s before (neigh locktime), so the burst spans 1 s.
+   */
   garp: z.strictObject({
     count: intIn(1, 20).default(3),
-    interval: duration(1).default(100),
-  }).default({ count: 3, interval: 100 }),
+    interval: duration(1).default(500),
+  }).default({ count: 3, interval: 500 }),
   track: z.strictObject({
     min_backends_up: intIn(0, MAX_BACKENDS).default(0),
     interface: bool().default(true),

@@ -130,11 +130,12 @@ export class FailoverFsm {
   }
 
   advert(a: PeerAdvert): Step | null {
+    const before = this.peer;
     this.peer = { role: a.role, priority: a.priority, address: a.address, alive: true };
     switch (this.current) {
       case 'init': return null; // not started yet: only remember the peer
       case 'backup': return this.backupOnAdvert(a);
-      case 'master': return this.masterOnAdvert(a);
+      case 'master': return this.masterOnAdvert(a, before);
       case 'fault': return null; // a faulty instance never competes for the VIP
     }
   }
@@ -241,16 +242,31 @@ export class FailoverFsm {
   // ── master ──────────────────────────────────────────────────────────────────────────────────
 
   /** §6.4.3, on an ADVERTISEMENT (another master exists: a split brain or a preempting peer). */
-  private masterOnAdvert(a: PeerAdvert): Step | null {
+  private masterOnAdvert(a: PeerAdvert, before: PeerView | null): Step | null {
     // Waiting to hand over because our track failed, and the peer is alive and healthy (backup,
     // or already master after a partition): now it can take the VIP.
     if (this.wanted === 'fault' && (a.role === 'backup' || a.role === 'master') && a.priority > 0) return this.masterOnPeerReady();
-    if (a.role !== 'master') return null;
+    if (a.role !== 'master') {
+      // The peer was unheard (a partition) or master too, and now it is not: it may have held the
+      // VIP meanwhile and answered ARP for it, so announce the VIP again.
+      if (before && (!before.alive || before.role === 'master')) return this.masterOnPeerReturn(a, before);
+      return null;
+    }
     if (a.priority === 0) return this.masterOnResign();
     if (a.priority > this.priority || (a.priority === this.priority && a.address > this.address)) {
       return this.masterOnHigherPriority(a);
     }
     return this.masterOnLowerPriority(a);
+  }
+
+  /**
+   * The end of a split brain seen from the winner when the loser's step-down reached us first
+   * (or the peer came back after being lost): whichever way the partition healed, the winner
+   * announces the VIP again, since clients may have learnt the peer's MAC for it.
+   */
+  private masterOnPeerReturn(a: PeerAdvert, before: PeerView): Step {
+    const why = before.alive ? `peer stepped down to ${a.role}: announcing the VIP again` : `peer heard again (${a.role}) after being lost: announcing the VIP again`;
+    return this.stay(why, 'masterOnPeerReturn', [{ type: 'sendGarp' }]);
   }
 
   /** §6.4.3: "If the Priority in the ADVERTISEMENT is zero, then: Send an ADVERTISEMENT". */

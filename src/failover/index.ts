@@ -43,6 +43,8 @@ export interface FailoverOptions {
   setAccepting?: (accepting: boolean) => void | Promise<void>;
   /** Where the interface state is read; tests point it elsewhere. */
   operstateFile?: (iface: string) => string;
+  /** The `ip` and `arping` binaries (default: found on PATH). */
+  commands?: { ip?: string; arping?: string };
 }
 
 export interface FailoverStatus {
@@ -128,7 +130,10 @@ export class Failover extends EventEmitter<FailoverEvents> {
       priority: c.priority, address: this.bindAddress, advertIntervalMs: c.advert_interval,
       deadAfter: c.dead_after, preempt: c.preempt,
     });
-    this.vip = new VipManager({ vips: c.vip, iface: c.interface, garp: c.garp, logger: this.log });
+    this.vip = new VipManager({
+      vips: c.vip, iface: c.interface, garp: c.garp, logger: this.log,
+      ipCommand: opts.commands?.ip, arpingCommand: opts.commands?.arping,
+    });
   }
 
   /**
@@ -278,10 +283,11 @@ export class Failover extends EventEmitter<FailoverEvents> {
       const level = step.to === 'fault' ? 'warn' : 'info';
       this.log[level]({ from: step.from, to: step.to, cause: step.cause, handler: step.handler }, `role ${step.from} → ${step.to}: ${step.cause}`);
       this.emit('role', { from: step.from, to: step.to, cause: step.cause });
-    } else if (step.actions.length > 0 && step.handler !== 'backupOnAdvert') {
-      this.log.info({ role: step.to, cause: step.cause, handler: step.handler }, step.cause);
-    } else if (step.handler === 'masterOnTrackFail') {
-      this.log.warn({ role: step.to, cause: step.cause, handler: step.handler }, step.cause);
+    } else if (step.handler !== 'backupOnAdvert') {
+      // Same role, something to say: reasserting, announcing again, keeping the VIP despite a
+      // failing track. (A backup hearing its master, every advert interval, is not news.)
+      const level = step.handler === 'masterOnTrackFail' ? 'warn' : 'info';
+      this.log[level]({ role: step.to, cause: step.cause, handler: step.handler }, step.cause);
     }
     for (const action of step.actions) this.run(action);
   }

@@ -79,6 +79,8 @@ interface Tracked {
   dampener: Dampener;
   pending: boolean;
   maint: boolean;
+  /** What the config last said (state: maint), as distinct from run-time admin changes. */
+  configMaint: boolean;
   connectFailures: number;
   timer: NodeJS.Timeout | null;
   inFlight: AbortController | null;
@@ -132,7 +134,12 @@ export class HealthMonitor extends EventEmitter {
         t.health = h;
         // A new kind of check decides afresh; the old dampened state stays until it does.
         if (typeChanged) t.pending = true;
-        if (maint !== t.maint) this.setAdminState(svc.name, address, maint ? 'maint' : 'ready');
+        // As the balancer does: a reload changes the admin state only when the config's `state`
+        // changed, so a maint set at run time survives reloads that do not mention it.
+        if (maint !== t.configMaint) {
+          t.configMaint = maint;
+          this.setAdminState(svc.name, address, maint ? 'maint' : 'ready');
+        }
       }
     }
     for (const [key, t] of this.#tracked) {
@@ -218,7 +225,7 @@ export class HealthMonitor extends EventEmitter {
 
   #add(service: string, address: string, target: HostPort, health: HealthConfig, maint: boolean): void {
     const t: Tracked = {
-      service, address, target, health, maint,
+      service, address, target, health, maint, configMaint: maint,
       // Assumed up until the first probe decides (the balancer starts backends up).
       dampener: new Dampener('up', health.rise, health.fall),
       pending: true,

@@ -132,6 +132,18 @@ describe('master', () => {
     expect(s).toMatchObject({ from: 'master', to: 'master', handler: 'masterOnLowerPriority' });
     expect(types(s)).toEqual(['sendAdvert(150)', 'sendGarp']);
   });
+  it('masterOnPeerReturn: a peer heard again after being lost, or stepping down from master, makes us announce the VIP', () => {
+    const f = fsm(150);
+    toMaster(f);
+    expect(f.advert(advert('backup', 100))).toBeNull(); // first sight: nothing to repair
+    f.peerLost();
+    const back = f.advert(advert('backup', 100));
+    expect(back).toMatchObject({ to: 'master', handler: 'masterOnPeerReturn' });
+    expect(types(back)).toEqual(['sendGarp']);
+    expect(f.advert(advert('backup', 100))).toBeNull(); // only once
+    f.advert(advert('master', 100)); // split brain…
+    expect(f.advert(advert('backup', 100))?.handler).toBe('masterOnPeerReturn'); // …ended by the loser's step-down
+  });
   it('masterOnResign: another master leaving makes us assert', () => {
     const f = fsm(150);
     toMaster(f);
@@ -156,8 +168,8 @@ describe('master', () => {
     expect(s?.actions).toEqual([]);
     expect(f.wanted).toBe('fault');
     expect(f.trackFail('still 0')).toBeNull(); // no repeat
-    // The peer comes back in fault: still cannot take it.
-    expect(f.advert(advert('fault', 100))).toBeNull();
+    // The peer comes back in fault: still cannot take it (we only announce the VIP again).
+    expect(f.advert(advert('fault', 100))?.handler).toBe('masterOnPeerReturn');
     expect(f.current).toBe('master');
     const ready = f.advert(advert('backup', 100));
     expect(ready).toMatchObject({ to: 'fault', handler: 'masterOnPeerReady' });

@@ -235,6 +235,15 @@ ha:
     return out.includes(`${VIP}/`);
   }
 
+  /** Polls until the node holds (or no longer holds) the VIP; VIP commands follow the role change by a few ms. */
+  async waitVip(node: NodeName, held: boolean, ms = 2000): Promise<void> {
+    const t0 = Date.now();
+    while ((await this.holdsVip(node)) !== held) {
+      if (Date.now() - t0 > ms) throw new Error(`${node} ${held ? 'did not take' : 'still holds'} the VIP after ${ms}ms`);
+      await sleep(20);
+    }
+  }
+
   /** A bounded client loop in the client namespace: one connect per interval. */
   clientLoop(intervalMs: number, durationMs: number, timeoutMs: number): { child: ChildProcess; results: ClientResult[]; done: Promise<void> } {
     const child = this.lab.spawn('client', NODE, [join(FIXTURES, 'client.ts'), 'loop', `${VIP}:${SERVICE_PORT}`, String(intervalMs), String(durationMs), String(timeoutMs)]);

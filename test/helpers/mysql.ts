@@ -27,7 +27,21 @@ export async function startMariaDb(host: string): Promise<MariaDbServer> {
   const datadir = join(dir, 'data');
   const socket = join(dir, 'mysqld.sock');
   const port = await freePort(host);
-  await run('mariadb-install-db', ['--no-defaults', `--datadir=${datadir}`, '--user=root', '--auth-root-authentication-method=normal', '--skip-test-db'], { timeout: 60_000 });
+  const installArgs = ['--no-defaults', `--datadir=${datadir}`, '--user=root', '--auth-root-authentication-method=normal', '--skip-test-db'];
+  // One retry: on a busy machine the bootstrap has been seen to fail once and pass the next time.
+  for (let attempt = 1; ; attempt++) {
+    try {
+      await run('mariadb-install-db', installArgs, { timeout: 60_000 });
+      break;
+    } catch (err) {
+      await rm(datadir, { recursive: true, force: true });
+      if (attempt === 2) {
+        await rm(dir, { recursive: true, force: true });
+        const e = err as { stderr?: string; stdout?: string; message: string };
+        throw new Error(`mariadb-install-db failed (is mariadb-server installed?): ${e.stderr || e.stdout || e.message}`);
+      }
+    }
+  }
   const child: ChildProcess = spawn('mariadbd', [
     '--no-defaults', `--datadir=${datadir}`, `--socket=${socket}`, `--port=${port}`, `--bind-address=${host}`,
     '--user=root', `--pid-file=${join(dir, 'mysqld.pid')}`, `--log-error=${join(dir, 'error.log')}`,

@@ -79,8 +79,8 @@ export async function pgSandbox(host: string): Promise<PgSandbox> {
 
   const hba = [
     'local all all trust',
-    `host replication postgres ${host}/32 trust`,
-    `host all postgres ${host}/32 trust`,
+    'host replication postgres 127.0.0.0/8 trust',
+    'host all postgres 127.0.0.0/8 trust',
     'host all all 127.0.0.0/8 scram-sha-256',
     '',
   ].join('\n');

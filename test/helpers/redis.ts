@@ -70,7 +70,9 @@ export async function startRedis(opts: { host: string; port?: number; args?: str
   const deadline = Date.now() + 10_000;
   for (;;) {
     try {
-      if ((await redisCommand(host, port, ['PING'])) === 'PONG') break;
+      // Any reply will do: with requirepass the answer is a NOAUTH error, and that means "up".
+      await redisCommand(host, port, ['PING']);
+      break;
     } catch { /* not up yet */ }
     if (exited || Date.now() > deadline) {
       await stop();
@@ -79,4 +81,59 @@ export async function startRedis(opts: { host: string; port?: number; args?: str
     await new Promise((r) => setTimeout(r, 50));
   }
   return { host, port, address: `${host}:${port}`, dir, command: (...args) => redisCommand(host, port, args), stop };
+}
+
+/** A long-lived RESP connection (through fulcrum, usually): one command at a time. */
+export interface RespSession {
+  socket: net.Socket;
+  command(...args: string[]): Promise<RespValue>;
+  /** Resolves when the connection closes (by either side). */
+  closed: Promise<void>;
+  close(): void;
+}
+
+export function respSession(host: string, port: number): Promise<RespSession> {
+  return new Promise((resolve, reject) => {
+    const socket = net.connect({ host, port });
+    let buf = Buffer.alloc(0);
+    let waiter: { resolve(v: RespValue): void; reject(e: Error): void } | null = null;
+    const closed = new Promise<void>((r) => socket.once('close', () => {
+      waiter?.reject(new Error('connection closed'));
+      waiter = null;
+      r();
+    }));
+    socket.on('error', () => {});
+    socket.on('data', (d) => {
+      buf = Buffer.concat([buf, d]);
+      const r = parseReply(buf);
+      if (r && waiter) {
+        buf = buf.subarray(r[1]);
+        const w = waiter;
+        waiter = null;
+        w.resolve(r[0]);
+      }
+    });
+    socket.once('error', reject);
+    socket.once('connect', () => {
+      socket.off('error', reject);
+      resolve({
+        socket,
+        closed,
+        close: () => socket.destroy(),
+        command: (...args) => new Promise<RespValue>((res, rej) => {
+          if (socket.destroyed) return rej(new Error('connection closed'));
+          const timer = setTimeout(() => { waiter = null; rej(new Error(`no reply to ${args[0]} in 3s`)); }, 3000);
+          waiter = { resolve: (v) => { clearTimeout(timer); res(v); }, reject: (e) => { clearTimeout(timer); rej(e); } };
+          socket.write(encodeCommand(args));
+        }),
+      });
+    });
+  });
+}
+
+/** The port a Redis server says it listens on (INFO server's tcp_port): who answered. */
+export function tcpPortOf(info: RespValue): number {
+  const m = typeof info === 'string' ? /^tcp_port:(\d+)/m.exec(info) : null;
+  if (!m) throw new Error(`no tcp_port in INFO reply ${JSON.stringify(info)}`);
+  return Number(m[1]);
 }

@@ -73,6 +73,18 @@ describe('connect failures', () => {
     await waitFor(() => failures.some((f) => f.service === 'mixed' && f.error === 'ECONNREFUSED'), 2000, 'connect-failed event');
   });
 
+  it('connections retrying at the same time each avoid every backend they already tried', async () => {
+    // 2 of 3 backends dead and retries: 2, so a client is served only if its second retry skips
+    // BOTH dead backends — while other connections' acquires interleave with its attempts.
+    const before = reasons(proxy, 'mixed');
+    const clients = await Promise.all(Array.from({ length: 60 }, () => connectClient(ports.mixed, HOST)));
+    const lines = await Promise.all(clients.map((s) => readLine(s).catch(() => 'closed')));
+    for (const s of clients) s.destroy();
+    expect(lines.filter((l) => l !== 'live')).toEqual([]);
+    await waitFor(() => reasons(proxy, 'mixed').client_closed === before.client_closed + 60, 3000, '60 closed by their clients');
+    expect(reasons(proxy, 'mixed').connect_failed).toBe(before.connect_failed);
+  });
+
   it('every backend dead: the client is closed at once, reason connect_failed', async () => {
     const s = await connectClient(ports.dead, HOST);
     const t0 = Date.now();

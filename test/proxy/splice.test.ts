@@ -93,6 +93,30 @@ describe('splice', () => {
     expect(activeCounts(proxy, 'echo', backends.slice(0, 3).map((b) => b.address)).backends).toEqual([0, 0, 0]);
   });
 
+  it('keeps every byte when the client reads slowly (backpressure backend → client)', async () => {
+    const data = randomData(24 * 1024 * 1024);
+    const s = await connectClient(echoPort, HOST);
+    const got = readAll(s, 60_000);
+    s.pause();
+    // Push everything, then leave the client unread long enough for every buffer on the way to fill.
+    let off = 0;
+    const writer = (async () => {
+      while (off < data.length) {
+        const n = Math.min(data.length - off, 256 * 1024);
+        if (!s.write(data.subarray(off, off + n))) await new Promise((r) => s.once('drain', r));
+        off += n;
+      }
+      s.end();
+    })();
+    await new Promise((r) => setTimeout(r, 500));
+    s.resume();
+    await writer;
+    const back = await got;
+    s.destroy();
+    expect(back.length).toBe(data.length);
+    expect(sha256(back)).toBe(sha256(data));
+  });
+
   it('client half-close: the client ends, then still receives the server reply', async () => {
     const data = randomData(2 * 1024 * 1024);
     const s = await connectClient(halfPort, HOST);

@@ -1,0 +1,163 @@
+/**
+ * Live reload through a real fulcrum: connections held open across many reloads (API and SIGHUP)
+ * keep working while services and backends come and go and weights, limits and algorithms change;
+ * broken configs are refused with their problems and the running config keeps serving.
+ */
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import type { Socket } from 'node:net';
+import { connectClient, freePort, readLine, startNamedServer, waitFor, type TestServer } from '../helpers/net.ts';
+import { api, configText, startStack, type Stack } from './stack.ts';
+
+const HOST = '127.5.3.1';
+let stack: Stack;
+let b2: TestServer;
+let extraPort: number;
+const held: Socket[] = [];
+
+interface Variant {
+  balance: string;
+  weights: [number, number];
+  withB2: boolean;
+  withExtra: boolean;
+  maxConnections: number;
+}
+
+function yaml(v: Variant): string {
+  const backends = [stack.backends[0].address, stack.backends[1].address, ...(v.withB2 ? [b2.address] : [])];
+  let text = configText({
+    host: HOST, servicePort: stack.servicePort, adminPort: stack.adminPort, tokenFile: stack.tokenFile, backends,
+    serviceExtra: `    max_connections: ${v.maxConnections}\n`,
+    extraServices: v.withExtra ? `  - name: extra\n    listen: ${HOST}:${extraPort}\n    backends:\n      - { address: ${stack.backends[1].address} }\n` : '',
+  });
+  text = text.replace('balance: roundrobin', `balance: ${v.balance}`);
+  // Weights: the two first backends.
+  text = text.replace(`{ address: ${backends[0]} }`, `{ address: ${backends[0]}, weight: ${v.weights[0]} }`);
+  text = text.replace(`{ address: ${backends[1]} }`, `{ address: ${backends[1]}, weight: ${v.weights[1]} }`);
+  return text;
+}
+
+async function echoes(s: Socket, text: string): Promise<void> {
+  s.write(text + '\n');
+  expect(await readLine(s, 3000)).toBe(text);
+}
+
+async function greeting(port: number): Promise<string> {
+  const c = await connectClient(port, HOST);
+  try {
+    return await readLine(c);
+  } finally {
+    c.destroy();
+  }
+}
+
+beforeAll(async () => {
+  stack = await startStack({ host: HOST, backends: 2, signals: true });
+  b2 = await startNamedServer('b2', HOST);
+  extraPort = await freePort(HOST);
+  for (let i = 0; i < 12; i++) {
+    const c = await connectClient(stack.servicePort, HOST);
+    c.setNoDelay(true);
+    expect(await readLine(c)).toMatch(/^b[01]$/);
+    held.push(c);
+  }
+});
+
+afterAll(async () => {
+  for (const c of held) c.destroy();
+  await stack?.close();
+  await b2?.close();
+});
+
+describe('reload', () => {
+  it('applies differences while held connections keep working across many reloads', async () => {
+    const algorithms = ['roundrobin', 'leastconn', 'maglev', 'random'];
+    let applied = 0;
+    for (let round = 0; round < 16; round++) {
+      const v: Variant = {
+        balance: algorithms[round % algorithms.length],
+        weights: [1 + (round % 3), 1 + ((round + 1) % 4)],
+        withB2: round % 2 === 1,
+        withExtra: round % 4 >= 2,
+        maxConnections: round % 5 === 4 ? 500 : 0,
+      };
+      await stack.writeConfig(yaml(v));
+      if (round % 2 === 0) {
+        const r = await api(stack.admin, 'POST', '/api/reload');
+        expect(r.status, JSON.stringify(r.body)).toBe(200);
+        expect(r.body.reloaded).toBe(true);
+        expect(Array.isArray(r.body.changes)).toBe(true);
+        if (round > 0) expect(r.body.changes.length).toBeGreaterThan(0);
+        applied++;
+        await waitFor(async () => (await api(stack.admin, 'GET', '/api/status')).body.reloads.applied === applied, 3000, 'the API reload');
+      } else {
+        process.kill(process.pid, 'SIGHUP');
+        applied++;
+        await waitFor(async () => (await api(stack.admin, 'GET', '/api/status')).body.reloads.applied === applied, 3000, 'the SIGHUP reload');
+      }
+      expect(stack.handle.config.services[0].balance).toBe(v.balance);
+
+      // Every held connection still echoes, through every reload.
+      await Promise.all(held.map((c, i) => echoes(c, `round ${round} conn ${i}`)));
+
+      // The new config is the one serving.
+      const services = (await api(stack.admin, 'GET', '/api/services')).body.services;
+      const web = services.find((s: any) => s.name === 'web');
+      const live = web.backends.filter((b: any) => !b.removing);
+      expect(live.map((b: any) => b.address).includes(b2.address)).toBe(v.withB2);
+      expect(live.find((b: any) => b.address === stack.backends[0].address).weight).toBe(v.weights[0]);
+      expect(web.balance).toBe(v.balance);
+      expect(web.max_connections).toBe(v.maxConnections);
+      expect(services.some((s: any) => s.name === 'extra')).toBe(v.withExtra);
+      if (v.withExtra) await waitFor(async () => (await greeting(extraPort).catch(() => '')) === 'b1', 3000, 'the extra service to answer');
+      if (v.withB2) {
+        const seen = new Set<string>();
+        for (let i = 0; i < 20 && !seen.has('b2'); i++) seen.add(await greeting(stack.servicePort));
+        expect(seen.has('b2')).toBe(true);
+      }
+    }
+    expect(held.every((c) => !c.destroyed)).toBe(true);
+  });
+
+  it('refuses broken configs with their problems; the running config keeps serving', async () => {
+    const before = JSON.stringify(stack.handle.config);
+    const status0 = (await api(stack.admin, 'GET', '/api/status')).body.reloads;
+    const broken: Array<[string, RegExp]> = [
+      [yaml({ balance: 'roundrobin', weights: [1, 1], withB2: false, withExtra: false, maxConnections: 0 }).replace('weight: 1', 'weight: -4'), /services\[0\]\.backends\[0\]\.weight/],
+      [yaml({ balance: 'roundrobin', weights: [1, 1], withB2: false, withExtra: false, maxConnections: 0 }).replace('balance: roundrobin', 'balance: fastest'), /services\[0\]\.balance: must be one of .*"fastest"/],
+      ['services: [\n  - name: x\n', /YAML/],
+      [yaml({ balance: 'roundrobin', weights: [1, 1], withB2: false, withExtra: false, maxConnections: 0 }) + 'colour: red\n', /colour: unknown key/],
+    ];
+    let refused = status0.refused;
+    for (const [text, problem] of broken) {
+      await stack.writeConfig(text);
+      const r = await api(stack.admin, 'POST', '/api/reload');
+      expect(r.status).toBe(422);
+      expect(r.body.error.code).toBe('FULCRUM_ERR_CONFIG_INVALID');
+      expect(r.body.error.problems.map((p: any) => `${p.path}: ${p.message}`).join('\n')).toMatch(problem);
+      refused++;
+      expect(JSON.stringify(stack.handle.config)).toBe(before);
+      await Promise.all(held.map((c, i) => echoes(c, `after broken conn ${i}`)));
+      expect(await greeting(stack.servicePort)).toMatch(/^b[012]$/);
+    }
+    // SIGHUP with a broken file: logged with its problems, nothing changes.
+    const logCount = stack.logs.length;
+    process.kill(process.pid, 'SIGHUP');
+    refused++;
+    await waitFor(async () => (await api(stack.admin, 'GET', '/api/status')).body.reloads.refused === refused, 3000, 'the SIGHUP refusal');
+    const line = stack.logs.slice(logCount).find((l) => l.component === 'reload' && l.level === 50);
+    expect(line?.msg).toMatch(/reload refused, the running config keeps serving/);
+    expect(line?.trigger).toBe('SIGHUP');
+    expect(line?.problems?.[0]?.path).toBe('colour');
+    expect(JSON.stringify(stack.handle.config)).toBe(before);
+    const status = (await api(stack.admin, 'GET', '/api/status')).body.reloads;
+    expect(status.refused).toBe(refused);
+    expect(status.last).toMatchObject({ ok: false, trigger: 'SIGHUP' });
+    // An unreadable file is refused too.
+    const { rm } = await import('node:fs/promises');
+    await rm(stack.configFile);
+    const gone = await api(stack.admin, 'POST', '/api/reload');
+    expect(gone.status).toBe(422);
+    expect(gone.body.error.code).toBe('FULCRUM_ERR_CONFIG_UNREADABLE');
+    await Promise.all(held.map((c, i) => echoes(c, `after unreadable conn ${i}`)));
+  });
+});

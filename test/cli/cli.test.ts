@@ -1,0 +1,225 @@
+/**
+ * The command line, run as an operator runs it: bin/fulcrum as a subprocess.
+ * Addresses: 127.2.7.0/24.
+ */
+import { spawn, type ChildProcess } from 'node:child_process';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { connectClient, freePort, startEchoServer, waitFor, type TestServer } from '../helpers/net.ts';
+
+const ROOT = fileURLToPath(new URL('../..', import.meta.url));
+const BIN = join(ROOT, 'bin', 'fulcrum');
+const FIXTURES = join(ROOT, 'test', 'cli', 'fixtures');
+const HOST = '127.2.7.1';
+
+interface Result {
+  code: number | null;
+  stdout: string;
+  stderr: string;
+}
+
+function fulcrum(args: string[], timeoutMs = 20_000): Promise<Result> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(BIN, args, { cwd: ROOT, env: { ...process.env, PATH: '/usr/bin:/bin' } });
+    let stdout = '';
+    let stderr = '';
+    child.stdout.on('data', (d) => (stdout += d));
+    child.stderr.on('data', (d) => (stderr += d));
+    const timer = setTimeout(() => {
+      child.kill('SIGKILL');
+      reject(new Error(`fulcrum ${args.join(' ')} did not exit within ${timeoutMs}ms\n${stdout}\n${stderr}`));
+    }, timeoutMs);
+    child.on('exit', (code) => {
+      clearTimeout(timer);
+      resolve({ code, stdout, stderr });
+    });
+  });
+}
+
+/** Each broken fixture, and what its report must quote: the path and the offending value. */
+const BROKEN: Record<string, string[]> = {
+  'bad-weight.yaml': ['services[0].backends[0].weight: must be an integer 0–256, got -1'],
+  'unknown-key.yaml': ['services[0].balanse: unknown key'],
+  'bad-duration.yaml': ['services[0].timeouts.connect:', 'got "5 seconds"'],
+  'bad-address.yaml': ['services[0].listen:', 'got "127.2.7.1:70000"', 'services[0].backends[0].address:', 'got "db1.internal"'],
+  'duplicate-listen.yaml': ['services[1].listen: duplicates services[0].listen, got "127.2.7.1:15432"'],
+  'no-backends.yaml': ['services[0].backends: must list at least one backend'],
+  'many-problems.yaml': [
+    '4 problems',
+    'workers: must be auto or an integer 1–16, got 99',
+    'services[0].balance:', 'got "fastest"',
+    'services[0].table_size: must be a prime', 'got 100',
+    'services[0].backends[0].max_connections:', 'got -5',
+  ],
+  'not-yaml.yaml': ['YAML:'],
+};
+
+let tmp = '';
+let echo: TestServer;
+const children: ChildProcess[] = [];
+
+beforeAll(async () => {
+  tmp = mkdtempSync(join(tmpdir(), 'fulcrum-cli-'));
+  echo = await startEchoServer(HOST);
+});
+
+afterAll(async () => {
+  for (const c of children) if (c.exitCode === null) c.kill('SIGKILL');
+  await echo.close();
+  rmSync(tmp, { recursive: true, force: true });
+});
+
+describe('fulcrum check', () => {
+  for (const [file, expected] of Object.entries(BROKEN)) {
+    it(`prints every problem of ${file} and exits 1`, async () => {
+      const path = join(FIXTURES, file);
+      const r = await fulcrum(['check', '--config', path]);
+      expect(r.code).toBe(1);
+      expect(r.stderr).toContain(path);
+      expect(r.stderr).toContain('FULCRUM_ERR_CONFIG_INVALID');
+      for (const e of expected) expect(r.stderr).toContain(e);
+      expect(r.stdout).not.toContain('config OK');
+    });
+  }
+
+  it('says config OK and exits 0 for a good config', async () => {
+    const r = await fulcrum(['check', '--config', join(FIXTURES, 'good.yaml')]);
+    expect(r.stdout).toContain('config OK');
+    expect(r.code).toBe(0);
+  });
+
+  it('exits 1 naming the file when it cannot be read', async () => {
+    const r = await fulcrum(['check', '--config', join(tmp, 'missing.yaml')]);
+    expect(r.code).toBe(1);
+    expect(r.stderr).toContain('FULCRUM_ERR_CONFIG_UNREADABLE');
+    expect(r.stderr).toContain('missing.yaml');
+  });
+});
+
+describe('fulcrum run', () => {
+  for (const file of Object.keys(BROKEN)) {
+    it(`refuses to start on ${file}`, async () => {
+      const r = await fulcrum(['run', '--config', join(FIXTURES, file)]);
+      expect(r.code).not.toBe(0);
+      for (const e of BROKEN[file]) expect(r.stderr).toContain(e);
+    });
+  }
+
+  it('serves a good config and stops gracefully on SIGTERM, letting an open session finish', async () => {
+    const port = await freePort(HOST);
+    const file = join(tmp, 'run.yaml');
+    writeFileSync(file, `
+workers: 2
+shutdown_grace: 10s
+logging: { level: info, connections: true }
+services:
+  - name: echo
+    listen: ${HOST}:${port}
+    backends: [{ address: ${echo.address} }]
+`);
+    const child = spawn(BIN, ['run', '--config', file], { cwd: ROOT, env: { ...process.env, PATH: '/usr/bin:/bin' } });
+    children.push(child);
+    let stdout = '';
+    child.stdout.on('data', (d) => (stdout += d));
+    child.stderr.on('data', (d) => (stdout += d));
+    const exited = new Promise<number | null>((resolve) => child.on('exit', (code) => resolve(code)));
+    await waitFor(() => stdout.includes('data plane ready'), 15_000, `fulcrum run to be ready; output: ${stdout}`);
+    const s = await connectClient(port, HOST);
+    const roundTrip = (text: string): Promise<string> => new Promise((resolve) => {
+      s.once('data', (d) => resolve(d.toString()));
+      s.write(text);
+    });
+    expect(await roundTrip('hello')).toBe('hello');
+    child.kill('SIGTERM');
+    await waitFor(() => stdout.includes('stopping'), 5000, 'the stop to begin').catch((e) => { throw new Error(e.message + stdout + ' exit=' + child.exitCode + ' sig=' + child.signalCode); });
+    expect(await roundTrip('still here')).toBe('still here');
+    s.end();
+    expect(await exited).toBe(0);
+    // The connection log line of the finished session (one JSON line per closed connection).
+    const line = stdout.split('\n').find((l) => l.includes('"msg":"connection"'));
+    expect(line, stdout).toBeDefined();
+    const rec = JSON.parse(line as string);
+    expect(rec).toMatchObject({ service: 'echo', backend: echo.address, bytes_in: 15, bytes_out: 15, reason: 'client_closed' });
+  });
+
+  it('fails with a clear message when the listen address is taken', async () => {
+    const file = join(tmp, 'busy.yaml');
+    writeFileSync(file, `
+workers: 1
+logging: { level: silent }
+services:
+  - name: busy
+    listen: ${echo.address}
+    backends: [{ address: 127.2.7.9:1 }]
+`);
+    const r = await fulcrum(['run', '--config', file]);
+    expect(r.code).toBe(1);
+    expect(r.stderr).toContain('FULCRUM_ERR_LISTEN');
+    expect(r.stderr).toContain(echo.address);
+  });
+});
+
+describe('usage', () => {
+  it('--help prints the commands and exits 0', async () => {
+    const r = await fulcrum(['--help']);
+    expect(r.code).toBe(0);
+    for (const c of ['run', 'check', 'demo']) expect(r.stdout).toContain(c);
+  });
+
+  it('an unknown command prints usage and exits 2', async () => {
+    const r = await fulcrum(['frobnicate']);
+    expect(r.code).toBe(2);
+    expect(r.stderr).toContain('unknown command "frobnicate"');
+    expect(r.stderr).toContain('usage: fulcrum');
+  });
+
+  it('a missing --config is a usage error (exit 2)', async () => {
+    const r = await fulcrum(['check']);
+    expect(r.code).toBe(2);
+    expect(r.stderr).toContain('--config FILE is required');
+  });
+});
+
+describe('fulcrum demo', () => {
+  it('serves the demo backends through fulcrum and stops cleanly on SIGINT', async () => {
+    const p = await Promise.all(Array.from({ length: 5 }, () => freePort(HOST)));
+    const file = join(tmp, 'demo.yaml');
+    writeFileSync(file, `
+workers: 1
+logging: { level: warn, connections: false }
+services:
+  - name: web
+    listen: ${HOST}:${p[0]}
+    balance: roundrobin
+    backends:
+      - { address: ${HOST}:${p[1]}, weight: 1 }
+      - { address: ${HOST}:${p[2]}, weight: 1 }
+      - { address: ${HOST}:${p[3]}, weight: 2 }
+  - name: tcp
+    listen: ${HOST}:${p[4]}
+    balance: maglev
+    backends: [{ address: ${HOST}:${await freePort(HOST)} }]
+`);
+    const child = spawn(BIN, ['demo', '--config', file], { cwd: ROOT, env: { ...process.env, PATH: '/usr/bin:/bin' } });
+    children.push(child);
+    let out = '';
+    child.stdout.on('data', (d) => (out += d));
+    child.stderr.on('data', (d) => (out += d));
+    const exited = new Promise<number | null>((resolve) => child.on('exit', (code) => resolve(code)));
+    await waitFor(() => out.includes('fulcrum demo is running'), 15_000, `the demo to start; output: ${out}`);
+    const answers: string[] = [];
+    for (let i = 0; i < 8; i++) {
+      const res = await fetch(`http://${HOST}:${p[0]}/`);
+      answers.push(await res.text());
+    }
+    const count = (n: string): number => answers.filter((a) => a.startsWith(`${n} (`)).length;
+    expect(answers.every((a) => a.endsWith('served you\n')), answers.join('')).toBe(true);
+    expect([count('backend-1'), count('backend-2'), count('backend-3')]).toEqual([2, 2, 4]);
+    child.kill('SIGINT');
+    expect(await exited).toBe(0);
+    expect(out).toContain('stopping the demo');
+  });
+});

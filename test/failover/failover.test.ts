@@ -1,0 +1,126 @@
+// The Failover class in-process over loopback (127.4.2.0/24): two instances elect, report status(),
+// hand over on stop() with priority 0, follow the track, and count dropped heartbeats. VIP commands
+// are replaced by `true` so nothing on this host changes (the namespace tests run the real ones).
+import { createSocket } from 'node:dgram';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { haSchema } from '../../src/config/schema.ts';
+import { Failover, type RoleChange } from '../../src/failover/index.ts';
+import { silentLogger } from '../../src/observability/log.ts';
+
+let dir: string;
+const running: Failover[] = [];
+beforeAll(() => {
+  dir = mkdtempSync(join(tmpdir(), 'fulcrum-h4-fo-'));
+  writeFileSync(join(dir, 'secret'), 'a-long-enough-shared-secret\n', { mode: 0o600 });
+  writeFileSync(join(dir, 'up'), 'up\n');
+  writeFileSync(join(dir, 'down'), 'down\n');
+});
+afterEach(async () => {
+  await Promise.all(running.splice(0).map((f) => f.stop()));
+});
+afterAll(() => rmSync(dir, { recursive: true, force: true }));
+
+function make(self: 1 | 2, opts: { priority?: number; backends?: () => number; iface?: () => string; min?: number } = {}) {
+  const config = haSchema.parse({
+    vip: '198.51.100.200/24', interface: 'eth-test', bind: `127.4.2.${self}:17947`, peer: `127.4.2.${3 - self}:17947`,
+    priority: opts.priority ?? (self === 1 ? 150 : 100), advert_interval: '50ms', dead_after: 3,
+    secret_file: join(dir, 'secret'), track: { min_backends_up: opts.min ?? 0 },
+  });
+  const accepting: boolean[] = [];
+  const roles: RoleChange[] = [];
+  const f = new Failover({
+    config, logger: silentLogger, commands: { ip: 'true', arping: 'true' },
+    backendsUp: opts.backends, setAccepting: (on) => { accepting.push(on); },
+    operstateFile: () => join(dir, opts.iface?.() ?? 'up'),
+  });
+  f.on('role', (r) => roles.push(r));
+  running.push(f);
+  return { f, accepting, roles };
+}
+const until = async (cond: () => boolean, ms = 2000) => {
+  const t0 = Date.now();
+  while (!cond()) {
+    if (Date.now() - t0 > ms) throw new Error('condition not met in time');
+    await new Promise((r) => setTimeout(r, 5));
+  }
+  return Date.now() - t0;
+};
+
+describe('Failover (loopback)', () => {
+  it('elects, reports status, and hands over at once on stop()', async () => {
+    const a = make(1);
+    const b = make(2);
+    await a.f.start();
+    await b.f.start();
+    // Started within milliseconds of each other, b's timer may also fire before a's first advert
+    // arrives; then b steps down on it (§6.4.3). Either way it settles with b backup.
+    await until(() => a.f.status().role === 'master' && b.f.status().role === 'backup' && a.f.status().peer.role === 'backup' && a.f.status().vip_held);
+    const s = a.f.status();
+    expect(s).toMatchObject({ role: 'master', wanted: 'master', priority: 150, vips: ['198.51.100.200/24'], vip_held: true, failovers: 1, transitions: 2 });
+    expect(s.peer).toMatchObject({ address: '127.4.2.2:17947', role: 'backup', priority: 100, alive: true });
+    expect(s.peer.last_advert_ms_ago).toBeLessThan(200);
+    expect(s.last_transition).toMatchObject({ from: 'backup', to: 'master' });
+    expect(a.accepting).toEqual([false, true]);
+    expect(b.accepting[0]).toBe(false);
+    expect(b.accepting.at(-1)).toBe(false);
+
+    const t0 = Date.now();
+    await a.f.stop();
+    await until(() => b.f.status().role === 'master');
+    expect(Date.now() - t0).toBeLessThan(50 * 2); // Skew_Time, not Master_Down_Interval
+    expect(b.roles.at(-1)?.cause).toMatch(/priority 0/);
+    expect(a.accepting.at(-1)).toBe(false);
+    expect(a.f.status().role).toBe('init');
+  });
+
+  it('track: too few backends on the master hands the VIP to the backup; ok again takes it back', async () => {
+    let up = 2;
+    const a = make(1, { backends: () => up, min: 1 });
+    const b = make(2, { backends: () => 2, min: 1 });
+    await a.f.start();
+    await b.f.start();
+    await until(() => a.f.status().role === 'master' && b.f.status().peer.role === 'master');
+    up = 0;
+    await until(() => a.f.status().role === 'fault' && b.f.status().role === 'master');
+    expect(a.f.status().track).toMatchObject({ ok: false, backends_up: 0, min_backends_up: 1 });
+    expect(a.roles.at(-1)?.cause).toMatch(/0 backends up, ha.track.min_backends_up is 1/);
+    up = 1;
+    await until(() => a.f.status().role === 'master' && b.f.status().role === 'backup'); // preempt
+  });
+
+  it('track: a master alone keeps the VIP when its track fails (nobody can take it)', async () => {
+    let up = 1;
+    const a = make(1, { backends: () => up, min: 1 });
+    await a.f.start();
+    await until(() => a.f.status().role === 'master');
+    up = 0;
+    await new Promise((r) => setTimeout(r, 300));
+    expect(a.f.status()).toMatchObject({ role: 'master', wanted: 'fault', vip_held: true });
+  });
+
+  it('counts dropped heartbeats in status() and ignores them', async () => {
+    const a = make(1);
+    await a.f.start();
+    await until(() => a.f.status().role === 'master');
+    const s = createSocket('udp4');
+    await new Promise<void>((r) => s.bind(0, '127.4.2.2', () => r()));
+    for (const buf of [Buffer.alloc(10), Buffer.alloc(64), Buffer.alloc(200)]) {
+      await new Promise((r) => s.send(buf, 17947, '127.4.2.1', r));
+    }
+    await until(() => Object.values(a.f.status().dropped).reduce((x, y) => x + y, 0) === 3);
+    s.close();
+    expect(a.f.status().dropped).toMatchObject({ malformed: 1, bad_magic: 1, oversized: 1, bad_mac: 0 });
+    expect(a.f.status()).toMatchObject({ role: 'master', transitions: 2 });
+  });
+
+  it('refuses to start without a usable secret', async () => {
+    const config = haSchema.parse({
+      vip: '198.51.100.200/24', interface: 'x', bind: '127.4.2.5:17947', peer: '127.4.2.6:17947', priority: 100, secret_file: join(dir, 'missing'),
+    });
+    const f = new Failover({ config, logger: silentLogger, commands: { ip: 'true', arping: 'true' } });
+    await expect(f.start()).rejects.toMatchObject({ code: 'FULCRUM_ERR_HA_SECRET' });
+  });
+});

@@ -1,0 +1,170 @@
+/**
+ * PostgreSQL 15, real clusters (Debian's packages) on 127.3.4.x: a primary and a streaming
+ * standby made with pg_basebackup. The probe authenticates with SCRAM-SHA-256 from a
+ * password_file and reads pg_is_in_recovery(); fulcrum with `role: primary` follows a switchover
+ * (old primary stopped, standby promoted, old primary restarted as a standby of the new one).
+ */
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import pg from 'pg';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { healthSchema } from '../../src/config/schema.ts';
+import { postgresProbe } from '../../src/health/probes/postgres.ts';
+import type { FulcrumHandle } from '../../src/main.ts';
+import { startProxy } from '../proxy/harness.ts';
+import { pgSandbox, type PgCluster, type PgSandbox } from '../helpers/postgres.ts';
+import { freePort } from '../helpers/redis.ts';
+
+const HOST = '127.3.4.1';
+const LISTEN = '127.3.4.10';
+const PASSWORD = 'mon-Pa55';
+const INTERVAL = 150;
+const FALL = 2;
+
+let sandbox: PgSandbox;
+let pg1: PgCluster;
+let pg2: PgCluster;
+let dir: string;
+let pwFile: string;
+
+beforeAll(async () => {
+  dir = await mkdtemp(join(tmpdir(), 'fulcrum-pg-test-'));
+  pwFile = join(dir, 'pg.pass');
+  await writeFile(pwFile, `${PASSWORD}\n`);
+  sandbox = await pgSandbox(HOST);
+  pg1 = await sandbox.initPrimary('pg1');
+  await pg1.sql(`CREATE ROLE monitor LOGIN PASSWORD '${PASSWORD}'`);
+  pg2 = await sandbox.basebackup(pg1, 'pg2');
+}, 120_000);
+
+afterAll(async () => {
+  await sandbox?.stop();
+  if (dir) await rm(dir, { recursive: true, force: true });
+});
+
+const h = (x: Record<string, unknown>) => healthSchema.parse({ type: 'postgres', timeout: '2s', ...x });
+const probe = (c: PgCluster, x: Record<string, unknown>) => postgresProbe({ host: c.host, port: c.port }, h(x), AbortSignal.timeout(2000));
+const monitorAuth = () => ({ postgres: { user: 'monitor', password_file: pwFile, database: 'postgres' } });
+
+describe('postgres probe against real clusters', () => {
+  it('the monitor password is stored as SCRAM-SHA-256 and the standby streams', async () => {
+    expect(await pg1.sql("SELECT rolpassword LIKE 'SCRAM-SHA-256$%' FROM pg_authid WHERE rolname = 'monitor'")).toBe('t');
+    expect(await pg2.sql('SELECT pg_is_in_recovery()')).toBe('t');
+  });
+
+  it('reads the role with password authentication and applies the role filter', async () => {
+    expect(await probe(pg1, { ...monitorAuth(), role: 'primary' })).toMatchObject({ ok: true, reason: 'role primary', role: 'primary' });
+    expect(await probe(pg2, { ...monitorAuth(), role: 'primary' })).toMatchObject({ ok: false, reason: 'wrong role: saw replica, want primary' });
+    expect(await probe(pg2, { ...monitorAuth(), role: 'replica' })).toMatchObject({ ok: true, reason: 'role replica' });
+  });
+
+  it('says why authentication failed', async () => {
+    const wrong = join(dir, 'wrong.pass');
+    await writeFile(wrong, 'nope\n');
+    expect(await probe(pg1, { role: 'primary', postgres: { user: 'monitor', password_file: wrong, database: 'postgres' } }))
+      .toMatchObject({ ok: false, reason: 'auth failed: password authentication failed for user "monitor"' });
+    expect(await probe(pg1, { role: 'primary', postgres: { user: 'monitor', database: 'postgres' } }))
+      .toMatchObject({ ok: false, reason: expect.stringMatching(/^auth failed: /) });
+    expect(await probe(pg1, { role: 'primary', postgres: { user: 'monitor', password_file: pwFile, database: 'nosuchdb' } }))
+      .toMatchObject({ ok: false, reason: 'database "nosuchdb" does not exist (health.postgres.database)' });
+  });
+});
+
+describe('fulcrum follows a PostgreSQL switchover (role: primary)', () => {
+  let fulcrum: FulcrumHandle;
+  let listenPort: number;
+
+  beforeAll(async () => {
+    listenPort = await freePort(LISTEN);
+    fulcrum = await startProxy(`
+workers: 2
+logging: { level: warn }
+services:
+  - name: pg
+    listen: ${LISTEN}:${listenPort}
+    on_marked_down: shutdown_sessions
+    retries: 1
+    health:
+      type: postgres
+      role: primary
+      interval: ${INTERVAL}ms
+      timeout: ${INTERVAL}ms
+      rise: 1
+      fall: ${FALL}
+      postgres: { user: monitor, password_file: ${pwFile}, database: postgres }
+    backends:
+      - address: ${pg1.address}
+      - address: ${pg2.address}
+`);
+  });
+  afterAll(async () => {
+    await fulcrum?.stop('test done');
+  });
+
+  async function connect(): Promise<pg.Client> {
+    const c = new pg.Client({ host: LISTEN, port: listenPort, user: 'monitor', password: PASSWORD, database: 'postgres', connectionTimeoutMillis: 2000 });
+    c.on('error', () => {});
+    await c.connect();
+    return c;
+  }
+
+  async function whoAnswers(): Promise<number> {
+    const c = await connect();
+    try {
+      return Number((await c.query('SELECT inet_server_port() AS p')).rows[0].p);
+    } finally {
+      await c.end().catch(() => {});
+    }
+  }
+
+  /** Polls until ten new connections in a row reach `port`; the time the first of them was made. */
+  async function waitUntilOnly(port: number, ms: number): Promise<number> {
+    const start = Date.now();
+    let streak = 0;
+    let streakStart = 0;
+    while (streak < 10) {
+      if (Date.now() - start > ms) throw new Error(`connections did not all reach ${port} within ${ms}ms`);
+      const at = Date.now();
+      if ((await whoAnswers().catch(() => -1)) === port) {
+        if (streak++ === 0) streakStart = at;
+      } else {
+        streak = 0;
+        await new Promise((r) => setTimeout(r, 20));
+      }
+    }
+    return streakStart;
+  }
+
+  it('routes only to the primary; after the switchover only to the new primary', async () => {
+    await waitUntilOnly(pg1.port, 3000);
+    expect(fulcrum.health.state('pg', pg2.address)).toMatchObject({ state: 'down' });
+
+    const held = await connect();
+    expect(Number((await held.query('SELECT inet_server_port() AS p')).rows[0].p)).toBe(pg1.port);
+    let heldEnded = false;
+    held.on('end', () => (heldEnded = true));
+
+    // The textbook switchover: stop the primary (it streams its last WAL first), promote the
+    // standby, restart the old primary as a standby of the new one.
+    await pg1.stop('fast');
+    await pg2.promote();
+    const t0 = Date.now();
+    const bound = FALL * INTERVAL + 1000;
+    const reachedAt = await waitUntilOnly(pg2.port, bound + 3000);
+    expect(reachedAt - t0).toBeLessThanOrEqual(bound);
+    expect(heldEnded).toBe(true);
+
+    await pg1.followPrimary(pg2);
+    await pg1.start();
+    expect(await pg1.sql('SELECT pg_is_in_recovery()')).toBe('t');
+    // pg1 accepts connections again, as a standby: fulcrum keeps it out.
+    await new Promise((r) => setTimeout(r, 3 * INTERVAL));
+    expect(fulcrum.health.history('pg', pg1.address).at(-1)).toMatchObject({ ok: false, reason: 'wrong role: saw replica, want primary' });
+    for (let i = 0; i < 10; i++) expect(await whoAnswers()).toBe(pg2.port);
+    const desc = fulcrum.balancer.describe().find((s) => s.name === 'pg')!;
+    expect(desc.backends.find((x) => x.address === pg1.address)?.state).toBe('down');
+    expect(desc.backends.find((x) => x.address === pg2.address)?.state).toBe('up');
+    await held.end().catch(() => {});
+  });
+});

@@ -130,6 +130,10 @@ export interface FulcrumOptions {
   upstreams: Upstreams;
   /** Directory for node --cpu-prof output (one .cpuprofile per thread), or none. */
   cpuProfDir?: string;
+  /** Extra node flags (experiments; the benchmark itself runs fulcrum with none). */
+  nodeArgs?: string[];
+  /** Extra environment (experiments). */
+  env?: Record<string, string>;
 }
 
 /** The config fulcrum runs with: every data-plane feature on, limits high but present. */
@@ -172,13 +176,13 @@ export async function startFulcrum(o: FulcrumOptions): Promise<Proxy> {
   mkdirSync(OUT_DIR, { recursive: true });
   const file = path.join(OUT_DIR, `fulcrum-w${o.workers}.yaml`);
   writeFileSync(file, text);
-  const args: string[] = [];
+  const args: string[] = [...(o.nodeArgs ?? [])];
   if (o.cpuProfDir) {
     mkdirSync(o.cpuProfDir, { recursive: true });
     args.push('--cpu-prof', '--cpu-prof-dir', o.cpuProfDir);
   }
   args.push(CLI, 'run', '--config', file);
-  const { child, log } = spawnLogged(NODE, args, { ...process.env, NODE_OPTIONS: '' }, path.join(OUT_DIR, `fulcrum-w${o.workers}.log`));
+  const { child, log } = spawnLogged(NODE, args, { ...process.env, NODE_OPTIONS: '', ...o.env }, path.join(OUT_DIR, `fulcrum-w${o.workers}.log`));
   try {
     await waitReady(child, 'fulcrum', listen.echo, log);
   } catch (err) {

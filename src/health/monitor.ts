@@ -177,9 +177,10 @@ export class HealthMonitor extends EventEmitter {
     if (!t || t.maint || this.#stopped) return false;
     const limit = t.health.observe_failures;
     if (limit === 0) return false;
+    // Already down (and decided): probes, not the data plane, bring it back; nothing to count.
+    if (t.dampener.state === 'down' && !t.pending) return false;
     t.connectFailures++;
     if (t.connectFailures < limit) return false;
-    if (t.dampener.state === 'down' && !t.pending) return false;
     const n = t.connectFailures;
     t.connectFailures = 0;
     t.pending = false;

@@ -35,6 +35,12 @@ import type { BackendEntry, ServiceEntry, WorkerToMain } from './messages.ts';
 
 /** Size of each session's backend read buffer; HAProxy's default tune.bufsize is the same. */
 export const READ_BUFFER_SIZE = 16 * 1024;
+/**
+ * A client socket's first read buffer; it grows ×4 (up to READ_BUFFER_SIZE) each time a read
+ * fills it, so idle and request/response connections keep a small one (memory per idle
+ * connection) and streaming ones reach full size after two reads.
+ */
+const CLIENT_BUFFER_MIN = 1024;
 /** Client bytes held while a session waits for its backend; the client is paused beyond this. */
 const PENDING_LIMIT = 64 * 1024;
 /** Queued connections re-try at least this often, so backends coming up (no release) are seen. */
@@ -168,8 +174,8 @@ export class Session {
   pending: Buffer[] | null = null;
   pendingBytes = 0;
   readonly buf: Buffer = Buffer.allocUnsafeSlow(READ_BUFFER_SIZE);
-  /** The client socket's read buffer (see onreadSymbols), reused like `buf`; replaced when a write keeps it. */
-  cbuf: Buffer | null = onreadSymbols !== null ? Buffer.allocUnsafeSlow(READ_BUFFER_SIZE) : null;
+  /** The client socket's read buffer (see onreadSymbols), reused like `buf`; replaced when a write keeps it or a read fills it. */
+  cbuf: Buffer | null = onreadSymbols !== null ? Buffer.allocUnsafeSlow(CLIENT_BUFFER_MIN) : null;
   /** Reused for every connect of this session (no options object per connect). */
   readonly connectOptions = {
     host: '',
@@ -477,6 +483,12 @@ function onClientData(this: TaggedSocket, chunk: Buffer): void {
 /** The buffer a client socket reads into next, when onClientRead replaced it (else unchanged). */
 let swapBuf: Buffer | null = null;
 
+/** Rare (a read filled the buffer, or a write kept it): the client socket reads into a new buffer next. */
+function nextClientBuffer(s: Session, size: number): void {
+  s.cbuf = Buffer.allocUnsafeSlow(Math.min(size, READ_BUFFER_SIZE));
+  swapBuf = s.cbuf;
+}
+
 /** Called by Node right after each onClientRead (onread's buffer generator). */
 function clientBufGen(): Buffer | undefined {
   const b = swapBuf;
@@ -494,12 +506,14 @@ function onClientRead(this: TaggedSocket, n: number, buf: Uint8Array): boolean {
   if (s.state === ST_CONNECTED) {
     const server = s.server!;
     const ok = server.write((buf as Buffer).subarray(0, n));
-    if (server.writableLength === 0) return true; // the kernel took it all: the buffer is free
+    if (server.writableLength === 0) { // the kernel took it all: the buffer is free again
+      if (n === buf.length && n < READ_BUFFER_SIZE) nextClientBuffer(s, n * 4);
+      return true;
+    }
     if (!ok) return false; // stop reading until the backend's 'drain' (onServerDrain)
     // Kept in part, below the high-water mark, so no 'drain' will come: the backend socket still
     // points into the buffer, so this socket reads on into a new one (clientBufGen).
-    s.cbuf = Buffer.allocUnsafeSlow(READ_BUFFER_SIZE);
-    swapBuf = s.cbuf;
+    nextClientBuffer(s, n === buf.length ? n * 4 : buf.length);
     return true;
   }
   // Still queued or connecting: keep a copy (the buffer is reused by the next read).

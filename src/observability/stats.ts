@@ -84,6 +84,31 @@ export interface ServiceStats {
   backends: BackendStats[];
 }
 
+/**
+ * A service's counters summed over the workers' slots, indexed by SC_*. Slots of workers that do
+ * not exist stay zero, so summing all MAX_WORKERS is always right. The one place that sums them.
+ */
+export function sumServiceCounters(memory: WebAssembly.Memory, service: number, workers = MAX_WORKERS): Float64Array {
+  const f64 = new Float64Array(memory.buffer);
+  const sums = new Float64Array(SERVICE_COUNTERS);
+  for (let w = 0; w < workers; w++) {
+    const base = serviceCounterIndex(w, service, 0);
+    for (let c = 0; c < SERVICE_COUNTERS; c++) sums[c] += f64[base + c];
+  }
+  return sums;
+}
+
+/** A backend's counters summed over the workers' slots, indexed by BC_*. */
+export function sumBackendCounters(memory: WebAssembly.Memory, backend: number, workers = MAX_WORKERS): Float64Array {
+  const f64 = new Float64Array(memory.buffer);
+  const sums = new Float64Array(BACKEND_COUNTERS);
+  for (let w = 0; w < workers; w++) {
+    const base = backendCounterIndex(w, backend, 0);
+    for (let c = 0; c < BACKEND_COUNTERS; c++) sums[c] += f64[base + c];
+  }
+  return sums;
+}
+
 /** Which backend or service a counter slot belonged to when its baseline was taken. */
 interface Owner {
   key: string;
@@ -112,23 +137,11 @@ export class Stats {
   }
 
   #sumService(service: number): Float64Array {
-    const f64 = new Float64Array(this.#memory.buffer);
-    const sums = new Float64Array(SERVICE_COUNTERS);
-    for (let w = 0; w < this.#workers; w++) {
-      const base = serviceCounterIndex(w, service, 0);
-      for (let c = 0; c < SERVICE_COUNTERS; c++) sums[c] += f64[base + c];
-    }
-    return sums;
+    return sumServiceCounters(this.#memory, service, this.#workers);
   }
 
   #sumBackend(backend: number): Float64Array {
-    const f64 = new Float64Array(this.#memory.buffer);
-    const sums = new Float64Array(BACKEND_COUNTERS);
-    for (let w = 0; w < this.#workers; w++) {
-      const base = backendCounterIndex(w, backend, 0);
-      for (let c = 0; c < BACKEND_COUNTERS; c++) sums[c] += f64[base + c];
-    }
-    return sums;
+    return sumBackendCounters(this.#memory, backend, this.#workers);
   }
 
   /** `raw` minus the baseline of the slot's owner; a slot seen with a new owner is rebased first. */

@@ -5,8 +5,8 @@
 import { parseConfig } from '../../src/config/load.ts';
 import { startFulcrum, type FulcrumHandle } from '../../src/main.ts';
 import { silentLogger } from '../../src/observability/log.ts';
-import { sumBackendCounter, sumServiceCounter, terminations } from '../../src/proxy/counters.ts';
-import { B_ACTIVE, backendAddr, serviceAddr, S_ACTIVE, S_QUEUED, type TerminationReason } from '../../src/shm/layout.ts';
+import { sumBackendCounters, sumServiceCounters } from '../../src/observability/stats.ts';
+import { B_ACTIVE, backendAddr, serviceAddr, S_ACTIVE, S_QUEUED, SC_TERM_BASE, TERM_REASONS, type TerminationReason } from '../../src/shm/layout.ts';
 
 /** Starts fulcrum from YAML text (logging silenced unless the YAML says otherwise). */
 export async function startProxy(yaml: string): Promise<FulcrumHandle> {
@@ -15,15 +15,16 @@ export async function startProxy(yaml: string): Promise<FulcrumHandle> {
 }
 
 export function serviceCounter(h: FulcrumHandle, service: string, counter: number): number {
-  return sumServiceCounter(h.memory, h.balancer.serviceIndex(service), counter);
+  return sumServiceCounters(h.memory, h.balancer.serviceIndex(service))[counter];
 }
 
 export function backendCounter(h: FulcrumHandle, service: string, address: string, counter: number): number {
-  return sumBackendCounter(h.memory, h.balancer.backendIndex(service, address), counter);
+  return sumBackendCounters(h.memory, h.balancer.backendIndex(service, address))[counter];
 }
 
 export function reasons(h: FulcrumHandle, service: string): Record<TerminationReason, number> {
-  return terminations(h.memory, h.balancer.serviceIndex(service));
+  const sums = sumServiceCounters(h.memory, h.balancer.serviceIndex(service));
+  return Object.fromEntries(TERM_REASONS.map((r, i) => [r, sums[SC_TERM_BASE + i]])) as Record<TerminationReason, number>;
 }
 
 /** Live S_ACTIVE / S_QUEUED of a service and B_ACTIVE of its backends, straight from the shared memory. */

@@ -25,16 +25,9 @@ export const COMMANDS: Record<string, Command> = {
     options: configOption,
     async run(values) {
       const file = requireConfig(values);
-      const [{ loadConfig }, { startFulcrum, installSignalHandlers, reloadFromFile }, { startOperationsFor }] = await Promise.all([
-        import('./config/load.ts'), import('./main.ts'), import('./admin/index.ts'),
-      ]);
-      const config = loadConfig(file);
-      const handle = await startFulcrum(config, { configFile: file });
-      // Signals first: from the moment the listeners are bound, SIGTERM must mean a graceful stop.
-      let ops: Awaited<ReturnType<typeof startOperationsFor>> | undefined;
-      installSignalHandlers(handle, file, () => (ops !== undefined ? ops.reload('SIGHUP') : reloadFromFile(handle, file)));
-      // Metrics, the admin server (when config.admin is set) and the reload path (SIGHUP, POST /api/reload).
-      ops = await startOperationsFor(handle, { configFile: file });
+      const [{ loadConfig }, { startFulcrum }] = await Promise.all([import('./config/load.ts'), import('./main.ts')]);
+      // Signals are installed the moment the listeners are bound: from then on SIGTERM means a graceful stop.
+      const handle = await startFulcrum(loadConfig(file), { configFile: file, signals: true });
       await handle.stopped;
       await new Promise<void>((resolve) => handle.logger.flush(() => resolve()));
       return 0;

@@ -7,11 +7,13 @@
  *                                   └─▶ WorkerPool (data-plane threads, same memory)
  *   events: pool 'connect-failed' ─▶ handle.events ─▶ (health: passive checks)
  *           balancer 'backend-state' ─▶ handle.events; down + shutdown_sessions ─▶ pool.killBackend
+ *   operations (src/admin): metrics, the admin server when config.admin is set, and the one
+ *   reload path (SIGHUP, POST /api/reload, fulcrum ctl reload).
  */
 import { EventEmitter } from 'node:events';
 import { Balancer } from './balancer/balancer.ts';
 import { instantiateEngine, loadEngineModule } from './balancer/engine.ts';
-import { loadConfig, resolveWorkers } from './config/load.ts';
+import { resolveWorkers } from './config/load.ts';
 import type { Config } from './config/schema.ts';
 import { createLogger, type Logger } from './observability/log.ts';
 import type { ListenProblem } from './proxy/messages.ts';
@@ -22,6 +24,7 @@ import type { Failover } from './failover/index.ts';
 import { vipBoundServices, wireFailover } from './failover/wire.ts';
 import type { HealthMonitor } from './health/monitor.ts';
 import { wireHealth } from './health/wire.ts';
+import { startOperationsFor, type Operations } from './admin/index.ts';
 
 export interface StartOptions {
   /** Defaults to a pino logger at config.logging.level on stdout. */
@@ -30,6 +33,13 @@ export interface StartOptions {
   configFile?: string;
   /** Services that start with no listener (bound to a VIP this node does not hold yet); see pool.resumeService. */
   pausedServices?: string[];
+  /**
+   * SIGTERM/SIGINT stop gracefully (a second one exits at once) and SIGHUP reloads the config
+   * file; installed the moment the listeners are bound. `fulcrum run` and the demo set it.
+   */
+  signals?: boolean;
+  /** false: do not start src/admin's operations (tests that start them with stand-ins). */
+  operations?: boolean;
 }
 
 /** Events routed through the handle: 'connect-failed', 'backend-state', 'stopping', 'stopped'. */
@@ -47,6 +57,8 @@ export interface FulcrumHandle {
   /** Present when config.ha is set: role, peer, counters via failover.status(). */
   readonly failover: Failover | null;
   readonly logger: Logger;
+  /** Metrics, the admin server and the config-file Reloader; null with `operations: false`. */
+  readonly ops: Operations | null;
   /** Applies a validated config as a difference; resolves with listeners that could not be bound. */
   reload(next: Config): Promise<ListenProblem[]>;
   /** Re-sends the service table to the workers: call after balancer.addBackend / removeBackend. */
@@ -99,8 +111,6 @@ export async function startFulcrum(initial: Config, options: StartOptions = {}):
   // Health (src/health/wire.ts): probes ─▶ balancer.setHealth; 'connect-failed' ─▶ passive health;
   //   'backend-state' maint ─▶ probes paused; re-emits 'health-probe' / 'health-transition'.
   const health = wireHealth({ balancer, events, logger }, config);
-  // TODO(lead): admin server (src/admin) when config.admin is set; its /api/status can add
-  //   `ha: failover?.status()` (role, peer, failovers, dropped heartbeats by reason).
 
   // High availability: VIP, heartbeat, role → listeners on the VIP (src/failover/wire.ts).
   const failover = config.ha ? await wireFailover({ config: () => config, balancer, pool, events, logger }, config.ha) : null;
@@ -140,7 +150,7 @@ export async function startFulcrum(initial: Config, options: StartOptions = {}):
     return stopping;
   }
 
-  return {
+  const handle = {
     get config() {
       return config;
     },
@@ -151,30 +161,26 @@ export async function startFulcrum(initial: Config, options: StartOptions = {}):
     health,
     failover,
     logger,
+    ops: null as Operations | null,
     reload,
     syncServices,
     stop,
     stopped,
   };
+  if (options.signals) installSignalHandlers(handle);
+  // Metrics, the admin server (when config.admin is set) and the Reloader of the config file.
+  if (options.operations !== false) {
+    handle.ops = await startOperationsFor(handle, { configFile: options.configFile });
+  }
+  return handle;
 }
 
 /**
- * SIGHUP: re-reads `file` and applies it. An invalid file changes nothing (its problems are
- * logged). The operations engineer's Reloader (src/admin/reload.ts) may replace this body.
+ * SIGTERM/SIGINT: graceful stop (a second signal exits at once); `fulcrum run` exits once
+ * handle.stopped resolves. SIGHUP: the Reloader re-reads the config file — an invalid file
+ * changes nothing and its problems are logged (src/admin/reload.ts).
  */
-export async function reloadFromFile(handle: FulcrumHandle, file: string): Promise<void> {
-  const log = handle.logger.child({ component: 'reload' });
-  try {
-    const next = loadConfig(file);
-    const problems = await handle.reload(next);
-    log.info({ file, listen_problems: problems.length }, 'config reloaded');
-  } catch (err) {
-    log.error({ err, file }, `reload refused, the running config stays: ${(err as Error).message}`);
-  }
-}
-
-/** `fulcrum run`: SIGTERM/SIGINT stop gracefully (a second one exits at once), SIGHUP reloads. */
-export function installSignalHandlers(handle: FulcrumHandle, configFile: string | undefined, reload?: () => Promise<unknown>): void {
+function installSignalHandlers(handle: FulcrumHandle): void {
   let signals = 0;
   const onStop = (signal: NodeJS.Signals): void => {
     signals++;
@@ -182,7 +188,6 @@ export function installSignalHandlers(handle: FulcrumHandle, configFile: string 
       handle.logger.warn({ signal }, 'second signal: exiting now');
       process.exit(1);
     }
-    // `fulcrum run` exits once handle.stopped resolves (src/cli.ts).
     handle.stop(signal).catch((err) => {
       handle.logger.error({ err }, 'stop failed');
       process.exit(1);
@@ -191,9 +196,7 @@ export function installSignalHandlers(handle: FulcrumHandle, configFile: string 
   process.on('SIGTERM', onStop);
   process.on('SIGINT', onStop);
   process.on('SIGHUP', () => {
-    // The admin Reloader (src/admin/reload.ts) logs problems itself and counts reloads for /api/status.
-    if (reload !== undefined) void reload().catch(() => undefined);
-    else if (configFile === undefined) handle.logger.warn('SIGHUP: no config file to reload');
-    else void reloadFromFile(handle, configFile);
+    if (handle.ops?.reloader === undefined) handle.logger.warn('SIGHUP: no config file to reload');
+    else void handle.ops.reload('SIGHUP').catch(() => undefined);
   });
 }

@@ -122,9 +122,6 @@ export async function runDemo(file = DEMO_CONFIG): Promise<number> {
   const stop = new Promise<void>((resolve) => (stopRequested = resolve));
   process.once('SIGINT', () => stopRequested());
   process.once('SIGTERM', () => stopRequested());
-  // The status page and runtime API (src/admin), when config.admin is set.
-  const { startOperationsFor } = await import('../admin/index.ts');
-  await startOperationsFor(h, { configFile: file });
   process.stdout.write(demoInstructions(config));
   await stop;
   process.stdout.write('\nstopping the demo…\n');

@@ -12,8 +12,9 @@ import {
   H_GENERATION, S_STATE, S_ALGORITHM, S_MAX_CONN, S_ACTIVE, S_ACTIVE_RING, S_RING_LEN, S_RELEASE_SEQ, S_QUEUED, SERVICE_ACTIVE,
   ALG_MAGLEV, ALG_LEASTCONN, ALG_ROUNDROBIN, ALG_RANDOM, B_ACTIVE, B_MAX_CONN, PICK_SERVICE_FULL, PICK_BAD_SERVICE,
   INIT_OK, INIT_BAD_MAGIC, INIT_BAD_VERSION, INIT_BAD_WORKER, INIT_HEAP_OVERLAP,
+  T_SERVICE_HELD, T_SERVICE_QUEUED, T_BACKEND_HELD,
 } from './generated/layout';
-import { serviceAt, backendAt, setWorker, clearTried, addTried } from './records';
+import { serviceAt, backendAt, setWorker, clearTried, addTried, tallyAt, tallyService, tallyBackend } from './records';
 import { maglevBuild, maglevPick } from './maglev';
 import { leastconnPick } from './leastconn';
 import { scheduleBuild, roundrobinPick } from './roundrobin';
@@ -93,6 +94,9 @@ export function acquire(s: u32, hash: u32): i32 {
     const before = atomic.sub<i32>(sa + S_ACTIVE, 1);
     // While we held it, that slot may have been the last: someone may have queued on it.
     if (max > 0 && before >= max) signalRelease(sa);
+  } else {
+    tallyService(s, 1);
+    tallyBackend(<u32>b, 1);
   }
   return b;
 }
@@ -107,13 +111,16 @@ export function reacquire(s: u32, hash: u32, failed: u32): i32 {
   if (failed < MAX_BACKENDS) {
     const a = backendAt(failed);
     atomic.sub<i32>(a + B_ACTIVE, 1);
+    tallyBackend(failed, -1);
     addTried(failed);
     // Its slot may unblock a connection queued because every backend was full.
     if (s < MAX_SERVICES && load<i32>(a + B_MAX_CONN) > 0) signalRelease(serviceAt(s));
   }
   if (s >= MAX_SERVICES) return PICK_BAD_SERVICE;
   if (atomic.load<u32>(serviceAt(s) + S_STATE) != SERVICE_ACTIVE) return PICK_BAD_SERVICE;
-  return pick(s, hash);
+  const b = pick(s, hash);
+  if (b >= 0) tallyBackend(<u32>b, 1);
+  return b;
 }
 
 /**
@@ -122,11 +129,51 @@ export function reacquire(s: u32, hash: u32, failed: u32): i32 {
  * closed connection. Works on a service already removed by a reload (its counters still drain).
  */
 export function release(s: u32, backend: i32): void {
-  if (backend >= 0 && <u32>backend < MAX_BACKENDS) atomic.sub<i32>(backendAt(<u32>backend) + B_ACTIVE, 1);
+  if (backend >= 0 && <u32>backend < MAX_BACKENDS) {
+    atomic.sub<i32>(backendAt(<u32>backend) + B_ACTIVE, 1);
+    tallyBackend(<u32>backend, -1);
+  }
   if (s >= MAX_SERVICES) return;
   const sa = serviceAt(s);
   atomic.sub<i32>(sa + S_ACTIVE, 1);
+  tallyService(s, -1);
   signalRelease(sa);
+}
+
+/**
+ * Control plane only, once a worker thread has died (its sockets died with it): gives back every
+ * service, queue and backend slot that worker still held, from its tallies, and zeroes them, so
+ * the restarted worker (same id) starts clean and limits and least-connections counts stay true.
+ * Returns how many slots were given back. Cold: once per worker death.
+ */
+export function reclaim(workerId: u32): u32 {
+  if (workerId >= MAX_WORKERS) return 0;
+  const t = tallyAt(workerId);
+  let total: u32 = 0;
+  for (let b: u32 = 0; b < MAX_BACKENDS; b++) {
+    const at = t + <usize>T_BACKEND_HELD + (<usize>b << 2);
+    const n = load<i32>(at);
+    if (n == 0) continue;
+    atomic.sub<i32>(backendAt(b) + B_ACTIVE, n);
+    store<i32>(at, 0);
+    total += <u32>abs<i32>(n);
+  }
+  for (let s: u32 = 0; s < MAX_SERVICES; s++) {
+    const held = t + <usize>T_SERVICE_HELD + (<usize>s << 2);
+    const queued = t + <usize>T_SERVICE_QUEUED + (<usize>s << 2);
+    const h = load<i32>(held);
+    const q = load<i32>(queued);
+    if (h == 0 && q == 0) continue;
+    const sa = serviceAt(s);
+    if (h != 0) atomic.sub<i32>(sa + S_ACTIVE, h);
+    if (q != 0) atomic.sub<i32>(sa + S_QUEUED, q);
+    store<i32>(held, 0);
+    store<i32>(queued, 0);
+    total += <u32>(abs<i32>(h) + abs<i32>(q));
+    // Freed slots may serve connections queued in the other workers.
+    signalRelease(sa);
+  }
+  return total;
 }
 
 /**

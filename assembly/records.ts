@@ -22,13 +22,38 @@ import {
   RINGS_OFFSET, RING_BYTES, SCRATCH_OFFSET, WORKER_SCRATCH_SIZE, MAX_BACKENDS, MAX_TRIED,
   B_STATE, B_SERVICE, B_FLAGS, B_EFF_WEIGHT, B_MAX_CONN, B_ACTIVE, BACKEND_UP, BF_BACKUP,
   S_PRIMARY_UP, S_MEMBER_COUNT, W_TRIED_COUNT, W_TRIED,
+  TALLY_OFFSET, WORKER_TALLY_SIZE, T_SERVICE_HELD, T_BACKEND_HELD,
 } from './generated/layout';
 
 /** This instance's worker scratch record (the tried list); set once by `init`. */
 export let scratch: usize = SCRATCH_OFFSET;
 
+/** This instance's worker tallies (the slots it holds now); set once by `init`. */
+export let tally: usize = TALLY_OFFSET;
+
 export function setWorker(workerId: u32): void {
   scratch = <usize>SCRATCH_OFFSET + <usize>workerId * <usize>WORKER_SCRATCH_SIZE;
+  tally = tallyAt(workerId);
+}
+
+@inline export function tallyAt(workerId: u32): usize {
+  return <usize>TALLY_OFFSET + <usize>workerId * <usize>WORKER_TALLY_SIZE;
+}
+
+/**
+ * Counts a service slot this worker took (+1) or gave back (−1). Plain load and store: the worker
+ * is the only writer while it lives, and `reclaim` reads the tally only after it died. Hot path:
+ * twice per connection.
+ */
+@inline export function tallyService(s: u32, delta: i32): void {
+  const at = tally + <usize>T_SERVICE_HELD + (<usize>s << 2);
+  store<i32>(at, load<i32>(at) + delta);
+}
+
+/** Counts a backend slot this worker took (+1) or gave back (−1); see tallyService. */
+@inline export function tallyBackend(b: u32, delta: i32): void {
+  const at = tally + <usize>T_BACKEND_HELD + (<usize>b << 2);
+  store<i32>(at, load<i32>(at) + delta);
 }
 
 @inline export function serviceAt(s: u32): usize {

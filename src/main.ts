@@ -90,6 +90,7 @@ export async function startFulcrum(initial: Config, options: StartOptions = {}):
     workers: resolveWorkers(config),
     logging: { level: config.logging.level, connections: config.logging.connections },
     logger,
+    reclaim: (workerId) => engine.reclaim(workerId),
   });
   // Services bound to a VIP start paused: failover resumes them when this instance is master.
   await pool.start(buildServiceTable(config, balancer), [...(options.pausedServices ?? []), ...vipBoundServices(config)]);

@@ -32,6 +32,11 @@ export interface Engine {
   release(service: number, backend: number): void;
   /** Control plane only: recounts up tiers, rebuilds and flips the service's ring. */
   rebuild(service: number): void;
+  /**
+   * Control plane only, after worker `workerId` died: gives back the service, queue and backend
+   * slots it still held (from its tallies in shared memory). Returns how many.
+   */
+  reclaim(workerId: number): number;
   /** Clears this instance's tried list. */
   resetTried(): void;
   /** Adds a backend to this instance's tried list (up to MAX_TRIED). */

@@ -31,6 +31,11 @@ export interface PoolOptions {
   workers: number;
   logging: { level: string; connections: boolean };
   logger: Logger;
+  /**
+   * Gives back the slots a dead worker still held (the engine's `reclaim`): called on every
+   * worker exit, before a restarted worker reuses the id.
+   */
+  reclaim: (workerId: number) => number;
 }
 
 export class PoolError extends FulcrumError {
@@ -137,12 +142,14 @@ export class WorkerPool extends EventEmitter {
     for (const done of slot.pending.values()) done(null);
     slot.pending.clear();
     slot.stoppedResolve?.();
-    this.emit('worker-exit', { workerId: slot.id, code });
+    // Its sockets died with it; the connection and queue slots it held in shared memory did not.
+    const reclaimed = this.opts.reclaim(slot.id);
+    this.emit('worker-exit', { workerId: slot.id, code, reclaimed });
     if (this.stopping) return;
     // A crash: its sessions are gone. Start a fresh worker with the current table.
     const delay = slot.restartDelay;
     slot.restartDelay = Math.min(RESTART_DELAY_MAX_MS, delay * 2);
-    this.log.error({ workerId: slot.id, code }, `data-plane worker ${slot.id} exited with code ${code}; restarting it in ${delay}ms`);
+    this.log.error({ workerId: slot.id, code, reclaimed }, `data-plane worker ${slot.id} exited with code ${code}; gave back ${reclaimed} slots it held; restarting it in ${delay}ms`);
     setTimeout(() => {
       if (this.stopping || slot.worker !== null) return;
       slot.pending.set(0, (reply) => {

@@ -27,7 +27,8 @@ import {
   BC_RETRIES, backendCounterIndex, PICK_BAD_SERVICE, PICK_NO_BACKEND, SC_ACCEPTED, SC_BYTES_IN, SC_BYTES_OUT,
   SC_CONNECT_TIME_MS, SC_QUEUE_TIME_MS, SC_QUEUE_TIMEOUTS, SC_QUEUED, SC_RETRIES, SC_TERM_BASE, serviceAddr,
   serviceCounterIndex, S_QUEUED, S_RELEASE_SEQ, TERM_BACKEND_DOWN, TERM_CLIENT_CLOSED, TERM_CONNECT_FAILED,
-  TERM_IDLE_TIMEOUT, TERM_NO_BACKEND, TERM_QUEUE_TIMEOUT, TERM_REASONS, TERM_SERVER_CLOSED, TERM_SHUTDOWN,
+  TERM_IDLE_TIMEOUT, TERM_NO_BACKEND, TERM_QUEUE_FULL, TERM_QUEUE_TIMEOUT, TERM_REASONS, TERM_SERVER_CLOSED, TERM_SHUTDOWN,
+  tallyAddr, T_SERVICE_QUEUED,
   MAX_TRIED,
 } from '../shm/layout.ts';
 import type { ConnectionLogLine } from '../observability/log.ts';
@@ -122,6 +123,8 @@ export class ServiceRuntime {
   /** i32 index of the service's S_QUEUED and S_RELEASE_SEQ. */
   queuedIdx: number;
   seqIdx: number;
+  /** i32 index of this worker's tally of its own queued connections (given back if it dies). */
+  tallyQueuedIdx: number;
   queue: Session[] = [];
   /** A waitAsync on S_RELEASE_SEQ is pending. */
   waiting = false;
@@ -133,6 +136,7 @@ export class ServiceRuntime {
     this.scBase = serviceCounterIndex(workerId, entry.index, 0);
     this.queuedIdx = (serviceAddr(entry.index) + S_QUEUED) >> 2;
     this.seqIdx = (serviceAddr(entry.index) + S_RELEASE_SEQ) >> 2;
+    this.tallyQueuedIdx = (tallyAddr(workerId) + T_SERVICE_QUEUED + entry.index * 4) >> 2;
     this.onWake = () => {
       this.waiting = false;
       pumpQueue(this);
@@ -287,11 +291,11 @@ function enqueue(s: Session, rt: ServiceRuntime): void {
   // The bound is global (all workers): S_QUEUED counts every waiting connection.
   if (Atomics.add(i32, rt.queuedIdx, 1) >= max) {
     Atomics.sub(i32, rt.queuedIdx, 1);
-    // Queue full: closed at once. Counted as a queue timeout of zero length.
-    f64[rt.scBase + SC_QUEUE_TIMEOUTS] += 1;
-    closeClient(s, TERM_QUEUE_TIMEOUT);
+    // Queue full (queue.max reached across all workers): closed at once.
+    closeClient(s, TERM_QUEUE_FULL);
     return;
   }
+  i32[rt.tallyQueuedIdx] += 1;
   f64[rt.scBase + SC_QUEUED] += 1;
   s.state = ST_QUEUED;
   s.tQueued = performance.now();
@@ -305,6 +309,7 @@ function leaveQueue(s: Session): void {
   const at = rt.queue.indexOf(s);
   if (at >= 0) rt.queue.splice(at, 1);
   Atomics.sub(i32, rt.queuedIdx, 1);
+  i32[rt.tallyQueuedIdx] -= 1;
   s.queueMs = performance.now() - s.tQueued;
   f64[rt.scBase + SC_QUEUE_TIME_MS] += s.queueMs;
   s.state = ST_FREE;

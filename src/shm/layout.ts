@@ -30,7 +30,11 @@
  *    │ backend ids of a service, sorted by "address:port" (the Maglev build order) │
  *    ├──────────── worker scratch: MAX_WORKERS × 64 B ──────────────────────────┤
  *    │ 0 triedCount u32 │ 4..35 tried u16[16] (backends already tried by this conn) │
- *    ├──────────── service counters: MAX_WORKERS × MAX_SERVICES × 16 × f64 ──────┤
+ *    ├──────────── worker tallies: MAX_WORKERS × 16,896 B ───────────────────────┤
+ *    │ 0 held i32[MAX_SERVICES] │ 256 queued i32[MAX_SERVICES] │ 512 held i32[MAX_BACKENDS] │
+ *    │ slots this worker holds now (one writer: its worker); on a worker's death the    │
+ *    │ control plane subtracts them from S_ACTIVE / S_QUEUED / B_ACTIVE (`reclaim`)     │
+ *    ├──────────── service counters: MAX_WORKERS × MAX_SERVICES × 24 × f64 ──────┤
  *    ├──────────── backend counters: MAX_WORKERS × MAX_BACKENDS × 8 × f64 ───────┤
  *    │ one writer per slot (its worker, plain stores); the control plane sums     │
  *    ├──────────── build scratch: MAX_MEMBERS × 16 B (control plane only) ────────┤
@@ -46,7 +50,7 @@
 /** "FULC" read as a little-endian u32. */
 export const MAGIC = 0x434c5546;
 /** Bump on any change to this file's offsets or meanings. */
-export const LAYOUT_VERSION = 2;
+export const LAYOUT_VERSION = 3;
 
 export const PAGE = 65536;
 export const LAYOUT_BASE = PAGE;
@@ -147,8 +151,14 @@ export const WORKER_SCRATCH_SIZE = 64;
 export const W_TRIED_COUNT = 0;
 export const W_TRIED = 4;
 
+// ── worker tallies (i32, one writer: the worker; read back by `reclaim` after it died) ──
+export const WORKER_TALLY_SIZE = MAX_SERVICES * 4 * 2 + MAX_BACKENDS * 4;
+export const T_SERVICE_HELD = 0;
+export const T_SERVICE_QUEUED = MAX_SERVICES * 4;
+export const T_BACKEND_HELD = MAX_SERVICES * 4 * 2;
+
 // ── counters (f64, one writer per worker slot) ──────────────────────────────
-export const SERVICE_COUNTERS = 16;
+export const SERVICE_COUNTERS = 24;
 export const SC_ACCEPTED = 0; // connections accepted by the listener
 export const SC_QUEUED = 1; // connections that had to wait in the queue
 export const SC_QUEUE_TIMEOUTS = 2;
@@ -157,7 +167,7 @@ export const SC_BYTES_IN = 4; // client → backend
 export const SC_BYTES_OUT = 5; // backend → client
 export const SC_CONNECT_TIME_MS = 6; // summed, for averages
 export const SC_QUEUE_TIME_MS = 7; // summed
-export const SC_TERM_BASE = 8; // 8 termination reasons follow, indexed by TERM_*
+export const SC_TERM_BASE = 8; // 9 termination reasons follow, indexed by TERM_*; 17..23 reserved
 
 /** Termination reasons, in the order of their counters. */
 export const TERM_REASONS = [
@@ -169,6 +179,7 @@ export const TERM_REASONS = [
   'queue_timeout',
   'shutdown',
   'backend_down',
+  'queue_full',
 ] as const;
 export type TerminationReason = (typeof TERM_REASONS)[number];
 export const TERM_CLIENT_CLOSED = 0;
@@ -179,6 +190,7 @@ export const TERM_NO_BACKEND = 4;
 export const TERM_QUEUE_TIMEOUT = 5;
 export const TERM_SHUTDOWN = 6;
 export const TERM_BACKEND_DOWN = 7;
+export const TERM_QUEUE_FULL = 8;
 
 export const BACKEND_COUNTERS = 8;
 export const BC_CONNECTIONS = 0; // sessions established to this backend
@@ -210,7 +222,8 @@ export const SERVICES_OFFSET = align64(HEADER_OFFSET + HEADER_SIZE);
 export const BACKENDS_OFFSET = align64(SERVICES_OFFSET + MAX_SERVICES * SERVICE_SIZE);
 export const MEMBERS_OFFSET = align64(BACKENDS_OFFSET + MAX_BACKENDS * BACKEND_SIZE);
 export const SCRATCH_OFFSET = align64(MEMBERS_OFFSET + MAX_SERVICES * MAX_MEMBERS * 2);
-export const SERVICE_COUNTERS_OFFSET = align64(SCRATCH_OFFSET + MAX_WORKERS * WORKER_SCRATCH_SIZE);
+export const TALLY_OFFSET = align64(SCRATCH_OFFSET + MAX_WORKERS * WORKER_SCRATCH_SIZE);
+export const SERVICE_COUNTERS_OFFSET = align64(TALLY_OFFSET + MAX_WORKERS * WORKER_TALLY_SIZE);
 export const BACKEND_COUNTERS_OFFSET = align64(SERVICE_COUNTERS_OFFSET + MAX_WORKERS * MAX_SERVICES * SERVICE_COUNTERS * 8);
 export const BUILD_SCRATCH_OFFSET = align64(BACKEND_COUNTERS_OFFSET + MAX_WORKERS * MAX_BACKENDS * BACKEND_COUNTERS * 8);
 export const BUILD_SCRATCH_SIZE = MAX_MEMBERS * 16;
@@ -224,6 +237,7 @@ export const serviceAddr = (s: number): number => SERVICES_OFFSET + s * SERVICE_
 export const backendAddr = (b: number): number => BACKENDS_OFFSET + b * BACKEND_SIZE;
 export const membersAddr = (s: number): number => MEMBERS_OFFSET + s * MAX_MEMBERS * 2;
 export const scratchAddr = (w: number): number => SCRATCH_OFFSET + w * WORKER_SCRATCH_SIZE;
+export const tallyAddr = (w: number): number => TALLY_OFFSET + w * WORKER_TALLY_SIZE;
 export const ringAddr = (s: number, ring: number): number => RINGS_OFFSET + (s * 2 + ring) * RING_BYTES;
 /** Index (in f64 units) of a worker's counter for a service. */
 export const serviceCounterIndex = (w: number, s: number, c: number): number =>
@@ -284,6 +298,7 @@ export const ENGINE_CONSTANTS: Record<string, number> = {
   B_FAIL_STREAK, B_INCARNATION,
   BACKEND_FREE, BACKEND_UP, BACKEND_DOWN, BACKEND_DRAIN, BACKEND_MAINT, BF_BACKUP,
   WORKER_SCRATCH_SIZE, W_TRIED_COUNT, W_TRIED,
+  TALLY_OFFSET, WORKER_TALLY_SIZE, T_SERVICE_HELD, T_SERVICE_QUEUED, T_BACKEND_HELD,
   PICK_SERVICE_FULL, PICK_NO_BACKEND, PICK_BACKENDS_FULL, PICK_BAD_SERVICE,
   INIT_OK, INIT_BAD_MAGIC, INIT_BAD_VERSION, INIT_BAD_WORKER, INIT_HEAP_OVERLAP,
   HEADER_OFFSET, SERVICES_OFFSET, BACKENDS_OFFSET, MEMBERS_OFFSET, SCRATCH_OFFSET,

@@ -2,7 +2,8 @@ import { describe, it, expect, afterEach } from 'vitest';
 import { Worker } from 'node:worker_threads';
 import { makeEnv, config, backends, engineModule, type Env, type ServiceSpec } from './env.ts';
 import { hashKey } from '../../src/balancer/hash.ts';
-import { PICK_SERVICE_FULL, PICK_NO_BACKEND, PICK_BACKENDS_FULL, PICK_BAD_SERVICE, MAX_TRIED, S_QUEUED, serviceAddr } from '../../src/shm/layout.ts';
+import { PICK_SERVICE_FULL, PICK_NO_BACKEND, PICK_BACKENDS_FULL, PICK_BAD_SERVICE, MAX_TRIED, S_QUEUED, S_ACTIVE, B_ACTIVE, T_SERVICE_QUEUED, backendAddr, serviceAddr, tallyAddr } from '../../src/shm/layout.ts';
+import { instantiateEngine } from '../../src/balancer/engine.ts';
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
@@ -253,6 +254,40 @@ describe('release', () => {
     } finally {
       await w.terminate();
     }
+  });
+});
+
+describe('reclaim', () => {
+  it('gives back every slot a dead worker held — service, backends, queue — and only its own', () => {
+    const e = env({ max_connections: 10, backends: backends(3) });
+    const other = instantiateEngine(engineModule, e.memory, 2);
+    const i32 = new Int32Array(e.memory.buffer);
+    const sActive = (serviceAddr(0) + S_ACTIVE) >> 2;
+    const sQueued = (serviceAddr(0) + S_QUEUED) >> 2;
+    const bActive = (b: number) => Atomics.load(i32, (backendAddr(b) + B_ACTIVE) >> 2);
+    // Worker 1: four sessions, one of which failed its connect and moved (reacquire), one closed.
+    const held = [0, 1, 2, 3].map((k) => e.worker.acquire(0, k));
+    const moved = e.worker.reacquire(0, 9, held[0]);
+    expect(moved).toBeGreaterThanOrEqual(0);
+    e.worker.release(0, held[3]);
+    // …and two queued connections, counted as the proxy does (S_QUEUED and its own tally).
+    Atomics.add(i32, sQueued, 2);
+    i32[(tallyAddr(1) + T_SERVICE_QUEUED) >> 2] += 2;
+    // Worker 2 holds one session of its own.
+    const kept = other.acquire(0, 7);
+    expect(Atomics.load(i32, sActive)).toBe(4);
+
+    expect(e.control.reclaim(1)).toBe(3 + 3 + 2); // 3 service slots, 3 backend slots, 2 queued
+    expect(Atomics.load(i32, sActive)).toBe(1);
+    expect(Atomics.load(i32, sQueued)).toBe(0);
+    const ids = e.balancer.describe()[0].backends.map((b) => b.index);
+    expect(ids.map(bActive).reduce((a, b) => a + b, 0)).toBe(1);
+    expect(bActive(kept)).toBe(1);
+    // Idempotent: the tallies were zeroed.
+    expect(e.control.reclaim(1)).toBe(0);
+    other.release(0, kept);
+    expect(ids.map(bActive)).toEqual([0, 0, 0]);
+    expect(Atomics.load(i32, sActive)).toBe(0);
   });
 });
 

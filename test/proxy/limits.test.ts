@@ -115,7 +115,9 @@ describe('limits and queue', () => {
     expect(Date.now() - t0).toBeLessThan(500);
     expect(activeCounts(proxy, 'full', addresses()).queued).toBe(1);
     expect(queued.closed).toBe(false);
-    await waitFor(() => reasons(proxy, 'full').queue_timeout === 1, 2000, 'refusal counted');
+    await waitFor(() => reasons(proxy, 'full').queue_full === 1, 2000, 'refusal counted as queue_full');
+    expect(reasons(proxy, 'full').queue_timeout).toBe(0);
+    expect(serviceCounter(proxy, 'full', SC_QUEUE_TIMEOUTS)).toBe(0);
   });
 
   it('a client that leaves the queue leaks nothing', async () => {

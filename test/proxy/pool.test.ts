@@ -7,6 +7,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { parseConfig } from '../../src/config/load.ts';
 import type { FulcrumHandle } from '../../src/main.ts';
 import { reusePortSupport } from '../../src/proxy/pool.ts';
+import { B_ACTIVE, backendAddr, serviceAddr, S_ACTIVE, S_QUEUED } from '../../src/shm/layout.ts';
 import { connectClient, freePort, readLine, startNamedServer, waitFor, type TestServer } from '../helpers/net.ts';
 import { startProxy } from './harness.ts';
 
@@ -99,5 +100,41 @@ describe('worker pool', () => {
     const after = proxy.pool.workerThreadIds();
     expect(after).not.toEqual(before);
     for (let i = 0; i < 20; i++) expect(await who(port)).toBe('b');
+  });
+
+  it('gives back the connection and queue slots of a crashed worker', async () => {
+    // max_connections 3 and 12 clients: 3 served, 9 queued, spread by the kernel over both workers.
+    const p3 = await freePort(HOST);
+    await proxy.reload(parseConfig(yaml(svc('p', port, [b]) + svc('held', p3, [a]).replace('    backends:', '    max_connections: 3\n    queue: { max: 100, timeout: 60s }\n    backends:')), '<test>'));
+    const clients = await Promise.all(Array.from({ length: 12 }, () => connectClient(p3, HOST)));
+    const ended = new Set<number>();
+    clients.forEach((c, i) => {
+      c.on('error', () => undefined);
+      c.once('end', () => ended.add(i));
+      c.resume();
+    });
+    await waitFor(() => counts().active === 3 && counts().queued === 9, 5000, '3 active, 9 queued');
+    await proxy.pool.crashWorker(0);
+    // The crashed worker's clients see their connections close; nothing else gives their slots back.
+    await waitFor(() => ended.size > 0, 3000, 'the crashed worker held some clients');
+    await new Promise((r) => setTimeout(r, 300));
+    const open = clients.length - ended.size;
+    expect(open).toBeLessThan(12);
+    // What is left in shared memory is exactly what the surviving clients hold (queued ones get
+    // the freed slots, so the split between active and queued moves; the sum may not).
+    await waitFor(() => counts().active === Math.min(3, open) && counts().queued === open - Math.min(3, open), 3000, 'counts match the open clients');
+    expect(counts().backend).toBe(counts().active);
+    for (const c of clients) c.destroy();
+    await waitFor(() => counts().active === 0 && counts().queued === 0 && counts().backend === 0, 3000, 'all released');
+
+    function counts(): { active: number; queued: number; backend: number } {
+      const i32 = new Int32Array(proxy.memory.buffer);
+      const s = proxy.balancer.serviceIndex('held');
+      return {
+        active: Atomics.load(i32, (serviceAddr(s) + S_ACTIVE) >> 2),
+        queued: Atomics.load(i32, (serviceAddr(s) + S_QUEUED) >> 2),
+        backend: Atomics.load(i32, (backendAddr(proxy.balancer.backendIndex('held', a.address)) + B_ACTIVE) >> 2),
+      };
+    }
   });
 });

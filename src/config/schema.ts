@@ -155,7 +155,13 @@ export const serviceSchema = z.strictObject({
     connect: duration(1).default(2000),
     /** Closes a session with no traffic either way for this long (HAProxy's timeout client/server/tunnel). */
     idle: duration(1).default(1_800_000),
-  }).default({ connect: 2000, idle: 1_800_000 }),
+    /** With accept_proxy: the client's PROXY header must be whole within this long. */
+    proxy_header: duration(1).default(5000),
+  }).default({ connect: 2000, idle: 1_800_000, proxy_header: 5000 }),
+  /** Clients send a PROXY protocol header (v1 or v2) first: fulcrum sits behind another L4 balancer (HAProxy's accept-proxy). */
+  accept_proxy: bool().default(false),
+  /** Tell backends who the client is with a PROXY protocol header (HAProxy's send-proxy / send-proxy-v2). */
+  send_proxy: oneOf(['none', 'v1', 'v2'] as const).default('none'),
   health: healthSchema.optional(),
   on_marked_down: oneOf(['shutdown_sessions', 'keep'] as const).default('keep'),
   slow_start: duration().default(0),

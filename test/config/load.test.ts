@@ -58,7 +58,9 @@ describe('parseConfig', () => {
     expect(s.table_size).toBe(65537);
     expect(s.retries).toBe(2);
     expect(s.queue).toEqual({ max: 1000, timeout: 5000 });
-    expect(s.timeouts).toEqual({ connect: 2000, idle: 1_800_000 });
+    expect(s.timeouts).toEqual({ connect: 2000, idle: 1_800_000, proxy_header: 5000 });
+    expect(s.accept_proxy).toBe(false);
+    expect(s.send_proxy).toBe('none');
     expect(s.backends[0]).toEqual({ address: { host: '127.0.0.1', port: 7001 }, weight: 1, max_connections: 0, backup: false, state: 'ready' });
     expect(c.logging).toEqual({ level: 'info', connections: true });
     expect(resolveWorkers(c)).toBeGreaterThanOrEqual(1);

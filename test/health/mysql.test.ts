@@ -15,6 +15,7 @@ import type { FulcrumHandle } from '../../src/main.ts';
 import { reasons, startProxy } from '../proxy/harness.ts';
 import { startMariaDb, type MariaDbServer } from '../helpers/mysql.ts';
 import { freePort } from '../helpers/redis.ts';
+import { waitUntilOnly } from './switchover.ts';
 
 const LISTEN = '127.3.5.10';
 const PASSWORD = 'mon-my-Pa55';
@@ -107,25 +108,9 @@ services:
     }
   }
 
-  async function waitUntilOnly(port: number, ms: number): Promise<number> {
-    const start = Date.now();
-    let streak = 0;
-    let streakStart = 0;
-    while (streak < 10) {
-      if (Date.now() - start > ms) throw new Error(`connections did not all reach ${port} within ${ms}ms`);
-      const at = Date.now();
-      if ((await whoAnswers().catch(() => -1)) === port) {
-        if (streak++ === 0) streakStart = at;
-      } else {
-        streak = 0;
-        await new Promise((r) => setTimeout(r, 20));
-      }
-    }
-    return streakStart;
-  }
 
   it('routes to the writable server and follows the flip', async () => {
-    await waitUntilOnly(m1.port, 3000);
+    await waitUntilOnly(whoAnswers, m1.port, 3000);
     const held = await connect();
     held.on('error', () => {});
     const [rows] = await held.query('SELECT @@port AS p');
@@ -138,7 +123,7 @@ services:
     await m2.sql('SET GLOBAL read_only = 0');
     const t0 = Date.now();
     const bound = FALL * INTERVAL + 1000;
-    const reachedAt = await waitUntilOnly(m2.port, bound + 3000);
+    const reachedAt = await waitUntilOnly(whoAnswers, m2.port, bound + 3000);
     expect(reachedAt - t0).toBeLessThanOrEqual(bound);
     expect(heldClosed).toBe(true);
     await new Promise((r) => setTimeout(r, 100));

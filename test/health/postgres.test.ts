@@ -15,6 +15,7 @@ import type { FulcrumHandle } from '../../src/main.ts';
 import { startProxy } from '../proxy/harness.ts';
 import { pgSandbox, type PgCluster, type PgSandbox } from '../helpers/postgres.ts';
 import { freePort } from '../helpers/redis.ts';
+import { waitUntilOnly } from './switchover.ts';
 
 const HOST = '127.3.4.1';
 const LISTEN = '127.3.4.10';
@@ -118,26 +119,9 @@ services:
     }
   }
 
-  /** Polls until ten new connections in a row reach `port`; the time the first of them was made. */
-  async function waitUntilOnly(port: number, ms: number): Promise<number> {
-    const start = Date.now();
-    let streak = 0;
-    let streakStart = 0;
-    while (streak < 10) {
-      if (Date.now() - start > ms) throw new Error(`connections did not all reach ${port} within ${ms}ms`);
-      const at = Date.now();
-      if ((await whoAnswers().catch(() => -1)) === port) {
-        if (streak++ === 0) streakStart = at;
-      } else {
-        streak = 0;
-        await new Promise((r) => setTimeout(r, 20));
-      }
-    }
-    return streakStart;
-  }
 
   it('routes only to the primary; after the switchover only to the new primary', async () => {
-    await waitUntilOnly(pg1.port, 3000);
+    await waitUntilOnly(whoAnswers, pg1.port, 3000);
     expect(fulcrum.health.state('pg', pg2.address)).toMatchObject({ state: 'down' });
 
     const held = await connect();
@@ -151,7 +135,7 @@ services:
     await pg2.promote();
     const t0 = Date.now();
     const bound = FALL * INTERVAL + 1000;
-    const reachedAt = await waitUntilOnly(pg2.port, bound + 3000);
+    const reachedAt = await waitUntilOnly(whoAnswers, pg2.port, bound + 3000);
     expect(reachedAt - t0).toBeLessThanOrEqual(bound);
     expect(heldEnded).toBe(true);
 

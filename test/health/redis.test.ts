@@ -13,6 +13,7 @@ import { redisProbe } from '../../src/health/probes/redis.ts';
 import type { FulcrumHandle } from '../../src/main.ts';
 import { reasons, startProxy } from '../proxy/harness.ts';
 import { freePort, respSession, startRedis, tcpPortOf, type RedisServer, type RespSession } from '../helpers/redis.ts';
+import { waitUntilOnly } from './switchover.ts';
 
 const PASSWORD = 's3cret-redis';
 const INTERVAL = 100;
@@ -125,30 +126,10 @@ services:
     }
   }
 
-  /**
-   * Polls new connections until ten in a row reach `port`; resolves with the time (epoch ms) the
-   * first of those ten was made.
-   */
-  async function waitUntilOnly(port: number, ms: number): Promise<number> {
-    const start = Date.now();
-    let streak = 0;
-    let streakStart = 0;
-    while (streak < 10) {
-      if (Date.now() - start > ms) throw new Error(`connections did not all reach ${port} within ${ms}ms`);
-      const at = Date.now();
-      if ((await whoAnswers().catch(() => -1)) === port) {
-        if (streak++ === 0) streakStart = at;
-      } else {
-        streak = 0;
-        await new Promise((r) => setTimeout(r, 20));
-      }
-    }
-    return streakStart;
-  }
 
   it('routes only to the primary, then to the new primary after the switchover', async () => {
     // Replica is marked down by its first probe.
-    await waitUntilOnly(a.port, 2000);
+    await waitUntilOnly(whoAnswers, a.port, 2000);
     for (let i = 0; i < 10; i++) expect(await whoAnswers()).toBe(a.port);
     expect(fulcrum.health.state('redis', b.address)).toMatchObject({ state: 'down' });
 
@@ -164,7 +145,7 @@ services:
     expect(await authed(a, ['REPLICAOF', b.host, String(b.port)])).toBe('OK');
 
     const bound = FALL * INTERVAL + 1000;
-    const reachedAt = await waitUntilOnly(b.port, bound + 2000);
+    const reachedAt = await waitUntilOnly(whoAnswers, b.port, bound + 2000);
     expect(reachedAt - t0).toBeLessThanOrEqual(bound);
     await Promise.race([held.closed, new Promise((r) => setTimeout(r, bound))]);
     expect(heldClosedAt).toBeGreaterThan(0);

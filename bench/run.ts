@@ -18,7 +18,7 @@ import path from 'node:path';
 import { parseArgs } from 'node:util';
 import { BENCH_DIR, buildLoadgen, holdIdle, killAllLoadgens, OUT_DIR, runClient, startBackend, type Backend, type LoadgenResult } from './lib/loadgen.ts';
 import { summarizeProfile } from './lib/profile.ts';
-import { cpuSeconds, fdLimits, freePort, rssBytes, sleep } from './lib/procfs.ts';
+import { cpuTimes, fdLimits, freePort, rssBytes, sleep } from './lib/procfs.ts';
 import {
   cpuProfiles, fulcrumMissing, haproxyVersion, killAllProxies, REPO_DIR, startFulcrum, startHaproxy, type Proxy, type ProxyName,
   type Upstreams,
@@ -128,18 +128,21 @@ function machine(): Machine {
 
 const runs: Run[] = [];
 
-/** Reads the proxy's CPU seconds at the start and the end of the load generator's measured window. */
-async function withCpuWindow<T>(pid: number | null, startS: number, lengthS: number | null, work: () => Promise<T>): Promise<{ res: T; cpuS: number | null }> {
-  if (pid === null) return { res: await work(), cpuS: null };
-  let c0: number | null = startS === 0 ? cpuSeconds(pid) : null;
-  let c1: number | null = null;
-  const t0 = startS > 0 ? setTimeout(() => { c0 = cpuSeconds(pid); }, startS * 1000) : null;
-  const t1 = lengthS !== null ? setTimeout(() => { c1 = cpuSeconds(pid); }, (startS + lengthS) * 1000) : null;
+/** Reads the proxy's CPU time at the start and the end of the load generator's measured window. */
+async function withCpuWindow<T>(pid: number | null, startS: number, lengthS: number | null, work: () => Promise<T>):
+  Promise<{ res: T; cpuS: number | null; userS: number; sysS: number }> {
+  if (pid === null) return { res: await work(), cpuS: null, userS: NaN, sysS: NaN };
+  let c0: { user: number; sys: number } | null = startS === 0 ? cpuTimes(pid) : null;
+  let c1: { user: number; sys: number } | null = null;
+  const t0 = startS > 0 ? setTimeout(() => { c0 = cpuTimes(pid); }, startS * 1000) : null;
+  const t1 = lengthS !== null ? setTimeout(() => { c1 = cpuTimes(pid); }, (startS + lengthS) * 1000) : null;
   try {
     const res = await work();
-    c0 ??= cpuSeconds(pid);
-    c1 ??= cpuSeconds(pid);
-    return { res, cpuS: c1 - c0 };
+    c0 ??= cpuTimes(pid);
+    c1 ??= cpuTimes(pid);
+    const userS = c1.user - c0.user;
+    const sysS = c1.sys - c0.sys;
+    return { res, cpuS: userS + sysS, userS, sysS };
   } finally {
     if (t0) clearTimeout(t0);
     if (t1) clearTimeout(t1);
@@ -165,7 +168,7 @@ function record(run: Run): void {
 
 async function requestRun(scenario: 'rr' | 'churn', t: Target, rep: number): Promise<void> {
   const duration = scenario === 'rr' ? S.rrDuration : S.churnDuration;
-  const { res, cpuS } = await withCpuWindow(t.pid, S.warmup, duration, () => runClient({
+  const { res, cpuS, userS, sysS } = await withCpuWindow(t.pid, S.warmup, duration, () => runClient({
     mode: scenario, targets: t.echo, conns: scenario === 'rr' ? S.rrConns : S.churnConns, durationS: duration, warmupS: S.warmup,
     threads: loadgenThreads, source: scenario === 'churn' ? { base: SOURCE_BASE, count: SOURCE_COUNT } : undefined,
   }));
@@ -175,18 +178,22 @@ async function requestRun(scenario: 'rr' | 'churn', t: Target, rep: number): Pro
   if (cpuS !== null) {
     metrics.cpu_s = cpuS;
     metrics.per_cpu_s = cpuS > 0 ? res.count! / cpuS : NaN;
+    // Where a request's (a connection's) CPU goes: the proxy's own code, or the kernel.
+    metrics.user_us = (userS * 1e6) / res.count!;
+    metrics.sys_us = (sysS * 1e6) / res.count!;
   }
   record({ scenario, variant: '', target: t.name, workers: t.workers, rep, ok: res.ok, errors: res.errors, corrupt: res.corrupt, cpuS, metrics });
 }
 
 async function bulkRun(t: Target, rep: number): Promise<void> {
-  const { res, cpuS } = await withCpuWindow(t.pid, 0, null, () =>
+  const { res, cpuS, userS } = await withCpuWindow(t.pid, 0, null, () =>
     runClient({ mode: 'bulk', targets: t.sink, conns: S.bulkConns, durationS: S.bulkDuration, threads: loadgenThreads }));
   const r = res as LoadgenResult;
   const metrics: Record<string, number> = { gbit_s: r.gbit_s!, bytes: r.received!, loadgen_cpu_s: r.cpu_s ?? NaN };
   if (cpuS !== null) {
     metrics.cpu_s = cpuS;
     metrics.gbit_per_cpu_s = cpuS > 0 ? (r.received! * 8) / 1e9 / cpuS : NaN;
+    metrics.user_share = cpuS > 0 ? userS / cpuS : NaN;
   }
   record({ scenario: 'bulk', variant: '', target: t.name, workers: t.workers, rep, ok: r.ok, errors: r.errors, corrupt: r.corrupt + (r.reports_missing ?? 0), cpuS, metrics });
 }

@@ -26,13 +26,17 @@ export function clkTck(): number {
  * group), which summing /proc/PID/task/* by hand would miss.
  */
 export function cpuSeconds(pid: number): number {
+  const t = cpuTimes(pid);
+  return t.user + t.sys;
+}
+
+/** The same, split: user (the proxy's own code) and system (the kernel on its behalf) seconds. */
+export function cpuTimes(pid: number): { user: number; sys: number } {
   const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
   // The command name (field 2) may contain spaces and parentheses: split after its last ')'.
   const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
   // fields[0] is field 3 (state); utime and stime are fields 14 and 15.
-  const utime = Number(fields[11]);
-  const stime = Number(fields[12]);
-  return (utime + stime) / clkTck();
+  return { user: Number(fields[11]) / clkTck(), sys: Number(fields[12]) / clkTck() };
 }
 
 /** Resident set size in bytes (VmRSS). */

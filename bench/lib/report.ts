@@ -110,13 +110,13 @@ const label = (t: TargetName, w: number) => (t === 'direct' ? 'direct (no proxy)
 
 function requestTable(res: Results, scenario: 'rr' | 'churn'): string {
   const unit = scenario === 'rr' ? 'req/s' : 'conn/s';
-  const head = [scenario === 'rr' ? 'target' : 'target', unit, 'p50 µs', 'p99 µs', 'p99.9 µs', 'proxy CPU s',
+  const head = ['target', unit, 'p50 µs', 'p99 µs', 'p99.9 µs', 'proxy CPU s', `proxy user / sys µs per ${scenario === 'rr' ? 'request' : 'connection'}`,
     `${unit.split('/')[0]} per proxy CPU-s`, 'vs direct', 'vs HAProxy', 'per CPU-s vs HAProxy', 'p99 vs HAProxy', 'runs'];
   const rows: string[][] = [];
   const direct = pick(res, scenario, '', 'direct', 0);
   if (direct) {
     rows.push([label('direct', 0), si(direct.m.per_s), fix(direct.m.p50_us), fix(direct.m.p99_us), fix(direct.m.p999_us),
-      '—', '—', '1.00×', '—', '—', '—', health(direct)]);
+      '—', '—', '—', '1.00×', '—', '—', '—', health(direct)]);
   }
   for (const w of workerList(res)) {
     const h = pick(res, scenario, '', 'haproxy', w);
@@ -124,7 +124,7 @@ function requestTable(res: Results, scenario: 'rr' | 'churn'): string {
       const a = pick(res, scenario, '', t, w);
       if (!a) continue;
       rows.push([label(t, w), si(a.m.per_s), fix(a.m.p50_us), fix(a.m.p99_us), fix(a.m.p999_us), fix(a.m.cpu_s, 2),
-        si(a.m.per_cpu_s), ratio(a.m.per_s, direct?.m.per_s), t === 'fulcrum' ? ratio(a.m.per_s, h?.m.per_s) : '—',
+        `${fix(a.m.user_us, 2)} / ${fix(a.m.sys_us, 2)}`, si(a.m.per_cpu_s), ratio(a.m.per_s, direct?.m.per_s), t === 'fulcrum' ? ratio(a.m.per_s, h?.m.per_s) : '—',
         t === 'fulcrum' ? ratio(a.m.per_cpu_s, h?.m.per_cpu_s) : '—', t === 'fulcrum' ? ratio(a.m.p99_us, h?.m.p99_us) : '—', health(a)]);
     }
   }
@@ -132,16 +132,16 @@ function requestTable(res: Results, scenario: 'rr' | 'churn'): string {
 }
 
 function bulkTable(res: Results): string {
-  const head = ['target', 'Gbit/s', 'proxy CPU s', 'Gbit per proxy CPU-s', 'vs direct', 'vs HAProxy', 'per CPU-s vs HAProxy', 'bytes checked', 'runs'];
+  const head = ['target', 'Gbit/s', 'proxy CPU s', 'user share', 'Gbit per proxy CPU-s', 'vs direct', 'vs HAProxy', 'per CPU-s vs HAProxy', 'bytes checked', 'runs'];
   const rows: string[][] = [];
   const direct = pick(res, 'bulk', '', 'direct', 0);
-  if (direct) rows.push([label('direct', 0), fix(direct.m.gbit_s, 2), '—', '—', '1.00×', '—', '—', gb(direct.m.bytes), health(direct)]);
+  if (direct) rows.push([label('direct', 0), fix(direct.m.gbit_s, 2), '—', '—', '—', '1.00×', '—', '—', gb(direct.m.bytes), health(direct)]);
   for (const w of workerList(res)) {
     const h = pick(res, 'bulk', '', 'haproxy', w);
     for (const t of ['haproxy', 'fulcrum'] as const) {
       const a = pick(res, 'bulk', '', t, w);
       if (!a) continue;
-      rows.push([label(t, w), fix(a.m.gbit_s, 2), fix(a.m.cpu_s, 2), fix(a.m.gbit_per_cpu_s, 2), ratio(a.m.gbit_s, direct?.m.gbit_s),
+      rows.push([label(t, w), fix(a.m.gbit_s, 2), fix(a.m.cpu_s, 2), a.m.user_share === undefined ? '—' : `${fix(100 * a.m.user_share, 0)} %`, fix(a.m.gbit_per_cpu_s, 2), ratio(a.m.gbit_s, direct?.m.gbit_s),
         t === 'fulcrum' ? ratio(a.m.gbit_s, h?.m.gbit_s) : '—', t === 'fulcrum' ? ratio(a.m.gbit_per_cpu_s, h?.m.gbit_per_cpu_s) : '—',
         gb(a.m.bytes), health(a)]);
     }
@@ -244,10 +244,11 @@ function profileSection(res: Results): string {
   return out.join('\n');
 }
 
-function include(file: string, missing: string): string {
+function include(file: string, missing: string, demote = true): string {
   if (!existsSync(file)) return missing;
-  // Demote the included file's headings so they sit under this document's section.
-  return readFileSync(file, 'utf8').trim().replace(/^(#+) /gm, '$1## ');
+  const text = readFileSync(file, 'utf8').trim();
+  // Demote another part's headings so they sit under this document's section.
+  return demote ? text.replace(/^(#+) /gm, '$1## ') : text;
 }
 
 export function renderMarkdown(res: Results, benchDir: string): string {
@@ -322,7 +323,7 @@ ${redisTable(res, 'P16')}
 Taken in separate runs (a profiler slows what it watches, so these runs are not in the tables above). Self time as share of the samples where the thread was busy.
 
 ${profileSection(res)}
-${include(path.join(benchDir, 'analysis.md'), '')}
+${include(path.join(benchDir, 'analysis.md'), '', false)}
 
 ## Engine microbenchmarks
 

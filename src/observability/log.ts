@@ -38,6 +38,8 @@ export interface ConnectionLogLine {
   retries: number;
   /** One of TERM_REASONS in src/shm/layout.ts. */
   reason: string;
+  /** Why, where the reason alone does not say it (a bad PROXY header: what was wrong with it). */
+  detail?: string;
 }
 
 /** The `msg` of every connection line, so `jq 'select(.msg=="connection")'` finds them. */

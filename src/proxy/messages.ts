@@ -27,7 +27,11 @@ export interface ServiceEntry {
   hashed: boolean;
   hash_key: 'source_ip' | 'source_ip_port';
   retries: number;
-  timeouts: { connect: number; idle: number };
+  timeouts: { connect: number; idle: number; proxy_header: number };
+  /** Clients send a PROXY header first (fulcrum behind another L4 balancer). */
+  accept_proxy: boolean;
+  /** Backends get a PROXY header naming the client. */
+  send_proxy: 'none' | 'v1' | 'v2';
   queue: { max: number; timeout: number };
   backends: BackendEntry[];
 }

@@ -28,11 +28,12 @@ import {
   SC_CONNECT_TIME_MS, SC_QUEUE_TIME_MS, SC_QUEUE_TIMEOUTS, SC_QUEUED, SC_RETRIES, SC_TERM_BASE, serviceAddr,
   serviceCounterIndex, S_QUEUED, S_RELEASE_SEQ, TERM_BACKEND_DOWN, TERM_CLIENT_CLOSED, TERM_CONNECT_FAILED,
   TERM_IDLE_TIMEOUT, TERM_NO_BACKEND, TERM_QUEUE_FULL, TERM_QUEUE_TIMEOUT, TERM_REASONS, TERM_SERVER_CLOSED, TERM_SHUTDOWN,
-  tallyAddr, T_SERVICE_QUEUED,
+  tallyAddr, T_SERVICE_QUEUED, TERM_BAD_PROXY_HEADER,
   MAX_TRIED,
 } from '../shm/layout.ts';
 import type { ConnectionLogLine } from '../observability/log.ts';
 import type { BackendEntry, ServiceEntry, WorkerToMain } from './messages.ts';
+import { encodeProxyV1, encodeProxyV2, parseProxyHeader } from './proxy-protocol.ts';
 
 /** Size of each session's backend read buffer; HAProxy's default tune.bufsize is the same. */
 export const READ_BUFFER_SIZE = 16 * 1024;
@@ -54,6 +55,8 @@ const ST_FREE = 0;
 const ST_QUEUED = 1;
 const ST_CONNECTING = 2;
 const ST_CONNECTED = 3;
+/** accept_proxy: waiting for the client's PROXY header, before admission. */
+const ST_HEADER = 4;
 
 const kSession = Symbol('fulcrum.session');
 
@@ -175,6 +178,15 @@ export class Session {
   countedIn = 0;
   countedOut = 0;
   clientAddr = '';
+  /** The client as its PROXY header named it ('' = the socket's own peer), and the address it reached. */
+  srcAddr = '';
+  srcPort = 0;
+  dstAddr = '';
+  dstPort = 0;
+  /** Why the session ended, where the reason needs it (a bad PROXY header). */
+  detail = '';
+  /** Bytes of the client's PROXY header: read from the socket, but not client payload. */
+  headerBytes = 0;
   pending: Buffer[] | null = null;
   pendingBytes = 0;
   readonly buf: Buffer = Buffer.allocUnsafeSlow(READ_BUFFER_SIZE);
@@ -212,6 +224,8 @@ export class Session {
     this.connectMs = -1;
     this.countedIn = this.countedOut = 0;
     this.clientAddr = '';
+    this.srcAddr = this.dstAddr = this.detail = '';
+    this.srcPort = this.dstPort = this.headerBytes = 0;
     this.pending = null;
     this.pendingBytes = 0;
   }
@@ -262,9 +276,24 @@ function onConnection(this: { [kRuntime]: ServiceRuntime }, socket: Socket): voi
     closeClient(s, TERM_SHUTDOWN);
     return;
   }
+  if (e.accept_proxy) {
+    // The client's first bytes are a PROXY header naming the real client: admission and the
+    // Maglev key wait for it (readProxyHeader), bounded by timeouts.proxy_header.
+    s.state = ST_HEADER;
+    client.setTimeout(e.timeouts.proxy_header);
+    return;
+  }
+  admit(s, rt);
+}
+
+/** Hashes the client's key, then takes a backend or queues. Once per connection (after its PROXY header, if any). */
+function admit(s: Session, rt: ServiceRuntime): void {
+  const e = rt.entry;
   if (e.hashed || ctx.onClose !== null) {
-    const ip = client.remoteAddress ?? '';
-    s.clientAddr = e.hash_key === 'source_ip_port' || ctx.onClose !== null ? ip + ':' + client.remotePort : ip;
+    const client = s.client!;
+    const proxied = s.srcAddr !== '';
+    const ip = proxied ? s.srcAddr : client.remoteAddress ?? '';
+    s.clientAddr = e.hash_key === 'source_ip_port' || ctx.onClose !== null ? ip + ':' + (proxied ? s.srcPort : client.remotePort) : ip;
     if (e.hashed) s.hash = hashKey(e.hash_key === 'source_ip_port' ? s.clientAddr : ip) >>> 0;
   }
   // FIFO: a newcomer never overtakes connections already waiting in this worker.
@@ -392,6 +421,7 @@ function onServerConnect(this: TaggedSocket): void {
   this.setTimeout(0);
   const client = s.client!;
   client.setTimeout(rt.entry.timeouts.idle);
+  if (rt.entry.send_proxy !== 'none') this.write(proxyHeaderFor(s, client, rt.entry.send_proxy));
   const pending = s.pending;
   if (pending !== null) {
     let full = false;
@@ -483,6 +513,53 @@ function onClientData(this: TaggedSocket, chunk: Buffer): void {
   s.pending.push(chunk);
   s.pendingBytes += chunk.length;
   if (s.pendingBytes >= PENDING_LIMIT) this.pause();
+  if (s.state === ST_HEADER) readProxyHeader(s, this);
+}
+
+/**
+ * accept_proxy: once per client chunk until its PROXY header is whole (almost always the first
+ * chunk). A bad header closes the client (reason bad_proxy_header, the parser's words in the
+ * log's `detail`); a good one names the client for the Maglev key, the log and send_proxy, and
+ * the bytes after it wait for the backend like any early client bytes.
+ */
+function readProxyHeader(s: Session, client: TaggedSocket): void {
+  const pending = s.pending!;
+  const buf = pending.length === 1 ? pending[0] : Buffer.concat(pending);
+  const r = parseProxyHeader(buf);
+  if (r.status === 'incomplete') {
+    s.pending = [buf];
+    return;
+  }
+  if (r.status === 'error') {
+    s.detail = r.reason;
+    closeClient(s, TERM_BAD_PROXY_HEADER);
+    return;
+  }
+  const h = r.header;
+  if (h.family === 'tcp4' || h.family === 'tcp6') {
+    s.srcAddr = h.srcAddress;
+    s.srcPort = h.srcPort;
+    s.dstAddr = h.dstAddress;
+    s.dstPort = h.dstPort;
+  }
+  // The header is not the client's payload: bytes_in starts after it.
+  s.countedIn = s.headerBytes = r.consumed;
+  const rest = buf.subarray(r.consumed);
+  s.pending = rest.length > 0 ? [rest] : null;
+  s.pendingBytes = rest.length;
+  s.state = ST_FREE;
+  client.setTimeout(0);
+  admit(s, s.svc!);
+}
+
+/** The PROXY header for the backend: the client as its own header named it, else the socket's peer. Once per backend connection. */
+function proxyHeaderFor(s: Session, client: Socket, version: 'v1' | 'v2'): Buffer {
+  const proxied = s.srcAddr !== '';
+  const src = proxied ? s.srcAddr : client.remoteAddress ?? '';
+  const srcPort = proxied ? s.srcPort : client.remotePort ?? 0;
+  const dst = proxied ? s.dstAddr : client.localAddress ?? '';
+  const dstPort = proxied ? s.dstPort : client.localPort ?? 0;
+  return version === 'v2' ? encodeProxyV2(src, srcPort, dst, dstPort) : encodeProxyV1(src, srcPort, dst, dstPort);
 }
 
 /** The buffer a client socket reads into next, when onClientRead replaced it (else unchanged). */
@@ -566,6 +643,7 @@ function onClientEnd(this: TaggedSocket): void {
   s.clientEnded = true;
   if (s.reason < 0 && !s.serverEnded) s.reason = TERM_CLIENT_CLOSED;
   if (s.state === ST_CONNECTED) s.server!.end();
+  else if (s.state === ST_HEADER) this.destroy(); // gone before it said who it was
   else if (s.state === ST_QUEUED) {
     // A client that hangs up before it ever got a backend is gone (HAProxy's abortonclose).
     leaveQueue(s);
@@ -597,6 +675,9 @@ function onClientTimeout(this: TaggedSocket): void {
     closeClient(s, TERM_QUEUE_TIMEOUT);
   } else if (s.state === ST_CONNECTED) {
     killSession(s, TERM_IDLE_TIMEOUT);
+  } else if (s.state === ST_HEADER) {
+    s.detail = `no complete PROXY header within ${s.svc!.entry.timeouts.proxy_header}ms`;
+    closeClient(s, TERM_BAD_PROXY_HEADER);
   }
 }
 
@@ -698,18 +779,20 @@ function finalize(s: Session): void {
   if (s.server !== null) s.server[kSession] = null;
   sessions.delete(s);
   if (ctx.onClose !== null) {
-    ctx.onClose({
+    const rec: CloseRecord = {
       client: s.clientAddr,
       service: rt.entry.name,
       backend: s.bk?.address ?? null,
       connect_ms: s.connectMs < 0 ? -1 : round1(s.connectMs),
       queue_ms: round1(s.queueMs),
       duration_ms: round1(performance.now() - s.tAccept),
-      bytes_in: s.countedIn,
+      bytes_in: s.countedIn - s.headerBytes,
       bytes_out: s.countedOut,
       retries: s.retries,
       reason: TERM_REASONS[reason],
-    });
+    };
+    if (s.detail !== '') rec.detail = s.detail;
+    ctx.onClose(rec);
   }
   s.reset();
   if (pool.length < SESSION_POOL_MAX) pool.push(s);
@@ -736,7 +819,7 @@ export function killBackend(backend: number): number {
 /** Stop path, step 1: no new sessions; waiting ones are closed (reason shutdown). */
 export function beginShutdown(): void {
   shuttingDown = true;
-  for (const s of [...sessions]) if (s.state === ST_QUEUED) killSession(s, TERM_SHUTDOWN);
+  for (const s of [...sessions]) if (s.state === ST_QUEUED || s.state === ST_HEADER) killSession(s, TERM_SHUTDOWN);
 }
 
 /** Stop path, step 2 (after the grace period): everything still open is closed. */

@@ -29,7 +29,9 @@ export function buildServiceTable(config: Config, balancer: BalancerView): Servi
       hashed: s.balance === 'maglev',
       hash_key: s.hash_key,
       retries: s.retries,
-      timeouts: { connect: s.timeouts.connect, idle: s.timeouts.idle },
+      timeouts: { connect: s.timeouts.connect, idle: s.timeouts.idle, proxy_header: s.timeouts.proxy_header },
+      accept_proxy: s.accept_proxy,
+      send_proxy: s.send_proxy,
       queue: { max: s.queue.max, timeout: s.queue.timeout },
       backends,
     });

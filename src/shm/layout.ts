@@ -50,7 +50,7 @@
 /** "FULC" read as a little-endian u32. */
 export const MAGIC = 0x434c5546;
 /** Bump on any change to this file's offsets or meanings. */
-export const LAYOUT_VERSION = 3;
+export const LAYOUT_VERSION = 4;
 
 export const PAGE = 65536;
 export const LAYOUT_BASE = PAGE;
@@ -167,7 +167,7 @@ export const SC_BYTES_IN = 4; // client → backend
 export const SC_BYTES_OUT = 5; // backend → client
 export const SC_CONNECT_TIME_MS = 6; // summed, for averages
 export const SC_QUEUE_TIME_MS = 7; // summed
-export const SC_TERM_BASE = 8; // 9 termination reasons follow, indexed by TERM_*; 17..23 reserved
+export const SC_TERM_BASE = 8; // 10 termination reasons follow, indexed by TERM_*; 18..23 reserved
 
 /** Termination reasons, in the order of their counters. */
 export const TERM_REASONS = [
@@ -180,6 +180,7 @@ export const TERM_REASONS = [
   'shutdown',
   'backend_down',
   'queue_full',
+  'bad_proxy_header',
 ] as const;
 export type TerminationReason = (typeof TERM_REASONS)[number];
 export const TERM_CLIENT_CLOSED = 0;
@@ -191,6 +192,7 @@ export const TERM_QUEUE_TIMEOUT = 5;
 export const TERM_SHUTDOWN = 6;
 export const TERM_BACKEND_DOWN = 7;
 export const TERM_QUEUE_FULL = 8;
+export const TERM_BAD_PROXY_HEADER = 9;
 
 export const BACKEND_COUNTERS = 8;
 export const BC_CONNECTIONS = 0; // sessions established to this backend

@@ -16,15 +16,13 @@
  * following slots' owners, still deterministic per key); after that the leastconn scan decides.
  */
 import {
-  RING_CAPACITY, NO_BACKEND_U16, BUILD_SCRATCH_OFFSET, S_TABLE_SIZE, S_ACTIVE_RING, S_RING_LEN,
+  RING_CAPACITY, NO_BACKEND_U16, BUILD_SCRATCH_OFFSET, S_TABLE_SIZE,
   B_HASH_OFFSET, B_HASH_SKIP,
 } from './generated/layout';
-import { serviceAt, backendAt, ringAt, wantedTier, eligible, takeSlot } from './records';
-import { leastconnPick } from './leastconn';
+import { serviceAt, backendAt, ringAt } from './records';
+import { walkRing } from './ring';
 import { collectTier } from './tier';
 
-/** Ring slots a pick looks at before falling back to the exact scan. */
-const WALK: u32 = 16;
 
 // Build scratch record per eligible backend (16 bytes): next slot of its permutation, its skip,
 // its id and weight (u16 each; effective weights are ≤ MAX_WEIGHT × WEIGHT_SCALE = 4096), and its
@@ -106,18 +104,5 @@ export function maglevBuild(s: u32, ring: u32): u32 {
  * valid backend of the service for that one connection; it never uses an invalid one.
  */
 export function maglevPick(s: u32, hash: u32): i32 {
-  const sa = serviceAt(s);
-  const r = atomic.load<u32>(sa + S_ACTIVE_RING) & 1;
-  const len = load<u32>(sa + S_RING_LEN + (r << 2));
-  if (len == 0 || len > RING_CAPACITY) return leastconnPick(s);
-  const ra = ringAt(s, r);
-  const tier = wantedTier(sa);
-  let idx = hash % len;
-  const walk = min<u32>(len, WALK);
-  for (let k: u32 = 0; k < walk; k++) {
-    const b = <u32>load<u16>(ra + (<usize>idx << 1));
-    if (eligible(b, s, tier) && takeSlot(b)) return <i32>b;
-    if (++idx == len) idx = 0;
-  }
-  return leastconnPick(s);
+  return walkRing(s, hash);
 }

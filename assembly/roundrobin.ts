@@ -7,13 +7,11 @@
  * capped at RING_CAPACITY), so a pick is one atomic cursor increment and one ring load. The random
  * algorithm draws from the same schedule, which makes its draws weight-proportional.
  */
-import { RING_CAPACITY, MAX_MEMBERS, BUILD_SCRATCH_OFFSET, S_ACTIVE_RING, S_RING_LEN, S_CURSOR } from './generated/layout';
-import { serviceAt, ringAt, wantedTier, eligible, takeSlot } from './records';
-import { leastconnPick } from './leastconn';
+import { RING_CAPACITY, MAX_MEMBERS, BUILD_SCRATCH_OFFSET, S_CURSOR } from './generated/layout';
+import { serviceAt, ringAt } from './records';
+import { walkRing } from './ring';
 import { collectTier } from './tier';
 
-/** Schedule slots a pick looks at before falling back to the exact scan. */
-const WALK: u32 = 16;
 
 // Build scratch per eligible backend: +0 current value (i32), +4 scaled weight (u32); collectTier
 // put the id at +8 and the effective weight at +10.
@@ -90,18 +88,6 @@ export function scheduleBuild(s: u32, ring: u32): u32 {
  * the leastconn scan decides. Returns the backend id or PICK_BACKENDS_FULL / PICK_NO_BACKEND.
  */
 export function roundrobinPick(s: u32): i32 {
-  const sa = serviceAt(s);
-  const r = atomic.load<u32>(sa + S_ACTIVE_RING) & 1;
-  const len = load<u32>(sa + S_RING_LEN + (r << 2));
-  if (len == 0 || len > RING_CAPACITY) return leastconnPick(s);
-  const ra = ringAt(s, r);
-  const tier = wantedTier(sa);
-  let idx = atomic.add<u32>(sa + S_CURSOR, 1) % len;
-  const walk = min<u32>(len, WALK);
-  for (let k: u32 = 0; k < walk; k++) {
-    const b = <u32>load<u16>(ra + (<usize>idx << 1));
-    if (eligible(b, s, tier) && takeSlot(b)) return <i32>b;
-    if (++idx == len) idx = 0;
-  }
-  return leastconnPick(s);
+  // One atomic increment of the shared cursor, so all workers together follow one schedule.
+  return walkRing(s, atomic.add<u32>(serviceAt(s) + S_CURSOR, 1));
 }

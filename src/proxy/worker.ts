@@ -19,7 +19,16 @@ const init = workerData as WorkerInit;
 const port = parentPort!;
 const post = (msg: WorkerToMain): void => port.postMessage(msg);
 
+// Lines are batched (4 KiB writes) so a busy worker makes few write calls; the flush each second
+// bounds how late a line can appear when traffic is light.
 const destination = pino.destination({ sync: false, minLength: 4096 });
+setInterval(() => {
+  try {
+    destination.flush();
+  } catch {
+    // not ready (a write in flight, or closing): the next tick flushes
+  }
+}, 1000).unref();
 const log: Logger = createLogger(init.logging.level as 'info', destination).child({ component: 'proxy', worker: init.workerId });
 
 const engine = instantiateEngine(init.module, init.memory, init.workerId);

@@ -94,6 +94,8 @@ describe('connection and transition log lines', () => {
     const aAddr = `${CLIENT}:${a.localPort}`;
     a.destroy();
     expected.push({ service: 'web', reason: 'client_closed', client: aAddr, bytes_in: 6, bytes_out: 9, backend: named.address });
+    // Lines are batched per worker, but a light-traffic line still shows within about a second.
+    await waitFor(() => stdout.includes(`"client":"${aAddr}"`), 3000, 'the connection line while fulcrum runs');
 
     // server_closed
     const b = await client(ports.closing);
@@ -129,7 +131,7 @@ describe('connection and transition log lines', () => {
     e.destroy();
     expected.push({ service: 'web', reason: 'no_backend', client: eAddr, backend: null });
 
-    // Workers buffer their log lines; a clean stop flushes them.
+    // A clean stop flushes what is still buffered.
     child.kill('SIGTERM');
     expect(await exited).toBe(0);
     lines = stdout.split('\n').filter((l) => l.startsWith('{')).map((l) => JSON.parse(l));

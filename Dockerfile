@@ -8,7 +8,9 @@ COPY tsconfig.json ./
 COPY build ./build
 COPY assembly ./assembly
 COPY src ./src
-RUN npm run build:wasm && npx tsc -p tsconfig.json --noEmit
+# The image's own Node 24 runs the build (not `npm run`: with --ignore-scripts the pinned `node`
+# package has no binary, and the image does not need a second Node).
+RUN node build/asc.ts && node node_modules/typescript/bin/tsc -p tsconfig.json --noEmit
 
 # Runtime: Node 24 runs the TypeScript sources directly (type stripping); only production
 # dependencies and the compiled engine are copied. iproute2 and arping serve the VIP failover.

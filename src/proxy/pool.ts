@@ -14,6 +14,14 @@ import type { ListenProblem, MainToWorker, ServiceEntry, WorkerInit, WorkerToMai
 const WORKER_URL = new URL('./worker.ts', import.meta.url);
 const RESTART_DELAY_MIN_MS = 100;
 const RESTART_DELAY_MAX_MS = 5000;
+/**
+ * Young generation of each worker thread, in MB (V8 splits it into two semi-spaces and a
+ * new-large-object space). Left alone, V8 grows it during a connection storm and keeps it: the
+ * idle benchmark counted that as ≈ 2.5 KB per connection. Measured (bench/analysis.md): 3, 8 and
+ * 16 MB cost 4.5, 4.5 and 4.9 KB per idle connection; the garbage collector's share of the churn
+ * profile was 7.2, 4.3 and 3.6 % (1.5 % uncapped), so 8.
+ */
+const WORKER_YOUNG_GENERATION_MB = 8;
 
 /** `reusePort` in net.Server#listen: Node 22.12+ / 23.1+, on Linux (the kernel's SO_REUSEPORT spreads accepts). */
 export function reusePortSupport(): { ok: true } | { ok: false; why: string } {
@@ -109,7 +117,11 @@ export class WorkerPool extends EventEmitter {
       logging: this.opts.logging,
       reusePort: this.reusePort,
     };
-    const worker = new Worker(WORKER_URL, { workerData: init, name: `fulcrum-proxy-${slot.id}` });
+    const worker = new Worker(WORKER_URL, {
+      workerData: init,
+      name: `fulcrum-proxy-${slot.id}`,
+      resourceLimits: { maxYoungGenerationSizeMb: WORKER_YOUNG_GENERATION_MB },
+    });
     slot.worker = worker;
     worker.on('message', (msg: WorkerToMain) => this.onMessage(slot, msg));
     worker.on('error', (err) => {

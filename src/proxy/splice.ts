@@ -8,13 +8,16 @@
  * Performance notes (this file decides the proxy's cost per CPU-second):
  * - No closure is created per connection or per chunk: every socket event goes to one of the
  *   module-level handlers below, which find their session through `socket[kSession]`.
- * - Session objects (and their backend read buffers) are pooled and reused.
- * - Backend → client: the backend socket reads into the session's own buffer (`onread`), so no
- *   Buffer is allocated per chunk. The chunk is written to the client; when the kernel did not
- *   take it all at once (`writableLength > 0`) the backend read is paused until the client's
- *   'drain', so the buffer is never overwritten while a write still points into it.
- * - Client → backend: 'data' events (Node offers no `onread` for accepted sockets); a chunk
- *   the backend does not take at once pauses the client until the backend's 'drain'.
+ * - Session objects (and their read buffers, while small) are pooled and reused.
+ * - Both sockets read into the session's own buffers (`onread`; accepted sockets through the
+ *   symbols found by onreadSymbols), so no Buffer is allocated per chunk. Each buffer starts at
+ *   READ_BUFFER_MIN and grows ×4 when a read fills it (nextReadBuffer): idle connections stay
+ *   small, streams reach full size after three reads.
+ * - Backend → client: when the kernel did not take a chunk at once (`writableLength > 0`) the
+ *   backend read is paused until the client has flushed it, so the buffer is never overwritten
+ *   while a write still points into it.
+ * - Client → backend: a chunk the backend does not take at once pauses the client until the
+ *   backend's 'drain' (or, below the high-water mark, the client reads on into a new buffer).
  * - Backpressure is therefore exact both ways, and half-close is forwarded both ways
  *   (allowHalfOpen on both sockets; 'end' on one side ends the other's write side).
  */
@@ -35,14 +38,16 @@ import type { ConnectionLogLine } from '../observability/log.ts';
 import type { BackendEntry, ServiceEntry, WorkerToMain } from './messages.ts';
 import { encodeProxyV1, encodeProxyV2, parseProxyHeader } from './proxy-protocol.ts';
 
-/** Size of each session's backend read buffer; HAProxy's default tune.bufsize is the same. */
+/** Largest read buffer of a socket; HAProxy's default tune.bufsize is the same. */
 export const READ_BUFFER_SIZE = 16 * 1024;
 /**
- * A client socket's first read buffer; it grows ×4 (up to READ_BUFFER_SIZE) each time a read
- * fills it, so idle and request/response connections keep a small one (memory per idle
- * connection) and streaming ones reach full size after two reads.
+ * Each socket's (client's and backend's) first read buffer; it grows ×4 (up to READ_BUFFER_SIZE)
+ * each time a read fills it, so idle and request/response connections keep a small one (memory
+ * per idle connection: a 16 KiB backend buffer cost ≈ 3.5 KB of RSS, 1 KiB buffers rather than
+ * 256 B ≈ 1.5 KB for the two) and streaming ones reach full size after three reads (256 B, 1 KiB,
+ * 4 KiB, 16 KiB).
  */
-const CLIENT_BUFFER_MIN = 1024;
+const READ_BUFFER_MIN = 256;
 /** Client bytes held while a session waits for its backend; the client is paused beyond this. */
 const PENDING_LIMIT = 64 * 1024;
 /** Queued connections re-try at least this often, so backends coming up (no release) are seen. */
@@ -162,8 +167,11 @@ export class Session {
   /** Base index of this worker's counters for `backend`. */
   bcBase = -1;
   retries = 0;
-  /** Backends whose connect failed for this session, in order (`retries` of them are set). */
-  readonly tried = new Int32Array(MAX_TRIED);
+  /**
+   * Backends whose connect failed for this session, in order (`retries` of them are set). Made on
+   * the first retry (rare), then kept with the pooled session: an idle one does not pay ≈ 200 B.
+   */
+  tried: Int32Array | null = null;
   reason = -1;
   clientEnded = false;
   serverEnded = false;
@@ -189,20 +197,27 @@ export class Session {
   headerBytes = 0;
   pending: Buffer[] | null = null;
   pendingBytes = 0;
-  readonly buf: Buffer = Buffer.allocUnsafeSlow(READ_BUFFER_SIZE);
-  /** The client socket's read buffer (see onreadSymbols), reused like `buf`; replaced when a write keeps it or a read fills it. */
-  cbuf: Buffer | null = onreadSymbols !== null ? Buffer.allocUnsafeSlow(CLIENT_BUFFER_MIN) : null;
+  /**
+   * The backend socket's read buffer (`onread`); replaced by a larger one when a read fills it.
+   * Without the onread symbols it cannot be replaced (no buffer generator), so it starts full size.
+   */
+  sbuf: Buffer = Buffer.allocUnsafeSlow(onreadSymbols !== null ? READ_BUFFER_MIN : READ_BUFFER_SIZE);
+  /** The client socket's read buffer (see onreadSymbols), reused like `sbuf`; replaced when a write keeps it or a read fills it. */
+  cbuf: Buffer | null = onreadSymbols !== null ? Buffer.allocUnsafeSlow(READ_BUFFER_MIN) : null;
   /** Reused for every connect of this session (no options object per connect). */
   readonly connectOptions = {
     host: '',
     port: 0,
     allowHalfOpen: true,
     noDelay: true,
-    onread: { buffer: this.buf, callback: onBackendRead },
+    onread: { buffer: this.sbuf, callback: onBackendRead },
   };
 
-  /** The callback of the flush marker write (see onBackendRead); made once per pooled session. */
-  readonly onFlushed = (err?: Error | null): void => onFlushed(this, err);
+  /**
+   * The callback of the flush marker write (see onBackendRead): made on the session's first
+   * backpressure episode, then kept with the pooled session (idle sessions do not pay for it).
+   */
+  onFlushed: ((err?: Error | null) => void) | null = null;
 
   reset(): void {
     this.client = null;
@@ -228,6 +243,10 @@ export class Session {
     this.srcPort = this.dstPort = this.headerBytes = 0;
     this.pending = null;
     this.pendingBytes = 0;
+    // The pool keeps small read buffers only: one grown by a stream would pin 16 KiB per pooled
+    // session. (Once per session that streamed; the sockets are closed, nothing points into them.)
+    if (this.cbuf !== null && this.cbuf.length > READ_BUFFER_MIN) this.cbuf = Buffer.allocUnsafeSlow(READ_BUFFER_MIN);
+    if (onreadSymbols !== null && this.sbuf.length > READ_BUFFER_MIN) this.sbuf = Buffer.allocUnsafeSlow(READ_BUFFER_MIN);
   }
 }
 
@@ -261,7 +280,7 @@ function onConnection(this: { [kRuntime]: ServiceRuntime }, socket: Socket): voi
     const c = client as unknown as Record<symbol, unknown>;
     c[onreadSymbols.buffer] = s.cbuf;
     c[onreadSymbols.cb] = onClientRead;
-    c[onreadSymbols.gen] = clientBufGen;
+    c[onreadSymbols.gen] = readBufGen;
     handle.useUserBuffer(s.cbuf);
     client.resume(); // flowing, so 'end' is emitted at EOF (no 'data' listener does it now)
   } else {
@@ -394,6 +413,7 @@ function connectTo(s: Session, backend: number): void {
   const o = s.connectOptions;
   o.host = bk.host;
   o.port = bk.port;
+  o.onread.buffer = s.sbuf;
   const server = connect(o) as TaggedSocket;
   server[kSession] = s;
   s.server = server;
@@ -419,6 +439,12 @@ function onServerConnect(this: TaggedSocket): void {
   f64[s.bcBase + BC_CONNECTIONS] += 1;
   f64[s.bcBase + BC_CONNECT_TIME_MS] += s.connectMs;
   this.setTimeout(0);
+  if (onreadSymbols !== null) {
+    // From now on the backend's read buffer can be replaced (grown) like the client's. Not before:
+    // while connecting, Node may swap the handle (autoSelectFamily tries the next address) and
+    // would then ask the generator for the first buffer, which it only gives right after a read.
+    (this as unknown as Record<symbol, unknown>)[onreadSymbols.gen] = readBufGen;
+  }
   const client = s.client!;
   client.setTimeout(rt.entry.timeouts.idle);
   if (rt.entry.send_proxy !== 'none') this.write(proxyHeaderFor(s, client, rt.entry.send_proxy));
@@ -459,10 +485,11 @@ function connectFailed(s: Session, sock: TaggedSocket | null, code: string): voi
     // this one was connecting: restore this session's own list before asking again.
     const engine = ctx.engine;
     engine.resetTried();
-    for (let i = 0; i < s.retries; i++) engine.excludeBackend(s.tried[i]);
+    const tried = s.tried ??= new Int32Array(MAX_TRIED);
+    for (let i = 0; i < s.retries; i++) engine.excludeBackend(tried[i]);
     const r = engine.reacquire(rt.index, s.hash, failed);
     if (r >= 0) {
-      s.tried[s.retries] = failed;
+      tried[s.retries] = failed;
       s.retries++;
       f64[rt.scBase + SC_RETRIES] += 1;
       f64[s.bcBase + BC_RETRIES] += 1;
@@ -562,17 +589,23 @@ function proxyHeaderFor(s: Session, client: Socket, version: 'v1' | 'v2'): Buffe
   return version === 'v2' ? encodeProxyV2(src, srcPort, dst, dstPort) : encodeProxyV1(src, srcPort, dst, dstPort);
 }
 
-/** The buffer a client socket reads into next, when onClientRead replaced it (else unchanged). */
+/** The buffer a socket reads into next, when its read callback replaced it (else unchanged). */
 let swapBuf: Buffer | null = null;
 
-/** Rare (a read filled the buffer, or a write kept it): the client socket reads into a new buffer next. */
-function nextClientBuffer(s: Session, size: number): void {
-  s.cbuf = Buffer.allocUnsafeSlow(Math.min(size, READ_BUFFER_SIZE));
-  swapBuf = s.cbuf;
+/**
+ * Rare (a read filled the buffer, or a client write kept it): called from a socket's read
+ * callback (onClientRead, onBackendRead), it makes the buffer that socket reads into next;
+ * Node takes it from readBufGen right after the callback returns. The caller stores it in the
+ * session (`cbuf`, `sbuf`).
+ */
+function nextReadBuffer(size: number): Buffer {
+  const b = Buffer.allocUnsafeSlow(Math.min(size, READ_BUFFER_SIZE));
+  swapBuf = b;
+  return b;
 }
 
-/** Called by Node right after each onClientRead (onread's buffer generator). */
-function clientBufGen(): Buffer | undefined {
+/** Called by Node right after each onClientRead and onBackendRead (onread's buffer generator). */
+function readBufGen(): Buffer | undefined {
   const b = swapBuf;
   swapBuf = null;
   return b ?? undefined;
@@ -589,13 +622,13 @@ function onClientRead(this: TaggedSocket, n: number, buf: Uint8Array): boolean {
     const server = s.server!;
     const ok = server.write((buf as Buffer).subarray(0, n));
     if (server.writableLength === 0) { // the kernel took it all: the buffer is free again
-      if (n === buf.length && n < READ_BUFFER_SIZE) nextClientBuffer(s, n * 4);
+      if (n === buf.length && n < READ_BUFFER_SIZE) s.cbuf = nextReadBuffer(n * 4);
       return true;
     }
     if (!ok) return false; // stop reading until the backend's 'drain' (onServerDrain)
     // Kept in part, below the high-water mark, so no 'drain' will come: the backend socket still
-    // points into the buffer, so this socket reads on into a new one (clientBufGen).
-    nextClientBuffer(s, n === buf.length ? n * 4 : buf.length);
+    // points into the buffer, so this socket reads on into a new one (readBufGen).
+    s.cbuf = nextReadBuffer(n === buf.length ? n * 4 : buf.length);
     return true;
   }
   // Still queued or connecting: keep a copy (the buffer is reused by the next read).
@@ -604,7 +637,7 @@ function onClientRead(this: TaggedSocket, n: number, buf: Uint8Array): boolean {
 }
 
 /**
- * HOT: once per chunk read from a backend, into the session's own buffer (`onread`).
+ * HOT: once per chunk read from a backend, into the session's `sbuf` (`onread`).
  * When the client cannot take the chunk at once, reading stops until it is flushed (`onFlushed`).
  */
 function onBackendRead(this: TaggedSocket, n: number, buf: Uint8Array): boolean {
@@ -613,11 +646,14 @@ function onBackendRead(this: TaggedSocket, n: number, buf: Uint8Array): boolean 
   const client = s.client!;
   if (client.destroyed) return false;
   client.write((buf as Buffer).subarray(0, n));
+  // A full read: the next goes into a buffer ×4 the size (readBufGen). The old one stays with the
+  // write that may still point into it. (Never true without onreadSymbols: sbuf is full size.)
+  if (n === buf.length && n < READ_BUFFER_SIZE) s.sbuf = nextReadBuffer(n * 4);
   if (client.writableLength === 0) return true;
   // Not taken whole by the kernel: the client socket still points into our buffer. Stop reading
   // until it is flushed. ('drain' would not come: the chunk is below the high-water mark.) An
   // empty write queued behind it calls back once everything before it has been written.
-  client.write(EMPTY, s.onFlushed);
+  client.write(EMPTY, s.onFlushed ??= (err?: Error | null): void => onFlushed(s, err));
   // pause() (not just `return false`): it also marks the stream paused, so resume() restarts reading.
   this.pause();
   return false;

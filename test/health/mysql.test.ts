@@ -14,7 +14,7 @@ import { mysqlProbe } from '../../src/health/probes/mysql.ts';
 import type { FulcrumHandle } from '../../src/main.ts';
 import { reasons, startProxy } from '../proxy/harness.ts';
 import { startMariaDb, type MariaDbServer } from '../helpers/mysql.ts';
-import { freePort } from '../helpers/redis.ts';
+import { freePort } from '../helpers/net.ts';
 import { waitUntilOnly } from './switchover.ts';
 
 const LISTEN = '127.3.5.10';

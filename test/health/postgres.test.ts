@@ -14,7 +14,7 @@ import { postgresProbe } from '../../src/health/probes/postgres.ts';
 import type { FulcrumHandle } from '../../src/main.ts';
 import { startProxy } from '../proxy/harness.ts';
 import { pgSandbox, type PgCluster, type PgSandbox } from '../helpers/postgres.ts';
-import { freePort } from '../helpers/redis.ts';
+import { freePort } from '../helpers/net.ts';
 import { waitUntilOnly } from './switchover.ts';
 
 const HOST = '127.3.4.1';

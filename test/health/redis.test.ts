@@ -12,7 +12,8 @@ import { healthSchema } from '../../src/config/schema.ts';
 import { redisProbe } from '../../src/health/probes/redis.ts';
 import type { FulcrumHandle } from '../../src/main.ts';
 import { reasons, startProxy } from '../proxy/harness.ts';
-import { freePort, respSession, startRedis, tcpPortOf, type RedisServer, type RespSession } from '../helpers/redis.ts';
+import { freePort } from '../helpers/net.ts';
+import { respSession, startRedis, tcpPortOf, type RedisServer, type RespSession } from '../helpers/redis.ts';
 import { waitUntilOnly } from './switchover.ts';
 
 const PASSWORD = 's3cret-redis';

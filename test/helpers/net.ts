@@ -71,16 +71,27 @@ export function startServer(onSocket: (s: Socket) => void, host = '127.0.0.1', p
   return serve(host, port, onSocket);
 }
 
-/** A port that was free a moment ago on `host` (for configs, which need a port up front). */
+/** Ports this test process has handed out already: never given twice. */
+const handedOut = new Set<number>();
+
+/**
+ * A port that was free a moment ago on `host` (for configs, which need a port up front). The
+ * kernel may offer a port it just took back; a port handed out before in this process (used as a
+ * listener, or meant to stay dead) is never returned again, so two roles cannot share one port.
+ */
 export async function freePort(host = '127.0.0.1'): Promise<number> {
-  const server = createServer();
-  await new Promise<void>((resolve, reject) => {
-    server.once('error', reject);
-    server.listen({ host, port: 0 }, () => resolve());
-  });
-  const { port } = server.address() as AddressInfo;
-  await new Promise<void>((resolve) => server.close(() => resolve()));
-  return port;
+  for (;;) {
+    const server = createServer();
+    await new Promise<void>((resolve, reject) => {
+      server.once('error', reject);
+      server.listen({ host, port: 0 }, () => resolve());
+    });
+    const { port } = server.address() as AddressInfo;
+    await new Promise<void>((resolve) => server.close(() => resolve()));
+    if (handedOut.has(port)) continue;
+    handedOut.add(port);
+    return port;
+  }
 }
 
 /** Connects, optionally from `localAddress` (any 127.x.y.z works on Linux loopback). */

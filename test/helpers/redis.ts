@@ -5,6 +5,7 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { mkdtemp, rm } from 'node:fs/promises';
 import net from 'node:net';
+import { freePort } from './net.ts';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { encodeCommand, parseReply, type RespValue } from '../../src/health/probes/resp.ts';
@@ -18,18 +19,6 @@ export interface RedisServer {
   /** Runs one command on a fresh connection and returns the parsed reply. */
   command(...args: string[]): Promise<RespValue>;
   stop(): Promise<void>;
-}
-
-/** A free TCP port on `host` (bound and released; good enough when each test file has its own address). */
-export function freePort(host: string): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const srv = net.createServer();
-    srv.once('error', reject);
-    srv.listen(0, host, () => {
-      const { port } = srv.address() as net.AddressInfo;
-      srv.close(() => resolve(port));
-    });
-  });
 }
 
 /** Sends one RESP command over a new connection; rejects after 2 s. */

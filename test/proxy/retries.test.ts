@@ -20,9 +20,10 @@ const failures: Array<{ service: string; address: string; error: string }> = [];
 
 beforeAll(async () => {
   live = await startNamedServer('live', HOST);
-  // Addresses where nothing listens: connects are refused at once.
-  dead1 = `${HOST}:${await freePort(HOST)}`;
-  dead2 = `${HOST}:${await freePort(HOST)}`;
+  // Addresses where nothing listens: connects are refused at once. Privileged ports, so no
+  // freePort() below (an ephemeral port, maybe one just freed) can ever be the same port.
+  dead1 = `${HOST}:1`;
+  dead2 = `${HOST}:2`;
   ports.mixed = await freePort(HOST);
   ports.dead = await freePort(HOST);
   ports.kill = await freePort(HOST);

@@ -1,20 +1,9 @@
 import { describe, it, expect, afterEach } from 'vitest';
-import { makeEnv, config, backends, type Env, type ServiceSpec } from './env.ts';
+import { env, closeEnvs, config, backends, type Env } from './env.ts';
 import type { BackendStateEvent } from '../../src/balancer/balancer.ts';
 import { B_EFF_WEIGHT, WEIGHT_SCALE, BACKEND_FREE, B_STATE, PICK_BAD_SERVICE, MAX_BACKENDS } from '../../src/shm/layout.ts';
 
-let envs: Env[] = [];
-afterEach(() => {
-  for (const e of envs) e.balancer.close();
-  envs = [];
-});
-
-function env(...services: ServiceSpec[]): Env {
-  const e = makeEnv();
-  envs.push(e);
-  e.balancer.apply(config(...services));
-  return e;
-}
+afterEach(closeEnvs);
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 

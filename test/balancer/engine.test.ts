@@ -1,24 +1,13 @@
 import { describe, it, expect, afterEach } from 'vitest';
 import { Worker } from 'node:worker_threads';
-import { makeEnv, config, backends, engineModule, type Env, type ServiceSpec } from './env.ts';
+import { env, closeEnvs, backends, engineModule, type Env } from './env.ts';
 import { hashKey } from '../../src/balancer/hash.ts';
 import { PICK_SERVICE_FULL, PICK_NO_BACKEND, PICK_BACKENDS_FULL, PICK_BAD_SERVICE, MAX_TRIED, S_QUEUED, S_ACTIVE, B_ACTIVE, T_SERVICE_QUEUED, backendAddr, serviceAddr, tallyAddr } from '../../src/shm/layout.ts';
 import { instantiateEngine } from '../../src/balancer/engine.ts';
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
-let envs: Env[] = [];
-afterEach(() => {
-  for (const e of envs) e.balancer.close();
-  envs = [];
-});
-
-function env(...services: ServiceSpec[]): Env {
-  const e = makeEnv();
-  envs.push(e);
-  e.balancer.apply(config(...services));
-  return e;
-}
+afterEach(closeEnvs);
 
 /** Acquires `n` connections and holds them; returns the per-backend counts (by list position). */
 function hold(e: Env, n: number, addresses: string[], key = (i: number) => i): number[] {

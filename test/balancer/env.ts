@@ -22,6 +22,21 @@ export function makeEnv(): Env {
   return { memory, control, worker, balancer };
 }
 
+const open: Env[] = [];
+
+/** A fresh env with `services` applied; closed by closeEnvs (each test file's afterEach). */
+export function env(...services: ServiceSpec[]): Env {
+  const e = makeEnv();
+  open.push(e);
+  e.balancer.apply(config(...services));
+  return e;
+}
+
+/** Stops the timers of every env made by `env` since the last call. */
+export function closeEnvs(): void {
+  for (const e of open.splice(0)) e.balancer.close();
+}
+
 export interface BackendSpec {
   address: string;
   weight?: number;

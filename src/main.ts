@@ -42,7 +42,10 @@ export interface StartOptions {
   operations?: boolean;
 }
 
-/** Events routed through the handle: 'connect-failed', 'backend-state', 'stopping', 'stopped'. */
+/**
+ * Events routed through the handle: 'connect-failed', 'backend-state', 'stopping', 'stopped', and
+ * from the wiring of health and failover, 'health-probe', 'health-transition', 'failover-role'.
+ */
 export type FulcrumEvents = EventEmitter;
 
 export interface FulcrumHandle {

@@ -28,6 +28,7 @@ import { createHmac, randomBytes, timingSafeEqual } from 'node:crypto';
 import { createSocket, type RemoteInfo, type Socket } from 'node:dgram';
 import { EventEmitter } from 'node:events';
 import { readFileSync, statSync } from 'node:fs';
+import { formatHostPort } from '../config/schema.ts';
 import type { Logger } from '../observability/log.ts';
 import { HaBindError, HaSecretError } from './errors.ts';
 import { intToIpv4, ROLES, type Role } from './fsm.ts';
@@ -227,7 +228,7 @@ export class Heartbeat extends EventEmitter<HeartbeatEvents> {
       });
     }).catch((err) => {
       socket.close();
-      throw new HaBindError(`${this.opts.bind.host}:${this.opts.bind.port}`, err);
+      throw new HaBindError(formatHostPort(this.opts.bind), err);
     });
     socket.on('error', (err) => this.log.warn({ err: err.message }, 'heartbeat socket error'));
     socket.on('message', (msg, rinfo) => this.onMessage(msg, rinfo));

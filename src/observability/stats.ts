@@ -11,12 +11,13 @@
  */
 import {
   BACKEND_COUNTERS, BACKEND_STATES, BC_BYTES_IN, BC_BYTES_OUT, BC_CONNECT_FAILURES, BC_CONNECT_TIME_MS, BC_CONNECTIONS,
-  BC_KILLED, BC_RETRIES, B_ACTIVE, B_EFF_WEIGHT, B_FLAGS, B_MAX_CONN, B_STATE, B_WEIGHT, BF_BACKUP, MAX_WORKERS,
+  BC_KILLED, BC_RETRIES, B_EFF_WEIGHT, B_FLAGS, B_MAX_CONN, B_STATE, B_WEIGHT, BF_BACKUP, MAX_WORKERS,
   SC_ACCEPTED, SC_BYTES_IN, SC_BYTES_OUT, SC_CONNECT_TIME_MS, SC_QUEUED, SC_QUEUE_TIME_MS, SC_QUEUE_TIMEOUTS, SC_RETRIES,
-  SC_TERM_BASE, SERVICE_COUNTERS, S_ACTIVE, S_MAX_CONN, S_QUEUED, S_QUEUE_MAX, TERM_REASONS, WEIGHT_SCALE,
-  backendAddr, backendCounterIndex, serviceAddr, serviceCounterIndex,
+  SC_TERM_BASE, SERVICE_COUNTERS, S_MAX_CONN, S_QUEUE_MAX, TERM_REASONS, WEIGHT_SCALE,
+  backendCounterIndex, serviceCounterIndex,
   type BackendStateName, type TerminationReason,
 } from '../shm/layout.ts';
+import { SharedRecords } from '../balancer/records.ts';
 
 /** The part of `Balancer.describe()` this module needs: names, addresses and record indexes. */
 export interface DirectoryService {
@@ -117,6 +118,8 @@ interface Owner {
 
 export class Stats {
   readonly #memory: WebAssembly.Memory;
+  /** The service and backend records, read through the balancer's typed view (one reader of the layout). */
+  readonly #records: SharedRecords;
   readonly #workers: number;
   /**
    * Counter slots are reused when a removed backend's (or service's) slot goes to a new one, and
@@ -133,6 +136,7 @@ export class Stats {
    */
   constructor(memory: WebAssembly.Memory, workers = MAX_WORKERS) {
     this.#memory = memory;
+    this.#records = new SharedRecords(memory);
     this.#workers = Math.min(Math.max(1, workers), MAX_WORKERS);
   }
 
@@ -203,34 +207,27 @@ export class Stats {
 
   /** Everything about every service and backend named in `directory`, read now. */
   snapshot(directory: readonly DirectoryService[]): ServiceStats[] {
-    const buffer = this.#memory.buffer;
-    const i32 = new Int32Array(buffer);
-    const u32 = new Uint32Array(buffer);
-    return directory.map((s) => {
-      const sa = serviceAddr(s.index);
-      return {
-        name: s.name,
-        index: s.index,
-        active: Atomics.load(i32, (sa + S_ACTIVE) >> 2),
-        queued: Atomics.load(i32, (sa + S_QUEUED) >> 2),
-        max_connections: i32[(sa + S_MAX_CONN) >> 2],
-        queue_max: u32[(sa + S_QUEUE_MAX) >> 2],
-        counters: this.serviceCounters(s.index, s.name),
-        backends: s.backends.map((b) => {
-          const ba = backendAddr(b.index);
-          return {
-            address: b.address,
-            index: b.index,
-            state: BACKEND_STATES[u32[(ba + B_STATE) >> 2]] ?? 'free',
-            weight: i32[(ba + B_WEIGHT) >> 2],
-            effective_weight: i32[(ba + B_EFF_WEIGHT) >> 2] / WEIGHT_SCALE,
-            backup: (u32[(ba + B_FLAGS) >> 2] & BF_BACKUP) !== 0,
-            active: Atomics.load(i32, (ba + B_ACTIVE) >> 2),
-            max_connections: i32[(ba + B_MAX_CONN) >> 2],
-            counters: this.backendCounters(b.index, s.name, b.address),
-          };
-        }),
-      };
-    });
+    const r = this.#records;
+    return directory.map((s) => ({
+      name: s.name,
+      index: s.index,
+      active: r.serviceActive(s.index),
+      queued: r.serviceQueued(s.index),
+      max_connections: r.serviceField(s.index, S_MAX_CONN) | 0,
+      queue_max: r.serviceField(s.index, S_QUEUE_MAX),
+      counters: this.serviceCounters(s.index, s.name),
+      backends: s.backends.map((b) => ({
+        address: b.address,
+        index: b.index,
+        state: BACKEND_STATES[r.backendField(b.index, B_STATE)] ?? 'free',
+        weight: r.backendField(b.index, B_WEIGHT),
+        effective_weight: r.backendField(b.index, B_EFF_WEIGHT) / WEIGHT_SCALE,
+        backup: (r.backendField(b.index, B_FLAGS) & BF_BACKUP) !== 0,
+        active: r.backendActive(b.index),
+        max_connections: r.backendField(b.index, B_MAX_CONN),
+        counters: this.backendCounters(b.index, s.name, b.address),
+      })),
+    }));
   }
+
 }

@@ -2,10 +2,10 @@ import { describe, it, expect, afterEach } from 'vitest';
 import { env, closeEnvs, config, backends, type Env } from './env.ts';
 import type { BackendStateEvent } from '../../src/balancer/balancer.ts';
 import { B_EFF_WEIGHT, WEIGHT_SCALE, BACKEND_FREE, B_STATE, PICK_BAD_SERVICE, MAX_BACKENDS } from '../../src/shm/layout.ts';
+import { sleep } from '../helpers/net.ts';
 
 afterEach(closeEnvs);
 
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 function events(e: Env): BackendStateEvent[] {
   const list: BackendStateEvent[] = [];

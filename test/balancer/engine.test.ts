@@ -4,8 +4,8 @@ import { env, closeEnvs, backends, engineModule, type Env } from './env.ts';
 import { hashKey } from '../../src/balancer/hash.ts';
 import { PICK_SERVICE_FULL, PICK_NO_BACKEND, PICK_BACKENDS_FULL, PICK_BAD_SERVICE, MAX_TRIED, S_QUEUED, S_ACTIVE, B_ACTIVE, T_SERVICE_QUEUED, backendAddr, serviceAddr, tallyAddr } from '../../src/shm/layout.ts';
 import { instantiateEngine } from '../../src/balancer/engine.ts';
+import { sleep } from '../helpers/net.ts';
 
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 afterEach(closeEnvs);
 

@@ -214,6 +214,4 @@ export function waitForLine(child: ChildProcess, re: RegExp, ms: number, stream:
   });
 }
 
-export function sleep(ms: number): Promise<void> {
-  return new Promise((r) => setTimeout(r, ms));
-}
+export { sleep } from './net.ts';

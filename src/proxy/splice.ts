@@ -6,23 +6,31 @@
  *                      └─ none ────▶ close (no_backend)
  *
  * Performance notes (this file decides the proxy's cost per CPU-second):
- * - No closure is created per connection or per chunk: every socket event goes to one of the
- *   module-level handlers below, which find their session through `socket[kSession]`.
- * - Session objects (and their read buffers, while small) are pooled and reused.
- * - Both sockets read into the session's own buffers (`onread`; accepted sockets through the
- *   symbols found by onreadSymbols), so no Buffer is allocated per chunk. Each buffer starts at
- *   READ_BUFFER_MIN and grows ×4 when a read fills it (nextReadBuffer): idle connections stay
- *   small, streams reach full size after three reads.
- * - Backend → client: when the kernel did not take a chunk at once (`writableLength > 0`) the
- *   backend read is paused until the client has flushed it, so the buffer is never overwritten
- *   while a write still points into it.
- * - Client → backend: a chunk the backend does not take at once pauses the client until the
- *   backend's 'drain' (or, below the high-water mark, the client reads on into a new buffer).
- * - Backpressure is therefore exact both ways, and half-close is forwarded both ways
- *   (allowHalfOpen on both sockets; 'end' on one side ends the other's write side).
+ * - Sockets are libuv TCP handles driven directly (handles.ts), not net.Socket: per chunk one
+ *   read callback and one write call, no stream state, no timer re-arm, no tick.
+ * - No closure is created per connection or per chunk: every handle and request calls one of the
+ *   module-level functions below, which find their session through `handle[kSession]`.
+ * - Session objects and their read buffers are pooled. Each handle reads into its session's own
+ *   buffer (`useUserBuffer`), which starts at READ_BUFFER_MIN and grows ×4 when a read fills it:
+ *   idle connections stay small, streams reach full size after three reads.
+ * - A chunk goes out with one `writeBuffer`, which tries the kernel at once. When the kernel did
+ *   not take it whole, the rest is queued by libuv still pointing into our buffer: the side it
+ *   was read from stops reading until the write completes (`onWritten`). Backpressure is
+ *   therefore exact both ways, with one buffer per direction (HAProxy's model).
+ * - Half-close is forwarded both ways: EOF on one side shuts down the other's write side (after
+ *   its queued writes). Once both sides have sent EOF and nothing is left queued, both handles
+ *   are closed (a close sends the FIN the second shutdown would have: one request and one
+ *   callback fewer per connection).
+ * - A session ends synchronously: closing a handle closes its fd at once and stops its reads, so
+ *   its buffers are free; requests still in flight call back later (ECANCELED) and are ignored
+ *   through `gen`. No close callback is needed.
+ * - Timeouts (connect, idle, queue, PROXY header) are one deadline per session, checked by one
+ *   sweep per worker (`sweep`) instead of a timer per socket re-armed on every chunk.
  */
-import { connect, Socket } from 'node:net';
+import { isIP, type Server } from 'node:net';
+import { lookup } from 'node:dns';
 import { performance } from 'node:perf_hooks';
+import { getSystemErrorName } from 'node:util';
 import type { Engine } from '../balancer/engine.ts';
 import { hashKey } from '../balancer/hash.ts';
 import {
@@ -35,6 +43,10 @@ import {
   MAX_TRIED,
 } from '../shm/layout.ts';
 import type { ConnectionLogLine } from '../observability/log.ts';
+import {
+  acceptRaw, K_NREAD, K_WRITE_ASYNC, rawHandlesMissing, ShutdownWrap, streamState, TCP, TCP_SOCKET, TCPConnectWrap,
+  UV_EOF, WriteWrap, type Req, type SockAddr, type TcpHandle,
+} from './handles.ts';
 import type { BackendEntry, ServiceEntry, WorkerToMain } from './messages.ts';
 import { encodeProxyV1, encodeProxyV2, parseProxyHeader } from './proxy-protocol.ts';
 
@@ -43,9 +55,8 @@ export const READ_BUFFER_SIZE = 16 * 1024;
 /**
  * Each socket's (client's and backend's) first read buffer; it grows ×4 (up to READ_BUFFER_SIZE)
  * each time a read fills it, so idle and request/response connections keep a small one (memory
- * per idle connection: a 16 KiB backend buffer cost ≈ 3.5 KB of RSS, 1 KiB buffers rather than
- * 256 B ≈ 1.5 KB for the two) and streaming ones reach full size after three reads (256 B, 1 KiB,
- * 4 KiB, 16 KiB).
+ * per idle connection: a 16 KiB backend buffer cost ≈ 3.5 KB of RSS) and streaming ones reach
+ * full size after three reads (256 B, 1 KiB, 4 KiB, 16 KiB).
  */
 const READ_BUFFER_MIN = 256;
 /** Client bytes held while a session waits for its backend; the client is paused beyond this. */
@@ -54,6 +65,9 @@ const PENDING_LIMIT = 64 * 1024;
 const QUEUE_POLL_MS = 200;
 /** Pools are capped so a burst does not pin memory for ever. */
 const SESSION_POOL_MAX = 4096;
+/** The timeout sweep runs every 1/8 of the smallest configured timeout, within these bounds. */
+const SWEEP_MIN_MS = 10;
+const SWEEP_MAX_MS = 1000;
 
 // Session states.
 const ST_FREE = 0;
@@ -64,26 +78,21 @@ const ST_CONNECTED = 3;
 const ST_HEADER = 4;
 
 const kSession = Symbol('fulcrum.session');
-
-/*
- * Node offers `onread` (read into a caller's buffer, no allocation per chunk) only as an option of
- * `net.connect`, not for accepted sockets. net.Socket implements it with three symbol-keyed
- * fields and `handle.useUserBuffer`; a probe socket made with `onread` tells us those symbols, so
- * accepted sockets can be switched to the same path in `onConnection` (Node's own pause/resume
- * honour it). If a future Node names them differently, accepted sockets keep 'data' events.
- * (bench: the 'data' path allocated a 64 KiB ArrayBuffer per read — GC was 16 % of bulk.)
- */
-const onreadSymbols = ((): { buffer: symbol; cb: symbol; gen: symbol } | null => {
-  const probe = new Socket({ onread: { buffer: Buffer.alloc(1), callback: () => true } });
-  const find = (name: string) => Object.getOwnPropertySymbols(probe).find((x) => x.description === name);
-  const buffer = find('kBuffer');
-  const cb = find('kBufferCb');
-  const gen = find('kBufferGen');
-  probe.destroy();
-  return buffer && cb && gen ? { buffer, cb, gen } : null;
-})();
 const kRuntime = Symbol('fulcrum.service');
-type TaggedSocket = Socket & { [kSession]: Session | null };
+type Handle = TcpHandle & { [kSession]: Session | null };
+/** A write or shutdown request: which session and direction it belongs to. */
+interface SideReq extends Req {
+  session: Session | null;
+  gen: number;
+  toServer: boolean;
+  /** Keeps the chunk alive while libuv still points into it (async writes). */
+  buffer: Uint8Array | null;
+}
+interface ConnectReq extends Req {
+  session: Session | null;
+  gen: number;
+  attempt: number;
+}
 
 /** One closed connection: the connection log line (field names fixed in observability/log.ts). */
 export type CloseRecord = ConnectionLogLine;
@@ -103,23 +112,47 @@ export interface DataPathContext {
 let ctx: DataPathContext;
 let f64: Float64Array;
 let i32: Int32Array;
-/** Backend id → where to connect. Rebuilt on every service table update. */
+/** Backend id → where to connect, and its address family (4, 6, or 0: a name to resolve). */
 let backends: (BackendEntry | undefined)[] = [];
-/** Every session with a client socket (queued, connecting or connected). */
+let families: number[] = [];
+/** Every open session (from accept until its handles are closed). */
 export const sessions = new Set<Session>();
 let shuttingDown = false;
+/** performance.now() as of the last sweep or accept: activity stamps use it (no clock read per chunk). */
+let clock = 0;
+let sweepMs = 0;
+let sweepTimer: ReturnType<typeof setInterval> | null = null;
 
 export function initDataPath(c: DataPathContext): void {
+  const missing = rawHandlesMissing();
+  if (missing !== null) throw new Error(missing);
   ctx = c;
   f64 = new Float64Array(c.memory.buffer);
   i32 = new Int32Array(c.memory.buffer);
+  clock = performance.now();
   setInterval(accountAllBytes, 1000).unref();
 }
 
 export function setBackends(list: ServiceEntry[]): void {
   const next: (BackendEntry | undefined)[] = [];
-  for (const s of list) for (const b of s.backends) next[b.index] = b;
+  const fam: number[] = [];
+  let shortest = Infinity;
+  for (const s of list) {
+    for (const b of s.backends) {
+      next[b.index] = b;
+      fam[b.index] = isIP(b.host);
+    }
+    shortest = Math.min(shortest, s.timeouts.connect, s.timeouts.idle, s.queue.timeout, s.accept_proxy ? s.timeouts.proxy_header : Infinity);
+  }
   backends = next;
+  families = fam;
+  const every = Math.max(SWEEP_MIN_MS, Math.min(SWEEP_MAX_MS, Math.floor(shortest / 8)));
+  if (every !== sweepMs) {
+    sweepMs = every;
+    if (sweepTimer !== null) clearInterval(sweepTimer);
+    sweepTimer = setInterval(sweep, every);
+    sweepTimer.unref();
+  }
 }
 
 /** Per-service state of one worker: its config, its listener, its wait queue. */
@@ -154,11 +187,15 @@ export class ServiceRuntime {
 
 /** Everything about one client connection. Pooled: `reset()` makes it new again. */
 export class Session {
-  client: TaggedSocket | null = null;
-  server: TaggedSocket | null = null;
+  client: Handle | null = null;
+  server: Handle | null = null;
   svc: ServiceRuntime | null = null;
   bk: BackendEntry | undefined = undefined;
   state = ST_FREE;
+  /** Bumped by reset(): requests of an earlier use of this pooled object are ignored. */
+  gen = 0;
+  /** Bumped per connect attempt: a cancelled attempt's callback is ignored. */
+  attempt = 0;
   hash = 0;
   /** Backend whose B_ACTIVE this session holds (-1: none). */
   backend = -1;
@@ -173,16 +210,28 @@ export class Session {
    */
   tried: Int32Array | null = null;
   reason = -1;
+  /** EOF read from the client / the backend. */
   clientEnded = false;
   serverEnded = false;
-  clientClosed = false;
-  serverClosed = false;
+  /** Our shutdown of the client's / backend's write side has completed (every byte was sent). */
+  clientShut = false;
+  serverShut = false;
+  /** Writes queued by libuv (the kernel did not take them at once), per direction. */
+  c2sWrites = 0;
+  s2cWrites = 0;
+  /** The client stopped reading because PENDING_LIMIT was reached before the backend was there. */
+  clientPaused = false;
+  /** Timeout of the current state (0: none), measured from lastActive. */
+  timeoutMs = 0;
+  lastActive = 0;
   tAccept = 0;
   tQueued = 0;
   queueMs = 0;
   tConnect = 0;
   /** -1 until a backend connection is up. */
   connectMs = -1;
+  bytesIn = 0;
+  bytesOut = 0;
   countedIn = 0;
   countedOut = 0;
   clientAddr = '';
@@ -197,27 +246,9 @@ export class Session {
   headerBytes = 0;
   pending: Buffer[] | null = null;
   pendingBytes = 0;
-  /**
-   * The backend socket's read buffer (`onread`); replaced by a larger one when a read fills it.
-   * Without the onread symbols it cannot be replaced (no buffer generator), so it starts full size.
-   */
-  sbuf: Buffer = Buffer.allocUnsafeSlow(onreadSymbols !== null ? READ_BUFFER_MIN : READ_BUFFER_SIZE);
-  /** The client socket's read buffer (see onreadSymbols), reused like `sbuf`; replaced when a write keeps it or a read fills it. */
-  cbuf: Buffer | null = onreadSymbols !== null ? Buffer.allocUnsafeSlow(READ_BUFFER_MIN) : null;
-  /** Reused for every connect of this session (no options object per connect). */
-  readonly connectOptions = {
-    host: '',
-    port: 0,
-    allowHalfOpen: true,
-    noDelay: true,
-    onread: { buffer: this.sbuf, callback: onBackendRead },
-  };
-
-  /**
-   * The callback of the flush marker write (see onBackendRead): made on the session's first
-   * backpressure episode, then kept with the pooled session (idle sessions do not pay for it).
-   */
-  onFlushed: ((err?: Error | null) => void) | null = null;
+  /** The client's and the backend's read buffers; replaced by a larger one when a read fills them. */
+  cbuf: Buffer = Buffer.allocUnsafeSlow(READ_BUFFER_MIN);
+  sbuf: Buffer = Buffer.allocUnsafeSlow(READ_BUFFER_MIN);
 
   reset(): void {
     this.client = null;
@@ -225,28 +256,30 @@ export class Session {
     this.svc = null;
     this.bk = undefined;
     this.state = ST_FREE;
+    this.gen++;
+    this.attempt = 0;
     this.hash = 0;
     this.backend = -1;
     this.holdsSlot = false;
     this.bcBase = -1;
     this.retries = 0;
     this.reason = -1;
-    this.clientEnded = false;
-    this.serverEnded = false;
-    this.clientClosed = false;
-    this.serverClosed = false;
+    this.clientEnded = this.serverEnded = this.clientShut = this.serverShut = false;
+    this.c2sWrites = this.s2cWrites = 0;
+    this.clientPaused = false;
+    this.timeoutMs = this.lastActive = 0;
     this.tAccept = this.tQueued = this.queueMs = this.tConnect = 0;
     this.connectMs = -1;
-    this.countedIn = this.countedOut = 0;
+    this.bytesIn = this.bytesOut = this.countedIn = this.countedOut = 0;
     this.clientAddr = '';
     this.srcAddr = this.dstAddr = this.detail = '';
     this.srcPort = this.dstPort = this.headerBytes = 0;
     this.pending = null;
     this.pendingBytes = 0;
     // The pool keeps small read buffers only: one grown by a stream would pin 16 KiB per pooled
-    // session. (Once per session that streamed; the sockets are closed, nothing points into them.)
-    if (this.cbuf !== null && this.cbuf.length > READ_BUFFER_MIN) this.cbuf = Buffer.allocUnsafeSlow(READ_BUFFER_MIN);
-    if (onreadSymbols !== null && this.sbuf.length > READ_BUFFER_MIN) this.sbuf = Buffer.allocUnsafeSlow(READ_BUFFER_MIN);
+    // session. (Once per session that streamed; its handles are closed, nothing points into them.)
+    if (this.cbuf.length > READ_BUFFER_MIN) this.cbuf = Buffer.allocUnsafeSlow(READ_BUFFER_MIN);
+    if (this.sbuf.length > READ_BUFFER_MIN) this.sbuf = Buffer.allocUnsafeSlow(READ_BUFFER_MIN);
   }
 }
 
@@ -254,65 +287,66 @@ const pool: Session[] = [];
 
 // ── accept ───────────────────────────────────────────────────────────────────
 
-/** Tags a listener with its service; its 'connection' event goes to `onConnection`. */
-export function attachListener(server: import('node:net').Server, rt: ServiceRuntime): void {
+/** Tags a listener with its service; its connections go to `onAccept` as raw handles. */
+export function attachListener(server: Server, rt: ServiceRuntime): void {
   (server as unknown as { [kRuntime]: ServiceRuntime })[kRuntime] = rt;
-  server.on('connection', onConnection);
+  acceptRaw(server, onAccept);
 }
 
-export function updateRuntime(server: import('node:net').Server, rt: ServiceRuntime): void {
+export function updateRuntime(server: Server, rt: ServiceRuntime): void {
   (server as unknown as { [kRuntime]: ServiceRuntime })[kRuntime] = rt;
 }
 
-/** HOT: the listener's 'connection' event, once per accepted connection. */
-function onConnection(this: { [kRuntime]: ServiceRuntime }, socket: Socket): void {
-  const rt = this[kRuntime];
-  const client = socket as TaggedSocket;
-  const e = rt.entry;
+/** HOT: the listener handle's onconnection, once per accepted connection. */
+function onAccept(this: { owner: Server }, err: number, handle: TcpHandle | undefined): void {
+  // An accept error (EMFILE, ENFILE…): libuv keeps listening and retries; nothing to clean up.
+  if (err !== 0 || handle === undefined) return;
+  const rt = (this.owner as unknown as { [kRuntime]: ServiceRuntime })[kRuntime];
+  const client = handle as Handle;
   f64[rt.scBase + SC_ACCEPTED] += 1;
   const s = pool.pop() ?? new Session();
   s.client = client;
   s.svc = rt;
-  s.tAccept = performance.now();
+  s.tAccept = clock = performance.now();
+  s.lastActive = clock;
   client[kSession] = s;
-  const handle = (client as unknown as { _handle: { useUserBuffer?(b: Buffer): void } | null })._handle;
-  if (onreadSymbols !== null && s.cbuf !== null && handle !== null && typeof handle.useUserBuffer === 'function') {
-    const c = client as unknown as Record<symbol, unknown>;
-    c[onreadSymbols.buffer] = s.cbuf;
-    c[onreadSymbols.cb] = onClientRead;
-    c[onreadSymbols.gen] = readBufGen;
-    handle.useUserBuffer(s.cbuf);
-    client.resume(); // flowing, so 'end' is emitted at EOF (no 'data' listener does it now)
-  } else {
-    client.on('data', onClientData);
-  }
-  client.on('end', onClientEnd);
-  client.on('error', onClientError);
-  client.on('close', onClientClose);
-  client.on('timeout', onClientTimeout);
+  client.setNoDelay(true);
+  client.onread = onClientRead;
+  client.useUserBuffer(s.cbuf);
+  client.readStart();
   sessions.add(s);
   if (shuttingDown) {
-    closeClient(s, TERM_SHUTDOWN);
+    endSession(s, TERM_SHUTDOWN);
     return;
   }
-  if (e.accept_proxy) {
+  if (rt.entry.accept_proxy) {
     // The client's first bytes are a PROXY header naming the real client: admission and the
     // Maglev key wait for it (readProxyHeader), bounded by timeouts.proxy_header.
     s.state = ST_HEADER;
-    client.setTimeout(e.timeouts.proxy_header);
+    arm(s, rt.entry.timeouts.proxy_header);
     return;
   }
   admit(s, rt);
 }
 
+/** Reused by getpeername / getsockname (once per connection, when an address is needed). */
+const addr: SockAddr = { address: '', family: '', port: 0 };
+
 /** Hashes the client's key, then takes a backend or queues. Once per connection (after its PROXY header, if any). */
 function admit(s: Session, rt: ServiceRuntime): void {
   const e = rt.entry;
   if (e.hashed || ctx.onClose !== null) {
-    const client = s.client!;
     const proxied = s.srcAddr !== '';
-    const ip = proxied ? s.srcAddr : client.remoteAddress ?? '';
-    s.clientAddr = e.hash_key === 'source_ip_port' || ctx.onClose !== null ? ip + ':' + (proxied ? s.srcPort : client.remotePort) : ip;
+    let ip = s.srcAddr;
+    let port = s.srcPort;
+    if (!proxied) {
+      addr.address = '';
+      addr.port = 0;
+      s.client!.getpeername(addr);
+      ip = addr.address ?? '';
+      port = addr.port ?? 0;
+    }
+    s.clientAddr = e.hash_key === 'source_ip_port' || ctx.onClose !== null ? ip + ':' + port : ip;
     if (e.hashed) s.hash = hashKey(e.hash_key === 'source_ip_port' ? s.clientAddr : ip) >>> 0;
   }
   // FIFO: a newcomer never overtakes connections already waiting in this worker.
@@ -325,7 +359,7 @@ function admit(s: Session, rt: ServiceRuntime): void {
     s.holdsSlot = true;
     connectTo(s, r);
   } else if (r === PICK_NO_BACKEND || r === PICK_BAD_SERVICE) {
-    closeClient(s, TERM_NO_BACKEND);
+    endSession(s, TERM_NO_BACKEND);
   } else {
     enqueue(s, rt);
   }
@@ -340,7 +374,7 @@ function enqueue(s: Session, rt: ServiceRuntime): void {
   if (Atomics.add(i32, rt.queuedIdx, 1) >= max) {
     Atomics.sub(i32, rt.queuedIdx, 1);
     // Queue full (queue.max reached across all workers): closed at once.
-    closeClient(s, TERM_QUEUE_FULL);
+    endSession(s, TERM_QUEUE_FULL);
     return;
   }
   i32[rt.tallyQueuedIdx] += 1;
@@ -348,7 +382,7 @@ function enqueue(s: Session, rt: ServiceRuntime): void {
   s.state = ST_QUEUED;
   s.tQueued = performance.now();
   rt.queue.push(s);
-  s.client!.setTimeout(rt.entry.queue.timeout);
+  arm(s, rt.entry.queue.timeout);
   if (!rt.waiting) pumpQueue(rt);
 }
 
@@ -361,7 +395,7 @@ function leaveQueue(s: Session): void {
   s.queueMs = performance.now() - s.tQueued;
   f64[rt.scBase + SC_QUEUE_TIME_MS] += s.queueMs;
   s.state = ST_FREE;
-  if (s.client !== null && !s.clientClosed) s.client.setTimeout(0);
+  s.timeoutMs = 0;
 }
 
 /**
@@ -383,7 +417,7 @@ function pumpQueue(rt: ServiceRuntime): void {
     }
     if (r === PICK_NO_BACKEND || r === PICK_BAD_SERVICE) {
       leaveQueue(s);
-      closeClient(s, TERM_NO_BACKEND);
+      endSession(s, TERM_NO_BACKEND);
       continue;
     }
     rt.waiting = true;
@@ -406,80 +440,92 @@ function connectTo(s: Session, backend: number): void {
   s.bk = bk;
   if (bk === undefined) {
     // The table has not caught up with the engine (a reload in flight): treat as a failed connect.
-    connectFailed(s, null, 'EUNKNOWNBACKEND');
+    connectFailed(s, 'EUNKNOWNBACKEND');
     return;
   }
   s.tConnect = performance.now();
-  const o = s.connectOptions;
-  o.host = bk.host;
-  o.port = bk.port;
-  o.onread.buffer = s.sbuf;
-  const server = connect(o) as TaggedSocket;
+  arm(s, rt.entry.timeouts.connect);
+  const server = new TCP(TCP_SOCKET) as Handle;
   server[kSession] = s;
   s.server = server;
-  s.serverClosed = false;
-  s.serverEnded = false;
-  server.setTimeout(rt.entry.timeouts.connect);
-  server.on('connect', onServerConnect);
-  server.on('end', onServerEnd);
-  server.on('error', onServerError);
-  server.on('close', onServerClose);
-  server.on('drain', onServerDrain);
-  server.on('timeout', onServerTimeout);
+  s.serverEnded = s.serverShut = false;
+  const attempt = ++s.attempt;
+  const family = families[backend];
+  if (family !== 0) {
+    startConnect(s, server, bk.host, bk.port, family);
+    return;
+  }
+  // A host name (IP addresses are recommended: README): resolved on every connect, as Node's
+  // net.connect does.
+  lookup(bk.host, (err, address, fam) => {
+    if (s.attempt !== attempt || s.server !== server) return;
+    if (err) connectFailed(s, (err as NodeJS.ErrnoException).code ?? 'ENOTFOUND');
+    else startConnect(s, server, address, bk.port, fam);
+  });
 }
 
-/** Once per established backend connection. */
-function onServerConnect(this: TaggedSocket): void {
-  const s = this[kSession];
-  if (s === null) return;
+function startConnect(s: Session, server: Handle, ip: string, port: number, family: number): void {
+  const req = new TCPConnectWrap() as ConnectReq;
+  req.oncomplete = onConnected as ConnectReq['oncomplete'];
+  req.session = s;
+  req.gen = s.gen;
+  req.attempt = s.attempt;
+  const err = family === 6 ? server.connect6(req, ip, port) : server.connect(req, ip, port);
+  if (err !== 0) connectFailed(s, getSystemErrorName(err));
+}
+
+/** Once per connect attempt: the backend connection is up (status 0) or failed. */
+function onConnected(this: ConnectReq, status: number): void {
+  const s = this.session;
+  this.session = null;
+  if (s === null || s.gen !== this.gen || s.attempt !== this.attempt || s.state !== ST_CONNECTING) return;
+  if (status < 0) {
+    connectFailed(s, getSystemErrorName(status));
+    return;
+  }
   const rt = s.svc!;
+  const server = s.server!;
   s.state = ST_CONNECTED;
   s.connectMs = performance.now() - s.tConnect;
   f64[rt.scBase + SC_CONNECT_TIME_MS] += s.connectMs;
   f64[s.bcBase + BC_CONNECTIONS] += 1;
   f64[s.bcBase + BC_CONNECT_TIME_MS] += s.connectMs;
-  this.setTimeout(0);
-  if (onreadSymbols !== null) {
-    // From now on the backend's read buffer can be replaced (grown) like the client's. Not before:
-    // while connecting, Node may swap the handle (autoSelectFamily tries the next address) and
-    // would then ask the generator for the first buffer, which it only gives right after a read.
-    (this as unknown as Record<symbol, unknown>)[onreadSymbols.gen] = readBufGen;
+  arm(s, rt.entry.timeouts.idle);
+  server.setNoDelay(true);
+  server.onread = onBackendRead;
+  server.useUserBuffer(s.sbuf);
+  server.readStart();
+  if (rt.entry.send_proxy !== 'none') {
+    const h = proxyHeaderFor(s, rt.entry.send_proxy);
+    if (send(s, server, h, h.length, true) < 0) return;
   }
-  const client = s.client!;
-  client.setTimeout(rt.entry.timeouts.idle);
-  if (rt.entry.send_proxy !== 'none') this.write(proxyHeaderFor(s, client, rt.entry.send_proxy));
   const pending = s.pending;
   if (pending !== null) {
-    let full = false;
-    for (let i = 0; i < pending.length; i++) full = this.write(pending[i]) === false;
     s.pending = null;
     s.pendingBytes = 0;
-    if (full) client.pause();
-    else client.resume();
+    const all = pending.length === 1 ? pending[0] : Buffer.concat(pending);
+    if (send(s, server, all, all.length, true) < 0) return;
   }
-  if (s.clientEnded) this.end();
+  if (s.c2sWrites > 0) s.client!.readStop();
+  else resumeClient(s);
+  if (s.clientEnded) shutdownSide(s, true);
 }
 
 /** A connect attempt failed (error or timeout): count it, tell the control plane, try again. */
-function connectFailed(s: Session, sock: TaggedSocket | null, code: string): void {
+function connectFailed(s: Session, code: string): void {
   const rt = s.svc!;
   const failed = s.backend;
-  if (sock !== null) {
-    sock[kSession] = null;
-    sock.destroy();
+  if (s.server !== null) {
+    // Its connect callback (ECANCELED, or the late success) is ignored: the attempt has moved on.
+    s.server[kSession] = null;
+    s.server.close();
+    s.server = null;
   }
-  s.server = null;
-  s.serverClosed = true;
   s.state = ST_FREE;
+  s.timeoutMs = 0;
   f64[s.bcBase + BC_CONNECT_FAILURES] += 1;
   const bk = s.bk;
   ctx.post({ type: 'connect-failed', service: rt.entry.name, backend: failed, address: bk?.address ?? '', error: code });
-  if (s.clientClosed) {
-    // The client left while we were connecting: give everything back.
-    releaseSession(s);
-    maybeFinalize(s);
-    return;
-  }
   if (s.retries < rt.entry.retries && !shuttingDown) {
     // The engine's tried list is per worker, and another connection's acquire clears it while
     // this one was connecting: restore this session's own list before asking again.
@@ -500,47 +546,129 @@ function connectFailed(s: Session, sock: TaggedSocket | null, code: string): voi
     // candidate failed, or the rest are full): the client saw its connects fail.
     s.backend = -1;
     releaseSession(s);
-    closeClient(s, TERM_CONNECT_FAILED);
+    endSession(s, TERM_CONNECT_FAILED);
     return;
   }
   releaseSession(s);
-  closeClient(s, shuttingDown ? TERM_SHUTDOWN : TERM_CONNECT_FAILED);
-}
-
-function onServerTimeout(this: TaggedSocket): void {
-  const s = this[kSession];
-  if (s === null) return;
-  if (s.state === ST_CONNECTING) connectFailed(s, this, 'ETIMEDOUT');
-  else if (s.state === ST_CONNECTED) killSession(s, TERM_IDLE_TIMEOUT);
-}
-
-function onServerError(this: TaggedSocket, err: NodeJS.ErrnoException): void {
-  const s = this[kSession];
-  if (s === null) return;
-  if (s.state === ST_CONNECTING) {
-    connectFailed(s, this, err.code ?? 'ERROR');
-    return;
-  }
-  if (s.reason < 0) s.reason = TERM_SERVER_CLOSED;
-  // 'close' follows.
+  endSession(s, shuttingDown ? TERM_SHUTDOWN : TERM_CONNECT_FAILED);
 }
 
 // ── splice ───────────────────────────────────────────────────────────────────
 
-/** HOT: once per chunk read from a client. */
-function onClientData(this: TaggedSocket, chunk: Buffer): void {
-  const s = this[kSession];
-  if (s === null) return;
-  if (s.state === ST_CONNECTED) {
-    if (s.server!.write(chunk) === false) this.pause();
+/** A WriteWrap for the next write; replaced only when libuv keeps one (a write not taken at once). */
+let spareWrite = newWriteReq();
+
+function newWriteReq(): SideReq {
+  const req = new WriteWrap() as SideReq;
+  req.oncomplete = onWritten as SideReq['oncomplete'];
+  req.session = null;
+  req.gen = 0;
+  req.toServer = false;
+  req.buffer = null;
+  return req;
+}
+
+/**
+ * HOT: once per chunk, each way. Writes `n` bytes of `buf` to `to`: 0 when the kernel took them
+ * all (the buffer is free again), 1 when libuv queued the rest (the buffer stays referenced until
+ * `onWritten`; the caller stops reading from the other side), or a negative errno.
+ */
+function send(s: Session, to: Handle, buf: Uint8Array, n: number, toServer: boolean): number {
+  const req = spareWrite;
+  const err = to.writeBuffer(req, n === buf.length ? buf : buf.subarray(0, n));
+  if (err !== 0) {
+    endSession(s, toServer ? TERM_SERVER_CLOSED : TERM_CLIENT_CLOSED);
+    return err;
+  }
+  if (streamState[K_WRITE_ASYNC] === 0) return 0;
+  // Queued: this request now belongs to libuv until it calls back.
+  spareWrite = newWriteReq();
+  req.session = s;
+  req.gen = s.gen;
+  req.toServer = toServer;
+  req.buffer = buf;
+  if (toServer) s.c2sWrites++;
+  else s.s2cWrites++;
+  return 1;
+}
+
+/** Once per write that libuv queued (backpressure): the kernel took the rest, or the write failed. */
+function onWritten(this: SideReq, status: number): void {
+  const s = this.session;
+  this.session = null;
+  this.buffer = null;
+  if (s === null || s.gen !== this.gen) return;
+  if (status < 0) {
+    endSession(s, this.toServer ? TERM_SERVER_CLOSED : TERM_CLIENT_CLOSED);
     return;
   }
-  // Still queued or connecting: hold the bytes (bounded) until the backend is there.
-  if (s.pending === null) s.pending = [];
-  s.pending.push(chunk);
-  s.pendingBytes += chunk.length;
-  if (s.pendingBytes >= PENDING_LIMIT) this.pause();
-  if (s.state === ST_HEADER) readProxyHeader(s, this);
+  s.lastActive = clock;
+  if (this.toServer) {
+    if (--s.c2sWrites === 0) resumeClient(s);
+  } else if (--s.s2cWrites === 0 && !s.serverEnded && s.server !== null) {
+    s.server.readStart();
+  }
+}
+
+function resumeClient(s: Session): void {
+  s.clientPaused = false;
+  if (!s.clientEnded) s.client!.readStart();
+}
+
+/**
+ * HOT: once per read on a client handle, into the session's `cbuf`. Returns the buffer to read
+ * into next when it changes (a full read grows it), else undefined.
+ */
+function onClientRead(this: Handle): Uint8Array | undefined {
+  const s = this[kSession];
+  if (s === null) return undefined;
+  const n = streamState[K_NREAD];
+  if (n > 0) {
+    s.bytesIn += n;
+    const buf = s.cbuf;
+    if (s.state === ST_CONNECTED) {
+      s.lastActive = clock;
+      const r = send(s, s.server!, buf, n, true);
+      if (r < 0) return undefined;
+      if (r > 0) this.readStop(); // until onWritten
+      if (n === buf.length && n < READ_BUFFER_SIZE) return (s.cbuf = Buffer.allocUnsafeSlow(n * 4));
+      return undefined;
+    }
+    // Still reading its PROXY header, queued or connecting: keep a copy (the buffer is reused).
+    const copy = Buffer.allocUnsafe(n);
+    buf.copy(copy, 0, 0, n);
+    (s.pending ??= []).push(copy);
+    s.pendingBytes += n;
+    if (s.pendingBytes >= PENDING_LIMIT) {
+      this.readStop();
+      s.clientPaused = true;
+    }
+    if (s.state === ST_HEADER) readProxyHeader(s);
+    return undefined;
+  }
+  if (n === UV_EOF) onClientEnd(s);
+  else if (n < 0) endSession(s, TERM_CLIENT_CLOSED); // reset
+  return undefined;
+}
+
+/** HOT: once per read on a backend handle, into the session's `sbuf`. */
+function onBackendRead(this: Handle): Uint8Array | undefined {
+  const s = this[kSession];
+  if (s === null || s.server !== this) return undefined;
+  const n = streamState[K_NREAD];
+  if (n > 0) {
+    s.bytesOut += n;
+    s.lastActive = clock;
+    const buf = s.sbuf;
+    const r = send(s, s.client!, buf, n, false);
+    if (r < 0) return undefined;
+    if (r > 0) this.readStop(); // until onWritten
+    if (n === buf.length && n < READ_BUFFER_SIZE) return (s.sbuf = Buffer.allocUnsafeSlow(n * 4));
+    return undefined;
+  }
+  if (n === UV_EOF) onServerEnd(s);
+  else if (n < 0) endSession(s, TERM_SERVER_CLOSED); // reset
+  return undefined;
 }
 
 /**
@@ -549,7 +677,7 @@ function onClientData(this: TaggedSocket, chunk: Buffer): void {
  * log's `detail`); a good one names the client for the Maglev key, the log and send_proxy, and
  * the bytes after it wait for the backend like any early client bytes.
  */
-function readProxyHeader(s: Session, client: TaggedSocket): void {
+function readProxyHeader(s: Session): void {
   const pending = s.pending!;
   const buf = pending.length === 1 ? pending[0] : Buffer.concat(pending);
   const r = parseProxyHeader(buf);
@@ -559,7 +687,7 @@ function readProxyHeader(s: Session, client: TaggedSocket): void {
   }
   if (r.status === 'error') {
     s.detail = r.reason;
-    closeClient(s, TERM_BAD_PROXY_HEADER);
+    endSession(s, TERM_BAD_PROXY_HEADER);
     return;
   }
   const h = r.header;
@@ -575,197 +703,136 @@ function readProxyHeader(s: Session, client: TaggedSocket): void {
   s.pending = rest.length > 0 ? [rest] : null;
   s.pendingBytes = rest.length;
   s.state = ST_FREE;
-  client.setTimeout(0);
+  s.timeoutMs = 0;
   admit(s, s.svc!);
 }
 
-/** The PROXY header for the backend: the client as its own header named it, else the socket's peer. Once per backend connection. */
-function proxyHeaderFor(s: Session, client: Socket, version: 'v1' | 'v2'): Buffer {
-  const proxied = s.srcAddr !== '';
-  const src = proxied ? s.srcAddr : client.remoteAddress ?? '';
-  const srcPort = proxied ? s.srcPort : client.remotePort ?? 0;
-  const dst = proxied ? s.dstAddr : client.localAddress ?? '';
-  const dstPort = proxied ? s.dstPort : client.localPort ?? 0;
+/** The PROXY header for the backend: the client as its own header named it, else the socket's addresses. Once per backend connection. */
+function proxyHeaderFor(s: Session, version: 'v1' | 'v2'): Buffer {
+  let src = s.srcAddr;
+  let srcPort = s.srcPort;
+  let dst = s.dstAddr;
+  let dstPort = s.dstPort;
+  if (src === '') {
+    const client = s.client!;
+    client.getpeername(addr);
+    src = addr.address ?? '';
+    srcPort = addr.port ?? 0;
+    client.getsockname(addr);
+    dst = addr.address ?? '';
+    dstPort = addr.port ?? 0;
+  }
   return version === 'v2' ? encodeProxyV2(src, srcPort, dst, dstPort) : encodeProxyV1(src, srcPort, dst, dstPort);
 }
 
-/** The buffer a socket reads into next, when its read callback replaced it (else unchanged). */
-let swapBuf: Buffer | null = null;
+// ── half-close ───────────────────────────────────────────────────────────────
 
-/**
- * Rare (a read filled the buffer, or a client write kept it): called from a socket's read
- * callback (onClientRead, onBackendRead), it makes the buffer that socket reads into next;
- * Node takes it from readBufGen right after the callback returns. The caller stores it in the
- * session (`cbuf`, `sbuf`).
- */
-function nextReadBuffer(size: number): Buffer {
-  const b = Buffer.allocUnsafeSlow(Math.min(size, READ_BUFFER_SIZE));
-  swapBuf = b;
-  return b;
-}
-
-/** Called by Node right after each onClientRead and onBackendRead (onread's buffer generator). */
-function readBufGen(): Buffer | undefined {
-  const b = swapBuf;
-  swapBuf = null;
-  return b ?? undefined;
-}
-
-/**
- * HOT: once per chunk read from a client, into the session's `cbuf` (`onread`; see onreadSymbols).
- * Returning false stops reading until the backend's 'drain' (`onServerDrain`).
- */
-function onClientRead(this: TaggedSocket, n: number, buf: Uint8Array): boolean {
-  const s = this[kSession];
-  if (s === null) return false;
-  if (s.state === ST_CONNECTED) {
-    const server = s.server!;
-    const ok = server.write((buf as Buffer).subarray(0, n));
-    if (server.writableLength === 0) { // the kernel took it all: the buffer is free again
-      if (n === buf.length && n < READ_BUFFER_SIZE) s.cbuf = nextReadBuffer(n * 4);
-      return true;
-    }
-    if (!ok) return false; // stop reading until the backend's 'drain' (onServerDrain)
-    // Kept in part, below the high-water mark, so no 'drain' will come: the backend socket still
-    // points into the buffer, so this socket reads on into a new one (readBufGen).
-    s.cbuf = nextReadBuffer(n === buf.length ? n * 4 : buf.length);
-    return true;
-  }
-  // Still queued or connecting: keep a copy (the buffer is reused by the next read).
-  onClientData.call(this, Buffer.from((buf as Buffer).subarray(0, n)));
-  return s.pendingBytes < PENDING_LIMIT;
-}
-
-/**
- * HOT: once per chunk read from a backend, into the session's `sbuf` (`onread`).
- * When the client cannot take the chunk at once, reading stops until it is flushed (`onFlushed`).
- */
-function onBackendRead(this: TaggedSocket, n: number, buf: Uint8Array): boolean {
-  const s = this[kSession];
-  if (s === null) return false;
-  const client = s.client!;
-  if (client.destroyed) return false;
-  client.write((buf as Buffer).subarray(0, n));
-  // A full read: the next goes into a buffer ×4 the size (readBufGen). The old one stays with the
-  // write that may still point into it. (Never true without onreadSymbols: sbuf is full size.)
-  if (n === buf.length && n < READ_BUFFER_SIZE) s.sbuf = nextReadBuffer(n * 4);
-  if (client.writableLength === 0) return true;
-  // Not taken whole by the kernel: the client socket still points into our buffer. Stop reading
-  // until it is flushed. ('drain' would not come: the chunk is below the high-water mark.) An
-  // empty write queued behind it calls back once everything before it has been written.
-  client.write(EMPTY, s.onFlushed ??= (err?: Error | null): void => onFlushed(s, err));
-  // pause() (not just `return false`): it also marks the stream paused, so resume() restarts reading.
-  this.pause();
-  return false;
-}
-
-/** Once per backpressure episode, client → backend. */
-function onServerDrain(this: TaggedSocket): void {
-  const s = this[kSession];
-  if (s !== null && s.state === ST_CONNECTED && !s.clientClosed) s.client!.resume();
-}
-
-const EMPTY = Buffer.alloc(0);
-
-/** Once per backpressure episode, backend → client: the client took our buffer's bytes. */
-function onFlushed(s: Session, err: Error | null | undefined): void {
-  // An error means the client socket was destroyed: the session is ending anyway.
-  if (!err && s.state === ST_CONNECTED && s.server !== null && !s.serverClosed) s.server.resume();
-}
-
-function onClientEnd(this: TaggedSocket): void {
-  const s = this[kSession];
-  if (s === null) return;
+/** The client sent EOF. */
+function onClientEnd(s: Session): void {
   s.clientEnded = true;
   if (s.reason < 0 && !s.serverEnded) s.reason = TERM_CLIENT_CLOSED;
-  if (s.state === ST_CONNECTED) s.server!.end();
-  else if (s.state === ST_HEADER) this.destroy(); // gone before it said who it was
-  else if (s.state === ST_QUEUED) {
-    // A client that hangs up before it ever got a backend is gone (HAProxy's abortonclose).
-    leaveQueue(s);
-    this.destroy();
+  if (s.state === ST_CONNECTED) {
+    if (s.serverEnded && s.c2sWrites === 0 && s.s2cWrites === 0) endSession(s, TERM_SERVER_CLOSED); // both done
+    else shutdownSide(s, true);
   }
-  // Connecting: the backend's write side is ended once it is connected (onServerConnect).
+  else if (s.state === ST_HEADER) endSession(s, TERM_CLIENT_CLOSED); // gone before it said who it was
+  else if (s.state === ST_QUEUED) endSession(s, TERM_CLIENT_CLOSED); // abandoned its wait (HAProxy's abortonclose)
+  // Connecting: the backend's write side is shut once it is connected (onConnected).
 }
 
-function onServerEnd(this: TaggedSocket): void {
-  const s = this[kSession];
-  if (s === null) return;
+/** The backend sent EOF. */
+function onServerEnd(s: Session): void {
   s.serverEnded = true;
   if (s.reason < 0 && !s.clientEnded) s.reason = TERM_SERVER_CLOSED;
-  if (!s.clientClosed) s.client!.end();
+  if (s.clientEnded && s.c2sWrites === 0 && s.s2cWrites === 0) endSession(s, TERM_CLIENT_CLOSED); // both done
+  else shutdownSide(s, false);
 }
 
-function onClientError(this: TaggedSocket): void {
-  const s = this[kSession];
-  if (s !== null && s.reason < 0) s.reason = TERM_CLIENT_CLOSED;
-  // 'close' follows.
+/** Shuts down the write side of the backend (toServer) or the client, once its queued writes are out. */
+function shutdownSide(s: Session, toServer: boolean): void {
+  const req = new ShutdownWrap() as SideReq;
+  req.oncomplete = onShutdown as SideReq['oncomplete'];
+  req.session = s;
+  req.gen = s.gen;
+  req.toServer = toServer;
+  req.buffer = null;
+  const err = (toServer ? s.server! : s.client!).shutdown(req);
+  if (err !== 0) endSession(s, toServer ? TERM_SERVER_CLOSED : TERM_CLIENT_CLOSED);
 }
 
-function onClientTimeout(this: TaggedSocket): void {
-  const s = this[kSession];
-  if (s === null) return;
+/** Once per direction: its last bytes are written and its FIN sent. Both directions done → close. */
+function onShutdown(this: SideReq, status: number): void {
+  const s = this.session;
+  this.session = null;
+  if (s === null || s.gen !== this.gen) return;
+  if (status < 0) {
+    endSession(s, this.toServer ? TERM_SERVER_CLOSED : TERM_CLIENT_CLOSED);
+    return;
+  }
+  if (this.toServer) s.serverShut = true;
+  else s.clientShut = true;
+  if (s.clientShut && s.serverShut) endSession(s, TERM_CLIENT_CLOSED);
+}
+
+// ── timeouts ─────────────────────────────────────────────────────────────────
+
+/** Gives the session's current state a timeout of `ms`, from now. */
+function arm(s: Session, ms: number): void {
+  s.timeoutMs = ms;
+  s.lastActive = performance.now();
+}
+
+/**
+ * Every sweepMs (1/8 of the smallest timeout configured, 10 ms–1 s): ends the sessions whose
+ * state has lasted longer than its timeout. Queue, connect and PROXY-header timeouts run from the
+ * moment they were armed (exact). The idle timeout runs from the last chunk, stamped with `clock`
+ * (the last sweep's time, so up to one sweep before the chunk really came): one sweep of slack
+ * makes it never fire early, and at most two sweeps late (a 30 min idle timeout: ≤ 2 s).
+ */
+function sweep(): void {
+  const now = (clock = performance.now());
+  const slack = sweepMs;
+  for (const s of sessions) {
+    if (s.timeoutMs > 0 && now - s.lastActive >= s.timeoutMs + (s.state === ST_CONNECTED ? slack : 0)) onTimeout(s);
+  }
+}
+
+function onTimeout(s: Session): void {
+  s.timeoutMs = 0;
   if (s.state === ST_QUEUED) {
     leaveQueue(s);
     f64[s.svc!.scBase + SC_QUEUE_TIMEOUTS] += 1;
-    closeClient(s, TERM_QUEUE_TIMEOUT);
+    endSession(s, TERM_QUEUE_TIMEOUT);
+  } else if (s.state === ST_CONNECTING) {
+    connectFailed(s, 'ETIMEDOUT');
   } else if (s.state === ST_CONNECTED) {
-    killSession(s, TERM_IDLE_TIMEOUT);
+    endSession(s, TERM_IDLE_TIMEOUT);
   } else if (s.state === ST_HEADER) {
     s.detail = `no complete PROXY header within ${s.svc!.entry.timeouts.proxy_header}ms`;
-    closeClient(s, TERM_BAD_PROXY_HEADER);
+    endSession(s, TERM_BAD_PROXY_HEADER);
   }
-}
-
-function onClientClose(this: TaggedSocket, hadError: boolean): void {
-  const s = this[kSession];
-  if (s === null) return;
-  s.clientClosed = true;
-  if (s.reason < 0) s.reason = TERM_CLIENT_CLOSED;
-  if (s.state === ST_QUEUED) leaveQueue(s);
-  const server = s.server;
-  if (server !== null && !s.serverClosed) {
-    if (hadError || !s.clientEnded || !s.serverEnded || s.state !== ST_CONNECTED) {
-      // Reset or destroyed client: nothing more can be delivered either way.
-      server.destroy();
-    } else {
-      // Both sides said goodbye; the backend socket may still be flushing the client's last
-      // bytes. It closes by itself; the idle timeout guards a backend that stops reading.
-      server.setTimeout(s.svc!.entry.timeouts.idle);
-    }
-    return; // finalized from onServerClose
-  }
-  maybeFinalize(s);
-}
-
-function onServerClose(this: TaggedSocket, hadError: boolean): void {
-  const s = this[kSession];
-  if (s === null) return;
-  s.serverClosed = true;
-  if (!s.clientClosed && (hadError || !s.serverEnded || s.state !== ST_CONNECTED)) {
-    // Reset or destroyed backend: pass the abort on. After a clean close the client socket
-    // was already ended and closes by itself once its last bytes are written.
-    if (s.reason < 0) s.reason = TERM_SERVER_CLOSED;
-    s.client!.destroy();
-    return; // finalized from onClientClose
-  }
-  maybeFinalize(s);
 }
 
 // ── close ────────────────────────────────────────────────────────────────────
 
-/** Closes the client at once with `reason` (no backend held, or everything released). */
-function closeClient(s: Session, reason: number): void {
-  if (s.reason < 0) s.reason = reason;
-  s.client!.destroy();
-}
-
-/** Closes both sides at once: idle timeout, backend marked down, shutdown. */
-function killSession(s: Session, reason: number): void {
-  if (s.reason < 0 || reason === TERM_BACKEND_DOWN || reason === TERM_SHUTDOWN) s.reason = reason;
+/**
+ * Closes the session's handles (both at once) and finalizes it. `reason` is kept unless one was
+ * set already — or `override` (backend down, shutdown: the proxy's own decision names the end,
+ * whatever the peers did before). The caller must not touch `s` afterwards: it is back in the pool.
+ */
+function endSession(s: Session, reason: number, override = false): void {
+  const client = s.client;
+  if (client === null) return; // ended already (the object is back in the pool)
+  if (override || s.reason < 0) s.reason = reason;
   if (s.state === ST_QUEUED) leaveQueue(s);
-  if (s.server !== null && !s.serverClosed) s.server.destroy();
-  if (!s.clientClosed) s.client!.destroy();
+  client[kSession] = null;
+  client.close();
+  const server = s.server;
+  if (server !== null) {
+    server[kSession] = null;
+    server.close();
+  }
+  finalize(s);
 }
 
 /** Gives the engine back what the session holds; safe to call more than once. */
@@ -777,20 +844,14 @@ function releaseSession(s: Session): void {
   s.backend = -1;
 }
 
-function maybeFinalize(s: Session): void {
-  if (s.clientClosed && (s.server === null || s.serverClosed)) finalize(s);
-}
-
 /** Adds the bytes moved since the last look to the counters. Per close, and once a second. */
 function accountBytes(s: Session): void {
   const rt = s.svc!;
-  const inNow = s.client!.bytesRead;
-  const outNow = s.server !== null ? s.server.bytesRead : s.countedOut;
-  const dIn = inNow - s.countedIn;
-  const dOut = outNow - s.countedOut;
+  const dIn = s.bytesIn - s.countedIn;
+  const dOut = s.bytesOut - s.countedOut;
   if (dIn === 0 && dOut === 0) return;
-  s.countedIn = inNow;
-  s.countedOut = outNow;
+  s.countedIn = s.bytesIn;
+  s.countedOut = s.bytesOut;
   f64[rt.scBase + SC_BYTES_IN] += dIn;
   f64[rt.scBase + SC_BYTES_OUT] += dOut;
   if (s.bcBase >= 0 && s.bk !== undefined) {
@@ -803,16 +864,13 @@ function accountAllBytes(): void {
   for (const s of sessions) if (s.state === ST_CONNECTED) accountBytes(s);
 }
 
-/** Exactly once per session: counters, release, log, back to the pool. */
+/** Exactly once per session, from endSession: counters, release, log, back to the pool. */
 function finalize(s: Session): void {
   const rt = s.svc!;
-  if (s.client![kSession] !== s) return;
   accountBytes(s);
   releaseSession(s);
   const reason = s.reason < 0 ? TERM_CLIENT_CLOSED : s.reason;
   f64[rt.scBase + SC_TERM_BASE + reason] += 1;
-  s.client![kSession] = null;
-  if (s.server !== null) s.server[kSession] = null;
   sessions.delete(s);
   if (ctx.onClose !== null) {
     const rec: CloseRecord = {
@@ -845,7 +903,7 @@ export function killBackend(backend: number): number {
   for (const s of sessions) {
     if (s.backend === backend && (s.state === ST_CONNECTED || s.state === ST_CONNECTING)) {
       f64[s.bcBase + BC_KILLED] += 1;
-      killSession(s, TERM_BACKEND_DOWN);
+      endSession(s, TERM_BACKEND_DOWN, true);
       killed++;
     }
   }
@@ -855,18 +913,15 @@ export function killBackend(backend: number): number {
 /** Stop path, step 1: no new sessions; waiting ones are closed (reason shutdown). */
 export function beginShutdown(): void {
   shuttingDown = true;
-  for (const s of [...sessions]) if (s.state === ST_QUEUED || s.state === ST_HEADER) killSession(s, TERM_SHUTDOWN);
+  for (const s of sessions) if (s.state === ST_QUEUED || s.state === ST_HEADER) endSession(s, TERM_SHUTDOWN, true);
 }
 
 /** Stop path, step 2 (after the grace period): everything still open is closed. */
 export function killAll(reason = TERM_SHUTDOWN): void {
-  for (const s of [...sessions]) killSession(s, reason);
+  for (const s of sessions) endSession(s, reason, true);
 }
 
 /** Closes the queued sessions of a service that was removed. */
 export function dropQueue(rt: ServiceRuntime): void {
-  for (const s of [...rt.queue]) {
-    leaveQueue(s);
-    closeClient(s, TERM_NO_BACKEND);
-  }
+  for (const s of [...rt.queue]) endSession(s, TERM_NO_BACKEND);
 }

@@ -1,0 +1,121 @@
+/**
+ * Node's TCP handles, used without net.Socket: the data path's sockets.
+ *
+ * A net.Socket wraps libuv's TCP handle in a Duplex stream: per chunk, a WriteWrap, the Writable's
+ * state machine, an afterWrite tick and a re-armed timer; per connection, two stream states and
+ * their listeners. HAProxy pays none of that, and on loopback it decided rr and churn (bench/
+ * profiles: ≈ 2.6 µs user per request and 34 µs per connection, against HAProxy's 1.0 and 5).
+ * The data path therefore talks to the handles themselves — the same C++ objects net.Socket
+ * uses (`tcp_wrap`, `stream_wrap`), reached through `process.binding`, which Node keeps for
+ * exactly these modules (deprecated for new code, DEP0111, without a runtime warning):
+ *
+ *   read:     handle.useUserBuffer(buf); handle.onread = fn; handle.readStart()
+ *             fn runs with nread in streamBaseState[kReadBytesOrError] (UV_EOF at the end) and may
+ *             return the next buffer to read into
+ *   write:    handle.writeBuffer(req, view) → errno; tried at once (uv_try_write), and
+ *             streamBaseState[kLastWriteWasAsync] says whether the rest is queued: then
+ *             req.oncomplete(status) runs once the kernel took it
+ *   shutdown: handle.shutdown(req) → errno; req.oncomplete(status) once queued writes are out
+ *   connect:  handle.connect(req, ip, port) / connect6; req.oncomplete(status, handle)
+ *   close:    handle.close(cb); every pending request has called back before cb
+ *   accept:   a net.Server's own handle, with `onconnection(err, clientHandle)` replaced
+ *
+ * Listening stays with net.Server (reusePort, address errors, close). Everything here is pinned
+ * by the Node in package.json (24.x); `rawHandlesMissing` checks it at worker start-up, so a Node
+ * that changed these names says so instead of failing on the first connection.
+ */
+import type { Server } from 'node:net';
+
+/** What a request object (write, shutdown, connect) carries back to its callback. */
+export interface Req {
+  oncomplete: (this: Req, status: number) => void;
+}
+
+/** The methods of a libuv TCP handle that the data path uses (node/src/stream_base.cc, tcp_wrap.cc). */
+export interface TcpHandle {
+  /** Called by C++ with the handle as `this` (typed `never` so callers may narrow it). */
+  onread: ((this: never, ab: ArrayBuffer | undefined) => Uint8Array | undefined) | null;
+  readStart(): number;
+  readStop(): number;
+  useUserBuffer(buf: Uint8Array): void;
+  writeBuffer(req: Req, data: Uint8Array): number;
+  shutdown(req: Req): number;
+  connect(req: Req, ip: string, port: number): number;
+  connect6(req: Req, ip: string, port: number): number;
+  setNoDelay(on: boolean): number;
+  getpeername(out: SockAddr): number;
+  getsockname(out: SockAddr): number;
+  close(cb?: (this: never) => void): void;
+}
+
+/** Filled by getpeername / getsockname. */
+export interface SockAddr {
+  address?: string;
+  family?: string;
+  port?: number;
+}
+
+interface TcpWrapBinding {
+  TCP: new (type: number) => TcpHandle;
+  TCPConnectWrap: new () => Req;
+  constants: { SOCKET: number; SERVER: number };
+}
+interface StreamWrapBinding {
+  WriteWrap: new () => Req;
+  ShutdownWrap: new () => Req;
+  streamBaseState: Int32Array;
+  kReadBytesOrError: number;
+  kLastWriteWasAsync: number;
+}
+
+const binding = (name: string): unknown => {
+  try {
+    return (process as unknown as { binding(n: string): unknown }).binding(name);
+  } catch {
+    return null;
+  }
+};
+const tcpWrap = binding('tcp_wrap') as TcpWrapBinding | null;
+const streamWrap = binding('stream_wrap') as StreamWrapBinding | null;
+const uv = binding('uv') as { UV_EOF?: number } | null;
+
+/** Why this Node cannot run the data path, or null. Checked once per worker at start-up. */
+export function rawHandlesMissing(): string | null {
+  const want = [
+    [tcpWrap?.TCP, "tcp_wrap.TCP"], [tcpWrap?.TCPConnectWrap, 'tcp_wrap.TCPConnectWrap'],
+    [streamWrap?.WriteWrap, 'stream_wrap.WriteWrap'], [streamWrap?.ShutdownWrap, 'stream_wrap.ShutdownWrap'],
+    [streamWrap?.streamBaseState, 'stream_wrap.streamBaseState'], [uv?.UV_EOF, 'uv.UV_EOF'],
+  ] as const;
+  const missing = want.filter(([v]) => v === undefined || v === null).map(([, n]) => n);
+  if (missing.length === 0) return null;
+  return `this Node (${process.version}) lacks ${missing.join(', ')}, which the data path uses; run fulcrum with the Node 24 ` +
+    'that package.json pins (node_modules/.bin/node, which bin/fulcrum and the npm scripts use)';
+}
+
+export const TCP = tcpWrap?.TCP as TcpWrapBinding['TCP'];
+export const TCP_SOCKET = tcpWrap?.constants.SOCKET ?? 0;
+export const TCPConnectWrap = tcpWrap?.TCPConnectWrap as TcpWrapBinding['TCPConnectWrap'];
+export const WriteWrap = streamWrap?.WriteWrap as StreamWrapBinding['WriteWrap'];
+export const ShutdownWrap = streamWrap?.ShutdownWrap as StreamWrapBinding['ShutdownWrap'];
+/** Shared with C++: the last read's byte count or error, and whether the last write was queued. */
+export const streamState = streamWrap?.streamBaseState as Int32Array;
+export const K_NREAD = streamWrap?.kReadBytesOrError ?? 0;
+export const K_WRITE_ASYNC = streamWrap?.kLastWriteWasAsync ?? 0;
+export const UV_EOF = uv?.UV_EOF ?? -4095;
+
+/**
+ * Routes a listener's accepted connections to `onconnection` as raw handles (no net.Socket is
+ * made). Call before `listen`: the handle exists from 'listening' on, and connections are only
+ * delivered after that event (both come from the event loop, the event first).
+ */
+export function acceptRaw(
+  server: Server,
+  onconnection: (this: TcpHandle & { owner: Server }, err: number, client: TcpHandle | undefined) => void,
+): void {
+  server.on('listening', () => {
+    const h = (server as unknown as { _handle: { onconnection: unknown; owner: Server } | null })._handle;
+    if (h === null) return;
+    h.owner = server;
+    h.onconnection = onconnection;
+  });
+}

@@ -15,7 +15,8 @@
  *   write:    handle.writeBuffer(req, view) → errno; tried at once (uv_try_write), and
  *             streamBaseState[kLastWriteWasAsync] says whether the rest is queued: then
  *             req.oncomplete(status) runs once the kernel took it
- *   shutdown: handle.shutdown(req) → errno; req.oncomplete(status) once queued writes are out
+ *   shutdown: handle.shutdown(req) → errno; req.oncomplete(status), if the request has one, once
+ *             the queued writes are out (Node calls back only requests that have an oncomplete)
  *   connect:  handle.connect(req, ip, port) / connect6; req.oncomplete(status, handle)
  *   close:    handle.close(cb); every pending request has called back before cb
  *   accept:   a net.Server's own handle, with `onconnection(err, clientHandle)` replaced

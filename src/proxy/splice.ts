@@ -213,9 +213,6 @@ export class Session {
   /** EOF read from the client / the backend. */
   clientEnded = false;
   serverEnded = false;
-  /** Our shutdown of the client's / backend's write side has completed (every byte was sent). */
-  clientShut = false;
-  serverShut = false;
   /** Writes queued by libuv (the kernel did not take them at once), per direction. */
   c2sWrites = 0;
   s2cWrites = 0;
@@ -249,6 +246,9 @@ export class Session {
   /** The client's and the backend's read buffers; replaced by a larger one when a read fills them. */
   cbuf: Buffer = Buffer.allocUnsafeSlow(READ_BUFFER_MIN);
   sbuf: Buffer = Buffer.allocUnsafeSlow(READ_BUFFER_MIN);
+  /** The last chunk's view of `cbuf` / `sbuf` (bytes 0..n), reused while chunks keep their size. */
+  cview: Buffer | null = null;
+  sview: Buffer | null = null;
 
   reset(): void {
     this.client = null;
@@ -264,7 +264,7 @@ export class Session {
     this.bcBase = -1;
     this.retries = 0;
     this.reason = -1;
-    this.clientEnded = this.serverEnded = this.clientShut = this.serverShut = false;
+    this.clientEnded = this.serverEnded = false;
     this.c2sWrites = this.s2cWrites = 0;
     this.clientPaused = false;
     this.timeoutMs = this.lastActive = 0;
@@ -280,6 +280,7 @@ export class Session {
     // session. (Once per session that streamed; its handles are closed, nothing points into them.)
     if (this.cbuf.length > READ_BUFFER_MIN) this.cbuf = Buffer.allocUnsafeSlow(READ_BUFFER_MIN);
     if (this.sbuf.length > READ_BUFFER_MIN) this.sbuf = Buffer.allocUnsafeSlow(READ_BUFFER_MIN);
+    this.cview = this.sview = null;
   }
 }
 
@@ -448,7 +449,7 @@ function connectTo(s: Session, backend: number): void {
   const server = new TCP(TCP_SOCKET) as Handle;
   server[kSession] = s;
   s.server = server;
-  s.serverEnded = s.serverShut = false;
+  s.serverEnded = false;
   const attempt = ++s.attempt;
   const family = families[backend];
   if (family !== 0) {
@@ -497,14 +498,14 @@ function onConnected(this: ConnectReq, status: number): void {
   server.readStart();
   if (rt.entry.send_proxy !== 'none') {
     const h = proxyHeaderFor(s, rt.entry.send_proxy);
-    if (send(s, server, h, h.length, true) < 0) return;
+    if (send(s, server, h, true) < 0) return;
   }
   const pending = s.pending;
   if (pending !== null) {
     s.pending = null;
     s.pendingBytes = 0;
     const all = pending.length === 1 ? pending[0] : Buffer.concat(pending);
-    if (send(s, server, all, all.length, true) < 0) return;
+    if (send(s, server, all, true) < 0) return;
   }
   if (s.c2sWrites > 0) s.client!.readStop();
   else resumeClient(s);
@@ -569,13 +570,13 @@ function newWriteReq(): SideReq {
 }
 
 /**
- * HOT: once per chunk, each way. Writes `n` bytes of `buf` to `to`: 0 when the kernel took them
- * all (the buffer is free again), 1 when libuv queued the rest (the buffer stays referenced until
- * `onWritten`; the caller stops reading from the other side), or a negative errno.
+ * HOT: once per chunk, each way. Writes `data` to `to`: 0 when the kernel took it all (the buffer
+ * is free again), 1 when libuv queued the rest (the buffer stays referenced until `onWritten`; the
+ * caller stops reading from the other side), or a negative errno (the session is ended).
  */
-function send(s: Session, to: Handle, buf: Uint8Array, n: number, toServer: boolean): number {
+function send(s: Session, to: Handle, data: Uint8Array, toServer: boolean): number {
   const req = spareWrite;
-  const err = to.writeBuffer(req, n === buf.length ? buf : buf.subarray(0, n));
+  const err = to.writeBuffer(req, data);
   if (err !== 0) {
     endSession(s, toServer ? TERM_SERVER_CLOSED : TERM_CLIENT_CLOSED);
     return err;
@@ -586,7 +587,7 @@ function send(s: Session, to: Handle, buf: Uint8Array, n: number, toServer: bool
   req.session = s;
   req.gen = s.gen;
   req.toServer = toServer;
-  req.buffer = buf;
+  req.buffer = data;
   if (toServer) s.c2sWrites++;
   else s.s2cWrites++;
   return 1;
@@ -603,9 +604,13 @@ function onWritten(this: SideReq, status: number): void {
     return;
   }
   s.lastActive = clock;
-  if (this.toServer) {
-    if (--s.c2sWrites === 0) resumeClient(s);
-  } else if (--s.s2cWrites === 0 && !s.serverEnded && s.server !== null) {
+  const left = this.toServer ? --s.c2sWrites : --s.s2cWrites;
+  if (left > 0) return;
+  if (s.clientEnded && s.serverEnded && s.c2sWrites === 0 && s.s2cWrites === 0) {
+    endSession(s, TERM_CLIENT_CLOSED); // both sides done, and now everything is written
+  } else if (this.toServer) {
+    resumeClient(s);
+  } else if (!s.serverEnded && s.server !== null) {
     s.server.readStart();
   }
 }
@@ -628,10 +633,17 @@ function onClientRead(this: Handle): Uint8Array | undefined {
     const buf = s.cbuf;
     if (s.state === ST_CONNECTED) {
       s.lastActive = clock;
-      const r = send(s, s.server!, buf, n, true);
+      // The view of the first n bytes is kept while reads keep that size (request/response traffic
+      // repeats it): no typed array is made per chunk.
+      let view = s.cview;
+      if (view === null || view.length !== n) view = s.cview = n === buf.length ? buf : buf.subarray(0, n);
+      const r = send(s, s.server!, view, true);
       if (r < 0) return undefined;
       if (r > 0) this.readStop(); // until onWritten
-      if (n === buf.length && n < READ_BUFFER_SIZE) return (s.cbuf = Buffer.allocUnsafeSlow(n * 4));
+      if (n === buf.length && n < READ_BUFFER_SIZE) {
+        s.cview = null;
+        return (s.cbuf = Buffer.allocUnsafeSlow(n * 4));
+      }
       return undefined;
     }
     // Still reading its PROXY header, queued or connecting: keep a copy (the buffer is reused).
@@ -660,10 +672,15 @@ function onBackendRead(this: Handle): Uint8Array | undefined {
     s.bytesOut += n;
     s.lastActive = clock;
     const buf = s.sbuf;
-    const r = send(s, s.client!, buf, n, false);
+    let view = s.sview;
+    if (view === null || view.length !== n) view = s.sview = n === buf.length ? buf : buf.subarray(0, n);
+    const r = send(s, s.client!, view, false);
     if (r < 0) return undefined;
     if (r > 0) this.readStop(); // until onWritten
-    if (n === buf.length && n < READ_BUFFER_SIZE) return (s.sbuf = Buffer.allocUnsafeSlow(n * 4));
+    if (n === buf.length && n < READ_BUFFER_SIZE) {
+      s.sview = null;
+      return (s.sbuf = Buffer.allocUnsafeSlow(n * 4));
+    }
     return undefined;
   }
   if (n === UV_EOF) onServerEnd(s);
@@ -748,30 +765,15 @@ function onServerEnd(s: Session): void {
   else shutdownSide(s, false);
 }
 
-/** Shuts down the write side of the backend (toServer) or the client, once its queued writes are out. */
+/**
+ * Shuts down the write side of the backend (toServer) or the client once its queued writes are
+ * out. Nobody waits for it to complete (the request has no oncomplete, so Node makes no call
+ * back): the session ends when both sides have sent EOF and no write is queued (onClientEnd,
+ * onServerEnd, onWritten), and closing a handle sends a FIN of its own if the shutdown has not.
+ */
 function shutdownSide(s: Session, toServer: boolean): void {
-  const req = new ShutdownWrap() as SideReq;
-  req.oncomplete = onShutdown as SideReq['oncomplete'];
-  req.session = s;
-  req.gen = s.gen;
-  req.toServer = toServer;
-  req.buffer = null;
-  const err = (toServer ? s.server! : s.client!).shutdown(req);
+  const err = (toServer ? s.server! : s.client!).shutdown(new ShutdownWrap());
   if (err !== 0) endSession(s, toServer ? TERM_SERVER_CLOSED : TERM_CLIENT_CLOSED);
-}
-
-/** Once per direction: its last bytes are written and its FIN sent. Both directions done → close. */
-function onShutdown(this: SideReq, status: number): void {
-  const s = this.session;
-  this.session = null;
-  if (s === null || s.gen !== this.gen) return;
-  if (status < 0) {
-    endSession(s, this.toServer ? TERM_SERVER_CLOSED : TERM_CLIENT_CLOSED);
-    return;
-  }
-  if (this.toServer) s.serverShut = true;
-  else s.clientShut = true;
-  if (s.clientShut && s.serverShut) endSession(s, TERM_CLIENT_CLOSED);
 }
 
 // ── timeouts ─────────────────────────────────────────────────────────────────

@@ -51,7 +51,7 @@ import type { BackendEntry, ServiceEntry, WorkerToMain } from './messages.ts';
 import { encodeProxyV1, encodeProxyV2, parseProxyHeader } from './proxy-protocol.ts';
 
 /** Largest read buffer of a socket; HAProxy's default tune.bufsize is the same. */
-export const READ_BUFFER_SIZE = 16 * 1024;
+export const READ_BUFFER_SIZE = 64 * 1024;
 /**
  * Each socket's (client's and backend's) first read buffer; it grows ×4 (up to READ_BUFFER_SIZE)
  * each time a read fills it, so idle and request/response connections keep a small one (memory

@@ -457,13 +457,15 @@ function connectTo(s: Session, backend: number): void {
     return;
   }
   // A host name (IP addresses are recommended: README): resolved on every connect, as Node's
-  // net.connect does.
-  lookup(bk.host, (err, address, fam) => {
+  // net.connect does, IPv4 addresses first (the first one is used).
+  lookup(bk.host, LOOKUP_OPTIONS, (err, address, fam) => {
     if (s.attempt !== attempt || s.server !== server) return;
     if (err) connectFailed(s, (err as NodeJS.ErrnoException).code ?? 'ENOTFOUND');
     else startConnect(s, server, address, bk.port, fam);
   });
 }
+
+const LOOKUP_OPTIONS = { order: 'ipv4first' } as const;
 
 function startConnect(s: Session, server: Handle, ip: string, port: number, family: number): void {
   const req = new TCPConnectWrap() as ConnectReq;

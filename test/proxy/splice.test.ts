@@ -1,12 +1,14 @@
 /**
- * Bytes through the proxy: many clients pushing megabytes both ways arrive intact (sha256), and
- * half-close works in both directions. Addresses: 127.2.1.0/24.
+ * Bytes through the proxy: many clients pushing megabytes both ways arrive intact (sha256),
+ * half-close works in both directions, backpressure holds both ways, a reset on either side
+ * closes the other and gives the slots back, and a backend named by host name is reached.
+ * Addresses: 127.2.1.0/24 (and 127.0.0.1 for the host-name backend, `localhost`).
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { FulcrumHandle } from '../../src/main.ts';
 import { SC_ACCEPTED, SC_BYTES_IN, SC_BYTES_OUT } from '../../src/shm/layout.ts';
 import {
-  connectClient, freePort, randomData, readAll, sha256, startEchoServer, startServer, waitFor, type TestServer,
+  connectClient, freePort, randomData, readAll, sha256, startEchoServer, startServer, waitClose, waitFor, type TestServer,
 } from '../helpers/net.ts';
 import { reasons, serviceCounter, startProxy, activeCounts } from './harness.ts';
 
@@ -15,6 +17,7 @@ let backends: TestServer[] = [];
 let proxy: FulcrumHandle;
 let echoPort = 0;
 let halfPort = 0;
+let ports = { slow: 0, reset: 0, named: 0 };
 
 beforeAll(async () => {
   backends = await Promise.all([startEchoServer(HOST), startEchoServer(HOST), startEchoServer(HOST)]);
@@ -31,10 +34,25 @@ beforeAll(async () => {
     s.on('data', (d: Buffer) => chunks.push(d));
     s.on('end', () => early.server.emit('received', sha256(Buffer.concat(chunks))));
   }, HOST);
-  backends.push(digester, early);
+  // A backend that reads nothing for its first 400 ms, then digests like `digester`.
+  const slow = await startServer((s) => {
+    const chunks: Buffer[] = [];
+    s.pause();
+    setTimeout(() => s.resume(), 400);
+    s.on('data', (d: Buffer) => chunks.push(d));
+    s.on('end', () => s.end(sha256(Buffer.concat(chunks))));
+  }, HOST);
+  // A backend that resets the connection as soon as the client's first bytes arrive.
+  const resetter = await startServer((s) => {
+    s.once('data', () => s.resetAndDestroy());
+  }, HOST);
+  // An echo backend that fulcrum reaches as localhost:PORT (a name to look up).
+  const named = await startEchoServer('127.0.0.1');
+  backends.push(digester, early, slow, resetter, named);
   echoPort = await freePort(HOST);
   halfPort = await freePort(HOST);
   const earlyPort = await freePort(HOST);
+  ports = { slow: await freePort(HOST), reset: await freePort(HOST), named: await freePort(HOST) };
   proxy = await startProxy(`
 workers: 2
 logging: { level: silent, connections: false }
@@ -50,6 +68,15 @@ ${backends.slice(0, 3).map((b) => `      - address: ${b.address}`).join('\n')}
   - name: early
     listen: ${HOST}:${earlyPort}
     backends: [{ address: ${early.address} }]
+  - name: slow
+    listen: ${HOST}:${ports.slow}
+    backends: [{ address: ${slow.address} }]
+  - name: reset
+    listen: ${HOST}:${ports.reset}
+    backends: [{ address: ${resetter.address} }]
+  - name: named
+    listen: ${HOST}:${ports.named}
+    backends: [{ address: 'localhost:${named.port}' }]
 `);
   (globalThis as Record<string, unknown>).__earlyPort = earlyPort;
 });
@@ -139,5 +166,43 @@ describe('splice', () => {
     s.end(data);
     expect(await received).toBe(sha256(data));
     await waitFor(() => reasons(proxy, 'early').server_closed === 1, 3000, 'server_closed counted');
+  });
+
+  it('keeps every byte when the backend reads slowly (backpressure client → backend)', async () => {
+    const data = randomData(16 * 1024 * 1024);
+    const s = await connectClient(ports.slow, HOST);
+    const got = readAll(s, 60_000);
+    // Written as fast as the socket takes it: with the backend not reading, every buffer on the
+    // way fills and the proxy must stop reading the client until the backend catches up.
+    let off = 0;
+    while (off < data.length) {
+      const n = Math.min(data.length - off, 256 * 1024);
+      if (!s.write(data.subarray(off, off + n))) await new Promise((r) => s.once('drain', r));
+      off += n;
+    }
+    s.end();
+    expect((await got).toString()).toBe(sha256(data));
+    s.destroy();
+  });
+
+  it('a backend reset closes the client and gives the slots back (reason server_closed)', async () => {
+    const s = await connectClient(ports.reset, HOST);
+    s.on('error', () => {}); // the close may arrive as ECONNRESET
+    s.write('hello');
+    await waitClose(s, 3000);
+    await waitFor(() => reasons(proxy, 'reset').server_closed === 1, 3000, 'server_closed counted');
+    expect(activeCounts(proxy, 'reset', [backends[6].address]).active).toBe(0);
+  });
+
+  it('a client reset closes the backend connection and gives the slots back (reason client_closed)', async () => {
+    const named = backends[7];
+    const s = await connectClient(ports.named, HOST);
+    s.write('ping');
+    await new Promise((r) => s.once('data', r));
+    await waitFor(() => named.sockets.size === 1, 3000, 'backend connection open');
+    s.resetAndDestroy();
+    await waitFor(() => named.sockets.size === 0, 3000, 'backend connection closed');
+    await waitFor(() => reasons(proxy, 'named').client_closed === 1, 3000, 'client_closed counted');
+    expect(activeCounts(proxy, 'named', [`localhost:${named.port}`]).active).toBe(0);
   });
 });

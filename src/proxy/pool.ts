@@ -10,6 +10,7 @@ import { Worker } from 'node:worker_threads';
 import { ListenError, FulcrumError } from '../errors.ts';
 import type { Logger } from '../observability/log.ts';
 import type { ListenProblem, MainToWorker, ServiceEntry, WorkerInit, WorkerToMain } from './messages.ts';
+import { rawHandlesMissing } from './handles.ts';
 
 const WORKER_URL = new URL('./worker.ts', import.meta.url);
 const RESTART_DELAY_MIN_MS = 100;
@@ -76,6 +77,9 @@ export class WorkerPool extends EventEmitter {
     super();
     this.opts = opts;
     this.log = opts.logger.child({ component: 'pool' });
+    // Said here, once and clearly, rather than by every worker as it starts.
+    const missing = rawHandlesMissing();
+    if (missing !== null) throw new PoolError(missing);
     const support = reusePortSupport();
     this.reusePort = support.ok;
     if (!support.ok && opts.workers > 1) {

@@ -60,7 +60,9 @@ const paused = new Set(init.paused);
 
 function listen(l: Listener): Promise<ListenProblem | null> {
   const e = l.rt.entry;
-  const server = createServer({ allowHalfOpen: true, noDelay: true });
+  // The server only listens: its connections go to splice.ts as raw handles (attachListener), so
+  // net.Socket options (allowHalfOpen, noDelay) would not apply; splice.ts sets both itself.
+  const server = createServer();
   attachListener(server, l.rt);
   l.server = server;
   return new Promise((resolve) => {

@@ -310,8 +310,7 @@ function onAccept(this: { owner: Server }, err: number, handle: TcpHandle | unde
   s.svc = rt;
   s.tAccept = clock = performance.now();
   s.lastActive = clock;
-  client[kSession] = s;
-  client.setNoDelay(true);
+  client[kSession] = s; // TCP_NODELAY: inherited from the listening socket (acceptRaw)
   client.onread = onClientRead;
   client.useUserBuffer(s.cbuf);
   client.readStart();

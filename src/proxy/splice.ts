@@ -216,8 +216,6 @@ export class Session {
   /** Writes queued by libuv (the kernel did not take them at once), per direction. */
   c2sWrites = 0;
   s2cWrites = 0;
-  /** The client stopped reading because PENDING_LIMIT was reached before the backend was there. */
-  clientPaused = false;
   /** Timeout of the current state (0: none), measured from lastActive. */
   timeoutMs = 0;
   lastActive = 0;
@@ -266,7 +264,6 @@ export class Session {
     this.reason = -1;
     this.clientEnded = this.serverEnded = false;
     this.c2sWrites = this.s2cWrites = 0;
-    this.clientPaused = false;
     this.timeoutMs = this.lastActive = 0;
     this.tAccept = this.tQueued = this.queueMs = this.tConnect = 0;
     this.connectMs = -1;
@@ -616,8 +613,8 @@ function onWritten(this: SideReq, status: number): void {
   }
 }
 
+/** Reading the client again: after its queued writes completed, or once connected (PENDING_LIMIT may have stopped it). */
 function resumeClient(s: Session): void {
-  s.clientPaused = false;
   if (!s.clientEnded) s.client!.readStart();
 }
 
@@ -652,10 +649,7 @@ function onClientRead(this: Handle): Uint8Array | undefined {
     buf.copy(copy, 0, 0, n);
     (s.pending ??= []).push(copy);
     s.pendingBytes += n;
-    if (s.pendingBytes >= PENDING_LIMIT) {
-      this.readStop();
-      s.clientPaused = true;
-    }
+    if (s.pendingBytes >= PENDING_LIMIT) this.readStop(); // until connected (onConnected)
     if (s.state === ST_HEADER) readProxyHeader(s);
     return undefined;
   }

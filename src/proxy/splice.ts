@@ -107,6 +107,11 @@ export interface DataPathContext {
   onClose: ((rec: CloseRecord) => void) | null;
   /** Called when the last session ends during a shutdown. */
   onIdle: (() => void) | null;
+  /**
+   * Called when this process ran out of something it needs for a connection (errno < 0: EMFILE,
+   * ENFILE, ENOBUFS…): while accepting it, or opening its backend socket. Not a backend's fault.
+   */
+  onLocalError: ((errno: number, service: string, during: 'accept' | 'connect') => void) | null;
 }
 
 let ctx: DataPathContext;
@@ -297,9 +302,13 @@ export function updateRuntime(server: Server, rt: ServiceRuntime): void {
 
 /** HOT: the listener handle's onconnection, once per accepted connection. */
 function onAccept(this: { owner: Server }, err: number, handle: TcpHandle | undefined): void {
-  // An accept error (EMFILE, ENFILE…): libuv keeps listening and retries; nothing to clean up.
-  if (err !== 0 || handle === undefined) return;
   const rt = (this.owner as unknown as { [kRuntime]: ServiceRuntime })[kRuntime];
+  if (err !== 0 || handle === undefined) {
+    // An accept error (EMFILE, ENFILE…): libuv keeps listening (and closes the connections it
+    // cannot take, rather than leave them waiting); the worker says so in its log.
+    ctx.onLocalError?.(err, rt.entry.name, 'accept');
+    return;
+  }
   const client = handle as Handle;
   f64[rt.scBase + SC_ACCEPTED] += 1;
   const s = pool.pop() ?? new Session();
@@ -470,7 +479,31 @@ function startConnect(s: Session, server: Handle, ip: string, port: number, fami
   req.gen = s.gen;
   req.attempt = s.attempt;
   const err = family === 6 ? server.connect6(req, ip, port) : server.connect(req, ip, port);
-  if (err !== 0) connectFailed(s, getSystemErrorName(err));
+  if (err === 0) return;
+  const code = getSystemErrorName(err);
+  if (LOCAL_ERRORS.has(code)) localConnectFailure(s, err, code);
+  else connectFailed(s, code);
+}
+
+/** Errors of connect() that say this process is out of files, memory or local ports. */
+const LOCAL_ERRORS = new Set(['EMFILE', 'ENFILE', 'ENOBUFS', 'ENOMEM', 'EADDRNOTAVAIL']);
+
+/**
+ * The backend socket could not be made here (open-files limit, memory, local ports): the backend
+ * is not to blame, so no connect failure is counted or reported to passive health, and no other
+ * backend is tried (it would fail alike). The client is closed (connect_failed, with the errno in
+ * the log's `detail`) and the worker logs the cause.
+ */
+function localConnectFailure(s: Session, errno: number, code: string): void {
+  const server = s.server!;
+  server[kSession] = null;
+  server.close();
+  s.server = null;
+  s.state = ST_FREE;
+  s.detail = `${code}: no socket for the backend connection (local resources)`;
+  ctx.onLocalError?.(errno, s.svc!.entry.name, 'connect');
+  releaseSession(s);
+  endSession(s, TERM_CONNECT_FAILED);
 }
 
 /** Once per connect attempt: the backend connection is up (status 0) or failed. */

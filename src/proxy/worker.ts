@@ -4,6 +4,7 @@
  * splice.ts. Started by pool.ts; everything it is told arrives as a MainToWorker message.
  */
 import { createServer, type Server } from 'node:net';
+import { getSystemErrorName } from 'node:util';
 import { parentPort, workerData } from 'node:worker_threads';
 import { pino } from 'pino';
 import { instantiateEngine } from '../balancer/engine.ts';
@@ -39,6 +40,22 @@ if (init.logging.connections) {
   onClose = (rec) => log.info(rec, CONNECTION_LOG_MSG);
 }
 
+// Local resource errors come in bursts (every connection while the open-files limit is reached):
+// one log line per second at most, with how many connections failed since the last one.
+let localFailures = 0;
+let localLoggedAt = 0;
+function onLocalError(errno: number, service: string, during: 'accept' | 'connect'): void {
+  localFailures++;
+  const now = Date.now();
+  if (now - localLoggedAt < 1000) return;
+  const code = getSystemErrorName(errno);
+  const what = during === 'accept' ? 'accept failed' : 'cannot open a backend connection';
+  const hint = code === 'EMFILE' || code === 'ENFILE' ? ': the open-files limit is reached (raise ulimit -n / LimitNOFILE)' : '';
+  log.error({ service, code, during, failed: localFailures }, `${what} on service ${service}: ${code}${hint}`);
+  localLoggedAt = now;
+  localFailures = 0;
+}
+
 let stopWaiter: (() => void) | null = null;
 initDataPath({
   engine,
@@ -47,6 +64,7 @@ initDataPath({
   post,
   onClose,
   onIdle: () => stopWaiter?.(),
+  onLocalError,
 });
 
 interface Listener {

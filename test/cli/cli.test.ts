@@ -2,13 +2,13 @@
  * The command line, run as an operator runs it: bin/fulcrum as a subprocess.
  * Addresses: 127.2.7.0/24.
  */
-import { spawn, type ChildProcess } from 'node:child_process';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
+import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { connectClient, freePort, startEchoServer, waitFor, type TestServer } from '../helpers/net.ts';
+import { connectClient, freePort, startEchoServer, waitClose, waitFor, type TestServer } from '../helpers/net.ts';
 
 const ROOT = fileURLToPath(new URL('../..', import.meta.url));
 const BIN = join(ROOT, 'bin', 'fulcrum');
@@ -143,6 +143,51 @@ services:
     expect(line, stdout).toBeDefined();
     const rec = JSON.parse(line as string);
     expect(rec).toMatchObject({ service: 'echo', backend: echo.address, bytes_in: 15, bytes_out: 15, reason: 'client_closed' });
+  });
+
+  it('out of open files for a backend socket: says so, does not blame the backend, serves again once files are free', async () => {
+    const port = await freePort(HOST);
+    const file = join(tmp, 'emfile.yaml');
+    writeFileSync(file, `
+workers: 1
+logging: { level: info, connections: false }
+services:
+  - name: tight
+    listen: ${HOST}:${port}
+    # One connect failure in the data plane would mark the backend down (passive health); the
+    # next probe is 30 s away, after the test.
+    health: { type: tcp, interval: 30s, observe_failures: 1 }
+    backends: [{ address: ${echo.address} }]
+`);
+    const child = spawn(BIN, ['run', '--config', file], { cwd: ROOT, env: { ...process.env, PATH: '/usr/bin:/bin' } });
+    children.push(child);
+    let out = '';
+    child.stdout.on('data', (d) => (out += d));
+    child.stderr.on('data', (d) => (out += d));
+    await waitFor(() => out.includes('data plane ready') && out.includes('"msg":"backend healthy"'), 15_000, 'fulcrum run to be ready');
+    // Lower the running process's open-files limit so that exactly one more descriptor fits: the
+    // next client is accepted into it, and the backend socket for that client cannot be made.
+    const pid = child.pid!;
+    const open = new Set(readdirSync(`/proc/${pid}/fd`).map(Number));
+    const free: number[] = [];
+    for (let fd = 0; free.length < 2; fd++) if (!open.has(fd)) free.push(fd);
+    const soft = readFileSync(`/proc/${pid}/limits`, 'utf8').match(/Max open files\s+(\d+)/)![1];
+    execFileSync('prlimit', ['--pid', String(pid), `--nofile=${free[1]}:`]);
+    const s = await connectClient(port, HOST);
+    s.on('error', () => {});
+    s.write('x');
+    await waitClose(s, 3000);
+    await waitFor(() => /cannot open a backend connection on service tight: EMFILE: the open-files limit is reached/.test(out), 3000,
+      'the EMFILE in the log');
+    execFileSync('prlimit', ['--pid', String(pid), `--nofile=${soft}:`]);
+    // The backend was not blamed (no passive-health failure, no state change), and the next client is served.
+    expect(out).not.toContain('"to":"down"');
+    const again = await connectClient(port, HOST);
+    const reply = new Promise<string>((resolve) => again.once('data', (d) => resolve(d.toString())));
+    again.write('again');
+    expect(await reply).toBe('again');
+    again.destroy();
+    child.kill('SIGTERM');
   });
 
   it('fails with a clear message when the listen address is taken', async () => {

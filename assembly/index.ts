@@ -54,15 +54,18 @@ export function init(workerId: u32): u32 {
 }
 
 /**
- * Bumps the service's release sequence and wakes every agent waiting on it (queued connections, any
- * worker). The notify (a call into the host, ~35 ns) is skipped while S_QUEUED is 0. That is safe
- * because a waiter increments S_QUEUED before it reads S_RELEASE_SEQ and waits on the value read:
- * with sequentially consistent atomics, either this load sees its increment (and notifies), or its
- * read of the sequence comes after our increment (and its wait returns at once).
+ * Tells queued connections (any worker) that a slot came free: bumps the service's release
+ * sequence and wakes every agent waiting on it. Both are skipped while S_QUEUED is 0 (the common
+ * case: one load instead of a contended add and a call into the host). That is safe because a
+ * waiter increments S_QUEUED before it reads S_RELEASE_SEQ, tries to acquire, and waits on the
+ * value read, and our caller gave the slot back before this load: with sequentially consistent
+ * atomics, either this load sees the waiter's increment (and we bump and notify), or the waiter's
+ * acquire comes after our release (and succeeds without waiting).
  */
 @inline function signalRelease(sa: usize): void {
+  if (atomic.load<i32>(sa + S_QUEUED) == 0) return;
   atomic.add<i32>(sa + S_RELEASE_SEQ, 1);
-  if (atomic.load<i32>(sa + S_QUEUED) > 0) atomic.notify(sa + S_RELEASE_SEQ, i32.MAX_VALUE);
+  atomic.notify(sa + S_RELEASE_SEQ, i32.MAX_VALUE);
 }
 
 /**
@@ -124,9 +127,9 @@ export function reacquire(s: u32, hash: u32, failed: u32): i32 {
 }
 
 /**
- * Ends a session: gives back the backend slot (when `backend` ≥ 0) and the service slot, bumps
- * S_RELEASE_SEQ and notifies it so queued connections in any worker retry. Hot path: once per
- * closed connection. Works on a service already removed by a reload (its counters still drain).
+ * Ends a session: gives back the backend slot (when `backend` ≥ 0) and the service slot, and, when
+ * connections are queued, bumps S_RELEASE_SEQ and notifies it so they retry (any worker). Hot path:
+ * once per closed connection. Works on a service already removed by a reload (its counters still drain).
  */
 export function release(s: u32, backend: i32): void {
   if (backend >= 0 && <u32>backend < MAX_BACKENDS) {

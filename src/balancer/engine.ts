@@ -28,7 +28,7 @@ export interface Engine {
   acquire(service: number, hash: number): number;
   /** After a failed connect: gives back `failed`, excludes it, picks another. The service slot stays held. */
   reacquire(service: number, hash: number, failed: number): number;
-  /** At session end: gives back the backend (if ≥ 0) and service slots, notifies S_RELEASE_SEQ. */
+  /** At session end: gives back the backend (if ≥ 0) and service slots; bumps and notifies S_RELEASE_SEQ when connections are queued. */
   release(service: number, backend: number): void;
   /** Control plane only: recounts up tiers, rebuilds and flips the service's ring. */
   rebuild(service: number): void;

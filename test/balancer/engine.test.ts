@@ -221,6 +221,19 @@ describe('release', () => {
     expect(e.worker.acquire(0, 0)).toBe(b);
   });
 
+  it('with nobody queued, a release leaves the sequence alone (no contended add, no notify)', () => {
+    const e = env({ backends: backends(2) });
+    const i32 = new Int32Array(e.memory.buffer);
+    const idx = e.balancer.records.releaseSeqIndex(0);
+    const seq = Atomics.load(i32, idx);
+    for (let k = 0; k < 10; k++) e.worker.release(0, e.worker.acquire(0, k));
+    expect(Atomics.load(i32, idx)).toBe(seq);
+    // Once a connection is queued, every release bumps it.
+    Atomics.add(i32, (serviceAddr(0) + S_QUEUED) >> 2, 1);
+    e.worker.release(0, e.worker.acquire(0, 0));
+    expect(Atomics.load(i32, idx)).toBe(seq + 1);
+  });
+
   it('a release from another thread wakes a waiter blocked in Atomics.wait', async () => {
     const e = env({ backends: backends(1) });
     const i32 = new Int32Array(e.memory.buffer);

@@ -74,6 +74,9 @@ export interface FulcrumHandle {
 
 export async function startFulcrum(initial: Config, options: StartOptions = {}): Promise<FulcrumHandle> {
   const logger = options.logger ?? createLogger(initial.logging.level);
+  // A reload changes the level of fulcrum's own logger (its children follow); a logger handed in by
+  // the caller keeps the level the caller gave it.
+  const ownLogger = options.logger === undefined;
   const log = logger.child({ component: 'main' });
   const events: FulcrumEvents = new EventEmitter();
   let config = initial;
@@ -121,8 +124,13 @@ export async function startFulcrum(initial: Config, options: StartOptions = {}):
 
   // ── reload and stop ───────────────────────────────────────────────────────
   async function reload(next: Config): Promise<ListenProblem[]> {
+    const prevLogging = config.logging;
     balancer.apply(next);
     config = next;
+    if (prevLogging.level !== next.logging.level || prevLogging.connections !== next.logging.connections) {
+      if (ownLogger) logger.level = next.logging.level;
+      await pool.setLogging({ level: next.logging.level, connections: next.logging.connections });
+    }
     health.update(next);
     return syncServices();
   }

@@ -128,8 +128,7 @@ export function diffConfigs(prev: Config, next: Config): ReloadResult {
     else changes.push('admin settings');
   }
   if (!same(prev.ha, next.ha)) restart.push('ha');
-  // Workers take their log level and per-connection logging at start.
-  if (!same(prev.logging, next.logging)) restart.push(`logging: ${JSON.stringify(prev.logging)} → ${JSON.stringify(next.logging)}`);
+  if (!same(prev.logging, next.logging)) changes.push(`logging: ${JSON.stringify(prev.logging)} → ${JSON.stringify(next.logging)}`);
   if (prev.shutdown_grace !== next.shutdown_grace) changes.push(`shutdown_grace: ${prev.shutdown_grace}ms → ${next.shutdown_grace}ms`);
   return { changes, restart_required: restart };
 }

@@ -3,7 +3,8 @@
  * structured-cloneable; the shared memory and the compiled engine travel in `workerData`.
  *
  * main → worker: `services` (the whole service table, on start, reload and runtime changes),
- * `kill-backend`, `pause` / `resume` (stop / start accepting on one service), `shutdown`.
+ * `kill-backend`, `pause` / `resume` (stop / start accepting on one service), `logging` (a reload
+ * changed the log level or per-connection logging), `shutdown`.
  * worker → main: `ack` (answers a request, with any listen errors), `connect-failed`
  * (passive health), `stopped`.
  */
@@ -52,7 +53,8 @@ export type MainToWorker =
   | { type: 'kill-backend'; seq: number; backend: number }
   | { type: 'pause'; seq: number; service: string }
   | { type: 'resume'; seq: number; service: string }
-  | { type: 'shutdown'; seq: number; grace: number };
+  | { type: 'shutdown'; seq: number; grace: number }
+  | { type: 'logging'; seq: number; level: string; connections: boolean };
 
 /** A listener that could not bind, as reported by a worker. */
 export interface ListenProblem {

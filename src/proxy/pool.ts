@@ -209,6 +209,12 @@ export class WorkerPool extends EventEmitter {
     return dedupe(errors);
   }
 
+  /** Log level and per-connection logging for every worker, now and for workers started later (restarts). */
+  async setLogging(logging: { level: string; connections: boolean }): Promise<void> {
+    this.opts.logging = { ...logging };
+    await this.request((seq) => ({ type: 'logging', seq, level: logging.level, connections: logging.connections }));
+  }
+
   /** Closes every open session to `backend` in all workers (reason backend_down); resolves with how many. */
   async killBackend(backend: number): Promise<number> {
     const { killed } = await this.request((seq) => ({ type: 'kill-backend', seq, backend }));

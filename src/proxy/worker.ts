@@ -13,7 +13,7 @@ import { CONNECTION_LOG_MSG, createLogger, type Logger } from '../observability/
 import type { ListenProblem, MainToWorker, ServiceEntry, WorkerInit, WorkerToMain } from './messages.ts';
 import {
   attachListener, beginShutdown, dropQueue, initDataPath, killAll, killBackend, ServiceRuntime, sessions, setBackends,
-  updateRuntime, type CloseRecord,
+  updateRuntime, type CloseRecord, type DataPathContext,
 } from './splice.ts';
 
 const init = workerData as WorkerInit;
@@ -34,11 +34,9 @@ const log: Logger = createLogger(init.logging.level as 'info', destination).chil
 
 const engine = instantiateEngine(init.module, init.memory, init.workerId);
 
-let onClose: ((rec: CloseRecord) => void) | null = null;
-if (init.logging.connections) {
-  // One JSON line per closed connection (HAProxy's option tcplog); the logger is made once.
-  onClose = (rec) => log.info(rec, CONNECTION_LOG_MSG);
-}
+// One JSON line per closed connection (HAProxy's option tcplog) while logging.connections is on;
+// the function is made once, and a reload switches it in or out (setLogging).
+const logConnection = (rec: CloseRecord): void => log.info(rec, CONNECTION_LOG_MSG);
 
 // Local resource errors come in bursts (every connection while the open-files limit is reached):
 // one log line per second at most, with how many connections failed since the last one.
@@ -57,15 +55,22 @@ function onLocalError(errno: number, service: string, during: 'accept' | 'connec
 }
 
 let stopWaiter: (() => void) | null = null;
-initDataPath({
+const dataPath: DataPathContext = {
   engine,
   memory: init.memory,
   workerId: init.workerId,
   post,
-  onClose,
+  onClose: init.logging.connections ? logConnection : null,
   onIdle: () => stopWaiter?.(),
   onLocalError,
-});
+};
+initDataPath(dataPath);
+
+/** A reload changed `logging`: the level applies to the next line, per-connection lines to the next close. */
+function setLogging(level: string, connections: boolean): void {
+  log.level = level;
+  dataPath.onClose = connections ? logConnection : null;
+}
 
 interface Listener {
   rt: ServiceRuntime;
@@ -200,6 +205,10 @@ port.on('message', async (msg: MainToWorker) => {
       post({ type: 'ack', seq: msg.seq, errors: problem ? [problem] : [] });
       break;
     }
+    case 'logging':
+      setLogging(msg.level, msg.connections);
+      post({ type: 'ack', seq: msg.seq, errors: [] });
+      break;
     case 'shutdown':
       await shutdown(msg.grace);
       break;

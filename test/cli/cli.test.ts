@@ -8,7 +8,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { connectClient, freePort, startEchoServer, waitClose, waitFor, type TestServer } from '../helpers/net.ts';
+import { connectClient, freePort, sleep, startEchoServer, waitClose, waitFor, type TestServer } from '../helpers/net.ts';
 
 const ROOT = fileURLToPath(new URL('../..', import.meta.url));
 const BIN = join(ROOT, 'bin', 'fulcrum');
@@ -143,6 +143,62 @@ services:
     expect(line, stdout).toBeDefined();
     const rec = JSON.parse(line as string);
     expect(rec).toMatchObject({ service: 'echo', backend: echo.address, bytes_in: 15, bytes_out: 15, reason: 'client_closed' });
+  });
+
+  it('a reload turns the log level and per-connection lines on and off, without a restart', async () => {
+    const port = await freePort(HOST);
+    const file = join(tmp, 'logging.yaml');
+    const yaml = (logging: string) => `
+workers: 2
+logging: ${logging}
+services:
+  - name: logged
+    listen: ${HOST}:${port}
+    backends: [{ address: ${echo.address} }]
+`;
+    writeFileSync(file, yaml('{ level: warn, connections: false }'));
+    const child = spawn(BIN, ['run', '--config', file], { cwd: ROOT, env: { ...process.env, PATH: '/usr/bin:/bin' } });
+    children.push(child);
+    let out = '';
+    child.stdout.on('data', (d) => (out += d));
+    child.stderr.on('data', (d) => (out += d));
+    const lines = (msg: string) => out.split('\n').filter((l) => l.includes(`"msg":"${msg}"`)).length;
+    const oneSession = async (text: string) => {
+      const s = await connectClient(port, HOST);
+      const echoed = new Promise<string>((resolve) => s.once('data', (d) => resolve(d.toString())));
+      s.write(text);
+      expect(await echoed).toBe(text);
+      s.end();
+      await waitClose(s, 3000);
+    };
+    // Level warn: not even 'data plane ready' is printed; wait for the listener instead.
+    await waitFor(async () => {
+      try {
+        (await connectClient(port, HOST)).destroy();
+        return true;
+      } catch {
+        return false;
+      }
+    }, 15_000, 'fulcrum run to listen');
+    await oneSession('quiet');
+    await sleep(300);
+    expect(lines('connection')).toBe(0);
+
+    writeFileSync(file, yaml('{ level: info, connections: true }'));
+    child.kill('SIGHUP');
+    await waitFor(() => out.includes('reload applied'), 5000, 'the reload');
+    expect(out).not.toContain('needs a restart');
+    await oneSession('loud');
+    await waitFor(() => lines('connection') === 1, 3000, 'a connection line after the reload');
+    expect(out).toContain('"bytes_in":4');
+
+    writeFileSync(file, yaml('{ level: info, connections: false }'));
+    child.kill('SIGHUP');
+    await waitFor(() => out.split('reload applied').length === 3, 5000, 'the second reload');
+    await oneSession('quiet again');
+    await sleep(1500); // worker lines are flushed at least once a second
+    expect(lines('connection')).toBe(1);
+    child.kill('SIGTERM');
   });
 
   it('out of open files for a backend socket: says so, does not blame the backend, serves again once files are free', async () => {

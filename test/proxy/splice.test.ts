@@ -17,7 +17,7 @@ let backends: TestServer[] = [];
 let proxy: FulcrumHandle;
 let echoPort = 0;
 let halfPort = 0;
-let ports = { slow: 0, reset: 0, named: 0 };
+let ports = { slow: 0, reset: 0, named: 0, storm: 0 };
 
 beforeAll(async () => {
   backends = await Promise.all([startEchoServer(HOST), startEchoServer(HOST), startEchoServer(HOST)]);
@@ -52,7 +52,7 @@ beforeAll(async () => {
   echoPort = await freePort(HOST);
   halfPort = await freePort(HOST);
   const earlyPort = await freePort(HOST);
-  ports = { slow: await freePort(HOST), reset: await freePort(HOST), named: await freePort(HOST) };
+  ports = { slow: await freePort(HOST), reset: await freePort(HOST), named: await freePort(HOST), storm: await freePort(HOST) };
   proxy = await startProxy(`
 workers: 2
 logging: { level: silent, connections: false }
@@ -77,6 +77,11 @@ ${backends.slice(0, 3).map((b) => `      - address: ${b.address}`).join('\n')}
   - name: named
     listen: ${HOST}:${ports.named}
     backends: [{ address: 'localhost:${named.port}' }]
+  - name: storm
+    listen: ${HOST}:${ports.storm}
+    balance: roundrobin
+    retries: 2
+    backends: [{ address: '${HOST}:1' }, { address: ${backends[0].address} }]
 `);
   (globalThis as Record<string, unknown>).__earlyPort = earlyPort;
 });
@@ -204,5 +209,44 @@ describe('splice', () => {
     await waitFor(() => named.sockets.size === 0, 3000, 'backend connection closed');
     await waitFor(() => reasons(proxy, 'named').client_closed === 1, 3000, 'client_closed counted');
     expect(activeCounts(proxy, 'named', [`localhost:${named.port}`]).active).toBe(0);
+  });
+
+  it('clients that vanish at every step leak nothing: each session ends exactly once', async () => {
+    // Half the connects go to a dead backend first (port 1: refused), so sessions are caught in
+    // every state: retrying, connecting, splicing, half-closed.
+    const one = async (i: number): Promise<void> => {
+      const s = await connectClient(ports.storm, HOST);
+      s.on('error', () => {});
+      const closed = waitClose(s, 5000).catch(() => undefined);
+      switch (i % 5) {
+        case 0: { // a whole exchange
+          const echoed = new Promise((r) => s.once('data', r));
+          s.write('ping');
+          await echoed;
+          s.end();
+          break;
+        }
+        case 1: s.write('ping'); s.resetAndDestroy(); break; // gone while its backend is picked
+        case 2: s.resetAndDestroy(); break; // gone at once
+        case 3: s.end(); break; // FIN without a byte
+        case 4: s.write(randomData(256 * 1024)); setTimeout(() => s.destroy(), 5); break; // gone mid-stream
+      }
+      await closed;
+    };
+    for (let batch = 0; batch < 6; batch++) await Promise.all(Array.from({ length: 50 }, (_, k) => one(batch * 50 + k)));
+    const addresses = [`${HOST}:1`, backends[0].address];
+    await waitFor(() => {
+      const c = activeCounts(proxy, 'storm', addresses);
+      return c.active === 0 && c.queued === 0 && c.backends.every((n) => n === 0);
+    }, 5000, 'every slot given back');
+    const ended = Object.values(reasons(proxy, 'storm')).reduce((a, b) => a + b, 0);
+    expect(ended).toBe(serviceCounter(proxy, 'storm', SC_ACCEPTED));
+    expect(ended).toBe(300);
+    // And the service still works.
+    const s = await connectClient(ports.storm, HOST);
+    const echoed = new Promise<string>((r) => s.once('data', (d) => r(d.toString())));
+    s.write('after');
+    expect(await echoed).toBe('after');
+    s.destroy();
   });
 });

@@ -652,6 +652,38 @@ function resumeClient(s: Session): void {
 }
 
 /**
+ * HOT: once per chunk, each way (from onClientRead with toServer, from onBackendRead without).
+ * Sends the `n` bytes just read into the reading side's buffer (`cbuf` / `sbuf`) to `to`; stops
+ * `from` reading when libuv kept part of them; returns the buffer to read into next when a full
+ * read grows it (×4, up to READ_BUFFER_SIZE), else undefined.
+ */
+function forward(s: Session, from: Handle, to: Handle, n: number, toServer: boolean): Uint8Array | undefined {
+  s.lastActive = clock;
+  const buf = toServer ? s.cbuf : s.sbuf;
+  // The view of the first n bytes is kept while reads keep that size (request/response traffic
+  // repeats it): no typed array is made per chunk.
+  let view = toServer ? s.cview : s.sview;
+  if (view === null || view.length !== n) {
+    view = n === buf.length ? buf : buf.subarray(0, n);
+    if (toServer) s.cview = view;
+    else s.sview = view;
+  }
+  const r = send(s, to, view, toServer);
+  if (r < 0) return undefined;
+  if (r > 0) from.readStop(); // until onWritten
+  if (n < buf.length || n >= READ_BUFFER_SIZE) return undefined;
+  const next = Buffer.allocUnsafeSlow(n * 4);
+  if (toServer) {
+    s.cbuf = next;
+    s.cview = null;
+  } else {
+    s.sbuf = next;
+    s.sview = null;
+  }
+  return next;
+}
+
+/**
  * HOT: once per read on a client handle, into the session's `cbuf`. Returns the buffer to read
  * into next when it changes (a full read grows it), else undefined.
  */
@@ -661,25 +693,10 @@ function onClientRead(this: Handle): Uint8Array | undefined {
   const n = streamState[K_NREAD];
   if (n > 0) {
     s.bytesIn += n;
-    const buf = s.cbuf;
-    if (s.state === ST_CONNECTED) {
-      s.lastActive = clock;
-      // The view of the first n bytes is kept while reads keep that size (request/response traffic
-      // repeats it): no typed array is made per chunk.
-      let view = s.cview;
-      if (view === null || view.length !== n) view = s.cview = n === buf.length ? buf : buf.subarray(0, n);
-      const r = send(s, s.server!, view, true);
-      if (r < 0) return undefined;
-      if (r > 0) this.readStop(); // until onWritten
-      if (n === buf.length && n < READ_BUFFER_SIZE) {
-        s.cview = null;
-        return (s.cbuf = Buffer.allocUnsafeSlow(n * 4));
-      }
-      return undefined;
-    }
+    if (s.state === ST_CONNECTED) return forward(s, this, s.server!, n, true);
     // Still reading its PROXY header, queued or connecting: keep a copy (the buffer is reused).
     const copy = Buffer.allocUnsafe(n);
-    buf.copy(copy, 0, 0, n);
+    s.cbuf.copy(copy, 0, 0, n);
     (s.pending ??= []).push(copy);
     s.pendingBytes += n;
     if (s.pendingBytes >= PENDING_LIMIT) this.readStop(); // until connected (onConnected)
@@ -698,18 +715,7 @@ function onBackendRead(this: Handle): Uint8Array | undefined {
   const n = streamState[K_NREAD];
   if (n > 0) {
     s.bytesOut += n;
-    s.lastActive = clock;
-    const buf = s.sbuf;
-    let view = s.sview;
-    if (view === null || view.length !== n) view = s.sview = n === buf.length ? buf : buf.subarray(0, n);
-    const r = send(s, s.client!, view, false);
-    if (r < 0) return undefined;
-    if (r > 0) this.readStop(); // until onWritten
-    if (n === buf.length && n < READ_BUFFER_SIZE) {
-      s.sview = null;
-      return (s.sbuf = Buffer.allocUnsafeSlow(n * 4));
-    }
-    return undefined;
+    return forward(s, this, s.client!, n, false);
   }
   if (n === UV_EOF) onServerEnd(s);
   else if (n < 0) endSession(s, TERM_SERVER_CLOSED); // reset

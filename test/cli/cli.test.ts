@@ -61,6 +61,16 @@ let tmp = '';
 let echo: TestServer;
 const children: ChildProcess[] = [];
 
+/** Starts bin/fulcrum with `args` (killed in afterAll if still running); `output()` is everything it printed so far. */
+function startLive(args: string[]): { child: ChildProcess; output: () => string } {
+  const child = spawn(BIN, args, { cwd: ROOT, env: { ...process.env, PATH: '/usr/bin:/bin' } });
+  children.push(child);
+  let out = '';
+  child.stdout!.on('data', (d) => (out += d));
+  child.stderr!.on('data', (d) => (out += d));
+  return { child, output: () => out };
+}
+
 beforeAll(async () => {
   tmp = mkdtempSync(join(tmpdir(), 'fulcrum-cli-'));
   echo = await startEchoServer(HOST);
@@ -120,13 +130,9 @@ services:
     listen: ${HOST}:${port}
     backends: [{ address: ${echo.address} }]
 `);
-    const child = spawn(BIN, ['run', '--config', file], { cwd: ROOT, env: { ...process.env, PATH: '/usr/bin:/bin' } });
-    children.push(child);
-    let stdout = '';
-    child.stdout.on('data', (d) => (stdout += d));
-    child.stderr.on('data', (d) => (stdout += d));
+    const { child, output } = startLive(['run', '--config', file]);
     const exited = new Promise<number | null>((resolve) => child.on('exit', (code) => resolve(code)));
-    await waitFor(() => stdout.includes('data plane ready'), 15_000, `fulcrum run to be ready; output: ${stdout}`);
+    await waitFor(() => output().includes('data plane ready'), 15_000, `fulcrum run to be ready; output: ${output()}`);
     const s = await connectClient(port, HOST);
     const roundTrip = (text: string): Promise<string> => new Promise((resolve) => {
       s.once('data', (d) => resolve(d.toString()));
@@ -134,13 +140,13 @@ services:
     });
     expect(await roundTrip('hello')).toBe('hello');
     child.kill('SIGTERM');
-    await waitFor(() => stdout.includes('stopping'), 5000, 'the stop to begin').catch((e) => { throw new Error(e.message + stdout + ' exit=' + child.exitCode + ' sig=' + child.signalCode); });
+    await waitFor(() => output().includes('stopping'), 5000, 'the stop to begin').catch((e) => { throw new Error(e.message + output() + ' exit=' + child.exitCode + ' sig=' + child.signalCode); });
     expect(await roundTrip('still here')).toBe('still here');
     s.end();
     expect(await exited).toBe(0);
     // The connection log line of the finished session (one JSON line per closed connection).
-    const line = stdout.split('\n').find((l) => l.includes('"msg":"connection"'));
-    expect(line, stdout).toBeDefined();
+    const line = output().split('\n').find((l) => l.includes('"msg":"connection"'));
+    expect(line, output()).toBeDefined();
     const rec = JSON.parse(line as string);
     expect(rec).toMatchObject({ service: 'echo', backend: echo.address, bytes_in: 15, bytes_out: 15, reason: 'client_closed' });
   });
@@ -157,12 +163,8 @@ services:
     backends: [{ address: ${echo.address} }]
 `;
     writeFileSync(file, yaml('{ level: warn, connections: false }'));
-    const child = spawn(BIN, ['run', '--config', file], { cwd: ROOT, env: { ...process.env, PATH: '/usr/bin:/bin' } });
-    children.push(child);
-    let out = '';
-    child.stdout.on('data', (d) => (out += d));
-    child.stderr.on('data', (d) => (out += d));
-    const lines = (msg: string) => out.split('\n').filter((l) => l.includes(`"msg":"${msg}"`)).length;
+    const { child, output } = startLive(['run', '--config', file]);
+    const lines = (msg: string) => output().split('\n').filter((l) => l.includes(`"msg":"${msg}"`)).length;
     const oneSession = async (text: string) => {
       const s = await connectClient(port, HOST);
       const echoed = new Promise<string>((resolve) => s.once('data', (d) => resolve(d.toString())));
@@ -186,15 +188,15 @@ services:
 
     writeFileSync(file, yaml('{ level: info, connections: true }'));
     child.kill('SIGHUP');
-    await waitFor(() => out.includes('reload applied'), 5000, 'the reload');
-    expect(out).not.toContain('needs a restart');
+    await waitFor(() => output().includes('reload applied'), 5000, 'the reload');
+    expect(output()).not.toContain('needs a restart');
     await oneSession('loud');
     await waitFor(() => lines('connection') === 1, 3000, 'a connection line after the reload');
-    expect(out).toContain('"bytes_in":4');
+    expect(output()).toContain('"bytes_in":4');
 
     writeFileSync(file, yaml('{ level: info, connections: false }'));
     child.kill('SIGHUP');
-    await waitFor(() => out.split('reload applied').length === 3, 5000, 'the second reload');
+    await waitFor(() => output().split('reload applied').length === 3, 5000, 'the second reload');
     await oneSession('quiet again');
     await sleep(1500); // worker lines are flushed at least once a second
     expect(lines('connection')).toBe(1);
@@ -215,12 +217,8 @@ services:
     health: { type: tcp, interval: 30s, observe_failures: 1 }
     backends: [{ address: ${echo.address} }]
 `);
-    const child = spawn(BIN, ['run', '--config', file], { cwd: ROOT, env: { ...process.env, PATH: '/usr/bin:/bin' } });
-    children.push(child);
-    let out = '';
-    child.stdout.on('data', (d) => (out += d));
-    child.stderr.on('data', (d) => (out += d));
-    await waitFor(() => out.includes('data plane ready') && out.includes('"msg":"backend healthy"'), 15_000, 'fulcrum run to be ready');
+    const { child, output } = startLive(['run', '--config', file]);
+    await waitFor(() => output().includes('data plane ready') && output().includes('"msg":"backend healthy"'), 15_000, 'fulcrum run to be ready');
     // Lower the running process's open-files limit so that exactly one more descriptor fits: the
     // next client is accepted into it, and the backend socket for that client cannot be made.
     const pid = child.pid!;
@@ -233,11 +231,11 @@ services:
     s.on('error', () => {});
     s.write('x');
     await waitClose(s, 3000);
-    await waitFor(() => /cannot open a backend connection on service tight: EMFILE: the open-files limit is reached/.test(out), 3000,
+    await waitFor(() => /cannot open a backend connection on service tight: EMFILE: the open-files limit is reached/.test(output()), 3000,
       'the EMFILE in the log');
     execFileSync('prlimit', ['--pid', String(pid), `--nofile=${soft}:`]);
     // The backend was not blamed (no passive-health failure, no state change), and the next client is served.
-    expect(out).not.toContain('"to":"down"');
+    expect(output()).not.toContain('"to":"down"');
     const again = await connectClient(port, HOST);
     const reply = new Promise<string>((resolve) => again.once('data', (d) => resolve(d.toString())));
     again.write('again');
@@ -304,13 +302,9 @@ services:
     balance: maglev
     backends: [{ address: ${HOST}:${await freePort(HOST)} }]
 `);
-    const child = spawn(BIN, ['demo', '--config', file], { cwd: ROOT, env: { ...process.env, PATH: '/usr/bin:/bin' } });
-    children.push(child);
-    let out = '';
-    child.stdout.on('data', (d) => (out += d));
-    child.stderr.on('data', (d) => (out += d));
+    const { child, output } = startLive(['demo', '--config', file]);
     const exited = new Promise<number | null>((resolve) => child.on('exit', (code) => resolve(code)));
-    await waitFor(() => out.includes('fulcrum demo is running'), 15_000, `the demo to start; output: ${out}`);
+    await waitFor(() => output().includes('fulcrum demo is running'), 15_000, `the demo to start; output: ${output()}`);
     const answers: string[] = [];
     for (let i = 0; i < 8; i++) {
       const res = await fetch(`http://${HOST}:${p[0]}/`);
@@ -321,6 +315,6 @@ services:
     expect([count('backend-1'), count('backend-2'), count('backend-3')]).toEqual([2, 2, 4]);
     child.kill('SIGINT');
     expect(await exited).toBe(0);
-    expect(out).toContain('stopping the demo');
+    expect(output()).toContain('stopping the demo');
   });
 });

@@ -192,7 +192,7 @@ export async function startFulcrum(o: FulcrumOptions): Promise<Proxy> {
   return { name: 'fulcrum', pid: child.pid!, workers: o.workers, listen, stop: () => stopChild(child) };
 }
 
-export function haproxyConfig(o: { workers: number; host: string; upstreams: Upstreams; ports: { echo: number; sink: number; redis: number }; maxconn: number }): string {
+export function haproxyConfig(o: { workers: number; host: string; upstreams: Upstreams; ports: { echo: number; sink: number; redis: number }; maxconn: number; bufsize?: number }): string {
   const backend = (name: string, servers: string[]) => [
     `backend ${name}`,
     '    balance leastconn',
@@ -205,6 +205,8 @@ export function haproxyConfig(o: { workers: number; host: string; upstreams: Ups
     'global',
     `    nbthread ${o.workers}`,
     `    maxconn ${o.maxconn}`,
+    // Only bench/diag.ts sets it (the comparison runs HAProxy's default, 16 KiB).
+    ...(o.bufsize ? [`    tune.bufsize ${o.bufsize}`] : []),
     '',
     'defaults',
     '    mode tcp',
@@ -223,7 +225,7 @@ export function haproxyConfig(o: { workers: number; host: string; upstreams: Ups
   ].join('\n');
 }
 
-export async function startHaproxy(o: { workers: number; host: string; upstreams: Upstreams; maxconn: number }): Promise<Proxy> {
+export async function startHaproxy(o: { workers: number; host: string; upstreams: Upstreams; maxconn: number; bufsize?: number }): Promise<Proxy> {
   const ports = { echo: await freePort(o.host), sink: await freePort(o.host), redis: await freePort(o.host) };
   const file = path.join(OUT_DIR, `haproxy-w${o.workers}.cfg`);
   mkdirSync(OUT_DIR, { recursive: true });
@@ -242,6 +244,20 @@ export async function startHaproxy(o: { workers: number; host: string; upstreams
     throw err;
   }
   return { name: 'haproxy', pid: child.pid!, workers: o.workers, listen, stop: () => stopChild(child) };
+}
+
+/** bench/diag/minimal-proxy.ts in front of the same upstreams (echo and sink; one thread). */
+export async function startMinimalProxy(o: { host: string; upstreams: Upstreams }): Promise<Omit<Proxy, 'name'> & { name: 'minimal' }> {
+  const listen = { echo: `${o.host}:${await freePort(o.host)}`, sink: `${o.host}:${await freePort(o.host)}` };
+  const args = [path.join(BENCH_DIR, 'diag', 'minimal-proxy.ts'), `${listen.echo}=${o.upstreams.echo.join(',')}`, `${listen.sink}=${o.upstreams.sink.join(',')}`];
+  const { child, log } = spawnLogged(NODE, args, { ...process.env, NODE_OPTIONS: '' }, path.join(OUT_DIR, 'minimal-proxy.log'));
+  try {
+    await waitReady(child, 'minimal proxy', listen.echo, log);
+  } catch (err) {
+    await stopChild(child, 1000);
+    throw err;
+  }
+  return { name: 'minimal', pid: child.pid!, workers: 1, listen, stop: () => stopChild(child) };
 }
 
 /** The .cpuprofile files in dir (one per thread that ran JavaScript). */

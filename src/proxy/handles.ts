@@ -22,8 +22,8 @@
  *   accept:   a net.Server's own handle, with `onconnection(err, clientHandle)` replaced
  *
  * Listening stays with net.Server (reusePort, address errors, close). Everything here is pinned
- * by the Node in package.json (24.x); `rawHandlesMissing` checks it at worker start-up, so a Node
- * that changed these names says so instead of failing on the first connection.
+ * by the Node in package.json (24.x); the worker pool calls `rawHandlesMissing` at start-up, so a
+ * Node that changed these names says so instead of failing on the first connection.
  */
 import type { Server } from 'node:net';
 

@@ -12,7 +12,7 @@
  *   module-level functions below, which find their session through `handle[kSession]`.
  * - Session objects and their read buffers are pooled. Each handle reads into its session's own
  *   buffer (`useUserBuffer`), which starts at READ_BUFFER_MIN and grows ×4 when a read fills it:
- *   idle connections stay small, streams reach full size after three reads.
+ *   idle connections stay small, streams reach full size after four reads.
  * - A chunk goes out with one `writeBuffer`, which tries the kernel at once. When the kernel did
  *   not take it whole, the rest is queued by libuv still pointing into our buffer: the side it
  *   was read from stops reading until the write completes (`onWritten`). Backpressure is
@@ -44,19 +44,23 @@ import {
 } from '../shm/layout.ts';
 import type { ConnectionLogLine } from '../observability/log.ts';
 import {
-  acceptRaw, K_NREAD, K_WRITE_ASYNC, rawHandlesMissing, ShutdownWrap, streamState, TCP, TCP_SOCKET, TCPConnectWrap,
+  acceptRaw, K_NREAD, K_WRITE_ASYNC, ShutdownWrap, streamState, TCP, TCP_SOCKET, TCPConnectWrap,
   UV_EOF, WriteWrap, type Req, type SockAddr, type TcpHandle,
 } from './handles.ts';
 import type { BackendEntry, ServiceEntry, WorkerToMain } from './messages.ts';
 import { encodeProxyV1, encodeProxyV2, parseProxyHeader } from './proxy-protocol.ts';
 
-/** Largest read buffer of a socket; HAProxy's default tune.bufsize is the same. */
+/**
+ * Largest read buffer of a socket: four times HAProxy's default tune.bufsize, because a copy per
+ * 64 KiB rather than per 16 KiB is what bulk throughput per CPU-second rests on (BENCHMARKS.md);
+ * only streaming connections get there.
+ */
 export const READ_BUFFER_SIZE = 64 * 1024;
 /**
  * Each socket's (client's and backend's) first read buffer; it grows ×4 (up to READ_BUFFER_SIZE)
  * each time a read fills it, so idle and request/response connections keep a small one (memory
  * per idle connection: a 16 KiB backend buffer cost ≈ 3.5 KB of RSS) and streaming ones reach
- * full size after three reads (256 B, 1 KiB, 4 KiB, 16 KiB).
+ * full size after four reads (256 B, 1 KiB, 4 KiB, 16 KiB, 64 KiB).
  */
 const READ_BUFFER_MIN = 256;
 /** Client bytes held while a session waits for its backend; the client is paused beyond this. */
@@ -129,8 +133,6 @@ let sweepMs = 0;
 let sweepTimer: ReturnType<typeof setInterval> | null = null;
 
 export function initDataPath(c: DataPathContext): void {
-  const missing = rawHandlesMissing();
-  if (missing !== null) throw new Error(missing);
   ctx = c;
   f64 = new Float64Array(c.memory.buffer);
   i32 = new Int32Array(c.memory.buffer);
@@ -278,7 +280,7 @@ export class Session {
     this.srcPort = this.dstPort = this.headerBytes = 0;
     this.pending = null;
     this.pendingBytes = 0;
-    // The pool keeps small read buffers only: one grown by a stream would pin 16 KiB per pooled
+    // The pool keeps small read buffers only: one grown by a stream would pin 64 KiB per pooled
     // session. (Once per session that streamed; its handles are closed, nothing points into them.)
     if (this.cbuf.length > READ_BUFFER_MIN) this.cbuf = Buffer.allocUnsafeSlow(READ_BUFFER_MIN);
     if (this.sbuf.length > READ_BUFFER_MIN) this.sbuf = Buffer.allocUnsafeSlow(READ_BUFFER_MIN);
@@ -637,8 +639,8 @@ function onWritten(this: SideReq, status: number): void {
   s.lastActive = clock;
   const left = this.toServer ? --s.c2sWrites : --s.s2cWrites;
   if (left > 0) return;
-  if (s.clientEnded && s.serverEnded && s.c2sWrites === 0 && s.s2cWrites === 0) {
-    endSession(s, TERM_CLIENT_CLOSED); // both sides done, and now everything is written
+  if (doneBothWays(s)) {
+    endSession(s, TERM_CLIENT_CLOSED); // the last queued write was what both sides waited for
   } else if (this.toServer) {
     resumeClient(s);
   } else if (!s.serverEnded && s.server !== null) {
@@ -783,10 +785,9 @@ function onClientEnd(s: Session): void {
   s.clientEnded = true;
   if (s.reason < 0 && !s.serverEnded) s.reason = TERM_CLIENT_CLOSED;
   if (s.state === ST_CONNECTED) {
-    if (s.serverEnded && s.c2sWrites === 0 && s.s2cWrites === 0) endSession(s, TERM_SERVER_CLOSED); // both done
+    if (doneBothWays(s)) endSession(s, TERM_CLIENT_CLOSED);
     else shutdownSide(s, true);
-  }
-  else if (s.state === ST_HEADER) endSession(s, TERM_CLIENT_CLOSED); // gone before it said who it was
+  } else if (s.state === ST_HEADER) endSession(s, TERM_CLIENT_CLOSED); // gone before it said who it was
   else if (s.state === ST_QUEUED) endSession(s, TERM_CLIENT_CLOSED); // abandoned its wait (HAProxy's abortonclose)
   // Connecting: the backend's write side is shut once it is connected (onConnected).
 }
@@ -795,8 +796,16 @@ function onClientEnd(s: Session): void {
 function onServerEnd(s: Session): void {
   s.serverEnded = true;
   if (s.reason < 0 && !s.clientEnded) s.reason = TERM_SERVER_CLOSED;
-  if (s.clientEnded && s.c2sWrites === 0 && s.s2cWrites === 0) endSession(s, TERM_CLIENT_CLOSED); // both done
+  if (doneBothWays(s)) endSession(s, TERM_SERVER_CLOSED);
   else shutdownSide(s, false);
+}
+
+/**
+ * Both sides have sent EOF and no write is queued: every byte is with the kernel, and closing the
+ * two handles sends the FINs still owed (the reason was set by the first EOF).
+ */
+function doneBothWays(s: Session): boolean {
+  return s.clientEnded && s.serverEnded && s.c2sWrites === 0 && s.s2cWrites === 0;
 }
 
 /**
@@ -836,9 +845,8 @@ function sweep(): void {
 function onTimeout(s: Session): void {
   s.timeoutMs = 0;
   if (s.state === ST_QUEUED) {
-    leaveQueue(s);
     f64[s.svc!.scBase + SC_QUEUE_TIMEOUTS] += 1;
-    endSession(s, TERM_QUEUE_TIMEOUT);
+    endSession(s, TERM_QUEUE_TIMEOUT); // leaves the queue
   } else if (s.state === ST_CONNECTING) {
     connectFailed(s, 'ETIMEDOUT');
   } else if (s.state === ST_CONNECTED) {

@@ -1,0 +1,120 @@
+/**
+ * `node bench/diag.ts` — the small A/B measurements BENCHMARKS.md's analysis quotes, next to the
+ * full comparison (bench/run.ts): one proxy against HAProxy, alternating, one thread each, the
+ * proxy's user and system time read from /proc around every run.
+ *
+ *   node bench/diag.ts [--scenario rr|churn|bulk] [--against fulcrum|minimal] [--runs 3]
+ *                      [--seconds 3] [--haproxy-bufsize 65536] [--syscalls]
+ *
+ * --against minimal   bench/diag/minimal-proxy.ts (the floor of Node's handles) instead of fulcrum
+ * --haproxy-bufsize   HAProxy's tune.bufsize (its default is 16 KiB; fulcrum's buffers grow to 64)
+ * --syscalls          also counts each proxy's system calls per request/connection (perf stat on
+ *                     the syscall tracepoints; needs root and perf)
+ *
+ * Prints one line per run and the medians. Backends and proxies use 127.6.5.0/24 (bench/run.ts
+ * uses 127.6.0–2).
+ */
+import { spawn } from 'node:child_process';
+import { readFileSync, rmSync } from 'node:fs';
+import path from 'node:path';
+import { parseArgs } from 'node:util';
+import { buildLoadgen, killAllLoadgens, OUT_DIR, runClient, startBackend } from './lib/loadgen.ts';
+import { cpuTimes, median } from './lib/procfs.ts';
+import { haproxyVersion, killAllProxies, startFulcrum, startHaproxy, startMinimalProxy, type Upstreams } from './lib/proxies.ts';
+
+const { values: flags } = parseArgs({
+  options: {
+    scenario: { type: 'string', default: 'rr' },
+    against: { type: 'string', default: 'fulcrum' },
+    runs: { type: 'string', default: '3' },
+    seconds: { type: 'string', default: '3' },
+    'haproxy-bufsize': { type: 'string' },
+    syscalls: { type: 'boolean', default: false },
+  },
+});
+const scenario = flags.scenario as 'rr' | 'churn' | 'bulk';
+if (!['rr', 'churn', 'bulk'].includes(scenario)) throw new Error(`--scenario: rr, churn or bulk, got ${flags.scenario}`);
+if (!['fulcrum', 'minimal'].includes(flags.against!)) throw new Error(`--against: fulcrum or minimal, got ${flags.against}`);
+if (!haproxyVersion()) throw new Error('haproxy is not installed (apt-get install haproxy)');
+const runs = Number(flags.runs);
+const seconds = Number(flags.seconds);
+const bufsize = flags['haproxy-bufsize'] ? Number(flags['haproxy-bufsize']) : undefined;
+
+const NET = '127.6.5';
+const SYSCALLS = ['accept4', 'socket', 'connect', 'getsockopt', 'setsockopt', 'fcntl', 'epoll_ctl', 'epoll_wait', 'epoll_pwait',
+  'io_uring_enter', 'read', 'write', 'recvfrom', 'sendto', 'shutdown', 'close'];
+
+/** perf stat over the run's window: counts per syscall, or null without --syscalls. */
+function countSyscalls(pid: number, seconds: number): Promise<Record<string, number>> | null {
+  if (!flags.syscalls) return null;
+  const out = path.join(OUT_DIR, `diag-syscalls-${pid}.csv`);
+  const events = SYSCALLS.map((s) => `syscalls:sys_enter_${s}`).join(',');
+  const child = spawn('perf', ['stat', '-x', ',', '-e', events, '-p', String(pid), '-o', out, '--', 'sleep', String(seconds)], { stdio: 'ignore' });
+  return new Promise((resolve, reject) => {
+    child.once('error', reject);
+    child.once('exit', () => {
+      const counts: Record<string, number> = {};
+      for (const line of readFileSync(out, 'utf8').split('\n')) {
+        const [value, , event] = line.split(',');
+        if (event?.startsWith('syscalls:sys_enter_') && Number(value) > 0) counts[event.slice(19)] = Number(value);
+      }
+      rmSync(out, { force: true });
+      resolve(counts);
+    });
+  });
+}
+
+async function main(): Promise<void> {
+  buildLoadgen();
+  const backends = await Promise.all([
+    startBackend('echo', `${NET}.1:0`), startBackend('echo', `${NET}.2:0`),
+    startBackend('sink', `${NET}.11:0`), startBackend('sink', `${NET}.12:0`),
+  ]);
+  const upstreams: Upstreams = { echo: [backends[0].address, backends[1].address], sink: [backends[2].address, backends[3].address] };
+  const host = `${NET}.100`;
+  const subject = flags.against === 'minimal' ? await startMinimalProxy({ host, upstreams }) : await startFulcrum({ workers: 1, host, upstreams });
+  const haproxy = await startHaproxy({ workers: 1, host: `${NET}.101`, upstreams, maxconn: 9000, bufsize });
+  const proxies = [subject, haproxy];
+  const perCpu: Record<string, number[]> = { [subject.name]: [], haproxy: [] };
+  try {
+    for (let i = 1; i <= runs; i++) {
+      for (const p of proxies) {
+        const target = scenario === 'bulk' ? p.listen.sink : p.listen.echo;
+        const c0 = cpuTimes(p.pid);
+        const counting = countSyscalls(p.pid, seconds);
+        const res = await runClient({
+          mode: scenario, targets: [target], conns: scenario === 'bulk' ? 4 : 50, durationS: seconds, warmupS: 0,
+          source: scenario === 'churn' ? { base: `${NET}.201`, count: 32 } : undefined,
+        });
+        const c1 = cpuTimes(p.pid);
+        const cpu = c1.user - c0.user + (c1.sys - c0.sys);
+        const work = scenario === 'bulk' ? (res.received! * 8) / 1e9 : res.count!;
+        perCpu[p.name].push(work / cpu);
+        const unit = scenario === 'bulk' ? 'Gbit' : scenario === 'rr' ? 'req' : 'conn';
+        let line = `${scenario} ${p.name} #${i}: ${(work / cpu).toFixed(scenario === 'bulk' ? 2 : 0)} ${unit} per CPU-s`;
+        if (scenario !== 'bulk') {
+          line += `, user ${((c1.user - c0.user) * 1e6 / res.count!).toFixed(2)} µs / sys ${((c1.sys - c0.sys) * 1e6 / res.count!).toFixed(2)} µs per ${unit}, p99 ${res.p99_us} µs`;
+        }
+        if (!res.ok) line += ` ⚠ errors=${res.errors} corrupt=${res.corrupt}`;
+        console.log(line);
+        if (counting) {
+          const counts = await counting;
+          console.log(`  syscalls per ${unit}: ` + Object.entries(counts).map(([k, v]) => `${k} ${(v / work).toFixed(2)}`).join(', '));
+        }
+      }
+    }
+    const a = median(perCpu[subject.name]);
+    const b = median(perCpu.haproxy);
+    console.log(`median per CPU-second: ${subject.name} ${a.toFixed(2)}, HAProxy${bufsize ? ` (tune.bufsize ${bufsize})` : ''} ${b.toFixed(2)}: ${(a / b).toFixed(2)}×`);
+  } finally {
+    await Promise.all(proxies.map((p) => p.stop()));
+    await Promise.all(backends.map((b) => b.stop()));
+  }
+}
+
+main().catch((err) => {
+  killAllProxies();
+  killAllLoadgens();
+  console.error(err instanceof Error ? err.message : err);
+  process.exit(1);
+});

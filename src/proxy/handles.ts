@@ -34,6 +34,8 @@ export interface Req {
 
 /** The methods of a libuv TCP handle that the data path uses (node/src/stream_base.cc, tcp_wrap.cc). */
 export interface TcpHandle {
+  /** The socket's file descriptor (what the native relay reads and writes). */
+  readonly fd: number;
   /** Called by C++ with the handle as `this` (typed `never` so callers may narrow it). */
   onread: ((this: never, ab: ArrayBuffer | undefined) => Uint8Array | undefined) | null;
   readStart(): number;

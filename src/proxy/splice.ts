@@ -26,6 +26,12 @@
  *   through `gen`. No close callback is needed.
  * - Timeouts (connect, idle, queue, PROXY header) are one deadline per session, checked by one
  *   sweep per worker (`sweep`) instead of a timer per socket re-armed on every chunk.
+ * - With the native relay (relay.ts; the default where it is built), a session that is connected
+ *   and has nothing left to send is handed over to it: from then on its bytes move without
+ *   entering JavaScript, and this file hears once, when it ended (`onRelayEnded`). The client is
+ *   therefore not read here at all on that path, unless its bytes are needed before the backend
+ *   is up (a PROXY header to parse) or it waits in the queue (to notice it leaving).
+ *   The functions below marked HOT then serve only the JavaScript path.
  */
 import { isIP, type Server } from 'node:net';
 import { lookup } from 'node:dns';
@@ -49,6 +55,9 @@ import {
 } from './handles.ts';
 import type { BackendEntry, ServiceEntry, WorkerToMain } from './messages.ts';
 import { encodeProxyV1, encodeProxyV2, parseProxyHeader } from './proxy-protocol.ts';
+import {
+  END_SERVER, RELAY_MAX_EVENTS, STAT_ACTIVITY, STAT_BYTES_IN, STAT_BYTES_OUT, STAT_FIELDS, type RelayBinding,
+} from './relay.ts';
 
 /**
  * Largest read buffer of a socket: four times HAProxy's default tune.bufsize, because a copy per
@@ -116,6 +125,8 @@ export interface DataPathContext {
    * ENFILE, ENOBUFS…): while accepting it, or opening its backend socket. Not a backend's fault.
    */
   onLocalError: ((errno: number, service: string, during: 'accept' | 'connect') => void) | null;
+  /** The native relay that established sessions are handed to, or null (everything stays here). */
+  relay: RelayBinding | null;
 }
 
 let ctx: DataPathContext;
@@ -131,13 +142,27 @@ let shuttingDown = false;
 let clock = 0;
 let sweepMs = 0;
 let sweepTimer: ReturnType<typeof setInterval> | null = null;
+/** performance.now() at the previous sweep: relayed sessions' activity is stamped with it. */
+let lastSweep = 0;
+
+// The relay's side (relay.ts has the layout): a slot per relayed session.
+let relay: RelayBinding | null = null;
+let relayStats = new Float64Array(0);
+const relayEnded = new Int32Array(2 * RELAY_MAX_EVENTS);
+const slotSessions: (Session | null)[] = [];
+const freeSlots: number[] = [];
 
 export function initDataPath(c: DataPathContext): void {
   ctx = c;
   f64 = new Float64Array(c.memory.buffer);
   i32 = new Int32Array(c.memory.buffer);
-  clock = performance.now();
+  clock = lastSweep = performance.now();
   setInterval(accountAllBytes, 1000).unref();
+  relay = c.relay;
+  if (relay !== null) {
+    relayStats = new Float64Array(1024 * STAT_FIELDS);
+    relay.init(relayStats, relayEnded, onRelayEnded);
+  }
 }
 
 export function setBackends(list: ServiceEntry[]): void {
@@ -254,6 +279,13 @@ export class Session {
   /** The last chunk's view of `cbuf` / `sbuf` (bytes 0..n), reused while chunks keep their size. */
   cview: Buffer | null = null;
   sview: Buffer | null = null;
+  /** The relay slot while the native relay moves this session's bytes, else -1. */
+  slot = -1;
+  /** bytesIn / bytesOut when the session was handed to the relay (its counters start at 0). */
+  relayBaseIn = 0;
+  relayBaseOut = 0;
+  /** The relay's activity count as the last sweep saw it. */
+  seenActivity = 0;
 
   reset(): void {
     this.client = null;
@@ -285,6 +317,8 @@ export class Session {
     if (this.cbuf.length > READ_BUFFER_MIN) this.cbuf = Buffer.allocUnsafeSlow(READ_BUFFER_MIN);
     if (this.sbuf.length > READ_BUFFER_MIN) this.sbuf = Buffer.allocUnsafeSlow(READ_BUFFER_MIN);
     this.cview = this.sview = null;
+    this.slot = -1;
+    this.relayBaseIn = this.relayBaseOut = this.seenActivity = 0;
   }
 }
 
@@ -321,7 +355,9 @@ function onAccept(this: { owner: Server }, err: number, handle: TcpHandle | unde
   client[kSession] = s; // TCP_NODELAY: inherited from the listening socket (acceptRaw)
   client.onread = onClientRead;
   client.useUserBuffer(s.cbuf);
-  client.readStart();
+  // With the relay, the client's bytes wait in the kernel until the relay reads them (below:
+  // unless a PROXY header must be read first).
+  if (relay === null || rt.entry.accept_proxy) client.readStart();
   sessions.add(s);
   if (shuttingDown) {
     endSession(s, TERM_SHUTDOWN);
@@ -389,6 +425,8 @@ function enqueue(s: Session, rt: ServiceRuntime): void {
   f64[rt.scBase + SC_QUEUED] += 1;
   s.state = ST_QUEUED;
   s.tQueued = performance.now();
+  // Read while waiting (the relay path has not yet): a client that leaves is noticed (onClientEnd).
+  if (relay !== null) resumeClient(s);
   rt.queue.push(s);
   arm(s, rt.entry.queue.timeout);
   if (!rt.waiting) pumpQueue(rt);
@@ -528,7 +566,7 @@ function onConnected(this: ConnectReq, status: number): void {
   server.setNoDelay(true);
   server.onread = onBackendRead;
   server.useUserBuffer(s.sbuf);
-  server.readStart();
+  if (relay === null) server.readStart();
   if (rt.entry.send_proxy !== 'none') {
     const h = proxyHeaderFor(s, rt.entry.send_proxy);
     if (send(s, server, h, true) < 0) return;
@@ -540,9 +578,71 @@ function onConnected(this: ConnectReq, status: number): void {
     const all = pending.length === 1 ? pending[0] : Buffer.concat(pending);
     if (send(s, server, all, true) < 0) return;
   }
+  if (relay !== null) {
+    if (!s.clientEnded && s.c2sWrites === 0 && handOver(s)) return;
+    server.readStart(); // stays here: see handOver
+  }
   if (s.c2sWrites > 0) s.client!.readStop();
   else resumeClient(s);
   if (s.clientEnded) shutdownSide(s, true);
+}
+
+// ── relay ────────────────────────────────────────────────────────────────────
+
+/**
+ * Once per connection, when its backend is up and everything read before is sent: gives the two
+ * sockets to the native relay. False (the session stays on this path) when the relay refused
+ * them. Sessions with a write still queued here, or whose client already sent EOF, stay too
+ * (rare: a send buffer full on a fresh connection, a client that closed while queued).
+ */
+function handOver(s: Session): boolean {
+  const client = s.client!;
+  client.readStop(); // if it was read (PROXY header, queue): the relay reads from here on
+  const slot = freeSlots.pop() ?? slotSessions.length;
+  if ((slot + 1) * STAT_FIELDS > relayStats.length) {
+    const grown = new Float64Array(relayStats.length * 2);
+    grown.set(relayStats);
+    relayStats = grown;
+    relay!.setStats(grown);
+  }
+  if (relay!.splice(slot, client.fd, s.server!.fd) !== 0) {
+    freeSlots.push(slot);
+    return false;
+  }
+  slotSessions[slot] = s;
+  s.slot = slot;
+  s.relayBaseIn = s.bytesIn;
+  s.relayBaseOut = s.bytesOut;
+  s.seenActivity = 0;
+  return true;
+}
+
+/** The relay's counters of a relayed session into its own (bytes; the sweep reads activity). */
+function syncRelayed(s: Session): void {
+  const base = s.slot * STAT_FIELDS;
+  s.bytesIn = s.relayBaseIn + relayStats[base + STAT_BYTES_IN];
+  s.bytesOut = s.relayBaseOut + relayStats[base + STAT_BYTES_OUT];
+}
+
+/** The session leaves the relay (ended there, or closed from here). */
+function takeBack(s: Session): void {
+  syncRelayed(s);
+  slotSessions[s.slot] = null;
+  freeSlots.push(s.slot);
+  s.slot = -1;
+}
+
+/**
+ * Called by the relay once per event-loop wake in which relayed sessions ended: `relayEnded`
+ * holds n pairs (slot, cause). Their sockets are closed here (endSession), as on this path.
+ */
+function onRelayEnded(n: number): void {
+  for (let i = 0; i < n; i++) {
+    const s = slotSessions[relayEnded[2 * i]];
+    if (s === null || s === undefined) continue;
+    takeBack(s);
+    endSession(s, relayEnded[2 * i + 1] === END_SERVER ? TERM_SERVER_CLOSED : TERM_CLIENT_CLOSED);
+  }
 }
 
 /** A connect attempt failed (error or timeout): count it, tell the control plane, try again. */
@@ -648,7 +748,7 @@ function onWritten(this: SideReq, status: number): void {
   }
 }
 
-/** Reading the client again: after its queued writes completed, or once connected (PENDING_LIMIT may have stopped it). */
+/** Reading the client (again): after its queued writes completed, once connected (PENDING_LIMIT may have stopped it), or queued on the relay path. */
 function resumeClient(s: Session): void {
   if (!s.clientEnded) s.client!.readStart();
 }
@@ -837,7 +937,17 @@ function arm(s: Session, ms: number): void {
 function sweep(): void {
   const now = (clock = performance.now());
   const slack = sweepMs;
+  const before = lastSweep;
+  lastSweep = now;
   for (const s of sessions) {
+    if (s.slot >= 0) {
+      // Relayed: moved since the last sweep, so no earlier than that sweep (the slack covers it).
+      const activity = relayStats[s.slot * STAT_FIELDS + STAT_ACTIVITY];
+      if (activity !== s.seenActivity) {
+        s.seenActivity = activity;
+        s.lastActive = before;
+      }
+    }
     if (s.timeoutMs > 0 && now - s.lastActive >= s.timeoutMs + (s.state === ST_CONNECTED ? slack : 0)) onTimeout(s);
   }
 }
@@ -869,6 +979,10 @@ function endSession(s: Session, reason: number, override = false): void {
   if (client === null) return; // ended already (the object is back in the pool)
   if (override || s.reason < 0) s.reason = reason;
   if (s.state === ST_QUEUED) leaveQueue(s);
+  if (s.slot >= 0) {
+    relay!.stop(s.slot);
+    takeBack(s);
+  }
   client[kSession] = null;
   client.close();
   const server = s.server;
@@ -891,6 +1005,7 @@ function releaseSession(s: Session): void {
 /** Adds the bytes moved since the last look to the counters. Per close, and once a second. */
 function accountBytes(s: Session): void {
   const rt = s.svc!;
+  if (s.slot >= 0) syncRelayed(s);
   const dIn = s.bytesIn - s.countedIn;
   const dOut = s.bytesOut - s.countedOut;
   if (dIn === 0 && dOut === 0) return;

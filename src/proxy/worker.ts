@@ -11,6 +11,7 @@ import { instantiateEngine } from '../balancer/engine.ts';
 import { formatHostPort } from '../config/schema.ts';
 import { CONNECTION_LOG_MSG, createLogger, type Logger } from '../observability/log.ts';
 import type { ListenProblem, MainToWorker, ServiceEntry, WorkerInit, WorkerToMain } from './messages.ts';
+import { loadRelay } from './relay.ts';
 import {
   attachListener, beginShutdown, dropQueue, initDataPath, killAll, killBackend, ServiceRuntime, sessions, setBackends,
   updateRuntime, type CloseRecord, type DataPathContext,
@@ -54,6 +55,12 @@ function onLocalError(errno: number, service: string, during: 'accept' | 'connec
   localFailures = 0;
 }
 
+// The native relay moves established sessions' bytes (relay.ts); without it, all stays in JavaScript.
+const relay = loadRelay();
+if (typeof relay === 'string') {
+  log.warn({ relay: false, reason: relay }, `native relay not used (${relay}): every session runs on the JavaScript path`);
+}
+
 let stopWaiter: (() => void) | null = null;
 const dataPath: DataPathContext = {
   engine,
@@ -63,6 +70,7 @@ const dataPath: DataPathContext = {
   onClose: init.logging.connections ? logConnection : null,
   onIdle: () => stopWaiter?.(),
   onLocalError,
+  relay: typeof relay === 'string' ? null : relay,
 };
 initDataPath(dataPath);
 

@@ -1,36 +1,45 @@
 /*
- * The relay: moves the bytes of established sessions between their two sockets without entering
- * JavaScript. Built by build/relay.ts into build/out/relay.node; driven by relay.ts.
+ * The relay: the system calls of the data path — accept, connect, and moving bytes both ways —
+ * without a call into JavaScript per connection or per chunk. Built by build/relay.ts into
+ * build/out/relay.node; driven by relay.ts and splice.ts, one instance per worker thread.
  *
- * Why it exists: on the JavaScript path every chunk is a call from libuv into JS and a write back
- * (≈ 1.5 µs of Node's own code per chunk), and every connection six such calls; HAProxy pays none
- * of that, and it decided rr and churn (BENCHMARKS.md). JavaScript keeps the whole life cycle —
- * accept, admission and pick (WASM), connect, retries, queue, PROXY headers, timeouts, close,
- * counters — and hands a session here once both sockets are up and nothing is left to send:
+ * Why it exists: Node reaches JavaScript through a callback per accepted socket, per connect,
+ * per chunk read and per close, each with a handle object, an async context and a microtask
+ * checkpoint (≈ 1.5 µs per chunk, ≈ 50 µs per connection of Node's own code); HAProxy pays none
+ * of that, and it decided rr and churn (BENCHMARKS.md). JavaScript keeps every decision —
+ * admission and pick (WASM), queue, retries, PROXY headers, timeouts, counters, logs — and this
+ * file does what it is told, reporting back in one batch per event-loop wake:
  *
- *   splice(slot, clientFd, serverFd)  ─▶  read/write both ways here, half-close, backpressure
- *   one call to onEnded(n) per event-loop wake in which sessions ended: `ended` holds n pairs
- *   (slot, cause); JS then closes the two handles (which closes the fds) and finalizes
- *   stop(slot)                         ─▶  JS takes a session back to close it (kill, timeout)
+ *   listen(ip, port, family, reusePort, backlog) → listener id     (its sockets: EV_ACCEPT)
+ *   connect(slot, clientFd, ownClient, ip, port, family, prefix, clientEnded)
+ *       → EV_CONNECTED, then bytes move both ways here until EV_ENDED; or EV_CONNECT_FAILED
+ *   watch(slot, clientFd)      a queued client: EV_CLIENT_GONE if it leaves while waiting
+ *   stop(slot, keepClient)     JS ends or takes back a session (timeout, kill, shutdown, dequeue)
  *
- * One epoll instance per worker holds the sockets of its relayed sessions; libuv polls that one
- * fd (uv_poll on the worker's own loop), and one wake handles every ready socket (≤ MAX_EVENTS).
- * The sockets stay owned by Node's TCP handles, which JS closes: closing an fd removes it from
- * this epoll, so nothing is removed here on the common path.
+ * Events go into the shared Int32Array `events`, EV_FIELDS per event, then one call to
+ * onEvents(n). A session's sockets are closed here when it ends (or at stop), except a client
+ * socket owned by a Node handle (ownClient = 0: a listener JS accepts on itself), which JS closes.
+ *
+ * One epoll instance per worker holds the listeners and sockets; libuv polls that one fd on the
+ * worker's own loop (uv_poll), and one wake handles every ready socket (≤ MAX_EVENTS).
  *
  * Per direction at most one buffer is held (HAProxy's model): a chunk is read into the worker's
  * scratch buffer and written at once; only what the kernel did not take is copied into a buffer
- * of the session, and the reading side stops being polled until it is out. An idle relayed
- * session therefore holds no buffer at all.
+ * of the session, and the reading side is not polled until it is out. An idle session holds no
+ * buffer at all.
  *
  * Counters JS reads (shared Float64Array `stats`, STAT_FIELDS doubles per slot): bytes client →
  * server, bytes server → client, and an activity count JS's timeout sweep compares between sweeps.
  */
+#define _GNU_SOURCE /* accept4 */
 #define NAPI_VERSION 8
 #include <node_api.h>
 #include <uv.h>
 
+#include <arpa/inet.h>
 #include <errno.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -38,20 +47,33 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
-/* Keep in step with relay.ts (checked there against relayConstants()). */
-#define RELAY_VERSION 1
+/* Keep in step with relay.ts (checked there against constants()). */
+#define RELAY_VERSION 2
 #define STAT_BYTES_IN 0
 #define STAT_BYTES_OUT 1
 #define STAT_ACTIVITY 2
 #define STAT_FIELDS 3
-#define END_CLIENT 1 /* the client ended the session: its EOF came first, or it reset */
+#define EV_FIELDS 8
+#define EV_ACCEPT 1         /* id: listener, a: fd, b: family << 16 | port, c..f: address bytes */
+#define EV_ACCEPT_ERROR 2   /* id: listener, a: -errno (the listener is paused until resume()) */
+#define EV_CONNECTED 3      /* id: slot */
+#define EV_CONNECT_FAILED 4 /* id: slot, a: -errno (the server socket is closed, the client kept) */
+#define EV_ENDED 5          /* id: slot, a: END_* */
+#define EV_CLIENT_GONE 6    /* id: slot (a watched client sent EOF or reset; its socket is kept) */
+#define END_CLIENT 1        /* the client ended the session: its EOF came first, or it reset */
 #define END_SERVER 2
+
 #define CLIENT 0
 #define SERVER 1
+#define LISTENER 2
 
 /* Per read: the JS path's largest read buffer (splice.ts READ_BUFFER_SIZE). */
 #define SCRATCH_SIZE (64 * 1024)
 #define MAX_EVENTS 256
+/* Accepts per listener per wake (HAProxy's tune.maxaccept default). */
+#define MAX_ACCEPT 64
+
+enum { ST_WATCH = 1, ST_CONNECTING, ST_RELAY };
 
 typedef struct {
   uint8_t *buf; /* what the writing side's kernel did not take yet (NULL: nothing) */
@@ -60,100 +82,182 @@ typedef struct {
 } Dir;
 
 typedef struct {
-  int fd[2];        /* CLIENT, SERVER */
-  uint32_t ev[2];   /* epoll interest registered for each fd */
-  uint8_t reg[2];   /* whether each fd is in the epoll set */
-  Dir dir[2];       /* dir[CLIENT]: client → server; dir[SERVER]: server → client */
+  int fd[2];      /* CLIENT, SERVER (-1: none) */
+  uint8_t own[2]; /* whether this file closes the socket */
+  uint8_t reg[2]; /* whether it is in the epoll set */
+  uint32_t ev[2]; /* its epoll interest */
+  Dir dir[2];     /* dir[CLIENT]: client → server; dir[SERVER]: server → client */
   uint32_t slot;
-  int cause;        /* END_* of the first EOF, 0 before */
+  int state;
+  int cause;      /* END_* of the first EOF, 0 before */
 } Session;
 
 typedef struct {
   napi_env env;
   uv_poll_t poll;
   int epfd;
-  int closing;
   napi_async_cleanup_hook_handle cleanup;
   Session **slots;
   uint32_t nslots;
-  uint32_t active;
+  int *listeners; /* fd per listener id, -1: free */
+  uint32_t nlisteners;
+  uint32_t refs;  /* sessions + listeners: the poll handle keeps the loop alive while > 0 */
+  /* Client sockets accepted here and not closed yet, by fd (1: open): whatever JS holds them
+     for, they are closed when the worker goes away (a crash must not leak connections). */
+  uint8_t *accepted;
+  uint32_t naccepted;
   double *stats;
   size_t stats_len;
   napi_ref stats_ref;
-  int32_t *ended;
-  size_t ended_len;
-  napi_ref ended_ref;
-  uint32_t nended;
-  napi_ref on_ended;
+  int32_t *events;
+  size_t events_len;
+  uint32_t nev;
+  napi_ref events_ref;
+  napi_ref on_events;
   napi_ref resource;
   napi_async_context actx;
   uint8_t scratch[SCRATCH_SIZE];
 } Relay;
 
-/* The epoll key of one socket: slot, side and fd (a key whose fd no longer matches is stale). */
-static inline uint64_t key_of(uint32_t slot, int side, int fd) {
-  return ((uint64_t)slot << 33) | ((uint64_t)side << 32) | (uint32_t)fd;
+/* The epoll key of one socket: id (slot or listener), kind and fd (a key whose fd no longer matches is stale). */
+static inline uint64_t key_of(uint32_t id, int kind, int fd) {
+  return ((uint64_t)id << 34) | ((uint64_t)kind << 32) | (uint32_t)fd;
 }
 
-static void end_session(Relay *r, Session *s, int cause);
+static void ref_up(Relay *r) {
+  if (r->refs++ == 0) uv_ref((uv_handle_t *)&r->poll);
+}
 
-/* The interest a side needs now: reading unless its direction ended or is blocked, writing while the other direction has bytes waiting. */
-static void update_interest(Relay *r, Session *s, int side) {
-  uint32_t want = 0;
-  if (!s->dir[side].eof && s->dir[side].buf == NULL) want |= EPOLLIN;
-  if (s->dir[1 - side].buf != NULL) want |= EPOLLOUT;
-  if (s->reg[side] && want == s->ev[side]) return;
-  if (!s->reg[side] && want == 0) return;
-  struct epoll_event e;
-  e.events = want;
-  e.data.u64 = key_of(s->slot, side, s->fd[side]);
-  if (epoll_ctl(r->epfd, s->reg[side] ? EPOLL_CTL_MOD : EPOLL_CTL_ADD, s->fd[side], &e) == 0) {
-    s->reg[side] = 1;
-    s->ev[side] = want;
-  } else {
-    end_session(r, s, side == CLIENT ? END_CLIENT : END_SERVER);
+static void ref_down(Relay *r) {
+  if (--r->refs == 0) uv_unref((uv_handle_t *)&r->poll);
+}
+
+/*
+ * Appends an event for JS. One epoll event makes at most two (EV_CONNECTED then EV_ENDED);
+ * accepts stop short of the room that the wake's other epoll events may still need
+ * (room_to_accept), so the array, sized by JS for that, never overflows.
+ */
+static int32_t *push_event(Relay *r, int type, uint32_t id, int32_t a) {
+  int32_t *e = r->events + (size_t)r->nev * EV_FIELDS;
+  r->nev++;
+  e[0] = type;
+  e[1] = (int32_t)id;
+  e[2] = a;
+  return e;
+}
+
+/* Closes a socket; one accepted here leaves the accepted set. */
+static void close_fd(Relay *r, int fd) {
+  if ((uint32_t)fd < r->naccepted) r->accepted[fd] = 0;
+  close(fd);
+}
+
+/* Records an accepted socket; 0 if there is no memory to (the socket is then refused). */
+static int remember(Relay *r, int fd) {
+  if ((uint32_t)fd >= r->naccepted) {
+    uint32_t n = r->naccepted == 0 ? 1024 : r->naccepted;
+    while (n <= (uint32_t)fd) n *= 2;
+    uint8_t *grown = realloc(r->accepted, n);
+    if (grown == NULL) return 0;
+    memset(grown + r->naccepted, 0, n - r->naccepted);
+    r->accepted = grown;
+    r->naccepted = n;
   }
+  r->accepted[fd] = 1;
+  return 1;
 }
 
-static void free_session(Relay *r, Session *s) {
+/* Frees a session; closes the sockets it owns, unless the client is kept (JS still needs it). */
+static void free_session(Relay *r, Session *s, int keep_client) {
+  for (int side = CLIENT; side <= SERVER; side++) {
+    int fd = s->fd[side];
+    if (fd < 0) continue;
+    if (s->own[side] && !(side == CLIENT && keep_client)) {
+      close_fd(r, fd); /* also leaves the epoll set */
+    } else if (s->reg[side]) {
+      epoll_ctl(r->epfd, EPOLL_CTL_DEL, fd, NULL);
+    }
+  }
   free(s->dir[0].buf);
   free(s->dir[1].buf);
   r->slots[s->slot] = NULL;
   free(s);
-  if (--r->active == 0) uv_unref((uv_handle_t *)&r->poll);
+  ref_down(r);
 }
 
-/* Ends a relayed session: JS hears of it after this wake's events (one onEnded call) and closes the sockets. */
+/* A session ends here: its sockets are closed (JS closes a Node-owned client), JS hears EV_ENDED. */
 static void end_session(Relay *r, Session *s, int cause) {
-  if (r->nended * 2 + 2 <= r->ended_len) {
-    r->ended[r->nended * 2] = (int32_t)s->slot;
-    r->ended[r->nended * 2 + 1] = s->cause != 0 ? s->cause : cause;
-    r->nended++;
+  push_event(r, EV_ENDED, s->slot, s->cause != 0 ? s->cause : cause);
+  free_session(r, s, 0);
+}
+
+static inline int closed_by(int side) {
+  return side == CLIENT ? END_CLIENT : END_SERVER;
+}
+
+/* Sets a socket's epoll interest; 0 on success, else the session has ended. */
+static int set_interest(Relay *r, Session *s, int side, uint32_t want) {
+  if (s->reg[side] && want == s->ev[side]) return 0;
+  if (!s->reg[side] && want == 0) return 0;
+  struct epoll_event e;
+  e.events = want;
+  e.data.u64 = key_of(s->slot, side, s->fd[side]);
+  if (epoll_ctl(r->epfd, s->reg[side] ? EPOLL_CTL_MOD : EPOLL_CTL_ADD, s->fd[side], &e) != 0) {
+    end_session(r, s, closed_by(side));
+    return -1;
   }
-  free_session(r, s);
+  s->reg[side] = 1;
+  s->ev[side] = want;
+  return 0;
+}
+
+/* The interest a relayed side needs now: reading unless its direction ended or is blocked, writing while the other direction has bytes waiting. */
+static int update_interest(Relay *r, Session *s, int side) {
+  uint32_t want = 0;
+  if (!s->dir[side].eof && s->dir[side].buf == NULL) want |= EPOLLIN;
+  if (s->dir[1 - side].buf != NULL) want |= EPOLLOUT;
+  return set_interest(r, s, side, want);
 }
 
 static inline int done_both_ways(Session *s) {
   return s->dir[0].eof && s->dir[1].eof && s->dir[0].buf == NULL && s->dir[1].buf == NULL;
 }
 
-/* The direction read from `side` has sent EOF and everything it sent is out: pass the EOF on. */
-static void pass_eof(Relay *r, Session *s, int side) {
+/* Direction `from` has sent EOF and everything it sent is out: pass the EOF on. 0, or -1 if the session ended. */
+static int pass_eof(Relay *r, Session *s, int from) {
   if (done_both_ways(s)) {
-    /* Both ways done: JS closes both sockets, and each close sends the FIN still owed. */
+    /* Both ways done: closing both sockets sends the FIN still owed. */
     end_session(r, s, 0);
-    return;
+    return -1;
   }
-  if (shutdown(s->fd[1 - side], SHUT_WR) != 0) end_session(r, s, side == CLIENT ? END_SERVER : END_CLIENT);
+  if (shutdown(s->fd[1 - from], SHUT_WR) != 0) {
+    end_session(r, s, closed_by(1 - from));
+    return -1;
+  }
+  return 0;
 }
 
-/* Sends what direction `from` holds to the other side. 0: all out, 1: some left, -1: the session ended. */
+/* Keeps bytes the other side's kernel did not take (backpressure). 0, or -1 if the session ended. */
+static int hold(Relay *r, Session *s, int from, const uint8_t *data, size_t len) {
+  Dir *d = &s->dir[from];
+  d->buf = malloc(len);
+  if (d->buf == NULL) {
+    end_session(r, s, closed_by(from));
+    return -1;
+  }
+  memcpy(d->buf, data, len);
+  d->off = 0;
+  d->len = (uint32_t)len;
+  return 0;
+}
+
+/* Sends what direction `from` holds. 0: all out, 1: some left, -1: the session ended. */
 static int flush(Relay *r, Session *s, int from) {
   Dir *d = &s->dir[from];
   ssize_t w = send(s->fd[1 - from], d->buf + d->off, d->len - d->off, MSG_NOSIGNAL | MSG_DONTWAIT);
   if (w < 0) {
     if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR) return 1;
-    end_session(r, s, from == CLIENT ? END_SERVER : END_CLIENT);
+    end_session(r, s, closed_by(1 - from));
     return -1;
   }
   d->off += (uint32_t)w;
@@ -164,9 +268,8 @@ static int flush(Relay *r, Session *s, int from) {
   return 0;
 }
 
-/* HOT: once per ready socket with bytes (or EOF) to read; one read of up to SCRATCH_SIZE, written on at once. */
+/* HOT: once per ready socket with bytes (or EOF) to read: one read of up to SCRATCH_SIZE, written on at once. */
 static void on_readable(Relay *r, Session *s, int side) {
-  uint32_t slot = s->slot;
   ssize_t n = recv(s->fd[side], r->scratch, SCRATCH_SIZE, MSG_DONTWAIT);
   if (n > 0) {
     double *st = r->stats + (size_t)s->slot * STAT_FIELDS;
@@ -175,63 +278,112 @@ static void on_readable(Relay *r, Session *s, int side) {
     ssize_t w = send(s->fd[1 - side], r->scratch, (size_t)n, MSG_NOSIGNAL | MSG_DONTWAIT);
     if (w < 0) {
       if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) {
-        end_session(r, s, side == CLIENT ? END_SERVER : END_CLIENT);
+        end_session(r, s, closed_by(1 - side));
         return;
       }
       w = 0;
     }
     if (w == n) return;
-    /* Backpressure: keep the rest, stop reading this side until the other has taken it. */
-    Dir *d = &s->dir[side];
-    d->len = (uint32_t)(n - w);
-    d->off = 0;
-    d->buf = malloc(d->len);
-    if (d->buf == NULL) {
-      end_session(r, s, side == CLIENT ? END_CLIENT : END_SERVER);
-      return;
-    }
-    memcpy(d->buf, r->scratch + w, d->len);
-    update_interest(r, s, side);
-    if (r->slots[slot] == s) update_interest(r, s, 1 - side);
+    /* Stop reading this side until the other has taken the rest. */
+    if (hold(r, s, side, r->scratch + w, (size_t)(n - w)) != 0) return;
+    if (update_interest(r, s, side) != 0) return;
+    update_interest(r, s, 1 - side);
     return;
   }
   if (n < 0) {
     if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR) return;
-    end_session(r, s, side == CLIENT ? END_CLIENT : END_SERVER); /* reset */
+    end_session(r, s, closed_by(side)); /* reset */
     return;
   }
-  /* EOF: the first one names the end (splice.ts onClientEnd / onServerEnd). */
+  /* EOF: the first one names the end (as splice.ts onClientEnd / onServerEnd). */
   s->dir[side].eof = 1;
-  if (s->cause == 0) s->cause = side == CLIENT ? END_CLIENT : END_SERVER;
-  pass_eof(r, s, side);
-  if (r->slots[slot] == s) update_interest(r, s, side);
+  if (s->cause == 0) s->cause = closed_by(side);
+  if (pass_eof(r, s, side) != 0) return;
+  update_interest(r, s, side);
 }
 
 /* Once per wake on a socket that had bytes waiting for it (backpressure released). */
 static void on_writable(Relay *r, Session *s, int side) {
-  uint32_t slot = s->slot;
   int from = 1 - side;
   if (s->dir[from].buf == NULL) return;
-  int left = flush(r, s, from);
-  if (left != 0) return;
-  r->stats[(size_t)slot * STAT_FIELDS + STAT_ACTIVITY] += 1;
-  if (s->dir[from].eof) {
-    pass_eof(r, s, from);
-    if (r->slots[slot] != s) return; /* ended (both ways done), s is freed */
-  }
-  update_interest(r, s, side);
-  if (r->slots[slot] == s) update_interest(r, s, from);
+  if (flush(r, s, from) != 0) return;
+  r->stats[(size_t)s->slot * STAT_FIELDS + STAT_ACTIVITY] += 1;
+  if (s->dir[from].eof && pass_eof(r, s, from) != 0) return;
+  if (update_interest(r, s, side) != 0) return;
+  update_interest(r, s, from);
 }
 
-static void call_on_ended(Relay *r) {
+/* The backend's connect completed (or failed): start relaying, prefix first. */
+static void on_connect_done(Relay *r, Session *s, uint32_t events) {
+  if (events & EPOLLERR) {
+    int err = 0;
+    socklen_t len = sizeof(err);
+    if (getsockopt(s->fd[SERVER], SOL_SOCKET, SO_ERROR, &err, &len) != 0) err = errno;
+    if (err != 0) {
+      push_event(r, EV_CONNECT_FAILED, s->slot, -err);
+      free_session(r, s, 1);
+      return;
+    }
+  }
+  s->state = ST_RELAY;
+  push_event(r, EV_CONNECTED, s->slot, 0);
+  Dir *c = &s->dir[CLIENT];
+  if (c->buf != NULL) {
+    int left = flush(r, s, CLIENT);
+    if (left < 0) return;
+  }
+  if (c->eof && c->buf == NULL && pass_eof(r, s, CLIENT) != 0) return;
+  if (update_interest(r, s, SERVER) != 0) return;
+  update_interest(r, s, CLIENT);
+}
+
+static inline int room_to_accept(Relay *r) {
+  return (size_t)(r->nev + 2 * MAX_EVENTS + 1) * EV_FIELDS <= r->events_len;
+}
+
+/* A listener is readable: up to MAX_ACCEPT connections, each an EV_ACCEPT (the rest wait for the next wake). */
+static void on_acceptable(Relay *r, uint32_t lid, int lfd) {
+  for (int i = 0; i < MAX_ACCEPT && room_to_accept(r); i++) {
+    struct sockaddr_storage ss;
+    socklen_t len = sizeof(ss);
+    int fd = accept4(lfd, (struct sockaddr *)&ss, &len, SOCK_NONBLOCK | SOCK_CLOEXEC);
+    if (fd < 0) {
+      if (errno == EAGAIN || errno == EWOULDBLOCK) return;
+      if (errno == EINTR || errno == ECONNABORTED || errno == EPROTO) continue;
+      /* Out of files or memory: stop polling this listener until JS resumes it (else the
+         level-triggered listener would wake the loop at once, for ever). */
+      push_event(r, EV_ACCEPT_ERROR, lid, -errno);
+      struct epoll_event e = {0};
+      e.data.u64 = key_of(lid, LISTENER, lfd);
+      epoll_ctl(r->epfd, EPOLL_CTL_MOD, lfd, &e);
+      return;
+    }
+    if (!remember(r, fd)) {
+      close(fd);
+      continue;
+    }
+    int32_t *e = push_event(r, EV_ACCEPT, lid, fd);
+    if (ss.ss_family == AF_INET6) {
+      struct sockaddr_in6 *a = (struct sockaddr_in6 *)&ss;
+      e[3] = (6 << 16) | ntohs(a->sin6_port);
+      memcpy(&e[4], &a->sin6_addr, 16);
+    } else {
+      struct sockaddr_in *a = (struct sockaddr_in *)&ss;
+      e[3] = (4 << 16) | ntohs(a->sin_port);
+      memcpy(&e[4], &a->sin_addr, 4);
+    }
+  }
+}
+
+static void call_on_events(Relay *r) {
   napi_env env = r->env;
   napi_handle_scope scope;
   if (napi_open_handle_scope(env, &scope) != napi_ok) return;
   napi_value cb, recv, argv[1], result;
-  napi_get_reference_value(env, r->on_ended, &cb);
+  napi_get_reference_value(env, r->on_events, &cb);
   napi_get_reference_value(env, r->resource, &recv); /* make_callback wants an object as `this` */
-  napi_create_uint32(env, r->nended, &argv[0]);
-  r->nended = 0;
+  napi_create_uint32(env, r->nev, &argv[0]);
+  r->nev = 0;
   if (napi_make_callback(env, r->actx, recv, cb, 1, argv, &result) == napi_pending_exception) {
     napi_value err;
     napi_get_and_clear_last_exception(env, &err);
@@ -240,7 +392,7 @@ static void call_on_ended(Relay *r) {
   napi_close_handle_scope(env, scope);
 }
 
-/* libuv: the epoll set has ready sockets. Once per event-loop wake with relayed traffic. */
+/* libuv: the epoll set has ready sockets. Once per event-loop wake with traffic. */
 static void on_poll(uv_poll_t *h, int status, int events) {
   (void)status;
   (void)events;
@@ -250,35 +402,48 @@ static void on_poll(uv_poll_t *h, int status, int events) {
   for (int i = 0; i < n; i++) {
     uint64_t k = evs[i].data.u64;
     int fd = (int)(uint32_t)k;
-    int side = (int)((k >> 32) & 1);
-    uint32_t slot = (uint32_t)(k >> 33);
-    Session *s = slot < r->nslots ? r->slots[slot] : NULL;
-    if (s == NULL || s->fd[side] != fd) {
-      /* A session that ended without its sockets closed yet: no more events from it. */
+    int kind = (int)((k >> 32) & 3);
+    uint32_t id = (uint32_t)(k >> 34);
+    uint32_t e = evs[i].events;
+    if (kind == LISTENER) {
+      if (id < r->nlisteners && r->listeners[id] == fd) on_acceptable(r, id, fd);
+      continue;
+    }
+    Session *s = id < r->nslots ? r->slots[id] : NULL;
+    if (s == NULL || s->fd[kind] != fd) {
+      /* A socket kept open after its session (a Node-owned client): no more events from it. */
       epoll_ctl(r->epfd, EPOLL_CTL_DEL, fd, NULL);
       continue;
     }
-    uint32_t e = evs[i].events;
+    if (s->state == ST_WATCH) {
+      push_event(r, EV_CLIENT_GONE, id, 0);
+      free_session(r, s, 1);
+      continue;
+    }
+    if (s->state == ST_CONNECTING) {
+      on_connect_done(r, s, e);
+      continue;
+    }
     if (e & EPOLLERR) {
-      end_session(r, s, side == CLIENT ? END_CLIENT : END_SERVER);
+      end_session(r, s, closed_by(kind));
       continue;
     }
     if (e & EPOLLOUT) {
-      on_writable(r, s, side);
-      if (r->slots[slot] != s) continue;
+      on_writable(r, s, kind);
+      if (r->slots[id] != s) continue;
     }
     if (e & (EPOLLIN | EPOLLHUP)) {
-      if (s->ev[side] & EPOLLIN) {
-        on_readable(r, s, side);
+      if (s->ev[kind] & EPOLLIN) {
+        on_readable(r, s, kind);
       } else if (e & EPOLLHUP) {
-        /* HUP cannot be masked: a side that is not read from now leaves the set until it is. */
+        /* HUP cannot be masked: a side not read from now leaves the set until it is again. */
         epoll_ctl(r->epfd, EPOLL_CTL_DEL, fd, NULL);
-        s->reg[side] = 0;
-        s->ev[side] = 0;
+        s->reg[kind] = 0;
+        s->ev[kind] = 0;
       }
     }
   }
-  if (r->nended > 0) call_on_ended(r);
+  if (r->nev > 0) call_on_events(r);
 }
 
 /* ── JS API ─────────────────────────────────────────────────────────────── */
@@ -294,12 +459,44 @@ static napi_value throw_msg(napi_env env, const char *msg) {
   return NULL;
 }
 
-static int get_f64_array(napi_env env, napi_value v, double **data, size_t *len) {
+static napi_value int_value(napi_env env, int32_t v) {
+  napi_value result;
+  napi_create_int32(env, v, &result);
+  return result;
+}
+
+static int typed_array(napi_env env, napi_value v, napi_typedarray_type want, void **data, size_t *len) {
   napi_typedarray_type type;
-  void *p;
-  if (napi_get_typedarray_info(env, v, &type, len, &p, NULL, NULL) != napi_ok || type != napi_float64_array) return 0;
-  *data = p;
+  if (napi_get_typedarray_info(env, v, &type, len, data, NULL, NULL) != napi_ok || type != want) return 0;
   return 1;
+}
+
+/* Reads `argc` arguments into argv, and the relay; NULL (with an exception) if init() was not called. */
+static Relay *args(napi_env env, napi_callback_info info, size_t *argc, napi_value *argv) {
+  napi_get_cb_info(env, info, argc, argv, NULL, NULL);
+  Relay *r = get_relay(env);
+  if (r == NULL) throw_msg(env, "relay: init() first");
+  return r;
+}
+
+/* An IPv4 or IPv6 address and port into a sockaddr; 0 if the text is not an address of that family. */
+static int to_sockaddr(napi_env env, napi_value ip, int32_t port, int32_t family, struct sockaddr_storage *ss, socklen_t *len) {
+  char text[64];
+  size_t n;
+  if (napi_get_value_string_utf8(env, ip, text, sizeof(text), &n) != napi_ok) return 0;
+  memset(ss, 0, sizeof(*ss));
+  if (family == 6) {
+    struct sockaddr_in6 *a = (struct sockaddr_in6 *)ss;
+    a->sin6_family = AF_INET6;
+    a->sin6_port = htons((uint16_t)port);
+    *len = sizeof(*a);
+    return inet_pton(AF_INET6, text, &a->sin6_addr) == 1;
+  }
+  struct sockaddr_in *a = (struct sockaddr_in *)ss;
+  a->sin_family = AF_INET;
+  a->sin_port = htons((uint16_t)port);
+  *len = sizeof(*a);
+  return inet_pton(AF_INET, text, &a->sin_addr) == 1;
 }
 
 static void on_poll_closed(uv_handle_t *h) {
@@ -309,26 +506,30 @@ static void on_poll_closed(uv_handle_t *h) {
   napi_remove_async_cleanup_hook(hook);
 }
 
-/* The worker (its env) is going away: sessions were ended by JS or die with it; close the poll handle. */
+/* The worker (its env) is going away: close every socket this file owns, then the poll handle. */
 static void on_env_cleanup(napi_async_cleanup_hook_handle handle, void *arg) {
   Relay *r = arg;
   r->cleanup = handle;
-  r->closing = 1;
   for (uint32_t i = 0; i < r->nslots; i++) {
-    if (r->slots[i] != NULL) {
-      free(r->slots[i]->dir[0].buf);
-      free(r->slots[i]->dir[1].buf);
-      free(r->slots[i]);
-    }
+    Session *s = r->slots[i];
+    if (s == NULL) continue;
+    if (s->fd[SERVER] >= 0) close(s->fd[SERVER]);
+    free(s->dir[0].buf);
+    free(s->dir[1].buf);
+    free(s);
   }
+  for (uint32_t fd = 0; fd < r->naccepted; fd++) if (r->accepted[fd]) close((int)fd);
+  for (uint32_t i = 0; i < r->nlisteners; i++) if (r->listeners[i] >= 0) close(r->listeners[i]);
   free(r->slots);
+  free(r->listeners);
+  free(r->accepted);
   close(r->epfd);
   napi_async_destroy(r->env, r->actx);
   uv_poll_stop(&r->poll);
   uv_close((uv_handle_t *)&r->poll, on_poll_closed);
 }
 
-/* init(stats: Float64Array, ended: Int32Array, onEnded(n)): once per worker. */
+/* init(stats: Float64Array, events: Int32Array, onEvents(n)): once per worker. */
 static napi_value js_init(napi_env env, napi_callback_info info) {
   size_t argc = 3;
   napi_value argv[3];
@@ -337,24 +538,20 @@ static napi_value js_init(napi_env env, napi_callback_info info) {
   Relay *r = calloc(1, sizeof(Relay));
   if (r == NULL) return throw_msg(env, "relay: out of memory");
   r->env = env;
-  napi_typedarray_type type;
-  void *p;
-  if (argc < 3 || !get_f64_array(env, argv[0], &r->stats, &r->stats_len) ||
-      napi_get_typedarray_info(env, argv[1], &type, &r->ended_len, &p, NULL, NULL) != napi_ok || type != napi_int32_array) {
+  void *stats, *events;
+  napi_valuetype vt = napi_undefined;
+  if (argc == 3) napi_typeof(env, argv[2], &vt);
+  if (argc < 3 || !typed_array(env, argv[0], napi_float64_array, &stats, &r->stats_len) ||
+      !typed_array(env, argv[1], napi_int32_array, &events, &r->events_len) || vt != napi_function) {
     free(r);
-    return throw_msg(env, "relay: init(stats: Float64Array, ended: Int32Array, onEnded: function) expected");
+    return throw_msg(env, "relay: init(stats: Float64Array, events: Int32Array, onEvents: function) expected");
   }
-  r->ended = p;
-  if (r->ended_len < 2 * MAX_EVENTS) {
+  if (r->events_len < (size_t)(2 * MAX_EVENTS + 1 + MAX_ACCEPT) * EV_FIELDS) {
     free(r);
-    return throw_msg(env, "relay: ended must hold 2 × maxEvents entries (one end per event at most)");
+    return throw_msg(env, "relay: events must hold 2 × maxEvents + 1 + maxAccept events");
   }
-  napi_valuetype vt;
-  napi_typeof(env, argv[2], &vt);
-  if (vt != napi_function) {
-    free(r);
-    return throw_msg(env, "relay: onEnded must be a function");
-  }
+  r->stats = stats;
+  r->events = events;
   r->epfd = epoll_create1(EPOLL_CLOEXEC);
   if (r->epfd < 0) {
     free(r);
@@ -369,10 +566,10 @@ static napi_value js_init(napi_env env, napi_callback_info info) {
   }
   r->poll.data = r;
   uv_poll_start(&r->poll, UV_READABLE, on_poll);
-  uv_unref((uv_handle_t *)&r->poll); /* referenced only while sessions are relayed */
+  uv_unref((uv_handle_t *)&r->poll); /* referenced only while it has sessions or listeners */
   napi_create_reference(env, argv[0], 1, &r->stats_ref);
-  napi_create_reference(env, argv[1], 1, &r->ended_ref);
-  napi_create_reference(env, argv[2], 1, &r->on_ended);
+  napi_create_reference(env, argv[1], 1, &r->events_ref);
+  napi_create_reference(env, argv[2], 1, &r->on_events);
   napi_value resource, name;
   napi_create_object(env, &resource);
   napi_create_reference(env, resource, 1, &r->resource);
@@ -387,12 +584,11 @@ static napi_value js_init(napi_env env, napi_callback_info info) {
 static napi_value js_set_stats(napi_env env, napi_callback_info info) {
   size_t argc = 1;
   napi_value argv[1];
-  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
-  Relay *r = get_relay(env);
-  if (r == NULL) return throw_msg(env, "relay: init() first");
-  double *data;
+  Relay *r = args(env, info, &argc, argv);
+  if (r == NULL) return NULL;
+  void *data;
   size_t len;
-  if (argc < 1 || !get_f64_array(env, argv[0], &data, &len)) return throw_msg(env, "relay: setStats(Float64Array) expected");
+  if (argc < 1 || !typed_array(env, argv[0], napi_float64_array, &data, &len)) return throw_msg(env, "relay: setStats(Float64Array) expected");
   napi_delete_reference(env, r->stats_ref);
   napi_create_reference(env, argv[0], 1, &r->stats_ref);
   r->stats = data;
@@ -400,98 +596,311 @@ static napi_value js_set_stats(napi_env env, napi_callback_info info) {
   return NULL;
 }
 
-/* splice(slot, clientFd, serverFd) → 0, or a negative errno (the session stays with JS). Once per connection. */
-static napi_value js_splice(napi_env env, napi_callback_info info) {
-  size_t argc = 3;
-  napi_value argv[3], result;
-  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
-  Relay *r = get_relay(env);
-  if (r == NULL) return throw_msg(env, "relay: init() first");
-  uint32_t slot;
-  int32_t cfd, sfd;
-  if (argc < 3 || napi_get_value_uint32(env, argv[0], &slot) != napi_ok || napi_get_value_int32(env, argv[1], &cfd) != napi_ok ||
-      napi_get_value_int32(env, argv[2], &sfd) != napi_ok || cfd < 0 || sfd < 0) {
-    return throw_msg(env, "relay: splice(slot, clientFd, serverFd) expected");
+/* listen(ip, port, family, reusePort, backlog) → listener id, or a negative errno. */
+static napi_value js_listen(napi_env env, napi_callback_info info) {
+  size_t argc = 5;
+  napi_value argv[5];
+  Relay *r = args(env, info, &argc, argv);
+  if (r == NULL) return NULL;
+  int32_t port, family, backlog;
+  bool reuse;
+  struct sockaddr_storage ss;
+  socklen_t len;
+  if (argc < 5 || napi_get_value_int32(env, argv[1], &port) != napi_ok || napi_get_value_int32(env, argv[2], &family) != napi_ok ||
+      napi_get_value_bool(env, argv[3], &reuse) != napi_ok || napi_get_value_int32(env, argv[4], &backlog) != napi_ok ||
+      !to_sockaddr(env, argv[0], port, family, &ss, &len)) {
+    return throw_msg(env, "relay: listen(ip, port, family, reusePort, backlog) expected, with an IP address of that family");
   }
-  if ((size_t)(slot + 1) * STAT_FIELDS > r->stats_len) return throw_msg(env, "relay: slot beyond the stats array");
-  int32_t err = 0;
+  uint32_t lid = 0;
+  while (lid < r->nlisteners && r->listeners[lid] >= 0) lid++;
+  if (lid == r->nlisteners) {
+    uint32_t n = r->nlisteners == 0 ? 8 : r->nlisteners * 2;
+    int *grown = realloc(r->listeners, n * sizeof(int));
+    if (grown == NULL) return int_value(env, -ENOMEM);
+    for (uint32_t i = r->nlisteners; i < n; i++) grown[i] = -1;
+    r->listeners = grown;
+    r->nlisteners = n;
+  }
+  int fd = socket(ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  if (fd < 0) return int_value(env, -errno);
+  int on = 1;
+  /* As libuv: SO_REUSEADDR (restart while old connections are in TIME_WAIT); SO_REUSEPORT so the
+     workers' listeners share the address and the kernel spreads connections among them;
+     TCP_NODELAY, which accepted sockets inherit. */
+  setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &on, sizeof(on));
+  if (reuse && setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &on, sizeof(on)) != 0) goto fail;
+  setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &on, sizeof(on));
+  if (bind(fd, (struct sockaddr *)&ss, len) != 0 || listen(fd, backlog) != 0) goto fail;
+  struct epoll_event e;
+  e.events = EPOLLIN;
+  e.data.u64 = key_of(lid, LISTENER, fd);
+  if (epoll_ctl(r->epfd, EPOLL_CTL_ADD, fd, &e) != 0) goto fail;
+  r->listeners[lid] = fd;
+  ref_up(r);
+  return int_value(env, (int32_t)lid);
+fail: {
+    int err = errno;
+    close(fd);
+    return int_value(env, -err);
+  }
+}
+
+static int listener_arg(napi_env env, napi_callback_info info, Relay **r, uint32_t *lid) {
+  size_t argc = 1;
+  napi_value argv[1];
+  *r = args(env, info, &argc, argv);
+  if (*r == NULL) return 0;
+  if (argc < 1 || napi_get_value_uint32(env, argv[0], lid) != napi_ok) {
+    throw_msg(env, "relay: a listener id expected");
+    return 0;
+  }
+  return *lid < (*r)->nlisteners && (*r)->listeners[*lid] >= 0;
+}
+
+/* closeListener(id): stops accepting and closes the socket (connections accepted stay). */
+static napi_value js_close_listener(napi_env env, napi_callback_info info) {
+  Relay *r;
+  uint32_t lid;
+  if (!listener_arg(env, info, &r, &lid)) return NULL;
+  close(r->listeners[lid]);
+  r->listeners[lid] = -1;
+  ref_down(r);
+  return NULL;
+}
+
+/* resume(id): polls a listener again after EV_ACCEPT_ERROR paused it. */
+static napi_value js_resume(napi_env env, napi_callback_info info) {
+  Relay *r;
+  uint32_t lid;
+  if (!listener_arg(env, info, &r, &lid)) return NULL;
+  struct epoll_event e;
+  e.events = EPOLLIN;
+  e.data.u64 = key_of(lid, LISTENER, r->listeners[lid]);
+  epoll_ctl(r->epfd, EPOLL_CTL_MOD, r->listeners[lid], &e);
+  return NULL;
+}
+
+/* A new session struct in `slot` (growing the table); NULL with *err set. */
+static Session *new_session(Relay *r, uint32_t slot, int *err) {
+  if ((size_t)(slot + 1) * STAT_FIELDS > r->stats_len) {
+    *err = -ERANGE;
+    return NULL;
+  }
   if (slot >= r->nslots) {
     uint32_t n = r->nslots == 0 ? 1024 : r->nslots;
     while (n <= slot) n *= 2;
     Session **grown = realloc(r->slots, n * sizeof(Session *));
-    if (grown == NULL) err = -ENOMEM;
-    else {
-      memset(grown + r->nslots, 0, (n - r->nslots) * sizeof(Session *));
-      r->slots = grown;
-      r->nslots = n;
+    if (grown == NULL) {
+      *err = -ENOMEM;
+      return NULL;
     }
+    memset(grown + r->nslots, 0, (n - r->nslots) * sizeof(Session *));
+    r->slots = grown;
+    r->nslots = n;
   }
-  if (err == 0 && r->slots[slot] != NULL) return throw_msg(env, "relay: slot already in use");
-  Session *s = err == 0 ? calloc(1, sizeof(Session)) : NULL;
-  if (err == 0 && s == NULL) err = -ENOMEM;
-  if (err == 0) {
-    s->fd[CLIENT] = cfd;
-    s->fd[SERVER] = sfd;
-    s->slot = slot;
-    double *st = r->stats + (size_t)slot * STAT_FIELDS;
-    st[STAT_BYTES_IN] = st[STAT_BYTES_OUT] = st[STAT_ACTIVITY] = 0;
-    struct epoll_event e;
-    e.events = EPOLLIN;
-    e.data.u64 = key_of(slot, CLIENT, cfd);
-    if (epoll_ctl(r->epfd, EPOLL_CTL_ADD, cfd, &e) != 0) err = -errno;
-    else {
-      e.data.u64 = key_of(slot, SERVER, sfd);
-      if (epoll_ctl(r->epfd, EPOLL_CTL_ADD, sfd, &e) != 0) {
-        err = -errno;
-        epoll_ctl(r->epfd, EPOLL_CTL_DEL, cfd, NULL);
-      }
-    }
-    if (err == 0) {
-      s->reg[CLIENT] = s->reg[SERVER] = 1;
-      s->ev[CLIENT] = s->ev[SERVER] = EPOLLIN;
-      r->slots[slot] = s;
-      if (r->active++ == 0) uv_ref((uv_handle_t *)&r->poll);
-    } else {
-      free(s);
-    }
+  if (r->slots[slot] != NULL) {
+    *err = -EBUSY;
+    return NULL;
   }
-  napi_create_int32(env, err, &result);
-  return result;
+  Session *s = calloc(1, sizeof(Session));
+  if (s == NULL) {
+    *err = -ENOMEM;
+    return NULL;
+  }
+  s->fd[CLIENT] = s->fd[SERVER] = -1;
+  s->slot = slot;
+  r->slots[slot] = s;
+  ref_up(r);
+  return s;
 }
 
 /*
- * stop(slot) → 1 if the slot was relayed (now it is not), else 0. JS closes the sockets right
- * after (timeout, kill, shutdown), which removes them from the epoll set.
+ * connect(slot, clientFd, ownClient, ip, port, family, prefix, clientEnded) → 0, or a negative
+ * errno (nothing was kept: the client socket is still JS's). Once per connect attempt. `prefix`
+ * (a Uint8Array or null) goes to the backend first: a PROXY header, bytes read before.
+ */
+static napi_value js_connect(napi_env env, napi_callback_info info) {
+  size_t argc = 8;
+  napi_value argv[8];
+  Relay *r = args(env, info, &argc, argv);
+  if (r == NULL) return NULL;
+  uint32_t slot;
+  int32_t cfd, port, family;
+  bool own, ended;
+  struct sockaddr_storage ss;
+  socklen_t len;
+  if (argc < 8 || napi_get_value_uint32(env, argv[0], &slot) != napi_ok || napi_get_value_int32(env, argv[1], &cfd) != napi_ok ||
+      napi_get_value_bool(env, argv[2], &own) != napi_ok || napi_get_value_int32(env, argv[4], &port) != napi_ok ||
+      napi_get_value_int32(env, argv[5], &family) != napi_ok || napi_get_value_bool(env, argv[7], &ended) != napi_ok ||
+      !to_sockaddr(env, argv[3], port, family, &ss, &len) || cfd < 0) {
+    return throw_msg(env, "relay: connect(slot, clientFd, ownClient, ip, port, family, prefix, clientEnded) expected");
+  }
+  void *prefix = NULL;
+  size_t prefix_len = 0;
+  napi_valuetype vt;
+  napi_typeof(env, argv[6], &vt);
+  if (vt != napi_null && vt != napi_undefined && !typed_array(env, argv[6], napi_uint8_array, &prefix, &prefix_len)) {
+    return throw_msg(env, "relay: connect: prefix must be a Uint8Array or null");
+  }
+  int err = 0;
+  Session *s = new_session(r, slot, &err);
+  if (s == NULL) return int_value(env, err);
+  s->fd[CLIENT] = cfd;
+  s->own[CLIENT] = own;
+  s->state = ST_CONNECTING;
+  s->dir[CLIENT].eof = ended;
+  if (ended) s->cause = END_CLIENT;
+  double *st = r->stats + (size_t)slot * STAT_FIELDS;
+  st[STAT_BYTES_IN] = st[STAT_BYTES_OUT] = st[STAT_ACTIVITY] = 0;
+  int fd = socket(ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  if (fd < 0) {
+    err = -errno;
+    goto fail;
+  }
+  s->fd[SERVER] = fd;
+  s->own[SERVER] = 1;
+  int on = 1;
+  setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &on, sizeof(on));
+  if (connect(fd, (struct sockaddr *)&ss, len) != 0 && errno != EINPROGRESS) {
+    err = -errno;
+    goto fail;
+  }
+  if (prefix_len > 0) {
+    s->dir[CLIENT].buf = malloc(prefix_len);
+    if (s->dir[CLIENT].buf == NULL) {
+      err = -ENOMEM;
+      goto fail;
+    }
+    memcpy(s->dir[CLIENT].buf, prefix, prefix_len);
+    s->dir[CLIENT].len = (uint32_t)prefix_len;
+  }
+  /* Writable once connected; an error or HUP if it failed (on_connect_done). */
+  struct epoll_event e;
+  e.events = EPOLLOUT;
+  e.data.u64 = key_of(slot, SERVER, fd);
+  if (epoll_ctl(r->epfd, EPOLL_CTL_ADD, fd, &e) != 0) {
+    err = -errno;
+    goto fail;
+  }
+  s->reg[SERVER] = 1;
+  s->ev[SERVER] = EPOLLOUT;
+  return int_value(env, 0);
+fail:
+  free_session(r, s, 1);
+  return int_value(env, err);
+}
+
+/* watch(slot, clientFd) → 0 or a negative errno: EV_CLIENT_GONE when a waiting client leaves. */
+static napi_value js_watch(napi_env env, napi_callback_info info) {
+  size_t argc = 2;
+  napi_value argv[2];
+  Relay *r = args(env, info, &argc, argv);
+  if (r == NULL) return NULL;
+  uint32_t slot;
+  int32_t cfd;
+  if (argc < 2 || napi_get_value_uint32(env, argv[0], &slot) != napi_ok || napi_get_value_int32(env, argv[1], &cfd) != napi_ok || cfd < 0) {
+    return throw_msg(env, "relay: watch(slot, clientFd) expected");
+  }
+  int err = 0;
+  Session *s = new_session(r, slot, &err);
+  if (s == NULL) return int_value(env, err);
+  s->fd[CLIENT] = cfd;
+  s->state = ST_WATCH;
+  struct epoll_event e;
+  e.events = EPOLLRDHUP;
+  e.data.u64 = key_of(slot, CLIENT, cfd);
+  if (epoll_ctl(r->epfd, EPOLL_CTL_ADD, cfd, &e) != 0) {
+    err = -errno;
+    free_session(r, s, 1);
+    return int_value(env, err);
+  }
+  s->reg[CLIENT] = 1;
+  s->ev[CLIENT] = EPOLLRDHUP;
+  return int_value(env, 0);
+}
+
+/*
+ * stop(slot, keepClient) → whether the slot had a session. Its sockets are closed, except the
+ * client when kept (a dequeued or retried session) or owned by a Node handle; no event follows.
  */
 static napi_value js_stop(napi_env env, napi_callback_info info) {
-  size_t argc = 1;
-  napi_value argv[1], result;
-  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
-  Relay *r = get_relay(env);
+  size_t argc = 2;
+  napi_value argv[2], result;
+  Relay *r = args(env, info, &argc, argv);
+  if (r == NULL) return NULL;
   uint32_t slot;
-  if (r == NULL || argc < 1 || napi_get_value_uint32(env, argv[0], &slot) != napi_ok) return throw_msg(env, "relay: stop(slot) expected");
+  bool keep;
+  if (argc < 2 || napi_get_value_uint32(env, argv[0], &slot) != napi_ok || napi_get_value_bool(env, argv[1], &keep) != napi_ok) {
+    return throw_msg(env, "relay: stop(slot, keepClient) expected");
+  }
   Session *s = slot < r->nslots ? r->slots[slot] : NULL;
-  if (s != NULL) free_session(r, s);
+  if (s != NULL) free_session(r, s, keep);
   napi_get_boolean(env, s != NULL, &result);
   return result;
+}
+
+/* closeFd(fd): a client socket JS held without a session here (refused, queued, failed connects). */
+static napi_value js_close_fd(napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value argv[1];
+  Relay *r = args(env, info, &argc, argv);
+  if (r == NULL) return NULL;
+  int32_t fd;
+  if (argc < 1 || napi_get_value_int32(env, argv[0], &fd) != napi_ok || fd < 0) return throw_msg(env, "relay: closeFd(fd) expected");
+  close_fd(r, fd);
+  return NULL;
+}
+
+/* localAddress(fd, out: Int32Array) → 0 or a negative errno; out: family << 16 | port, address bytes. */
+static napi_value js_local_address(napi_env env, napi_callback_info info) {
+  size_t argc = 2;
+  napi_value argv[2];
+  Relay *r = args(env, info, &argc, argv);
+  if (r == NULL) return NULL;
+  int32_t fd;
+  void *out;
+  size_t n;
+  if (argc < 2 || napi_get_value_int32(env, argv[0], &fd) != napi_ok || !typed_array(env, argv[1], napi_int32_array, &out, &n) || n < 5) {
+    return throw_msg(env, "relay: localAddress(fd, Int32Array(5)) expected");
+  }
+  struct sockaddr_storage ss;
+  socklen_t len = sizeof(ss);
+  if (getsockname(fd, (struct sockaddr *)&ss, &len) != 0) return int_value(env, -errno);
+  int32_t *o = out;
+  if (ss.ss_family == AF_INET6) {
+    struct sockaddr_in6 *a = (struct sockaddr_in6 *)&ss;
+    o[0] = (6 << 16) | ntohs(a->sin6_port);
+    memcpy(&o[1], &a->sin6_addr, 16);
+  } else {
+    struct sockaddr_in *a = (struct sockaddr_in *)&ss;
+    o[0] = (4 << 16) | ntohs(a->sin_port);
+    memcpy(&o[1], &a->sin_addr, 4);
+  }
+  return int_value(env, 0);
 }
 
 /* constants(): what this build was compiled with, checked by relay.ts at load. */
 static napi_value js_constants(napi_env env, napi_callback_info info) {
   (void)info;
-  napi_value o, v;
+  napi_value o;
   napi_create_object(env, &o);
-#define SET(name, value)                      \
-  napi_create_int32(env, (value), &v);        \
-  napi_set_named_property(env, o, name, v);
+#define SET(name, value) napi_set_named_property(env, o, name, int_value(env, (value)));
   SET("version", RELAY_VERSION);
   SET("statBytesIn", STAT_BYTES_IN);
   SET("statBytesOut", STAT_BYTES_OUT);
   SET("statActivity", STAT_ACTIVITY);
   SET("statFields", STAT_FIELDS);
+  SET("evFields", EV_FIELDS);
+  SET("evAccept", EV_ACCEPT);
+  SET("evAcceptError", EV_ACCEPT_ERROR);
+  SET("evConnected", EV_CONNECTED);
+  SET("evConnectFailed", EV_CONNECT_FAILED);
+  SET("evEnded", EV_ENDED);
+  SET("evClientGone", EV_CLIENT_GONE);
   SET("endClient", END_CLIENT);
   SET("endServer", END_SERVER);
   SET("maxEvents", MAX_EVENTS);
+  SET("maxAccept", MAX_ACCEPT);
 #undef SET
   return o;
 }
@@ -500,8 +909,14 @@ NAPI_MODULE_INIT() {
   napi_property_descriptor props[] = {
     {"init", NULL, js_init, NULL, NULL, NULL, napi_default, NULL},
     {"setStats", NULL, js_set_stats, NULL, NULL, NULL, napi_default, NULL},
-    {"splice", NULL, js_splice, NULL, NULL, NULL, napi_default, NULL},
+    {"listen", NULL, js_listen, NULL, NULL, NULL, napi_default, NULL},
+    {"closeListener", NULL, js_close_listener, NULL, NULL, NULL, napi_default, NULL},
+    {"resume", NULL, js_resume, NULL, NULL, NULL, napi_default, NULL},
+    {"connect", NULL, js_connect, NULL, NULL, NULL, napi_default, NULL},
+    {"watch", NULL, js_watch, NULL, NULL, NULL, napi_default, NULL},
     {"stop", NULL, js_stop, NULL, NULL, NULL, napi_default, NULL},
+    {"closeFd", NULL, js_close_fd, NULL, NULL, NULL, napi_default, NULL},
+    {"localAddress", NULL, js_local_address, NULL, NULL, NULL, napi_default, NULL},
     {"constants", NULL, js_constants, NULL, NULL, NULL, napi_default, NULL},
   };
   napi_define_properties(env, exports, sizeof(props) / sizeof(props[0]), props);

@@ -26,12 +26,15 @@
  *   through `gen`. No close callback is needed.
  * - Timeouts (connect, idle, queue, PROXY header) are one deadline per session, checked by one
  *   sweep per worker (`sweep`) instead of a timer per socket re-armed on every chunk.
- * - With the native relay (relay.ts; the default where it is built), a session that is connected
- *   and has nothing left to send is handed over to it: from then on its bytes move without
- *   entering JavaScript, and this file hears once, when it ended (`onRelayEnded`). The client is
- *   therefore not read here at all on that path, unless its bytes are needed before the backend
- *   is up (a PROXY header to parse) or it waits in the queue (to notice it leaving).
- *   The functions below marked HOT then serve only the JavaScript path.
+ *
+ * With the native relay (relay.ts, relay.c; the default where it is built) the same decisions are
+ * made here, but the system calls are the relay's: it accepts on the service's socket, connects
+ * to the backend this file picked, moves the bytes both ways and closes, and reports each step in
+ * one batch per event-loop wake (`onRelayEvents`). A session then has a client fd instead of a
+ * client handle and no server handle at all; the functions marked HOT below serve only the
+ * JavaScript path (Node's TCP handles), which runs when the relay is not built or turned off, and
+ * for services with accept_proxy, whose client's PROXY header is read here before the relay
+ * connects (the client handle's fd is then lent to the relay).
  */
 import { isIP, type Server } from 'node:net';
 import { lookup } from 'node:dns';
@@ -56,7 +59,8 @@ import {
 import type { BackendEntry, ServiceEntry, WorkerToMain } from './messages.ts';
 import { encodeProxyV1, encodeProxyV2, parseProxyHeader } from './proxy-protocol.ts';
 import {
-  END_SERVER, RELAY_MAX_EVENTS, STAT_ACTIVITY, STAT_BYTES_IN, STAT_BYTES_OUT, STAT_FIELDS, type RelayBinding,
+  END_SERVER, EV_ACCEPT, EV_ACCEPT_ERROR, EV_CLIENT_GONE, EV_CONNECT_FAILED, EV_CONNECTED, EV_ENDED, EV_FIELDS,
+  formatAddress, RELAY_EVENTS, STAT_ACTIVITY, STAT_BYTES_IN, STAT_BYTES_OUT, STAT_FIELDS, type RelayBinding,
 } from './relay.ts';
 
 /**
@@ -125,7 +129,7 @@ export interface DataPathContext {
    * ENFILE, ENOBUFS…): while accepting it, or opening its backend socket. Not a backend's fault.
    */
   onLocalError: ((errno: number, service: string, during: 'accept' | 'connect') => void) | null;
-  /** The native relay that established sessions are handed to, or null (everything stays here). */
+  /** The native relay that makes the data path's system calls, or null (Node's TCP handles do). */
   relay: RelayBinding | null;
 }
 
@@ -145,12 +149,15 @@ let sweepTimer: ReturnType<typeof setInterval> | null = null;
 /** performance.now() at the previous sweep: relayed sessions' activity is stamped with it. */
 let lastSweep = 0;
 
-// The relay's side (relay.ts has the layout): a slot per relayed session.
+// The relay's side (relay.ts has the layout): a slot per session it has worked for, a runtime per listener.
 let relay: RelayBinding | null = null;
 let relayStats = new Float64Array(0);
-const relayEnded = new Int32Array(2 * RELAY_MAX_EVENTS);
+const relayEvents = new Int32Array(RELAY_EVENTS * EV_FIELDS);
 const slotSessions: (Session | null)[] = [];
 const freeSlots: number[] = [];
+const relayListeners: (ServiceRuntime | undefined)[] = [];
+/** Filled by relay.localAddress (send_proxy's destination). */
+const localAddr = new Int32Array(5);
 
 export function initDataPath(c: DataPathContext): void {
   ctx = c;
@@ -161,8 +168,13 @@ export function initDataPath(c: DataPathContext): void {
   relay = c.relay;
   if (relay !== null) {
     relayStats = new Float64Array(1024 * STAT_FIELDS);
-    relay.init(relayStats, relayEnded, onRelayEnded);
+    relay.init(relayStats, relayEvents, onRelayEvents);
   }
+}
+
+/** Whether the relay makes this worker's system calls (its listeners: listenRelay). */
+export function relayOn(): boolean {
+  return relay !== null;
 }
 
 export function setBackends(list: ServiceEntry[]): void {
@@ -279,9 +291,16 @@ export class Session {
   /** The last chunk's view of `cbuf` / `sbuf` (bytes 0..n), reused while chunks keep their size. */
   cview: Buffer | null = null;
   sview: Buffer | null = null;
-  /** The relay slot while the native relay moves this session's bytes, else -1. */
+  /** The client socket when the relay accepted it (no handle then), else -1; -1 again once closed. */
+  fd = -1;
+  /** The client's address, when the relay accepted it and something needs it (hash, log, send_proxy). */
+  peerIp = '';
+  peerPort = 0;
+  /** This session's relay slot (its stats), from its first relay request until it ends, else -1. */
   slot = -1;
-  /** bytesIn / bytesOut when the session was handed to the relay (its counters start at 0). */
+  /** The relay holds a session for the slot now (connecting, relaying, or watching the queued client). */
+  inRelay = false;
+  /** bytesIn / bytesOut when the relay's connect was asked (its counters start at 0 there). */
   relayBaseIn = 0;
   relayBaseOut = 0;
   /** The relay's activity count as the last sweep saw it. */
@@ -317,7 +336,10 @@ export class Session {
     if (this.cbuf.length > READ_BUFFER_MIN) this.cbuf = Buffer.allocUnsafeSlow(READ_BUFFER_MIN);
     if (this.sbuf.length > READ_BUFFER_MIN) this.sbuf = Buffer.allocUnsafeSlow(READ_BUFFER_MIN);
     this.cview = this.sview = null;
-    this.slot = -1;
+    this.fd = this.slot = -1;
+    this.peerIp = '';
+    this.peerPort = 0;
+    this.inRelay = false;
     this.relayBaseIn = this.relayBaseOut = this.seenActivity = 0;
   }
 }
@@ -355,9 +377,7 @@ function onAccept(this: { owner: Server }, err: number, handle: TcpHandle | unde
   client[kSession] = s; // TCP_NODELAY: inherited from the listening socket (acceptRaw)
   client.onread = onClientRead;
   client.useUserBuffer(s.cbuf);
-  // With the relay, the client's bytes wait in the kernel until the relay reads them (below:
-  // unless a PROXY header must be read first).
-  if (relay === null || rt.entry.accept_proxy) client.readStart();
+  client.readStart();
   sessions.add(s);
   if (shuttingDown) {
     endSession(s, TERM_SHUTDOWN);
@@ -376,6 +396,18 @@ function onAccept(this: { owner: Server }, err: number, handle: TcpHandle | unde
 /** Reused by getpeername / getsockname (once per connection, when an address is needed). */
 const addr: SockAddr = { address: '', family: '', port: 0 };
 
+/** The client's address into `addr`: its handle's peer, or what the relay said at accept. */
+function peerOf(s: Session): void {
+  if (s.client !== null) {
+    addr.address = '';
+    addr.port = 0;
+    s.client.getpeername(addr);
+  } else {
+    addr.address = s.peerIp;
+    addr.port = s.peerPort;
+  }
+}
+
 /** Hashes the client's key, then takes a backend or queues. Once per connection (after its PROXY header, if any). */
 function admit(s: Session, rt: ServiceRuntime): void {
   const e = rt.entry;
@@ -384,9 +416,7 @@ function admit(s: Session, rt: ServiceRuntime): void {
     let ip = s.srcAddr;
     let port = s.srcPort;
     if (!proxied) {
-      addr.address = '';
-      addr.port = 0;
-      s.client!.getpeername(addr);
+      peerOf(s);
       ip = addr.address ?? '';
       port = addr.port ?? 0;
     }
@@ -425,8 +455,15 @@ function enqueue(s: Session, rt: ServiceRuntime): void {
   f64[rt.scBase + SC_QUEUED] += 1;
   s.state = ST_QUEUED;
   s.tQueued = performance.now();
-  // Read while waiting (the relay path has not yet): a client that leaves is noticed (onClientEnd).
-  if (relay !== null) resumeClient(s);
+  // A client the relay accepted is watched while it waits: one that leaves ends its wait
+  // (EV_CLIENT_GONE), as a handle's EOF does (onClientEnd).
+  if (s.client === null && relayWatch(s) !== 0) {
+    Atomics.sub(i32, rt.queuedIdx, 1);
+    i32[rt.tallyQueuedIdx] -= 1;
+    s.state = ST_FREE;
+    endSession(s, TERM_CLIENT_CLOSED);
+    return;
+  }
   rt.queue.push(s);
   arm(s, rt.entry.queue.timeout);
   if (!rt.waiting) pumpQueue(rt);
@@ -438,6 +475,10 @@ function leaveQueue(s: Session): void {
   if (at >= 0) rt.queue.splice(at, 1);
   Atomics.sub(i32, rt.queuedIdx, 1);
   i32[rt.tallyQueuedIdx] -= 1;
+  if (s.inRelay) {
+    relay!.stop(s.slot, true); // stops watching the client
+    s.inRelay = false;
+  }
   s.queueMs = performance.now() - s.tQueued;
   f64[rt.scBase + SC_QUEUE_TIME_MS] += s.queueMs;
   s.state = ST_FREE;
@@ -491,28 +532,33 @@ function connectTo(s: Session, backend: number): void {
   }
   s.tConnect = performance.now();
   arm(s, rt.entry.timeouts.connect);
-  const server = new TCP(TCP_SOCKET) as Handle;
-  server[kSession] = s;
-  s.server = server;
-  s.serverEnded = false;
   const attempt = ++s.attempt;
   const family = families[backend];
   if (family !== 0) {
-    startConnect(s, server, bk.host, bk.port, family);
+    startConnect(s, bk.host, bk.port, family);
     return;
   }
   // A host name (IP addresses are recommended: README): resolved on every connect, as Node's
   // net.connect does, IPv4 addresses first (the first one is used).
+  const gen = s.gen;
   lookup(bk.host, LOOKUP_OPTIONS, (err, address, fam) => {
-    if (s.attempt !== attempt || s.server !== server) return;
+    if (s.gen !== gen || s.attempt !== attempt || s.state !== ST_CONNECTING) return;
     if (err) connectFailed(s, (err as NodeJS.ErrnoException).code ?? 'ENOTFOUND');
-    else startConnect(s, server, address, bk.port, fam);
+    else startConnect(s, address, bk.port, fam);
   });
 }
 
 const LOOKUP_OPTIONS = { order: 'ipv4first' } as const;
 
-function startConnect(s: Session, server: Handle, ip: string, port: number, family: number): void {
+function startConnect(s: Session, ip: string, port: number, family: number): void {
+  if (relay !== null) {
+    relayConnect(s, ip, port, family);
+    return;
+  }
+  const server = new TCP(TCP_SOCKET) as Handle;
+  server[kSession] = s;
+  s.server = server;
+  s.serverEnded = false;
   const req = new TCPConnectWrap() as ConnectReq;
   req.oncomplete = onConnected as ConnectReq['oncomplete'];
   req.session = s;
@@ -535,10 +581,12 @@ const LOCAL_ERRORS = new Set(['EMFILE', 'ENFILE', 'ENOBUFS', 'ENOMEM', 'EADDRNOT
  * the log's `detail`) and the worker logs the cause.
  */
 function localConnectFailure(s: Session, errno: number, code: string): void {
-  const server = s.server!;
-  server[kSession] = null;
-  server.close();
-  s.server = null;
+  const server = s.server;
+  if (server !== null) {
+    server[kSession] = null;
+    server.close();
+    s.server = null;
+  }
   s.state = ST_FREE;
   s.detail = `${code}: no socket for the backend connection (local resources)`;
   ctx.onLocalError?.(errno, s.svc!.entry.name, 'connect');
@@ -557,16 +605,11 @@ function onConnected(this: ConnectReq, status: number): void {
   }
   const rt = s.svc!;
   const server = s.server!;
-  s.state = ST_CONNECTED;
-  s.connectMs = performance.now() - s.tConnect;
-  f64[rt.scBase + SC_CONNECT_TIME_MS] += s.connectMs;
-  f64[s.bcBase + BC_CONNECTIONS] += 1;
-  f64[s.bcBase + BC_CONNECT_TIME_MS] += s.connectMs;
-  arm(s, rt.entry.timeouts.idle);
+  markConnected(s);
   server.setNoDelay(true);
   server.onread = onBackendRead;
   server.useUserBuffer(s.sbuf);
-  if (relay === null) server.readStart();
+  server.readStart();
   if (rt.entry.send_proxy !== 'none') {
     const h = proxyHeaderFor(s, rt.entry.send_proxy);
     if (send(s, server, h, true) < 0) return;
@@ -578,26 +621,27 @@ function onConnected(this: ConnectReq, status: number): void {
     const all = pending.length === 1 ? pending[0] : Buffer.concat(pending);
     if (send(s, server, all, true) < 0) return;
   }
-  if (relay !== null) {
-    if (!s.clientEnded && s.c2sWrites === 0 && handOver(s)) return;
-    server.readStart(); // stays here: see handOver
-  }
   if (s.c2sWrites > 0) s.client!.readStop();
   else resumeClient(s);
   if (s.clientEnded) shutdownSide(s, true);
 }
 
+/** Once per connection, when its backend connection is up (either path): counters, the idle timeout. */
+function markConnected(s: Session): void {
+  const rt = s.svc!;
+  s.state = ST_CONNECTED;
+  s.connectMs = performance.now() - s.tConnect;
+  f64[rt.scBase + SC_CONNECT_TIME_MS] += s.connectMs;
+  f64[s.bcBase + BC_CONNECTIONS] += 1;
+  f64[s.bcBase + BC_CONNECT_TIME_MS] += s.connectMs;
+  arm(s, rt.entry.timeouts.idle);
+}
+
 // ── relay ────────────────────────────────────────────────────────────────────
 
-/**
- * Once per connection, when its backend is up and everything read before is sent: gives the two
- * sockets to the native relay. False (the session stays on this path) when the relay refused
- * them. Sessions with a write still queued here, or whose client already sent EOF, stay too
- * (rare: a send buffer full on a fresh connection, a client that closed while queued).
- */
-function handOver(s: Session): boolean {
-  const client = s.client!;
-  client.readStop(); // if it was read (PROXY header, queue): the relay reads from here on
+/** The session's relay slot, taken on its first relay request and kept until it ends. */
+function slotOf(s: Session): number {
+  if (s.slot >= 0) return s.slot;
   const slot = freeSlots.pop() ?? slotSessions.length;
   if ((slot + 1) * STAT_FIELDS > relayStats.length) {
     const grown = new Float64Array(relayStats.length * 2);
@@ -605,50 +649,163 @@ function handOver(s: Session): boolean {
     relayStats = grown;
     relay!.setStats(grown);
   }
-  if (relay!.splice(slot, client.fd, s.server!.fd) !== 0) {
-    freeSlots.push(slot);
-    return false;
-  }
   slotSessions[slot] = s;
   s.slot = slot;
+  // Counted from here (connect zeroes them again, and relayConnect moves the base).
+  relayStats.fill(0, slot * STAT_FIELDS, (slot + 1) * STAT_FIELDS);
   s.relayBaseIn = s.bytesIn;
   s.relayBaseOut = s.bytesOut;
-  s.seenActivity = 0;
-  return true;
+  return slot;
 }
 
-/** The relay's counters of a relayed session into its own (bytes; the sweep reads activity). */
+/** The client socket the relay works on: its own, or the one a handle lends it. */
+function clientFd(s: Session): number {
+  return s.client !== null ? s.client.fd : s.fd;
+}
+
+/** Queued: the relay watches the client for leaving. 0, or a negative errno. */
+function relayWatch(s: Session): number {
+  const err = relay!.watch(slotOf(s), s.fd);
+  if (err === 0) s.inRelay = true;
+  return err;
+}
+
+/**
+ * Once per connect attempt on the relay path: the relay connects to `ip`, sends the PROXY header
+ * and any bytes read before (a retry sends them again), then moves the bytes both ways.
+ */
+function relayConnect(s: Session, ip: string, port: number, family: number): void {
+  const rt = s.svc!;
+  let prefix: Uint8Array | null = null;
+  const pending = s.pending;
+  if (rt.entry.send_proxy !== 'none') {
+    const h = proxyHeaderFor(s, rt.entry.send_proxy);
+    prefix = pending === null ? h : Buffer.concat([h, ...pending]);
+  } else if (pending !== null) {
+    prefix = pending.length === 1 ? pending[0] : Buffer.concat(pending);
+  }
+  // A handle read so far (its PROXY header) stops: the relay reads from here on.
+  if (s.client !== null) s.client.readStop();
+  const err = relay!.connect(slotOf(s), clientFd(s), s.client === null, ip, port, family, prefix, s.clientEnded);
+  if (err === 0) {
+    s.inRelay = true;
+    s.relayBaseIn = s.bytesIn;
+    s.relayBaseOut = s.bytesOut;
+    s.seenActivity = 0;
+    return;
+  }
+  const code = getSystemErrorName(err);
+  if (LOCAL_ERRORS.has(code)) localConnectFailure(s, err, code);
+  else connectFailed(s, code);
+}
+
+/** The relay's counters of a session into its own (bytes; the sweep reads activity). */
 function syncRelayed(s: Session): void {
   const base = s.slot * STAT_FIELDS;
   s.bytesIn = s.relayBaseIn + relayStats[base + STAT_BYTES_IN];
   s.bytesOut = s.relayBaseOut + relayStats[base + STAT_BYTES_OUT];
 }
 
-/** The session leaves the relay (ended there, or closed from here). */
-function takeBack(s: Session): void {
-  syncRelayed(s);
-  slotSessions[s.slot] = null;
-  freeSlots.push(s.slot);
-  s.slot = -1;
+/**
+ * Called by the relay once per event-loop wake in which something happened: `relayEvents` holds
+ * n events (relay.ts has the layout). Runs each as the JavaScript path's callback would.
+ */
+function onRelayEvents(n: number): void {
+  const ev = relayEvents;
+  for (let i = 0, at = 0; i < n; i++, at += EV_FIELDS) {
+    const type = ev[at];
+    if (type === EV_ACCEPT) {
+      onRelayAccept(ev[at + 1], ev[at + 2], at);
+      continue;
+    }
+    if (type === EV_ACCEPT_ERROR) {
+      onRelayAcceptError(ev[at + 1], ev[at + 2]);
+      continue;
+    }
+    const s = slotSessions[ev[at + 1]];
+    if (s === null || s === undefined || !s.inRelay) continue;
+    s.inRelay = false;
+    if (type === EV_CONNECTED) {
+      s.inRelay = true;
+      if (s.state !== ST_CONNECTING) continue;
+      s.pending = null; // sent: kept until now for a retry
+      s.pendingBytes = 0;
+      markConnected(s);
+    } else if (type === EV_CONNECT_FAILED) {
+      if (s.state === ST_CONNECTING) connectFailed(s, getSystemErrorName(ev[at + 2]));
+    } else if (type === EV_ENDED) {
+      if (s.client === null) s.fd = -1; // closed by the relay
+      endSession(s, ev[at + 2] === END_SERVER ? TERM_SERVER_CLOSED : TERM_CLIENT_CLOSED);
+    } else if (type === EV_CLIENT_GONE) {
+      endSession(s, TERM_CLIENT_CLOSED); // abandoned its wait (as onClientEnd)
+    }
+  }
 }
 
-/**
- * Called by the relay once per event-loop wake in which relayed sessions ended: `relayEnded`
- * holds n pairs (slot, cause). Their sockets are closed here (endSession), as on this path.
- */
-function onRelayEnded(n: number): void {
-  for (let i = 0; i < n; i++) {
-    const s = slotSessions[relayEnded[2 * i]];
-    if (s === null || s === undefined) continue;
-    takeBack(s);
-    endSession(s, relayEnded[2 * i + 1] === END_SERVER ? TERM_SERVER_CLOSED : TERM_CLIENT_CLOSED);
+/** HOT: once per connection the relay accepted (`at`: its event, with the client's address). */
+function onRelayAccept(lid: number, fd: number, at: number): void {
+  const rt = relayListeners[lid];
+  if (rt === undefined) {
+    relay!.closeFd(fd);
+    return;
   }
+  f64[rt.scBase + SC_ACCEPTED] += 1;
+  const s = pool.pop() ?? new Session();
+  s.fd = fd;
+  s.svc = rt;
+  s.tAccept = clock = performance.now();
+  s.lastActive = clock;
+  const e = rt.entry;
+  if (e.hashed || ctx.onClose !== null || e.send_proxy !== 'none') {
+    const familyPort = relayEvents[at + 3];
+    s.peerIp = formatAddress(familyPort >>> 16, relayEvents, at + 4);
+    s.peerPort = familyPort & 0xffff;
+  }
+  sessions.add(s);
+  if (shuttingDown) {
+    endSession(s, TERM_SHUTDOWN);
+    return;
+  }
+  admit(s, rt);
+}
+
+/** Accepting failed for lack of files or memory: the relay paused the listener; try again shortly. */
+function onRelayAcceptError(lid: number, errno: number): void {
+  const rt = relayListeners[lid];
+  if (rt === undefined) return;
+  ctx.onLocalError?.(errno, rt.entry.name, 'accept');
+  setTimeout(() => {
+    if (relayListeners[lid] === rt) relay!.resume(lid);
+  }, ACCEPT_RETRY_MS).unref();
+}
+
+/** After an accept failed for lack of files (EMFILE…), the listener waits this long (HAProxy: 100 ms too). */
+const ACCEPT_RETRY_MS = 100;
+
+/** Opens a listener whose connections the relay accepts: its id, or a negative errno. */
+export function listenRelay(rt: ServiceRuntime, ip: string, port: number, family: number, reusePort: boolean, backlog: number): number {
+  const lid = relay!.listen(ip, port, family, reusePort, backlog);
+  if (lid >= 0) relayListeners[lid] = rt;
+  return lid;
+}
+
+export function closeRelayListener(lid: number): void {
+  relay!.closeListener(lid);
+  relayListeners[lid] = undefined;
+}
+
+export function updateRelayRuntime(lid: number, rt: ServiceRuntime): void {
+  relayListeners[lid] = rt;
 }
 
 /** A connect attempt failed (error or timeout): count it, tell the control plane, try again. */
 function connectFailed(s: Session, code: string): void {
   const rt = s.svc!;
   const failed = s.backend;
+  if (s.inRelay) {
+    relay!.stop(s.slot, true); // a timeout: the relay gives up this attempt, the client stays
+    s.inRelay = false;
+  }
   if (s.server !== null) {
     // Its connect callback (ECANCELED, or the late success) is ignored: the attempt has moved on.
     s.server[kSession] = null;
@@ -867,13 +1024,17 @@ function proxyHeaderFor(s: Session, version: 'v1' | 'v2'): Buffer {
   let dst = s.dstAddr;
   let dstPort = s.dstPort;
   if (src === '') {
-    const client = s.client!;
-    client.getpeername(addr);
+    peerOf(s);
     src = addr.address ?? '';
     srcPort = addr.port ?? 0;
-    client.getsockname(addr);
-    dst = addr.address ?? '';
-    dstPort = addr.port ?? 0;
+    if (s.client !== null) {
+      s.client.getsockname(addr);
+      dst = addr.address ?? '';
+      dstPort = addr.port ?? 0;
+    } else if (relay!.localAddress(s.fd, localAddr) === 0) {
+      dst = formatAddress(localAddr[0] >>> 16, localAddr, 1);
+      dstPort = localAddr[0] & 0xffff;
+    }
   }
   return version === 'v2' ? encodeProxyV2(src, srcPort, dst, dstPort) : encodeProxyV1(src, srcPort, dst, dstPort);
 }
@@ -940,7 +1101,7 @@ function sweep(): void {
   const before = lastSweep;
   lastSweep = now;
   for (const s of sessions) {
-    if (s.slot >= 0) {
+    if (s.inRelay && s.state === ST_CONNECTED) {
       // Relayed: moved since the last sweep, so no earlier than that sweep (the slack covers it).
       const activity = relayStats[s.slot * STAT_FIELDS + STAT_ACTIVITY];
       if (activity !== s.seenActivity) {
@@ -975,16 +1136,28 @@ function onTimeout(s: Session): void {
  * whatever the peers did before). The caller must not touch `s` afterwards: it is back in the pool.
  */
 function endSession(s: Session, reason: number, override = false): void {
-  const client = s.client;
-  if (client === null) return; // ended already (the object is back in the pool)
+  if (s.svc === null) return; // ended already (the object is back in the pool)
   if (override || s.reason < 0) s.reason = reason;
   if (s.state === ST_QUEUED) leaveQueue(s);
   if (s.slot >= 0) {
-    relay!.stop(s.slot);
-    takeBack(s);
+    if (s.inRelay) {
+      relay!.stop(s.slot, false); // closes the sockets it has (a handle's client: below)
+      s.inRelay = false;
+      if (s.client === null) s.fd = -1;
+    }
+    syncRelayed(s);
+    slotSessions[s.slot] = null;
+    freeSlots.push(s.slot);
+    s.slot = -1;
   }
-  client[kSession] = null;
-  client.close();
+  const client = s.client;
+  if (client !== null) {
+    client[kSession] = null;
+    client.close();
+  } else if (s.fd >= 0) {
+    relay!.closeFd(s.fd);
+    s.fd = -1;
+  }
   const server = s.server;
   if (server !== null) {
     server[kSession] = null;

@@ -3,8 +3,9 @@
  * service (reusePort, so the kernel spreads accepts among workers), the sessions of
  * splice.ts. Started by pool.ts; everything it is told arrives as a MainToWorker message.
  */
-import { createServer, type Server } from 'node:net';
-import { getSystemErrorName } from 'node:util';
+import { lookup } from 'node:dns/promises';
+import { createServer, isIP, type Server } from 'node:net';
+import { getSystemErrorMessage, getSystemErrorName } from 'node:util';
 import { parentPort, workerData } from 'node:worker_threads';
 import { pino } from 'pino';
 import { instantiateEngine } from '../balancer/engine.ts';
@@ -13,8 +14,8 @@ import { CONNECTION_LOG_MSG, createLogger, type Logger } from '../observability/
 import type { ListenProblem, MainToWorker, ServiceEntry, WorkerInit, WorkerToMain } from './messages.ts';
 import { loadRelay } from './relay.ts';
 import {
-  attachListener, beginShutdown, dropQueue, initDataPath, killAll, killBackend, ServiceRuntime, sessions, setBackends,
-  updateRuntime, type CloseRecord, type DataPathContext,
+  attachListener, beginShutdown, closeRelayListener, dropQueue, initDataPath, killAll, killBackend, listenRelay, relayOn,
+  ServiceRuntime, sessions, setBackends, updateRelayRuntime, updateRuntime, type CloseRecord, type DataPathContext,
 } from './splice.ts';
 
 const init = workerData as WorkerInit;
@@ -82,15 +83,45 @@ function setLogging(level: string, connections: boolean): void {
 
 interface Listener {
   rt: ServiceRuntime;
+  /** Listening through Node (the JavaScript path, and accept_proxy services)… */
   server: Server | null;
+  /** …or through the relay: its listener id, else -1. */
+  lid: number;
   address: string;
   paused: boolean;
+}
+
+/** The relay accepts a service's connections unless a PROXY header must be read from them first. */
+const relayAccepts = (e: ServiceEntry): boolean => relayOn() && !e.accept_proxy;
+const isListening = (l: Listener): boolean => l.server !== null || l.lid >= 0;
+
+/** The relay's listener: the same address checks and error text as Node's listen. */
+async function listenThroughRelay(l: Listener): Promise<ListenProblem | null> {
+  const e = l.rt.entry;
+  let ip = e.listen.host;
+  let family = isIP(ip);
+  if (family === 0) {
+    try {
+      ({ address: ip, family } = await lookup(e.listen.host));
+    } catch (err) {
+      const code = (err as NodeJS.ErrnoException).code ?? 'ENOTFOUND';
+      return { service: e.name, address: l.address, message: `listen ${code}: cannot resolve ${e.listen.host}`, code };
+    }
+  }
+  const lid = listenRelay(l.rt, ip, e.listen.port, family, init.reusePort, 1024);
+  if (lid < 0) {
+    const code = getSystemErrorName(lid);
+    return { service: e.name, address: l.address, message: `listen ${code}: ${getSystemErrorMessage(lid)} ${l.address}`, code };
+  }
+  l.lid = lid;
+  return null;
 }
 const listeners = new Map<string, Listener>();
 const paused = new Set(init.paused);
 
 function listen(l: Listener): Promise<ListenProblem | null> {
   const e = l.rt.entry;
+  if (relayAccepts(e)) return listenThroughRelay(l);
   // The server only listens: its connections go to splice.ts as raw handles (attachListener), so
   // net.Socket options (allowHalfOpen, noDelay) would not apply; splice.ts sets both itself.
   const server = createServer();
@@ -116,6 +147,10 @@ function closeListener(l: Listener): void {
     l.server.close();
     l.server = null;
   }
+  if (l.lid >= 0) {
+    closeRelayListener(l.lid);
+    l.lid = -1;
+  }
 }
 
 /** Applies a whole service table: new listeners bound, removed ones closed, changed ones moved. */
@@ -128,7 +163,7 @@ async function applyServices(services: ServiceEntry[]): Promise<ListenProblem[]>
     const address = formatHostPort(e.listen);
     const l = listeners.get(e.name);
     if (l === undefined) {
-      const fresh: Listener = { rt: new ServiceRuntime(e, init.workerId), server: null, address, paused: paused.has(e.name) };
+      const fresh: Listener = { rt: new ServiceRuntime(e, init.workerId), server: null, lid: -1, address, paused: paused.has(e.name) };
       listeners.set(e.name, fresh);
       if (!fresh.paused) binds.push(listen(fresh));
       continue;
@@ -139,10 +174,13 @@ async function applyServices(services: ServiceEntry[]): Promise<ListenProblem[]>
       dropQueue(l.rt);
       l.rt = new ServiceRuntime(e, init.workerId);
       if (l.server !== null) updateRuntime(l.server, l.rt);
+      if (l.lid >= 0) updateRelayRuntime(l.lid, l.rt);
     } else {
       l.rt.entry = e;
     }
-    if (address !== l.address) {
+    // accept_proxy switched: the other kind of listener serves it (the relay cannot read headers).
+    const kindChanged = isListening(l) && (l.lid >= 0) !== relayAccepts(e);
+    if (address !== l.address || kindChanged) {
       closeListener(l);
       l.address = address;
       if (!l.paused) binds.push(listen(l));
@@ -208,7 +246,7 @@ port.on('message', async (msg: MainToWorker) => {
       let problem: ListenProblem | null = null;
       if (l !== undefined && l.paused) {
         l.paused = false;
-        if (l.server === null) problem = await listen(l);
+        if (!isListening(l)) problem = await listen(l);
       }
       post({ type: 'ack', seq: msg.seq, errors: problem ? [problem] : [] });
       break;

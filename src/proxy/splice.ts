@@ -229,6 +229,13 @@ export class ServiceRuntime {
   }
 }
 
+/**
+ * A session's read buffer before its first read on a handle: made then (READ_BUFFER_MIN), so the
+ * relay's sessions, which never read here, hold none.
+ */
+const NO_BUFFER = Buffer.alloc(0);
+const readBuffer = (b: Buffer): Buffer => (b.length === 0 ? Buffer.allocUnsafeSlow(READ_BUFFER_MIN) : b);
+
 /** Everything about one client connection. Pooled: `reset()` makes it new again. */
 export class Session {
   client: Handle | null = null;
@@ -286,8 +293,8 @@ export class Session {
   pending: Buffer[] | null = null;
   pendingBytes = 0;
   /** The client's and the backend's read buffers; replaced by a larger one when a read fills them. */
-  cbuf: Buffer = Buffer.allocUnsafeSlow(READ_BUFFER_MIN);
-  sbuf: Buffer = Buffer.allocUnsafeSlow(READ_BUFFER_MIN);
+  cbuf: Buffer = NO_BUFFER;
+  sbuf: Buffer = NO_BUFFER;
   /** The last chunk's view of `cbuf` / `sbuf` (bytes 0..n), reused while chunks keep their size. */
   cview: Buffer | null = null;
   sview: Buffer | null = null;
@@ -333,8 +340,8 @@ export class Session {
     this.pendingBytes = 0;
     // The pool keeps small read buffers only: one grown by a stream would pin 64 KiB per pooled
     // session. (Once per session that streamed; its handles are closed, nothing points into them.)
-    if (this.cbuf.length > READ_BUFFER_MIN) this.cbuf = Buffer.allocUnsafeSlow(READ_BUFFER_MIN);
-    if (this.sbuf.length > READ_BUFFER_MIN) this.sbuf = Buffer.allocUnsafeSlow(READ_BUFFER_MIN);
+    if (this.cbuf.length > READ_BUFFER_MIN) this.cbuf = NO_BUFFER;
+    if (this.sbuf.length > READ_BUFFER_MIN) this.sbuf = NO_BUFFER;
     this.cview = this.sview = null;
     this.fd = this.slot = -1;
     this.peerIp = '';
@@ -376,7 +383,7 @@ function onAccept(this: { owner: Server }, err: number, handle: TcpHandle | unde
   s.lastActive = clock;
   client[kSession] = s; // TCP_NODELAY: inherited from the listening socket (acceptRaw)
   client.onread = onClientRead;
-  client.useUserBuffer(s.cbuf);
+  client.useUserBuffer((s.cbuf = readBuffer(s.cbuf)));
   client.readStart();
   sessions.add(s);
   if (shuttingDown) {
@@ -608,7 +615,7 @@ function onConnected(this: ConnectReq, status: number): void {
   markConnected(s);
   server.setNoDelay(true);
   server.onread = onBackendRead;
-  server.useUserBuffer(s.sbuf);
+  server.useUserBuffer((s.sbuf = readBuffer(s.sbuf)));
   server.readStart();
   if (rt.entry.send_proxy !== 'none') {
     const h = proxyHeaderFor(s, rt.entry.send_proxy);

@@ -244,6 +244,39 @@ services:
     child.kill('SIGTERM');
   });
 
+  it('out of open files at accept: says so, pauses accepting, and serves the waiting client once files are free', async () => {
+    const port = await freePort(HOST);
+    const file = join(tmp, 'emfile-accept.yaml');
+    writeFileSync(file, `
+workers: 1
+logging: { level: info, connections: false }
+services:
+  - name: tight
+    listen: ${HOST}:${port}
+    backends: [{ address: ${echo.address} }]
+`);
+    const { child, output } = startLive(['run', '--config', file]);
+    await waitFor(() => output().includes('data plane ready'), 15_000, 'fulcrum run to be ready');
+    // No descriptor left: the next connection waits in the listen backlog, accept fails.
+    const pid = child.pid!;
+    const open = new Set(readdirSync(`/proc/${pid}/fd`).map(Number));
+    let lowest = 0;
+    while (open.has(lowest)) lowest++;
+    const soft = readFileSync(`/proc/${pid}/limits`, 'utf8').match(/Max open files\s+(\d+)/)![1];
+    execFileSync('prlimit', ['--pid', String(pid), `--nofile=${lowest}:`]);
+    const s = await connectClient(port, HOST); // the kernel completes the handshake from the backlog
+    s.on('error', () => {});
+    const reply = new Promise<string>((resolve) => s.once('data', (d) => resolve(d.toString())));
+    s.write('waited');
+    await waitFor(() => /accept failed on service tight: EMFILE: the open-files limit is reached/.test(output()), 3000,
+      'the EMFILE in the log');
+    execFileSync('prlimit', ['--pid', String(pid), `--nofile=${soft}:`]);
+    // The listener was paused, not closed: the same client is accepted and served.
+    expect(await reply).toBe('waited');
+    s.destroy();
+    child.kill('SIGTERM');
+  });
+
   it('fails with a clear message when the listen address is taken', async () => {
     const file = join(tmp, 'busy.yaml');
     writeFileSync(file, `

@@ -39,7 +39,7 @@ let b1: TestServer;
 let b2: TestServer;
 let b3: TestServer;
 let proxy: FulcrumHandle;
-const ports = { v1: 0, v2: 0, accept: 0 };
+const ports = { v1: 0, v2: 0, accept: 0, v6: 0 };
 
 beforeAll(async () => {
   b1 = await headerBackend('b1');
@@ -48,6 +48,7 @@ beforeAll(async () => {
   ports.v1 = await freePort(HOST);
   ports.v2 = await freePort(HOST);
   ports.accept = await freePort(HOST);
+  ports.v6 = await freePort('::1');
   proxy = await startProxy(`
 workers: 2
 logging: { level: silent, connections: false }
@@ -60,6 +61,10 @@ services:
     listen: ${HOST}:${ports.v2}
     send_proxy: v2
     backends: [{ address: ${b1.address} }]
+  - name: v6
+    listen: '[::1]:${ports.v6}'
+    send_proxy: v2
+    backends: [{ address: ${b2.address} }]
   - name: accept
     listen: ${HOST}:${ports.accept}
     accept_proxy: true
@@ -116,6 +121,16 @@ describe('send_proxy', () => {
     const { header } = await firstLine(next);
     expect(header).toEqual({ family: 'tcp4', srcAddress: '127.2.10.77', srcPort: s.localPort, dstAddress: HOST, dstPort: ports[v] });
     expect(await next()).toBe('hello');
+    s.destroy();
+  });
+
+  it('over IPv6: the client and the address it reached as IPv6 addresses', async () => {
+    const s = await connectClient(ports.v6, '::1');
+    const next = lineReader(s);
+    s.write('six\n');
+    const { header } = await firstLine(next);
+    expect(header).toEqual({ family: 'tcp6', srcAddress: '::1', srcPort: s.localPort, dstAddress: '::1', dstPort: ports.v6 });
+    expect(await next()).toBe('six');
     s.destroy();
   });
 });

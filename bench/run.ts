@@ -24,6 +24,7 @@ import {
   type Upstreams,
 } from './lib/proxies.ts';
 import { renderMarkdown, type Machine, type Results, type Run, type TargetName } from './lib/report.ts';
+import { loadRelay } from '../src/proxy/relay.ts';
 
 const ALL_SCENARIOS = ['rr', 'churn', 'bulk', 'idle', 'redis'] as const;
 type Scenario = (typeof ALL_SCENARIOS)[number];
@@ -121,7 +122,14 @@ function machine(): Machine {
     redis: tryVersion('redis-server', ['--version']) ?? 'not installed',
     memory: `${(os.totalmem() / 2 ** 30).toFixed(1)} GiB`,
     fdLimit,
+    dataPath: dataPath(),
   };
+}
+
+/** Which data path fulcrum's workers will run (they load the relay the same way). */
+function dataPath(): string {
+  const relay = loadRelay();
+  return typeof relay === 'string' ? `JavaScript (Node's TCP handles): ${relay}` : 'native relay (build/out/relay.node)';
 }
 
 // ── measuring ────────────────────────────────────────────────────────────────

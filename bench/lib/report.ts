@@ -34,6 +34,8 @@ export interface Machine {
   redis: string;
   memory: string;
   fdLimit: number;
+  /** fulcrum's data path in this run (absent in results from before the relay). */
+  dataPath?: string;
 }
 
 export interface Results {
@@ -274,13 +276,14 @@ ${res.command}
 | HAProxy | ${m.haproxy} |
 | redis | ${m.redis} |
 | open files limit | ${m.fdLimit} |
+| fulcrum's data path | ${m.dataPath ?? "JavaScript (Node's TCP handles)"} |
 
 ## How it is measured
 
 - **Load** comes from \`bench/loadgen/loadgen.c\` (epoll, built by the harness with \`cc -O2\` into \`bench/out/\`), ${s.loadgenThreads} thread(s); the backends are the same program in echo and sink modes (${s.backendThreads} thread each), started once for the whole run: ${s.echoBackends} echo backends, ${s.sinkBackends} sink backends, and a redis-server for the real-client runs. The proxy, the backends and the load share the ${m.cores} cores, as the issue's reference harness did.
 - **Alternation**: each figure is the **median of ${s.reps}** runs, alternating ${s.order}; the direct runs (no proxy, the physical limit) are interleaved with the first thread count.
 - **CPU** is the proxy process's utime + stime from \`/proc/PID/stat\` (all threads, including exited ones), read at the start and the end of the measured window; "per proxy CPU-second" divides the work done in the window by it.
-- **Both proxies alike**: ${s.algorithm} on both (set explicitly), TCP health checks every 2 s (rise 2, fall 3), retries 2, connect timeout 2 s, idle timeout 30 min; fulcrum's worker count = HAProxy's \`nbthread\`. HAProxy runs without splicing (its default; \`option splice-auto\` is not set), with its default 16 KiB \`tune.bufsize\`, and without a log target; fulcrum's read buffers start at 256 B and grow to 64 KiB on streaming connections. Fulcrum runs with every data-plane feature on: admission and the backend pick in WebAssembly over shared memory, counters, service and backend limits (set to 1,000,000: present, never reached), queueing and retries; **\`logging.connections\` is off** for these runs (as HAProxy has no log target). Configs: \`bench/out/fulcrum-w*.yaml\`, \`bench/out/haproxy-w*.cfg\`.
+- **Both proxies alike**: ${s.algorithm} on both (set explicitly), TCP health checks every 2 s (rise 2, fall 3), retries 2, connect timeout 2 s, idle timeout 30 min; fulcrum's worker count = HAProxy's \`nbthread\`. HAProxy runs without splicing (its default; \`option splice-auto\` is not set), with its default 16 KiB \`tune.bufsize\`, and without a log target; fulcrum's relay reads up to 64 KiB at a time into one buffer per worker and keeps only what the kernel did not take (on the JavaScript path: read buffers of 256 B growing to 64 KiB on streaming connections). Fulcrum runs with every data-plane feature on: admission and the backend pick in WebAssembly over shared memory, counters, service and backend limits (set to 1,000,000: present, never reached), queueing and retries; **\`logging.connections\` is off** for these runs (as HAProxy has no log target). Configs: \`bench/out/fulcrum-w*.yaml\`, \`bench/out/haproxy-w*.cfg\`.
 - **Correctness**: every rr/churn reply is compared byte for byte with its request (which carries its connection and sequence number); every bulk stream is a known pattern the sink checks, and the sink's byte count must equal what was sent. A run with errors or corrupted bytes is flagged ⚠ in the tables.
 
 Scenarios: **rr** — ${s.rrConns} persistent connections, 64-byte request, echo, next (${s.rrDuration} s after ${s.warmup} s warm-up); **churn** — a new connection per 64-byte request, ${s.churnConns} at a time (${s.churnDuration} s, client sources rotated over ${s.sources} addresses); **bulk** — ${s.bulkConns} connections streaming one way for ${s.bulkDuration} s in 16 KiB writes; **idle** — ${s.idleConns} idle connections, each proven by a 1-byte echo, on a freshly started proxy (RSS before and after)${Number(s.idleConns) < 10000 ? `: ${s.idleConns} rather than 10,000 because every process here is capped at ${m.fdLimit} open files and a proxied connection takes two` : ''}; **redis** — \`redis-benchmark -t ping,set,get -c 50 -n ${s.redisN}\` and \`-P 16 -n ${s.redisNP}\` against redis-server through each proxy.

@@ -1,6 +1,8 @@
 # syntax=docker/dockerfile:1
-# Build: compile the WebAssembly engine and type-check the TypeScript with the dev toolchain.
+# Build: compile the WebAssembly engine and the native relay, and type-check the TypeScript.
 FROM node:24-bookworm-slim AS build
+RUN apt-get update && apt-get install -y --no-install-recommends gcc libc6-dev \
+    && rm -rf /var/lib/apt/lists/*
 WORKDIR /app
 COPY package.json package-lock.json ./
 RUN npm ci --ignore-scripts --no-audit --no-fund
@@ -10,10 +12,12 @@ COPY assembly ./assembly
 COPY src ./src
 # The image's own Node 24 runs the build (not `npm run`: with --ignore-scripts the pinned `node`
 # package has no binary, and the image does not need a second Node).
-RUN node build/asc.ts && node node_modules/typescript/bin/tsc -p tsconfig.json --noEmit
+# The relay is compiled against the image's own Node headers (/usr/local/include/node).
+RUN node build/asc.ts && node build/relay.ts && test -f build/out/relay.node \
+    && node node_modules/typescript/bin/tsc -p tsconfig.json --noEmit
 
 # Runtime: Node 24 runs the TypeScript sources directly (type stripping); only production
-# dependencies and the compiled engine are copied. iproute2 and arping serve the VIP failover.
+# dependencies, the compiled engine and the relay are copied (the relay needs only libc). iproute2 and arping serve the VIP failover.
 FROM node:24-bookworm-slim
 RUN apt-get update && apt-get install -y --no-install-recommends iproute2 iputils-arping \
     && rm -rf /var/lib/apt/lists/*

@@ -5,7 +5,17 @@
  *                      ├─ full ────▶ queue ──┘ └─ fail ─▶ reacquire (≤ retries) ─┘
  *                      └─ none ────▶ close (no_backend)
  *
- * Performance notes (this file decides the proxy's cost per CPU-second):
+ * Two ways of making the system calls share these decisions. The native relay (relay.ts,
+ * relay.c; the default where it is built) accepts on the service's socket, connects to the
+ * backend this file picked, moves the bytes both ways and closes, and reports each step in one
+ * batch per event-loop wake (`onRelayEvents`): a session then has a client fd instead of a client
+ * handle, and no server handle. The JavaScript path (when the relay is not built or turned off)
+ * does it all here on Node's TCP handles; services with accept_proxy accept here on both paths,
+ * read the client's PROXY header, and lend the client's fd to the relay once a backend is picked.
+ * The per-chunk functions (onClientRead, onBackendRead, forward, send) serve the JavaScript path
+ * only.
+ *
+ * Performance notes on the JavaScript path (what decided its cost per CPU-second):
  * - Sockets are libuv TCP handles driven directly (handles.ts), not net.Socket: per chunk one
  *   read callback and one write call, no stream state, no timer re-arm, no tick.
  * - No closure is created per connection or per chunk: every handle and request calls one of the
@@ -25,16 +35,8 @@
  *   its buffers are free; requests still in flight call back later (ECANCELED) and are ignored
  *   through `gen`. No close callback is needed.
  * - Timeouts (connect, idle, queue, PROXY header) are one deadline per session, checked by one
- *   sweep per worker (`sweep`) instead of a timer per socket re-armed on every chunk.
- *
- * With the native relay (relay.ts, relay.c; the default where it is built) the same decisions are
- * made here, but the system calls are the relay's: it accepts on the service's socket, connects
- * to the backend this file picked, moves the bytes both ways and closes, and reports each step in
- * one batch per event-loop wake (`onRelayEvents`). A session then has a client fd instead of a
- * client handle and no server handle at all; the functions marked HOT below serve only the
- * JavaScript path (Node's TCP handles), which runs when the relay is not built or turned off, and
- * for services with accept_proxy, whose client's PROXY header is read here before the relay
- * connects (the client handle's fd is then lent to the relay).
+ *   sweep per worker (`sweep`) instead of a timer per socket re-armed on every chunk (both
+ *   paths: the relay counts each session's chunks, and the sweep sees whether that moved).
  */
 import { isIP, type Server } from 'node:net';
 import { lookup } from 'node:dns';
@@ -375,17 +377,12 @@ function onAccept(this: { owner: Server }, err: number, handle: TcpHandle | unde
     return;
   }
   const client = handle as Handle;
-  f64[rt.scBase + SC_ACCEPTED] += 1;
-  const s = pool.pop() ?? new Session();
+  const s = openSession(rt);
   s.client = client;
-  s.svc = rt;
-  s.tAccept = clock = performance.now();
-  s.lastActive = clock;
   client[kSession] = s; // TCP_NODELAY: inherited from the listening socket (acceptRaw)
   client.onread = onClientRead;
   client.useUserBuffer((s.cbuf = readBuffer(s.cbuf)));
   client.readStart();
-  sessions.add(s);
   if (shuttingDown) {
     endSession(s, TERM_SHUTDOWN);
     return;
@@ -398,6 +395,17 @@ function onAccept(this: { owner: Server }, err: number, handle: TcpHandle | unde
     return;
   }
   admit(s, rt);
+}
+
+/** A session for a connection just accepted on `rt` (either path). */
+function openSession(rt: ServiceRuntime): Session {
+  f64[rt.scBase + SC_ACCEPTED] += 1;
+  const s = pool.pop() ?? new Session();
+  s.svc = rt;
+  s.tAccept = clock = performance.now();
+  s.lastActive = clock;
+  sessions.add(s);
+  return s;
 }
 
 /** Reused by getpeername / getsockname (once per connection, when an address is needed). */
@@ -756,19 +764,14 @@ function onRelayAccept(lid: number, fd: number, at: number): void {
     relay!.closeFd(fd);
     return;
   }
-  f64[rt.scBase + SC_ACCEPTED] += 1;
-  const s = pool.pop() ?? new Session();
+  const s = openSession(rt);
   s.fd = fd;
-  s.svc = rt;
-  s.tAccept = clock = performance.now();
-  s.lastActive = clock;
   const e = rt.entry;
   if (e.hashed || ctx.onClose !== null || e.send_proxy !== 'none') {
     const familyPort = relayEvents[at + 3];
     s.peerIp = formatAddress(familyPort >>> 16, relayEvents, at + 4);
     s.peerPort = familyPort & 0xffff;
   }
-  sessions.add(s);
   if (shuttingDown) {
     endSession(s, TERM_SHUTDOWN);
     return;

@@ -203,6 +203,19 @@ services:
     child.kill('SIGTERM');
   });
 
+  /**
+   * Lowers a running process's open-files limit (prlimit) so that exactly `spare` more
+   * descriptors fit; returns what puts the old limit back.
+   */
+  function lowerOpenFiles(pid: number, spare: number): () => void {
+    const open = new Set(readdirSync(`/proc/${pid}/fd`).map(Number));
+    const free: number[] = [];
+    for (let fd = 0; free.length <= spare; fd++) if (!open.has(fd)) free.push(fd);
+    const soft = readFileSync(`/proc/${pid}/limits`, 'utf8').match(/Max open files\s+(\d+)/)![1];
+    execFileSync('prlimit', ['--pid', String(pid), `--nofile=${free[spare]}:`]);
+    return () => execFileSync('prlimit', ['--pid', String(pid), `--nofile=${soft}:`]);
+  }
+
   it('out of open files for a backend socket: says so, does not blame the backend, serves again once files are free', async () => {
     const port = await freePort(HOST);
     const file = join(tmp, 'emfile.yaml');
@@ -219,21 +232,16 @@ services:
 `);
     const { child, output } = startLive(['run', '--config', file]);
     await waitFor(() => output().includes('data plane ready') && output().includes('"msg":"backend healthy"'), 15_000, 'fulcrum run to be ready');
-    // Lower the running process's open-files limit so that exactly one more descriptor fits: the
-    // next client is accepted into it, and the backend socket for that client cannot be made.
-    const pid = child.pid!;
-    const open = new Set(readdirSync(`/proc/${pid}/fd`).map(Number));
-    const free: number[] = [];
-    for (let fd = 0; free.length < 2; fd++) if (!open.has(fd)) free.push(fd);
-    const soft = readFileSync(`/proc/${pid}/limits`, 'utf8').match(/Max open files\s+(\d+)/)![1];
-    execFileSync('prlimit', ['--pid', String(pid), `--nofile=${free[1]}:`]);
+    // Exactly one more descriptor fits: the next client is accepted into it, and the backend
+    // socket for that client cannot be made.
+    const restore = lowerOpenFiles(child.pid!, 1);
     const s = await connectClient(port, HOST);
     s.on('error', () => {});
     s.write('x');
     await waitClose(s, 3000);
     await waitFor(() => /cannot open a backend connection on service tight: EMFILE: the open-files limit is reached/.test(output()), 3000,
       'the EMFILE in the log');
-    execFileSync('prlimit', ['--pid', String(pid), `--nofile=${soft}:`]);
+    restore();
     // The backend was not blamed (no passive-health failure, no state change), and the next client is served.
     expect(output()).not.toContain('"to":"down"');
     const again = await connectClient(port, HOST);
@@ -258,19 +266,14 @@ services:
     const { child, output } = startLive(['run', '--config', file]);
     await waitFor(() => output().includes('data plane ready'), 15_000, 'fulcrum run to be ready');
     // No descriptor left: the next connection waits in the listen backlog, accept fails.
-    const pid = child.pid!;
-    const open = new Set(readdirSync(`/proc/${pid}/fd`).map(Number));
-    let lowest = 0;
-    while (open.has(lowest)) lowest++;
-    const soft = readFileSync(`/proc/${pid}/limits`, 'utf8').match(/Max open files\s+(\d+)/)![1];
-    execFileSync('prlimit', ['--pid', String(pid), `--nofile=${lowest}:`]);
+    const restore = lowerOpenFiles(child.pid!, 0);
     const s = await connectClient(port, HOST); // the kernel completes the handshake from the backlog
     s.on('error', () => {});
     const reply = new Promise<string>((resolve) => s.once('data', (d) => resolve(d.toString())));
     s.write('waited');
     await waitFor(() => /accept failed on service tight: EMFILE: the open-files limit is reached/.test(output()), 3000,
       'the EMFILE in the log');
-    execFileSync('prlimit', ['--pid', String(pid), `--nofile=${soft}:`]);
+    restore();
     // The listener was paused, not closed: the same client is accepted and served.
     expect(await reply).toBe('waited');
     s.destroy();

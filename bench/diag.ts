@@ -4,9 +4,10 @@
  * proxy's user and system time read from /proc around every run.
  *
  *   node bench/diag.ts [--scenario rr|churn|bulk] [--against fulcrum|minimal] [--runs 3]
- *                      [--seconds 3] [--haproxy-bufsize 65536] [--syscalls]
+ *                      [--seconds 3] [--conns 50] [--haproxy-bufsize 65536] [--syscalls]
  *
  * --against minimal   bench/diag/minimal-proxy.ts (the floor of Node's handles) instead of fulcrum
+ * --conns             concurrent connections (default: 50, bulk 4; 1 shows one request's way)
  * --haproxy-bufsize   HAProxy's tune.bufsize (its default is 16 KiB; fulcrum's buffers grow to 64)
  * --syscalls          also counts each proxy's system calls per request/connection (perf stat on
  *                     the syscall tracepoints; needs root and perf)
@@ -28,6 +29,7 @@ const { values: flags } = parseArgs({
     against: { type: 'string', default: 'fulcrum' },
     runs: { type: 'string', default: '3' },
     seconds: { type: 'string', default: '3' },
+    conns: { type: 'string' },
     'haproxy-bufsize': { type: 'string' },
     syscalls: { type: 'boolean', default: false },
   },
@@ -83,7 +85,7 @@ async function main(): Promise<void> {
         const c0 = cpuTimes(p.pid);
         const counting = countSyscalls(p.pid, seconds);
         const res = await runClient({
-          mode: scenario, targets: [target], conns: scenario === 'bulk' ? 4 : 50, durationS: seconds, warmupS: 0,
+          mode: scenario, targets: [target], conns: flags.conns ? Number(flags.conns) : scenario === 'bulk' ? 4 : 50, durationS: seconds, warmupS: 0,
           source: scenario === 'churn' ? { base: `${NET}.201`, count: 32 } : undefined,
         });
         const c1 = cpuTimes(p.pid);
@@ -93,7 +95,7 @@ async function main(): Promise<void> {
         const unit = scenario === 'bulk' ? 'Gbit' : scenario === 'rr' ? 'req' : 'conn';
         let line = `${scenario} ${p.name} #${i}: ${(work / cpu).toFixed(scenario === 'bulk' ? 2 : 0)} ${unit} per CPU-s`;
         if (scenario !== 'bulk') {
-          line += `, user ${((c1.user - c0.user) * 1e6 / res.count!).toFixed(2)} µs / sys ${((c1.sys - c0.sys) * 1e6 / res.count!).toFixed(2)} µs per ${unit}, p99 ${res.p99_us} µs`;
+          line += `, user ${((c1.user - c0.user) * 1e6 / res.count!).toFixed(2)} µs / sys ${((c1.sys - c0.sys) * 1e6 / res.count!).toFixed(2)} µs per ${unit}, p50 ${res.p50_us} µs, p99 ${res.p99_us} µs`;
         }
         if (!res.ok) line += ` ⚠ errors=${res.errors} corrupt=${res.corrupt}`;
         console.log(line);

@@ -39,6 +39,7 @@
 #include <arpa/inet.h>
 #include <errno.h>
 #include <netinet/in.h>
+#include <netdb.h>
 #include <netinet/tcp.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -479,7 +480,11 @@ static Relay *args(napi_env env, napi_callback_info info, size_t *argc, napi_val
   return r;
 }
 
-/* An IPv4 or IPv6 address and port into a sockaddr; 0 if the text is not an address of that family. */
+/*
+ * An IPv4 or IPv6 address and port into a sockaddr: 1, or 0 if `ip` is not a string, -1 if it is
+ * not an address of that family (the caller answers -EINVAL: a bad address is a failed connect or
+ * listen, not a programming error). IPv6 with a zone (fe80::1%eth0) goes through getaddrinfo.
+ */
 static int to_sockaddr(napi_env env, napi_value ip, int32_t port, int32_t family, struct sockaddr_storage *ss, socklen_t *len) {
   char text[64];
   size_t n;
@@ -487,16 +492,27 @@ static int to_sockaddr(napi_env env, napi_value ip, int32_t port, int32_t family
   memset(ss, 0, sizeof(*ss));
   if (family == 6) {
     struct sockaddr_in6 *a = (struct sockaddr_in6 *)ss;
+    *len = sizeof(*a);
+    if (strchr(text, '%') != NULL) {
+      struct addrinfo hints, *res;
+      memset(&hints, 0, sizeof(hints));
+      hints.ai_family = AF_INET6;
+      hints.ai_flags = AI_NUMERICHOST;
+      if (getaddrinfo(text, NULL, &hints, &res) != 0) return -1;
+      memcpy(a, res->ai_addr, sizeof(*a));
+      freeaddrinfo(res);
+    } else if (inet_pton(AF_INET6, text, &a->sin6_addr) != 1) {
+      return -1;
+    }
     a->sin6_family = AF_INET6;
     a->sin6_port = htons((uint16_t)port);
-    *len = sizeof(*a);
-    return inet_pton(AF_INET6, text, &a->sin6_addr) == 1;
+    return 1;
   }
   struct sockaddr_in *a = (struct sockaddr_in *)ss;
   a->sin_family = AF_INET;
   a->sin_port = htons((uint16_t)port);
   *len = sizeof(*a);
-  return inet_pton(AF_INET, text, &a->sin_addr) == 1;
+  return inet_pton(AF_INET, text, &a->sin_addr) == 1 ? 1 : -1;
 }
 
 static void on_poll_closed(uv_handle_t *h) {
@@ -606,11 +622,13 @@ static napi_value js_listen(napi_env env, napi_callback_info info) {
   bool reuse;
   struct sockaddr_storage ss;
   socklen_t len;
+  int addr = 0;
   if (argc < 5 || napi_get_value_int32(env, argv[1], &port) != napi_ok || napi_get_value_int32(env, argv[2], &family) != napi_ok ||
       napi_get_value_bool(env, argv[3], &reuse) != napi_ok || napi_get_value_int32(env, argv[4], &backlog) != napi_ok ||
-      !to_sockaddr(env, argv[0], port, family, &ss, &len)) {
-    return throw_msg(env, "relay: listen(ip, port, family, reusePort, backlog) expected, with an IP address of that family");
+      (addr = to_sockaddr(env, argv[0], port, family, &ss, &len)) == 0) {
+    return throw_msg(env, "relay: listen(ip, port, family, reusePort, backlog) expected");
   }
+  if (addr < 0) return int_value(env, -EINVAL);
   uint32_t lid = 0;
   while (lid < r->nlisteners && r->listeners[lid] >= 0) lid++;
   if (lid == r->nlisteners) {
@@ -729,12 +747,14 @@ static napi_value js_connect(napi_env env, napi_callback_info info) {
   bool own, ended;
   struct sockaddr_storage ss;
   socklen_t len;
+  int addr = 0;
   if (argc < 8 || napi_get_value_uint32(env, argv[0], &slot) != napi_ok || napi_get_value_int32(env, argv[1], &cfd) != napi_ok ||
       napi_get_value_bool(env, argv[2], &own) != napi_ok || napi_get_value_int32(env, argv[4], &port) != napi_ok ||
       napi_get_value_int32(env, argv[5], &family) != napi_ok || napi_get_value_bool(env, argv[7], &ended) != napi_ok ||
-      !to_sockaddr(env, argv[3], port, family, &ss, &len) || cfd < 0) {
+      (addr = to_sockaddr(env, argv[3], port, family, &ss, &len)) == 0 || cfd < 0) {
     return throw_msg(env, "relay: connect(slot, clientFd, ownClient, ip, port, family, prefix, clientEnded) expected");
   }
+  if (addr < 0) return int_value(env, -EINVAL);
   void *prefix = NULL;
   size_t prefix_len = 0;
   napi_valuetype vt;

@@ -4,8 +4,10 @@
  * (the default) and on the JavaScript path (FULCRUM_RELAY=off, vitest.config.ts).
  */
 import { isIPv6 } from 'node:net';
+import { getSystemErrorName } from 'node:util';
 import { describe, expect, it } from 'vitest';
-import { formatAddress, loadRelay, RELAY_EVENTS, EV_FIELDS } from '../../src/proxy/relay.ts';
+import { formatAddress, loadRelay, RELAY_EVENTS, EV_FIELDS, STAT_FIELDS, type RelayBinding } from '../../src/proxy/relay.ts';
+import { startEchoServer } from '../helpers/net.ts';
 
 describe('loadRelay', () => {
   it('loads the relay that npm test built, whose constants match relay.ts', () => {
@@ -24,6 +26,46 @@ describe('loadRelay', () => {
     // A module that loads but is not the relay: every constant differs.
     const r = loadRelay({}, new URL('../../build/out/engine.wasm', import.meta.url).pathname);
     expect(r).toMatch(/did not load|built from another relay\.c/);
+  });
+});
+
+describe('the relay API, called directly (this test process is its worker)', () => {
+  const relay = loadRelay({}) as RelayBinding;
+  const events: number[][] = [];
+  const ev = new Int32Array(RELAY_EVENTS * EV_FIELDS);
+  relay.init(new Float64Array(16 * STAT_FIELDS), ev, (n) => {
+    for (let i = 0; i < n; i++) events.push([...ev.subarray(i * EV_FIELDS, i * EV_FIELDS + 3)]);
+  });
+  const code = (errno: number): string => getSystemErrorName(errno);
+
+  it('init is once per thread', () => {
+    expect(() => relay.init(new Float64Array(16), new Int32Array(RELAY_EVENTS * EV_FIELDS), () => undefined)).toThrow(/init\(\) was called twice/);
+  });
+
+  it('a bad address is an errno (EINVAL), not an exception: a listen or connect that failed', () => {
+    expect(code(relay.listen('300.1.1.1', 5000, 4, false, 16))).toBe('EINVAL');
+    expect(code(relay.listen('::1', 5000, 4, false, 16))).toBe('EINVAL');
+    expect(code(relay.listen('fe80::1%no-such-interface', 5000, 6, false, 16))).toBe('EINVAL');
+    expect(code(relay.connect(0, 0, false, 'not an address', 80, 4, null, false))).toBe('EINVAL');
+  });
+
+  it('an address in use is EADDRINUSE, and arguments of the wrong type throw', async () => {
+    const busy = await startEchoServer('127.2.12.1');
+    expect(code(relay.listen('127.2.12.1', busy.port, 4, false, 16))).toBe('EADDRINUSE');
+    await busy.close();
+    expect(() => relay.listen(1 as unknown as string, 80, 4, false, 16)).toThrow(/listen\(ip, port, family, reusePort, backlog\) expected/);
+    expect(() => relay.stop('x' as unknown as number, true)).toThrow(/stop\(slot, keepClient\) expected/);
+    expect(relay.stop(7, false)).toBe(false); // nothing in that slot
+  });
+
+  it('a connect to a closed port reports EV_CONNECT_FAILED with ECONNREFUSED, and keeps the client socket', async () => {
+    // Any open fd serves as "the client" here: it is kept (ownClient false), never read.
+    const r = relay.connect(3, 0, false, '127.2.12.3', 1, 4, null, false);
+    expect(r).toBe(0);
+    const until = Date.now() + 3000;
+    while (!events.some((e) => e[1] === 3) && Date.now() < until) await new Promise((res) => setTimeout(res, 10));
+    expect(events.find((e) => e[1] === 3)?.slice(0, 2)).toEqual([4 /* EV_CONNECT_FAILED */, 3]);
+    expect(code(events.find((e) => e[1] === 3)![2])).toBe('ECONNREFUSED');
   });
 });
 

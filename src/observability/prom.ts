@@ -41,6 +41,9 @@ export interface MetricsSources {
 type ServiceLabels = 'service';
 type BackendLabels = 'service' | 'backend';
 
+/** How often the main thread's event-loop delay is sampled (ms). */
+export const EVENT_LOOP_SAMPLE_MS = 100;
+
 export class Metrics {
   readonly registry = new Registry();
   readonly #sources: MetricsSources;
@@ -57,8 +60,10 @@ export class Metrics {
     this.#sources = sources;
     const registers = [this.registry];
     // Process metrics, among them fulcrum_nodejs_eventloop_lag_seconds and its percentiles
-    // (prom-client samples them with perf_hooks.monitorEventLoopDelay).
-    collectDefaultMetrics({ register: this.registry, prefix: METRICS_PREFIX });
+    // (prom-client samples them with perf_hooks.monitorEventLoopDelay). Sampled every 100 ms, not
+    // prom-client's default 10: each sample wakes the main thread, which on a busy machine takes
+    // a core from the data-plane workers; 10 wakes a second serve a lag gauge as well as 100.
+    collectDefaultMetrics({ register: this.registry, prefix: METRICS_PREFIX, eventLoopMonitoringPrecision: EVENT_LOOP_SAMPLE_MS });
 
     const snap = (): ServiceStats[] => this.#snapshot;
     const serviceGauge = (name: string, help: string, value: (s: ServiceStats) => number): void => {

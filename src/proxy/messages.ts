@@ -46,6 +46,8 @@ export interface WorkerInit {
   paused: string[];
   logging: { level: string; connections: boolean };
   reusePort: boolean;
+  /** Whether the worker runs the native relay (the pool checked that it loads), else Node's handles. */
+  relay: boolean;
 }
 
 export type MainToWorker =

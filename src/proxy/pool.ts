@@ -11,6 +11,7 @@ import { ListenError, FulcrumError } from '../errors.ts';
 import type { Logger } from '../observability/log.ts';
 import type { ListenProblem, MainToWorker, ServiceEntry, WorkerInit, WorkerToMain } from './messages.ts';
 import { rawHandlesMissing } from './handles.ts';
+import { loadRelay } from './relay.ts';
 
 const WORKER_URL = new URL('./worker.ts', import.meta.url);
 const RESTART_DELAY_MIN_MS = 100;
@@ -72,6 +73,8 @@ export class WorkerPool extends EventEmitter {
   private seq = 1;
   private stopping = false;
   private readonly reusePort: boolean;
+  /** What makes the workers' system calls: the native relay, or Node's TCP handles (relay.ts says why). */
+  readonly dataPath: 'relay' | 'javascript';
 
   constructor(opts: PoolOptions) {
     super();
@@ -80,6 +83,9 @@ export class WorkerPool extends EventEmitter {
     // Said here, once and clearly, rather than by every worker as it starts.
     const missing = rawHandlesMissing();
     if (missing !== null) throw new PoolError(missing);
+    const relay = loadRelay();
+    this.dataPath = typeof relay === 'string' ? 'javascript' : 'relay';
+    if (typeof relay === 'string') this.log.warn({ reason: relay }, `native relay not used (${relay}): the workers run the JavaScript data path`);
     const support = reusePortSupport();
     this.reusePort = support.ok;
     if (!support.ok && opts.workers > 1) {
@@ -108,7 +114,7 @@ export class WorkerPool extends EventEmitter {
       if (problem === null) throw new PoolError('a data-plane worker exited while starting (see the log above)');
       throw listenError(problem.errors[0]);
     }
-    this.log.info({ workers: this.size, reusePort: this.reusePort }, 'data plane ready');
+    this.log.info({ workers: this.size, reusePort: this.reusePort, data_path: this.dataPath }, 'data plane ready');
   }
 
   private spawn(slot: Slot): void {
@@ -120,6 +126,7 @@ export class WorkerPool extends EventEmitter {
       paused: [...this.paused],
       logging: this.opts.logging,
       reusePort: this.reusePort,
+      relay: this.dataPath === 'relay',
     };
     const worker = new Worker(WORKER_URL, {
       workerData: init,

@@ -24,7 +24,7 @@
  *   per chunk. Zeroed by connect(); JS grows it (setStats) before using a slot beyond it.
  *
  * Without the relay (no C compiler at install, FULCRUM_RELAY=off, a load error) every session
- * runs on the JavaScript path (Node's TCP handles); `loadRelay` says why, and the worker logs it.
+ * runs on the JavaScript path (Node's TCP handles); `loadRelay` says why, and the pool logs it once.
  */
 import { existsSync } from 'node:fs';
 import { createRequire } from 'node:module';

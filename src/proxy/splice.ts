@@ -470,16 +470,13 @@ function enqueue(s: Session, rt: ServiceRuntime): void {
   f64[rt.scBase + SC_QUEUED] += 1;
   s.state = ST_QUEUED;
   s.tQueued = performance.now();
+  rt.queue.push(s);
   // A client the relay accepted is watched while it waits: one that leaves ends its wait
   // (EV_CLIENT_GONE), as a handle's EOF does (onClientEnd).
   if (s.client === null && relayWatch(s) !== 0) {
-    Atomics.sub(i32, rt.queuedIdx, 1);
-    i32[rt.tallyQueuedIdx] -= 1;
-    s.state = ST_FREE;
-    endSession(s, TERM_CLIENT_CLOSED);
+    endSession(s, TERM_CLIENT_CLOSED); // leaves the queue
     return;
   }
-  rt.queue.push(s);
   arm(s, rt.entry.queue.timeout);
   if (!rt.waiting) pumpQueue(rt);
 }
@@ -915,7 +912,7 @@ function onWritten(this: SideReq, status: number): void {
   }
 }
 
-/** Reading the client (again): after its queued writes completed, once connected (PENDING_LIMIT may have stopped it), or queued on the relay path. */
+/** Reading the client again: after its queued writes completed, or once connected (PENDING_LIMIT may have stopped it). */
 function resumeClient(s: Session): void {
   if (!s.clientEnded) s.client!.readStart();
 }

@@ -56,11 +56,10 @@ function onLocalError(errno: number, service: string, during: 'accept' | 'connec
   localFailures = 0;
 }
 
-// The native relay moves established sessions' bytes (relay.ts); without it, all stays in JavaScript.
-const relay = loadRelay();
-if (typeof relay === 'string') {
-  log.warn({ relay: false, reason: relay }, `native relay not used (${relay}): every session runs on the JavaScript path`);
-}
+// The native relay makes the data path's system calls (relay.ts) when the pool says it loads;
+// else Node's TCP handles do (the pool logged why, once).
+const relay = init.relay ? loadRelay() : null;
+if (typeof relay === 'string') throw new Error(`the native relay loaded in the main thread but not in worker ${init.workerId}: ${relay}`);
 
 let stopWaiter: (() => void) | null = null;
 const dataPath: DataPathContext = {
@@ -71,7 +70,7 @@ const dataPath: DataPathContext = {
   onClose: init.logging.connections ? logConnection : null,
   onIdle: () => stopWaiter?.(),
   onLocalError,
-  relay: typeof relay === 'string' ? null : relay,
+  relay,
 };
 initDataPath(dataPath);
 

@@ -216,21 +216,25 @@ services:
     return () => execFileSync('prlimit', ['--pid', String(pid), `--nofile=${soft}:`]);
   }
 
-  it('out of open files for a backend socket: says so, does not blame the backend, serves again once files are free', async () => {
+  /** `fulcrum run` with one service, `tight`, in front of the echo server (`extra`: more of its settings). */
+  async function runTight(name: string, extra = ''): Promise<ReturnType<typeof startLive> & { port: number }> {
     const port = await freePort(HOST);
-    const file = join(tmp, 'emfile.yaml');
+    const file = join(tmp, `${name}.yaml`);
     writeFileSync(file, `
 workers: 1
 logging: { level: info, connections: false }
 services:
   - name: tight
     listen: ${HOST}:${port}
-    # One connect failure in the data plane would mark the backend down (passive health); the
-    # next probe is 30 s away, after the test.
-    health: { type: tcp, interval: 30s, observe_failures: 1 }
-    backends: [{ address: ${echo.address} }]
+${extra}    backends: [{ address: ${echo.address} }]
 `);
-    const { child, output } = startLive(['run', '--config', file]);
+    return { ...startLive(['run', '--config', file]), port };
+  }
+
+  it('out of open files for a backend socket: says so, does not blame the backend, serves again once files are free', async () => {
+    // One connect failure in the data plane would mark the backend down (passive health); the
+    // next probe is 30 s away, after the test.
+    const { child, output, port } = await runTight('emfile', '    health: { type: tcp, interval: 30s, observe_failures: 1 }\n');
     await waitFor(() => output().includes('data plane ready') && output().includes('"msg":"backend healthy"'), 15_000, 'fulcrum run to be ready');
     // Exactly one more descriptor fits: the next client is accepted into it, and the backend
     // socket for that client cannot be made.
@@ -253,17 +257,7 @@ services:
   });
 
   it('out of open files at accept: says so, pauses accepting, and serves the waiting client once files are free', async () => {
-    const port = await freePort(HOST);
-    const file = join(tmp, 'emfile-accept.yaml');
-    writeFileSync(file, `
-workers: 1
-logging: { level: info, connections: false }
-services:
-  - name: tight
-    listen: ${HOST}:${port}
-    backends: [{ address: ${echo.address} }]
-`);
-    const { child, output } = startLive(['run', '--config', file]);
+    const { child, output, port } = await runTight('emfile-accept');
     await waitFor(() => output().includes('data plane ready'), 15_000, 'fulcrum run to be ready');
     // No descriptor left: the next connection waits in the listen backlog, accept fails.
     const restore = lowerOpenFiles(child.pid!, 0);

@@ -92,6 +92,10 @@ afterAll(async () => {
 });
 
 describe('splice', () => {
+  it('runs on the data path its test project names (FULCRUM_RELAY=off: Node\'s handles; else the relay)', () => {
+    expect(proxy.pool.dataPath).toBe(process.env.FULCRUM_RELAY === 'off' ? 'javascript' : 'relay');
+  });
+
   it('carries megabytes both ways for 24 concurrent clients, byte for byte', async () => {
     const clients = 24;
     const size = 3 * 1024 * 1024 + 17;

@@ -88,6 +88,26 @@ describe('worker pool', () => {
     await expect(connectClient(port2, HOST)).rejects.toThrow(/ECONNREFUSED/);
   });
 
+  it('reload turning accept_proxy on and off moves the service to the listener that serves it', async () => {
+    // With the relay, a service without accept_proxy is accepted by the relay and one with it by
+    // Node (the header is read in JavaScript): the reload swaps listeners on the same address.
+    const withHeader = svc('p', port, [b]).replace('    backends:', '    accept_proxy: true\n    backends:');
+    expect(await proxy.reload(parseConfig(yaml(withHeader), '<test>'))).toEqual([]);
+    const s = await connectClient(port, HOST);
+    s.write('PROXY TCP4 198.51.100.9 192.0.2.1 40000 6380\r\n');
+    expect(await readLine(s)).toBe('b');
+    s.destroy();
+    // Without a header the client is now closed (bad_proxy_header), not served.
+    const bare = await connectClient(port, HOST);
+    bare.on('error', () => undefined);
+    const ended = new Promise((resolve) => bare.once('end', resolve));
+    bare.write('GET / HTTP/1.1\r\nHost: x\r\n\r\n');
+    await ended;
+    bare.destroy();
+    expect(await proxy.reload(parseConfig(yaml(svc('p', port, [b])), '<test>'))).toEqual([]);
+    expect(await who(port)).toBe('b');
+  });
+
   it('restarts a crashed worker, and keeps serving meanwhile', async () => {
     const exits: number[] = [];
     proxy.pool.on('worker-exit', (e: { workerId: number }) => exits.push(e.workerId));

@@ -49,7 +49,9 @@
 #include <unistd.h>
 
 /* Keep in step with relay.ts (checked there against constants()). */
+#ifndef RELAY_VERSION /* tests build a relay of another version to see it refused */
 #define RELAY_VERSION 2
+#endif
 #define STAT_BYTES_IN 0
 #define STAT_BYTES_OUT 1
 #define STAT_ACTIVITY 2

@@ -3,10 +3,14 @@
  * is tested through the real proxy by every other file here, which runs twice: with the relay
  * (the default) and on the JavaScript path (FULCRUM_RELAY=off, vitest.config.ts).
  */
+import { mkdtempSync, rmSync } from 'node:fs';
 import { isIPv6 } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { getSystemErrorName } from 'node:util';
 import { describe, expect, it } from 'vitest';
 import { formatAddress, loadRelay, RELAY_EVENTS, EV_FIELDS, STAT_FIELDS, type RelayBinding } from '../../src/proxy/relay.ts';
+import { compileRelay } from '../../build/relay.ts';
 import { startEchoServer } from '../helpers/net.ts';
 
 describe('loadRelay', () => {
@@ -22,10 +26,19 @@ describe('loadRelay', () => {
     expect(loadRelay({}, '/nonexistent/relay.node')).toMatch(/relay\.node is not built \(npm install builds it with the C compiler/);
   });
 
-  it('names the differing constants of a relay built from another relay.c', () => {
-    // A module that loads but is not the relay: every constant differs.
-    const r = loadRelay({}, new URL('../../build/out/engine.wasm', import.meta.url).pathname);
-    expect(r).toMatch(/did not load|built from another relay\.c/);
+  it('refuses a relay built from another relay.c, naming what differs', () => {
+    const dir = mkdtempSync(join(tmpdir(), 'fulcrum-relay-'));
+    const out = join(dir, 'relay.node');
+    try {
+      expect(compileRelay(out, ['RELAY_VERSION=99'])).toEqual({ ok: true });
+      expect(loadRelay({}, out)).toBe(`${out} was built from another relay.c (version 99 ≠ 2): run npm run build`);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  it('says so when the file is not a loadable addon', () => {
+    expect(loadRelay({}, new URL('../../build/out/engine.wasm', import.meta.url).pathname)).toMatch(/engine\.wasm did not load: /);
   });
 });
 

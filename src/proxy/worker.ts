@@ -86,6 +86,8 @@ interface Listener {
   server: Server | null;
   /** …or through the relay: its listener id, else -1. */
   lid: number;
+  /** Bumped by closeListener: a relay listen still resolving a host name then does not bind. */
+  closes: number;
   address: string;
   paused: boolean;
 }
@@ -100,12 +102,14 @@ async function listenThroughRelay(l: Listener): Promise<ListenProblem | null> {
   let ip = e.listen.host;
   let family = isIP(ip);
   if (family === 0) {
+    const closes = l.closes;
     try {
       ({ address: ip, family } = await lookup(e.listen.host));
     } catch (err) {
       const code = (err as NodeJS.ErrnoException).code ?? 'ENOTFOUND';
       return { service: e.name, address: l.address, message: `listen ${code}: cannot resolve ${e.listen.host}`, code };
     }
+    if (l.closes !== closes) return null; // paused, moved or removed meanwhile (as a Node server closed before it listened)
   }
   const lid = listenRelay(l.rt, ip, e.listen.port, family, init.reusePort, 1024);
   if (lid < 0) {
@@ -142,6 +146,7 @@ function listen(l: Listener): Promise<ListenProblem | null> {
 }
 
 function closeListener(l: Listener): void {
+  l.closes++;
   if (l.server !== null) {
     l.server.close();
     l.server = null;
@@ -162,7 +167,7 @@ async function applyServices(services: ServiceEntry[]): Promise<ListenProblem[]>
     const address = formatHostPort(e.listen);
     const l = listeners.get(e.name);
     if (l === undefined) {
-      const fresh: Listener = { rt: new ServiceRuntime(e, init.workerId), server: null, lid: -1, address, paused: paused.has(e.name) };
+      const fresh: Listener = { rt: new ServiceRuntime(e, init.workerId), server: null, lid: -1, closes: 0, address, paused: paused.has(e.name) };
       listeners.set(e.name, fresh);
       if (!fresh.paused) binds.push(listen(fresh));
       continue;

@@ -40,6 +40,7 @@ export interface LoadgenResult {
   count?: number;
   per_s?: number;
   p50_us?: number;
+  p90_us?: number;
   p99_us?: number;
   p999_us?: number;
   mean_us?: number;

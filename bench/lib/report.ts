@@ -112,12 +112,12 @@ const label = (t: TargetName, w: number) => (t === 'direct' ? 'direct (no proxy)
 
 function requestTable(res: Results, scenario: 'rr' | 'churn'): string {
   const unit = scenario === 'rr' ? 'req/s' : 'conn/s';
-  const head = ['target', unit, 'p50 µs', 'p99 µs', 'p99.9 µs', 'proxy CPU s', `proxy user / sys µs per ${scenario === 'rr' ? 'request' : 'connection'}`,
+  const head = ['target', unit, 'p50 µs', 'p90 µs', 'p99 µs', 'p99.9 µs', 'proxy CPU s', `proxy user / sys µs per ${scenario === 'rr' ? 'request' : 'connection'}`,
     `${unit.split('/')[0]} per proxy CPU-s`, 'vs direct', 'vs HAProxy', 'per CPU-s vs HAProxy', 'p99 vs HAProxy', 'runs'];
   const rows: string[][] = [];
   const direct = pick(res, scenario, '', 'direct', 0);
   if (direct) {
-    rows.push([label('direct', 0), si(direct.m.per_s), fix(direct.m.p50_us), fix(direct.m.p99_us), fix(direct.m.p999_us),
+    rows.push([label('direct', 0), si(direct.m.per_s), fix(direct.m.p50_us), fix(direct.m.p90_us), fix(direct.m.p99_us), fix(direct.m.p999_us),
       '—', '—', '—', '1.00×', '—', '—', '—', health(direct)]);
   }
   for (const w of workerList(res)) {
@@ -125,7 +125,7 @@ function requestTable(res: Results, scenario: 'rr' | 'churn'): string {
     for (const t of ['haproxy', 'fulcrum'] as const) {
       const a = pick(res, scenario, '', t, w);
       if (!a) continue;
-      rows.push([label(t, w), si(a.m.per_s), fix(a.m.p50_us), fix(a.m.p99_us), fix(a.m.p999_us), fix(a.m.cpu_s, 2),
+      rows.push([label(t, w), si(a.m.per_s), fix(a.m.p50_us), fix(a.m.p90_us), fix(a.m.p99_us), fix(a.m.p999_us), fix(a.m.cpu_s, 2),
         `${fix(a.m.user_us, 2)} / ${fix(a.m.sys_us, 2)}`, si(a.m.per_cpu_s), ratio(a.m.per_s, direct?.m.per_s), t === 'fulcrum' ? ratio(a.m.per_s, h?.m.per_s) : '—',
         t === 'fulcrum' ? ratio(a.m.per_cpu_s, h?.m.per_cpu_s) : '—', t === 'fulcrum' ? ratio(a.m.p99_us, h?.m.p99_us) : '—', health(a)]);
     }
@@ -281,7 +281,7 @@ ${res.command}
 ## How it is measured
 
 - **Load** comes from \`bench/loadgen/loadgen.c\` (epoll, built by the harness with \`cc -O2\` into \`bench/out/\`), ${s.loadgenThreads} thread(s); the backends are the same program in echo and sink modes (${s.backendThreads} thread each), started once for the whole run: ${s.echoBackends} echo backends, ${s.sinkBackends} sink backends, and a redis-server for the real-client runs. The proxy, the backends and the load share the ${m.cores} cores, as the issue's reference harness did.
-- **Alternation**: each figure is the **median of ${s.reps}** runs, alternating ${s.order}; the direct runs (no proxy, the physical limit) are interleaved with the first thread count.
+- **Alternation**: each figure is the **median of ${s.requestReps ?? s.reps}** runs for rr and churn (their p99 is a tail figure a single run moves) and of ${s.reps} for the others, alternating ${s.order}; the direct runs (no proxy, the physical limit) are interleaved with the first thread count.
 - **CPU** is the proxy process's utime + stime from \`/proc/PID/stat\` (all threads, including exited ones), read at the start and the end of the measured window; "per proxy CPU-second" divides the work done in the window by it.
 - **Both proxies alike**: ${s.algorithm} on both (set explicitly), TCP health checks every 2 s (rise 2, fall 3), retries 2, connect timeout 2 s, idle timeout 30 min; fulcrum's worker count = HAProxy's \`nbthread\`. HAProxy runs without splicing (its default; \`option splice-auto\` is not set), with its default 16 KiB \`tune.bufsize\`, and without a log target; fulcrum's relay reads up to 64 KiB at a time into one buffer per worker and keeps only what the kernel did not take (on the JavaScript path: read buffers of 256 B growing to 64 KiB on streaming connections). Fulcrum runs with every data-plane feature on: admission and the backend pick in WebAssembly over shared memory, counters, service and backend limits (set to 1,000,000: present, never reached), queueing and retries; **\`logging.connections\` is off** for these runs (as HAProxy has no log target). Configs: \`bench/out/fulcrum-w*.yaml\`, \`bench/out/haproxy-w*.cfg\`.
 - **Correctness**: every rr/churn reply is compared byte for byte with its request (which carries its connection and sequence number); every bulk stream is a known pattern the sink checks, and the sink's byte count must equal what was sent. A run with errors or corrupted bytes is flagged ⚠ in the tables.

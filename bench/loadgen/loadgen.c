@@ -895,11 +895,11 @@ static int run_clients(void) {
   for (int b = 0; b < HBUCKETS; b++)
     if (hist[b]) maxb = b;
   printf("{\"mode\":\"%s\",\"target\":\"%s\",\"targets\":%d,\"conns\":%d,\"threads\":%d,\"size\":%d,"
-         "\"seconds\":%.3f,\"count\":%llu,\"per_s\":%.1f,\"mean_us\":%.1f,\"p50_us\":%.1f,\"p99_us\":%.1f,"
+         "\"seconds\":%.3f,\"count\":%llu,\"per_s\":%.1f,\"mean_us\":%.1f,\"p50_us\":%.1f,\"p90_us\":%.1f,\"p99_us\":%.1f,"
          "\"p999_us\":%.1f,\"max_us\":%.1f,\"errors\":%llu,\"corrupt\":%llu,\"timed_out\":%s,\"cpu_s\":%.3f,\"ok\":%s}\n",
          MODE_NAMES[opt.mode], target, opt.ntargets, opt.conns, opt.threads, opt.size, secs,
          (unsigned long long)count, (double)count / secs, count ? sum / (double)count / 1e3 : 0,
-         hpercentile(hist, count, 0.50) / 1e3, hpercentile(hist, count, 0.99) / 1e3,
+         hpercentile(hist, count, 0.50) / 1e3, hpercentile(hist, count, 0.90) / 1e3, hpercentile(hist, count, 0.99) / 1e3,
          hpercentile(hist, count, 0.999) / 1e3, count ? hval(maxb) / 1e3 : 0, (unsigned long long)errors,
          (unsigned long long)corrupt, timed_out ? "true" : "false", cpu_seconds(),
          ok && count > 0 ? "true" : "false");

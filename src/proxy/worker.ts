@@ -132,13 +132,19 @@ function listen(l: Listener): Promise<ListenProblem | null> {
   l.server = server;
   return new Promise((resolve) => {
     const onError = (err: NodeJS.ErrnoException): void => {
+      server.off('close', onClosedFirst);
       if (l.server === server) l.server = null;
       server.close();
       resolve({ service: e.name, address: l.address, message: err.message, code: err.code });
     };
+    // Paused, moved or removed while Node was still resolving the host name: Node then never
+    // listens and says nothing but 'close'; without this the pause/reload waiting here would hang.
+    const onClosedFirst = (): void => resolve(null);
     server.once('error', onError);
+    server.once('close', onClosedFirst);
     server.listen({ host: e.listen.host, port: e.listen.port, reusePort: init.reusePort, backlog: 1024 }, () => {
       server.off('error', onError);
+      server.off('close', onClosedFirst);
       server.on('error', (err) => log.error({ err, service: e.name }, 'listener error'));
       resolve(null);
     });

@@ -1,8 +1,14 @@
 /**
- * The worker pool's control: pause/resume of a listener, reload of the service table, a crashed
- * worker restarted. Addresses: 127.2.8.0/24.
+ * The worker pool's control: pause/resume of a listener (also while its host name is being
+ * resolved), reload of the service table, a crashed worker restarted. Addresses: 127.2.8.0/24.
  */
+import { execFileSync } from 'node:child_process';
+import { lookup } from 'node:dns/promises';
+import { closeSync, constants as fsConstants, openSync } from 'node:fs';
+import { mkdtemp, open, rm } from 'node:fs/promises';
 import { createServer } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { parseConfig } from '../../src/config/load.ts';
 import type { FulcrumHandle } from '../../src/main.ts';
@@ -39,6 +45,36 @@ afterAll(async () => {
   await a.close();
   await b.close();
 });
+
+/**
+ * Holds every thread of libuv's pool, where dns.lookup's getaddrinfo runs: each opens a FIFO that
+ * no one writes to yet, which blocks. release() opens the write ends, and the pool runs again.
+ */
+async function holdThreadPool(): Promise<{ release: () => Promise<void> }> {
+  const size = Number(process.env.UV_THREADPOOL_SIZE ?? 4);
+  const dir = await mkdtemp(join(tmpdir(), 'fulcrum-pool-'));
+  const fifos = Array.from({ length: size }, (_, i) => join(dir, `fifo${i}`));
+  for (const f of fifos) execFileSync('mkfifo', [f]);
+  const readers = fifos.map((f) => open(f, 'r'));
+  return {
+    async release() {
+      for (const f of fifos) {
+        // O_NONBLOCK: ENXIO until the pool thread has the read end open (no hang if it is late).
+        for (let tries = 0; ; tries++) {
+          try {
+            closeSync(openSync(f, fsConstants.O_WRONLY | fsConstants.O_NONBLOCK));
+            break;
+          } catch (err) {
+            if ((err as NodeJS.ErrnoException).code !== 'ENXIO' || tries > 100) throw err;
+            await new Promise((r) => setTimeout(r, 10));
+          }
+        }
+      }
+      for (const r of await Promise.all(readers)) await r.close();
+      await rm(dir, { recursive: true, force: true });
+    },
+  };
+}
 
 async function who(p: number): Promise<string> {
   const s = await connectClient(p, HOST);
@@ -104,6 +140,35 @@ describe('worker pool', () => {
     bare.write('GET / HTTP/1.1\r\nHost: x\r\n\r\n');
     await ended;
     bare.destroy();
+    expect(await proxy.reload(parseConfig(yaml(svc('p', port, [b])), '<test>'))).toEqual([]);
+    expect(await who(port)).toBe('b');
+  });
+
+  it('a listener closed while its host name is being resolved does not bind when the answer comes', async () => {
+    // The service listens on a host name; while every thread of libuv's pool is held (the lookup
+    // waits there), it is resumed and paused again. The answer then comes for a closed listener.
+    const p4 = await freePort(HOST);
+    await proxy.pool.pauseService('p');
+    expect(await proxy.reload(parseConfig(yaml(svc('p', p4, [b]).replace(`${HOST}:${p4}`, `localhost:${p4}`)), '<test>'))).toEqual([]);
+    const { address } = await lookup('localhost');
+    const pool = await holdThreadPool();
+    let resumed: Promise<void> | undefined;
+    try {
+      // A worker handles its messages in order: the resume has started its lookup before the pause.
+      resumed = proxy.pool.resumeService('p');
+      await proxy.pool.pauseService('p');
+    } finally {
+      await pool.release();
+    }
+    await resumed;
+    await new Promise((r) => setTimeout(r, 100));
+    await expect(connectClient(p4, address)).rejects.toThrow(/ECONNREFUSED/);
+    expect(proxy.pool.isPaused('p')).toBe(true);
+    // Resumed for real, it binds the address the name resolves to.
+    await proxy.pool.resumeService('p');
+    const s = await connectClient(p4, address);
+    expect(await readLine(s)).toBe('b');
+    s.destroy();
     expect(await proxy.reload(parseConfig(yaml(svc('p', port, [b])), '<test>'))).toEqual([]);
     expect(await who(port)).toBe('b');
   });

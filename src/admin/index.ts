@@ -14,7 +14,7 @@
  */
 import type { Config } from '../config/schema.ts';
 import { FulcrumError } from '../errors.ts';
-import { formatHostPort, type BackendConfig } from '../config/schema.ts';
+import { formatHostPort, type AdminConfig, type BackendConfig, type HostPort } from '../config/schema.ts';
 import type { Logger } from '../observability/log.ts';
 import { Metrics, type ProbeObservation } from '../observability/prom.ts';
 import { Stats } from '../observability/stats.ts';
@@ -22,6 +22,11 @@ import { Reloader } from './reload.ts';
 import { AdminServer, type AdminBalancer, type AdminState, type DescribedService, type ProbeRecord } from './server.ts';
 
 export { AdminServer } from './server.ts';
+
+/** How long the admin server a reload moved away from lets its requests in flight finish. */
+export const ADMIN_MOVE_GRACE_MS = 5_000;
+
+const sameListen = (a: HostPort | undefined, b: HostPort | undefined): boolean => a?.host === b?.host && a?.port === b?.port;
 export { Reloader } from './reload.ts';
 
 /** A backend transition as the Balancer emits it ('backend-state'). */
@@ -85,7 +90,8 @@ export interface Operations {
   stats: Stats;
   metrics: Metrics;
   reloader: Reloader | undefined;
-  admin: AdminServer | undefined;
+  /** The admin server in force (a reload can move, add or remove it). */
+  readonly admin: AdminServer | undefined;
   /** Re-reads the config file (what SIGHUP does); rejects with the problems when it is invalid. */
   reload(trigger?: string): Promise<unknown>;
   close(): Promise<void>;
@@ -104,11 +110,7 @@ export async function startOperations(options: OperationsOptions): Promise<Opera
       file: options.configFile,
       current: options.config,
       logger: options.logger,
-      apply: async (next) => {
-        const commitAdmin = next.admin ? admin?.prepareAdminConfig(next.admin) : undefined;
-        await apply(next);
-        commitAdmin?.();
-      },
+      apply: (next) => applyWithAdmin(next, apply),
     });
   }
 
@@ -156,9 +158,8 @@ export async function startOperations(options: OperationsOptions): Promise<Opera
   };
 
   let admin: AdminServer | undefined;
-  const adminConfig = options.config().admin;
-  if (adminConfig) {
-    admin = new AdminServer({
+  const adminServer = (adminConfig: AdminConfig): AdminServer =>
+    new AdminServer({
       admin: adminConfig,
       balancer: adminBalancer,
       stats,
@@ -173,7 +174,41 @@ export async function startOperations(options: OperationsOptions): Promise<Opera
         ...options.status?.(),
       }),
     });
+  const initialAdmin = options.config().admin;
+  if (initialAdmin) {
+    admin = adminServer(initialAdmin);
     await admin.listen();
+  }
+
+  /**
+   * A reload with the admin section: what it needs is checked before main's hook applies
+   * anything (a token file that cannot be read, or a new listen address that cannot be bound,
+   * refuses the reload with nothing changed), and put in force once the config is. A moved
+   * admin server (listen changed, section added or removed) binds the new address first; the
+   * old one then closes, letting the requests in flight — the POST /api/reload that moved it,
+   * too — finish for up to ADMIN_MOVE_GRACE_MS.
+   */
+  async function applyWithAdmin(next: Config, applyConfig: (next: Config) => void | Promise<void>): Promise<void> {
+    const current = options.config().admin;
+    const moved = !sameListen(current?.listen, next.admin?.listen);
+    const commitSettings = !moved && next.admin ? admin?.prepareAdminConfig(next.admin) : undefined;
+    const fresh = moved && next.admin ? adminServer(next.admin) : undefined;
+    await fresh?.listen();
+    try {
+      await applyConfig(next);
+    } finally {
+      // main's hook can throw after it made `next` the config in force (a service listener that
+      // could not bind): the admin server follows the config in force either way.
+      const inForce = options.config() === next;
+      if (!inForce) await fresh?.close();
+      else if (!moved) commitSettings?.();
+      else {
+        const old = admin;
+        admin = fresh;
+        log.info({ from: old?.url ?? null, to: fresh?.url ?? null }, 'admin server moved by the reload');
+        if (old) void old.close(ADMIN_MOVE_GRACE_MS);
+      }
+    }
   }
 
   const removeSignal = reloader && (options.signals ?? true) ? reloader.installSignalHandler() : undefined;
@@ -182,7 +217,9 @@ export async function startOperations(options: OperationsOptions): Promise<Opera
     stats,
     metrics,
     reloader,
-    admin,
+    get admin() {
+      return admin;
+    },
     reload: (trigger = 'api') => {
       if (!reloader) return Promise.reject(new Error('reload: fulcrum was not started from a config file'));
       return reloader.reload(trigger);

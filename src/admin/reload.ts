@@ -2,8 +2,9 @@
  * Live reload: SIGHUP or POST /api/reload re-reads the config file. An invalid file is refused
  * with every problem (the API returns them, SIGHUP logs them) and the running config keeps
  * serving untouched. A valid one is handed to the `apply` hook of src/main.ts, which applies it as
- * a difference (balancer.apply, the workers' service table, health.update); open connections are
- * never touched by a reload.
+ * a difference (balancer.apply, the workers' service table, health.update; src/admin/index.ts
+ * moves the admin server when its section changed); open connections are never touched by a reload.
+ * `workers` and `ha` are reported under restart_required.
  *
  * Reloads are serialized: a SIGHUP that arrives while an API reload runs waits its turn, so two
  * applies never interleave.
@@ -124,7 +125,9 @@ export function diffConfigs(prev: Config, next: Config): ReloadResult {
 
   if (prev.workers !== next.workers) restart.push(`workers: ${prev.workers} → ${next.workers}`);
   if (!same(prev.admin, next.admin)) {
-    if (!same(prev.admin?.listen, next.admin?.listen)) restart.push('admin.listen');
+    if (!prev.admin) changes.push(`admin added (listen ${formatHostPort(next.admin!.listen)})`);
+    else if (!next.admin) changes.push('admin removed');
+    else if (!same(prev.admin.listen, next.admin.listen)) changes.push(`admin.listen ${formatHostPort(prev.admin.listen)} → ${formatHostPort(next.admin.listen)}`);
     else changes.push('admin settings');
   }
   if (!same(prev.ha, next.ha)) restart.push('ha');

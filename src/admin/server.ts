@@ -186,14 +186,6 @@ export class AdminServer {
   }
 
   /**
-   * Applies a reloaded `admin` section: the token file is re-read and auth_reads follows the file.
-   * A changed listen address needs a restart (reported by the reload, not applied here).
-   */
-  updateAdminConfig(admin: AdminConfig): void {
-    this.prepareAdminConfig(admin)();
-  }
-
-  /**
    * Reads what a new `admin` section needs (the token file) and returns the function that puts
    * it in force: a reload checks first (an unreadable token file refuses the reload before
    * anything is applied), then commits after the rest was applied.
@@ -206,10 +198,20 @@ export class AdminServer {
     };
   }
 
-  async close(): Promise<void> {
+  /**
+   * Stops listening and closes every connection: at once, or (`graceMs`, when a reload moved the
+   * admin server) after the requests in flight had up to that long — among them, the POST
+   * /api/reload that moved it, whose reply still goes out on this server.
+   */
+  async close(graceMs = 0): Promise<void> {
     await new Promise<void>((resolve) => {
       this.#server.close(() => resolve());
-      this.#server.closeAllConnections();
+      if (graceMs <= 0) {
+        this.#server.closeAllConnections();
+        return;
+      }
+      this.#server.closeIdleConnections();
+      setTimeout(() => this.#server.closeAllConnections(), graceMs).unref();
     });
   }
 

@@ -1,11 +1,12 @@
 /**
  * Live reload through a real fulcrum: connections held open across many reloads (API and SIGHUP)
  * keep working while services and backends come and go and weights, limits and algorithms change;
- * broken configs are refused with their problems and the running config keeps serving.
+ * broken configs are refused with their problems and the running config keeps serving; a reload
+ * moves, removes and adds the admin server, and one whose new admin address is taken changes nothing.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { Socket } from 'node:net';
-import { connectClient, freePort, readLine, startNamedServer, waitFor, type TestServer } from '../helpers/net.ts';
+import { connectClient, freePort, readLine, startNamedServer, startServer, waitFor, type TestServer } from '../helpers/net.ts';
 import { api, configText, startStack, type Stack } from './stack.ts';
 
 const HOST = '127.5.3.1';
@@ -41,8 +42,8 @@ async function echoes(s: Socket, text: string): Promise<void> {
   expect(await readLine(s, 3000)).toBe(text);
 }
 
-async function greeting(port: number): Promise<string> {
-  const c = await connectClient(port, HOST);
+async function greeting(port: number, host = HOST): Promise<string> {
+  const c = await connectClient(port, host);
   try {
     return await readLine(c);
   } finally {
@@ -159,5 +160,98 @@ describe('reload', () => {
     expect(gone.status).toBe(422);
     expect(gone.body.error.code).toBe('FULCRUM_ERR_CONFIG_UNREADABLE');
     await Promise.all(held.map((c, i) => echoes(c, `after unreadable conn ${i}`)));
+  });
+});
+
+describe('reload and the admin server', () => {
+  const MOVE_HOST = '127.5.3.2';
+  let moving: Stack;
+  /** The config file with `admin` listening on `port` (null: no admin section) and backend b0's weight. */
+  const text = (port: number | null, weight = 1): string =>
+    configText({
+      host: MOVE_HOST, servicePort: moving.servicePort, adminPort: port ?? 0, tokenFile: moving.tokenFile,
+      backends: moving.backends.map((b) => b.address),
+    })
+      .replace(/admin:\n(    .*\n)+/, port === null ? '' : '$&')
+      .replace(`{ address: ${moving.backends[0].address} }`, `{ address: ${moving.backends[0].address}, weight: ${weight} }`);
+  /** A new connection to `base` (an admin URL) is refused: nothing listens there any more. */
+  const refusesConnections = async (base: string): Promise<boolean> => {
+    const { hostname, port } = new URL(base);
+    try {
+      (await connectClient(Number(port), hostname)).destroy();
+      return false;
+    } catch (err) {
+      return (err as NodeJS.ErrnoException).code === 'ECONNREFUSED';
+    }
+  };
+
+  beforeAll(async () => {
+    moving = await startStack({ host: MOVE_HOST, backends: 2 });
+  });
+  afterAll(async () => {
+    await moving?.close();
+  });
+
+  it('moves the admin server: the reload that moved it answers on the old address, the new one serves', async () => {
+    const old = moving.ops.admin!.url;
+    const port = await freePort(MOVE_HOST);
+    await moving.writeConfig(text(port));
+    const r = await api(old, 'POST', '/api/reload');
+    expect(r.status, JSON.stringify(r.body)).toBe(200);
+    expect(r.body.changes).toContain(`admin.listen ${MOVE_HOST}:${moving.adminPort} → ${MOVE_HOST}:${port}`);
+    expect(r.body.restart_required).toEqual([]);
+    const now = moving.ops.admin!.url;
+    expect(now).toBe(`http://${MOVE_HOST}:${port}`);
+    const status = await api(now, 'GET', '/api/status');
+    expect(status.status).toBe(200);
+    expect(status.body.reloads.last).toMatchObject({ ok: true });
+    expect(await refusesConnections(old)).toBe(true);
+    expect(moving.logs.some((l) => l.msg === 'admin server moved by the reload' && l.to === now && l.from === old)).toBe(true);
+    expect(await greeting(moving.servicePort, MOVE_HOST)).toMatch(/^b[01]$/);
+  });
+
+  it('refuses a reload whose new admin address is taken: nothing of it is applied, the admin server stays', async () => {
+    const before = JSON.stringify(moving.handle.config);
+    const serving = moving.ops.admin!.url;
+    const taken = await startServer((s) => s.destroy(), MOVE_HOST);
+    try {
+      // The same file also changes a weight: refused together with the move.
+      await moving.writeConfig(text(taken.port, 7));
+      const r = await api(serving, 'POST', '/api/reload');
+      expect(r.status).toBe(409);
+      expect(r.body.error.code).toBe('FULCRUM_ERR_LISTEN');
+      expect(r.body.error.message).toContain(`admin: cannot listen on ${MOVE_HOST}:${taken.port}`);
+      expect(JSON.stringify(moving.handle.config)).toBe(before);
+      expect(moving.ops.admin!.url).toBe(serving);
+      const status = await api(serving, 'GET', '/api/status');
+      expect(status.body.reloads.last).toMatchObject({ ok: false });
+      const web = (await api(serving, 'GET', '/api/services')).body.services[0];
+      expect(web.backends[0].weight).toBe(1);
+    } finally {
+      await taken.close();
+    }
+  });
+
+  it('removes the admin server and adds it back', async () => {
+    const old = moving.ops.admin!.url;
+    await moving.writeConfig(text(null));
+    const removed = (await moving.ops.reload('test')) as { changes: string[] };
+    expect(removed.changes).toContain('admin removed');
+    expect(moving.ops.admin).toBeUndefined();
+    expect(await refusesConnections(old)).toBe(true);
+    expect(await greeting(moving.servicePort, MOVE_HOST)).toMatch(/^b[01]$/);
+
+    const port = await freePort(MOVE_HOST);
+    await moving.writeConfig(text(port, 2));
+    const added = (await moving.ops.reload('test')) as { changes: string[] };
+    expect(added.changes).toContain(`admin added (listen ${MOVE_HOST}:${port})`);
+    const base = moving.ops.admin!.url;
+    expect(base).toBe(`http://${MOVE_HOST}:${port}`);
+    // The token file still guards changes, and the metrics and the status page are there.
+    expect((await api(base, 'POST', '/api/reload', undefined, null)).status).toBe(401);
+    expect((await api(base, 'POST', '/api/reload')).status).toBe(200);
+    expect((await fetch(base + '/metrics')).status).toBe(200);
+    const web = (await api(base, 'GET', '/api/services')).body.services[0];
+    expect(web.backends[0].weight).toBe(2);
   });
 });

@@ -126,7 +126,11 @@ export async function startFulcrum(initial: Config, options: StartOptions = {}):
   async function reload(next: Config): Promise<ListenProblem[]> {
     const prevLogging = config.logging;
     balancer.apply(next);
-    config = next;
+    // ha: what can change in place is applied (src/failover reconfigure); the pair's identity
+    // (HA_RESTART_ONLY), and adding or removing the section, wait for a restart (the reload reports
+    // them), so the config in force keeps the running values.
+    if (failover && next.ha) failover.reconfigure(next.ha);
+    config = { ...next, ha: failover ? failover.settings : undefined };
     if (prevLogging.level !== next.logging.level || prevLogging.connections !== next.logging.connections) {
       if (ownLogger) logger.level = next.logging.level;
       await pool.setLogging({ level: next.logging.level, connections: next.logging.connections });

@@ -4,13 +4,14 @@
  * serving untouched. A valid one is handed to the `apply` hook of src/main.ts, which applies it as
  * a difference (balancer.apply, the workers' service table, health.update; src/admin/index.ts
  * moves the admin server when its section changed); open connections are never touched by a reload.
- * `workers` and `ha` are reported under restart_required.
+ * `workers`, an added or removed `ha` section and the pair's identity (HA_RESTART_ONLY) are
+ * reported under restart_required; the other ha settings apply (src/failover reconfigure).
  *
  * Reloads are serialized: a SIGHUP that arrives while an API reload runs waits its turn, so two
  * applies never interleave.
  */
 import { loadConfig } from '../config/load.ts';
-import { formatHostPort, type Config, type ServiceConfig } from '../config/schema.ts';
+import { formatHostPort, HA_RESTART_ONLY, type Config, type HaConfig, type ServiceConfig } from '../config/schema.ts';
 import { ConfigInvalidError, ConfigUnreadableError } from '../errors.ts';
 import type { Logger } from '../observability/log.ts';
 import type { ReloadResult } from './server.ts';
@@ -130,7 +131,15 @@ export function diffConfigs(prev: Config, next: Config): ReloadResult {
     else if (!same(prev.admin.listen, next.admin.listen)) changes.push(`admin.listen ${formatHostPort(prev.admin.listen)} → ${formatHostPort(next.admin.listen)}`);
     else changes.push('admin settings');
   }
-  if (!same(prev.ha, next.ha)) restart.push('ha');
+  if (prev.ha && next.ha) {
+    for (const key of Object.keys(next.ha) as (keyof HaConfig)[]) {
+      if (same(prev.ha[key], next.ha[key])) continue;
+      if ((HA_RESTART_ONLY as readonly string[]).includes(key)) restart.push(`ha.${key}`);
+      else changes.push(`ha.${key}: ${JSON.stringify(prev.ha[key])} → ${JSON.stringify(next.ha[key])}`);
+    }
+  } else if (prev.ha || next.ha) {
+    restart.push(prev.ha ? 'ha (removed)' : 'ha (added)');
+  }
   if (!same(prev.logging, next.logging)) changes.push(`logging: ${JSON.stringify(prev.logging)} → ${JSON.stringify(next.logging)}`);
   if (prev.shutdown_grace !== next.shutdown_grace) changes.push(`shutdown_grace: ${prev.shutdown_grace}ms → ${next.shutdown_grace}ms`);
   return { changes, restart_required: restart };

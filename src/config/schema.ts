@@ -198,6 +198,13 @@ export const haSchema = z.strictObject({
   }).default({ min_backends_up: 0, interface: true }),
 });
 
+/**
+ * The ha settings a reload cannot change in place: they are the pair's identity (addresses, the
+ * interface, the key). A reload reports them under restart_required and keeps the running ones;
+ * the others (priority, intervals, preempt, track, garp) apply at once, as keepalived's reload does.
+ */
+export const HA_RESTART_ONLY = ['vip', 'interface', 'bind', 'peer', 'secret_file'] as const;
+
 export const adminSchema = z.strictObject({
   listen: hostPort().default({ host: '127.0.0.1', port: 9900 }),
   token_file: nonEmptyString('file path').optional(),

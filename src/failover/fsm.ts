@@ -70,6 +70,15 @@ export interface FsmOptions {
   preempt: boolean;
 }
 
+/** What reconfigure() can change. */
+export type Reconfigurable = Omit<FsmOptions, 'address'>;
+
+function checkPriority(priority: number): void {
+  if (!Number.isInteger(priority) || priority < 1 || priority > 254) {
+    throw new RangeError(`ha.priority: must be an integer 1–254, got ${priority}`);
+  }
+}
+
 export interface PeerView {
   role: Role;
   priority: number;
@@ -100,16 +109,15 @@ export class FailoverFsm {
   peer: PeerView | null = null;
   /** §6.4.2: learnt from the master's adverts; our own interval until then. */
   masterAdvertIntervalMs: number;
-  readonly priority: number;
   readonly address: number;
-  readonly advertIntervalMs: number;
-  readonly deadAfter: number;
-  readonly preempt: boolean;
+  /** The settings a reload can change (reconfigure()); the address cannot. */
+  priority: number;
+  advertIntervalMs: number;
+  deadAfter: number;
+  preempt: boolean;
 
   constructor(opts: FsmOptions) {
-    if (!Number.isInteger(opts.priority) || opts.priority < 1 || opts.priority > 254) {
-      throw new RangeError(`ha.priority: must be an integer 1–254, got ${opts.priority}`);
-    }
+    checkPriority(opts.priority);
     this.priority = opts.priority;
     this.address = opts.address;
     this.advertIntervalMs = opts.advertIntervalMs;
@@ -172,6 +180,33 @@ export class FailoverFsm {
     }
   }
 
+  /**
+   * A reload changed priority, advert interval, dead_after or preempt (keepalived applies these on
+   * reload too). Returns null when nothing the state machine uses changed.
+   */
+  reconfigure(opts: Reconfigurable): Step | null {
+    checkPriority(opts.priority);
+    const changed: string[] = [];
+    if (opts.priority !== this.priority) changed.push(`priority ${this.priority} → ${opts.priority}`);
+    if (opts.advertIntervalMs !== this.advertIntervalMs) changed.push(`advert_interval ${this.advertIntervalMs}ms → ${opts.advertIntervalMs}ms`);
+    if (opts.deadAfter !== this.deadAfter) changed.push(`dead_after ${this.deadAfter} → ${opts.deadAfter}`);
+    if (opts.preempt !== this.preempt) changed.push(`preempt ${this.preempt} → ${opts.preempt}`);
+    if (changed.length === 0) return null;
+    // A master's own interval is what its backup learns; a backup keeps the one it learnt.
+    if (this.current !== 'backup') this.masterAdvertIntervalMs = opts.advertIntervalMs;
+    this.priority = opts.priority;
+    this.advertIntervalMs = opts.advertIntervalMs;
+    this.deadAfter = opts.deadAfter;
+    this.preempt = opts.preempt;
+    const cause = `reconfigured: ${changed.join(', ')}`;
+    switch (this.current) {
+      case 'init': return null;
+      case 'backup': return this.backupOnReconfigure(cause);
+      case 'master': return this.masterOnReconfigure(cause);
+      case 'fault': return this.stay(cause, 'faultOnReconfigure', []);
+    }
+  }
+
   stop(): Step | null {
     switch (this.current) {
       case 'init': return null;
@@ -229,6 +264,15 @@ export class FailoverFsm {
         ? `preempting a lower-priority master (${this.peer.priority} < ${this.priority})`
         : `no advert from a master for ${Math.round(this.masterDownMs())}ms`;
     return this.go('master', 'master', cause, 'backupOnMasterDown', this.takeOver());
+  }
+
+  /**
+   * The master-down timer restarts with the new Master_Down_Interval. With a priority now above
+   * the master's and preempt on, the master's next adverts are discarded (backupOnLowerPriority),
+   * so the timer fires and this instance takes the VIP, as a backup started with that priority would.
+   */
+  private backupOnReconfigure(cause: string): Step {
+    return this.stay(cause, 'backupOnReconfigure', [{ type: 'armMasterDown', ms: this.masterDownMs() }]);
   }
 
   private backupOnTrackFail(cause: string): Step {
@@ -322,6 +366,14 @@ export class FailoverFsm {
     if (this.wanted !== 'fault') return null;
     this.wanted = 'master';
     return this.stay(`track ok again: ${cause}`, 'masterOnTrackOk', []);
+  }
+
+  /**
+   * The peer hears the new priority and interval at once rather than at the next tick: a backup
+   * that now outranks us (and preempts) starts discarding our adverts, and takes the VIP.
+   */
+  private masterOnReconfigure(cause: string): Step {
+    return this.stay(cause, 'masterOnReconfigure', [{ type: 'sendAdvert', priority: this.priority }]);
   }
 
   /** A master leaving cleanly sends priority 0 (§6.4.3 "If a Shutdown event is received") first. */

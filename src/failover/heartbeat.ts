@@ -218,6 +218,12 @@ export class Heartbeat extends EventEmitter<HeartbeatEvents> {
     this.dropped = Object.fromEntries(DROP_REASONS.map((r) => [r, 0])) as Record<DropReason, number>;
   }
 
+  /** A reload's advert interval (carried in every heartbeat) and stale window; key and socket stay. */
+  retime(advertIntervalMs: number, staleWindowMs: number): void {
+    this.opts.advertIntervalMs = advertIntervalMs;
+    this.opts.staleWindowMs = staleWindowMs;
+  }
+
   async start(): Promise<void> {
     const socket = createSocket({ type: 'udp4' });
     await new Promise<void>((resolve, reject) => {

@@ -10,7 +10,7 @@
  */
 import { EventEmitter } from 'node:events';
 import { readFileSync } from 'node:fs';
-import { formatHostPort, type HaConfig } from '../config/schema.ts';
+import { formatHostPort, HA_RESTART_ONLY, type HaConfig } from '../config/schema.ts';
 import type { Logger } from '../observability/log.ts';
 import { HaAddressError } from './errors.ts';
 import { FailoverFsm, ipv4ToInt, masterDownInterval, type Action, type Role, type Step } from './fsm.ts';
@@ -91,7 +91,7 @@ export class Failover extends EventEmitter<FailoverEvents> {
   readonly fsm: FailoverFsm;
   readonly vip: VipManager;
   private hb: Heartbeat | null = null;
-  private readonly config: HaConfig;
+  private config: HaConfig;
   private readonly log: Logger;
   private readonly backendsUp: (() => number) | undefined;
   private readonly setAccepting: ((accepting: boolean) => void | Promise<void>) | undefined;
@@ -183,6 +183,35 @@ export class Failover extends EventEmitter<FailoverEvents> {
     await this.vip.idle();
     this.hb?.close();
     this.hb = null;
+  }
+
+  /** The ha settings in force (a reload changes some of them; see reconfigure). */
+  get settings(): HaConfig {
+    return this.config;
+  }
+
+  /**
+   * Applies a reloaded ha section: priority, advert_interval, dead_after and preempt go to the
+   * state machine (a master tells its peer at once; a backup restarts its master-down timer),
+   * max_clock_skew and the interval to the heartbeat, garp to the VIP manager, track is checked
+   * again now. The HA_RESTART_ONLY settings keep their running values; their names are returned.
+   */
+  reconfigure(next: HaConfig): { restartRequired: string[] } {
+    const prev = this.config;
+    const restartRequired = HA_RESTART_ONLY.filter((k) => JSON.stringify(prev[k]) !== JSON.stringify(next[k])).map((k) => `ha.${k}`);
+    const kept = Object.fromEntries(HA_RESTART_ONLY.map((k) => [k, prev[k]]));
+    this.config = { ...next, ...kept } as HaConfig;
+    const c = this.config;
+    if (this.stopped) return { restartRequired };
+    this.hb?.retime(c.advert_interval, staleWindowMs(c.dead_after, c.advert_interval, c.max_clock_skew));
+    this.vip.setGarp(c.garp);
+    if (c.advert_interval !== prev.advert_interval && this.tickTimer) {
+      clearInterval(this.tickTimer);
+      this.tickTimer = setInterval(() => this.tick(), c.advert_interval);
+    }
+    this.handle(this.fsm.reconfigure({ priority: c.priority, advertIntervalMs: c.advert_interval, deadAfter: c.dead_after, preempt: c.preempt }));
+    if (JSON.stringify(c.track) !== JSON.stringify(prev.track) && this.tickTimer) this.checkTrack();
+    return { restartRequired };
   }
 
   status(): FailoverStatus {

@@ -70,6 +70,11 @@ export class VipManager {
     this.arping = opts.arpingCommand ?? 'arping';
   }
 
+  /** A reload's ha.garp, used from the next announcement on. */
+  setGarp(garp: { count: number; interval: number }): void {
+    this.opts.garp = { ...garp };
+  }
+
   /** Adds every VIP; resolves to the errors met (empty when all are present). */
   add(): Promise<VipCommandError[]> {
     return this.enqueue(async () => {

@@ -7,6 +7,8 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { Socket } from 'node:net';
 import { connectClient, freePort, readLine, startNamedServer, startServer, waitFor, type TestServer } from '../helpers/net.ts';
+import { parseConfig } from '../../src/config/load.ts';
+import { diffConfigs } from '../../src/admin/reload.ts';
 import { api, configText, startStack, type Stack } from './stack.ts';
 
 const HOST = '127.5.3.1';
@@ -253,5 +255,42 @@ describe('reload and the admin server', () => {
     expect((await fetch(base + '/metrics')).status).toBe(200);
     const web = (await api(base, 'GET', '/api/services')).body.services[0];
     expect(web.backends[0].weight).toBe(2);
+  });
+});
+
+describe('diffConfigs: what a reload applies and what waits for a restart', () => {
+  const base = (ha: string, extra = ''): string => `workers: 1
+${extra}services:
+  - name: web
+    listen: 127.0.0.1:8080
+    backends: [{ address: 127.0.0.1:9000 }]
+${ha}`;
+  const ha = (o: { priority?: number; vip?: string; interval?: string; peer?: string } = {}) => `ha:
+  vip: ${o.vip ?? '10.0.0.100/24'}
+  interface: eth0
+  bind: 10.0.1.1:7946
+  peer: ${o.peer ?? '10.0.1.2:7946'}
+  priority: ${o.priority ?? 150}
+  advert_interval: ${o.interval ?? '100ms'}
+  secret_file: /etc/fulcrum/ha.secret
+`;
+  const diff = (a: string, b: string) => diffConfigs(parseConfig(a, '<a>'), parseConfig(b, '<b>'));
+
+  it('ha: priority and intervals apply; addresses and the interface wait for a restart', () => {
+    expect(diff(base(ha()), base(ha({ priority: 200, interval: '50ms' })))).toEqual({
+      changes: ['ha.priority: 150 → 200', 'ha.advert_interval: 100 → 50'], restart_required: [],
+    });
+    expect(diff(base(ha()), base(ha({ vip: '10.0.0.101/24', peer: '10.0.1.3:7946', priority: 120 })))).toEqual({
+      changes: ['ha.priority: 150 → 120'], restart_required: ['ha.vip', 'ha.peer'],
+    });
+    expect(diff(base(''), base(ha())).restart_required).toEqual(['ha (added)']);
+    expect(diff(base(ha()), base('')).restart_required).toEqual(['ha (removed)']);
+  });
+
+  it('workers waits for a restart; the admin section moves', () => {
+    expect(diff(base(''), base('').replace('workers: 1', 'workers: 2')).restart_required).toEqual(['workers: 1 → 2']);
+    expect(diff(base(''), base('', 'admin: { listen: 127.0.0.1:9901 }\n'))).toEqual({ changes: ['admin added (listen 127.0.0.1:9901)'], restart_required: [] });
+    expect(diff(base('', 'admin: { listen: 127.0.0.1:9901 }\n'), base('', 'admin: { listen: 127.0.0.1:9902 }\n')).changes)
+      .toEqual(['admin.listen 127.0.0.1:9901 → 127.0.0.1:9902']);
   });
 });

@@ -23,12 +23,17 @@ afterEach(async () => {
 });
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
 
-function make(self: 1 | 2, opts: { priority?: number; backends?: () => number; iface?: () => string; min?: number } = {}) {
-  const config = haSchema.parse({
+/** The ha section of instance 1 or 2, as a config file would give it (before parsing). */
+function haInput(self: 1 | 2, opts: { priority?: number; min?: number } = {}) {
+  return {
     vip: '198.51.100.200/24', interface: 'eth-test', bind: `127.4.2.${self}:17947`, peer: `127.4.2.${3 - self}:17947`,
     priority: opts.priority ?? (self === 1 ? 150 : 100), advert_interval: '50ms', dead_after: 3,
     secret_file: join(dir, 'secret'), track: { min_backends_up: opts.min ?? 0 },
-  });
+  };
+}
+
+function make(self: 1 | 2, opts: { priority?: number; backends?: () => number; iface?: () => string; min?: number } = {}) {
+  const config = haSchema.parse(haInput(self, opts));
   const accepting: boolean[] = [];
   const roles: RoleChange[] = [];
   const f = new Failover({
@@ -116,6 +121,39 @@ describe('Failover (loopback)', () => {
     s.close();
     expect(a.f.status().dropped).toMatchObject({ malformed: 1, bad_magic: 1, oversized: 1, bad_mac: 0 });
     expect(a.f.status()).toMatchObject({ role: 'master', transitions: 2 });
+  });
+
+  it('reconfigure: a backup given a higher priority takes the VIP; the pair\'s identity keeps its running values', async () => {
+    const a = make(1);
+    const b = make(2);
+    await a.f.start();
+    await b.f.start();
+    await until(() => a.f.status().role === 'master' && b.f.status().role === 'backup' && a.f.status().peer.role === 'backup');
+    const next = haSchema.parse({
+      ...haInput(2), priority: 200, advert_interval: '40ms', max_clock_skew: '3s', garp: { count: 2, interval: '100ms' },
+      vip: '198.51.100.201/24', interface: 'eth-other',
+    });
+    expect(b.f.reconfigure(next)).toEqual({ restartRequired: ['ha.vip', 'ha.interface'] });
+    // b (200, preempt) discards a's adverts (150): its timer fires and it takes over; a steps down.
+    await until(() => b.f.status().role === 'master' && a.f.status().role === 'backup');
+    expect(b.roles.at(-1)?.cause).toMatch(/preempting a lower-priority master \(150 < 200\)/);
+    expect(a.roles.at(-1)?.cause).toMatch(/higher priority \(200 > 150\)/);
+    expect(b.f.status()).toMatchObject({ priority: 200, advert_interval_ms: 40, vips: ['198.51.100.200/24'], interface: 'eth-test' });
+    expect(b.f.settings).toMatchObject({ priority: 200, max_clock_skew: 3000, garp: { count: 2, interval: 100 }, interface: 'eth-test' });
+    // a hears the new interval in b's heartbeats: its master-down interval follows (§6.4.2).
+    await until(() => a.f.status().master_down_interval_ms === Math.round(3 * 40 + ((256 - 150) * 40) / 256));
+    // And back: b lowered under a (preempt on both) hands the VIP back.
+    b.f.reconfigure(haSchema.parse({ ...haInput(2), priority: 90 }));
+    await until(() => a.f.status().role === 'master' && b.f.status().role === 'backup');
+  });
+
+  it('reconfigure: a raised track minimum is checked at once', async () => {
+    const a = make(1, { backends: () => 1 });
+    await a.f.start();
+    await until(() => a.f.status().role === 'master');
+    a.f.reconfigure(haSchema.parse({ ...haInput(1), track: { min_backends_up: 2 } }));
+    expect(a.f.status().track).toMatchObject({ ok: false, min_backends_up: 2 });
+    expect(a.f.status()).toMatchObject({ role: 'master', wanted: 'fault' }); // alone: keeps the VIP
   });
 
   it('refuses to start without a usable secret', async () => {

@@ -212,6 +212,60 @@ describe('fault', () => {
   });
 });
 
+describe('reconfigure (a reload)', () => {
+  const settings = (priority: number, o: Partial<{ preempt: boolean; interval: number; deadAfter: number }> = {}) =>
+    ({ priority, advertIntervalMs: o.interval ?? 100, deadAfter: o.deadAfter ?? 3, preempt: o.preempt ?? true });
+
+  it('nothing changed: no step', () => {
+    const f = fsm(100);
+    f.start();
+    expect(f.reconfigure(settings(100))).toBeNull();
+  });
+  it('backupOnReconfigure: the timer restarts with the new Master_Down_Interval; a priority now above the master\'s preempts it', () => {
+    const f = fsm(100);
+    f.start();
+    expect(f.advert(advert('master', 150))?.handler).toBe('backupOnAdvert');
+    const s = f.reconfigure(settings(200, { deadAfter: 4 }));
+    expect(s).toMatchObject({ from: 'backup', to: 'backup', handler: 'backupOnReconfigure' });
+    expect(s?.cause).toBe('reconfigured: priority 100 → 200, dead_after 3 → 4');
+    expect(s?.actions).toEqual([{ type: 'armMasterDown', ms: masterDownInterval(200, 100, 4) }]);
+    // The master's adverts (150 < 200) are now discarded, so the timer fires: we take over.
+    expect(f.advert(advert('master', 150))).toBeNull();
+    expect(f.masterDown()?.cause).toMatch(/preempting a lower-priority master \(150 < 200\)/);
+  });
+  it('a backup given preempt false keeps resetting its timer on a lower master', () => {
+    const f = fsm(200);
+    f.start();
+    f.reconfigure(settings(200, { preempt: false }));
+    expect(f.advert(advert('master', 150))?.handler).toBe('backupOnAdvert');
+  });
+  it('masterOnReconfigure: tells the peer the new priority at once', () => {
+    const f = fsm(150);
+    toMaster(f);
+    const s = f.reconfigure(settings(90, { interval: 200 }));
+    expect(s).toMatchObject({ from: 'master', to: 'master', handler: 'masterOnReconfigure' });
+    expect(types(s)).toEqual(['sendAdvert(90)']);
+    expect(f.masterDownMs()).toBe(masterDownInterval(90, 200, 3));
+    // The peer, preempting with 100 > 90, becomes master: we step down on its advert.
+    expect(f.advert(advert('master', 100))?.handler).toBe('masterOnHigherPriority');
+  });
+  it('fault and init: the settings change, nothing else happens', () => {
+    const f = fsm(150);
+    f.trackFail('x');
+    f.start();
+    expect(f.reconfigure(settings(120))).toMatchObject({ to: 'fault', handler: 'faultOnReconfigure', actions: [] });
+    const g = fsm(150);
+    expect(g.reconfigure(settings(120))).toBeNull();
+    expect(g.priority).toBe(120);
+  });
+  it('refuses a priority outside 1–254 and changes nothing', () => {
+    const f = fsm(150);
+    f.start();
+    expect(() => f.reconfigure(settings(255))).toThrow(/ha.priority: must be an integer 1–254, got 255/);
+    expect(f.priority).toBe(150);
+  });
+});
+
 // ── two FSMs over a simulated network, virtual time ─────────────────────────────────────────────
 
 interface Node {

@@ -49,6 +49,8 @@ export interface Running {
 }
 
 export interface PairConfig {
+  /** Default: the node's own (NODES). */
+  priority?: number;
   preempt?: boolean;
   advertInterval?: string;
   deadAfter?: number;
@@ -122,7 +124,7 @@ ha:
   interface: eth0
   bind: ${self.hb}:7946
   peer: ${peer.hb}:7946
-  priority: ${self.priority}
+  priority: ${c.priority ?? self.priority}
   advert_interval: ${c.advertInterval ?? '100ms'}
   dead_after: ${c.deadAfter ?? 3}
   preempt: ${c.preempt ?? true}
@@ -209,6 +211,22 @@ ha:
     r.child.kill('SIGKILL');
     await r.exited;
     this.running.delete(node);
+  }
+
+  /** Rewrites the node's config file and sends SIGHUP; resolves with the reload's log line. */
+  async reload(node: NodeName, c: PairConfig): Promise<LogLine> {
+    const r = this.running.get(node);
+    if (!r) throw new Error(`${node} is not running`);
+    const seen = r.lines.length;
+    this.writeConfig(node, c);
+    r.child.kill('SIGHUP');
+    const deadline = Date.now() + 5000;
+    for (;;) {
+      const line = r.lines.slice(seen).find((l) => l.component === 'reload');
+      if (line) return line;
+      if (Date.now() > deadline) throw new Error(`${node}: no reload line within 5 s`);
+      await sleep(20);
+    }
   }
 
   async term(node: NodeName): Promise<number | null> {

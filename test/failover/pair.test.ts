@@ -110,6 +110,24 @@ describe.skipIf(!HAVE_NETNS)('failover pair in network namespaces', () => {
     expect(await p.holdsVip('lb2')).toBe(true);
   });
 
+  it('reload (SIGHUP): the backup given a higher priority takes the VIP, as keepalived\'s reload would have it', async () => {
+    await startPair({ preempt: true });
+    const line = await p.reload('lb2', { preempt: true, priority: 200 });
+    expect(line).toMatchObject({ msg: 'reload applied: 1 change', changes: ['ha.priority: 100 → 200'], restart_required: [] });
+    const took = await p.waitRole('lb2', 'master', 2000);
+    console.log(`reload with priority 200 → lb2 master after ${took} ms`);
+    await p.waitRole('lb1', 'backup', 1000);
+    expect(p.transitions('lb1').at(-1)?.handler).toBe('masterOnHigherPriority');
+    await p.waitVip('lb2', true);
+    await p.waitVip('lb1', false);
+    await p.waitServing(2000);
+    // A second reload: the advert interval changes in place, the master stays master.
+    const retimed = await p.reload('lb2', { preempt: true, priority: 200, advertInterval: '50ms' });
+    expect(retimed.changes).toEqual(['ha.advert_interval: 100 → 50']);
+    await sleep(500);
+    expect(p.role('lb2')).toBe('master');
+  });
+
   it('a partition of the heartbeat link makes two masters; healing leaves exactly one within an advert or two', async () => {
     await startPair();
     await p.partition(true);

@@ -1,8 +1,8 @@
 /**
  * The failover state machine: pure, no clock, no sockets, no commands. It is fed events (start,
- * an advert from the peer, the master-down timer firing, track changes, stop) and answers each
- * with a step `{ to, cause, actions }`; the driver (index.ts) runs the actions in order: VIP
- * commands, listener pause/resume, heartbeat sends and the master-down timer.
+ * an advert from the peer, the master-down timer firing, track changes, a reload's settings, stop)
+ * and answers each with a step `{ to, cause, actions }`; the driver (index.ts) runs the actions in
+ * order: VIP commands, listener pause/resume, heartbeat sends and the master-down timer.
  *
  * It follows VRRP (RFC 5798) where VRRP has something to say, and keepalived's vrrp.c in its
  * shape: one handler per state × event (`backupOnMasterDown`, `masterOnHigherPriority`, …) and a

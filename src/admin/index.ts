@@ -189,7 +189,8 @@ export async function startOperations(options: OperationsOptions): Promise<Opera
    * too — finish for up to ADMIN_MOVE_GRACE_MS.
    */
   async function applyWithAdmin(next: Config, applyConfig: (next: Config) => void | Promise<void>): Promise<void> {
-    const current = options.config().admin;
+    const before = options.config();
+    const current = before.admin;
     const moved = !sameListen(current?.listen, next.admin?.listen);
     const commitSettings = !moved && next.admin ? admin?.prepareAdminConfig(next.admin) : undefined;
     const fresh = moved && next.admin ? adminServer(next.admin) : undefined;
@@ -197,9 +198,10 @@ export async function startOperations(options: OperationsOptions): Promise<Opera
     try {
       await applyConfig(next);
     } finally {
-      // main's hook can throw after it made `next` the config in force (a service listener that
-      // could not bind): the admin server follows the config in force either way.
-      const inForce = options.config() === next;
+      // main's hook can throw after it put `next` in force (a service listener that could not
+      // bind): the admin server follows the config in force either way. (main puts in force a
+      // copy of `next`, with the ha settings it could apply, so the test is "no longer `before`".)
+      const inForce = options.config() !== before;
       if (!inForce) await fresh?.close();
       else if (!moved) commitSettings?.();
       else {

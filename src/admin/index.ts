@@ -22,12 +22,12 @@ import { Reloader } from './reload.ts';
 import { AdminServer, type AdminBalancer, type AdminState, type DescribedService, type ProbeRecord } from './server.ts';
 
 export { AdminServer } from './server.ts';
+export { Reloader } from './reload.ts';
 
 /** How long the admin server a reload moved away from lets its requests in flight finish. */
 export const ADMIN_MOVE_GRACE_MS = 5_000;
 
 const sameListen = (a: HostPort | undefined, b: HostPort | undefined): boolean => a?.host === b?.host && a?.port === b?.port;
-export { Reloader } from './reload.ts';
 
 /** A backend transition as the Balancer emits it ('backend-state'). */
 export interface BackendStateEvent {

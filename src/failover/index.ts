@@ -194,15 +194,15 @@ export class Failover extends EventEmitter<FailoverEvents> {
    * Applies a reloaded ha section: priority, advert_interval, dead_after and preempt go to the
    * state machine (a master tells its peer at once; a backup restarts its master-down timer),
    * max_clock_skew and the interval to the heartbeat, garp to the VIP manager, track is checked
-   * again now. The HA_RESTART_ONLY settings keep their running values; their names are returned.
+   * again now. The HA_RESTART_ONLY settings keep their running values (the reload reports them:
+   * src/admin/reload.ts diffConfigs).
    */
-  reconfigure(next: HaConfig): { restartRequired: string[] } {
+  reconfigure(next: HaConfig): void {
     const prev = this.config;
-    const restartRequired = HA_RESTART_ONLY.filter((k) => JSON.stringify(prev[k]) !== JSON.stringify(next[k])).map((k) => `ha.${k}`);
     const kept = Object.fromEntries(HA_RESTART_ONLY.map((k) => [k, prev[k]]));
     this.config = { ...next, ...kept } as HaConfig;
     const c = this.config;
-    if (this.stopped) return { restartRequired };
+    if (this.stopped) return;
     this.hb?.retime(c.advert_interval, staleWindowMs(c.dead_after, c.advert_interval, c.max_clock_skew));
     this.vip.setGarp(c.garp);
     if (c.advert_interval !== prev.advert_interval && this.tickTimer) {
@@ -211,7 +211,6 @@ export class Failover extends EventEmitter<FailoverEvents> {
     }
     this.handle(this.fsm.reconfigure({ priority: c.priority, advertIntervalMs: c.advert_interval, deadAfter: c.dead_after, preempt: c.preempt }));
     if (JSON.stringify(c.track) !== JSON.stringify(prev.track) && this.tickTimer) this.checkTrack();
-    return { restartRequired };
   }
 
   status(): FailoverStatus {

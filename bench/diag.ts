@@ -4,18 +4,22 @@
  * proxy's user and system time read from /proc around every run.
  *
  *   node bench/diag.ts [--scenario rr|churn|bulk] [--against fulcrum|minimal] [--runs 3]
- *                      [--seconds 3] [--conns 50] [--haproxy-bufsize 65536] [--syscalls]
+ *                      [--seconds 3] [--conns 50] [--haproxy-bufsize 65536] [--syscalls] [--sched]
  *
  * --against minimal   bench/diag/minimal-proxy.ts (the floor of Node's handles) instead of fulcrum
  * --conns             concurrent connections (default: 50, bulk 4; 1 shows one request's way)
  * --haproxy-bufsize   HAProxy's tune.bufsize (its default is 16 KiB; fulcrum's buffers grow to 64)
  * --syscalls          also counts each proxy's system calls per request/connection (perf stat on
  *                     the syscall tracepoints; needs root and perf)
+ * --sched             also records the scheduler during each run (perf sched record, then perf
+ *                     sched timehist) and prints, for every busy thread on the machine (the proxy's,
+ *                     the backends', the load generator's): times switched out, time asleep, and
+ *                     the scheduling delay (woken → running) p50/p99/max; needs root and perf
  *
  * Prints one line per run and the medians. Backends and proxies use 127.6.5.0/24 (bench/run.ts
  * uses 127.6.0–2).
  */
-import { spawn } from 'node:child_process';
+import { execFileSync, spawn } from 'node:child_process';
 import { readFileSync, rmSync } from 'node:fs';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
@@ -32,6 +36,7 @@ const { values: flags } = parseArgs({
     conns: { type: 'string' },
     'haproxy-bufsize': { type: 'string' },
     syscalls: { type: 'boolean', default: false },
+    sched: { type: 'boolean', default: false },
   },
 });
 const scenario = flags.scenario as 'rr' | 'churn' | 'bulk';
@@ -66,6 +71,41 @@ function countSyscalls(pid: number, seconds: number): Promise<Record<string, num
   });
 }
 
+/**
+ * perf sched over the run's window: per thread with 100+ switches, how often it was switched out,
+ * how long it slept and how long it waited for a core once woken. Null without --sched.
+ */
+function recordSched(seconds: number): Promise<string[]> | null {
+  if (!flags.sched) return null;
+  const data = path.join(OUT_DIR, `diag-sched-${process.pid}.data`);
+  const child = spawn('perf', ['sched', 'record', '-o', data, '--', 'sleep', String(seconds)], { stdio: 'ignore' });
+  return new Promise((resolve, reject) => {
+    child.once('error', reject);
+    child.once('exit', () => {
+      const text = execFileSync('perf', ['sched', 'timehist', '-i', data], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'], maxBuffer: 256 << 20 });
+      rmSync(data, { force: true });
+      // Lines: time, [cpu], task name, wait time, sch delay, run time (ms); three header lines.
+      const perTask = new Map<string, { waits: number; delays: number[] }>();
+      for (const line of text.split('\n').slice(3)) {
+        const f = line.trim().split(/\s+/);
+        if (f.length < 6) continue;
+        const [wait, delay] = [Number(f[f.length - 3]), Number(f[f.length - 2])];
+        const task = f.slice(2, f.length - 3).join(' ');
+        if (!Number.isFinite(wait) || !Number.isFinite(delay) || task.startsWith('<idle>')) continue;
+        const t = perTask.get(task) ?? { waits: 0, delays: [] };
+        t.waits += wait;
+        t.delays.push(delay);
+        perTask.set(task, t);
+      }
+      const q = (a: number[], p: number) => a[Math.min(a.length - 1, Math.floor(p * a.length))];
+      resolve([...perTask].filter(([, t]) => t.delays.length >= 100).sort((a, b) => b[1].delays.length - a[1].delays.length).map(([task, t]) => {
+        const d = t.delays.sort((x, y) => x - y);
+        return `${task}: switched out ${d.length}, asleep ${t.waits.toFixed(0)} ms, scheduling delay p50 ${q(d, 0.5).toFixed(3)} p99 ${q(d, 0.99).toFixed(3)} max ${d[d.length - 1].toFixed(3)} ms`;
+      }));
+    });
+  });
+}
+
 async function main(): Promise<void> {
   buildLoadgen();
   const backends = await Promise.all([
@@ -84,6 +124,7 @@ async function main(): Promise<void> {
         const target = scenario === 'bulk' ? p.listen.sink : p.listen.echo;
         const c0 = cpuTimes(p.pid);
         const counting = countSyscalls(p.pid, seconds);
+        const scheduling = recordSched(seconds);
         const res = await runClient({
           mode: scenario, targets: [target], conns: flags.conns ? Number(flags.conns) : scenario === 'bulk' ? 4 : 50, durationS: seconds, warmupS: 0,
           source: scenario === 'churn' ? { base: `${NET}.201`, count: 32 } : undefined,
@@ -103,6 +144,7 @@ async function main(): Promise<void> {
           const counts = await counting;
           console.log(`  syscalls per ${unit}: ` + Object.entries(counts).map(([k, v]) => `${k} ${(v / work).toFixed(2)}`).join(', '));
         }
+        if (scheduling) for (const l of await scheduling) console.log(`  ${l}`);
       }
     }
     const a = median(perCpu[subject.name]);

@@ -39,7 +39,7 @@ export function compileRelay(out = RELAY_NODE, defines: string[] = []): RelayBui
   if (headers === undefined) return { ok: false, missing: 'headers', message: 'no Node headers (node_api.h) beside this Node or in node_modules' };
   mkdirSync(dirname(out), { recursive: true });
   const cc = process.env.CC ?? 'cc';
-  const args = ['-O2', '-fPIC', '-shared', '-Wall', '-Wextra', '-Werror', ...defines.map((d) => `-D${d}`), '-I', headers, '-o', out, SOURCE];
+  const args = ['-O2', '-fPIC', '-shared', '-pthread', '-Wall', '-Wextra', '-Werror', ...defines.map((d) => `-D${d}`), '-I', headers, '-o', out, SOURCE];
   try {
     execFileSync(cc, args, { stdio: ['ignore', 'inherit', 'inherit'] });
     return { ok: true };

@@ -30,6 +30,17 @@
  *
  * Counters JS reads (shared Float64Array `stats`, STAT_FIELDS doubles per slot): bytes client →
  * server, bytes server → client, and an activity count JS's timeout sweep compares between sweeps.
+ *
+ * Spreading connections over the workers: each worker listens on the service's address with
+ * SO_REUSEPORT, and the kernel picks the listener by a hash of the client's address and port, not
+ * by load (HAProxy gives each connection to its least-loaded thread). With long-lived connections
+ * (database pools, the benchmark's rr) a hash spread of 50 can be 30 / 20 for their whole life. So
+ * a relay that accepts a connection while it holds two or more client connections more than
+ * another relay listening on the same address hands the new one over (steer()): the socket goes
+ * into that relay's inbox and its eventfd wakes it; it reports EV_ACCEPT on its own listener for
+ * that address, as if the kernel had queued the connection there. JavaScript sees nothing of it.
+ * The registry of relays, their inboxes and their listener tables (read by other threads) are
+ * guarded by one mutex; the loads are atomics read without it.
  */
 #define _GNU_SOURCE /* accept4 */
 #define NAPI_VERSION 8
@@ -41,10 +52,13 @@
 #include <netinet/in.h>
 #include <netdb.h>
 #include <netinet/tcp.h>
+#include <pthread.h>
+#include <stdatomic.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
+#include <sys/eventfd.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -69,6 +83,7 @@
 #define CLIENT 0
 #define SERVER 1
 #define LISTENER 2
+#define INBOX 3 /* the relay's eventfd: connections another relay handed over */
 
 /* Per read: the JS path's largest read buffer (splice.ts READ_BUFFER_SIZE). */
 #define SCRATCH_SIZE (64 * 1024)
@@ -95,10 +110,23 @@ typedef struct {
   int cause;      /* END_* of the first EOF, 0 before */
 } Session;
 
+/* A connection another relay accepted and handed over: the listener address it came to, and the
+   EV_ACCEPT fields (family << 16 | port, address bytes) it already computed. */
+typedef struct {
+  int fd;
+  struct sockaddr_storage to;
+  int32_t from[5];
+} Handoff;
+
 typedef struct {
   napi_env env;
   uv_poll_t poll;
   int epfd;
+  int rid;        /* index in the registry (-1: not registered: no steering) */
+  int inbox_fd;   /* eventfd another relay writes after filling `inbox` */
+  Handoff *inbox; /* under g_lock */
+  uint32_t ninbox, inbox_cap;
+  struct sockaddr_storage *lkeys; /* the bound address per listener id (under g_lock) */
   napi_async_cleanup_hook_handle cleanup;
   Session **slots;
   uint32_t nslots;
@@ -121,6 +149,35 @@ typedef struct {
   napi_async_context actx;
   uint8_t scratch[SCRATCH_SIZE];
 } Relay;
+
+/* ── the registry of relays (one per worker thread of this process) ─────────────────────────── */
+
+#define MAX_RELAYS 64
+static pthread_mutex_t g_lock = PTHREAD_MUTEX_INITIALIZER;
+static Relay *g_relays[MAX_RELAYS];
+/* Client connections each relay holds: accepted here or handed over, not closed yet. INT32_MAX
+   for a free registry slot, so a scan for the least loaded skips it without the lock. */
+static _Atomic int32_t g_load[MAX_RELAYS];
+static pthread_once_t g_once = PTHREAD_ONCE_INIT;
+static void init_loads(void) {
+  for (int i = 0; i < MAX_RELAYS; i++) atomic_store(&g_load[i], INT32_MAX);
+}
+
+static int same_address(const struct sockaddr_storage *a, const struct sockaddr_storage *b) {
+  if (a->ss_family != b->ss_family) return 0;
+  if (a->ss_family == AF_INET) {
+    const struct sockaddr_in *x = (const void *)a, *y = (const void *)b;
+    return x->sin_port == y->sin_port && x->sin_addr.s_addr == y->sin_addr.s_addr;
+  }
+  const struct sockaddr_in6 *x = (const void *)a, *y = (const void *)b;
+  return x->sin6_port == y->sin6_port && memcmp(&x->sin6_addr, &y->sin6_addr, 16) == 0;
+}
+
+/* The listener id of `r` bound to `to`, or -1. Called with g_lock held, or on r's own thread. */
+static int listener_for(Relay *r, const struct sockaddr_storage *to) {
+  for (uint32_t i = 0; i < r->nlisteners; i++) if (r->listeners[i] >= 0 && same_address(&r->lkeys[i], to)) return (int)i;
+  return -1;
+}
 
 /* The epoll key of one socket: id (slot or listener), kind and fd (a key whose fd no longer matches is stale). */
 static inline uint64_t key_of(uint32_t id, int kind, int fd) {
@@ -149,14 +206,18 @@ static int32_t *push_event(Relay *r, int type, uint32_t id, int32_t a) {
   return e;
 }
 
-/* Closes a socket; one accepted here leaves the accepted set. */
+/* Closes a socket; one accepted here leaves the accepted set (and this relay's load). */
 static void close_fd(Relay *r, int fd) {
-  if ((uint32_t)fd < r->naccepted) r->accepted[fd] = 0;
+  if ((uint32_t)fd < r->naccepted && r->accepted[fd]) {
+    r->accepted[fd] = 0;
+    if (r->rid >= 0) atomic_fetch_sub_explicit(&g_load[r->rid], 1, memory_order_relaxed);
+  }
   close(fd);
 }
 
-/* Records an accepted socket; 0 if there is no memory to (the socket is then refused). */
-static int remember(Relay *r, int fd) {
+/* Records an accepted socket (`count`: it adds to this relay's load; a handed-over one was counted
+   when it was handed); 0 if there is no memory to (the socket is then refused). */
+static int remember(Relay *r, int fd, int count) {
   if ((uint32_t)fd >= r->naccepted) {
     uint32_t n = r->naccepted == 0 ? 1024 : r->naccepted;
     while (n <= (uint32_t)fd) n *= 2;
@@ -167,6 +228,7 @@ static int remember(Relay *r, int fd) {
     r->naccepted = n;
   }
   r->accepted[fd] = 1;
+  if (count && r->rid >= 0) atomic_fetch_add_explicit(&g_load[r->rid], 1, memory_order_relaxed);
   return 1;
 }
 
@@ -344,6 +406,92 @@ static inline int room_to_accept(Relay *r) {
   return (size_t)(r->nev + 2 * MAX_EVENTS + 1) * EV_FIELDS <= r->events_len;
 }
 
+/* Highest registry index in use + 1: how far the scans go. */
+static _Atomic int g_nrid;
+
+/*
+ * HOT: once per accepted connection. Hands `fd` over to the least-loaded relay that listens on
+ * the same address, if this one holds two or more client connections more than it; 1 if handed.
+ * Balanced (the usual case), it costs one scan of the loads, without the lock.
+ */
+static int steer(Relay *r, uint32_t lid, int fd, const int32_t from[5]) {
+  int n = atomic_load_explicit(&g_nrid, memory_order_relaxed);
+  int32_t mine = atomic_load_explicit(&g_load[r->rid], memory_order_relaxed);
+  int32_t least = INT32_MAX;
+  for (int i = 0; i < n; i++) {
+    int32_t l = atomic_load_explicit(&g_load[i], memory_order_relaxed);
+    if (i != r->rid && l < least) least = l;
+  }
+  if (least == INT32_MAX || mine < least + 2) return 0;
+  int handed = 0;
+  pthread_mutex_lock(&g_lock);
+  int best = -1;
+  int32_t best_load = mine - 1;
+  for (int i = 0; i < n; i++) {
+    Relay *t = g_relays[i];
+    if (t == NULL || t == r) continue;
+    int32_t l = atomic_load_explicit(&g_load[i], memory_order_relaxed);
+    if (l < best_load && listener_for(t, &r->lkeys[lid]) >= 0) {
+      best = i;
+      best_load = l;
+    }
+  }
+  if (best >= 0) {
+    Relay *t = g_relays[best];
+    if (t->ninbox == t->inbox_cap) {
+      uint32_t cap = t->inbox_cap == 0 ? 64 : t->inbox_cap * 2;
+      Handoff *grown = realloc(t->inbox, cap * sizeof(Handoff));
+      if (grown != NULL) {
+        t->inbox = grown;
+        t->inbox_cap = cap;
+      }
+    }
+    if (t->ninbox < t->inbox_cap) {
+      Handoff *h = &t->inbox[t->ninbox++];
+      h->fd = fd;
+      h->to = r->lkeys[lid];
+      memcpy(h->from, from, sizeof(h->from));
+      atomic_fetch_add_explicit(&g_load[best], 1, memory_order_relaxed);
+      uint64_t one = 1;
+      if (write(t->inbox_fd, &one, sizeof(one)) < 0) { /* the counter is far from overflowing: cannot fail */ }
+      handed = 1;
+    }
+  }
+  pthread_mutex_unlock(&g_lock);
+  return handed;
+}
+
+/* The inbox's eventfd is readable: each connection handed over becomes an EV_ACCEPT here. */
+static void adopt(Relay *r) {
+  uint64_t count;
+  if (read(r->inbox_fd, &count, sizeof(count)) < 0) { /* EAGAIN: woken for entries already taken */ }
+  pthread_mutex_lock(&g_lock);
+  uint32_t i = 0;
+  for (; i < r->ninbox && room_to_accept(r); i++) {
+    Handoff *h = &r->inbox[i];
+    int lid = listener_for(r, &h->to);
+    /* The listener for that address closed meanwhile (pause, move): the connection is closed, as
+       the kernel does with the connections queued on a listener that closes. */
+    if (lid < 0 || !remember(r, h->fd, 0)) {
+      close(h->fd);
+      atomic_fetch_sub_explicit(&g_load[r->rid], 1, memory_order_relaxed);
+      continue;
+    }
+    int32_t *e = push_event(r, EV_ACCEPT, (uint32_t)lid, h->fd);
+    memcpy(&e[3], h->from, sizeof(h->from));
+  }
+  if (i > 0) {
+    memmove(r->inbox, r->inbox + i, (r->ninbox - i) * sizeof(Handoff));
+    r->ninbox -= i;
+  }
+  if (r->ninbox > 0) {
+    /* No room for the rest in this wake's events: wake again for them. */
+    uint64_t one = 1;
+    if (write(r->inbox_fd, &one, sizeof(one)) < 0) { /* cannot fail, see steer() */ }
+  }
+  pthread_mutex_unlock(&g_lock);
+}
+
 /* A listener is readable: up to MAX_ACCEPT connections, each an EV_ACCEPT (the rest wait for the next wake). */
 static void on_acceptable(Relay *r, uint32_t lid, int lfd) {
   for (int i = 0; i < MAX_ACCEPT && room_to_accept(r); i++) {
@@ -361,20 +509,23 @@ static void on_acceptable(Relay *r, uint32_t lid, int lfd) {
       epoll_ctl(r->epfd, EPOLL_CTL_MOD, lfd, &e);
       return;
     }
-    if (!remember(r, fd)) {
+    int32_t from[5] = {0};
+    if (ss.ss_family == AF_INET6) {
+      struct sockaddr_in6 *a = (struct sockaddr_in6 *)&ss;
+      from[0] = (6 << 16) | ntohs(a->sin6_port);
+      memcpy(&from[1], &a->sin6_addr, 16);
+    } else {
+      struct sockaddr_in *a = (struct sockaddr_in *)&ss;
+      from[0] = (4 << 16) | ntohs(a->sin_port);
+      memcpy(&from[1], &a->sin_addr, 4);
+    }
+    if (r->rid >= 0 && steer(r, lid, fd, from)) continue;
+    if (!remember(r, fd, 1)) {
       close(fd);
       continue;
     }
     int32_t *e = push_event(r, EV_ACCEPT, lid, fd);
-    if (ss.ss_family == AF_INET6) {
-      struct sockaddr_in6 *a = (struct sockaddr_in6 *)&ss;
-      e[3] = (6 << 16) | ntohs(a->sin6_port);
-      memcpy(&e[4], &a->sin6_addr, 16);
-    } else {
-      struct sockaddr_in *a = (struct sockaddr_in *)&ss;
-      e[3] = (4 << 16) | ntohs(a->sin_port);
-      memcpy(&e[4], &a->sin_addr, 4);
-    }
+    memcpy(&e[3], from, sizeof(from));
   }
 }
 
@@ -408,6 +559,10 @@ static void on_poll(uv_poll_t *h, int status, int events) {
     int kind = (int)((k >> 32) & 3);
     uint32_t id = (uint32_t)(k >> 34);
     uint32_t e = evs[i].events;
+    if (kind == INBOX) {
+      adopt(r);
+      continue;
+    }
     if (kind == LISTENER) {
       if (id < r->nlisteners && r->listeners[id] == fd) on_acceptable(r, id, fd);
       continue;
@@ -528,6 +683,18 @@ static void on_poll_closed(uv_handle_t *h) {
 static void on_env_cleanup(napi_async_cleanup_hook_handle handle, void *arg) {
   Relay *r = arg;
   r->cleanup = handle;
+  /* Out of the registry first: no other relay hands connections over or reads the listener table
+     once this returns; what is still in the inbox goes with the worker, as its own accepts do. */
+  if (r->rid >= 0) {
+    pthread_mutex_lock(&g_lock);
+    g_relays[r->rid] = NULL;
+    atomic_store(&g_load[r->rid], INT32_MAX);
+    for (uint32_t i = 0; i < r->ninbox; i++) close(r->inbox[i].fd);
+    r->ninbox = 0;
+    pthread_mutex_unlock(&g_lock);
+  }
+  free(r->inbox);
+  if (r->inbox_fd >= 0) close(r->inbox_fd);
   for (uint32_t i = 0; i < r->nslots; i++) {
     Session *s = r->slots[i];
     if (s == NULL) continue;
@@ -540,11 +707,35 @@ static void on_env_cleanup(napi_async_cleanup_hook_handle handle, void *arg) {
   for (uint32_t i = 0; i < r->nlisteners; i++) if (r->listeners[i] >= 0) close(r->listeners[i]);
   free(r->slots);
   free(r->listeners);
+  free(r->lkeys);
   free(r->accepted);
   close(r->epfd);
   napi_async_destroy(r->env, r->actx);
   uv_poll_stop(&r->poll);
   uv_close((uv_handle_t *)&r->poll, on_poll_closed);
+}
+
+/* Joins the registry with an inbox (an eventfd in the epoll set); without one (64 workers, no
+   eventfd) the relay works alone: it neither hands over nor takes connections. */
+static void register_relay(Relay *r) {
+  pthread_once(&g_once, init_loads);
+  r->rid = -1;
+  r->inbox_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+  if (r->inbox_fd < 0) return;
+  struct epoll_event e;
+  e.events = EPOLLIN;
+  e.data.u64 = key_of(0, INBOX, r->inbox_fd);
+  if (epoll_ctl(r->epfd, EPOLL_CTL_ADD, r->inbox_fd, &e) != 0) return;
+  pthread_mutex_lock(&g_lock);
+  for (int i = 0; i < MAX_RELAYS; i++) {
+    if (g_relays[i] != NULL) continue;
+    g_relays[i] = r;
+    atomic_store(&g_load[i], 0);
+    r->rid = i;
+    if (i >= atomic_load(&g_nrid)) atomic_store(&g_nrid, i + 1);
+    break;
+  }
+  pthread_mutex_unlock(&g_lock);
 }
 
 /* init(stats: Float64Array, events: Int32Array, onEvents(n)): once per worker. */
@@ -583,6 +774,7 @@ static napi_value js_init(napi_env env, napi_callback_info info) {
     return throw_msg(env, "relay: uv_poll_init failed");
   }
   r->poll.data = r;
+  register_relay(r);
   uv_poll_start(&r->poll, UV_READABLE, on_poll);
   uv_unref((uv_handle_t *)&r->poll); /* referenced only while it has sessions or listeners */
   napi_create_reference(env, argv[0], 1, &r->stats_ref);
@@ -634,12 +826,19 @@ static napi_value js_listen(napi_env env, napi_callback_info info) {
   uint32_t lid = 0;
   while (lid < r->nlisteners && r->listeners[lid] >= 0) lid++;
   if (lid == r->nlisteners) {
+    /* Other relays read these tables while steering: grown under the lock. */
     uint32_t n = r->nlisteners == 0 ? 8 : r->nlisteners * 2;
+    pthread_mutex_lock(&g_lock);
     int *grown = realloc(r->listeners, n * sizeof(int));
-    if (grown == NULL) return int_value(env, -ENOMEM);
-    for (uint32_t i = r->nlisteners; i < n; i++) grown[i] = -1;
-    r->listeners = grown;
-    r->nlisteners = n;
+    struct sockaddr_storage *keys = grown == NULL ? NULL : realloc(r->lkeys, n * sizeof(struct sockaddr_storage));
+    if (grown != NULL) r->listeners = grown;
+    if (keys != NULL) {
+      r->lkeys = keys;
+      for (uint32_t i = r->nlisteners; i < n; i++) r->listeners[i] = -1;
+      r->nlisteners = n;
+    }
+    pthread_mutex_unlock(&g_lock);
+    if (keys == NULL) return int_value(env, -ENOMEM);
   }
   int fd = socket(ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
   if (fd < 0) return int_value(env, -errno);
@@ -655,7 +854,13 @@ static napi_value js_listen(napi_env env, napi_callback_info info) {
   e.events = EPOLLIN;
   e.data.u64 = key_of(lid, LISTENER, fd);
   if (epoll_ctl(r->epfd, EPOLL_CTL_ADD, fd, &e) != 0) goto fail;
+  struct sockaddr_storage bound;
+  socklen_t blen = sizeof(bound);
+  if (getsockname(fd, (struct sockaddr *)&bound, &blen) != 0) goto fail;
+  pthread_mutex_lock(&g_lock);
   r->listeners[lid] = fd;
+  r->lkeys[lid] = bound;
+  pthread_mutex_unlock(&g_lock);
   ref_up(r);
   return int_value(env, (int32_t)lid);
 fail: {
@@ -682,8 +887,10 @@ static napi_value js_close_listener(napi_env env, napi_callback_info info) {
   Relay *r;
   uint32_t lid;
   if (!listener_arg(env, info, &r, &lid)) return NULL;
+  pthread_mutex_lock(&g_lock);
   close(r->listeners[lid]);
   r->listeners[lid] = -1;
+  pthread_mutex_unlock(&g_lock);
   ref_down(r);
   return NULL;
 }

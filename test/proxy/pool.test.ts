@@ -6,14 +6,14 @@ import { execFileSync } from 'node:child_process';
 import { lookup } from 'node:dns/promises';
 import { closeSync, constants as fsConstants, openSync } from 'node:fs';
 import { mkdtemp, open, rm } from 'node:fs/promises';
-import { createServer } from 'node:net';
+import { createServer, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { parseConfig } from '../../src/config/load.ts';
 import type { FulcrumHandle } from '../../src/main.ts';
 import { reusePortSupport } from '../../src/proxy/pool.ts';
-import { B_ACTIVE, backendAddr, serviceAddr, S_ACTIVE, S_QUEUED } from '../../src/shm/layout.ts';
+import { B_ACTIVE, backendAddr, serviceAddr, S_ACTIVE, S_QUEUED, tallyAddr, T_SERVICE_HELD } from '../../src/shm/layout.ts';
 import { connectClient, freePort, readLine, startNamedServer, waitFor, type TestServer } from '../helpers/net.ts';
 import { startProxy } from './harness.ts';
 
@@ -171,6 +171,40 @@ describe('worker pool', () => {
     s.destroy();
     expect(await proxy.reload(parseConfig(yaml(svc('p', port, [b])), '<test>'))).toEqual([]);
     expect(await who(port)).toBe('b');
+  });
+
+  it.skipIf(process.env.FULCRUM_RELAY === 'off')('spreads long-lived connections evenly over the workers, whatever the kernel\'s hash', async () => {
+    // 40 connections held open from one client address: SO_REUSEPORT alone puts each on a worker
+    // by a hash of its source port (a 26 / 14 split is as likely as not to be beaten); a relay
+    // that holds two more than another hands the new connection over.
+    const p5 = await freePort(HOST);
+    expect(await proxy.reload(parseConfig(yaml(svc('p', port, [b]) + svc('spread', p5, [a])), '<test>'))).toEqual([]);
+    const i32 = new Int32Array(proxy.memory.buffer);
+    const svcIndex = proxy.balancer.serviceIndex('spread');
+    const held = (): number[] => [0, 1].map((w) => Atomics.load(i32, (tallyAddr(w) + T_SERVICE_HELD + svcIndex * 4) >> 2));
+    const clients: Socket[] = [];
+    try {
+      // After every connection (the hash alone would wander off as a random walk does: staying
+      // within ±2 for 40 steps happens about once in a hundred).
+      let widest = 0;
+      for (let i = 0; i < 40; i++) {
+        const c = await connectClient(p5, HOST);
+        expect(await readLine(c)).toBe('a');
+        clients.push(c);
+        const [w0, w1] = held();
+        expect(w0 + w1).toBe(i + 1);
+        widest = Math.max(widest, Math.abs(w0 - w1));
+      }
+      expect(widest).toBeLessThanOrEqual(2);
+      // Every one of them still works both ways.
+      for (const [i, c] of clients.entries()) {
+        c.write(`ping ${i}\n`);
+        expect(await readLine(c)).toBe(`ping ${i}`);
+      }
+    } finally {
+      for (const c of clients) c.destroy();
+    }
+    expect(await proxy.reload(parseConfig(yaml(svc('p', port, [b])), '<test>'))).toEqual([]);
   });
 
   it('restarts a crashed worker, and keeps serving meanwhile', async () => {

@@ -406,6 +406,19 @@ static inline int room_to_accept(Relay *r) {
   return (size_t)(r->nev + 2 * MAX_EVENTS + 1) * EV_FIELDS <= r->events_len;
 }
 
+/* An address as events and localAddress() carry it: family << 16 | port, then the address bytes. */
+static void encode_address(const struct sockaddr_storage *ss, int32_t out[5]) {
+  if (ss->ss_family == AF_INET6) {
+    const struct sockaddr_in6 *a = (const struct sockaddr_in6 *)ss;
+    out[0] = (6 << 16) | ntohs(a->sin6_port);
+    memcpy(&out[1], &a->sin6_addr, 16);
+  } else {
+    const struct sockaddr_in *a = (const struct sockaddr_in *)ss;
+    out[0] = (4 << 16) | ntohs(a->sin_port);
+    memcpy(&out[1], &a->sin_addr, 4);
+  }
+}
+
 /* Highest registry index in use + 1: how far the scans go. */
 static _Atomic int g_nrid;
 
@@ -510,15 +523,7 @@ static void on_acceptable(Relay *r, uint32_t lid, int lfd) {
       return;
     }
     int32_t from[5] = {0};
-    if (ss.ss_family == AF_INET6) {
-      struct sockaddr_in6 *a = (struct sockaddr_in6 *)&ss;
-      from[0] = (6 << 16) | ntohs(a->sin6_port);
-      memcpy(&from[1], &a->sin6_addr, 16);
-    } else {
-      struct sockaddr_in *a = (struct sockaddr_in *)&ss;
-      from[0] = (4 << 16) | ntohs(a->sin_port);
-      memcpy(&from[1], &a->sin_addr, 4);
-    }
+    encode_address(&ss, from);
     if (r->rid >= 0 && steer(r, lid, fd, from)) continue;
     if (!remember(r, fd, 1)) {
       close(fd);
@@ -1095,16 +1100,7 @@ static napi_value js_local_address(napi_env env, napi_callback_info info) {
   struct sockaddr_storage ss;
   socklen_t len = sizeof(ss);
   if (getsockname(fd, (struct sockaddr *)&ss, &len) != 0) return int_value(env, -errno);
-  int32_t *o = out;
-  if (ss.ss_family == AF_INET6) {
-    struct sockaddr_in6 *a = (struct sockaddr_in6 *)&ss;
-    o[0] = (6 << 16) | ntohs(a->sin6_port);
-    memcpy(&o[1], &a->sin6_addr, 16);
-  } else {
-    struct sockaddr_in *a = (struct sockaddr_in *)&ss;
-    o[0] = (4 << 16) | ntohs(a->sin_port);
-    memcpy(&o[1], &a->sin_addr, 4);
-  }
+  encode_address(&ss, out);
   return int_value(env, 0);
 }
 

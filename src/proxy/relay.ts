@@ -7,17 +7,19 @@
  *
  * Shared with relay.c (checked at load against its `constants()`):
  *
- *   events: Int32Array, EV_FIELDS per event, n of them per onEvents(n) call
- *   ┌──────┬──────────┬──────────────────┬───────────────────────┬──────────────────────────┐
- *   │ type │ id       │ a                │ b                     │ c d e f                  │
- *   ├──────┼──────────┼──────────────────┼───────────────────────┼──────────────────────────┤
- *   │ ACCEPT          │ listener │ client fd │ family << 16 | port │ address bytes (4 or 16)  │
- *   │ ACCEPT_ERROR    │ listener │ -errno    │ (the listener is paused until resume(id))      │
- *   │ CONNECTED       │ slot     │           │                                                │
- *   │ CONNECT_FAILED  │ slot     │ -errno    │ (backend socket closed, client socket kept)    │
- *   │ ENDED           │ slot     │ END_*     │ (sockets closed, but a Node-owned client's)    │
- *   │ CLIENT_GONE     │ slot     │           │ (a watched, queued client left; socket kept)   │
- *   └─────────────────┴──────────┴───────────┴────────────────────────────────────────────────┘
+ *   events: Int32Array, EV_FIELDS (8) int32 per event, n of them per onEvents(n) call
+ *   ┌────────────────┬──────────┬───────────┬─────────────────────┬─────────────────────────┐
+ *   │ [0] type       │ [1] id   │ [2] a     │ [3] b               │ [4..7] c d e f          │
+ *   ├────────────────┼──────────┼───────────┼─────────────────────┼─────────────────────────┤
+ *   │ ACCEPT         │ listener │ client fd │ family << 16 | port │ address bytes (4 or 16) │
+ *   │ ACCEPT_ERROR   │ listener │ -errno    │ (the listener is paused until resume(id))     │
+ *   │ CONNECTED      │ slot     │           │                                               │
+ *   │ CONNECT_FAILED │ slot     │ -errno    │ (backend socket closed, client socket kept)   │
+ *   │ ENDED          │ slot     │ END_*     │ (sockets closed, but a Node-owned client's)   │
+ *   │ CLIENT_GONE    │ slot     │           │ (a watched, queued client left; socket kept)  │
+ *   └────────────────┴──────────┴───────────┴───────────────────────────────────────────────┘
+ *   An ACCEPT may carry a connection another worker's relay accepted and handed over (relay.c:
+ *   the workers even out their connections); it comes on this worker's listener for that address.
  *
  *   stats: Float64Array, STAT_FIELDS per slot: bytes client → server, bytes server → client, and
  *   an activity count (chunks moved) the timeout sweep compares between sweeps: no clock read

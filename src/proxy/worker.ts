@@ -1,6 +1,7 @@
 /**
  * A data-plane worker thread: its own engine instance over the shared memory, one listener per
- * service (reusePort, so the kernel spreads accepts among workers), the sessions of
+ * service (reusePort, so the kernel spreads accepts among workers; with the relay, a worker
+ * holding two connections more than another hands new ones over: relay.c), the sessions of
  * splice.ts. Started by pool.ts; everything it is told arrives as a MainToWorker message.
  */
 import { lookup } from 'node:dns/promises';

@@ -125,6 +125,7 @@ export async function startFulcrum(initial: Config, options: StartOptions = {}):
   // ── reload and stop ───────────────────────────────────────────────────────
   async function reload(next: Config): Promise<ListenProblem[]> {
     const prevLogging = config.logging;
+    const prevWorkers = config.workers;
     balancer.apply(next);
     // ha: what can change in place is applied (src/failover reconfigure); the pair's identity
     // (HA_RESTART_ONLY), and adding or removing the section, wait for a restart (the reload reports
@@ -136,7 +137,10 @@ export async function startFulcrum(initial: Config, options: StartOptions = {}):
       await pool.setLogging({ level: next.logging.level, connections: next.logging.connections });
     }
     health.update(next);
-    return syncServices();
+    const problems = await syncServices();
+    // workers: new ones start with the table just sent; retired ones drain for shutdown_grace.
+    if (next.workers !== prevWorkers) problems.push(...await pool.resize(resolveWorkers(next), next.shutdown_grace));
+    return problems;
   }
 
   /** Sends the workers the current table: after a reload, and after runtime backend changes. */

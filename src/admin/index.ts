@@ -78,8 +78,6 @@ export interface OperationsOptions {
   killSessions?: (service: string, address: string) => number | Promise<number>;
   health?: OperationsHealth;
   failover?: OperationsFailover;
-  /** Worker threads (bounds the counter slots summed; MAX_WORKERS if omitted). */
-  workers?: number;
   /** Reload on SIGHUP (default true when configFile is given). */
   signals?: boolean;
   /** More fields for /api/status. */
@@ -100,7 +98,7 @@ export interface Operations {
 export async function startOperations(options: OperationsOptions): Promise<Operations> {
   const log = options.logger.child({ component: 'operations' });
   const { balancer, health, failover } = options;
-  const stats = new Stats(options.memory, options.workers);
+  const stats = new Stats(options.memory);
   const directory = (): readonly DescribedService[] => balancer.describe();
 
   let reloader: Reloader | undefined;
@@ -275,7 +273,6 @@ export async function startOperationsFor(
     },
     health: options.health ?? handle.health,
     failover: options.failover ?? handle.failover ?? undefined,
-    workers: handle.pool.size,
     signals: options.signals ?? false,
     status: options.status,
   });

@@ -3,9 +3,11 @@
  * with every problem (the API returns them, SIGHUP logs them) and the running config keeps
  * serving untouched. A valid one is handed to the `apply` hook of src/main.ts, which applies it as
  * a difference (balancer.apply, the workers' service table, health.update; src/admin/index.ts
- * moves the admin server when its section changed); open connections are never touched by a reload.
- * `workers`, an added or removed `ha` section and the pair's identity (HA_RESTART_ONLY) are
- * reported under restart_required; the other ha settings apply (src/failover reconfigure).
+ * moves the admin server when its section changed, the pool starts or retires workers when
+ * `workers` changed); open connections are not touched by a reload, except those of a retired
+ * worker once shutdown_grace is over. An added or removed `ha` section and the pair's identity
+ * (HA_RESTART_ONLY) are reported under restart_required; the other ha settings apply
+ * (src/failover reconfigure).
  *
  * Reloads are serialized: a SIGHUP that arrives while an API reload runs waits its turn, so two
  * applies never interleave.
@@ -124,7 +126,7 @@ export function diffConfigs(prev: Config, next: Config): ReloadResult {
   }
   for (const name of prevServices.keys()) if (!nextServices.has(name)) changes.push(`service ${name} removed`);
 
-  if (prev.workers !== next.workers) restart.push(`workers: ${prev.workers} → ${next.workers}`);
+  if (prev.workers !== next.workers) changes.push(`workers: ${prev.workers} → ${next.workers}`);
   if (!same(prev.admin, next.admin)) {
     if (!prev.admin) changes.push(`admin added (listen ${formatHostPort(next.admin!.listen)})`);
     else if (!next.admin) changes.push('admin removed');

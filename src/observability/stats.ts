@@ -86,13 +86,14 @@ export interface ServiceStats {
 }
 
 /**
- * A service's counters summed over the workers' slots, indexed by SC_*. Slots of workers that do
- * not exist stay zero, so summing all MAX_WORKERS is always right. The one place that sums them.
+ * A service's counters summed over every worker slot, indexed by SC_*: slots of workers that never
+ * existed stay zero, those of retired or crashed workers keep what they counted (so the sums never
+ * go back). The one place that sums them.
  */
-export function sumServiceCounters(memory: WebAssembly.Memory, service: number, workers = MAX_WORKERS): Float64Array {
+export function sumServiceCounters(memory: WebAssembly.Memory, service: number): Float64Array {
   const f64 = new Float64Array(memory.buffer);
   const sums = new Float64Array(SERVICE_COUNTERS);
-  for (let w = 0; w < workers; w++) {
+  for (let w = 0; w < MAX_WORKERS; w++) {
     const base = serviceCounterIndex(w, service, 0);
     for (let c = 0; c < SERVICE_COUNTERS; c++) sums[c] += f64[base + c];
   }
@@ -100,10 +101,10 @@ export function sumServiceCounters(memory: WebAssembly.Memory, service: number, 
 }
 
 /** A backend's counters summed over the workers' slots, indexed by BC_*. */
-export function sumBackendCounters(memory: WebAssembly.Memory, backend: number, workers = MAX_WORKERS): Float64Array {
+export function sumBackendCounters(memory: WebAssembly.Memory, backend: number): Float64Array {
   const f64 = new Float64Array(memory.buffer);
   const sums = new Float64Array(BACKEND_COUNTERS);
-  for (let w = 0; w < workers; w++) {
+  for (let w = 0; w < MAX_WORKERS; w++) {
     const base = backendCounterIndex(w, backend, 0);
     for (let c = 0; c < BACKEND_COUNTERS; c++) sums[c] += f64[base + c];
   }
@@ -120,7 +121,6 @@ export class Stats {
   readonly #memory: WebAssembly.Memory;
   /** The service and backend records, read through the balancer's typed view (one reader of the layout). */
   readonly #records: SharedRecords;
-  readonly #workers: number;
   /**
    * Counter slots are reused when a removed backend's (or service's) slot goes to a new one, and
    * the data plane never zeroes counters (a worker's plain add would race a reset). So each slot
@@ -131,21 +131,20 @@ export class Stats {
   readonly #serviceOwners = new Map<number, Owner>();
 
   /**
-   * `workers` bounds the slots summed; MAX_WORKERS (the default) is always right, because slots of
-   * workers that do not exist stay zero.
+   * Every worker slot is summed (MAX_WORKERS): a reload can add workers under new ids, and the
+   * slots of retired workers keep what they counted.
    */
-  constructor(memory: WebAssembly.Memory, workers = MAX_WORKERS) {
+  constructor(memory: WebAssembly.Memory) {
     this.#memory = memory;
     this.#records = new SharedRecords(memory);
-    this.#workers = Math.min(Math.max(1, workers), MAX_WORKERS);
   }
 
   #sumService(service: number): Float64Array {
-    return sumServiceCounters(this.#memory, service, this.#workers);
+    return sumServiceCounters(this.#memory, service);
   }
 
   #sumBackend(backend: number): Float64Array {
-    return sumBackendCounters(this.#memory, backend, this.#workers);
+    return sumBackendCounters(this.#memory, backend);
   }
 
   /** `raw` minus the baseline of the slot's owner; a slot seen with a new owner is rebased first. */

@@ -1,13 +1,15 @@
 /**
  * The main thread's side of the data plane: starts the worker threads, sends them the service
- * table and commands, gathers their answers, restarts a worker that crashes.
+ * table and commands, gathers their answers, restarts a worker that crashes, and on a reload that
+ * changes `workers` starts more or retires some (resize).
  *
  * Events: 'connect-failed' {service, backend, address, error} (passive health: one per failed
- * connect attempt in any worker), 'worker-exit' {workerId, code}.
+ * connect attempt in any worker), 'worker-exit' {workerId, code, reclaimed, retired}.
  */
 import { EventEmitter } from 'node:events';
 import { Worker } from 'node:worker_threads';
 import { ListenError, FulcrumError } from '../errors.ts';
+import { MAX_WORKERS } from '../shm/layout.ts';
 import type { Logger } from '../observability/log.ts';
 import type { ListenProblem, MainToWorker, ServiceEntry, WorkerInit, WorkerToMain } from './messages.ts';
 import { rawHandlesMissing } from './handles.ts';
@@ -61,10 +63,19 @@ interface Slot {
   pending: Map<number, (reply: { errors: ListenProblem[]; killed?: number } | null) => void>;
   restartDelay: number;
   stoppedResolve: (() => void) | null;
+  /**
+   * Taken out by a smaller `workers`: its listeners are closed and its sessions finish (up to the
+   * grace it was given), then it exits for good. It gets no service tables; its id stays taken
+   * until it has exited (the id names its scratch, tallies and counters in shared memory).
+   */
+  retiring: boolean;
+  /** Resolves when the current thread has exited. */
+  exited: Promise<void>;
 }
 
 export class WorkerPool extends EventEmitter {
-  readonly size: number;
+  /** Workers wanted (the config's, or one without reusePort): restarts and resize keep this many serving. */
+  private wanted: number;
   private readonly opts: PoolOptions;
   private readonly log: Logger;
   private readonly slots: Slot[] = [];
@@ -86,14 +97,21 @@ export class WorkerPool extends EventEmitter {
     const relay = loadRelay();
     this.dataPath = typeof relay === 'string' ? 'javascript' : 'relay';
     if (typeof relay === 'string') this.log.warn({ reason: relay }, `native relay not used (${relay}): the workers run the JavaScript data path`);
+    this.reusePort = reusePortSupport().ok;
+    this.wanted = this.fit(opts.workers);
+  }
+
+  /** Workers serving (not retiring). */
+  get size(): number {
+    return this.slots.reduce((n, s) => n + (s.retiring ? 0 : 1), 0);
+  }
+
+  /** How many of `requested` workers can run here: one, said once in the log, without reusePort. */
+  private fit(requested: number): number {
     const support = reusePortSupport();
-    this.reusePort = support.ok;
-    if (!support.ok && opts.workers > 1) {
-      this.log.warn(`running 1 worker instead of ${opts.workers}: ${support.why}`);
-      this.size = 1;
-    } else {
-      this.size = support.ok ? opts.workers : 1;
-    }
+    if (support.ok || requested <= 1) return requested;
+    this.log.warn(`running 1 worker instead of ${requested}: ${support.why}`);
+    return 1;
   }
 
   /** Starts every worker with `services`; resolves once all listeners are bound, rejects with ListenError if one is not. */
@@ -101,12 +119,7 @@ export class WorkerPool extends EventEmitter {
     this.services = services;
     for (const p of paused) this.paused.add(p);
     const ready: Promise<{ errors: ListenProblem[] } | null>[] = [];
-    for (let id = 0; id < this.size; id++) {
-      const slot: Slot = { id, worker: null, pending: new Map(), restartDelay: RESTART_DELAY_MIN_MS, stoppedResolve: null };
-      this.slots.push(slot);
-      ready.push(new Promise((resolve) => slot.pending.set(0, resolve)));
-      this.spawn(slot);
-    }
+    for (let id = 0; id < this.wanted; id++) ready.push(this.startSlot(id));
     const replies = await Promise.all(ready);
     const problem = replies.find((r) => r === null || r.errors.length > 0);
     if (problem !== undefined) {
@@ -115,6 +128,63 @@ export class WorkerPool extends EventEmitter {
       throw listenError(problem.errors[0]);
     }
     this.log.info({ workers: this.size, reusePort: this.reusePort, data_path: this.dataPath }, 'data plane ready');
+  }
+
+  /** A new worker under `id`; resolves with its first answer (its listeners bound), null if it died first. */
+  private startSlot(id: number): Promise<{ errors: ListenProblem[] } | null> {
+    const slot: Slot = { id, worker: null, pending: new Map(), restartDelay: RESTART_DELAY_MIN_MS, stoppedResolve: null, retiring: false, exited: Promise.resolve() };
+    this.slots.push(slot);
+    const ready = new Promise<{ errors: ListenProblem[] } | null>((resolve) => slot.pending.set(0, resolve));
+    this.spawn(slot);
+    return ready;
+  }
+
+  /**
+   * A reload's `workers`. More: new workers start with the current table and bind every listener
+   * (SO_REUSEPORT). Fewer: the highest ids retire as HAProxy's old process does on a reload — no
+   * more accepts, queued connections closed, open sessions given `grace` ms — then exit for good;
+   * their counters stay summed. Resolves with the listeners a new worker could not bind.
+   */
+  async resize(requested: number, grace: number): Promise<ListenProblem[]> {
+    if (this.stopping) return [];
+    this.wanted = this.fit(requested);
+    const serving = this.slots.filter((s) => !s.retiring).sort((x, y) => x.id - y.id);
+    for (const slot of serving.slice(this.wanted)) this.retire(slot, grace);
+    return this.fill();
+  }
+
+  /**
+   * Starts workers until `wanted` serve, under ids no live or retiring worker holds; a resize that
+   * outruns retiring workers (16 → 8 → 16 while the 8 still drain) gets the rest as they exit.
+   */
+  private async fill(): Promise<ListenProblem[]> {
+    const ready: Promise<{ errors: ListenProblem[] } | null>[] = [];
+    for (let id = 0, n = this.size; id < MAX_WORKERS && n < this.wanted; id++) {
+      if (this.slots.some((s) => s.id === id)) continue;
+      ready.push(this.startSlot(id));
+      n++;
+    }
+    if (ready.length === 0) return [];
+    const errors: ListenProblem[] = [];
+    for (const r of await Promise.all(ready)) {
+      if (r === null) errors.push({ service: '*', address: '*', message: 'a data-plane worker exited while starting (see the log)' });
+      else errors.push(...r.errors);
+    }
+    this.log.info({ workers: this.size, started: ready.length }, `started ${ready.length} data-plane worker${ready.length === 1 ? '' : 's'}`);
+    return dedupe(errors);
+  }
+
+  private retire(slot: Slot, grace: number): void {
+    slot.retiring = true;
+    const worker = slot.worker;
+    if (worker === null) {
+      // Between a crash and its restart: nothing to drain; the restart timer sees `retiring`.
+      this.slots.splice(this.slots.indexOf(slot), 1);
+      return;
+    }
+    this.log.info({ workerId: slot.id, grace_ms: grace }, `retiring data-plane worker ${slot.id}: no new connections, open ones get the grace period`);
+    slot.stoppedResolve = () => void worker.terminate();
+    worker.postMessage({ type: 'shutdown', seq: this.seq++, grace } satisfies MainToWorker);
   }
 
   private spawn(slot: Slot): void {
@@ -134,6 +204,7 @@ export class WorkerPool extends EventEmitter {
       resourceLimits: { maxYoungGenerationSizeMb: WORKER_YOUNG_GENERATION_MB },
     });
     slot.worker = worker;
+    slot.exited = new Promise((resolve) => worker.once('exit', () => resolve()));
     worker.on('message', (msg: WorkerToMain) => this.onMessage(slot, msg));
     worker.on('error', (err) => {
       this.log.error({ err, workerId: slot.id }, `data-plane worker ${slot.id} crashed: ${err.message}`);
@@ -167,30 +238,41 @@ export class WorkerPool extends EventEmitter {
     slot.stoppedResolve?.();
     // Its sockets died with it; the connection and queue slots it held in shared memory did not.
     const reclaimed = this.opts.reclaim(slot.id);
-    this.emit('worker-exit', { workerId: slot.id, code, reclaimed });
+    this.emit('worker-exit', { workerId: slot.id, code, reclaimed, retired: slot.retiring });
+    if (slot.retiring) {
+      this.slots.splice(this.slots.indexOf(slot), 1);
+      this.log.info({ workerId: slot.id, reclaimed }, `data-plane worker ${slot.id} retired`);
+      // Its id is free: a resize that wanted more workers than free ids gets one now.
+      if (!this.stopping) void this.fill().then((problems) => this.logProblems(problems));
+      return;
+    }
     if (this.stopping) return;
     // A crash: its sessions are gone. Start a fresh worker with the current table.
     const delay = slot.restartDelay;
     slot.restartDelay = Math.min(RESTART_DELAY_MAX_MS, delay * 2);
     this.log.error({ workerId: slot.id, code, reclaimed }, `data-plane worker ${slot.id} exited with code ${code}; gave back ${reclaimed} slots it held; restarting it in ${delay}ms`);
     setTimeout(() => {
-      if (this.stopping || slot.worker !== null) return;
-      slot.pending.set(0, (reply) => {
-        if (reply && reply.errors.length > 0) {
-          this.log.error({ workerId: slot.id, errors: reply.errors }, `restarted worker ${slot.id} could not bind every listener`);
-        }
-      });
+      if (this.stopping || slot.worker !== null || slot.retiring) return;
+      slot.pending.set(0, (reply) => this.logProblems(reply?.errors ?? [], slot.id));
       this.spawn(slot);
     }, delay).unref();
   }
 
-  /** Sends one request to every live worker and waits for all their answers. */
-  private request(build: (seq: number) => MainToWorker): Promise<{ errors: ListenProblem[]; killed: number }> {
+  private logProblems(problems: ListenProblem[], workerId?: number): void {
+    if (problems.length === 0) return;
+    this.log.error({ workerId, errors: problems }, `${workerId === undefined ? 'a new' : `restarted`} worker${workerId === undefined ? '' : ` ${workerId}`} could not bind every listener`);
+  }
+
+  /**
+   * Sends one request to every live worker and waits for all their answers. Retiring workers
+   * get only what concerns their open sessions (`retiring`: log settings, closing a backend's sessions).
+   */
+  private request(build: (seq: number) => MainToWorker, retiring = false): Promise<{ errors: ListenProblem[]; killed: number }> {
     const seq = this.seq++;
     const msg = build(seq);
     const waits: Promise<{ errors: ListenProblem[]; killed?: number } | null>[] = [];
     for (const slot of this.slots) {
-      if (slot.worker === null) continue;
+      if (slot.worker === null || (slot.retiring && !retiring)) continue;
       waits.push(new Promise((resolve) => slot.pending.set(seq, resolve)));
       slot.worker.postMessage(msg);
     }
@@ -219,12 +301,12 @@ export class WorkerPool extends EventEmitter {
   /** Log level and per-connection logging for every worker, now and for workers started later (restarts). */
   async setLogging(logging: { level: string; connections: boolean }): Promise<void> {
     this.opts.logging = { ...logging };
-    await this.request((seq) => ({ type: 'logging', seq, level: logging.level, connections: logging.connections }));
+    await this.request((seq) => ({ type: 'logging', seq, level: logging.level, connections: logging.connections }), true);
   }
 
   /** Closes every open session to `backend` in all workers (reason backend_down); resolves with how many. */
   async killBackend(backend: number): Promise<number> {
-    const { killed } = await this.request((seq) => ({ type: 'kill-backend', seq, backend }));
+    const { killed } = await this.request((seq) => ({ type: 'kill-backend', seq, backend }), true);
     return killed;
   }
 
@@ -259,6 +341,12 @@ export class WorkerPool extends EventEmitter {
     const seq = this.seq++;
     await Promise.all(this.slots.map((slot) => new Promise<void>((resolve) => {
       if (slot.worker === null) return resolve();
+      if (slot.retiring) {
+        // Already draining, with the grace it was given: it gets this one at most.
+        void slot.exited.then(resolve);
+        setTimeout(resolve, grace).unref();
+        return;
+      }
       slot.stoppedResolve = resolve;
       slot.worker.postMessage({ type: 'shutdown', seq, grace } satisfies MainToWorker);
     })));
@@ -273,7 +361,7 @@ export class WorkerPool extends EventEmitter {
     }));
   }
 
-  /** Thread ids of the live workers (for tests and the status page). */
+  /** Thread ids of the running workers, retiring ones included (for tests and the status page). */
   workerThreadIds(): number[] {
     return this.slots.flatMap((s) => (s.worker ? [s.worker.threadId] : []));
   }

@@ -1,6 +1,7 @@
 /**
  * The worker pool's control: pause/resume of a listener (also while its host name is being
- * resolved), reload of the service table, a crashed worker restarted. Addresses: 127.2.8.0/24.
+ * resolved), reload of the service table, a crashed worker restarted, workers added and retired
+ * by a reload. Addresses: 127.2.8.0/24.
  */
 import { execFileSync } from 'node:child_process';
 import { lookup } from 'node:dns/promises';
@@ -13,9 +14,9 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { parseConfig } from '../../src/config/load.ts';
 import type { FulcrumHandle } from '../../src/main.ts';
 import { reusePortSupport } from '../../src/proxy/pool.ts';
-import { B_ACTIVE, backendAddr, serviceAddr, S_ACTIVE, S_QUEUED, tallyAddr, T_SERVICE_HELD } from '../../src/shm/layout.ts';
-import { connectClient, freePort, readLine, startNamedServer, waitFor, type TestServer } from '../helpers/net.ts';
-import { startProxy } from './harness.ts';
+import { B_ACTIVE, backendAddr, serviceAddr, SC_ACCEPTED, S_ACTIVE, S_QUEUED, tallyAddr, T_SERVICE_HELD } from '../../src/shm/layout.ts';
+import { connectClient, freePort, readLine, sleep, startNamedServer, waitFor, type TestServer } from '../helpers/net.ts';
+import { reasons, serviceCounter, startProxy } from './harness.ts';
 
 const HOST = '127.2.8.1';
 let a: TestServer;
@@ -76,8 +77,8 @@ async function holdThreadPool(): Promise<{ release: () => Promise<void> }> {
   };
 }
 
-async function who(p: number): Promise<string> {
-  const s = await connectClient(p, HOST);
+async function who(p: number, host = HOST): Promise<string> {
+  const s = await connectClient(p, host);
   try {
     return await readLine(s);
   } finally {
@@ -255,5 +256,121 @@ describe('worker pool', () => {
         backend: Atomics.load(i32, (backendAddr(proxy.balancer.backendIndex('held', a.address)) + B_ACTIVE) >> 2),
       };
     }
+  });
+});
+
+describe('worker pool: a reload that changes workers', () => {
+  const H = '127.2.8.2';
+  let named: TestServer;
+  let rp: FulcrumHandle;
+  let lp = 0;
+  const conf = (workers: number, grace = '60s'): string => `
+workers: ${workers}
+shutdown_grace: ${grace}
+logging: { level: silent, connections: false }
+services:
+  - name: w
+    listen: ${H}:${lp}
+    backends:
+      - address: ${named.address}
+`;
+  const reload = async (workers: number, grace?: string): Promise<void> => {
+    expect(await rp.reload(parseConfig(conf(workers, grace), '<test>'))).toEqual([]);
+  };
+  /** Connections each worker id holds now (its tallies in shared memory). */
+  const held = (w: number): number =>
+    Atomics.load(new Int32Array(rp.memory.buffer), (tallyAddr(w) + T_SERVICE_HELD + rp.balancer.serviceIndex('w') * 4) >> 2);
+  const openClients = async (n: number): Promise<Socket[]> => {
+    const list: Socket[] = [];
+    for (let i = 0; i < n; i++) {
+      const c = await connectClient(lp, H);
+      c.on('error', () => undefined);
+      expect(await readLine(c)).toBe('w');
+      list.push(c);
+    }
+    return list;
+  };
+  const echoes = async (clients: Socket[]): Promise<void> => {
+    for (const [i, c] of clients.entries()) {
+      c.write(`ping ${i}\n`);
+      expect(await readLine(c)).toBe(`ping ${i}`);
+    }
+  };
+
+  beforeAll(async () => {
+    named = await startNamedServer('w', H);
+    lp = await freePort(H);
+    rp = await startProxy(conf(1));
+  });
+  afterAll(async () => {
+    await rp?.stop('test over');
+    await named.close();
+  });
+
+  it('starts workers, retires the highest id while its connections go on, and reuses no id still draining', async () => {
+    const exits: { workerId: number; retired: boolean }[] = [];
+    rp.pool.on('worker-exit', (e: { workerId: number; retired: boolean }) => exits.push(e));
+    expect(rp.pool.size).toBe(1);
+    await reload(2);
+    expect(rp.pool.size).toBe(2);
+    expect(rp.pool.workerThreadIds()).toHaveLength(2);
+    // 20 long-lived connections: both workers get some (the relay's hand-off evens them out; the
+    // kernel's hash alone leaves one worker empty once in 2^19).
+    const clients = await openClients(20);
+    expect(held(0) + held(1)).toBe(20);
+    expect(held(1)).toBeGreaterThan(0);
+    const accepted = serviceCounter(rp, 'w', SC_ACCEPTED);
+
+    await reload(1);
+    expect(rp.pool.size).toBe(1);
+    // Worker 1 no longer accepts but still relays what it holds.
+    expect(rp.pool.workerThreadIds()).toHaveLength(2);
+    const onRetired = held(1);
+    expect(onRetired).toBeGreaterThan(0);
+    for (let i = 0; i < 10; i++) expect(await who(lp, H)).toBe('w');
+    expect(held(1)).toBe(onRetired);
+    await echoes(clients);
+    expect(exits).toEqual([]);
+
+    // Back to 2 while worker 1 drains: the new worker takes id 2, not 1.
+    await reload(2);
+    expect(rp.pool.size).toBe(2);
+    expect(rp.pool.workerThreadIds()).toHaveLength(3);
+    const late = await openClients(12);
+    expect(held(1)).toBe(onRetired);
+    expect(held(2)).toBeGreaterThan(0);
+
+    // Its last connection gone, the retired worker exits for good; the counters keep its share.
+    for (const c of clients) c.destroy();
+    await waitFor(() => exits.length === 1, 5000, 'the retired worker exited');
+    expect(exits[0]).toMatchObject({ workerId: 1, retired: true });
+    expect(rp.pool.workerThreadIds()).toHaveLength(2);
+    expect(rp.pool.size).toBe(2);
+    expect(serviceCounter(rp, 'w', SC_ACCEPTED)).toBeGreaterThanOrEqual(accepted + 10 + 12);
+    await echoes(late);
+    for (const c of late) c.destroy();
+    await waitFor(() => held(0) + held(2) === 0, 5000, 'all connections released');
+    await reload(1);
+    await waitFor(() => rp.pool.workerThreadIds().length === 1, 5000, 'worker 2 retired');
+    expect(exits.map((e) => e.workerId)).toEqual([1, 2]);
+  });
+
+  it('closes a retired worker\'s connections once shutdown_grace is over; the others stay', async () => {
+    await reload(2, '300ms');
+    const clients = await openClients(16);
+    const onRetired = held(1);
+    expect(onRetired).toBeGreaterThan(0);
+    const closed = new Set<Socket>();
+    // (allowHalfOpen clients: the proxy's FIN is their 'end')
+    for (const c of clients) c.once('end', () => closed.add(c));
+    const killedBefore = reasons(rp, 'w').shutdown;
+    await reload(1, '300ms');
+    await waitFor(() => closed.size === onRetired, 3000, 'the retired worker closed its connections');
+    await waitFor(() => rp.pool.workerThreadIds().length === 1, 3000, 'the retired worker exited');
+    expect(reasons(rp, 'w').shutdown - killedBefore).toBe(onRetired);
+    await sleep(200);
+    expect(closed.size).toBe(onRetired);
+    await echoes(clients.filter((c) => !closed.has(c)));
+    for (const c of clients) c.destroy();
   });
 });

@@ -152,6 +152,15 @@ services:
     expect(problemsOf('a: 1\na: 2\n')[0]).toMatch(/YAML/);
   });
 
+  it('refuses an alias bomb ("billion laughs") as an invalid config, at once', () => {
+    // Each level repeats the one before nine times: 9^9 strings if expanded.
+    let text = 'a0: &a0 ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]\n';
+    for (let i = 1; i <= 9; i++) text += `a${i}: &a${i} [${Array(9).fill(`*a${i - 1}`).join(',')}]\n`;
+    const started = Date.now();
+    expect(problemsOf(text + minimal)).toEqual([expect.stringMatching(/^: YAML: .*alias/i)]);
+    expect(Date.now() - started).toBeLessThan(2000);
+  });
+
   it('validates the ha section', () => {
     const problems = problemsOf(`
 services:

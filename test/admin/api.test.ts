@@ -125,6 +125,7 @@ describe('bad requests', () => {
       [`/api/services/web/backends/B0/weight`, 'POST', { weight: '3' }, /^weight: .*got "3"$/],
       [`/api/services/web/backends/B0/weight`, 'POST', { weight: 1.5 }, /^weight: .*got 1.5$/],
       [`/api/services/web/backends`, 'POST', { address: 'nope' }, /^address: must be host:port.*got "nope"$/],
+      [`/api/services/web/backends`, 'POST', { address: '300.1.1.1:80' }, /^address: must be host:port.*"300\.1\.1\.1" is not an IPv4 address, got "300\.1\.1\.1:80"$/],
       [`/api/services/web/backends`, 'POST', { address: `${HOST}:7000`, weight: 999 }, /^weight: must be an integer 0–256, got 999$/],
       [`/api/services/web/backends`, 'POST', { address: `${HOST}:7000`, colour: 'red' }, /^colour: unknown field, got "red"$/],
       [`/api/services/web/backends`, 'POST', {}, /^address: /],

@@ -42,6 +42,22 @@ describe('config scalars', () => {
     expect(parseHostPort('127.0.0.1')).toBeUndefined();
     expect(parseHostPort('127.0.0.1:70000')).toBeUndefined();
   });
+  it('refuses hosts that are no address: a bad IPv4 or IPv6 literal, or no host name', () => {
+    // Each used to pass, and failed only when a worker resolved it: a backend marked down for
+    // good, or a reload answered "applied, but a listener could not bind".
+    for (const bad of ['256.1.1.1:80', '10.0.0.300:80', '127.1:80', '[:::::]:80', '[abc]:80', '[1.2.3.4]:80', 'a/b:80', '../../etc:80', 'a%20b:80', '-db:80', 'дб:80', `${'a'.repeat(64)}.internal:80`]) {
+      expect(parseHostPort(bad), bad).toBeUndefined();
+    }
+    for (const good of ['10.0.0.1:80', '[fe80::1]:80', '[::ffff:10.0.0.1]:80', 'db-1.internal:80', 'db_1:80', 'localhost.:80', 'x:80']) {
+      expect(parseHostPort(good), good).toBeDefined();
+    }
+    expect(problemsOf(minimal.replace('127.0.0.1:7001', '10.0.0.300:7001'))).toEqual([
+      'services[0].backends[0].address: must be host:port with a port 1–65535 (IPv6 as [addr]:port): "10.0.0.300" is not an IPv4 address, got "10.0.0.300:7001"',
+    ]);
+    expect(problemsOf(minimal.replace('127.0.0.1:6380', '"[::g]:6380"'))).toEqual([
+      'services[0].listen: must be host:port with a port 1–65535 (IPv6 as [addr]:port): "::g" is not an IPv6 address, got "[::g]:6380"',
+    ]);
+  });
   it('knows its primes', () => {
     expect([7, 11, 101, 65537].every(isPrime)).toBe(true);
     expect([1, 9, 100, 65535].some(isPrime)).toBe(false);

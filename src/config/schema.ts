@@ -123,17 +123,44 @@ export const backendSchema = z.strictObject({
   state: oneOf(BACKEND_ADMIN_STATES).default('ready'),
 });
 
+/**
+ * Why a send/expect string cannot be used ("hex:" without pairs of hex digits, "regex:" that does
+ * not compile), or undefined. Checked here, as src/health/probes/send-expect.ts reads them: a
+ * probe that cannot be built fails every time, and every backend of the service goes down.
+ */
+function probeTextProblem(v: string, regexAllowed: boolean): string | undefined {
+  if (v.startsWith('hex:')) return /^(?:[0-9a-fA-F]{2})*$/.test(v.slice(4).replace(/\s+/g, '')) ? undefined : 'must be pairs of hex digits after hex:';
+  if (!regexAllowed || !v.startsWith('regex:')) return undefined;
+  try {
+    new RegExp(v.slice(6));
+    return undefined;
+  } catch (err) {
+    return `must be a regular expression after regex: (${(err as Error).message})`;
+  }
+}
+
+const probeText = (regexAllowed: boolean, what: string) =>
+  z.custom<string>((v) => typeof v === 'string' && (regexAllowed ? v.trim().length > 0 : true) && probeTextProblem(v, regexAllowed) === undefined, {
+    error: (issue) => (typeof issue.input === 'string' && probeTextProblem(issue.input, regexAllowed)) || `must be a${regexAllowed ? ' non-empty' : ''} ${what}`,
+  });
+
+/** Text a hand-written HTTP request carries: a space or a line break would end its line early. */
+const requestText = (what: string, valid: (v: string) => boolean) =>
+  z.custom<string>((v) => typeof v === 'string' && valid(v) && !/[\s\x00-\x1f\x7f]/.test(v), {
+    error: `must be ${what} without spaces or control characters`,
+  });
+
 const sendExpectSchema = z.strictObject({
   /** Text with \r \n \t \\ escapes, or "hex:0a0b…". */
-  send: z.string().default(''),
+  send: probeText(false, 'string (text or hex:…)').default(''),
   /** Text the reply must contain, "hex:…" (bytes the reply must start with), or "regex:…". */
-  expect: nonEmptyString('string (text, hex:… or regex:…)'),
+  expect: probeText(true, 'string (text, hex:… or regex:…)'),
 });
 
 const httpCheckSchema = z.strictObject({
-  path: z.custom<string>((v) => typeof v === 'string' && v.startsWith('/'), { error: 'must be a path starting with /' }).default('/'),
+  path: requestText('a path starting with /', (v) => v.startsWith('/')).default('/'),
   method: oneOf(['GET', 'HEAD'] as const).default('GET'),
-  host: z.string().optional(),
+  host: requestText('a host name', (v) => v.length > 0).optional(),
   expect_status: intIn(100, 599).default(200),
 });
 

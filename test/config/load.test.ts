@@ -177,6 +177,20 @@ services:
     expect(Date.now() - started).toBeLessThan(2000);
   });
 
+  it('refuses health settings a probe could not use, instead of marking every backend down', () => {
+    const se = (send: string, expect: string) => minimal.replace('    backends:', `    health: { type: send_expect, send_expect: { send: ${JSON.stringify(send)}, expect: ${JSON.stringify(expect)} } }\n    backends:`);
+    const http = (o: string) => minimal.replace('    backends:', `    health: { type: http, http: ${o} }\n    backends:`);
+    expect(problemsOf(se('PING', 'regex:(+'))).toEqual([expect.stringMatching(/^services\[0\]\.health\.send_expect\.expect: must be a regular expression after regex: \(Invalid regular expression: .*\), got "regex:\(\+"$/)]);
+    expect(problemsOf(se('PING', 'hex:2b50'.replace('0', 'z')))).toEqual(['services[0].health.send_expect.expect: must be pairs of hex digits after hex:, got "hex:2b5z"']);
+    expect(problemsOf(se('hex:0d0', '+PONG'))).toEqual(['services[0].health.send_expect.send: must be pairs of hex digits after hex:, got "hex:0d0"']);
+    // A request line or header broken by a space or a line break (a header injected into the probe).
+    expect(problemsOf(http('{ path: "/health check" }'))).toEqual(['services[0].health.http.path: must be a path starting with / without spaces or control characters, got "/health check"']);
+    expect(problemsOf(http('{ host: "a\\r\\nX-Injected: 1" }'))).toEqual(['services[0].health.http.host: must be a host name without spaces or control characters, got "a\\r\\nX-Injected: 1"']);
+    // What works still passes.
+    expect(parseConfig(se('hex:0d 0a', 'regex:^\\+PONG')).services[0].health?.send_expect?.expect).toBe('regex:^\\+PONG');
+    expect(parseConfig(http('{ path: "/health?x=1", host: "api.internal:8080" }')).services[0].health?.http?.path).toBe('/health?x=1');
+  });
+
   it('validates the ha section', () => {
     const problems = problemsOf(`
 services:

@@ -143,6 +143,18 @@ describe('bad requests', () => {
     expect(v).toMatchObject({ state: 'up', weight: 1 });
   });
 
+  it('names a value too deeply nested to print without failing (400, not 500)', async () => {
+    // 30000 nested arrays fit in the 64 KiB limit; JSON.parse takes them, JSON.stringify does not.
+    const deep = '['.repeat(30_000) + ']'.repeat(30_000);
+    for (const [path, body] of [[`/api/services/web/backends/${b0}/state`, `{"state": ${deep}}`], ['/api/services/web/backends', deep]]) {
+      const r = await api(stack.admin, 'POST', path, body);
+      expect(r.status, path).toBe(400);
+      expect(r.body.error.code).toBe('FULCRUM_ERR_ADMIN_BAD_REQUEST');
+      expect(r.body.error.message).toMatch(/^(state: must be one of .*|body: must be a JSON object), got \[…\]$/);
+    }
+    expect((await backendView(stack.admin, 'web', b0)).state).toBe('up');
+  });
+
   it('refuses bodies over the limit (413)', async () => {
     const r = await api(stack.admin, 'POST', `/api/services/web/backends/${b0}/state`, JSON.stringify({ state: 'drain', pad: 'x'.repeat(100_000) }));
     expect(r.status).toBe(413);

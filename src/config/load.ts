@@ -19,15 +19,16 @@ export function formatPath(path: readonly PropertyKey[]): string {
   return out;
 }
 
+/** A value as a problem quotes it: JSON, cut at 80 characters (a 100 KB string is not echoed whole). */
 function formatValue(v: unknown): string {
   if (v === undefined) return 'nothing';
-  if (typeof v === 'string') return JSON.stringify(v);
+  let s: string;
   try {
-    const s = JSON.stringify(v);
-    return s.length > 80 ? s.slice(0, 77) + '...' : s;
+    s = JSON.stringify(v);
   } catch {
-    return String(v);
+    s = String(v);
   }
+  return s.length > 80 ? s.slice(0, 77) + '...' : s;
 }
 
 function problemsFromZod(error: z.ZodError): ConfigProblem[] {

@@ -132,6 +132,12 @@ services:
     expect(problems).toHaveLength(9);
   });
 
+  it('quotes a long value in part: a 100 KB value does not make a 100 KB message', () => {
+    const [problem] = problemsOf(minimal.replace('name: redis', `name: ${'x'.repeat(100_000)}`));
+    expect(problem).toMatch(/^services\[0\]\.name: must be 1–64 characters of letters, digits, _ \. -, got "x{70,}\.\.\.$/);
+    expect(problem.length).toBeLessThan(200);
+  });
+
   it('says what is missing', () => {
     expect(problemsOf('services:\n  - name: x\n    backends: []\n')).toEqual(expect.arrayContaining([
       expect.stringMatching(/^services\[0\]\.listen: is required/),

@@ -13,6 +13,7 @@
 import { EventEmitter } from 'node:events';
 import { Balancer } from './balancer/balancer.ts';
 import { instantiateEngine, loadEngineModule } from './balancer/engine.ts';
+import { checkListens, sameListens } from './config/listen.ts';
 import { resolveWorkers } from './config/load.ts';
 import type { Config } from './config/schema.ts';
 import { createLogger, type Logger } from './observability/log.ts';
@@ -82,6 +83,9 @@ export async function startFulcrum(initial: Config, options: StartOptions = {}):
   let config = initial;
 
   // ── the engine and the control plane ──────────────────────────────────────
+  // Two services on one address under two names would share its connections (SO_REUSEPORT):
+  // refused before anything starts. Binding is the workers' own check at start-up.
+  await checkListens(undefined, initial, { file: options.configFile, skipBind: () => true });
   const memory = createSharedMemory();
   const module = loadEngineModule();
   // The control plane's own instance; it never calls acquire, so sharing worker 0's scratch id is safe.
@@ -124,6 +128,14 @@ export async function startFulcrum(initial: Config, options: StartOptions = {}):
 
   // ── reload and stop ───────────────────────────────────────────────────────
   async function reload(next: Config): Promise<ListenProblem[]> {
+    // A new listen address is checked before anything is applied (src/config/listen.ts): one in
+    // use refuses the whole reload and the old listener keeps serving. With no new address (most
+    // reloads, every runtime change of backends) nothing is awaited, so changes apply in the order
+    // they were asked for.
+    if (!sameListens(config, next)) {
+      const vipBound = new Set(vipBoundServices({ ...next, ha: config.ha }));
+      await checkListens(config, next, { file: options.configFile, skipBind: (name) => pool.isPaused(name) || vipBound.has(name) });
+    }
     const prevLogging = config.logging;
     const prevWorkers = config.workers;
     balancer.apply(next);

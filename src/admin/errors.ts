@@ -58,10 +58,13 @@ export const notFound = (message: string): AdminHttpError => new AdminHttpError(
 
 export function formatValue(v: unknown): string {
   if (v === undefined) return 'nothing';
+  let s: string;
   try {
-    const s = JSON.stringify(v);
-    return s.length > 80 ? s.slice(0, 77) + '...' : s;
+    s = JSON.stringify(v);
   } catch {
-    return String(v);
+    // Nested too deep for JSON.stringify (a body of 30000 "[" fits in the limit): String() would
+    // recurse as deep and throw too, turning the 400 into a 500.
+    s = Array.isArray(v) ? '[…]' : typeof v === 'object' && v !== null ? '{…}' : String(v);
   }
+  return s.length > 80 ? s.slice(0, 77) + '...' : s;
 }

@@ -19,15 +19,16 @@ export function formatPath(path: readonly PropertyKey[]): string {
   return out;
 }
 
+/** A value as a problem quotes it: JSON, cut at 80 characters (a 100 KB string is not echoed whole). */
 function formatValue(v: unknown): string {
   if (v === undefined) return 'nothing';
-  if (typeof v === 'string') return JSON.stringify(v);
+  let s: string;
   try {
-    const s = JSON.stringify(v);
-    return s.length > 80 ? s.slice(0, 77) + '...' : s;
+    s = JSON.stringify(v);
   } catch {
-    return String(v);
+    s = String(v);
   }
+  return s.length > 80 ? s.slice(0, 77) + '...' : s;
 }
 
 function problemsFromZod(error: z.ZodError): ConfigProblem[] {
@@ -87,7 +88,14 @@ export function parseConfig(text: string, file = '<config>'): Config {
   if (doc.errors.length > 0) {
     throw new ConfigInvalidError(file, doc.errors.map((e) => ({ path: '', message: `YAML: ${e.message.split('\n')[0]}` })));
   }
-  const data: unknown = doc.toJS() ?? {};
+  let data: unknown;
+  try {
+    // yaml refuses to expand an alias bomb ("billion laughs") here, with a ReferenceError: it is
+    // the file's problem, so it is reported as one, not as a crash of `fulcrum check` or a reload.
+    data = doc.toJS() ?? {};
+  } catch (err) {
+    throw new ConfigInvalidError(file, [{ path: '', message: `YAML: ${(err as Error).message} (too many aliases)` }]);
+  }
   if (typeof data !== 'object' || data === null || Array.isArray(data)) {
     throw new ConfigInvalidError(file, [{ path: '', message: `the top level must be a mapping, got ${formatValue(data)}` }]);
   }

@@ -6,6 +6,7 @@
  * Every message is written to follow "path: " and to end in ", got <value>" (see load.ts), as
  * HAProxy's parser quotes the keyword and the value.
  */
+import { isIP } from 'node:net';
 import { z } from 'zod';
 import { MAX_BACKENDS, MAX_MEMBERS, MAX_SERVICES, MAX_WEIGHT, MAX_WORKERS, RING_CAPACITY } from '../shm/layout.ts';
 
@@ -49,21 +50,48 @@ export interface HostPort {
   port: number;
 }
 
-/** "127.0.0.1:6380", "[::1]:6380", "db1.internal:5432" → { host, port }. */
-export function parseHostPort(v: unknown, portOptional = false): HostPort | undefined {
-  if (typeof v !== 'string') return undefined;
-  const m = /^(?:\[([0-9a-fA-F:.]+)\]|([^\s:\[\]]+))(?::(\d{1,5}))?$/.exec(v.trim());
-  if (!m) return undefined;
-  const host = m[1] ?? m[2];
-  if (m[3] === undefined) return portOptional ? { host, port: 0 } : undefined;
-  const port = Number(m[3]);
-  if (port < 1 || port > 65535) return undefined;
-  return { host, port };
+const HOST_PORT = /^(?:\[([^\]\s]*)\]|([^\s:\[\]]+))(?::(\d{1,5}))?$/;
+/** RFC 1123 labels (and "_", which service names use), 253 characters at most, a root dot allowed. */
+const HOST_NAME = /^(?=.{1,253}$)[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?(?:\.[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?)*\.?$/;
+
+/**
+ * Why `host` is no address to listen on or connect to, or undefined when it is one. Digits and
+ * dots are an IPv4 address or nothing: "10.0.0.300" or "127.1" would otherwise go to the
+ * resolver as a name, and fail only when a worker binds or connects.
+ */
+function hostProblem(host: string, bracketed: boolean): string | undefined {
+  if (bracketed) return isIP(host) === 6 ? undefined : 'is not an IPv6 address';
+  if (/^[\d.]+$/.test(host)) return isIP(host) === 4 ? undefined : 'is not an IPv4 address';
+  return HOST_NAME.test(host) ? undefined : 'is not a host name';
 }
 
+function splitHostPort(v: unknown, portOptional: boolean): { hp?: HostPort; problem?: string } {
+  if (typeof v !== 'string') return {};
+  const m = HOST_PORT.exec(v.trim());
+  if (!m) return {};
+  const host = m[1] ?? m[2];
+  const problem = hostProblem(host, m[1] !== undefined);
+  if (problem) return { problem: `${JSON.stringify(host)} ${problem}` };
+  if (m[3] === undefined) return portOptional ? { hp: { host, port: 0 } } : {};
+  const port = Number(m[3]);
+  if (port < 1 || port > 65535) return {};
+  return { hp: { host, port } };
+}
+
+/** "127.0.0.1:6380", "[::1]:6380", "db1.internal:5432" → { host, port }. */
+export function parseHostPort(v: unknown, portOptional = false): HostPort | undefined {
+  return splitHostPort(v, portOptional).hp;
+}
+
+const HOST_PORT_RULE = 'must be host:port with a port 1–65535 (IPv6 as [addr]:port)';
+
 export const hostPort = () =>
-  z.custom<string>((v) => parseHostPort(v) !== undefined, { error: 'must be host:port with a port 1–65535 (IPv6 as [addr]:port)' })
-    .transform((v) => parseHostPort(v) as HostPort);
+  z.custom<string>((v) => parseHostPort(v) !== undefined, {
+    error: (issue) => {
+      const { problem } = splitHostPort(issue.input, false);
+      return problem ? `${HOST_PORT_RULE}: ${problem}` : HOST_PORT_RULE;
+    },
+  }).transform((v) => parseHostPort(v) as HostPort);
 
 /** "10.0.0.100/24" → { address, prefix }. */
 export function parseCidr(v: unknown): { address: string; prefix: number } | undefined {
@@ -95,17 +123,44 @@ export const backendSchema = z.strictObject({
   state: oneOf(BACKEND_ADMIN_STATES).default('ready'),
 });
 
+/**
+ * Why a send/expect string cannot be used ("hex:" without pairs of hex digits, "regex:" that does
+ * not compile), or undefined. Checked here, as src/health/probes/send-expect.ts reads them: a
+ * probe that cannot be built fails every time, and every backend of the service goes down.
+ */
+function probeTextProblem(v: string, regexAllowed: boolean): string | undefined {
+  if (v.startsWith('hex:')) return /^(?:[0-9a-fA-F]{2})*$/.test(v.slice(4).replace(/\s+/g, '')) ? undefined : 'must be pairs of hex digits after hex:';
+  if (!regexAllowed || !v.startsWith('regex:')) return undefined;
+  try {
+    new RegExp(v.slice(6));
+    return undefined;
+  } catch (err) {
+    return `must be a regular expression after regex: (${(err as Error).message})`;
+  }
+}
+
+const probeText = (regexAllowed: boolean, what: string) =>
+  z.custom<string>((v) => typeof v === 'string' && (regexAllowed ? v.trim().length > 0 : true) && probeTextProblem(v, regexAllowed) === undefined, {
+    error: (issue) => (typeof issue.input === 'string' && probeTextProblem(issue.input, regexAllowed)) || `must be a${regexAllowed ? ' non-empty' : ''} ${what}`,
+  });
+
+/** Text a hand-written HTTP request carries: a space or a line break would end its line early. */
+const requestText = (what: string, valid: (v: string) => boolean) =>
+  z.custom<string>((v) => typeof v === 'string' && valid(v) && !/[\s\x00-\x1f\x7f]/.test(v), {
+    error: `must be ${what} without spaces or control characters`,
+  });
+
 const sendExpectSchema = z.strictObject({
   /** Text with \r \n \t \\ escapes, or "hex:0a0b…". */
-  send: z.string().default(''),
+  send: probeText(false, 'string (text or hex:…)').default(''),
   /** Text the reply must contain, "hex:…" (bytes the reply must start with), or "regex:…". */
-  expect: nonEmptyString('string (text, hex:… or regex:…)'),
+  expect: probeText(true, 'string (text, hex:… or regex:…)'),
 });
 
 const httpCheckSchema = z.strictObject({
-  path: z.custom<string>((v) => typeof v === 'string' && v.startsWith('/'), { error: 'must be a path starting with /' }).default('/'),
+  path: requestText('a path starting with /', (v) => v.startsWith('/')).default('/'),
   method: oneOf(['GET', 'HEAD'] as const).default('GET'),
-  host: z.string().optional(),
+  host: requestText('a host name', (v) => v.length > 0).optional(),
   expect_status: intIn(100, 599).default(200),
 });
 

@@ -89,6 +89,11 @@ interface Listener {
   lid: number;
   /** Bumped by closeListener: a relay listen still resolving a host name then does not bind. */
   closes: number;
+  /**
+   * Its last bind failed (address in use, a VIP not held yet): the next service table or resume
+   * tries again. The address alone says nothing then, as the table names the same one.
+   */
+  failed: boolean;
   address: string;
   paused: boolean;
 }
@@ -124,6 +129,14 @@ const listeners = new Map<string, Listener>();
 const paused = new Set(init.paused);
 
 function listen(l: Listener): Promise<ListenProblem | null> {
+  l.failed = false;
+  return bind(l).then((problem) => {
+    if (problem !== null) l.failed = true;
+    return problem;
+  });
+}
+
+function bind(l: Listener): Promise<ListenProblem | null> {
   const e = l.rt.entry;
   if (relayAccepts(e)) return listenThroughRelay(l);
   // The server only listens: its connections go to splice.ts as raw handles (attachListener), so
@@ -174,7 +187,7 @@ async function applyServices(services: ServiceEntry[]): Promise<ListenProblem[]>
     const address = formatHostPort(e.listen);
     const l = listeners.get(e.name);
     if (l === undefined) {
-      const fresh: Listener = { rt: new ServiceRuntime(e, init.workerId), server: null, lid: -1, closes: 0, address, paused: paused.has(e.name) };
+      const fresh: Listener = { rt: new ServiceRuntime(e, init.workerId), server: null, lid: -1, closes: 0, failed: false, address, paused: paused.has(e.name) };
       listeners.set(e.name, fresh);
       if (!fresh.paused) binds.push(listen(fresh));
       continue;
@@ -191,7 +204,7 @@ async function applyServices(services: ServiceEntry[]): Promise<ListenProblem[]>
     }
     // accept_proxy switched: the other kind of listener serves it (the relay cannot read headers).
     const kindChanged = isListening(l) && (l.lid >= 0) !== relayAccepts(e);
-    if (address !== l.address || kindChanged) {
+    if (address !== l.address || kindChanged || (l.failed && !l.paused)) {
       closeListener(l);
       l.address = address;
       if (!l.paused) binds.push(listen(l));
@@ -255,7 +268,7 @@ port.on('message', async (msg: MainToWorker) => {
       paused.delete(msg.service);
       const l = listeners.get(msg.service);
       let problem: ListenProblem | null = null;
-      if (l !== undefined && l.paused) {
+      if (l !== undefined && (l.paused || l.failed)) {
         l.paused = false;
         if (!isListening(l)) problem = await listen(l);
       }

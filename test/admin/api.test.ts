@@ -125,6 +125,7 @@ describe('bad requests', () => {
       [`/api/services/web/backends/B0/weight`, 'POST', { weight: '3' }, /^weight: .*got "3"$/],
       [`/api/services/web/backends/B0/weight`, 'POST', { weight: 1.5 }, /^weight: .*got 1.5$/],
       [`/api/services/web/backends`, 'POST', { address: 'nope' }, /^address: must be host:port.*got "nope"$/],
+      [`/api/services/web/backends`, 'POST', { address: '300.1.1.1:80' }, /^address: must be host:port.*"300\.1\.1\.1" is not an IPv4 address, got "300\.1\.1\.1:80"$/],
       [`/api/services/web/backends`, 'POST', { address: `${HOST}:7000`, weight: 999 }, /^weight: must be an integer 0–256, got 999$/],
       [`/api/services/web/backends`, 'POST', { address: `${HOST}:7000`, colour: 'red' }, /^colour: unknown field, got "red"$/],
       [`/api/services/web/backends`, 'POST', {}, /^address: /],
@@ -140,6 +141,18 @@ describe('bad requests', () => {
     }
     const v = await backendView(stack.admin, 'web', b0);
     expect(v).toMatchObject({ state: 'up', weight: 1 });
+  });
+
+  it('names a value too deeply nested to print without failing (400, not 500)', async () => {
+    // 30000 nested arrays fit in the 64 KiB limit; JSON.parse takes them, JSON.stringify does not.
+    const deep = '['.repeat(30_000) + ']'.repeat(30_000);
+    for (const [path, body] of [[`/api/services/web/backends/${b0}/state`, `{"state": ${deep}}`], ['/api/services/web/backends', deep]]) {
+      const r = await api(stack.admin, 'POST', path, body);
+      expect(r.status, path).toBe(400);
+      expect(r.body.error.code).toBe('FULCRUM_ERR_ADMIN_BAD_REQUEST');
+      expect(r.body.error.message).toMatch(/^(state: must be one of .*|body: must be a JSON object), got \[…\]$/);
+    }
+    expect((await backendView(stack.admin, 'web', b0)).state).toBe('up');
   });
 
   it('refuses bodies over the limit (413)', async () => {

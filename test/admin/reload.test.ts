@@ -155,6 +155,30 @@ describe('reload', () => {
     const status = (await api(stack.admin, 'GET', '/api/status')).body.reloads;
     expect(status.refused).toBe(refused);
     expect(status.last).toMatchObject({ ok: false, trigger: 'SIGHUP' });
+    // A service moved onto an address another process holds: refused whole, nothing applied, and
+    // the service keeps accepting where it was (the workers used to close it first).
+    const taken = await startServer((s) => s.destroy(), HOST);
+    try {
+      const v: Variant = { balance: 'roundrobin', weights: [1, 1], withB2: false, withExtra: false, maxConnections: 0 };
+      await stack.writeConfig(yaml(v).replace(`listen: ${HOST}:${stack.servicePort}`, `listen: ${HOST}:${taken.port}`).replace('weight: 1', 'weight: 9'));
+      const moved = await api(stack.admin, 'POST', '/api/reload');
+      expect(moved.status, JSON.stringify(moved.body)).toBe(409);
+      expect(moved.body.error).toMatchObject({ code: 'FULCRUM_ERR_LISTEN' });
+      expect(moved.body.error.message).toContain(`service web: cannot listen on ${HOST}:${taken.port}: listen EADDRINUSE`);
+      expect(JSON.stringify(stack.handle.config)).toBe(before);
+      expect(await greeting(stack.servicePort)).toMatch(/^b[012]$/);
+      await Promise.all(held.map((c, i) => echoes(c, `after taken conn ${i}`)));
+      // Two services on one address under two names would share its connections: refused too.
+      await stack.writeConfig(yaml({ ...v, withExtra: true }).replace(`listen: ${HOST}:${extraPort}`, `listen: ${HOST}:${stack.servicePort}`)
+        .replace(`listen: ${HOST}:${stack.servicePort}`, `listen: 0x7f.5.3.1:${stack.servicePort}`));
+      const twice = await api(stack.admin, 'POST', '/api/reload');
+      expect(twice.status, JSON.stringify(twice.body)).toBe(422);
+      expect(twice.body.error.problems).toEqual([expect.objectContaining({ path: 'services[1].listen' })]);
+      expect(JSON.stringify(stack.handle.config)).toBe(before);
+      expect((await api(stack.admin, 'GET', '/api/status')).body.reloads.refused).toBe(refused + 2);
+    } finally {
+      await taken.close();
+    }
     // An unreadable file is refused too.
     const { rm } = await import('node:fs/promises');
     await rm(stack.configFile);

@@ -42,6 +42,22 @@ describe('config scalars', () => {
     expect(parseHostPort('127.0.0.1')).toBeUndefined();
     expect(parseHostPort('127.0.0.1:70000')).toBeUndefined();
   });
+  it('refuses hosts that are no address: a bad IPv4 or IPv6 literal, or no host name', () => {
+    // Each used to pass, and failed only when a worker resolved it: a backend marked down for
+    // good, or a reload answered "applied, but a listener could not bind".
+    for (const bad of ['256.1.1.1:80', '10.0.0.300:80', '127.1:80', '[:::::]:80', '[abc]:80', '[1.2.3.4]:80', 'a/b:80', '../../etc:80', 'a%20b:80', '-db:80', 'дб:80', `${'a'.repeat(64)}.internal:80`]) {
+      expect(parseHostPort(bad), bad).toBeUndefined();
+    }
+    for (const good of ['10.0.0.1:80', '[fe80::1]:80', '[::ffff:10.0.0.1]:80', 'db-1.internal:80', 'db_1:80', 'localhost.:80', 'x:80']) {
+      expect(parseHostPort(good), good).toBeDefined();
+    }
+    expect(problemsOf(minimal.replace('127.0.0.1:7001', '10.0.0.300:7001'))).toEqual([
+      'services[0].backends[0].address: must be host:port with a port 1–65535 (IPv6 as [addr]:port): "10.0.0.300" is not an IPv4 address, got "10.0.0.300:7001"',
+    ]);
+    expect(problemsOf(minimal.replace('127.0.0.1:6380', '"[::g]:6380"'))).toEqual([
+      'services[0].listen: must be host:port with a port 1–65535 (IPv6 as [addr]:port): "::g" is not an IPv6 address, got "[::g]:6380"',
+    ]);
+  });
   it('knows its primes', () => {
     expect([7, 11, 101, 65537].every(isPrime)).toBe(true);
     expect([1, 9, 100, 65535].some(isPrime)).toBe(false);
@@ -116,6 +132,12 @@ services:
     expect(problems).toHaveLength(9);
   });
 
+  it('quotes a long value in part: a 100 KB value does not make a 100 KB message', () => {
+    const [problem] = problemsOf(minimal.replace('name: redis', `name: ${'x'.repeat(100_000)}`));
+    expect(problem).toMatch(/^services\[0\]\.name: must be 1–64 characters of letters, digits, _ \. -, got "x{70,}\.\.\.$/);
+    expect(problem.length).toBeLessThan(200);
+  });
+
   it('says what is missing', () => {
     expect(problemsOf('services:\n  - name: x\n    backends: []\n')).toEqual(expect.arrayContaining([
       expect.stringMatching(/^services\[0\]\.listen: is required/),
@@ -150,6 +172,29 @@ services:
     expect(problemsOf('services: [\n')[0]).toMatch(/^: YAML: /);
     expect(problemsOf('- 1\n- 2\n')[0]).toMatch(/the top level must be a mapping/);
     expect(problemsOf('a: 1\na: 2\n')[0]).toMatch(/YAML/);
+  });
+
+  it('refuses an alias bomb ("billion laughs") as an invalid config, at once', () => {
+    // Each level repeats the one before nine times: 9^9 strings if expanded.
+    let text = 'a0: &a0 ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]\n';
+    for (let i = 1; i <= 9; i++) text += `a${i}: &a${i} [${Array(9).fill(`*a${i - 1}`).join(',')}]\n`;
+    const started = Date.now();
+    expect(problemsOf(text + minimal)).toEqual([expect.stringMatching(/^: YAML: .*alias/i)]);
+    expect(Date.now() - started).toBeLessThan(2000);
+  });
+
+  it('refuses health settings a probe could not use, instead of marking every backend down', () => {
+    const se = (send: string, expect: string) => minimal.replace('    backends:', `    health: { type: send_expect, send_expect: { send: ${JSON.stringify(send)}, expect: ${JSON.stringify(expect)} } }\n    backends:`);
+    const http = (o: string) => minimal.replace('    backends:', `    health: { type: http, http: ${o} }\n    backends:`);
+    expect(problemsOf(se('PING', 'regex:(+'))).toEqual([expect.stringMatching(/^services\[0\]\.health\.send_expect\.expect: must be a regular expression after regex: \(Invalid regular expression: .*\), got "regex:\(\+"$/)]);
+    expect(problemsOf(se('PING', 'hex:2b50'.replace('0', 'z')))).toEqual(['services[0].health.send_expect.expect: must be pairs of hex digits after hex:, got "hex:2b5z"']);
+    expect(problemsOf(se('hex:0d0', '+PONG'))).toEqual(['services[0].health.send_expect.send: must be pairs of hex digits after hex:, got "hex:0d0"']);
+    // A request line or header broken by a space or a line break (a header injected into the probe).
+    expect(problemsOf(http('{ path: "/health check" }'))).toEqual(['services[0].health.http.path: must be a path starting with / without spaces or control characters, got "/health check"']);
+    expect(problemsOf(http('{ host: "a\\r\\nX-Injected: 1" }'))).toEqual(['services[0].health.http.host: must be a host name without spaces or control characters, got "a\\r\\nX-Injected: 1"']);
+    // What works still passes.
+    expect(parseConfig(se('hex:0d 0a', 'regex:^\\+PONG')).services[0].health?.send_expect?.expect).toBe('regex:^\\+PONG');
+    expect(parseConfig(http('{ path: "/health?x=1", host: "api.internal:8080" }')).services[0].health?.http?.path).toBe('/health?x=1');
   });
 
   it('validates the ha section', () => {

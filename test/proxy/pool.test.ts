@@ -14,6 +14,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { parseConfig } from '../../src/config/load.ts';
 import type { FulcrumHandle } from '../../src/main.ts';
 import { reusePortSupport } from '../../src/proxy/pool.ts';
+import { buildServiceTable } from '../../src/proxy/table.ts';
 import { B_ACTIVE, backendAddr, serviceAddr, SC_ACCEPTED, S_ACTIVE, S_QUEUED, tallyAddr, T_SERVICE_HELD } from '../../src/shm/layout.ts';
 import { connectClient, freePort, readLine, sleep, startNamedServer, waitFor, type TestServer } from '../helpers/net.ts';
 import { reasons, serviceCounter, startProxy } from './harness.ts';
@@ -171,6 +172,37 @@ describe('worker pool', () => {
     expect(await readLine(s)).toBe('b');
     s.destroy();
     expect(await proxy.reload(parseConfig(yaml(svc('p', port, [b])), '<test>'))).toEqual([]);
+    expect(await who(port)).toBe('b');
+  });
+
+  it('a listener that could not bind is bound by the next service table, and by a resume', async () => {
+    // The workers are sent a table whose address another process holds (a reload checks first,
+    // src/config/listen.ts; the table is sent here directly, as a race with that check would).
+    const p6 = await freePort(HOST);
+    const squatter = createServer();
+    await new Promise<void>((resolve) => squatter.listen({ host: HOST, port: p6 }, () => resolve()));
+    const moved = buildServiceTable({ ...proxy.config, services: proxy.config.services.map((s) => ({ ...s, listen: { host: HOST, port: p6 } })) }, proxy.balancer);
+    try {
+      expect((await proxy.pool.updateServices(moved)).map((e) => e.code)).toEqual(['EADDRINUSE']);
+    } finally {
+      await new Promise<void>((resolve) => squatter.close(() => resolve()));
+    }
+    // The same table again, the address free now: bound (it used to stay unbound: same address).
+    expect(await proxy.pool.updateServices(moved)).toEqual([]);
+    expect(await who(p6)).toMatch(/^[ab]$/);
+    // A resume binds a listener that failed too (a service added while the VIP was elsewhere).
+    const p7 = await freePort(HOST);
+    const squatter2 = createServer();
+    await new Promise<void>((resolve) => squatter2.listen({ host: HOST, port: p7 }, () => resolve()));
+    const moved2 = buildServiceTable({ ...proxy.config, services: proxy.config.services.map((s) => ({ ...s, listen: { host: HOST, port: p7 } })) }, proxy.balancer);
+    try {
+      expect((await proxy.pool.updateServices(moved2)).map((e) => e.code)).toEqual(['EADDRINUSE']);
+    } finally {
+      await new Promise<void>((resolve) => squatter2.close(() => resolve()));
+    }
+    await proxy.pool.resumeService('p');
+    expect(await who(p7)).toMatch(/^[ab]$/);
+    expect(await proxy.syncServices()).toEqual([]);
     expect(await who(port)).toBe('b');
   });
 

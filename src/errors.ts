@@ -31,8 +31,12 @@ export class ConfigInvalidError extends FulcrumError {
 
 /** The config file could not be read or is not YAML at all. */
 export class ConfigUnreadableError extends FulcrumError {
+  readonly file: string;
+  readonly why: string;
   constructor(file: string, why: string, cause?: unknown) {
     super('FULCRUM_ERR_CONFIG_UNREADABLE', `${file}: ${why}`, { cause });
+    this.file = file;
+    this.why = why;
   }
 }
 

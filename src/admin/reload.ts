@@ -12,7 +12,7 @@
  * Reloads are serialized: a SIGHUP that arrives while an API reload runs waits its turn, so two
  * applies never interleave.
  */
-import { loadConfig } from '../config/load.ts';
+import { loadConfigOffThread } from '../config/load.ts';
 import { formatHostPort, HA_RESTART_ONLY, type Config, type HaConfig, type ServiceConfig } from '../config/schema.ts';
 import { ConfigInvalidError, ConfigUnreadableError } from '../errors.ts';
 import type { Logger } from '../observability/log.ts';
@@ -66,7 +66,7 @@ export class Reloader {
     const at = new Date().toISOString();
     let next: Config;
     try {
-      next = loadConfig(this.file);
+      next = await loadConfigOffThread(this.file);
     } catch (err) {
       this.refused++;
       const problems = err instanceof ConfigInvalidError ? err.problems : undefined;

@@ -2,9 +2,9 @@ import { describe, expect, it } from 'vitest';
 import { mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { loadConfig, parseConfig, resolveWorkers } from '../../src/config/load.ts';
+import { loadConfig, loadConfigOffThread, MAX_CONFIG_BYTES, parseConfig, resolveWorkers } from '../../src/config/load.ts';
 import { parseDuration, parseHostPort, isPrime } from '../../src/config/schema.ts';
-import { ConfigInvalidError } from '../../src/errors.ts';
+import { ConfigInvalidError, ConfigUnreadableError } from '../../src/errors.ts';
 
 const minimal = `
 services:
@@ -223,5 +223,61 @@ describe('loadConfig', () => {
     writeFileSync(file, minimal);
     expect(loadConfig(file).services[0].name).toBe('redis');
     expect(() => loadConfig(join(dir, 'missing.yaml'))).toThrow(expect.objectContaining({ code: 'FULCRUM_ERR_CONFIG_UNREADABLE' }));
+  });
+
+  it('refuses a file larger than 4 MiB unread', () => {
+    const file = join(mkdtempSync(join(tmpdir(), 'fulcrum-config-')), 'huge.yaml');
+    writeFileSync(file, minimal + '#'.repeat(MAX_CONFIG_BYTES));
+    expect(() => loadConfig(file)).toThrow(expect.objectContaining({
+      code: 'FULCRUM_ERR_CONFIG_UNREADABLE',
+      message: expect.stringContaining(`a config file may have at most ${MAX_CONFIG_BYTES}`),
+    }));
+  });
+});
+
+describe('loadConfigOffThread (reloads)', () => {
+  const dir = mkdtempSync(join(tmpdir(), 'fulcrum-config-'));
+
+  it('gives the config, or the same errors loadConfig throws', async () => {
+    const ok = join(dir, 'ok.yaml');
+    writeFileSync(ok, minimal);
+    expect(await loadConfigOffThread(ok)).toEqual(loadConfig(ok));
+    const bad = join(dir, 'bad.yaml');
+    writeFileSync(bad, 'workers: 0\n' + minimal);
+    const invalid = await loadConfigOffThread(bad).catch((e: unknown) => e);
+    expect(invalid).toBeInstanceOf(ConfigInvalidError);
+    expect((invalid as ConfigInvalidError).problems).toEqual([{ path: 'workers', message: 'must be auto or an integer 1–16, got 0' }]);
+    const missing = await loadConfigOffThread(join(dir, 'missing.yaml')).catch((e: unknown) => e);
+    expect(missing).toBeInstanceOf(ConfigUnreadableError);
+    expect((missing as Error).message).toMatch(/missing\.yaml: cannot read: ENOENT/);
+  });
+
+  it('leaves the main thread free while a large file is parsed (the heartbeats are sent from it)', async () => {
+    // 64 services × 64 backends, the most the layout holds: hundreds of milliseconds of parsing.
+    let text = 'workers: 1\nservices:\n';
+    for (let s = 0; s < 64; s++) {
+      text += `  - name: s${s}\n    listen: 127.0.0.1:${10000 + s}\n    backends:\n`;
+      for (let b = 0; b < 64; b++) text += `      - { address: 10.0.${s}.${b + 1}:5432, weight: 10 }\n`;
+    }
+    const file = join(dir, 'large.yaml');
+    writeFileSync(file, text);
+    let t = performance.now();
+    const here = parseConfig(text, file);
+    const onThisThread = performance.now() - t;
+    // The longest the event loop went without a turn while the other thread parsed.
+    let longest = 0;
+    t = performance.now();
+    const tick = setInterval(() => {
+      const now = performance.now();
+      longest = Math.max(longest, now - t);
+      t = now;
+    }, 2);
+    try {
+      expect(await loadConfigOffThread(file)).toEqual(here);
+    } finally {
+      clearInterval(tick);
+    }
+    expect(onThisThread).toBeGreaterThan(100);
+    expect(longest).toBeLessThan(onThisThread / 2);
   });
 });

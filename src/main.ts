@@ -15,14 +15,14 @@ import { Balancer } from './balancer/balancer.ts';
 import { instantiateEngine, loadEngineModule } from './balancer/engine.ts';
 import { checkListens, sameListens } from './config/listen.ts';
 import { resolveWorkers } from './config/load.ts';
-import type { Config } from './config/schema.ts';
+import { formatHostPort, type Config } from './config/schema.ts';
 import { createLogger, type Logger } from './observability/log.ts';
 import type { ListenProblem } from './proxy/messages.ts';
 import { WorkerPool } from './proxy/pool.ts';
 import { buildServiceTable } from './proxy/table.ts';
 import { createSharedMemory } from './shm/layout.ts';
 import type { Failover } from './failover/index.ts';
-import { vipBoundServices, wireFailover } from './failover/wire.ts';
+import { vipBoundServices, vipMoves, wireFailover } from './failover/wire.ts';
 import type { HealthMonitor } from './health/monitor.ts';
 import { wireHealth } from './health/wire.ts';
 import { startOperationsFor, type Operations } from './admin/index.ts';
@@ -138,6 +138,10 @@ export async function startFulcrum(initial: Config, options: StartOptions = {}):
     }
     const prevLogging = config.logging;
     const prevWorkers = config.workers;
+    // Services on a VIP follow the role (src/failover/wire.ts), those a reload adds or moves too:
+    // not holding the VIP, one put on it is paused before the workers would try to bind it.
+    const moves = failover ? vipMoves(config, { ...next, ha: config.ha }) : { onto: [], off: [] };
+    if (failover && !failover.status().accepting) for (const name of moves.onto) await pool.pauseService(name);
     balancer.apply(next);
     // ha: what can change in place is applied (src/failover reconfigure); the pair's identity
     // (HA_RESTART_ONLY), and adding or removing the section, wait for a restart (the reload reports
@@ -150,6 +154,20 @@ export async function startFulcrum(initial: Config, options: StartOptions = {}):
     }
     health.update(next);
     const problems = await syncServices();
+    // One taken off the VIP listens where the reload says; those on it follow the role as it is
+    // now (a role change while this reload ran acted on the services before it).
+    const resume = moves.off.filter((name) => pool.isPaused(name));
+    if (failover) {
+      const accepting = failover.status().accepting;
+      for (const name of vipBoundServices(config)) {
+        if (accepting && pool.isPaused(name)) resume.push(name);
+        else if (!accepting && !pool.isPaused(name)) await pool.pauseService(name);
+      }
+    }
+    for (const name of resume) {
+      const listen = formatHostPort(config.services.find((s) => s.name === name)!.listen);
+      await pool.resumeService(name).catch((err: Error) => problems.push({ service: name, address: listen, message: err.message }));
+    }
     // workers: new ones start with the table just sent; retired ones drain for shutdown_grace.
     if (next.workers !== prevWorkers) problems.push(...await pool.resize(resolveWorkers(next), next.shutdown_grace));
     return problems;

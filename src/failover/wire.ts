@@ -27,6 +27,20 @@ export function vipBoundServices(config: Config): string[] {
   return config.services.filter((s) => vips.has(s.listen.host)).map((s) => s.name);
 }
 
+/**
+ * Services a reload puts on a VIP (`onto`) or takes off one (`off`). On an instance that is not
+ * accepting (backup, fault) main.ts pauses the first before the workers get the new table, as at
+ * start-up (their address is not on this host), and resumes the second after it.
+ */
+export function vipMoves(prev: Config, next: Config): { onto: string[]; off: string[] } {
+  const before = new Set(vipBoundServices(prev));
+  const after = new Set(vipBoundServices(next));
+  return {
+    onto: [...after].filter((s) => !before.has(s)),
+    off: [...before].filter((s) => !after.has(s) && next.services.some((x) => x.name === s)),
+  };
+}
+
 /** Backends in state up (not being removed), across every service. */
 export function countBackendsUp(balancer: Pick<Balancer, 'describe'>): number {
   let n = 0;

@@ -57,6 +57,8 @@ export interface PairConfig {
   minBackendsUp?: number;
   balance?: 'maglev' | 'leastconn' | 'roundrobin' | 'random';
   logLevel?: string;
+  /** A second service, web2, on the VIP at this port (to the same backends). */
+  extraPort?: number;
 }
 
 export class PairLab {
@@ -119,7 +121,7 @@ services:
     timeouts: { connect: 500ms }
     backends:
 ${BACKENDS.map((b) => `      - address: ${b}`).join('\n')}
-ha:
+${c.extraPort ? `  - name: web2\n    listen: ${VIP}:${c.extraPort}\n    backends:\n${BACKENDS.map((b) => `      - address: ${b}`).join('\n')}\n` : ''}ha:
   vip: ${VIP}/24
   interface: eth0
   bind: ${self.hb}:7946
@@ -280,8 +282,8 @@ ha:
   }
 
   /** One connection from each client address: which backend answered each. */
-  async clientOnce(sources: string[] = CLIENTS, timeoutMs = 1000): Promise<Map<string, string | null>> {
-    const r = await this.lab.exec('client', NODE, [join(FIXTURES, 'client.ts'), 'once', `${VIP}:${SERVICE_PORT}`, sources.join(','), String(timeoutMs)], 30_000);
+  async clientOnce(sources: string[] = CLIENTS, timeoutMs = 1000, port = SERVICE_PORT): Promise<Map<string, string | null>> {
+    const r = await this.lab.exec('client', NODE, [join(FIXTURES, 'client.ts'), 'once', `${VIP}:${port}`, sources.join(','), String(timeoutMs)], 30_000);
     const out = new Map<string, string | null>();
     for (const line of r.stdout.split('\n').filter(Boolean)) {
       const x = JSON.parse(line) as { src: string; ok: boolean; body?: string };

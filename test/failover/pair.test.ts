@@ -128,6 +128,25 @@ describe.skipIf(!HAVE_NETNS)('failover pair in network namespaces', () => {
     expect(p.role('lb2')).toBe('master');
   });
 
+  it('reload adding a service on the VIP: the backup applies it without listening, and serves it once master', async () => {
+    await startPair();
+    const extraPort = 8081;
+    // The backup first: the VIP is not on lb2, so the new service waits paused, as at start-up.
+    const onBackup = await p.reload('lb2', { extraPort });
+    expect(onBackup).toMatchObject({ msg: 'reload applied: 1 change', changes: [`service web2 added (listen ${VIP}:${extraPort}, 3 backends)`] });
+    const onMaster = await p.reload('lb1', { extraPort });
+    expect(onMaster.msg).toBe('reload applied: 1 change');
+    const via = async (): Promise<string | null | undefined> => (await p.clientOnce([CLIENTS[0]], 500, extraPort)).get(CLIENTS[0]);
+    expect(await via()).toBeTruthy();
+    await p.kill9('lb1');
+    await p.waitRole('lb2', 'master', 2000);
+    const t0 = Date.now();
+    while (!(await via())) {
+      if (Date.now() - t0 > 2000) throw new Error(`web2 not served on ${VIP}:${extraPort} by the new master`);
+      await sleep(50);
+    }
+  });
+
   it('a partition of the heartbeat link makes two masters; healing leaves exactly one within an advert or two', async () => {
     await startPair();
     await p.partition(true);

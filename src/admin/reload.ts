@@ -82,9 +82,12 @@ export class Reloader {
     try {
       await this.#options.apply(next);
     } catch (err) {
+      // A refusal found while applying (two services on one address under two names, a listen
+      // address in use) keeps its problems, as one found while loading does.
       this.refused++;
-      this.last = { at, trigger, ok: false, error: (err as Error).message };
-      this.#log.error({ trigger, err }, 'reload failed while applying');
+      const problems = err instanceof ConfigInvalidError ? err.problems : undefined;
+      this.last = { at, trigger, ok: false, ...(problems ? { problems } : {}), error: (err as Error).message };
+      this.#log.error({ trigger, err, ...(problems ? { problems } : {}) }, 'reload failed while applying');
       throw err;
     }
     this.applied++;

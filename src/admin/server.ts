@@ -139,6 +139,9 @@ interface Reply {
 
 const json = (status: number, body: unknown): Reply => ({ status, body });
 
+/** Connections the admin server holds at once; more are closed as they arrive. */
+export const ADMIN_MAX_CONNECTIONS = 64;
+
 export class AdminServer {
   readonly #options: AdminServerOptions;
   readonly #log: Logger;
@@ -160,6 +163,9 @@ export class AdminServer {
     });
     // Scrapers and the status page poll with keep-alive; close() must not wait for them.
     this.#server.keepAliveTimeout = 5_000;
+    // An operator's tool, not a public service: a client that opens connections without end is
+    // refused past this many (HAProxy's stats socket defaults to 10) before it runs out the process's files.
+    this.#server.maxConnections = ADMIN_MAX_CONNECTIONS;
   }
 
   async listen(): Promise<void> {

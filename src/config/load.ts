@@ -77,6 +77,10 @@ function crossChecks(config: Config): ConfigProblem[] {
     }
   });
   if (backendTotal > MAX_BACKENDS) problems.push({ path: 'services', message: `must hold at most ${MAX_BACKENDS} backends in all, got ${backendTotal}` });
+  config.ha?.vip.forEach((v, i, all) => {
+    const first = all.findIndex((w) => w.address === v.address);
+    if (first !== i) problems.push({ path: `ha.vip[${i}]`, message: `duplicates ha.vip[${first}] (${v.address}), got ${JSON.stringify(`${v.address}/${v.prefix}`)}` });
+  });
   if (config.ha && formatHostPort(config.ha.bind) === formatHostPort(config.ha.peer)) {
     problems.push({ path: 'ha.peer', message: `must differ from ha.bind, got ${JSON.stringify(formatHostPort(config.ha.peer))}` });
   }

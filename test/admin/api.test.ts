@@ -5,6 +5,7 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { Socket } from 'node:net';
 import { connectClient, readLine, startNamedServer, waitClose, waitFor, type TestServer } from '../helpers/net.ts';
+import { ADMIN_MAX_CONNECTIONS } from '../../src/admin/server.ts';
 import { api, backendView, startStack, TOKEN, type Stack } from './stack.ts';
 
 const HOST = '127.5.1.1';
@@ -160,6 +161,29 @@ describe('bad requests', () => {
     expect(r.status).toBe(413);
     expect(r.body.error.code).toBe('FULCRUM_ERR_ADMIN_BODY_TOO_LARGE');
     expect((await backendView(stack.admin, 'web', b0)).state).toBe('up');
+  });
+
+  it('holds at most ADMIN_MAX_CONNECTIONS connections: one more is closed, and the API answers again once they go', async () => {
+    const idle: Socket[] = [];
+    try {
+      for (let i = 0; i < ADMIN_MAX_CONNECTIONS; i++) idle.push(await connectClient(stack.adminPort, HOST));
+      // Accepted in order: the last one is held before the extra one arrives.
+      await waitFor(async () => {
+        const extraOne = await connectClient(stack.adminPort, HOST);
+        extraOne.on('error', () => undefined);
+        try {
+          await waitClose(extraOne, 1000);
+          return true;
+        } catch {
+          return false;
+        } finally {
+          extraOne.destroy();
+        }
+      }, 5000, 'a connection past the limit closed');
+    } finally {
+      for (const c of idle) c.destroy();
+    }
+    await waitFor(async () => (await api(stack.admin, 'GET', '/api/status', undefined, null).catch(() => ({ status: 0 }))).status === 200, 5000, 'the API answers again');
   });
 
   it('answers 404 for an unknown service or backend', async () => {

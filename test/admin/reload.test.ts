@@ -175,7 +175,9 @@ describe('reload', () => {
       expect(twice.status, JSON.stringify(twice.body)).toBe(422);
       expect(twice.body.error.problems).toEqual([expect.objectContaining({ path: 'services[1].listen' })]);
       expect(JSON.stringify(stack.handle.config)).toBe(before);
-      expect((await api(stack.admin, 'GET', '/api/status')).body.reloads.refused).toBe(refused + 2);
+      const status = (await api(stack.admin, 'GET', '/api/status')).body.reloads;
+      expect(status.refused).toBe(refused + 2);
+      expect(status.last).toMatchObject({ ok: false, problems: [expect.objectContaining({ path: 'services[1].listen' })] });
     } finally {
       await taken.close();
     }

@@ -213,6 +213,17 @@ ha:
       'ha.vip[0]: must be an IPv4 address with a prefix, like 10.0.0.100/24, got "10.0.0.300/24"',
       'ha.priority: must be an integer 1–254, got 255',
     ]));
+    expect(problemsOf(`
+services:
+  - { name: a, listen: 127.0.0.1:6000, backends: [{ address: 127.0.0.1:7001 }] }
+ha:
+  vip: [10.0.0.100/24, 10.0.0.101/24, 10.0.0.100/32]
+  interface: eth0
+  bind: 10.0.0.1:7946
+  peer: 10.0.0.2:7946
+  priority: 100
+  secret_file: ./ha.secret
+`)).toEqual(['ha.vip[2]: duplicates ha.vip[0] (10.0.0.100), got "10.0.0.100/32"']);
   });
 });
 

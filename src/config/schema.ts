@@ -72,10 +72,26 @@ function splitHostPort(v: unknown, portOptional: boolean): { hp?: HostPort; prob
   const host = m[1] ?? m[2];
   const problem = hostProblem(host, m[1] !== undefined);
   if (problem) return { problem: `${JSON.stringify(host)} ${problem}` };
-  if (m[3] === undefined) return portOptional ? { hp: { host, port: 0 } } : {};
+  const canonical = m[1] !== undefined ? canonicalIpv6(host) : host;
+  if (m[3] === undefined) return portOptional ? { hp: { host: canonical, port: 0 } } : {};
   const port = Number(m[3]);
   if (port < 1 || port > 65535) return {};
-  return { hp: { host, port } };
+  return { hp: { host: canonical, port } };
+}
+
+/**
+ * One spelling per IPv6 address (RFC 5952's, as URLs write it: "[0:0::1]" → "::1"): a backend's
+ * address names it in the admin API and orders the Maglev build, which both instances of a pair
+ * must do alike.
+ */
+function canonicalIpv6(host: string): string {
+  // A zone, or an IPv4 tail (RFC 5952 keeps "::ffff:192.0.2.1" dotted; URLs would not).
+  if (host.includes('%') || host.includes('.')) return host.toLowerCase();
+  try {
+    return new URL(`http://[${host}]/`).hostname.slice(1, -1);
+  } catch {
+    return host;
+  }
 }
 
 /** "127.0.0.1:6380", "[::1]:6380", "db1.internal:5432" → { host, port }. */

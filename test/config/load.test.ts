@@ -42,6 +42,17 @@ describe('config scalars', () => {
     expect(parseHostPort('127.0.0.1')).toBeUndefined();
     expect(parseHostPort('127.0.0.1:70000')).toBeUndefined();
   });
+  it('writes each IPv6 address one way, so two spellings are one backend', () => {
+    expect(parseHostPort('[0:0::1]:6380')).toEqual({ host: '::1', port: 6380 });
+    expect(parseHostPort('[2001:DB8:0:0:0:0:0:1]:5432')).toEqual({ host: '2001:db8::1', port: 5432 });
+    expect(parseHostPort('[::FFFF:192.0.2.1]:5432')).toEqual({ host: '::ffff:192.0.2.1', port: 5432 });
+    expect(problemsOf(`
+services:
+  - name: a
+    listen: 127.0.0.1:6000
+    backends: [{ address: "[::1]:7001" }, { address: "[0::1]:7001" }]
+`)).toEqual(['services[0].backends[1].address: duplicates backends[0].address, got "[::1]:7001"']);
+  });
   it('refuses hosts that are no address: a bad IPv4 or IPv6 literal, or no host name', () => {
     // Each used to pass, and failed only when a worker resolved it: a backend marked down for
     // good, or a reload answered "applied, but a listener could not bind".

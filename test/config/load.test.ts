@@ -32,6 +32,7 @@ describe('config scalars', () => {
     expect(parseDuration('1.5m')).toBe(90_000);
     expect(parseDuration('1h')).toBe(3_600_000);
     expect(parseDuration(40)).toBe(40);
+    expect(parseDuration(1.5)).toBe(2); // whole milliseconds, as "1.5ms" gives
     expect(parseDuration('2 weeks')).toBeUndefined();
     expect(parseDuration(-1)).toBeUndefined();
   });

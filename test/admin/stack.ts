@@ -56,7 +56,7 @@ export function configText(o: {
   const admin = o.admin ? o.admin(listen, o.tokenFile) : `    listen: ${listen}\n    token_file: ${o.tokenFile}\n`;
   return `workers: ${o.workers ?? 2}
 shutdown_grace: 1s
-logging: { level: info, connections: true }
+logging: { level: info, connections: false }
 admin:
 ${admin}services:
   - name: ${o.service ?? 'web'}

@@ -179,6 +179,37 @@ describe('accept_proxy', () => {
     expect(b1.accepted + b2.accepted + b3.accepted).toBe(before.accepted);
   });
 
+  it('a header the parser cannot take (an IPv6 zone) closes that client only: no worker dies, other sessions flow', async () => {
+    const exits: number[] = [];
+    const onExit = (e: { workerId: number }): void => void exits.push(e.workerId);
+    proxy.pool.on('worker-exit', onExit);
+    // Sessions from many source ports, so both workers hold some.
+    const open = await Promise.all(Array.from({ length: 6 }, async (_, i) => {
+      const s = await connectClient(ports.accept, HOST);
+      const next = lineReader(s);
+      s.write(`PROXY TCP4 198.51.100.${20 + i} 192.0.2.1 40000 6380\r\n`);
+      await firstLine(next);
+      return { s, next };
+    }));
+    try {
+      const before = reasons(proxy, 'accept').bad_proxy_header;
+      for (let i = 0; i < 4; i++) {
+        const bad = await connectClient(ports.accept, HOST);
+        bad.write('PROXY TCP6 fe80::1%eth0 ::1 40000 6380\r\nping\n');
+        await waitClose(bad, 2000);
+      }
+      await waitFor(() => reasons(proxy, 'accept').bad_proxy_header === before + 4, 2000, 'bad_proxy_header counted');
+      for (const [i, { s, next }] of open.entries()) {
+        s.write(`still ${i}\n`);
+        expect(await next()).toBe(`still ${i}`);
+      }
+      expect(exits).toEqual([]);
+    } finally {
+      proxy.pool.off('worker-exit', onExit);
+      for (const { s } of open) s.destroy();
+    }
+  });
+
   it('closes a client that sends no complete header within timeouts.proxy_header', async () => {
     const before = reasons(proxy, 'accept').bad_proxy_header;
     const s = await connectClient(ports.accept, HOST);

@@ -248,6 +248,27 @@ describe('postgres and mysql probes against bad servers', () => {
       for (const s of [g, h, q, r]) await allClosed(s);
     });
   }
+  for (const type of ['postgres', 'mysql'] as const) {
+    it(`${type}: an endless reply is cut off at a bound, not buffered (nor parsed) until the timeout`, async () => {
+      // A message that declares a huge length and never ends: pg buffers it whole (up to 1 GB),
+      // mysql2 chains 16 MB packets; what arrives within the timeout is what loopback can carry.
+      const head = type === 'mysql' ? Buffer.from([0xff, 0xff, 0xff, 0x00]) : Buffer.from([0x52, 0x7f, 0xff, 0xff, 0xff]);
+      const chunk = Buffer.alloc(64 * 1024, 0x41);
+      let sent = 0;
+      const s = await serve((sock) => {
+        const pump = () => { while (!sock.destroyed && sock.write(sent === 0 ? head : chunk)) sent += chunk.length; };
+        sock.on('drain', pump);
+        if (type === 'mysql') pump(); // the server speaks first
+        else sock.once('data', pump);
+      });
+      const r = await probe(type, s.target);
+      expect(r).toMatchObject({ ok: false, reason: 'reply too long (over 65536 bytes)' });
+      // The 64 KiB read plus what the kernel's buffers held when the probe closed.
+      expect(sent).toBeLessThan(16 * 1024 * 1024);
+      await allClosed(s);
+    });
+  }
+
   it('postgres: a missing password_file is reported with the setting', async () => {
     const s = await serve(silent);
     const file = join(dir, 'pw');

@@ -4,8 +4,9 @@
  *
  * Settings (health.mysql): user (default "root"), password_file, database (optional).
  */
+import type { Duplex } from 'node:stream';
 import mysql from 'mysql2';
-import { ProbeFailure, readSecret, roleResult, runProbe, type Probe } from './probe.ts';
+import { capReply, ProbeFailure, readSecret, roleResult, runProbe, type Probe } from './probe.ts';
 
 const AUTH_ERRNOS = new Set([1044, 1045, 1698, 1130]);
 
@@ -24,6 +25,7 @@ export const mysqlProbe: Probe = (target, settings, signal) =>
       supportBigNumbers: false,
     });
     conn.on('error', () => {});
+    capReply((conn as unknown as { stream: Duplex }).stream);
     stage.name = 'connecting: waiting for the handshake';
     conn.once('connect', () => { stage.name = 'waiting for @@global.read_only'; });
     const onAbort = () => conn.destroy();

@@ -6,8 +6,9 @@
  * user name, as libpq does). The connection is closed after every probe: a monitor connection
  * held open would hide a server that stops accepting new ones.
  */
+import type { Duplex } from 'node:stream';
 import pg from 'pg';
-import { ProbeFailure, readSecret, roleResult, runProbe, type Probe } from './probe.ts';
+import { capReply, ProbeFailure, readSecret, roleResult, runProbe, type Probe } from './probe.ts';
 
 /** SQLSTATEs that mean "these credentials will not do" rather than "the server is unwell". */
 const AUTH_STATES = new Set(['28P01', '28000']);
@@ -29,7 +30,8 @@ export const postgresProbe: Probe = (target, settings, signal) =>
       connectionTimeoutMillis: settings.timeout + 100,
       query_timeout: settings.timeout + 100,
     });
-    const stream = () => (client as unknown as { connection: { stream: { destroy(): void } } }).connection.stream;
+    const stream = () => (client as unknown as { connection: { stream: Duplex } }).connection.stream;
+    capReply(stream());
     // A driver 'error' after the probe has settled must never become an uncaught exception.
     client.on('error', () => {});
     const onAbort = () => stream().destroy();

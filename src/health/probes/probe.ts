@@ -9,6 +9,7 @@
  */
 import net from 'node:net';
 import { readFile } from 'node:fs/promises';
+import type { Duplex } from 'node:stream';
 import type { HostPort, HealthConfig } from '../../config/schema.ts';
 
 export type Role = 'primary' | 'replica';
@@ -126,6 +127,24 @@ export async function readSecret(file: string, setting: string): Promise<string>
 
 /** Largest reply a probe keeps: enough for INFO replication or an HTTP status line. */
 const MAX_REPLY = 64 * 1024;
+
+/**
+ * Bounds what a driver's socket (pg, mysql2) may receive in one probe, as ProbeSocket bounds its
+ * own reads. The drivers keep a message until its declared length has arrived (pg up to 1 GB,
+ * mysql2 16 MB packets chained without end), so a server streaming garbage grew the control
+ * plane's memory for the whole timeout (≈ 800 MB a second on loopback), and mysql2 parses a
+ * large packet in one synchronous call (≈ 200 ms per MB) that stalled the event loop, heartbeats
+ * included, far past the probe's timeout. A probe's exchange is a few hundred bytes: beyond
+ * MAX_REPLY the socket is destroyed with a ProbeFailure, which the driver reports as its error.
+ * Called before the driver connects.
+ */
+export function capReply(socket: Duplex): void {
+  let received = 0;
+  socket.on('data', (d: Buffer) => {
+    received += d.length;
+    if (received > MAX_REPLY) socket.destroy(new ProbeFailure(`reply too long (over ${MAX_REPLY} bytes)`));
+  });
+}
 
 /**
  * A TCP connection for one probe. `read(parse)` accumulates bytes until `parse` returns a value

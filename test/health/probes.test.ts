@@ -214,6 +214,14 @@ describe('redis probe against bad servers', () => {
     expect(await probe('redis', s.target, { redis: { password_file: join(dir, 'missing') } }))
       .toMatchObject({ ok: false, reason: `health.redis.password_file ${join(dir, 'missing')}: cannot read (ENOENT)` });
   });
+  it('a server\'s long error text is cut in the reason (it goes to logs, history and the status page)', async () => {
+    const long = `-ERR ${'x'.repeat(50_000)}\r\n`;
+    const s = await serve((sock) => sock.on('data', () => sock.write(long)));
+    const r = await probe('redis', s.target, role);
+    expect(r.ok).toBe(false);
+    expect(r.reason).toMatch(/^ROLE and INFO refused: ERR xxx+…$/);
+    expect(r.reason.length).toBeLessThanOrEqual(201);
+  });
   it('falls back to INFO replication when ROLE is refused', async () => {
     const s = await serve((sock) => {
       let n = 0;

@@ -67,9 +67,17 @@ export function describeError(err: unknown): string {
     case 'ENOTFOUND': case 'EAI_AGAIN': return `cannot resolve host (${e.code})`;
   }
   if (err instanceof ProbeFailure) return err.message;
-  const msg = (e as Error | undefined)?.message ?? String(err);
-  return msg.length > 160 ? msg.slice(0, 160) + '…' : msg;
+  return clip((e as Error | undefined)?.message ?? String(err), 160);
 }
+
+/**
+ * Longest reason a probe gives. Reasons quote what servers say (a Redis error line, a PostgreSQL
+ * or MySQL error message: up to MAX_REPLY bytes each), and every one goes to the history the
+ * status page shows and into log lines: a server's text must not make them tens of KB.
+ */
+const MAX_REASON = 200;
+
+const clip = (text: string, max = MAX_REASON): string => (text.length > max ? text.slice(0, max) + '…' : text);
 
 /** "timeout after 500ms (waiting for reply)" — `stage` says how far the probe got. */
 export function timeoutReason(settings: HealthConfig, stage: string): string {
@@ -99,12 +107,12 @@ export async function runProbe(
       onAbort = () => reject(new Error('aborted'));
       signal.addEventListener('abort', onAbort, { once: true });
     })]);
-    return { ok: r.ok ?? true, reason: r.reason, latency_ms: latency(), ...(r.role ? { role: r.role } : {}) };
+    return { ok: r.ok ?? true, reason: clip(r.reason), latency_ms: latency(), ...(r.role ? { role: r.role } : {}) };
   } catch (err) {
     let reason = signal.aborted && !(err instanceof ProbeFailure) ? timeoutReason(settings, stage.name) : describeError(err);
     const partial = signal.aborted ? stage.socket?.pending : undefined;
     if (partial && partial.length > 0 && reason.startsWith('timeout')) reason += `, partial reply ${excerpt(partial)}`;
-    return { ok: false, reason, latency_ms: latency() };
+    return { ok: false, reason: clip(reason), latency_ms: latency() };
   } finally {
     if (onAbort) signal.removeEventListener('abort', onAbort);
   }

@@ -8,6 +8,7 @@ import net from 'node:net';
 import { writeFile, mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { Worker } from 'node:worker_threads';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { healthSchema, type HostPort } from '../../src/config/schema.ts';
 import { PROBES } from '../../src/health/probes/index.ts';
@@ -78,6 +79,31 @@ async function probe(type: keyof typeof PROBES, target: HostPort, h: Record<stri
   expect(took).toBeLessThan(TIMEOUT + 500);
   expect(typeof r.latency_ms).toBe('number');
   return r;
+}
+
+/**
+ * Runs a probe in a worker thread: a probe that throws out of a socket callback (an uncaught
+ * exception, which would end fulcrum) or never yields the event loop (which would freeze its
+ * control plane) is seen here as such, within a bound, instead of taking the test run with it.
+ */
+async function probeInWorker(type: keyof typeof PROBES, target: HostPort, h: Record<string, unknown> = {}): Promise<ProbeResult | { uncaught: string } | { hung: true }> {
+  const code = `
+    const { parentPort, workerData } = require('node:worker_threads');
+    import(workerData.module).then(async ({ PROBES }) => {
+      const r = await PROBES[workerData.type](workerData.target, workerData.settings, AbortSignal.timeout(workerData.settings.timeout));
+      parentPort.postMessage(r);
+    });`;
+  const module = new URL('../../src/health/probes/index.ts', import.meta.url).href;
+  const worker = new Worker(code, { eval: true, workerData: { module, type, target, settings: cfg({ type, ...h }) } });
+  try {
+    return await new Promise((resolve) => {
+      const timer = setTimeout(() => resolve({ hung: true }), TIMEOUT + 3000);
+      worker.once('message', (r: ProbeResult) => { clearTimeout(timer); resolve(r); });
+      worker.once('error', (err) => { clearTimeout(timer); resolve({ uncaught: err.message }); });
+    });
+  } finally {
+    await worker.terminate();
+  }
 }
 
 /** Waits until the server side has seen every probe connection closed. */
@@ -258,10 +284,12 @@ describe('postgres and mysql probes against bad servers', () => {
   }
   for (const type of ['postgres', 'mysql'] as const) {
     it(`${type}: an endless reply is cut off at a bound, not buffered (nor parsed) until the timeout`, async () => {
-      // A message that declares a huge length and never ends: pg buffers it whole (up to 1 GB),
-      // mysql2 chains 16 MB packets; what arrives within the timeout is what loopback can carry.
-      const head = type === 'mysql' ? Buffer.from([0xff, 0xff, 0xff, 0x00]) : Buffer.from([0x52, 0x7f, 0xff, 0xff, 0xff]);
-      const chunk = Buffer.alloc(64 * 1024, 0x41);
+      // mysql2 chains 16 MB packets without end; pg is sent well-formed notices without end (a
+      // message declaring a huge length is refused as soon as its header arrives). What arrives
+      // within the timeout is what loopback can carry.
+      const notice = Buffer.from('N\x00\x00\x00\x0bSNOTE\x00\x00', 'latin1');
+      const head = type === 'mysql' ? Buffer.from([0xff, 0xff, 0xff, 0x00]) : notice;
+      const chunk = type === 'mysql' ? Buffer.alloc(64 * 1024, 0x41) : Buffer.concat(Array(5000).fill(notice));
       let sent = 0;
       const s = await serve((sock) => {
         const pump = () => { while (!sock.destroyed && sock.write(sent === 0 ? head : chunk)) sent += chunk.length; };
@@ -271,11 +299,54 @@ describe('postgres and mysql probes against bad servers', () => {
       });
       const r = await probe(type, s.target);
       expect(r).toMatchObject({ ok: false, reason: 'reply too long (over 65536 bytes)' });
+      if (type === 'postgres') {
+        const huge = await serve((sock) => sock.once('data', () => sock.write(Buffer.from([0x52, 0x7f, 0xff, 0xff, 0xff]))));
+        expect(await probe(type, huge.target)).toMatchObject({ ok: false, reason: 'bad reply: not the PostgreSQL protocol (message "R" of 2147483647 bytes)' });
+      }
       // The 64 KiB read plus what the kernel's buffers held when the probe closed.
       expect(sent).toBeLessThan(16 * 1024 * 1024);
       await allClosed(s);
     });
   }
+
+  it('postgres: replies that pg\'s parser would loop on for ever or throw from a socket callback end the probe with a reason', async () => {
+    const msg = (code: string, body: number[]) => {
+      const b = Buffer.alloc(5 + body.length);
+      b.write(code, 0, 'latin1');
+      b.writeUInt32BE(4 + body.length, 1);
+      Buffer.from(body).copy(b, 5);
+      return b;
+    };
+    const int32 = (n: number) => [(n >>> 24) & 0xff, (n >>> 16) & 0xff, (n >>> 8) & 0xff, n & 0xff];
+    // Startup answered, then `onQuery` for the query.
+    const ready = Buffer.concat([msg('R', int32(0)), msg('Z', [0x49])]);
+    const cases: Array<[string, Buffer, Buffer | null, RegExp]> = [
+      // An ErrorResponse whose field lacks its NUL: pg-protocol's field loop never ends.
+      ['E without its terminating NUL', msg('E', [0x53]), null, /^bad reply: not the PostgreSQL protocol \(message "E"/],
+      ['NoticeResponse ending inside a field', Buffer.concat([msg('N', [0x53, 0x78, 0x00]), ready]), null, /^bad reply: not the PostgreSQL protocol \(message "N"/],
+      // Shorter than what pg reads for its type: a RangeError out of the 'data' callback.
+      ['authentication request without its method', msg('R', []), null, /^bad reply: not the PostgreSQL protocol \(message "R"/],
+      ['BackendKeyData cut short', Buffer.concat([msg('R', int32(0)), msg('K', [1, 2])]), null, /^bad reply: not the PostgreSQL protocol \(message "K"/],
+      ['DataRow whose field runs past its end', ready, Buffer.concat([msg('D', [0, 1, 0, 0, 0, 9, 0x74])]), /^bad reply: not the PostgreSQL protocol \(message "D"/],
+      ['RowDescription cut short', ready, msg('T', [0, 2, 0x72, 0]), /^bad reply: not the PostgreSQL protocol \(message "T"/],
+      ['DataRow with a negative count (new Array(-1))', ready, msg('D', [0xff, 0xff]), /^bad reply: not the PostgreSQL protocol \(message "D" without its count\)/],
+      // What a real server configured for GSSAPI says: pg-protocol throws on methods it does not know.
+      ['GSSAPI authentication', msg('R', int32(7)), null, /^auth failed: the server asks for GSSAPI authentication/],
+    ];
+    for (const [name, startup, onQuery, want] of cases) {
+      const s = await serve((sock) => {
+        let n = 0;
+        sock.on('data', () => {
+          n++;
+          if (n === 1) sock.write(startup);
+          else if (n === 2 && onQuery) sock.write(onQuery);
+        });
+      });
+      const r = await probeInWorker('postgres', s.target);
+      expect(r, name).toMatchObject({ ok: false, reason: expect.stringMatching(want) });
+      await allClosed(s);
+    }
+  });
 
   it('postgres: a missing password_file is reported with the setting', async () => {
     const s = await serve(silent);

@@ -134,7 +134,7 @@ export async function readSecret(file: string, setting: string): Promise<string>
 }
 
 /** Largest reply a probe keeps: enough for INFO replication or an HTTP status line. */
-const MAX_REPLY = 64 * 1024;
+export const MAX_REPLY = 64 * 1024;
 
 /**
  * Bounds what a driver's socket (pg, mysql2) may receive in one probe, as ProbeSocket bounds its

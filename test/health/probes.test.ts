@@ -265,6 +265,18 @@ describe('redis probe against bad servers', () => {
   });
 });
 
+/**
+ * A MariaDB 10.11 exchange as recorded: the handshake, auth OK, and the result of
+ * SELECT @@global.read_only = 0 (its header: column count, column, EOF; its rows: '0', EOF).
+ */
+const MYSQL = {
+  handshake: Buffer.from('640000000a352e352e352d31302e31312e31392d4d6172696144422d302b6465623132753100050000004a46623b3f686e7100fef7080200ff81150000000000001d0000006c4c7428633f4d4450444364006d7973716c5f6e61746976655f70617373776f726400', 'hex'),
+  authOk: Buffer.from('0700000200000002000000', 'hex'),
+  resultHeader: Buffer.from('0100000101190000020364656600000002726f00000c3f000100000008800000000005000003fe00000200', 'hex'),
+  resultRows: Buffer.from('02000004013005000005fe00000200', 'hex'),
+  trailer: Buffer.from('01000006ff', 'hex'),
+};
+
 describe('postgres and mysql probes against bad servers', () => {
   for (const type of ['postgres', 'mysql'] as const) {
     it(`${type}: garbage, half reply, silence, reset, refused all fail with a reason in time`, async () => {
@@ -283,29 +295,42 @@ describe('postgres and mysql probes against bad servers', () => {
     });
   }
   for (const type of ['postgres', 'mysql'] as const) {
-    it(`${type}: an endless reply is cut off at a bound, not buffered (nor parsed) until the timeout`, async () => {
-      // mysql2 chains 16 MB packets without end; pg is sent well-formed notices without end (a
-      // message declaring a huge length is refused as soon as its header arrives). What arrives
-      // within the timeout is what loopback can carry.
+    it(`${type}: an endless reply is cut off at a bound, not buffered until the timeout; a huge declared length at once`, async () => {
+      // Well-formed and endless: PostgreSQL notices after the startup message; MySQL rows after the
+      // result's header (mysql2 keeps every row). What arrives within the timeout is what
+      // loopback can carry.
       const notice = Buffer.from('N\x00\x00\x00\x0bSNOTE\x00\x00', 'latin1');
-      const head = type === 'mysql' ? Buffer.from([0xff, 0xff, 0xff, 0x00]) : notice;
-      const chunk = type === 'mysql' ? Buffer.alloc(64 * 1024, 0x41) : Buffer.concat(Array(5000).fill(notice));
+      // Rows '0' with sequence ids 4, 5, … : a multiple of 256 of them, so the chunk can repeat.
+      const rows = Buffer.concat(Array.from({ length: 256 * 40 }, (_, i) => Buffer.from([2, 0, 0, (4 + i) & 0xff, 1, 0x30])));
+      const chunk = type === 'mysql' ? rows : Buffer.concat(Array(5000).fill(notice));
       let sent = 0;
       const s = await serve((sock) => {
-        const pump = () => { while (!sock.destroyed && sock.write(sent === 0 ? head : chunk)) sent += chunk.length; };
+        const pump = () => { while (!sock.destroyed && sock.write(chunk)) sent += chunk.length; };
         sock.on('drain', pump);
-        if (type === 'mysql') pump(); // the server speaks first
-        else sock.once('data', pump);
+        if (type === 'postgres') return void sock.once('data', pump);
+        sock.write(MYSQL.handshake);
+        let n = 0;
+        sock.on('data', () => {
+          if (++n === 1) sock.write(MYSQL.authOk);
+          else if (n === 2) { sock.write(MYSQL.resultHeader); pump(); }
+        });
       });
-      const r = await probe(type, s.target);
-      expect(r).toMatchObject({ ok: false, reason: 'reply too long (over 65536 bytes)' });
-      if (type === 'postgres') {
-        const huge = await serve((sock) => sock.once('data', () => sock.write(Buffer.from([0x52, 0x7f, 0xff, 0xff, 0xff]))));
-        expect(await probe(type, huge.target)).toMatchObject({ ok: false, reason: 'bad reply: not the PostgreSQL protocol (message "R" of 2147483647 bytes)' });
-      }
+      expect(await probe(type, s.target)).toMatchObject({ ok: false, reason: 'reply too long (over 65536 bytes)' });
       // The 64 KiB read plus what the kernel's buffers held when the probe closed.
       expect(sent).toBeLessThan(16 * 1024 * 1024);
       await allClosed(s);
+      // A message that declares a huge length is refused at its header, not awaited (pg would
+      // buffer up to 1 GB of it, mysql2 chain 16 MB packets without end).
+      const huge = await serve((sock) => (type === 'mysql'
+        ? sock.write(Buffer.from([0xff, 0xff, 0xff, 0x00]))
+        : sock.once('data', () => sock.write(Buffer.from([0x52, 0x7f, 0xff, 0xff, 0xff])))));
+      expect(await probe(type, huge.target)).toMatchObject({
+        ok: false,
+        reason: type === 'mysql'
+          ? 'bad reply: not the MySQL protocol (a packet of 16777215 bytes)'
+          : 'bad reply: not the PostgreSQL protocol (message "R" of 2147483647 bytes)',
+      });
+      await allClosed(huge);
     });
   }
 
@@ -346,6 +371,24 @@ describe('postgres and mysql probes against bad servers', () => {
       expect(r, name).toMatchObject({ ok: false, reason: expect.stringMatching(want) });
       await allClosed(s);
     }
+  });
+
+  it('mysql: a short error packet after the answer (no command waiting for it) is a failed probe, not an uncaught exception', async () => {
+    // The recorded exchange (MYSQL)…
+    // …then one more packet in the same segment: an error marker without its code. mysql2 reads
+    // it outside its command's try/catch, so the RangeError left through the socket's callback.
+    const s = await serve((sock) => {
+      sock.write(MYSQL.handshake);
+      let n = 0;
+      sock.on('data', () => {
+        n++;
+        if (n === 1) sock.write(MYSQL.authOk);
+        else if (n === 2) sock.write(Buffer.concat([MYSQL.resultHeader, MYSQL.resultRows, MYSQL.trailer]));
+      });
+    });
+    const r = await probeInWorker('mysql', s.target);
+    expect(r).toMatchObject({ ok: false, reason: 'bad reply: not the MySQL protocol (an error packet of 1 byte)' });
+    await allClosed(s);
   });
 
   it('postgres: a missing password_file is reported with the setting', async () => {

@@ -6,9 +6,8 @@
  * user name, as libpq does). The connection is closed after every probe: a monitor connection
  * held open would hide a server that stops accepting new ones.
  */
-import net from 'node:net';
 import pg from 'pg';
-import { capReply, excerpt, MAX_REPLY, ProbeFailure, readSecret, roleResult, runProbe, type Probe } from './probe.ts';
+import { capReply, CheckedSocket, excerpt, MAX_REPLY, ProbeFailure, readSecret, roleResult, runProbe, type Probe } from './probe.ts';
 
 /** SQLSTATEs that mean "these credentials will not do" rather than "the server is unwell". */
 const AUTH_STATES = new Set(['28P01', '28000']);
@@ -84,28 +83,13 @@ function pgMessageProblem(code: number, b: Buffer): string | null {
 }
 
 /**
- * The socket pg reads from: each backend message is checked (pgMessageProblem) before any 'data'
- * listener, pg's parser included, sees it. A problem destroys the socket with a ProbeFailure,
- * which pg reports as its error: the probe fails with that reason instead of stopping the control
- * plane's event loop (heartbeats included) for good or ending the process. Holds at most one
- * incomplete message (≤ MAX_REPLY) between chunks.
+ * The check of pg's socket (CheckedSocket): frames the backend's messages and runs
+ * pgMessageProblem on each, holding at most one incomplete message (≤ MAX_REPLY) between chunks.
  */
-class CheckedSocket extends net.Socket {
-  #rest: Buffer | null = null;
-
-  override emit(event: string | symbol, ...args: unknown[]): boolean {
-    if (event === 'data' && !this.destroyed) {
-      const problem = this.#check(args[0] as Buffer);
-      if (problem !== null) {
-        this.destroy(new ProbeFailure(problem));
-        return false;
-      }
-    }
-    return super.emit(event, ...args);
-  }
-
-  #check(chunk: Buffer): string | null {
-    const buf = this.#rest === null ? chunk : Buffer.concat([this.#rest, chunk]);
+function pgFrames(): (chunk: Buffer) => string | null {
+  let rest: Buffer | null = null;
+  return (chunk) => {
+    const buf = rest === null ? chunk : Buffer.concat([rest, chunk]);
     let at = 0;
     while (buf.length - at >= 5) {
       const len = buf.readUInt32BE(at + 1);
@@ -117,9 +101,9 @@ class CheckedSocket extends net.Socket {
       if (problem !== null) return problem;
       at += 1 + len;
     }
-    this.#rest = at < buf.length ? buf.subarray(at) : null;
+    rest = at < buf.length ? buf.subarray(at) : null;
     return null;
-  }
+  };
 }
 
 export const postgresProbe: Probe = (target, settings, signal) =>
@@ -127,7 +111,7 @@ export const postgresProbe: Probe = (target, settings, signal) =>
     const cfg = settings.postgres ?? {};
     const user = cfg.user ?? 'postgres';
     const password = cfg.password_file ? await readSecret(cfg.password_file, 'health.postgres.password_file') : undefined;
-    const socket = new CheckedSocket();
+    const socket = new CheckedSocket(pgFrames());
     capReply(socket);
     const client = new pg.Client({
       stream: () => socket,

@@ -137,6 +137,34 @@ export async function readSecret(file: string, setting: string): Promise<string>
 export const MAX_REPLY = 64 * 1024;
 
 /**
+ * The socket a driver (pg, mysql2) reads from: each chunk is shown to `check` before any 'data'
+ * listener, the driver's parser included, sees it. The drivers parse in that callback on the
+ * control plane's thread and trust the server's framing, so a reply they cannot parse could throw
+ * out of it (an uncaught exception: the process ends) or loop for ever. `check` returns why the
+ * bytes must not reach the driver, or null; a problem destroys the socket with a ProbeFailure,
+ * which the driver reports as its error, and the probe fails with that reason.
+ */
+export class CheckedSocket extends net.Socket {
+  readonly #check: (chunk: Buffer) => string | null;
+
+  constructor(check: (chunk: Buffer) => string | null) {
+    super();
+    this.#check = check;
+  }
+
+  override emit(event: string | symbol, ...args: unknown[]): boolean {
+    if (event === 'data' && !this.destroyed) {
+      const problem = this.#check(args[0] as Buffer);
+      if (problem !== null) {
+        this.destroy(new ProbeFailure(problem));
+        return false;
+      }
+    }
+    return super.emit(event, ...args);
+  }
+}
+
+/**
  * Bounds what a driver's socket (pg, mysql2) may receive in one probe, as ProbeSocket bounds its
  * own reads. The drivers keep a message until its declared length has arrived (pg up to 1 GB,
  * mysql2 16 MB packets chained without end), so a server streaming garbage grew the control

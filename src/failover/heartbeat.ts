@@ -127,18 +127,28 @@ export function staleWindowMs(deadAfter: number, advertIntervalMs: number, maxCl
 const RETIRED_EPOCHS = 64;
 
 /**
- * Per-sender replay state: the current epoch and the last counter accepted in it, and the epochs
- * we have moved away from. A new epoch (the peer restarted) is accepted once it is fresh; its
- * predecessor is retired, so old packets cannot flip us back to it.
+ * Per-sender replay state: the current epoch, the last counter and timestamp accepted in it, and
+ * the epochs we have moved away from. A new epoch (the peer restarted) is accepted once it is
+ * fresh and not older than the last packet accepted; its predecessor is retired, so old packets
+ * cannot flip us back to it.
+ *
+ * The timestamp order matters for epochs never seen: a run of the peer from before the one we
+ * follow (captured while we were down or cut off, or held back by the network) is not in
+ * `retired`, and taking it for a restart would retire the live epoch — every genuine heartbeat
+ * after it dropped as replayed, the peer declared dead, both instances masters. A restarted
+ * peer's packets are newer than everything its previous run sent. (A peer whose clock steps back
+ * as it restarts is heard again once its clock passes its last packet: at most the stale window.)
  */
 export class ReplayGuard {
   private epoch = -1;
   private lastCounter = 0;
+  private lastTimestampMs = 0;
   private readonly retired = new Set<number>();
 
   check(a: Advert): 'ok' | 'replayed' {
     if (a.epoch === this.epoch) return a.counter > this.lastCounter ? 'ok' : 'replayed';
-    return this.retired.has(a.epoch) ? 'replayed' : 'ok';
+    if (this.retired.has(a.epoch)) return 'replayed';
+    return this.epoch !== -1 && a.timestampMs < this.lastTimestampMs ? 'replayed' : 'ok';
   }
 
   /** Call only after every other check passed. */
@@ -151,6 +161,7 @@ export class ReplayGuard {
       this.epoch = a.epoch;
     }
     this.lastCounter = a.counter;
+    this.lastTimestampMs = a.timestampMs;
   }
 }
 

@@ -61,7 +61,7 @@ function parseV1(buf: Buffer): ParseResult {
   if (parts.length !== 6) return fail(`PROXY v1: expected 6 fields, got ${parts.length}: ${quote(buf.subarray(0, end))}`);
   const [, proto, src, dst, sport, dport] = parts;
   if (proto !== 'TCP4' && proto !== 'TCP6') return fail(`PROXY v1: protocol must be TCP4, TCP6 or UNKNOWN, got ${quote(Buffer.from(proto))}`);
-  const valid = proto === 'TCP4' ? isIPv4 : isIPv6;
+  const valid = proto === 'TCP4' ? isIPv4 : isIPv6NoZone;
   if (!valid(src) || !valid(dst)) return fail(`PROXY v1: bad ${proto} address in ${quote(buf.subarray(0, end))}`);
   const sp = port(sport);
   const dp = port(dport);
@@ -154,6 +154,13 @@ function ipv6(b: Buffer, at: number): string {
   for (let i = 0; i < 16; i += 2) groups.push(b.readUInt16BE(at + i).toString(16));
   return canonicalIPv6(groups.join(':'));
 }
+
+/**
+ * isIPv6 also takes a zone ("fe80::1%eth0"): it names an interface of the sender's host, means
+ * nothing here, is not in the spec's grammar, and has no canonical spelling (the URL parser
+ * throws on it, which in a worker's read callback took the whole worker down).
+ */
+const isIPv6NoZone = (a: string): boolean => isIPv6(a) && !a.includes('%');
 
 /** The one spelling of an IPv6 address (RFC 5952, through the URL parser): keys and logs agree whichever version sent it. */
 const canonicalIPv6 = (a: string): string => new URL(`http://[${a}]/`).hostname.slice(1, -1);

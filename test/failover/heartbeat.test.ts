@@ -54,6 +54,16 @@ describe('packet codec', () => {
     expect(take(valid({ epoch: 2, counter: 1 }))).toBe('ok'); // the peer restarted
     expect(take(valid({ epoch: 1, counter: 99 }))).toBe('replayed');
   });
+  it('ReplayGuard: an epoch never seen, older than what was accepted, is a replay, not a restart', () => {
+    const g = new ReplayGuard();
+    const take = (a: Advert) => { const r = g.check(a); if (r === 'ok') g.accept(a); return r; };
+    const t = Date.now();
+    expect(take(valid({ epoch: 2, counter: 1, timestampMs: t }))).toBe('ok');
+    // The peer's previous run, which this instance never heard (it started after, or was cut off).
+    expect(take(valid({ epoch: 1, counter: 50, timestampMs: t - 400 }))).toBe('replayed');
+    expect(take(valid({ epoch: 2, counter: 2, timestampMs: t + 100 }))).toBe('ok');
+    expect(take(valid({ epoch: 3, counter: 1, timestampMs: t + 200 }))).toBe('ok'); // a real restart
+  });
   it('stale window: dead_after × interval + allowed clock skew', () => {
     expect(staleWindowMs(3, 100, 2000)).toBe(2300);
   });
@@ -162,6 +172,28 @@ describe('Heartbeat over UDP', () => {
     await sendRaw(spoofed, encodeAdvert(valid({ counter: 20, timestampMs: Date.now() - 1500 }), KEY));
     await settle(before, 1);
     expect(received.length).toBe(2);
+  });
+
+  it('a captured packet of an epoch never heard (the peer\'s previous run) neither reaches the FSM nor locks out the live peer', async () => {
+    // Captured by an attacker while this instance was down or cut off; still inside the stale window.
+    const previousRun = encodeAdvert(valid({ epoch: (a.epoch ^ 0x5a5a5a5a) >>> 0, counter: 4000, timestampMs: Date.now() - 300, priority: 254 }), KEY);
+    await new Promise((r) => setTimeout(r, 20));
+    let before = handled();
+    await a.send('master', 150);
+    await settle(before, 1);
+    expect(received.map((x) => x.epoch)).toEqual([a.epoch]);
+    before = handled();
+    await sendRaw(spoofed, previousRun);
+    await settle(before, 1);
+    expect(drops).toEqual(['replayed']);
+    // The live peer goes on being heard.
+    for (let i = 0; i < 3; i++) {
+      before = handled();
+      await a.send('master', 150);
+      await settle(before, 1);
+    }
+    expect(received.map((x) => x.epoch)).toEqual([a.epoch, a.epoch, a.epoch, a.epoch]);
+    expect(b.dropped.replayed).toBe(1);
   });
 
   it('a restarted peer (new epoch) is accepted, and its previous epoch is refused from then on', async () => {

@@ -8,6 +8,7 @@ import net from 'node:net';
 import { writeFile, mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { Worker } from 'node:worker_threads';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { healthSchema, type HostPort } from '../../src/config/schema.ts';
 import { PROBES } from '../../src/health/probes/index.ts';
@@ -78,6 +79,31 @@ async function probe(type: keyof typeof PROBES, target: HostPort, h: Record<stri
   expect(took).toBeLessThan(TIMEOUT + 500);
   expect(typeof r.latency_ms).toBe('number');
   return r;
+}
+
+/**
+ * Runs a probe in a worker thread: a probe that throws out of a socket callback (an uncaught
+ * exception, which would end fulcrum) or never yields the event loop (which would freeze its
+ * control plane) is seen here as such, within a bound, instead of taking the test run with it.
+ */
+async function probeInWorker(type: keyof typeof PROBES, target: HostPort, h: Record<string, unknown> = {}): Promise<ProbeResult | { uncaught: string } | { hung: true }> {
+  const code = `
+    const { parentPort, workerData } = require('node:worker_threads');
+    import(workerData.module).then(async ({ PROBES }) => {
+      const r = await PROBES[workerData.type](workerData.target, workerData.settings, AbortSignal.timeout(workerData.settings.timeout));
+      parentPort.postMessage(r);
+    });`;
+  const module = new URL('../../src/health/probes/index.ts', import.meta.url).href;
+  const worker = new Worker(code, { eval: true, workerData: { module, type, target, settings: cfg({ type, ...h }) } });
+  try {
+    return await new Promise((resolve) => {
+      const timer = setTimeout(() => resolve({ hung: true }), TIMEOUT + 3000);
+      worker.once('message', (r: ProbeResult) => { clearTimeout(timer); resolve(r); });
+      worker.once('error', (err) => { clearTimeout(timer); resolve({ uncaught: err.message }); });
+    });
+  } finally {
+    await worker.terminate();
+  }
 }
 
 /** Waits until the server side has seen every probe connection closed. */
@@ -214,6 +240,14 @@ describe('redis probe against bad servers', () => {
     expect(await probe('redis', s.target, { redis: { password_file: join(dir, 'missing') } }))
       .toMatchObject({ ok: false, reason: `health.redis.password_file ${join(dir, 'missing')}: cannot read (ENOENT)` });
   });
+  it('a server\'s long error text is cut in the reason (it goes to logs, history and the status page)', async () => {
+    const long = `-ERR ${'x'.repeat(50_000)}\r\n`;
+    const s = await serve((sock) => sock.on('data', () => sock.write(long)));
+    const r = await probe('redis', s.target, role);
+    expect(r.ok).toBe(false);
+    expect(r.reason).toMatch(/^ROLE and INFO refused: ERR xxx+…$/);
+    expect(r.reason.length).toBeLessThanOrEqual(201);
+  });
   it('falls back to INFO replication when ROLE is refused', async () => {
     const s = await serve((sock) => {
       let n = 0;
@@ -230,6 +264,18 @@ describe('redis probe against bad servers', () => {
     expect(await probe('redis', s.target, { role: 'primary' })).toMatchObject({ ok: false, reason: 'wrong role: saw replica, want primary' });
   });
 });
+
+/**
+ * A MariaDB 10.11 exchange as recorded: the handshake, auth OK, and the result of
+ * SELECT @@global.read_only = 0 (its header: column count, column, EOF; its rows: '0', EOF).
+ */
+const MYSQL = {
+  handshake: Buffer.from('640000000a352e352e352d31302e31312e31392d4d6172696144422d302b6465623132753100050000004a46623b3f686e7100fef7080200ff81150000000000001d0000006c4c7428633f4d4450444364006d7973716c5f6e61746976655f70617373776f726400', 'hex'),
+  authOk: Buffer.from('0700000200000002000000', 'hex'),
+  resultHeader: Buffer.from('0100000101190000020364656600000002726f00000c3f000100000008800000000005000003fe00000200', 'hex'),
+  resultRows: Buffer.from('02000004013005000005fe00000200', 'hex'),
+  trailer: Buffer.from('01000006ff', 'hex'),
+};
 
 describe('postgres and mysql probes against bad servers', () => {
   for (const type of ['postgres', 'mysql'] as const) {
@@ -248,6 +294,103 @@ describe('postgres and mysql probes against bad servers', () => {
       for (const s of [g, h, q, r]) await allClosed(s);
     });
   }
+  for (const type of ['postgres', 'mysql'] as const) {
+    it(`${type}: an endless reply is cut off at a bound, not buffered until the timeout; a huge declared length at once`, async () => {
+      // Well-formed and endless: PostgreSQL notices after the startup message; MySQL rows after the
+      // result's header (mysql2 keeps every row). What arrives within the timeout is what
+      // loopback can carry.
+      const notice = Buffer.from('N\x00\x00\x00\x0bSNOTE\x00\x00', 'latin1');
+      // Rows '0' with sequence ids 4, 5, … : a multiple of 256 of them, so the chunk can repeat.
+      const rows = Buffer.concat(Array.from({ length: 256 * 40 }, (_, i) => Buffer.from([2, 0, 0, (4 + i) & 0xff, 1, 0x30])));
+      const chunk = type === 'mysql' ? rows : Buffer.concat(Array(5000).fill(notice));
+      let sent = 0;
+      const s = await serve((sock) => {
+        const pump = () => { while (!sock.destroyed && sock.write(chunk)) sent += chunk.length; };
+        sock.on('drain', pump);
+        if (type === 'postgres') return void sock.once('data', pump);
+        sock.write(MYSQL.handshake);
+        let n = 0;
+        sock.on('data', () => {
+          if (++n === 1) sock.write(MYSQL.authOk);
+          else if (n === 2) { sock.write(MYSQL.resultHeader); pump(); }
+        });
+      });
+      expect(await probe(type, s.target)).toMatchObject({ ok: false, reason: 'reply too long (over 65536 bytes)' });
+      // The 64 KiB read plus what the kernel's buffers held when the probe closed.
+      expect(sent).toBeLessThan(16 * 1024 * 1024);
+      await allClosed(s);
+      // A message that declares a huge length is refused at its header, not awaited (pg would
+      // buffer up to 1 GB of it, mysql2 chain 16 MB packets without end).
+      const huge = await serve((sock) => (type === 'mysql'
+        ? sock.write(Buffer.from([0xff, 0xff, 0xff, 0x00]))
+        : sock.once('data', () => sock.write(Buffer.from([0x52, 0x7f, 0xff, 0xff, 0xff])))));
+      expect(await probe(type, huge.target)).toMatchObject({
+        ok: false,
+        reason: type === 'mysql'
+          ? 'bad reply: not the MySQL protocol (a packet of 16777215 bytes)'
+          : 'bad reply: not the PostgreSQL protocol (message "R" of 2147483647 bytes)',
+      });
+      await allClosed(huge);
+    });
+  }
+
+  it('postgres: replies that pg\'s parser would loop on for ever or throw from a socket callback end the probe with a reason', async () => {
+    const msg = (code: string, body: number[]) => {
+      const b = Buffer.alloc(5 + body.length);
+      b.write(code, 0, 'latin1');
+      b.writeUInt32BE(4 + body.length, 1);
+      Buffer.from(body).copy(b, 5);
+      return b;
+    };
+    const int32 = (n: number) => [(n >>> 24) & 0xff, (n >>> 16) & 0xff, (n >>> 8) & 0xff, n & 0xff];
+    // Startup answered, then `onQuery` for the query.
+    const ready = Buffer.concat([msg('R', int32(0)), msg('Z', [0x49])]);
+    const cases: Array<[string, Buffer, Buffer | null, RegExp]> = [
+      // An ErrorResponse whose field lacks its NUL: pg-protocol's field loop never ends.
+      ['E without its terminating NUL', msg('E', [0x53]), null, /^bad reply: not the PostgreSQL protocol \(message "E"/],
+      ['NoticeResponse ending inside a field', Buffer.concat([msg('N', [0x53, 0x78, 0x00]), ready]), null, /^bad reply: not the PostgreSQL protocol \(message "N"/],
+      // Shorter than what pg reads for its type: a RangeError out of the 'data' callback.
+      ['authentication request without its method', msg('R', []), null, /^bad reply: not the PostgreSQL protocol \(message "R"/],
+      ['BackendKeyData cut short', Buffer.concat([msg('R', int32(0)), msg('K', [1, 2])]), null, /^bad reply: not the PostgreSQL protocol \(message "K"/],
+      ['DataRow whose field runs past its end', ready, Buffer.concat([msg('D', [0, 1, 0, 0, 0, 9, 0x74])]), /^bad reply: not the PostgreSQL protocol \(message "D"/],
+      ['RowDescription cut short', ready, msg('T', [0, 2, 0x72, 0]), /^bad reply: not the PostgreSQL protocol \(message "T"/],
+      ['DataRow with a negative count (new Array(-1))', ready, msg('D', [0xff, 0xff]), /^bad reply: not the PostgreSQL protocol \(message "D" without its count\)/],
+      // What a real server configured for GSSAPI says: pg-protocol throws on methods it does not know.
+      ['GSSAPI authentication', msg('R', int32(7)), null, /^auth failed: the server asks for GSSAPI authentication/],
+    ];
+    for (const [name, startup, onQuery, want] of cases) {
+      const s = await serve((sock) => {
+        let n = 0;
+        sock.on('data', () => {
+          n++;
+          if (n === 1) sock.write(startup);
+          else if (n === 2 && onQuery) sock.write(onQuery);
+        });
+      });
+      const r = await probeInWorker('postgres', s.target);
+      expect(r, name).toMatchObject({ ok: false, reason: expect.stringMatching(want) });
+      await allClosed(s);
+    }
+  });
+
+  it('mysql: a short error packet after the answer (no command waiting for it) is a failed probe, not an uncaught exception', async () => {
+    // The recorded exchange (MYSQL)…
+    // …then one more packet in the same segment: an error marker without its code. mysql2 reads
+    // it outside its command's try/catch, so the RangeError left through the socket's callback.
+    const s = await serve((sock) => {
+      sock.write(MYSQL.handshake);
+      let n = 0;
+      sock.on('data', () => {
+        n++;
+        if (n === 1) sock.write(MYSQL.authOk);
+        else if (n === 2) sock.write(Buffer.concat([MYSQL.resultHeader, MYSQL.resultRows, MYSQL.trailer]));
+      });
+    });
+    const r = await probeInWorker('mysql', s.target);
+    expect(r).toMatchObject({ ok: false, reason: 'bad reply: not the MySQL protocol (an error packet of 1 byte)' });
+    await allClosed(s);
+  });
+
   it('postgres: a missing password_file is reported with the setting', async () => {
     const s = await serve(silent);
     const file = join(dir, 'pw');

@@ -6,7 +6,7 @@
 import type { Socket } from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { FulcrumHandle } from '../../src/main.ts';
-import { parseProxyHeader, type ProxyAddresses } from '../../src/proxy/proxy-protocol.ts';
+import { encodeProxyV2, parseProxyHeader, type ProxyAddresses } from '../../src/proxy/proxy-protocol.ts';
 import { SC_BYTES_IN } from '../../src/shm/layout.ts';
 import { connectClient, freePort, sleep, startServer, waitClose, waitFor, type TestServer } from '../helpers/net.ts';
 import { reasons, serviceCounter, startProxy } from './harness.ts';
@@ -151,6 +151,36 @@ describe('accept_proxy', () => {
     s.destroy();
   });
 
+  it('v2 with TLVs, one byte per write, the payload in the same packet as its last byte; v2 LOCAL keeps the socket\'s addresses', async () => {
+    const s = await connectClient(ports.accept, HOST, '127.2.10.78');
+    s.setNoDelay(true);
+    const next = lineReader(s);
+    const v2 = encodeProxyV2('203.0.113.50', 40001, '192.0.2.1', 6380);
+    // Two TLVs after the addresses (ALPN "h2", an authority): the length covers them; they are skipped.
+    const tlvs = Buffer.from([0x01, 0x00, 0x02, 0x68, 0x32, 0x02, 0x00, 0x03, 0x61, 0x2e, 0x62]);
+    const header = Buffer.concat([v2, tlvs]);
+    header.writeUInt16BE(v2.length - 16 + tlvs.length, 14);
+    for (let i = 0; i < header.length - 1; i++) {
+      s.write(header.subarray(i, i + 1));
+      if (i % 8 === 0) await sleep(2);
+    }
+    s.write(Buffer.concat([header.subarray(-1), Buffer.from('after v2\n')]));
+    const { header: seen } = await firstLine(next);
+    expect(seen).toEqual({ family: 'tcp4', srcAddress: '203.0.113.50', srcPort: 40001, dstAddress: '192.0.2.1', dstPort: 6380 });
+    expect(await next()).toBe('after v2');
+    s.destroy();
+
+    const l = await connectClient(ports.accept, HOST, '127.2.10.79');
+    const nextL = lineReader(l);
+    const local = encodeProxyV2('203.0.113.51', 1, '192.0.2.1', 2);
+    local[12] = 0x20; // LOCAL: the sender's own health check; its addresses are not a client's
+    l.write(Buffer.concat([local, Buffer.from('local\n')]));
+    const { header: own } = await firstLine(nextL);
+    expect(own).toEqual({ family: 'tcp4', srcAddress: '127.2.10.79', srcPort: l.localPort, dstAddress: HOST, dstPort: ports.accept });
+    expect(await nextL()).toBe('local');
+    l.destroy();
+  });
+
   it('keys Maglev on the client the header names, not on the socket that carried it', async () => {
     const sources = Array.from({ length: 12 }, (_, i) => `203.0.113.${i + 1}`);
     const first = new Map<string, string>();
@@ -179,6 +209,37 @@ describe('accept_proxy', () => {
     expect(b1.accepted + b2.accepted + b3.accepted).toBe(before.accepted);
   });
 
+  it('a header the parser cannot take (an IPv6 zone) closes that client only: no worker dies, other sessions flow', async () => {
+    const exits: number[] = [];
+    const onExit = (e: { workerId: number }): void => void exits.push(e.workerId);
+    proxy.pool.on('worker-exit', onExit);
+    // Sessions from many source ports, so both workers hold some.
+    const open = await Promise.all(Array.from({ length: 6 }, async (_, i) => {
+      const s = await connectClient(ports.accept, HOST);
+      const next = lineReader(s);
+      s.write(`PROXY TCP4 198.51.100.${20 + i} 192.0.2.1 40000 6380\r\n`);
+      await firstLine(next);
+      return { s, next };
+    }));
+    try {
+      const before = reasons(proxy, 'accept').bad_proxy_header;
+      for (let i = 0; i < 4; i++) {
+        const bad = await connectClient(ports.accept, HOST);
+        bad.write('PROXY TCP6 fe80::1%eth0 ::1 40000 6380\r\nping\n');
+        await waitClose(bad, 2000);
+      }
+      await waitFor(() => reasons(proxy, 'accept').bad_proxy_header === before + 4, 2000, 'bad_proxy_header counted');
+      for (const [i, { s, next }] of open.entries()) {
+        s.write(`still ${i}\n`);
+        expect(await next()).toBe(`still ${i}`);
+      }
+      expect(exits).toEqual([]);
+    } finally {
+      proxy.pool.off('worker-exit', onExit);
+      for (const { s } of open) s.destroy();
+    }
+  });
+
   it('closes a client that sends no complete header within timeouts.proxy_header', async () => {
     const before = reasons(proxy, 'accept').bad_proxy_header;
     const s = await connectClient(ports.accept, HOST);
@@ -187,6 +248,23 @@ describe('accept_proxy', () => {
     await waitClose(s, 3000);
     expect(Date.now() - t0).toBeGreaterThanOrEqual(250);
     await waitFor(() => reasons(proxy, 'accept').bad_proxy_header === before + 1, 2000, 'bad_proxy_header counted');
+  });
+
+  it('a client that leaves mid-header (FIN or reset) is closed at once, as client_closed, not held to the header timeout', async () => {
+    const before = reasons(proxy, 'accept');
+    const fin = await connectClient(ports.accept, HOST);
+    const rst = await connectClient(ports.accept, HOST);
+    rst.on('error', () => undefined);
+    const t0 = Date.now();
+    fin.end('PROXY TCP4 198.51.1');
+    const closed = waitClose(fin, 2000);
+    rst.write(encodeProxyV2('203.0.113.9', 1, '192.0.2.1', 2).subarray(0, 20));
+    await sleep(20);
+    rst.resetAndDestroy();
+    await closed;
+    expect(Date.now() - t0).toBeLessThan(250); // timeouts.proxy_header is 300ms
+    await waitFor(() => reasons(proxy, 'accept').client_closed === before.client_closed + 2, 250, 'both counted as client_closed');
+    expect(reasons(proxy, 'accept').bad_proxy_header).toBe(before.bad_proxy_header);
   });
 
   it('does not count the header as client bytes', async () => {

@@ -64,6 +64,12 @@ describe('PROXY protocol', () => {
     expect(reason(Buffer.from('PROXY ' + 'x'.repeat(V1_MAX)))).toMatch(/longer than 107 bytes/);
   });
 
+  it('refuses a v1 IPv6 address with a zone, which isIPv6 accepts but no canonical form has (it threw)', () => {
+    // A zone ("%eth0") names an interface of the sender's host: meaningless here, and not in the spec's grammar.
+    expect(reason(Buffer.from('PROXY TCP6 fe80::1%eth0 ::1 1 2\r\n'))).toMatch(/bad TCP6 address/);
+    expect(reason(Buffer.from('PROXY TCP6 ::1 ::%1 1 2\r\n'))).toMatch(/bad TCP6 address/);
+  });
+
   it('refuses malformed v2 headers', () => {
     const good = encodeProxyV2('10.0.0.1', 1, '10.0.0.2', 2);
     const v3 = Buffer.from(good);
@@ -83,11 +89,15 @@ describe('PROXY protocol', () => {
     expect(reason(fam)).toMatch(/unknown address family 5/);
   });
 
-  it('never throws on random bytes (with or without a valid signature in front)', () => {
+  it('never throws on random bytes (with or without a valid signature in front), nor on address-like v1 fields', () => {
     const sig = encodeProxyV2('10.0.0.1', 1, '10.0.0.2', 2).subarray(0, 12);
+    // Random addresses from the pieces an address parser cares about, so many pass isIPv4/isIPv6.
+    const pieces = ['::', ':', '1', 'fe80', 'ffff', '0', '.', '1.2.3.4', '%', 'eth0', '%1', '256', 'g'];
+    const field = (b: Buffer) => Array.from(b, (x) => pieces[x % pieces.length]).join('');
     for (let i = 0; i < 5000; i++) {
       const tail = randomBytes(i % 200);
-      for (const buf of [tail, Buffer.concat([sig, tail]), Buffer.concat([Buffer.from('PROXY '), tail])]) {
+      const v1 = Buffer.from(`PROXY TCP${i % 2 ? 6 : 4} ${field(tail.subarray(0, 1 + (i % 6)))} ::1 1 2\r\n`);
+      for (const buf of [tail, Buffer.concat([sig, tail]), Buffer.concat([Buffer.from('PROXY '), tail]), v1]) {
         const r = parseProxyHeader(buf);
         expect(['ok', 'incomplete', 'error']).toContain(r.status);
       }

@@ -5,15 +5,47 @@
  * Settings (health.mysql): user (default "root"), password_file, database (optional).
  */
 import mysql from 'mysql2';
-import { ProbeFailure, readSecret, roleResult, runProbe, type Probe } from './probe.ts';
+import { capReply, CheckedSocket, MAX_REPLY, ProbeFailure, readSecret, roleResult, runProbe, type Probe } from './probe.ts';
 
 const AUTH_ERRNOS = new Set([1044, 1045, 1698, 1130]);
+
+/**
+ * The check of mysql2's socket (CheckedSocket): frames packets (3-byte length, sequence id) and
+ * refuses an error packet shorter than its marker and code. mysql2 parses a packet that arrives
+ * while no command waits for one (after the query's result, before QUIT) outside its commands'
+ * try/catch, reading an error packet's code unchecked: a short one threw a RangeError out of the
+ * socket's callback, which ended the process. Commands catch what they read themselves. Holds
+ * at most one incomplete packet (≤ MAX_REPLY: a larger one is refused at its header).
+ */
+function mysqlFrames(): (chunk: Buffer) => string | null {
+  let rest: Buffer | null = null;
+  return (chunk) => {
+    const buf = rest === null ? chunk : Buffer.concat([rest, chunk]);
+    let at = 0;
+    while (buf.length - at >= 4) {
+      const len = buf.readUIntLE(at, 3);
+      if (len > MAX_REPLY) return `bad reply: not the MySQL protocol (a packet of ${len} bytes)`;
+      if (buf.length - at < 4 + len) break;
+      if (len > 0 && buf[at + 4] === 0xff && len < 3) {
+        return `bad reply: not the MySQL protocol (an error packet of ${len} byte${len === 1 ? '' : 's'})`;
+      }
+      at += 4 + len;
+    }
+    rest = at < buf.length ? buf.subarray(at) : null;
+    return null;
+  };
+}
 
 export const mysqlProbe: Probe = (target, settings, signal) =>
   runProbe(signal, settings, async (stage) => {
     const cfg = settings.mysql ?? {};
     const password = cfg.password_file ? await readSecret(cfg.password_file, 'health.mysql.password_file') : undefined;
+    const socket = new CheckedSocket(mysqlFrames());
+    capReply(socket);
+    socket.setNoDelay(true);
+    socket.connect(target.port, target.host);
     const conn = mysql.createConnection({
+      stream: socket,
       host: target.host,
       port: target.port,
       user: cfg.user ?? 'root',

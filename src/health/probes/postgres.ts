@@ -7,17 +7,114 @@
  * held open would hide a server that stops accepting new ones.
  */
 import pg from 'pg';
-import { ProbeFailure, readSecret, roleResult, runProbe, type Probe } from './probe.ts';
+import { capReply, CheckedSocket, excerpt, MAX_REPLY, ProbeFailure, readSecret, roleResult, runProbe, type Probe } from './probe.ts';
 
 /** SQLSTATEs that mean "these credentials will not do" rather than "the server is unwell". */
 const AUTH_STATES = new Set(['28P01', '28000']);
+
+/** Authentication requests pg-protocol knows: ok, cleartext, MD5, SASL, SASL continue, SASL final. */
+const AUTH_KNOWN = new Set([0, 3, 5, 10, 11, 12]);
+const AUTH_NAMES: Record<number, string> = { 2: 'Kerberos V5', 6: 'SCM credential', 7: 'GSSAPI', 8: 'GSSAPI', 9: 'SSPI' };
+
+/**
+ * Why pg's parser must not see this backend message, or null. `b` is the message's body (after
+ * its type byte and length). pg-protocol reads a message trusting its fields: an ErrorResponse or
+ * NoticeResponse whose fields lack their terminating NUL makes it loop for ever, and a message
+ * shorter than what its type reads, or with a negative count (`new Array(-1)`), makes it throw
+ * (RangeError) from the socket's 'data' callback, as does an authentication method it does not
+ * know. Only those reads are checked here: what the fields say is pg's to judge.
+ */
+function pgMessageProblem(code: number, b: Buffer): string | null {
+  const bad = (what: string) => `bad reply: not the PostgreSQL protocol (message ${excerpt(Buffer.from([code]))} ${what})`;
+  const n = b.length;
+  switch (code) {
+    case 0x52: { // R: authentication request
+      if (n < 4) return bad('without its method');
+      const method = b.readInt32BE(0);
+      if (AUTH_KNOWN.has(method)) return null;
+      return `auth failed: the server asks for ${AUTH_NAMES[method] ?? `method ${method}`} authentication; the probe speaks password, md5 and scram-sha-256`;
+    }
+    case 0x45: // E: ErrorResponse
+    case 0x4e: { // N: NoticeResponse — fields of a type byte and a C string, then a NUL
+      for (let at = 0; ;) {
+        if (at >= n) return bad('whose fields do not end');
+        if (b[at] === 0) return null;
+        const nul = b.indexOf(0, at + 1);
+        if (nul < 0) return bad('whose fields do not end');
+        at = nul + 1;
+      }
+    }
+    case 0x4b: // K: BackendKeyData, two int32
+      return n < 8 ? bad('shorter than its fields') : null;
+    case 0x41: // A: NotificationResponse, an int32 first
+      return n < 4 ? bad('shorter than its fields') : null;
+    case 0x74: // t: ParameterDescription, int16 count × int32
+      if (n < 2 || b.readInt16BE(0) < 0) return bad('without its count');
+      return n < 2 + 4 * b.readInt16BE(0) ? bad('shorter than its fields') : null;
+    case 0x47: // G, H: CopyIn/CopyOut response, int8, int16 count × int16
+    case 0x48:
+      if (n < 3 || b.readInt16BE(1) < 0) return bad('without its count');
+      return n < 3 + 2 * b.readInt16BE(1) ? bad('shorter than its fields') : null;
+    case 0x54: { // T: RowDescription, int16 count × (C string, 18 bytes)
+      if (n < 2 || b.readInt16BE(0) < 0) return bad('without its count');
+      let at = 2;
+      for (let i = b.readInt16BE(0); i > 0; i--) {
+        const nul = b.indexOf(0, at);
+        if (nul < 0 || nul + 19 > n) return bad('shorter than its fields');
+        at = nul + 19;
+      }
+      return null;
+    }
+    case 0x44: { // D: DataRow, int16 count × (int32 length, bytes; -1 is NULL)
+      if (n < 2 || b.readInt16BE(0) < 0) return bad('without its count');
+      let at = 2;
+      for (let i = b.readInt16BE(0); i > 0; i--) {
+        if (at + 4 > n) return bad('shorter than its fields');
+        const len = b.readInt32BE(at);
+        at += 4;
+        if (len === -1) continue;
+        if (len < 0 || at + len > n) return bad('shorter than its fields');
+        at += len;
+      }
+      return null;
+    }
+  }
+  return null; // no read that can fail (or a type pg reports as an invalid response itself)
+}
+
+/**
+ * The check of pg's socket (CheckedSocket): frames the backend's messages and runs
+ * pgMessageProblem on each, holding at most one incomplete message (≤ MAX_REPLY) between chunks.
+ */
+function pgFrames(): (chunk: Buffer) => string | null {
+  let rest: Buffer | null = null;
+  return (chunk) => {
+    const buf = rest === null ? chunk : Buffer.concat([rest, chunk]);
+    let at = 0;
+    while (buf.length - at >= 5) {
+      const len = buf.readUInt32BE(at + 1);
+      if (len < 4 || len > MAX_REPLY) {
+        return `bad reply: not the PostgreSQL protocol (message ${excerpt(buf.subarray(at, at + 1))} of ${len} bytes)`;
+      }
+      if (buf.length - at < 1 + len) break;
+      const problem = pgMessageProblem(buf[at], buf.subarray(at + 5, at + 1 + len));
+      if (problem !== null) return problem;
+      at += 1 + len;
+    }
+    rest = at < buf.length ? buf.subarray(at) : null;
+    return null;
+  };
+}
 
 export const postgresProbe: Probe = (target, settings, signal) =>
   runProbe(signal, settings, async (stage) => {
     const cfg = settings.postgres ?? {};
     const user = cfg.user ?? 'postgres';
     const password = cfg.password_file ? await readSecret(cfg.password_file, 'health.postgres.password_file') : undefined;
+    const socket = new CheckedSocket(pgFrames());
+    capReply(socket);
     const client = new pg.Client({
+      stream: () => socket,
       host: target.host,
       port: target.port,
       user,
@@ -29,10 +126,9 @@ export const postgresProbe: Probe = (target, settings, signal) =>
       connectionTimeoutMillis: settings.timeout + 100,
       query_timeout: settings.timeout + 100,
     });
-    const stream = () => (client as unknown as { connection: { stream: { destroy(): void } } }).connection.stream;
     // A driver 'error' after the probe has settled must never become an uncaught exception.
     client.on('error', () => {});
-    const onAbort = () => stream().destroy();
+    const onAbort = () => socket.destroy();
     signal.addEventListener('abort', onAbort, { once: true });
     let clean = false;
     try {
@@ -55,9 +151,9 @@ export const postgresProbe: Probe = (target, settings, signal) =>
       if (clean) {
         // Terminate politely (no "connection reset" lines in the server's log), but never wait on it.
         client.end().catch(() => {});
-        setTimeout(() => stream().destroy(), 1000).unref();
+        setTimeout(() => socket.destroy(), 1000).unref();
       } else {
-        stream().destroy();
+        socket.destroy();
       }
     }
   });

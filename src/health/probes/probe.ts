@@ -9,6 +9,7 @@
  */
 import net from 'node:net';
 import { readFile } from 'node:fs/promises';
+import type { Duplex } from 'node:stream';
 import type { HostPort, HealthConfig } from '../../config/schema.ts';
 
 export type Role = 'primary' | 'replica';
@@ -66,9 +67,17 @@ export function describeError(err: unknown): string {
     case 'ENOTFOUND': case 'EAI_AGAIN': return `cannot resolve host (${e.code})`;
   }
   if (err instanceof ProbeFailure) return err.message;
-  const msg = (e as Error | undefined)?.message ?? String(err);
-  return msg.length > 160 ? msg.slice(0, 160) + '…' : msg;
+  return clip((e as Error | undefined)?.message ?? String(err), 160);
 }
+
+/**
+ * Longest reason a probe gives. Reasons quote what servers say (a Redis error line, a PostgreSQL
+ * or MySQL error message: up to MAX_REPLY bytes each), and every one goes to the history the
+ * status page shows and into log lines: a server's text must not make them tens of KB.
+ */
+const MAX_REASON = 200;
+
+const clip = (text: string, max = MAX_REASON): string => (text.length > max ? text.slice(0, max) + '…' : text);
 
 /** "timeout after 500ms (waiting for reply)" — `stage` says how far the probe got. */
 export function timeoutReason(settings: HealthConfig, stage: string): string {
@@ -98,12 +107,12 @@ export async function runProbe(
       onAbort = () => reject(new Error('aborted'));
       signal.addEventListener('abort', onAbort, { once: true });
     })]);
-    return { ok: r.ok ?? true, reason: r.reason, latency_ms: latency(), ...(r.role ? { role: r.role } : {}) };
+    return { ok: r.ok ?? true, reason: clip(r.reason), latency_ms: latency(), ...(r.role ? { role: r.role } : {}) };
   } catch (err) {
     let reason = signal.aborted && !(err instanceof ProbeFailure) ? timeoutReason(settings, stage.name) : describeError(err);
     const partial = signal.aborted ? stage.socket?.pending : undefined;
     if (partial && partial.length > 0 && reason.startsWith('timeout')) reason += `, partial reply ${excerpt(partial)}`;
-    return { ok: false, reason, latency_ms: latency() };
+    return { ok: false, reason: clip(reason), latency_ms: latency() };
   } finally {
     if (onAbort) signal.removeEventListener('abort', onAbort);
   }
@@ -125,7 +134,53 @@ export async function readSecret(file: string, setting: string): Promise<string>
 }
 
 /** Largest reply a probe keeps: enough for INFO replication or an HTTP status line. */
-const MAX_REPLY = 64 * 1024;
+export const MAX_REPLY = 64 * 1024;
+
+/**
+ * The socket a driver (pg, mysql2) reads from: each chunk is shown to `check` before any 'data'
+ * listener, the driver's parser included, sees it. The drivers parse in that callback on the
+ * control plane's thread and trust the server's framing, so a reply they cannot parse could throw
+ * out of it (an uncaught exception: the process ends) or loop for ever. `check` returns why the
+ * bytes must not reach the driver, or null; a problem destroys the socket with a ProbeFailure,
+ * which the driver reports as its error, and the probe fails with that reason.
+ */
+export class CheckedSocket extends net.Socket {
+  readonly #check: (chunk: Buffer) => string | null;
+
+  constructor(check: (chunk: Buffer) => string | null) {
+    super();
+    this.#check = check;
+  }
+
+  override emit(event: string | symbol, ...args: unknown[]): boolean {
+    if (event === 'data' && !this.destroyed) {
+      const problem = this.#check(args[0] as Buffer);
+      if (problem !== null) {
+        this.destroy(new ProbeFailure(problem));
+        return false;
+      }
+    }
+    return super.emit(event, ...args);
+  }
+}
+
+/**
+ * Bounds what a driver's socket (pg, mysql2) may receive in one probe, as ProbeSocket bounds its
+ * own reads. The drivers keep a message until its declared length has arrived (pg up to 1 GB,
+ * mysql2 16 MB packets chained without end), so a server streaming garbage grew the control
+ * plane's memory for the whole timeout (≈ 800 MB a second on loopback), and mysql2 parses a
+ * large packet in one synchronous call (≈ 200 ms per MB) that stalled the event loop, heartbeats
+ * included, far past the probe's timeout. A probe's exchange is a few hundred bytes: beyond
+ * MAX_REPLY the socket is destroyed with a ProbeFailure, which the driver reports as its error.
+ * Called before the driver connects.
+ */
+export function capReply(socket: Duplex): void {
+  let received = 0;
+  socket.on('data', (d: Buffer) => {
+    received += d.length;
+    if (received > MAX_REPLY) socket.destroy(new ProbeFailure(`reply too long (over ${MAX_REPLY} bytes)`));
+  });
+}
 
 /**
  * A TCP connection for one probe. `read(parse)` accumulates bytes until `parse` returns a value

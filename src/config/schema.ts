@@ -72,7 +72,7 @@ function splitHostPort(v: unknown, portOptional: boolean): { hp?: HostPort; prob
   const host = m[1] ?? m[2];
   const problem = hostProblem(host, m[1] !== undefined);
   if (problem) return { problem: `${JSON.stringify(host)} ${problem}` };
-  const canonical = m[1] !== undefined ? canonicalIpv6(host) : host;
+  const canonical = m[1] !== undefined ? canonicalIPv6(host) : host;
   if (m[3] === undefined) return portOptional ? { hp: { host: canonical, port: 0 } } : {};
   const port = Number(m[3]);
   if (port < 1 || port > 65535) return {};
@@ -82,9 +82,9 @@ function splitHostPort(v: unknown, portOptional: boolean): { hp?: HostPort; prob
 /**
  * One spelling per IPv6 address (RFC 5952's, as URLs write it: "[0:0::1]" → "::1"): a backend's
  * address names it in the admin API and orders the Maglev build, which both instances of a pair
- * must do alike.
+ * must do alike; a PROXY header's source is a hashing key and a log field, whichever version sent it.
  */
-function canonicalIpv6(host: string): string {
+export function canonicalIPv6(host: string): string {
   // A zone, or an IPv4 tail (RFC 5952 keeps "::ffff:192.0.2.1" dotted; URLs would not).
   if (host.includes('%') || host.includes('.')) return host.toLowerCase();
   try {

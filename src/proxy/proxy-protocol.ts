@@ -10,6 +10,7 @@
  * the header is whole, which is almost always the first one).
  */
 import { isIPv4, isIPv6 } from 'node:net';
+import { canonicalIPv6 } from '../config/schema.ts';
 
 /** v2's 12-byte signature. */
 const V2_SIG = Buffer.from([0x0d, 0x0a, 0x0d, 0x0a, 0x00, 0x0d, 0x0a, 0x51, 0x55, 0x49, 0x54, 0x0a]);
@@ -162,8 +163,6 @@ function ipv6(b: Buffer, at: number): string {
  */
 const isIPv6NoZone = (a: string): boolean => isIPv6(a) && !a.includes('%');
 
-/** The one spelling of an IPv6 address (RFC 5952, through the URL parser): keys and logs agree whichever version sent it. */
-const canonicalIPv6 = (a: string): string => new URL(`http://[${a}]/`).hostname.slice(1, -1);
 
 function writeIPv4(out: Buffer, at: number, a: string): void {
   a.split('.').forEach((o, i) => (out[at + i] = Number(o)));

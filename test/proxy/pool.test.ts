@@ -178,28 +178,26 @@ describe('worker pool', () => {
   it('a listener that could not bind is bound by the next service table, and by a resume', async () => {
     // The workers are sent a table whose address another process holds (a reload checks first,
     // src/config/listen.ts; the table is sent here directly, as a race with that check would).
-    const p6 = await freePort(HOST);
-    const squatter = createServer();
-    await new Promise<void>((resolve) => squatter.listen({ host: HOST, port: p6 }, () => resolve()));
-    const moved = buildServiceTable({ ...proxy.config, services: proxy.config.services.map((s) => ({ ...s, listen: { host: HOST, port: p6 } })) }, proxy.balancer);
-    try {
-      expect((await proxy.pool.updateServices(moved)).map((e) => e.code)).toEqual(['EADDRINUSE']);
-    } finally {
-      await new Promise<void>((resolve) => squatter.close(() => resolve()));
+    /** The table moved to a port another process holds: refused with EADDRINUSE, then freed. */
+    async function moveWhileTaken(to: number): Promise<ReturnType<typeof buildServiceTable>> {
+      const squatter = createServer();
+      await new Promise<void>((resolve) => squatter.listen({ host: HOST, port: to }, () => resolve()));
+      const moved = buildServiceTable({ ...proxy.config, services: proxy.config.services.map((s) => ({ ...s, listen: { host: HOST, port: to } })) }, proxy.balancer);
+      try {
+        expect((await proxy.pool.updateServices(moved)).map((e) => e.code)).toEqual(['EADDRINUSE']);
+      } finally {
+        await new Promise<void>((resolve) => squatter.close(() => resolve()));
+      }
+      return moved;
     }
+    const p6 = await freePort(HOST);
+    const moved = await moveWhileTaken(p6);
     // The same table again, the address free now: bound (it used to stay unbound: same address).
     expect(await proxy.pool.updateServices(moved)).toEqual([]);
     expect(await who(p6)).toMatch(/^[ab]$/);
     // A resume binds a listener that failed too (a service added while the VIP was elsewhere).
     const p7 = await freePort(HOST);
-    const squatter2 = createServer();
-    await new Promise<void>((resolve) => squatter2.listen({ host: HOST, port: p7 }, () => resolve()));
-    const moved2 = buildServiceTable({ ...proxy.config, services: proxy.config.services.map((s) => ({ ...s, listen: { host: HOST, port: p7 } })) }, proxy.balancer);
-    try {
-      expect((await proxy.pool.updateServices(moved2)).map((e) => e.code)).toEqual(['EADDRINUSE']);
-    } finally {
-      await new Promise<void>((resolve) => squatter2.close(() => resolve()));
-    }
+    await moveWhileTaken(p7);
     await proxy.pool.resumeService('p');
     expect(await who(p7)).toMatch(/^[ab]$/);
     expect(await proxy.syncServices()).toEqual([]);

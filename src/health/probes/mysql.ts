@@ -5,7 +5,7 @@
  * Settings (health.mysql): user (default "root"), password_file, database (optional).
  */
 import mysql from 'mysql2';
-import { capReply, CheckedSocket, MAX_REPLY, ProbeFailure, readSecret, roleResult, runProbe, type Probe } from './probe.ts';
+import { capReply, CheckedSocket, framed, MAX_REPLY, ProbeFailure, readSecret, roleResult, runProbe, type Probe } from './probe.ts';
 
 const AUTH_ERRNOS = new Set([1044, 1045, 1698, 1130]);
 
@@ -17,24 +17,13 @@ const AUTH_ERRNOS = new Set([1044, 1045, 1698, 1130]);
  * socket's callback, which ended the process. Commands catch what they read themselves. Holds
  * at most one incomplete packet (≤ MAX_REPLY: a larger one is refused at its header).
  */
-function mysqlFrames(): (chunk: Buffer) => string | null {
-  let rest: Buffer | null = null;
-  return (chunk) => {
-    const buf = rest === null ? chunk : Buffer.concat([rest, chunk]);
-    let at = 0;
-    while (buf.length - at >= 4) {
-      const len = buf.readUIntLE(at, 3);
-      if (len > MAX_REPLY) return `bad reply: not the MySQL protocol (a packet of ${len} bytes)`;
-      if (buf.length - at < 4 + len) break;
-      if (len > 0 && buf[at + 4] === 0xff && len < 3) {
-        return `bad reply: not the MySQL protocol (an error packet of ${len} byte${len === 1 ? '' : 's'})`;
-      }
-      at += 4 + len;
-    }
-    rest = at < buf.length ? buf.subarray(at) : null;
-    return null;
-  };
-}
+const mysqlFrames = (): ((chunk: Buffer) => string | null) => framed(4, (b, at) => {
+  const len = b.readUIntLE(at, 3);
+  return len > MAX_REPLY ? `bad reply: not the MySQL protocol (a packet of ${len} bytes)` : 4 + len;
+}, (b, at, total) => {
+  const len = total - 4;
+  return len > 0 && b[at + 4] === 0xff && len < 3 ? `bad reply: not the MySQL protocol (an error packet of ${len} byte${len === 1 ? '' : 's'})` : null;
+});
 
 export const mysqlProbe: Probe = (target, settings, signal) =>
   runProbe(signal, settings, async (stage) => {

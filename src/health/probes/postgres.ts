@@ -7,7 +7,7 @@
  * held open would hide a server that stops accepting new ones.
  */
 import pg from 'pg';
-import { capReply, CheckedSocket, excerpt, MAX_REPLY, ProbeFailure, readSecret, roleResult, runProbe, type Probe } from './probe.ts';
+import { capReply, CheckedSocket, excerpt, framed, MAX_REPLY, ProbeFailure, readSecret, roleResult, runProbe, type Probe } from './probe.ts';
 
 /** SQLSTATEs that mean "these credentials will not do" rather than "the server is unwell". */
 const AUTH_STATES = new Set(['28P01', '28000']);
@@ -86,25 +86,10 @@ function pgMessageProblem(code: number, b: Buffer): string | null {
  * The check of pg's socket (CheckedSocket): frames the backend's messages and runs
  * pgMessageProblem on each, holding at most one incomplete message (≤ MAX_REPLY) between chunks.
  */
-function pgFrames(): (chunk: Buffer) => string | null {
-  let rest: Buffer | null = null;
-  return (chunk) => {
-    const buf = rest === null ? chunk : Buffer.concat([rest, chunk]);
-    let at = 0;
-    while (buf.length - at >= 5) {
-      const len = buf.readUInt32BE(at + 1);
-      if (len < 4 || len > MAX_REPLY) {
-        return `bad reply: not the PostgreSQL protocol (message ${excerpt(buf.subarray(at, at + 1))} of ${len} bytes)`;
-      }
-      if (buf.length - at < 1 + len) break;
-      const problem = pgMessageProblem(buf[at], buf.subarray(at + 5, at + 1 + len));
-      if (problem !== null) return problem;
-      at += 1 + len;
-    }
-    rest = at < buf.length ? buf.subarray(at) : null;
-    return null;
-  };
-}
+const pgFrames = (): ((chunk: Buffer) => string | null) => framed(5, (b, at) => {
+  const len = b.readUInt32BE(at + 1);
+  return len < 4 || len > MAX_REPLY ? `bad reply: not the PostgreSQL protocol (message ${excerpt(b.subarray(at, at + 1))} of ${len} bytes)` : 1 + len;
+}, (b, at, total) => pgMessageProblem(b[at], b.subarray(at + 5, at + total)));
 
 export const postgresProbe: Probe = (target, settings, signal) =>
   runProbe(signal, settings, async (stage) => {

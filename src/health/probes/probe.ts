@@ -165,6 +165,34 @@ export class CheckedSocket extends net.Socket {
 }
 
 /**
+ * A CheckedSocket check for a length-prefixed protocol (pg's, mysql2's): once `header` bytes of a
+ * message are in, `size` gives its whole length or why it is refused; `message` judges each
+ * complete one. At most one incomplete message is held between chunks (`size` refuses one larger
+ * than MAX_REPLY at its header).
+ */
+export function framed(
+  header: number,
+  size: (buf: Buffer, at: number) => number | string,
+  message: (buf: Buffer, at: number, size: number) => string | null,
+): (chunk: Buffer) => string | null {
+  let rest: Buffer | null = null;
+  return (chunk) => {
+    const buf = rest === null ? chunk : Buffer.concat([rest, chunk]);
+    let at = 0;
+    while (buf.length - at >= header) {
+      const total = size(buf, at);
+      if (typeof total === 'string') return total;
+      if (buf.length - at < total) break;
+      const problem = message(buf, at, total);
+      if (problem !== null) return problem;
+      at += total;
+    }
+    rest = at < buf.length ? buf.subarray(at) : null;
+    return null;
+  };
+}
+
+/**
  * Bounds what a driver's socket (pg, mysql2) may receive in one probe, as ProbeSocket bounds its
  * own reads. The drivers keep a message until its declared length has arrived (pg up to 1 GB,
  * mysql2 16 MB packets chained without end), so a server streaming garbage grew the control

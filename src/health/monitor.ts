@@ -23,10 +23,10 @@
  *                what the balancer assumed, so the receiver never has to guess the start state)
  */
 import { EventEmitter } from 'node:events';
-import { formatHostPort, type Config, type HealthConfig, type HostPort } from '../config/schema.ts';
+import { formatHostPort, HEALTH_TYPES, type Config, type HealthConfig, type HostPort } from '../config/schema.ts';
 import { silentLogger, type Logger } from '../observability/log.ts';
 import { Dampener, type HealthState } from './dampener.ts';
-import { PROBES } from './probes/index.ts';
+import { ProbeThread } from './probe-thread.ts';
 import type { Probe, ProbeResult } from './probes/probe.ts';
 
 export interface ProbeEvent extends ProbeResult {
@@ -60,7 +60,7 @@ export interface BackendHealth {
 
 export interface HealthMonitorOptions {
   logger?: Logger;
-  /** Probe implementations by type (tests may swap one); defaults to the real ones. */
+  /** Probe implementations by type, run on this thread (tests may swap one); defaults to the real ones, on the probe thread. */
   probes?: Partial<Record<HealthConfig['type'], Probe>>;
   /** Results kept per backend for the status page. */
   historySize?: number;
@@ -95,6 +95,9 @@ const keyOf = (service: string, address: string) => `${service}\u0000${address}`
 export class HealthMonitor extends EventEmitter {
   readonly #log: Logger;
   readonly #probes: Record<HealthConfig['type'], Probe>;
+  /** Where the real probes run (probe-thread.ts); types swapped in by options.probes run here. */
+  readonly #thread: ProbeThread;
+  readonly #onThread: Set<HealthConfig['type']>;
   readonly #historySize: number;
   readonly #jitter: number;
   readonly #tracked = new Map<string, Tracked>();
@@ -103,7 +106,10 @@ export class HealthMonitor extends EventEmitter {
   constructor(config: Config, options: HealthMonitorOptions = {}) {
     super();
     this.#log = (options.logger ?? silentLogger).child({ component: 'health' });
-    this.#probes = { ...PROBES, ...options.probes };
+    this.#thread = new ProbeThread(this.#log);
+    const threaded = Object.fromEntries(HEALTH_TYPES.map((type) => [type, this.#thread.probe(type)])) as Record<HealthConfig['type'], Probe>;
+    this.#probes = { ...threaded, ...options.probes };
+    this.#onThread = new Set(HEALTH_TYPES.filter((type) => options.probes?.[type] === undefined));
     this.#historySize = options.historySize ?? 20;
     this.#jitter = options.jitter ?? 0.1;
     this.update(config);
@@ -204,10 +210,16 @@ export class HealthMonitor extends EventEmitter {
     return [...this.#tracked.values()].map((t) => this.#describeOne(t));
   }
 
+  /** Resolves once the probe thread runs (the probes wait for it themselves; tests that time them do too). */
+  ready(): Promise<void> {
+    return this.#thread.ready();
+  }
+
   /** Stops every prober and aborts probes in flight. Idempotent. */
   stop(): void {
     this.#stopped = true;
     for (const t of this.#tracked.values()) this.#halt(t);
+    void this.#thread.close();
   }
 
   // ── internals ──────────────────────────────────────────────────────────────
@@ -270,6 +282,15 @@ export class HealthMonitor extends EventEmitter {
     if (this.#stopped || t.maint || t.inFlight) return;
     const epoch = t.epoch;
     const health = t.health;
+    const onThread = this.#onThread.has(health.type);
+    // The probe thread starts with the first probe (and again after it ended): its start-up is
+    // not the backend's time to answer.
+    if (onThread) {
+      t.inFlight = new AbortController();
+      await this.#thread.ready();
+      t.inFlight = null;
+      if (epoch !== t.epoch || this.#stopped || t.maint) return;
+    }
     const controller = new AbortController();
     t.inFlight = controller;
     const started = performance.now();
@@ -281,9 +302,11 @@ export class HealthMonitor extends EventEmitter {
       result = await Promise.race([
         probe(t.target, health, controller.signal),
         new Promise<ProbeResult>((resolve) => {
-          safety = setTimeout(() => resolve({
-            ok: false, reason: `timeout after ${health.timeout}ms (probe did not stop when asked)`, latency_ms: performance.now() - started,
-          }), health.timeout + SAFETY_MARGIN_MS);
+          safety = setTimeout(() => {
+            const reason = `timeout after ${health.timeout}ms (probe did not stop when asked)`;
+            if (onThread) this.#thread.unresponsive(`${t.service} ${t.address}: ${reason}`);
+            resolve({ ok: false, reason, latency_ms: performance.now() - started });
+          }, health.timeout + SAFETY_MARGIN_MS);
         }),
       ]);
     } catch (err) {

@@ -10,7 +10,7 @@
  * the header is whole, which is almost always the first one).
  */
 import { isIPv4, isIPv6 } from 'node:net';
-import { canonicalIPv6 } from '../config/schema.ts';
+import { canonicalIPv6 } from '../config/address.ts';
 
 /** v2's 12-byte signature. */
 const V2_SIG = Buffer.from([0x0d, 0x0a, 0x0d, 0x0a, 0x00, 0x0d, 0x0a, 0x51, 0x55, 0x49, 0x54, 0x0a]);

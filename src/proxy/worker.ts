@@ -10,7 +10,7 @@ import { getSystemErrorMessage, getSystemErrorName } from 'node:util';
 import { parentPort, workerData } from 'node:worker_threads';
 import { pino } from 'pino';
 import { instantiateEngine } from '../balancer/engine.ts';
-import { formatHostPort } from '../config/schema.ts';
+import { formatHostPort } from '../config/address.ts';
 import { CONNECTION_LOG_MSG, createLogger, type Logger } from '../observability/log.ts';
 import type { ListenProblem, MainToWorker, ServiceEntry, WorkerInit, WorkerToMain } from './messages.ts';
 import { loadRelay } from './relay.ts';

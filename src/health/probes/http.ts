@@ -3,7 +3,7 @@
  * status line checked against `expect_status`. Only the status line is read: the body, however
  * large or slow, never matters.
  */
-import { formatHostPort } from '../../config/schema.ts';
+import { formatHostPort } from '../../config/address.ts';
 import { excerpt, ProbeFailure, ProbeSocket, runProbe, type Probe } from './probe.ts';
 
 const HTTP_PREFIX = Buffer.from('HTTP/');

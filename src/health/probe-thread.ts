@@ -1,0 +1,110 @@
+/**
+ * The probes run on a worker thread of their own, as keepalived runs its checkers in a process
+ * apart from VRRP. The drivers (pg, mysql2, the RESP and HTTP readers) parse what backends send
+ * on the thread they run on: here a driver that throws out of a socket callback ends this thread,
+ * not the process, and one that loops or parses for long holds up the probes — not the heartbeats,
+ * the admin API and the control plane on the main thread.
+ *
+ * The monitor asks through `probe(type)`: a Probe whose calls are messages to the thread. A thread
+ * that exits answers its probes in flight with a failure and starts again for the next one; one
+ * that does not answer a probe within its timeout plus a margin is ended (`unresponsive`) and
+ * started again. Called by the monitor once per probe (every health.interval per backend).
+ */
+import { Worker } from 'node:worker_threads';
+import type { HealthConfig, HostPort } from '../config/schema.ts';
+import type { Logger } from '../observability/log.ts';
+import type { Probe, ProbeResult } from './probes/probe.ts';
+
+/** Main → thread: run a probe, or abort one. Thread → main: ready once, then each probe's result. */
+export type ToProbeThread =
+  | { type: 'probe'; id: number; probe: HealthConfig['type']; target: HostPort; settings: HealthConfig }
+  | { type: 'abort'; id: number };
+export type FromProbeThread = { type: 'ready' } | { type: 'result'; id: number; result: ProbeResult };
+
+/**
+ * Heap of the probe thread, in MB: a probe keeps at most 64 KiB of a reply, so a driver that
+ * grows past this is broken or fed something hostile; the thread then ends and starts again.
+ */
+const PROBE_THREAD_HEAP_MB = 64;
+
+export class ProbeThread {
+  readonly #log: Logger;
+  #worker: Worker | null = null;
+  #ready: Promise<void> | null = null;
+  readonly #inFlight = new Map<number, (r: ProbeResult) => void>();
+  #seq = 0;
+  #closed = false;
+
+  constructor(logger: Logger) {
+    this.#log = logger.child({ component: 'probe-thread' });
+  }
+
+  /** Resolves once the thread has loaded the probes (started on first use, and after each exit). */
+  ready(): Promise<void> {
+    if (this.#closed) return Promise.resolve();
+    this.#ready ??= this.#start();
+    return this.#ready;
+  }
+
+  /** The Probe for `type`, run on the thread. */
+  probe(type: HealthConfig['type']): Probe {
+    return async (target, settings, signal) => {
+      await this.ready();
+      const worker = this.#worker;
+      if (worker === null || this.#closed) return { ok: false, reason: this.#closed ? 'probe thread stopped' : 'probe thread did not start (see the log)', latency_ms: 0 };
+      const id = ++this.#seq;
+      return new Promise<ProbeResult>((resolve) => {
+        const onAbort = (): void => worker.postMessage({ type: 'abort', id } satisfies ToProbeThread);
+        this.#inFlight.set(id, (r) => {
+          signal.removeEventListener('abort', onAbort);
+          resolve(r);
+        });
+        signal.addEventListener('abort', onAbort, { once: true });
+        worker.postMessage({ type: 'probe', id, probe: type, target, settings } satisfies ToProbeThread);
+        if (signal.aborted) onAbort();
+      });
+    };
+  }
+
+  /** A probe got no answer past its timeout and margin: the thread is stuck; end it (the next probe starts another). */
+  unresponsive(why: string): void {
+    const w = this.#worker;
+    if (w === null) return;
+    this.#log.error({ why }, 'probe thread does not answer: ending it, the next probe starts another');
+    void w.terminate();
+  }
+
+  async close(): Promise<void> {
+    this.#closed = true;
+    await this.#worker?.terminate();
+  }
+
+  #start(): Promise<void> {
+    return new Promise<void>((resolve) => {
+      const worker = new Worker(new URL('./probe-worker.ts', import.meta.url), {
+        name: 'fulcrum-probes',
+        resourceLimits: { maxOldGenerationSizeMb: PROBE_THREAD_HEAP_MB },
+      });
+      worker.unref();
+      this.#worker = worker;
+      worker.on('message', (m: FromProbeThread) => {
+        if (m.type === 'ready') return resolve();
+        const done = this.#inFlight.get(m.id);
+        this.#inFlight.delete(m.id);
+        done?.(m.result);
+      });
+      worker.on('error', (err) => this.#log.error({ err: err.message }, `probe thread failed: ${err.message}`));
+      worker.once('exit', (code) => {
+        if (this.#worker === worker) {
+          this.#worker = null;
+          this.#ready = null;
+        }
+        const lost = [...this.#inFlight.values()];
+        this.#inFlight.clear();
+        for (const done of lost) done({ ok: false, reason: `probe thread ended (code ${code}) during the probe`, latency_ms: 0 });
+        if (!this.#closed) this.#log.warn({ code, probes_lost: lost.length }, 'probe thread ended; the next probe starts another');
+        resolve(); // a thread that ended before it was ready: its callers get the failure above
+      });
+    });
+  }
+}

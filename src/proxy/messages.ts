@@ -4,9 +4,10 @@
  *
  * main → worker: `services` (the whole service table, on start, reload and runtime changes),
  * `kill-backend`, `pause` / `resume` (stop / start accepting on one service), `logging` (a reload
- * changed the log level or per-connection logging), `shutdown`.
- * worker → main: `ack` (answers a request, with any listen errors), `connect-failed`
- * (passive health), `stopped`.
+ * changed the log level or per-connection logging), `shutdown` (stop, or a retirement by resize).
+ * worker → main: `ack` (answers a request, with any listen errors; a `shutdown` is answered once
+ * the listeners and the queue are closed), `connect-failed` (passive health), `stopped` (a
+ * shutdown's sessions are all gone).
  */
 import type { HostPort } from '../config/schema.ts';
 

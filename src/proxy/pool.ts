@@ -149,8 +149,12 @@ export class WorkerPool extends EventEmitter {
     if (this.stopping) return [];
     this.wanted = this.fit(requested);
     const serving = this.slots.filter((s) => !s.retiring).sort((x, y) => x.id - y.id);
-    for (const slot of serving.slice(this.wanted)) this.retire(slot, grace);
-    return this.fill();
+    // Once the retiring workers say they accept no more, the reload is done: a connection made
+    // after it does not land in a listener about to close (whose queue the kernel would reset).
+    const stopped = serving.slice(this.wanted).map((slot) => this.retire(slot, grace));
+    const problems = await this.fill();
+    await Promise.all(stopped);
+    return problems;
   }
 
   /**
@@ -174,7 +178,8 @@ export class WorkerPool extends EventEmitter {
     return dedupe(errors);
   }
 
-  private retire(slot: Slot, grace: number): void {
+  /** Resolves once the worker has closed its listeners and queue (or has exited). */
+  private async retire(slot: Slot, grace: number): Promise<void> {
     slot.retiring = true;
     const worker = slot.worker;
     if (worker === null) {
@@ -184,7 +189,10 @@ export class WorkerPool extends EventEmitter {
     }
     this.log.info({ workerId: slot.id, grace_ms: grace }, `retiring data-plane worker ${slot.id}: no new connections, open ones get the grace period`);
     slot.stoppedResolve = () => void worker.terminate();
-    worker.postMessage({ type: 'shutdown', seq: this.seq++, grace } satisfies MainToWorker);
+    const seq = this.seq++;
+    const closed = new Promise<unknown>((resolve) => slot.pending.set(seq, resolve));
+    worker.postMessage({ type: 'shutdown', seq, grace } satisfies MainToWorker);
+    await closed;
   }
 
   private spawn(slot: Slot): void {

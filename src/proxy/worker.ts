@@ -220,9 +220,11 @@ async function applyServices(services: ServiceEntry[]): Promise<ListenProblem[]>
   return results.filter((r): r is ListenProblem => r !== null);
 }
 
-async function shutdown(grace: number): Promise<void> {
+async function shutdown(grace: number, seq: number): Promise<void> {
   for (const l of listeners.values()) closeListener(l);
   beginShutdown();
+  // Accepting no more: a retiring worker's pool goes on (its reload answers) once this is said.
+  post({ type: 'ack', seq, errors: [] });
   if (sessions.size > 0) {
     await new Promise<void>((resolve) => {
       stopWaiter = resolve;
@@ -280,7 +282,7 @@ port.on('message', async (msg: MainToWorker) => {
       post({ type: 'ack', seq: msg.seq, errors: [] });
       break;
     case 'shutdown':
-      await shutdown(msg.grace);
+      await shutdown(msg.grace, msg.seq);
       break;
   }
 });

@@ -122,6 +122,9 @@ export async function startFulcrum(initial: Config, options: StartOptions = {}):
   // Health (src/health/wire.ts): probes ─▶ balancer.setHealth; 'connect-failed' ─▶ passive health;
   //   'backend-state' maint ─▶ probes paused; re-emits 'health-probe' / 'health-transition'.
   const health = wireHealth({ balancer, events, logger }, config);
+  // The probe thread is up before start-up ends: the first probes decide the backends' states,
+  // and its memory is part of what a started fulcrum holds, not a growth seen later.
+  if (config.services.some((s) => s.health)) await health.ready();
 
   // High availability: VIP, heartbeat, role → listeners on the VIP (src/failover/wire.ts).
   const failover = config.ha ? await wireFailover({ config: () => config, balancer, pool, events, logger }, config.ha) : null;

@@ -83,7 +83,7 @@ export class ProbeThread {
     return new Promise<void>((resolve) => {
       const worker = new Worker(new URL('./probe-worker.ts', import.meta.url), {
         name: 'fulcrum-probes',
-        resourceLimits: { maxOldGenerationSizeMb: PROBE_THREAD_HEAP_MB },
+        resourceLimits: { maxOldGenerationSizeMb: PROBE_THREAD_HEAP_MB, maxYoungGenerationSizeMb: 4 },
       });
       worker.unref();
       this.#worker = worker;

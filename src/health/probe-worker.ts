@@ -5,7 +5,7 @@
  */
 import { parentPort } from 'node:worker_threads';
 import type { FromProbeThread, ToProbeThread } from './probe-thread.ts';
-import { PROBES } from './probes/index.ts';
+import { loadProbe } from './probes/index.ts';
 import type { ProbeResult } from './probes/probe.ts';
 
 const port = parentPort!;
@@ -19,7 +19,8 @@ port.on('message', (m: ToProbeThread) => {
   const controller = new AbortController();
   controllers.set(m.id, controller);
   const started = performance.now();
-  PROBES[m.probe](m.target, m.settings, controller.signal)
+  loadProbe(m.probe)
+    .then((probe) => probe(m.target, m.settings, controller.signal))
     .catch((err: unknown): ProbeResult => ({ ok: false, reason: `probe error: ${(err as Error)?.message ?? err}`, latency_ms: performance.now() - started }))
     .then((result) => {
       controllers.delete(m.id);

@@ -10,8 +10,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Worker } from 'node:worker_threads';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { healthSchema, type HostPort } from '../../src/config/schema.ts';
-import { PROBES } from '../../src/health/probes/index.ts';
+import { healthSchema, type HealthConfig, type HostPort } from '../../src/config/schema.ts';
+import { loadProbe } from '../../src/health/probes/index.ts';
 import type { ProbeResult } from '../../src/health/probes/probe.ts';
 import { decodeSend } from '../../src/health/probes/send-expect.ts';
 import { parseReply } from '../../src/health/probes/resp.ts';
@@ -71,9 +71,10 @@ afterAll(async () => {
 
 const cfg = (h: Record<string, unknown>) => healthSchema.parse({ timeout: `${TIMEOUT}ms`, ...h });
 
-async function probe(type: keyof typeof PROBES, target: HostPort, h: Record<string, unknown> = {}): Promise<ProbeResult> {
+async function probe(type: HealthConfig['type'], target: HostPort, h: Record<string, unknown> = {}): Promise<ProbeResult> {
+  const run = await loadProbe(type);
   const started = performance.now();
-  const r = await PROBES[type](target, cfg({ type, ...h }), AbortSignal.timeout(TIMEOUT));
+  const r = await run(target, cfg({ type, ...h }), AbortSignal.timeout(TIMEOUT));
   const took = performance.now() - started;
   // Never past the timeout (plus scheduling slack), whatever the server does.
   expect(took).toBeLessThan(TIMEOUT + 500);
@@ -86,11 +87,12 @@ async function probe(type: keyof typeof PROBES, target: HostPort, h: Record<stri
  * exception, which would end fulcrum) or never yields the event loop (which would freeze its
  * control plane) is seen here as such, within a bound, instead of taking the test run with it.
  */
-async function probeInWorker(type: keyof typeof PROBES, target: HostPort, h: Record<string, unknown> = {}): Promise<ProbeResult | { uncaught: string } | { hung: true }> {
+async function probeInWorker(type: HealthConfig['type'], target: HostPort, h: Record<string, unknown> = {}): Promise<ProbeResult | { uncaught: string } | { hung: true }> {
   const code = `
     const { parentPort, workerData } = require('node:worker_threads');
-    import(workerData.module).then(async ({ PROBES }) => {
-      const r = await PROBES[workerData.type](workerData.target, workerData.settings, AbortSignal.timeout(workerData.settings.timeout));
+    import(workerData.module).then(async ({ loadProbe }) => {
+      const run = await loadProbe(workerData.type);
+      const r = await run(workerData.target, workerData.settings, AbortSignal.timeout(workerData.settings.timeout));
       parentPort.postMessage(r);
     });`;
   const module = new URL('../../src/health/probes/index.ts', import.meta.url).href;

@@ -1,7 +1,7 @@
 /**
  * The probe registry: health.type → its probe, one file per type. A probe's module is loaded on
- * first use, so the probe thread holds only the drivers the config needs (pg and mysql2 are most
- * of its memory: ≈ 30 MB together, against ≈ 1 MB for tcp).
+ * first use, so the probe thread holds only the drivers the config needs (the thread measured
+ * 26 MB loading tcp alone, 48 MB loading every type: pg and mysql2 are most of the difference).
  */
 import type { HealthConfig } from '../../config/schema.ts';
 import type { Probe } from './probe.ts';

@@ -66,6 +66,11 @@ export class ProbeThread {
     };
   }
 
+  /** The running thread's id, or null between threads (status and tests). */
+  get threadId(): number | null {
+    return this.#worker?.threadId ?? null;
+  }
+
   /** A probe got no answer past its timeout and margin: the thread is stuck; end it (the next probe starts another). */
   unresponsive(why: string): void {
     const w = this.#worker;

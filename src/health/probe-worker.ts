@@ -19,7 +19,8 @@ port.on('message', (m: ToProbeThread) => {
   const controller = new AbortController();
   controllers.set(m.id, controller);
   const started = performance.now();
-  loadProbe(m.probe)
+  Promise.resolve(m.probe)
+    .then((type) => loadProbe(type)) // an unknown type is this probe's failure, not the thread's end
     .then((probe) => probe(m.target, m.settings, controller.signal))
     .catch((err: unknown): ProbeResult => ({ ok: false, reason: `probe error: ${(err as Error)?.message ?? err}`, latency_ms: performance.now() - started }))
     .then((result) => {

@@ -3,10 +3,13 @@
  * full comparison (bench/run.ts): one proxy against HAProxy, alternating, one thread each, the
  * proxy's user and system time read from /proc around every run.
  *
- *   node bench/diag.ts [--scenario rr|churn|bulk] [--against fulcrum|minimal] [--runs 3]
+ *   node bench/diag.ts [--scenario rr|churn|bulk] [--against fulcrum|minimal|epoll|epoll-yield] [--runs 3]
  *                      [--seconds 3] [--conns 50] [--haproxy-bufsize 65536] [--syscalls] [--sched]
  *
  * --against minimal   bench/diag/minimal-proxy.ts (the floor of Node's handles) instead of fulcrum
+ * --against epoll     bench/diag/epoll-proxy.c, a minimal C epoll proxy (rr and churn only);
+ *                     epoll-yield: the same with a CPU-clock read before each epoll_wait, the
+ *                     scheduler's yield point relay.c yield_point() explains
  * --conns             concurrent connections (default: 50, bulk 4; 1 shows one request's way)
  * --haproxy-bufsize   HAProxy's tune.bufsize (its default is 16 KiB; fulcrum's buffers grow to 64)
  * --syscalls          also counts each proxy's system calls per request/connection (perf stat on
@@ -25,7 +28,7 @@ import path from 'node:path';
 import { parseArgs } from 'node:util';
 import { buildLoadgen, killAllLoadgens, OUT_DIR, runClient, startBackend } from './lib/loadgen.ts';
 import { cpuTimes, median } from './lib/procfs.ts';
-import { haproxyVersion, killAllProxies, startFulcrum, startHaproxy, startMinimalProxy, type Upstreams } from './lib/proxies.ts';
+import { haproxyVersion, killAllProxies, startEpollProxy, startFulcrum, startHaproxy, startMinimalProxy, type Upstreams } from './lib/proxies.ts';
 
 const { values: flags } = parseArgs({
   options: {
@@ -41,7 +44,8 @@ const { values: flags } = parseArgs({
 });
 const scenario = flags.scenario as 'rr' | 'churn' | 'bulk';
 if (!['rr', 'churn', 'bulk'].includes(scenario)) throw new Error(`--scenario: rr, churn or bulk, got ${flags.scenario}`);
-if (!['fulcrum', 'minimal'].includes(flags.against!)) throw new Error(`--against: fulcrum or minimal, got ${flags.against}`);
+if (!['fulcrum', 'minimal', 'epoll', 'epoll-yield'].includes(flags.against!)) throw new Error(`--against: fulcrum, minimal, epoll or epoll-yield, got ${flags.against}`);
+if (flags.against!.startsWith('epoll') && scenario === 'bulk') throw new Error('--against epoll: rr or churn (the minimal C proxy does not buffer)');
 if (!haproxyVersion()) throw new Error('haproxy is not installed (apt-get install haproxy)');
 const runs = Number(flags.runs);
 const seconds = Number(flags.seconds);
@@ -85,22 +89,25 @@ function recordSched(seconds: number): Promise<string[]> | null {
       const text = execFileSync('perf', ['sched', 'timehist', '-i', data], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'], maxBuffer: 256 << 20 });
       rmSync(data, { force: true });
       // Lines: time, [cpu], task name, wait time, sch delay, run time (ms); three header lines.
-      const perTask = new Map<string, { waits: number; delays: number[] }>();
+      const perTask = new Map<string, { waits: number; runs: number; delays: number[] }>();
       for (const line of text.split('\n').slice(3)) {
         const f = line.trim().split(/\s+/);
         if (f.length < 6) continue;
-        const [wait, delay] = [Number(f[f.length - 3]), Number(f[f.length - 2])];
+        const [wait, delay, run] = [Number(f[f.length - 3]), Number(f[f.length - 2]), Number(f[f.length - 1])];
         const task = f.slice(2, f.length - 3).join(' ');
         if (!Number.isFinite(wait) || !Number.isFinite(delay) || task.startsWith('<idle>')) continue;
-        const t = perTask.get(task) ?? { waits: 0, delays: [] };
+        const t = perTask.get(task) ?? { waits: 0, runs: 0, delays: [] };
         t.waits += wait;
+        t.runs += Number.isFinite(run) ? run : 0;
         t.delays.push(delay);
         perTask.set(task, t);
       }
       const q = (a: number[], p: number) => a[Math.min(a.length - 1, Math.floor(p * a.length))];
       resolve([...perTask].filter(([, t]) => t.delays.length >= 100).sort((a, b) => b[1].delays.length - a[1].delays.length).map(([task, t]) => {
         const d = t.delays.sort((x, y) => x - y);
-        return `${task}: switched out ${d.length}, asleep ${t.waits.toFixed(0)} ms, scheduling delay p50 ${q(d, 0.5).toFixed(3)} p99 ${q(d, 0.99).toFixed(3)} max ${d[d.length - 1].toFixed(3)} ms`;
+        const sum = (a: number[]) => a.reduce((x, y) => x + y, 0);
+        const long = d.filter((x) => x >= 1);
+        return `${task}: switched out ${d.length}, ran ${t.runs.toFixed(0)} ms, asleep ${t.waits.toFixed(0)} ms, waited for a core ${sum(d).toFixed(0)} ms (${long.length} waits ≥ 1 ms: ${sum(long).toFixed(0)} ms), scheduling delay p50 ${q(d, 0.5).toFixed(3)} p99 ${q(d, 0.99).toFixed(3)} max ${d[d.length - 1].toFixed(3)} ms`;
       }));
     });
   });
@@ -114,10 +121,13 @@ async function main(): Promise<void> {
   ]);
   const upstreams: Upstreams = { echo: [backends[0].address, backends[1].address], sink: [backends[2].address, backends[3].address] };
   const host = `${NET}.100`;
-  const subject = flags.against === 'minimal' ? await startMinimalProxy({ host, upstreams }) : await startFulcrum({ workers: 1, host, upstreams });
+  const subject = flags.against === 'minimal' ? await startMinimalProxy({ host, upstreams })
+    : flags.against!.startsWith('epoll') ? await startEpollProxy({ host, upstreams, yieldPoint: flags.against === 'epoll-yield' })
+    : await startFulcrum({ workers: 1, host, upstreams });
   const haproxy = await startHaproxy({ workers: 1, host: `${NET}.101`, upstreams, maxconn: 9000, bufsize });
   const proxies = [subject, haproxy];
   const perCpu: Record<string, number[]> = { [subject.name]: [], haproxy: [] };
+  const p99: Record<string, number[]> = { [subject.name]: [], haproxy: [] };
   try {
     for (let i = 1; i <= runs; i++) {
       for (const p of proxies) {
@@ -133,6 +143,7 @@ async function main(): Promise<void> {
         const cpu = c1.user - c0.user + (c1.sys - c0.sys);
         const work = scenario === 'bulk' ? (res.received! * 8) / 1e9 : res.count!;
         perCpu[p.name].push(work / cpu);
+        if (scenario !== 'bulk') p99[p.name].push(res.p99_us!);
         const unit = scenario === 'bulk' ? 'Gbit' : scenario === 'rr' ? 'req' : 'conn';
         let line = `${scenario} ${p.name} #${i}: ${(work / cpu).toFixed(scenario === 'bulk' ? 2 : 0)} ${unit} per CPU-s`;
         if (scenario !== 'bulk') {
@@ -150,6 +161,10 @@ async function main(): Promise<void> {
     const a = median(perCpu[subject.name]);
     const b = median(perCpu.haproxy);
     console.log(`median per CPU-second: ${subject.name} ${a.toFixed(2)}, HAProxy${bufsize ? ` (tune.bufsize ${bufsize})` : ''} ${b.toFixed(2)}: ${(a / b).toFixed(2)}×`);
+    if (scenario !== 'bulk') {
+      const [x, y] = [median(p99[subject.name]), median(p99.haproxy)];
+      console.log(`median p99: ${subject.name} ${x.toFixed(0)} µs, HAProxy ${y.toFixed(0)} µs: ${(x / y).toFixed(2)}×`);
+    }
   } finally {
     await Promise.all(proxies.map((p) => p.stop()));
     await Promise.all(backends.map((b) => b.stop()));

@@ -260,6 +260,28 @@ export async function startMinimalProxy(o: { host: string; upstreams: Upstreams 
   return { name: 'minimal', pid: child.pid!, workers: 1, listen, stop: () => stopChild(child) };
 }
 
+/**
+ * bench/diag/epoll-proxy.c (a minimal C epoll proxy, built here into bench/out/) in front of the
+ * echo upstreams; `yieldPoint`: with the CPU-clock read before each epoll_wait (see that file).
+ */
+export async function startEpollProxy(o: { host: string; upstreams: Upstreams; yieldPoint: boolean }): Promise<Omit<Proxy, 'name'> & { name: 'epoll' | 'epoll-yield' }> {
+  const source = path.join(BENCH_DIR, 'diag', 'epoll-proxy.c');
+  const binary = path.join(OUT_DIR, 'epoll-proxy');
+  execFileSync('cc', ['-O2', '-Wall', '-Werror', '-o', binary, source], { stdio: ['ignore', 'inherit', 'inherit'] });
+  const echo = `${o.host}:${await freePort(o.host)}`;
+  const name = o.yieldPoint ? 'epoll-yield' : 'epoll';
+  const args = [...(o.yieldPoint ? ['--yield-point'] : []), echo, ...o.upstreams.echo];
+  const { child, log } = spawnLogged(binary, args, process.env, path.join(OUT_DIR, `${name}-proxy.log`));
+  try {
+    await waitReady(child, name, echo, log);
+  } catch (err) {
+    await stopChild(child, 1000);
+    throw err;
+  }
+  // Request/response only: no sink service (bench/diag.ts refuses bulk with it).
+  return { name, pid: child.pid!, workers: 1, listen: { echo, sink: echo }, stop: () => stopChild(child) };
+}
+
 /** The .cpuprofile files in dir (one per thread that ran JavaScript). */
 export function cpuProfiles(dir: string): string[] {
   if (!existsSync(dir)) return [];

@@ -148,6 +148,7 @@ typedef struct {
   napi_ref on_events;
   napi_ref resource;
   napi_async_context actx;
+  int64_t yielded_ns; /* CLOCK_MONOTONIC of the last yield_point() that read the CPU clock */
   uint8_t scratch[SCRATCH_SIZE];
 } Relay;
 
@@ -553,7 +554,7 @@ static void call_on_events(Relay *r) {
 }
 
 /*
- * Once per wake with traffic, after the batch: a point where the scheduler may take the core.
+ * After each batch (once per wake with traffic): a point where the scheduler may take the core.
  * Reading this thread's CPU clock makes the kernel bring the thread's run time up to date, and if
  * its time slice is used up, switch to another task on the way out of the call. Without it the
  * worker runs past its slice until the next timer tick (up to 4 ms at HZ 250) and is preempted
@@ -561,11 +562,21 @@ static void call_on_events(Relay *r) {
  * written, which then wait for the whole time slice of the backends and the clients on a busy
  * machine: the tail of rr's latency. Here it gives way with nothing in hand. HAProxy's poll loop
  * makes the same call around each epoll_wait (for its CPU accounting) and has this for free;
- * measured (BENCHMARKS.md), a minimal C epoll proxy's rr p99 went from 1.26× HAProxy's to ≈ 0.95×
- * with this one call. Cost: one system call (≈ 0.3 µs) per wake, ≈ 0.1 per request under rr.
+ * measured (BENCHMARKS.md), a minimal C epoll proxy's rr p99 went from 1.21× HAProxy's to 0.88×
+ * with this one call, fulcrum's from 1.36× to 0.98×.
+ * That call takes the run queue's lock (≈ 0.5 µs), so it is made at most every YIELD_CHECK_NS:
+ * streaming wakes the worker tens of thousands of times a second with a chunk or two each, and
+ * one per wake cost bulk ≈ 10 % per CPU-second; a slice is ≈ 1.5 ms, so being told of its end
+ * up to 100 µs late still lands between batches. The monotonic clock is read without a system
+ * call (vDSO).
  */
-static inline void yield_point(void) {
+#define YIELD_CHECK_NS 100000
+static inline void yield_point(Relay *r) {
   struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  int64_t now = (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+  if (now - r->yielded_ns < YIELD_CHECK_NS) return;
+  r->yielded_ns = now;
   clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
 }
 
@@ -625,7 +636,7 @@ static void on_poll(uv_poll_t *h, int status, int events) {
     }
   }
   if (r->nev > 0) call_on_events(r);
-  yield_point();
+  yield_point(r);
 }
 
 /* ── JS API ─────────────────────────────────────────────────────────────── */

@@ -22,7 +22,7 @@ import { WorkerPool } from './proxy/pool.ts';
 import { buildServiceTable } from './proxy/table.ts';
 import { createSharedMemory } from './shm/layout.ts';
 import type { Failover } from './failover/index.ts';
-import { vipBoundServices, vipMoves, wireFailover } from './failover/wire.ts';
+import { followRoleAfterReload, pauseMovedOnto, vipBoundServices, vipReload, wireFailover } from './failover/wire.ts';
 import type { HealthMonitor } from './health/monitor.ts';
 import { wireHealth } from './health/wire.ts';
 import { startOperationsFor, type Operations } from './admin/index.ts';
@@ -131,20 +131,18 @@ export async function startFulcrum(initial: Config, options: StartOptions = {}):
 
   // ── reload and stop ───────────────────────────────────────────────────────
   async function reload(next: Config): Promise<ListenProblem[]> {
+    // Services on a VIP follow the role (src/failover/wire.ts), those a reload adds or moves too.
+    const vip = vipReload(config, { ...next, ha: config.ha });
     // A new listen address is checked before anything is applied (src/config/listen.ts): one in
-    // use refuses the whole reload and the old listener keeps serving. With no new address (most
-    // reloads, every runtime change of backends) nothing is awaited, so changes apply in the order
-    // they were asked for.
+    // use refuses the whole reload and the old listener keeps serving (a VIP's address may not be
+    // on this host: not bound). With no new address (most reloads, every runtime change of
+    // backends) nothing is awaited, so changes apply in the order they were asked for.
     if (!sameListens(config, next)) {
-      const vipBound = new Set(vipBoundServices({ ...next, ha: config.ha }));
-      await checkListens(config, next, { file: options.configFile, skipBind: (name) => pool.isPaused(name) || vipBound.has(name) });
+      await checkListens(config, next, { file: options.configFile, skipBind: (name) => pool.isPaused(name) || vip.bound.has(name) });
     }
     const prevLogging = config.logging;
     const prevWorkers = config.workers;
-    // Services on a VIP follow the role (src/failover/wire.ts), those a reload adds or moves too:
-    // not holding the VIP, one put on it is paused before the workers would try to bind it.
-    const moves = failover ? vipMoves(config, { ...next, ha: config.ha }) : { onto: [], off: [] };
-    if (failover && !failover.status().accepting) for (const name of moves.onto) await pool.pauseService(name);
+    await pauseMovedOnto(vip, failover, pool);
     balancer.apply(next);
     // ha: what can change in place is applied (src/failover reconfigure); the pair's identity
     // (HA_RESTART_ONLY), and adding or removing the section, wait for a restart (the reload reports
@@ -157,16 +155,7 @@ export async function startFulcrum(initial: Config, options: StartOptions = {}):
     }
     health.update(next);
     const problems = await syncServices();
-    // One taken off the VIP listens where the reload says; those on it follow the role as it is
-    // now (a role change while this reload ran acted on the services before it).
-    const resume = moves.off.filter((name) => pool.isPaused(name));
-    if (failover) {
-      const accepting = failover.status().accepting;
-      for (const name of vipBoundServices(config)) {
-        if (accepting && pool.isPaused(name)) resume.push(name);
-        else if (!accepting && !pool.isPaused(name)) await pool.pauseService(name);
-      }
-    }
+    const resume = await followRoleAfterReload(vip, failover, pool);
     for (const name of resume) {
       const listen = formatHostPort(config.services.find((s) => s.name === name)!.listen);
       await pool.resumeService(name).catch((err: Error) => problems.push({ service: name, address: listen, message: err.message }));

@@ -28,17 +28,50 @@ export function vipBoundServices(config: Config): string[] {
 }
 
 /**
- * Services a reload puts on a VIP (`onto`) or takes off one (`off`). On an instance that is not
- * accepting (backup, fault) main.ts pauses the first before the workers get the new table, as at
- * start-up (their address is not on this host), and resumes the second after it.
+ * What a reload changes about the services on the VIP, computed once per reload by main.ts from
+ * the config in force and the new one (with the running `ha`: the VIPs are restart-only).
+ * `bound`: the services on a VIP after it (their address may not be on this host: the listen
+ * check skips them); `onto` / `off`: those it puts on a VIP or takes off one.
  */
-export function vipMoves(prev: Config, next: Config): { onto: string[]; off: string[] } {
+export interface VipReload {
+  bound: Set<string>;
+  onto: string[];
+  off: string[];
+}
+
+export function vipReload(prev: Config, next: Config): VipReload {
   const before = new Set(vipBoundServices(prev));
-  const after = new Set(vipBoundServices(next));
+  const bound = new Set(vipBoundServices(next));
   return {
-    onto: [...after].filter((s) => !before.has(s)),
-    off: [...before].filter((s) => !after.has(s) && next.services.some((x) => x.name === s)),
+    bound,
+    onto: [...bound].filter((s) => !before.has(s)),
+    off: [...before].filter((s) => !bound.has(s) && next.services.some((x) => x.name === s)),
   };
+}
+
+/**
+ * Before the workers get a reload's table: on an instance not accepting (backup, fault) a service
+ * the reload puts on a VIP is paused, as at start-up (its address is not on this host).
+ */
+export async function pauseMovedOnto(plan: VipReload, failover: Pick<Failover, 'status'> | null, pool: Pick<WorkerPool, 'pauseService'>): Promise<void> {
+  if (!failover || failover.status().accepting) return;
+  for (const name of plan.onto) await pool.pauseService(name);
+}
+
+/**
+ * After the table is out: the services to resume — those taken off a VIP (they listen where the
+ * reload says), and those on it while accepting; those on it while not accepting are paused. The
+ * role is read now: a role change while the reload ran acted on the services before it.
+ */
+export async function followRoleAfterReload(plan: VipReload, failover: Pick<Failover, 'status'> | null, pool: Pick<WorkerPool, 'pauseService' | 'isPaused'>): Promise<string[]> {
+  const resume = plan.off.filter((name) => pool.isPaused(name));
+  if (!failover) return resume;
+  const accepting = failover.status().accepting;
+  for (const name of plan.bound) {
+    if (accepting && pool.isPaused(name)) resume.push(name);
+    else if (!accepting && !pool.isPaused(name)) await pool.pauseService(name);
+  }
+  return resume;
 }
 
 /** Backends in state up (not being removed), across every service. */

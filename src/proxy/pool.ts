@@ -163,17 +163,20 @@ export class WorkerPool extends EventEmitter {
    */
   private async fill(): Promise<ListenProblem[]> {
     const ready: Promise<{ errors: ListenProblem[] } | null>[] = [];
+    const ids: number[] = [];
     for (let id = 0, n = this.size; id < MAX_WORKERS && n < this.wanted; id++) {
       if (this.slots.some((s) => s.id === id)) continue;
       ready.push(this.startSlot(id));
+      ids.push(id);
       n++;
     }
     if (ready.length === 0) return [];
     const errors: ListenProblem[] = [];
-    for (const r of await Promise.all(ready)) {
-      if (r === null) errors.push({ service: '*', address: '*', message: 'a data-plane worker exited while starting (see the log)' });
+    (await Promise.all(ready)).forEach((r, i) => {
+      // Not a listener's problem but the setting's: named so, with the worker (restarted as a crash).
+      if (r === null) errors.push({ service: 'workers', address: '-', code: 'FULCRUM_ERR_WORKER_START', message: `data-plane worker ${ids[i]} exited while starting; it is restarted (see the log)` });
       else errors.push(...r.errors);
-    }
+    });
     this.log.info({ workers: this.size, started: ready.length }, `started ${ready.length} data-plane worker${ready.length === 1 ? '' : 's'}`);
     return dedupe(errors);
   }

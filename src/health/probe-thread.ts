@@ -27,6 +27,43 @@ export type FromProbeThread = { type: 'ready' } | { type: 'result'; id: number; 
  */
 const PROBE_THREAD_HEAP_MB = 64;
 
+/**
+ * What the drivers print (mysql2 writes a line per out-of-order packet, pg a few warnings) reaches
+ * the log at most this many lines a minute per thread, each cut to OUTPUT_LINE_MAX characters; the
+ * rest are counted: a backend that sends garbage on purpose must not fill the operator's disk.
+ */
+const OUTPUT_LINES_PER_MINUTE = 20;
+const OUTPUT_LINE_MAX = 200;
+
+/**
+ * A writer of a thread's output into `log`: each non-empty line a warning, at most
+ * OUTPUT_LINES_PER_MINUTE a minute (cut to OUTPUT_LINE_MAX characters); the lines past that are
+ * counted and the count logged when the next minute's first line arrives.
+ */
+export function boundedOutput(log: Logger, now: () => number = Date.now): (stream: 'stdout' | 'stderr', chunk: Buffer) => void {
+  let windowStart = now();
+  let logged = 0;
+  let dropped = 0;
+  return (stream, chunk) => {
+    for (const line of chunk.toString('utf8').split('\n')) {
+      if (line.trim() === '') continue;
+      const t = now();
+      if (t - windowStart >= 60_000) {
+        if (dropped > 0) log.warn({ dropped }, `probe drivers printed ${dropped} more lines in the last minute (not logged)`);
+        windowStart = t;
+        logged = 0;
+        dropped = 0;
+      }
+      if (logged < OUTPUT_LINES_PER_MINUTE) {
+        logged++;
+        log.warn({ stream, line: line.slice(0, OUTPUT_LINE_MAX) }, 'probe driver output');
+      } else {
+        dropped++;
+      }
+    }
+  };
+}
+
 export class ProbeThread {
   readonly #log: Logger;
   #worker: Worker | null = null;
@@ -84,14 +121,24 @@ export class ProbeThread {
     await this.#worker?.terminate();
   }
 
+  /** The thread's stdout and stderr into the log, bounded (OUTPUT_LINES_PER_MINUTE). */
+  #logOutput(worker: Worker): void {
+    const write = boundedOutput(this.#log);
+    worker.stdout.on('data', (chunk: Buffer) => write('stdout', chunk));
+    worker.stderr.on('data', (chunk: Buffer) => write('stderr', chunk));
+  }
+
   #start(): Promise<void> {
     return new Promise<void>((resolve) => {
       const worker = new Worker(new URL('./probe-worker.ts', import.meta.url), {
         name: 'fulcrum-probes',
         resourceLimits: { maxOldGenerationSizeMb: PROBE_THREAD_HEAP_MB, maxYoungGenerationSizeMb: 4 },
+        stdout: true,
+        stderr: true,
       });
       worker.unref();
       this.#worker = worker;
+      this.#logOutput(worker);
       worker.on('message', (m: FromProbeThread) => {
         if (m.type === 'ready') return resolve();
         const done = this.#inFlight.get(m.id);

@@ -6,8 +6,8 @@
 import { threadId } from 'node:worker_threads';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { configSchema, type HealthConfig } from '../../src/config/schema.ts';
-import { ProbeThread } from '../../src/health/probe-thread.ts';
-import { silentLogger } from '../../src/observability/log.ts';
+import { boundedOutput, ProbeThread } from '../../src/health/probe-thread.ts';
+import { createLogger, silentLogger } from '../../src/observability/log.ts';
 import { startServer, type TestServer } from '../helpers/net.ts';
 
 const HOST = '127.3.9.1';
@@ -64,5 +64,48 @@ describe('ProbeThread', () => {
     const r = await thread.probe('no-such-type' as HealthConfig['type'])(target(silent), health({ type: 'tcp' }), new AbortController().signal);
     expect(r).toMatchObject({ ok: false, reason: expect.stringMatching(/^probe error: /) });
     expect(thread.threadId).toBe(before);
+  });
+});
+
+describe('what the drivers print', () => {
+  it('reaches the log (mysql2 on packets out of order), and the thread keeps probing', async () => {
+    const lines: { msg: string; line?: string; stream?: string }[] = [];
+    const own = new ProbeThread(createLogger('info', { write: (s: string) => void lines.push(JSON.parse(s)) }));
+    // A "MySQL server" whose packets carry the wrong sequence number: mysql2 prints "got packets
+    // out of order" with console.error for each it reads before it gives up.
+    const packet = Buffer.concat([Buffer.from([4, 0, 0, 9]), Buffer.from('xxxx')]);
+    const hostile = await startServer((socket) => socket.end(Buffer.concat(Array.from({ length: 200 }, () => packet))), HOST);
+    try {
+      const mysql = own.probe('mysql');
+      const result = await mysql(target(hostile), health({ type: 'mysql', mysql: { user: 'u' } }), new AbortController().signal);
+      expect(result.ok).toBe(false);
+      await new Promise((r) => setTimeout(r, 300)); // the thread's stderr reaches this thread asynchronously
+      const output = lines.filter((l) => l.msg === 'probe driver output');
+      expect(output.length).toBeGreaterThan(0);
+      expect(output.length).toBeGreaterThan(0);
+      expect(output.every((l) => l.stream === 'stderr')).toBe(true);
+      expect(output[0].line).toMatch(/out of order/);
+      // The thread still answers.
+      expect(await own.probe('tcp')(target(silent), health({ type: 'tcp' }), new AbortController().signal)).toMatchObject({ ok: true });
+    } finally {
+      await own.close();
+      await hostile.close();
+    }
+  });
+});
+
+describe('boundedOutput', () => {
+  it('logs at most 20 lines a minute, each cut to 200 characters, and counts the rest', () => {
+    const lines: { msg: string; line?: string; dropped?: number }[] = [];
+    const log = createLogger('info', { write: (s: string) => void lines.push(JSON.parse(s)) });
+    let clock = 0;
+    const write = boundedOutput(log, () => clock);
+    write('stderr', Buffer.from(`${'x'.repeat(1000)}\n\n`));
+    for (let i = 0; i < 99; i++) write('stderr', Buffer.from(`line ${i}\n`));
+    expect(lines).toHaveLength(20);
+    expect(lines[0].line).toHaveLength(200);
+    clock = 60_000;
+    write('stdout', Buffer.from('next minute\n'));
+    expect(lines.slice(20).map((l) => l.dropped ?? l.line)).toEqual([80, 'next minute']);
   });
 });

@@ -9,8 +9,7 @@
  * Called once per accepted connection on services that accept the header (and per chunk until
  * the header is whole, which is almost always the first one).
  */
-import { isIPv4, isIPv6 } from 'node:net';
-import { canonicalIPv6 } from '../config/address.ts';
+import { formatIPv4, formatIPv6, parseIP } from '../config/address.ts';
 
 /** v2's 12-byte signature. */
 const V2_SIG = Buffer.from([0x0d, 0x0a, 0x0d, 0x0a, 0x00, 0x0d, 0x0a, 0x51, 0x55, 0x49, 0x54, 0x0a]);
@@ -62,13 +61,16 @@ function parseV1(buf: Buffer): ParseResult {
   if (parts.length !== 6) return fail(`PROXY v1: expected 6 fields, got ${parts.length}: ${quote(buf.subarray(0, end))}`);
   const [, proto, src, dst, sport, dport] = parts;
   if (proto !== 'TCP4' && proto !== 'TCP6') return fail(`PROXY v1: protocol must be TCP4, TCP6 or UNKNOWN, got ${quote(Buffer.from(proto))}`);
-  const valid = proto === 'TCP4' ? isIPv4 : isIPv6NoZone;
-  if (!valid(src) || !valid(dst)) return fail(`PROXY v1: bad ${proto} address in ${quote(buf.subarray(0, end))}`);
+  const want = proto === 'TCP4' ? 4 : 6;
+  // parseIP refuses a zone ("fe80::1%eth0"): it names an interface of the sender's host, means
+  // nothing here and is not in the spec's grammar.
+  if (parseIP(src, srcBytes) !== want || parseIP(dst, dstBytes) !== want) return fail(`PROXY v1: bad ${proto} address in ${quote(buf.subarray(0, end))}`);
   const sp = port(sport);
   const dp = port(dport);
   if (sp < 0 || dp < 0) return fail(`PROXY v1: bad port in ${quote(buf.subarray(0, end))}`);
-  const canon = proto === 'TCP4' ? (a: string) => a : canonicalIPv6;
-  return { status: 'ok', header: { family: proto === 'TCP4' ? 'tcp4' : 'tcp6', srcAddress: canon(src), srcPort: sp, dstAddress: canon(dst), dstPort: dp }, consumed };
+  // One spelling whichever version named the address (the v2 path formats the same bytes).
+  const canon = want === 4 ? (a: string) => a : (_a: string, b: Uint8Array) => formatIPv6(b, 0);
+  return { status: 'ok', header: { family: want === 4 ? 'tcp4' : 'tcp6', srcAddress: canon(src, srcBytes), srcPort: sp, dstAddress: canon(dst, dstBytes), dstPort: dp }, consumed };
 }
 
 function parseV2(buf: Buffer): ParseResult {
@@ -89,7 +91,7 @@ function parseV2(buf: Buffer): ParseResult {
     if (len < 12) return fail(`PROXY v2: TCP4 needs 12 address bytes, got ${len}`);
     return {
       status: 'ok',
-      header: { family: 'tcp4', srcAddress: ipv4(buf, 16), dstAddress: ipv4(buf, 20), srcPort: buf.readUInt16BE(24), dstPort: buf.readUInt16BE(26) },
+      header: { family: 'tcp4', srcAddress: formatIPv4(buf, 16), dstAddress: formatIPv4(buf, 20), srcPort: buf.readUInt16BE(24), dstPort: buf.readUInt16BE(26) },
       consumed,
     };
   }
@@ -97,7 +99,7 @@ function parseV2(buf: Buffer): ParseResult {
     if (len < 36) return fail(`PROXY v2: TCP6 needs 36 address bytes, got ${len}`);
     return {
       status: 'ok',
-      header: { family: 'tcp6', srcAddress: ipv6(buf, 16), dstAddress: ipv6(buf, 32), srcPort: buf.readUInt16BE(48), dstPort: buf.readUInt16BE(50) },
+      header: { family: 'tcp6', srcAddress: formatIPv6(buf, 16), dstAddress: formatIPv6(buf, 32), srcPort: buf.readUInt16BE(48), dstPort: buf.readUInt16BE(50) },
       consumed,
     };
   }
@@ -105,37 +107,53 @@ function parseV2(buf: Buffer): ParseResult {
   return fail(`PROXY v2: unknown address family ${af}`);
 }
 
-/** A v1 line for a TCP connection (addresses as Node reports them; IPv4-mapped IPv6 is unwrapped). */
-export function encodeProxyV1(src: string, srcPort: number, dst: string, dstPort: number): Buffer {
-  const s = unmap(src);
-  const d = unmap(dst);
-  if (isIPv4(s) && isIPv4(d)) return Buffer.from(`PROXY TCP4 ${s} ${d} ${srcPort} ${dstPort}\r\n`, 'latin1');
-  if (isIPv6(s) && isIPv6(d)) return Buffer.from(`PROXY TCP6 ${s} ${d} ${srcPort} ${dstPort}\r\n`, 'latin1');
-  return Buffer.from('PROXY UNKNOWN\r\n', 'latin1');
+/**
+ * The families the header carries for these two addresses (text as Node or parseProxyHeader gives
+ * it), parsed into srcBytes / dstBytes: 4 when both are IPv4 (an IPv4-mapped IPv6 address counts
+ * as its IPv4 address, as the client key does: config/address.ts), 6 when both are IP and one is
+ * IPv6 (an IPv4 one is then sent IPv4-mapped, so neither address is lost), 0 otherwise. A zone is
+ * dropped: it names an interface of this host, which the backend cannot use, and neither the v1
+ * grammar nor v2's bytes carry one (HAProxy sends the bare address too).
+ */
+function families(src: string, dst: string): 0 | 4 | 6 {
+  const fs = parseIP(unzone(src), srcBytes);
+  const fd = parseIP(unzone(dst), dstBytes);
+  if (fs === 0 || fd === 0) return 0;
+  const s4 = fs === 4 || isMapped(srcBytes);
+  const d4 = fd === 4 || isMapped(dstBytes);
+  if (s4 && d4) {
+    if (fs === 6) srcBytes.copyWithin(0, 12, 16);
+    if (fd === 6) dstBytes.copyWithin(0, 12, 16);
+    return 4;
+  }
+  if (fs === 4) toMapped(srcBytes);
+  if (fd === 4) toMapped(dstBytes);
+  return 6;
 }
 
-/** A v2 header (PROXY command, TCP over IPv4 or IPv6; mixed families are sent as UNSPEC). */
+/** A v1 line for a TCP connection (see `families`: the same addresses always give the same line). */
+export function encodeProxyV1(src: string, srcPort: number, dst: string, dstPort: number): Buffer {
+  const f = families(src, dst);
+  const fmt = f === 4 ? formatIPv4 : formatIPv6;
+  if (f === 0) return Buffer.from('PROXY UNKNOWN\r\n', 'latin1');
+  return Buffer.from(`PROXY TCP${f} ${fmt(srcBytes, 0)} ${fmt(dstBytes, 0)} ${srcPort} ${dstPort}\r\n`, 'latin1');
+}
+
+/** A v2 header (PROXY command, TCP over IPv4 or IPv6 as `families` decides; UNSPEC when not both are IP). */
 export function encodeProxyV2(src: string, srcPort: number, dst: string, dstPort: number): Buffer {
-  const s = unmap(src);
-  const d = unmap(dst);
-  const four = isIPv4(s) && isIPv4(d);
-  const six = !four && isIPv6(s) && isIPv6(d);
-  const len = four ? 12 : six ? 36 : 0;
+  const f = families(src, dst);
+  const size = f === 4 ? 4 : 16;
+  const len = f === 0 ? 0 : 2 * size + 4;
   const out = Buffer.alloc(16 + len);
   V2_SIG.copy(out, 0);
   out[12] = 0x21; // version 2, PROXY
-  out[13] = four ? 0x11 : six ? 0x21 : 0x00;
+  out[13] = f === 4 ? 0x11 : f === 6 ? 0x21 : 0x00;
   out.writeUInt16BE(len, 14);
-  if (four) {
-    writeIPv4(out, 16, s);
-    writeIPv4(out, 20, d);
-    out.writeUInt16BE(srcPort, 24);
-    out.writeUInt16BE(dstPort, 26);
-  } else if (six) {
-    writeIPv6(out, 16, s);
-    writeIPv6(out, 32, d);
-    out.writeUInt16BE(srcPort, 48);
-    out.writeUInt16BE(dstPort, 50);
+  if (f !== 0) {
+    out.set(srcBytes.subarray(0, size), 16);
+    out.set(dstBytes.subarray(0, size), 16 + size);
+    out.writeUInt16BE(srcPort, 16 + 2 * size);
+    out.writeUInt16BE(dstPort, 18 + 2 * size);
   }
   return out;
 }
@@ -146,34 +164,27 @@ function port(text: string): number {
   return n <= 65535 ? n : -1;
 }
 
-const unmap = (a: string): string => (a.startsWith('::ffff:') && isIPv4(a.slice(7)) ? a.slice(7) : a);
+/** Scratch for the two addresses of the header being parsed or encoded (one at a time per thread). */
+const srcBytes = new Uint8Array(16);
+const dstBytes = new Uint8Array(16);
 
-const ipv4 = (b: Buffer, at: number): string => `${b[at]}.${b[at + 1]}.${b[at + 2]}.${b[at + 3]}`;
+const unzone = (a: string): string => {
+  const pct = a.indexOf('%');
+  return pct < 0 ? a : a.slice(0, pct);
+};
 
-function ipv6(b: Buffer, at: number): string {
-  const groups: string[] = [];
-  for (let i = 0; i < 16; i += 2) groups.push(b.readUInt16BE(at + i).toString(16));
-  return canonicalIPv6(groups.join(':'));
+/** ::ffff:0:0/96 */
+function isMapped(b: Uint8Array): boolean {
+  for (let i = 0; i < 10; i++) if (b[i] !== 0) return false;
+  return b[10] === 0xff && b[11] === 0xff;
 }
 
-/**
- * isIPv6 also takes a zone ("fe80::1%eth0"): it names an interface of the sender's host, means
- * nothing here, is not in the spec's grammar, and has no canonical spelling (the URL parser
- * throws on it, which in a worker's read callback took the whole worker down).
- */
-const isIPv6NoZone = (a: string): boolean => isIPv6(a) && !a.includes('%');
-
-
-function writeIPv4(out: Buffer, at: number, a: string): void {
-  a.split('.').forEach((o, i) => (out[at + i] = Number(o)));
-}
-
-function writeIPv6(out: Buffer, at: number, a: string): void {
-  const [head, tail = ''] = a.split('::');
-  const h = head ? head.split(':') : [];
-  const t = tail ? tail.split(':') : [];
-  const groups = a.includes('::') ? [...h, ...Array(8 - h.length - t.length).fill('0'), ...t] : h;
-  groups.forEach((g, i) => out.writeUInt16BE(parseInt(g, 16), at + i * 2));
+/** IPv4 bytes (first 4) → their IPv4-mapped IPv6 form. */
+function toMapped(b: Uint8Array): void {
+  b.copyWithin(12, 0, 4);
+  b.fill(0, 0, 10);
+  b[10] = 0xff;
+  b[11] = 0xff;
 }
 
 /** Bytes as a short printable string for error messages: "GET / HTTP/1.1\x0d\x0a". */

@@ -32,6 +32,7 @@ import { existsSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { formatIPv4, formatIPv6 } from '../config/address.ts';
 
 export const RELAY_VERSION = 2;
 export const STAT_BYTES_IN = 0;
@@ -102,33 +103,10 @@ export function loadRelay(env: NodeJS.ProcessEnv = process.env, path = RELAY_PAT
 
 /**
  * The text of an address the relay wrote as bytes (`words` from index `at`: 4 bytes for family 4,
- * 16 for family 6), as Node prints it (IPv6 per RFC 5952: lower case, the longest run of zero
- * groups as ::, an IPv4-mapped address as ::ffff:a.b.c.d).
+ * 16 for family 6), in the one spelling of config/address.ts (Node's: RFC 5952, an IPv4-mapped
+ * address as ::ffff:a.b.c.d). Hot: once per accepted connection whose address is needed.
  */
 export function formatAddress(family: number, words: Int32Array, at: number): string {
   const bytes = new Uint8Array(words.buffer, words.byteOffset + at * 4, family === 6 ? 16 : 4);
-  if (family !== 6) return `${bytes[0]}.${bytes[1]}.${bytes[2]}.${bytes[3]}`;
-  const groups: number[] = [];
-  for (let i = 0; i < 16; i += 2) groups.push((bytes[i] << 8) | bytes[i + 1]);
-  if (groups.slice(0, 5).every((g) => g === 0) && groups[5] === 0xffff) {
-    return `::ffff:${bytes[12]}.${bytes[13]}.${bytes[14]}.${bytes[15]}`;
-  }
-  let best = -1;
-  let bestLen = 1; // a single zero group is not shortened (RFC 5952 4.2.2)
-  for (let i = 0; i < 8;) {
-    if (groups[i] !== 0) {
-      i++;
-      continue;
-    }
-    let j = i;
-    while (j < 8 && groups[j] === 0) j++;
-    if (j - i > bestLen) {
-      best = i;
-      bestLen = j - i;
-    }
-    i = j;
-  }
-  const hex = groups.map((g) => g.toString(16));
-  if (best < 0) return hex.join(':');
-  return `${hex.slice(0, best).join(':')}::${hex.slice(best + bestLen).join(':')}`;
+  return family === 6 ? formatIPv6(bytes, 0) : formatIPv4(bytes, 0);
 }

@@ -44,6 +44,7 @@ import { performance } from 'node:perf_hooks';
 import { getSystemErrorName } from 'node:util';
 import type { Engine } from '../balancer/engine.ts';
 import { hashKey } from '../balancer/hash.ts';
+import { clientAddress } from '../config/address.ts';
 import {
   BC_BYTES_IN, BC_BYTES_OUT, BC_CONNECT_FAILURES, BC_CONNECT_TIME_MS, BC_CONNECTIONS, BC_KILLED,
   BC_RETRIES, backendCounterIndex, PICK_BAD_SERVICE, PICK_NO_BACKEND, SC_ACCEPTED, SC_BYTES_IN, SC_BYTES_OUT,
@@ -435,6 +436,7 @@ function admit(s: Session, rt: ServiceRuntime): void {
       ip = addr.address ?? '';
       port = addr.port ?? 0;
     }
+    ip = clientAddress(ip); // a dual-stack listener's or a header's ::ffff:a.b.c.d is a.b.c.d
     s.clientAddr = e.hash_key === 'source_ip_port' || ctx.onClose !== null ? ip + ':' + port : ip;
     if (e.hashed) s.hash = hashKey(e.hash_key === 'source_ip_port' ? s.clientAddr : ip) >>> 0;
   }

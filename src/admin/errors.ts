@@ -3,51 +3,44 @@
  * these stable codes (documented in the README); messages name the field and the value, as the
  * config loader's do.
  */
-import { FulcrumError } from '../errors.ts';
+import { ERROR_CODES, FulcrumError, type ErrorCode } from '../errors.ts';
 
 export const ADMIN_ERRORS = {
   /** 400: a body or parameter is malformed; the message names the field and the value. */
-  BAD_REQUEST: 'FULCRUM_ERR_ADMIN_BAD_REQUEST',
+  BAD_REQUEST: ERROR_CODES.ADMIN_BAD_REQUEST,
   /** 401: the bearer token is missing or wrong; nothing was changed. */
-  UNAUTHORIZED: 'FULCRUM_ERR_ADMIN_UNAUTHORIZED',
+  UNAUTHORIZED: ERROR_CODES.ADMIN_UNAUTHORIZED,
   /** 403: changes are disabled because admin.token_file is not set. */
-  CHANGES_DISABLED: 'FULCRUM_ERR_ADMIN_CHANGES_DISABLED',
+  CHANGES_DISABLED: ERROR_CODES.ADMIN_CHANGES_DISABLED,
   /** 404: no such route, service or backend. */
-  NOT_FOUND: 'FULCRUM_ERR_ADMIN_NOT_FOUND',
+  NOT_FOUND: ERROR_CODES.ADMIN_NOT_FOUND,
   /** 405: the route exists but not with this method. */
-  METHOD_NOT_ALLOWED: 'FULCRUM_ERR_ADMIN_METHOD_NOT_ALLOWED',
+  METHOD_NOT_ALLOWED: ERROR_CODES.ADMIN_METHOD_NOT_ALLOWED,
   /** 409: the change conflicts with the current state (a backend that already exists, a full table). */
-  CONFLICT: 'FULCRUM_ERR_ADMIN_CONFLICT',
+  CONFLICT: ERROR_CODES.ADMIN_CONFLICT,
   /** 413: the request body is larger than the limit. */
-  BODY_TOO_LARGE: 'FULCRUM_ERR_ADMIN_BODY_TOO_LARGE',
+  BODY_TOO_LARGE: ERROR_CODES.ADMIN_BODY_TOO_LARGE,
   /** 415: the body is not JSON. */
-  UNSUPPORTED_MEDIA_TYPE: 'FULCRUM_ERR_ADMIN_UNSUPPORTED_MEDIA_TYPE',
+  UNSUPPORTED_MEDIA_TYPE: ERROR_CODES.ADMIN_UNSUPPORTED_MEDIA_TYPE,
   /** 422: a reload was refused because the config file is invalid; `problems` lists each one. */
-  CONFIG_INVALID: 'FULCRUM_ERR_CONFIG_INVALID',
+  CONFIG_INVALID: ERROR_CODES.CONFIG_INVALID,
   /** 422: a reload was refused because the config file could not be read. */
-  CONFIG_UNREADABLE: 'FULCRUM_ERR_CONFIG_UNREADABLE',
+  CONFIG_UNREADABLE: ERROR_CODES.CONFIG_UNREADABLE,
   /** 501: the running instance has no such facility (reload without a config file). */
-  NOT_AVAILABLE: 'FULCRUM_ERR_ADMIN_NOT_AVAILABLE',
+  NOT_AVAILABLE: ERROR_CODES.ADMIN_NOT_AVAILABLE,
   /** 500: a bug; the message says what failed. */
-  INTERNAL: 'FULCRUM_ERR_ADMIN_INTERNAL',
+  INTERNAL: ERROR_CODES.ADMIN_INTERNAL,
 } as const;
 
 /** An error that becomes an HTTP response with this status and code. */
 export class AdminHttpError extends FulcrumError {
   readonly status: number;
   readonly details: Record<string, unknown> | undefined;
-  constructor(status: number, code: string, message: string, details?: Record<string, unknown>) {
+  constructor(status: number, code: ErrorCode, message: string, details?: Record<string, unknown>) {
     super(code, message);
     this.name = 'AdminHttpError';
     this.status = status;
     this.details = details;
-  }
-}
-
-/** The admin token file is unreadable or empty: the admin server does not start. */
-export class AdminTokenError extends FulcrumError {
-  constructor(file: string, why: string, cause?: unknown) {
-    super('FULCRUM_ERR_ADMIN_TOKEN', `admin.token_file: ${why}, got ${JSON.stringify(file)}`, { cause });
   }
 }
 

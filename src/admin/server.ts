@@ -32,7 +32,8 @@ import { MAX_WEIGHT } from '../shm/layout.ts';
 import type { Logger } from '../observability/log.ts';
 import type { Metrics } from '../observability/prom.ts';
 import type { ServiceStats, Stats } from '../observability/stats.ts';
-import { ADMIN_ERRORS, AdminHttpError, AdminTokenError, badRequest, notFound } from './errors.ts';
+import { readSecretFileSync } from '../config/secrets.ts';
+import { ADMIN_ERRORS, AdminHttpError, badRequest, notFound } from './errors.ts';
 
 /** Request bodies larger than this are refused with 413: the API's bodies are a few hundred bytes. */
 export const MAX_BODY_BYTES = 64 * 1024;
@@ -99,18 +100,8 @@ export interface AdminServerOptions {
 
 const sha256 = (s: string): Buffer => createHash('sha256').update(s).digest();
 
-/** Reads the admin token: the file's content without surrounding whitespace, never empty. */
-export function readToken(file: string): string {
-  let text: string;
-  try {
-    text = readFileSync(file, 'utf8');
-  } catch (err) {
-    throw new AdminTokenError(file, `cannot read: ${(err as Error).message}`, err);
-  }
-  const token = text.trim();
-  if (token.length === 0) throw new AdminTokenError(file, 'the file is empty');
-  return token;
-}
+/** Reads the admin token from admin.token_file (config/secrets.ts's rule). */
+export const readToken = (file: string): string => readSecretFileSync('admin.token_file', file).toString('utf8');
 
 let statusPageCache: string | undefined;
 function statusPage(): string {

@@ -4,12 +4,14 @@
  */
 import { readFileSync, statSync } from 'node:fs';
 import { availableParallelism } from 'node:os';
+import { dirname, resolve } from 'node:path';
 import { Worker } from 'node:worker_threads';
 import { parseDocument } from 'yaml';
 import type { z } from 'zod';
 import { ConfigInvalidError, ConfigUnreadableError, type ConfigProblem } from '../errors.ts';
 import { MAX_BACKENDS } from '../shm/layout.ts';
 import { configSchema, formatHostPort, type Config } from './schema.ts';
+import { resolveSecretPaths } from './secrets.ts';
 
 export type { Config } from './schema.ts';
 
@@ -130,7 +132,8 @@ export function loadConfig(file: string): Config {
     if (err instanceof ConfigUnreadableError) throw err;
     throw new ConfigUnreadableError(file, `cannot read: ${(err as Error).message}`, err);
   }
-  return parseConfig(text, file);
+  // Relative secret paths mean "beside this config file", wherever fulcrum was started from.
+  return resolveSecretPaths(parseConfig(text, file), dirname(resolve(file)));
 }
 
 /** What load-worker.ts posts back: the config, or the error's parts to build it again here. */

@@ -1,15 +1,8 @@
 /**
  * Errors of the failover part, each with a stable code (listed in the README's high availability
- * section). Messages name the setting or the command, and the value.
+ * section; ha.secret_file's come from config/secrets.ts). Messages name the setting or the command, and the value.
  */
 import { FulcrumError } from '../errors.ts';
-
-/** ha.secret_file is missing, unreadable or too short to be a key. */
-export class HaSecretError extends FulcrumError {
-  constructor(file: string, why: string, cause?: unknown) {
-    super('FULCRUM_ERR_HA_SECRET', `ha.secret_file: ${why}, got ${JSON.stringify(file)}`, { cause });
-  }
-}
 
 /** ha.bind / ha.peer must be IPv4 literals: the heartbeat carries the sender's address. */
 export class HaAddressError extends FulcrumError {

@@ -27,10 +27,10 @@
 import { createHmac, randomBytes, timingSafeEqual } from 'node:crypto';
 import { createSocket, type RemoteInfo, type Socket } from 'node:dgram';
 import { EventEmitter } from 'node:events';
-import { readFileSync, statSync } from 'node:fs';
 import { formatHostPort } from '../config/schema.ts';
 import type { Logger } from '../observability/log.ts';
-import { HaBindError, HaSecretError } from './errors.ts';
+import { readSecretFileSync, SecretFileError } from '../config/secrets.ts';
+import { HaBindError } from './errors.ts';
 import { intToIpv4, ROLES, type Role } from './fsm.ts';
 
 export const HEARTBEAT_MAGIC = 0x464c4352; // "FLCR"
@@ -165,22 +165,11 @@ export class ReplayGuard {
   }
 }
 
-/** Reads the HMAC key: the file's bytes without trailing whitespace (a newline from `echo`). */
-export function readSecret(file: string, logger?: Logger): Buffer {
-  let raw: Buffer;
-  try {
-    raw = readFileSync(file);
-  } catch (err) {
-    throw new HaSecretError(file, `cannot read it (${(err as NodeJS.ErrnoException).code ?? (err as Error).message})`, err);
-  }
-  let end = raw.length;
-  while (end > 0 && (raw[end - 1] === 0x0a || raw[end - 1] === 0x0d || raw[end - 1] === 0x20 || raw[end - 1] === 0x09)) end--;
-  const key = raw.subarray(0, end);
-  if (key.length < MIN_SECRET_BYTES) throw new HaSecretError(file, `must hold at least ${MIN_SECRET_BYTES} bytes of key, has ${key.length}`);
-  try {
-    if ((statSync(file).mode & 0o077) !== 0) logger?.warn({ file }, 'ha.secret_file is readable by group or others; chmod 600 it');
-  } catch { /* already read it; the mode is only advice */ }
-  return Buffer.from(key);
+/** Reads the HMAC key from ha.secret_file (config/secrets.ts's rule), at least MIN_SECRET_BYTES long. */
+export function readSecret(file: string): Buffer {
+  const key = readSecretFileSync('ha.secret_file', file);
+  if (key.length < MIN_SECRET_BYTES) throw new SecretFileError('ha.secret_file', file, `must hold at least ${MIN_SECRET_BYTES} bytes of key, has ${key.length}`);
+  return key;
 }
 
 export interface HeartbeatOptions {

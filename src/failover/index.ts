@@ -143,7 +143,7 @@ export class Failover extends EventEmitter<FailoverEvents> {
    */
   async start(): Promise<void> {
     const c = this.config;
-    const key = readSecret(c.secret_file, this.log);
+    const key = readSecret(c.secret_file);
     const hb = new Heartbeat({
       bind: c.bind, peer: c.peer, bindAddress: this.bindAddress, peerAddress: this.peerAddress, key,
       advertIntervalMs: c.advert_interval, staleWindowMs: staleWindowMs(c.dead_after, c.advert_interval, c.max_clock_skew),

@@ -47,6 +47,8 @@
  * ```
  */
 
+import { FulcrumError } from '../errors.ts';
+
 /** "FULC" read as a little-endian u32. */
 export const MAGIC = 0x434c5546;
 /** Bump on any change to this file's offsets or meanings. */
@@ -265,8 +267,11 @@ export function createSharedMemory(): WebAssembly.Memory {
   return memory;
 }
 
-export class LayoutMismatchError extends Error {
-  readonly code = 'FULCRUM_ERR_LAYOUT_MISMATCH';
+/** The shared memory does not carry this layout (magic, version or size): "expected X, got Y". */
+export class LayoutMismatchError extends FulcrumError {
+  constructor(message: string) {
+    super('FULCRUM_ERR_LAYOUT_MISMATCH', message);
+  }
 }
 
 /** Verifies that `memory` carries this layout; throws naming what was expected and found. */

@@ -70,7 +70,7 @@ ${o.extraServices ?? ''}`;
 export async function startStack(o: StackOptions): Promise<Stack> {
   const dir = await mkdtemp(join(tmpdir(), 'fulcrum-admin-'));
   const tokenFile = join(dir, 'admin.token');
-  await writeFile(tokenFile, TOKEN + '\n');
+  await writeFile(tokenFile, TOKEN + '\n', { mode: 0o600 }); // a secret file group or others can read is refused
   const backends: TestServer[] = [];
   for (let i = 0; i < (o.backends ?? 2); i++) backends.push(await startNamedServer(`b${i}`, o.host));
   const servicePort = await freePort(o.host);

@@ -78,7 +78,7 @@ describe('readSecret', () => {
     expect(readSecret(f).toString()).toBe('abcdefghijklmnopqrstuvwxyz');
   });
   it('refuses a short key and a missing file with FULCRUM_ERR_HA_SECRET', () => {
-    const f = join(dir, 'short'); writeFileSync(f, 'short\n');
+    const f = join(dir, 'short'); writeFileSync(f, 'short\n', { mode: 0o600 });
     expect(() => readSecret(f)).toThrow(expect.objectContaining({ code: 'FULCRUM_ERR_HA_SECRET', message: expect.stringMatching(/at least 16 bytes.*has 5/) }));
     expect(() => readSecret(join(dir, 'nope'))).toThrow(expect.objectContaining({ code: 'FULCRUM_ERR_HA_SECRET', message: expect.stringMatching(/ENOENT/) }));
   });

@@ -30,7 +30,7 @@ let pwFile: string;
 beforeAll(async () => {
   dir = await mkdtemp(join(tmpdir(), 'fulcrum-mysql-test-'));
   pwFile = join(dir, 'my.pass');
-  await writeFile(pwFile, `${PASSWORD}\n`);
+  await writeFile(pwFile, `${PASSWORD}\n`, { mode: 0o600 });
   [m1, m2] = await Promise.all([startMariaDb('127.3.5.1'), startMariaDb('127.3.5.2')]);
   for (const m of [m1, m2]) {
     await m.sql(`CREATE USER 'monitor'@'%' IDENTIFIED BY '${PASSWORD}'; GRANT SELECT ON *.* TO 'monitor'@'%'`);
@@ -58,7 +58,7 @@ describe('mysql probe against real MariaDB', () => {
 
   it('says why authentication failed', async () => {
     const wrong = join(dir, 'wrong.pass');
-    await writeFile(wrong, 'nope\n');
+    await writeFile(wrong, 'nope\n', { mode: 0o600 });
     expect(await probe(m1, { role: 'primary', mysql: { user: 'monitor', password_file: wrong } }))
       .toMatchObject({ ok: false, reason: expect.stringMatching(/^auth failed: Access denied for user 'monitor'@'127\.0\.0\.1'/) });
     expect(await probe(m1, { role: 'primary', mysql: { user: 'nobody' } }))

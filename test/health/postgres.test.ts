@@ -32,7 +32,7 @@ let pwFile: string;
 beforeAll(async () => {
   dir = await mkdtemp(join(tmpdir(), 'fulcrum-pg-test-'));
   pwFile = join(dir, 'pg.pass');
-  await writeFile(pwFile, `${PASSWORD}\n`);
+  await writeFile(pwFile, `${PASSWORD}\n`, { mode: 0o600 });
   sandbox = await pgSandbox(HOST);
   pg1 = await sandbox.initPrimary('pg1');
   await pg1.sql(`CREATE ROLE monitor LOGIN PASSWORD '${PASSWORD}'`);
@@ -62,7 +62,7 @@ describe('postgres probe against real clusters', () => {
 
   it('says why authentication failed', async () => {
     const wrong = join(dir, 'wrong.pass');
-    await writeFile(wrong, 'nope\n');
+    await writeFile(wrong, 'nope\n', { mode: 0o600 });
     expect(await probe(pg1, { role: 'primary', postgres: { user: 'monitor', password_file: wrong, database: 'postgres' } }))
       .toMatchObject({ ok: false, reason: 'auth failed: password authentication failed for user "monitor"' });
     expect(await probe(pg1, { role: 'primary', postgres: { user: 'monitor', database: 'postgres' } }))

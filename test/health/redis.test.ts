@@ -30,8 +30,8 @@ beforeAll(async () => {
   dir = await mkdtemp(join(tmpdir(), 'fulcrum-redis-test-'));
   pwFile = join(dir, 'redis.pass');
   monFile = join(dir, 'monitor.pass');
-  await writeFile(pwFile, `${PASSWORD}\n`);
-  await writeFile(monFile, 'mon-pw\n');
+  await writeFile(pwFile, `${PASSWORD}\n`, { mode: 0o600 });
+  await writeFile(monFile, 'mon-pw\n', { mode: 0o600 });
   const auth = ['--requirepass', PASSWORD, '--masterauth', PASSWORD];
   a = await startRedis({ host: '127.3.3.1', args: auth });
   b = await startRedis({ host: '127.3.3.2', args: [...auth, '--replicaof', a.host, String(a.port)] });
@@ -73,7 +73,7 @@ describe('redis probe against real servers', () => {
   it('says why authentication failed', async () => {
     expect(await probe(a, { role: 'primary' })).toMatchObject({ ok: false, reason: expect.stringMatching(/^auth failed: NOAUTH/) });
     const wrong = join(dir, 'wrong.pass');
-    await writeFile(wrong, 'nope\n');
+    await writeFile(wrong, 'nope\n', { mode: 0o600 });
     expect(await probe(a, { role: 'primary', redis: { password_file: wrong } }))
       .toMatchObject({ ok: false, reason: expect.stringMatching(/^auth failed: (WRONGPASS|ERR invalid password)/) });
   });

@@ -38,7 +38,7 @@ beforeAll(async () => {
   // Nothing listens on a privileged port here, and no freePort() (ephemeral) can return it.
   deadPort = 1;
   for (const name of ['web', 'closing', 'dead', 'idle', 'admin']) ports[name] = await freePort(HOST);
-  await writeFile(join(dir, 'token'), TOKEN);
+  await writeFile(join(dir, 'token'), TOKEN, { mode: 0o600 });
   const config = `workers: 2
 shutdown_grace: 500ms
 logging: { level: info, connections: true }

@@ -8,8 +8,8 @@
  * probe with a reason, never a problem for the rest of fulcrum.
  */
 import net from 'node:net';
-import { readFile } from 'node:fs/promises';
 import type { Duplex } from 'node:stream';
+import { readSecretFile, type SecretSetting } from '../../config/secrets.ts';
 import type { HostPort, HealthConfig } from '../../config/schema.ts';
 
 export type Role = 'primary' | 'replica';
@@ -124,12 +124,15 @@ export function roleResult(role: Role, want: RoleFilter): { ok: boolean; reason:
   return { ok: false, reason: `wrong role: saw ${role}, want ${want}`, role };
 }
 
-/** Reads a password file; trailing newline ignored. Read per probe so rotation needs no reload. */
-export async function readSecret(file: string, setting: string): Promise<string> {
+/**
+ * Reads a password file (config/secrets.ts's rule); read per probe so rotation needs no reload. A
+ * file that cannot be used fails the probe with the reader's words as its reason.
+ */
+export async function readSecret(file: string, setting: SecretSetting): Promise<string> {
   try {
-    return (await readFile(file, 'utf8')).replace(/\r?\n$/, '');
+    return (await readSecretFile(setting, file)).toString('utf8');
   } catch (err) {
-    throw new ProbeFailure(`${setting} ${file}: cannot read (${(err as NodeJS.ErrnoException).code ?? err})`);
+    throw new ProbeFailure((err as Error).message);
   }
 }
 

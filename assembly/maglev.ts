@@ -16,22 +16,15 @@
  * following slots' owners, still deterministic per key); after that the leastconn scan decides.
  */
 import {
-  RING_CAPACITY, NO_BACKEND_U16, BUILD_SCRATCH_OFFSET, S_TABLE_SIZE,
-  B_HASH_OFFSET, B_HASH_SKIP,
+  RING_CAPACITY, NO_BACKEND_U16, S_TABLE_SIZE, B_HASH_OFFSET, B_HASH_SKIP,
+  BS_MAGLEV_POS as X_POS, BS_MAGLEV_SKIP as X_SKIP, BS_ID as X_ID, BS_WEIGHT as X_WEIGHT, BS_MAGLEV_CREDIT as X_CREDIT,
 } from './generated/layout';
-import { serviceAt, backendAt, ringAt } from './records';
+import { serviceAt, backendAt, ringAt, buildRecordAt } from './records';
 import { walkRing } from './ring';
 import { collectTier } from './tier';
 
-
-// Build scratch record per eligible backend (16 bytes): next slot of its permutation, its skip,
-// its id and weight (u16 each; effective weights are ≤ MAX_WEIGHT × WEIGHT_SCALE = 4096), and its
-// turn credit.
-const X_POS: usize = 0;
-const X_SKIP: usize = 4;
-const X_ID: usize = 8;
-const X_WEIGHT: usize = 10;
-const X_CREDIT: usize = 12;
+// The build scratch record of each eligible backend (layout.ts BS_*): collectTier wrote its id and
+// effective weight; the build keeps the next slot of its permutation, its skip and its turn credit.
 
 function isPrime(m: u32): bool {
   if (m < 2) return false;
@@ -56,7 +49,7 @@ export function maglevBuild(s: u32, ring: u32): u32 {
   const ra = ringAt(s, ring);
   let maxWeight: u32 = 0;
   for (let i: u32 = 0; i < n; i++) {
-    const x = <usize>BUILD_SCRATCH_OFFSET + (<usize>i << 4);
+    const x = buildRecordAt(i);
     const a = backendAt(<u32>load<u16>(x + X_ID));
     store<u32>(x + X_POS, load<u32>(a + B_HASH_OFFSET) % m);
     store<u32>(x + X_SKIP, load<u32>(a + B_HASH_SKIP) % (m - 1) + 1);
@@ -69,7 +62,7 @@ export function maglevBuild(s: u32, ring: u32): u32 {
   // Each round gives the heaviest backend a turn, so every round fills at least one slot.
   while (true) {
     for (let i: u32 = 0; i < n; i++) {
-      const x = <usize>BUILD_SCRATCH_OFFSET + (<usize>i << 4);
+      const x = buildRecordAt(i);
       let credit = load<u32>(x + X_CREDIT) + <u32>load<u16>(x + X_WEIGHT);
       if (credit < maxWeight) {
         store<u32>(x + X_CREDIT, credit);

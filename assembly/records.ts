@@ -22,7 +22,7 @@ import {
   RINGS_OFFSET, RING_BYTES, SCRATCH_OFFSET, WORKER_SCRATCH_SIZE, MAX_BACKENDS, MAX_TRIED,
   B_STATE, B_SERVICE, B_FLAGS, B_EFF_WEIGHT, B_MAX_CONN, B_ACTIVE, BACKEND_UP, BF_BACKUP,
   S_PRIMARY_UP, S_MEMBER_COUNT, W_TRIED_COUNT, W_TRIED,
-  TALLY_OFFSET, WORKER_TALLY_SIZE, T_SERVICE_HELD, T_BACKEND_HELD,
+  TALLY_OFFSET, WORKER_TALLY_SIZE, T_SERVICE_HELD, T_BACKEND_HELD, BUILD_SCRATCH_OFFSET, BS_RECORD_SIZE,
 } from './generated/layout';
 
 /** This instance's worker scratch record (the tried list); set once by `init`. */
@@ -34,6 +34,11 @@ export let tally: usize = TALLY_OFFSET;
 export function setWorker(workerId: u32): void {
   scratch = <usize>SCRATCH_OFFSET + <usize>workerId * <usize>WORKER_SCRATCH_SIZE;
   tally = tallyAt(workerId);
+}
+
+/** The build scratch record of the i-th eligible backend while a ring is built (control plane only). */
+@inline export function buildRecordAt(i: u32): usize {
+  return <usize>BUILD_SCRATCH_OFFSET + <usize>i * <usize>BS_RECORD_SIZE;
 }
 
 @inline export function tallyAt(workerId: u32): usize {

@@ -7,22 +7,16 @@
  * capped at RING_CAPACITY), so a pick is one atomic cursor increment and one ring load. The random
  * algorithm draws from the same schedule, which makes its draws weight-proportional.
  */
-import { RING_CAPACITY, MAX_MEMBERS, BUILD_SCRATCH_OFFSET, S_CURSOR } from './generated/layout';
-import { serviceAt, ringAt } from './records';
+import {
+  RING_CAPACITY, MAX_MEMBERS, S_CURSOR, BS_RR_CURRENT as X_CURRENT, BS_RR_SCALED as X_SCALED, BS_ID as X_ID,
+  BS_WEIGHT as X_WEIGHT,
+} from './generated/layout';
+import { serviceAt, ringAt, buildRecordAt as rec } from './records';
 import { walkRing } from './ring';
 import { collectTier } from './tier';
 
-
-// Build scratch per eligible backend: +0 current value (i32), +4 scaled weight (u32); collectTier
-// put the id at +8 and the effective weight at +10.
-const X_CURRENT: usize = 0;
-const X_SCALED: usize = 4;
-const X_ID: usize = 8;
-const X_WEIGHT: usize = 10;
-
-@inline function rec(i: u32): usize {
-  return <usize>BUILD_SCRATCH_OFFSET + (<usize>i << 4);
-}
+// The build scratch record of each eligible backend (layout.ts BS_*): collectTier wrote its id and
+// effective weight; the schedule build keeps its current value and scaled weight there.
 
 function gcd(a: u32, b: u32): u32 {
   while (b != 0) {

@@ -3,10 +3,10 @@
  * only (rebuild), so it may use the build scratch region, which no worker touches.
  */
 import {
-  MAX_BACKENDS, BACKEND_UP, BF_BACKUP, BUILD_SCRATCH_OFFSET, B_STATE, B_SERVICE, B_FLAGS, B_EFF_WEIGHT,
-  S_PRIMARY_UP, S_BACKUP_UP,
+  MAX_BACKENDS, BACKEND_UP, BF_BACKUP, B_STATE, B_SERVICE, B_FLAGS, B_EFF_WEIGHT,
+  S_PRIMARY_UP, S_BACKUP_UP, BS_ID, BS_WEIGHT,
 } from './generated/layout';
-import { serviceAt, backendAt, membersAt, memberCount, wantedTier } from './records';
+import { serviceAt, backendAt, membersAt, memberCount, wantedTier, buildRecordAt } from './records';
 
 /** Is member `b` up for service `s` with a weight, whatever its tier and load? */
 function usable(b: u32, s: u32): bool {
@@ -34,8 +34,8 @@ export function countUp(s: u32): void {
 
 /**
  * Writes the eligible members of service `s` (usable, in the tier that takes connections) into the
- * build scratch, in member order: at 16-byte record i, the id (u16) at +8 and the effective weight
- * (u16) at +10. Returns how many. Needs countUp first.
+ * build scratch, in member order: record i gets the id (BS_ID) and the effective weight
+ * (BS_WEIGHT). Returns how many. Needs countUp first.
  */
 export function collectTier(s: u32): u32 {
   const sa = serviceAt(s);
@@ -48,9 +48,9 @@ export function collectTier(s: u32): u32 {
     if (!usable(b, s)) continue;
     const a = backendAt(b);
     if ((load<u32>(a + B_FLAGS) & BF_BACKUP) != tier) continue;
-    const x = <usize>BUILD_SCRATCH_OFFSET + (<usize>k << 4);
-    store<u16>(x + 8, <u16>b);
-    store<u16>(x + 10, <u16>min<i32>(load<i32>(a + B_EFF_WEIGHT), 0xffff));
+    const x = buildRecordAt(k);
+    store<u16>(x + BS_ID, <u16>b);
+    store<u16>(x + BS_WEIGHT, <u16>min<i32>(load<i32>(a + B_EFF_WEIGHT), 0xffff));
     k++;
   }
   return k;

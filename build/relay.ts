@@ -4,6 +4,16 @@
  * this script (the pinned Node 24 ships them beside its binary). Called by `npm install`
  * (prepare), `npm test`, `npm start` and `npm run bench`; the output is never committed.
  *
+ * Build it with the Node that will run fulcrum. The relay uses libuv's API (uv_poll on the
+ * worker's loop) as well as Node-API, and N-API's ABI promise covers only Node-API: libuv's
+ * structures and functions may change between Node majors. So the build records the Node it was
+ * built for (FULCRUM_NODE_ABI = process.versions.modules, and the version) in the generated
+ * header, and relay.ts refuses at start-up a relay built for another ABI, naming both: the
+ * sessions then run on the JavaScript path, and the log says why (`npm run build:relay` fixes it).
+ *
+ * Before compiling, the event layout's C header is generated from src/shm/layout.ts into
+ * build/out/gen/relay-layout.h (build/gen-layout.ts), which relay.c includes.
+ *
  * Without a C compiler the build says so and stops short of failing the install: fulcrum then
  * runs every session on the JavaScript path and logs why at start-up (relay.ts, pool.ts).
  */
@@ -11,6 +21,7 @@ import { execFileSync } from 'node:child_process';
 import { existsSync, mkdirSync, rmSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { writeRelayHeader } from './gen-layout.ts';
 
 const root = join(dirname(fileURLToPath(import.meta.url)), '..');
 export const RELAY_NODE = join(root, 'build', 'out', 'relay.node');
@@ -18,9 +29,9 @@ const SOURCE = join(root, 'src', 'proxy', 'relay.c');
 
 /** Where Node's headers are (node_api.h), or undefined. */
 function nodeHeaders(): string | undefined {
-  // Node-API is ABI-stable, so any Node's headers serve; the pinned Node's come first. The npm
-  // package `node` copies its binary to node_modules/node/bin and keeps the release (headers
-  // included) in the platform package it installed from.
+  // The running Node's own headers come first (libuv's API is not covered by N-API's ABI promise:
+  // see above); the npm package `node` copies its binary to node_modules/node/bin and keeps the
+  // release (headers included) in the platform package it installed from.
   const platformPackage = `node-${process.platform}-${process.arch}`;
   const candidates = [
     join(dirname(process.execPath), '..', 'include', 'node'),
@@ -33,13 +44,20 @@ function nodeHeaders(): string | undefined {
 
 export type RelayBuild = { ok: true } | { ok: false; missing: 'headers' | 'compiler'; message: string } | { ok: false; missing: null; message: string };
 
-/** Compiles relay.c into `out` (`defines`: extra -D flags, for tests). */
-export function compileRelay(out = RELAY_NODE, defines: string[] = []): RelayBuild {
+/**
+ * Compiles relay.c into `out` (`defines`: extra -D flags, for tests; `node`: the Node recorded as
+ * the one it is built for, by default this one — tests build one for another). The generated
+ * header goes into a `gen` folder beside `out`.
+ */
+export function compileRelay(out = RELAY_NODE, defines: string[] = [], node?: { abi: number; version: string }): RelayBuild {
   const headers = nodeHeaders();
   if (headers === undefined) return { ok: false, missing: 'headers', message: 'no Node headers (node_api.h) beside this Node or in node_modules' };
   mkdirSync(dirname(out), { recursive: true });
+  const generated = join(dirname(out), 'gen');
+  writeRelayHeader(generated, node);
   const cc = process.env.CC ?? 'cc';
-  const args = ['-O2', '-fPIC', '-shared', '-pthread', '-Wall', '-Wextra', '-Werror', ...defines.map((d) => `-D${d}`), '-I', headers, '-o', out, SOURCE];
+  const args = ['-O2', '-fPIC', '-shared', '-pthread', '-Wall', '-Wextra', '-Werror', ...defines.map((d) => `-D${d}`),
+    '-I', generated, '-I', headers, '-o', out, SOURCE];
   try {
     execFileSync(cc, args, { stdio: ['ignore', 'inherit', 'inherit'] });
     return { ok: true };

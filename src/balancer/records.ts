@@ -11,7 +11,6 @@ import {
   S_STATE, S_ALGORITHM, S_MAX_CONN, S_ACTIVE, S_ACTIVE_RING, S_RING_LEN, S_MEMBER_COUNT, S_CURSOR, S_QUEUED,
   S_QUEUE_MAX, S_RELEASE_SEQ, S_PRIMARY_UP, S_BACKUP_UP, S_TABLE_SIZE, ringAddr,
   B_STATE, B_FLAGS, B_WEIGHT, B_EFF_WEIGHT, B_MAX_CONN, B_ACTIVE, B_HASH_OFFSET, B_HASH_SKIP, B_SERVICE,
-  B_FAIL_STREAK, B_INCARNATION,
 } from '../shm/layout.ts';
 
 export interface ServiceFields {
@@ -134,12 +133,9 @@ export class SharedRecords {
     this.u32[w + (B_HASH_SKIP >> 2)] = f.hashSkip >>> 0;
   }
 
-  /** Prepares a slot for a new occupant: active 0, fail streak 0, incarnation + 1. */
+  /** Prepares a slot for a new occupant: no active connections. */
   claimBackend(b: number): void {
-    const w = backendAddr(b) >> 2;
-    Atomics.store(this.i32, w + (B_ACTIVE >> 2), 0);
-    Atomics.store(this.u32, w + (B_FAIL_STREAK >> 2), 0);
-    Atomics.add(this.u32, w + (B_INCARNATION >> 2), 1);
+    Atomics.store(this.i32, (backendAddr(b) + B_ACTIVE) >> 2, 0);
   }
 
   setBackendState(b: number, state: number): void {

@@ -63,23 +63,14 @@
 #include <time.h>
 #include <unistd.h>
 
+/* The event layout (EV_*, END_*, STAT_*, MAX_EVENTS, MAX_ACCEPT) and the Node this relay is built
+   for (FULCRUM_NODE_ABI, FULCRUM_NODE_VERSION), generated from src/shm/layout.ts by build/relay.ts. */
+#include "relay-layout.h"
+
 /* Keep in step with relay.ts (checked there against constants()). */
 #ifndef RELAY_VERSION /* tests build a relay of another version to see it refused */
 #define RELAY_VERSION 2
 #endif
-#define STAT_BYTES_IN 0
-#define STAT_BYTES_OUT 1
-#define STAT_ACTIVITY 2
-#define STAT_FIELDS 3
-#define EV_FIELDS 8
-#define EV_ACCEPT 1         /* id: listener, a: fd, b: family << 16 | port, c..f: address bytes */
-#define EV_ACCEPT_ERROR 2   /* id: listener, a: -errno (the listener is paused until resume()) */
-#define EV_CONNECTED 3      /* id: slot */
-#define EV_CONNECT_FAILED 4 /* id: slot, a: -errno (the server socket is closed, the client kept) */
-#define EV_ENDED 5          /* id: slot, a: END_* */
-#define EV_CLIENT_GONE 6    /* id: slot (a watched client sent EOF or reset; its socket is kept) */
-#define END_CLIENT 1        /* the client ended the session: its EOF came first, or it reset */
-#define END_SERVER 2
 
 #define CLIENT 0
 #define SERVER 1
@@ -88,9 +79,6 @@
 
 /* Per read: the JS path's largest read buffer (splice.ts READ_BUFFER_SIZE). */
 #define SCRATCH_SIZE (64 * 1024)
-#define MAX_EVENTS 256
-/* Accepts per listener per wake (HAProxy's tune.maxaccept default). */
-#define MAX_ACCEPT 64
 
 enum { ST_WATCH = 1, ST_CONNECTING, ST_RELAY };
 
@@ -202,9 +190,9 @@ static void ref_down(Relay *r) {
 static int32_t *push_event(Relay *r, int type, uint32_t id, int32_t a) {
   int32_t *e = r->events + (size_t)r->nev * EV_FIELDS;
   r->nev++;
-  e[0] = type;
-  e[1] = (int32_t)id;
-  e[2] = a;
+  e[EV_TYPE] = type;
+  e[EV_ID] = (int32_t)id;
+  e[EV_A] = a;
   return e;
 }
 
@@ -493,7 +481,7 @@ static void adopt(Relay *r) {
       continue;
     }
     int32_t *e = push_event(r, EV_ACCEPT, (uint32_t)lid, h->fd);
-    memcpy(&e[3], h->from, sizeof(h->from));
+    memcpy(&e[EV_B], h->from, sizeof(h->from));
   }
   if (i > 0) {
     memmove(r->inbox, r->inbox + i, (r->ninbox - i) * sizeof(Handoff));
@@ -532,7 +520,7 @@ static void on_acceptable(Relay *r, uint32_t lid, int lfd) {
       continue;
     }
     int32_t *e = push_event(r, EV_ACCEPT, lid, fd);
-    memcpy(&e[3], from, sizeof(from));
+    memcpy(&e[EV_B], from, sizeof(from));
   }
 }
 
@@ -1158,7 +1146,11 @@ static napi_value js_constants(napi_env env, napi_callback_info info) {
   SET("endServer", END_SERVER);
   SET("maxEvents", MAX_EVENTS);
   SET("maxAccept", MAX_ACCEPT);
+  SET("nodeAbi", FULCRUM_NODE_ABI);
 #undef SET
+  napi_value built_for;
+  napi_create_string_utf8(env, FULCRUM_NODE_VERSION, NAPI_AUTO_LENGTH, &built_for);
+  napi_set_named_property(env, o, "nodeVersion", built_for);
   return o;
 }
 

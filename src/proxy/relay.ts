@@ -5,25 +5,14 @@
  * timeouts, counters, logs) and tells the relay what to do; the relay reports back in one call per
  * event-loop wake.
  *
- * Shared with relay.c (checked at load against its `constants()`):
+ * The event and stats layout shared with relay.c is in src/shm/layout.ts (relay.c includes it as
+ * a generated header; a built relay is checked against it at load, through its `constants()`).
+ * An ACCEPT may carry a connection another worker's relay accepted and handed over (relay.c: the
+ * workers even out their connections); it comes on this worker's listener for that address.
  *
- *   events: Int32Array, EV_FIELDS (8) int32 per event, n of them per onEvents(n) call
- *   ┌────────────────┬──────────┬───────────┬─────────────────────┬─────────────────────────┐
- *   │ [0] type       │ [1] id   │ [2] a     │ [3] b               │ [4..7] c d e f          │
- *   ├────────────────┼──────────┼───────────┼─────────────────────┼─────────────────────────┤
- *   │ ACCEPT         │ listener │ client fd │ family << 16 | port │ address bytes (4 or 16) │
- *   │ ACCEPT_ERROR   │ listener │ -errno    │ (the listener is paused until resume(id))     │
- *   │ CONNECTED      │ slot     │           │                                               │
- *   │ CONNECT_FAILED │ slot     │ -errno    │ (backend socket closed, client socket kept)   │
- *   │ ENDED          │ slot     │ END_*     │ (sockets closed, but a Node-owned client's)   │
- *   │ CLIENT_GONE    │ slot     │           │ (a watched, queued client left; socket kept)  │
- *   └────────────────┴──────────┴───────────┴───────────────────────────────────────────────┘
- *   An ACCEPT may carry a connection another worker's relay accepted and handed over (relay.c:
- *   the workers even out their connections); it comes on this worker's listener for that address.
- *
- *   stats: Float64Array, STAT_FIELDS per slot: bytes client → server, bytes server → client, and
- *   an activity count (chunks moved) the timeout sweep compares between sweeps: no clock read
- *   per chunk. Zeroed by connect(); JS grows it (setStats) before using a slot beyond it.
+ * The relay is built against the headers of the Node that runs fulcrum (build/relay.ts: it uses
+ * libuv's API, which N-API's ABI promise does not cover); `loadRelay` refuses one built for
+ * another Node ABI, naming both.
  *
  * Without the relay (no C compiler at install, FULCRUM_RELAY=off, a load error) every session
  * runs on the JavaScript path (Node's TCP handles); `loadRelay` says why, and the pool logs it once.
@@ -34,24 +23,19 @@ import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { formatIPv4, formatIPv6 } from '../config/address.ts';
 
+import {
+  END_CLIENT, END_SERVER, EV_ACCEPT, EV_ACCEPT_ERROR, EV_CLIENT_GONE, EV_CONNECT_FAILED, EV_CONNECTED, EV_ENDED, EV_FIELDS,
+  RELAY_MAX_ACCEPT, RELAY_MAX_EVENTS, STAT_ACTIVITY, STAT_BYTES_IN, STAT_BYTES_OUT, STAT_FIELDS,
+} from '../shm/layout.ts';
+
+export {
+  END_CLIENT, END_SERVER, EV_A, EV_ACCEPT, EV_ACCEPT_ERROR, EV_ADDR, EV_B, EV_CLIENT_GONE, EV_CONNECT_FAILED, EV_CONNECTED,
+  EV_ENDED, EV_FIELDS, EV_ID, EV_TYPE, RELAY_EVENTS, RELAY_MAX_ACCEPT, RELAY_MAX_EVENTS, STAT_ACTIVITY, STAT_BYTES_IN,
+  STAT_BYTES_OUT, STAT_FIELDS,
+} from '../shm/layout.ts';
+
+/** The relay's interface version (its functions and their arguments); relay.c's RELAY_VERSION. */
 export const RELAY_VERSION = 2;
-export const STAT_BYTES_IN = 0;
-export const STAT_BYTES_OUT = 1;
-export const STAT_ACTIVITY = 2;
-export const STAT_FIELDS = 3;
-export const EV_FIELDS = 8;
-export const EV_ACCEPT = 1;
-export const EV_ACCEPT_ERROR = 2;
-export const EV_CONNECTED = 3;
-export const EV_CONNECT_FAILED = 4;
-export const EV_ENDED = 5;
-export const EV_CLIENT_GONE = 6;
-export const END_CLIENT = 1;
-export const END_SERVER = 2;
-export const RELAY_MAX_EVENTS = 256;
-export const RELAY_MAX_ACCEPT = 64;
-/** Events per onEvents call at most: room for two per epoll event, plus the accepts. */
-export const RELAY_EVENTS = 1024;
 
 export interface RelayBinding {
   init(stats: Float64Array, events: Int32Array, onEvents: (n: number) => void): void;
@@ -69,7 +53,8 @@ export interface RelayBinding {
   closeFd(fd: number): void;
   /** Fills out[0] = family << 16 | port, out[1..4] = address bytes; 0 or a negative errno. */
   localAddress(fd: number, out: Int32Array): number;
-  constants(): Record<string, number>;
+  /** What it was built with: the layout constants, nodeAbi, and nodeVersion (a string). */
+  constants(): Record<string, number> & { nodeVersion?: string };
 }
 
 export const RELAY_PATH = join(dirname(fileURLToPath(import.meta.url)), '..', '..', 'build', 'out', 'relay.node');
@@ -94,6 +79,12 @@ export function loadRelay(env: NodeJS.ProcessEnv = process.env, path = RELAY_PAT
     return `${path} did not load: ${(err as Error).message}`;
   }
   const got = typeof binding.constants === 'function' ? binding.constants() : {};
+  // First the Node it was built for: a relay built against another Node's libuv must not run.
+  const abi = Number(process.versions.modules);
+  if (got.nodeAbi !== abi) {
+    const built = got.nodeAbi === undefined ? 'an unrecorded Node ABI' : `Node ABI ${got.nodeAbi} (${got.nodeVersion ?? '?'})`;
+    return `${path} was built for ${built}, but this is Node ABI ${abi} (${process.version}): run npm run build:relay with this Node`;
+  }
   const wrong = Object.keys(EXPECTED).filter((k) => got[k] !== EXPECTED[k]);
   if (wrong.length > 0) {
     return `${path} was built from another relay.c (${wrong.map((k) => `${k} ${got[k]} ≠ ${EXPECTED[k]}`).join(', ')}): run npm run build`;

@@ -62,7 +62,7 @@ import {
 import type { BackendEntry, ServiceEntry, WorkerToMain } from './messages.ts';
 import { encodeProxyV1, encodeProxyV2, parseProxyHeader } from './proxy-protocol.ts';
 import {
-  END_SERVER, EV_ACCEPT, EV_ACCEPT_ERROR, EV_CLIENT_GONE, EV_CONNECT_FAILED, EV_CONNECTED, EV_ENDED, EV_FIELDS,
+  END_SERVER, EV_A, EV_ACCEPT, EV_ACCEPT_ERROR, EV_ADDR, EV_B, EV_CLIENT_GONE, EV_CONNECT_FAILED, EV_CONNECTED, EV_ENDED, EV_FIELDS, EV_ID, EV_TYPE,
   formatAddress, RELAY_EVENTS, STAT_ACTIVITY, STAT_BYTES_IN, STAT_BYTES_OUT, STAT_FIELDS, type RelayBinding,
 } from './relay.ts';
 
@@ -727,16 +727,16 @@ function syncRelayed(s: Session): void {
 function onRelayEvents(n: number): void {
   const ev = relayEvents;
   for (let i = 0, at = 0; i < n; i++, at += EV_FIELDS) {
-    const type = ev[at];
+    const type = ev[at + EV_TYPE];
     if (type === EV_ACCEPT) {
-      onRelayAccept(ev[at + 1], ev[at + 2], at);
+      onRelayAccept(ev[at + EV_ID], ev[at + EV_A], at);
       continue;
     }
     if (type === EV_ACCEPT_ERROR) {
-      onRelayAcceptError(ev[at + 1], ev[at + 2]);
+      onRelayAcceptError(ev[at + EV_ID], ev[at + EV_A]);
       continue;
     }
-    const s = slotSessions[ev[at + 1]];
+    const s = slotSessions[ev[at + EV_ID]];
     if (s === null || s === undefined || !s.inRelay) continue;
     s.inRelay = false;
     if (type === EV_CONNECTED) {
@@ -746,10 +746,10 @@ function onRelayEvents(n: number): void {
       s.pendingBytes = 0;
       markConnected(s);
     } else if (type === EV_CONNECT_FAILED) {
-      if (s.state === ST_CONNECTING) connectFailed(s, getSystemErrorName(ev[at + 2]));
+      if (s.state === ST_CONNECTING) connectFailed(s, getSystemErrorName(ev[at + EV_A]));
     } else if (type === EV_ENDED) {
       if (s.client === null) s.fd = -1; // closed by the relay
-      endSession(s, ev[at + 2] === END_SERVER ? TERM_SERVER_CLOSED : TERM_CLIENT_CLOSED);
+      endSession(s, ev[at + EV_A] === END_SERVER ? TERM_SERVER_CLOSED : TERM_CLIENT_CLOSED);
     } else if (type === EV_CLIENT_GONE) {
       endSession(s, TERM_CLIENT_CLOSED); // abandoned its wait (as onClientEnd)
     }
@@ -767,8 +767,8 @@ function onRelayAccept(lid: number, fd: number, at: number): void {
   s.fd = fd;
   const e = rt.entry;
   if (e.hashed || ctx.onClose !== null || e.send_proxy !== 'none') {
-    const familyPort = relayEvents[at + 3];
-    s.peerIp = formatAddress(familyPort >>> 16, relayEvents, at + 4);
+    const familyPort = relayEvents[at + EV_B];
+    s.peerIp = formatAddress(familyPort >>> 16, relayEvents, at + EV_ADDR);
     s.peerPort = familyPort & 0xffff;
   }
   if (shuttingDown) {

@@ -14,9 +14,7 @@
  *    AssemblyScript's own static data (page 0, never touched by the layout)
  *  LAYOUT_BASE = 65536
  *    ┌──────────── header (64 B) ───────────────────────────────────────────────┐
- *    │ 0 magic u32 │ 4 version u32 │ 8 generation u32 │ 12 flags u32 │ 16 workers u32 │
- *    │ 20 maxServices │ 24 maxBackends │ 28 maxMembers │ 32 ringCapacity │ 36 maxWorkers │
- *    │ 40 totalBytes u32 │ 44..63 reserved                                              │
+ *    │ 0 magic u32 │ 4 version u32 │ 8 generation u32* │ 12..63 reserved              │
  *    ├──────────── services: MAX_SERVICES × 64 B ────────────────────────────────┤
  *    │ 0 state │ 4 algorithm │ 8 maxConn i32 │ 12 active i32* │ 16 activeRing u32* │
  *    │ 20 ringLen[0] │ 24 ringLen[1] │ 28 memberCount │ 32 cursor u32* │ 36 queued i32* │
@@ -25,7 +23,7 @@
  *    ├──────────── backends: MAX_BACKENDS × 64 B (one global pool) ──────────────┤
  *    │ 0 state u32 │ 4 flags u32 │ 8 weight i32 │ 12 effWeight i32 │ 16 maxConn i32 │
  *    │ 20 active i32* │ 24 hashOffset u32 │ 28 hashSkip u32 │ 32 service u32 │
- *    │ 36 connectFailStreak u32* │ 40 incarnation u32 │ 44..63 reserved              │
+ *    │ 36..63 reserved                                                             │
  *    ├──────────── members: MAX_SERVICES × MAX_MEMBERS × u16 ────────────────────┤
  *    │ backend ids of a service, sorted by "address:port" (the Maglev build order) │
  *    ├──────────── worker scratch: MAX_WORKERS × 64 B ──────────────────────────┤
@@ -38,6 +36,9 @@
  *    ├──────────── backend counters: MAX_WORKERS × MAX_BACKENDS × 8 × f64 ───────┤
  *    │ one writer per slot (its worker, plain stores); the control plane sums     │
  *    ├──────────── build scratch: MAX_MEMBERS × 16 B (control plane only) ────────┤
+ *    │ one record per eligible backend while a ring is built (tier.ts fills it):  │
+ *    │ 0 u32 (maglev: next slot; schedule: current i32) │ 4 u32 (maglev: skip;     │
+ *    │ schedule: scaled weight) │ 8 id u16 │ 10 effWeight u16 │ 12 maglev credit u32 │
  *    ├──────────── rings: MAX_SERVICES × 2 × RING_CAPACITY × u16 ─────────────────┤
  *    │ ring A / ring B per service: the Maglev lookup table or the weighted       │
  *    │ round-robin schedule; picks read the ring named by `activeRing`            │
@@ -51,8 +52,12 @@ import { FulcrumError } from '../errors.ts';
 
 /** "FULC" read as a little-endian u32. */
 export const MAGIC = 0x434c5546;
-/** Bump on any change to this file's offsets or meanings. */
-export const LAYOUT_VERSION = 4;
+/**
+ * Bump on any change to this file's offsets or meanings. 5: the header keeps magic, version and
+ * generation only (flags, workers and the capacities were written and never read), and the
+ * backend record drops connectFailStreak and incarnation (never read).
+ */
+export const LAYOUT_VERSION = 5;
 
 export const PAGE = 65536;
 export const LAYOUT_BASE = PAGE;
@@ -77,17 +82,6 @@ export const HEADER_SIZE = 64;
 export const H_MAGIC = 0;
 export const H_VERSION = 4;
 export const H_GENERATION = 8;
-export const H_FLAGS = 12;
-export const H_WORKERS = 16;
-export const H_MAX_SERVICES = 20;
-export const H_MAX_BACKENDS = 24;
-export const H_MAX_MEMBERS = 28;
-export const H_RING_CAPACITY = 32;
-export const H_MAX_WORKERS = 36;
-export const H_TOTAL_BYTES = 40;
-
-/** Header flag bits. */
-export const FLAG_SHUTTING_DOWN = 1;
 
 // ── service record ───────────────────────────────────────────────────────────
 export const SERVICE_SIZE = 64;
@@ -133,8 +127,6 @@ export const B_ACTIVE = 20;
 export const B_HASH_OFFSET = 24;
 export const B_HASH_SKIP = 28;
 export const B_SERVICE = 32;
-export const B_FAIL_STREAK = 36;
-export const B_INCARNATION = 40;
 
 /** Backend states. Only UP receives new connections; DRAIN and MAINT keep open ones. */
 export const BACKEND_FREE = 0;
@@ -152,6 +144,20 @@ export const BF_BACKUP = 1;
 export const WORKER_SCRATCH_SIZE = 64;
 export const W_TRIED_COUNT = 0;
 export const W_TRIED = 4;
+
+// ── build scratch (control plane only: a ring build's working set, one record per backend) ──
+export const BS_RECORD_SIZE = 16;
+/** u16: the backend id (collectTier). */
+export const BS_ID = 8;
+/** u16: its effective weight (collectTier; ≤ MAX_WEIGHT × WEIGHT_SCALE = 4096). */
+export const BS_WEIGHT = 10;
+/** Maglev's build: u32 next slot of the backend's permutation, u32 its skip, u32 its turn credit. */
+export const BS_MAGLEV_POS = 0;
+export const BS_MAGLEV_SKIP = 4;
+export const BS_MAGLEV_CREDIT = 12;
+/** The smooth round-robin schedule's build: i32 current value, u32 weight scaled by the gcd. */
+export const BS_RR_CURRENT = 0;
+export const BS_RR_SCALED = 4;
 
 // ── worker tallies (i32, one writer: the worker; read back by `reclaim` after it died) ──
 export const WORKER_TALLY_SIZE = MAX_SERVICES * 4 * 2 + MAX_BACKENDS * 4;
@@ -230,7 +236,7 @@ export const TALLY_OFFSET = align64(SCRATCH_OFFSET + MAX_WORKERS * WORKER_SCRATC
 export const SERVICE_COUNTERS_OFFSET = align64(TALLY_OFFSET + MAX_WORKERS * WORKER_TALLY_SIZE);
 export const BACKEND_COUNTERS_OFFSET = align64(SERVICE_COUNTERS_OFFSET + MAX_WORKERS * MAX_SERVICES * SERVICE_COUNTERS * 8);
 export const BUILD_SCRATCH_OFFSET = align64(BACKEND_COUNTERS_OFFSET + MAX_WORKERS * MAX_BACKENDS * BACKEND_COUNTERS * 8);
-export const BUILD_SCRATCH_SIZE = MAX_MEMBERS * 16;
+export const BUILD_SCRATCH_SIZE = MAX_MEMBERS * BS_RECORD_SIZE;
 export const RING_BYTES = align64(RING_CAPACITY * 2);
 export const RINGS_OFFSET = align64(BUILD_SCRATCH_OFFSET + BUILD_SCRATCH_SIZE);
 export const LAYOUT_END = RINGS_OFFSET + MAX_SERVICES * 2 * RING_BYTES;
@@ -256,12 +262,6 @@ export function createSharedMemory(): WebAssembly.Memory {
   const u32 = new Uint32Array(memory.buffer);
   const h = HEADER_OFFSET >> 2;
   u32[h + (H_VERSION >> 2)] = LAYOUT_VERSION;
-  u32[h + (H_MAX_SERVICES >> 2)] = MAX_SERVICES;
-  u32[h + (H_MAX_BACKENDS >> 2)] = MAX_BACKENDS;
-  u32[h + (H_MAX_MEMBERS >> 2)] = MAX_MEMBERS;
-  u32[h + (H_RING_CAPACITY >> 2)] = RING_CAPACITY;
-  u32[h + (H_MAX_WORKERS >> 2)] = MAX_WORKERS;
-  u32[h + (H_TOTAL_BYTES >> 2)] = LAYOUT_END;
   // The magic goes last: a reader that sees it sees a complete header.
   Atomics.store(u32, h + (H_MAGIC >> 2), MAGIC);
   return memory;
@@ -297,12 +297,11 @@ export function checkHeader(memory: WebAssembly.Memory): void {
 export const ENGINE_CONSTANTS: Record<string, number> = {
   MAGIC, LAYOUT_VERSION, LAYOUT_BASE,
   MAX_SERVICES, MAX_BACKENDS, MAX_MEMBERS, MAX_WORKERS, RING_CAPACITY, MAX_TRIED, WEIGHT_SCALE, MAX_WEIGHT, NO_BACKEND_U16,
-  H_MAGIC, H_VERSION, H_GENERATION, H_FLAGS, H_WORKERS, FLAG_SHUTTING_DOWN,
+  H_MAGIC, H_VERSION, H_GENERATION,
   SERVICE_SIZE, S_STATE, S_ALGORITHM, S_MAX_CONN, S_ACTIVE, S_ACTIVE_RING, S_RING_LEN, S_MEMBER_COUNT, S_CURSOR,
   S_QUEUED, S_QUEUE_MAX, S_RELEASE_SEQ, S_PRIMARY_UP, S_BACKUP_UP, S_TABLE_SIZE,
   SERVICE_FREE, SERVICE_ACTIVE, ALG_MAGLEV, ALG_LEASTCONN, ALG_ROUNDROBIN, ALG_RANDOM,
   BACKEND_SIZE, B_STATE, B_FLAGS, B_WEIGHT, B_EFF_WEIGHT, B_MAX_CONN, B_ACTIVE, B_HASH_OFFSET, B_HASH_SKIP, B_SERVICE,
-  B_FAIL_STREAK, B_INCARNATION,
   BACKEND_FREE, BACKEND_UP, BACKEND_DOWN, BACKEND_DRAIN, BACKEND_MAINT, BF_BACKUP,
   WORKER_SCRATCH_SIZE, W_TRIED_COUNT, W_TRIED,
   TALLY_OFFSET, WORKER_TALLY_SIZE, T_SERVICE_HELD, T_SERVICE_QUEUED, T_BACKEND_HELD,
@@ -310,4 +309,57 @@ export const ENGINE_CONSTANTS: Record<string, number> = {
   INIT_OK, INIT_BAD_MAGIC, INIT_BAD_VERSION, INIT_BAD_WORKER, INIT_HEAP_OVERLAP,
   HEADER_OFFSET, SERVICES_OFFSET, BACKENDS_OFFSET, MEMBERS_OFFSET, SCRATCH_OFFSET,
   BUILD_SCRATCH_OFFSET, BUILD_SCRATCH_SIZE, RING_BYTES, RINGS_OFFSET, LAYOUT_END, MEMORY_PAGES,
+  BS_RECORD_SIZE, BS_ID, BS_WEIGHT, BS_MAGLEV_POS, BS_MAGLEV_SKIP, BS_MAGLEV_CREDIT, BS_RR_CURRENT, BS_RR_SCALED,
+};
+
+// ── the relay's events (not shared memory: the Int32Array relay.c fills and the worker reads) ──
+//
+// relay.c includes these as a generated C header (build/gen-layout.ts, RELAY_CONSTANTS), so the C
+// and the JavaScript sides of the event layout cannot drift; relay.ts also checks a built relay
+// against them (constants()) in case relay.node is older than this file.
+//
+//   events: EV_FIELDS int32 per event
+//   ┌────────────────┬─────────────┬──────────────┬─────────────────────┬─────────────────────────┐
+//   │ EV_TYPE        │ EV_ID       │ EV_A         │ EV_B                │ EV_ADDR .. +3           │
+//   ├────────────────┼─────────────┼──────────────┼─────────────────────┼─────────────────────────┤
+//   │ ACCEPT         │ listener    │ client fd    │ family << 16 | port │ address bytes (4 or 16) │
+//   │ ACCEPT_ERROR   │ listener    │ -errno       │ (the listener is paused until resume(id))     │
+//   │ CONNECTED      │ slot        │              │                                               │
+//   │ CONNECT_FAILED │ slot        │ -errno       │ (backend socket closed, client socket kept)   │
+//   │ ENDED          │ slot        │ END_*        │ (sockets closed, but a Node-owned client's)   │
+//   │ CLIENT_GONE    │ slot        │              │ (a watched, queued client left; socket kept)  │
+//   └────────────────┴─────────────┴──────────────┴───────────────────────────────────────────────┘
+//   stats: Float64Array, STAT_FIELDS per slot (bytes in, bytes out, an activity count).
+export const EV_FIELDS = 8;
+export const EV_TYPE = 0;
+export const EV_ID = 1;
+export const EV_A = 2;
+export const EV_B = 3;
+export const EV_ADDR = 4;
+export const EV_ACCEPT = 1;
+export const EV_ACCEPT_ERROR = 2;
+export const EV_CONNECTED = 3;
+export const EV_CONNECT_FAILED = 4;
+export const EV_ENDED = 5;
+export const EV_CLIENT_GONE = 6;
+/** EV_ENDED's EV_A: the client ended the session (its EOF came first, or it reset), or the server. */
+export const END_CLIENT = 1;
+export const END_SERVER = 2;
+export const STAT_BYTES_IN = 0;
+export const STAT_BYTES_OUT = 1;
+export const STAT_ACTIVITY = 2;
+export const STAT_FIELDS = 3;
+/** epoll events per wake. */
+export const RELAY_MAX_EVENTS = 256;
+/** Connections accepted per listener wake. */
+export const RELAY_MAX_ACCEPT = 64;
+/** Events per onEvents call at most (the JS array's size): two per epoll event, one spare, the accepts. */
+export const RELAY_EVENTS = 1024;
+
+/** What build/gen-layout.ts writes into the relay's C header, by the names relay.c uses. */
+export const RELAY_CONSTANTS: Record<string, number> = {
+  EV_FIELDS, EV_TYPE, EV_ID, EV_A, EV_B, EV_ADDR,
+  EV_ACCEPT, EV_ACCEPT_ERROR, EV_CONNECTED, EV_CONNECT_FAILED, EV_ENDED, EV_CLIENT_GONE, END_CLIENT, END_SERVER,
+  STAT_BYTES_IN, STAT_BYTES_OUT, STAT_ACTIVITY, STAT_FIELDS,
+  MAX_EVENTS: RELAY_MAX_EVENTS, MAX_ACCEPT: RELAY_MAX_ACCEPT,
 };

@@ -37,6 +37,20 @@ describe('loadRelay', () => {
     }
   });
 
+  it('refuses a relay built for another Node ABI (it uses libuv\'s API, which N-API\'s promise does not cover), naming both', () => {
+    const dir = mkdtempSync(join(tmpdir(), 'fulcrum-relay-'));
+    const out = join(dir, 'relay.node');
+    try {
+      expect(compileRelay(out, [], { abi: 1, version: 'v0.0.1' })).toEqual({ ok: true });
+      expect(loadRelay({}, out)).toBe(`${out} was built for Node ABI 1 (v0.0.1), but this is Node ABI ${process.versions.modules} (${process.version}): run npm run build:relay with this Node`);
+      // The relay npm test built records this Node.
+      const here = loadRelay({}) as RelayBinding;
+      expect(here.constants()).toMatchObject({ nodeAbi: Number(process.versions.modules), nodeVersion: process.version });
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
   it('says so when the file is not a loadable addon', () => {
     expect(loadRelay({}, new URL('../../build/out/engine.wasm', import.meta.url).pathname)).toMatch(/engine\.wasm did not load: /);
   });

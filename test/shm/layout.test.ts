@@ -1,11 +1,13 @@
 import { describe, it, expect } from 'vitest';
 import { readFileSync } from 'node:fs';
-import { renderLayout, GENERATED_LAYOUT } from '../../build/gen-layout.ts';
+import { renderLayout, renderRelayHeader, GENERATED_LAYOUT, GENERATED_RELAY_HEADER } from '../../build/gen-layout.ts';
 import {
   createSharedMemory, checkHeader, LayoutMismatchError, MEMORY_PAGES, HEADER_OFFSET, H_MAGIC, H_VERSION, MAGIC,
   LAYOUT_VERSION, MAX_WORKERS, INIT_OK, INIT_BAD_MAGIC, INIT_BAD_VERSION, INIT_BAD_WORKER, LAYOUT_END,
   SERVICES_OFFSET, BACKENDS_OFFSET, MEMBERS_OFFSET, SCRATCH_OFFSET, SERVICE_COUNTERS_OFFSET, BACKEND_COUNTERS_OFFSET,
   BUILD_SCRATCH_OFFSET, RINGS_OFFSET, ENGINE_CONSTANTS, S_TABLE_SIZE, SERVICE_SIZE,
+  RELAY_CONSTANTS, RELAY_EVENTS, RELAY_MAX_EVENTS, RELAY_MAX_ACCEPT, EV_ADDR, EV_FIELDS, BUILD_SCRATCH_SIZE, MAX_MEMBERS,
+  BS_RECORD_SIZE, BS_ID, BS_WEIGHT, BS_MAGLEV_POS, BS_MAGLEV_SKIP, BS_MAGLEV_CREDIT, BS_RR_CURRENT, BS_RR_SCALED,
 } from '../../src/shm/layout.ts';
 import { loadEngineModule, instantiateEngine, type Engine } from '../../src/balancer/engine.ts';
 import { EngineMismatchError } from '../../src/errors.ts';
@@ -22,6 +24,29 @@ describe('shared-memory layout', () => {
     for (const [name, value] of Object.entries(ENGINE_CONSTANTS)) {
       expect(renderLayout()).toContain(`export const ${name}: ${value < 0 ? 'i32' : 'u32'} = ${value};`);
     }
+  });
+
+  it('the relay\'s generated C header carries the event layout of src/shm/layout.ts and this Node', () => {
+    const header = readFileSync(GENERATED_RELAY_HEADER, 'utf8');
+    expect(header).toBe(renderRelayHeader({ abi: Number(process.versions.modules), version: process.version }));
+    for (const [name, value] of Object.entries(RELAY_CONSTANTS)) expect(header).toContain(`#define ${name} ${value}\n`);
+    // The JavaScript side's event array has room for what one wake can report (relay.c checks it too).
+    expect(RELAY_EVENTS).toBeGreaterThanOrEqual(2 * RELAY_MAX_EVENTS + 1 + RELAY_MAX_ACCEPT);
+    expect(EV_ADDR + 4).toBeLessThanOrEqual(EV_FIELDS);
+  });
+
+  it('the build scratch record: every field inside it, the shared ones where collectTier writes them', () => {
+    for (const [at, size] of [[BS_ID, 2], [BS_WEIGHT, 2], [BS_MAGLEV_POS, 4], [BS_MAGLEV_SKIP, 4], [BS_MAGLEV_CREDIT, 4], [BS_RR_CURRENT, 4], [BS_RR_SCALED, 4]]) {
+      expect(at % size).toBe(0);
+      expect(at + size).toBeLessThanOrEqual(BS_RECORD_SIZE);
+    }
+    // Each build's own fields do not overlap the id and weight, nor each other.
+    const bytes = (fields: Array<[number, number]>) => fields.flatMap(([at, size]) => Array.from({ length: size }, (_, i) => at + i));
+    for (const own of [[[BS_MAGLEV_POS, 4], [BS_MAGLEV_SKIP, 4], [BS_MAGLEV_CREDIT, 4]], [[BS_RR_CURRENT, 4], [BS_RR_SCALED, 4]]] as Array<Array<[number, number]>>) {
+      const all = bytes([[BS_ID, 2], [BS_WEIGHT, 2], ...own]);
+      expect(new Set(all).size).toBe(all.length);
+    }
+    expect(BUILD_SCRATCH_SIZE).toBe(MAX_MEMBERS * BS_RECORD_SIZE);
   });
 
   it('regions are 64-byte aligned, ordered and inside the memory', () => {

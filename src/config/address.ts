@@ -157,6 +157,21 @@ export function formatIPv6(b: Uint8Array, at: number): string {
 
 const scratch = new Uint8Array(16);
 
+/** "198.51.100.2" → its 32-bit unsigned value, or -1 when it is no IPv4 address (the failover tie-break and heartbeat carry these). */
+export function ipv4ToInt(text: string): number {
+  if (parseIP(text, scratch) !== 4) return -1;
+  return ((scratch[0] << 24) | (scratch[1] << 16) | (scratch[2] << 8) | scratch[3]) >>> 0;
+}
+
+/** A 32-bit unsigned value → its dotted quad (formatIPv4's spelling). */
+export function intToIpv4(n: number): string {
+  scratch[0] = n >>> 24;
+  scratch[1] = n >>> 16;
+  scratch[2] = n >>> 8;
+  scratch[3] = n;
+  return formatIPv4(scratch, 0);
+}
+
 /**
  * One spelling per IPv6 address ("[0:0::1]" → "::1", "::FFFF:c000:201" → "::ffff:192.0.2.1"): a
  * backend's address names it in the admin API and orders the Maglev build, which both instances of

@@ -440,18 +440,5 @@ export class FailoverFsm {
   }
 }
 
-/** "198.51.100.2" → 32-bit unsigned integer (the tie-break compares these). */
-export function ipv4ToInt(address: string): number {
-  const parts = address.split('.');
-  if (parts.length !== 4) return -1;
-  let n = 0;
-  for (const p of parts) {
-    if (!/^\d{1,3}$/.test(p) || Number(p) > 255) return -1;
-    n = n * 256 + Number(p);
-  }
-  return n;
-}
-
-export function intToIpv4(n: number): string {
-  return `${(n >>> 24) & 255}.${(n >>> 16) & 255}.${(n >>> 8) & 255}.${n & 255}`;
-}
+/** The addresses the tie-break compares, as 32-bit integers: config/address.ts parses and formats them. */
+export { intToIpv4, ipv4ToInt } from '../config/address.ts';

@@ -68,9 +68,12 @@ function parseV1(buf: Buffer): ParseResult {
   const sp = port(sport);
   const dp = port(dport);
   if (sp < 0 || dp < 0) return fail(`PROXY v1: bad port in ${quote(buf.subarray(0, end))}`);
-  // One spelling whichever version named the address (the v2 path formats the same bytes).
-  const canon = want === 4 ? (a: string) => a : (_a: string, b: Uint8Array) => formatIPv6(b, 0);
-  return { status: 'ok', header: { family: want === 4 ? 'tcp4' : 'tcp6', srcAddress: canon(src, srcBytes), srcPort: sp, dstAddress: canon(dst, dstBytes), dstPort: dp }, consumed };
+  // One spelling whichever version named the address (the v2 path formats the same bytes; an
+  // IPv4 text that parsed is already in its one spelling).
+  const header: ProxyAddresses = want === 4
+    ? { family: 'tcp4', srcAddress: src, srcPort: sp, dstAddress: dst, dstPort: dp }
+    : { family: 'tcp6', srcAddress: formatIPv6(srcBytes, 0), srcPort: sp, dstAddress: formatIPv6(dstBytes, 0), dstPort: dp };
+  return { status: 'ok', header, consumed };
 }
 
 function parseV2(buf: Buffer): ParseResult {

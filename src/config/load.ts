@@ -22,6 +22,9 @@ export function formatPath(path: readonly PropertyKey[]): string {
   return out;
 }
 
+/** Text cut to `max` characters, with "..." where it was cut. */
+const cut = (s: string, max: number): string => (s.length > max ? s.slice(0, max - 3) + '...' : s);
+
 /** A value as a problem quotes it: JSON, cut at 80 characters (a 100 KB string is not echoed whole). */
 function formatValue(v: unknown): string {
   if (v === undefined) return 'nothing';
@@ -31,7 +34,19 @@ function formatValue(v: unknown): string {
   } catch {
     s = String(v);
   }
-  return s.length > 80 ? s.slice(0, 77) + '...' : s;
+  return cut(s, 80);
+}
+
+/**
+ * The parser's own errors as problems. The yaml library quotes the offending token whole (a
+ * 100 KB scalar made a 100 KB message: found by test/fuzz/config.test.ts) and a broken file can
+ * raise hundreds: each is cut to 200 characters and the first 20 are listed.
+ */
+const MAX_YAML_PROBLEMS = 20;
+function yamlProblems(errors: readonly { message: string }[]): ConfigProblem[] {
+  const problems = errors.slice(0, MAX_YAML_PROBLEMS).map((e) => ({ path: '', message: `YAML: ${cut(e.message.split('\n')[0], 200)}` }));
+  if (errors.length > MAX_YAML_PROBLEMS) problems.push({ path: '', message: `YAML: ${errors.length - MAX_YAML_PROBLEMS} more errors not listed` });
+  return problems;
 }
 
 function problemsFromZod(error: z.ZodError): ConfigProblem[] {
@@ -93,7 +108,7 @@ function crossChecks(config: Config): ConfigProblem[] {
 export function parseConfig(text: string, file = '<config>'): Config {
   const doc = parseDocument(text, { prettyErrors: true, uniqueKeys: true });
   if (doc.errors.length > 0) {
-    throw new ConfigInvalidError(file, doc.errors.map((e) => ({ path: '', message: `YAML: ${e.message.split('\n')[0]}` })));
+    throw new ConfigInvalidError(file, yamlProblems(doc.errors));
   }
   let data: unknown;
   try {

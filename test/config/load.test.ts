@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { mkdtempSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { loadConfig, loadConfigOffThread, MAX_CONFIG_BYTES, parseConfig, resolveWorkers } from '../../src/config/load.ts';
@@ -148,6 +148,25 @@ services:
     const [problem] = problemsOf(minimal.replace('name: redis', `name: ${'x'.repeat(100_000)}`));
     expect(problem).toMatch(/^services\[0\]\.name: must be 1–64 characters of letters, digits, _ \. -, got "x{70,}\.\.\.$/);
     expect(problem.length).toBeLessThan(200);
+  });
+
+  it('cuts the YAML parser’s own messages short, and lists at most 20 of them (found by fuzzing)', () => {
+    // What the fuzzer found: a config whose first key lost its name and a service name repeated
+    // in a run of lines, so the rest is one long scalar the yaml library quotes whole in each message.
+    const full = readFileSync(new URL('../fuzz/corpus/config/full.yaml', import.meta.url), 'utf8');
+    const text = full.replace('workers: 2', ' 2').replace('  - name: cache\n', '  - name: cache\n' + ' cache\n cache\n cach'.repeat(300) + 'e\n');
+    const err = (() => {
+      try {
+        parseConfig(text);
+      } catch (e) {
+        return e as ConfigInvalidError;
+      }
+      throw new Error('parsed');
+    })();
+    expect(err).toBeInstanceOf(ConfigInvalidError);
+    expect(err.problems.length).toBeLessThanOrEqual(21);
+    for (const p of err.problems) expect(p.message.length).toBeLessThanOrEqual(206);
+    expect(err.problems[0].message).toMatch(/^YAML: /);
   });
 
   it('says what is missing', () => {

@@ -17,7 +17,7 @@ const AUTH_ERRNOS = new Set([1044, 1045, 1698, 1130]);
  * socket's callback, which ended the process. Commands catch what they read themselves. Holds
  * at most one incomplete packet (≤ MAX_REPLY: a larger one is refused at its header).
  */
-const mysqlFrames = (): ((chunk: Buffer) => string | null) => framed(4, (b, at) => {
+export const mysqlFrames = (): ((chunk: Buffer) => string | null) => framed(4, (b, at) => {
   const len = b.readUIntLE(at, 3);
   return len > MAX_REPLY ? `bad reply: not the MySQL protocol (a packet of ${len} bytes)` : 4 + len;
 }, (b, at, total) => {

@@ -86,7 +86,7 @@ function pgMessageProblem(code: number, b: Buffer): string | null {
  * The check of pg's socket (CheckedSocket): frames the backend's messages and runs
  * pgMessageProblem on each, holding at most one incomplete message (≤ MAX_REPLY) between chunks.
  */
-const pgFrames = (): ((chunk: Buffer) => string | null) => framed(5, (b, at) => {
+export const pgFrames = (): ((chunk: Buffer) => string | null) => framed(5, (b, at) => {
   const len = b.readUInt32BE(at + 1);
   return len < 4 || len > MAX_REPLY ? `bad reply: not the PostgreSQL protocol (message ${excerpt(b.subarray(at, at + 1))} of ${len} bytes)` : 1 + len;
 }, (b, at, total) => pgMessageProblem(b[at], b.subarray(at + 5, at + total)));

@@ -9,7 +9,7 @@
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
 import { ProbeFailure } from '../../src/health/probes/probe.ts';
-import { parseReply, type RespValue } from '../../src/health/probes/resp.ts';
+import { parseReply, RespError, type RespValue } from '../../src/health/probes/resp.ts';
 import { pgFrames } from '../../src/health/probes/postgres.ts';
 import { mysqlFrames } from '../../src/health/probes/mysql.ts';
 import { chunks, corpus, inputs, rounds } from './fuzz.ts';
@@ -32,6 +32,11 @@ describe('fuzz: RESP replies', () => {
       const r = resp(s);
       expect(Array.isArray(r) && r[1]).toBe(s.length);
     }
+  });
+
+  it('a RESP3 blob error is read whole, as an error (it was read as a one-line error, leaving its message unread)', () => {
+    const r = resp(Buffer.from('!21\r\nSYNTAX invalid syntax\r\n+OK\r\n'));
+    expect(r).toEqual([new RespError('SYNTAX invalid syntax'), 28]);
   });
 
   it('never throws but ProbeFailure; a reply is decided by its own bytes; its prefixes ask for more or fail', () => {

@@ -42,19 +42,20 @@ export function parseReply(buf: Buffer, at = 0, depth = 0): [RespValue, number] 
     case 0x2b: // + simple string
       return [line, next];
     case 0x2d: // - error
-    case 0x21: // ! blob error (RESP3)
       return [new RespError(line), next];
     case 0x3a: // : integer
       if (!/^-?\d+$/.test(line)) throw bad(buf, at);
       return [Number(line), next];
     case 0x5f: // _ null (RESP3)
       return [null, next];
-    case 0x24: { // $ bulk string
+    case 0x24: // $ bulk string
+    case 0x21: { // ! blob error (RESP3): a length line, then the message, as a bulk string
       const len = intHeader(line, buf, at);
       if (len < 0) return [null, next];
       if (buf.length < next + len + 2) return undefined;
       if (buf[next + len] !== 0x0d || buf[next + len + 1] !== 0x0a) throw bad(buf, at);
-      return [buf.toString('utf8', next, next + len), next + len + 2];
+      const text = buf.toString('utf8', next, next + len);
+      return [type === 0x21 ? new RespError(text) : text, next + len + 2];
     }
     case 0x2a: // * array
     case 0x7e: // ~ set (RESP3)

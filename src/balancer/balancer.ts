@@ -17,6 +17,7 @@
  *   ring), after a transition into up from any other state — not at start-up.
  */
 import { EventEmitter } from 'node:events';
+import type { BackendStateEvent, BalancerEvents } from '../events.ts';
 import type { Logger } from '../observability/log.ts';
 import type { Engine } from './engine.ts';
 import { SharedRecords } from './records.ts';
@@ -31,16 +32,7 @@ import { formatHostPort, parseHostPort, type BackendConfig, type Config, type Ho
 
 export type AdminState = 'ready' | 'drain' | 'maint';
 
-/** Payload of the 'backend-state' event. */
-export interface BackendStateEvent {
-  service: string;
-  address: string;
-  /** The backend's slot index (the id the engine returns). */
-  backend: number;
-  from: BackendStateName;
-  to: BackendStateName;
-  cause: string;
-}
+export type { BackendStateEvent } from '../events.ts';
 
 export interface BackendDescription {
   index: number;
@@ -128,7 +120,7 @@ const SLOT_USED = 1;
 /** Removed but its live count is not 0 yet: not reusable. */
 const SLOT_RETIRING = 2;
 
-export class Balancer extends EventEmitter {
+export class Balancer extends EventEmitter<BalancerEvents> {
   readonly records: SharedRecords;
   private readonly engine: Engine;
   private readonly log: Logger;

@@ -23,24 +23,14 @@
  *                what the balancer assumed, so the receiver never has to guess the start state)
  */
 import { EventEmitter } from 'node:events';
+import type { HealthEvents, ProbeEvent, TransitionEvent } from '../events.ts';
 import { formatHostPort, HEALTH_TYPES, type Config, type HealthConfig, type HostPort } from '../config/schema.ts';
 import { silentLogger, type Logger } from '../observability/log.ts';
 import { Dampener, type HealthState } from './dampener.ts';
 import { ProbeThread } from './probe-thread.ts';
 import type { Probe, ProbeResult } from './probes/probe.ts';
 
-export interface ProbeEvent extends ProbeResult {
-  service: string;
-  address: string;
-}
-
-export interface TransitionEvent {
-  service: string;
-  address: string;
-  up: boolean;
-  cause: string;
-  initial: boolean;
-}
+export type { ProbeEvent, TransitionEvent } from '../events.ts';
 
 export interface HistoryEntry extends ProbeResult {
   /** Epoch milliseconds when the probe finished. */
@@ -92,7 +82,7 @@ interface Tracked {
 
 const keyOf = (service: string, address: string) => `${service}\u0000${address}`;
 
-export class HealthMonitor extends EventEmitter {
+export class HealthMonitor extends EventEmitter<HealthEvents> {
   readonly #log: Logger;
   readonly #probes: Record<HealthConfig['type'], Probe>;
   /** Where the real probes run (probe-thread.ts); types swapped in by options.probes run here. */

@@ -14,7 +14,10 @@
  *   a primary's traffic for fall × interval at start-up);
  * - passive health (HAProxy's `observe layer4`): `observe_failures` consecutive connect failures
  *   reported by the data plane mark the backend down at once; probes bring it back (rise);
- * - backends in maint are not probed.
+ * - backends in maint are not probed. The admin state (drain, maint) is the balancer's: the
+ *   monitor asks the AdminStates it is given, on each config and when told a backend's admin
+ *   state changed (adminStateChanged, routed from the balancer's 'backend-state' by
+ *   src/control/routes.ts).
  *
  * Events:
  *   'probe'      { service, address, ok, reason, latency_ms, role? }   every probe result
@@ -48,8 +51,16 @@ export interface BackendHealth {
   last?: HistoryEntry;
 }
 
+/** Who owns drain and maint (the Balancer): the monitor asks, it never keeps its own copy. */
+export interface AdminStates {
+  /** undefined: no such backend (yet), probed as ready. */
+  adminState(service: string, address: string): 'ready' | 'drain' | 'maint' | undefined;
+}
+
 export interface HealthMonitorOptions {
   logger?: Logger;
+  /** The owner of the admin state; without one every backend is probed as ready. */
+  admin?: AdminStates;
   /** Probe implementations by type, run on this thread (tests may swap one); defaults to the real ones, on the probe thread. */
   probes?: Partial<Record<HealthConfig['type'], Probe>>;
   /** Results kept per backend for the status page. */
@@ -68,9 +79,8 @@ interface Tracked {
   health: HealthConfig;
   dampener: Dampener;
   pending: boolean;
+  /** In maint when last asked: not probed. */
   maint: boolean;
-  /** What the config last said (state: maint), as distinct from run-time admin changes. */
-  configMaint: boolean;
   connectFailures: number;
   timer: NodeJS.Timeout | null;
   inFlight: AbortController | null;
@@ -91,6 +101,7 @@ export class HealthMonitor extends EventEmitter<HealthEvents> {
   readonly #historySize: number;
   readonly #jitter: number;
   readonly #tracked = new Map<string, Tracked>();
+  readonly #admin: AdminStates | undefined;
   #stopped = false;
 
   constructor(config: Config, options: HealthMonitorOptions = {}) {
@@ -102,6 +113,7 @@ export class HealthMonitor extends EventEmitter<HealthEvents> {
     this.#onThread = new Set(HEALTH_TYPES.filter((type) => options.probes?.[type] === undefined));
     this.#historySize = options.historySize ?? 20;
     this.#jitter = options.jitter ?? 0.1;
+    this.#admin = options.admin;
     this.update(config);
   }
 
@@ -118,10 +130,9 @@ export class HealthMonitor extends EventEmitter<HealthEvents> {
         const address = formatHostPort(b.address);
         const key = keyOf(svc.name, address);
         seen.add(key);
-        const maint = b.state === 'maint';
         const t = this.#tracked.get(key);
         if (!t) {
-          this.#add(svc.name, address, b.address, svc.health, maint);
+          this.#add(svc.name, address, b.address, svc.health);
           continue;
         }
         const h = svc.health;
@@ -130,12 +141,9 @@ export class HealthMonitor extends EventEmitter<HealthEvents> {
         t.health = h;
         // A new kind of check decides afresh; the old dampened state stays until it does.
         if (typeChanged) t.pending = true;
-        // As the balancer does: a reload changes the admin state only when the config's `state`
-        // changed, so a maint set at run time survives reloads that do not mention it.
-        if (maint !== t.configMaint) {
-          t.configMaint = maint;
-          this.setAdminState(svc.name, address, maint ? 'maint' : 'ready');
-        }
+        // The balancer has applied this config first (src/control/reload.ts): its answer holds
+        // the config's `state` and what was set at run time.
+        this.#followAdmin(t);
       }
     }
     for (const [key, t] of this.#tracked) {
@@ -146,11 +154,19 @@ export class HealthMonitor extends EventEmitter<HealthEvents> {
     }
   }
 
-  /** Follows a runtime admin change: maint stops probing; leaving maint probes at once, and that result decides. */
-  setAdminState(service: string, address: string, state: 'ready' | 'drain' | 'maint'): void {
+  /** The backend's admin state changed: asks its owner. Maint stops probing; leaving maint probes at once, and that result decides. */
+  adminStateChanged(service: string, address: string): void {
     const t = this.#tracked.get(keyOf(service, address));
-    if (!t || this.#stopped) return;
-    const maint = state === 'maint';
+    if (t) this.#followAdmin(t);
+  }
+
+  #isMaint(service: string, address: string): boolean {
+    return this.#admin?.adminState(service, address) === 'maint';
+  }
+
+  #followAdmin(t: Tracked): void {
+    if (this.#stopped) return;
+    const maint = this.#isMaint(t.service, t.address);
     if (maint === t.maint) return;
     t.maint = maint;
     if (maint) {
@@ -226,9 +242,10 @@ export class HealthMonitor extends EventEmitter<HealthEvents> {
     };
   }
 
-  #add(service: string, address: string, target: HostPort, health: HealthConfig, maint: boolean): void {
+  #add(service: string, address: string, target: HostPort, health: HealthConfig): void {
+    const maint = this.#isMaint(service, address);
     const t: Tracked = {
-      service, address, target, health, maint, configMaint: maint,
+      service, address, target, health, maint,
       // Assumed up until the first probe decides (the balancer starts backends up).
       dampener: new Dampener('up', health.rise, health.fall),
       pending: true,

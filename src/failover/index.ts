@@ -187,7 +187,7 @@ export class Failover extends EventEmitter<FailoverEvents> {
    * state machine (a master tells its peer at once; a backup restarts its master-down timer),
    * max_clock_skew and the interval to the heartbeat, garp to the VIP manager, track is checked
    * again now. The HA_RESTART_ONLY settings keep their running values (the reload reports them:
-   * src/admin/reload.ts diffConfigs).
+   * src/control/diff.ts).
    */
   reconfigure(next: HaConfig): void {
     const prev = this.config;

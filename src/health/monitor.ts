@@ -1,8 +1,8 @@
 /**
  * The health monitor: one prober per backend of every service that has a `health` section.
- * Control plane only; it decides "up" or "down" and says so in events, and src/main.ts routes
- * them (a 'transition' becomes balancer.setHealth, which writes shared memory and rebuilds the
- * ring).
+ * Control plane only; it decides "up" or "down" and says so in events, and src/control/routes.ts
+ * routes them (a 'transition' becomes balancer.setHealth, which writes shared memory and rebuilds
+ * the ring).
  *
  * Per backend:
  * - a probe every `interval` ± 10 % (so many backends' probes do not line up), measured from the

@@ -10,7 +10,6 @@
  * probe in flight) is theirs, and the config in force does not hold it.
  */
 import { formatHostPort, HA_RESTART_ONLY, type AdminConfig, type Config, type HaConfig, type ServiceConfig } from '../config/schema.ts';
-import type { ReloadResult } from '../admin/server.ts';
 
 /** What a reload does to the services on a VIP (they listen only while this instance is master). */
 export interface VipReload {
@@ -20,6 +19,14 @@ export interface VipReload {
   onto: string[];
   /** Those it takes off one (not those it removes). */
   off: string[];
+}
+
+/** What a reload changed, in words (the log line, POST /api/reload's reply, /api/status). */
+export interface ReloadReport {
+  /** One line each ("service redis: backend 127.0.0.1:7004 added"). */
+  changes: string[];
+  /** Settings that changed in the file but need a restart to take effect. */
+  restart_required: string[];
 }
 
 export interface ConfigDiff {
@@ -33,7 +40,7 @@ export interface ConfigDiff {
   /** The admin section: 'moved' when its listen address changed, was added or removed. */
   admin: 'same' | 'settings' | 'moved';
   /** What changed, in words an operator reads, and the settings that wait for a restart. */
-  report: ReloadResult;
+  report: ReloadReport;
 }
 
 const same = (a: unknown, b: unknown): boolean => JSON.stringify(a) === JSON.stringify(b);
@@ -86,7 +93,7 @@ function adminChange(prev: AdminConfig | undefined, next: AdminConfig | undefine
 }
 
 /** What a reload from `prev` to `next` changes, in words an operator reads in the log. */
-export function describeChanges(prev: Config, next: Config): ReloadResult {
+export function describeChanges(prev: Config, next: Config): ReloadReport {
   const changes: string[] = [];
   const restart: string[] = [];
   const prevServices = new Map(prev.services.map((s) => [s.name, s]));

@@ -25,7 +25,7 @@
 import { checkListens } from '../config/listen.ts';
 import { loadConfigOffThread, resolveWorkers } from '../config/load.ts';
 import { formatHostPort, type Config } from '../config/schema.ts';
-import { ConfigInvalidError, ConfigUnreadableError, FulcrumError } from '../errors.ts';
+import { ConfigInvalidError, FulcrumError } from '../errors.ts';
 import type { Balancer } from '../balancer/balancer.ts';
 import type { Failover } from '../failover/index.ts';
 import type { HealthMonitor } from '../health/monitor.ts';
@@ -33,8 +33,7 @@ import type { Logger } from '../observability/log.ts';
 import type { ListenProblem } from '../proxy/messages.ts';
 import type { WorkerPool } from '../proxy/pool.ts';
 import { buildServiceTable, type BalancerView } from '../proxy/table.ts';
-import type { ReloadResult } from '../admin/server.ts';
-import { diffConfigs, type ConfigDiff, type VipReload } from './diff.ts';
+import { diffConfigs, type ConfigDiff, type ReloadReport, type VipReload } from './diff.ts';
 
 export interface ReloadParts {
   balancer: Pick<Balancer, 'apply'> & BalancerView;
@@ -124,8 +123,10 @@ export class ReloadSequence {
    * Re-reads the file and applies it. Resolves with what changed; rejects with ConfigInvalidError
    * or ConfigUnreadableError (nothing applied), or with what refused it while applying.
    */
-  reloadFile(trigger: string): Promise<ReloadResult> {
-    return this.#serialized(() => this.#reloadFileNow(trigger));
+  reloadFile(trigger: string): Promise<ReloadReport> {
+    const file = this.file;
+    if (file === undefined) return Promise.reject(new Error('reload: fulcrum was not started from a config file'));
+    return this.#serialized(() => this.#reloadFileNow(trigger, file));
   }
 
   /** Reloads the file on SIGHUP (errors are logged, never thrown). Returns the function that removes the handler. */
@@ -150,13 +151,11 @@ export class ReloadSequence {
     return run;
   }
 
-  async #reloadFileNow(trigger: string): Promise<ReloadResult> {
+  async #reloadFileNow(trigger: string, file: string): Promise<ReloadReport> {
     const at = new Date().toISOString();
-    const file = this.file;
-    let report: ReloadResult | undefined;
+    let report: ReloadReport | undefined;
     let loaded = false;
     try {
-      if (file === undefined) throw new Error('reload: fulcrum was not started from a config file');
       const next = await loadConfigOffThread(file);
       loaded = true;
       const applied = await this.#applyNow(next, 'file');
@@ -168,10 +167,8 @@ export class ReloadSequence {
       this.refused++;
       const problems = err instanceof ConfigInvalidError ? err.problems : undefined;
       this.last = { at, trigger, ok: false, ...(problems ? { problems } : {}), error: (err as Error).message };
-      if (!loaded && (err instanceof ConfigInvalidError || err instanceof ConfigUnreadableError)) {
-        this.#log.error({ trigger, file, problems, code: err.code }, `reload refused, the running config keeps serving: ${err.message}`);
-      } else if (!loaded) {
-        this.#log.error({ trigger, file, err }, 'reload refused, the running config keeps serving');
+      if (!loaded) {
+        this.#log.error({ trigger, file, problems, code: (err as FulcrumError).code }, `reload refused, the running config keeps serving: ${(err as Error).message}`);
       } else {
         this.#log.error({ trigger, file, err, ...(problems ? { problems } : {}) }, 'reload failed while applying');
       }

@@ -160,25 +160,6 @@ export class HealthMonitor extends EventEmitter<HealthEvents> {
     if (t) this.#followAdmin(t);
   }
 
-  #isMaint(service: string, address: string): boolean {
-    return this.#admin?.adminState(service, address) === 'maint';
-  }
-
-  #followAdmin(t: Tracked): void {
-    if (this.#stopped) return;
-    const maint = this.#isMaint(t.service, t.address);
-    if (maint === t.maint) return;
-    t.maint = maint;
-    if (maint) {
-      this.#halt(t);
-      t.log.info('maint: probes paused');
-    } else {
-      t.pending = true;
-      t.connectFailures = 0;
-      this.#schedule(t, 0);
-    }
-  }
-
   /**
    * Passive health: the data plane failed to connect to this backend. Marks it down once
    * `observe_failures` of these arrive with no successful probe between them.
@@ -240,6 +221,25 @@ export class HealthMonitor extends EventEmitter<HealthEvents> {
       connect_failures: t.connectFailures,
       ...(t.history.length ? { last: t.history[t.history.length - 1] } : {}),
     };
+  }
+
+  #isMaint(service: string, address: string): boolean {
+    return this.#admin?.adminState(service, address) === 'maint';
+  }
+
+  #followAdmin(t: Tracked): void {
+    if (this.#stopped) return;
+    const maint = this.#isMaint(t.service, t.address);
+    if (maint === t.maint) return;
+    t.maint = maint;
+    if (maint) {
+      this.#halt(t);
+      t.log.info('maint: probes paused');
+    } else {
+      t.pending = true;
+      t.connectFailures = 0;
+      this.#schedule(t, 0);
+    }
   }
 
   #add(service: string, address: string, target: HostPort, health: HealthConfig): void {

@@ -4,6 +4,9 @@
  * The pool, the health monitor and failover are recorders of what the sequence asked of them
  * (their own behaviour has its own tests: test/proxy, test/health, test/failover).
  */
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { parseConfig } from '../../src/config/load.ts';
 import type { Config, HaConfig } from '../../src/config/schema.ts';
@@ -28,7 +31,11 @@ beforeAll(async () => {
 afterAll(async () => {
   await taken.close();
 });
-afterEach(() => closeEnvs());
+const cleanupDirs: string[] = [];
+afterEach(async () => {
+  closeEnvs();
+  for (const d of cleanupDirs.splice(0)) await rm(d, { recursive: true, force: true });
+});
 
 const HA = `
 ha:
@@ -48,7 +55,7 @@ ${o.services}${o.priority === undefined ? '' : HA.replace('PRIORITY', String(o.p
 const svc = (name: string, listen: string, backend = '127.0.0.1:7001') => `  - { name: ${name}, listen: "${listen}", backends: [{ address: ${backend} }] }\n`;
 
 /** The parts, recording into one list what the sequence asked of each, in order. */
-function parts(initial: Config, o: { accepting?: boolean; ha?: boolean } = {}) {
+function parts(initial: Config, o: { accepting?: boolean; ha?: boolean; file?: string } = {}) {
   const calls: string[] = [];
   const tables: ServiceEntry[][] = [];
   const paused = new Set<string>();
@@ -100,6 +107,7 @@ function parts(initial: Config, o: { accepting?: boolean; ha?: boolean } = {}) {
       : null,
     logger: silentLogger,
     setLogLevel: (level) => void calls.push(`log level ${level}`),
+    configFile: o.file,
   };
   const sequence = new ReloadSequence(p, initial);
   const hooked: ConfigDiff[] = [];
@@ -180,7 +188,26 @@ describe('the reload sequence', () => {
     expect(sequence.config.services[0].backends[0].address.port).toBe(7003);
   });
 
-  it('a file reload re-reads the file, and says where a sequence without one cannot', async () => {
+  it('a file reload re-reads the file through the same sequence, and records what it did', async () => {
+    const dir = await mkdtemp(join(tmpdir(), 'fulcrum-control-'));
+    cleanupDirs.push(dir);
+    const file = join(dir, 'fulcrum.yaml');
+    const text = (backend: string) => `workers: 1\nservices:\n${svc('web', `${HOST}:${p1}`, backend)}`;
+    await writeFile(file, text('127.0.0.1:7001'));
+    const { sequence, calls } = parts(config({ services: svc('web', `${HOST}:${p1}`) }), { file });
+    expect(await sequence.reloadFile('test')).toEqual({ changes: [], restart_required: [] });
+    await writeFile(file, text('127.0.0.1:7002'));
+    const report = await sequence.reloadFile('test');
+    expect(report.changes).toEqual([`service web: backend 127.0.0.1:7002 added`, `service web: backend 127.0.0.1:7001 removed`]);
+    expect(calls.filter((c) => c === 'balancer.apply')).toHaveLength(2);
+    await writeFile(file, text('127.0.0.1:7003') + 'unknown_key: 1\n');
+    await expect(sequence.reloadFile('test')).rejects.toMatchObject({ code: 'FULCRUM_ERR_CONFIG_INVALID' });
+    expect(calls.filter((c) => c === 'balancer.apply')).toHaveLength(2);
+    expect(sequence.config.services[0].backends[0].address.port).toBe(7002);
+    expect(sequence.summary()).toMatchObject({ config_file: file, reloads: { applied: 2, refused: 1, last: { ok: false, trigger: 'test' } } });
+  });
+
+  it('without a file there is nothing to re-read', async () => {
     const { sequence } = parts(config({ services: svc('web', `${HOST}:${p1}`) }));
     await expect(sequence.reloadFile('test')).rejects.toThrow(/not started from a config file/);
     expect(sequence.summary()).toEqual({ config_file: null });

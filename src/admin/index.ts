@@ -1,58 +1,46 @@
 /**
  * The operations side of a running fulcrum, wired in one call from src/main.ts:
  * - Stats (per-worker counters summed from shared memory) and the Prometheus registry;
- * - health 'probe' events → probe metrics; the probe history → the status page;
- * - the Balancer's 'backend-state' events → one log line per transition (from, to, cause)
- *   (failover role changes are logged by src/failover itself, with from, to and cause);
- * - the Reloader (SIGHUP and POST /api/reload) over main's apply hook;
- * - the admin server, when the config has an `admin` section.
+ * - from the handle's bus (what src/control/routes.ts publishes): 'health-probe' → probe metrics,
+ *   'backend-state' → a new backend's counters start at 0; the probe history → the status page;
+ * - the admin server, when the config has an `admin` section, and its reload hook (a moved admin
+ *   address is bound before a reload applies anything);
+ * - POST /api/reload and SIGHUP (when asked) trigger src/control/reload.ts's sequence; they do
+ *   not own it.
  *
- * Runtime adds and removals of backends go through the same apply hook as a reload, with the
- * config in force plus or minus that backend: the balancer, the workers' service table and the
+ * Runtime adds and removals of backends are edits of the config in force (plus or minus that
+ * backend) applied by the same reload sequence: the balancer, the workers' service table and the
  * health monitor then always agree, and there is one code path to trust. Like HAProxy's runtime
  * API, such changes last until the next reload replaces them with what the file says.
  */
 import type { Config } from '../config/schema.ts';
-import { FulcrumError } from '../errors.ts';
-import { formatHostPort, type AdminConfig, type BackendConfig, type HostPort } from '../config/schema.ts';
+import { formatHostPort, type AdminConfig, type BackendConfig } from '../config/schema.ts';
+import type { ReloadSequence } from '../control/reload.ts';
+import type { BackendStateEvent, FulcrumEvents, ProbeEvent } from '../events.ts';
 import type { Logger } from '../observability/log.ts';
-import { Metrics, type ProbeObservation } from '../observability/prom.ts';
+import { Metrics } from '../observability/prom.ts';
 import { Stats } from '../observability/stats.ts';
-import { Reloader } from './reload.ts';
 import { AdminServer, type AdminBalancer, type AdminState, type DescribedService, type ProbeRecord } from './server.ts';
 
 export { AdminServer } from './server.ts';
-export { Reloader } from './reload.ts';
 
 /** How long the admin server a reload moved away from lets its requests in flight finish. */
 export const ADMIN_MOVE_GRACE_MS = 5_000;
 
-const sameListen = (a: HostPort | undefined, b: HostPort | undefined): boolean => a?.host === b?.host && a?.port === b?.port;
-
-/** A backend transition as the Balancer emits it ('backend-state'). */
-export interface BackendStateEvent {
-  service: string;
-  address: string;
-  backend?: number;
-  from: string;
-  to: string;
-  cause: string;
-}
-
-interface Emitter {
-  on(event: string, listener: (...args: any[]) => void): unknown;
-  off(event: string, listener: (...args: any[]) => void): unknown;
-}
-
-export interface OperationsBalancer extends Emitter {
+export interface OperationsBalancer {
   describe(): readonly DescribedService[];
   setAdminState(service: string, address: string, state: AdminState, cause: string): unknown;
   setWeight(service: string, address: string, weight: number): unknown;
-  addBackend(service: string, backend: BackendConfig): unknown;
-  removeBackend(service: string, address: string, options: { force: boolean }): unknown;
+  backendIndex(service: string, address: string): number;
 }
 
-export interface OperationsHealth extends Emitter {
+/** The handle's bus, as operations read it. */
+export interface OperationsEvents {
+  on<K extends keyof FulcrumEvents>(event: K, listener: (...args: FulcrumEvents[K]) => void): unknown;
+  off<K extends keyof FulcrumEvents>(event: K, listener: (...args: FulcrumEvents[K]) => void): unknown;
+}
+
+export interface OperationsHealth {
   history(service: string, address: string): readonly ProbeRecord[];
 }
 
@@ -61,24 +49,22 @@ export interface OperationsFailover {
   status(): { role: string; transitions: number };
 }
 
+/** The reload sequence, as operations trigger it (src/control/reload.ts). */
+export type OperationsControl = Pick<ReloadSequence, 'file' | 'applied' | 'refused' | 'reloadFile' | 'edit' | 'addHook' | 'installSignalHandler' | 'summary'>;
+
 export interface OperationsOptions {
   memory: WebAssembly.Memory;
   balancer: OperationsBalancer;
+  events: OperationsEvents;
+  control: OperationsControl;
   logger: Logger;
-  /** The config in force now (main keeps it; `apply` replaces it). */
+  /** The config in force now (the reload sequence keeps it). */
   config: () => Config;
-  /** The file reloads read; without it there is no reload. */
-  configFile?: string;
-  /**
-   * main's reload hook: applies a validated config as a difference (balancer.apply, the workers'
-   * service table, health.update) and makes it the config in force.
-   */
-  apply?: (next: Config) => void | Promise<void>;
   /** Closes the open sessions of a backend (a forced removal); resolves with how many. */
-  killSessions?: (service: string, address: string) => number | Promise<number>;
+  killSessions: (backend: number) => Promise<number>;
   health?: OperationsHealth;
   failover?: OperationsFailover;
-  /** Reload on SIGHUP (default true when configFile is given). */
+  /** Reload the config file on SIGHUP (default false: `fulcrum run` has main.ts install it). */
   signals?: boolean;
   /** More fields for /api/status. */
   status?: () => Record<string, unknown>;
@@ -87,7 +73,6 @@ export interface OperationsOptions {
 export interface Operations {
   stats: Stats;
   metrics: Metrics;
-  reloader: Reloader | undefined;
   /** The admin server in force (a reload can move, add or remove it). */
   readonly admin: AdminServer | undefined;
   /** Re-reads the config file (what SIGHUP does); rejects with the problems when it is invalid. */
@@ -97,39 +82,28 @@ export interface Operations {
 
 export async function startOperations(options: OperationsOptions): Promise<Operations> {
   const log = options.logger.child({ component: 'operations' });
-  const { balancer, health, failover } = options;
+  const { balancer, health, failover, control, events } = options;
   const stats = new Stats(options.memory);
   const directory = (): readonly DescribedService[] => balancer.describe();
-
-  let reloader: Reloader | undefined;
-  const apply = options.apply;
-  if (options.configFile && apply) {
-    reloader = new Reloader({
-      file: options.configFile,
-      current: options.config,
-      logger: options.logger,
-      apply: (next) => applyWithAdmin(next, apply),
-    });
-  }
 
   const metrics = new Metrics({
     stats,
     directory,
     failover: failover ? () => failover.status() : undefined,
-    reloads: () => ({ applied: reloader?.applied ?? 0, refused: reloader?.refused ?? 0 }),
+    reloads: () => ({ applied: control.applied, refused: control.refused }),
   });
 
   // ── events ──
-  const onProbe = (p: ProbeObservation): void => metrics.observeProbe(p);
-  health?.on('probe', onProbe);
+  const onProbe = (p: ProbeEvent): void => metrics.observeProbe(p);
+  events.on('health-probe', onProbe);
   // A backend created in a slot gets counters that start at 0 (the slot may have served another).
   // Transition log lines are the Balancer's own ('backend state': service, backend, from, to, cause).
   const onBackendState = (e: BackendStateEvent): void => {
-    if (e.from === 'free' && e.backend !== undefined) stats.rebaseBackend(e.backend, e.service, e.address);
+    if (e.from === 'free') stats.rebaseBackend(e.backend, e.service, e.address);
   };
-  balancer.on('backend-state', onBackendState);
+  events.on('backend-state', onBackendState);
 
-  // ── runtime membership changes through the apply hook (see the header comment) ──
+  // ── runtime membership changes: edits of the config in force (see the header comment) ──
   const withBackends = (service: string, edit: (backends: BackendConfig[]) => BackendConfig[]): Config => {
     const current = options.config();
     return {
@@ -139,18 +113,16 @@ export async function startOperations(options: OperationsOptions): Promise<Opera
   };
   const adminBalancer: AdminBalancer = {
     describe: directory,
-    // The health monitor follows maint through the Balancer's 'backend-state' events (src/health/wire.ts).
+    // The health monitor asks the Balancer for maint when told it changed (src/control/routes.ts).
     setAdminState: (service, address, state, cause) => balancer.setAdminState(service, address, state, cause),
     setWeight: (service, address, weight) => balancer.setWeight(service, address, weight),
-    addBackend: async (service, backend) => {
-      if (!apply) return balancer.addBackend(service, backend);
-      await apply(withBackends(service, (bs) => [...bs, backend]));
-    },
+    addBackend: (service, backend) => control.edit(withBackends(service, (bs) => [...bs, backend])),
     removeBackend: async (service, address, { force }) => {
-      if (force && options.killSessions) await options.killSessions(service, address);
-      if (apply) await apply(withBackends(service, (bs) => bs.filter((b) => formatHostPort(b.address) !== address)));
-      // The Balancer's promise resolves when the drain ends: not something an HTTP request waits for.
-      else void Promise.resolve(balancer.removeBackend(service, address, { force })).catch((err) => log.warn({ err, service, backend: address }, 'removal failed'));
+      if (force) {
+        const index = balancer.backendIndex(service, address);
+        if (index >= 0) await options.killSessions(index);
+      }
+      await control.edit(withBackends(service, (bs) => bs.filter((b) => formatHostPort(b.address) !== address)));
       metrics.forgetBackend(service, address);
     },
   };
@@ -164,10 +136,10 @@ export async function startOperations(options: OperationsOptions): Promise<Opera
       metrics,
       logger: options.logger,
       config: options.config,
-      reload: reloader ? () => reloader.reload('admin API') : undefined,
+      reload: control.file !== undefined ? () => control.reloadFile('admin API') : undefined,
       healthHistory: health ? (s, a) => health.history(s, a) : undefined,
       status: () => ({
-        ...(reloader ? reloader.summary() : { config_file: options.configFile ?? null }),
+        ...control.summary(),
         ...(failover ? { failover: failover.status() } : {}),
         ...options.status?.(),
       }),
@@ -179,27 +151,21 @@ export async function startOperations(options: OperationsOptions): Promise<Opera
   }
 
   /**
-   * A reload with the admin section: what it needs is checked before main's hook applies
-   * anything (a token file that cannot be read, or a new listen address that cannot be bound,
-   * refuses the reload with nothing changed), and put in force once the config is. A moved
-   * admin server (listen changed, section added or removed) binds the new address first; the
-   * old one then closes, letting the requests in flight — the POST /api/reload that moved it,
-   * too — finish for up to ADMIN_MOVE_GRACE_MS.
+   * The admin server's step in a reload: what it needs is checked before anything is applied (a
+   * token file that cannot be read, or a new listen address that cannot be bound, refuses the
+   * reload with nothing changed), and put in force once the config is — also when the sequence
+   * fails after putting it in force (a service listener that could not bind). A moved admin
+   * server (listen changed, section added or removed) binds the new address first; the old one
+   * then closes, letting the requests in flight — the POST /api/reload that moved it, too —
+   * finish for up to ADMIN_MOVE_GRACE_MS. A runtime edit leaves the admin section as it is.
    */
-  async function applyWithAdmin(next: Config, applyConfig: (next: Config) => void | Promise<void>): Promise<void> {
-    const before = options.config();
-    const current = before.admin;
-    const moved = !sameListen(current?.listen, next.admin?.listen);
+  const removeHook = control.addHook(async (diff, next, source) => {
+    if (diff.admin === 'same' && source === 'edit') return () => undefined;
+    const moved = diff.admin === 'moved';
     const commitSettings = !moved && next.admin ? admin?.prepareAdminConfig(next.admin) : undefined;
     const fresh = moved && next.admin ? adminServer(next.admin) : undefined;
     await fresh?.listen();
-    try {
-      await applyConfig(next);
-    } finally {
-      // main's hook can throw after it put `next` in force (a service listener that could not
-      // bind): the admin server follows the config in force either way. (main puts in force a
-      // copy of `next`, with the ha settings it could apply, so the test is "no longer `before`".)
-      const inForce = options.config() !== before;
+    return async (inForce) => {
       if (!inForce) await fresh?.close();
       else if (!moved) commitSettings?.();
       else {
@@ -208,26 +174,23 @@ export async function startOperations(options: OperationsOptions): Promise<Opera
         log.info({ from: old?.url ?? null, to: fresh?.url ?? null }, 'admin server moved by the reload');
         if (old) void old.close(ADMIN_MOVE_GRACE_MS);
       }
-    }
-  }
+    };
+  });
 
-  const removeSignal = reloader && (options.signals ?? true) ? reloader.installSignalHandler() : undefined;
+  const removeSignal = control.file !== undefined && options.signals ? control.installSignalHandler() : undefined;
 
   return {
     stats,
     metrics,
-    reloader,
     get admin() {
       return admin;
     },
-    reload: (trigger = 'api') => {
-      if (!reloader) return Promise.reject(new Error('reload: fulcrum was not started from a config file'));
-      return reloader.reload(trigger);
-    },
+    reload: (trigger = 'api') => control.reloadFile(trigger),
     async close() {
       removeSignal?.();
-      health?.off('probe', onProbe);
-      balancer.off('backend-state', onBackendState);
+      removeHook();
+      events.off('health-probe', onProbe);
+      events.off('backend-state', onBackendState);
       await admin?.close();
     },
   };
@@ -237,10 +200,11 @@ export async function startOperations(options: OperationsOptions): Promise<Opera
 export interface FulcrumLike {
   readonly config: Config;
   readonly memory: WebAssembly.Memory;
-  readonly balancer: OperationsBalancer & { backendIndex(service: string, address: string): number };
-  readonly pool: { killBackend(backend: number): Promise<number>; readonly size?: number };
+  readonly balancer: OperationsBalancer;
+  readonly pool: { killBackend(backend: number): Promise<number> };
+  readonly events: OperationsEvents;
+  readonly control: OperationsControl;
   readonly logger: Logger;
-  reload(next: Config): Promise<unknown>;
   readonly stopped: Promise<void>;
   readonly health?: OperationsHealth;
   readonly failover?: OperationsFailover | null;
@@ -248,32 +212,24 @@ export interface FulcrumLike {
 
 /**
  * startOperations for a handle of startFulcrum: reloads and runtime membership changes go through
- * `handle.reload`, forced removals close sessions through the pool, and everything closes when
- * the handle stops.
+ * the handle's reload sequence, forced removals close sessions through the pool, and everything
+ * closes when the handle stops.
  */
 export async function startOperationsFor(
   handle: FulcrumLike,
-  options: { configFile?: string; signals?: boolean; health?: OperationsHealth; failover?: OperationsFailover; status?: () => Record<string, unknown> } = {},
+  options: { signals?: boolean; health?: OperationsHealth; failover?: OperationsFailover; status?: () => Record<string, unknown> } = {},
 ): Promise<Operations> {
   const ops = await startOperations({
     memory: handle.memory,
     balancer: handle.balancer,
+    events: handle.events,
+    control: handle.control,
     logger: handle.logger,
     config: () => handle.config,
-    configFile: options.configFile,
-    apply: async (next) => {
-      const problems = await handle.reload(next);
-      if (Array.isArray(problems) && problems.length > 0) {
-        throw new FulcrumError('FULCRUM_ERR_LISTEN', `applied, but ${problems.length} listener${problems.length === 1 ? '' : 's'} could not bind: ${problems.map((p) => `${p.service} ${p.address}: ${p.message}`).join('; ')}`);
-      }
-    },
-    killSessions: async (service, address) => {
-      const index = handle.balancer.backendIndex(service, address);
-      return index >= 0 ? handle.pool.killBackend(index) : 0;
-    },
+    killSessions: (backend) => handle.pool.killBackend(backend),
     health: options.health ?? handle.health,
     failover: options.failover ?? handle.failover ?? undefined,
-    signals: options.signals ?? false,
+    signals: options.signals,
     status: options.status,
   });
   void handle.stopped.then(() => ops.close());

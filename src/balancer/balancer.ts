@@ -17,6 +17,7 @@
  *   ring), after a transition into up from any other state — not at start-up.
  */
 import { EventEmitter } from 'node:events';
+import type { BackendStateEvent, BalancerEvents } from '../events.ts';
 import type { Logger } from '../observability/log.ts';
 import type { Engine } from './engine.ts';
 import { SharedRecords } from './records.ts';
@@ -31,16 +32,7 @@ import { formatHostPort, parseHostPort, type BackendConfig, type Config, type Ho
 
 export type AdminState = 'ready' | 'drain' | 'maint';
 
-/** Payload of the 'backend-state' event. */
-export interface BackendStateEvent {
-  service: string;
-  address: string;
-  /** The backend's slot index (the id the engine returns). */
-  backend: number;
-  from: BackendStateName;
-  to: BackendStateName;
-  cause: string;
-}
+export type { BackendStateEvent } from '../events.ts';
 
 export interface BackendDescription {
   index: number;
@@ -91,6 +83,8 @@ interface BackendEntry {
   service: ServiceEntry;
   index: number;
   address: string;
+  /** Where the workers connect (the config's address, never parsed back from `address`). */
+  target: HostPort;
   weight: number;
   maxConnections: number;
   backup: boolean;
@@ -111,6 +105,7 @@ interface Retiring {
   service: string;
   serviceIndex: number;
   address: string;
+  target: HostPort;
   /** Its record already says 'free' (forced removal); only the slot's reuse waits. */
   freed: boolean;
   waiters: Array<() => void>;
@@ -128,7 +123,7 @@ const SLOT_USED = 1;
 /** Removed but its live count is not 0 yet: not reusable. */
 const SLOT_RETIRING = 2;
 
-export class Balancer extends EventEmitter {
+export class Balancer extends EventEmitter<BalancerEvents> {
   readonly records: SharedRecords;
   private readonly engine: Engine;
   private readonly log: Logger;
@@ -303,6 +298,7 @@ export class Balancer extends EventEmitter {
     const address = formatHostPort(config.address);
     const e: BackendEntry = {
       service, index, address,
+      target: { host: config.address.host, port: config.address.port },
       weight: config.weight,
       maxConnections: config.max_connections,
       backup: config.backup,
@@ -415,6 +411,14 @@ export class Balancer extends EventEmitter {
     this.engine.rebuild(e.service.index);
   }
 
+  /**
+   * A backend's admin state, or undefined when there is none: the balancer is its one owner (the
+   * config's `state` at load, then admin commands); the health monitor asks here.
+   */
+  adminState(service: string, address: string | HostPort): AdminState | undefined {
+    return this.services.get(service)?.backends.get(normalizeAddress(address))?.admin;
+  }
+
   /** HAProxy's `set server weight`: 0..MAX_WEIGHT, effective at once (a slow-start ramp scales it). */
   setWeight(service: string, address: string | HostPort, weight: number): void {
     if (!Number.isInteger(weight) || weight < 0 || weight > MAX_WEIGHT) {
@@ -459,7 +463,7 @@ export class Balancer extends EventEmitter {
     e.service.backends.delete(e.address);
     this.byIndex.delete(e.index);
     this.backendSlots[e.index] = SLOT_RETIRING;
-    const r: Retiring = { index: e.index, service: e.service.name, serviceIndex: e.service.index, address: e.address, freed: false, waiters: [] };
+    const r: Retiring = { index: e.index, service: e.service.name, serviceIndex: e.service.index, address: e.address, target: e.target, freed: false, waiters: [] };
     const done = new Promise<void>((resolve) => r.waiters.push(resolve));
     if (force) {
       this.freeRecord(r, e.state, 'removed (forced)');
@@ -531,6 +535,21 @@ export class Balancer extends EventEmitter {
     if (e) return { service: e.service.name, address: e.address };
     const r = this.retiring.find((x) => x.index === index);
     return r ? { service: r.service, address: r.address } : undefined;
+  }
+
+  /**
+   * Where the workers may connect for a service: its backends and those still draining, with
+   * their slot index (what acquire returns). The workers' service table is built from this
+   * (src/proxy/table.ts); empty when there is no such service.
+   */
+  targets(serviceName: string): Array<{ index: number; address: string; target: HostPort }> {
+    this.reap();
+    const s = this.services.get(serviceName);
+    if (!s) return [];
+    const out = [...s.backends.values()].sort((a, b) => (a.address < b.address ? -1 : a.address > b.address ? 1 : 0))
+      .map((e) => ({ index: e.index, address: e.address, target: e.target }));
+    for (const r of this.retiring) if (r.serviceIndex === s.index && !r.freed) out.push({ index: r.index, address: r.address, target: r.target });
+    return out;
   }
 
   describe(): ServiceDescription[] {

@@ -1,6 +1,7 @@
 /**
  * A config's listen addresses checked against this machine, before anything of it is applied
- * (start-up and every reload that brings a new address; src/main.ts calls it):
+ * (start-up, and every reload that brings a new address: src/control/reload.ts calls it when
+ * the reload's diff lists new listen addresses):
  *
  * - Two services on one address written two ways ("localhost:6380" and "127.0.0.1:6380") are
  *   refused: the workers listen with SO_REUSEPORT, so the kernel would bind both and share the
@@ -31,15 +32,6 @@ function tryBind(host: string, port: number): Promise<void> {
 
 /** A set of keys that is known to need no check: what the running config already listens on. */
 const listenKeys = (config: Config | undefined): Set<string> => new Set(config?.services.map((s) => formatHostPort(s.listen)) ?? []);
-
-/**
- * True when `next` listens on nothing that `running` does not (the usual reload, and every
- * runtime change of backends): then there is nothing to check and the caller applies at once.
- */
-export function sameListens(running: Config | undefined, next: Config): boolean {
-  const keys = listenKeys(running);
-  return next.services.every((s) => keys.has(formatHostPort(s.listen)));
-}
 
 export interface ListenCheckOptions {
   /** Named in a ConfigInvalidError. */

@@ -1,8 +1,8 @@
 /**
  * Failover: one instance of an active/passive pair. Wires the pure state machine (fsm.ts) to the
  * heartbeat (heartbeat.ts), the VIP commands (vip.ts), the track checks and the timers, and
- * reports roles to whoever wires it (src/main.ts through wire.ts): 'role' {from, to, cause} on
- * every change, 'accepting' (boolean) when the listeners on the VIP must start or stop accepting.
+ * reports roles to whoever wires it (src/control/routes.ts): 'role' {from, to, cause} on every
+ * change; the listeners on the VIP start or stop accepting through the setAccepting it is given.
  *
  * Timers use Node's timers (libuv's monotonic clock), and ages in status() use performance.now(),
  * so a wall-clock step never declares the peer dead; only the heartbeat's timestamp (checked
@@ -11,6 +11,7 @@
 import { EventEmitter } from 'node:events';
 import { readFileSync } from 'node:fs';
 import { formatHostPort, HA_RESTART_ONLY, type HaConfig } from '../config/schema.ts';
+import type { FailoverEvents } from '../events.ts';
 import type { Logger } from '../observability/log.ts';
 import { HaAddressError } from './errors.ts';
 import { FailoverFsm, ipv4ToInt, masterDownInterval, type Action, type Role, type Step } from './fsm.ts';
@@ -20,16 +21,7 @@ import { VipManager } from './vip.ts';
 export type { Role, Step } from './fsm.ts';
 export type { DropReason } from './heartbeat.ts';
 
-export interface RoleChange {
-  from: Role;
-  to: Role;
-  cause: string;
-}
-
-export interface FailoverEvents {
-  role: [change: RoleChange];
-  accepting: [accepting: boolean];
-}
+export type { RoleChange } from '../events.ts';
 
 export interface FailoverOptions {
   config: HaConfig;
@@ -195,7 +187,7 @@ export class Failover extends EventEmitter<FailoverEvents> {
    * state machine (a master tells its peer at once; a backup restarts its master-down timer),
    * max_clock_skew and the interval to the heartbeat, garp to the VIP manager, track is checked
    * again now. The HA_RESTART_ONLY settings keep their running values (the reload reports them:
-   * src/admin/reload.ts diffConfigs).
+   * src/control/diff.ts).
    */
   reconfigure(next: HaConfig): void {
     const prev = this.config;
@@ -376,7 +368,6 @@ export class Failover extends EventEmitter<FailoverEvents> {
     if (this.accepting === on && this.acceptingSet) return;
     this.acceptingSet = true;
     this.accepting = on;
-    this.emit('accepting', on);
     try {
       await this.setAccepting?.(on);
     } catch (err) {

@@ -1,8 +1,8 @@
 /**
  * The health monitor: one prober per backend of every service that has a `health` section.
- * Control plane only; it decides "up" or "down" and says so in events, and src/main.ts routes
- * them (a 'transition' becomes balancer.setHealth, which writes shared memory and rebuilds the
- * ring).
+ * Control plane only; it decides "up" or "down" and says so in events, and src/control/routes.ts
+ * routes them (a 'transition' becomes balancer.setHealth, which writes shared memory and rebuilds
+ * the ring).
  *
  * Per backend:
  * - a probe every `interval` ± 10 % (so many backends' probes do not line up), measured from the
@@ -14,7 +14,10 @@
  *   a primary's traffic for fall × interval at start-up);
  * - passive health (HAProxy's `observe layer4`): `observe_failures` consecutive connect failures
  *   reported by the data plane mark the backend down at once; probes bring it back (rise);
- * - backends in maint are not probed.
+ * - backends in maint are not probed. The admin state (drain, maint) is the balancer's: the
+ *   monitor asks the AdminStates it is given, on each config and when told a backend's admin
+ *   state changed (adminStateChanged, routed from the balancer's 'backend-state' by
+ *   src/control/routes.ts).
  *
  * Events:
  *   'probe'      { service, address, ok, reason, latency_ms, role? }   every probe result
@@ -23,24 +26,14 @@
  *                what the balancer assumed, so the receiver never has to guess the start state)
  */
 import { EventEmitter } from 'node:events';
+import type { HealthEvents, ProbeEvent, TransitionEvent } from '../events.ts';
 import { formatHostPort, HEALTH_TYPES, type Config, type HealthConfig, type HostPort } from '../config/schema.ts';
 import { silentLogger, type Logger } from '../observability/log.ts';
 import { Dampener, type HealthState } from './dampener.ts';
 import { ProbeThread } from './probe-thread.ts';
 import type { Probe, ProbeResult } from './probes/probe.ts';
 
-export interface ProbeEvent extends ProbeResult {
-  service: string;
-  address: string;
-}
-
-export interface TransitionEvent {
-  service: string;
-  address: string;
-  up: boolean;
-  cause: string;
-  initial: boolean;
-}
+export type { ProbeEvent, TransitionEvent } from '../events.ts';
 
 export interface HistoryEntry extends ProbeResult {
   /** Epoch milliseconds when the probe finished. */
@@ -58,8 +51,16 @@ export interface BackendHealth {
   last?: HistoryEntry;
 }
 
+/** Who owns drain and maint (the Balancer): the monitor asks, it never keeps its own copy. */
+export interface AdminStates {
+  /** undefined: no such backend (yet), probed as ready. */
+  adminState(service: string, address: string): 'ready' | 'drain' | 'maint' | undefined;
+}
+
 export interface HealthMonitorOptions {
   logger?: Logger;
+  /** The owner of the admin state; without one every backend is probed as ready. */
+  admin?: AdminStates;
   /** Probe implementations by type, run on this thread (tests may swap one); defaults to the real ones, on the probe thread. */
   probes?: Partial<Record<HealthConfig['type'], Probe>>;
   /** Results kept per backend for the status page. */
@@ -78,9 +79,8 @@ interface Tracked {
   health: HealthConfig;
   dampener: Dampener;
   pending: boolean;
+  /** In maint when last asked: not probed. */
   maint: boolean;
-  /** What the config last said (state: maint), as distinct from run-time admin changes. */
-  configMaint: boolean;
   connectFailures: number;
   timer: NodeJS.Timeout | null;
   inFlight: AbortController | null;
@@ -92,7 +92,7 @@ interface Tracked {
 
 const keyOf = (service: string, address: string) => `${service}\u0000${address}`;
 
-export class HealthMonitor extends EventEmitter {
+export class HealthMonitor extends EventEmitter<HealthEvents> {
   readonly #log: Logger;
   readonly #probes: Record<HealthConfig['type'], Probe>;
   /** Where the real probes run (probe-thread.ts); types swapped in by options.probes run here. */
@@ -101,6 +101,7 @@ export class HealthMonitor extends EventEmitter {
   readonly #historySize: number;
   readonly #jitter: number;
   readonly #tracked = new Map<string, Tracked>();
+  readonly #admin: AdminStates | undefined;
   #stopped = false;
 
   constructor(config: Config, options: HealthMonitorOptions = {}) {
@@ -112,6 +113,7 @@ export class HealthMonitor extends EventEmitter {
     this.#onThread = new Set(HEALTH_TYPES.filter((type) => options.probes?.[type] === undefined));
     this.#historySize = options.historySize ?? 20;
     this.#jitter = options.jitter ?? 0.1;
+    this.#admin = options.admin;
     this.update(config);
   }
 
@@ -128,10 +130,9 @@ export class HealthMonitor extends EventEmitter {
         const address = formatHostPort(b.address);
         const key = keyOf(svc.name, address);
         seen.add(key);
-        const maint = b.state === 'maint';
         const t = this.#tracked.get(key);
         if (!t) {
-          this.#add(svc.name, address, b.address, svc.health, maint);
+          this.#add(svc.name, address, b.address, svc.health);
           continue;
         }
         const h = svc.health;
@@ -140,12 +141,9 @@ export class HealthMonitor extends EventEmitter {
         t.health = h;
         // A new kind of check decides afresh; the old dampened state stays until it does.
         if (typeChanged) t.pending = true;
-        // As the balancer does: a reload changes the admin state only when the config's `state`
-        // changed, so a maint set at run time survives reloads that do not mention it.
-        if (maint !== t.configMaint) {
-          t.configMaint = maint;
-          this.setAdminState(svc.name, address, maint ? 'maint' : 'ready');
-        }
+        // The balancer has applied this config first (src/control/reload.ts): its answer holds
+        // the config's `state` and what was set at run time.
+        this.#followAdmin(t);
       }
     }
     for (const [key, t] of this.#tracked) {
@@ -156,21 +154,10 @@ export class HealthMonitor extends EventEmitter {
     }
   }
 
-  /** Follows a runtime admin change: maint stops probing; leaving maint probes at once, and that result decides. */
-  setAdminState(service: string, address: string, state: 'ready' | 'drain' | 'maint'): void {
+  /** The backend's admin state changed: asks its owner. Maint stops probing; leaving maint probes at once, and that result decides. */
+  adminStateChanged(service: string, address: string): void {
     const t = this.#tracked.get(keyOf(service, address));
-    if (!t || this.#stopped) return;
-    const maint = state === 'maint';
-    if (maint === t.maint) return;
-    t.maint = maint;
-    if (maint) {
-      this.#halt(t);
-      t.log.info('maint: probes paused');
-    } else {
-      t.pending = true;
-      t.connectFailures = 0;
-      this.#schedule(t, 0);
-    }
+    if (t) this.#followAdmin(t);
   }
 
   /**
@@ -236,9 +223,29 @@ export class HealthMonitor extends EventEmitter {
     };
   }
 
-  #add(service: string, address: string, target: HostPort, health: HealthConfig, maint: boolean): void {
+  #isMaint(service: string, address: string): boolean {
+    return this.#admin?.adminState(service, address) === 'maint';
+  }
+
+  #followAdmin(t: Tracked): void {
+    if (this.#stopped) return;
+    const maint = this.#isMaint(t.service, t.address);
+    if (maint === t.maint) return;
+    t.maint = maint;
+    if (maint) {
+      this.#halt(t);
+      t.log.info('maint: probes paused');
+    } else {
+      t.pending = true;
+      t.connectFailures = 0;
+      this.#schedule(t, 0);
+    }
+  }
+
+  #add(service: string, address: string, target: HostPort, health: HealthConfig): void {
+    const maint = this.#isMaint(service, address);
     const t: Tracked = {
-      service, address, target, health, maint, configMaint: maint,
+      service, address, target, health, maint,
       // Assumed up until the first probe decides (the balancer starts backends up).
       dampener: new Dampener('up', health.rise, health.fall),
       pending: true,

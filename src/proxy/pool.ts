@@ -3,10 +3,11 @@
  * table and commands, gathers their answers, restarts a worker that crashes, and on a reload that
  * changes `workers` starts more or retires some (resize).
  *
- * Events: 'connect-failed' {service, backend, address, error} (passive health: one per failed
- * connect attempt in any worker), 'worker-exit' {workerId, code, reclaimed, retired}.
+ * Events (src/events.ts PoolEvents): 'connect-failed' (passive health: one per failed connect
+ * attempt in any worker), 'worker-exit' (a crash or a retirement).
  */
 import { EventEmitter } from 'node:events';
+import type { PoolEvents } from '../events.ts';
 import { Worker } from 'node:worker_threads';
 import { ListenError, FulcrumError } from '../errors.ts';
 import { MAX_WORKERS } from '../shm/layout.ts';
@@ -73,7 +74,7 @@ interface Slot {
   exited: Promise<void>;
 }
 
-export class WorkerPool extends EventEmitter {
+export class WorkerPool extends EventEmitter<PoolEvents> {
   /** Workers wanted (the config's, or one without reusePort): restarts and resize keep this many serving. */
   private wanted: number;
   private readonly opts: PoolOptions;

@@ -1,29 +1,25 @@
 /**
  * The service table the workers run from: each service's settings from the config, its engine
- * index and its backends from the balancer (so runtime additions and removals are included).
- * Built on the control path (start, reload, runtime add/remove) and sent whole to every worker.
+ * index and its backends (live and draining, with where to connect) from the balancer, so runtime
+ * additions and removals are included. Built on the control path (start, reload, runtime
+ * add/remove) and sent whole to every worker.
  */
-import { parseHostPort, type Config } from '../config/schema.ts';
-import type { BackendEntry, ServiceEntry } from './messages.ts';
+import type { Config, HostPort } from '../config/schema.ts';
+import type { ServiceEntry } from './messages.ts';
 
 /** What the table needs from the balancer (src/balancer/balancer.ts's Balancer has it). */
 export interface BalancerView {
-  describe(): Array<{ name: string; index: number; backends: Array<{ index: number; address: string }> }>;
+  serviceIndex(name: string): number;
+  targets(name: string): Array<{ index: number; address: string; target: HostPort }>;
 }
 
 export function buildServiceTable(config: Config, balancer: BalancerView): ServiceEntry[] {
-  const live = new Map(balancer.describe().map((d) => [d.name, d]));
   const table: ServiceEntry[] = [];
   for (const s of config.services) {
-    const d = live.get(s.name);
-    if (d === undefined || d.index < 0) continue; // not in the engine: nothing could be picked for it
-    const backends: BackendEntry[] = [];
-    for (const b of d.backends) {
-      const hp = parseHostPort(b.address);
-      if (hp !== undefined) backends.push({ index: b.index, host: hp.host, port: hp.port, address: b.address });
-    }
+    const index = balancer.serviceIndex(s.name);
+    if (index < 0) continue; // not in the engine: nothing could be picked for it
     table.push({
-      index: d.index,
+      index,
       name: s.name,
       listen: { host: s.listen.host, port: s.listen.port },
       hashed: s.balance === 'maglev',
@@ -33,7 +29,7 @@ export function buildServiceTable(config: Config, balancer: BalancerView): Servi
       accept_proxy: s.accept_proxy,
       send_proxy: s.send_proxy,
       queue: { max: s.queue.max, timeout: s.queue.timeout },
-      backends,
+      backends: balancer.targets(s.name).map((b) => ({ index: b.index, host: b.target.host, port: b.target.port, address: b.address })),
     });
   }
   return table;

@@ -8,7 +8,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { Socket } from 'node:net';
 import { connectClient, freePort, readLine, startNamedServer, startServer, waitFor, type TestServer } from '../helpers/net.ts';
 import { parseConfig } from '../../src/config/load.ts';
-import { diffConfigs } from '../../src/admin/reload.ts';
+import { describeChanges as diffConfigs } from '../../src/control/diff.ts';
 import { api, configText, startStack, type Stack } from './stack.ts';
 
 const HOST = '127.5.3.1';

@@ -87,7 +87,7 @@ export async function startStack(o: StackOptions): Promise<Stack> {
   const logger = createLogger('info', sink);
   // Operations started here rather than by startFulcrum, to pass a stand-in failover and signals.
   const handle = await startFulcrum(loadConfig(configFile), { logger, configFile, operations: false });
-  const ops = await startOperationsFor(handle, { configFile, signals: o.signals, failover: o.failover });
+  const ops = await startOperationsFor(handle, { signals: o.signals, failover: o.failover });
   return {
     dir, tokenFile, adminPort, configFile, handle, ops, admin: ops.admin!.url, host: o.host, servicePort, backends, logs,
     writeConfig: (yaml) => writeFile(configFile, yaml),

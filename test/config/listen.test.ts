@@ -4,7 +4,8 @@
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { lookup } from 'node:dns/promises';
-import { checkListens, sameListens } from '../../src/config/listen.ts';
+import { checkListens } from '../../src/config/listen.ts';
+import { sameListens } from '../../src/control/diff.ts';
 import { parseConfig } from '../../src/config/load.ts';
 import { formatHostPort } from '../../src/config/schema.ts';
 import { freePort, startServer, type TestServer } from '../helpers/net.ts';

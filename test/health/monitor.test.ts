@@ -8,6 +8,7 @@ import { parseConfig } from '../../src/config/load.ts';
 import { configSchema, type Config } from '../../src/config/schema.ts';
 import { sendExpectProbe } from '../../src/health/probes/send-expect.ts';
 import { HealthMonitor, type ProbeEvent, type TransitionEvent } from '../../src/health/monitor.ts';
+import { makeEnv } from '../balancer/env.ts';
 
 const HOST = '127.3.2.1';
 
@@ -71,13 +72,23 @@ function config(backends: Array<{ address: string; state?: string }>, health: Re
 }
 
 function monitor(cfg: Config, opts: ConstructorParameters<typeof HealthMonitor>[1] = {}) {
-  const m = new HealthMonitor(cfg, opts);
+  // The owner of the admin state, as in a running fulcrum: the balancer, given each config before
+  // the monitor (src/control/reload.ts), and its changes routed to it (src/control/routes.ts).
+  const { balancer } = makeEnv();
+  balancer.apply(cfg);
+  const m = new HealthMonitor(cfg, { admin: balancer, ...opts });
+  balancer.on('backend-state', (ev) => m.adminStateChanged(ev.service, ev.address));
+  cleanups.push(() => balancer.close());
   const transitions: TransitionEvent[] = [];
   const probes: ProbeEvent[] = [];
   m.on('transition', (t) => transitions.push(t));
   m.on('probe', (p) => probes.push(p));
   cleanups.push(() => m.stop());
-  return { m, transitions, probes };
+  const reload = (next: Config): void => {
+    balancer.apply(next);
+    m.update(next);
+  };
+  return { m, transitions, probes, balancer, reload };
 }
 
 async function until(what: string, cond: () => boolean, ms = 2000): Promise<number> {
@@ -191,15 +202,15 @@ describe('HealthMonitor', () => {
 
   it('maint is not probed; leaving maint probes at once and that result decides', async () => {
     const a = await srv();
-    const { m, transitions } = monitor(config([{ address: a.address, state: 'maint' }], { type: 'tcp', interval: '2s', timeout: '200ms' }));
+    const { m, transitions, balancer } = monitor(config([{ address: a.address, state: 'maint' }], { type: 'tcp', interval: '2s', timeout: '200ms' }));
     await new Promise((r) => setTimeout(r, 300));
     expect(a.connections).toBe(0);
     expect(m.observeConnectFailure('svc', a.address)).toBe(false);
     await a.close();
-    m.setAdminState('svc', a.address, 'ready');
+    balancer.setAdminState('svc', a.address, 'ready', 'test');
     await until('decided after maint', () => transitions.length === 1, 500);
     expect(transitions[0]).toMatchObject({ up: false, initial: true, cause: 'first probe: connection refused' });
-    m.setAdminState('svc', a.address, 'maint');
+    balancer.setAdminState('svc', a.address, 'maint', 'test');
     const before = m.history('svc', a.address).length;
     await new Promise((r) => setTimeout(r, 300));
     expect(m.history('svc', a.address).length).toBe(before);
@@ -230,13 +241,13 @@ describe('HealthMonitor', () => {
     const a = await srv();
     const b = await srv();
     const cfg = (aState: string) => config([{ address: a.address, state: aState }, { address: b.address }], { type: 'tcp' });
-    const { m } = monitor(cfg('maint'));
+    const { m, balancer, reload } = monitor(cfg('maint'));
     await new Promise((r) => setTimeout(r, 200));
     expect(a.connections).toBe(0);
-    m.update(cfg('ready'));
+    reload(cfg('ready'));
     await until('a probed once out of config maint', () => a.connections > 0, 500);
-    m.setAdminState('svc', b.address, 'maint');
-    m.update(cfg('ready')); // same config again: b stays in maint
+    balancer.setAdminState('svc', b.address, 'maint', 'test');
+    reload(cfg('ready')); // same config again: b stays in maint
     expect(m.state('svc', b.address)).toMatchObject({ maint: true });
     const before = b.connections;
     await new Promise((r) => setTimeout(r, 300));

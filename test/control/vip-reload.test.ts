@@ -1,6 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import { parseConfig } from '../../src/config/load.ts';
-import { followRoleAfterReload, pauseMovedOnto, vipBoundServices, vipReload } from '../../src/failover/wire.ts';
+import { vipBoundServices, vipReload } from '../../src/control/diff.ts';
+import { followRoleAfterReload, pauseMovedOnto } from '../../src/control/reload.ts';
 
 const HA = `
 ha:

@@ -11,7 +11,7 @@
  *   reload path (SIGHUP, POST /api/reload, fulcrum ctl reload).
  */
 import { EventEmitter } from 'node:events';
-import { Balancer } from './balancer/balancer.ts';
+import { Balancer, type BackendStateEvent } from './balancer/balancer.ts';
 import { instantiateEngine, loadEngineModule } from './balancer/engine.ts';
 import { checkListens, sameListens } from './config/listen.ts';
 import { resolveWorkers } from './config/load.ts';
@@ -102,17 +102,16 @@ export async function startFulcrum(initial: Config, options: StartOptions = {}):
     logger,
     reclaim: (workerId) => engine.reclaim(workerId),
   });
-  // Services bound to a VIP start paused: failover resumes them when this instance is master.
-  await pool.start(buildServiceTable(config, balancer), [...(options.pausedServices ?? []), ...vipBoundServices(config)]);
 
   // ── routes ────────────────────────────────────────────────────────────────
   // Passive health: every failed connect in any worker (src/health/wire.ts feeds observe_failures).
   pool.on('connect-failed', (ev) => events.emit('connect-failed', ev));
   // Backend state changes (health, admin, runtime API).
-  balancer.on('backend-state', (ev: { service: string; address: string; backend: number; from: string; to: string; cause: string }) => {
+  balancer.on('backend-state', (ev: BackendStateEvent) => {
     events.emit('backend-state', ev);
     const svc = config.services.find((s) => s.name === ev.service);
-    if (ev.to === 'down' && svc?.on_marked_down === 'shutdown_sessions') {
+    // Down while awaiting its role is no verdict on the backend: its sessions stay.
+    if (ev.to === 'down' && !ev.awaiting_role && svc?.on_marked_down === 'shutdown_sessions') {
       pool.killBackend(ev.backend).then(
         (killed) => log.info({ service: ev.service, backend: ev.address, killed }, 'closed the sessions of a backend marked down'),
         (err) => log.error({ err }, 'closing sessions of a backend marked down failed'),
@@ -125,6 +124,19 @@ export async function startFulcrum(initial: Config, options: StartOptions = {}):
   // The probe thread is up before start-up ends: the first probes decide the backends' states,
   // and its memory is part of what a started fulcrum holds, not a growth seen later.
   if (config.services.some((s) => s.health)) await health.ready();
+  // A service that routes by role has its backends down until a probe reports their role: the
+  // listeners open after that first round (each probe bounded by its timeout), so the first
+  // clients reach the primary instead of being refused for want of an eligible backend.
+  await health.firstRound();
+
+  // ── the listeners ─────────────────────────────────────────────────────────
+  // Services bound to a VIP start paused: failover resumes them when this instance is master.
+  try {
+    await pool.start(buildServiceTable(config, balancer), [...(options.pausedServices ?? []), ...vipBoundServices(config)]);
+  } catch (err) {
+    health.stop(); // its probes started first: a start that fails leaves no thread or timer behind
+    throw err;
+  }
 
   // High availability: VIP, heartbeat, role → listeners on the VIP (src/failover/wire.ts).
   const failover = config.ha ? await wireFailover({ config: () => config, balancer, pool, events, logger }, config.ha) : null;
@@ -144,6 +156,9 @@ export async function startFulcrum(initial: Config, options: StartOptions = {}):
     const prevWorkers = config.workers;
     await pauseMovedOnto(vip, failover, pool);
     balancer.apply(next);
+    // At once after the balancer (no await between): a check whose role changed must not let a
+    // probe that asked the old question decide for the new one.
+    health.update(next);
     // ha: what can change in place is applied (src/failover reconfigure); the pair's identity
     // (HA_RESTART_ONLY), and adding or removing the section, wait for a restart (the reload reports
     // them), so the config in force keeps the running values.
@@ -153,7 +168,6 @@ export async function startFulcrum(initial: Config, options: StartOptions = {}):
       if (ownLogger) logger.level = next.logging.level;
       await pool.setLogging({ level: next.logging.level, connections: next.logging.connections });
     }
-    health.update(next);
     const problems = await syncServices();
     const resume = await followRoleAfterReload(vip, failover, pool);
     for (const name of resume) {

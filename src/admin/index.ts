@@ -16,7 +16,7 @@ import type { Config } from '../config/schema.ts';
 import { FulcrumError } from '../errors.ts';
 import { formatHostPort, type AdminConfig, type BackendConfig, type HostPort } from '../config/schema.ts';
 import type { Logger } from '../observability/log.ts';
-import { Metrics, type ProbeObservation } from '../observability/prom.ts';
+import { Metrics, type ProbeObservation, type RoleObservation } from '../observability/prom.ts';
 import { Stats } from '../observability/stats.ts';
 import { Reloader } from './reload.ts';
 import { AdminServer, type AdminBalancer, type AdminState, type DescribedService, type ProbeRecord } from './server.ts';
@@ -54,6 +54,8 @@ export interface OperationsBalancer extends Emitter {
 
 export interface OperationsHealth extends Emitter {
   history(service: string, address: string): readonly ProbeRecord[];
+  /** Every probed backend; `role` once a database check reported one (src/health/monitor.ts). */
+  describe?(): readonly { service: string; address: string; role?: Omit<RoleObservation, 'service' | 'address'> }[];
 }
 
 export interface OperationsFailover {
@@ -100,6 +102,9 @@ export async function startOperations(options: OperationsOptions): Promise<Opera
   const { balancer, health, failover } = options;
   const stats = new Stats(options.memory);
   const directory = (): readonly DescribedService[] => balancer.describe();
+  // The role each backend last reported: one reading for the metrics, the API and the status page.
+  const roles = (): RoleObservation[] =>
+    health?.describe?.().flatMap((h) => (h.role ? [{ service: h.service, address: h.address, ...h.role }] : [])) ?? [];
 
   let reloader: Reloader | undefined;
   const apply = options.apply;
@@ -117,6 +122,7 @@ export async function startOperations(options: OperationsOptions): Promise<Opera
     directory,
     failover: failover ? () => failover.status() : undefined,
     reloads: () => ({ applied: reloader?.applied ?? 0, refused: reloader?.refused ?? 0 }),
+    roles,
   });
 
   // ── events ──
@@ -166,6 +172,7 @@ export async function startOperations(options: OperationsOptions): Promise<Opera
       config: options.config,
       reload: reloader ? () => reloader.reload('admin API') : undefined,
       healthHistory: health ? (s, a) => health.history(s, a) : undefined,
+      roles: health?.describe ? roles : undefined,
       status: () => ({
         ...(reloader ? reloader.summary() : { config_file: options.configFile ?? null }),
         ...(failover ? { failover: failover.status() } : {}),

@@ -30,7 +30,7 @@ import { BACKEND_ADMIN_STATES, backendSchema, formatHostPort, parseHostPort, typ
 import { formatPath } from '../config/load.ts';
 import { MAX_WEIGHT } from '../shm/layout.ts';
 import type { Logger } from '../observability/log.ts';
-import type { Metrics } from '../observability/prom.ts';
+import type { Metrics, RoleObservation } from '../observability/prom.ts';
 import type { ServiceStats, Stats } from '../observability/stats.ts';
 import { ADMIN_ERRORS, AdminHttpError, AdminTokenError, badRequest, notFound } from './errors.ts';
 
@@ -95,6 +95,8 @@ export interface AdminServerOptions {
   reload?: () => Promise<ReloadResult>;
   /** Recent probe results of a backend, oldest first. */
   healthHistory?: (service: string, address: string) => readonly ProbeRecord[];
+  /** The role each backend with a database check last reported, and when. */
+  roles?: () => readonly RoleObservation[];
 }
 
 const sha256 = (s: string): Buffer => createHash('sha256').update(s).digest();
@@ -111,6 +113,9 @@ export function readToken(file: string): string {
   if (token.length === 0) throw new AdminTokenError(file, 'the file is empty');
   return token;
 }
+
+/** A backend's last reported role as /api/services and /api/status show it (`at`: epoch ms). */
+const roleView = (r: RoleObservation) => ({ reported: r.reported, at: r.at, eligible: r.eligible });
 
 let statusPageCache: string | undefined;
 function statusPage(): string {
@@ -342,6 +347,7 @@ export class AdminServer {
     const described = this.#options.balancer.describe();
     const stats = new Map<string, ServiceStats>(this.#options.stats.snapshot(described).map((s) => [s.name, s]));
     const config = this.#options.config?.();
+    const roles = new Map((this.#options.roles?.() ?? []).map((r) => [`${r.service}\u0000${r.address}`, r]));
     return described.map((s) => {
       const st = stats.get(s.name)!;
       const sc = config?.services.find((x) => x.name === s.name);
@@ -358,6 +364,7 @@ export class AdminServer {
         backends: s.backends.map((b, j) => {
           const bs = st.backends[j];
           const history = this.#options.healthHistory?.(s.name, b.address);
+          const role = roles.get(`${s.name}\u0000${b.address}`);
           return {
             ...b,
             address: b.address,
@@ -370,6 +377,8 @@ export class AdminServer {
             counters: bs.counters,
             removing: b.removed === true,
             ...(history ? { health_history: history } : {}),
+            // "replica, not eligible" reads apart from a dead server: the role it reported, and when.
+            ...(role ? { role: roleView(role) } : {}),
           };
         }),
       };
@@ -383,6 +392,7 @@ export class AdminServer {
       started_at: new Date(this.#startedAt).toISOString(),
       uptime_s: Math.round((Date.now() - this.#startedAt) / 1000),
       changes_enabled: this.#tokenHash !== undefined,
+      ...(this.#options.roles ? { roles: this.#options.roles().map((r) => ({ service: r.service, backend: r.address, ...roleView(r) })) } : {}),
       ...this.#options.status?.(),
     };
   }

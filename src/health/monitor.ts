@@ -56,7 +56,7 @@ export interface HistoryEntry extends ProbeResult {
 
 /** The role a backend last reported. */
 export interface RoleSeen {
-  role: Role;
+  reported: Role;
   /** Epoch milliseconds of the probe that reported it. */
   at: number;
   /** The service routes to this role (always true with role: any). */
@@ -106,7 +106,7 @@ interface Tracked {
   epoch: number;
   history: HistoryEntry[];
   /** The role the server last reported, and when (epoch ms). */
-  role: { role: Role; at: number } | null;
+  role: { reported: Role; at: number } | null;
   log: Logger;
 }
 
@@ -277,7 +277,7 @@ export class HealthMonitor extends EventEmitter {
       maint: t.maint,
       connect_failures: t.connectFailures,
       ...(t.history.length ? { last: t.history[t.history.length - 1] } : {}),
-      ...(t.role ? { role: { ...t.role, eligible: isEligible(t.role.role, t.health) } } : {}),
+      ...(t.role ? { role: { ...t.role, eligible: isEligible(t.role.reported, t.health) } } : {}),
     };
   }
 
@@ -385,7 +385,7 @@ export class HealthMonitor extends EventEmitter {
     if (t.history.length > this.#historySize) t.history.shift();
     this.emit('probe', { service: t.service, address: t.address, ...result } satisfies ProbeEvent);
     if (result.ok) t.connectFailures = 0;
-    if (result.role !== undefined) t.role = { role: result.role, at: entry.at };
+    if (result.role !== undefined) t.role = { reported: result.role, at: entry.at };
 
     if (t.pending) {
       t.pending = false;

@@ -6,8 +6,14 @@
  * - a REPLICAOF swap: from the demoted node's first wrong-role answer (seen in the probe events),
  *   no connection through fulcrum reaches it and so no write lands on it (the servers run with
  *   `replica-read-only no`, so a write that reached the demoted node would be accepted there:
- *   the writes a switchover must not lose).
+ *   the writes a switchover must not lose);
+ * - visibility: /api/services, /api/status, /metrics and the status page (chromium) show the role
+ *   each backend last reported and when, and the demoted node reads "replica — not eligible".
  */
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { chromium } from 'playwright-core';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { FulcrumHandle } from '../../src/main.ts';
 import type { ProbeEvent } from '../../src/health/monitor.ts';
@@ -19,8 +25,8 @@ import { waitUntilOnly } from './switchover.ts';
 const LISTEN = '127.3.12.10';
 const INTERVAL = 100;
 
-function yaml(port: number, backends: RedisServer[], extra = ''): string {
-  return `
+function yaml(port: number, backends: RedisServer[], top = ''): string {
+  return `${top}
 workers: 1
 logging: { level: warn }
 services:
@@ -34,7 +40,7 @@ services:
       timeout: ${INTERVAL}ms
       rise: 1
       fall: 3
-${extra}    backends:
+    backends:
 ${backends.map((b) => `      - address: ${b.address}`).join('\n')}
 `;
 }
@@ -95,12 +101,15 @@ describe('role: primary across a REPLICAOF swap (redis)', () => {
   let y: RedisServer; // replica, then promoted
   let fulcrum: FulcrumHandle;
   let port: number;
+  let admin: string;
   beforeAll(async () => {
     const rw = ['--replica-read-only', 'no'];
     x = await startRedis({ host: '127.3.12.3', args: rw });
     y = await startRedis({ host: '127.3.12.4', args: [...rw, '--replicaof', '127.3.12.3', String(x.port)] });
     port = await freePort(LISTEN);
-    fulcrum = await startProxy(yaml(port, [x, y]));
+    const adminPort = await freePort(LISTEN);
+    admin = `http://${LISTEN}:${adminPort}`;
+    fulcrum = await startProxy(yaml(port, [x, y], `admin: { listen: ${LISTEN}:${adminPort} }`));
   });
   afterAll(async () => {
     await fulcrum?.stop('test done');
@@ -162,6 +171,48 @@ describe('role: primary across a REPLICAOF swap (redis)', () => {
 
     expect(late).toEqual([]);
     expect(writesToY).toBeGreaterThan(0); // the client kept writing, to the new primary
-    expect(fulcrum.health.state('redis', x.address)).toMatchObject({ state: 'down', role: { role: 'replica', eligible: false } });
+    expect(fulcrum.health.state('redis', x.address)).toMatchObject({ state: 'down', role: { reported: 'replica', eligible: false } });
+  }, 30_000);
+
+  it('the API, the metrics and the status page show the role each backend last reported, and when', async () => {
+    // After the swap: x is a replica (down, not eligible), y the primary.
+    const { services } = await (await fetch(`${admin}/api/services`)).json() as { services: Array<{ name: string; backends: Array<Record<string, any>> }> };
+    const backends = services.find((s) => s.name === 'redis')!.backends;
+    const bx = backends.find((b) => b.address === x.address)!;
+    const by = backends.find((b) => b.address === y.address)!;
+    expect(bx).toMatchObject({ state: 'down', awaiting_role: false, role: { reported: 'replica', eligible: false } });
+    expect(by).toMatchObject({ state: 'up', role: { reported: 'primary', eligible: true } });
+    expect(bx.role.at).toBe(fulcrum.health.state('redis', x.address)!.role!.at);
+    expect(Date.now() - bx.role.at).toBeLessThan(5000);
+
+    const status = await (await fetch(`${admin}/api/status`)).json() as { roles: unknown[] };
+    expect(status.roles).toEqual(expect.arrayContaining([
+      { service: 'redis', backend: x.address, reported: 'replica', at: expect.any(Number), eligible: false },
+      { service: 'redis', backend: y.address, reported: 'primary', at: expect.any(Number), eligible: true },
+    ]));
+
+    const metrics = await (await fetch(`${admin}/metrics`)).text();
+    expect(metrics).toContain(`fulcrum_backend_role{service="redis",backend="${x.address}",role="replica"} 1`);
+    expect(metrics).toContain(`fulcrum_backend_role{service="redis",backend="${x.address}",role="primary"} 0`);
+    expect(metrics).toContain(`fulcrum_backend_role{service="redis",backend="${y.address}",role="primary"} 1`);
+    const at = Number(new RegExp(`fulcrum_backend_role_reported_timestamp_seconds\\{service="redis",backend="${x.address.replace(/\./g, '\\.')}"\\} (\\S+)`).exec(metrics)?.[1]);
+    expect(Math.abs(at * 1000 - Date.now())).toBeLessThan(5000);
+
+    const profile = await mkdtemp(join(tmpdir(), 'fulcrum-chromium-'));
+    const browser = await chromium.launchPersistentContext(profile, {
+      executablePath: '/usr/bin/chromium', headless: true,
+      args: ['--headless', '--no-sandbox', '--disable-gpu', '--no-first-run', '--disable-background-networking', '--disable-component-update', '--disable-sync'],
+    });
+    try {
+      const page = browser.pages()[0] ?? (await browser.newPage());
+      await page.goto(`${admin}/`);
+      const pill = (address: string) => page.locator(`tr[data-backend="redis|${address}"] .pill`);
+      await pill(x.address).filter({ hasText: 'replica — not eligible' }).waitFor({ timeout: 5000 });
+      expect(await pill(y.address).textContent()).toBe('up');
+      expect(await page.locator(`tr[data-backend="redis|${x.address}"] .tag`).first().textContent()).toBe('replica');
+    } finally {
+      await browser.close();
+      await rm(profile, { recursive: true, force: true });
+    }
   }, 30_000);
 });

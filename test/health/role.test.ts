@@ -93,8 +93,8 @@ describe('HealthMonitor, a service that routes by role', () => {
       { service: 'svc', address: B, up: false, cause: 'first probe: wrong role: saw replica, want primary', initial: true },
     ]);
     const b = m.state('svc', B)!;
-    expect(b.role).toEqual({ role: 'replica', at: b.last!.at, eligible: false });
-    expect(m.state('svc', A)!.role).toMatchObject({ role: 'primary', eligible: true });
+    expect(b.role).toEqual({ reported: 'replica', at: b.last!.at, eligible: false });
+    expect(m.state('svc', A)!.role).toMatchObject({ reported: 'primary', eligible: true });
   });
 
   it('role: any starts backends up and firstRound() does not wait for them', async () => {
@@ -127,7 +127,7 @@ describe('HealthMonitor, a service that routes by role', () => {
     await answer(A, { role: 'replica' });
     expect(transitions.length).toBe(4);
     expect(last(transitions, A)).toEqual({ service: 'svc', address: A, up: false, cause: 'wrong role: saw replica, want primary', initial: false });
-    expect(m.state('svc', A)).toMatchObject({ state: 'down', role: { role: 'replica', eligible: false } });
+    expect(m.state('svc', A)).toMatchObject({ state: 'down', role: { reported: 'replica', eligible: false } });
 
     // Back after rise (2) right answers; a wrong one in between starts the count over.
     await answer(A, { role: 'primary' });
@@ -137,7 +137,7 @@ describe('HealthMonitor, a service that routes by role', () => {
     await answer(A, { role: 'primary' });
     expect(transitions.length).toBe(5);
     expect(last(transitions, A)).toMatchObject({ up: true, cause: '2 consecutive probes passed: role primary' });
-    expect(m.state('svc', A)).toMatchObject({ state: 'up', role: { role: 'primary', eligible: true } });
+    expect(m.state('svc', A)).toMatchObject({ state: 'up', role: { reported: 'primary', eligible: true } });
   });
 
   it('a reload that changes the role: down and pending at once, asked again at once, the old question\'s answer ignored', async () => {

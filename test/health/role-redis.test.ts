@@ -33,13 +33,7 @@ services:
   - name: redis
     listen: ${LISTEN}:${port}
     balance: roundrobin
-    health:
-      type: redis
-      role: primary
-      interval: ${INTERVAL}ms
-      timeout: ${INTERVAL}ms
-      rise: 1
-      fall: 3
+    health: { type: redis, role: primary, interval: ${INTERVAL}ms, timeout: ${INTERVAL}ms, rise: 1, fall: 3 }
     backends:
 ${backends.map((b) => `      - address: ${b.address}`).join('\n')}
 `;

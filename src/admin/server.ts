@@ -30,7 +30,7 @@ import { BACKEND_ADMIN_STATES, backendSchema, formatHostPort, parseHostPort, typ
 import { formatPath } from '../config/load.ts';
 import { MAX_WEIGHT } from '../shm/layout.ts';
 import type { Logger } from '../observability/log.ts';
-import type { Metrics } from '../observability/prom.ts';
+import type { Metrics, RoleObservation } from '../observability/prom.ts';
 import type { ServiceStats, Stats } from '../observability/stats.ts';
 import { readSecretFileSync } from '../config/secrets.ts';
 import { ADMIN_ERRORS, AdminHttpError, badRequest, notFound } from './errors.ts';
@@ -96,12 +96,17 @@ export interface AdminServerOptions {
   reload?: () => Promise<ReloadResult>;
   /** Recent probe results of a backend, oldest first. */
   healthHistory?: (service: string, address: string) => readonly ProbeRecord[];
+  /** The role each backend with a database check last reported, and when. */
+  roles?: () => readonly RoleObservation[];
 }
 
 const sha256 = (s: string): Buffer => createHash('sha256').update(s).digest();
 
 /** Reads the admin token from admin.token_file (config/secrets.ts's rule). */
 export const readToken = (file: string): string => readSecretFileSync('admin.token_file', file).toString('utf8');
+
+/** A backend's last reported role as /api/services and /api/status show it (`at`: epoch ms). */
+const roleView = (r: RoleObservation) => ({ reported: r.reported, at: r.at, eligible: r.eligible });
 
 let statusPageCache: string | undefined;
 function statusPage(): string {
@@ -333,6 +338,7 @@ export class AdminServer {
     const described = this.#options.balancer.describe();
     const stats = new Map<string, ServiceStats>(this.#options.stats.snapshot(described).map((s) => [s.name, s]));
     const config = this.#options.config?.();
+    const roles = new Map((this.#options.roles?.() ?? []).map((r) => [`${r.service}\u0000${r.address}`, r]));
     return described.map((s) => {
       const st = stats.get(s.name)!;
       const sc = config?.services.find((x) => x.name === s.name);
@@ -349,6 +355,7 @@ export class AdminServer {
         backends: s.backends.map((b, j) => {
           const bs = st.backends[j];
           const history = this.#options.healthHistory?.(s.name, b.address);
+          const role = roles.get(`${s.name}\u0000${b.address}`);
           return {
             ...b,
             address: b.address,
@@ -361,6 +368,8 @@ export class AdminServer {
             counters: bs.counters,
             removing: b.removed === true,
             ...(history ? { health_history: history } : {}),
+            // "replica, not eligible" reads apart from a dead server: the role it reported, and when.
+            ...(role ? { role: roleView(role) } : {}),
           };
         }),
       };
@@ -374,6 +383,7 @@ export class AdminServer {
       started_at: new Date(this.#startedAt).toISOString(),
       uptime_s: Math.round((Date.now() - this.#startedAt) / 1000),
       changes_enabled: this.#tokenHash !== undefined,
+      ...(this.#options.roles ? { roles: this.#options.roles().map((r) => ({ service: r.service, backend: r.address, ...roleView(r) })) } : {}),
       ...this.#options.status?.(),
     };
   }

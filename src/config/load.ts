@@ -10,7 +10,7 @@ import { parseDocument } from 'yaml';
 import type { z } from 'zod';
 import { ConfigInvalidError, ConfigUnreadableError, type ConfigProblem } from '../errors.ts';
 import { MAX_BACKENDS } from '../shm/layout.ts';
-import { configSchema, formatHostPort, type Config } from './schema.ts';
+import { configSchema, formatHostPort, ROLE_HEALTH_TYPES, type Config } from './schema.ts';
 import { resolveSecretPaths } from './secrets.ts';
 
 export type { Config } from './schema.ts';
@@ -87,7 +87,7 @@ function crossChecks(config: Config): ConfigProblem[] {
     const h = s.health;
     if (h) {
       if (h.type === 'send_expect' && !h.send_expect) problems.push({ path: `${at}.health.send_expect`, message: 'is required when health.type is send_expect' });
-      if (h.role !== 'any' && !['redis', 'postgres', 'mysql'].includes(h.type)) {
+      if (h.role !== 'any' && !ROLE_HEALTH_TYPES.includes(h.type)) {
         problems.push({ path: `${at}.health.role`, message: `needs health.type redis, postgres or mysql, got ${JSON.stringify(h.role)} with type ${JSON.stringify(h.type)}` });
       }
       if (h.timeout > h.interval) problems.push({ path: `${at}.health.timeout`, message: `must not exceed health.interval (${h.interval}ms), got ${h.timeout}ms` });

@@ -137,6 +137,20 @@ const dbCheckSchema = z.strictObject({
 
 export const HEALTH_TYPES = ['tcp', 'send_expect', 'http', 'redis', 'postgres', 'mysql'] as const;
 
+/** Health types that ask the server its role (ROLE / INFO replication, pg_is_in_recovery(), @@read_only). */
+export const ROLE_HEALTH_TYPES: readonly (typeof HEALTH_TYPES)[number][] = ['redis', 'postgres', 'mysql'];
+
+/**
+ * The role a service routes to, or null when its check does not route by role (no check, a type
+ * that cannot see roles, or role: any). A service with a role routes only to backends whose role a
+ * probe has seen: they start down until then (src/balancer/balancer.ts), a wrong-role answer takes
+ * one out at once (src/health/monitor.ts).
+ */
+export function routedRole(health: { type: string; role: string } | undefined): 'primary' | 'replica' | null {
+  if (!health || (health.role !== 'primary' && health.role !== 'replica')) return null;
+  return (ROLE_HEALTH_TYPES as readonly string[]).includes(health.type) ? health.role : null;
+}
+
 export const healthSchema = z.strictObject({
   type: oneOf(HEALTH_TYPES).default('tcp'),
   /** redis/postgres/mysql: which servers may take connections. */

@@ -28,6 +28,21 @@ export interface ProbeObservation {
   latency_ms: number;
 }
 
+/** Roles a database check can report (the label values of fulcrum_backend_role). */
+export const BACKEND_ROLES = ['primary', 'replica'] as const;
+
+/** The role a backend last reported (the health monitor keeps it; read per scrape). */
+export interface RoleObservation {
+  service: string;
+  /** Backend "host:port". */
+  address: string;
+  reported: (typeof BACKEND_ROLES)[number];
+  /** Epoch milliseconds of the probe that reported it. */
+  at: number;
+  /** The service routes to this role. */
+  eligible: boolean;
+}
+
 export interface MetricsSources {
   stats: Stats;
   /** The Balancer's directory of services and backends (`balancer.describe()`), read per scrape. */
@@ -36,6 +51,8 @@ export interface MetricsSources {
   failover?: () => { role: string; transitions: number } | undefined;
   /** Reloads applied and refused since start. */
   reloads?: () => { applied: number; refused: number };
+  /** The role each backend with a database check last reported. */
+  roles?: () => readonly RoleObservation[];
 }
 
 type ServiceLabels = 'service';
@@ -174,6 +191,28 @@ export class Metrics {
       collect() {
         this.reset();
         for (const p of lastProbe.values()) this.set({ service: p.service, backend: p.address }, p.ok ? 1 : 0);
+      },
+    });
+
+    // ── roles (read from the health monitor per scrape: backends it no longer probes disappear) ──
+    const roles = sources.roles;
+    new Gauge<BackendLabels | 'role'>({
+      name: METRICS_PREFIX + 'backend_role',
+      help: `1 for the role the backend last reported (${BACKEND_ROLES.join(', ')}), 0 for the other; absent until a database check reports one.`,
+      labelNames: ['service', 'backend', 'role'], registers,
+      collect() {
+        this.reset();
+        for (const r of roles?.() ?? []) {
+          for (const role of BACKEND_ROLES) this.set({ service: r.service, backend: r.address, role }, r.reported === role ? 1 : 0);
+        }
+      },
+    });
+    new Gauge<BackendLabels>({
+      name: METRICS_PREFIX + 'backend_role_reported_timestamp_seconds', help: 'When the backend last reported its role (Unix time).',
+      labelNames: ['service', 'backend'], registers,
+      collect() {
+        this.reset();
+        for (const r of roles?.() ?? []) this.set({ service: r.service, backend: r.address }, r.at / 1000);
       },
     });
 

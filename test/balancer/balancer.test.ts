@@ -22,7 +22,7 @@ describe('Balancer.apply', () => {
     expect(s).toMatchObject({ name: 'pg', index: 0, algorithm: 'maglev', table_size: 101, max_connections: 50, active: 0, primary_up: 1, backup_up: 1 });
     expect(s.backends.map((b) => b.address)).toEqual(['10.0.0.1:5432', '10.0.0.3:5432']);
     expect(s.backends[0]).toEqual({ index: 0, address: '10.0.0.1:5432', weight: 1, effective_weight: 1, state: 'up', admin_state: 'ready',
-      health: 'up', backup: true, active: 0, max_connections: 7, removed: false });
+      health: 'up', awaiting_role: false, backup: true, active: 0, max_connections: 7, removed: false });
     expect(e.balancer.serviceIndex('pg')).toBe(0);
     expect(e.balancer.serviceIndex('nope')).toBe(-1);
     expect(e.balancer.backendIndex('pg', '10.0.0.3:5432')).toBe(1);
@@ -139,6 +139,63 @@ describe('state: admin × health', () => {
     expect(() => e.balancer.setWeight('s0', backends(1)[0].address, 300)).toThrow('weight: must be an integer 0–256, got 300');
     expect(() => e.balancer.setHealth('nope', 'x:1', true, '')).toThrow(expect.objectContaining({ code: 'FULCRUM_ERR_UNKNOWN_SERVICE' }));
     expect(() => e.balancer.setHealth('s0', '10.9.9.9:1', true, '')).toThrow(expect.objectContaining({ code: 'FULCRUM_ERR_UNKNOWN_BACKEND' }));
+  });
+});
+
+describe('a service that routes by role', () => {
+  const role = (r: string) => ({ type: 'redis', role: r });
+  const state = (e: Env, address: string) => e.balancer.describe()[0].backends.find((b) => b.address === address)!;
+
+  it('starts its backends down, awaiting their role, until a probe reports it; no slow start for that first up', () => {
+    const list = backends(2);
+    const e = env({ health: role('primary'), slow_start: '1s', backends: list });
+    for (const b of list) expect(state(e, b.address)).toMatchObject({ state: 'down', health: 'down', awaiting_role: true });
+    for (let i = 0; i < 10; i++) expect(e.worker.acquire(0, i)).toBeLessThan(0);
+    const log = events(e);
+    e.balancer.setHealth('s0', list[0].address, true, 'health: first probe: role primary');
+    e.balancer.setHealth('s0', list[1].address, false, 'health: first probe: wrong role: saw replica, want primary');
+    expect(state(e, list[0].address)).toMatchObject({ state: 'up', awaiting_role: false, effective_weight: 1 });
+    expect(state(e, list[1].address)).toMatchObject({ state: 'down', awaiting_role: false });
+    const primary = e.balancer.backendIndex('s0', list[0].address);
+    for (let i = 0; i < 10; i++) expect(e.worker.acquire(0, i)).toBe(primary);
+    expect(log).toEqual([{ service: 's0', address: list[0].address, backend: primary, from: 'down', to: 'up', cause: 'health: first probe: role primary' }]);
+  });
+
+  it('role: any, and checks that cannot see roles, start backends up as before', () => {
+    const e = env({ health: role('any'), backends: backends(1) }, { health: { type: 'tcp' }, backends: backends(1, () => ({ address: '10.1.0.1:1' })) });
+    for (const s of e.balancer.describe()) expect(s.backends[0]).toMatchObject({ state: 'up', awaiting_role: false });
+  });
+
+  it('a backend added at run time or by a reload awaits its role; the down is marked as no verdict', () => {
+    const list = backends(3);
+    const e = env({ health: role('primary'), backends: [list[0]] });
+    e.balancer.setHealth('s0', list[0].address, true, 'probe');
+    const log = events(e);
+    e.balancer.addBackend('s0', { address: { host: '10.0.0.2', port: 5432 }, weight: 1, max_connections: 0, backup: false, state: 'ready' });
+    e.balancer.apply(config({ name: 's0', health: role('primary'), backends: [list[0], list[1], list[2]] }));
+    expect(state(e, list[1].address)).toMatchObject({ state: 'down', awaiting_role: true });
+    expect(state(e, list[2].address)).toMatchObject({ state: 'down', awaiting_role: true });
+    expect(state(e, list[0].address)).toMatchObject({ state: 'up', awaiting_role: false }); // kept: its role was seen
+    expect(log.filter((ev) => ev.from === 'free')).toEqual([
+      { service: 's0', address: list[1].address, backend: 1, from: 'free', to: 'down', cause: 'added: role primary not yet seen', awaiting_role: true },
+      { service: 's0', address: list[2].address, backend: 2, from: 'free', to: 'down', cause: 'added: role primary not yet seen', awaiting_role: true },
+    ]);
+  });
+
+  it('a reload that changes the role (or brings a role-aware check) puts every backend back to awaiting its role', () => {
+    const list = backends(2);
+    const e = env({ health: { type: 'tcp' }, backends: list });
+    const log = events(e);
+    e.balancer.apply(config({ name: 's0', health: role('primary'), backends: list }));
+    for (const b of list) expect(state(e, b.address)).toMatchObject({ state: 'down', awaiting_role: true });
+    expect(log[0]).toEqual({ service: 's0', address: list[0].address, backend: 0, from: 'up', to: 'down', cause: 'reload: role primary not yet seen', awaiting_role: true });
+    e.balancer.setHealth('s0', list[0].address, true, 'probe');
+    e.balancer.apply(config({ name: 's0', health: { ...role('primary'), interval: '5s' }, backends: list })); // same role: kept
+    expect(state(e, list[0].address)).toMatchObject({ state: 'up', awaiting_role: false });
+    e.balancer.apply(config({ name: 's0', health: role('replica'), backends: list }));
+    expect(state(e, list[0].address)).toMatchObject({ state: 'down', awaiting_role: true });
+    e.balancer.apply(config({ name: 's0', backends: list })); // no check left: nothing would ever mark it up
+    expect(state(e, list[0].address)).toMatchObject({ state: 'up', awaiting_role: false });
   });
 });
 

@@ -25,6 +25,7 @@
 import { EventEmitter } from 'node:events';
 import { formatHostPort, HEALTH_TYPES, type Config, type HealthConfig, type HostPort } from '../config/schema.ts';
 import { silentLogger, type Logger } from '../observability/log.ts';
+import { realClock, type Clock, type ClockTimer } from '../util/clock.ts';
 import { Dampener, type HealthState } from './dampener.ts';
 import { ProbeThread } from './probe-thread.ts';
 import type { Probe, ProbeResult } from './probes/probe.ts';
@@ -66,6 +67,8 @@ export interface HealthMonitorOptions {
   historySize?: number;
   /** Fraction of the interval each delay may vary by, both ways. */
   jitter?: number;
+  /** Schedules probes, bounds them and measures them; the real clock by default (tests drive one by hand). */
+  clock?: Clock;
 }
 
 /** How long past its timeout a probe may take before the monitor gives up on it. */
@@ -82,7 +85,7 @@ interface Tracked {
   /** What the config last said (state: maint), as distinct from run-time admin changes. */
   configMaint: boolean;
   connectFailures: number;
-  timer: NodeJS.Timeout | null;
+  timer: ClockTimer | null;
   inFlight: AbortController | null;
   /** Bumped whenever a result must be ignored (stop, removal, maint): in-flight probes compare. */
   epoch: number;
@@ -100,6 +103,7 @@ export class HealthMonitor extends EventEmitter {
   readonly #onThread: Set<HealthConfig['type']>;
   readonly #historySize: number;
   readonly #jitter: number;
+  readonly #clock: Clock;
   readonly #tracked = new Map<string, Tracked>();
   #stopped = false;
 
@@ -112,6 +116,7 @@ export class HealthMonitor extends EventEmitter {
     this.#onThread = new Set(HEALTH_TYPES.filter((type) => options.probes?.[type] === undefined));
     this.#historySize = options.historySize ?? 20;
     this.#jitter = options.jitter ?? 0.1;
+    this.#clock = options.clock ?? realClock;
     this.update(config);
   }
 
@@ -256,20 +261,20 @@ export class HealthMonitor extends EventEmitter {
 
   #halt(t: Tracked): void {
     t.epoch++;
-    if (t.timer) clearTimeout(t.timer);
+    this.#clock.clearTimeout(t.timer);
     t.timer = null;
     t.inFlight?.abort();
     t.inFlight = null;
   }
 
   #schedule(t: Tracked, delay: number): void {
-    if (t.timer) clearTimeout(t.timer);
+    this.#clock.clearTimeout(t.timer);
     // A probe in flight reschedules itself when it ends; never start a second one.
     if (t.inFlight) {
       t.timer = null;
       return;
     }
-    t.timer = setTimeout(() => void this.#probe(t), delay);
+    t.timer = this.#clock.setTimeout(() => void this.#probe(t), delay);
     t.timer.unref();
   }
 
@@ -293,34 +298,35 @@ export class HealthMonitor extends EventEmitter {
     }
     const controller = new AbortController();
     t.inFlight = controller;
-    const started = performance.now();
-    const timer = setTimeout(() => controller.abort(), health.timeout);
+    const clock = this.#clock;
+    const started = clock.now();
+    const timer = clock.setTimeout(() => controller.abort(), health.timeout);
     let result: ProbeResult;
-    let safety: NodeJS.Timeout | undefined;
+    let safety: ClockTimer | undefined;
     try {
       const probe = this.#probes[health.type];
       result = await Promise.race([
         probe(t.target, health, controller.signal),
         new Promise<ProbeResult>((resolve) => {
-          safety = setTimeout(() => {
+          safety = clock.setTimeout(() => {
             const reason = `timeout after ${health.timeout}ms (probe did not stop when asked)`;
             if (onThread) this.#thread.unresponsive(`${t.service} ${t.address}: ${reason}`);
-            resolve({ ok: false, reason, latency_ms: performance.now() - started });
+            resolve({ ok: false, reason, latency_ms: clock.now() - started });
           }, health.timeout + SAFETY_MARGIN_MS);
         }),
       ]);
     } catch (err) {
       // Probes do not throw by contract; a bug here still must not take the monitor down.
-      result = { ok: false, reason: `probe error: ${(err as Error)?.message ?? err}`, latency_ms: performance.now() - started };
+      result = { ok: false, reason: `probe error: ${(err as Error)?.message ?? err}`, latency_ms: clock.now() - started };
     } finally {
-      clearTimeout(timer);
-      clearTimeout(safety);
+      clock.clearTimeout(timer);
+      clock.clearTimeout(safety);
       controller.abort();
     }
     if (t.inFlight === controller) t.inFlight = null;
     if (epoch !== t.epoch || this.#stopped) return;
     this.#record(t, result);
-    const elapsed = performance.now() - started;
+    const elapsed = clock.now() - started;
     this.#schedule(t, Math.max(0, this.#jittered(t.health.interval) - elapsed));
   }
 

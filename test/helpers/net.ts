@@ -167,13 +167,18 @@ export function readAll(s: Socket, ms = 30_000): Promise<Buffer> {
 export const sha256 = (b: Buffer): string => createHash('sha256').update(b).digest('hex');
 export const randomData = (n: number): Buffer => randomBytes(n);
 
-/** Polls `pred` every 20 ms until true; throws with `what` after `ms`. */
-export async function waitFor(pred: () => boolean | Promise<boolean>, ms = 5000, what = 'condition'): Promise<void> {
-  const end = Date.now() + ms;
+/**
+ * Polls `pred` every `every` ms (20 by default) until true; throws with `what` after `ms`.
+ * Resolves with the milliseconds it waited (for tests that bound how long a real system took).
+ * What tests wait with, instead of sleeping a fixed time and then asserting.
+ */
+export async function waitFor(pred: () => boolean | Promise<boolean>, ms = 5000, what = 'condition', every = 20): Promise<number> {
+  const start = performance.now();
   while (!(await pred())) {
-    if (Date.now() > end) throw new Error(`timed out after ${ms}ms waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 20));
+    if (performance.now() - start > ms) throw new Error(`timed out after ${ms}ms waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, every));
   }
+  return performance.now() - start;
 }
 
 export const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));

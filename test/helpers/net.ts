@@ -4,6 +4,7 @@
  * when its `close()` is called (use afterAll/finally).
  */
 import { createHash, randomBytes } from 'node:crypto';
+import { readFileSync } from 'node:fs';
 import { connect, createServer, type AddressInfo, type Server, type Socket } from 'node:net';
 
 export interface TestServer {
@@ -161,6 +162,21 @@ export function readAll(s: Socket, ms = 30_000): Promise<Buffer> {
       clearTimeout(timer);
       reject(err);
     });
+  });
+}
+
+/**
+ * Whether any socket listens on IPv4 `host:port`, as the kernel says (/proc/net/tcp, state 0A):
+ * for waiting until a listener has really closed, without connecting (a probe connection could
+ * be accepted and counted).
+ */
+export function listening(host: string, port: number): boolean {
+  // /proc/net/tcp writes the address as the 32-bit word in host (little-endian) order, in hex.
+  const addr = host.split('.').map((o) => Number(o).toString(16).padStart(2, '0').toUpperCase()).reverse().join('');
+  const local = `${addr}:${port.toString(16).padStart(4, '0').toUpperCase()}`;
+  return readFileSync('/proc/net/tcp', 'utf8').split('\n').some((line) => {
+    const f = line.trim().split(/\s+/);
+    return f[1] === local && f[3] === '0A';
   });
 }
 

@@ -197,4 +197,19 @@ export async function waitFor(pred: () => boolean | Promise<boolean>, ms = 5000,
   return performance.now() - start;
 }
 
+/**
+ * A bounded observation of something that must not happen: polls `pred` every 10 ms for `ms` and
+ * throws (naming `what`) the moment it is true. For real systems whose clock a test does not hold
+ * (the workers' data plane, processes in namespaces); code that takes a Clock is checked on a
+ * TestClock instead. Make `ms` generous next to how soon the wrong thing would show.
+ */
+export async function staysFalse(pred: () => boolean | Promise<boolean>, ms: number, what: string): Promise<void> {
+  const start = performance.now();
+  for (;;) {
+    if (await pred()) throw new Error(`${what} after ${Math.round(performance.now() - start)}ms (must not happen within ${ms}ms)`);
+    if (performance.now() - start >= ms) return;
+    await new Promise((r) => setTimeout(r, 10));
+  }
+}
+
 export const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));

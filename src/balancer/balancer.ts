@@ -24,6 +24,7 @@
 import { EventEmitter } from 'node:events';
 import type { BackendStateEvent, BalancerEvents } from '../events.ts';
 import type { Logger } from '../observability/log.ts';
+import { realClock, type Clock, type ClockTimer } from '../util/clock.ts';
 import type { Engine } from './engine.ts';
 import { SharedRecords } from './records.ts';
 import { backendHashes } from './hash.ts';
@@ -104,7 +105,7 @@ interface BackendEntry {
   awaitingRole: boolean;
   /** 0 when at full weight, else the slow-start step 1..WEIGHT_SCALE-1. */
   rampStep: number;
-  rampTimer: NodeJS.Timeout | undefined;
+  rampTimer: ClockTimer | undefined;
   state: BackendStateName;
 }
 
@@ -143,13 +144,16 @@ export class Balancer extends EventEmitter<BalancerEvents> {
   private readonly retiring: Retiring[] = [];
   /** Removed services whose S_ACTIVE has not reached 0. */
   private readonly retiringServices: number[] = [];
-  private reaper: NodeJS.Timeout | undefined;
+  private reaper: ClockTimer | undefined;
+  /** Paces the slow-start steps and the drain reaper; tests drive one by hand. */
+  private readonly clock: Clock;
 
-  constructor(memory: WebAssembly.Memory, engine: Engine, logger: Logger) {
+  constructor(memory: WebAssembly.Memory, engine: Engine, logger: Logger, clock: Clock = realClock) {
     super();
     this.records = new SharedRecords(memory);
     this.engine = engine;
     this.log = logger.child({ component: 'balancer' });
+    this.clock = clock;
   }
 
   // ── configuration ──────────────────────────────────────────────────────────
@@ -394,7 +398,7 @@ export class Balancer extends EventEmitter<BalancerEvents> {
     this.stopRamp(e);
     e.rampStep = 1;
     const stepMs = Math.max(1, Math.floor(e.service.config.slow_start / WEIGHT_SCALE));
-    e.rampTimer = setInterval(() => {
+    e.rampTimer = this.clock.setInterval(() => {
       if (!this.byIndex.has(e.index) || this.byIndex.get(e.index) !== e) return this.stopRamp(e);
       e.rampStep++;
       if (e.rampStep >= WEIGHT_SCALE) this.stopRamp(e);
@@ -406,7 +410,7 @@ export class Balancer extends EventEmitter<BalancerEvents> {
 
   private stopRamp(e: BackendEntry): void {
     e.rampStep = 0;
-    if (e.rampTimer) clearInterval(e.rampTimer);
+    this.clock.clearInterval(e.rampTimer);
     e.rampTimer = undefined;
   }
 
@@ -524,20 +528,20 @@ export class Balancer extends EventEmitter<BalancerEvents> {
       this.retiringServices.splice(i, 1);
     }
     if (this.retiring.length === 0 && this.retiringServices.length === 0 && this.reaper) {
-      clearInterval(this.reaper);
+      this.clock.clearInterval(this.reaper);
       this.reaper = undefined;
     }
   }
 
   private scheduleReaper(): void {
     if (this.reaper) return;
-    this.reaper = setInterval(() => this.reap(), DRAIN_POLL_MS);
+    this.reaper = this.clock.setInterval(() => this.reap(), DRAIN_POLL_MS);
     this.reaper.unref();
   }
 
   /** Stops the slow-start and drain timers (at shutdown, and in tests). */
   close(): void {
-    if (this.reaper) clearInterval(this.reaper);
+    this.clock.clearInterval(this.reaper);
     this.reaper = undefined;
     for (const s of this.services.values()) for (const e of s.backends.values()) this.stopRamp(e);
   }

@@ -36,6 +36,7 @@ import { EventEmitter } from 'node:events';
 import type { HealthEvents, ProbeEvent, TransitionEvent } from '../events.ts';
 import { formatHostPort, HEALTH_TYPES, routedRole, type Config, type HealthConfig, type HostPort } from '../config/schema.ts';
 import { silentLogger, type Logger } from '../observability/log.ts';
+import { realClock, type Clock, type ClockTimer } from '../util/clock.ts';
 import { Dampener, type HealthState } from './dampener.ts';
 import { ProbeThread } from './probe-thread.ts';
 import type { Probe, ProbeResult, Role } from './probes/probe.ts';
@@ -85,6 +86,8 @@ export interface HealthMonitorOptions {
   historySize?: number;
   /** Fraction of the interval each delay may vary by, both ways. */
   jitter?: number;
+  /** Schedules probes, bounds them and measures them; the real clock by default (tests drive one by hand). */
+  clock?: Clock;
 }
 
 /** How long past its timeout a probe may take before the monitor gives up on it. */
@@ -100,7 +103,7 @@ interface Tracked {
   /** In maint when last asked: not probed. */
   maint: boolean;
   connectFailures: number;
-  timer: NodeJS.Timeout | null;
+  timer: ClockTimer | null;
   inFlight: AbortController | null;
   /** Bumped whenever a result must be ignored (stop, removal, maint): in-flight probes compare. */
   epoch: number;
@@ -120,6 +123,7 @@ export class HealthMonitor extends EventEmitter<HealthEvents> {
   readonly #onThread: Set<HealthConfig['type']>;
   readonly #historySize: number;
   readonly #jitter: number;
+  readonly #clock: Clock;
   readonly #tracked = new Map<string, Tracked>();
   readonly #admin: AdminStates | undefined;
   /** firstRound() callers, resolved when no backend of a service that routes by role is pending. */
@@ -136,6 +140,7 @@ export class HealthMonitor extends EventEmitter<HealthEvents> {
     this.#historySize = options.historySize ?? 20;
     this.#jitter = options.jitter ?? 0.1;
     this.#admin = options.admin;
+    this.#clock = options.clock ?? realClock;
     this.update(config);
   }
 
@@ -318,20 +323,20 @@ export class HealthMonitor extends EventEmitter<HealthEvents> {
 
   #halt(t: Tracked): void {
     t.epoch++;
-    if (t.timer) clearTimeout(t.timer);
+    this.#clock.clearTimeout(t.timer);
     t.timer = null;
     t.inFlight?.abort();
     t.inFlight = null;
   }
 
   #schedule(t: Tracked, delay: number): void {
-    if (t.timer) clearTimeout(t.timer);
+    this.#clock.clearTimeout(t.timer);
     // A probe in flight reschedules itself when it ends; never start a second one.
     if (t.inFlight) {
       t.timer = null;
       return;
     }
-    t.timer = setTimeout(() => void this.#probe(t), delay);
+    t.timer = this.#clock.setTimeout(() => void this.#probe(t), delay);
     t.timer.unref();
   }
 
@@ -355,34 +360,35 @@ export class HealthMonitor extends EventEmitter<HealthEvents> {
     }
     const controller = new AbortController();
     t.inFlight = controller;
-    const started = performance.now();
-    const timer = setTimeout(() => controller.abort(), health.timeout);
+    const clock = this.#clock;
+    const started = clock.now();
+    const timer = clock.setTimeout(() => controller.abort(), health.timeout);
     let result: ProbeResult;
-    let safety: NodeJS.Timeout | undefined;
+    let safety: ClockTimer | undefined;
     try {
       const probe = this.#probes[health.type];
       result = await Promise.race([
         probe(t.target, health, controller.signal),
         new Promise<ProbeResult>((resolve) => {
-          safety = setTimeout(() => {
+          safety = clock.setTimeout(() => {
             const reason = `timeout after ${health.timeout}ms (probe did not stop when asked)`;
             if (onThread) this.#thread.unresponsive(`${t.service} ${t.address}: ${reason}`);
-            resolve({ ok: false, reason, latency_ms: performance.now() - started });
+            resolve({ ok: false, reason, latency_ms: clock.now() - started });
           }, health.timeout + SAFETY_MARGIN_MS);
         }),
       ]);
     } catch (err) {
       // Probes do not throw by contract; a bug here still must not take the monitor down.
-      result = { ok: false, reason: `probe error: ${(err as Error)?.message ?? err}`, latency_ms: performance.now() - started };
+      result = { ok: false, reason: `probe error: ${(err as Error)?.message ?? err}`, latency_ms: clock.now() - started };
     } finally {
-      clearTimeout(timer);
-      clearTimeout(safety);
+      clock.clearTimeout(timer);
+      clock.clearTimeout(safety);
       controller.abort();
     }
     if (t.inFlight === controller) t.inFlight = null;
     if (epoch !== t.epoch || this.#stopped) return;
     this.#record(t, result);
-    const elapsed = performance.now() - started;
+    const elapsed = clock.now() - started;
     this.#schedule(t, Math.max(0, this.#jittered(t.health.interval) - elapsed));
   }
 

@@ -1,10 +1,10 @@
 import { describe, it, expect, afterEach } from 'vitest';
+import { on } from 'node:events';
 import { Worker } from 'node:worker_threads';
 import { env, closeEnvs, backends, engineModule, type Env } from './env.ts';
 import { hashKey } from '../../src/balancer/hash.ts';
 import { PICK_SERVICE_FULL, PICK_NO_BACKEND, PICK_BACKENDS_FULL, PICK_BAD_SERVICE, MAX_TRIED, S_QUEUED, S_ACTIVE, B_ACTIVE, T_SERVICE_QUEUED, backendAddr, serviceAddr, tallyAddr } from '../../src/shm/layout.ts';
 import { instantiateEngine } from '../../src/balancer/engine.ts';
-import { sleep } from '../helpers/net.ts';
 
 
 afterEach(closeEnvs);
@@ -215,7 +215,7 @@ describe('release', () => {
     const seq = Atomics.load(i32, idx);
     const wait = Atomics.waitAsync(i32, idx, seq, 2000);
     expect(wait.async).toBe(true);
-    setTimeout(() => e.worker.release(0, b), 10);
+    setImmediate(() => e.worker.release(0, b)); // once this test is waiting on the promise
     expect(await wait.value).toBe('ok');
     expect(Atomics.load(i32, idx)).toBe(seq + 1);
     expect(e.worker.acquire(0, 0)).toBe(b);
@@ -240,19 +240,21 @@ describe('release', () => {
     const idx = e.balancer.records.releaseSeqIndex(0);
     Atomics.add(i32, (serviceAddr(0) + S_QUEUED) >> 2, 1);
     const seq = Atomics.load(i32, idx);
+    // The worker says 'waiting' just before it blocks: the release below follows that, not a guess.
     const w = new Worker(`
       const { workerData, parentPort } = require('node:worker_threads');
       const i32 = new Int32Array(workerData.memory.buffer);
+      parentPort.postMessage('waiting');
       parentPort.postMessage(Atomics.wait(i32, workerData.idx, workerData.seq, 2000));
     `, { eval: true, workerData: { memory: e.memory, idx, seq } });
     try {
-      const result = new Promise((resolve) => w.once('message', resolve));
-      await sleep(300); // the worker is (almost certainly) blocked by now
+      const messages = on(w, 'message'); // buffered, in order
+      expect((await messages.next()).value).toEqual(['waiting']);
       const b = e.worker.acquire(0, 0);
       e.worker.release(0, b);
-      // 'ok': woken by the notify. 'not-equal' only if the worker started waiting after the release
-      // (slow start-up): not a lost wake-up either. A missing notify shows as 'timed-out'.
-      expect(['ok', 'not-equal']).toContain(await result);
+      // 'ok': woken by the notify. 'not-equal' only if the release landed in the instant between
+      // the worker's 'waiting' and its wait: not a lost wake-up either. A missing notify shows as 'timed-out'.
+      expect(['ok', 'not-equal']).toContain((await messages.next()).value?.[0]);
     } finally {
       await w.terminate();
     }

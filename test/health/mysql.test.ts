@@ -14,7 +14,7 @@ import { mysqlProbe } from '../../src/health/probes/mysql.ts';
 import type { FulcrumHandle } from '../../src/main.ts';
 import { reasons, startProxy } from '../proxy/harness.ts';
 import { startMariaDb, type MariaDbServer } from '../helpers/mysql.ts';
-import { freePort } from '../helpers/net.ts';
+import { freePort, waitFor } from '../helpers/net.ts';
 import { waitUntilOnly } from './switchover.ts';
 
 const LISTEN = '127.3.5.10';
@@ -126,8 +126,8 @@ services:
     const reachedAt = await waitUntilOnly(whoAnswers, m2.port, bound + 3000);
     expect(reachedAt - t0).toBeLessThanOrEqual(bound);
     expect(heldClosed).toBe(true);
-    await new Promise((r) => setTimeout(r, 100));
-    expect(reasons(fulcrum, 'my').backend_down).toBeGreaterThanOrEqual(1); // the held one, and any poll caught mid-flight
+    // The held one (and any poll caught mid-flight), counted by its worker a moment after it closed.
+    await waitFor(() => reasons(fulcrum, 'my').backend_down >= 1, 2000, 'the held session counted as backend_down');
     expect(fulcrum.health.history('my', m1.address).at(-1)).toMatchObject({ ok: false, reason: 'wrong role: saw replica, want primary' });
     held.destroy();
   });

@@ -14,7 +14,7 @@ import { postgresProbe } from '../../src/health/probes/postgres.ts';
 import type { FulcrumHandle } from '../../src/main.ts';
 import { startProxy } from '../proxy/harness.ts';
 import { pgSandbox, type PgCluster, type PgSandbox } from '../helpers/postgres.ts';
-import { freePort } from '../helpers/net.ts';
+import { freePort, waitFor } from '../helpers/net.ts';
 import { waitUntilOnly } from './switchover.ts';
 
 const HOST = '127.3.4.1';
@@ -142,8 +142,11 @@ services:
     await pg1.followPrimary(pg2);
     await pg1.start();
     expect(await pg1.sql('SELECT pg_is_in_recovery()')).toBe('t');
-    // pg1 accepts connections again, as a standby: fulcrum keeps it out.
-    await new Promise((r) => setTimeout(r, 3 * INTERVAL));
+    // pg1 accepts connections again, as a standby: fulcrum keeps it out. Wait for a probe that
+    // began after its start, then look at what it saw.
+    const restarted = Date.now();
+    const last = () => fulcrum.health.history('pg', pg1.address).at(-1);
+    await waitFor(() => { const e = last(); return e !== undefined && e.at - e.latency_ms > restarted; }, 3 * INTERVAL + 2000, 'a probe of the restarted pg1');
     expect(fulcrum.health.history('pg', pg1.address).at(-1)).toMatchObject({ ok: false, reason: 'wrong role: saw replica, want primary' });
     for (let i = 0; i < 10; i++) expect(await whoAnswers()).toBe(pg2.port);
     const desc = fulcrum.balancer.describe().find((s) => s.name === 'pg')!;

@@ -8,7 +8,7 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
-import { freePort } from './net.ts';
+import { freePort, waitFor } from './net.ts';
 
 const run = promisify(execFile);
 
@@ -60,17 +60,12 @@ export async function startMariaDb(host: string): Promise<MariaDbServer> {
     }
     await rm(dir, { recursive: true, force: true });
   };
-  const deadline = Date.now() + 30_000;
-  for (;;) {
-    try {
-      await sql('SELECT 1');
-      break;
-    } catch { /* starting */ }
-    if (exited || Date.now() > deadline) {
-      await stop();
-      throw new Error(`mariadbd on ${host}:${port} did not start (is mariadb-server installed?)`);
-    }
-    await new Promise((r) => setTimeout(r, 100));
+  // Until it answers a query (an exit ends the wait).
+  const answers = () => sql('SELECT 1').then(() => true, () => false);
+  const up = await waitFor(async () => exited || (await answers()), 30_000, 'mariadbd to answer', 100).then(() => !exited, () => false);
+  if (!up) {
+    await stop();
+    throw new Error(`mariadbd on ${host}:${port} did not start (is mariadb-server installed?)`);
   }
   return { host, port, address: `${host}:${port}`, dir, sql, stop };
 }

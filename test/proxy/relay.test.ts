@@ -11,7 +11,7 @@ import { getSystemErrorName } from 'node:util';
 import { describe, expect, it } from 'vitest';
 import { formatAddress, loadRelay, RELAY_EVENTS, EV_FIELDS, STAT_FIELDS, type RelayBinding } from '../../src/proxy/relay.ts';
 import { compileRelay } from '../../build/relay.ts';
-import { startEchoServer } from '../helpers/net.ts';
+import { startEchoServer, waitFor } from '../helpers/net.ts';
 
 describe('loadRelay', () => {
   it('loads the relay that npm test built, whose constants match relay.ts', () => {
@@ -89,8 +89,7 @@ describe('the relay API, called directly (this test process is its worker)', () 
     // Any open fd serves as "the client" here: it is kept (ownClient false), never read.
     const r = relay.connect(3, 0, false, '127.2.12.3', 1, 4, null, false);
     expect(r).toBe(0);
-    const until = Date.now() + 3000;
-    while (!events.some((e) => e[1] === 3) && Date.now() < until) await new Promise((res) => setTimeout(res, 10));
+    await waitFor(() => events.some((e) => e[1] === 3), 3000, 'an event for slot 3', 10);
     expect(events.find((e) => e[1] === 3)?.slice(0, 2)).toEqual([4 /* EV_CONNECT_FAILED */, 3]);
     expect(code(events.find((e) => e[1] === 3)![2])).toBe('ECONNREFUSED');
   });

@@ -61,7 +61,7 @@ services:
     listen: ${L}:${ports['listen:passive']}
     balance: roundrobin
     retries: 2
-    health: { type: tcp, interval: 1s, timeout: 200ms, rise: 1, fall: 3, observe_failures: 1 }
+    health: { type: tcp, interval: 1s, timeout: 900ms, rise: 1, fall: 3, observe_failures: 1 }
     backends:
       - address: ${addr('a')}
       - address: ${addr('b')}

@@ -42,7 +42,7 @@ import { isIP, type Server } from 'node:net';
 import { lookup } from 'node:dns';
 import { performance } from 'node:perf_hooks';
 import { getSystemErrorName } from 'node:util';
-import type { Engine } from '../balancer/engine.ts';
+import { triedList, type Engine } from '../balancer/engine.ts';
 import { hashKey } from '../balancer/hash.ts';
 import {
   BC_BYTES_IN, BC_BYTES_OUT, BC_CONNECT_FAILURES, BC_CONNECT_TIME_MS, BC_CONNECTIONS, BC_KILLED,
@@ -136,6 +136,8 @@ export interface DataPathContext {
 }
 
 let ctx: DataPathContext;
+/** This worker's tried list in the shared memory, written before each reacquire. */
+let triedScratch: Uint16Array;
 let f64: Float64Array;
 let i32: Int32Array;
 /** Backend id → where to connect, and its address family (4, 6, or 0: a name to resolve). */
@@ -163,6 +165,7 @@ const localAddr = new Int32Array(5);
 
 export function initDataPath(c: DataPathContext): void {
   ctx = c;
+  triedScratch = triedList(c.memory, c.workerId);
   f64 = new Float64Array(c.memory.buffer);
   i32 = new Int32Array(c.memory.buffer);
   clock = lastSweep = performance.now();
@@ -825,13 +828,11 @@ function connectFailed(s: Session, code: string): void {
   const bk = s.bk;
   ctx.post({ type: 'connect-failed', service: rt.entry.name, backend: failed, address: bk?.address ?? '', error: code });
   if (s.retries < rt.entry.retries && !shuttingDown) {
-    // The engine's tried list is per worker, and another connection's acquire clears it while
-    // this one was connecting: restore this session's own list before asking again.
-    const engine = ctx.engine;
-    engine.resetTried();
+    // The engine's tried list is the worker's scratch, which other connections' acquires
+    // overwrite while this one was connecting: reacquire takes this session's own list.
     const tried = s.tried ??= new Int32Array(MAX_TRIED);
-    for (let i = 0; i < s.retries; i++) engine.excludeBackend(tried[i]);
-    const r = engine.reacquire(rt.index, s.hash, failed);
+    for (let i = 0; i < s.retries; i++) triedScratch[i] = tried[i];
+    const r = ctx.engine.reacquire(rt.index, s.hash, failed, s.retries);
     if (r >= 0) {
       tried[s.retries] = failed;
       s.retries++;

@@ -65,7 +65,8 @@ export interface RelayBinding {
   watch(slot: number, clientFd: number): number;
   /** Whether the slot had a session; its sockets are closed but a kept or Node-owned client. */
   stop(slot: number, keepClient: boolean): boolean;
-  closeFd(fd: number): void;
+  /** 0, or -EBADF: only a client the relay accepted and JS holds outside a session is closed. */
+  closeFd(fd: number): number;
   /** Fills out[0] = family << 16 | port, out[1..4] = address bytes; 0 or a negative errno. */
   localAddress(fd: number, out: Int32Array): number;
   constants(): Record<string, number>;

@@ -1,11 +1,11 @@
 /**
- * The native relay (relay.c, built into build/out/relay.node): the system calls of the data path
+ * The native relay (relay/*.c, built into build/out/relay.node): the system calls of the data path
  * — accept, connect, and moving bytes both ways — without a call into JavaScript per connection or
- * per chunk. splice.ts keeps every decision (admission and pick, queue, retries, PROXY headers,
+ * per chunk. The session core (core.ts) keeps every decision (admission and pick, queue, retries, PROXY headers,
  * timeouts, counters, logs) and tells the relay what to do; the relay reports back in one call per
  * event-loop wake.
  *
- * Shared with relay.c (checked at load against its `constants()`):
+ * Shared with relay/relay.h (checked at load against the addon's `constants()`):
  *
  *   events: Int32Array, EV_FIELDS (8) int32 per event, n of them per onEvents(n) call
  *   ┌────────────────┬──────────┬───────────┬─────────────────────┬─────────────────────────┐
@@ -18,7 +18,7 @@
  *   │ ENDED          │ slot     │ END_*     │ (sockets closed, but a Node-owned client's)   │
  *   │ CLIENT_GONE    │ slot     │           │ (a watched, queued client left; socket kept)  │
  *   └────────────────┴──────────┴───────────┴───────────────────────────────────────────────┘
- *   An ACCEPT may carry a connection another worker's relay accepted and handed over (relay.c:
+ *   An ACCEPT may carry a connection another worker's relay accepted and handed over (relay/handoff.c:
  *   the workers even out their connections); it comes on this worker's listener for that address.
  *
  *   stats: Float64Array, STAT_FIELDS per slot: bytes client → server, bytes server → client, and

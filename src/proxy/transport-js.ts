@@ -25,16 +25,15 @@
  *   through `gen`. No close callback is needed.
  * - The idle timeout costs no timer: each chunk stamps `lastActive` with the core's clock.
  */
-import type { Server } from 'node:net';
 import { getSystemErrorName } from 'node:util';
 import { TERM_CLIENT_CLOSED, TERM_SERVER_CLOSED } from '../shm/layout.ts';
 import type { DataPath } from './core.ts';
 import {
-  acceptRaw, K_NREAD, K_WRITE_ASYNC, ShutdownWrap, streamState, TCP, TCP_SOCKET, TCPConnectWrap,
+  K_NREAD, K_WRITE_ASYNC, ShutdownWrap, streamState, TCP, TCP_SOCKET, TCPConnectWrap,
   UV_EOF, WriteWrap, type Req, type SockAddr, type TcpHandle,
 } from './handles.ts';
-import { Session, ST_CONNECTED, ST_CONNECTING } from './session.ts';
-import { listenerOf, tagServer, transportOf, type ListenerRef, type ServerTransport, type Transport } from './transport.ts';
+import { Session, ST_CONNECTED, ST_CONNECTING, type ServiceRuntime } from './session.ts';
+import type { ServerTransport, Transport } from './transport.ts';
 
 /**
  * Largest read buffer of a socket: four times HAProxy's default tune.bufsize, because a copy per
@@ -73,6 +72,27 @@ interface ConnectReq extends Req {
 const NO_BUFFER = Buffer.alloc(0);
 const readBuffer = (b: Buffer): Buffer => (b.length === 0 ? Buffer.allocUnsafeSlow(READ_BUFFER_MIN) : b);
 
+/**
+ * The client-side methods of a transport whose clients are Node handles (the session's `client`):
+ * the handle gives the addresses, and keeps reading while the client is queued, so its EOF ends
+ * the wait (no watch needed). The JavaScript transport, and the relay's lent clients.
+ */
+export abstract class HandleClients {
+  peer(s: Session, out: SockAddr): void {
+    (s as Session & { client: Handle | null }).client!.getpeername(out);
+  }
+
+  local(s: Session, out: SockAddr): void {
+    (s as Session & { client: Handle | null }).client!.getsockname(out);
+  }
+
+  watch(): number {
+    return 0;
+  }
+
+  unwatch(): void {}
+}
+
 /** A session on Node's handles: the core's part and the two handles with their buffers. */
 class JsSession extends Session {
   declare t: JsTransport;
@@ -103,35 +123,28 @@ class JsSession extends Session {
   }
 }
 
-export class JsTransport implements Transport, ServerTransport {
+export class JsTransport extends HandleClients implements Transport, ServerTransport {
   readonly core: DataPath;
   private readonly pool: JsSession[] = [];
   /** A WriteWrap for the next write; replaced only when libuv keeps one (a write not taken at once). */
   spareWrite: SideReq = newWriteReq();
 
   constructor(core: DataPath) {
+    super();
     this.core = core;
   }
 
-  accept(server: Server, ref: ListenerRef): void {
-    tagServer(server, ref, this);
-    acceptRaw(server, onAccept);
+  /** HOT: once per accepted connection (transport.ts onConnection). */
+  adopt(handle: TcpHandle, rt: ServiceRuntime): void {
+    const client = handle as Handle;
+    const s = this.pool.pop() ?? new JsSession(this);
+    s.client = client;
+    client[kSession] = s; // TCP_NODELAY: inherited from the listening socket (acceptRaw)
+    client.onread = onClientRead;
+    client.useUserBuffer((s.cbuf = readBuffer(s.cbuf)));
+    client.readStart();
+    this.core.accepted(s, rt);
   }
-
-  peer(s: Session, out: SockAddr): void {
-    (s as JsSession).client!.getpeername(out);
-  }
-
-  local(s: Session, out: SockAddr): void {
-    (s as JsSession).client!.getsockname(out);
-  }
-
-  /** The client's handle keeps reading while it waits (up to the core's limit): its EOF ends the wait. */
-  watch(): number {
-    return 0;
-  }
-
-  unwatch(): void {}
 
   connect(session: Session, ip: string, port: number, family: number): number {
     const s = session as JsSession;
@@ -183,34 +196,9 @@ export class JsTransport implements Transport, ServerTransport {
     s.reset();
     if (this.pool.length < SESSION_POOL_MAX) this.pool.push(s as JsSession);
   }
-
-  /** A pooled session object for a connection just accepted. */
-  take(): JsSession {
-    return this.pool.pop() ?? new JsSession(this);
-  }
 }
 
-// ── accept and connect ───────────────────────────────────────────────────────
-
-/** HOT: the listener handle's onconnection, once per accepted connection. */
-function onAccept(this: { owner: Server }, err: number, handle: TcpHandle | undefined): void {
-  const t = transportOf<JsTransport>(this.owner);
-  const rt = listenerOf(this.owner).rt;
-  if (err !== 0 || handle === undefined) {
-    // An accept error (EMFILE, ENFILE…): libuv keeps listening (and closes the connections it
-    // cannot take, rather than leave them waiting); the worker says so in its log.
-    t.core.ctx.onLocalError?.(err, rt.entry.name, 'accept');
-    return;
-  }
-  const client = handle as Handle;
-  const s = t.take();
-  s.client = client;
-  client[kSession] = s; // TCP_NODELAY: inherited from the listening socket (acceptRaw)
-  client.onread = onClientRead;
-  client.useUserBuffer((s.cbuf = readBuffer(s.cbuf)));
-  client.readStart();
-  t.core.accepted(s, rt);
-}
+// ── connect ───────────────────────────────────────────────────────
 
 /** Once per connect attempt: the backend connection is up (status 0) or failed. */
 function onConnected(this: ConnectReq, status: number): void {

@@ -9,18 +9,17 @@
  * headers): `lent` reads the client's PROXY header on the handle, then lends the handle's fd to
  * the relay for the connect and the bytes; the handle closes it at the end.
  */
-import type { Server } from 'node:net';
 import { getSystemErrorName } from 'node:util';
 import { TERM_CLIENT_CLOSED, TERM_SERVER_CLOSED } from '../shm/layout.ts';
 import type { DataPath } from './core.ts';
-import { acceptRaw, K_NREAD, streamState, UV_EOF, type SockAddr, type TcpHandle } from './handles.ts';
+import { K_NREAD, streamState, UV_EOF, type SockAddr, type TcpHandle } from './handles.ts';
 import {
   END_SERVER, EV_ACCEPT, EV_ACCEPT_ERROR, EV_CLIENT_GONE, EV_CONNECT_FAILED, EV_CONNECTED, EV_ENDED, EV_FIELDS,
   formatAddress, RELAY_EVENTS, STAT_ACTIVITY, STAT_BYTES_IN, STAT_BYTES_OUT, STAT_FIELDS, type RelayBinding,
 } from './relay.ts';
-import { Session, ST_CONNECTING } from './session.ts';
-import { kSession, READ_BUFFER_SIZE, SESSION_POOL_MAX, type Handle } from './transport-js.ts';
-import { listenerOf, tagServer, transportOf, type ListenerRef, type ServerTransport, type Transport } from './transport.ts';
+import { Session, ST_CONNECTING, type ServiceRuntime } from './session.ts';
+import { HandleClients, kSession, READ_BUFFER_SIZE, SESSION_POOL_MAX, type Handle } from './transport-js.ts';
+import type { ListenerRef, ServerTransport, Transport } from './transport.ts';
 
 /** After an accept failed for lack of files (EMFILE…), the listener waits this long (HAProxy: 100 ms too). */
 const ACCEPT_RETRY_MS = 100;
@@ -29,14 +28,11 @@ const ACCEPT_RETRY_MS = 100;
 class RelaySession extends Session {
   /** The client socket the relay accepted, else -1; -1 again once closed. */
   fd = -1;
-  /** accept_proxy: the Node handle that read the client's PROXY header and lends its fd, else null. */
-  lent: Handle | null = null;
-  /** The client's address as the relay's accept reported it (family << 16 | port, address words): formatted when asked. */
-  peerFamilyPort = 0;
-  peer0 = 0;
-  peer1 = 0;
-  peer2 = 0;
-  peer3 = 0;
+  /** accept_proxy: the Node handle that read the client's PROXY header and lends its fd (LentTransport), else null. */
+  client: Handle | null = null;
+  /** The client's address, when the relay accepted it and something needs it (hash, log, send_proxy). */
+  peerIp = '';
+  peerPort = 0;
   /** This session's relay slot, from its first relay request until it ends, else -1. */
   slot = -1;
   /** The relay holds a session for the slot now (connecting, relaying, or watching the queued client). */
@@ -50,8 +46,9 @@ class RelaySession extends Session {
   override reset(): void {
     super.reset();
     this.fd = this.slot = -1;
-    this.lent = null;
-    this.peerFamilyPort = this.peer0 = this.peer1 = this.peer2 = this.peer3 = 0;
+    this.client = null;
+    this.peerIp = '';
+    this.peerPort = 0;
     this.busy = false;
     this.baseIn = this.baseOut = this.seenActivity = 0;
   }
@@ -71,13 +68,11 @@ export class RelayTransport implements Transport {
   private readonly pool: RelaySession[] = [];
   /** Filled by binding.localAddress (send_proxy's destination). */
   private readonly localAddr = new Int32Array(5);
-  /** A session's stored peer address, laid out for formatAddress. */
-  private readonly peerWords = new Int32Array(5);
 
   constructor(core: DataPath, binding: RelayBinding) {
     this.core = core;
     this.binding = binding;
-    this.lent = new LentTransport(this);
+    this.lent = new LentTransport(this, core);
     binding.init(this.stats, this.events, (n) => this.onEvents(n));
   }
 
@@ -97,15 +92,9 @@ export class RelayTransport implements Transport {
 
   // ── Transport ──────────────────────────────────────────────────────────────
 
-  peer(session: Session, out: SockAddr): void {
-    const s = session as RelaySession;
-    const w = this.peerWords;
-    w[1] = s.peer0;
-    w[2] = s.peer1;
-    w[3] = s.peer2;
-    w[4] = s.peer3;
-    out.address = formatAddress(s.peerFamilyPort >>> 16, w, 1);
-    out.port = s.peerFamilyPort & 0xffff;
+  peer(s: Session, out: SockAddr): void {
+    out.address = (s as RelaySession).peerIp;
+    out.port = (s as RelaySession).peerPort;
   }
 
   local(s: Session, out: SockAddr): void {
@@ -265,7 +254,7 @@ export class RelayTransport implements Transport {
       } else if (type === EV_CONNECT_FAILED) {
         if (s.state === ST_CONNECTING) core.connectFailed(s, getSystemErrorName(ev[at + 2]));
       } else if (type === EV_ENDED) {
-        if (s.lent === null) s.fd = -1; // closed by the relay
+        if (s.client === null) s.fd = -1; // closed by the relay
         core.end(s, ev[at + 2] === END_SERVER ? TERM_SERVER_CLOSED : TERM_CLIENT_CLOSED);
       } else if (type === EV_CLIENT_GONE) {
         core.clientLeft(s); // abandoned its wait
@@ -280,14 +269,14 @@ export class RelayTransport implements Transport {
       this.binding.closeFd(fd);
       return;
     }
-    const ev = this.events;
     const s = this.take(this);
     s.fd = fd;
-    s.peerFamilyPort = ev[at + 3];
-    s.peer0 = ev[at + 4];
-    s.peer1 = ev[at + 5];
-    s.peer2 = ev[at + 6];
-    s.peer3 = ev[at + 7];
+    const e = ref.rt.entry;
+    if (e.hashed || e.send_proxy !== 'none' || this.core.ctx.onClose !== null) {
+      const familyPort = this.events[at + 3];
+      s.peerIp = formatAddress(familyPort >>> 16, this.events, at + 4);
+      s.peerPort = familyPort & 0xffff;
+    }
     this.core.accepted(s, ref.rt);
   }
 
@@ -308,38 +297,33 @@ export class RelayTransport implements Transport {
  * client while it is queued; from the connect on, the relay carries the session with the handle's
  * fd, which the handle closes at the end.
  */
-export class LentTransport implements Transport, ServerTransport {
+export class LentTransport extends HandleClients implements Transport, ServerTransport {
   readonly relay: RelayTransport;
+  readonly core: DataPath;
   /** Every lent handle reads into this one buffer: the core copies what it keeps at once (early). */
   readonly readBuffer = Buffer.allocUnsafeSlow(READ_BUFFER_SIZE);
 
-  constructor(relay: RelayTransport) {
+  constructor(relay: RelayTransport, core: DataPath) {
+    super();
     this.relay = relay;
+    this.core = core;
   }
 
-  accept(server: Server, ref: ListenerRef): void {
-    tagServer(server, ref, this);
-    acceptRaw(server, onLentAccept);
+  /** Once per accept_proxy connection on the relay path (transport.ts onConnection). */
+  adopt(handle: TcpHandle, rt: ServiceRuntime): void {
+    const client = handle as Handle;
+    const s = this.relay.take(this);
+    s.client = client;
+    client[kSession] = s;
+    client.onread = onLentRead;
+    client.useUserBuffer(this.readBuffer);
+    client.readStart();
+    this.core.accepted(s, rt);
   }
-
-  peer(s: Session, out: SockAddr): void {
-    (s as RelaySession).lent!.getpeername(out);
-  }
-
-  local(s: Session, out: SockAddr): void {
-    (s as RelaySession).lent!.getsockname(out);
-  }
-
-  /** The handle keeps reading while the client waits: its EOF ends the wait. */
-  watch(): number {
-    return 0;
-  }
-
-  unwatch(): void {}
 
   connect(session: Session, ip: string, port: number, family: number): number {
     const s = session as RelaySession;
-    const handle = s.lent!;
+    const handle = s.client!;
     handle.readStop(); // the relay reads from here on
     return this.relay.connectClient(s, handle.fd, false, ip, port, family);
   }
@@ -359,34 +343,16 @@ export class LentTransport implements Transport, ServerTransport {
   close(session: Session): void {
     const s = session as RelaySession;
     this.relay.closeSlot(s);
-    const handle = s.lent;
+    const handle = s.client;
     if (handle === null) return;
     handle[kSession] = null;
     handle.close();
-    s.lent = null;
+    s.client = null;
   }
 
   recycle(s: Session): void {
     this.relay.recycle(s);
   }
-}
-
-/** Once per accept_proxy connection on the relay path. */
-function onLentAccept(this: { owner: Server }, err: number, handle: TcpHandle | undefined): void {
-  const t = transportOf<LentTransport>(this.owner);
-  const rt = listenerOf(this.owner).rt;
-  if (err !== 0 || handle === undefined) {
-    t.relay.core.ctx.onLocalError?.(err, rt.entry.name, 'accept');
-    return;
-  }
-  const client = handle as Handle;
-  const s = t.relay.take(t);
-  s.lent = client;
-  client[kSession] = s;
-  client.onread = onLentRead;
-  client.useUserBuffer(t.readBuffer);
-  client.readStart();
-  t.relay.core.accepted(s, rt);
 }
 
 /** Once per chunk a lent handle reads (its PROXY header, early bytes; none once the relay has it). */
@@ -397,10 +363,10 @@ function onLentRead(this: Handle): undefined {
   const n = streamState[K_NREAD];
   if (n > 0) {
     s.bytesIn += n;
-    if (t.relay.core.early(s, t.readBuffer, n) && this[kSession] === s) this.readStop(); // until the relay connects
+    if (t.core.early(s, t.readBuffer, n) && this[kSession] === s) this.readStop(); // until the relay connects
     return undefined;
   }
-  if (n === UV_EOF) t.relay.core.clientLeft(s);
-  else if (n < 0) t.relay.core.end(s, TERM_CLIENT_CLOSED); // reset
+  if (n === UV_EOF) t.core.clientLeft(s);
+  else if (n < 0) t.core.end(s, TERM_CLIENT_CLOSED); // reset
   return undefined;
 }

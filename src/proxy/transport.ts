@@ -30,7 +30,8 @@
  * core's TCP logic changes for it.
  */
 import type { Server } from 'node:net';
-import type { SockAddr } from './handles.ts';
+import type { DataPath } from './core.ts';
+import { acceptRaw, type SockAddr, type TcpHandle } from './handles.ts';
 import type { ServiceRuntime, Session } from './session.ts';
 
 /** What a listener tells the transport that accepts on it: the service its connections are for (worker.ts updates `rt` on a reload). */
@@ -65,27 +66,38 @@ export interface Transport {
   recycle(s: Session): void;
 }
 
-/** A transport that accepts on a Node server worker.ts listens with (the JavaScript path; accept_proxy services on both). */
+/** A transport that takes the connections of a Node server worker.ts listens with (the JavaScript path; accept_proxy services on both). */
 export interface ServerTransport {
-  /** Routes `server`'s connections to this transport as raw handles, for the service `ref` names. Before `listen`. */
-  accept(server: Server, ref: ListenerRef): void;
+  readonly core: DataPath;
+  /** HOT: once per connection accepted on one of its servers (acceptOn), as a raw handle: a session for `rt`, to core.accepted. */
+  adopt(client: TcpHandle, rt: ServiceRuntime): void;
 }
 
 const kListener = Symbol('fulcrum.listener');
 const kTransport = Symbol('fulcrum.transport');
-type Tagged<T> = { [kListener]: ListenerRef; [kTransport]: T };
+type Tagged = Server & { [kListener]: ListenerRef; [kTransport]: ServerTransport };
 
-/** Tags a Node server with its listener and transport (a server's onconnection finds both: `tagOf`). Once per listen. */
-export function tagServer<T>(server: Server, ref: ListenerRef, t: T): void {
-  const tagged = server as unknown as Tagged<T>;
+/**
+ * Routes `server`'s connections to `t` as raw handles, for the service `ref` names (read per
+ * connection, so a reload's new runtime applies at once). worker.ts calls it before `listen`.
+ */
+export function acceptOn(server: Server, ref: ListenerRef, t: ServerTransport): void {
+  const tagged = server as Tagged;
   tagged[kListener] = ref;
   tagged[kTransport] = t;
+  acceptRaw(server, onConnection);
 }
 
-/** HOT (once per accepted connection): the listener's service and the transport tagServer gave `server`. */
-export function listenerOf(server: Server): ListenerRef {
-  return (server as unknown as Tagged<unknown>)[kListener];
-}
-export function transportOf<T>(server: Server): T {
-  return (server as unknown as Tagged<T>)[kTransport];
+/** HOT: the listener handle's onconnection, once per accepted connection. */
+function onConnection(this: { owner: Server }, err: number, handle: TcpHandle | undefined): void {
+  const server = this.owner as Tagged;
+  const t = server[kTransport];
+  const rt = server[kListener].rt;
+  if (err !== 0 || handle === undefined) {
+    // An accept error (EMFILE, ENFILE…): libuv keeps listening (and closes the connections it
+    // cannot take, rather than leave them waiting); the worker says so in its log.
+    t.core.ctx.onLocalError?.(err, rt.entry.name, 'accept');
+    return;
+  }
+  t.adopt(handle, rt);
 }

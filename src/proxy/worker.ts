@@ -4,7 +4,7 @@
  * (reusePort, so the kernel spreads accepts among workers; with the relay, a worker holding two
  * connections more than another hands new ones over: relay/handoff.c). A listener is the
  * relay's (`relay.listen`) or a Node server whose connections a transport takes as raw handles
- * (`handles.accept`): the JavaScript transport, or on the relay path for accept_proxy services,
+ * (`acceptOn`): the JavaScript transport, or on the relay path for accept_proxy services,
  * the relay's lent clients. Started by pool.ts; everything it is told arrives as a MainToWorker
  * message.
  */
@@ -22,7 +22,7 @@ import { loadRelay } from './relay.ts';
 import type { CloseRecord, ServiceRuntime } from './session.ts';
 import { JsTransport } from './transport-js.ts';
 import { RelayTransport } from './transport-relay.ts';
-import type { ServerTransport } from './transport.ts';
+import { acceptOn, type ServerTransport } from './transport.ts';
 
 const init = workerData as WorkerInit;
 const port = parentPort!;
@@ -150,7 +150,7 @@ function bind(l: Listener): Promise<ListenProblem | null> {
   // The server only listens: its connections go to a transport as raw handles (accept), so
   // net.Socket options (allowHalfOpen, noDelay) would not apply; the transport sets both itself.
   const server = createServer();
-  handles.accept(server, l);
+  acceptOn(server, l, handles);
   l.server = server;
   return new Promise((resolve) => {
     const onError = (err: NodeJS.ErrnoException): void => {

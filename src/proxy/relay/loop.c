@@ -109,19 +109,25 @@ static inline int closed_by(int side) {
   return side == CLIENT ? END_CLIENT : END_SERVER;
 }
 
+/* Puts one of a session's sockets in the epoll set with interest `want` (or changes it): 0, or a negative errno. */
+int poll_side(Relay *r, Session *s, int side, uint32_t want) {
+  struct epoll_event e;
+  e.events = want;
+  e.data.u64 = key_of(s->slot, side, s->fd[side]);
+  if (epoll_ctl(r->epfd, s->reg[side] ? EPOLL_CTL_MOD : EPOLL_CTL_ADD, s->fd[side], &e) != 0) return -errno;
+  s->reg[side] = 1;
+  s->ev[side] = want;
+  return 0;
+}
+
 /* Sets a socket's epoll interest; 0 on success, else the session has ended. */
 static int set_interest(Relay *r, Session *s, int side, uint32_t want) {
   if (s->reg[side] && want == s->ev[side]) return 0;
   if (!s->reg[side] && want == 0) return 0;
-  struct epoll_event e;
-  e.events = want;
-  e.data.u64 = key_of(s->slot, side, s->fd[side]);
-  if (epoll_ctl(r->epfd, s->reg[side] ? EPOLL_CTL_MOD : EPOLL_CTL_ADD, s->fd[side], &e) != 0) {
+  if (poll_side(r, s, side, want) != 0) {
     end_session(r, s, closed_by(side));
     return -1;
   }
-  s->reg[side] = 1;
-  s->ev[side] = want;
   return 0;
 }
 
@@ -209,7 +215,7 @@ static void on_readable(Relay *r, Session *s, int side) {
     end_session(r, s, closed_by(side)); /* reset */
     return;
   }
-  /* EOF: the first one names the end (as splice.ts onClientEnd / onServerEnd). */
+  /* EOF: the first one names the end (as transport-js.ts onClientEnd / onServerEnd). */
   s->dir[side].eof = 1;
   if (s->cause == 0) s->cause = closed_by(side);
   if (pass_eof(r, s, side) != 0) return;

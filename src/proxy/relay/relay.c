@@ -1,7 +1,8 @@
 /*
  * The relay: the system calls of the data path — accept, connect, and moving bytes both ways —
  * without a call into JavaScript per connection or per chunk. Built by build/relay.ts into
- * build/out/relay.node; driven by relay.ts and splice.ts, one instance per worker thread.
+ * build/out/relay.node (with loop.c and handoff.c); driven by relay.ts and the relay transport
+ * (transport-relay.ts), one instance per worker thread. This file is its Node-API surface.
  *
  * Why it exists: Node reaches JavaScript through a callback per accepted socket, per connect,
  * per chunk read and per close, each with a handle object, an async context and a microtask
@@ -17,8 +18,9 @@
  *   stop(slot, keepClient)     JS ends or takes back a session (timeout, kill, shutdown, dequeue)
  *
  * Events go into the shared Int32Array `events`, EV_FIELDS per event, then one call to
- * onEvents(n). A session's sockets are closed here when it ends (or at stop), except a client
- * socket owned by a Node handle (ownClient = 0: a listener JS accepts on itself), which JS closes.
+ * onEvents(n). A session's sockets are closed by the relay when it ends (or at stop), except a
+ * client socket owned by a Node handle (ownClient false: accept_proxy services, whose listener JS
+ * accepts on), which JS closes.
  *
  * The event loop and the sessions are in loop.c; the hand-over of connections between workers'
  * relays (so that long-lived connections end up evenly spread) in handoff.c; relay.h has the
@@ -67,77 +69,6 @@ static int index_value(napi_env env, napi_value v, uint32_t limit, uint32_t *out
   return 1;
 }
 
-#define MAX_ARGS 8
-
-/*
- * The prologue of every JS call: reads the arguments by `fmt`, one letter each, into the pointers
- * that follow (in order); on a missing or wrong one throws "relay: <usage> expected" and returns
- * 0. With `r` non-NULL, the relay of this thread too (init() first, else it throws).
- *   i  int32_t*      a number
- *   b  bool*         a boolean
- *   s  uint32_t*     a slot: an integer in [0, MAX_SLOTS)
- *   l  uint32_t*     a listener id (an integer; closeListener and resume ignore unknown ones)
- *   d  int32_t*      an fd: an integer ≥ 0 (whose fd it is, the call checks: fd_is)
- *   v  napi_value*   taken as is (an address, checked by to_sockaddr)
- *   F  void**, size_t*   a Float64Array's data and length
- *   I  void**, size_t*   an Int32Array's
- *   U  void**, size_t*   a Uint8Array's, or null / undefined (NULL, 0)
- *   f  napi_value*   a function
- * Once per call from JS (per connect attempt, per session's end: not per chunk).
- */
-static int args(napi_env env, napi_callback_info info, Relay **r, const char *usage, const char *fmt, ...) {
-  size_t argc = MAX_ARGS;
-  napi_value argv[MAX_ARGS];
-  char msg[160];
-  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
-  if (r != NULL && (*r = get_relay(env)) == NULL) {
-    throw_msg(env, "relay: init() first");
-    return 0;
-  }
-  size_t want = strlen(fmt);
-  int ok = argc >= want;
-  va_list ap;
-  va_start(ap, fmt);
-  for (size_t i = 0; ok && i < want; i++) {
-    napi_value v = argv[i];
-    napi_valuetype vt = napi_undefined;
-    napi_typeof(env, v, &vt);
-    switch (fmt[i]) {
-      case 'i': ok = napi_get_value_int32(env, v, va_arg(ap, int32_t *)) == napi_ok; break;
-      case 'b': ok = napi_get_value_bool(env, v, va_arg(ap, bool *)) == napi_ok; break;
-      case 's': ok = index_value(env, v, MAX_SLOTS, va_arg(ap, uint32_t *)); break;
-      case 'l': ok = index_value(env, v, UINT32_MAX, va_arg(ap, uint32_t *)); break;
-      case 'd': {
-        uint32_t fd = 0;
-        ok = index_value(env, v, INT32_MAX, &fd);
-        *va_arg(ap, int32_t *) = (int32_t)fd;
-        break;
-      }
-      case 'v': *va_arg(ap, napi_value *) = v; break;
-      case 'F': case 'I': case 'U': {
-        void **data = va_arg(ap, void **);
-        size_t *len = va_arg(ap, size_t *);
-        if (fmt[i] == 'U' && (vt == napi_null || vt == napi_undefined)) {
-          *data = NULL;
-          *len = 0;
-          break;
-        }
-        napi_typedarray_type type = fmt[i] == 'F' ? napi_float64_array : fmt[i] == 'I' ? napi_int32_array : napi_uint8_array;
-        ok = typed_array(env, v, type, data, len);
-        break;
-      }
-      case 'f': *va_arg(ap, napi_value *) = v; ok = vt == napi_function; break;
-      default: ok = 0;
-    }
-  }
-  va_end(ap);
-  if (!ok) {
-    snprintf(msg, sizeof(msg), "relay: %s expected", usage);
-    throw_msg(env, msg);
-  }
-  return ok;
-}
-
 /*
  * An IPv4 or IPv6 address and port into a sockaddr: 1, or 0 if `ip` is not a string, -1 if it is
  * not an address of that family (the caller answers -EINVAL: a bad address is a failed connect or
@@ -171,6 +102,92 @@ static int to_sockaddr(napi_env env, napi_value ip, int32_t port, int32_t family
   a->sin_port = htons((uint16_t)port);
   *len = sizeof(*a);
   return inet_pton(AF_INET, text, &a->sin_addr) == 1 ? 1 : -1;
+}
+
+#define MAX_ARGS 8
+
+/*
+ * The prologue of every JS call: reads the arguments by `fmt`, one letter each, into the pointers
+ * that follow (in order); on a missing or wrong one throws "relay: <usage> expected" and returns
+ * 0. With `r` non-NULL, the relay of this thread too (init() first, else it throws).
+ *   i  int32_t*      a number
+ *   b  bool*         a boolean
+ *   s  uint32_t*     a slot: an integer in [0, MAX_SLOTS)
+ *   l  uint32_t*     a listener id (an integer; closeListener and resume ignore unknown ones)
+ *   d  int32_t*      an fd: an integer ≥ 0 (whose fd it is, the call checks: fd_is)
+ *   v  napi_value*   taken as is
+ *   A  struct sockaddr_storage*, socklen_t*, int*   three arguments: ip (a string), port, family
+ *                    (numbers), as a sockaddr; the int says whether ip is an address of that family
+ *                    (0: the call answers -EINVAL, a failed listen or connect, not an exception)
+ *   F  void**, size_t*   a Float64Array's data and length
+ *   I  void**, size_t*   an Int32Array's
+ *   U  void**, size_t*   a Uint8Array's, or null / undefined (NULL, 0)
+ *   f  napi_value*   a function
+ * Once per call from JS (per connect attempt, per session's end: not per chunk).
+ */
+static int args(napi_env env, napi_callback_info info, Relay **r, const char *usage, const char *fmt, ...) {
+  size_t argc = MAX_ARGS;
+  napi_value argv[MAX_ARGS];
+  char msg[160];
+  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
+  if (r != NULL && (*r = get_relay(env)) == NULL) {
+    throw_msg(env, "relay: init() first");
+    return 0;
+  }
+  size_t want = strlen(fmt) + 2 * (strchr(fmt, 'A') != NULL);
+  int ok = argc >= want;
+  va_list ap;
+  va_start(ap, fmt);
+  for (size_t f = 0, i = 0; ok && fmt[f] != 0; f++, i++) {
+    napi_value v = argv[i];
+    napi_valuetype vt = napi_undefined;
+    napi_typeof(env, v, &vt);
+    switch (fmt[f]) {
+      case 'i': ok = napi_get_value_int32(env, v, va_arg(ap, int32_t *)) == napi_ok; break;
+      case 'b': ok = napi_get_value_bool(env, v, va_arg(ap, bool *)) == napi_ok; break;
+      case 's': ok = index_value(env, v, MAX_SLOTS, va_arg(ap, uint32_t *)); break;
+      case 'l': ok = index_value(env, v, UINT32_MAX, va_arg(ap, uint32_t *)); break;
+      case 'd': {
+        uint32_t fd = 0;
+        ok = index_value(env, v, INT32_MAX, &fd);
+        *va_arg(ap, int32_t *) = (int32_t)fd;
+        break;
+      }
+      case 'v': *va_arg(ap, napi_value *) = v; break;
+      case 'A': {
+        struct sockaddr_storage *ss = va_arg(ap, struct sockaddr_storage *);
+        socklen_t *len = va_arg(ap, socklen_t *);
+        int *valid = va_arg(ap, int *);
+        int32_t port, family;
+        ok = napi_get_value_int32(env, argv[i + 1], &port) == napi_ok && napi_get_value_int32(env, argv[i + 2], &family) == napi_ok;
+        int addr = ok ? to_sockaddr(env, v, port, family, ss, len) : 0;
+        ok = addr != 0;
+        *valid = addr > 0;
+        i += 2;
+        break;
+      }
+      case 'F': case 'I': case 'U': {
+        void **data = va_arg(ap, void **);
+        size_t *len = va_arg(ap, size_t *);
+        if (fmt[f] == 'U' && (vt == napi_null || vt == napi_undefined)) {
+          *data = NULL;
+          *len = 0;
+          break;
+        }
+        napi_typedarray_type type = fmt[f] == 'F' ? napi_float64_array : fmt[i] == 'I' ? napi_int32_array : napi_uint8_array;
+        ok = typed_array(env, v, type, data, len);
+        break;
+      }
+      case 'f': *va_arg(ap, napi_value *) = v; ok = vt == napi_function; break;
+      default: ok = 0;
+    }
+  }
+  va_end(ap);
+  if (!ok) {
+    snprintf(msg, sizeof(msg), "relay: %s expected", usage);
+    throw_msg(env, msg);
+  }
+  return ok;
 }
 
 static void on_poll_closed(uv_handle_t *h) {
@@ -278,15 +295,13 @@ static napi_value js_set_stats(napi_env env, napi_callback_info info) {
 static napi_value js_listen(napi_env env, napi_callback_info info) {
   static const char usage[] = "listen(ip, port, family, reusePort, backlog)";
   Relay *r;
-  napi_value ip;
-  int32_t port, family, backlog;
-  bool reuse;
-  if (!args(env, info, &r, usage, "viibi", &ip, &port, &family, &reuse, &backlog)) return NULL;
   struct sockaddr_storage ss;
   socklen_t len;
-  int addr = to_sockaddr(env, ip, port, family, &ss, &len);
-  if (addr == 0) return throw_msg(env, "relay: listen(ip, port, family, reusePort, backlog) expected");
-  if (addr < 0) return int_value(env, -EINVAL);
+  int32_t backlog;
+  int valid;
+  bool reuse;
+  if (!args(env, info, &r, usage, "Abi", &ss, &len, &valid, &reuse, &backlog)) return NULL;
+  if (!valid) return int_value(env, -EINVAL);
   uint32_t lid = 0;
   while (lid < r->nlisteners && r->listeners[lid] >= 0) lid++;
   if (lid == r->nlisteners) {
@@ -384,12 +399,22 @@ static int client_fd_check(Relay *r, int fd, int own) {
   return type == SOCK_STREAM ? 0 : -ENOTSOCK;
 }
 
-/* The client of a new session: tracked as the session's (accepted here) or as lent. 0 or -ENOMEM. */
-static int take_client(Relay *r, Session *s, int fd, int own) {
-  if (!track_fd(r, fd, own ? FD_CLIENT : FD_LENT)) return -ENOMEM;
+/*
+ * A new session in `slot` with client `fd` (tracked as the session's, accepted here, or as lent),
+ * once JS may name that fd (client_fd_check); NULL with *err set, and nothing kept.
+ */
+static Session *open_session(Relay *r, uint32_t slot, int fd, int own, int *err) {
+  if ((*err = client_fd_check(r, fd, own)) != 0) return NULL;
+  Session *s = new_session(r, slot, err);
+  if (s == NULL) return NULL;
+  if (!track_fd(r, fd, own ? FD_CLIENT : FD_LENT)) {
+    *err = -ENOMEM;
+    free_session(r, s, 1);
+    return NULL;
+  }
   s->fd[CLIENT] = fd;
   s->own[CLIENT] = (uint8_t)own;
-  return 0;
+  return s;
 }
 
 /*
@@ -401,22 +426,18 @@ static napi_value js_connect(napi_env env, napi_callback_info info) {
   static const char usage[] = "connect(slot, clientFd, ownClient, ip, port, family, prefix, clientEnded)";
   Relay *r;
   uint32_t slot;
-  int32_t cfd, port, family;
+  int32_t cfd;
   bool own, ended;
-  napi_value ip;
-  void *prefix;
-  size_t prefix_len;
-  if (!args(env, info, &r, usage, "sdbviiUb", &slot, &cfd, &own, &ip, &port, &family, &prefix, &prefix_len, &ended)) return NULL;
   struct sockaddr_storage ss;
   socklen_t len;
-  int addr = to_sockaddr(env, ip, port, family, &ss, &len);
-  if (addr == 0) return throw_msg(env, "relay: connect(slot, clientFd, ownClient, ip, port, family, prefix, clientEnded) expected");
-  if (addr < 0) return int_value(env, -EINVAL);
-  int err = client_fd_check(r, cfd, own);
-  if (err != 0) return int_value(env, err);
-  Session *s = new_session(r, slot, &err);
+  int valid;
+  void *prefix;
+  size_t prefix_len;
+  if (!args(env, info, &r, usage, "sdbAUb", &slot, &cfd, &own, &ss, &len, &valid, &prefix, &prefix_len, &ended)) return NULL;
+  if (!valid) return int_value(env, -EINVAL);
+  int err;
+  Session *s = open_session(r, slot, cfd, own, &err);
   if (s == NULL) return int_value(env, err);
-  if ((err = take_client(r, s, cfd, own)) != 0) goto fail;
   s->state = ST_CONNECTING;
   s->dir[CLIENT].eof = ended;
   if (ended) s->cause = END_CLIENT;
@@ -449,15 +470,7 @@ static napi_value js_connect(napi_env env, napi_callback_info info) {
     s->dir[CLIENT].len = (uint32_t)prefix_len;
   }
   /* Writable once connected; an error or HUP if it failed (on_connect_done). */
-  struct epoll_event e;
-  e.events = EPOLLOUT;
-  e.data.u64 = key_of(slot, SERVER, fd);
-  if (epoll_ctl(r->epfd, EPOLL_CTL_ADD, fd, &e) != 0) {
-    err = -errno;
-    goto fail;
-  }
-  s->reg[SERVER] = 1;
-  s->ev[SERVER] = EPOLLOUT;
+  if ((err = poll_side(r, s, SERVER, EPOLLOUT)) != 0) goto fail;
   return int_value(env, 0);
 fail:
   free_session(r, s, 1);
@@ -470,24 +483,11 @@ static napi_value js_watch(napi_env env, napi_callback_info info) {
   uint32_t slot;
   int32_t cfd;
   if (!args(env, info, &r, "watch(slot, clientFd)", "sd", &slot, &cfd)) return NULL;
-  int err = client_fd_check(r, cfd, 1);
-  if (err != 0) return int_value(env, err);
-  Session *s = new_session(r, slot, &err);
+  int err;
+  Session *s = open_session(r, slot, cfd, 1, &err);
   if (s == NULL) return int_value(env, err);
-  if ((err = take_client(r, s, cfd, 1)) != 0) goto fail;
   s->state = ST_WATCH;
-  struct epoll_event e;
-  e.events = EPOLLRDHUP;
-  e.data.u64 = key_of(slot, CLIENT, cfd);
-  if (epoll_ctl(r->epfd, EPOLL_CTL_ADD, cfd, &e) != 0) {
-    err = -errno;
-    goto fail;
-  }
-  s->reg[CLIENT] = 1;
-  s->ev[CLIENT] = EPOLLRDHUP;
-  return int_value(env, 0);
-fail:
-  free_session(r, s, 1);
+  if ((err = poll_side(r, s, CLIENT, EPOLLRDHUP)) != 0) free_session(r, s, 1);
   return int_value(env, err);
 }
 

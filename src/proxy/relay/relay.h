@@ -57,7 +57,7 @@
 #define LISTENER 2
 #define INBOX 3 /* the relay's eventfd: connections another relay handed over */
 
-/* Per read: the JS path's largest read buffer (splice.ts READ_BUFFER_SIZE). */
+/* Per read: the JS path's largest read buffer (transport-js.ts READ_BUFFER_SIZE). */
 #define SCRATCH_SIZE (64 * 1024)
 #define MAX_EVENTS 256
 /* Accepts per listener per wake (HAProxy's tune.maxaccept default). */
@@ -156,6 +156,7 @@ void close_fd(Relay *r, int fd);
 int remember(Relay *r, int fd, int count);
 Session *new_session(Relay *r, uint32_t slot, int *err);
 void free_session(Relay *r, Session *s, int keep_client);
+int poll_side(Relay *r, Session *s, int side, uint32_t want);
 void encode_address(const struct sockaddr_storage *ss, int32_t out[5]);
 void on_poll(uv_poll_t *h, int status, int events);
 

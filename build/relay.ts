@@ -1,5 +1,5 @@
 /**
- * Builds the relay (src/proxy/relay.c, the data path's system calls in native code) into
+ * Builds the relay (src/proxy/relay/*.c, the data path's system calls in native code) into
  * build/out/relay.node with the system's C compiler, against the headers of the Node that runs
  * this script (the pinned Node 24 ships them beside its binary). Called by `npm install`
  * (prepare), `npm test`, `npm start` and `npm run bench`; the output is never committed.
@@ -18,14 +18,16 @@
  * runs every session on the JavaScript path and logs why at start-up (relay.ts, pool.ts).
  */
 import { execFileSync } from 'node:child_process';
-import { existsSync, mkdirSync, rmSync } from 'node:fs';
+import { existsSync, mkdirSync, readdirSync, rmSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { writeRelayHeader } from './gen-layout.ts';
 
 const root = join(dirname(fileURLToPath(import.meta.url)), '..');
 export const RELAY_NODE = join(root, 'build', 'out', 'relay.node');
-const SOURCE = join(root, 'src', 'proxy', 'relay.c');
+/** The relay's sources: relay.c (the Node-API surface), loop.c, handoff.c, and relay.h they share. */
+const SOURCE_DIR = join(root, 'src', 'proxy', 'relay');
+const sources = (): string[] => readdirSync(SOURCE_DIR).filter((f) => f.endsWith('.c')).sort().map((f) => join(SOURCE_DIR, f));
 
 /** Where Node's headers are (node_api.h), or undefined. */
 function nodeHeaders(): string | undefined {
@@ -56,8 +58,10 @@ export function compileRelay(out = RELAY_NODE, defines: string[] = [], node?: { 
   const generated = join(dirname(out), 'gen');
   writeRelayHeader(generated, node);
   const cc = process.env.CC ?? 'cc';
-  const args = ['-O2', '-fPIC', '-shared', '-pthread', '-Wall', '-Wextra', '-Werror', ...defines.map((d) => `-D${d}`),
-    '-I', generated, '-I', headers, '-o', out, SOURCE];
+  // -fvisibility=hidden: what the files give each other stays inside the addon; only its
+  // Node-API init is exported.
+  const args = ['-O2', '-fPIC', '-shared', '-pthread', '-fvisibility=hidden', '-Wall', '-Wextra', '-Werror',
+    ...defines.map((d) => `-D${d}`), '-I', generated, '-I', headers, '-o', out, ...sources()];
   try {
     execFileSync(cc, args, { stdio: ['ignore', 'inherit', 'inherit'] });
     return { ok: true };

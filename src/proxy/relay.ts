@@ -71,7 +71,10 @@ const EXPECTED: Record<string, number> = {
 export function loadRelay(env: NodeJS.ProcessEnv = process.env, path = RELAY_PATH): RelayBinding | string {
   const setting = env.FULCRUM_RELAY ?? 'on';
   if (setting === 'off') return 'FULCRUM_RELAY=off';
-  if (setting !== 'on') return `FULCRUM_RELAY=${setting} is neither on nor off`;
+  // A path names another build of the relay (the tests run the proxy suite against one built with
+  // AddressSanitizer and UndefinedBehaviorSanitizer: build/relay.ts --sanitize).
+  if (setting.endsWith('.node')) path = setting;
+  else if (setting !== 'on') return `FULCRUM_RELAY=${setting} is neither on, off nor the path of a relay build (….node)`;
   if (!existsSync(path)) return `${path} is not built (npm install builds it with the C compiler: apt-get install gcc libc6-dev)`;
   let binding: RelayBinding;
   try {

@@ -24,7 +24,8 @@ describe('loadRelay', () => {
 
   it('says why it is not used: turned off, a bad setting, not built', () => {
     expect(loadRelay({ FULCRUM_RELAY: 'off' })).toBe('FULCRUM_RELAY=off');
-    expect(loadRelay({ FULCRUM_RELAY: 'yes' })).toBe('FULCRUM_RELAY=yes is neither on nor off');
+    expect(loadRelay({ FULCRUM_RELAY: 'yes' })).toBe('FULCRUM_RELAY=yes is neither on, off nor the path of a relay build (….node)');
+    expect(loadRelay({ FULCRUM_RELAY: '/nonexistent/other.node' })).toMatch(/other\.node is not built/);
     expect(loadRelay({}, '/nonexistent/relay.node')).toMatch(/relay\.node is not built \(npm install builds it with the C compiler/);
   });
 

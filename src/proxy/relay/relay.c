@@ -559,6 +559,7 @@ static napi_value js_constants(napi_env env, napi_callback_info info) {
   SET("maxEvents", MAX_EVENTS);
   SET("maxAccept", MAX_ACCEPT);
   SET("nodeAbi", FULCRUM_NODE_ABI);
+  SET("sanitized", RELAY_SANITIZED);
 #undef SET
   napi_value built_for;
   napi_create_string_utf8(env, FULCRUM_NODE_VERSION, NAPI_AUTO_LENGTH, &built_for);

@@ -42,6 +42,13 @@
 #ifndef RELAY_VERSION /* tests build a relay of another version to see it refused */
 #define RELAY_VERSION 2
 #endif
+/* Built with AddressSanitizer (build/relay.ts --sanitize): constants().sanitized says so, and
+   transport-relay.ts then hands it only buffers of their own allocation (an over-read is caught). */
+#if defined(__SANITIZE_ADDRESS__)
+#define RELAY_SANITIZED 1
+#else
+#define RELAY_SANITIZED 0
+#endif
 #define CLIENT 0
 #define SERVER 1
 #define LISTENER 2

@@ -230,6 +230,8 @@ export const adminSchema = z.strictObject({
   token_file: nonEmptyString('file path').optional(),
   /** Require the token for reads (GET) too, not only for changes. */
   auth_reads: bool().default(false),
+  /** Host names (besides the listen address and localhost) a request's Host header may carry. */
+  allowed_hosts: z.array(requestText('a host name', (v) => parseHostPort(v, true) !== undefined)).default([]),
 });
 
 export const loggingSchema = z.strictObject({

@@ -198,7 +198,7 @@ describe('listening beyond loopback', () => {
       await waitFor(() => open.logs.some((l) => l.msg === 'admin server listening'), 5000, 'the admin server listening');
       const warning = (s: Stack) => s.logs.find((l) => /listens beyond loopback/.test(l.msg));
       expect(warning(open)).toMatchObject({ level: 40, listen: expect.stringMatching(/^0\.0\.0\.0:/) });
-      expect(warning(open).msg).toContain('admin.auth_reads: true');
+      expect(warning(open)?.msg).toContain('admin.auth_reads: true');
       expect(warning(locked)).toBeUndefined();
       expect(warning(stack)).toBeUndefined();
     } finally {

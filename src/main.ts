@@ -17,6 +17,7 @@ import { checkListens, sameListens } from './config/listen.ts';
 import { resolveWorkers } from './config/load.ts';
 import { formatHostPort, type Config } from './config/schema.ts';
 import { createLogger, type Logger } from './observability/log.ts';
+import { raiseOpenFilesLimit } from './open-files.ts';
 import type { ListenProblem } from './proxy/messages.ts';
 import { WorkerPool } from './proxy/pool.ts';
 import { buildServiceTable } from './proxy/table.ts';
@@ -79,6 +80,8 @@ export async function startFulcrum(initial: Config, options: StartOptions = {}):
   // the caller keeps the level the caller gave it.
   const ownLogger = options.logger === undefined;
   const log = logger.child({ component: 'main' });
+  // Before the workers open sockets in this process's descriptor table (src/open-files.ts).
+  raiseOpenFilesLimit(log);
   const events: FulcrumEvents = new EventEmitter();
   let config = initial;
 

@@ -102,6 +102,9 @@ export class HealthMonitor extends EventEmitter {
   readonly #jitter: number;
   readonly #tracked = new Map<string, Tracked>();
   #stopped = false;
+  /** Probes skipped since the last log line about them (#skip). */
+  #skipped = 0;
+  #skipLoggedAt = -Infinity;
 
   constructor(config: Config, options: HealthMonitorOptions = {}) {
     super();
@@ -319,9 +322,26 @@ export class HealthMonitor extends EventEmitter {
     }
     if (t.inFlight === controller) t.inFlight = null;
     if (epoch !== t.epoch || this.#stopped) return;
-    this.#record(t, result);
+    if (result.skipped !== undefined) this.#skip(t, result);
+    else this.#record(t, result);
     const elapsed = performance.now() - started;
     this.#schedule(t, Math.max(0, this.#jittered(t.health.interval) - elapsed));
+  }
+
+  /**
+   * A probe that could not be made here (ProbeResult.skipped): no history, no dampener, no
+   * transition; the 'probe' event carries `skipped` (a metric counts it). Comes in bursts (every
+   * probe while the open-files limit is reached): one log line a minute at most, with the count.
+   */
+  #skip(t: Tracked, result: ProbeResult): void {
+    this.#skipped++;
+    this.emit('probe', { service: t.service, address: t.address, ...result } satisfies ProbeEvent);
+    const now = performance.now();
+    if (now - this.#skipLoggedAt < 60_000) return;
+    this.#skipLoggedAt = now;
+    this.#log.error({ service: t.service, backend: t.address, skipped: this.#skipped, why: result.skipped },
+      `health probes skipped, not counted against backends: ${result.reason}`);
+    this.#skipped = 0;
   }
 
   #record(t: Tracked, result: ProbeResult): void {

@@ -64,6 +64,7 @@ import {
   END_SERVER, EV_ACCEPT, EV_ACCEPT_ERROR, EV_CLIENT_GONE, EV_CONNECT_FAILED, EV_CONNECTED, EV_ENDED, EV_FIELDS,
   formatAddress, RELAY_EVENTS, STAT_ACTIVITY, STAT_BYTES_IN, STAT_BYTES_OUT, STAT_FIELDS, type RelayBinding,
 } from './relay.ts';
+import { LOCAL_ERRORS } from '../local-errors.ts';
 
 /**
  * Largest read buffer of a socket: four times HAProxy's default tune.bufsize, because a copy per
@@ -582,9 +583,6 @@ function startConnect(s: Session, ip: string, port: number, family: number): voi
   if (LOCAL_ERRORS.has(code)) localConnectFailure(s, err, code);
   else connectFailed(s, code);
 }
-
-/** Errors of connect() that say this process is out of files, memory or local ports. */
-const LOCAL_ERRORS = new Set(['EMFILE', 'ENFILE', 'ENOBUFS', 'ENOMEM', 'EADDRNOTAVAIL']);
 
 /**
  * The backend socket could not be made here (open-files limit, memory, local ports): the backend

@@ -11,6 +11,7 @@ import net from 'node:net';
 import { readFile } from 'node:fs/promises';
 import type { Duplex } from 'node:stream';
 import type { HostPort, HealthConfig } from '../../config/schema.ts';
+import { localErrorCode } from '../../local-errors.ts';
 
 export type Role = 'primary' | 'replica';
 export type RoleFilter = 'primary' | 'replica' | 'any';
@@ -22,6 +23,12 @@ export interface ProbeResult {
   latency_ms: number;
   /** Database probes: the role the server reported. */
   role?: Role;
+  /**
+   * Set (to the errno code, or why) when the probe could not be made here: fulcrum is out of
+   * files, memory or local ports (src/local-errors.ts), or its probe thread ended under it. Not
+   * the backend's failure: the monitor records nothing for it and probes again.
+   */
+  skipped?: string;
 }
 
 /**
@@ -63,7 +70,6 @@ export function describeError(err: unknown): string {
     case 'ECONNRESET': case 'EPIPE': return 'connection reset';
     case 'ETIMEDOUT': return 'timeout';
     case 'EHOSTUNREACH': case 'ENETUNREACH': return `unreachable (${e.code})`;
-    case 'EADDRNOTAVAIL': return 'address not available';
     case 'ENOTFOUND': case 'EAI_AGAIN': return `cannot resolve host (${e.code})`;
   }
   if (err instanceof ProbeFailure) return err.message;
@@ -109,6 +115,10 @@ export async function runProbe(
     })]);
     return { ok: r.ok ?? true, reason: clip(r.reason), latency_ms: latency(), ...(r.role ? { role: r.role } : {}) };
   } catch (err) {
+    const local = localErrorCode(err);
+    if (local !== undefined) {
+      return { ok: false, reason: `not probed: ${local} here (fulcrum is out of files, memory or local ports)`, latency_ms: latency(), skipped: local };
+    }
     let reason = signal.aborted && !(err instanceof ProbeFailure) ? timeoutReason(settings, stage.name) : describeError(err);
     const partial = signal.aborted ? stage.socket?.pending : undefined;
     if (partial && partial.length > 0 && reason.startsWith('timeout')) reason += `, partial reply ${excerpt(partial)}`;

@@ -290,7 +290,7 @@ export class HealthMonitor extends EventEmitter {
     // not the backend's time to answer.
     if (onThread) {
       t.inFlight = new AbortController();
-      await this.#thread.ready();
+      await this.#thread.ready(keyOf(t.service, t.address));
       t.inFlight = null;
       if (epoch !== t.epoch || this.#stopped || t.maint) return;
     }
@@ -303,11 +303,11 @@ export class HealthMonitor extends EventEmitter {
     try {
       const probe = this.#probes[health.type];
       result = await Promise.race([
-        probe(t.target, health, controller.signal),
+        probe(t.target, health, controller.signal, keyOf(t.service, t.address)),
         new Promise<ProbeResult>((resolve) => {
           safety = setTimeout(() => {
             const reason = `timeout after ${health.timeout}ms (probe did not stop when asked)`;
-            if (onThread) this.#thread.unresponsive(`${t.service} ${t.address}: ${reason}`);
+            if (onThread) this.#thread.unresponsive(`${t.service} ${t.address}: ${reason}`, keyOf(t.service, t.address));
             resolve({ ok: false, reason, latency_ms: performance.now() - started });
           }, health.timeout + SAFETY_MARGIN_MS);
         }),

@@ -33,9 +33,10 @@ export interface ProbeResult {
 
 /**
  * One probe type. `settings` is the service's whole health section; `signal` aborts the probe at
- * its timeout (the monitor passes AbortSignal.timeout(health.timeout)).
+ * its timeout (the monitor passes AbortSignal.timeout(health.timeout)). `key` names whose probe
+ * it is (service and backend): the probe thread isolates by it; probes themselves ignore it.
  */
-export type Probe = (target: HostPort, settings: HealthConfig, signal: AbortSignal) => Promise<ProbeResult>;
+export type Probe = (target: HostPort, settings: HealthConfig, signal: AbortSignal, key?: string) => Promise<ProbeResult>;
 
 /** A failure with an operator-readable reason; thrown inside probes, caught by runProbe(). */
 export class ProbeFailure extends Error {
@@ -240,6 +241,9 @@ export class ProbeSocket {
     this.#signal = signal;
     socket.on('data', (d: Buffer) => {
       this.#buf = this.#buf.length === 0 ? d : Buffer.concat([this.#buf, d]);
+      // Past MAX_REPLY nothing more is read: a server streaming without end must not make the
+      // probe thread concatenate (and hold) more before the reader wakes (read() then fails it).
+      if (this.#buf.length > MAX_REPLY) socket.destroy();
       this.#notify();
     });
     socket.on('end', () => { this.#ended = true; this.#notify(); });
@@ -289,13 +293,13 @@ export class ProbeSocket {
           return r[0];
         }
       }
+      if (this.#buf.length > MAX_REPLY) throw new ProbeFailure(`reply too long (over ${MAX_REPLY} bytes) ${excerpt(this.#buf)}`);
       if (this.#error) throw this.#error;
       if (this.#ended) {
         throw new ProbeFailure(this.#buf.length === 0
           ? 'closed by server before replying'
           : `closed by server after a partial reply ${excerpt(this.#buf)}`);
       }
-      if (this.#buf.length > MAX_REPLY) throw new ProbeFailure(`reply too long (over ${MAX_REPLY} bytes) ${excerpt(this.#buf)}`);
       await new Promise<void>((resolve) => { this.#wake = resolve; });
     }
   }

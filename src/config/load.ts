@@ -73,6 +73,12 @@ function crossChecks(config: Config): ConfigProblem[] {
       if (h.role !== 'any' && !['redis', 'postgres', 'mysql'].includes(h.type)) {
         problems.push({ path: `${at}.health.role`, message: `needs health.type redis, postgres or mysql, got ${JSON.stringify(h.role)} with type ${JSON.stringify(h.type)}` });
       }
+      for (const section of ['redis', 'postgres', 'mysql'] as const) {
+        const t = h[section];
+        if (t?.ca_file !== undefined && t.tls !== 'verify-full') {
+          problems.push({ path: `${at}.health.${section}.ca_file`, message: `needs health.${section}.tls: verify-full, got tls ${JSON.stringify(t.tls)}` });
+        }
+      }
       if (h.timeout > h.interval) problems.push({ path: `${at}.health.timeout`, message: `must not exceed health.interval (${h.interval}ms), got ${h.timeout}ms` });
     }
   });

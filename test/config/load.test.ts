@@ -356,3 +356,19 @@ describe('loadConfigOffThread (reloads)', () => {
     expect(longest).toBeLessThan(onThisThread / 2);
   });
 });
+
+describe('probe TLS and PostgreSQL auth settings', () => {
+  const withHealth = (health: string) => minimal.replace('    backends:', `    health: ${health}\n    backends:`);
+  it('defaults to no TLS and SCRAM only, and names the field of a bad value', () => {
+    const c = parseConfig(withHealth('{ type: postgres, postgres: { user: monitor } }'));
+    expect(c.services[0].health?.postgres).toEqual({ user: 'monitor', tls: 'disable', auth: 'scram' });
+    expect(problemsOf(withHealth('{ type: postgres, postgres: { auth: plain, tls: yes } }')).sort()).toEqual([
+      'services[0].health.postgres.auth: must be one of scram | md5 | password, got "plain"',
+      'services[0].health.postgres.tls: must be one of disable | require | verify-full, got "yes"',
+    ]);
+    expect(problemsOf(withHealth('{ type: redis, redis: { tls: require, ca_file: ./ca.pem } }'))).toEqual([
+      'services[0].health.redis.ca_file: needs health.redis.tls: verify-full, got tls "require"',
+    ]);
+    expect(problemsOf(withHealth('{ type: mysql, mysql: { auth: md5 } }'))).toEqual(['services[0].health.mysql.auth: unknown key']);
+  });
+});

@@ -155,6 +155,7 @@ export class HealthMonitor extends EventEmitter {
       if (!seen.has(key)) {
         this.#halt(t);
         this.#tracked.delete(key);
+        this.#thread.forget(key);
       }
     }
   }

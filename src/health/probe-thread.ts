@@ -229,7 +229,7 @@ export class ProbeThread {
 
   /** Threads given to single backends so far (status and tests). */
   get isolated(): number {
-    return this.#isolated.size + (this.#overflow ? 1 : 0);
+    return this.#isolated.size + (this.#overflow !== null && this.#inOverflow.size > 0 ? 1 : 0);
   }
 
   /**
@@ -241,6 +241,16 @@ export class ProbeThread {
     if (w.threadId === null) return;
     this.#log.error({ why }, 'probe thread does not answer: ending it, the next probe starts another');
     w.end();
+  }
+
+  /** The backend `key` is no longer probed (removed by a reload): its own thread, if any, ends. */
+  forget(key: string): void {
+    this.#lost.delete(key);
+    this.#inOverflow.delete(key);
+    const own = this.#isolated.get(key);
+    if (own === undefined) return;
+    this.#isolated.delete(key);
+    void own.close();
   }
 
   async close(): Promise<void> {

@@ -87,6 +87,10 @@ describe('a probe thread that ends with several probes in flight', () => {
       const r = await cacheSlow;
       expect(r.skipped).toBeUndefined();
       expect(r.reason).not.toMatch(/thread/);
+
+      // A backend no longer probed gives its thread back.
+      thread.forget('hostile\u0000b');
+      expect(thread.isolated).toBe(2);
     } finally {
       await thread.close();
     }

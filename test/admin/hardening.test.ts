@@ -36,24 +36,32 @@ function getWithHost(host: string, path = '/api/status'): Promise<{ status: numb
   });
 }
 
+/**
+ * Sends `head`, then chunks of a body that never ends (at most for 10 s), from `from`, until the
+ * server closes the connection. Returns what the server answered and whether it closed.
+ */
+async function chunkedFlood(from: string, head: string, chunkSize: number): Promise<{ reply: string; closed: boolean }> {
+  const s = await connectClient(stack.adminPort, HOST, from);
+  held.push(s);
+  s.on('error', () => {});
+  let reply = '';
+  s.on('data', (d: Buffer) => { reply += d.toString('latin1'); });
+  let closed = false;
+  s.once('end', () => { closed = true; });
+  s.once('close', () => { closed = true; });
+  s.write(`${head}content-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n`);
+  const chunk = `${chunkSize.toString(16)}\r\n${'x'.repeat(chunkSize)}\r\n`;
+  const until = Date.now() + 10_000;
+  while (!closed && Date.now() < until) {
+    if (!s.destroyed) s.write(chunk);
+    await new Promise((r) => setTimeout(r, 5));
+  }
+  return { reply, closed };
+}
+
 describe('a refused request closes its connection without reading the body', () => {
   it('401 arrives and the connection closes while a chunked body is still being sent', async () => {
-    const s = await connectClient(stack.adminPort, HOST, '127.5.4.2');
-    held.push(s);
-    s.on('error', () => {});
-    let reply = '';
-    s.on('data', (d: Buffer) => { reply += d.toString('latin1'); });
-    let closed = false;
-    s.once('end', () => { closed = true; });
-    s.once('close', () => { closed = true; });
-    s.write(`POST /api/reload HTTP/1.1\r\nHost: ${HOST}:${stack.adminPort}\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n`);
-    const chunk = `400\r\n${'x'.repeat(0x400)}\r\n`;
-    // Sends for at most 10 s; the server must answer and close long before.
-    const until = Date.now() + 10_000;
-    while (!closed && Date.now() < until) {
-      if (!s.destroyed) s.write(chunk);
-      await new Promise((r) => setTimeout(r, 5));
-    }
+    const { reply, closed } = await chunkedFlood('127.5.4.2', `POST /api/reload HTTP/1.1\r\nHost: ${HOST}:${stack.adminPort}\r\n`, 0x400);
     expect(reply).toMatch(/^HTTP\/1\.1 401 /);
     expect(reply).toContain('FULCRUM_ERR_ADMIN_UNAUTHORIZED');
     expect(reply.toLowerCase()).toContain('connection: close');
@@ -61,20 +69,8 @@ describe('a refused request closes its connection without reading the body', () 
   });
 
   it('a body over the limit gets its 413 without the server reading the rest', async () => {
-    const s = await connectClient(stack.adminPort, HOST, '127.5.4.3');
-    held.push(s);
-    s.on('error', () => {});
-    let reply = '';
-    s.on('data', (d: Buffer) => { reply += d.toString('latin1'); });
-    let closed = false;
-    s.once('end', () => { closed = true; });
-    s.write(`POST /api/services/web/backends/${stack.backends[0].address}/weight HTTP/1.1\r\nHost: ${HOST}\r\nauthorization: Bearer ${TOKEN}\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n`);
-    const chunk = `4000\r\n${'x'.repeat(0x4000)}\r\n`;
-    const until = Date.now() + 10_000;
-    while (!closed && Date.now() < until) {
-      if (!s.destroyed) s.write(chunk);
-      await new Promise((r) => setTimeout(r, 5));
-    }
+    const path = `/api/services/web/backends/${stack.backends[0].address}/weight`;
+    const { reply, closed } = await chunkedFlood('127.5.4.3', `POST ${path} HTTP/1.1\r\nHost: ${HOST}\r\nauthorization: Bearer ${TOKEN}\r\n`, 0x4000);
     expect(reply).toMatch(/^HTTP\/1\.1 413 /);
     expect(closed).toBe(true);
   });

@@ -118,7 +118,9 @@ class ProbeWorker {
   async run(type: HealthConfig['type'], target: HostPort, settings: HealthConfig, signal: AbortSignal, key: string): Promise<ProbeResult> {
     await this.ready();
     const worker = this.#worker;
-    if (worker === null || this.#closed) return { ok: false, reason: this.#closed ? 'probe thread stopped' : 'probe thread did not start (see the log)', latency_ms: 0 };
+    if (this.#closed) return { ok: false, reason: 'probe thread stopped', latency_ms: 0 };
+    // fulcrum's own trouble (out of files or memory, most likely): not the backend's failure.
+    if (worker === null) return { ok: false, reason: 'not probed: the probe thread did not start (see the log)', latency_ms: 0, skipped: 'probe thread did not start' };
     const id = ++this.#seq;
     return new Promise<ProbeResult>((resolve) => {
       const onAbort = (): void => worker.postMessage({ type: 'abort', id } satisfies ToProbeThread);

@@ -7,6 +7,7 @@
  */
 import mysql from 'mysql2';
 import net from 'node:net';
+import tls from 'node:tls';
 import { capReply, checkData, framed, MAX_REPLY, ProbeFailure, readSecret, roleResult, runProbe, tlsOptions, type Probe } from './probe.ts';
 
 const AUTH_ERRNOS = new Set([1044, 1045, 1698, 1130]);
@@ -43,8 +44,9 @@ export const mysqlProbe: Probe = (target, settings, signal) =>
       user: cfg?.user ?? 'root',
       password,
       database: cfg?.database,
-      // verifyIdentity: the certificate must name the backend's configured host (verify-full).
-      ...(secure ? { ssl: { rejectUnauthorized: secure.rejectUnauthorized, ca: secure.ca as string | undefined, verifyIdentity: secure.rejectUnauthorized === true } } : {}),
+      // The name check of verify-full is made below: mysql2's (verifyIdentity) checks an IP
+      // address against "localhost", as it gives TLS no host.
+      ...(secure ? { ssl: { rejectUnauthorized: secure.rejectUnauthorized, ca: secure.ca as string | undefined, verifyIdentity: false } } : {}),
       connectTimeout: settings.timeout + 100,
       // Numbers as numbers; no date handling needed.
       supportBigNumbers: false,
@@ -57,8 +59,17 @@ export const mysqlProbe: Probe = (target, settings, signal) =>
       const startTLS = internal.startTLS.bind(internal);
       internal.startTLS = (onSecure) => {
         startTLS(onSecure);
-        checkData(internal.stream, mysqlFrames());
-        capReply(internal.stream);
+        const tlsSocket = internal.stream as tls.TLSSocket;
+        checkData(tlsSocket, mysqlFrames());
+        capReply(tlsSocket);
+        // verify-full: the certificate must name the backend's configured host or address,
+        // checked before mysql2's own handler (which sends the credentials) runs.
+        if (secure.rejectUnauthorized === true) {
+          tlsSocket.prependOnceListener('secureConnect', () => {
+            const err = tls.checkServerIdentity(target.host, tlsSocket.getPeerCertificate());
+            if (err) tlsSocket.destroy(err);
+          });
+        }
       };
     }
     stage.name = 'connecting: waiting for the handshake';

@@ -155,12 +155,20 @@ class ProbeWorker {
 
   #start(): Promise<void> {
     return new Promise<void>((resolve) => {
-      const worker = new Worker(new URL('./probe-worker.ts', import.meta.url), {
-        name: this.#name,
-        resourceLimits: { maxOldGenerationSizeMb: PROBE_THREAD_HEAP_MB, maxYoungGenerationSizeMb: 4 },
-        stdout: true,
-        stderr: true,
-      });
+      let worker: Worker;
+      try {
+        worker = new Worker(new URL('./probe-worker.ts', import.meta.url), {
+          name: this.#name,
+          resourceLimits: { maxOldGenerationSizeMb: PROBE_THREAD_HEAP_MB, maxYoungGenerationSizeMb: 4 },
+          stdout: true,
+          stderr: true,
+        });
+      } catch (err) {
+        // Out of files or memory, most likely: this probe is skipped (run()), the next one tries again.
+        this.#log.error({ err: (err as Error).message }, `probe thread cannot start: ${(err as Error).message}`);
+        this.#ready = null;
+        return resolve();
+      }
       worker.unref();
       this.#worker = worker;
       this.#logOutput(worker);

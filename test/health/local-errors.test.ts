@@ -31,18 +31,19 @@ describe('local errors', () => {
 
   it('a monitor whose probes hit EMFILE skips them and never marks a healthy backend down', async () => {
     const fixture = new URL('./fixtures/emfile-monitor.ts', import.meta.url).pathname;
-    const out = await new Promise<string>((resolve, reject) => {
+    const [out, log] = await new Promise<[string, string]>((resolve, reject) => {
       execFile('prlimit', ['--nofile=256:256', process.execPath, fixture, address], { timeout: 30_000 }, (err, stdout, stderr) => {
         if (err) reject(new Error(`${err.message}\n${stderr}`));
-        else resolve(stdout);
+        else resolve([stdout, stderr]);
       });
     });
-    const r = JSON.parse(out.trim().split('\n').pop()!);
+    const r = { ...JSON.parse(out.trim().split('\n').pop()!), log: log.split('\n').filter((l) => l && !l.includes('"probe failed"')).map((l) => l.slice(0, 300)) };
     expect(r.held).toBeGreaterThan(100);
-    expect(r.transitions).toEqual([{ up: true, initial: true, cause: 'first probe: connected' }]);
+    expect(r.up).toBe(true);
+    expect(r.transitions).toEqual([]);
     expect(r.failed).toEqual([]);
-    expect(r.skipped).toBeGreaterThanOrEqual(10);
-    expect(r.reasons).toEqual(['not probed: EMFILE here (fulcrum is out of files, memory or local ports)']);
+    expect(r.skipped, JSON.stringify(r)).toBeGreaterThanOrEqual(10);
+    expect(r.reasons.filter((x: string) => x !== 'connected')).toEqual(['not probed: EMFILE here (fulcrum is out of files, memory or local ports)']);
     expect(r.okAfter).toBeGreaterThanOrEqual(3);
   }, 40_000);
 });

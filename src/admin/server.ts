@@ -214,10 +214,14 @@ export class AdminServer {
       });
     });
     this.#log.info({ url: this.url, changes: this.#tokenHash ? 'token' : 'disabled (no admin.token_file)' }, 'admin server listening');
-    if (!isLoopback(host) && !this.#authReads) {
-      this.#log.warn({ listen: formatHostPort({ host, port }) },
-        'admin API listens beyond loopback and serves reads (services, backends, metrics) without a token: set admin.auth_reads: true with admin.token_file, or listen on 127.0.0.1');
-    }
+    this.#warnIfOpen(this.#options.admin.listen, this.#authReads);
+  }
+
+  /** At start and when a reload opens reads: beyond loopback, reads without a token are everyone's. */
+  #warnIfOpen(listen: { host: string; port: number }, authReads: boolean): void {
+    if (isLoopback(listen.host) || authReads) return;
+    this.#log.warn({ listen: formatHostPort(listen) },
+      'admin API listens beyond loopback and serves reads (services, backends, metrics) without a token: set admin.auth_reads: true with admin.token_file, or listen on 127.0.0.1');
   }
 
   /** The address actually bound (port 0 resolved). */
@@ -238,6 +242,7 @@ export class AdminServer {
   prepareAdminConfig(admin: AdminConfig): () => void {
     const hash = admin.token_file ? sha256(readToken(admin.token_file)) : undefined;
     return () => {
+      if (this.#authReads && !admin.auth_reads) this.#warnIfOpen(admin.listen, false);
       this.#tokenHash = hash;
       this.#authReads = admin.auth_reads;
       this.#hosts = allowedHosts(admin);

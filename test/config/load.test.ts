@@ -371,4 +371,13 @@ describe('probe TLS and PostgreSQL auth settings', () => {
     ]);
     expect(problemsOf(withHealth('{ type: mysql, mysql: { auth: md5 } }'))).toEqual(['services[0].health.mysql.auth: unknown key']);
   });
+
+  it('admin.allowed_hosts: host names, each checked', () => {
+    expect(parseConfig(minimal + 'admin: { allowed_hosts: [fulcrum.internal, "10.0.0.5"] }\n').admin?.allowed_hosts).toEqual(['fulcrum.internal', '10.0.0.5']);
+    expect(parseConfig(minimal + 'admin: {}\n').admin?.allowed_hosts).toEqual([]);
+    expect(problemsOf(minimal + 'admin: { allowed_hosts: [ok.example, "bad host", 10.0.0.300] }\n')).toEqual([
+      'admin.allowed_hosts[1]: must be a host name without spaces or control characters, got "bad host"',
+      'admin.allowed_hosts[2]: must be a host name without spaces or control characters, got "10.0.0.300"',
+    ]);
+  });
 });

@@ -29,6 +29,7 @@ import type { FulcrumEvents } from './events.ts';
 import { Failover } from './failover/index.ts';
 import { HealthMonitor } from './health/monitor.ts';
 import { createLogger, type Logger } from './observability/log.ts';
+import { raiseOpenFilesLimit } from './open-files.ts';
 import type { ListenProblem } from './proxy/messages.ts';
 import { WorkerPool } from './proxy/pool.ts';
 import { buildServiceTable } from './proxy/table.ts';
@@ -83,6 +84,8 @@ export interface FulcrumHandle {
 export async function startFulcrum(initial: Config, options: StartOptions = {}): Promise<FulcrumHandle> {
   const logger = options.logger ?? createLogger(initial.logging.level);
   const log = logger.child({ component: 'main' });
+  // Before the workers open sockets in this process's descriptor table (src/open-files.ts).
+  raiseOpenFilesLimit(log);
   const events = new EventEmitter<FulcrumEvents>();
 
   // ── the engine and the balancer ───────────────────────────────────────────

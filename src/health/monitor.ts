@@ -129,6 +129,9 @@ export class HealthMonitor extends EventEmitter<HealthEvents> {
   /** firstRound() callers, resolved when no backend of a service that routes by role is pending. */
   readonly #roundWaiters: Array<() => void> = [];
   #stopped = false;
+  /** Probes skipped since the last log line about them (#skip). */
+  #skipped = 0;
+  #skipLoggedAt = -Infinity;
 
   constructor(config: Config, options: HealthMonitorOptions = {}) {
     super();
@@ -185,6 +188,7 @@ export class HealthMonitor extends EventEmitter<HealthEvents> {
       if (!seen.has(key)) {
         this.#halt(t);
         this.#tracked.delete(key);
+        this.#thread.forget(key);
       }
     }
   }
@@ -354,7 +358,7 @@ export class HealthMonitor extends EventEmitter<HealthEvents> {
     // not the backend's time to answer.
     if (onThread) {
       t.inFlight = new AbortController();
-      await this.#thread.ready();
+      await this.#thread.ready(keyOf(t.service, t.address));
       t.inFlight = null;
       if (epoch !== t.epoch || this.#stopped || t.maint) return;
     }
@@ -368,11 +372,11 @@ export class HealthMonitor extends EventEmitter<HealthEvents> {
     try {
       const probe = this.#probes[health.type];
       result = await Promise.race([
-        probe(t.target, health, controller.signal),
+        probe(t.target, health, controller.signal, keyOf(t.service, t.address)),
         new Promise<ProbeResult>((resolve) => {
           safety = clock.setTimeout(() => {
             const reason = `timeout after ${health.timeout}ms (probe did not stop when asked)`;
-            if (onThread) this.#thread.unresponsive(`${t.service} ${t.address}: ${reason}`);
+            if (onThread) this.#thread.unresponsive(`${t.service} ${t.address}: ${reason}`, keyOf(t.service, t.address));
             resolve({ ok: false, reason, latency_ms: clock.now() - started });
           }, health.timeout + SAFETY_MARGIN_MS);
         }),
@@ -387,9 +391,26 @@ export class HealthMonitor extends EventEmitter<HealthEvents> {
     }
     if (t.inFlight === controller) t.inFlight = null;
     if (epoch !== t.epoch || this.#stopped) return;
-    this.#record(t, result);
+    if (result.skipped !== undefined) this.#skip(t, result);
+    else this.#record(t, result);
     const elapsed = clock.now() - started;
     this.#schedule(t, Math.max(0, this.#jittered(t.health.interval) - elapsed));
+  }
+
+  /**
+   * A probe that could not be made here (ProbeResult.skipped): no history, no dampener, no
+   * transition; the 'probe' event carries `skipped` (a metric counts it). Comes in bursts (every
+   * probe while the open-files limit is reached): one log line a minute at most, with the count.
+   */
+  #skip(t: Tracked, result: ProbeResult): void {
+    this.#skipped++;
+    this.emit('probe', { service: t.service, address: t.address, ...result } satisfies ProbeEvent);
+    const now = this.#clock.now();
+    if (now - this.#skipLoggedAt < 60_000) return;
+    this.#skipLoggedAt = now;
+    this.#log.error({ service: t.service, backend: t.address, skipped: this.#skipped, why: result.skipped },
+      `health probes skipped, not counted against backends: ${result.reason}`);
+    this.#skipped = 0;
   }
 
   #record(t: Tracked, result: ProbeResult): void {

@@ -26,6 +26,8 @@ export interface ProbeObservation {
   ok: boolean;
   /** How long the probe took, in milliseconds. */
   latency_ms: number;
+  /** The probe could not be made here (out of files…): counted as result "skipped", nothing else. */
+  skipped?: string;
 }
 
 /** Roles a database check can report (the label values of fulcrum_backend_role). */
@@ -173,7 +175,7 @@ export class Metrics {
       labelNames: ['service', 'backend'], buckets: [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5], registers,
     });
     this.#probes = new Counter<BackendLabels | 'result'>({
-      name: METRICS_PREFIX + 'health_probes_total', help: 'Health probes by result (ok, fail).',
+      name: METRICS_PREFIX + 'health_probes_total', help: 'Health probes by result (ok, fail; skipped: not made, fulcrum out of files, memory or local ports).',
       labelNames: ['service', 'backend', 'result'], registers,
     });
     const lastProbe = this.#lastProbe;
@@ -255,6 +257,10 @@ export class Metrics {
   /** Records one health probe result (from the health monitor's 'probe' event). */
   observeProbe(p: ProbeObservation): void {
     const labels = { service: p.service, backend: p.address };
+    if (p.skipped !== undefined) {
+      this.#probes.inc({ ...labels, result: 'skipped' });
+      return;
+    }
     this.#probeDuration.observe(labels, p.latency_ms / 1000);
     this.#probes.inc({ ...labels, result: p.ok ? 'ok' : 'fail' });
     // Copy the four fields: the event object may carry more and must not be kept alive whole.
@@ -267,6 +273,7 @@ export class Metrics {
     this.#probeDuration.remove({ service, backend });
     this.#probes.remove({ service, backend, result: 'ok' });
     this.#probes.remove({ service, backend, result: 'fail' });
+    this.#probes.remove({ service, backend, result: 'skipped' });
   }
 
   /** The Prometheus text exposition of everything, read now. */

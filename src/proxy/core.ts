@@ -22,6 +22,7 @@ import { getSystemErrorName } from 'node:util';
 import { triedList, type Engine } from '../balancer/engine.ts';
 import { hashKey } from '../balancer/hash.ts';
 import { clientAddress } from '../config/address.ts';
+import { LOCAL_ERRORS } from '../local-errors.ts';
 import {
   BC_BYTES_IN, BC_BYTES_OUT, BC_CONNECT_FAILURES, BC_CONNECT_TIME_MS, BC_CONNECTIONS, BC_KILLED, BC_RETRIES,
   backendCounterIndex, MAX_TRIED, PICK_BAD_SERVICE, PICK_NO_BACKEND, SC_ACCEPTED, SC_BYTES_IN, SC_BYTES_OUT,
@@ -44,9 +45,6 @@ const QUEUE_POLL_MS = 200;
 const SWEEP_MIN_MS = 10;
 const SWEEP_MAX_MS = 1000;
 const LOOKUP_OPTIONS = { order: 'ipv4first' } as const;
-
-/** Errors of connect() that say this process is out of files, memory or local ports. */
-const LOCAL_ERRORS = new Set(['EMFILE', 'ENFILE', 'ENOBUFS', 'ENOMEM', 'EADDRNOTAVAIL']);
 
 /** What the data path needs from its worker. */
 export interface DataPathContext {

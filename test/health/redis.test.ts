@@ -14,6 +14,7 @@ import type { FulcrumHandle } from '../../src/main.ts';
 import { reasons, startProxy } from '../proxy/harness.ts';
 import { freePort, waitFor } from '../helpers/net.ts';
 import { respSession, startRedis, tcpPortOf, type RedisServer, type RespSession } from '../helpers/redis.ts';
+import { makeCerts, type TestCerts } from '../helpers/tls.ts';
 import { waitUntilOnly } from './switchover.ts';
 
 const PASSWORD = 's3cret-redis';
@@ -158,5 +159,32 @@ services:
     const desc = fulcrum.balancer.describe().find((s) => s.name === 'redis')!;
     expect(desc.backends.find((x) => x.address === a.address)?.state).toBe('down');
     expect(desc.backends.find((x) => x.address === b.address)?.state).toBe('up');
+  });
+});
+
+describe('redis probe over TLS (health.redis.tls)', () => {
+  let tlsServer: RedisServer;
+  let tlsPort: number;
+  let certs: TestCerts;
+  beforeAll(async () => {
+    certs = await makeCerts(dir, '127.3.3.3');
+    tlsPort = await freePort('127.3.3.3');
+    tlsServer = await startRedis({ host: '127.3.3.3', args: ['--requirepass', PASSWORD, '--tls-port', String(tlsPort),
+      '--tls-cert-file', certs.certFile, '--tls-key-file', certs.keyFile, '--tls-ca-cert-file', certs.caFile, '--tls-auth-clients', 'no'] });
+  });
+  afterAll(async () => {
+    await tlsServer?.stop();
+  });
+
+  const overTls = (x: Record<string, unknown>) =>
+    redisProbe({ host: '127.3.3.3', port: tlsPort }, h({ redis: { password_file: pwFile, ...x } }), AbortSignal.timeout(2000));
+
+  it('require and verify-full speak TLS; verify-full refuses a certificate its CA did not sign; plain text to a TLS port fails', async () => {
+    expect(await overTls({ tls: 'require' })).toMatchObject({ ok: true, reason: 'role primary' });
+    expect(await overTls({ tls: 'verify-full', ca_file: certs.caFile })).toMatchObject({ ok: true, reason: 'role primary' });
+    expect(await overTls({ tls: 'verify-full', ca_file: certs.otherCaFile })).toMatchObject({ ok: false, reason: expect.stringMatching(/^tls: .*\(\w+\)$/) });
+    expect(await overTls({ tls: 'verify-full', ca_file: join(dir, 'missing.pem') }))
+      .toMatchObject({ ok: false, reason: `health.redis.ca_file ${join(dir, 'missing.pem')}: cannot read (ENOENT)` });
+    expect((await overTls({})).ok).toBe(false);
   });
 });

@@ -27,6 +27,15 @@ export function firstWord(command: string): string | undefined {
   return m?.[1];
 }
 
+/** Checks that /bin/sh and the first word of each command can run; throws BgpSpeakerError naming it. */
+export function commandBinaries(opts: Pick<CommandSpeakerOptions, 'announce' | 'withdraw'>): void {
+  requireExecutable('/bin/sh', 'bgp.speaker command');
+  for (const key of ['announce', 'withdraw'] as const) {
+    const word = firstWord(opts[key]);
+    if (word !== undefined) requireExecutable(word, `bgp.${key}`);
+  }
+}
+
 export class CommandSpeaker implements Speaker {
   readonly kind = 'command' as const;
   private readonly opts: CommandSpeakerOptions;
@@ -37,11 +46,7 @@ export class CommandSpeaker implements Speaker {
   }
 
   async start(): Promise<void> {
-    requireExecutable('/bin/sh', 'bgp.speaker command');
-    for (const key of ['announce', 'withdraw'] as const) {
-      const word = firstWord(this.opts[key]);
-      if (word !== undefined) requireExecutable(word, `bgp.${key}`);
-    }
+    commandBinaries(this.opts);
   }
 
   announce(vip: string): Promise<void> {

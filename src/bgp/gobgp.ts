@@ -72,6 +72,16 @@ export function gobgpdConfig(o: Pick<GobgpOptions, 'asn' | 'routerId' | 'localAd
   return lines.join('\n') + '\n';
 }
 
+/** The binaries speaker: gobgp runs; throws BgpSpeakerError naming the first one missing. */
+export function gobgpBinaries(): { gobgpd: string; gobgp: string; setpriv: string; bash: string } {
+  return {
+    gobgpd: requireExecutable('gobgpd', 'bgp.speaker gobgp (Debian package gobgpd)'),
+    gobgp: requireExecutable('gobgp', 'bgp.speaker gobgp (Debian package gobgpd)'),
+    setpriv: requireExecutable('setpriv', 'bgp.speaker gobgp (util-linux)'),
+    bash: requireExecutable('bash', 'bgp.speaker gobgp'),
+  };
+}
+
 export class GobgpSpeaker implements Speaker {
   readonly kind = 'gobgp' as const;
   onRoutesLost?: (cause: string) => void;
@@ -103,12 +113,7 @@ export class GobgpSpeaker implements Speaker {
   }
 
   async start(): Promise<void> {
-    this.bins ??= {
-      gobgpd: requireExecutable('gobgpd', 'bgp.speaker gobgp (Debian package gobgpd)'),
-      gobgp: requireExecutable('gobgp', 'bgp.speaker gobgp (Debian package gobgpd)'),
-      setpriv: requireExecutable('setpriv', 'bgp.speaker gobgp (util-linux)'),
-      bash: requireExecutable('bash', 'bgp.speaker gobgp'),
-    };
+    this.bins ??= gobgpBinaries();
     this.stopping = false;
     await this.launch();
     this.pollTimer ??= setInterval(() => void this.poll(), this.opts.pollMs ?? 1000);

@@ -16,8 +16,8 @@ import type { BgpConfig } from '../config/schema.ts';
 import type { BgpEvents, BgpRouteEvent } from '../events.ts';
 import { VipManager } from '../failover/vip.ts';
 import type { Logger } from '../observability/log.ts';
-import { CommandSpeaker } from './command.ts';
-import { GobgpSpeaker } from './gobgp.ts';
+import { CommandSpeaker, commandBinaries } from './command.ts';
+import { GobgpSpeaker, gobgpBinaries } from './gobgp.ts';
 import type { SessionState, Speaker } from './speaker.ts';
 
 export { BgpRouteError, BgpSpeakerError } from './errors.ts';
@@ -68,6 +68,12 @@ export interface BgpStatus {
 }
 
 type VipState = BgpVipStatus;
+
+/** `fulcrum check`: the binaries the configured speaker runs are there (BgpSpeakerError names a missing one). */
+export function checkSpeakerBinaries(config: BgpConfig): void {
+  if (config.speaker === 'command') commandBinaries({ announce: config.announce!, withdraw: config.withdraw! });
+  else gobgpBinaries();
+}
 
 export function buildSpeaker(config: BgpConfig, logger: Logger): Speaker {
   if (config.speaker === 'command') return new CommandSpeaker({ announce: config.announce!, withdraw: config.withdraw! });

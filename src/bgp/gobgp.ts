@@ -97,6 +97,9 @@ export class GobgpSpeaker implements Speaker {
   private restartTimer: NodeJS.Timeout | null = null;
   private stopping = false;
   private restarts = 0;
+  /** Losses in a row (reset once gobgpd ran a minute): the restart pause grows with it. */
+  private lossesInARow = 0;
+  private launchedAt = 0;
   private lastExit: string | null = null;
   private stderrTail = '';
   private polled: SessionState[] = [];
@@ -149,11 +152,16 @@ export class GobgpSpeaker implements Speaker {
       const r = await runCommand(bins.gobgp, ['--target', this.target, 'global'], 2000);
       if (r.ok) break;
       if (child.exitCode !== null || child.signalCode !== null || performance.now() > deadline) {
+        // Not this speaker's child any more: its exit is not a loss to restart from (the caller decides).
+        this.child = null;
+        if (this.feedTimer) clearInterval(this.feedTimer);
+        this.feedTimer = null;
         child.kill('SIGKILL');
         throw new BgpSpeakerError(`bgp.speaker gobgp: gobgpd did not come up: ${(this.stderrTail || r.stderr).trim().slice(-500) || 'no API answer within 10 s'}`);
       }
       await new Promise((r) => setTimeout(r, 50));
     }
+    this.launchedAt = performance.now();
     this.log.info({ pid: child.pid, dir: this.dir, liveness_ms: this.opts.livenessMs }, 'gobgpd running');
   }
 
@@ -167,19 +175,30 @@ export class GobgpSpeaker implements Speaker {
       : code === 3 ? `gobgpd exited: ${this.stderrTail.trim().split('\n').at(-1) ?? ''}`
         : `the wrapper exited (code ${code}, signal ${signal})`;
     this.lastExit = why;
+    if (performance.now() - this.launchedAt > 60_000) this.lossesInARow = 0;
     this.log.error({ code, signal }, `BGP speaker lost: ${why}; restarting it`);
     this.markSessions('idle');
     this.onRoutesLost?.(`speaker lost: ${why}`);
-    // Restart after a pause that grows with repeated failures (1 s … 10 s).
-    const delay = Math.min(10_000, 1000 * 2 ** Math.min(this.restarts, 4));
+    this.scheduleRestart();
+  }
+
+  /** Starts gobgpd again after a pause that grows with losses in a row (0.2 s, then 1 s … 10 s). */
+  private scheduleRestart(): void {
+    if (this.stopping || this.restartTimer) return;
+    const delay = this.lossesInARow === 0 ? 200 : Math.min(10_000, 1000 * 2 ** Math.min(this.lossesInARow - 1, 4));
+    this.lossesInARow++;
     this.restartTimer = setTimeout(() => {
       this.restartTimer = null;
+      if (this.stopping) return;
       this.restarts++;
       this.launch().then(
         () => this.onRoutesLost?.('speaker restarted'),
-        (err) => this.log.error({ err }, 'restarting the BGP speaker failed'),
+        (err) => {
+          this.log.error({ err }, 'restarting the BGP speaker failed; trying again');
+          this.scheduleRestart();
+        },
       );
-    }, this.restarts === 0 ? 200 : delay);
+    }, delay);
     this.restartTimer.unref();
   }
 

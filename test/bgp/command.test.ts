@@ -3,22 +3,13 @@
  * disable a BIRD static protocol through birdc ({vip} substituted), an FRR router that sees the
  * route come and go. The smallest topology that shows the command speaker end to end.
  */
-import { execFileSync } from 'node:child_process';
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { netnsAvailable } from '../helpers/netns.ts';
+import { haveBinary, netnsAvailable } from '../helpers/netns.ts';
 import { BACKENDS, BgpLab } from './lab.ts';
 
-function have(bin: string): boolean {
-  try {
-    execFileSync('sh', ['-c', `command -v ${bin}`], { stdio: 'ignore' });
-    return true;
-  } catch {
-    return false;
-  }
-}
-const READY = netnsAvailable() && have('bird') && have('birdc') && have('/usr/lib/frr/bgpd');
+const READY = netnsAvailable() && haveBinary('bird') && haveBinary('birdc') && haveBinary('/usr/lib/frr/bgpd');
 
 describe.skipIf(!READY)('scale-out: the command speaker driving BIRD 2', () => {
   let lab: BgpLab;

@@ -13,7 +13,7 @@ import type { ChildProcess } from 'node:child_process';
 import { chmodSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { NetLab, NODE, ROOT, sleep, waitForLine } from '../helpers/netns.ts';
+import { collectJsonLines, NetLab, NODE, ROOT, sleep, waitForLine } from '../helpers/netns.ts';
 
 export const VIP = '10.250.0.100';
 export const PORT = 8080;
@@ -199,23 +199,7 @@ ${bgp}
   async start(n: number, o: NodeOptions = {}, until: (l: LogLine) => boolean = (l) => l.action === 'announce'): Promise<NodeRun> {
     const file = this.writeConfig(n, o);
     const child = this.lab.spawn(`lb${n}`, join(ROOT, 'bin/fulcrum'), ['run', '--config', file]);
-    const lines: LogLine[] = [];
-    let buf = '';
-    const onData = (d: Buffer) => {
-      buf += d.toString();
-      let i: number;
-      while ((i = buf.indexOf('\n')) >= 0) {
-        const raw = buf.slice(0, i);
-        buf = buf.slice(i + 1);
-        try {
-          lines.push(JSON.parse(raw) as LogLine);
-        } catch {
-          lines.push({ level: 50, msg: raw });
-        }
-      }
-    };
-    child.stdout?.on('data', onData);
-    child.stderr?.on('data', onData);
+    const lines = collectJsonLines<LogLine>(child);
     const exited = new Promise<number | null>((r) => child.once('exit', (code) => r(code)));
     const r: NodeRun = { n, child, lines, exited, file };
     this.running.set(n, r);
@@ -251,16 +235,8 @@ ${bgp}
   /** A client loop: one connection per interval for duration (test/failover/fixtures/client.ts). */
   clientLoop(intervalMs: number, durationMs: number, timeoutMs: number): { results: { t: number; ok: boolean; body?: string; err?: string }[]; done: Promise<void> } {
     const child = this.lab.spawn('client', NODE, [CLIENT_JS, 'loop', `${VIP}:${PORT}`, String(intervalMs), String(durationMs), String(timeoutMs)]);
-    const results: { t: number; ok: boolean; body?: string; err?: string }[] = [];
-    let buf = '';
-    child.stdout?.on('data', (d: Buffer) => {
-      buf += d.toString();
-      let i: number;
-      while ((i = buf.indexOf('\n')) >= 0) {
-        results.push(JSON.parse(buf.slice(0, i)));
-        buf = buf.slice(i + 1);
-      }
-    });
+    // The client's lines are JSON too (no level: it never fails to print one).
+    const results = collectJsonLines(child) as unknown as { t: number; ok: boolean; body?: string; err?: string }[];
     return { results, done: new Promise<void>((r) => child.once('exit', () => r())) };
   }
 

@@ -4,20 +4,11 @@
  * client and the backends. One lab for the file: the tests run in order and each leaves the
  * three nodes announcing.
  */
-import { execFileSync } from 'node:child_process';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { netnsAvailable, sleep } from '../helpers/netns.ts';
+import { haveBinary, netnsAvailable, sleep } from '../helpers/netns.ts';
 import { BACKENDS, BgpLab, nodeOf } from './lab.ts';
 
-function have(bin: string): boolean {
-  try {
-    execFileSync('sh', ['-c', `command -v ${bin}`], { stdio: 'ignore' });
-    return true;
-  } catch {
-    return false;
-  }
-}
-const READY = netnsAvailable() && have('gobgpd') && have('/usr/lib/frr/bgpd') && have('setpriv');
+const READY = netnsAvailable() && haveBinary('gobgpd') && haveBinary('/usr/lib/frr/bgpd') && haveBinary('setpriv');
 
 describe.skipIf(!READY)('scale-out: three nodes behind an FRR router, gobgp speaker', () => {
   let lab: BgpLab;

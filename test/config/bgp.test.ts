@@ -12,6 +12,7 @@ import { checkSpeakerBinaries } from '../../src/bgp/index.ts';
 import { firstWord, substitute } from '../../src/bgp/command.ts';
 import { gobgpdConfig } from '../../src/bgp/gobgp.ts';
 import { parseConfig } from '../../src/config/load.ts';
+import { describeChanges } from '../../src/control/diff.ts';
 import { ConfigInvalidError } from '../../src/errors.ts';
 
 const services = `
@@ -141,5 +142,12 @@ describe('config: bgp', () => {
     expect(text).toContain('as = 65001\n  router-id = "10.0.1.11"\n  port = -1');
     expect(text).toContain('neighbor-address = "10.0.1.1"\n    peer-as = 65000');
     expect(text).toContain('hold-time = 3\n    keepalive-interval = 1\n    connect-retry = 1');
+  });
+
+  it('a reload that changes the section reports it as needing a restart', () => {
+    const prev = parseConfig(gobgp);
+    expect(describeChanges(prev, parseConfig(gobgp.replace('drain: 5s', '').replace('asn: 65001', 'asn: 65002'))).restart_required).toEqual(['bgp']);
+    expect(describeChanges(prev, parseConfig(services)).restart_required).toEqual(['bgp (removed)']);
+    expect(describeChanges(prev, parseConfig(gobgp)).restart_required).toEqual([]);
   });
 });

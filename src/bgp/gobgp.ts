@@ -17,7 +17,7 @@
  * stops answering (power, link): the router drops the session after it.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { Logger } from '../observability/log.ts';
@@ -72,6 +72,34 @@ export function gobgpdConfig(o: Pick<GobgpOptions, 'asn' | 'routerId' | 'localAd
   return lines.join('\n') + '\n';
 }
 
+const STATE_DIR_PREFIX = 'fulcrum-bgp-';
+
+/** Removes state directories of fulcrums that are gone (killed before they could remove theirs). */
+function sweepStaleDirs(): void {
+  let names: string[];
+  try {
+    names = readdirSync(tmpdir()).filter((n) => n.startsWith(STATE_DIR_PREFIX));
+  } catch {
+    return;
+  }
+  for (const name of names) {
+    const dir = join(tmpdir(), name);
+    try {
+      const pid = Number(readFileSync(join(dir, 'owner.pid'), 'utf8'));
+      if (!Number.isInteger(pid) || pid <= 0) continue;
+      try {
+        process.kill(pid, 0);
+        continue; // its owner runs
+      } catch (err) {
+        if ((err as NodeJS.ErrnoException).code !== 'ESRCH') continue;
+      }
+      rmSync(dir, { recursive: true, force: true });
+    } catch {
+      // not ours, or being created: left alone
+    }
+  }
+}
+
 /** The binaries speaker: gobgp runs; throws BgpSpeakerError naming the first one missing. */
 export function gobgpBinaries(): { gobgpd: string; gobgp: string; setpriv: string; bash: string } {
   return {
@@ -108,7 +136,10 @@ export class GobgpSpeaker implements Speaker {
     this.opts = opts;
     this.log = opts.logger;
     this.ownDir = opts.stateDir === undefined;
-    this.dir = opts.stateDir ?? mkdtempSync(join(tmpdir(), 'fulcrum-bgp-'));
+    if (this.ownDir) sweepStaleDirs();
+    this.dir = opts.stateDir ?? mkdtempSync(join(tmpdir(), STATE_DIR_PREFIX));
+    // Whose directory it is: a fulcrum killed with -9 cannot remove it; the next start does.
+    if (this.ownDir) writeFileSync(join(this.dir, 'owner.pid'), `${process.pid}\n`);
   }
 
   private get target(): string {

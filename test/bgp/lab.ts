@@ -45,21 +45,31 @@ export interface NodeOptions {
   withdraw?: string;
 }
 
+export interface LabOptions {
+  /** 'none': no routing daemon on the router (the test programs its table itself). Default FRR. */
+  router?: 'frr' | 'none';
+  /** Backends keep each connection open and echo what they receive after their first line. */
+  holdBackends?: boolean;
+}
+
 export class BgpLab {
   readonly lab: NetLab;
   readonly dir: string;
   readonly nodes: number[];
   readonly running = new Map<number, NodeRun>();
 
-  private constructor(tag: string, nodes: number) {
+  private readonly opts: LabOptions;
+
+  private constructor(tag: string, nodes: number, opts: LabOptions) {
+    this.opts = opts;
     this.lab = new NetLab(tag);
-    this.dir = mkdtempSync(join(tmpdir(), `fulcrum-bgp-${tag}-`));
+    this.dir = mkdtempSync(join(tmpdir(), `fulcrum-bgplab-${tag}-`));
     chmodSync(this.dir, 0o755);
     this.nodes = Array.from({ length: nodes }, (_, i) => i + 1);
   }
 
-  static async create(tag: string, nodes = 3): Promise<BgpLab> {
-    const b = new BgpLab(tag, nodes);
+  static async create(tag: string, nodes = 3, opts: LabOptions = {}): Promise<BgpLab> {
+    const b = new BgpLab(tag, nodes, opts);
     try {
       await b.build();
     } catch (err) {
@@ -86,9 +96,9 @@ export class BgpLab {
     await l.ip('be', 'route', 'add', 'default', 'via', '10.251.8.1');
     await l.sysctl('router', 'net.ipv4.ip_forward', 1);
     await l.sysctl('router', 'net.ipv4.fib_multipath_hash_policy', 1);
-    const be = l.spawn('be', NODE, [join(FIXTURES, 'backend.ts'), ...BACKENDS]);
+    const be = l.spawn('be', NODE, [join(FIXTURES, 'backend.ts'), ...(this.opts.holdBackends ? ['--hold'] : []), ...BACKENDS]);
     await waitForLine(be, /^ready$/, 10_000, 'stdout');
-    await this.startRouter();
+    if (this.opts.router !== 'none') await this.startRouter();
   }
 
   /** zebra + bgpd in the router namespace, in the foreground (NetLab kills them by pid). */

@@ -171,7 +171,7 @@ export class Bgp extends EventEmitter<BgpEvents> {
       const action = v.wanted ? 'announce' : 'withdraw';
       try {
         await (v.wanted ? this.speaker.announce(v.vip) : this.speaker.withdraw(v.vip));
-        this.record(v, action, `${v.reason} (${cause})`);
+        this.record(v, action, v.reason === cause ? cause : `${v.reason} (${cause})`);
       } catch (err) {
         failed = true;
         this.counts.failed++;
@@ -199,8 +199,8 @@ export class Bgp extends EventEmitter<BgpEvents> {
    * Graceful stop, first part: withdraw every VIP, then keep serving `drain` while the router
    * moves new flows away. The listeners close after this (src/main.ts), then shutdown_grace.
    */
-  async stop(cause = 'stopping'): Promise<void> {
-    await this.drain(true, cause);
+  async stop(why = 'stop requested'): Promise<void> {
+    await this.drain(true, `stopping: ${why}`);
     const drainMs = this.config.drain;
     this.log.info({ drain_ms: drainMs }, 'VIPs withdrawn; still accepting while the router moves flows away');
     if (drainMs > 0) await new Promise((r) => setTimeout(r, drainMs));

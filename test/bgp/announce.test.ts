@@ -122,7 +122,8 @@ describe('bgp: announce only what can be served', () => {
     expect(r.speaker.asked).toEqual([`announce ${VIP}`]);
     await r.bgp.stop('SIGTERM');
     expect(r.speaker.asked).toEqual([`announce ${VIP}`, `withdraw ${VIP}`]);
-    expect(r.bgp.status()).toMatchObject({ draining: 'SIGTERM', vips: [{ announced: false, reason: 'SIGTERM' }] });
+    expect(r.bgp.status()).toMatchObject({ draining: 'stopping: SIGTERM', vips: [{ announced: false, reason: 'stopping: SIGTERM' }] });
+    expect(r.published.at(-1)).toBe(`withdraw ${VIP}: stopping: SIGTERM`);
     r.balancer.setHealth('s0', A, false, 'test');
     r.balancer.setHealth('s0', A, true, 'test');
     await r.bgp.evaluate('settle');

@@ -66,7 +66,9 @@ export class CommandSpeaker implements Speaker {
   }
 
   info(): Record<string, unknown> {
-    return { commands_run: this.runs, announce: this.opts.announce, withdraw: this.opts.withdraw };
+    // Not the commands themselves: /api/status may be readable without the token, and an
+    // operator's command line can carry a credential.
+    return { commands_run: this.runs };
   }
 
   private async run(command: string): Promise<void> {

@@ -45,6 +45,7 @@ export interface RoleObservation {
 
 /** What the BGP metrics read from src/bgp's status (its shape, kept narrow here). */
 export interface BgpStatusView {
+  speaker: string;
   sessions_up: number | null;
   vips: readonly { vip: string; announced: boolean }[];
   counts: { announce: number; withdraw: number; failed: number };
@@ -247,12 +248,13 @@ export class Metrics {
     });
     // ── bgp (absent without a bgp section) ──
     const bgp = sources.bgp;
-    new Gauge({
-      name: METRICS_PREFIX + 'bgp_sessions_up', help: 'BGP sessions established (absent without bgp, or with speaker: command, which cannot tell).', registers,
+    new Gauge<'speaker'>({
+      name: METRICS_PREFIX + 'bgp_sessions_up', help: 'BGP sessions established (absent without bgp, or with speaker: command, which cannot tell).',
+      labelNames: ['speaker'], registers,
       collect() {
         this.reset();
-        const up = bgp?.().sessions_up;
-        if (up !== null && up !== undefined) this.set(up);
+        const b = bgp?.();
+        if (b && b.sessions_up !== null) this.set({ speaker: b.speaker }, b.sessions_up);
       },
     });
     new Gauge<'vip'>({

@@ -50,6 +50,11 @@ protocol bgp up {
     const status = JSON.parse((await lab.ctl(1, 'status', '--json')).stdout).bgp;
     expect(status).toMatchObject({ speaker: 'command', sessions: null, counts: { announce: 2, withdraw: 1, failed: 0 } });
 
+    const metrics = await lab.metrics(1);
+    expect(metrics).toMatch(/fulcrum_bgp_routes_total\{action="announce"\} 2/);
+    expect(metrics).toMatch(/fulcrum_bgp_vip_announced\{vip="10.250.0.100"\} 1/);
+    expect(metrics).not.toMatch(/fulcrum_bgp_sessions_up\{/); // the command speaker cannot tell
+
     lab.kill(1, 'SIGTERM');
     await lab.waitNextHops([], 3000);
     expect(await lab.running.get(1)!.exited).toBe(0);

@@ -233,6 +233,12 @@ ${bgp}
     return this.lab.exec(`lb${n}`, join(ROOT, 'bin/fulcrum'), ['ctl', '--config', join(this.dir, `lb${n}.yaml`), ...args], 15_000);
   }
 
+  /** Node n's Prometheus text, read from its admin server inside its namespace. */
+  async metrics(n: number): Promise<string> {
+    const r = await this.lab.exec(`lb${n}`, 'bash', ['-c', 'exec 3<>/dev/tcp/127.0.0.1/9900; printf "GET /metrics HTTP/1.0\\r\\n\\r\\n" >&3; cat <&3'], 5000);
+    return r.stdout;
+  }
+
   /** `count` connections from the client address (a new source port each): body or null per attempt. */
   async connect(count: number, timeoutMs = 1000): Promise<(string | null)[]> {
     const r = await this.lab.exec('client', NODE, [CLIENT_JS, 'once', `${VIP}:${PORT}`, Array(count).fill(CLIENT).join(','), String(timeoutMs)], 120_000);

@@ -49,6 +49,9 @@ protocol bgp up {
 
     const status = JSON.parse((await lab.ctl(1, 'status', '--json')).stdout).bgp;
     expect(status).toMatchObject({ speaker: 'command', sessions: null, counts: { announce: 2, withdraw: 1, failed: 0 } });
+    const text = (await lab.ctl(1, 'status')).stdout;
+    expect(text).toMatch(/^ +sessions +not known \(speaker: command\)$/m);
+    expect(text).toMatch(/^ +vip +10\.250\.0\.100 +announced +ready: web 3 up$/m);
 
     const metrics = await lab.metrics(1);
     expect(metrics).toMatch(/fulcrum_bgp_routes_total\{action="announce"\} 2/);

@@ -39,6 +39,10 @@ describe.skipIf(!READY)('scale-out: three nodes behind an FRR router, gobgp spea
     expect(bgp.speaker).toBe('gobgp');
     expect(bgp.sessions).toEqual([expect.objectContaining({ neighbor: '10.251.1.1', state: 'established' })]);
     expect(bgp.vips).toEqual([expect.objectContaining({ vip: '10.250.0.100', announced: true, reason: 'ready: web 3 up' })]);
+    const text = (await lab.ctl(1, 'status')).stdout;
+    expect(text).toMatch(/^bgp +speaker gobgp +pid \d+ +announced 1, withdrawn 0, failed 0$/m);
+    expect(text).toMatch(/^ +session +10\.251\.1\.1 AS65000 +established$/m);
+    expect(text).toMatch(/^ +vip +10\.250\.0\.100 +announced +ready: web 3 up$/m);
   });
 
   it('all backends of the VIP down on one node: it withdraws; back up: it announces again', async () => {

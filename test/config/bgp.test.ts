@@ -4,7 +4,7 @@
  * start and by `fulcrum check`, a missing one named.
  */
 import { execFile } from 'node:child_process';
-import { mkdtempSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
@@ -104,8 +104,9 @@ describe('config: bgp', () => {
 
   it('names a speaker binary that is missing (at start and in fulcrum check)', () => {
     const path = process.env.PATH;
+    const empty = mkdtempSync(join(tmpdir(), 'fulcrum-empty-path-'));
     try {
-      process.env.PATH = mkdtempSync(join(tmpdir(), 'fulcrum-empty-path-'));
+      process.env.PATH = empty;
       expect(() => checkSpeakerBinaries(parseConfig(gobgp).bgp!)).toThrow(
         expect.objectContaining({ code: 'FULCRUM_ERR_BGP_SPEAKER', message: 'bgp.speaker gobgp (Debian package gobgpd): gobgpd not found on PATH' }),
       );
@@ -115,11 +116,12 @@ describe('config: bgp', () => {
       );
     } finally {
       process.env.PATH = path;
+      rmSync(empty, { recursive: true, force: true });
     }
   });
 
   it('fulcrum check reports the missing binary with its code', async () => {
-    const dir = mkdtempSync(join(tmpdir(), 'fulcrum-bgp-check-'));
+    const dir = mkdtempSync(join(tmpdir(), 'fulcrum-check-bgp-'));
     const file = join(dir, 'c.yaml');
     writeFileSync(file, `${services}bgp:\n  speaker: command\n  vips: [ 10.0.100.10 ]\n  announce: "no-such-exabgpcli announce route {prefix}"\n  withdraw: "true"\n`);
     const bin = new URL('../../bin/fulcrum', import.meta.url).pathname;
@@ -128,6 +130,7 @@ describe('config: bgp', () => {
     expect(r.code).not.toBe(0);
     expect(r.out).toContain('bgp.announce: no-such-exabgpcli not found on PATH');
     expect(r.out).toContain('FULCRUM_ERR_BGP_SPEAKER');
+    rmSync(dir, { recursive: true, force: true });
   });
 
   it('substitutes {vip} and {prefix}; finds the binary a command runs', () => {

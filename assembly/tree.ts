@@ -1,0 +1,360 @@
+/**
+ * The leastconn tree: a tournament tree over a leastconn service's member positions, so that a pick
+ * finds the exact weighted-least-connections backend in O(log n) instead of scanning n members.
+ *
+ * Shape (layout.ts LT_*): a complete binary tree in heap order, L leaves (the next power of two at
+ * or above the member count), node 1 the root, leaf of member position p at node L + p. A leaf
+ * node holds p when the member was eligible at the last refresh (up, of this service, in the tier
+ * taking connections, weight > 0), else LT_NONE; an inner node holds the winner of its two
+ * children: the lower key (active + 1) / weight (compared exactly, `lighter`), a full member
+ * (active ≥ max_connections) losing to any other, and on a tie the left one, so every node holds
+ * the leftmost minimum of its subtree. Keys are read live: B_ACTIVE from the backend record, the
+ * weight and limit from the leaf record (the tree's own copy, so a state or weight written by the
+ * control plane takes effect at the rebuild that follows it, as it does for the rings).
+ *
+ * Concurrency: one lock word per service (LT_LOCK, a CAS spin lock). Every change of B_ACTIVE of a
+ * leastconn service's backend happens under it (the pick's takeSlot, release and reacquire's
+ * give-back, reclaim), and so does every change of the tree, so a holder sees a tree that is
+ * exactly the minimum of the live keys and leaves it so: picks by any number of workers are
+ * linearizable in the order they take the lock, each one the reference scan's answer for the
+ * counts at that moment. The lock is held for O(log n) loads and stores (≈ 20 comparisons at
+ * 1,024 members); the control plane takes it per changed leaf (a weight or state change holds it
+ * for one O(log n) path, like a pick), and for O(n) only when the member count changes (a reload).
+ * A waiter spins, then sleeps in short timed waits, so a holder descheduled by the OS costs others
+ * a few µs, not a spin of its whole time slice. A worker that dies holding it is handled by
+ * `reclaim` (the control plane): it breaks that worker's lock and rebuilds the tree.
+ *
+ * Cost of a pick: one CAS (lock), one cursor increment, one walk from the cursor's leaf up and
+ * down the tree (≤ 2 log2 L node comparisons), one CAS (takeSlot), then the path above the chosen
+ * leaf is recomputed while the chosen leaf is still its best (≤ log2 L), and one store (unlock).
+ */
+import {
+  MAX_MEMBERS, B_ACTIVE, B_STATE, B_SERVICE, B_FLAGS, B_EFF_WEIGHT, B_MAX_CONN, B_MEMBER_POS, BACKEND_UP,
+  BF_BACKUP, TREES_OFFSET, LT_SIZE, LT_LOCK, LT_LEAVES, LT_COUNT, LT_NODES, LT_LEAF_RECORDS, LT_LEAF_SIZE,
+  LTL_ID, LTL_WEIGHT, LTL_MAX, LT_NONE, MAX_BACKENDS, S_ALGORITHM, S_CURSOR, ALG_LEASTCONN, MAX_SERVICES,
+  PICK_BACKENDS_FULL,
+} from './generated/layout';
+import { serviceAt, backendAt, membersAt, memberCount, wantedTier, eligible, isTried, takeSlot, lighter } from './records';
+import { scanFrom } from './leastconn';
+
+/** This instance's lock value: its worker id + 1 (set by init), so reclaim can tell whose lock it is. */
+let owner: u32 = 1;
+
+export function setTreeOwner(workerId: u32): void {
+  owner = workerId + 1;
+}
+
+/** Spins before a waiter starts sleeping in timed waits. */
+const SPINS: i32 = 256;
+/** One timed wait, in ns: the unlock does not notify, so a sleeper re-checks this often. */
+const NAP_NS: i64 = 20_000;
+
+@inline export function treeAt(s: u32): usize {
+  return <usize>TREES_OFFSET + <usize>s * <usize>LT_SIZE;
+}
+
+@inline function nodeAt(t: usize, i: u32): usize {
+  return t + <usize>LT_NODES + (<usize>i << 1);
+}
+
+@inline function node(t: usize, i: u32): u32 {
+  return <u32>load<u16>(nodeAt(t, i));
+}
+
+@inline function leafAt(t: usize, pos: u32): usize {
+  return t + <usize>LT_LEAF_RECORDS + <usize>pos * <usize>LT_LEAF_SIZE;
+}
+
+/** Live active count of the leaf's backend. Under the lock nobody else changes it (see the header). */
+@inline function activeOf(leaf: usize): i32 {
+  return load<i32>(backendAt(<u32>load<u16>(leaf + LTL_ID)) + B_ACTIVE);
+}
+
+@inline function isFull(leaf: usize, active: i32): bool {
+  const max = load<i32>(leaf + LTL_MAX);
+  return max > 0 && active >= max;
+}
+
+/** The winner of positions `a` (left) and `b` (right): see the header for the order. */
+function better(t: usize, a: u32, b: u32): u32 {
+  if (a == LT_NONE) return b;
+  if (b == LT_NONE) return a;
+  const la = leafAt(t, a);
+  const lb = leafAt(t, b);
+  const aa = activeOf(la);
+  const ab = activeOf(lb);
+  if (isFull(lb, ab)) return a;
+  if (isFull(la, aa)) return b;
+  return lighter(ab, <i32>load<u16>(lb + LTL_WEIGHT), aa, <i32>load<u16>(la + LTL_WEIGHT)) ? b : a;
+}
+
+/** Does position `v` hold a member with room whose key equals (active + 1) / weight? */
+@inline function sameKey(t: usize, v: u32, active: i32, weight: i32): bool {
+  if (v == LT_NONE) return false;
+  const l = leafAt(t, v);
+  const a = activeOf(l);
+  if (isFull(l, a)) return false;
+  return <u64>(max<i32>(a, 0) + 1) * <u64>weight == <u64>(max<i32>(active, 0) + 1) * <u64>load<u16>(l + LTL_WEIGHT);
+}
+
+// ── the lock ──────────────────────────────────────────────────────────────────────────────────
+
+@inline function lock(t: usize): void {
+  if (atomic.cmpxchg<u32>(t + LT_LOCK, 0, owner) != 0) lockSlow(t);
+}
+
+function lockSlow(t: usize): void {
+  let spins: i32 = 0;
+  while (true) {
+    const cur = atomic.load<u32>(t + LT_LOCK);
+    if (cur == 0) {
+      if (atomic.cmpxchg<u32>(t + LT_LOCK, 0, owner) == 0) return;
+    } else if (++spins >= SPINS) {
+      atomic.wait<i32>(t + LT_LOCK, <i32>cur, NAP_NS);
+      spins = 0;
+    }
+  }
+}
+
+/** A sequentially consistent store: everything the holder wrote is visible to the next holder. */
+@inline function unlock(t: usize): void {
+  atomic.store<u32>(t + LT_LOCK, 0);
+}
+
+// ── keeping the tree exact ────────────────────────────────────────────────────────────────────
+
+/** After position `pos`'s key grew (a slot taken): recomputes the ancestors it was the best of. */
+@inline function raised(t: usize, leaves: u32, pos: u32): void {
+  let i = (leaves + pos) >> 1;
+  while (i >= 1 && node(t, i) == pos) {
+    store<u16>(nodeAt(t, i), <u16>better(t, node(t, i << 1), node(t, (i << 1) + 1)));
+    i >>= 1;
+  }
+}
+
+/** After position `pos`'s key fell (a slot given back): lets it win the ancestors it now beats. */
+@inline function lowered(t: usize, leaves: u32, pos: u32): void {
+  if (node(t, leaves + pos) == LT_NONE) return;
+  let i = (leaves + pos) >> 1;
+  while (i >= 1) {
+    const v = node(t, i);
+    if (v != pos) {
+      // Order matters for ties: the left (lower) position wins.
+      const w = pos < v ? better(t, pos, v) : better(t, v, pos);
+      if (w != pos) return;
+      store<u16>(nodeAt(t, i), <u16>pos);
+    }
+    i >>= 1;
+  }
+}
+
+/** Recomputes every ancestor of `pos` (its leaf changed either way). */
+function repath(t: usize, leaves: u32, pos: u32): void {
+  let i = (leaves + pos) >> 1;
+  while (i >= 1) {
+    store<u16>(nodeAt(t, i), <u16>better(t, node(t, i << 1), node(t, (i << 1) + 1)));
+    i >>= 1;
+  }
+}
+
+/**
+ * The leftmost position ≥ p holding a member with room whose key equals the root's, or LT_NONE.
+ * Walks up from leaf p through the subtrees to its right, then down the first one that holds
+ * such a key (a node holds its subtree's minimum, so it does when its own best does).
+ */
+function firstFrom(t: usize, leaves: u32, p: u32, active: i32, weight: i32): u32 {
+  let i = leaves + p;
+  while (true) {
+    if (sameKey(t, node(t, i), active, weight)) {
+      while (i < leaves) {
+        i <<= 1;
+        if (!sameKey(t, node(t, i), active, weight)) i++;
+      }
+      return node(t, i);
+    }
+    while (i & 1) i >>= 1;
+    if (i == 0) return LT_NONE;
+    i++;
+  }
+}
+
+/**
+ * Picks the leastconn backend of service `s` from its tree and takes a slot on it. Returns the
+ * backend id, PICK_BACKENDS_FULL or PICK_NO_BACKEND: the reference scan's answer. Hot path: once
+ * per accepted connection of a leastconn service (see the header for the cost); the scan runs (under
+ * the lock, with the cursor this pick drew) only when the tree's answer cannot be used.
+ */
+export function treePick(s: u32): i32 {
+  const t = treeAt(s);
+  const sa = serviceAt(s);
+  lock(t);
+  const leaves = load<u32>(t + LT_LEAVES);
+  const n = load<u32>(t + LT_COUNT);
+  const cursor = atomic.add<u32>(sa + S_CURSOR, 1);
+  const r = leaves != 0 && n != 0 ? node(t, 1) : LT_NONE;
+  let b: i32 = -1;
+  if (r != LT_NONE) {
+    const lr = leafAt(t, r);
+    const ar = activeOf(lr);
+    const id = <u32>load<u16>(lr + LTL_ID);
+    if (isFull(lr, ar)) {
+      // Every eligible member is full. Unless the best of them was already tried by this
+      // connection (then the scan tells "full" from "nothing left"), the answer is known.
+      if (!isTried(id)) {
+        unlock(t);
+        return PICK_BACKENDS_FULL;
+      }
+    } else {
+      let c = firstFrom(t, leaves, cursor % n, ar, <i32>load<u16>(lr + LTL_WEIGHT));
+      if (c == LT_NONE) c = r; // none from the cursor on: the leftmost minimum wins
+      const cb = <u32>load<u16>(leafAt(t, c) + LTL_ID);
+      // Validated live before the slot is taken, as in every pick; a tried member (reacquire)
+      // or a state written since the last rebuild sends us to the exact scan instead.
+      if (eligible(cb, s, wantedTier(sa)) && takeSlot(cb)) {
+        raised(t, leaves, c);
+        unlock(t);
+        return <i32>cb;
+      }
+    }
+  }
+  // Rare: nothing eligible in the tree, a tried or stale member, or a slot taken outside the lock
+  // (an algorithm change raced). The exact scan decides, with the cursor this pick drew.
+  b = scanFrom(s, cursor, 0);
+  if (b >= 0) fixActive(t, <u32>b, true);
+  unlock(t);
+  return b;
+}
+
+/** Under the lock: after `b`'s count changed, fixes its path if it is a leaf of this tree. */
+@inline function fixActive(t: usize, b: u32, up: bool): void {
+  const leaves = load<u32>(t + LT_LEAVES);
+  const pos = load<u32>(backendAt(b) + B_MEMBER_POS);
+  if (pos >= load<u32>(t + LT_COUNT) || <u32>load<u16>(leafAt(t, pos) + LTL_ID) != b) return;
+  if (up) raised(t, leaves, pos);
+  else lowered(t, leaves, pos);
+}
+
+/** Does service `s` keep a tree (a leastconn service, refreshed at least once)? Hot path. */
+@inline export function hasTree(s: u32): bool {
+  return load<u32>(treeAt(s) + LT_LEAVES) != 0;
+}
+
+/**
+ * Gives back one slot on backend `b` of service `s` (B_ACTIVE − 1), under the tree's lock when
+ * `s` keeps one, so the tree stays exact. Hot path: once per closed connection (release) and per
+ * failed connect (reacquire). With a tree: one CAS, one atomic sub, usually one or two node
+ * comparisons (the path stops where the member does not win), one store.
+ */
+export function giveSlot(s: u32, b: u32): void {
+  const a = backendAt(b);
+  if (s < MAX_SERVICES && load<u32>(serviceAt(s) + S_ALGORITHM) == ALG_LEASTCONN && hasTree(s)) {
+    const t = treeAt(s);
+    lock(t);
+    atomic.sub<i32>(a + B_ACTIVE, 1);
+    fixActive(t, b, false);
+    unlock(t);
+    return;
+  }
+  atomic.sub<i32>(a + B_ACTIVE, 1);
+}
+
+// ── control plane ─────────────────────────────────────────────────────────────────────────────
+
+/** The leaf record values of member `b` now: its weight when eligible in `tier`, else 0. */
+@inline function leafWeight(b: u32, s: u32, tier: u32): u32 {
+  if (b >= MAX_BACKENDS) return 0;
+  const a = backendAt(b);
+  if (atomic.load<u32>(a + B_STATE) != BACKEND_UP || load<u32>(a + B_SERVICE) != s) return 0;
+  if ((load<u32>(a + B_FLAGS) & BF_BACKUP) != tier) return 0;
+  return <u32>min<i32>(max<i32>(load<i32>(a + B_EFF_WEIGHT), 0), 0xffff);
+}
+
+@inline function writeLeaf(t: usize, leaves: u32, pos: u32, b: u32, w: u32, max: i32): void {
+  const l = leafAt(t, pos);
+  store<u16>(l + LTL_ID, <u16>b);
+  store<u16>(l + LTL_WEIGHT, <u16>w);
+  store<i32>(l + LTL_MAX, max);
+  store<u16>(nodeAt(t, leaves + pos), <u16>(w > 0 ? pos : LT_NONE));
+}
+
+/** Rebuilds service `s`'s whole tree under its lock: O(L). A `breakOwner` ≠ 0 first frees a dead worker's lock. */
+function buildAll(s: u32, n: u32, leaves: u32, breakOwner: u32): void {
+  const t = treeAt(s);
+  const sa = serviceAt(s);
+  if (breakOwner != 0) atomic.cmpxchg<u32>(t + LT_LOCK, breakOwner, 0);
+  lock(t);
+  const ma = membersAt(s);
+  const tier = wantedTier(sa);
+  store<u32>(t + LT_LEAVES, leaves);
+  store<u32>(t + LT_COUNT, n);
+  for (let pos: u32 = 0; pos < leaves; pos++) {
+    if (pos < n) {
+      const b = <u32>load<u16>(ma + (<usize>pos << 1));
+      const w = leafWeight(b, s, tier);
+      if (b < MAX_BACKENDS) store<u32>(backendAt(b) + B_MEMBER_POS, pos);
+      writeLeaf(t, leaves, pos, b, w, b < MAX_BACKENDS ? load<i32>(backendAt(b) + B_MAX_CONN) : 0);
+    } else {
+      writeLeaf(t, leaves, pos, LT_NONE, 0, 0);
+    }
+  }
+  for (let i = leaves - 1; i >= 1; i--) {
+    store<u16>(nodeAt(t, i), <u16>better(t, node(t, i << 1), node(t, (i << 1) + 1)));
+  }
+  unlock(t);
+}
+
+/**
+ * Control plane only, from rebuild (after countUp): brings service `s`'s tree up to date with its
+ * members, states, weights and limits. A leastconn service whose member count is unchanged gets
+ * one short lock hold per member that changed (its leaf and its O(log n) path), so a weight or
+ * state change never holds up a picker longer than another pick does; a new member count rebuilds
+ * the whole tree (O(n), once per reload that adds or removes members). Other algorithms drop
+ * their tree (LT_LEAVES 0): their picks never look at it and their releases skip the lock.
+ */
+export function treeRefresh(s: u32): void {
+  const t = treeAt(s);
+  const sa = serviceAt(s);
+  if (load<u32>(sa + S_ALGORITHM) != ALG_LEASTCONN) {
+    if (load<u32>(t + LT_LEAVES) != 0) {
+      lock(t);
+      store<u32>(t + LT_LEAVES, 0);
+      unlock(t);
+    }
+    return;
+  }
+  const n = memberCount(sa);
+  let leaves: u32 = 1;
+  while (leaves < n) leaves <<= 1;
+  if (leaves != load<u32>(t + LT_LEAVES) || n != load<u32>(t + LT_COUNT)) {
+    buildAll(s, n, leaves, 0);
+    return;
+  }
+  const ma = membersAt(s);
+  const tier = wantedTier(sa);
+  for (let pos: u32 = 0; pos < n; pos++) {
+    const b = <u32>load<u16>(ma + (<usize>pos << 1));
+    const w = leafWeight(b, s, tier);
+    const max = b < MAX_BACKENDS ? load<i32>(backendAt(b) + B_MAX_CONN) : 0;
+    const l = leafAt(t, pos);
+    if (<u32>load<u16>(l + LTL_ID) == b && <u32>load<u16>(l + LTL_WEIGHT) == w && load<i32>(l + LTL_MAX) == max) continue;
+    if (b < MAX_BACKENDS) store<u32>(backendAt(b) + B_MEMBER_POS, pos);
+    lock(t);
+    writeLeaf(t, leaves, pos, b, w, max);
+    repath(t, leaves, pos);
+    unlock(t);
+  }
+}
+
+/**
+ * Control plane only, from reclaim after worker `workerId` died and its slots were given back:
+ * breaks the lock if that worker held it (it may have died mid-update) and rebuilds every tree
+ * (the counts under them changed). Cold: once per worker death.
+ */
+export function treeReclaim(workerId: u32): void {
+  for (let s: u32 = 0; s < MAX_SERVICES; s++) {
+    const t = treeAt(s);
+    const leaves = load<u32>(t + LT_LEAVES);
+    if (leaves == 0) continue;
+    buildAll(s, min<u32>(load<u32>(t + LT_COUNT), MAX_MEMBERS), leaves, workerId + 1);
+  }
+}

@@ -50,6 +50,7 @@ export interface ServiceSpec {
   listen?: string;
   balance?: 'maglev' | 'leastconn' | 'roundrobin' | 'random';
   table_size?: number;
+  hash_balance_factor?: number;
   max_connections?: number;
   slow_start?: string | number;
   health?: Record<string, unknown>;

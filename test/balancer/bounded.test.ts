@@ -4,24 +4,12 @@
  * its own permutation of the table to the first backend under the bound.
  */
 import { describe, it, expect, afterEach } from 'vitest';
-import { env, closeEnvs, backends, type Env } from './env.ts';
+import { env, closeEnvs, backends, rng, type Env } from './env.ts';
 import { hashKey } from '../../src/balancer/hash.ts';
 
 afterEach(closeEnvs);
 
 const N = 50;
-
-function rng(seed: number): () => number {
-  let x = seed >>> 0 || 1;
-  return () => {
-    x ^= x << 13;
-    x >>>= 0;
-    x ^= x >>> 17;
-    x ^= x << 5;
-    x >>>= 0;
-    return x / 0x100000000;
-  };
-}
 
 function maglev(factor: number, n = N): Env {
   return env({ balance: 'maglev', table_size: 65537, hash_balance_factor: factor, backends: backends(n) });

@@ -10,22 +10,9 @@ import { Worker } from 'node:worker_threads';
 import { B_ACTIVE, backendAddr, S_ACTIVE, S_CURSOR, serviceAddr } from '../../src/shm/layout.ts';
 import * as ref from '../../bench/reference/index.ts';
 import { addTried, i32 as refI32 } from '../../bench/reference/records.ts';
-import { env, makeEnv, closeEnvs, backends, config, engineModule, type BackendSpec } from './env.ts';
+import { env, makeEnv, closeEnvs, backends, config, engineModule, rng, type BackendSpec } from './env.ts';
 
 afterEach(closeEnvs);
-
-/** xorshift32: a seeded sequence, so a failure replays. */
-function rng(seed: number): () => number {
-  let x = seed >>> 0 || 1;
-  return () => {
-    x ^= x << 13;
-    x >>>= 0;
-    x ^= x >>> 17;
-    x ^= x << 5;
-    x >>>= 0;
-    return x / 0x100000000;
-  };
-}
 
 const N = 1024;
 

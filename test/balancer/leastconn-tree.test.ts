@@ -7,7 +7,8 @@
  */
 import { describe, it, expect, afterEach } from 'vitest';
 import { Worker } from 'node:worker_threads';
-import { B_ACTIVE, backendAddr, S_ACTIVE, S_CURSOR, serviceAddr } from '../../src/shm/layout.ts';
+import { B_ACTIVE, backendAddr, S_ACTIVE, S_CURSOR, serviceAddr, treeAddr, LT_LOCK } from '../../src/shm/layout.ts';
+import { instantiateEngine } from '../../src/balancer/engine.ts';
 import * as ref from '../../bench/reference/index.ts';
 import { addTried, i32 as refI32 } from '../../bench/reference/records.ts';
 import { env, makeEnv, closeEnvs, backends, config, engineModule, rng, type BackendSpec } from './env.ts';
@@ -131,6 +132,28 @@ describe('leastconn tree against the reference scan', () => {
           ref.release(0, b);
         }
       }
+    } finally {
+      r.balancer.close();
+    }
+  });
+
+  it('a worker that died holding a tree\'s lock: reclaim breaks it, gives its slots back and rebuilds the tree', () => {
+    const list = backends(64, (i) => ({ weight: 1 + (i % 3) }));
+    const e = env({ balance: 'leastconn', backends: list });
+    const dead = instantiateEngine(engineModule, e.memory, 5);
+    for (let i = 0; i < 100; i++) dead.acquire(0, 0);
+    // It died inside a pick: the lock word still names it (worker 5 → 6).
+    const u32 = new Uint32Array(e.memory.buffer);
+    Atomics.store(u32, (treeAddr(0) + LT_LOCK) >> 2, 6);
+    expect(e.control.reclaim(5)).toBe(200);
+    expect(Atomics.load(u32, (treeAddr(0) + LT_LOCK) >> 2)).toBe(0);
+    const r = makeEnv();
+    try {
+      r.balancer.apply(config({ balance: 'leastconn', backends: list }));
+      ref.bind(r.memory, 2);
+      // Same cursor on both sides, then the same picks: the rebuilt tree holds the true (zero) counts.
+      Atomics.store(new Uint32Array(r.memory.buffer), (serviceAddr(0) + S_CURSOR) >> 2, Atomics.load(u32, (serviceAddr(0) + S_CURSOR) >> 2));
+      for (let i = 0; i < 200; i++) expect(e.worker.acquire(0, 0)).toBe(ref.acquire(0, 0));
     } finally {
       r.balancer.close();
     }

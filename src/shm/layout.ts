@@ -42,14 +42,15 @@
  *    ├──────────── rings: MAX_SERVICES × 2 × RING_CAPACITY × u16 ─────────────────┤
  *    │ ring A / ring B per service: the Maglev lookup table or the weighted       │
  *    │ round-robin schedule; picks read the ring named by `activeRing`            │
- *    ├──────────── leastconn trees: MAX_SERVICES × 28,864 B (assembly/tree.ts) ──┤
+ *    ├──────────── leastconn trees: MAX_SERVICES × 37,056 B (assembly/tree.ts) ──┤
  *    │ 0 lock u32* (0 or holder's worker id + 1) │ 4 leaves u32 (a power of two, 0 = │
  *    │ no tree) │ 8 count u32 │ 12 dirty u32* │ 64 staged bits u32[32]*           │
  *    │ 192 nodes u16[2 × MAX_MEMBERS] (node i: the best member position of its     │
- *    │ subtree) │ 4288 leaf records MAX_MEMBERS × 16 B: 0 backend id u16 │ 2      │
- *    │ effWeight u16 (0 = not eligible) │ 4 maxConn i32 │ 8 active i32 (the tree's  │
- *    │ copy of B_ACTIVE) │ 20672 staged leaves MAX_MEMBERS × 8 B (id, weight, max: │
- *    │ written by the control plane, applied by the next lock holder)              │
+ *    │ subtree) │ 4288 keys f64[MAX_MEMBERS] ((active + 1) / weight, +∞ when full) │
+ *    │ 12480 leaf records MAX_MEMBERS × 16 B: 0 backend id u16 │ 2 effWeight u16  │
+ *    │ (0 = not eligible) │ 4 maxConn i32 │ 8 active i32 (the tree's copy of        │
+ *    │ B_ACTIVE) │ 28864 staged leaves MAX_MEMBERS × 8 B (id, weight, max: written │
+ *    │ by the control plane, applied by the next lock holder)                      │
  *    │ (*) atomics; nodes and leaf records are written only by the lock's holder   │
  *    └──────────────────────────────────────────────────────────────────────────┘
  *  (*) written by the data plane with atomics; every other field has one writer:
@@ -185,7 +186,9 @@ export const LT_DIRTY = 12;
 /** u32[MAX_MEMBERS / 32]: one bit per member position whose staged leaf awaits the next lock holder. */
 export const LT_BITS = 64;
 export const LT_NODES = LT_BITS + MAX_MEMBERS / 8;
-export const LT_LEAF_RECORDS = LT_NODES + MAX_MEMBERS * 2 * 2;
+/** f64[MAX_MEMBERS]: each member position's key (active + 1) / weight, +Infinity when full or not eligible. */
+export const LT_KEYS = LT_NODES + MAX_MEMBERS * 2 * 2;
+export const LT_LEAF_RECORDS = LT_KEYS + MAX_MEMBERS * 8;
 export const LT_LEAF_SIZE = 16;
 export const LTL_ID = 0;
 export const LTL_WEIGHT = 2;
@@ -351,7 +354,7 @@ export const ENGINE_CONSTANTS: Record<string, number> = {
   INIT_OK, INIT_BAD_MAGIC, INIT_BAD_VERSION, INIT_BAD_WORKER, INIT_HEAP_OVERLAP,
   HEADER_OFFSET, SERVICES_OFFSET, BACKENDS_OFFSET, MEMBERS_OFFSET, SCRATCH_OFFSET,
   BUILD_SCRATCH_OFFSET, BUILD_SCRATCH_SIZE, RING_BYTES, RINGS_OFFSET, TREES_OFFSET, LAYOUT_END, MEMORY_PAGES,
-  LT_LOCK, LT_LEAVES, LT_COUNT, LT_DIRTY, LT_BITS, LT_STAGED, LT_STAGED_SIZE, LT_NODES, LT_LEAF_RECORDS, LT_LEAF_SIZE, LTL_ID, LTL_WEIGHT, LTL_MAX, LTL_ACTIVE, LT_SIZE, LT_NONE,
+  LT_LOCK, LT_LEAVES, LT_COUNT, LT_DIRTY, LT_BITS, LT_STAGED, LT_STAGED_SIZE, LT_NODES, LT_KEYS, LT_LEAF_RECORDS, LT_LEAF_SIZE, LTL_ID, LTL_WEIGHT, LTL_MAX, LTL_ACTIVE, LT_SIZE, LT_NONE,
   BS_RECORD_SIZE, BS_ID, BS_WEIGHT, BS_MAGLEV_POS, BS_MAGLEV_SKIP, BS_MAGLEV_CREDIT, BS_RR_CURRENT, BS_RR_SCALED,
 };
 

@@ -4,8 +4,8 @@
  * (S_CURSOR), so equal backends share new connections instead of the first member taking them all.
  *
  * A leastconn service answers from its tournament tree (tree.ts: O(log n) per pick, the same answer
- * as the scan below). The scan is the exact definition, kept as the rare fallback: of the tree
- * (a member already tried by this connection, a state written since the last rebuild) and of
+ * as the scan below, retries included). The scan is the exact definition, kept as the rare
+ * fallback: of the tree (every member full or tried, a state written since the last rebuild) and of
  * every other algorithm, when a bounded walk of a ring finds nothing; it also decides between
  * "here is a backend", PICK_BACKENDS_FULL and PICK_NO_BACKEND.
  */

@@ -33,6 +33,7 @@
  * Cost of a pick: one CAS (lock), one cursor increment, one walk from the cursor's leaf up and
  * down the tree (≤ 2 log2 L node comparisons), one CAS (takeSlot), then the path above the chosen
  * leaf is recomputed while the chosen leaf is still its best (≤ log2 L), and one store (unlock).
+ * A retry (reacquire) sets each tried member it meets aside for the moment: O(tried × log n).
  * A release: one CAS, one atomic sub, the freed member climbs while it wins (usually a level or
  * two), one store. Measured (bench/engine.bench.ts and BENCHMARKS.md): acquire + release ≈ 80–95 ns
  * at 1,024 members, against ≈ 11 µs for the scan.
@@ -40,7 +41,7 @@
 import {
   MAX_MEMBERS, B_ACTIVE, B_STATE, B_SERVICE, B_FLAGS, B_EFF_WEIGHT, B_MAX_CONN, B_MEMBER_POS, BACKEND_UP,
   BF_BACKUP, TREES_OFFSET, LT_SIZE, LT_LOCK, LT_LEAVES, LT_COUNT, LT_NODES, LT_LEAF_RECORDS, LT_LEAF_SIZE,
-  LTL_ID, LTL_WEIGHT, LTL_MAX, LTL_ACTIVE, LT_KEYS, LT_NONE, LT_DIRTY, LT_BITS, LT_STAGED, LT_STAGED_SIZE,
+  LTL_ID, LTL_WEIGHT, LTL_MAX, LTL_ACTIVE, LT_KEYS, LT_NONE, LT_DIRTY, LT_BITS, LT_STAGED, LT_STAGED_SIZE, LT_MASKED, LT_MAX_MASKED,
   MAX_BACKENDS, S_ALGORITHM, S_CURSOR, ALG_LEASTCONN, MAX_SERVICES, PICK_BACKENDS_FULL,
 } from './generated/layout';
 import { serviceAt, backendAt, membersAt, memberCount, wantedTier, eligible, isTried, takeSlot } from './records';
@@ -249,38 +250,58 @@ export function treePick(s: u32): i32 {
   const leaves = load<u32>(t + LT_LEAVES);
   const n = load<u32>(t + LT_COUNT);
   const cursor = atomic.add<u32>(sa + S_CURSOR, 1);
-  const r = leaves != 0 && n != 0 ? node(t, 1) : LT_NONE;
-  let b: i32 = -1;
-  if (r != LT_NONE) {
+  let masked: u32 = 0;
+  while (leaves != 0 && n != 0) {
+    const r = node(t, 1);
+    if (r == LT_NONE) break;
     const kr = key(t, r);
-    const id = <u32>load<u16>(leafAt(t, r) + LTL_ID);
     if (kr == Infinity) {
-      // Every eligible member is full. Unless the best of them was already tried by this
-      // connection (then the scan tells "full" from "nothing left"), the answer is known.
-      if (!isTried(id)) {
+      // Every eligible member is full. Unless one was set aside as tried (then the scan tells
+      // "full" from "nothing left" for this connection), the answer is known.
+      if (masked == 0 && !isTried(<u32>load<u16>(leafAt(t, r) + LTL_ID))) {
         unlock(t);
         return PICK_BACKENDS_FULL;
       }
-    } else {
-      let c = firstFrom(t, leaves, cursor % n, kr);
-      if (c == LT_NONE) c = r; // none from the cursor on: the leftmost minimum wins
-      const cb = <u32>load<u16>(leafAt(t, c) + LTL_ID);
-      // Validated live before the slot is taken, as in every pick; a tried member (reacquire)
-      // or a state written since the last rebuild sends us to the exact scan instead.
-      if (eligible(cb, s, wantedTier(sa)) && takeSlot(cb)) {
-        syncActive(t, c, cb);
-        raised(t, leaves, c);
-        unlock(t);
-        return <i32>cb;
-      }
+      break;
     }
+    let c = firstFrom(t, leaves, cursor % n, kr);
+    if (c == LT_NONE) c = r; // none from the cursor on: the leftmost minimum wins
+    const cb = <u32>load<u16>(leafAt(t, c) + LTL_ID);
+    if (isTried(cb) && masked < LT_MAX_MASKED) {
+      // A retry (reacquire) must skip the members this connection already tried: set this one
+      // aside (key +∞ for the moment, under the lock nobody else sees it) and ask again, so the
+      // answer is the scan's over the untried ones, in O(tried × log n).
+      store<u16>(t + LT_MASKED + (<usize>masked << 1), <u16>c);
+      masked++;
+      store<f64>(keyAt(t, c), Infinity);
+      repath(t, leaves, c);
+      continue;
+    }
+    // Validated live before the slot is taken, as in every pick; a state written since the last
+    // rebuild sends us to the exact scan instead.
+    if (!eligible(cb, s, wantedTier(sa)) || !takeSlot(cb)) break;
+    unmask(t, leaves, masked);
+    syncActive(t, c, cb);
+    raised(t, leaves, c);
+    unlock(t);
+    return <i32>cb;
   }
-  // Rare: nothing eligible in the tree, a tried or stale member, or a slot taken outside the lock
-  // (an algorithm change raced). The exact scan decides, with the cursor this pick drew.
-  b = scanFrom(s, cursor, 0);
+  unmask(t, leaves, masked);
+  // Rare: nothing eligible in the tree, everything left full or tried, a stale member, or a slot
+  // taken outside the lock (an algorithm change raced). The exact scan decides, with this cursor.
+  const b = scanFrom(s, cursor, 0);
   if (b >= 0) fixActive(t, <u32>b, true);
   unlock(t);
   return b;
+}
+
+/** Under the lock: gives the members treePick set aside their keys back. */
+@inline function unmask(t: usize, leaves: u32, masked: u32): void {
+  for (let i: u32 = 0; i < masked; i++) {
+    const c = <u32>load<u16>(t + LT_MASKED + (<usize>i << 1));
+    setKey(t, c);
+    repath(t, leaves, c);
+  }
 }
 
 /** Under the lock: after `b`'s count changed, fixes its path if it is a leaf of this tree. */

@@ -44,7 +44,8 @@
  *    │ round-robin schedule; picks read the ring named by `activeRing`            │
  *    ├──────────── leastconn trees: MAX_SERVICES × 37,056 B (assembly/tree.ts) ──┤
  *    │ 0 lock u32* (0 or holder's worker id + 1) │ 4 leaves u32 (a power of two, 0 = │
- *    │ no tree) │ 8 count u32 │ 12 dirty u32* │ 64 staged bits u32[32]*           │
+ *    │ no tree) │ 8 count u32 │ 12 dirty u32* │ 16 masked u16[16] (the holder's)  │
+ *    │ 64 staged bits u32[32]*                                                     │
  *    │ 192 nodes u16[2 × MAX_MEMBERS] (node i: the best member position of its     │
  *    │ subtree) │ 4288 keys f64[MAX_MEMBERS] ((active + 1) / weight, +∞ when full) │
  *    │ 12480 leaf records MAX_MEMBERS × 16 B: 0 backend id u16 │ 2 effWeight u16  │
@@ -183,6 +184,9 @@ export const LT_LEAVES = 4;
 export const LT_COUNT = 8;
 /** u32: 1 when the control plane staged leaf changes that no lock holder has applied yet. */
 export const LT_DIRTY = 12;
+/** u16[LT_MAX_MASKED]: the lock holder's scratch, the positions a retry's pick set aside as tried. */
+export const LT_MASKED = 16;
+export const LT_MAX_MASKED = MAX_TRIED;
 /** u32[MAX_MEMBERS / 32]: one bit per member position whose staged leaf awaits the next lock holder. */
 export const LT_BITS = 64;
 export const LT_NODES = LT_BITS + MAX_MEMBERS / 8;
@@ -354,7 +358,7 @@ export const ENGINE_CONSTANTS: Record<string, number> = {
   INIT_OK, INIT_BAD_MAGIC, INIT_BAD_VERSION, INIT_BAD_WORKER, INIT_HEAP_OVERLAP,
   HEADER_OFFSET, SERVICES_OFFSET, BACKENDS_OFFSET, MEMBERS_OFFSET, SCRATCH_OFFSET,
   BUILD_SCRATCH_OFFSET, BUILD_SCRATCH_SIZE, RING_BYTES, RINGS_OFFSET, TREES_OFFSET, LAYOUT_END, MEMORY_PAGES,
-  LT_LOCK, LT_LEAVES, LT_COUNT, LT_DIRTY, LT_BITS, LT_STAGED, LT_STAGED_SIZE, LT_NODES, LT_KEYS, LT_LEAF_RECORDS, LT_LEAF_SIZE, LTL_ID, LTL_WEIGHT, LTL_MAX, LTL_ACTIVE, LT_SIZE, LT_NONE,
+  LT_LOCK, LT_LEAVES, LT_COUNT, LT_DIRTY, LT_MASKED, LT_MAX_MASKED, LT_BITS, LT_STAGED, LT_STAGED_SIZE, LT_NODES, LT_KEYS, LT_LEAF_RECORDS, LT_LEAF_SIZE, LTL_ID, LTL_WEIGHT, LTL_MAX, LTL_ACTIVE, LT_SIZE, LT_NONE,
   BS_RECORD_SIZE, BS_ID, BS_WEIGHT, BS_MAGLEV_POS, BS_MAGLEV_SKIP, BS_MAGLEV_CREDIT, BS_RR_CURRENT, BS_RR_SCALED,
 };
 

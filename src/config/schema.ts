@@ -198,6 +198,13 @@ export const serviceSchema = z.strictObject({
   table_size: z.custom<number>((v) => isPrime(v as number) && (v as number) >= 7 && (v as number) <= RING_CAPACITY, {
     error: `must be a prime 7–${RING_CAPACITY}`,
   }).default(RING_CAPACITY),
+  /**
+   * Maglev's bounded load (HAProxy's hash-balance-factor), percent; 0 = off: a backend takes a new
+   * connection only while its active count < ceil(factor × (total + 1) / eligible backends).
+   */
+  hash_balance_factor: z.custom<number>((v) => v === 0 || (Number.isInteger(v) && (v as number) >= 100 && (v as number) <= 10_000), {
+    error: 'must be 0 (off) or an integer percent 100–10000',
+  }).default(0),
   /** 0 = unlimited. */
   max_connections: intIn(0, 10_000_000).default(0),
   queue: z.strictObject({

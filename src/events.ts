@@ -60,6 +60,11 @@ export interface TransitionEvent {
   up: boolean;
   cause: string;
   initial: boolean;
+  /**
+   * Down because the replica lags (over health.max_lag): its sessions are closed when
+   * health.lag_action is close, whatever on_marked_down says (src/control/routes.ts).
+   */
+  lagging?: true;
 }
 
 /** A failover role change. Emitted by the Failover. */

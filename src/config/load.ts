@@ -91,6 +91,11 @@ function crossChecks(config: Config): ConfigProblem[] {
         problems.push({ path: `${at}.health.role`, message: `needs health.type redis, postgres or mysql, got ${JSON.stringify(h.role)} with type ${JSON.stringify(h.type)}` });
       }
       if (h.timeout > h.interval) problems.push({ path: `${at}.health.timeout`, message: `must not exceed health.interval (${h.interval}ms), got ${h.timeout}ms` });
+      if (h.max_lag !== undefined && !ROLE_HEALTH_TYPES.includes(h.type)) {
+        problems.push({ path: `${at}.health.max_lag`, message: `needs health.type redis, postgres or mysql, got ${h.max_lag}ms with type ${JSON.stringify(h.type)}` });
+      } else if (h.max_lag !== undefined && h.role === 'primary') {
+        problems.push({ path: `${at}.health.max_lag`, message: `needs health.role replica or any (a primary has no lag), got ${h.max_lag}ms with role "primary"` });
+      }
     }
   });
   if (backendTotal > MAX_BACKENDS) problems.push({ path: 'services', message: `must hold at most ${MAX_BACKENDS} backends in all, got ${backendTotal}` });

@@ -135,6 +135,8 @@ const dbCheckSchema = z.strictObject({
   database: nonEmptyString('database name').optional(),
 });
 
+export const LAG_ACTIONS = ['remove', 'close'] as const;
+
 export const HEALTH_TYPES = ['tcp', 'send_expect', 'http', 'redis', 'postgres', 'mysql'] as const;
 
 /** Health types that ask the server its role (ROLE / INFO replication, pg_is_in_recovery(), @@read_only). */
@@ -166,6 +168,14 @@ export const healthSchema = z.strictObject({
   redis: z.strictObject({ password_file: nonEmptyString('file path').optional(), user: nonEmptyString('user name').optional() }).optional(),
   postgres: dbCheckSchema.optional(),
   mysql: dbCheckSchema.optional(),
+  /**
+   * Replication lag (redis/postgres/mysql, role replica or any): a replica further behind its
+   * primary than this fails its probe (src/health/probes/lag.ts says how each server's lag is
+   * measured), and returns after `rise` probes under it.
+   */
+  max_lag: duration(0).optional(),
+  /** What a replica over max_lag loses: new connections (remove), or its open sessions too (close). */
+  lag_action: oneOf(LAG_ACTIONS).default('remove'),
 });
 
 export const serviceSchema = z.strictObject({

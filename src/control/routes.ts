@@ -5,7 +5,8 @@
  *   pool     'connect-failed'       ─▶ health.observeConnectFailure (passive health)
  *   health   'transition'           ─▶ balancer.setHealth (writes the record, rebuilds the ring)
  *   balancer 'backend-state' → down ─▶ pool.killBackend, when the service says
- *                                      on_marked_down: shutdown_sessions
+ *                                      on_marked_down: shutdown_sessions (a replica down
+ *                                      for lag: when health.lag_action says close)
  *   balancer 'backend-state' maint  ─▶ health.adminStateChanged (maint is not probed; leaving it
  *                                      probes at once; the monitor asks the balancer)
  *   failover setAccepting(on)       ─▶ pool.resumeService / pauseService of the services on a VIP
@@ -52,12 +53,18 @@ export function installRoutes(parts: RouteParts): () => void {
     health.observeConnectFailure(ev.service, ev.address);
     events.emit('connect-failed', ev);
   };
+  // The transition being applied when it marks a replica down for lag: the balancer emits its
+  // 'backend-state' synchronously from setHealth, and that handler reads it.
+  let lagDown: TransitionEvent | null = null;
   const onTransition = (ev: TransitionEvent): void => {
+    lagDown = ev.lagging ? ev : null;
     try {
       balancer.setHealth(ev.service, ev.address, ev.up, `health: ${ev.cause}`);
     } catch (err) {
       // A backend removed by a reload while its probe was in flight: nothing left to mark.
       log.debug({ err, service: ev.service, backend: ev.address }, 'health transition for a backend no longer in the balancer');
+    } finally {
+      lagDown = null;
     }
     events.emit('health-transition', ev);
   };
@@ -66,9 +73,12 @@ export function installRoutes(parts: RouteParts): () => void {
   };
   const onBackendState = (ev: BackendStateEvent): void => {
     if (ev.to === 'maint' || ev.from === 'maint') health.adminStateChanged(ev.service, ev.address);
-    if (ev.to === 'down' && !ev.awaiting_role && parts.config().services.find((s) => s.name === ev.service)?.on_marked_down === 'shutdown_sessions') {
+    const svc = ev.to === 'down' && !ev.awaiting_role ? parts.config().services.find((s) => s.name === ev.service) : undefined;
+    // A replica down for lag: health.lag_action says (close: its sessions too; remove: no new ones).
+    const forLag = lagDown !== null && lagDown.service === ev.service && lagDown.address === ev.address;
+    if (svc && (forLag ? svc.health?.lag_action === 'close' : svc.on_marked_down === 'shutdown_sessions')) {
       pool.killBackend(ev.backend).then(
-        (killed) => log.info({ service: ev.service, backend: ev.address, killed }, 'closed the sessions of a backend marked down'),
+        (killed) => log.info({ service: ev.service, backend: ev.address, killed }, forLag ? 'closed the sessions of a lagging replica' : 'closed the sessions of a backend marked down'),
         (err) => log.error({ err }, 'closing sessions of a backend marked down failed'),
       );
     }

@@ -199,6 +199,17 @@ services:
     ]));
   });
 
+  it('max_lag: a duration, on a database check that is not primary-only; lag_action remove or close', () => {
+    const withHealth = (h: string) => minimal.replace('    backends:', `    health: ${h}\n    backends:`);
+    expect(problemsOf(withHealth('{ type: tcp, max_lag: 10s }'))).toEqual(['services[0].health.max_lag: needs health.type redis, postgres or mysql, got 10000ms with type "tcp"']);
+    expect(problemsOf(withHealth('{ type: postgres, role: primary, max_lag: 10s }'))).toEqual(['services[0].health.max_lag: needs health.role replica or any (a primary has no lag), got 10000ms with role "primary"']);
+    expect(problemsOf(withHealth('{ type: mysql, role: replica, max_lag: soon }'))).toEqual([expect.stringMatching(/^services\[0\]\.health\.max_lag: must be a duration like 500ms, 2s, 30m or 1h, got "soon"$/)]);
+    expect(problemsOf(withHealth('{ type: redis, role: replica, max_lag: 1s, lag_action: drop }'))).toEqual(['services[0].health.lag_action: must be one of remove | close, got "drop"']);
+    const ok = parseConfig(withHealth('{ type: postgres, role: replica, max_lag: 10s, lag_action: close }'));
+    expect(ok.services[0].health).toMatchObject({ max_lag: 10_000, lag_action: 'close' });
+    expect(parseConfig(withHealth('{ type: redis, role: any, max_lag: 500ms }')).services[0].health).toMatchObject({ max_lag: 500, lag_action: 'remove' });
+  });
+
   it('reports YAML syntax errors and a non-mapping top level', () => {
     expect(problemsOf('services: [\n')[0]).toMatch(/^: YAML: /);
     expect(problemsOf('- 1\n- 2\n')[0]).toMatch(/the top level must be a mapping/);

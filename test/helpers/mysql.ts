@@ -22,7 +22,8 @@ export interface MariaDbServer {
   stop(): Promise<void>;
 }
 
-export async function startMariaDb(host: string): Promise<MariaDbServer> {
+/** `args`: more mariadbd options, after the defaults (e.g. --log-bin and --server-id for replication). */
+export async function startMariaDb(host: string, args: string[] = []): Promise<MariaDbServer> {
   const dir = await mkdtemp(join(tmpdir(), 'fulcrum-mariadb-'));
   const datadir = join(dir, 'data');
   const socket = join(dir, 'mysqld.sock');
@@ -45,7 +46,7 @@ export async function startMariaDb(host: string): Promise<MariaDbServer> {
   const child: ChildProcess = spawn('mariadbd', [
     '--no-defaults', `--datadir=${datadir}`, `--socket=${socket}`, `--port=${port}`, `--bind-address=${host}`,
     '--user=root', `--pid-file=${join(dir, 'mysqld.pid')}`, `--log-error=${join(dir, 'error.log')}`,
-    '--skip-log-bin', '--innodb-buffer-pool-size=16M', '--skip-name-resolve', '--innodb-flush-log-at-trx-commit=0',
+    '--skip-log-bin', '--innodb-buffer-pool-size=16M', '--skip-name-resolve', '--innodb-flush-log-at-trx-commit=0', ...args,
   ], { stdio: 'ignore' });
   let exited = false;
   const exitPromise = new Promise<void>((resolve) => child.once('exit', () => { exited = true; resolve(); }));

@@ -7,6 +7,7 @@
  * held open would hide a server that stops accepting new ones.
  */
 import pg from 'pg';
+import { lagResult, PG_LAG_QUERY } from './lag.ts';
 import { capReply, CheckedSocket, excerpt, framed, MAX_REPLY, ProbeFailure, readSecret, roleResult, runProbe, type Probe } from './probe.ts';
 
 /** SQLSTATEs that mean "these credentials will not do" rather than "the server is unwell". */
@@ -122,6 +123,13 @@ export const postgresProbe: Probe = (target, settings, signal) =>
       const res = await client.query<{ r: unknown }>('SELECT pg_is_in_recovery() AS r');
       const r = res.rows[0]?.r;
       if (typeof r !== 'boolean') throw new ProbeFailure(`bad reply: pg_is_in_recovery() returned ${JSON.stringify(r)}`);
+      if (r && settings.max_lag !== undefined && settings.role !== 'primary') {
+        stage.name = 'waiting for the replication lag';
+        const lag = (await client.query<{ lag_ms: unknown }>(PG_LAG_QUERY)).rows[0]?.lag_ms;
+        if (lag !== null && typeof lag !== 'number') throw new ProbeFailure(`bad reply: the lag query returned ${JSON.stringify(lag)}`);
+        clean = true;
+        return lagResult(settings.role, settings.max_lag, lag, lag === null ? 'replay behind receive, no transaction replayed yet' : '');
+      }
       clean = true;
       return roleResult(r ? 'replica' : 'primary', settings.role);
     } catch (err) {

@@ -22,6 +22,14 @@ export interface ProbeResult {
   latency_ms: number;
   /** Database probes: the role the server reported. */
   role?: Role;
+  /**
+   * Replicas of a check with max_lag: how far behind its primary the server is, in milliseconds
+   * (src/health/probes/lag.ts says how each server's lag is read); null when it is behind by an
+   * amount it cannot tell (treated as over max_lag).
+   */
+  lag_ms?: number | null;
+  /** The probe failed because the replica lags (over max_lag): lag_action decides, not on_marked_down. */
+  lagging?: true;
 }
 
 /**
@@ -94,7 +102,7 @@ export interface ProbeStage {
 export async function runProbe(
   signal: AbortSignal,
   settings: HealthConfig,
-  body: (stage: ProbeStage) => Promise<{ reason: string; role?: Role; ok?: boolean }>,
+  body: (stage: ProbeStage) => Promise<{ reason: string; role?: Role; ok?: boolean } & Pick<ProbeResult, 'lag_ms' | 'lagging'>>,
 ): Promise<ProbeResult> {
   const started = performance.now();
   const stage: ProbeStage = { name: 'connecting' };
@@ -107,7 +115,10 @@ export async function runProbe(
       onAbort = () => reject(new Error('aborted'));
       signal.addEventListener('abort', onAbort, { once: true });
     })]);
-    return { ok: r.ok ?? true, reason: clip(r.reason), latency_ms: latency(), ...(r.role ? { role: r.role } : {}) };
+    return {
+      ok: r.ok ?? true, reason: clip(r.reason), latency_ms: latency(), ...(r.role ? { role: r.role } : {}),
+      ...(r.lag_ms !== undefined ? { lag_ms: r.lag_ms } : {}), ...(r.lagging ? { lagging: r.lagging } : {}),
+    };
   } catch (err) {
     let reason = signal.aborted && !(err instanceof ProbeFailure) ? timeoutReason(settings, stage.name) : describeError(err);
     const partial = signal.aborted ? stage.socket?.pending : undefined;

@@ -37,6 +37,7 @@ export const ERROR_CODES = {
   VIP_ADD: 'FULCRUM_ERR_VIP_ADD',
   VIP_REMOVE: 'FULCRUM_ERR_VIP_REMOVE',
   GARP: 'FULCRUM_ERR_GARP',
+  DISCOVERY: 'FULCRUM_ERR_DISCOVERY',
 } as const;
 export type ErrorCode = (typeof ERROR_CODES)[keyof typeof ERROR_CODES];
 

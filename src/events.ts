@@ -67,6 +67,18 @@ export interface TransitionEvent {
   lagging?: true;
 }
 
+/**
+ * A service's discovered set changed (a source's new answer, or `hold` ran out). Emitted by the
+ * Discovery; the set itself is read when the reload sequence applies (Discovery.compose).
+ */
+export interface DiscoveredEvent {
+  service: string;
+  source: 'dns';
+  /** Backends in the set now. */
+  backends: number;
+  cause: string;
+}
+
 /** A failover role change. Emitted by the Failover. */
 export interface RoleChange {
   from: Role;
@@ -90,6 +102,10 @@ export interface PoolEvents {
   'worker-exit': [event: WorkerExitEvent];
 }
 
+export interface DiscoveryEvents {
+  backends: [event: DiscoveredEvent];
+}
+
 export interface FailoverEvents {
   role: [change: RoleChange];
 }
@@ -103,4 +119,6 @@ export interface FulcrumEvents {
   'connect-failed': [event: ConnectFailedEvent];
   'health-probe': [event: ProbeEvent];
   'health-transition': [event: TransitionEvent];
+  /** A discovered set, applied (or refused: `error`). */
+  'discovery-applied': [event: DiscoveredEvent & { error?: string }];
 }

@@ -24,7 +24,8 @@ import { resolveWorkers } from './config/load.ts';
 import type { Config } from './config/schema.ts';
 import { vipBoundServices } from './control/diff.ts';
 import { ReloadSequence } from './control/reload.ts';
-import { failoverRoutes, installRoutes } from './control/routes.ts';
+import { discoveryRoutes, failoverRoutes, installRoutes } from './control/routes.ts';
+import { Discovery } from './discovery/index.ts';
 import type { FulcrumEvents } from './events.ts';
 import { Failover } from './failover/index.ts';
 import { HealthMonitor } from './health/monitor.ts';
@@ -63,6 +64,8 @@ export interface FulcrumHandle {
   readonly events: EventEmitter<FulcrumEvents>;
   /** Health probes and passive health: health.describe(), health.history(service, address). */
   readonly health: HealthMonitor;
+  /** Backends from DNS (services[].discover): discovery.describe() says what each source last said. */
+  readonly discovery: Discovery;
   /** Present when config.ha is set: role, peer, counters via failover.status(). */
   readonly failover: Failover | null;
   readonly logger: Logger;
@@ -133,14 +136,18 @@ export async function startFulcrum(initial: Config, options: StartOptions = {}):
     failover = new Failover({ config: initial.ha, logger, ...failoverRoutes({ balancer, pool, config, logger }) });
     await failover.start();
   }
+  // Discovered backends join each config the sequence applies; the first answers arrive as edits.
+  const discovery = new Discovery(initial, { logger });
   const sequence = new ReloadSequence({
     balancer, health, pool, failover, logger,
+    compose: (next, prev) => discovery.compose(next, prev),
     // A reload changes the level of fulcrum's own logger (its children follow); a logger handed
     // in by the caller keeps the level the caller gave it.
     setLogLevel: options.logger === undefined ? (level) => void (logger.level = level) : undefined,
     configFile: options.configFile,
   }, { ...initial, ha: failover ? failover.settings : undefined });
   control = sequence;
+  discoveryRoutes({ discovery, control: sequence, events, logger });
 
   // ── stop ──────────────────────────────────────────────────────────────────
   let stopping: Promise<void> | null = null;
@@ -151,6 +158,7 @@ export async function startFulcrum(initial: Config, options: StartOptions = {}):
     const grace = sequence.config.shutdown_grace;
     log.info({ reason, grace_ms: grace }, 'stopping: no new connections, open ones get the grace period');
     health.stop();
+    discovery.stop();
     stopping = (async () => {
       // First: a master sends priority 0 and releases the VIP, so the peer takes over while we drain.
       await failover?.stop();
@@ -171,6 +179,7 @@ export async function startFulcrum(initial: Config, options: StartOptions = {}):
     pool,
     events,
     health,
+    discovery,
     failover,
     logger,
     control: sequence,
@@ -182,7 +191,12 @@ export async function startFulcrum(initial: Config, options: StartOptions = {}):
   };
   if (options.signals) installSignalHandlers(handle);
   // Metrics and the admin server (when config.admin is set).
-  if (options.operations !== false) handle.ops = await startOperationsFor(handle);
+  // /api/status (and so `fulcrum status` and the status page) says where discovered backends come from.
+  const discoveryStatus = (): Record<string, unknown> => {
+    const d = discovery.describe();
+    return d.length > 0 ? { discovery: d } : {};
+  };
+  if (options.operations !== false) handle.ops = await startOperationsFor(handle, { status: discoveryStatus });
   return handle;
 }
 

@@ -178,7 +178,34 @@ export const healthSchema = z.strictObject({
   lag_action: oneOf(LAG_ACTIONS).default('remove'),
 });
 
-export const serviceSchema = z.strictObject({
+/** A DNS name (letters, digits, _ - . ; at most 253 characters): an SRV owner like _pg._tcp.db.internal, or a host name. */
+const dnsName = () => z.custom<string>((v) => typeof v === 'string' && v.length <= 253 && /^(?:[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?\.)*[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?\.?$/.test(v), {
+  error: 'must be a DNS name (labels of letters, digits, _ and -, dot-separated, at most 253 characters)',
+});
+
+export const DNS_RECORD_TYPES = ['SRV', 'A', 'AAAA'] as const;
+
+/** services[].discover.dns: backends from DNS (src/discovery/dns.ts). */
+export const dnsDiscoverySchema = z.strictObject({
+  name: dnsName(),
+  type: oneOf(DNS_RECORD_TYPES).default('SRV'),
+  /** ip:port of the servers to ask; the system's resolvers when absent. */
+  resolvers: z.array(hostPort()).min(1, { error: 'must list at least one resolver' }).max(8, { error: 'must list at most 8 resolvers' }).optional(),
+  interval: duration(100).default(5000),
+  /** How long failures and empty answers keep the last good set (HAProxy's hold valid). */
+  hold: duration().default(60_000),
+  /** Each query's bound (per resolver). */
+  timeout: duration(10).default(2000),
+  /** type A / AAAA: the backends' port (SRV records carry theirs). */
+  port: intIn(1, 65535).optional(),
+});
+
+/** Where a service's backends come from besides its `backends` list: one source (src/discovery/). */
+export const discoverSchema = z.strictObject({
+  dns: dnsDiscoverySchema.optional(),
+});
+
+const serviceFields = z.strictObject({
   name: z.custom<string>((v) => typeof v === 'string' && /^[A-Za-z0-9_.-]{1,64}$/.test(v), {
     error: 'must be 1–64 characters of letters, digits, _ . -',
   }),
@@ -209,10 +236,16 @@ export const serviceSchema = z.strictObject({
   health: healthSchema.optional(),
   on_marked_down: oneOf(['shutdown_sessions', 'keep'] as const).default('keep'),
   slow_start: duration().default(0),
-  backends: z.array(backendSchema).min(1, { error: 'must list at least one backend' }).max(MAX_MEMBERS, {
+  /** Backends discovered at run time, joined to `backends` (src/discovery/). */
+  discover: discoverSchema.optional(),
+  /** At least one, unless `discover` is set (checked in config/load.ts). */
+  backends: z.array(backendSchema).max(MAX_MEMBERS, {
     error: `must list at most ${MAX_MEMBERS} backends`,
   }),
 });
+
+/** A service. `backends` may be empty only with a `discover` section (config/load.ts checks it, with the other problems). */
+export const serviceSchema = serviceFields;
 
 export const haSchema = z.strictObject({
   vip: z.union([z.string(), z.array(z.string()).min(1)]).transform((v) => (Array.isArray(v) ? v : [v]))
@@ -280,6 +313,8 @@ export type Config = z.output<typeof configSchema>;
 export type ServiceConfig = Config['services'][number];
 export type BackendConfig = ServiceConfig['backends'][number];
 export type HealthConfig = z.output<typeof healthSchema>;
+export type DiscoverConfig = z.output<typeof discoverSchema>;
+export type DnsDiscoveryConfig = z.output<typeof dnsDiscoverySchema>;
 export type HaConfig = z.output<typeof haSchema>;
 export type AdminConfig = z.output<typeof adminSchema>;
 export type LoggingConfig = z.output<typeof loggingSchema>;

@@ -45,6 +45,12 @@ export interface ReloadParts {
   setLogLevel?: (level: string) => void;
   /** The file reloadFile re-reads; without it only reload(next) and runtime edits apply. */
   configFile?: string;
+  /**
+   * Joins what is discovered at run time to every config applied (src/discovery: the listed
+   * backends plus the discovered set), so a file reload keeps the discovered backends and a
+   * discovered set goes in through these same steps. `prev` is the config in force.
+   */
+  compose?: (next: Config, prev: Config) => Config;
 }
 
 /** Where a change comes from: the file (SIGHUP, the API's reload) or an edit of the config in force. */
@@ -183,6 +189,7 @@ export class ReloadSequence {
   async #applyNow(next: Config, source: ReloadSource): Promise<{ diff: ConfigDiff; problems: ListenProblem[] }> {
     const { balancer, health, pool, failover } = this.#parts;
     const prev = this.#config;
+    if (this.#parts.compose) next = this.#parts.compose(next, prev);
     const diff = diffConfigs(prev, next);
     const settle: Array<(inForce: boolean) => void | Promise<void>> = [];
     try {

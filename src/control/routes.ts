@@ -11,6 +11,7 @@
  *                                      probes at once; the monitor asks the balancer)
  *   failover setAccepting(on)       ─▶ pool.resumeService / pauseService of the services on a VIP
  *   failover backendsUp()           ─▶ balancer.describe() (ha.track.min_backends_up)
+ *   discovery 'backends'            ─▶ the reload sequence's edit (discoveryRoutes, below)
  *   and, for observers (src/admin's metrics and stats, tests), onto the handle's bus:
  *   'backend-state', 'connect-failed', health 'probe' as 'health-probe', 'health-transition'.
  *
@@ -19,13 +20,14 @@
  */
 import type { EventEmitter } from 'node:events';
 import type { Config } from '../config/schema.ts';
-import type { BackendStateEvent, BalancerEvents, ConnectFailedEvent, FulcrumEvents, HealthEvents, PoolEvents, ProbeEvent, TransitionEvent } from '../events.ts';
+import type { BackendStateEvent, BalancerEvents, ConnectFailedEvent, DiscoveredEvent, DiscoveryEvents, FulcrumEvents, HealthEvents, PoolEvents, ProbeEvent, TransitionEvent } from '../events.ts';
 import type { Logger } from '../observability/log.ts';
 import type { Balancer } from '../balancer/balancer.ts';
 import type { FailoverOptions } from '../failover/index.ts';
 import type { HealthMonitor } from '../health/monitor.ts';
 import type { WorkerPool } from '../proxy/pool.ts';
 import { vipBoundServices } from './diff.ts';
+import type { ReloadHook } from './reload.ts';
 
 /** An emitter of one part's events, as the routes table needs it. */
 interface Emits<Events extends Record<keyof Events, unknown[]>> {
@@ -94,6 +96,40 @@ export function installRoutes(parts: RouteParts): () => void {
     health.off('transition', onTransition);
     health.off('probe', onProbe);
     balancer.off('backend-state', onBackendState);
+  };
+}
+
+/**
+ * Discovery's routes, installed once the reload sequence exists (src/main.ts): a service's
+ * discovered set changed ─▶ the reload sequence's edit of the config in force (its compose()
+ * joins the set: one apply path, a diff as any reload); a config that goes in force ─▶
+ * discovery.update (sources started, retuned, stopped). Returns the function that removes them.
+ */
+export function discoveryRoutes(parts: {
+  discovery: Emits<DiscoveryEvents> & { update(config: Config): void };
+  control: { readonly config: Config; edit(next: Config): Promise<void>; addHook(hook: ReloadHook): () => void };
+  events: Pick<EventEmitter<FulcrumEvents>, 'emit'>;
+  logger: Logger;
+}): () => void {
+  const { discovery, control, events } = parts;
+  const log = parts.logger.child({ component: 'routes' });
+  const onBackends = (ev: DiscoveredEvent): void => {
+    control.edit(control.config).then(
+      () => events.emit('discovery-applied', ev),
+      (err: Error) => {
+        // The running set stays (a refusal applies nothing); the next change tries again.
+        log.error({ service: ev.service, err: err.message }, 'discovered backends could not be applied');
+        events.emit('discovery-applied', { ...ev, error: err.message });
+      },
+    );
+  };
+  discovery.on('backends', onBackends);
+  const removeHook = control.addHook(async () => (inForce) => {
+    if (inForce) discovery.update(control.config);
+  });
+  return () => {
+    discovery.off('backends', onBackends);
+    removeHook();
   };
 }
 

@@ -73,7 +73,7 @@ export interface TransitionEvent {
  */
 export interface DiscoveredEvent {
   service: string;
-  source: 'dns';
+  source: 'dns' | 'redis_sentinel' | 'patroni';
   /** Backends in the set now. */
   backends: number;
   cause: string;

@@ -98,7 +98,7 @@ function crossChecks(config: Config): ConfigProblem[] {
     backendTotal += s.backends.length;
     if (s.discover) {
       const sources = Object.keys(s.discover).filter((k) => s.discover![k as keyof typeof s.discover] !== undefined);
-      if (sources.length !== 1) problems.push({ path: `${at}.discover`, message: `must name exactly one source (dns), got ${sources.length === 0 ? 'none' : sources.join(' and ')}` });
+      if (sources.length !== 1) problems.push({ path: `${at}.discover`, message: `must name exactly one source (dns, redis_sentinel or patroni), got ${sources.length === 0 ? 'none' : sources.join(' and ')}` });
       const dns = s.discover.dns;
       if (dns && dns.type !== 'SRV' && dns.port === undefined) problems.push({ path: `${at}.discover.dns.port`, message: `is required with type ${dns.type} (SRV records carry their port)` });
       if (dns && dns.type === 'SRV' && dns.port !== undefined) problems.push({ path: `${at}.discover.dns.port`, message: `is for type A or AAAA (SRV records carry their port), got ${dns.port}` });

@@ -200,9 +200,42 @@ export const dnsDiscoverySchema = z.strictObject({
   port: intIn(1, 65535).optional(),
 });
 
+/** services[].discover.redis_sentinel: the primary (or the replicas) of a master Sentinel watches (src/discovery/sentinel.ts). */
+export const sentinelDiscoverySchema = z.strictObject({
+  sentinels: z.array(hostPort()).min(1, { error: 'must list at least one sentinel' }).max(16, { error: 'must list at most 16 sentinels' }),
+  /** The master's name in Sentinel (sentinel monitor <name> …). */
+  master: z.custom<string>((v) => typeof v === 'string' && /^[A-Za-z0-9_.:-]{1,128}$/.test(v), { error: 'must be 1–128 characters of letters, digits, _ . : -' }),
+  role: oneOf(['primary', 'replica'] as const).default('primary'),
+  /** Sentinel's password (requirepass / sentinel auth), when it has one. */
+  password_file: nonEmptyString('file path').optional(),
+  /** Sentinel asked again this often, besides its announcements. */
+  interval: duration(100).default(5000),
+  hold: duration().default(60_000),
+  timeout: duration(10).default(2000),
+});
+
+/** services[].discover.patroni: members of a Patroni cluster from GET /cluster (src/discovery/patroni.ts). */
+export const patroniDiscoverySchema = z.strictObject({
+  urls: z.array(z.custom<string>((v) => {
+    if (typeof v !== 'string') return false;
+    try {
+      const u = new URL(v);
+      return (u.protocol === 'http:' || u.protocol === 'https:') && u.hostname !== '';
+    } catch {
+      return false;
+    }
+  }, { error: 'must be an http:// or https:// URL of a Patroni REST API' })).min(1, { error: 'must list at least one URL' }).max(16, { error: 'must list at most 16 URLs' }),
+  role: oneOf(['primary', 'replica'] as const).default('primary'),
+  interval: duration(100).default(5000),
+  hold: duration().default(60_000),
+  timeout: duration(10).default(2000),
+});
+
 /** Where a service's backends come from besides its `backends` list: one source (src/discovery/). */
 export const discoverSchema = z.strictObject({
   dns: dnsDiscoverySchema.optional(),
+  redis_sentinel: sentinelDiscoverySchema.optional(),
+  patroni: patroniDiscoverySchema.optional(),
 });
 
 const serviceFields = z.strictObject({
@@ -315,6 +348,8 @@ export type BackendConfig = ServiceConfig['backends'][number];
 export type HealthConfig = z.output<typeof healthSchema>;
 export type DiscoverConfig = z.output<typeof discoverSchema>;
 export type DnsDiscoveryConfig = z.output<typeof dnsDiscoverySchema>;
+export type SentinelDiscoveryConfig = z.output<typeof sentinelDiscoverySchema>;
+export type PatroniDiscoveryConfig = z.output<typeof patroniDiscoverySchema>;
 export type HaConfig = z.output<typeof haSchema>;
 export type AdminConfig = z.output<typeof adminSchema>;
 export type LoggingConfig = z.output<typeof loggingSchema>;

@@ -18,15 +18,12 @@
  */
 import { Resolver } from 'node:dns/promises';
 import { isIP } from 'node:net';
-import { formatHostPort, type BackendConfig, type DnsDiscoveryConfig } from '../config/schema.ts';
+import { formatHostPort, type DnsDiscoveryConfig } from '../config/schema.ts';
 import { MAX_WEIGHT } from '../shm/layout.ts';
 import { DiscoveryError } from './errors.ts';
+import { backendList, type Source, type SourceAnswer } from './source.ts';
 
-export interface DnsAnswer {
-  backends: BackendConfig[];
-  /** What was left out, and why ("target x.internal: ENOTFOUND"). */
-  notes: string[];
-}
+export type DnsAnswer = SourceAnswer;
 
 /** c-ares codes, in words an operator reads. */
 const DNS_ERRORS: Record<string, string> = {
@@ -74,7 +71,7 @@ export async function queryDns(settings: DnsDiscoveryConfig, signal?: AbortSigna
   try {
     if (settings.type === 'SRV') return await querySrv(resolver, settings.name, where);
     const addresses = settings.type === 'A' ? await resolver.resolve4(settings.name) : await resolver.resolve6(settings.name);
-    return { backends: dedupe(addresses.map((host) => ({ host, port: settings.port!, weight: 1, backup: false }))), notes: [] };
+    return { backends: backendList(addresses.map((host) => ({ host, port: settings.port! }))), notes: [] };
   } catch (err) {
     if (err instanceof DiscoveryError) throw err;
     throw new DiscoveryError(`dns ${where}: ${describeDnsError(err)}`, { cause: err, empty: isEmptyAnswer(err) });
@@ -114,15 +111,16 @@ async function querySrv(resolver: Resolver, name: string, where: string): Promis
     }
   }));
   if (found.length === 0 && records.length > 0) throw new DiscoveryError(`dns ${where}: none of its ${records.length} targets resolves (${notes.slice(0, 3).join('; ')}${notes.length > 3 ? '; …' : ''})`);
-  return { backends: dedupe(found), notes: [...new Set(notes)].sort() };
+  return { backends: backendList(found), notes: [...new Set(notes)].sort() };
 }
 
-/** Sorted by address, each once (the first kept): the order the balancer keeps, so a diff is stable. */
-function dedupe(list: Array<{ host: string; port: number; weight: number; backup: boolean }>): BackendConfig[] {
-  const byKey = new Map<string, BackendConfig>();
-  for (const b of list) {
-    const key = formatHostPort(b);
-    if (!byKey.has(key)) byKey.set(key, { address: { host: b.host, port: b.port }, weight: b.weight, max_connections: 0, backup: b.backup, state: 'ready' });
-  }
-  return [...byKey.entries()].sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0)).map(([, b]) => b);
+/** The Source a watch runs for `discover.dns`. */
+export function dnsSource(settings: DnsDiscoveryConfig): Source {
+  return {
+    kind: 'dns',
+    query: `${settings.type} ${settings.name} via ${settings.resolvers ? settings.resolvers.map(formatHostPort).join(', ') : 'the system resolvers'}`,
+    interval: settings.interval,
+    hold: settings.hold,
+    ask: (signal) => queryDns(settings, signal),
+  };
 }

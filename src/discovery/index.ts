@@ -27,18 +27,27 @@ import type { DiscoveryEvents } from '../events.ts';
 import { silentLogger, type Logger } from '../observability/log.ts';
 import { MAX_MEMBERS } from '../shm/layout.ts';
 import { realClock, type Clock, type ClockTimer } from '../util/clock.ts';
-import { queryDns, type DnsAnswer } from './dns.ts';
+import { dnsSource } from './dns.ts';
 import { DiscoveryError } from './errors.ts';
+import { patroniSource } from './patroni.ts';
+import { sentinelSource } from './sentinel.ts';
+import type { Source, SourceAnswer, SourceKind } from './source.ts';
 
 export { DiscoveryError } from './errors.ts';
+export type { Source, SourceAnswer } from './source.ts';
 
-/** One source's query: resolves with the backends it names, or rejects (a DiscoveryError says why). */
-export type SourceQuery = (signal: AbortSignal) => Promise<DnsAnswer>;
+/** The Source of a service's discover section (config/load.ts makes sure it names exactly one). */
+export function sourceFor(service: ServiceConfig): Source {
+  const d = service.discover!;
+  if (d.dns) return dnsSource(d.dns);
+  if (d.redis_sentinel) return sentinelSource(d.redis_sentinel);
+  return patroniSource(d.patroni!);
+}
 
 /** Where a service's backends come from, and what the source last said (/api/status, `fulcrum status`, the status page). */
 export interface SourceStatus {
   service: string;
-  source: 'dns';
+  source: SourceKind;
   /** What is asked, and whom: "SRV _pg._tcp.db.internal via 127.0.0.1:5353". */
   query: string;
   /** Epoch ms of the source's last answer (records or empty), null before the first. */
@@ -61,17 +70,19 @@ export interface SourceStatus {
 export interface DiscoveryOptions {
   logger?: Logger;
   clock?: Clock;
-  /** Builds a service's query (tests may swap one); queryDns by default. */
-  query?: (service: ServiceConfig) => SourceQuery;
+  /** Builds a service's source (tests may swap one); sourceFor by default. */
+  source?: (service: ServiceConfig) => Source;
 }
 
 interface Watch {
   service: string;
   /** The settings it runs with, as JSON: a reload that changes them starts the watch afresh. */
   key: string;
-  query: SourceQuery;
-  interval: number;
-  hold: number;
+  source: Source;
+  /** Stops a source's announcements (Sentinel's pub/sub), when it has them. */
+  unlisten: (() => void) | null;
+  /** Announced answers applied: a query that started before one is older than it, and dropped. */
+  pushed: number;
   timer: ClockTimer | null;
   inFlight: AbortController | null;
   /** The set in force: undefined before the first good answer (nothing discovered yet). */
@@ -92,15 +103,10 @@ function sameSet(a: readonly BackendConfig[] | undefined, b: readonly BackendCon
   return a.every((x, i) => keyOf(x) === keyOf(b[i]) && x.weight === b[i].weight && x.backup === b[i].backup);
 }
 
-function describeQuery(service: ServiceConfig): string {
-  const dns = service.discover!.dns!;
-  return `${dns.type} ${dns.name} via ${dns.resolvers ? dns.resolvers.map(formatHostPort).join(', ') : 'the system resolvers'}`;
-}
-
 export class Discovery extends EventEmitter<DiscoveryEvents> {
   readonly #log: Logger;
   readonly #clock: Clock;
-  readonly #makeQuery: (service: ServiceConfig) => SourceQuery;
+  readonly #makeSource: (service: ServiceConfig) => Source;
   readonly #watches = new Map<string, Watch>();
   /** Per service, the addresses compose() put in from the discovered set (the rest were listed). */
   readonly #applied = new Map<string, Set<string>>();
@@ -110,7 +116,7 @@ export class Discovery extends EventEmitter<DiscoveryEvents> {
     super();
     this.#log = (options.logger ?? silentLogger).child({ component: 'discovery' });
     this.#clock = options.clock ?? realClock;
-    this.#makeQuery = options.query ?? ((s) => (signal) => queryDns(s.discover!.dns!, signal));
+    this.#makeSource = options.source ?? sourceFor;
     this.update(config);
   }
 
@@ -119,7 +125,7 @@ export class Discovery extends EventEmitter<DiscoveryEvents> {
     if (this.#stopped) return;
     const seen = new Set<string>();
     for (const s of config.services) {
-      if (!s.discover?.dns) continue;
+      if (!s.discover) continue;
       seen.add(s.name);
       const key = JSON.stringify(s.discover);
       const w = this.#watches.get(s.name);
@@ -181,24 +187,34 @@ export class Discovery extends EventEmitter<DiscoveryEvents> {
   }
 
   #start(s: ServiceConfig, key: string, set: BackendConfig[] | undefined): void {
-    const dns = s.discover!.dns!;
+    const source = this.#makeSource(s);
     const w: Watch = {
-      service: s.name, key, query: this.#makeQuery(s), interval: dns.interval, hold: dns.hold,
+      service: s.name, key, source, unlisten: null, pushed: 0,
       timer: null, inFlight: null,
       // A reload that changes the source keeps the set until the new source answers.
       set, lastGood: this.#clock.now(), troubleSince: null,
       status: {
-        service: s.name, source: 'dns', query: describeQuery(s),
+        service: s.name, source: source.kind, query: source.query,
         last_answer_at: null, last_answer: null, last_error_at: null, last_error: null, errors: 0,
         backends: set?.length ?? 0, holding_since: null, notes: [],
       },
-      log: this.#log.child({ service: s.name, source: 'dns' }),
+      log: this.#log.child({ service: s.name, source: source.kind }),
     };
     this.#watches.set(s.name, w);
     this.#schedule(w, 0);
+    // An announcement applies at once (an answer), or asks at once (null).
+    w.unlisten = source.listen?.((answer) => {
+      if (this.#stopped || this.#watches.get(w.service) !== w) return;
+      if (answer !== null) {
+        w.pushed++;
+        this.#answered(w, answer);
+      } else if (w.inFlight === null) this.#schedule(w, 0);
+    }) ?? null;
   }
 
   #halt(w: Watch): void {
+    w.unlisten?.();
+    w.unlisten = null;
     this.#clock.clearTimeout(w.timer);
     w.timer = null;
     w.inFlight?.abort();
@@ -206,6 +222,7 @@ export class Discovery extends EventEmitter<DiscoveryEvents> {
   }
 
   #schedule(w: Watch, delay: number): void {
+    this.#clock.clearTimeout(w.timer);
     w.timer = this.#clock.setTimeout(() => void this.#poll(w), delay);
     w.timer.unref();
   }
@@ -216,21 +233,24 @@ export class Discovery extends EventEmitter<DiscoveryEvents> {
     const controller = new AbortController();
     w.inFlight = controller;
     const started = this.#clock.now();
-    let answer: DnsAnswer | undefined;
+    const pushed = w.pushed;
+    let answer: SourceAnswer | undefined;
     let failure: unknown;
     try {
-      answer = await w.query(controller.signal);
+      answer = await w.source.ask(controller.signal);
     } catch (err) {
       failure = err;
     }
     if (controller.signal.aborted || this.#watches.get(w.service) !== w) return;
     w.inFlight = null;
-    if (answer && answer.backends.length > 0) this.#answered(w, answer);
+    if (w.pushed !== pushed) {
+      // An announcement arrived while asking: it is newer than this answer; ask again soon to confirm it.
+    } else if (answer && answer.backends.length > 0) this.#answered(w, answer);
     else this.#troubled(w, answer ? new DiscoveryError(`${w.status.query}: no backends in the answer`, { empty: true }) : failure);
-    this.#schedule(w, Math.max(0, w.interval - (this.#clock.now() - started)));
+    this.#schedule(w, Math.max(0, w.source.interval - (this.#clock.now() - started)));
   }
 
-  #answered(w: Watch, answer: DnsAnswer): void {
+  #answered(w: Watch, answer: SourceAnswer): void {
     const now = this.#clock.now();
     w.status.last_answer_at = Date.now();
     w.status.last_answer = `${answer.backends.length} backend${answer.backends.length === 1 ? '' : 's'}`;
@@ -267,20 +287,20 @@ export class Discovery extends EventEmitter<DiscoveryEvents> {
       w.status.holding_since = Date.now();
       const kept = w.set?.length ?? 0;
       // Logged once per run of trouble: a resolver down for an hour is one line, not 720.
-      w.log.warn({ err: message, kept, hold_ms: w.hold }, empty
+      w.log.warn({ err: message, kept, hold_ms: w.source.hold }, empty
         ? `discovery: an empty answer; keeping the last ${kept} backends for up to hold`
         : `discovery failed; keeping the last ${kept} backends for up to hold`);
     }
-    if (w.set !== undefined && w.set.length > 0 && now - w.lastGood >= w.hold) {
+    if (w.set !== undefined && w.set.length > 0 && now - w.lastGood >= w.source.hold) {
       const n = w.set.length;
       w.set = [];
       w.status.backends = 0;
-      w.log.error({ err: message, removed: n, hold_ms: w.hold }, `discovery: no good answer for longer than hold; removing the ${n} discovered backends`);
-      this.#emitChange(w, `${w.status.query}: no good answer for ${Math.round(now - w.lastGood)}ms (hold ${w.hold}ms): ${message}`);
+      w.log.error({ err: message, removed: n, hold_ms: w.source.hold }, `discovery: no good answer for longer than hold; removing the ${n} discovered backends`);
+      this.#emitChange(w, `${w.status.query}: no good answer for ${Math.round(now - w.lastGood)}ms (hold ${w.source.hold}ms): ${message}`);
     }
   }
 
   #emitChange(w: Watch, cause: string): void {
-    this.emit('backends', { service: w.service, source: 'dns', backends: w.set?.length ?? 0, cause });
+    this.emit('backends', { service: w.service, source: w.source.kind, backends: w.set?.length ?? 0, cause });
   }
 }

@@ -217,7 +217,7 @@ services:
     expect(ok.services[0].backends).toEqual([]);
     expect(problemsOf(svc('{ dns: { name: db.internal, type: A } }'))).toEqual(['services[0].discover.dns.port: is required with type A (SRV records carry their port)']);
     expect(problemsOf(svc('{ dns: { name: _pg._tcp.db, port: 5432 } }'))).toEqual(['services[0].discover.dns.port: is for type A or AAAA (SRV records carry their port), got 5432']);
-    expect(problemsOf(svc('{ }'))).toEqual(['services[0].discover: must name exactly one source (dns), got none']);
+    expect(problemsOf(svc('{ }'))).toEqual(['services[0].discover: must name exactly one source (dns, redis_sentinel or patroni), got none']);
     expect(problemsOf(svc('{ dns: { name: "bad name!", type: MX, resolvers: [nowhere], interval: 1ms } }'))).toEqual(expect.arrayContaining([
       expect.stringMatching(/^services\[0\]\.discover\.dns\.name: must be a DNS name .*, got "bad name!"$/),
       'services[0].discover.dns.type: must be one of SRV | A | AAAA, got "MX"',

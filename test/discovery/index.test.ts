@@ -8,8 +8,7 @@ import { Writable } from 'node:stream';
 import { describe, expect, it } from 'vitest';
 import { parseConfig } from '../../src/config/load.ts';
 import type { Config } from '../../src/config/schema.ts';
-import type { DnsAnswer } from '../../src/discovery/dns.ts';
-import { Discovery, DiscoveryError } from '../../src/discovery/index.ts';
+import { Discovery, DiscoveryError, type SourceAnswer } from '../../src/discovery/index.ts';
 import type { DiscoveredEvent } from '../../src/events.ts';
 import { createLogger } from '../../src/observability/log.ts';
 import { MAX_MEMBERS } from '../../src/shm/layout.ts';
@@ -27,7 +26,7 @@ services:
       - { address: 127.0.0.9:5432, backup: true }
 `);
 
-const answer = (...hosts: string[]): DnsAnswer => ({
+const answer = (...hosts: string[]): SourceAnswer => ({
   backends: hosts.map((host) => ({ address: { host, port: 5432 }, weight: 1, max_connections: 0, backup: false, state: 'ready' as const })),
   notes: [],
 });
@@ -35,18 +34,21 @@ const answer = (...hosts: string[]): DnsAnswer => ({
 /** A Discovery on a TestClock whose source gives what `next` holds at each query. */
 function harness() {
   const clock = new TestClock();
-  let next: DnsAnswer | Error = answer('127.0.0.1');
+  let next: SourceAnswer | Error = answer('127.0.0.1');
   const lines: Array<Record<string, unknown>> = [];
   const sink = new Writable({ write(chunk, _e, cb) { lines.push(JSON.parse(String(chunk))); cb(); } });
   const d = new Discovery(config(), {
     clock, logger: createLogger('info', sink),
-    query: () => async () => { if (next instanceof Error) throw next; return next; },
+    source: () => ({
+      kind: 'dns', query: 'A db.test', interval: INTERVAL, hold: HOLD,
+      ask: async () => { if (next instanceof Error) throw next; return next; },
+    }),
   });
   const events: DiscoveredEvent[] = [];
   d.on('backends', (e) => events.push(e));
   return {
     d, clock, events, lines,
-    set: (x: DnsAnswer | Error) => { next = x; },
+    set: (x: SourceAnswer | Error) => { next = x; },
     hosts: (c = config()) => d.compose(c, c).services[0].backends.map((b) => `${b.address.host}${b.backup ? ' (backup)' : ''}`),
   };
 }

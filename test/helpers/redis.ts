@@ -3,7 +3,7 @@
  * address, no persistence (`--save '' --appendonly no`), killed and removed by stop().
  */
 import { spawn, type ChildProcess } from 'node:child_process';
-import { mkdtemp, rm } from 'node:fs/promises';
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import net from 'node:net';
 import { freePort, waitFor } from './net.ts';
 import { tmpdir } from 'node:os';
@@ -119,4 +119,42 @@ export function tcpPortOf(info: RespValue): number {
   const m = typeof info === 'string' ? /^tcp_port:(\d+)/m.exec(info) : null;
   if (!m) throw new Error(`no tcp_port in INFO reply ${JSON.stringify(info)}`);
   return Number(m[1]);
+}
+
+/**
+ * A real Redis Sentinel (Debian's redis-sentinel) watching `master` as `name`: its config file in a
+ * temp dir (Sentinel rewrites it), announcing its own address so the sentinels find each other on
+ * loopback, a short down-after so a failover starts within a second. stop() kills it.
+ */
+export async function startSentinel(opts: { host: string; name: string; master: { host: string; port: number }; quorum: number; downAfterMs?: number }): Promise<RedisServer> {
+  const { host, name } = opts;
+  const port = await freePort(host);
+  const dir = await mkdtemp(join(tmpdir(), 'fulcrum-sentinel-'));
+  const conf = join(dir, 'sentinel.conf');
+  await writeFile(conf, [
+    `port ${port}`, `bind ${host}`, 'daemonize no', 'protected-mode no', `dir ${dir}`, `logfile ${join(dir, 'sentinel.log')}`,
+    `sentinel announce-ip ${host}`,
+    `sentinel monitor ${name} ${opts.master.host} ${opts.master.port} ${opts.quorum}`,
+    `sentinel down-after-milliseconds ${name} ${opts.downAfterMs ?? 500}`,
+    `sentinel failover-timeout ${name} 5000`,
+    `sentinel parallel-syncs ${name} 1`,
+    '',
+  ].join('\n'));
+  const child: ChildProcess = spawn('redis-sentinel', [conf], { stdio: 'ignore' });
+  let exited = false;
+  const exitPromise = new Promise<void>((resolve) => child.once('exit', () => { exited = true; resolve(); }));
+  const stop = async () => {
+    if (!exited) {
+      child.kill('SIGKILL');
+      await exitPromise;
+    }
+    await rm(dir, { recursive: true, force: true });
+  };
+  const answers = () => redisCommand(host, port, ['PING']).then(() => true, () => false);
+  const up = await waitFor(async () => exited || (await answers()), 10_000, 'redis-sentinel to answer', 50).then(() => !exited, () => false);
+  if (!up) {
+    await stop();
+    throw new Error(`redis-sentinel on ${host}:${port} did not start (is redis-sentinel installed?)`);
+  }
+  return { host, port, address: `${host}:${port}`, dir, command: (...args) => redisCommand(host, port, args), stop };
 }

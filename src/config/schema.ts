@@ -206,6 +206,8 @@ export const sentinelDiscoverySchema = z.strictObject({
   /** The master's name in Sentinel (sentinel monitor <name> …). */
   master: z.custom<string>((v) => typeof v === 'string' && /^[A-Za-z0-9_.:-]{1,128}$/.test(v), { error: 'must be 1–128 characters of letters, digits, _ . : -' }),
   role: oneOf(['primary', 'replica'] as const).default('primary'),
+  /** role replica: the primary joins as a backup, so reads fall back to it when every replica is out. */
+  primary_as_backup: bool().default(true),
   /** Sentinel's password (requirepass / sentinel auth), when it has one. */
   password_file: nonEmptyString('file path').optional(),
   /** Sentinel asked again this often, besides its announcements. */
@@ -226,6 +228,8 @@ export const patroniDiscoverySchema = z.strictObject({
     }
   }, { error: 'must be an http:// or https:// URL of a Patroni REST API' })).min(1, { error: 'must list at least one URL' }).max(16, { error: 'must list at most 16 URLs' }),
   role: oneOf(['primary', 'replica'] as const).default('primary'),
+  /** role replica: the leader joins as a backup, so reads fall back to it when every replica is out. */
+  primary_as_backup: bool().default(true),
   interval: duration(100).default(5000),
   hold: duration().default(60_000),
   timeout: duration(10).default(2000),

@@ -8,7 +8,8 @@
  * in state `running`. role replica: members whose role is `replica` (or `sync_standby`,
  * `quorum_standby`) in state `running` or `streaming`; Patroni's `lag` (bytes behind the leader,
  * or "unknown") is shown in the notes — the replica's own lag is the health probe's to judge
- * (health.max_lag). `host` must be an IP address: a name is left out and noted (the balancer
+ * (health.max_lag). With primary_as_backup (role replica) the leader joins as `backup: true`, so
+ * reads fall back to it when every replica is out. `host` must be an IP address: a name is left out and noted (the balancer
  * takes addresses; put the DNS source in front of names).
  */
 import { isIP } from 'node:net';
@@ -24,7 +25,7 @@ const REPLICA_ROLES = new Set(['replica', 'sync_standby', 'quorum_standby']);
 const REPLICA_STATES = new Set(['running', 'streaming']);
 
 /** The backends of a /cluster answer for `role` (see the header); throws a DiscoveryError for one that is not. */
-export function readCluster(body: unknown, role: 'primary' | 'replica', where: string): SourceAnswer {
+export function readCluster(body: unknown, role: 'primary' | 'replica', where: string, primaryAsBackup = false): SourceAnswer {
   const members = (body as { members?: unknown } | null)?.members;
   if (!Array.isArray(members)) throw new DiscoveryError(`${where}: not a Patroni /cluster answer (no members list)`);
   const found: Found[] = [];
@@ -34,7 +35,9 @@ export function readCluster(body: unknown, role: 'primary' | 'replica', where: s
     const name = typeof m.name === 'string' ? m.name : '?';
     const r = String(m.role ?? '');
     const state = String(m.state ?? '');
-    const wanted = role === 'primary' ? LEADER_ROLES.has(r) && state === 'running' : REPLICA_ROLES.has(r) && REPLICA_STATES.has(state);
+    const leader = LEADER_ROLES.has(r) && state === 'running';
+    const backup = role === 'replica' && primaryAsBackup && leader;
+    const wanted = role === 'primary' ? leader : backup || (REPLICA_ROLES.has(r) && REPLICA_STATES.has(state));
     if (!wanted) continue;
     const port = Number(m.port);
     if (typeof m.host !== 'string' || isIP(m.host) === 0) {
@@ -45,8 +48,8 @@ export function readCluster(body: unknown, role: 'primary' | 'replica', where: s
       notes.push(`member ${name}: port ${JSON.stringify(m.port)} is not 1–65535`);
       continue;
     }
-    found.push({ host: m.host, port });
-    if (role === 'replica' && m.lag !== undefined) notes.push(`member ${name}: lag ${JSON.stringify(m.lag)}`);
+    found.push({ host: m.host, port, backup });
+    if (role === 'replica' && !leader && m.lag !== undefined) notes.push(`member ${name}: lag ${JSON.stringify(m.lag)}`);
   }
   if (role === 'primary' && found.length > 1) throw new DiscoveryError(`${where}: ${found.length} running leaders in one answer (${found.map((f) => `${f.host}:${f.port}`).join(', ')}): not applied`);
   return { backends: backendList(found), notes };
@@ -91,7 +94,7 @@ export function patroniSource(settings: PatroniDiscoveryConfig): Source {
           continue;
         }
         preferred = (preferred + i) % settings.urls.length;
-        return readCluster(body, settings.role, `patroni ${url}`);
+        return readCluster(body, settings.role, `patroni ${url}`, settings.primary_as_backup);
       }
       throw new DiscoveryError(`patroni: no URL answered (${problems.join('; ')})`);
     },

@@ -7,7 +7,8 @@
  *   `SENTINEL get-master-addr-by-name <master>` (nil: a master this sentinel does not know — the
  *   next one is asked, and if none knows it the answer fails), and for replicas
  *   `SENTINEL replicas <master>`, keeping those whose flags hold none of s_down, o_down,
- *   disconnected and whose master-link-status is ok.
+ *   disconnected and whose master-link-status is ok — with primary_as_backup, the primary too,
+ *   as `backup: true` (reads fall back to it when every replica is out).
  * - listen: one connection to a live sentinel, SUBSCRIBEd to the events that move the set; it
  *   reconnects to the next sentinel when it drops (any one may be down). `+switch-master <master>
  *   <old ip> <old port> <new ip> <new port>` for a primary service is applied from the message
@@ -22,7 +23,7 @@ import { formatHostPort, type HostPort, type SentinelDiscoveryConfig } from '../
 import { readSecretFile } from '../config/secrets.ts';
 import { encodeCommand, parseReply, RespError, type RespValue } from '../health/probes/resp.ts';
 import { DiscoveryError } from './errors.ts';
-import { backendList, type Source, type SourceAnswer } from './source.ts';
+import { backendList, type Found, type Source, type SourceAnswer } from './source.ts';
 
 /** Largest reply kept: a SENTINEL replicas answer for a few hundred replicas. */
 const MAX_BUFFER = 1024 * 1024;
@@ -145,10 +146,11 @@ export function sentinelSource(settings: SentinelDiscoveryConfig): Source {
     return conn;
   };
 
-  const askOne = async (conn: RespConnection): Promise<SourceAnswer> => {
+  /** The answer of one sentinel; null: it knows no master of that name. */
+  const askOne = async (conn: RespConnection): Promise<SourceAnswer | null> => {
     const m = await conn.command(['SENTINEL', 'get-master-addr-by-name', master], timeout);
     if (errorOf(m)) throw new Error(`SENTINEL get-master-addr-by-name: ${errorOf(m)}`);
-    if (m === null) throw new UnknownMaster();
+    if (m === null) return null;
     if (!Array.isArray(m) || m.length !== 2) throw new Error(`SENTINEL get-master-addr-by-name: a bad reply ${JSON.stringify(m).slice(0, 80)}`);
     const primary = address(m[0], m[1]);
     if (typeof primary === 'string') throw new Error(`SENTINEL get-master-addr-by-name: ${primary}`);
@@ -157,7 +159,7 @@ export function sentinelSource(settings: SentinelDiscoveryConfig): Source {
     if (errorOf(r)) throw new Error(`SENTINEL replicas: ${errorOf(r)}`);
     if (!Array.isArray(r)) throw new Error(`SENTINEL replicas: a bad reply ${JSON.stringify(r).slice(0, 80)}`);
     const notes: string[] = [];
-    const found: HostPort[] = [];
+    const found: Found[] = settings.primary_as_backup ? [{ ...primary, backup: true }] : [];
     for (const entry of r) {
       const f = fields(entry);
       const at = address(f.get('ip'), f.get('port'));
@@ -190,11 +192,15 @@ export function sentinelSource(settings: SentinelDiscoveryConfig): Source {
         try {
           conn = await connect(at);
           const answer = await askOne(conn);
+          if (answer === null) {
+            unknown++;
+            problems.push(`${formatHostPort(at)}: unknown master`);
+            continue;
+          }
           preferred = settings.sentinels.indexOf(at);
           return answer;
         } catch (err) {
-          if (err instanceof UnknownMaster) unknown++;
-          problems.push(`${formatHostPort(at)}: ${err instanceof UnknownMaster ? 'unknown master' : (err as Error).message}`);
+          problems.push(`${formatHostPort(at)}: ${(err as Error).message}`);
         } finally {
           conn?.close();
         }
@@ -253,6 +259,3 @@ export function sentinelSource(settings: SentinelDiscoveryConfig): Source {
     },
   };
 }
-
-/** A sentinel that does not know the master (nil): the next one is asked. */
-class UnknownMaster extends Error {}

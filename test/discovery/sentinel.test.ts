@@ -74,7 +74,10 @@ describe('the Sentinel source', () => {
   it('asks for the primary and the replicas; a master no sentinel knows and sentinels that do not answer are clear errors', async () => {
     const signal = new AbortController().signal;
     expect((await sentinelSource(settings()).ask(signal)).backends.map((b) => `${b.address.host}:${b.address.port}`)).toEqual([primary.address]);
-    expect((await sentinelSource(settings({ role: 'replica' })).ask(signal)).backends.map((b) => `${b.address.host}:${b.address.port}`)).toEqual([replica.address]);
+    expect((await sentinelSource(settings({ role: 'replica', primary_as_backup: false })).ask(signal)).backends.map((b) => `${b.address.host}:${b.address.port}`)).toEqual([replica.address]);
+    // By default the primary joins a replica service as its backup.
+    expect((await sentinelSource(settings({ role: 'replica' })).ask(signal)).backends.map((b) => `${b.address.host}:${b.address.port}${b.backup ? ' backup' : ''}`))
+      .toEqual([`${primary.address} backup`, replica.address]);
     await expect(sentinelSource(settings({ master: 'nosuch' })).ask(signal)).rejects.toMatchObject({
       code: 'FULCRUM_ERR_DISCOVERY', message: 'redis_sentinel nosuch: no sentinel knows a master named "nosuch"',
     });
@@ -118,7 +121,7 @@ services:
 
   it(`kill -9 the primary: new connections reach the new primary within ${BOUND_MS} ms of +switch-master, and no write lands on the old one after it`, async () => {
     await waitFor(() => live('redis-w').join() === primary.address, 5000, 'the primary from Sentinel');
-    await waitFor(() => live('redis-r').join() === replica.address, 5000, 'the replica from Sentinel');
+    await waitFor(() => live('redis-r').join() === [primary.address, replica.address].join(), 5000, 'the replica (and the primary as backup) from Sentinel');
     expect(fulcrum.discovery.describe().find((d) => d.service === 'redis-w')).toMatchObject({ source: 'redis_sentinel', last_answer: '1 backend', errors: 0 });
 
     // The earliest announcement of the three (the leader publishes first, the others as they learn).

@@ -43,10 +43,15 @@ export async function startRedis(opts: { host: string; port?: number; args?: str
   const { host } = opts;
   const port = opts.port ?? await freePort(host);
   const dir = await mkdtemp(join(tmpdir(), 'fulcrum-redis-'));
-  const child: ChildProcess = spawn('redis-server', [
+  return runRedisProcess('redis-server', [
     '--bind', host, '--port', String(port), '--dir', dir, '--save', '', '--appendonly', 'no',
     '--protected-mode', 'no', '--daemonize', 'no', '--logfile', join(dir, 'redis.log'), ...(opts.args ?? []),
-  ], { stdio: 'ignore' });
+  ], host, port, dir);
+}
+
+/** Runs a redis-server or redis-sentinel in `dir` until it answers PING; stop() kills it and removes the dir. */
+async function runRedisProcess(bin: string, args: string[], host: string, port: number, dir: string): Promise<RedisServer> {
+  const child: ChildProcess = spawn(bin, args, { stdio: 'ignore' });
   let exited = false;
   const exitPromise = new Promise<void>((resolve) => child.once('exit', () => { exited = true; resolve(); }));
   const stop = async () => {
@@ -58,10 +63,10 @@ export async function startRedis(opts: { host: string; port?: number; args?: str
   };
   // Any reply will do: with requirepass the answer is a NOAUTH error, and that means "up". An exit ends the wait.
   const answers = () => redisCommand(host, port, ['PING']).then(() => true, () => false);
-  const up = await waitFor(async () => exited || (await answers()), 10_000, 'redis-server to answer', 50).then(() => !exited, () => false);
+  const up = await waitFor(async () => exited || (await answers()), 10_000, `${bin} to answer`, 50).then(() => !exited, () => false);
   if (!up) {
     await stop();
-    throw new Error(`redis-server on ${host}:${port} did not start (is redis-server installed?)`);
+    throw new Error(`${bin} on ${host}:${port} did not start (is ${bin} installed?)`);
   }
   return { host, port, address: `${host}:${port}`, dir, command: (...args) => redisCommand(host, port, args), stop };
 }
@@ -140,21 +145,5 @@ export async function startSentinel(opts: { host: string; name: string; master: 
     `sentinel parallel-syncs ${name} 1`,
     '',
   ].join('\n'));
-  const child: ChildProcess = spawn('redis-sentinel', [conf], { stdio: 'ignore' });
-  let exited = false;
-  const exitPromise = new Promise<void>((resolve) => child.once('exit', () => { exited = true; resolve(); }));
-  const stop = async () => {
-    if (!exited) {
-      child.kill('SIGKILL');
-      await exitPromise;
-    }
-    await rm(dir, { recursive: true, force: true });
-  };
-  const answers = () => redisCommand(host, port, ['PING']).then(() => true, () => false);
-  const up = await waitFor(async () => exited || (await answers()), 10_000, 'redis-sentinel to answer', 50).then(() => !exited, () => false);
-  if (!up) {
-    await stop();
-    throw new Error(`redis-sentinel on ${host}:${port} did not start (is redis-sentinel installed?)`);
-  }
-  return { host, port, address: `${host}:${port}`, dir, command: (...args) => redisCommand(host, port, args), stop };
+  return runRedisProcess('redis-sentinel', [conf], host, port, dir);
 }

@@ -12,6 +12,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { patroniDiscoverySchema } from '../../src/config/schema.ts';
 import { patroniSource, readCluster } from '../../src/discovery/patroni.ts';
 import type { FulcrumHandle } from '../../src/main.ts';
+import { runCtl } from '../../src/admin/ctl.ts';
 import { startProxy } from '../proxy/harness.ts';
 import { connectClient, freePort, readLine, startNamedServer, waitFor, type TestServer } from '../helpers/net.ts';
 
@@ -108,6 +109,7 @@ describe('fulcrum follows a switchover in /cluster', () => {
     fulcrum = await startProxy(`
 workers: 1
 logging: { level: warn }
+admin: { listen: ${LISTEN}:${await freePort(LISTEN)} }
 services:
   - name: pg-write
     listen: ${LISTEN}:${port}
@@ -136,5 +138,25 @@ services:
     await waitFor(async () => (await who().catch(() => '')) === 'pg-b', 2000, 'the new leader pg-b');
     for (let i = 0; i < 5; i++) expect(await who()).toBe('pg-b');
     expect(fulcrum.discovery.describe()[0]).toMatchObject({ source: 'patroni', query: `primary from GET /cluster on ${apiUrl}`, last_answer: '1 backend' });
+  });
+
+  it('/api/status and fulcrum status say where the backends come from, when the source last answered and what it said', async () => {
+    const admin = `http://${LISTEN}:${fulcrum.config.admin!.listen.port}`;
+    const status = await (await fetch(`${admin}/api/status`)).json() as { discovery: Array<Record<string, unknown>> };
+    expect(status.discovery).toEqual([expect.objectContaining({
+      service: 'pg-write', source: 'patroni', query: `primary from GET /cluster on ${apiUrl}`, last_answer: '1 backend', backends: 1, errors: 0, holding_since: null,
+    })]);
+    expect(Date.now() - (status.discovery[0].last_answer_at as number)).toBeLessThan(2000);
+
+    body = '<html>';
+    await waitFor(() => fulcrum.discovery.describe()[0].last_error !== null, 2000, 'a failed query');
+    const out: string[] = [];
+    expect(await runCtl(['status', '--admin', admin], { out: (l) => out.push(l), err: (l) => out.push(l) })).toBe(0);
+    const text = out.join('\n');
+    expect(text).toContain(`discovery    pg-write: patroni primary from GET /cluster on ${apiUrl}, 1 backend`);
+    expect(text).toMatch(/last answer \d{4}-\d\d-\d\dT[\d:.]+Z \(\d+ s ago\): 1 backend/);
+    expect(text).toContain(`last error`);
+    expect(text).toContain(`patroni: no URL answered (${apiUrl}: not JSON)`);
+    expect(text).toContain('keeping the last set since');
   });
 });

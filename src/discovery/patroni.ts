@@ -75,6 +75,14 @@ async function getCluster(url: string, timeout: number, signal: AbortSignal): Pr
   }
 }
 
+/** fetch's errors in words: its own "fetch failed" hides the cause (ECONNREFUSED, …). */
+function describeFetchError(err: unknown, timeout: number): string {
+  const e = err as Error & { cause?: { code?: string; message?: string } };
+  if (e.name === 'TimeoutError') return `no answer within ${timeout}ms`;
+  if (e.cause?.code) return `${e.cause.code}${e.cause.message ? ` (${e.cause.message})` : ''}`;
+  return e.message;
+}
+
 export function patroniSource(settings: PatroniDiscoveryConfig): Source {
   let preferred = 0;
   return {
@@ -90,7 +98,7 @@ export function patroniSource(settings: PatroniDiscoveryConfig): Source {
         try {
           body = await getCluster(url, settings.timeout, signal);
         } catch (err) {
-          problems.push(`${url}: ${(err as Error).name === 'TimeoutError' ? `no answer within ${settings.timeout}ms` : (err as Error).message}`);
+          problems.push(`${url}: ${describeFetchError(err, settings.timeout)}`);
           continue;
         }
         preferred = (preferred + i) % settings.urls.length;

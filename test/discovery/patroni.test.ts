@@ -13,6 +13,7 @@ import { patroniDiscoverySchema } from '../../src/config/schema.ts';
 import { patroniSource, readCluster } from '../../src/discovery/patroni.ts';
 import type { FulcrumHandle } from '../../src/main.ts';
 import { runCtl } from '../../src/admin/ctl.ts';
+import { withPage } from '../helpers/browser.ts';
 import { startProxy } from '../proxy/harness.ts';
 import { connectClient, freePort, readLine, startNamedServer, waitFor, type TestServer } from '../helpers/net.ts';
 
@@ -51,7 +52,7 @@ afterAll(async () => {
   await new Promise((r) => api.close(r));
 });
 
-const settings = (x: Record<string, unknown> = {}) => patroniDiscoverySchema.parse({ urls: [apiUrl], timeout: '300ms', ...x });
+const settings = (x: Record<string, unknown> = {}) => patroniDiscoverySchema.parse({ urls: [apiUrl], timeout: '2s', ...x });
 const addresses = (a: { backends: { address: { host: string; port: number } }[] }) => a.backends.map((b) => `${b.address.host}:${b.address.port}`);
 
 describe('the /cluster reader', () => {
@@ -83,13 +84,14 @@ describe('the Patroni source over HTTP', () => {
     status = 200;
     const dead = `http://${HOST}:${await freePort(HOST)}`;
     expect(addresses(await patroniSource(settings({ urls: [dead, apiUrl] })).ask(signal))).toEqual(['127.3.25.2:5432']);
+    await expect(patroniSource(settings({ urls: [dead] })).ask(signal)).rejects.toMatchObject({ message: expect.stringMatching(new RegExp(`^patroni: no URL answered \\(${dead.replace(/\./g, '\\.')}: ECONNREFUSED`)) });
     body = '<html>not json';
     await expect(patroniSource(settings()).ask(signal)).rejects.toMatchObject({ code: 'FULCRUM_ERR_DISCOVERY', message: `patroni: no URL answered (${apiUrl}: not JSON)` });
     status = 503;
     await expect(patroniSource(settings()).ask(signal)).rejects.toMatchObject({ message: `patroni: no URL answered (${apiUrl}: status 503)` });
     status = 200;
     body = () => {};
-    await expect(patroniSource(settings()).ask(signal)).rejects.toMatchObject({ message: `patroni: no URL answered (${apiUrl}: no answer within 300ms)` });
+    await expect(patroniSource(settings({ timeout: '300ms' })).ask(signal)).rejects.toMatchObject({ message: `patroni: no URL answered (${apiUrl}: no answer within 300ms)` });
     api.closeAllConnections();
   });
 });
@@ -147,6 +149,12 @@ services:
       service: 'pg-write', source: 'patroni', query: `primary from GET /cluster on ${apiUrl}`, last_answer: '1 backend', backends: 1, errors: 0, holding_since: null,
     })]);
     expect(Date.now() - (status.discovery[0].last_answer_at as number)).toBeLessThan(2000);
+    // The status page, under the service's name.
+    await withPage(`${admin}/`, async (page) => {
+      const line = page.locator('section[data-service="pg-write"] [data-field="discovery"]');
+      await line.filter({ hasText: 'last answer' }).waitFor({ timeout: 5000 });
+      expect(await line.textContent()).toMatch(new RegExp(`^from patroni primary from GET /cluster on ${apiUrl.replace(/\./g, '\\.')} · last answer .+: 1 backend$`));
+    });
 
     body = '<html>';
     await waitFor(() => fulcrum.discovery.describe()[0].last_error !== null, 2000, 'a failed query');

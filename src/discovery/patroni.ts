@@ -33,13 +33,13 @@ export function readCluster(body: unknown, role: 'primary' | 'replica', where: s
   for (const m of members as Array<Record<string, unknown>>) {
     if (m === null || typeof m !== 'object') continue;
     const name = typeof m.name === 'string' ? m.name : '?';
-    const r = String(m.role ?? '');
-    const state = String(m.state ?? '');
+    const r = typeof m.role === 'string' ? m.role : '';
+    const state = typeof m.state === 'string' ? m.state : '';
     const leader = LEADER_ROLES.has(r) && state === 'running';
     const backup = role === 'replica' && primaryAsBackup && leader;
     const wanted = role === 'primary' ? leader : backup || (REPLICA_ROLES.has(r) && REPLICA_STATES.has(state));
     if (!wanted) continue;
-    const port = Number(m.port);
+    const port = typeof m.port === 'number' ? m.port : NaN;
     if (typeof m.host !== 'string' || isIP(m.host) === 0) {
       notes.push(`member ${name}: host ${JSON.stringify(m.host)} is not an IP address`);
       continue;

@@ -10,6 +10,7 @@
  *   HealthMonitor (asks the Balancer for admin state)   Failover (when config.ha is set)
  *   routes (src/control/routes.ts): pool ─▶ health (passive), health ─▶ balancer,
  *     balancer ─▶ pool (shutdown_sessions), balancer ─▶ health (maint), failover ↔ pool (VIP),
+ *     discovery ─▶ the reload sequence's edit (a discovered set joins every config it applies),
  *     and everything observers read onto handle.events
  *   reload (src/control/reload.ts): listen check → VIP pause → balancer → health → service
  *     table → workers → resume → resize
@@ -64,7 +65,7 @@ export interface FulcrumHandle {
   readonly events: EventEmitter<FulcrumEvents>;
   /** Health probes and passive health: health.describe(), health.history(service, address). */
   readonly health: HealthMonitor;
-  /** Backends from DNS (services[].discover): discovery.describe() says what each source last said. */
+  /** Backends from DNS, Redis Sentinel and Patroni (services[].discover): discovery.describe() says what each source last said. */
   readonly discovery: Discovery;
   /** Present when config.ha is set: role, peer, counters via failover.status(). */
   readonly failover: Failover | null;

@@ -112,10 +112,14 @@ export class ReloadSequence {
     return this.#serialized(async () => (await this.#applyNow(next, 'edit')).problems);
   }
 
-  /** A runtime edit (the admin API): as apply, but a listener that could not bind rejects it. */
-  edit(next: Config): Promise<void> {
+  /**
+   * A runtime edit (the admin API, discovery): as apply, but a listener that could not bind
+   * rejects it. Given a function, it is called with the config in force when the edit's turn
+   * comes, so an edit queued behind a file reload builds on that reload rather than undoing it.
+   */
+  edit(next: Config | ((inForce: Config) => Config)): Promise<void> {
     return this.#serialized(async () => {
-      const { problems } = await this.#applyNow(next, 'edit');
+      const { problems } = await this.#applyNow(typeof next === 'function' ? next(this.#config) : next, 'edit');
       if (problems.length > 0) throw listenProblemsError(problems);
     });
   }

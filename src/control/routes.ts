@@ -107,14 +107,15 @@ export function installRoutes(parts: RouteParts): () => void {
  */
 export function discoveryRoutes(parts: {
   discovery: Emits<DiscoveryEvents> & { update(config: Config): void };
-  control: { readonly config: Config; edit(next: Config): Promise<void>; addHook(hook: ReloadHook): () => void };
+  control: { readonly config: Config; edit(next: (inForce: Config) => Config): Promise<void>; addHook(hook: ReloadHook): () => void };
   events: Pick<EventEmitter<FulcrumEvents>, 'emit'>;
   logger: Logger;
 }): () => void {
   const { discovery, control, events } = parts;
   const log = parts.logger.child({ component: 'routes' });
   const onBackends = (ev: DiscoveredEvent): void => {
-    control.edit(control.config).then(
+    // The config in force when the edit's turn comes (a file reload may be ahead of it); compose() joins the set.
+    control.edit((inForce) => inForce).then(
       () => events.emit('discovery-applied', ev),
       (err: Error) => {
         // The running set stays (a refusal applies nothing); the next change tries again.

@@ -2,7 +2,7 @@
  * Redis Sentinel discovery against real servers on 127.3.24.x: three redis-sentinels (Debian's
  * redis-sentinel) watching a primary and a replica (redis-server). fulcrum's write service takes
  * its backend from Sentinel (role primary), its read service the replicas (role replica).
- * kill -9 the primary: measured from Sentinel's first +switch-master (subscribers of the test's own, one per sentinel)
+ * One sentinel stopped first (fulcrum's subscription moves to another), then kill -9 the primary: measured from Sentinel's first +switch-master (subscribers of the test's own, one per sentinel)
  * to the first new connection through fulcrum landing on the new primary — the figure is
  * printed, and held to the 100 ms target with room for a loaded machine; no write lands on the
  * old primary after the announcement. Bad input: a master no sentinel knows, sentinels that do not
@@ -124,8 +124,13 @@ services:
     await waitFor(() => live('redis-r').join() === [primary.address, replica.address].join(), 5000, 'the replica (and the primary as backup) from Sentinel');
     expect(fulcrum.discovery.describe().find((d) => d.service === 'redis-w')).toMatchObject({ source: 'redis_sentinel', last_answer: '1 backend', errors: 0 });
 
-    // The earliest announcement of the three (the leader publishes first, the others as they learn).
-    const announced = Promise.race(sentinels.map(switchAnnounced));
+    // The sentinel fulcrum subscribed to (the first) goes down: it subscribes to the next one.
+    const subscribed = async (x: RedisServer) => String(await x.command('CLIENT', 'LIST')).includes(' sub=10 ');
+    await waitFor(() => subscribed(sentinels[0]), 3000, 'fulcrum subscribed to the first sentinel');
+    await sentinels[0].stop();
+    await waitFor(async () => (await subscribed(sentinels[1])) || (await subscribed(sentinels[2])), 3000, 'fulcrum subscribed to another sentinel');
+    // The earliest announcement of the two left (the leader publishes first, the other as it learns).
+    const announced = Promise.race(sentinels.slice(1).map(switchAnnounced));
     // Writes through fulcrum on new connections, back to back: who took each, and when.
     const writes: Array<{ at: number; port: number }> = [];
     let done = false;

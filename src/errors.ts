@@ -40,6 +40,7 @@ export const ERROR_CODES = {
   GARP: 'FULCRUM_ERR_GARP',
   BGP_SPEAKER: 'FULCRUM_ERR_BGP_SPEAKER',
   BGP_ROUTE: 'FULCRUM_ERR_BGP_ROUTE',
+  DISCOVERY: 'FULCRUM_ERR_DISCOVERY',
 } as const;
 export type ErrorCode = (typeof ERROR_CODES)[keyof typeof ERROR_CODES];
 

@@ -60,6 +60,23 @@ export interface TransitionEvent {
   up: boolean;
   cause: string;
   initial: boolean;
+  /**
+   * Down because the replica lags (over health.max_lag): its sessions are closed when
+   * health.lag_action is close, whatever on_marked_down says (src/control/routes.ts).
+   */
+  lagging?: true;
+}
+
+/**
+ * A service's discovered set changed (a source's new answer, or `hold` ran out). Emitted by the
+ * Discovery; the set itself is read when the reload sequence applies (Discovery.compose).
+ */
+export interface DiscoveredEvent {
+  service: string;
+  source: 'dns' | 'redis_sentinel' | 'patroni';
+  /** Backends in the set now. */
+  backends: number;
+  cause: string;
 }
 
 /** A failover role change. Emitted by the Failover. */
@@ -100,6 +117,10 @@ export interface PoolEvents {
   'worker-exit': [event: WorkerExitEvent];
 }
 
+export interface DiscoveryEvents {
+  backends: [event: DiscoveredEvent];
+}
+
 export interface FailoverEvents {
   role: [change: RoleChange];
 }
@@ -120,4 +141,6 @@ export interface FulcrumEvents {
   'health-transition': [event: TransitionEvent];
   'bgp-route': [event: BgpRouteEvent];
   'bgp-session': [event: BgpSessionEvent];
+  /** A discovered set, applied (or refused: `error`). */
+  'discovery-applied': [event: DiscoveredEvent & { error?: string }];
 }

@@ -127,6 +127,16 @@ function printStatus(data: any, o: Output): void {
   if (data.config_file) o.out(`config       ${data.config_file}`);
   if (data.reloads) o.out(`reloads      ${data.reloads.applied} applied, ${data.reloads.refused} refused`);
   o.out(`changes      ${data.changes_enabled ? 'enabled (token)' : 'disabled (no admin.token_file)'}`);
+  // Where discovered backends come from, and what each source last said (src/discovery).
+  for (const d of data.discovery ?? []) {
+    const when = (ms: number | null) => (ms === null ? 'never' : `${new Date(ms).toISOString()} (${((Date.now() - ms) / 1000).toFixed(0)} s ago)`);
+    o.out(`discovery    ${d.service}: ${d.source} ${d.query}, ${d.backends} backend${d.backends === 1 ? '' : 's'}`);
+    o.out(`               last answer ${when(d.last_answer_at)}${d.last_answer ? `: ${d.last_answer}` : ''}`);
+    if (d.last_error) o.out(`               last error ${when(d.last_error_at)}: ${d.last_error}`);
+    if (d.holding_since !== null) o.out(`               keeping the last set since ${new Date(d.holding_since).toISOString()} (hold)`);
+    if (d.errors) o.out(`               ${d.errors} failed queries since start`);
+    for (const n of d.notes ?? []) o.out(`               note: ${n}`);
+  }
 }
 
 /** The bgp lines of `fulcrum status`: the speaker, each session, each VIP with why it is (not) announced. */

@@ -64,6 +64,18 @@ function problemsFromZod(error: z.ZodError): ConfigProblem[] {
   return out;
 }
 
+/** Services that list no backend and have no discover section: nothing would ever serve them. */
+function emptyBackends(data: object): ConfigProblem[] {
+  const services = (data as { services?: unknown }).services;
+  if (!Array.isArray(services)) return [];
+  return services.flatMap((s: unknown, i) => {
+    const v = s as { backends?: unknown; discover?: unknown } | null;
+    return v !== null && typeof v === 'object' && Array.isArray(v.backends) && v.backends.length === 0 && v.discover === undefined
+      ? [{ path: `services[${i}].backends`, message: 'must list at least one backend (or the service needs a discover section), got []' }]
+      : [];
+  });
+}
+
 /** Checks that span fields: uniqueness, and a health block that fits its type. */
 function crossChecks(config: Config): ConfigProblem[] {
   const problems: ConfigProblem[] = [];
@@ -84,6 +96,13 @@ function crossChecks(config: Config): ConfigProblem[] {
       else addresses.set(a, j);
     });
     backendTotal += s.backends.length;
+    if (s.discover) {
+      const sources = Object.keys(s.discover).filter((k) => s.discover![k as keyof typeof s.discover] !== undefined);
+      if (sources.length !== 1) problems.push({ path: `${at}.discover`, message: `must name exactly one source (dns, redis_sentinel or patroni), got ${sources.length === 0 ? 'none' : sources.join(' and ')}` });
+      const dns = s.discover.dns;
+      if (dns && dns.type !== 'SRV' && dns.port === undefined) problems.push({ path: `${at}.discover.dns.port`, message: `is required with type ${dns.type} (SRV records carry their port)` });
+      if (dns && dns.type === 'SRV' && dns.port !== undefined) problems.push({ path: `${at}.discover.dns.port`, message: `is for type A or AAAA (SRV records carry their port), got ${dns.port}` });
+    }
     const h = s.health;
     if (h) {
       if (h.type === 'send_expect' && !h.send_expect) problems.push({ path: `${at}.health.send_expect`, message: 'is required when health.type is send_expect' });
@@ -97,6 +116,11 @@ function crossChecks(config: Config): ConfigProblem[] {
         }
       }
       if (h.timeout > h.interval) problems.push({ path: `${at}.health.timeout`, message: `must not exceed health.interval (${h.interval}ms), got ${h.timeout}ms` });
+      if (h.max_lag !== undefined && !ROLE_HEALTH_TYPES.includes(h.type)) {
+        problems.push({ path: `${at}.health.max_lag`, message: `needs health.type redis, postgres or mysql, got ${h.max_lag}ms with type ${JSON.stringify(h.type)}` });
+      } else if (h.max_lag !== undefined && h.role === 'primary') {
+        problems.push({ path: `${at}.health.max_lag`, message: `needs health.role replica or any (a primary has no lag), got ${h.max_lag}ms with role "primary"` });
+      }
     }
   });
   if (backendTotal > MAX_BACKENDS) problems.push({ path: 'services', message: `must hold at most ${MAX_BACKENDS} backends in all, got ${backendTotal}` });
@@ -195,8 +219,10 @@ export function parseConfig(text: string, file = '<config>'): Config {
     throw new ConfigInvalidError(file, [{ path: '', message: `the top level must be a mapping, got ${formatValue(data)}` }]);
   }
   const result = configSchema.safeParse(data, { reportInput: true });
-  if (!result.success) throw new ConfigInvalidError(file, problemsFromZod(result.error));
-  const problems = crossChecks(result.data);
+  // Read from the input, so the problem is listed with zod's own even when other fields fail.
+  const empty = emptyBackends(data);
+  if (!result.success) throw new ConfigInvalidError(file, [...problemsFromZod(result.error), ...empty]);
+  const problems = [...empty, ...crossChecks(result.data)];
   if (problems.length > 0) throw new ConfigInvalidError(file, problems);
   return result.data;
 }

@@ -155,6 +155,8 @@ const dbCheckSchema = z.strictObject({
  */
 export const POSTGRES_AUTH = ['scram', 'md5', 'password'] as const;
 
+export const LAG_ACTIONS = ['remove', 'close'] as const;
+
 export const HEALTH_TYPES = ['tcp', 'send_expect', 'http', 'redis', 'postgres', 'mysql'] as const;
 
 /** Health types that ask the server its role (ROLE / INFO replication, pg_is_in_recovery(), @@read_only). */
@@ -186,9 +188,81 @@ export const healthSchema = z.strictObject({
   redis: z.strictObject({ password_file: nonEmptyString('file path').optional(), user: nonEmptyString('user name').optional(), ...tlsSettings }).optional(),
   postgres: dbCheckSchema.extend({ auth: oneOf(POSTGRES_AUTH).default('scram') }).optional(),
   mysql: dbCheckSchema.optional(),
+  /**
+   * Replication lag (redis/postgres/mysql, role replica or any): a replica further behind its
+   * primary than this fails its probe (src/health/probes/lag.ts says how each server's lag is
+   * measured), and returns after `rise` probes under it.
+   */
+  max_lag: duration(0).optional(),
+  /** What a replica over max_lag loses: new connections (remove), or its open sessions too (close). */
+  lag_action: oneOf(LAG_ACTIONS).default('remove'),
 });
 
-export const serviceSchema = z.strictObject({
+/** A DNS name (letters, digits, _ - . ; at most 253 characters): an SRV owner like _pg._tcp.db.internal, or a host name. */
+const dnsName = () => z.custom<string>((v) => typeof v === 'string' && v.length <= 253 && /^(?:[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?\.)*[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?\.?$/.test(v), {
+  error: 'must be a DNS name (labels of letters, digits, _ and -, dot-separated, at most 253 characters)',
+});
+
+export const DNS_RECORD_TYPES = ['SRV', 'A', 'AAAA'] as const;
+
+/** services[].discover.dns: backends from DNS (src/discovery/dns.ts). */
+export const dnsDiscoverySchema = z.strictObject({
+  name: dnsName(),
+  type: oneOf(DNS_RECORD_TYPES).default('SRV'),
+  /** ip:port of the servers to ask; the system's resolvers when absent. */
+  resolvers: z.array(hostPort()).min(1, { error: 'must list at least one resolver' }).max(8, { error: 'must list at most 8 resolvers' }).optional(),
+  interval: duration(100).default(5000),
+  /** How long failures and empty answers keep the last good set (HAProxy's hold valid). */
+  hold: duration().default(60_000),
+  /** Each query's bound (per resolver). */
+  timeout: duration(10).default(2000),
+  /** type A / AAAA: the backends' port (SRV records carry theirs). */
+  port: intIn(1, 65535).optional(),
+});
+
+/** services[].discover.redis_sentinel: the primary (or the replicas) of a master Sentinel watches (src/discovery/sentinel.ts). */
+export const sentinelDiscoverySchema = z.strictObject({
+  sentinels: z.array(hostPort()).min(1, { error: 'must list at least one sentinel' }).max(16, { error: 'must list at most 16 sentinels' }),
+  /** The master's name in Sentinel (sentinel monitor <name> …). */
+  master: z.custom<string>((v) => typeof v === 'string' && /^[A-Za-z0-9_.:-]{1,128}$/.test(v), { error: 'must be 1–128 characters of letters, digits, _ . : -' }),
+  role: oneOf(['primary', 'replica'] as const).default('primary'),
+  /** role replica: the primary joins as a backup, so reads fall back to it when every replica is out. */
+  primary_as_backup: bool().default(true),
+  /** Sentinel's password (requirepass / sentinel auth), when it has one. */
+  password_file: nonEmptyString('file path').optional(),
+  /** Sentinel asked again this often, besides its announcements. */
+  interval: duration(100).default(5000),
+  hold: duration().default(60_000),
+  timeout: duration(10).default(2000),
+});
+
+/** services[].discover.patroni: members of a Patroni cluster from GET /cluster (src/discovery/patroni.ts). */
+export const patroniDiscoverySchema = z.strictObject({
+  urls: z.array(z.custom<string>((v) => {
+    if (typeof v !== 'string') return false;
+    try {
+      const u = new URL(v);
+      return (u.protocol === 'http:' || u.protocol === 'https:') && u.hostname !== '';
+    } catch {
+      return false;
+    }
+  }, { error: 'must be an http:// or https:// URL of a Patroni REST API' })).min(1, { error: 'must list at least one URL' }).max(16, { error: 'must list at most 16 URLs' }),
+  role: oneOf(['primary', 'replica'] as const).default('primary'),
+  /** role replica: the leader joins as a backup, so reads fall back to it when every replica is out. */
+  primary_as_backup: bool().default(true),
+  interval: duration(100).default(5000),
+  hold: duration().default(60_000),
+  timeout: duration(10).default(2000),
+});
+
+/** Where a service's backends come from besides its `backends` list: one source (src/discovery/). */
+export const discoverSchema = z.strictObject({
+  dns: dnsDiscoverySchema.optional(),
+  redis_sentinel: sentinelDiscoverySchema.optional(),
+  patroni: patroniDiscoverySchema.optional(),
+});
+
+const serviceFields = z.strictObject({
   name: z.custom<string>((v) => typeof v === 'string' && /^[A-Za-z0-9_.-]{1,64}$/.test(v), {
     error: 'must be 1–64 characters of letters, digits, _ . -',
   }),
@@ -226,10 +300,16 @@ export const serviceSchema = z.strictObject({
   health: healthSchema.optional(),
   on_marked_down: oneOf(['shutdown_sessions', 'keep'] as const).default('keep'),
   slow_start: duration().default(0),
-  backends: z.array(backendSchema).min(1, { error: 'must list at least one backend' }).max(MAX_MEMBERS, {
+  /** Backends discovered at run time, joined to `backends` (src/discovery/). */
+  discover: discoverSchema.optional(),
+  /** At least one, unless `discover` is set (checked in config/load.ts). */
+  backends: z.array(backendSchema).max(MAX_MEMBERS, {
     error: `must list at most ${MAX_MEMBERS} backends`,
   }),
 });
+
+/** A service. `backends` may be empty only with a `discover` section (config/load.ts checks it, with the other problems). */
+export const serviceSchema = serviceFields;
 
 export const haSchema = z.strictObject({
   vip: z.union([z.string(), z.array(z.string()).min(1)]).transform((v) => (Array.isArray(v) ? v : [v]))
@@ -357,6 +437,10 @@ export type Config = z.output<typeof configSchema>;
 export type ServiceConfig = Config['services'][number];
 export type BackendConfig = ServiceConfig['backends'][number];
 export type HealthConfig = z.output<typeof healthSchema>;
+export type DiscoverConfig = z.output<typeof discoverSchema>;
+export type DnsDiscoveryConfig = z.output<typeof dnsDiscoverySchema>;
+export type SentinelDiscoveryConfig = z.output<typeof sentinelDiscoverySchema>;
+export type PatroniDiscoveryConfig = z.output<typeof patroniDiscoverySchema>;
 export type HaConfig = z.output<typeof haSchema>;
 export type BgpConfig = z.output<typeof bgpSchema>;
 export type AdminConfig = z.output<typeof adminSchema>;

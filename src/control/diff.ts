@@ -133,7 +133,7 @@ export function describeChanges(prev: Config, next: Config): ReloadReport {
 
 function describeService(p: ServiceConfig, s: ServiceConfig, changes: string[]): void {
   const at = `service ${s.name}`;
-  for (const key of ['listen', 'balance', 'hash_key', 'table_size', 'hash_balance_factor', 'max_connections', 'queue', 'retries', 'timeouts', 'health', 'on_marked_down', 'slow_start'] as const) {
+  for (const key of ['listen', 'balance', 'hash_key', 'table_size', 'hash_balance_factor', 'max_connections', 'queue', 'retries', 'timeouts', 'health', 'on_marked_down', 'slow_start', 'discover'] as const) {
     if (!same(p[key], s[key])) {
       const show = (v: unknown): string => (key === 'listen' ? formatHostPort(v as ServiceConfig['listen']) : JSON.stringify(v));
       changes.push(`${at}: ${key} ${show(p[key])} → ${show(s[key])}`);

@@ -43,6 +43,8 @@ export interface RoleObservation {
   at: number;
   /** The service routes to this role. */
   eligible: boolean;
+  /** Replicas of a check with max_lag: the lag the last probe read, in ms (null: unknown). */
+  lag_ms?: number | null;
 }
 
 /** What the BGP metrics read from src/bgp's status (its shape, kept narrow here). */
@@ -225,6 +227,17 @@ export class Metrics {
       collect() {
         this.reset();
         for (const r of roles?.() ?? []) this.set({ service: r.service, backend: r.address }, r.at / 1000);
+      },
+    });
+    new Gauge<BackendLabels>({
+      name: METRICS_PREFIX + 'backend_replication_lag_seconds',
+      help: 'How far the replica was behind its primary at its last probe (+Inf: behind by an unknown amount); only for checks with max_lag.',
+      labelNames: ['service', 'backend'], registers,
+      collect() {
+        this.reset();
+        for (const r of roles?.() ?? []) {
+          if (r.lag_ms !== undefined) this.set({ service: r.service, backend: r.address }, r.lag_ms === null ? Infinity : r.lag_ms / 1000);
+        }
       },
     });
 

@@ -214,6 +214,34 @@ services:
     ]));
   });
 
+  it('max_lag: a duration, on a database check that is not primary-only; lag_action remove or close', () => {
+    const withHealth = (h: string) => minimal.replace('    backends:', `    health: ${h}\n    backends:`);
+    expect(problemsOf(withHealth('{ type: tcp, max_lag: 10s }'))).toEqual(['services[0].health.max_lag: needs health.type redis, postgres or mysql, got 10000ms with type "tcp"']);
+    expect(problemsOf(withHealth('{ type: postgres, role: primary, max_lag: 10s }'))).toEqual(['services[0].health.max_lag: needs health.role replica or any (a primary has no lag), got 10000ms with role "primary"']);
+    expect(problemsOf(withHealth('{ type: mysql, role: replica, max_lag: soon }'))).toEqual([expect.stringMatching(/^services\[0\]\.health\.max_lag: must be a duration like 500ms, 2s, 30m or 1h, got "soon"$/)]);
+    expect(problemsOf(withHealth('{ type: redis, role: replica, max_lag: 1s, lag_action: drop }'))).toEqual(['services[0].health.lag_action: must be one of remove | close, got "drop"']);
+    const ok = parseConfig(withHealth('{ type: postgres, role: replica, max_lag: 10s, lag_action: close }'));
+    expect(ok.services[0].health).toMatchObject({ max_lag: 10_000, lag_action: 'close' });
+    expect(parseConfig(withHealth('{ type: redis, role: any, max_lag: 500ms }')).services[0].health).toMatchObject({ max_lag: 500, lag_action: 'remove' });
+  });
+
+  it('discover.dns: one source, a DNS name, a port for A/AAAA only; backends may then be empty', () => {
+    const svc = (d: string, backends = '[]') => `services:\n  - name: x\n    listen: 127.0.0.1:6000\n    discover: ${d}\n    backends: ${backends}\n`;
+    const ok = parseConfig(svc('{ dns: { name: _pg._tcp.db.internal, resolvers: [10.0.0.53:53] } }'));
+    expect(ok.services[0].discover?.dns).toEqual({ name: '_pg._tcp.db.internal', type: 'SRV', resolvers: [{ host: '10.0.0.53', port: 53 }], interval: 5000, hold: 60_000, timeout: 2000 });
+    expect(ok.services[0].backends).toEqual([]);
+    expect(problemsOf(svc('{ dns: { name: db.internal, type: A } }'))).toEqual(['services[0].discover.dns.port: is required with type A (SRV records carry their port)']);
+    expect(problemsOf(svc('{ dns: { name: _pg._tcp.db, port: 5432 } }'))).toEqual(['services[0].discover.dns.port: is for type A or AAAA (SRV records carry their port), got 5432']);
+    expect(problemsOf(svc('{ }'))).toEqual(['services[0].discover: must name exactly one source (dns, redis_sentinel or patroni), got none']);
+    expect(problemsOf(svc('{ dns: { name: "bad name!", type: MX, resolvers: [nowhere], interval: 1ms } }'))).toEqual(expect.arrayContaining([
+      expect.stringMatching(/^services\[0\]\.discover\.dns\.name: must be a DNS name .*, got "bad name!"$/),
+      'services[0].discover.dns.type: must be one of SRV | A | AAAA, got "MX"',
+      expect.stringMatching(/^services\[0\]\.discover\.dns\.resolvers\[0\]: must be host:port/),
+      expect.stringMatching(/^services\[0\]\.discover\.dns\.interval: must be a duration .*\(at least 100ms\), got "1ms"$/),
+    ]));
+    expect(problemsOf(svc('{ consul: {} }'))).toEqual(['services[0].discover.consul: unknown key']);
+  });
+
   it('reports YAML syntax errors and a non-mapping top level', () => {
     expect(problemsOf('services: [\n')[0]).toMatch(/^: YAML: /);
     expect(problemsOf('- 1\n- 2\n')[0]).toMatch(/the top level must be a mapping/);

@@ -447,7 +447,7 @@ export class DataPath {
         dstPort = addr.port ?? 0;
       }
     }
-    return version === 'v2' ? encodeProxyV2(src, srcPort, dst, dstPort) : encodeProxyV1(src, srcPort, dst, dstPort);
+    return version === 'v2' ? encodeProxyV2(src, srcPort, dst, dstPort, s.svc!.entry.protocol === 'udp') : encodeProxyV1(src, srcPort, dst, dstPort);
   }
 
   // ── timeouts ───────────────────────────────────────────────────────────────

@@ -28,6 +28,7 @@ let silent: UdpBackend;
 let small: UdpBackend;
 let flood: UdpBackend;
 let live: UdpBackend;
+let dns: UdpBackend;
 let deadPort = 0;
 const clients: UdpClient[] = [];
 
@@ -46,11 +47,12 @@ beforeAll(async () => {
   small = await startUdpBackend('small', BACK);
   flood = await startUdpBackend('flood', BACK);
   live = await startUdpBackend('live', BACK);
+  dns = await startUdpBackend('dns', BACK);
   // A port with nothing bound: the kernel answers ICMP port unreachable.
   const dead = await startUdpBackend('dead', BACK);
   deadPort = dead.port;
   await dead.close();
-  for (const n of ['echo', 'moving', 'tagged', 'idle', 'small', 'flood', 'icmp']) ports[n] = await freePort(HOST);
+  for (const n of ['echo', 'moving', 'tagged', 'idle', 'small', 'flood', 'icmp', 'dns']) ports[n] = await freePort(HOST);
   proxy = await startProxy(`
 workers: 2
 logging: { level: silent, connections: false }
@@ -100,13 +102,19 @@ ${moving.map((b) => `      - address: ${b.address}`).join('\n')}
     backends:
       - address: ${BACK}:${deadPort}
       - address: ${live.address}
+  - name: dns
+    protocol: udp
+    listen: ${HOST}:${ports.dns}
+    udp: { responses: 1 }
+    backends:
+      - address: ${dns.address}
 `);
 });
 
 afterAll(async () => {
   await Promise.all(clients.map((c) => c.close()));
   await proxy?.stop('test over');
-  await Promise.all([...echo, ...moving, tagged, silent, small, flood, live].map((b) => b.close()));
+  await Promise.all([...echo, ...moving, tagged, silent, small, flood, live, dns].map((b) => b.close()));
 });
 
 describe('UDP services', () => {
@@ -246,5 +254,14 @@ describe('UDP services', () => {
     expect(backendCounter(proxy, 'icmp', `${BACK}:${deadPort}`, BC_CONNECT_FAILURES)).toBeGreaterThanOrEqual(1);
     expect(serviceCounter(proxy, 'icmp', SC_DROP_UNREACHABLE)).toBe(backendCounter(proxy, 'icmp', `${BACK}:${deadPort}`, BC_CONNECT_FAILURES));
     expect(live.received).toBe(10);
+  });
+
+  it('udp.responses: 1 ends a flow at its first reply (DNS-like); the next datagram is a new flow', async () => {
+    const c = await open();
+    expect(await c.ask('q1', ports.dns, HOST)).toBe('dns|q1');
+    await waitFor(() => activeCounts(proxy, 'dns', [dns.address]).active === 0, 2000, 'the flow to end');
+    expect(reasons(proxy, 'dns').server_closed).toBe(1);
+    expect(await c.ask('q2', ports.dns, HOST)).toBe('dns|q2');
+    expect(serviceCounter(proxy, 'dns', SC_ACCEPTED)).toBe(2);
   });
 });

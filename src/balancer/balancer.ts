@@ -62,6 +62,8 @@ export interface BackendDescription {
 export interface ServiceDescription {
   name: string;
   index: number;
+  /** tcp: connections; udp: flows (counted as connections are). */
+  protocol: 'tcp' | 'udp';
   algorithm: AlgorithmName;
   table_size: number;
   max_connections: number;
@@ -602,6 +604,7 @@ export class Balancer extends EventEmitter<BalancerEvents> {
       out.push({
         name: s.name,
         index: s.index,
+        protocol: s.config.protocol,
         algorithm: s.config.balance,
         table_size: s.config.table_size,
         max_connections: s.config.max_connections,

@@ -5,8 +5,8 @@
  * connections more than another hands new ones over: relay/handoff.c). A listener is the
  * relay's (`relay.listen`) or a Node server whose connections a transport takes as raw handles
  * (`acceptOn`): the JavaScript transport, or on the relay path for accept_proxy services,
- * the relay's lent clients. Started by pool.ts; everything it is told arrives as a MainToWorker
- * message.
+ * the relay's lent clients — or, for a UDP service, a datagram socket (transport-udp.ts, on both
+ * paths). Started by pool.ts; everything it is told arrives as a MainToWorker message.
  */
 import { lookup } from 'node:dns/promises';
 import { createServer, isIP, type Server } from 'node:net';

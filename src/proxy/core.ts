@@ -46,7 +46,7 @@ const SWEEP_MAX_MS = 1000;
 const LOOKUP_OPTIONS = { order: 'ipv4first' } as const;
 
 /** Errors of connect() that say this process is out of files, memory or local ports. */
-const LOCAL_ERRORS = new Set(['EMFILE', 'ENFILE', 'ENOBUFS', 'ENOMEM', 'EADDRNOTAVAIL']);
+export const LOCAL_ERRORS = new Set(['EMFILE', 'ENFILE', 'ENOBUFS', 'ENOMEM', 'EADDRNOTAVAIL']);
 
 /** What the data path needs from its worker. */
 export interface DataPathContext {

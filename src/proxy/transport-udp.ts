@@ -31,9 +31,9 @@ import { lookup } from 'node:dns/promises';
 import { isIP } from 'node:net';
 import {
   BACKEND_DRAIN, BACKEND_UP, backendAddr, B_STATE, SC_DGRAMS_IN, SC_DGRAMS_OUT, SC_DROP_LIMIT, SC_DROP_NO_BACKEND,
-  SC_DROP_OVERSIZED, SC_DROP_UNREACHABLE, TERM_BACKEND_DOWN, TERM_NO_BACKEND, TERM_QUEUE_FULL, TERM_SERVER_CLOSED, TERM_SHUTDOWN,
+  SC_DROP_OVERSIZED, SC_DROP_UNREACHABLE, TERM_BACKEND_DOWN, TERM_CONNECT_FAILED, TERM_NO_BACKEND, TERM_QUEUE_FULL, TERM_SERVER_CLOSED, TERM_SHUTDOWN,
 } from '../shm/layout.ts';
-import type { DataPath } from './core.ts';
+import { LOCAL_ERRORS, type DataPath } from './core.ts';
 import type { SockAddr } from './handles.ts';
 import type { ListenProblem } from './messages.ts';
 import { Session, ST_CONNECTED, ST_CONNECTING } from './session.ts';
@@ -220,7 +220,16 @@ export class UdpTransport implements Transport {
    * datagram sent (lost): the core's failed-connect path (passive health, another backend).
    */
   private upstreamError(s: UdpSession, err: NodeJS.ErrnoException): void {
-    if (err.code === 'ECONNREFUSED') this.f64[s.svc!.scBase + SC_DROP_UNREACHABLE] += 1;
+    const code = err.code ?? 'EIO';
+    if (LOCAL_ERRORS.has(code)) {
+      // No socket for the flow here (open-files limit, memory): not the backend's fault, so no
+      // passive-health strike and no other backend (it would fail alike), as for TCP.
+      s.detail = `${code}: no socket for the flow (local resources)`;
+      this.core.ctx.onLocalError?.(typeof err.errno === 'number' ? err.errno : -1, s.svc!.entry.name, 'connect');
+      this.core.end(s, TERM_CONNECT_FAILED);
+      return;
+    }
+    if (code === 'ECONNREFUSED') this.f64[s.svc!.scBase + SC_DROP_UNREACHABLE] += 1;
     const last = s.last;
     if (last !== null) {
       // Sent again once the flow is connected to its next backend (if the core retries).
@@ -228,7 +237,7 @@ export class UdpTransport implements Transport {
       s.pendingBytes = last.length;
       s.last = null;
     }
-    this.core.connectFailed(s, err.code ?? 'EIO');
+    this.core.connectFailed(s, code);
   }
 
   // ── the Transport interface ────────────────────────────────────────────────

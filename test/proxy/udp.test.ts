@@ -29,6 +29,7 @@ let small: UdpBackend;
 let flood: UdpBackend;
 let live: UdpBackend;
 let dns: UdpBackend;
+let passive: UdpBackend[] = [];
 let deadPort = 0;
 const clients: UdpClient[] = [];
 
@@ -48,11 +49,12 @@ beforeAll(async () => {
   flood = await startUdpBackend('flood', BACK);
   live = await startUdpBackend('live', BACK);
   dns = await startUdpBackend('dns', BACK);
+  passive = await Promise.all(['pa', 'pb'].map((n) => startUdpBackend(n, BACK)));
   // A port with nothing bound: the kernel answers ICMP port unreachable.
   const dead = await startUdpBackend('dead', BACK);
   deadPort = dead.port;
   await dead.close();
-  for (const n of ['echo', 'moving', 'tagged', 'idle', 'small', 'flood', 'icmp', 'dns']) ports[n] = await freePort(HOST);
+  for (const n of ['echo', 'moving', 'tagged', 'idle', 'small', 'flood', 'icmp', 'dns', 'passive']) ports[n] = await freePort(HOST);
   proxy = await startProxy(`
 workers: 2
 logging: { level: silent, connections: false }
@@ -108,13 +110,20 @@ ${moving.map((b) => `      - address: ${b.address}`).join('\n')}
     udp: { responses: 1 }
     backends:
       - address: ${dns.address}
+  - name: passive
+    protocol: udp
+    listen: ${HOST}:${ports.passive}
+    balance: roundrobin
+    health: { type: udp, send: ping, expect: "|ping", interval: 1h, timeout: 1s, fall: 3, observe_failures: 1 }
+    backends:
+${passive.map((b) => `      - address: ${b.address}`).join('\n')}
 `);
 });
 
 afterAll(async () => {
   await Promise.all(clients.map((c) => c.close()));
   await proxy?.stop('test over');
-  await Promise.all([...echo, ...moving, tagged, silent, small, flood, live, dns].map((b) => b.close()));
+  await Promise.all([...echo, ...moving, tagged, silent, small, flood, live, dns, ...passive].map((b) => b.close()));
 });
 
 describe('UDP services', () => {
@@ -263,5 +272,20 @@ describe('UDP services', () => {
     expect(reasons(proxy, 'dns').server_closed).toBe(1);
     expect(await c.ask('q2', ports.dns, HOST)).toBe('dns|q2');
     expect(serviceCounter(proxy, 'dns', SC_ACCEPTED)).toBe(2);
+  });
+
+  it('passive health: a backend whose port closed after its probe passed is marked down by the first ICMP unreachable', async () => {
+    const state = (b: UdpBackend): string | undefined =>
+      proxy.balancer.describe().find((x) => x.name === 'passive')?.backends.find((x) => x.address === b.address)?.state;
+    // The first probe round passed (both answer); the next is an hour away.
+    await waitFor(() => passive.every((b) => b.received >= 1), 5000, 'the first probes');
+    expect(passive.map(state)).toEqual(['up', 'up']);
+    await passive[0].close();
+    for (let i = 0; i < 4; i++) {
+      const c = await open();
+      expect(await c.ask(`q${i}`, ports.passive, HOST)).toBe(`pb|q${i}`);
+    }
+    await waitFor(() => state(passive[0]) === 'down', 2000, 'pa marked down by passive health');
+    expect(state(passive[1])).toBe('up');
   });
 });

@@ -8,6 +8,7 @@ import { readFileSync } from 'node:fs';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { connectClient, readLine, waitFor } from '../helpers/net.ts';
 import { startUdpBackend, UdpClient, type UdpBackend } from '../helpers/udp.ts';
+import { runCtl } from '../../src/admin/ctl.ts';
 import { api, startStack, type Stack } from '../admin/stack.ts';
 
 const HOST = '127.5.17.1';
@@ -86,6 +87,10 @@ describe('a UDP service in operations', () => {
     expect(arena).toMatchObject({ protocol: 'udp', listen: `${HOST}:${stack.servicePort}`, active: 3 });
     expect(arena.counters).toMatchObject({ datagrams_in: 3, datagrams_out: 3, drops: { limit: 1, oversized: 1, no_backend: 0, unreachable: 0 } });
     expect(r.body.services.find((s: any) => s.name === 'web').protocol).toBe('tcp');
+    // fulcrum ctl list: flows, datagrams and drops for the UDP service.
+    const out: string[] = [];
+    expect(await runCtl(['list', '--admin', stack.admin], { out: (l) => out.push(l), err: (l) => out.push(l) })).toBe(0);
+    expect(out).toContain(`arena  udp  ${HOST}:${stack.servicePort}  maglev   flows 3/3  created 4  datagrams in 3 out 3  dropped limit 1, oversized 1`);
   });
 
   it('a reload adds a backend to it; the runtime API drains one, and its flows stay', async () => {

@@ -59,6 +59,8 @@ export interface PairConfig {
   logLevel?: string;
   /** A second service, web2, on the VIP at this port (to the same backends). */
   extraPort?: number;
+  /** A UDP service, game (maglev by source address), on the VIP at this port, to the backends' UDP ports. */
+  udpPort?: number;
 }
 
 export class PairLab {
@@ -121,7 +123,7 @@ services:
     timeouts: { connect: 500ms }
     backends:
 ${BACKENDS.map((b) => `      - address: ${b}`).join('\n')}
-${c.extraPort ? `  - name: web2\n    listen: ${VIP}:${c.extraPort}\n    backends:\n${BACKENDS.map((b) => `      - address: ${b}`).join('\n')}\n` : ''}ha:
+${c.extraPort ? `  - name: web2\n    listen: ${VIP}:${c.extraPort}\n    backends:\n${BACKENDS.map((b) => `      - address: ${b}`).join('\n')}\n` : ''}${c.udpPort ? `  - name: game\n    protocol: udp\n    listen: ${VIP}:${c.udpPort}\n    balance: maglev\n    backends:\n${BACKENDS.map((b) => `      - address: ${b}`).join('\n')}\n` : ''}ha:
   vip: ${VIP}/24
   interface: eth0
   bind: ${self.hb}:7946
@@ -279,6 +281,22 @@ ${c.extraPort ? `  - name: web2\n    listen: ${VIP}:${c.extraPort}\n    backends
     });
     const done = new Promise<void>((r) => child.once('exit', () => r()));
     return { child, results, done };
+  }
+
+  /** A bounded UDP client in the client namespace: one socket bound to `src`, a datagram per interval. */
+  udpLoop(port: number, src: string, intervalMs: number, durationMs: number): { results: ClientResult[]; done: Promise<void> } {
+    const child = this.lab.spawn('client', NODE, [join(FIXTURES, 'client.ts'), 'udp', `${VIP}:${port}`, src, String(intervalMs), String(durationMs)]);
+    const results: ClientResult[] = [];
+    let buf = '';
+    child.stdout?.on('data', (d: Buffer) => {
+      buf += d.toString();
+      let i: number;
+      while ((i = buf.indexOf('\n')) >= 0) {
+        results.push(JSON.parse(buf.slice(0, i)) as ClientResult);
+        buf = buf.slice(i + 1);
+      }
+    });
+    return { results, done: new Promise<void>((r) => child.once('exit', () => r())) };
   }
 
   /** One connection from each client address: which backend answered each. */

@@ -563,6 +563,10 @@ export class DataPath {
         reason: TERM_REASONS[reason],
       };
       if (s.detail !== '') rec.detail = s.detail;
+      if (s.datagramsIn >= 0) {
+        rec.datagrams_in = s.datagramsIn;
+        rec.datagrams_out = s.datagramsOut;
+      }
       ctx.onClose(rec);
     }
     s.t.recycle(s);

@@ -172,6 +172,7 @@ export class UdpTransport implements Transport {
       s.clientIp = from.address;
       s.clientPort = from.port;
       s.clientFamily = from.family;
+      s.datagramsIn = s.datagramsOut = 0;
       if (byPort === undefined) l.flows.set(from.address, (byPort = new Map()));
       byPort.set(from.port, s);
       const gen = s.gen;
@@ -187,6 +188,7 @@ export class UdpTransport implements Transport {
     const f64 = this.f64;
     s.lastActive = this.core.clock;
     s.bytesIn += msg.length;
+    s.datagramsIn++;
     f64[s.svc!.scBase + SC_DGRAMS_IN] += 1;
     const up = s.upstream!;
     s.last = msg;
@@ -203,6 +205,7 @@ export class UdpTransport implements Transport {
     }
     s.lastActive = this.core.clock;
     s.bytesOut += msg.length;
+    s.datagramsOut++;
     this.f64[rt.scBase + SC_DGRAMS_OUT] += 1;
     s.listener!.socket.send(msg, s.clientPort, s.clientIp);
     const responses = rt.entry.udp.responses;

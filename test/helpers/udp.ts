@@ -93,7 +93,7 @@ export class UdpClient {
   }
 
   static async open(host: string): Promise<UdpClient> {
-    const socket = createSocket('udp4');
+    const socket = createSocket(host.includes(':') ? 'udp6' : 'udp4');
     await new Promise<void>((r) => socket.bind(0, host, () => r()));
     return new UdpClient(socket);
   }

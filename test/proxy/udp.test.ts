@@ -54,6 +54,7 @@ beforeAll(async () => {
   const dead = await startUdpBackend('dead', BACK);
   deadPort = dead.port;
   await dead.close();
+  ports.v6 = await freePort('::1');
   for (const n of ['echo', 'moving', 'tagged', 'idle', 'small', 'flood', 'icmp', 'dns', 'passive']) ports[n] = await freePort(HOST);
   proxy = await startProxy(`
 workers: 2
@@ -76,6 +77,12 @@ ${moving.map((b) => `      - address: ${b.address}`).join('\n')}
   - name: tagged
     protocol: udp
     listen: ${HOST}:${ports.tagged}
+    send_proxy: v2
+    backends:
+      - address: ${tagged.address}
+  - name: tagged6
+    protocol: udp
+    listen: '[::1]:${ports.v6}'
     send_proxy: v2
     backends:
       - address: ${tagged.address}
@@ -206,6 +213,14 @@ describe('UDP services', () => {
     expect(tagged.received).toBe(6);
     // The replies came without a header, from the address and port the clients sent to.
     expect(splitProxyV2(Buffer.from('tagged|x0')).header).toBeNull();
+  });
+
+  it('send_proxy v2 on an IPv6 listener: family 0x22 (UDP over IPv6), the client\'s IPv6 address and port', async () => {
+    const c = await UdpClient.open('::1');
+    clients.push(c);
+    expect(await c.ask('six', ports.v6, '::1')).toBe('tagged|six');
+    const h = [...tagged.headers.values()].find((x) => x.family === 0x22);
+    expect(h).toMatchObject({ command: 0x21, src: '00000000000000000000000000000001', srcPort: c.port, dst: '00000000000000000000000000000001', dstPort: ports.v6 });
   });
 
   it('a backend that never replies: the flow expires after idle, nothing else is held', async () => {

@@ -18,6 +18,8 @@ export interface BackendEntry {
   port: number;
   /** "host:port", for log lines and messages (made once, here). */
   address: string;
+  /** Removed from the config, draining its open sessions (TCP keeps them; a UDP flow moves on). */
+  removed: boolean;
 }
 
 /** One service as a worker needs it. Built by the control plane from config + balancer indexes. */

@@ -35,7 +35,7 @@ import {
 } from '../shm/layout.ts';
 import { LOCAL_ERRORS, type DataPath } from './core.ts';
 import type { SockAddr } from './handles.ts';
-import type { ListenProblem } from './messages.ts';
+import type { ListenProblem, ServiceEntry } from './messages.ts';
 import { Session, ST_CONNECTED, ST_CONNECTING } from './session.ts';
 import type { ListenerRef, Transport } from './transport.ts';
 import { SESSION_POOL_MAX } from './transport-js.ts';
@@ -65,6 +65,8 @@ class UdpSession extends Session {
   clientFamily = '';
   /** i32 index of the backend's state in the shared memory: read per datagram to the backend. */
   stateIdx = -1;
+  /** The service table entry the flow's backend was last checked against (removed backends: `stillListed`). */
+  entrySeen: ServiceEntry | null = null;
   /** The PROXY v2 header of this flow (send_proxy: v2), made once when it connects. */
   header: Buffer | null = null;
   /**
@@ -82,8 +84,22 @@ class UdpSession extends Session {
     this.clientPort = 0;
     this.stateIdx = -1;
     this.header = this.last = null;
+    this.entrySeen = null;
     this.replies = 0;
   }
+}
+
+/**
+ * Whether the flow's backend is still in the service's table and not removed (a removed backend
+ * drains in the shared memory, as for TCP, but a flow moves on). HOT: per datagram to a flow, one
+ * reference compare; the table is searched once per flow after each service-table change.
+ */
+function stillListed(s: UdpSession, entry: ServiceEntry): boolean {
+  if (s.entrySeen === entry) return true;
+  const b = entry.backends.find((x) => x.index === s.backend);
+  if (b === undefined || b.removed) return false;
+  s.entrySeen = entry;
+  return true;
 }
 
 export class UdpTransport implements Transport {
@@ -160,7 +176,7 @@ export class UdpTransport implements Transport {
     }
     let byPort = l.flows.get(from.address);
     let s = byPort?.get(from.port);
-    if (s !== undefined && s.state === ST_CONNECTED && !this.backendServes(s)) {
+    if (s !== undefined && s.state === ST_CONNECTED && !(this.backendServes(s) && stillListed(s, rt.entry))) {
       // Down, maint or removed: this flow ends and the datagram makes a new one (a new pick).
       core.end(s, TERM_BACKEND_DOWN, true);
       s = undefined;
@@ -212,7 +228,7 @@ export class UdpTransport implements Transport {
     if (responses > 0 && ++s.replies >= responses) this.core.end(s, TERM_SERVER_CLOSED);
   }
 
-  /** Whether the flow's backend still takes its datagrams: up, or draining (drain keeps existing flows). */
+  /** Whether the flow's backend still takes its datagrams: up, or draining (drain keeps existing flows; a removed backend drains too, see stillListed). */
   private backendServes(s: UdpSession): boolean {
     const state = this.i32[s.stateIdx];
     return state === BACKEND_UP || state === BACKEND_DRAIN;

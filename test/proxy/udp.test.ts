@@ -6,6 +6,7 @@
  * Addresses: 127.17.0.0/16 (backends on 127.17.1.x, clients on 127.17.2.x, fulcrum on 127.17.0.1).
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { parseConfig } from '../../src/config/load.ts';
 import type { FulcrumHandle } from '../../src/main.ts';
 import {
   BC_CONNECT_FAILURES, SC_ACCEPTED, SC_DGRAMS_IN, SC_DGRAMS_OUT, SC_DROP_LIMIT, SC_DROP_NO_BACKEND, SC_DROP_OVERSIZED,
@@ -302,5 +303,32 @@ describe('UDP services', () => {
     }
     await waitFor(() => state(passive[0]) === 'down', 2000, 'pa marked down by passive health');
     expect(state(passive[1])).toBe('up');
+  });
+
+  it('a backend removed by a reload: its flows move on their next datagram (TCP sessions would drain)', async () => {
+    const port = await freePort(HOST);
+    const yaml = (bs: UdpBackend[]) => `
+workers: 1
+logging: { level: silent, connections: false }
+services:
+  - name: removal
+    protocol: udp
+    listen: ${HOST}:${port}
+    balance: maglev
+    hash_key: source_ip_port
+    backends:
+${bs.map((b) => `      - address: ${b.address}`).join('\n')}
+`;
+    const h = await startProxy(yaml(moving));
+    try {
+      const c = await open();
+      const name = (await c.ask('one', port, HOST))!.split('|')[0];
+      const stay = moving.find((b) => b.name !== name)!;
+      expect(await h.reload(parseConfig(yaml([stay]), '<test>'))).toEqual([]);
+      expect(await c.ask('two', port, HOST)).toBe(`${stay.name}|two`);
+      expect(reasons(h, 'removal').backend_down).toBe(1);
+    } finally {
+      await h.stop('test over');
+    }
   });
 });

@@ -268,7 +268,17 @@ ${c.extraPort ? `  - name: web2\n    listen: ${VIP}:${c.extraPort}\n    backends
 
   /** A bounded client loop in the client namespace: one connect per interval. */
   clientLoop(intervalMs: number, durationMs: number, timeoutMs: number): { child: ChildProcess; results: ClientResult[]; done: Promise<void> } {
-    const child = this.lab.spawn('client', NODE, [join(FIXTURES, 'client.ts'), 'loop', `${VIP}:${SERVICE_PORT}`, String(intervalMs), String(durationMs), String(timeoutMs)]);
+    return this.clientRun(['loop', `${VIP}:${SERVICE_PORT}`, String(intervalMs), String(durationMs), String(timeoutMs)]);
+  }
+
+  /** A bounded UDP client in the client namespace: one socket bound to `src`, a datagram per interval. */
+  udpLoop(port: number, src: string, intervalMs: number, durationMs: number): { child: ChildProcess; results: ClientResult[]; done: Promise<void> } {
+    return this.clientRun(['udp', `${VIP}:${port}`, src, String(intervalMs), String(durationMs)]);
+  }
+
+  /** Runs the client fixture with `args`, collecting its JSON result lines. */
+  private clientRun(args: string[]): { child: ChildProcess; results: ClientResult[]; done: Promise<void> } {
+    const child = this.lab.spawn('client', NODE, [join(FIXTURES, 'client.ts'), ...args]);
     const results: ClientResult[] = [];
     let buf = '';
     child.stdout?.on('data', (d: Buffer) => {
@@ -281,22 +291,6 @@ ${c.extraPort ? `  - name: web2\n    listen: ${VIP}:${c.extraPort}\n    backends
     });
     const done = new Promise<void>((r) => child.once('exit', () => r()));
     return { child, results, done };
-  }
-
-  /** A bounded UDP client in the client namespace: one socket bound to `src`, a datagram per interval. */
-  udpLoop(port: number, src: string, intervalMs: number, durationMs: number): { results: ClientResult[]; done: Promise<void> } {
-    const child = this.lab.spawn('client', NODE, [join(FIXTURES, 'client.ts'), 'udp', `${VIP}:${port}`, src, String(intervalMs), String(durationMs)]);
-    const results: ClientResult[] = [];
-    let buf = '';
-    child.stdout?.on('data', (d: Buffer) => {
-      buf += d.toString();
-      let i: number;
-      while ((i = buf.indexOf('\n')) >= 0) {
-        results.push(JSON.parse(buf.slice(0, i)) as ClientResult);
-        buf = buf.slice(i + 1);
-      }
-    });
-    return { results, done: new Promise<void>((r) => child.once('exit', () => r())) };
   }
 
   /** One connection from each client address: which backend answered each. */

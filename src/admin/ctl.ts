@@ -97,8 +97,17 @@ function table(rows: string[][]): string[] {
 
 function printList(data: any, o: Output): void {
   for (const s of data.services) {
-    const head = [s.name, s.listen, s.balance].filter(Boolean).join('  ');
-    o.out(`${head}   active ${s.active}${s.max_connections ? '/' + s.max_connections : ''}  queued ${s.queued}  sessions ${s.counters.accepted}`);
+    const udp = s.protocol === 'udp';
+    const head = [s.name, udp ? 'udp' : '', s.listen, s.balance].filter(Boolean).join('  ');
+    const limit = s.max_connections ? '/' + s.max_connections : '';
+    if (udp) {
+      // Flows, not connections; nothing queues. Datagrams each way and drops by reason instead.
+      const c = s.counters;
+      const drops = Object.entries(c.drops ?? {}).filter(([, v]) => (v as number) > 0).map(([k, v]) => `${k} ${v}`).join(', ');
+      o.out(`${head}   flows ${s.active}${limit}  created ${c.accepted}  datagrams in ${c.datagrams_in} out ${c.datagrams_out}${drops ? `  dropped ${drops}` : ''}`);
+    } else {
+      o.out(`${head}   active ${s.active}${limit}  queued ${s.queued}  sessions ${s.counters.accepted}`);
+    }
     const rows = [['  BACKEND', 'STATE', 'WEIGHT', 'ACTIVE', 'SESSIONS', 'FAILS', 'IN', 'OUT', '']];
     for (const b of s.backends) {
       const tags = [b.backup ? 'backup' : '', b.removing ? 'removing' : ''].filter(Boolean).join(',');

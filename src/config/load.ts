@@ -10,7 +10,7 @@ import { isMap, isScalar, LineCounter, parseDocument, visit, type Document } fro
 import type { z } from 'zod';
 import { ConfigInvalidError, ConfigUnreadableError, type ConfigProblem } from '../errors.ts';
 import { MAX_BACKENDS } from '../shm/layout.ts';
-import { configSchema, formatHostPort, ROLE_HEALTH_TYPES, type Config } from './schema.ts';
+import { configSchema, formatHostPort, ROLE_HEALTH_TYPES, UDP_HEALTH_TYPE, type Config } from './schema.ts';
 import { resolveSecretPaths } from './secrets.ts';
 
 export type { Config } from './schema.ts';
@@ -86,9 +86,11 @@ function crossChecks(config: Config): ConfigProblem[] {
     const at = `services[${i}]`;
     if (names.has(s.name)) problems.push({ path: `${at}.name`, message: `duplicates services[${names.get(s.name)}].name, got ${JSON.stringify(s.name)}` });
     else names.set(s.name, i);
+    // A UDP and a TCP service may share a port number: the kernel keeps the two protocols apart.
     const listen = formatHostPort(s.listen);
-    if (listens.has(listen)) problems.push({ path: `${at}.listen`, message: `duplicates services[${listens.get(listen)}].listen, got ${JSON.stringify(listen)}` });
-    else listens.set(listen, i);
+    const key = `${s.protocol} ${listen}`;
+    if (listens.has(key)) problems.push({ path: `${at}.listen`, message: `duplicates services[${listens.get(key)}].listen, got ${JSON.stringify(listen)}` });
+    else listens.set(key, i);
     const addresses = new Map<string, number>();
     s.backends.forEach((b, j) => {
       const a = formatHostPort(b.address);
@@ -106,6 +108,15 @@ function crossChecks(config: Config): ConfigProblem[] {
     const h = s.health;
     if (h) {
       if (h.type === 'send_expect' && !h.send_expect) problems.push({ path: `${at}.health.send_expect`, message: 'is required when health.type is send_expect' });
+      if (h.type === UDP_HEALTH_TYPE) {
+        // A UDP server never speaks first, and a reply-less probe could only time out.
+        if (h.send === undefined) problems.push({ path: `${at}.health.send`, message: 'is required when health.type is udp (the datagram to send)' });
+        if (h.expect === undefined) problems.push({ path: `${at}.health.expect`, message: 'is required when health.type is udp (what the reply must hold)' });
+      } else {
+        for (const key of ['send', 'expect'] as const) {
+          if (h[key] !== undefined) problems.push({ path: `${at}.health.${key}`, message: `needs health.type udp (send_expect takes send_expect.${key}), got ${JSON.stringify(h[key])}` });
+        }
+      }
       if (h.role !== 'any' && !ROLE_HEALTH_TYPES.includes(h.type)) {
         problems.push({ path: `${at}.health.role`, message: `needs health.type redis, postgres or mysql, got ${JSON.stringify(h.role)} with type ${JSON.stringify(h.type)}` });
       }

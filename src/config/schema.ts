@@ -157,7 +157,10 @@ export const POSTGRES_AUTH = ['scram', 'md5', 'password'] as const;
 
 export const LAG_ACTIONS = ['remove', 'close'] as const;
 
-export const HEALTH_TYPES = ['tcp', 'send_expect', 'http', 'redis', 'postgres', 'mysql'] as const;
+export const HEALTH_TYPES = ['tcp', 'send_expect', 'http', 'redis', 'postgres', 'mysql', 'udp'] as const;
+
+/** The one health type a UDP service can use (the others speak TCP), and the TCP services cannot. */
+export const UDP_HEALTH_TYPE = 'udp';
 
 /** Health types that ask the server its role (ROLE / INFO replication, pg_is_in_recovery(), @@read_only). */
 export const ROLE_HEALTH_TYPES: readonly (typeof HEALTH_TYPES)[number][] = ['redis', 'postgres', 'mysql'];
@@ -196,6 +199,10 @@ export const healthSchema = z.strictObject({
   max_lag: duration(0).optional(),
   /** What a replica over max_lag loses: new connections (remove), or its open sessions too (close). */
   lag_action: oneOf(LAG_ACTIONS).default('remove'),
+  /** type udp: the datagram sent (text with escapes, or "hex:…"), as send_expect's send. */
+  send: probeText(false, 'string (text or hex:…)').optional(),
+  /** type udp: what the reply datagram must hold (text, "hex:…" prefix, or "regex:…"), as send_expect's expect. */
+  expect: probeText(true, 'string (text, hex:… or regex:…)').optional(),
 });
 
 /** A DNS name (letters, digits, _ - . ; at most 253 characters): an SRV owner like _pg._tcp.db.internal, or a host name. */
@@ -262,10 +269,33 @@ export const discoverSchema = z.strictObject({
   patroni: patroniDiscoverySchema.optional(),
 });
 
+export const PROTOCOLS = ['tcp', 'udp'] as const;
+
+/** Idle timeouts when the config names none: a TCP connection (HAProxy's usual 30 min), a UDP flow (nginx's proxy_timeout is 10 min; game servers' own client timeouts are shorter). */
+export const IDLE_DEFAULT_TCP = 1_800_000;
+export const IDLE_DEFAULT_UDP = 60_000;
+const QUEUE_DEFAULT = { max: 1000, timeout: 5000 };
+/** The largest payload of a UDP datagram over IPv4 (65535 − 20 − 8). */
+export const MAX_DATAGRAM = 65_507;
+const UDP_DEFAULT = { responses: 0, max_datagram: MAX_DATAGRAM };
+
+/**
+ * Keys a UDP service refuses by name: they describe a TCP connection's life. Presence is what is
+ * refused (a key that means nothing is a mistake even when its value is harmless).
+ */
+const TCP_ONLY_KEYS: Record<string, string> = {
+  queue: 'a datagram that finds the service or its backends full is dropped and counted, never queued',
+  accept_proxy: 'a PROXY header is read from TCP clients only',
+  'timeouts.connect': 'a flow\'s upstream socket is ready at once',
+  'timeouts.proxy_header': 'a PROXY header is read from TCP clients only',
+};
+
 const serviceFields = z.strictObject({
   name: z.custom<string>((v) => typeof v === 'string' && /^[A-Za-z0-9_.-]{1,64}$/.test(v), {
     error: 'must be 1–64 characters of letters, digits, _ . -',
   }),
+  /** tcp: connections; udp: flows of datagrams per client address and port. */
+  protocol: oneOf(PROTOCOLS).default('tcp'),
   listen: hostPort(),
   balance: oneOf(['maglev', 'leastconn', 'roundrobin', 'random'] as const).default('leastconn'),
   hash_key: oneOf(['source_ip', 'source_ip_port'] as const).default('source_ip'),
@@ -279,24 +309,30 @@ const serviceFields = z.strictObject({
   hash_balance_factor: z.custom<number>((v) => v === 0 || (Number.isInteger(v) && (v as number) >= 100 && (v as number) <= 10_000), {
     error: 'must be 0 (off) or an integer percent 100–10000',
   }).default(0),
-  /** 0 = unlimited. */
+  /** 0 = unlimited. UDP: flows. */
   max_connections: intIn(0, 10_000_000).default(0),
   queue: z.strictObject({
-    max: intIn(0, 10_000_000).default(1000),
-    timeout: duration().default(5000),
-  }).default({ max: 1000, timeout: 5000 }),
+    max: intIn(0, 10_000_000).default(QUEUE_DEFAULT.max),
+    timeout: duration().default(QUEUE_DEFAULT.timeout),
+  }).optional(),
+  /** UDP: an ICMP port unreachable on a flow's socket is its failed connect (another backend is tried). */
   retries: intIn(0, 15).default(2),
   timeouts: z.strictObject({
-    connect: duration(1).default(2000),
-    /** Closes a session with no traffic either way for this long (HAProxy's timeout client/server/tunnel). */
-    idle: duration(1).default(1_800_000),
+    connect: duration(1).optional(),
+    /** Closes a session with no traffic either way for this long (HAProxy's timeout client/server/tunnel; a UDP flow: nginx's proxy_timeout). */
+    idle: duration(1).optional(),
     /** With accept_proxy: the client's PROXY header must be whole within this long. */
-    proxy_header: duration(1).default(5000),
-  }).default({ connect: 2000, idle: 1_800_000, proxy_header: 5000 }),
+    proxy_header: duration(1).optional(),
+  }).default({}),
   /** Clients send a PROXY protocol header (v1 or v2) first: fulcrum sits behind another L4 balancer (HAProxy's accept-proxy). */
-  accept_proxy: bool().default(false),
-  /** Tell backends who the client is with a PROXY protocol header (HAProxy's send-proxy / send-proxy-v2). */
+  accept_proxy: bool().optional(),
+  /** Tell backends who the client is with a PROXY protocol header (HAProxy's send-proxy / send-proxy-v2). UDP: v2 on every datagram. */
   send_proxy: oneOf(['none', 'v1', 'v2'] as const).default('none'),
+  /** protocol udp: a flow ends after `responses` replies (0: only when idle), and longer datagrams are dropped and counted. */
+  udp: z.strictObject({
+    responses: intIn(0, 1_000_000).default(UDP_DEFAULT.responses),
+    max_datagram: intIn(1, MAX_DATAGRAM).default(UDP_DEFAULT.max_datagram),
+  }).optional(),
   health: healthSchema.optional(),
   on_marked_down: oneOf(['shutdown_sessions', 'keep'] as const).default('keep'),
   slow_start: duration().default(0),
@@ -308,8 +344,50 @@ const serviceFields = z.strictObject({
   }),
 });
 
-/** A service. `backends` may be empty only with a `discover` section (config/load.ts checks it, with the other problems). */
-export const serviceSchema = serviceFields;
+type ServiceFields = z.output<typeof serviceFields>;
+
+/** The value at a dotted key of a service ("timeouts.connect"), or undefined. */
+const keyValue = (s: ServiceFields, key: string): unknown => {
+  const dot = key.indexOf('.');
+  if (dot < 0) return (s as Record<string, unknown>)[key];
+  return ((s as Record<string, unknown>)[key.slice(0, dot)] as Record<string, unknown> | undefined)?.[key.slice(dot + 1)];
+};
+
+/**
+ * A service (`backends` may be empty only with a `discover` section: config/load.ts checks it,
+ * with the other problems): its fields, with the defaults that depend on the protocol filled in (the idle
+ * timeout), and the keys that mean nothing for its protocol refused by name.
+ */
+export const serviceSchema = serviceFields.transform((s, ctx) => {
+  const udp = s.protocol === 'udp';
+  const refuse = (path: (string | number)[], message: string, input: unknown): void => {
+    ctx.issues.push({ code: 'custom', path, message, input });
+  };
+  if (udp) {
+    for (const [key, why] of Object.entries(TCP_ONLY_KEYS)) {
+      const v = keyValue(s, key);
+      if (v !== undefined) refuse(key.split('.'), `means nothing for protocol udp (${why})`, v);
+    }
+    if (s.send_proxy === 'v1') refuse(['send_proxy'], 'must be none or v2 for protocol udp (v1 is a text line for TCP)', s.send_proxy);
+    if (s.health && s.health.type !== UDP_HEALTH_TYPE) {
+      refuse(['health', 'type'], `must be ${UDP_HEALTH_TYPE} for protocol udp (a ${s.health.type} probe speaks TCP)`, s.health.type);
+    }
+  } else {
+    if (s.udp !== undefined) refuse(['udp'], 'needs protocol: udp', s.udp);
+    if (s.health?.type === UDP_HEALTH_TYPE) refuse(['health', 'type'], 'needs protocol: udp (the service is tcp)', s.health.type);
+  }
+  return {
+    ...s,
+    queue: s.queue ?? QUEUE_DEFAULT,
+    timeouts: {
+      connect: s.timeouts.connect ?? 2000,
+      idle: s.timeouts.idle ?? (udp ? IDLE_DEFAULT_UDP : IDLE_DEFAULT_TCP),
+      proxy_header: s.timeouts.proxy_header ?? 5000,
+    },
+    accept_proxy: s.accept_proxy ?? false,
+    udp: s.udp ?? UDP_DEFAULT,
+  };
+});
 
 export const haSchema = z.strictObject({
   vip: z.union([z.string(), z.array(z.string()).min(1)]).transform((v) => (Array.isArray(v) ? v : [v]))

@@ -10,7 +10,7 @@
  * from reset().
  */
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
-import { BACKEND_STATES, TERM_REASONS } from '../shm/layout.ts';
+import { BACKEND_STATES, TERM_REASONS, UDP_DROP_REASONS } from '../shm/layout.ts';
 import type { DirectoryService, ServiceStats, Stats } from './stats.ts';
 
 export const METRICS_PREFIX = 'fulcrum_';
@@ -156,6 +156,27 @@ export class Metrics {
       },
     });
 
+    // ── UDP services (flows are counted as connections above: active, total, terminations{idle_timeout} = expired) ──
+    const udpCounter = (name: string, help: string, value: (s: ServiceStats) => number): void => {
+      new Counter<ServiceLabels>({
+        name: METRICS_PREFIX + name, help, labelNames: ['service'], registers,
+        collect() {
+          this.reset();
+          for (const s of snap()) if (s.protocol === 'udp') this.inc({ service: s.name }, value(s));
+        },
+      });
+    };
+    udpCounter('service_datagrams_in_total', 'UDP: datagrams from clients forwarded to backends.', (s) => s.counters.datagrams_in);
+    udpCounter('service_datagrams_out_total', 'UDP: datagrams from backends forwarded to clients.', (s) => s.counters.datagrams_out);
+    new Counter<ServiceLabels | 'reason'>({
+      name: METRICS_PREFIX + 'service_datagram_drops_total',
+      help: `UDP: datagrams dropped, by reason (${UDP_DROP_REASONS.join(', ')}).`,
+      labelNames: ['service', 'reason'], registers,
+      collect() {
+        this.reset();
+        for (const s of snap()) if (s.protocol === 'udp') for (const reason of UDP_DROP_REASONS) this.inc({ service: s.name, reason }, s.counters.drops[reason]);
+      },
+    });
     // ── backends ──
     backendGauge('backend_active_connections', 'Sessions open to this backend now.', (b) => b.active);
     backendGauge('backend_up', '1 when the backend takes new connections (state up), else 0.', (b) => (b.state === 'up' ? 1 : 0));

@@ -10,7 +10,7 @@ import type { ServiceEntry } from './messages.ts';
 /** What the table needs from the balancer (src/balancer/balancer.ts's Balancer has it). */
 export interface BalancerView {
   serviceIndex(name: string): number;
-  targets(name: string): Array<{ index: number; address: string; target: HostPort }>;
+  targets(name: string): Array<{ index: number; address: string; target: HostPort; removed?: boolean }>;
 }
 
 export function buildServiceTable(config: Config, balancer: BalancerView): ServiceEntry[] {
@@ -21,6 +21,7 @@ export function buildServiceTable(config: Config, balancer: BalancerView): Servi
     table.push({
       index,
       name: s.name,
+      protocol: s.protocol,
       listen: { host: s.listen.host, port: s.listen.port },
       hashed: s.balance === 'maglev',
       hash_key: s.hash_key,
@@ -28,8 +29,9 @@ export function buildServiceTable(config: Config, balancer: BalancerView): Servi
       timeouts: { connect: s.timeouts.connect, idle: s.timeouts.idle, proxy_header: s.timeouts.proxy_header },
       accept_proxy: s.accept_proxy,
       send_proxy: s.send_proxy,
-      queue: { max: s.queue.max, timeout: s.queue.timeout },
-      backends: balancer.targets(s.name).map((b) => ({ index: b.index, host: b.target.host, port: b.target.port, address: b.address })),
+      queue: { max: s.protocol === 'udp' ? 0 : s.queue.max, timeout: s.queue.timeout },
+      udp: { responses: s.udp.responses, max_datagram: s.udp.max_datagram },
+      backends: balancer.targets(s.name).map((b) => ({ index: b.index, host: b.target.host, port: b.target.port, address: b.address, removed: b.removed === true })),
     });
   }
   return table;

@@ -222,7 +222,18 @@ export const SC_BYTES_IN = 4; // client → backend
 export const SC_BYTES_OUT = 5; // backend → client
 export const SC_CONNECT_TIME_MS = 6; // summed, for averages
 export const SC_QUEUE_TIME_MS = 7; // summed
-export const SC_TERM_BASE = 8; // 10 termination reasons follow, indexed by TERM_*; 18..23 reserved
+export const SC_TERM_BASE = 8; // 10 termination reasons follow, indexed by TERM_*
+// UDP services (transport-udp.ts): datagrams forwarded each way, and datagrams dropped by reason.
+// A flow is counted as a connection is: SC_ACCEPTED when created, its end under SC_TERM_BASE.
+export const SC_DGRAMS_IN = 18; // client → backend
+export const SC_DGRAMS_OUT = 19; // backend → client
+export const SC_DROP_NO_BACKEND = 20; // a new flow found no backend up
+export const SC_DROP_LIMIT = 21; // a new flow found max_connections reached (service or backends)
+export const SC_DROP_OVERSIZED = 22; // longer than udp.max_datagram, either way
+export const SC_DROP_UNREACHABLE = 23; // answered by ICMP port unreachable (the flow's socket saw ECONNREFUSED)
+/** The drop counters in order, with the names metrics and the API give them. */
+export const UDP_DROP_REASONS = ['no_backend', 'limit', 'oversized', 'unreachable'] as const;
+export const SC_DROP_BASE = SC_DROP_NO_BACKEND;
 
 /** Termination reasons, in the order of their counters. */
 export const TERM_REASONS = [

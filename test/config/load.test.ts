@@ -442,3 +442,69 @@ describe('probe TLS and PostgreSQL auth settings', () => {
     ]);
   });
 });
+
+describe('protocol udp', () => {
+  const udp = (extra: string, listen = '127.0.0.1:27960') => `
+services:
+  - name: arena
+    protocol: udp
+    listen: ${listen}
+${extra}    backends:
+      - { address: 127.0.0.1:27961 }
+`;
+  it('takes the issue\'s example: udp block, hash_key, send_proxy v2, a udp health check; idle defaults to 60 s', () => {
+    const c = parseConfig(udp(`    balance: maglev
+    hash_key: source_ip_port
+    max_connections: 200000
+    udp: { responses: 1 }
+    send_proxy: v2
+    health: { type: udp, send: "hex:ffffffff676574737461747573", expect: "regex:^\\\\xff\\\\xff\\\\xff\\\\xffstatusResponse", interval: 2s, timeout: 1s }
+`));
+    const s = c.services[0];
+    expect(s.protocol).toBe('udp');
+    expect(s.timeouts.idle).toBe(60_000);
+    expect(s.udp).toEqual({ responses: 1, max_datagram: 65_507 });
+    expect(s.health).toMatchObject({ type: 'udp', send: 'hex:ffffffff676574737461747573', expect: 'regex:^\\xff\\xff\\xff\\xffstatusResponse' });
+    expect(parseConfig(minimal).services[0].timeouts.idle).toBe(1_800_000);
+    expect(parseConfig(udp('    timeouts: { idle: 5s }\n')).services[0].timeouts.idle).toBe(5000);
+  });
+  it('refuses, by name, the keys that mean nothing for a UDP service', () => {
+    expect(problemsOf(udp(`    queue: { max: 10 }
+    accept_proxy: true
+    timeouts: { connect: 1s, proxy_header: 2s }
+    send_proxy: v1
+    health: { type: send_expect, send_expect: { expect: x } }
+`))).toEqual([
+      'services[0].queue: means nothing for protocol udp (a datagram that finds the service or its backends full is dropped and counted, never queued), got {"max":10,"timeout":5000}',
+      'services[0].accept_proxy: means nothing for protocol udp (a PROXY header is read from TCP clients only), got true',
+      'services[0].timeouts.connect: means nothing for protocol udp (a flow\'s upstream socket is ready at once), got 1000',
+      'services[0].timeouts.proxy_header: means nothing for protocol udp (a PROXY header is read from TCP clients only), got 2000',
+      'services[0].send_proxy: must be none or v2 for protocol udp (v1 is a text line for TCP), got "v1"',
+      'services[0].health.type: must be udp for protocol udp (a send_expect probe speaks TCP), got "send_expect"',
+    ]);
+  });
+  it('refuses udp settings on a TCP service, and a udp check without send and expect', () => {
+    expect(problemsOf(minimal.replace('    backends:', '    udp: { responses: 1 }\n    health: { type: udp, send: x, expect: y }\n    backends:'))).toEqual([
+      'services[0].udp: needs protocol: udp, got {"responses":1,"max_datagram":65507}',
+      'services[0].health.type: needs protocol: udp (the service is tcp), got "udp"',
+    ]);
+    expect(problemsOf(udp('    health: { type: udp }\n'))).toEqual([
+      'services[0].health.send: is required when health.type is udp (the datagram to send)',
+      'services[0].health.expect: is required when health.type is udp (what the reply must hold)',
+    ]);
+    expect(problemsOf(minimal.replace('    backends:', '    health: { type: tcp, expect: y }\n    backends:'))).toEqual([
+      'services[0].health.expect: needs health.type udp (send_expect takes send_expect.expect), got "y"',
+    ]);
+    expect(problemsOf(udp('    udp: { max_datagram: 70000 }\n'))[0]).toMatch(/^services\[0\]\.udp\.max_datagram: must be an integer 1–65507, got 70000/);
+  });
+  it('lets a UDP and a TCP service share a port number, not two UDP services', () => {
+    const both = `services:
+  - { name: t, listen: 127.0.0.1:27960, backends: [{ address: 127.0.0.1:1 }] }
+  - { name: u, protocol: udp, listen: 127.0.0.1:27960, backends: [{ address: 127.0.0.1:1 }] }
+`;
+    expect(parseConfig(both).services.map((s) => s.protocol)).toEqual(['tcp', 'udp']);
+    expect(problemsOf(both + '  - { name: v, protocol: udp, listen: 127.0.0.1:27960, backends: [{ address: 127.0.0.1:1 }] }\n')).toEqual([
+      'services[2].listen: duplicates services[1].listen, got "127.0.0.1:27960"',
+    ]);
+  });
+});

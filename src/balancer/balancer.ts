@@ -103,7 +103,10 @@ interface BackendEntry {
   /** The admin state the config last asked for: a reload changes `admin` only when this changes. */
   configAdmin: AdminState;
   healthUp: boolean;
-  /** In a service that routes by role: no probe has reported the role yet (healthUp is false). */
+  /**
+   * Down until a first probe answers (healthUp is false): in a service that routes by role, until
+   * one reports the role; in any service with health checks, a backend that joined it running.
+   */
   awaitingRole: boolean;
   /** 0 when at full weight, else the slow-start step 1..WEIGHT_SCALE-1. */
   rampStep: number;
@@ -259,7 +262,7 @@ export class Balancer extends EventEmitter<BalancerEvents> {
     for (const b of byAddress(config.backends)) {
       const e = entry.backends.get(formatHostPort(b.address));
       if (!e) {
-        this.createBackend(entry, b);
+        this.createBackend(entry, b, true);
         added++;
         continue;
       }
@@ -315,7 +318,15 @@ export class Balancer extends EventEmitter<BalancerEvents> {
     this.records.setMembers(entry.index, sorted.map((e) => e.index));
   }
 
-  private createBackend(service: ServiceEntry, config: BackendConfig): BackendEntry {
+  /**
+   * `joining`: the backend joins a running service (a reload, the runtime API, discovery). In a
+   * service with health checks it then takes no connection until its first probe has answered
+   * (down, awaiting it: not a health verdict, see BackendStateEvent.awaiting_role), as a server
+   * added to a running HAProxy waits for its checks. At start-up, and in a service a reload adds,
+   * backends start up until their first probe says otherwise (HAProxy's rule), but where the
+   * service routes by role: there they await the role, always.
+   */
+  private createBackend(service: ServiceEntry, config: BackendConfig, joining = false): BackendEntry {
     if (service.backends.size >= MAX_MEMBERS) {
       throw new CapacityError(`service ${JSON.stringify(service.name)}: at most ${MAX_MEMBERS} backends, got one more`);
     }
@@ -332,8 +343,8 @@ export class Balancer extends EventEmitter<BalancerEvents> {
       backup: config.backup,
       admin: config.state,
       configAdmin: config.state,
-      healthUp: role === null,
-      awaitingRole: role !== null,
+      healthUp: role === null && !(joining && service.config.health !== undefined),
+      awaitingRole: role !== null || (joining && service.config.health !== undefined),
       rampStep: 0,
       rampTimer: undefined,
       state: 'free',
@@ -351,7 +362,7 @@ export class Balancer extends EventEmitter<BalancerEvents> {
       hashOffset: offset,
       hashSkip: skip,
     });
-    this.refresh(e, role === null ? 'added' : `added: role ${role} not yet seen`, true);
+    this.refresh(e, role !== null ? `added: role ${role} not yet seen` : e.awaitingRole ? 'added: not yet probed' : 'added', true);
     return e;
   }
 
@@ -469,7 +480,7 @@ export class Balancer extends EventEmitter<BalancerEvents> {
     if (!s) throw new UnknownServiceError(service);
     const address = formatHostPort(config.address);
     if (s.backends.has(address)) throw new BalancerArgumentError(`service ${JSON.stringify(service)}: backend ${JSON.stringify(address)} already exists`);
-    const e = this.createBackend(s, config);
+    const e = this.createBackend(s, config, true);
     this.writeMembers(s);
     this.engine.rebuild(s.index);
     return this.describeBackend(e);

@@ -26,7 +26,7 @@ import { vipBoundServices } from './control/diff.ts';
 import { ReloadSequence } from './control/reload.ts';
 import { failoverRoutes, installRoutes } from './control/routes.ts';
 import type { FulcrumEvents } from './events.ts';
-import { Failover } from './failover/index.ts';
+import { FailoverThread } from './failover/thread.ts';
 import { HealthMonitor } from './health/monitor.ts';
 import { createLogger, type Logger } from './observability/log.ts';
 import type { ListenProblem } from './proxy/messages.ts';
@@ -63,8 +63,8 @@ export interface FulcrumHandle {
   readonly events: EventEmitter<FulcrumEvents>;
   /** Health probes and passive health: health.describe(), health.history(service, address). */
   readonly health: HealthMonitor;
-  /** Present when config.ha is set: role, peer, counters via failover.status(). */
-  readonly failover: Failover | null;
+  /** Present when config.ha is set: role, peer, counters via failover.status(); the failover runs on its own thread. */
+  readonly failover: FailoverThread | null;
   readonly logger: Logger;
   /** The one reload sequence (src/control/reload.ts): reloadFile, edits, hooks, the reload record. */
   readonly control: ReloadSequence;
@@ -119,9 +119,10 @@ export async function startFulcrum(initial: Config, options: StartOptions = {}):
   // and its memory is part of what a started fulcrum holds, not a growth seen later.
   if (initial.services.some((s) => s.health)) await health.ready();
 
-  let failover: Failover | null = null;
+  // On a thread of its own (src/failover/thread.ts): nothing that loads this thread delays a heartbeat.
+  let failover: FailoverThread | null = null;
   if (initial.ha) {
-    failover = new Failover({ config: initial.ha, logger, ...failoverRoutes({ balancer, pool, config, logger }) });
+    failover = new FailoverThread({ config: initial.ha, logger, ...failoverRoutes({ balancer, pool, config, logger }) });
     await failover.start();
   }
   const sequence = new ReloadSequence({

@@ -17,10 +17,11 @@
  * status() stays synchronous: the last status the thread sent, with the peer's advert age brought
  * up to now and `accepting` as this side applied it.
  *
- * A thread that ends without being asked to (a bug): the VIP must not stay on this host without
- * heartbeats. This side logs it, reports the role change to init, stops accepting, removes the
- * VIP with the same commands (`ip addr del`), and starts a new thread after a backoff (as
- * keepalived restarts its VRRP child); the new one starts as backup like a fresh process.
+ * A thread that ends without being asked to (a bug), or that stops reporting (stuck in a loop: a
+ * watchdog ends it): the VIP must not stay on this host without heartbeats. This side logs it,
+ * reports the role change to init, stops accepting, removes the VIP with the same commands (`ip
+ * addr del`), and starts a new thread after a backoff (as keepalived restarts its VRRP child);
+ * the new one starts as backup like a fresh process.
  */
 import { EventEmitter } from 'node:events';
 import { Worker } from 'node:worker_threads';
@@ -73,6 +74,13 @@ const RESTART_BASE_MS = 100;
 const RESTART_MAX_MS = 10_000;
 /** How long stop() waits for the thread to resign (priority 0) and release the VIP before it ends it. */
 const STOP_WAIT_MS = 5_000;
+/**
+ * A thread silent for this many advert intervals (it reports every one), and at least
+ * WATCHDOG_MIN_MS, is stuck: it is ended and replaced. Generous: a busy machine delays a report,
+ * and a peer that goes without our heartbeat for this long has taken the VIP anyway.
+ */
+const WATCHDOG_INTERVALS = 20;
+const WATCHDOG_MIN_MS = 2_000;
 
 const now = (): number => performance.timeOrigin + performance.now();
 
@@ -92,7 +100,10 @@ export class FailoverThread extends EventEmitter<FailoverEvents> {
   #accepting = false;
   #acceptQueue: Promise<void> = Promise.resolve();
   #backendsUp: number | null = null;
-  #backendsTimer: NodeJS.Timeout | null = null;
+  /** Every advert interval: backends up to the thread, and the watchdog. */
+  #tickTimer: NodeJS.Timeout | null = null;
+  /** When a message from the thread last arrived (this thread's performance.now()). */
+  #heardAt = 0;
   #restarts = 0;
   /** Thread ends in a row that came sooner than RESTART_STABLE_MS after a start. */
   #crashes = 0;
@@ -115,7 +126,7 @@ export class FailoverThread extends EventEmitter<FailoverEvents> {
   async start(): Promise<void> {
     this.#readBackendsUp();
     await this.#spawn();
-    this.#armBackends();
+    this.#armTick();
     this.#logger.on('level-change', this.#onLevel);
   }
 
@@ -126,7 +137,7 @@ export class FailoverThread extends EventEmitter<FailoverEvents> {
    */
   stop(): Promise<void> {
     this.#stopping ??= (async () => {
-      if (this.#backendsTimer) clearInterval(this.#backendsTimer);
+      if (this.#tickTimer) clearInterval(this.#tickTimer);
       if (this.#restartTimer) clearTimeout(this.#restartTimer);
       this.#logger.off('level-change', this.#onLevel);
       const worker = this.#worker;
@@ -159,7 +170,7 @@ export class FailoverThread extends EventEmitter<FailoverEvents> {
     const interval = this.settings.advert_interval;
     this.#local.reconfigure(next);
     this.#post({ type: 'reconfigure', config: next });
-    if (this.settings.advert_interval !== interval && this.#backendsTimer) this.#armBackends();
+    if (this.settings.advert_interval !== interval && this.#tickTimer) this.#armTick();
   }
 
   /** The thread's last status, its ages brought up to now; `accepting` as this side applied it. */
@@ -172,6 +183,17 @@ export class FailoverThread extends EventEmitter<FailoverEvents> {
       peer: { ...s.peer, last_advert_ms_ago: s.peer.last_advert_ms_ago === null ? null : s.peer.last_advert_ms_ago + age },
       thread: { running: this.#running, restarts: this.#restarts },
     };
+  }
+
+  /**
+   * Ends the running thread as a crash would: the VIP is released and a new thread starts after
+   * the backoff. The watchdog's remedy for a thread that stopped reporting; tests call it too.
+   */
+  endThread(why: string): void {
+    const worker = this.#worker;
+    if (worker === null || !this.#running || this.#stopping !== null) return;
+    this.#log.error({ why }, `ending the failover thread: ${why}`);
+    void worker.terminate();
   }
 
   // ── the thread ─────────────────────────────────────────────────────────────────────────────
@@ -198,6 +220,7 @@ export class FailoverThread extends EventEmitter<FailoverEvents> {
     return new Promise<void>((resolve, reject) => {
       let started = false;
       worker.on('message', (m: FromFailoverThread) => {
+        this.#heardAt = performance.now();
         switch (m.type) {
           case 'log':
             writeLine(this.#logger, m.line);
@@ -299,18 +322,36 @@ export class FailoverThread extends EventEmitter<FailoverEvents> {
     }
   }
 
-  // ── backends up, for the track ────────────────────────────────────────────────────────────
+  // ── every advert interval: backends up, the watchdog ──────────────────────────────────────
 
-  /** Every advert interval (what the failover's own track check did on this thread before). */
-  #armBackends(): void {
-    if (!this.#opts.backendsUp) return;
-    if (this.#backendsTimer) clearInterval(this.#backendsTimer);
-    this.#backendsTimer = setInterval(() => {
-      const before = this.#backendsUp;
-      this.#readBackendsUp();
-      if (this.#backendsUp !== before && this.#backendsUp !== null) this.#post({ type: 'backends-up', count: this.#backendsUp });
+  #armTick(): void {
+    if (this.#tickTimer) clearInterval(this.#tickTimer);
+    this.#tickTimer = setInterval(() => {
+      this.#sendBackendsUp();
+      this.#watch();
     }, this.settings.advert_interval);
-    this.#backendsTimer.unref();
+    this.#tickTimer.unref();
+  }
+
+  /** The count the track compares (what the failover's own check read on this thread before), sent when it changes. */
+  #sendBackendsUp(): void {
+    const before = this.#backendsUp;
+    this.#readBackendsUp();
+    if (this.#backendsUp !== before && this.#backendsUp !== null) this.#post({ type: 'backends-up', count: this.#backendsUp });
+  }
+
+  /**
+   * A thread silent past the limit is ended. Checked again after the messages already waiting
+   * have been read (setImmediate runs after this turn's poll): a main thread that was itself
+   * blocked finds the thread's reports queued, not missing.
+   */
+  #watch(): void {
+    const limit = Math.max(WATCHDOG_MIN_MS, WATCHDOG_INTERVALS * this.settings.advert_interval);
+    if (!this.#running || performance.now() - this.#heardAt < limit) return;
+    setImmediate(() => {
+      const silent = performance.now() - this.#heardAt;
+      if (this.#running && silent >= limit) this.endThread(`no report from it for ${Math.round(silent)}ms`);
+    });
   }
 
   #readBackendsUp(): void {

@@ -12,6 +12,7 @@ import { haSchema } from '../../src/config/schema.ts';
 import type { RoleChange } from '../../src/events.ts';
 import { FailoverThread } from '../../src/failover/thread.ts';
 import { silentLogger } from '../../src/observability/log.ts';
+import { waitFor } from '../helpers/net.ts';
 
 let dir: string;
 let ip: string;
@@ -52,22 +53,13 @@ function make(self: 1 | 2, opts: { backends?: () => number; min?: number; secret
   running.push(f);
   return { f, accepting, roles };
 }
-const until = async (cond: () => boolean, ms = 3000) => {
-  const t0 = Date.now();
-  while (!cond()) {
-    if (Date.now() - t0 > ms) throw new Error('condition not met in time');
-    await new Promise((r) => setTimeout(r, 5));
-  }
-  return Date.now() - t0;
-};
-
 describe('FailoverThread (loopback)', () => {
   it('elects across two threads; status() answers at once with the thread\'s last report', async () => {
     const a = make(1);
     const b = make(2);
     await a.f.start();
     await b.f.start();
-    await until(() => a.f.status().role === 'master' && b.f.status().role === 'backup' && a.f.status().vip_held && a.f.status().peer.role === 'backup');
+    await waitFor(() => a.f.status().role === 'master' && b.f.status().role === 'backup' && a.f.status().vip_held && a.f.status().peer.role === 'backup');
     const s = a.f.status();
     expect(s).toMatchObject({ role: 'master', priority: 150, vips: ['198.51.100.201/24'], accepting: true, failovers: 1, thread: { running: true, restarts: 0 } });
     expect(s.peer.last_advert_ms_ago).toBeLessThan(200);
@@ -81,10 +73,10 @@ describe('FailoverThread (loopback)', () => {
     const b = make(2);
     await a.f.start();
     await b.f.start();
-    await until(() => a.f.status().role === 'master' && b.f.status().role === 'backup');
+    await waitFor(() => a.f.status().role === 'master' && b.f.status().role === 'backup');
     const t0 = Date.now();
     await a.f.stop();
-    await until(() => b.f.status().role === 'master');
+    await waitFor(() => b.f.status().role === 'master', 3000, 'b master');
     expect(b.roles.at(-1)?.cause).toMatch(/priority 0/);
     expect(Date.now() - t0).toBeLessThan(1000);
     expect(a.accepting.at(-1)).toBe(false);
@@ -98,13 +90,13 @@ describe('FailoverThread (loopback)', () => {
     const b = make(2, { backends: () => 2, min: 1 });
     await a.f.start();
     await b.f.start();
-    await until(() => a.f.status().role === 'master' && b.f.status().peer.role === 'master');
+    await waitFor(() => a.f.status().role === 'master' && b.f.status().peer.role === 'master');
     up = 0;
-    await until(() => a.f.status().role === 'fault' && b.f.status().role === 'master');
+    await waitFor(() => a.f.status().role === 'fault' && b.f.status().role === 'master');
     expect(a.f.status().track).toMatchObject({ ok: false, backends_up: 0, min_backends_up: 1 });
     expect(a.f.status().fault).toEqual({ kind: 'track', cause: '0 backends up, ha.track.min_backends_up is 1' });
     up = 1;
-    await until(() => a.f.status().role === 'master' && b.f.status().role === 'backup'); // preempt
+    await waitFor(() => a.f.status().role === 'master' && b.f.status().role === 'backup'); // preempt
   });
 
   it('a thread that ends unasked: role to init, not accepting, the VIP removed, then a new thread rejoins', async () => {
@@ -112,20 +104,20 @@ describe('FailoverThread (loopback)', () => {
     const b = make(2);
     await a.f.start();
     await b.f.start();
-    await until(() => a.f.status().role === 'master' && b.f.status().role === 'backup' && a.f.status().vip_held);
+    await waitFor(() => a.f.status().role === 'master' && b.f.status().role === 'backup' && a.f.status().vip_held);
     const before = ipLog(1).length;
     a.f.endThread('test');
     // At once, on this side: the role change, listeners off, ip addr del.
-    await until(() => a.roles.at(-1)?.to === 'init');
+    await waitFor(() => a.roles.at(-1)?.to === 'init');
     expect(a.roles.at(-1)).toMatchObject({ from: 'master', to: 'init', cause: expect.stringMatching(/^the failover thread ended \(code 1\)$/) });
-    await until(() => ipLog(1).slice(before).includes('addr del 198.51.100.201/24 dev lo'));
+    await waitFor(() => ipLog(1).slice(before).includes('addr del 198.51.100.201/24 dev lo'));
     expect(a.accepting.at(-1)).toBe(false);
     expect(a.f.status()).toMatchObject({ role: 'init', vip_held: false, accepting: false });
     // The peer stops hearing it and takes the VIP; the new thread starts as backup, then (preempt,
     // higher priority) takes it back.
-    await until(() => b.roles.some((r) => r.to === 'master'));
-    await until(() => a.f.status().thread.running && a.f.status().thread.restarts === 1);
-    await until(() => a.f.status().role === 'master' && b.f.status().role === 'backup');
+    await waitFor(() => b.roles.some((r) => r.to === 'master'));
+    await waitFor(() => a.f.status().thread.running && a.f.status().thread.restarts === 1);
+    await waitFor(() => a.f.status().role === 'master' && b.f.status().role === 'backup');
     expect(a.f.status().failovers).toBe(1); // the new thread counts its own
   });
 

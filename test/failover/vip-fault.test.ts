@@ -8,6 +8,7 @@ import { execFileSync } from 'node:child_process';
 import { mkdirSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { waitFor } from '../helpers/net.ts';
 import { netnsAvailable, NODE, sleep } from '../helpers/netns.ts';
 import { ADMIN_PORT, NODES, PairLab, type NodeName } from './lab.ts';
 
@@ -48,20 +49,12 @@ exec ${ip} "$@"
     return r.stdout;
   }
 
-  async function until(what: string, cond: () => boolean | Promise<boolean>, ms: number): Promise<void> {
-    const t0 = Date.now();
-    while (!(await cond())) {
-      if (Date.now() - t0 > ms) throw new Error(`${what}: not within ${ms}ms`);
-      await sleep(20);
-    }
-  }
-
   it('steps down, the peer takes the VIP and serves; once the fault clears it recovers', async () => {
     writeFileSync(flag, '');
     await p.start('lb1', { admin: true }, { pathPrefix: bin });
     await p.start('lb2', { admin: true });
     // lb1 became master, failed to add the VIP, and stepped down with the reason.
-    await until('lb1 in fault for the VIP', () => p.transitions('lb1').some((t) => t.to === 'fault' && t.handler === 'masterOnVipFail'), 5000);
+    await waitFor(() => p.transitions('lb1').some((t) => t.to === 'fault' && t.handler === 'masterOnVipFail'), 5000, 'lb1 in fault for the VIP');
     const fault = p.transitions('lb1').find((t) => t.handler === 'masterOnVipFail')!;
     expect(fault.cause).toMatch(/^cannot add the VIP: ip addr add 198\.51\.100\.100\/24 dev eth0: RTNETLINK answers: Operation not permitted \(retry in \d+ms\)$/);
     expect(p.running.get('lb1')!.lines.some((l) => l.code === 'FULCRUM_ERR_VIP_ADD')).toBe(true);
@@ -71,7 +64,7 @@ exec ${ip} "$@"
     await p.waitServing(3000);
     expect(await p.holdsVip('lb1')).toBe(false);
     // lb1 retries (backup again) but does not preempt the working master: lb2 keeps the VIP.
-    await until('lb1 retried', () => p.transitions('lb1').some((t) => t.handler === 'faultOnVipRetry'), 5000);
+    await waitFor(() => p.transitions('lb1').some((t) => t.handler === 'faultOnVipRetry'), 5000, 'lb1 retried');
     await p.waitRole('lb1', 'backup', 3000);
     await sleep(1000);
     expect(p.role('lb2')).toBe('master');
@@ -92,7 +85,7 @@ exec ${ip} "$@"
     await p.waitRole('lb1', 'master', 5000);
     await p.waitVip('lb1', true);
     await p.waitServing(3000);
-    await until('lb1 holds and announced the VIP (its VIP failures reset)', async () => (JSON.parse(await get('lb1', '/api/status')) as { failover: { vip_failures: number } }).failover.vip_failures === 0, 3000);
+    await waitFor(async () => (JSON.parse(await get('lb1', '/api/status')) as { failover: { vip_failures: number } }).failover.vip_failures === 0, 3000, 'lb1 holds and announced the VIP (its VIP failures reset)');
   }, 60_000);
 
   it('while in fault the metric says why: fulcrum_failover_role{role="fault",cause="vip"}', async () => {
@@ -100,13 +93,13 @@ exec ${ip} "$@"
     try {
       // Alone, lb1 takes the VIP on its own timer, fails, and sits in fault until each retry.
       await p.start('lb1', { admin: true }, { pathPrefix: bin });
-      await until('lb1 in fault', () => p.role('lb1') === 'fault', 5000);
+      await waitFor(() => p.role('lb1') === 'fault', 5000, 'lb1 in fault');
       // A retry every 1 s, then 2 s…: read while it is in fault.
       let seen = '';
-      await until('the fault cause in the metrics', async () => {
+      await waitFor(async () => {
         seen = await get('lb1', '/metrics');
         return /^fulcrum_failover_role\{role="fault",cause="vip"\} 1$/m.test(seen);
-      }, 10_000);
+      }, 10_000, 'the fault cause in the metrics');
       expect(seen).toMatch(/^fulcrum_failover_role\{role="master"\} 0$/m);
     } finally {
       rmSync(flag, { force: true });

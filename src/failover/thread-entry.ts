@@ -4,6 +4,7 @@
  * thread, which writes them to its own destination; its status goes there on every role change
  * and every advert interval.
  */
+import { constants, setPriority } from 'node:os';
 import { parentPort, workerData } from 'node:worker_threads';
 import type { LevelWithSilent } from 'pino';
 import { createLogger } from '../observability/log.ts';
@@ -17,12 +18,26 @@ import type { FailoverThreadData, FromFailoverThread, ToFailoverThread } from '.
  */
 const ACCEPTING_WAIT_MS = 2000;
 
+/**
+ * This thread's nice value, as keepalived's vrrp_priority raises its VRRP process's: on a loaded
+ * host an advert waits for a core behind the main thread, the data-plane workers and everything
+ * else. On Linux the nice value is per thread (setpriority(2) with who 0 is the calling thread),
+ * so only the heartbeat gains. Needs CAP_SYS_NICE (or root); without it the thread runs at the
+ * process's priority.
+ */
+const THREAD_NICE = constants.priority.PRIORITY_HIGH;
+
 const port = parentPort!;
 const data = workerData as FailoverThreadData;
 const post = (m: FromFailoverThread): void => port.postMessage(m);
 
 const logger = createLogger(data.level as LevelWithSilent, { write: (line: string) => post({ type: 'log', line }) }, data.bindings);
 const log = logger.child({ component: 'failover' });
+try {
+  setPriority(THREAD_NICE);
+} catch (err) {
+  log.info({ err: (err as Error).message, nice: THREAD_NICE }, 'the failover thread runs at the process\'s priority (raising it needs CAP_SYS_NICE)');
+}
 let backendsUp = data.backendsUp;
 let acceptSeq = 0;
 const waiting = new Map<number, () => void>();

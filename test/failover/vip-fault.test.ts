@@ -88,7 +88,7 @@ exec ${ip} "$@"
     await waitFor(async () => (JSON.parse(await get('lb1', '/api/status')) as { failover: { vip_failures: number } }).failover.vip_failures === 0, 3000, 'lb1 holds and announced the VIP (its VIP failures reset)');
   }, 60_000);
 
-  it('while in fault the metric says why: fulcrum_failover_role{role="fault",cause="vip"}', async () => {
+  it('while in fault the metric and the status say why: fulcrum_failover_role{role="fault",cause="vip"}, fault {kind, cause}', async () => {
     writeFileSync(flag, '');
     try {
       // Alone, lb1 takes the VIP on its own timer, fails, and sits in fault until each retry.
@@ -101,6 +101,13 @@ exec ${ip} "$@"
         return /^fulcrum_failover_role\{role="fault",cause="vip"\} 1$/m.test(seen);
       }, 10_000, 'the fault cause in the metrics');
       expect(seen).toMatch(/^fulcrum_failover_role\{role="master"\} 0$/m);
+      // …and the status: fault {kind, cause}.
+      let fault: unknown = null;
+      await waitFor(async () => {
+        fault = (JSON.parse(await get('lb1', '/api/status')) as { failover: { fault: unknown } }).failover.fault;
+        return fault !== null;
+      }, 10_000, 'the fault in the status');
+      expect(fault).toEqual({ kind: 'vip', cause: expect.stringMatching(/^cannot add the VIP: ip addr add 198\.51\.100\.100\/24 dev eth0: RTNETLINK answers: Operation not permitted$/) });
     } finally {
       rmSync(flag, { force: true });
     }

@@ -141,8 +141,9 @@ export class FailoverThread extends EventEmitter<FailoverEvents> {
       if (this.#restartTimer) clearTimeout(this.#restartTimer);
       this.#logger.off('level-change', this.#onLevel);
       const worker = this.#worker;
+      const wasRunning = worker !== null && this.#running;
       let resigned = false;
-      if (worker && this.#running) {
+      if (worker && wasRunning) {
         resigned = await new Promise<boolean>((resolve) => {
           const timer = setTimeout(() => resolve(false), STOP_WAIT_MS);
           this.#onStopped = () => {
@@ -155,7 +156,7 @@ export class FailoverThread extends EventEmitter<FailoverEvents> {
       }
       this.#running = false;
       await worker?.terminate();
-      if (!resigned) await this.#release('the failover thread did not stop in time');
+      if (!resigned) await this.#release(wasRunning ? 'the failover thread did not stop in time' : 'stopping between failover threads');
     })();
     return this.#stopping;
   }
@@ -265,6 +266,7 @@ export class FailoverThread extends EventEmitter<FailoverEvents> {
 
   /** The thread ended unasked: no VIP without heartbeats. Release, then start another after a backoff. */
   async #ended(code: number): Promise<void> {
+    if (this.#stopping !== null) return; // stop() releases, and nothing starts again
     this.#crashes = performance.now() - this.#startedAt >= RESTART_STABLE_MS ? 1 : this.#crashes + 1;
     const delay = Math.min(RESTART_MAX_MS, RESTART_BASE_MS * 2 ** (this.#crashes - 1));
     const cause = `the failover thread ended (code ${code})`;

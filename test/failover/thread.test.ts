@@ -1,7 +1,8 @@
 // The failover on its own thread (src/failover/thread.ts) over loopback (127.4.3.0/24): the main
 // side's handle elects as the in-thread Failover does, keeps status() synchronous, carries the
 // backends-up count and the accepting requests across, resigns on stop(), passes a start error
-// through, and — the thread ending unasked — releases the VIP and starts a new thread. `ip` is a
+// through, goes on heartbeating while this (main) thread is blocked, and — the thread ending
+// unasked — releases the VIP and starts a new thread. `ip` is a
 // script that records its arguments (nothing on this host changes; the interface is lo, whose
 // state the track reads); arping is `true`.
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
@@ -119,6 +120,25 @@ describe('FailoverThread (loopback)', () => {
     await waitFor(() => a.f.status().thread.running && a.f.status().thread.restarts === 1);
     await waitFor(() => a.f.status().role === 'master' && b.f.status().role === 'backup');
     expect(a.f.status().failovers).toBe(1); // the new thread counts its own
+  });
+
+  it('this thread blocked for 3 s: the threads keep their heartbeats, no role changes, the watchdog ends nothing', async () => {
+    const a = make(1);
+    const b = make(2);
+    await a.f.start();
+    await b.f.start();
+    await waitFor(() => a.f.status().role === 'master' && b.f.status().role === 'backup' && a.f.status().peer.role === 'backup');
+    const before = [a.roles.length, b.roles.length];
+    // Both pairs' main side is this thread: 3 s of synchronous work here (past the watchdog's
+    // 2 s) is what an admin flood did to the heartbeat when it shared the thread.
+    const end = Date.now() + 3000;
+    while (Date.now() < end) { /* busy */ }
+    // The reports that queued meanwhile are read before the watchdog decides.
+    await new Promise((r) => setTimeout(r, 300));
+    expect([a.roles.length, b.roles.length]).toEqual(before);
+    expect(a.f.status()).toMatchObject({ role: 'master', thread: { running: true, restarts: 0 } });
+    expect(b.f.status()).toMatchObject({ role: 'backup', thread: { running: true, restarts: 0 } });
+    expect(b.f.status().peer.last_advert_ms_ago).toBeLessThan(200);
   });
 
   it('start() rejects with the thread\'s error: an unreadable secret', async () => {

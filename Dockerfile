@@ -18,9 +18,15 @@ RUN node build/asc.ts && node build/relay.ts && test -f build/out/relay.node \
 
 # Runtime: Node 24 runs the TypeScript sources directly (type stripping); only production
 # dependencies, the compiled engine and the relay are copied (the relay needs only libc). iproute2 and arping serve the VIP failover.
+# fulcrum runs as the image's unprivileged `node` user. The VIP failover's two privileged steps
+# are the only ones given privileges: `ip` holds CAP_NET_ADMIN and `arping` CAP_NET_RAW as file
+# capabilities, which take effect when the container is started with --cap-add NET_ADMIN
+# --cap-add NET_RAW (needed for ha only; without them those two commands cannot run).
 FROM node:24-bookworm-slim
-RUN apt-get update && apt-get install -y --no-install-recommends iproute2 iputils-arping \
-    && rm -rf /var/lib/apt/lists/*
+RUN apt-get update && apt-get install -y --no-install-recommends iproute2 iputils-arping libcap2-bin \
+    && setcap cap_net_admin+ep "$(readlink -f "$(command -v ip)")" \
+    && setcap cap_net_raw+ep "$(readlink -f "$(command -v arping)")" \
+    && apt-get purge -y libcap2-bin && rm -rf /var/lib/apt/lists/*
 WORKDIR /app
 ENV NODE_ENV=production
 COPY package.json package-lock.json ./
@@ -29,5 +35,6 @@ COPY src ./src
 COPY bin ./bin
 COPY --from=build /app/build/out ./build/out
 EXPOSE 9900
+USER node
 ENTRYPOINT ["node", "src/cli.ts"]
 CMD ["run", "--config", "/etc/fulcrum/fulcrum.yaml"]

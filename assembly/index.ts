@@ -5,7 +5,7 @@
  * runtime: no allocator, no GC, no static data: only loads, stores and atomics on the layout.
  *
  * Exports (the fixed contract, see src/balancer/engine.ts): init, acquire, reacquire, release,
- * rebuild, plus each algorithm's entries for tests and benchmarks, and the tried-list helpers.
+ * rebuild, plus each algorithm's entries for tests and benchmarks.
  */
 import {
   MAGIC, LAYOUT_VERSION, LAYOUT_BASE, MAX_SERVICES, MAX_BACKENDS, MAX_WORKERS, HEADER_OFFSET, H_MAGIC, H_VERSION,
@@ -14,7 +14,7 @@ import {
   INIT_OK, INIT_BAD_MAGIC, INIT_BAD_VERSION, INIT_BAD_WORKER, INIT_HEAP_OVERLAP,
   T_SERVICE_HELD, T_SERVICE_QUEUED, T_BACKEND_HELD,
 } from './generated/layout';
-import { serviceAt, backendAt, setWorker, clearTried, addTried, tallyAt, tallyService, tallyBackend } from './records';
+import { serviceAt, backendAt, setWorker, clearTried, keepTried, addTried, tallyAt, tallyService, tallyBackend } from './records';
 import { maglevBuild, maglevPick } from './maglev';
 import { leastconnPick } from './leastconn';
 import { scheduleBuild, roundrobinPick } from './roundrobin';
@@ -105,12 +105,16 @@ export function acquire(s: u32, hash: u32): i32 {
 }
 
 /**
- * After a failed connect to `failed`: gives back its slot, remembers it as tried, and picks another
- * backend of `s` that this connection has not tried. Hot path: once per retry (`retries`). The
- * service slot stays held whatever the result; on a negative result the caller calls
- * release(s, -1).
+ * After a failed connect to `failed`: gives back its slot and picks another backend of `s` that
+ * this connection has not tried. The connection's own tried list is the caller's: it writes the
+ * backends that failed before into this worker's scratch (W_TRIED, see src/balancer/engine.ts
+ * `triedList`) and passes how many (`tried`; MAX_TRIED at most count); `failed` is added to them.
+ * Other connections' acquires overwrite the scratch meanwhile, so it is never trusted across
+ * calls. Hot path: once per retry (`retries`). The service slot stays held whatever the result;
+ * on a negative result the caller calls release(s, -1).
  */
-export function reacquire(s: u32, hash: u32, failed: u32): i32 {
+export function reacquire(s: u32, hash: u32, failed: u32, tried: u32): i32 {
+  keepTried(tried);
   if (failed < MAX_BACKENDS) {
     const a = backendAt(failed);
     atomic.sub<i32>(a + B_ACTIVE, 1);
@@ -197,14 +201,4 @@ export function rebuild(s: u32): void {
   atomic.store<u32>(sa + S_RING_LEN + (next << 2), len);
   atomic.store<u32>(sa + S_ACTIVE_RING, next);
   atomic.add<u32>(HEADER_OFFSET + H_GENERATION, 1);
-}
-
-/** Forgets this worker's tried list (the proxy may restore one connection's list before reacquire). */
-export function resetTried(): void {
-  clearTried();
-}
-
-/** Adds `backend` to this worker's tried list (bounded at MAX_TRIED). */
-export function excludeBackend(backend: u32): void {
-  if (backend < MAX_BACKENDS) addTried(backend);
 }

@@ -97,6 +97,11 @@ export function setWorker(workerId: u32): void {
   store<u32>(scratch + W_TRIED_COUNT, 0);
 }
 
+/** Once per retry (reacquire): the first `n` entries the caller wrote into W_TRIED are the list. */
+@inline export function keepTried(n: u32): void {
+  store<u32>(scratch + W_TRIED_COUNT, min<u32>(n, MAX_TRIED));
+}
+
 /** Remembers `b` as already tried (ignored once MAX_TRIED are held: the list stays bounded). */
 export function addTried(b: u32): void {
   const n = load<u32>(scratch + W_TRIED_COUNT);

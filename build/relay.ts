@@ -1,5 +1,5 @@
 /**
- * Builds the relay (src/proxy/relay.c, the data path's system calls in native code) into
+ * Builds the relay (src/proxy/relay/*.c, the data path's system calls in native code) into
  * build/out/relay.node with the system's C compiler, against the headers of the Node that runs
  * this script (the pinned Node 24 ships them beside its binary). Called by `npm install`
  * (prepare), `npm test`, `npm start` and `npm run bench`; the output is never committed.
@@ -18,14 +18,22 @@
  * runs every session on the JavaScript path and logs why at start-up (relay.ts, pool.ts).
  */
 import { execFileSync } from 'node:child_process';
-import { existsSync, mkdirSync, rmSync } from 'node:fs';
+import { existsSync, mkdirSync, readdirSync, rmSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { writeRelayHeader } from './gen-layout.ts';
 
 const root = join(dirname(fileURLToPath(import.meta.url)), '..');
 export const RELAY_NODE = join(root, 'build', 'out', 'relay.node');
-const SOURCE = join(root, 'src', 'proxy', 'relay.c');
+/**
+ * The same sources built with AddressSanitizer and UndefinedBehaviorSanitizer (`--sanitize`, run
+ * by `npm test`): the proxy suite runs once more against it (vitest.config.ts, project
+ * relay-sanitized), with the sanitizers' runtime preloaded into the test processes.
+ */
+export const RELAY_SANITIZED_NODE = join(root, 'build', 'out', 'relay-sanitized.node');
+/** The relay's sources: relay.c (the Node-API surface), loop.c, handoff.c, and relay.h they share. */
+const SOURCE_DIR = join(root, 'src', 'proxy', 'relay');
+const sources = (): string[] => readdirSync(SOURCE_DIR).filter((f) => f.endsWith('.c')).sort().map((f) => join(SOURCE_DIR, f));
 
 /** Where Node's headers are (node_api.h), or undefined. */
 function nodeHeaders(): string | undefined {
@@ -49,15 +57,21 @@ export type RelayBuild = { ok: true } | { ok: false; missing: 'headers' | 'compi
  * the one it is built for, by default this one — tests build one for another). The generated
  * header goes into a `gen` folder beside `out`.
  */
-export function compileRelay(out = RELAY_NODE, defines: string[] = [], node?: { abi: number; version: string }): RelayBuild {
+export function compileRelay(out = RELAY_NODE, defines: string[] = [], node?: { abi: number; version: string }, sanitize = false): RelayBuild {
   const headers = nodeHeaders();
   if (headers === undefined) return { ok: false, missing: 'headers', message: 'no Node headers (node_api.h) beside this Node or in node_modules' };
   mkdirSync(dirname(out), { recursive: true });
   const generated = join(dirname(out), 'gen');
   writeRelayHeader(generated, node);
   const cc = process.env.CC ?? 'cc';
-  const args = ['-O2', '-fPIC', '-shared', '-pthread', '-Wall', '-Wextra', '-Werror', ...defines.map((d) => `-D${d}`),
-    '-I', generated, '-I', headers, '-o', out, SOURCE];
+  // -fvisibility=hidden: what the files give each other stays inside the addon; only its
+  // Node-API init is exported.
+  // Sanitized: every undefined behaviour aborts (no recovery), frames kept for the reports.
+  const optimize = sanitize
+    ? ['-O1', '-g', '-fno-omit-frame-pointer', '-fsanitize=address,undefined', '-fno-sanitize-recover=all']
+    : ['-O2'];
+  const args = [...optimize, '-fPIC', '-shared', '-pthread', '-fvisibility=hidden', '-Wall', '-Wextra', '-Werror',
+    ...defines.map((d) => `-D${d}`), '-I', generated, '-I', headers, '-o', out, ...sources()];
   try {
     execFileSync(cc, args, { stdio: ['ignore', 'inherit', 'inherit'] });
     return { ok: true };
@@ -70,8 +84,22 @@ export function compileRelay(out = RELAY_NODE, defines: string[] = [], node?: { 
   }
 }
 
+/**
+ * The sanitizers' runtime, to preload into a Node that loads the sanitized relay (Node itself is
+ * not built with it, so it must come first: LD_PRELOAD). undefined without one.
+ */
+export function sanitizerRuntime(): string | undefined {
+  try {
+    const lib = execFileSync(process.env.CC ?? 'cc', ['-print-file-name=libasan.so'], { encoding: 'utf8' }).trim();
+    return lib.startsWith('/') && existsSync(lib) ? lib : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
 if (process.argv[1] === fileURLToPath(import.meta.url)) {
-  const r = compileRelay();
+  const sanitize = process.argv.includes('--sanitize');
+  const r = sanitize ? compileRelay(RELAY_SANITIZED_NODE, [], undefined, true) : compileRelay();
   if (!r.ok) {
     // Missing tools: the install goes on, fulcrum runs its JavaScript path. A compile error fails it.
     console.error(`build/relay.ts: ${r.message}${r.missing ? ': the relay is not built, sessions stay on the JavaScript path' : ''}`);

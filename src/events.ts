@@ -20,6 +20,11 @@ export interface BackendStateEvent {
   from: BackendStateName;
   to: BackendStateName;
   cause: string;
+  /**
+   * Down only because no probe has reported the backend's role yet (start-up, added, the service's
+   * role changed): not a health verdict, so its open sessions are not closed (on_marked_down).
+   */
+  awaiting_role?: true;
 }
 
 /** A data-plane worker failed to connect to a backend (passive health). Emitted by the WorkerPool, once per attempt. */

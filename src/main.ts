@@ -17,7 +17,7 @@
  *     reload, they do not own it.
  */
 import { EventEmitter } from 'node:events';
-import { Balancer } from './balancer/balancer.ts';
+import { Balancer, type BackendStateEvent } from './balancer/balancer.ts';
 import { instantiateEngine, loadEngineModule } from './balancer/engine.ts';
 import { checkListens } from './config/listen.ts';
 import { resolveWorkers } from './config/load.ts';
@@ -29,6 +29,7 @@ import type { FulcrumEvents } from './events.ts';
 import { FailoverThread } from './failover/thread.ts';
 import { HealthMonitor } from './health/monitor.ts';
 import { createLogger, type Logger } from './observability/log.ts';
+import { raiseOpenFilesLimit } from './open-files.ts';
 import type { ListenProblem } from './proxy/messages.ts';
 import { WorkerPool } from './proxy/pool.ts';
 import { buildServiceTable } from './proxy/table.ts';
@@ -83,6 +84,8 @@ export interface FulcrumHandle {
 export async function startFulcrum(initial: Config, options: StartOptions = {}): Promise<FulcrumHandle> {
   const logger = options.logger ?? createLogger(initial.logging.level);
   const log = logger.child({ component: 'main' });
+  // Before the workers open sockets in this process's descriptor table (src/open-files.ts).
+  raiseOpenFilesLimit(log);
   const events = new EventEmitter<FulcrumEvents>();
 
   // ── the engine and the balancer ───────────────────────────────────────────
@@ -105,10 +108,7 @@ export async function startFulcrum(initial: Config, options: StartOptions = {}):
     logger,
     reclaim: (workerId) => engine.reclaim(workerId),
   });
-  // Services bound to a VIP start paused: failover resumes them when this instance is master.
-  await pool.start(buildServiceTable(initial, balancer), [...(options.pausedServices ?? []), ...vipBoundServices(initial)]);
-
-  // ── health, the routes, failover, the reload sequence ─────────────────────
+  // ── health, the routes, the listeners, failover, the reload sequence ───────
   const health = new HealthMonitor(initial, { logger, admin: balancer });
   // The config in force is the reload sequence's, built once failover is; until then (a probe
   // may decide while failover starts) it is the initial one.
@@ -118,6 +118,18 @@ export async function startFulcrum(initial: Config, options: StartOptions = {}):
   // The probe thread is up before start-up ends: the first probes decide the backends' states,
   // and its memory is part of what a started fulcrum holds, not a growth seen later.
   if (initial.services.some((s) => s.health)) await health.ready();
+  // A service that routes by role has its backends down until a probe reports their role: the
+  // listeners open after that first round (each probe bounded by its timeout), so the first
+  // clients reach the primary instead of being refused for want of an eligible backend.
+  await health.firstRound();
+
+  // Services bound to a VIP start paused: failover resumes them when this instance is master.
+  try {
+    await pool.start(buildServiceTable(initial, balancer), [...(options.pausedServices ?? []), ...vipBoundServices(initial)]);
+  } catch (err) {
+    health.stop(); // its probes started first: a start that fails leaves no thread or timer behind
+    throw err;
+  }
 
   // On a thread of its own (src/failover/thread.ts): nothing that loads this thread delays a heartbeat.
   let failover: FailoverThread | null = null;

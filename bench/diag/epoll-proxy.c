@@ -7,7 +7,7 @@
  *   epoll-proxy [--yield-point] LISTEN BACKEND [BACKEND…]       (addresses: IPv4 a.b.c.d:port)
  *
  * --yield-point reads the thread's CPU clock before each epoll_wait, as HAProxy's loop does and
- * fulcrum's relay does after each batch (relay.c yield_point()): the comparison that showed why.
+ * fulcrum's relay does after each batch (relay/loop.c yield_point()): the comparison that showed why.
  *
  * Request/response only (rr, churn): a write the kernel does not take whole ends the session
  * rather than being buffered, which never happens with rr's 64-byte messages.

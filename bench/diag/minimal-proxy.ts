@@ -1,6 +1,6 @@
 /**
  * The floor: the least a proxy on Node's TCP handles can do per connection and per chunk — the
- * same handles and calls as src/proxy/splice.ts (through src/proxy/handles.ts), without the
+ * same handles and calls as src/proxy/transport-js.ts (through src/proxy/handles.ts), without the
  * engine, counters, queue, timeouts, pooling or half-close bookkeeping. Round-robin over the
  * backends, one 16 KiB buffer per direction. Only for `node bench/diag.ts --against minimal`;
  * never a product path.

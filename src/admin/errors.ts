@@ -20,6 +20,8 @@ export const ADMIN_ERRORS = {
   CONFLICT: ERROR_CODES.ADMIN_CONFLICT,
   /** 413: the request body is larger than the limit. */
   BODY_TOO_LARGE: ERROR_CODES.ADMIN_BODY_TOO_LARGE,
+  /** 421: the Host header names another server (DNS rebinding); see admin.allowed_hosts. */
+  HOST_NOT_ALLOWED: ERROR_CODES.ADMIN_HOST_NOT_ALLOWED,
   /** 415: the body is not JSON. */
   UNSUPPORTED_MEDIA_TYPE: ERROR_CODES.ADMIN_UNSUPPORTED_MEDIA_TYPE,
   /** 422: a reload was refused because the config file is invalid; `problems` lists each one. */

@@ -18,7 +18,7 @@ import { formatHostPort, type AdminConfig, type BackendConfig } from '../config/
 import type { ReloadSequence } from '../control/reload.ts';
 import type { BackendStateEvent, FulcrumEvents, ProbeEvent } from '../events.ts';
 import type { Logger } from '../observability/log.ts';
-import { Metrics } from '../observability/prom.ts';
+import { Metrics, type ProbeObservation, type RoleObservation } from '../observability/prom.ts';
 import { Stats } from '../observability/stats.ts';
 import { AdminServer, type AdminBalancer, type AdminState, type DescribedService, type ProbeRecord } from './server.ts';
 
@@ -42,6 +42,8 @@ export interface OperationsEvents {
 
 export interface OperationsHealth {
   history(service: string, address: string): readonly ProbeRecord[];
+  /** Every probed backend; `role` once a database check reported one (src/health/monitor.ts). */
+  describe?(): readonly { service: string; address: string; role?: Omit<RoleObservation, 'service' | 'address'> }[];
 }
 
 export interface OperationsFailover {
@@ -85,12 +87,16 @@ export async function startOperations(options: OperationsOptions): Promise<Opera
   const { balancer, health, failover, control, events } = options;
   const stats = new Stats(options.memory);
   const directory = (): readonly DescribedService[] => balancer.describe();
+  // The role each backend last reported: one reading for the metrics, the API and the status page.
+  const roles = (): RoleObservation[] =>
+    health?.describe?.().flatMap((h) => (h.role ? [{ service: h.service, address: h.address, ...h.role }] : [])) ?? [];
 
   const metrics = new Metrics({
     stats,
     directory,
     failover: failover ? () => failover.status() : undefined,
     reloads: () => ({ applied: control.applied, refused: control.refused }),
+    roles,
   });
 
   // ── events ──
@@ -138,6 +144,7 @@ export async function startOperations(options: OperationsOptions): Promise<Opera
       config: options.config,
       reload: control.file !== undefined ? () => control.reloadFile('admin API') : undefined,
       healthHistory: health ? (s, a) => health.history(s, a) : undefined,
+      roles: health?.describe ? roles : undefined,
       status: () => ({
         ...control.summary(),
         ...(failover ? { failover: failover.status() } : {}),

@@ -20,19 +20,25 @@
  * Changes (POST, DELETE) always need `Authorization: Bearer <token>` with the token from
  * `admin.token_file`; reads need it too when `admin.auth_reads` is true. Without a token file,
  * changes are refused (403): an admin port must never change the balancer unauthenticated.
+ *
+ * Before any route: the `Host` header must name this server (421 otherwise: a page on another
+ * site whose name was re-bound to this address must not read the API), and a request refused
+ * before its body was read closes its connection instead of reading the body (the main thread
+ * also sends the heartbeats). Who may hold a connection, and how long: ./connections.ts.
  */
 import { createHash, timingSafeEqual } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
-import type { AddressInfo } from 'node:net';
+import { isIP, type AddressInfo } from 'node:net';
 import { ConfigInvalidError, ConfigUnreadableError, FulcrumError, ListenError } from '../errors.ts';
 import { BACKEND_ADMIN_STATES, backendSchema, formatHostPort, parseHostPort, type AdminConfig, type BackendConfig, type Config } from '../config/schema.ts';
 import { formatPath } from '../config/load.ts';
 import { MAX_WEIGHT } from '../shm/layout.ts';
 import type { Logger } from '../observability/log.ts';
-import type { Metrics } from '../observability/prom.ts';
+import type { Metrics, RoleObservation } from '../observability/prom.ts';
 import type { ServiceStats, Stats } from '../observability/stats.ts';
 import { readSecretFileSync } from '../config/secrets.ts';
+import { ADMIN_LIMITS, ConnectionGuard, type ConnectionCounts } from './connections.ts';
 import { ADMIN_ERRORS, AdminHttpError, badRequest, notFound } from './errors.ts';
 
 /** Request bodies larger than this are refused with 413: the API's bodies are a few hundred bytes. */
@@ -96,12 +102,17 @@ export interface AdminServerOptions {
   reload?: () => Promise<ReloadResult>;
   /** Recent probe results of a backend, oldest first. */
   healthHistory?: (service: string, address: string) => readonly ProbeRecord[];
+  /** The role each backend with a database check last reported, and when. */
+  roles?: () => readonly RoleObservation[];
 }
 
 const sha256 = (s: string): Buffer => createHash('sha256').update(s).digest();
 
 /** Reads the admin token from admin.token_file (config/secrets.ts's rule). */
 export const readToken = (file: string): string => readSecretFileSync('admin.token_file', file).toString('utf8');
+
+/** A backend's last reported role as /api/services and /api/status show it (`at`: epoch ms). */
+const roleView = (r: RoleObservation) => ({ reported: r.reported, at: r.at, eligible: r.eligible });
 
 let statusPageCache: string | undefined;
 function statusPage(): string {
@@ -130,8 +141,23 @@ interface Reply {
 
 const json = (status: number, body: unknown): Reply => ({ status, body });
 
-/** Connections the admin server holds at once; more are closed as they arrive. */
-export const ADMIN_MAX_CONNECTIONS = 64;
+/** Connections the admin server holds at once (see ./connections.ts for who gets one). */
+export const ADMIN_MAX_CONNECTIONS = ADMIN_LIMITS.max;
+
+/** Wildcard listen addresses: the server answers on every local address. */
+const WILDCARDS = new Set(['0.0.0.0', '::']);
+const isLoopback = (host: string): boolean => host === 'localhost' || host === '::1' || (isIP(host) === 4 && host.startsWith('127.'));
+
+/**
+ * The host names a request's `Host` header may carry (lower case, without port): the listen
+ * address, the loopback aliases, and `admin.allowed_hosts`. A wildcard listen address admits any
+ * IP literal too (which local address a client used is not known here); a DNS rebinding attack
+ * always arrives with a name, never an IP literal, so literals are safe to admit.
+ */
+function allowedHosts(admin: AdminConfig): { names: Set<string>; anyLiteral: boolean } {
+  const names = new Set(['localhost', '127.0.0.1', '::1', admin.listen.host.toLowerCase(), ...admin.allowed_hosts.map((h) => h.toLowerCase())]);
+  return { names, anyLiteral: WILDCARDS.has(admin.listen.host) };
+}
 
 export class AdminServer {
   readonly #options: AdminServerOptions;
@@ -141,22 +167,36 @@ export class AdminServer {
   /** SHA-256 of the token (compared in constant time), or undefined when changes are disabled. */
   #tokenHash: Buffer | undefined;
   #authReads: boolean;
+  #hosts: { names: Set<string>; anyLiteral: boolean };
+  readonly #guard: ConnectionGuard;
   readonly #startedAt = Date.now();
 
   constructor(options: AdminServerOptions) {
     this.#options = options;
     this.#log = options.logger.child({ component: 'admin' });
     this.#authReads = options.admin.auth_reads;
+    this.#hosts = allowedHosts(options.admin);
     this.#tokenHash = options.admin.token_file ? sha256(readToken(options.admin.token_file)) : undefined;
     this.#routes = this.#makeRoutes();
-    this.#server = createServer({ requestTimeout: 30_000, headersTimeout: 10_000 }, (req, res) => {
+    // Node's own timeouts stay as a second net; ConnectionGuard's per-connection timers are the
+    // bound that holds (Node checks these only every connectionsCheckingInterval).
+    this.#server = createServer({
+      requestTimeout: ADMIN_LIMITS.headersMs + ADMIN_LIMITS.bodyMs,
+      headersTimeout: ADMIN_LIMITS.headersMs,
+      connectionsCheckingInterval: 1_000,
+    }, (req, res) => {
       void this.#dispatch(req, res);
     });
     // Scrapers and the status page poll with keep-alive; close() must not wait for them.
     this.#server.keepAliveTimeout = 5_000;
-    // An operator's tool, not a public service: a client that opens connections without end is
-    // refused past this many (HAProxy's stats socket defaults to 10) before it runs out the process's files.
-    this.#server.maxConnections = ADMIN_MAX_CONNECTIONS;
+    // An operator's tool, not a public service: bounded connections, per client, with tight
+    // timeouts, and room made for a new connection by closing the oldest idle one.
+    this.#guard = new ConnectionGuard(this.#server, ADMIN_LIMITS, this.#log);
+  }
+
+  /** Connections refused, evicted and timed out so far (status). */
+  get connectionCounts(): ConnectionCounts {
+    return { ...this.#guard.counts };
   }
 
   async listen(): Promise<void> {
@@ -170,6 +210,14 @@ export class AdminServer {
       });
     });
     this.#log.info({ url: this.url, changes: this.#tokenHash ? 'token' : 'disabled (no admin.token_file)' }, 'admin server listening');
+    this.#warnIfOpen(this.#options.admin.listen, this.#authReads);
+  }
+
+  /** At start and when a reload opens reads: beyond loopback, reads without a token are everyone's. */
+  #warnIfOpen(listen: { host: string; port: number }, authReads: boolean): void {
+    if (isLoopback(listen.host) || authReads) return;
+    this.#log.warn({ listen: formatHostPort(listen) },
+      'admin API listens beyond loopback and serves reads (services, backends, metrics) without a token: set admin.auth_reads: true with admin.token_file, or listen on 127.0.0.1');
   }
 
   /** The address actually bound (port 0 resolved). */
@@ -190,8 +238,10 @@ export class AdminServer {
   prepareAdminConfig(admin: AdminConfig): () => void {
     const hash = admin.token_file ? sha256(readToken(admin.token_file)) : undefined;
     return () => {
+      if (this.#authReads && !admin.auth_reads) this.#warnIfOpen(admin.listen, false);
       this.#tokenHash = hash;
       this.#authReads = admin.auth_reads;
+      this.#hosts = allowedHosts(admin);
     };
   }
 
@@ -217,6 +267,7 @@ export class AdminServer {
   async #dispatch(req: IncomingMessage, res: ServerResponse): Promise<void> {
     let reply: Reply;
     try {
+      this.#checkHost(req);
       const url = new URL(req.url ?? '/', 'http://admin');
       reply = await this.#route(req, url);
     } catch (err) {
@@ -232,6 +283,10 @@ export class AdminServer {
       payload = JSON.stringify(reply.body) + '\n';
     }
     if (reply.status === 401) headers['www-authenticate'] = 'Bearer realm="fulcrum"';
+    // Answered before its body was read (refused, or a route that reads none): the connection
+    // closes after the reply instead of Node reading the rest of the body on this thread to
+    // reach a next request.
+    if (!req.complete) headers.connection = 'close';
     res.writeHead(reply.status, headers);
     res.end(payload);
   }
@@ -257,6 +312,17 @@ export class AdminServer {
     }
     if (pathMatched) throw new AdminHttpError(405, ADMIN_ERRORS.METHOD_NOT_ALLOWED, `${method} is not allowed on ${url.pathname}`);
     throw notFound(`no route ${method} ${url.pathname}`);
+  }
+
+  /** 421 unless the Host header names this server (see allowedHosts); HTTP/1.0 without one passes. */
+  #checkHost(req: IncomingMessage): void {
+    const header = req.headers.host;
+    if (header === undefined) return;
+    const hp = parseHostPort(header, true);
+    const host = hp?.host.toLowerCase();
+    if (host !== undefined && (this.#hosts.names.has(host) || (this.#hosts.anyLiteral && isIP(host) !== 0))) return;
+    throw new AdminHttpError(421, ADMIN_ERRORS.HOST_NOT_ALLOWED,
+      `host: must name this server (its listen address, localhost, or one of admin.allowed_hosts), got ${JSON.stringify(header.slice(0, 80))}`);
   }
 
   #authorize(req: IncomingMessage, change: boolean): void {
@@ -333,6 +399,7 @@ export class AdminServer {
     const described = this.#options.balancer.describe();
     const stats = new Map<string, ServiceStats>(this.#options.stats.snapshot(described).map((s) => [s.name, s]));
     const config = this.#options.config?.();
+    const roles = new Map((this.#options.roles?.() ?? []).map((r) => [`${r.service}\u0000${r.address}`, r]));
     return described.map((s) => {
       const st = stats.get(s.name)!;
       const sc = config?.services.find((x) => x.name === s.name);
@@ -349,6 +416,7 @@ export class AdminServer {
         backends: s.backends.map((b, j) => {
           const bs = st.backends[j];
           const history = this.#options.healthHistory?.(s.name, b.address);
+          const role = roles.get(`${s.name}\u0000${b.address}`);
           return {
             ...b,
             address: b.address,
@@ -361,6 +429,8 @@ export class AdminServer {
             counters: bs.counters,
             removing: b.removed === true,
             ...(history ? { health_history: history } : {}),
+            // "replica, not eligible" reads apart from a dead server: the role it reported, and when.
+            ...(role ? { role: roleView(role) } : {}),
           };
         }),
       };
@@ -374,6 +444,8 @@ export class AdminServer {
       started_at: new Date(this.#startedAt).toISOString(),
       uptime_s: Math.round((Date.now() - this.#startedAt) / 1000),
       changes_enabled: this.#tokenHash !== undefined,
+      ...(this.#options.roles ? { roles: this.#options.roles().map((r) => ({ service: r.service, backend: r.address, ...roleView(r) })) } : {}),
+      admin_connections: this.connectionCounts,
       ...this.#options.status?.(),
     };
   }
@@ -476,14 +548,14 @@ async function readJsonBody(req: IncomingMessage): Promise<Record<string, unknow
   }
   const chunks: Buffer[] = [];
   let size = 0;
-  // Past the limit the rest is read and dropped (bounded by the server's requestTimeout), so the
-  // client still gets its 413 instead of a reset connection.
+  // Past the limit nothing more is read: the 413 goes out and the connection closes (#dispatch).
   for await (const chunk of req as AsyncIterable<Buffer>) {
     size += chunk.length;
-    if (size <= MAX_BODY_BYTES) chunks.push(chunk);
-  }
-  if (size > MAX_BODY_BYTES) {
-    throw new AdminHttpError(413, ADMIN_ERRORS.BODY_TOO_LARGE, `body: must be at most ${MAX_BODY_BYTES} bytes, got ${size}`);
+    if (size > MAX_BODY_BYTES) {
+      req.pause();
+      throw new AdminHttpError(413, ADMIN_ERRORS.BODY_TOO_LARGE, `body: must be at most ${MAX_BODY_BYTES} bytes, got more`);
+    }
+    chunks.push(chunk);
   }
   const text = Buffer.concat(chunks).toString('utf8').trim();
   if (text.length === 0) return {};

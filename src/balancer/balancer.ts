@@ -9,9 +9,14 @@
  *   so a late `release` from an old session can never decrement a new occupant's count.
  * - Members of a service sorted by "host:port" (plain code-unit order, never locale order), so that
  *   two instances with the same backends build byte-identical Maglev tables.
- * - Record state = admin state × health: maint > drain > (health up ? up : down). Every backend
- *   starts with health up, with or without a health check (as HAProxy, a server is assumed up until
- *   a check proves it down), so traffic flows from the first second.
+ * - Record state = admin state × health: maint > drain > (health up ? up : down). A backend starts
+ *   with health up, with or without a health check (as HAProxy, a server is assumed up until a check
+ *   proves it down), so traffic flows from the first second — except in a service that routes by
+ *   role (`routedRole`: a redis/postgres/mysql check with role primary or replica): there a backend
+ *   starts down, "awaiting its role", until its first probe reports it — at start-up, when added
+ *   (reload, runtime API) and when a reload changes the service's role — so no connection reaches
+ *   a server whose role nobody has seen. That first verdict is not a recovery (no slow start) and
+ *   the down is not a verdict (on_marked_down does not apply; see BackendStateEvent.awaiting_role).
  * - Effective weight = weight × WEIGHT_SCALE, or during slow start weight × step, where step goes
  *   1 → WEIGHT_SCALE over `slow_start` (one step every slow_start / WEIGHT_SCALE, each rebuilding the
  *   ring), after a transition into up from any other state — not at start-up.
@@ -19,6 +24,7 @@
 import { EventEmitter } from 'node:events';
 import type { BackendStateEvent, BalancerEvents } from '../events.ts';
 import type { Logger } from '../observability/log.ts';
+import { realClock, type Clock, type ClockTimer } from '../util/clock.ts';
 import type { Engine } from './engine.ts';
 import { SharedRecords } from './records.ts';
 import { backendHashes } from './hash.ts';
@@ -28,7 +34,7 @@ import {
   B_EFF_WEIGHT, B_MAX_CONN, B_WEIGHT, B_FLAGS, MAX_BACKENDS, MAX_MEMBERS, MAX_SERVICES, MAX_WEIGHT, SERVICE_ACTIVE,
   SERVICE_FREE, S_PRIMARY_UP, S_BACKUP_UP, WEIGHT_SCALE, type AlgorithmName, type BackendStateName,
 } from '../shm/layout.ts';
-import { formatHostPort, parseHostPort, type BackendConfig, type Config, type HostPort, type ServiceConfig } from '../config/schema.ts';
+import { formatHostPort, parseHostPort, routedRole, type BackendConfig, type Config, type HostPort, type ServiceConfig } from '../config/schema.ts';
 
 export type AdminState = 'ready' | 'drain' | 'maint';
 
@@ -43,6 +49,8 @@ export interface BackendDescription {
   state: BackendStateName;
   admin_state: AdminState;
   health: 'up' | 'down';
+  /** Down until a probe reports its role (a service that routes by role; see the header). */
+  awaiting_role: boolean;
   backup: boolean;
   active: number;
   /** 0 = unlimited. */
@@ -93,9 +101,11 @@ interface BackendEntry {
   /** The admin state the config last asked for: a reload changes `admin` only when this changes. */
   configAdmin: AdminState;
   healthUp: boolean;
+  /** In a service that routes by role: no probe has reported the role yet (healthUp is false). */
+  awaitingRole: boolean;
   /** 0 when at full weight, else the slow-start step 1..WEIGHT_SCALE-1. */
   rampStep: number;
-  rampTimer: NodeJS.Timeout | undefined;
+  rampTimer: ClockTimer | undefined;
   state: BackendStateName;
 }
 
@@ -134,13 +144,16 @@ export class Balancer extends EventEmitter<BalancerEvents> {
   private readonly retiring: Retiring[] = [];
   /** Removed services whose S_ACTIVE has not reached 0. */
   private readonly retiringServices: number[] = [];
-  private reaper: NodeJS.Timeout | undefined;
+  private reaper: ClockTimer | undefined;
+  /** Paces the slow-start steps and the drain reaper; tests drive one by hand. */
+  private readonly clock: Clock;
 
-  constructor(memory: WebAssembly.Memory, engine: Engine, logger: Logger) {
+  constructor(memory: WebAssembly.Memory, engine: Engine, logger: Logger, clock: Clock = realClock) {
     super();
     this.records = new SharedRecords(memory);
     this.engine = engine;
     this.log = logger.child({ component: 'balancer' });
+    this.clock = clock;
   }
 
   // ── configuration ──────────────────────────────────────────────────────────
@@ -225,6 +238,10 @@ export class Balancer extends EventEmitter<BalancerEvents> {
 
   private updateService(entry: ServiceEntry, config: ServiceConfig): { added: number; removed: number } {
     const hadHealth = entry.config.health !== undefined;
+    const role = routedRole(config.health);
+    // A new role to route to (or a new check that sees roles): what probes saw before says nothing
+    // about it, so kept backends wait for their next probe's answer, as new ones do.
+    const roleChanged = role !== null && role !== routedRole(entry.config.health);
     entry.config = config;
     this.writeServiceFields(entry);
     const keys = new Set(config.backends.map((b) => formatHostPort(b.address)));
@@ -252,9 +269,16 @@ export class Balancer extends EventEmitter<BalancerEvents> {
         e.admin = b.state;
       }
       // Without health checks nothing would ever mark a backend up again.
-      if (hadHealth && config.health === undefined) e.healthUp = true;
+      if (hadHealth && config.health === undefined) {
+        e.healthUp = true;
+        e.awaitingRole = false;
+      }
+      if (roleChanged) {
+        e.healthUp = false;
+        e.awaitingRole = true;
+      }
       this.writeBackendFields(e);
-      this.refresh(e, 'reload');
+      this.refresh(e, roleChanged ? `reload: role ${role} not yet seen` : 'reload');
     }
     this.writeMembers(entry);
     this.engine.rebuild(entry.index);
@@ -296,6 +320,7 @@ export class Balancer extends EventEmitter<BalancerEvents> {
     if (index < 0) throw new CapacityError(`backends: all ${MAX_BACKENDS} slots are in use (removed backends with open connections still hold theirs)`);
     this.backendSlots[index] = SLOT_USED;
     const address = formatHostPort(config.address);
+    const role = routedRole(service.config.health);
     const e: BackendEntry = {
       service, index, address,
       target: { host: config.address.host, port: config.address.port },
@@ -304,7 +329,8 @@ export class Balancer extends EventEmitter<BalancerEvents> {
       backup: config.backup,
       admin: config.state,
       configAdmin: config.state,
-      healthUp: true,
+      healthUp: role === null,
+      awaitingRole: role !== null,
       rampStep: 0,
       rampTimer: undefined,
       state: 'free',
@@ -322,7 +348,7 @@ export class Balancer extends EventEmitter<BalancerEvents> {
       hashOffset: offset,
       hashSkip: skip,
     });
-    this.refresh(e, 'added', true);
+    this.refresh(e, role === null ? 'added' : `added: role ${role} not yet seen`, true);
     return e;
   }
 
@@ -357,11 +383,11 @@ export class Balancer extends EventEmitter<BalancerEvents> {
     else if (to !== 'up') this.stopRamp(e);
     this.records.setBackendField(e.index, B_EFF_WEIGHT, this.effectiveWeight(e));
     this.records.setBackendState(e.index, STATE_CODE[to]);
-    this.emitState(e.service.name, e.address, e.index, from, to, cause);
+    this.emitState(e.service.name, e.address, e.index, from, to, cause, to === 'down' && e.awaitingRole);
   }
 
-  private emitState(service: string, address: string, backend: number, from: BackendStateName, to: BackendStateName, cause: string): void {
-    const event: BackendStateEvent = { service, address, backend, from, to, cause };
+  private emitState(service: string, address: string, backend: number, from: BackendStateName, to: BackendStateName, cause: string, awaitingRole = false): void {
+    const event: BackendStateEvent = { service, address, backend, from, to, cause, ...(awaitingRole ? { awaiting_role: true as const } : {}) };
     this.log.info(event, 'backend state');
     this.emit('backend-state', event);
   }
@@ -372,7 +398,7 @@ export class Balancer extends EventEmitter<BalancerEvents> {
     this.stopRamp(e);
     e.rampStep = 1;
     const stepMs = Math.max(1, Math.floor(e.service.config.slow_start / WEIGHT_SCALE));
-    e.rampTimer = setInterval(() => {
+    e.rampTimer = this.clock.setInterval(() => {
       if (!this.byIndex.has(e.index) || this.byIndex.get(e.index) !== e) return this.stopRamp(e);
       e.rampStep++;
       if (e.rampStep >= WEIGHT_SCALE) this.stopRamp(e);
@@ -384,7 +410,7 @@ export class Balancer extends EventEmitter<BalancerEvents> {
 
   private stopRamp(e: BackendEntry): void {
     e.rampStep = 0;
-    if (e.rampTimer) clearInterval(e.rampTimer);
+    this.clock.clearInterval(e.rampTimer);
     e.rampTimer = undefined;
   }
 
@@ -393,9 +419,12 @@ export class Balancer extends EventEmitter<BalancerEvents> {
   /** Health result from a probe (or passive failures): marks the backend up or down. */
   setHealth(service: string, address: string | HostPort, up: boolean, cause: string): void {
     const e = this.find(service, address);
+    // The first verdict on a backend awaiting its role: up is its start, not a recovery (no slow start).
+    const first = e.awaitingRole;
+    e.awaitingRole = false;
     if (e.healthUp === up) return;
     e.healthUp = up;
-    this.refresh(e, cause);
+    this.refresh(e, cause, first);
     this.engine.rebuild(e.service.index);
   }
 
@@ -499,20 +528,20 @@ export class Balancer extends EventEmitter<BalancerEvents> {
       this.retiringServices.splice(i, 1);
     }
     if (this.retiring.length === 0 && this.retiringServices.length === 0 && this.reaper) {
-      clearInterval(this.reaper);
+      this.clock.clearInterval(this.reaper);
       this.reaper = undefined;
     }
   }
 
   private scheduleReaper(): void {
     if (this.reaper) return;
-    this.reaper = setInterval(() => this.reap(), DRAIN_POLL_MS);
+    this.reaper = this.clock.setInterval(() => this.reap(), DRAIN_POLL_MS);
     this.reaper.unref();
   }
 
   /** Stops the slow-start and drain timers (at shutdown, and in tests). */
   close(): void {
-    if (this.reaper) clearInterval(this.reaper);
+    this.clock.clearInterval(this.reaper);
     this.reaper = undefined;
     for (const s of this.services.values()) for (const e of s.backends.values()) this.stopRamp(e);
   }
@@ -563,7 +592,7 @@ export class Balancer extends EventEmitter<BalancerEvents> {
           index: r.index, address: r.address,
           weight: this.records.backendField(r.index, B_WEIGHT),
           effective_weight: this.records.backendField(r.index, B_EFF_WEIGHT) / WEIGHT_SCALE,
-          state: 'drain', admin_state: 'drain', health: 'up',
+          state: 'drain', admin_state: 'drain', health: 'up', awaiting_role: false,
           backup: (this.records.backendField(r.index, B_FLAGS) & BF_BACKUP) !== 0,
           active: this.records.backendActive(r.index),
           max_connections: this.records.backendField(r.index, B_MAX_CONN),
@@ -595,6 +624,7 @@ export class Balancer extends EventEmitter<BalancerEvents> {
       state: e.state,
       admin_state: e.admin,
       health: e.healthUp ? 'up' : 'down',
+      awaiting_role: e.awaitingRole,
       backup: e.backup,
       active: this.records.backendActive(e.index),
       max_connections: e.maxConnections,

@@ -12,7 +12,7 @@ import { fileURLToPath } from 'node:url';
 import { EngineMismatchError } from '../errors.ts';
 import {
   checkHeader, INIT_OK, INIT_BAD_MAGIC, INIT_BAD_VERSION, INIT_BAD_WORKER, INIT_HEAP_OVERLAP,
-  MAGIC, LAYOUT_VERSION, MAX_WORKERS, LAYOUT_BASE, HEADER_OFFSET, H_MAGIC, H_VERSION,
+  MAGIC, LAYOUT_VERSION, MAX_WORKERS, LAYOUT_BASE, HEADER_OFFSET, H_MAGIC, H_VERSION, MAX_TRIED, W_TRIED, scratchAddr,
 } from '../shm/layout.ts';
 
 export const ENGINE_WASM_PATH = fileURLToPath(new URL('../../build/out/engine.wasm', import.meta.url));
@@ -26,8 +26,12 @@ export interface Engine {
   init(workerId: number): number;
   /** Hot path, once per accepted connection: admission + pick. Backend id ≥ 0 or PICK_*. */
   acquire(service: number, hash: number): number;
-  /** After a failed connect: gives back `failed`, excludes it, picks another. The service slot stays held. */
-  reacquire(service: number, hash: number, failed: number): number;
+  /**
+   * After a failed connect: gives back `failed` and picks a backend this connection has not tried:
+   * neither `failed` nor the first `tried` entries of the worker's tried list, which the caller
+   * writes first (`triedList`). The service slot stays held.
+   */
+  reacquire(service: number, hash: number, failed: number, tried: number): number;
   /** At session end: gives back the backend (if ≥ 0) and service slots; bumps and notifies S_RELEASE_SEQ when connections are queued. */
   release(service: number, backend: number): void;
   /** Control plane only: recounts up tiers, rebuilds and flips the service's ring. */
@@ -37,10 +41,6 @@ export interface Engine {
    * slots it still held (from its tallies in shared memory). Returns how many.
    */
   reclaim(workerId: number): number;
-  /** Clears this instance's tried list. */
-  resetTried(): void;
-  /** Adds a backend to this instance's tried list (up to MAX_TRIED). */
-  excludeBackend(backend: number): void;
   /** Per-algorithm entries (tests, benchmarks). Picks take a backend slot like acquire does. */
   maglevBuild(service: number, ring: number): number;
   maglevPick(service: number, hash: number): number;
@@ -86,4 +86,13 @@ export function instantiateEngine(module: WebAssembly.Module, memory: WebAssembl
   if (code !== INIT_OK) throw new EngineMismatchError(describeInit(code, memory, workerId));
   engine.seedRandom(randomInt(1, 0x7fffffff));
   return engine;
+}
+
+/**
+ * Worker `workerId`'s tried list in the shared memory (MAX_TRIED backend ids): a connection about
+ * to retry writes the backends it tried into it and passes their count to `reacquire`. Made once
+ * per worker; the list is only valid for the call that follows the write.
+ */
+export function triedList(memory: WebAssembly.Memory, workerId: number): Uint16Array {
+  return new Uint16Array(memory.buffer, scratchAddr(workerId) + W_TRIED, MAX_TRIED);
 }

@@ -2,15 +2,15 @@
  * Reading and validating a config file. Every problem is reported at once, each as
  * "path: what is wrong, got <value>", so `fulcrum check` reads like `haproxy -c`.
  */
-import { readFileSync, statSync } from 'node:fs';
+import { closeSync, constants as fsConstants, fstatSync, openSync, readFileSync, type Stats } from 'node:fs';
 import { availableParallelism } from 'node:os';
 import { dirname, resolve } from 'node:path';
 import { Worker } from 'node:worker_threads';
-import { parseDocument } from 'yaml';
+import { isMap, isScalar, LineCounter, parseDocument, visit, type Document } from 'yaml';
 import type { z } from 'zod';
 import { ConfigInvalidError, ConfigUnreadableError, type ConfigProblem } from '../errors.ts';
 import { MAX_BACKENDS } from '../shm/layout.ts';
-import { configSchema, formatHostPort, type Config } from './schema.ts';
+import { configSchema, formatHostPort, ROLE_HEALTH_TYPES, type Config } from './schema.ts';
 import { resolveSecretPaths } from './secrets.ts';
 
 export type { Config } from './schema.ts';
@@ -87,8 +87,14 @@ function crossChecks(config: Config): ConfigProblem[] {
     const h = s.health;
     if (h) {
       if (h.type === 'send_expect' && !h.send_expect) problems.push({ path: `${at}.health.send_expect`, message: 'is required when health.type is send_expect' });
-      if (h.role !== 'any' && !['redis', 'postgres', 'mysql'].includes(h.type)) {
+      if (h.role !== 'any' && !ROLE_HEALTH_TYPES.includes(h.type)) {
         problems.push({ path: `${at}.health.role`, message: `needs health.type redis, postgres or mysql, got ${JSON.stringify(h.role)} with type ${JSON.stringify(h.type)}` });
+      }
+      for (const section of ['redis', 'postgres', 'mysql'] as const) {
+        const t = h[section];
+        if (t?.ca_file !== undefined && t.tls !== 'verify-full') {
+          problems.push({ path: `${at}.health.${section}.ca_file`, message: `needs health.${section}.tls: verify-full, got tls ${JSON.stringify(t.tls)}` });
+        }
       }
       if (h.timeout > h.interval) problems.push({ path: `${at}.health.timeout`, message: `must not exceed health.interval (${h.interval}ms), got ${h.timeout}ms` });
     }
@@ -104,12 +110,44 @@ function crossChecks(config: Config): ConfigProblem[] {
   return problems;
 }
 
+/**
+ * Keys repeated within one mapping, each as a problem naming the key and its line. yaml's own
+ * `uniqueKeys` check compares every key of a mapping with every other (40,000 keys took 15 s, a
+ * 2.5 MB file under MAX_CONFIG_BYTES over 30 s); this keeps one Set per mapping, so it is linear.
+ * Scalar keys compare by value (as yaml's check does: `1` and `"1"` differ); a key that is itself
+ * a collection is rare enough in a config to be compared by its text.
+ */
+function duplicateKeys(doc: Document, lines: LineCounter): ConfigProblem[] {
+  const problems: ConfigProblem[] = [];
+  visit(doc, {
+    Map(_key, map) {
+      if (!isMap(map)) return;
+      const seen = new Set<unknown>();
+      for (const pair of map.items) {
+        const k = pair.key;
+        const value = isScalar(k) ? k.value : k === null ? null : String(k);
+        if (!seen.has(value)) {
+          seen.add(value);
+          continue;
+        }
+        const at = (k as { range?: [number, number, number] } | null)?.range?.[0];
+        const where = at === undefined ? '' : ` at line ${lines.linePos(at).line}`;
+        problems.push({ path: '', message: `YAML: duplicate key ${formatValue(value)}${where}` });
+      }
+    },
+  });
+  return problems;
+}
+
 /** Validates YAML text; throws ConfigInvalidError listing every problem. */
 export function parseConfig(text: string, file = '<config>'): Config {
-  const doc = parseDocument(text, { prettyErrors: true, uniqueKeys: true });
+  const lines = new LineCounter();
+  const doc = parseDocument(text, { prettyErrors: true, uniqueKeys: false, lineCounter: lines });
   if (doc.errors.length > 0) {
     throw new ConfigInvalidError(file, yamlProblems(doc.errors));
   }
+  const duplicates = duplicateKeys(doc, lines);
+  if (duplicates.length > 0) throw new ConfigInvalidError(file, duplicates);
   let data: unknown;
   try {
     // yaml refuses to expand an alias bomb ("billion laughs") here, with a ReferenceError: it is
@@ -134,21 +172,48 @@ export function parseConfig(text: string, file = '<config>'): Config {
  */
 export const MAX_CONFIG_BYTES = 4 * 1024 * 1024;
 
-/** Reads and validates a config file. */
-export function loadConfig(file: string): Config {
-  let text: string;
+/** What a non-regular file is, for the message that refuses it. */
+function kindOf(st: Stats): string {
+  if (st.isFIFO()) return 'a FIFO';
+  if (st.isDirectory()) return 'a directory';
+  if (st.isSocket()) return 'a socket';
+  if (st.isCharacterDevice()) return 'a character device';
+  if (st.isBlockDevice()) return 'a block device';
+  return 'not a regular file';
+}
+
+/**
+ * The text of a config file, read only if it is a regular file of at most MAX_CONFIG_BYTES. It is
+ * opened non-blocking and checked on the descriptor it is read from: opening a FIFO for reading
+ * blocks until a writer comes (a reload waited for ever, and every later reload queued behind
+ * it), and checking the path first would leave a window for the file to be swapped.
+ */
+function readConfigFile(file: string): string {
+  let fd: number;
   try {
-    const size = statSync(file).size;
-    if (size > MAX_CONFIG_BYTES) {
-      throw new ConfigUnreadableError(file, `is ${size} bytes; a config file may have at most ${MAX_CONFIG_BYTES} (4 MiB)`);
+    fd = openSync(file, fsConstants.O_RDONLY | fsConstants.O_NONBLOCK);
+  } catch (err) {
+    throw new ConfigUnreadableError(file, `cannot read: ${(err as Error).message}`, err);
+  }
+  try {
+    const st = fstatSync(fd);
+    if (!st.isFile()) throw new ConfigUnreadableError(file, `is ${kindOf(st)}; a config must be a regular file`);
+    if (st.size > MAX_CONFIG_BYTES) {
+      throw new ConfigUnreadableError(file, `is ${st.size} bytes; a config file may have at most ${MAX_CONFIG_BYTES} (4 MiB)`);
     }
-    text = readFileSync(file, 'utf8');
+    return readFileSync(fd, 'utf8');
   } catch (err) {
     if (err instanceof ConfigUnreadableError) throw err;
     throw new ConfigUnreadableError(file, `cannot read: ${(err as Error).message}`, err);
+  } finally {
+    closeSync(fd);
   }
+}
+
+/** Reads and validates a config file. */
+export function loadConfig(file: string): Config {
   // Relative secret paths mean "beside this config file", wherever fulcrum was started from.
-  return resolveSecretPaths(parseConfig(text, file), dirname(resolve(file)));
+  return resolveSecretPaths(parseConfig(readConfigFile(file), file), dirname(resolve(file)));
 }
 
 /** What load-worker.ts posts back: the config, or the error's parts to build it again here. */
@@ -157,27 +222,48 @@ export type OffThreadResult =
   | { ok: false; code: string; message: string; why?: string; problems?: ConfigProblem[] };
 
 /**
+ * How long a reload's loading thread may take before it is ended and the reload refused. The
+ * largest file MAX_CONFIG_BYTES allows parses in ≈ 8 s on a busy machine; a reload that takes
+ * longer is stuck on something (a file system that does not answer), and the reloads queued
+ * behind it must not wait for ever.
+ */
+export const RELOAD_LOAD_TIMEOUT_MS = 30_000;
+
+/**
  * loadConfig on a worker thread of its own, for reloads while the process serves: parsing is
  * slow (the `yaml` package composes ≈ 0.5 MB/s, so the largest config takes ≈ 0.4 s) and the main
  * thread also sends the heartbeats — held up past Master_Down_Interval (≈ 300 ms by default) the
- * peer would take the VIP. Rejects with the same errors loadConfig throws.
+ * peer would take the VIP. Rejects with the same errors loadConfig throws, and with
+ * ConfigUnreadableError when the thread has not answered within `timeoutMs` (it is then ended).
  */
-export function loadConfigOffThread(file: string): Promise<Config> {
+export function loadConfigOffThread(file: string, timeoutMs = RELOAD_LOAD_TIMEOUT_MS): Promise<Config> {
   return new Promise((resolve, reject) => {
     let settled = false;
     const worker = new Worker(new URL('./load-worker.ts', import.meta.url), { workerData: { file }, name: 'fulcrum-config' });
-    worker.once('message', (r: OffThreadResult) => {
+    const timer = setTimeout(() => {
+      if (settled) return;
       settled = true;
+      void worker.terminate();
+      reject(new ConfigUnreadableError(file, `cannot be loaded: no result within ${timeoutMs}ms (the loading thread was ended)`));
+    }, timeoutMs);
+    timer.unref();
+    worker.once('message', (r: OffThreadResult) => {
+      if (settled) return;
+      settled = true;
+      clearTimeout(timer);
       if (r.ok) resolve(r.config);
       else if (r.code === 'FULCRUM_ERR_CONFIG_INVALID') reject(new ConfigInvalidError(file, r.problems ?? []));
       else if (r.code === 'FULCRUM_ERR_CONFIG_UNREADABLE') reject(new ConfigUnreadableError(file, r.why ?? r.message));
       else reject(new ConfigUnreadableError(file, `cannot be loaded: ${r.message}`));
     });
     worker.once('error', (err) => {
+      if (settled) return;
       settled = true;
+      clearTimeout(timer);
       reject(new ConfigUnreadableError(file, `cannot be loaded: ${err.message}`, err));
     });
     worker.once('exit', (code) => {
+      clearTimeout(timer);
       if (!settled) reject(new ConfigUnreadableError(file, `cannot be loaded: the loading thread exited with code ${code}`));
     });
   });

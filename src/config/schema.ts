@@ -129,13 +129,47 @@ const httpCheckSchema = z.strictObject({
   expect_status: intIn(100, 599).default(200),
 });
 
+/**
+ * TLS to the backend, for the redis, postgres and mysql probes (as libpq's sslmode): disable,
+ * require (encrypted, whoever answers), verify-full (the chain checked against ca_file, or the
+ * system's CAs, and the name or address the backend is configured with).
+ */
+export const PROBE_TLS_MODES = ['disable', 'require', 'verify-full'] as const;
+const tlsSettings = {
+  tls: oneOf(PROBE_TLS_MODES).default('disable'),
+  /** PEM file of the CAs a verify-full probe trusts; needs tls: verify-full. */
+  ca_file: nonEmptyString('file path').optional(),
+};
+
 const dbCheckSchema = z.strictObject({
   user: nonEmptyString('user name').optional(),
   password_file: nonEmptyString('file path').optional(),
   database: nonEmptyString('database name').optional(),
+  ...tlsSettings,
 });
 
+/**
+ * PostgreSQL password authentication the probe accepts, weakest allowed: scram (SCRAM-SHA-256
+ * only, the default), md5 (also MD5), password (also cleartext). The probe gives its password
+ * to whatever answers at the backend's address: cleartext hands it over, MD5 a replayable hash.
+ */
+export const POSTGRES_AUTH = ['scram', 'md5', 'password'] as const;
+
 export const HEALTH_TYPES = ['tcp', 'send_expect', 'http', 'redis', 'postgres', 'mysql'] as const;
+
+/** Health types that ask the server its role (ROLE / INFO replication, pg_is_in_recovery(), @@read_only). */
+export const ROLE_HEALTH_TYPES: readonly (typeof HEALTH_TYPES)[number][] = ['redis', 'postgres', 'mysql'];
+
+/**
+ * The role a service routes to, or null when its check does not route by role (no check, a type
+ * that cannot see roles, or role: any). A service with a role routes only to backends whose role a
+ * probe has seen: they start down until then (src/balancer/balancer.ts), a wrong-role answer takes
+ * one out at once (src/health/monitor.ts).
+ */
+export function routedRole(health: { type: string; role: string } | undefined): 'primary' | 'replica' | null {
+  if (!health || (health.role !== 'primary' && health.role !== 'replica')) return null;
+  return (ROLE_HEALTH_TYPES as readonly string[]).includes(health.type) ? health.role : null;
+}
 
 export const healthSchema = z.strictObject({
   type: oneOf(HEALTH_TYPES).default('tcp'),
@@ -149,8 +183,8 @@ export const healthSchema = z.strictObject({
   observe_failures: intIn(0, 100).default(1),
   send_expect: sendExpectSchema.optional(),
   http: httpCheckSchema.optional(),
-  redis: z.strictObject({ password_file: nonEmptyString('file path').optional(), user: nonEmptyString('user name').optional() }).optional(),
-  postgres: dbCheckSchema.optional(),
+  redis: z.strictObject({ password_file: nonEmptyString('file path').optional(), user: nonEmptyString('user name').optional(), ...tlsSettings }).optional(),
+  postgres: dbCheckSchema.extend({ auth: oneOf(POSTGRES_AUTH).default('scram') }).optional(),
   mysql: dbCheckSchema.optional(),
 });
 
@@ -230,6 +264,8 @@ export const adminSchema = z.strictObject({
   token_file: nonEmptyString('file path').optional(),
   /** Require the token for reads (GET) too, not only for changes. */
   auth_reads: bool().default(false),
+  /** Host names (besides the listen address and localhost) a request's Host header may carry. */
+  allowed_hosts: z.array(requestText('a host name', (v) => parseHostPort(v, true) !== undefined)).default([]),
 });
 
 export const loggingSchema = z.strictObject({

@@ -200,14 +200,15 @@ export class ReloadSequence {
       // adding or removing the section, wait for a restart (the report says so), so the config
       // in force keeps the running values.
       balancer.apply(next);
+      // 4. health follows the balancer with nothing awaited between them: a probe still asking a
+      // service's old role must not decide for the new one in the gap.
+      health.update(next);
       if (failover && next.ha) failover.reconfigure(next.ha);
       this.#config = { ...next, ha: failover ? failover.settings : undefined };
       if (diff.logging) {
         this.#parts.setLogLevel?.(next.logging.level);
         await pool.setLogging({ level: next.logging.level, connections: next.logging.connections });
       }
-      // 4.
-      health.update(next);
       // 5, 6.
       const problems = await this.#syncServices();
       // 7. The role is read now: a role change while the reload ran acted on the services before it.

@@ -66,7 +66,7 @@ export function installRoutes(parts: RouteParts): () => void {
   };
   const onBackendState = (ev: BackendStateEvent): void => {
     if (ev.to === 'maint' || ev.from === 'maint') health.adminStateChanged(ev.service, ev.address);
-    if (ev.to === 'down' && parts.config().services.find((s) => s.name === ev.service)?.on_marked_down === 'shutdown_sessions') {
+    if (ev.to === 'down' && !ev.awaiting_role && parts.config().services.find((s) => s.name === ev.service)?.on_marked_down === 'shutdown_sessions') {
       pool.killBackend(ev.backend).then(
         (killed) => log.info({ service: ev.service, backend: ev.address, killed }, 'closed the sessions of a backend marked down'),
         (err) => log.error({ err }, 'closing sessions of a backend marked down failed'),

@@ -4,9 +4,9 @@
  * reports roles to whoever wires it (src/control/routes.ts): 'role' {from, to, cause} on every
  * change; the listeners on the VIP start or stop accepting through the setAccepting it is given.
  *
- * Timers use Node's timers (libuv's monotonic clock), and ages in status() use performance.now(),
- * so a wall-clock step never declares the peer dead; only the heartbeat's timestamp (checked
- * against a window, see heartbeat.ts) uses the wall clock.
+ * Timers and the ages in status() use a Clock (src/util/clock.ts: by default Node's timers and
+ * performance.now(), libuv's monotonic clock), so a wall-clock step never declares the peer dead;
+ * only the heartbeat's timestamp (checked against a window, see heartbeat.ts) uses the wall clock.
  */
 import { EventEmitter } from 'node:events';
 import { readFileSync } from 'node:fs';
@@ -14,6 +14,7 @@ import { formatHostPort, HA_RESTART_ONLY, type HaConfig } from '../config/schema
 import type { FailoverEvents } from '../events.ts';
 import type { Logger } from '../observability/log.ts';
 import type { FAULT_KINDS } from '../observability/prom.ts';
+import { realClock, type Clock, type ClockTimer } from '../util/clock.ts';
 import { HaAddressError } from './errors.ts';
 import { FailoverFsm, ipv4ToInt, masterDownInterval, type Action, type Role, type Step, type VipFailure } from './fsm.ts';
 import { Heartbeat, readSecret, staleWindowMs, DROP_REASONS, type Advert, type DropReason } from './heartbeat.ts';
@@ -39,6 +40,8 @@ export interface FailoverOptions {
   operstateFile?: (iface: string) => string;
   /** The `ip` and `arping` binaries (default: found on PATH). */
   commands?: { ip?: string; arping?: string };
+  /** Paces adverts and times out the master and the peer; the real clock by default (tests drive one by hand). */
+  clock?: Clock;
 }
 
 export interface FailoverStatus {
@@ -100,11 +103,12 @@ export class Failover extends EventEmitter<FailoverEvents> {
   private readonly operstateFile: (iface: string) => string;
   private readonly bindAddress: number;
   private readonly peerAddress: number;
+  private readonly clock: Clock;
 
-  private tickTimer: NodeJS.Timeout | null = null;
-  private masterDownTimer: NodeJS.Timeout | null = null;
-  private peerTimer: NodeJS.Timeout | null = null;
-  private vipRetryTimer: NodeJS.Timeout | null = null;
+  private tickTimer: ClockTimer | null = null;
+  private masterDownTimer: ClockTimer | null = null;
+  private peerTimer: ClockTimer | null = null;
+  private vipRetryTimer: ClockTimer | null = null;
   /** Actions that touch the system run one after another, in the order the FSM gave them. */
   private actions: Promise<unknown> = Promise.resolve();
   private accepting = false;
@@ -125,6 +129,7 @@ export class Failover extends EventEmitter<FailoverEvents> {
     this.backendsUp = opts.backendsUp;
     this.setAccepting = opts.setAccepting;
     this.operstateFile = opts.operstateFile ?? ((iface) => `/sys/class/net/${iface}/operstate`);
+    this.clock = opts.clock ?? realClock;
     this.bindAddress = ipv4ToInt(c.bind.host);
     if (this.bindAddress < 0) throw new HaAddressError('ha.bind', formatHostPort(c.bind));
     this.peerAddress = ipv4ToInt(c.peer.host);
@@ -164,7 +169,7 @@ export class Failover extends EventEmitter<FailoverEvents> {
       dead_after: c.dead_after, preempt: c.preempt, epoch: hb.epoch,
     }, 'failover starting');
     this.handle(this.fsm.start());
-    this.tickTimer = setInterval(() => this.tick(), c.advert_interval);
+    this.tickTimer = this.clock.setInterval(() => this.tick(), c.advert_interval);
     void hb.send(this.fsm.current, this.fsm.priority);
   }
 
@@ -175,12 +180,12 @@ export class Failover extends EventEmitter<FailoverEvents> {
   async stop(): Promise<void> {
     if (this.stopped) return;
     this.stopped = true;
-    if (this.tickTimer) clearInterval(this.tickTimer);
+    this.clock.clearInterval(this.tickTimer);
     this.tickTimer = null;
     this.handle(this.fsm.stop());
     await this.actions;
     this.clearMasterDown();
-    if (this.peerTimer) clearTimeout(this.peerTimer);
+    this.clock.clearTimeout(this.peerTimer);
     this.peerTimer = null;
     if (this.vip.held) await this.vip.remove();
     await this.vip.idle();
@@ -209,8 +214,8 @@ export class Failover extends EventEmitter<FailoverEvents> {
     this.hb?.retime(c.advert_interval, staleWindowMs(c.dead_after, c.advert_interval, c.max_clock_skew));
     this.vip.setGarp(c.garp);
     if (c.advert_interval !== prev.advert_interval && this.tickTimer) {
-      clearInterval(this.tickTimer);
-      this.tickTimer = setInterval(() => this.tick(), c.advert_interval);
+      this.clock.clearInterval(this.tickTimer);
+      this.tickTimer = this.clock.setInterval(() => this.tick(), c.advert_interval);
     }
     this.handle(this.fsm.reconfigure({ priority: c.priority, advertIntervalMs: c.advert_interval, deadAfter: c.dead_after, preempt: c.preempt }));
     if (JSON.stringify(c.track) !== JSON.stringify(prev.track) && this.tickTimer) this.checkTrack();
@@ -234,7 +239,7 @@ export class Failover extends EventEmitter<FailoverEvents> {
         address: formatHostPort(c.peer),
         role: f.peer?.role ?? null,
         priority: f.peer?.priority ?? null,
-        last_advert_ms_ago: this.lastAdvertAt === null ? null : Math.round(performance.now() - this.lastAdvertAt),
+        last_advert_ms_ago: this.lastAdvertAt === null ? null : Math.round(this.clock.now() - this.lastAdvertAt),
         alive: f.peer?.alive ?? false,
       },
       failovers: this.failovers,
@@ -265,12 +270,12 @@ export class Failover extends EventEmitter<FailoverEvents> {
 
   private onAdvert(a: Advert): void {
     if (this.stopped) return;
-    this.lastAdvertAt = performance.now();
+    this.lastAdvertAt = this.clock.now();
     // Peer liveness (any heartbeat, whatever its state): lost after Master_Down_Interval of silence.
-    if (this.peerTimer) clearTimeout(this.peerTimer);
-    this.peerTimer = setTimeout(() => {
+    this.clock.clearTimeout(this.peerTimer);
+    this.peerTimer = this.clock.setTimeout(() => {
       this.peerTimer = null;
-      this.log.warn({ peer: formatHostPort(this.config.peer), silent_ms: Math.round(performance.now() - (this.lastAdvertAt ?? 0)) }, 'peer lost: no valid heartbeat');
+      this.log.warn({ peer: formatHostPort(this.config.peer), silent_ms: Math.round(this.clock.now() - (this.lastAdvertAt ?? 0)) }, 'peer lost: no valid heartbeat');
       this.handle(this.fsm.peerLost());
     }, masterDownInterval(this.fsm.priority, a.intervalMs, this.config.dead_after));
     this.handle(this.fsm.advert({ role: a.role, priority: a.priority, address: a.senderAddress, intervalMs: a.intervalMs }));
@@ -330,7 +335,7 @@ export class Failover extends EventEmitter<FailoverEvents> {
     switch (action.type) {
       case 'armMasterDown':
         this.clearMasterDown();
-        this.masterDownTimer = setTimeout(() => {
+        this.masterDownTimer = this.clock.setTimeout(() => {
           this.masterDownTimer = null;
           this.handle(this.fsm.masterDown());
         }, action.ms);
@@ -374,7 +379,7 @@ export class Failover extends EventEmitter<FailoverEvents> {
         return;
       case 'armVipRetry':
         this.clearVipRetry();
-        this.vipRetryTimer = setTimeout(() => {
+        this.vipRetryTimer = this.clock.setTimeout(() => {
           this.vipRetryTimer = null;
           this.handle(this.fsm.vipRetry());
         }, action.ms);
@@ -420,12 +425,12 @@ export class Failover extends EventEmitter<FailoverEvents> {
   }
 
   private clearVipRetry(): void {
-    if (this.vipRetryTimer) clearTimeout(this.vipRetryTimer);
+    this.clock.clearTimeout(this.vipRetryTimer);
     this.vipRetryTimer = null;
   }
 
   private clearMasterDown(): void {
-    if (this.masterDownTimer) clearTimeout(this.masterDownTimer);
+    this.clock.clearTimeout(this.masterDownTimer);
     this.masterDownTimer = null;
   }
 }

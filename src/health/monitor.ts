@@ -10,8 +10,15 @@
  * - each probe bounded by `timeout` (an AbortSignal the probe honours, plus a safety net here so
  *   a probe that ignores it still cannot stall the monitor);
  * - results pass through a rise/fall Dampener; the first result after start, after the backend
- *   was added by a reload, or after it leaves maint decides at once (so a replica never takes
- *   a primary's traffic for fall × interval at start-up);
+ *   was added by a reload, after its check changed (type or role: probed again at once) or after
+ *   it leaves maint decides at once;
+ * - role (a service that routes by role, `routedRole`): its backends start down (as the balancer
+ *   starts them) until a probe reports their role; an answer with the wrong role takes the backend
+ *   out at once — the role is a fact, not a flaky signal, so no `fall` wait — while errors and
+ *   timeouts still go through `fall`; it comes back after `rise` answers with the right role (a
+ *   role that flaps does not flap the routing). firstRound() tells start-up when every such
+ *   backend has had its first answer. The role each backend last reported, and when, is kept for
+ *   the status page, the API and the metrics;
  * - passive health (HAProxy's `observe layer4`): `observe_failures` consecutive connect failures
  *   reported by the data plane mark the backend down at once; probes bring it back (rise);
  * - backends in maint are not probed. The admin state (drain, maint) is the balancer's: the
@@ -27,17 +34,27 @@
  */
 import { EventEmitter } from 'node:events';
 import type { HealthEvents, ProbeEvent, TransitionEvent } from '../events.ts';
-import { formatHostPort, HEALTH_TYPES, type Config, type HealthConfig, type HostPort } from '../config/schema.ts';
+import { formatHostPort, HEALTH_TYPES, routedRole, type Config, type HealthConfig, type HostPort } from '../config/schema.ts';
 import { silentLogger, type Logger } from '../observability/log.ts';
+import { realClock, type Clock, type ClockTimer } from '../util/clock.ts';
 import { Dampener, type HealthState } from './dampener.ts';
 import { ProbeThread } from './probe-thread.ts';
-import type { Probe, ProbeResult } from './probes/probe.ts';
+import type { Probe, ProbeResult, Role } from './probes/probe.ts';
 
 export type { ProbeEvent, TransitionEvent } from '../events.ts';
 
 export interface HistoryEntry extends ProbeResult {
   /** Epoch milliseconds when the probe finished. */
   at: number;
+}
+
+/** The role a backend last reported. */
+export interface RoleSeen {
+  reported: Role;
+  /** Epoch milliseconds of the probe that reported it. */
+  at: number;
+  /** The service routes to this role (always true with role: any). */
+  eligible: boolean;
 }
 
 export interface BackendHealth {
@@ -49,6 +66,8 @@ export interface BackendHealth {
   maint: boolean;
   connect_failures: number;
   last?: HistoryEntry;
+  /** Database checks: the role this backend last reported, once one has. */
+  role?: RoleSeen;
 }
 
 /** Who owns drain and maint (the Balancer): the monitor asks, it never keeps its own copy. */
@@ -67,6 +86,8 @@ export interface HealthMonitorOptions {
   historySize?: number;
   /** Fraction of the interval each delay may vary by, both ways. */
   jitter?: number;
+  /** Schedules probes, bounds them and measures them; the real clock by default (tests drive one by hand). */
+  clock?: Clock;
 }
 
 /** How long past its timeout a probe may take before the monitor gives up on it. */
@@ -82,11 +103,13 @@ interface Tracked {
   /** In maint when last asked: not probed. */
   maint: boolean;
   connectFailures: number;
-  timer: NodeJS.Timeout | null;
+  timer: ClockTimer | null;
   inFlight: AbortController | null;
   /** Bumped whenever a result must be ignored (stop, removal, maint): in-flight probes compare. */
   epoch: number;
   history: HistoryEntry[];
+  /** The role the server last reported, and when (epoch ms). */
+  role: { reported: Role; at: number } | null;
   log: Logger;
 }
 
@@ -100,9 +123,15 @@ export class HealthMonitor extends EventEmitter<HealthEvents> {
   readonly #onThread: Set<HealthConfig['type']>;
   readonly #historySize: number;
   readonly #jitter: number;
+  readonly #clock: Clock;
   readonly #tracked = new Map<string, Tracked>();
   readonly #admin: AdminStates | undefined;
+  /** firstRound() callers, resolved when no backend of a service that routes by role is pending. */
+  readonly #roundWaiters: Array<() => void> = [];
   #stopped = false;
+  /** Probes skipped since the last log line about them (#skip). */
+  #skipped = 0;
+  #skipLoggedAt = -Infinity;
 
   constructor(config: Config, options: HealthMonitorOptions = {}) {
     super();
@@ -114,6 +143,7 @@ export class HealthMonitor extends EventEmitter<HealthEvents> {
     this.#historySize = options.historySize ?? 20;
     this.#jitter = options.jitter ?? 0.1;
     this.#admin = options.admin;
+    this.#clock = options.clock ?? realClock;
     this.update(config);
   }
 
@@ -138,9 +168,17 @@ export class HealthMonitor extends EventEmitter<HealthEvents> {
         const h = svc.health;
         if (h.rise !== t.health.rise || h.fall !== t.health.fall) t.dampener = new Dampener(t.dampener.state, h.rise, h.fall);
         const typeChanged = h.type !== t.health.type || h.role !== t.health.role;
+        // A new role to route to: down until a probe answers, as the balancer holds it.
+        const roleChanged = routedRole(h) !== null && routedRole(h) !== routedRole(t.health);
         t.health = h;
-        // A new kind of check decides afresh; the old dampened state stays until it does.
-        if (typeChanged) t.pending = true;
+        // A new kind of check decides afresh, at once: a probe in flight asked the old question.
+        // Otherwise the old dampened state stays until the new check decides.
+        if (typeChanged) {
+          this.#halt(t);
+          t.pending = true;
+          if (roleChanged) t.dampener.force('down');
+          if (!t.maint) this.#schedule(t, 0);
+        }
         // The balancer has applied this config first (src/control/reload.ts): its answer holds
         // the config's `state` and what was set at run time.
         this.#followAdmin(t);
@@ -150,6 +188,7 @@ export class HealthMonitor extends EventEmitter<HealthEvents> {
       if (!seen.has(key)) {
         this.#halt(t);
         this.#tracked.delete(key);
+        this.#thread.forget(key);
       }
     }
   }
@@ -197,6 +236,19 @@ export class HealthMonitor extends EventEmitter<HealthEvents> {
     return [...this.#tracked.values()].map((t) => this.#describeOne(t));
   }
 
+  /**
+   * Resolves once every backend of a service that routes by role (not in maint) has had its first
+   * probe result, or the monitor stopped. Each probe is bounded by its timeout, so this is too:
+   * start-up awaits it before the listeners open, so the first clients find the primary rather
+   * than no eligible backend.
+   */
+  firstRound(): Promise<void> {
+    return new Promise((resolve) => {
+      this.#roundWaiters.push(resolve);
+      this.#checkRound();
+    });
+  }
+
   /** Resolves once the probe thread runs (the probes wait for it themselves; tests that time them do too). */
   ready(): Promise<void> {
     return this.#thread.ready();
@@ -206,6 +258,7 @@ export class HealthMonitor extends EventEmitter<HealthEvents> {
   stop(): void {
     this.#stopped = true;
     for (const t of this.#tracked.values()) this.#halt(t);
+    this.#checkRound();
     void this.#thread.close();
   }
 
@@ -220,6 +273,7 @@ export class HealthMonitor extends EventEmitter<HealthEvents> {
       maint: t.maint,
       connect_failures: t.connectFailures,
       ...(t.history.length ? { last: t.history[t.history.length - 1] } : {}),
+      ...(t.role ? { role: { ...t.role, eligible: isEligible(t.role.reported, t.health) } } : {}),
     };
   }
 
@@ -242,18 +296,28 @@ export class HealthMonitor extends EventEmitter<HealthEvents> {
     }
   }
 
+  #checkRound(): void {
+    if (this.#roundWaiters.length === 0) return;
+    if (!this.#stopped) {
+      for (const t of this.#tracked.values()) if (t.pending && !t.maint && routedRole(t.health) !== null) return;
+    }
+    for (const w of this.#roundWaiters.splice(0)) w();
+  }
+
   #add(service: string, address: string, target: HostPort, health: HealthConfig): void {
     const maint = this.#isMaint(service, address);
     const t: Tracked = {
       service, address, target, health, maint,
-      // Assumed up until the first probe decides (the balancer starts backends up).
-      dampener: new Dampener('up', health.rise, health.fall),
+      // As the balancer starts it: assumed up until the first probe decides, except where the
+      // service routes by role (down until a probe reports the role).
+      dampener: new Dampener(routedRole(health) === null ? 'up' : 'down', health.rise, health.fall),
       pending: true,
       connectFailures: 0,
       timer: null,
       inFlight: null,
       epoch: 0,
       history: [],
+      role: null,
       log: this.#log.child({ service, backend: address }),
     };
     this.#tracked.set(keyOf(service, address), t);
@@ -263,20 +327,20 @@ export class HealthMonitor extends EventEmitter<HealthEvents> {
 
   #halt(t: Tracked): void {
     t.epoch++;
-    if (t.timer) clearTimeout(t.timer);
+    this.#clock.clearTimeout(t.timer);
     t.timer = null;
     t.inFlight?.abort();
     t.inFlight = null;
   }
 
   #schedule(t: Tracked, delay: number): void {
-    if (t.timer) clearTimeout(t.timer);
+    this.#clock.clearTimeout(t.timer);
     // A probe in flight reschedules itself when it ends; never start a second one.
     if (t.inFlight) {
       t.timer = null;
       return;
     }
-    t.timer = setTimeout(() => void this.#probe(t), delay);
+    t.timer = this.#clock.setTimeout(() => void this.#probe(t), delay);
     t.timer.unref();
   }
 
@@ -294,41 +358,59 @@ export class HealthMonitor extends EventEmitter<HealthEvents> {
     // not the backend's time to answer.
     if (onThread) {
       t.inFlight = new AbortController();
-      await this.#thread.ready();
+      await this.#thread.ready(keyOf(t.service, t.address));
       t.inFlight = null;
       if (epoch !== t.epoch || this.#stopped || t.maint) return;
     }
     const controller = new AbortController();
     t.inFlight = controller;
-    const started = performance.now();
-    const timer = setTimeout(() => controller.abort(), health.timeout);
+    const clock = this.#clock;
+    const started = clock.now();
+    const timer = clock.setTimeout(() => controller.abort(), health.timeout);
     let result: ProbeResult;
-    let safety: NodeJS.Timeout | undefined;
+    let safety: ClockTimer | undefined;
     try {
       const probe = this.#probes[health.type];
       result = await Promise.race([
-        probe(t.target, health, controller.signal),
+        probe(t.target, health, controller.signal, keyOf(t.service, t.address)),
         new Promise<ProbeResult>((resolve) => {
-          safety = setTimeout(() => {
+          safety = clock.setTimeout(() => {
             const reason = `timeout after ${health.timeout}ms (probe did not stop when asked)`;
-            if (onThread) this.#thread.unresponsive(`${t.service} ${t.address}: ${reason}`);
-            resolve({ ok: false, reason, latency_ms: performance.now() - started });
+            if (onThread) this.#thread.unresponsive(`${t.service} ${t.address}: ${reason}`, keyOf(t.service, t.address));
+            resolve({ ok: false, reason, latency_ms: clock.now() - started });
           }, health.timeout + SAFETY_MARGIN_MS);
         }),
       ]);
     } catch (err) {
       // Probes do not throw by contract; a bug here still must not take the monitor down.
-      result = { ok: false, reason: `probe error: ${(err as Error)?.message ?? err}`, latency_ms: performance.now() - started };
+      result = { ok: false, reason: `probe error: ${(err as Error)?.message ?? err}`, latency_ms: clock.now() - started };
     } finally {
-      clearTimeout(timer);
-      clearTimeout(safety);
+      clock.clearTimeout(timer);
+      clock.clearTimeout(safety);
       controller.abort();
     }
     if (t.inFlight === controller) t.inFlight = null;
     if (epoch !== t.epoch || this.#stopped) return;
-    this.#record(t, result);
-    const elapsed = performance.now() - started;
+    if (result.skipped !== undefined) this.#skip(t, result);
+    else this.#record(t, result);
+    const elapsed = clock.now() - started;
     this.#schedule(t, Math.max(0, this.#jittered(t.health.interval) - elapsed));
+  }
+
+  /**
+   * A probe that could not be made here (ProbeResult.skipped): no history, no dampener, no
+   * transition; the 'probe' event carries `skipped` (a metric counts it). Comes in bursts (every
+   * probe while the open-files limit is reached): one log line a minute at most, with the count.
+   */
+  #skip(t: Tracked, result: ProbeResult): void {
+    this.#skipped++;
+    this.emit('probe', { service: t.service, address: t.address, ...result } satisfies ProbeEvent);
+    const now = this.#clock.now();
+    if (now - this.#skipLoggedAt < 60_000) return;
+    this.#skipLoggedAt = now;
+    this.#log.error({ service: t.service, backend: t.address, skipped: this.#skipped, why: result.skipped },
+      `health probes skipped, not counted against backends: ${result.reason}`);
+    this.#skipped = 0;
   }
 
   #record(t: Tracked, result: ProbeResult): void {
@@ -337,11 +419,18 @@ export class HealthMonitor extends EventEmitter<HealthEvents> {
     if (t.history.length > this.#historySize) t.history.shift();
     this.emit('probe', { service: t.service, address: t.address, ...result } satisfies ProbeEvent);
     if (result.ok) t.connectFailures = 0;
+    if (result.role !== undefined) t.role = { reported: result.role, at: entry.at };
 
     if (t.pending) {
       t.pending = false;
       t.dampener.force(result.ok ? 'up' : 'down');
       this.#emitTransition(t, result.ok, `first probe: ${result.reason}`, true);
+      this.#checkRound();
+      return;
+    }
+    if (result.role !== undefined && !isEligible(result.role, t.health)) {
+      // The wrong role is a fact, not a flaky signal: out at once (and a rise streak starts over).
+      if (t.dampener.force('down') !== null) this.#emitTransition(t, false, result.reason, false);
       return;
     }
     const changed = t.dampener.onResult(result.ok);
@@ -360,4 +449,10 @@ export class HealthMonitor extends EventEmitter<HealthEvents> {
     else t.log.warn({ cause, initial }, 'backend unhealthy');
     this.emit('transition', { service: t.service, address: t.address, up, cause, initial } satisfies TransitionEvent);
   }
+}
+
+/** Whether a service with this check routes to a server of this role. */
+function isEligible(role: Role, health: HealthConfig): boolean {
+  const want = routedRole(health);
+  return want === null || want === role;
 }

@@ -30,6 +30,23 @@ export interface ProbeObservation {
   ok: boolean;
   /** How long the probe took, in milliseconds. */
   latency_ms: number;
+  /** The probe could not be made here (out of files…): counted as result "skipped", nothing else. */
+  skipped?: string;
+}
+
+/** Roles a database check can report (the label values of fulcrum_backend_role). */
+export const BACKEND_ROLES = ['primary', 'replica'] as const;
+
+/** The role a backend last reported (the health monitor keeps it; read per scrape). */
+export interface RoleObservation {
+  service: string;
+  /** Backend "host:port". */
+  address: string;
+  reported: (typeof BACKEND_ROLES)[number];
+  /** Epoch milliseconds of the probe that reported it. */
+  at: number;
+  /** The service routes to this role. */
+  eligible: boolean;
 }
 
 export interface MetricsSources {
@@ -43,6 +60,8 @@ export interface MetricsSources {
   failover?: () => { role: string; transitions: number; fault?: { kind: string } | null; errors?: Record<string, number> } | undefined;
   /** Reloads applied and refused since start. */
   reloads?: () => { applied: number; refused: number };
+  /** The role each backend with a database check last reported. */
+  roles?: () => readonly RoleObservation[];
 }
 
 type ServiceLabels = 'service';
@@ -163,7 +182,7 @@ export class Metrics {
       labelNames: ['service', 'backend'], buckets: [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5], registers,
     });
     this.#probes = new Counter<BackendLabels | 'result'>({
-      name: METRICS_PREFIX + 'health_probes_total', help: 'Health probes by result (ok, fail).',
+      name: METRICS_PREFIX + 'health_probes_total', help: 'Health probes by result (ok, fail; skipped: not made, fulcrum out of files, memory or local ports).',
       labelNames: ['service', 'backend', 'result'], registers,
     });
     const lastProbe = this.#lastProbe;
@@ -181,6 +200,28 @@ export class Metrics {
       collect() {
         this.reset();
         for (const p of lastProbe.values()) this.set({ service: p.service, backend: p.address }, p.ok ? 1 : 0);
+      },
+    });
+
+    // ── roles (read from the health monitor per scrape: backends it no longer probes disappear) ──
+    const roles = sources.roles;
+    new Gauge<BackendLabels | 'role'>({
+      name: METRICS_PREFIX + 'backend_role',
+      help: `1 for the role the backend last reported (${BACKEND_ROLES.join(', ')}), 0 for the other; absent until a database check reports one.`,
+      labelNames: ['service', 'backend', 'role'], registers,
+      collect() {
+        this.reset();
+        for (const r of roles?.() ?? []) {
+          for (const role of BACKEND_ROLES) this.set({ service: r.service, backend: r.address, role }, r.reported === role ? 1 : 0);
+        }
+      },
+    });
+    new Gauge<BackendLabels>({
+      name: METRICS_PREFIX + 'backend_role_reported_timestamp_seconds', help: 'When the backend last reported its role (Unix time).',
+      labelNames: ['service', 'backend'], registers,
+      collect() {
+        this.reset();
+        for (const r of roles?.() ?? []) this.set({ service: r.service, backend: r.address }, r.at / 1000);
       },
     });
 
@@ -236,6 +277,10 @@ export class Metrics {
   /** Records one health probe result (from the health monitor's 'probe' event). */
   observeProbe(p: ProbeObservation): void {
     const labels = { service: p.service, backend: p.address };
+    if (p.skipped !== undefined) {
+      this.#probes.inc({ ...labels, result: 'skipped' });
+      return;
+    }
     this.#probeDuration.observe(labels, p.latency_ms / 1000);
     this.#probes.inc({ ...labels, result: p.ok ? 'ok' : 'fail' });
     // Copy the four fields: the event object may carry more and must not be kept alive whole.
@@ -248,6 +293,7 @@ export class Metrics {
     this.#probeDuration.remove({ service, backend });
     this.#probes.remove({ service, backend, result: 'ok' });
     this.#probes.remove({ service, backend, result: 'fail' });
+    this.#probes.remove({ service, backend, result: 'skipped' });
   }
 
   /** The Prometheus text exposition of everything, read now. */

@@ -1,6 +1,6 @@
 /**
  * Node's TCP handles, used without net.Socket: the sockets of the JavaScript data path (the native
- * relay, relay.c, makes its own; it borrows a handle's fd only for accept_proxy services).
+ * relay, relay/*.c, makes its own; it borrows a handle's fd only for accept_proxy services).
  *
  * A net.Socket wraps libuv's TCP handle in a Duplex stream: per chunk, a WriteWrap, the Writable's
  * state machine, an afterWrite tick and a re-armed timer; per connection, two stream states and

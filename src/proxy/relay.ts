@@ -1,13 +1,13 @@
 /**
- * The native relay (relay.c, built into build/out/relay.node): the system calls of the data path
+ * The native relay (relay/*.c, built into build/out/relay.node): the system calls of the data path
  * — accept, connect, and moving bytes both ways — without a call into JavaScript per connection or
- * per chunk. splice.ts keeps every decision (admission and pick, queue, retries, PROXY headers,
+ * per chunk. The session core (core.ts) keeps every decision (admission and pick, queue, retries, PROXY headers,
  * timeouts, counters, logs) and tells the relay what to do; the relay reports back in one call per
  * event-loop wake.
  *
- * The event and stats layout shared with relay.c is in src/shm/layout.ts (relay.c includes it as
+ * The event and stats layout shared with relay/ is in src/shm/layout.ts (relay/relay.h includes it as
  * a generated header; a built relay is checked against it at load, through its `constants()`).
- * An ACCEPT may carry a connection another worker's relay accepted and handed over (relay.c: the
+ * An ACCEPT may carry a connection another worker's relay accepted and handed over (relay/handoff.c: the
  * workers even out their connections); it comes on this worker's listener for that address.
  *
  * The relay is built against the headers of the Node that runs fulcrum (build/relay.ts: it uses
@@ -50,7 +50,8 @@ export interface RelayBinding {
   watch(slot: number, clientFd: number): number;
   /** Whether the slot had a session; its sockets are closed but a kept or Node-owned client. */
   stop(slot: number, keepClient: boolean): boolean;
-  closeFd(fd: number): void;
+  /** 0, or -EBADF: only a client the relay accepted and JS holds outside a session is closed. */
+  closeFd(fd: number): number;
   /** Fills out[0] = family << 16 | port, out[1..4] = address bytes; 0 or a negative errno. */
   localAddress(fd: number, out: Int32Array): number;
   /** What it was built with: the layout constants, nodeAbi, and nodeVersion (a string). */
@@ -70,7 +71,10 @@ const EXPECTED: Record<string, number> = {
 export function loadRelay(env: NodeJS.ProcessEnv = process.env, path = RELAY_PATH): RelayBinding | string {
   const setting = env.FULCRUM_RELAY ?? 'on';
   if (setting === 'off') return 'FULCRUM_RELAY=off';
-  if (setting !== 'on') return `FULCRUM_RELAY=${setting} is neither on nor off`;
+  // A path names another build of the relay (the tests run the proxy suite against one built with
+  // AddressSanitizer and UndefinedBehaviorSanitizer: build/relay.ts --sanitize).
+  if (setting.endsWith('.node')) path = setting;
+  else if (setting !== 'on') return `FULCRUM_RELAY=${setting} is neither on, off nor the path of a relay build (….node)`;
   if (!existsSync(path)) return `${path} is not built (npm install builds it with the C compiler: apt-get install gcc libc6-dev)`;
   let binding: RelayBinding;
   try {

@@ -1,8 +1,12 @@
 /**
- * A data-plane worker thread: its own engine instance over the shared memory, one listener per
- * service (reusePort, so the kernel spreads accepts among workers; with the relay, a worker
- * holding two connections more than another hands new ones over: relay.c), the sessions of
- * splice.ts. Started by pool.ts; everything it is told arrives as a MainToWorker message.
+ * A data-plane worker thread: its own engine instance over the shared memory, the session core
+ * (core.ts) and its transports, and every listener of the worker, on both paths: one per service
+ * (reusePort, so the kernel spreads accepts among workers; with the relay, a worker holding two
+ * connections more than another hands new ones over: relay/handoff.c). A listener is the
+ * relay's (`relay.listen`) or a Node server whose connections a transport takes as raw handles
+ * (`acceptOn`): the JavaScript transport, or on the relay path for accept_proxy services,
+ * the relay's lent clients. Started by pool.ts; everything it is told arrives as a MainToWorker
+ * message.
  */
 import { lookup } from 'node:dns/promises';
 import { createServer, isIP, type Server } from 'node:net';
@@ -13,11 +17,12 @@ import { instantiateEngine } from '../balancer/engine.ts';
 import { formatHostPort } from '../config/address.ts';
 import { CONNECTION_LOG_MSG, createLogger, type Logger } from '../observability/log.ts';
 import type { ListenProblem, MainToWorker, ServiceEntry, WorkerInit, WorkerToMain } from './messages.ts';
+import { DataPath, type DataPathContext } from './core.ts';
 import { loadRelay } from './relay.ts';
-import {
-  attachListener, beginShutdown, closeRelayListener, dropQueue, initDataPath, killAll, killBackend, listenRelay, relayOn,
-  ServiceRuntime, sessions, setBackends, updateRelayRuntime, updateRuntime, type CloseRecord, type DataPathContext,
-} from './splice.ts';
+import type { CloseRecord, ServiceRuntime } from './session.ts';
+import { JsTransport } from './transport-js.ts';
+import { RelayTransport } from './transport-relay.ts';
+import { acceptOn, type ServerTransport } from './transport.ts';
 
 const init = workerData as WorkerInit;
 const port = parentPort!;
@@ -59,8 +64,8 @@ function onLocalError(errno: number, service: string, during: 'accept' | 'connec
 
 // The native relay makes the data path's system calls (relay.ts) when the pool says it loads;
 // else Node's TCP handles do (the pool logged why, once).
-const relay = init.relay ? loadRelay() : null;
-if (typeof relay === 'string') throw new Error(`the native relay loaded in the main thread but not in worker ${init.workerId}: ${relay}`);
+const binding = init.relay ? loadRelay() : null;
+if (typeof binding === 'string') throw new Error(`the native relay loaded in the main thread but not in worker ${init.workerId}: ${binding}`);
 
 let stopWaiter: (() => void) | null = null;
 const dataPath: DataPathContext = {
@@ -71,9 +76,11 @@ const dataPath: DataPathContext = {
   onClose: init.logging.connections ? logConnection : null,
   onIdle: () => stopWaiter?.(),
   onLocalError,
-  relay,
 };
-initDataPath(dataPath);
+const core = new DataPath(dataPath);
+const relay = binding === null ? null : new RelayTransport(core, binding);
+/** Who takes a Node server's connections: the JavaScript transport, or (relay path, accept_proxy) the relay's lent clients. */
+const handles: ServerTransport = relay === null ? new JsTransport(core) : relay.lent;
 
 /** A reload changed `logging`: the level applies to the next line, per-connection lines to the next close. */
 function setLogging(level: string, connections: boolean): void {
@@ -81,6 +88,7 @@ function setLogging(level: string, connections: boolean): void {
   dataPath.onClose = connections ? logConnection : null;
 }
 
+/** One service's listener; the transport that accepts on it reads `rt` per connection (ListenerRef). */
 interface Listener {
   rt: ServiceRuntime;
   /** Listening through Node (the JavaScript path, and accept_proxy services)… */
@@ -99,7 +107,7 @@ interface Listener {
 }
 
 /** The relay accepts a service's connections unless a PROXY header must be read from them first. */
-const relayAccepts = (e: ServiceEntry): boolean => relayOn() && !e.accept_proxy;
+const relayAccepts = (e: ServiceEntry): boolean => relay !== null && !e.accept_proxy;
 const isListening = (l: Listener): boolean => l.server !== null || l.lid >= 0;
 
 /** The relay's listener: the same address checks and error text as Node's listen. */
@@ -117,7 +125,7 @@ async function listenThroughRelay(l: Listener): Promise<ListenProblem | null> {
     }
     if (l.closes !== closes) return null; // paused, moved or removed meanwhile (as a Node server closed before it listened)
   }
-  const lid = listenRelay(l.rt, ip, e.listen.port, family, init.reusePort, 1024);
+  const lid = relay!.listen(l, ip, e.listen.port, family, init.reusePort, 1024);
   if (lid < 0) {
     const code = getSystemErrorName(lid);
     return { service: e.name, address: l.address, message: `listen ${code}: ${getSystemErrorMessage(lid)} ${l.address}`, code };
@@ -139,10 +147,10 @@ function listen(l: Listener): Promise<ListenProblem | null> {
 function bind(l: Listener): Promise<ListenProblem | null> {
   const e = l.rt.entry;
   if (relayAccepts(e)) return listenThroughRelay(l);
-  // The server only listens: its connections go to splice.ts as raw handles (attachListener), so
-  // net.Socket options (allowHalfOpen, noDelay) would not apply; splice.ts sets both itself.
+  // The server only listens: its connections go to a transport as raw handles (accept), so
+  // net.Socket options (allowHalfOpen, noDelay) would not apply; the transport sets both itself.
   const server = createServer();
-  attachListener(server, l.rt);
+  acceptOn(server, l, handles);
   l.server = server;
   return new Promise((resolve) => {
     const onError = (err: NodeJS.ErrnoException): void => {
@@ -172,14 +180,14 @@ function closeListener(l: Listener): void {
     l.server = null;
   }
   if (l.lid >= 0) {
-    closeRelayListener(l.lid);
+    relay!.closeListener(l.lid);
     l.lid = -1;
   }
 }
 
 /** Applies a whole service table: new listeners bound, removed ones closed, changed ones moved. */
 async function applyServices(services: ServiceEntry[]): Promise<ListenProblem[]> {
-  setBackends(services);
+  core.setBackends(services);
   const seen = new Set<string>();
   const binds: Promise<ListenProblem | null>[] = [];
   for (const e of services) {
@@ -187,18 +195,17 @@ async function applyServices(services: ServiceEntry[]): Promise<ListenProblem[]>
     const address = formatHostPort(e.listen);
     const l = listeners.get(e.name);
     if (l === undefined) {
-      const fresh: Listener = { rt: new ServiceRuntime(e, init.workerId), server: null, lid: -1, closes: 0, failed: false, address, paused: paused.has(e.name) };
+      const fresh: Listener = { rt: core.runtime(e), server: null, lid: -1, closes: 0, failed: false, address, paused: paused.has(e.name) };
       listeners.set(e.name, fresh);
       if (!fresh.paused) binds.push(listen(fresh));
       continue;
     }
     // Same name: the session code reads `rt.entry` at each use, so updating it is enough.
     if (l.rt.index !== e.index) {
-      // The engine moved the service to another slot: a fresh runtime (new counters, queue).
-      dropQueue(l.rt);
-      l.rt = new ServiceRuntime(e, init.workerId);
-      if (l.server !== null) updateRuntime(l.server, l.rt);
-      if (l.lid >= 0) updateRelayRuntime(l.lid, l.rt);
+      // The engine moved the service to another slot: a fresh runtime (new counters, queue); the
+      // transports read `l.rt` per accept, so its listener takes it at once.
+      core.dropQueue(l.rt);
+      l.rt = core.runtime(e);
     } else {
       l.rt.entry = e;
     }
@@ -213,7 +220,7 @@ async function applyServices(services: ServiceEntry[]): Promise<ListenProblem[]>
   for (const [name, l] of listeners) {
     if (seen.has(name)) continue;
     closeListener(l);
-    dropQueue(l.rt);
+    core.dropQueue(l.rt);
     listeners.delete(name);
   }
   const results = await Promise.all(binds);
@@ -222,15 +229,16 @@ async function applyServices(services: ServiceEntry[]): Promise<ListenProblem[]>
 
 async function shutdown(grace: number, seq: number): Promise<void> {
   for (const l of listeners.values()) closeListener(l);
-  beginShutdown();
+  core.beginShutdown();
   // Accepting no more: a retiring worker's pool goes on (its reload answers) once this is said.
   post({ type: 'ack', seq, errors: [] });
+  const sessions = core.sessions;
   if (sessions.size > 0) {
     await new Promise<void>((resolve) => {
       stopWaiter = resolve;
       const timer = setTimeout(() => {
         log.info({ open: sessions.size, grace }, 'shutdown grace over: closing open connections');
-        killAll();
+        core.killAll();
         // Closes are asynchronous; onIdle resolves once the last one is accounted.
       }, grace);
       timer.unref();
@@ -254,7 +262,7 @@ port.on('message', async (msg: MainToWorker) => {
       post({ type: 'ack', seq: msg.seq, errors: await applyServices(msg.services) });
       break;
     case 'kill-backend':
-      post({ type: 'ack', seq: msg.seq, errors: [], killed: killBackend(msg.backend) });
+      post({ type: 'ack', seq: msg.seq, errors: [], killed: core.killBackend(msg.backend) });
       break;
     case 'pause': {
       paused.add(msg.service);

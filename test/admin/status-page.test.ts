@@ -31,7 +31,7 @@ async function pump(): Promise<void> {
     const c = await connectClient(stack.servicePort, HOST);
     await readLine(c);
     for (let i = 0; i < 8; i++) c.write(chunk);
-    await sleep(60);
+    await sleep(60); // pacing the traffic (the rates on the page), not a wait for a result
     c.destroy();
   }
 }
@@ -115,8 +115,12 @@ describe('status page', () => {
   });
 
   it('saves a screenshot', async () => {
-    // Let the sparklines and the health strips fill a little, and the last toast fade.
-    await sleep(6000);
+    // Until the sparklines hold six points (one per poll; the area path draws n points with n − 1
+    // segments plus two to close it) and the last toast has faded.
+    await waitFor(async () => {
+      const d = (await page.locator('svg.spark path.a').first().getAttribute('d')) ?? '';
+      return (d.match(/L/g)?.length ?? 0) >= 5 + 2 && (await page.locator('#toast.show').count()) === 0;
+    }, 15_000, 'six points in the sparklines and no toast');
     await mkdir(ARTIFACTS, { recursive: true });
     const file = join(ARTIFACTS, 'status-page.png');
     await page.screenshot({ path: file, fullPage: true });

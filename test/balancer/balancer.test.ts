@@ -1,8 +1,11 @@
 import { describe, it, expect, afterEach } from 'vitest';
-import { env, closeEnvs, config, backends, type Env } from './env.ts';
+import { env, envOn, closeEnvs, config, backends, type Env } from './env.ts';
 import type { BackendStateEvent } from '../../src/balancer/balancer.ts';
 import { B_EFF_WEIGHT, WEIGHT_SCALE, BACKEND_FREE, B_STATE, PICK_BAD_SERVICE, MAX_BACKENDS } from '../../src/shm/layout.ts';
-import { sleep } from '../helpers/net.ts';
+import { TestClock } from '../helpers/clock.ts';
+
+/** How often the balancer looks at draining slots (its DRAIN_POLL_MS). */
+const REAP_MS = 100;
 
 afterEach(closeEnvs);
 
@@ -22,7 +25,7 @@ describe('Balancer.apply', () => {
     expect(s).toMatchObject({ name: 'pg', index: 0, algorithm: 'maglev', table_size: 101, max_connections: 50, active: 0, primary_up: 1, backup_up: 1 });
     expect(s.backends.map((b) => b.address)).toEqual(['10.0.0.1:5432', '10.0.0.3:5432']);
     expect(s.backends[0]).toEqual({ index: 0, address: '10.0.0.1:5432', weight: 1, effective_weight: 1, state: 'up', admin_state: 'ready',
-      health: 'up', backup: true, active: 0, max_connections: 7, removed: false });
+      health: 'up', awaiting_role: false, backup: true, active: 0, max_connections: 7, removed: false });
     expect(e.balancer.serviceIndex('pg')).toBe(0);
     expect(e.balancer.serviceIndex('nope')).toBe(-1);
     expect(e.balancer.backendIndex('pg', '10.0.0.3:5432')).toBe(1);
@@ -31,7 +34,8 @@ describe('Balancer.apply', () => {
 
   it('a reload keeps slots and active counts of kept backends and drains removed ones', async () => {
     const list = backends(3);
-    const e = env({ name: 'a', backends: list }, { name: 'b', backends: backends(1, () => ({ address: '10.5.0.1:1' })) });
+    const clock = new TestClock();
+    const e = envOn(clock, { name: 'a', backends: list }, { name: 'b', backends: backends(1, () => ({ address: '10.5.0.1:1' })) });
     const ids = list.map((b) => e.balancer.backendIndex('a', b.address));
     const held = [0, 1, 2, 3, 4, 5].map(() => e.worker.acquire(0, 0));
     const log = events(e);
@@ -60,9 +64,12 @@ describe('Balancer.apply', () => {
       expect(b).not.toBe(ids[2]);
       e.worker.release(0, b);
     }
-    // Once its connections are released, the slot is freed.
+    // Not while its connections are open, however long that takes.
+    await clock.advance(10 * REAP_MS);
+    expect(e.balancer.describe()[0].backends.find((b) => b.removed)).toMatchObject({ index: ids[2], state: 'drain' });
+    // Once they are released, the slot is freed at the reaper's next look.
     for (const b of held) e.worker.release(0, b);
-    await sleep(250);
+    await clock.advance(REAP_MS);
     expect(e.balancer.describe()[0].backends.some((b) => b.removed)).toBe(false);
     expect(log.some((x) => x.backend === ids[2] && x.to === 'free' && x.cause === 'drained')).toBe(true);
     expect(e.balancer.records.backendField(ids[2], B_STATE)).toBe(BACKEND_FREE);
@@ -142,10 +149,68 @@ describe('state: admin × health', () => {
   });
 });
 
+describe('a service that routes by role', () => {
+  const role = (r: string) => ({ type: 'redis', role: r });
+  const state = (e: Env, address: string) => e.balancer.describe()[0].backends.find((b) => b.address === address)!;
+
+  it('starts its backends down, awaiting their role, until a probe reports it; no slow start for that first up', () => {
+    const list = backends(2);
+    const e = env({ health: role('primary'), slow_start: '1s', backends: list });
+    for (const b of list) expect(state(e, b.address)).toMatchObject({ state: 'down', health: 'down', awaiting_role: true });
+    for (let i = 0; i < 10; i++) expect(e.worker.acquire(0, i)).toBeLessThan(0);
+    const log = events(e);
+    e.balancer.setHealth('s0', list[0].address, true, 'health: first probe: role primary');
+    e.balancer.setHealth('s0', list[1].address, false, 'health: first probe: wrong role: saw replica, want primary');
+    expect(state(e, list[0].address)).toMatchObject({ state: 'up', awaiting_role: false, effective_weight: 1 });
+    expect(state(e, list[1].address)).toMatchObject({ state: 'down', awaiting_role: false });
+    const primary = e.balancer.backendIndex('s0', list[0].address);
+    for (let i = 0; i < 10; i++) expect(e.worker.acquire(0, i)).toBe(primary);
+    expect(log).toEqual([{ service: 's0', address: list[0].address, backend: primary, from: 'down', to: 'up', cause: 'health: first probe: role primary' }]);
+  });
+
+  it('role: any, and checks that cannot see roles, start backends up as before', () => {
+    const e = env({ health: role('any'), backends: backends(1) }, { health: { type: 'tcp' }, backends: backends(1, () => ({ address: '10.1.0.1:1' })) });
+    for (const s of e.balancer.describe()) expect(s.backends[0]).toMatchObject({ state: 'up', awaiting_role: false });
+  });
+
+  it('a backend added at run time or by a reload awaits its role; the down is marked as no verdict', () => {
+    const list = backends(3);
+    const e = env({ health: role('primary'), backends: [list[0]] });
+    e.balancer.setHealth('s0', list[0].address, true, 'probe');
+    const log = events(e);
+    e.balancer.addBackend('s0', { address: { host: '10.0.0.2', port: 5432 }, weight: 1, max_connections: 0, backup: false, state: 'ready' });
+    e.balancer.apply(config({ name: 's0', health: role('primary'), backends: [list[0], list[1], list[2]] }));
+    expect(state(e, list[1].address)).toMatchObject({ state: 'down', awaiting_role: true });
+    expect(state(e, list[2].address)).toMatchObject({ state: 'down', awaiting_role: true });
+    expect(state(e, list[0].address)).toMatchObject({ state: 'up', awaiting_role: false }); // kept: its role was seen
+    expect(log.filter((ev) => ev.from === 'free')).toEqual([
+      { service: 's0', address: list[1].address, backend: 1, from: 'free', to: 'down', cause: 'added: role primary not yet seen', awaiting_role: true },
+      { service: 's0', address: list[2].address, backend: 2, from: 'free', to: 'down', cause: 'added: role primary not yet seen', awaiting_role: true },
+    ]);
+  });
+
+  it('a reload that changes the role (or brings a role-aware check) puts every backend back to awaiting its role', () => {
+    const list = backends(2);
+    const e = env({ health: { type: 'tcp' }, backends: list });
+    const log = events(e);
+    e.balancer.apply(config({ name: 's0', health: role('primary'), backends: list }));
+    for (const b of list) expect(state(e, b.address)).toMatchObject({ state: 'down', awaiting_role: true });
+    expect(log[0]).toEqual({ service: 's0', address: list[0].address, backend: 0, from: 'up', to: 'down', cause: 'reload: role primary not yet seen', awaiting_role: true });
+    e.balancer.setHealth('s0', list[0].address, true, 'probe');
+    e.balancer.apply(config({ name: 's0', health: { ...role('primary'), interval: '5s' }, backends: list })); // same role: kept
+    expect(state(e, list[0].address)).toMatchObject({ state: 'up', awaiting_role: false });
+    e.balancer.apply(config({ name: 's0', health: role('replica'), backends: list }));
+    expect(state(e, list[0].address)).toMatchObject({ state: 'down', awaiting_role: true });
+    e.balancer.apply(config({ name: 's0', backends: list })); // no check left: nothing would ever mark it up
+    expect(state(e, list[0].address)).toMatchObject({ state: 'up', awaiting_role: false });
+  });
+});
+
 describe('slow start', () => {
-  it('ramps the effective weight from 1/16 to full after down → up, rebuilding each step', async () => {
+  it('ramps the effective weight from 1/16 to full after down → up, one step every slow_start / 16, rebuilding each step', async () => {
+    const clock = new TestClock();
     const list = backends(2, () => ({ weight: 4 }));
-    const e = env({ balance: 'roundrobin', slow_start: '320ms', backends: list });
+    const e = envOn(clock, { balance: 'roundrobin', slow_start: '320ms', backends: list });
     const id = e.balancer.backendIndex('s0', list[0].address);
     const eff = () => e.balancer.records.backendField(id, B_EFF_WEIGHT);
     expect(eff()).toBe(4 * WEIGHT_SCALE); // not at start-up
@@ -153,30 +218,44 @@ describe('slow start', () => {
     e.balancer.setHealth('s0', list[0].address, true, 'check');
     expect(eff()).toBe(4);
     expect(e.balancer.describe()[0].backends[0].effective_weight).toBe(4 / WEIGHT_SCALE);
-    const gen = e.balancer.records.generation();
-    const seen = [eff()];
-    const deadline = Date.now() + 2000;
-    while (eff() < 4 * WEIGHT_SCALE && Date.now() < deadline) {
-      await sleep(10);
-      if (eff() !== seen[seen.length - 1]) seen.push(eff());
+    // 320 ms / 16 steps: step k (weight 4 × k / 16) at (k - 1) × 20 ms, not a millisecond before.
+    const stepMs = 320 / WEIGHT_SCALE;
+    for (let step = 2; step <= WEIGHT_SCALE; step++) {
+      const gen = e.balancer.records.generation();
+      await clock.advance(stepMs - 1);
+      expect(eff()).toBe(4 * (step - 1));
+      expect(e.balancer.records.generation()).toBe(gen);
+      await clock.advance(1);
+      expect(eff()).toBe(4 * step);
+      expect(e.balancer.records.generation()).toBe(gen + 1); // the ring rebuilt for the step
     }
+    expect(clock.now()).toBe(300);
+    // At full weight the ramp is over: no timer left, nothing changes later.
+    expect(clock.pending).toBe(0);
+    const gen = e.balancer.records.generation();
+    await clock.advance(1000);
     expect(eff()).toBe(4 * WEIGHT_SCALE);
-    for (let i = 1; i < seen.length; i++) expect(seen[i]).toBeGreaterThan(seen[i - 1]);
-    expect(seen.length).toBeGreaterThan(4);
-    expect(e.balancer.records.generation()).toBeGreaterThan(gen + 4);
-    // While ramping, the schedule gave it a small share: its ring share grew with the steps.
+    expect(e.balancer.records.generation()).toBe(gen);
   });
 
   it('a backend going down mid-ramp stops the ramp', async () => {
+    const clock = new TestClock();
     const list = backends(1, () => ({ weight: 2 }));
-    const e = env({ slow_start: '1s', backends: list });
+    const e = envOn(clock, { slow_start: '1s', backends: list });
     const a = list[0].address;
+    const effective = () => e.balancer.describe()[0].backends[0].effective_weight;
     e.balancer.setAdminState('s0', a, 'maint', 'admin');
     e.balancer.setAdminState('s0', a, 'ready', 'admin');
-    expect(e.balancer.describe()[0].backends[0].effective_weight).toBe(2 / WEIGHT_SCALE);
+    expect(effective()).toBe(2 / WEIGHT_SCALE);
+    await clock.advance(3 * Math.floor(1000 / WEIGHT_SCALE)); // three steps of 62 ms
+    expect(effective()).toBe((2 * 4) / WEIGHT_SCALE);
     e.balancer.setHealth('s0', a, false, 'check');
-    await sleep(150);
-    expect(e.balancer.describe()[0].backends[0].effective_weight).toBe(2);
+    expect(effective()).toBe(2); // down, and no longer scaled
+    expect(clock.pending).toBe(0); // the ramp's timer is gone
+    const gen = e.balancer.records.generation();
+    await clock.advance(2000);
+    expect(effective()).toBe(2);
+    expect(e.balancer.records.generation()).toBe(gen);
   });
 });
 
@@ -194,22 +273,24 @@ describe('run-time backends', () => {
 
   it('removeBackend waits for the drain; force frees at once', async () => {
     const list = backends(3);
-    const e = env({ backends: list });
+    const clock = new TestClock();
+    const e = envOn(clock, { backends: list });
     const log = events(e);
     const [b0, b1] = [0, 1].map((i) => e.balancer.backendIndex('s0', list[i].address));
     // One connection on each.
     const held = [0, 1, 2].map(() => e.worker.acquire(0, 0));
     let drained = false;
-    const done = e.balancer.removeBackend('s0', list[0].address).then(() => { drained = true; });
-    await sleep(250);
+    void e.balancer.removeBackend('s0', list[0].address).then(() => { drained = true; });
+    await clock.advance(10 * REAP_MS); // however long its connection stays open
     expect(drained).toBe(false);
     expect(e.balancer.describe()[0].backends.find((b) => b.index === b0)).toMatchObject({ removed: true, state: 'drain', active: 1 });
     e.worker.release(0, b0);
-    await Promise.race([done, sleep(2000)]);
+    await clock.advance(REAP_MS); // the reaper's next look
     expect(drained).toBe(true);
 
     let forced = false;
-    await Promise.race([e.balancer.removeBackend('s0', list[1].address, { force: true }).then(() => { forced = true; }), sleep(2000)]);
+    void e.balancer.removeBackend('s0', list[1].address, { force: true }).then(() => { forced = true; });
+    await clock.advance(0); // no time passes: forced is at once
     expect(forced).toBe(true);
     expect(log.filter((x) => x.backend === b1).map((x) => x.to)).toEqual(['free']);
     expect(e.balancer.describe()[0].backends.map((b) => b.index)).not.toContain(b1);

@@ -1,10 +1,10 @@
 import { describe, it, expect, afterEach } from 'vitest';
+import { on } from 'node:events';
 import { Worker } from 'node:worker_threads';
 import { env, closeEnvs, backends, engineModule, type Env } from './env.ts';
 import { hashKey } from '../../src/balancer/hash.ts';
 import { PICK_SERVICE_FULL, PICK_NO_BACKEND, PICK_BACKENDS_FULL, PICK_BAD_SERVICE, MAX_TRIED, S_QUEUED, S_ACTIVE, B_ACTIVE, T_SERVICE_QUEUED, backendAddr, serviceAddr, tallyAddr } from '../../src/shm/layout.ts';
-import { instantiateEngine } from '../../src/balancer/engine.ts';
-import { sleep } from '../helpers/net.ts';
+import { instantiateEngine, triedList } from '../../src/balancer/engine.ts';
 
 
 afterEach(closeEnvs);
@@ -168,15 +168,20 @@ describe('reacquire', () => {
       const list = backends(4);
       const e = env({ balance, backends: list });
       const h = hashKey('203.0.113.9');
-      const tried = new Set<number>();
+      const scratch = triedList(e.memory, 1);
+      const tried: number[] = [];
       let b = e.worker.acquire(0, h);
       for (let i = 0; i < 3; i++) {
-        tried.add(b);
-        b = e.worker.reacquire(0, h, b);
+        // As the proxy does: the connection's own list into the worker's scratch, then reacquire.
+        scratch.set(tried);
+        const failed = b;
+        b = e.worker.reacquire(0, h, failed, tried.length);
+        tried.push(failed);
         expect(b).toBeGreaterThanOrEqual(0);
-        expect(tried.has(b)).toBe(false);
+        expect(tried.includes(b)).toBe(false);
       }
-      expect(e.worker.reacquire(0, h, b)).toBe(PICK_NO_BACKEND);
+      scratch.set(tried);
+      expect(e.worker.reacquire(0, h, b, tried.length)).toBe(PICK_NO_BACKEND);
       // The failed backends' slots were given back; the service slot is still held.
       expect(e.balancer.describe()[0].backends.map((x) => x.active)).toEqual([0, 0, 0, 0]);
       expect(e.balancer.describe()[0].active).toBe(1);
@@ -187,19 +192,19 @@ describe('reacquire', () => {
     });
   }
 
-  it('resetTried/excludeBackend let a caller restore one connection\'s tried list', () => {
+  it('takes the caller\'s tried list whatever another connection\'s acquire left in the scratch', () => {
     const list = backends(3);
     const e = env({ backends: list });
-    const [a, b] = [0, 1].map((i) => e.balancer.backendIndex('s0', list[i].address));
-    e.worker.acquire(0, 0);
-    e.worker.resetTried();
-    for (let i = 0; i < MAX_TRIED + 4; i++) e.worker.excludeBackend(a); // stays bounded
-    e.worker.excludeBackend(b);
-    // b was not recorded (the list was full of a), so only a is excluded.
-    e.worker.resetTried();
-    e.worker.excludeBackend(a);
-    const c = e.worker.reacquire(0, 0, b);
-    expect([a, b]).not.toContain(c);
+    const ids = list.map((x) => e.balancer.backendIndex('s0', x.address));
+    const scratch = triedList(e.memory, 1);
+    const first = e.worker.acquire(0, 0);
+    const [other, last] = ids.filter((i) => i !== first);
+    e.worker.release(0, e.worker.acquire(0, 1)); // another connection meanwhile: clears the scratch
+    scratch[0] = other;
+    expect(e.worker.reacquire(0, 0, first, 1)).toBe(last);
+    // A count beyond MAX_TRIED is bounded: the list is never read past its end.
+    scratch.fill(first);
+    expect(e.worker.reacquire(0, 0, last, MAX_TRIED + 4)).toBe(other);
   });
 });
 
@@ -215,7 +220,7 @@ describe('release', () => {
     const seq = Atomics.load(i32, idx);
     const wait = Atomics.waitAsync(i32, idx, seq, 2000);
     expect(wait.async).toBe(true);
-    setTimeout(() => e.worker.release(0, b), 10);
+    setImmediate(() => e.worker.release(0, b)); // once this test is waiting on the promise
     expect(await wait.value).toBe('ok');
     expect(Atomics.load(i32, idx)).toBe(seq + 1);
     expect(e.worker.acquire(0, 0)).toBe(b);
@@ -240,19 +245,21 @@ describe('release', () => {
     const idx = e.balancer.records.releaseSeqIndex(0);
     Atomics.add(i32, (serviceAddr(0) + S_QUEUED) >> 2, 1);
     const seq = Atomics.load(i32, idx);
+    // The worker says 'waiting' just before it blocks: the release below follows that, not a guess.
     const w = new Worker(`
       const { workerData, parentPort } = require('node:worker_threads');
       const i32 = new Int32Array(workerData.memory.buffer);
+      parentPort.postMessage('waiting');
       parentPort.postMessage(Atomics.wait(i32, workerData.idx, workerData.seq, 2000));
     `, { eval: true, workerData: { memory: e.memory, idx, seq } });
     try {
-      const result = new Promise((resolve) => w.once('message', resolve));
-      await sleep(300); // the worker is (almost certainly) blocked by now
+      const messages = on(w, 'message'); // buffered, in order
+      expect((await messages.next()).value).toEqual(['waiting']);
       const b = e.worker.acquire(0, 0);
       e.worker.release(0, b);
-      // 'ok': woken by the notify. 'not-equal' only if the worker started waiting after the release
-      // (slow start-up): not a lost wake-up either. A missing notify shows as 'timed-out'.
-      expect(['ok', 'not-equal']).toContain(await result);
+      // 'ok': woken by the notify. 'not-equal' only if the release landed in the instant between
+      // the worker's 'waiting' and its wait: not a lost wake-up either. A missing notify shows as 'timed-out'.
+      expect(['ok', 'not-equal']).toContain((await messages.next()).value?.[0]);
     } finally {
       await w.terminate();
     }
@@ -269,7 +276,7 @@ describe('reclaim', () => {
     const bActive = (b: number) => Atomics.load(i32, (backendAddr(b) + B_ACTIVE) >> 2);
     // Worker 1: four sessions, one of which failed its connect and moved (reacquire), one closed.
     const held = [0, 1, 2, 3].map((k) => e.worker.acquire(0, k));
-    const moved = e.worker.reacquire(0, 9, held[0]);
+    const moved = e.worker.reacquire(0, 9, held[0], 0);
     expect(moved).toBeGreaterThanOrEqual(0);
     e.worker.release(0, held[3]);
     // …and two queued connections, counted as the proxy does (S_QUEUED and its own tally).
@@ -327,7 +334,7 @@ describe('several workers on one memory', () => {
           continue;
         }
         if (seed & 16) { // a failed connect now and then
-          b = ex.reacquire(s, seed, b);
+          b = ex.reacquire(s, seed, b, 0);
           if (b < 0) { ex.release(s, -1); refused++; continue; }
         }
         picked++;

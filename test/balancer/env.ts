@@ -4,6 +4,7 @@ import { loadEngineModule, instantiateEngine, type Engine } from '../../src/bala
 import { Balancer } from '../../src/balancer/balancer.ts';
 import { configSchema, type Config } from '../../src/config/schema.ts';
 import { silentLogger } from '../../src/observability/log.ts';
+import { realClock, type Clock } from '../../src/util/clock.ts';
 
 export const engineModule = loadEngineModule();
 
@@ -14,11 +15,12 @@ export interface Env {
   balancer: Balancer;
 }
 
-export function makeEnv(): Env {
+/** A fresh memory, engines and Balancer; its slow start and drain reaper run on `clock`. */
+export function makeEnv(clock: Clock = realClock): Env {
   const memory = createSharedMemory();
   const control = instantiateEngine(engineModule, memory, 0);
   const worker = instantiateEngine(engineModule, memory, 1);
-  const balancer = new Balancer(memory, control, silentLogger);
+  const balancer = new Balancer(memory, control, silentLogger, clock);
   return { memory, control, worker, balancer };
 }
 
@@ -26,7 +28,12 @@ const open: Env[] = [];
 
 /** A fresh env with `services` applied; closed by closeEnvs (each test file's afterEach). */
 export function env(...services: ServiceSpec[]): Env {
-  const e = makeEnv();
+  return envOn(realClock, ...services);
+}
+
+/** As env, with the balancer's timers on `clock` (a TestClock, for the slow-start and drain timing). */
+export function envOn(clock: Clock, ...services: ServiceSpec[]): Env {
+  const e = makeEnv(clock);
   open.push(e);
   e.balancer.apply(config(...services));
   return e;

@@ -1,5 +1,6 @@
 import { describe, expect, it } from 'vitest';
-import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { execFileSync } from 'node:child_process';
+import { mkdirSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { loadConfig, loadConfigOffThread, MAX_CONFIG_BYTES, parseConfig, resolveWorkers } from '../../src/config/load.ts';
@@ -205,6 +206,17 @@ services:
     expect(problemsOf('a: 1\na: 2\n')[0]).toMatch(/YAML/);
   });
 
+  it('names a repeated key and its line, and finds repeats among 40,000 keys in linear time', () => {
+    expect(problemsOf(minimal + 'workers: 1\nworkers: 2\n')).toEqual([': YAML: duplicate key "workers" at line 8']);
+    // 40,000 distinct keys then one repeat: yaml's own check compared each key with every other (15 s).
+    let text = 'x:\n';
+    for (let i = 0; i < 40_000; i++) text += `  k${i}: ${i}\n`;
+    text += '  k7: again\n';
+    const started = performance.now();
+    expect(problemsOf(text + minimal)).toEqual([': YAML: duplicate key "k7" at line 40002']);
+    expect(performance.now() - started).toBeLessThan(5000);
+  });
+
   it('refuses an alias bomb ("billion laughs") as an invalid config, at once', () => {
     // Each level repeats the one before nine times: 9^9 strings if expanded.
     let text = 'a0: &a0 ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]\n';
@@ -277,8 +289,48 @@ describe('loadConfig', () => {
   });
 });
 
+describe('loadConfig: only a regular file', () => {
+  it('refuses a FIFO at once instead of waiting for a writer, and a directory', () => {
+    const dir = mkdtempSync(join(tmpdir(), 'fulcrum-config-'));
+    const fifo = join(dir, 'fifo.yaml');
+    execFileSync('mkfifo', [fifo]);
+    expect(() => loadConfig(fifo)).toThrow(expect.objectContaining({
+      code: 'FULCRUM_ERR_CONFIG_UNREADABLE',
+      message: `${fifo}: is a FIFO; a config must be a regular file`,
+    }));
+    const sub = join(dir, 'sub.yaml');
+    mkdirSync(sub);
+    expect(() => loadConfig(sub)).toThrow(expect.objectContaining({ message: `${sub}: is a directory; a config must be a regular file` }));
+  });
+
+  it('a reload of a FIFO is refused, and the next reload is not held up behind it', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'fulcrum-config-'));
+    const fifo = join(dir, 'fifo.yaml');
+    execFileSync('mkfifo', [fifo]);
+    await expect(loadConfigOffThread(fifo)).rejects.toThrow(/is a FIFO/);
+    const ok = join(dir, 'ok.yaml');
+    writeFileSync(ok, minimal);
+    expect((await loadConfigOffThread(ok)).services[0].name).toBe('redis');
+  });
+});
+
 describe('loadConfigOffThread (reloads)', () => {
   const dir = mkdtempSync(join(tmpdir(), 'fulcrum-config-'));
+
+  it('ends a loading thread that does not answer within its bound, and refuses the reload', async () => {
+    let text = 'workers: 1\nservices:\n';
+    for (let s = 0; s < 64; s++) {
+      text += `  - name: s${s}\n    listen: 127.0.0.1:${10000 + s}\n    backends:\n`;
+      for (let b = 0; b < 64; b++) text += `      - { address: 10.0.${s}.${b + 1}:5432 }\n`;
+    }
+    const file = join(dir, 'slow.yaml');
+    writeFileSync(file, text);
+    const started = performance.now();
+    const err = await loadConfigOffThread(file, 20).catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(ConfigUnreadableError);
+    expect((err as Error).message).toBe(`${file}: cannot be loaded: no result within 20ms (the loading thread was ended)`);
+    expect(performance.now() - started).toBeLessThan(2000);
+  });
 
   it('gives the config, or the same errors loadConfig throws', async () => {
     const ok = join(dir, 'ok.yaml');
@@ -321,5 +373,30 @@ describe('loadConfigOffThread (reloads)', () => {
     }
     expect(onThisThread).toBeGreaterThan(100);
     expect(longest).toBeLessThan(onThisThread / 2);
+  });
+});
+
+describe('probe TLS and PostgreSQL auth settings', () => {
+  const withHealth = (health: string) => minimal.replace('    backends:', `    health: ${health}\n    backends:`);
+  it('defaults to no TLS and SCRAM only, and names the field of a bad value', () => {
+    const c = parseConfig(withHealth('{ type: postgres, postgres: { user: monitor } }'));
+    expect(c.services[0].health?.postgres).toEqual({ user: 'monitor', tls: 'disable', auth: 'scram' });
+    expect(problemsOf(withHealth('{ type: postgres, postgres: { auth: plain, tls: yes } }')).sort()).toEqual([
+      'services[0].health.postgres.auth: must be one of scram | md5 | password, got "plain"',
+      'services[0].health.postgres.tls: must be one of disable | require | verify-full, got "yes"',
+    ]);
+    expect(problemsOf(withHealth('{ type: redis, redis: { tls: require, ca_file: ./ca.pem } }'))).toEqual([
+      'services[0].health.redis.ca_file: needs health.redis.tls: verify-full, got tls "require"',
+    ]);
+    expect(problemsOf(withHealth('{ type: mysql, mysql: { auth: md5 } }'))).toEqual(['services[0].health.mysql.auth: unknown key']);
+  });
+
+  it('admin.allowed_hosts: host names, each checked', () => {
+    expect(parseConfig(minimal + 'admin: { allowed_hosts: [fulcrum.internal, "10.0.0.5"] }\n').admin?.allowed_hosts).toEqual(['fulcrum.internal', '10.0.0.5']);
+    expect(parseConfig(minimal + 'admin: {}\n').admin?.allowed_hosts).toEqual([]);
+    expect(problemsOf(minimal + 'admin: { allowed_hosts: [ok.example, "bad host", 10.0.0.300] }\n')).toEqual([
+      'admin.allowed_hosts[1]: must be a host name without spaces or control characters, got "bad host"',
+      'admin.allowed_hosts[2]: must be a host name without spaces or control characters, got "10.0.0.300"',
+    ]);
   });
 });

@@ -133,10 +133,10 @@ describe('the reload sequence', () => {
       'hook prepare',
       'pool.pause cache', // onto the VIP on a backup: paused before the workers get the table
       'balancer.apply',
+      'health.update', // at once after the balancer: no await between them (role routing)
       'failover.reconfigure 120',
       'log level debug',
       'pool.setLogging debug',
-      'health.update',
       'pool.updateServices',
       'pool.resize 2',
       'hook settle true',

@@ -1,25 +1,40 @@
 // The Failover class in-process over loopback (127.4.2.0/24): two instances elect, report status(),
 // hand over on stop() with priority 0, follow the track, and count dropped heartbeats. VIP commands
 // are replaced by `true` so nothing on this host changes (the namespace tests run the real ones).
-import { createSocket } from 'node:dgram';
+// The driver's timing (master-down, Skew_Time, advert pace, peer liveness) is checked exactly on a
+// hand-driven clock, against a peer the test plays over real UDP.
+import { createSocket, type Socket } from 'node:dgram';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { haSchema } from '../../src/config/schema.ts';
+import { ipv4ToInt, masterDownInterval, skewTime, type Role } from '../../src/failover/fsm.ts';
+import { encodeAdvert } from '../../src/failover/heartbeat.ts';
 import { Failover, type RoleChange } from '../../src/failover/index.ts';
 import { silentLogger } from '../../src/observability/log.ts';
+import type { Clock } from '../../src/util/clock.ts';
+import { TestClock } from '../helpers/clock.ts';
+import { waitFor } from '../helpers/net.ts';
+
+const SECRET = 'a-long-enough-shared-secret';
+const PORT = 17947;
+/** advert_interval and dead_after of haInput. */
+const ADVERT_MS = 50;
+const DEAD_AFTER = 3;
 
 let dir: string;
 const running: Failover[] = [];
+const sockets: Socket[] = [];
 beforeAll(() => {
   dir = mkdtempSync(join(tmpdir(), 'fulcrum-h4-fo-'));
-  writeFileSync(join(dir, 'secret'), 'a-long-enough-shared-secret\n', { mode: 0o600 });
+  writeFileSync(join(dir, 'secret'), `${SECRET}\n`, { mode: 0o600 });
   writeFileSync(join(dir, 'up'), 'up\n');
   writeFileSync(join(dir, 'down'), 'down\n');
 });
 afterEach(async () => {
   await Promise.all(running.splice(0).map((f) => f.stop()));
+  for (const s of sockets.splice(0)) s.close();
 });
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
 
@@ -27,12 +42,12 @@ afterAll(() => rmSync(dir, { recursive: true, force: true }));
 function haInput(self: 1 | 2, opts: { priority?: number; min?: number } = {}) {
   return {
     vip: '198.51.100.200/24', interface: 'eth-test', bind: `127.4.2.${self}:17947`, peer: `127.4.2.${3 - self}:17947`,
-    priority: opts.priority ?? (self === 1 ? 150 : 100), advert_interval: '50ms', dead_after: 3,
+    priority: opts.priority ?? (self === 1 ? 150 : 100), advert_interval: `${ADVERT_MS}ms`, dead_after: DEAD_AFTER,
     secret_file: join(dir, 'secret'), track: { min_backends_up: opts.min ?? 0 },
   };
 }
 
-function make(self: 1 | 2, opts: { priority?: number; backends?: () => number; iface?: () => string; min?: number } = {}) {
+function make(self: 1 | 2, opts: { priority?: number; backends?: () => number; iface?: () => string; min?: number; clock?: Clock } = {}) {
   const config = haSchema.parse(haInput(self, opts));
   const accepting: boolean[] = [];
   const roles: RoleChange[] = [];
@@ -40,19 +55,32 @@ function make(self: 1 | 2, opts: { priority?: number; backends?: () => number; i
     config, logger: silentLogger, commands: { ip: 'true', arping: 'true' },
     backendsUp: opts.backends, setAccepting: (on) => { accepting.push(on); },
     operstateFile: () => join(dir, opts.iface?.() ?? 'up'),
+    clock: opts.clock,
   });
   f.on('role', (r) => roles.push(r));
   running.push(f);
   return { f, accepting, roles };
 }
-const until = async (cond: () => boolean, ms = 2000) => {
-  const t0 = Date.now();
-  while (!cond()) {
-    if (Date.now() - t0 > ms) throw new Error('condition not met in time');
-    await new Promise((r) => setTimeout(r, 5));
-  }
-  return Date.now() - t0;
-};
+const until = (cond: () => boolean, ms = 2000): Promise<number> => waitFor(cond, ms, 'the pair to settle', 5);
+
+/**
+ * Instance `self`'s peer, played by the test: a UDP socket on the peer's heartbeat address that
+ * sends valid adverts (the shared key, a fixed epoch, a growing counter, the wall clock's time).
+ */
+async function playPeer(self: 1 | 2) {
+  const host = `127.4.2.${3 - self}`;
+  const s = createSocket('udp4');
+  sockets.push(s);
+  await new Promise<void>((r) => s.bind(PORT, host, () => r()));
+  let counter = 0;
+  return (role: Role, priority: number): Promise<void> => {
+    const packet = encodeAdvert({
+      role, priority, epoch: 0x5eed_0001, counter: ++counter, timestampMs: Date.now(),
+      senderAddress: ipv4ToInt(host), senderPort: PORT, intervalMs: ADVERT_MS,
+    }, Buffer.from(SECRET));
+    return new Promise((r) => s.send(packet, PORT, `127.4.2.${self}`, () => r()));
+  };
+}
 
 describe('Failover (loopback)', () => {
   it('elects, reports status, and hands over at once on stop()', async () => {
@@ -72,6 +100,8 @@ describe('Failover (loopback)', () => {
     expect(b.accepting[0]).toBe(false);
     expect(b.accepting.at(-1)).toBe(false);
 
+    // Real time on purpose: this measures the real pair over real UDP end to end; the exact
+    // Skew_Time is checked on the test clock below.
     const t0 = Date.now();
     const stopping = a.f.stop();
     await until(() => b.f.status().role === 'master');
@@ -99,12 +129,17 @@ describe('Failover (loopback)', () => {
   });
 
   it('track: a master alone keeps the VIP when its track fails (nobody can take it)', async () => {
+    const clock = new TestClock();
     let up = 1;
-    const a = make(1, { backends: () => up, min: 1 });
+    const a = make(1, { backends: () => up, min: 1, clock });
     await a.f.start();
-    await until(() => a.f.status().role === 'master');
+    await clock.advance(masterDownInterval(150, ADVERT_MS, DEAD_AFTER));
+    expect(a.f.status().role).toBe('master');
+    await until(() => a.f.status().vip_held);
     up = 0;
-    await new Promise((r) => setTimeout(r, 300));
+    await clock.advance(ADVERT_MS); // the track is checked every advert interval
+    expect(a.f.status()).toMatchObject({ role: 'master', wanted: 'fault' });
+    await clock.advance(20 * ADVERT_MS); // and it stays: nobody to hand over to
     expect(a.f.status()).toMatchObject({ role: 'master', wanted: 'fault', vip_held: true });
   });
 
@@ -162,5 +197,64 @@ describe('Failover (loopback)', () => {
     });
     const f = new Failover({ config, logger: silentLogger, commands: { ip: 'true', arping: 'true' } });
     await expect(f.start()).rejects.toMatchObject({ code: 'FULCRUM_ERR_HA_SECRET' });
+  });
+});
+
+describe('Failover timing (on a test clock, the peer played over UDP)', () => {
+  it('a backup takes over Master_Down_Interval after the last master advert, not before; the peer counts as lost then too', async () => {
+    const clock = new TestClock();
+    const peer = await playPeer(2);
+    const b = make(2, { clock });
+    await b.f.start();
+    expect(b.f.status().role).toBe('backup');
+    // dead_after × interval + Skew_Time(100): 150 + 30.47 ms, which a timer rounds down to 180.
+    const mdi = Math.trunc(masterDownInterval(100, ADVERT_MS, DEAD_AFTER));
+    expect(mdi).toBe(180);
+    for (let i = 1; i <= 4; i++) {
+      await peer('master', 150);
+      await waitFor(() => b.f.status().heartbeat.received === i, 2000, `advert ${i}`);
+      await clock.advance(mdi - 1); // each advert restarts the timer: one short of it, still backup
+      expect(b.f.status()).toMatchObject({ role: 'backup', peer: { role: 'master', priority: 150, alive: true } });
+    }
+    expect(b.f.status().peer.last_advert_ms_ago).toBe(mdi - 1);
+    await clock.advance(1);
+    expect(b.f.status()).toMatchObject({ role: 'master', failovers: 1, peer: { alive: false, last_advert_ms_ago: mdi } });
+    expect(b.roles.at(-1)).toMatchObject({ from: 'backup', to: 'master' });
+    expect(b.roles.at(-1)?.cause).toMatch(/no advert from a master for 180ms/);
+    await until(() => b.f.status().vip_held && b.accepting.at(-1) === true);
+  });
+
+  it('a master resigning (priority 0): the backup takes over after Skew_Time', async () => {
+    const clock = new TestClock();
+    const peer = await playPeer(2);
+    const b = make(2, { clock });
+    await b.f.start();
+    await peer('master', 150);
+    await waitFor(() => b.f.status().heartbeat.received === 1, 2000, 'the advert');
+    await clock.advance(100);
+    await peer('master', 0);
+    await waitFor(() => b.f.status().heartbeat.received === 2, 2000, 'the resignation');
+    const skew = Math.trunc(skewTime(100, ADVERT_MS)); // 30.47 ms
+    await clock.advance(skew - 1);
+    expect(b.f.status().role).toBe('backup');
+    await clock.advance(1);
+    expect(b.f.status().role).toBe('master');
+    expect(b.roles.at(-1)?.cause).toMatch(/priority 0/);
+  });
+
+  it('sends one heartbeat per advert interval, as its role', async () => {
+    const clock = new TestClock();
+    await playPeer(2); // someone to send to (it says nothing)
+    const b = make(2, { clock });
+    await b.f.start();
+    const sent = () => b.f.status().heartbeat.sent;
+    await waitFor(() => sent() === 1, 2000, 'the first heartbeat, at start');
+    await clock.advance(ADVERT_MS - 1);
+    expect(sent()).toBe(1);
+    await clock.advance(1);
+    await waitFor(() => sent() === 2, 2000, 'the second heartbeat');
+    await clock.advance(2 * ADVERT_MS);
+    await waitFor(() => sent() === 4, 2000, 'two more heartbeats');
+    expect(sent()).toBe(4);
   });
 });

@@ -11,6 +11,7 @@ import {
   type Advert, type DropReason,
 } from '../../src/failover/heartbeat.ts';
 import { silentLogger } from '../../src/observability/log.ts';
+import { waitFor } from '../helpers/net.ts';
 
 const KEY = Buffer.from('0123456789abcdef0123456789abcdef');
 const WRONG = Buffer.from('fedcba9876543210fedcba9876543210');
@@ -97,12 +98,9 @@ describe('Heartbeat over UDP', () => {
     advertIntervalMs: 100, staleWindowMs: staleWindowMs(3, 100, 2000), logger: silentLogger,
   });
   const sendRaw = (sock: Socket, buf: Buffer) => new Promise<void>((r) => sock.send(buf, B.port, B.host, () => r()));
-  /** Waits until b has handled `n` more datagrams (accepted or dropped). */
-  const settle = async (before: number, n: number) => {
-    const deadline = Date.now() + 2000;
-    while (received.length + drops.length < before + n && Date.now() < deadline) await new Promise((r) => setTimeout(r, 5));
-  };
   const handled = () => received.length + drops.length;
+  /** Waits until b has handled `n` more datagrams (accepted or dropped). */
+  const settle = (before: number, n: number) => waitFor(() => handled() >= before + n, 2000, `${n} more datagrams handled`, 5);
 
   beforeEach(async () => {
     a = make(A, B);
@@ -177,7 +175,6 @@ describe('Heartbeat over UDP', () => {
   it('a captured packet of an epoch never heard (the peer\'s previous run) neither reaches the FSM nor locks out the live peer', async () => {
     // Captured by an attacker while this instance was down or cut off; still inside the stale window.
     const previousRun = encodeAdvert(valid({ epoch: (a.epoch ^ 0x5a5a5a5a) >>> 0, counter: 4000, timestampMs: Date.now() - 300, priority: 254 }), KEY);
-    await new Promise((r) => setTimeout(r, 20));
     let before = handled();
     await a.send('master', 150);
     await settle(before, 1);

@@ -3,7 +3,8 @@
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { ipv4ToInt } from '../../src/failover/fsm.ts';
 import { encodeAdvert, type Advert } from '../../src/failover/heartbeat.ts';
-import { netnsAvailable, sleep } from '../helpers/netns.ts';
+import { staysFalse, waitFor } from '../helpers/net.ts';
+import { netnsAvailable } from '../helpers/netns.ts';
 import { CLIENTS, NODES, PairLab, SECRET, VIP, type ClientResult } from './lab.ts';
 
 const HAVE_NETNS = netnsAvailable();
@@ -53,7 +54,7 @@ describe.skipIf(!HAVE_NETNS)('failover pair in network namespaces', () => {
   it('kill -9 of the master: new connections through the VIP succeed again within 2 s', async () => {
     await startPair();
     const loop = p.clientLoop(20, 3000, 250);
-    await sleep(400);
+    await waitFor(() => loop.results.filter((r) => r.ok).length >= 10, 3000, 'the client loop served through lb1');
     const killedAt = Date.now();
     await p.kill9('lb1');
     await loop.done;
@@ -103,7 +104,9 @@ describe.skipIf(!HAVE_NETNS)('failover pair in network namespaces', () => {
     await p.waitRole('lb2', 'master', 3000);
     await p.start('lb1', { preempt: false });
     await p.waitRole('lb1', 'backup', 3000);
-    await sleep(1500); // many Master_Down_Intervals
+    // A bounded look over many Master_Down_Intervals (≈ 360 ms): real time, as these are real
+    // processes; the exact timers are checked on a test clock in failover.test.ts.
+    await staysFalse(() => p.role('lb1') !== 'backup' || p.role('lb2') !== 'master', 1500, 'a role change with preempt: false');
     expect(p.role('lb1')).toBe('backup');
     expect(p.role('lb2')).toBe('master');
     expect(await p.holdsVip('lb1')).toBe(false);
@@ -124,7 +127,7 @@ describe.skipIf(!HAVE_NETNS)('failover pair in network namespaces', () => {
     // A second reload: the advert interval changes in place, the master stays master.
     const retimed = await p.reload('lb2', { preempt: true, priority: 200, advertInterval: '50ms' });
     expect(retimed.changes).toEqual(['ha.advert_interval: 100 → 50']);
-    await sleep(500);
+    await staysFalse(() => p.role('lb2') !== 'master', 500, 'lb2 left master after the retime'); // real processes: a bounded look
     expect(p.role('lb2')).toBe('master');
   });
 
@@ -140,11 +143,7 @@ describe.skipIf(!HAVE_NETNS)('failover pair in network namespaces', () => {
     expect(await via()).toBeTruthy();
     await p.kill9('lb1');
     await p.waitRole('lb2', 'master', 2000);
-    const t0 = Date.now();
-    while (!(await via())) {
-      if (Date.now() - t0 > 2000) throw new Error(`web2 not served on ${VIP}:${extraPort} by the new master`);
-      await sleep(50);
-    }
+    await waitFor(async () => Boolean(await via()), 2000, `web2 served on ${VIP}:${extraPort} by the new master`, 50);
   });
 
   it('a partition of the heartbeat link makes two masters; healing leaves exactly one within an advert or two', async () => {
@@ -153,7 +152,10 @@ describe.skipIf(!HAVE_NETNS)('failover pair in network namespaces', () => {
     await p.waitRole('lb2', 'master', 3000);
     expect(p.role('lb1')).toBe('master'); // split brain, as VRRP would have it
     await p.waitVip('lb2', true);
-    await sleep(300);
+    // The split brain has done its harm once the client sends to lb2 for the VIP (lb2's gratuitous ARP).
+    const lb2Mac = /link\/ether ([0-9a-f:]+)/.exec(await p.lab.ip('lb2', 'link', 'show', 'eth0'))?.[1];
+    expect(lb2Mac).toBeTruthy();
+    await waitFor(async () => (await p.lab.ip('client', 'neigh', 'show', VIP)).includes(lb2Mac!), 3000, 'the client to learn lb2\'s MAC for the VIP');
     const healedAt = Date.now();
     await p.partition(false);
     const took = await p.waitRole('lb2', 'backup', 2000);
@@ -164,19 +166,13 @@ describe.skipIf(!HAVE_NETNS)('failover pair in network namespaces', () => {
     // The winner announced the VIP again (during the split brain the client learnt lb2's MAC),
     // whichever packet crossed the healed link first: without it the client would wait for ARP
     // to time out.
-    const announced = async () => {
-      for (let i = 0; i < 200; i++) {
-        const l = p.running.get('lb1')!.lines.find((x) => (x.handler === 'masterOnLowerPriority' || x.handler === 'masterOnPeerReturn') && Date.parse(String(x.time)) >= healedAt - 50);
-        if (l) return Date.parse(String(l.time)) - healedAt;
-        await sleep(10);
-      }
-      return null;
-    };
-    const announcedAfter = await announced();
+    const announcement = () => p.running.get('lb1')!.lines.find((x) => (x.handler === 'masterOnLowerPriority' || x.handler === 'masterOnPeerReturn') && Date.parse(String(x.time)) >= healedAt - 50);
+    const announcedAfter = await waitFor(() => announcement() !== undefined, 2000, 'lb1 to announce the VIP again', 10)
+      .then(() => Date.parse(String(announcement()!.time)) - healedAt, () => null);
     console.log(`partition healed → lb1 announced the VIP again after ${announcedAfter} ms`);
     expect(announcedAfter).not.toBeNull();
     await p.waitServing(1000);
-    await sleep(500);
+    await staysFalse(() => p.role('lb1') !== 'master' || p.role('lb2') !== 'backup', 500, 'a role change after the heal'); // real processes: a bounded look
     expect(p.role('lb1')).toBe('master');
     expect(p.role('lb2')).toBe('backup');
     expect(await p.holdsVip('lb1')).toBe(true);
@@ -203,7 +199,8 @@ describe.skipIf(!HAVE_NETNS)('failover pair in network namespaces', () => {
     const badMagic = Buffer.alloc(64, 0x41);
     const transitionsBefore = [p.transitions('lb1').length, p.transitions('lb2').length];
     await p.inject('lb2', NODES.lb2.hb, 'lb1', [forged, replayed, stale, truncated, oversized, badMagic]);
-    await sleep(1000);
+    // All six handled (a packet that got through would never be counted as a drop: this would time out).
+    await waitFor(() => Object.values(p.drops('lb1')).reduce((a, b) => a + b, 0) >= 6, 3000, 'six drops logged by lb1');
     expect(p.drops('lb1')).toEqual({ bad_mac: 1, replayed: 1, stale: 1, malformed: 1, oversized: 1, bad_magic: 1 });
     expect([p.transitions('lb1').length, p.transitions('lb2').length]).toEqual(transitionsBefore);
     expect(p.role('lb1')).toBe('master');

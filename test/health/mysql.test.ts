@@ -14,7 +14,8 @@ import { mysqlProbe } from '../../src/health/probes/mysql.ts';
 import type { FulcrumHandle } from '../../src/main.ts';
 import { reasons, startProxy } from '../proxy/harness.ts';
 import { startMariaDb, type MariaDbServer } from '../helpers/mysql.ts';
-import { freePort } from '../helpers/net.ts';
+import { makeCerts, type TestCerts } from '../helpers/tls.ts';
+import { freePort, waitFor } from '../helpers/net.ts';
 import { waitUntilOnly } from './switchover.ts';
 
 const LISTEN = '127.3.5.10';
@@ -26,12 +27,16 @@ let m1: MariaDbServer;
 let m2: MariaDbServer;
 let dir: string;
 let pwFile: string;
+let certs: TestCerts;
 
 beforeAll(async () => {
   dir = await mkdtemp(join(tmpdir(), 'fulcrum-mysql-test-'));
   pwFile = join(dir, 'my.pass');
   await writeFile(pwFile, `${PASSWORD}\n`, { mode: 0o600 });
-  [m1, m2] = await Promise.all([startMariaDb('127.3.5.1'), startMariaDb('127.3.5.2')]);
+  // m1 speaks TLS too (health.mysql.tls); m2 does not.
+  certs = await makeCerts(dir, '127.3.5.1');
+  const tls = [`--ssl-ca=${certs.caFile}`, `--ssl-cert=${certs.certFile}`, `--ssl-key=${certs.keyFile}`];
+  [m1, m2] = await Promise.all([startMariaDb('127.3.5.1', tls), startMariaDb('127.3.5.2')]);
   for (const m of [m1, m2]) {
     await m.sql(`CREATE USER 'monitor'@'%' IDENTIFIED BY '${PASSWORD}'; GRANT SELECT ON *.* TO 'monitor'@'%'`);
   }
@@ -126,9 +131,19 @@ services:
     const reachedAt = await waitUntilOnly(whoAnswers, m2.port, bound + 3000);
     expect(reachedAt - t0).toBeLessThanOrEqual(bound);
     expect(heldClosed).toBe(true);
-    await new Promise((r) => setTimeout(r, 100));
-    expect(reasons(fulcrum, 'my').backend_down).toBeGreaterThanOrEqual(1); // the held one, and any poll caught mid-flight
+    // The held one (and any poll caught mid-flight), counted by its worker a moment after it closed.
+    await waitFor(() => reasons(fulcrum, 'my').backend_down >= 1, 2000, 'the held session counted as backend_down');
     expect(fulcrum.health.history('my', m1.address).at(-1)).toMatchObject({ ok: false, reason: 'wrong role: saw replica, want primary' });
     held.destroy();
+  });
+});
+
+describe('mysql probe over TLS (health.mysql.tls)', () => {
+  it('require and verify-full speak TLS; verify-full refuses another CA; a server without TLS is refused', async () => {
+    const tlsProbe = (m: MariaDbServer, x: Record<string, unknown>) => probe(m, { mysql: { ...auth().mysql, ...x } });
+    expect(await tlsProbe(m1, { tls: 'require' })).toMatchObject({ ok: true, reason: expect.stringMatching(/^role /) });
+    expect(await tlsProbe(m1, { tls: 'verify-full', ca_file: certs.caFile })).toMatchObject({ ok: true, reason: expect.stringMatching(/^role /) });
+    expect(await tlsProbe(m1, { tls: 'verify-full', ca_file: certs.otherCaFile })).toMatchObject({ ok: false, reason: expect.stringMatching(/^tls: /) });
+    expect(await tlsProbe(m2, { tls: 'require' })).toMatchObject({ ok: false, reason: expect.stringMatching(/secure connection|SSL|TLS/i) });
   });
 });

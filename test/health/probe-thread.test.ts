@@ -8,7 +8,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { configSchema, type HealthConfig } from '../../src/config/schema.ts';
 import { boundedOutput, ProbeThread } from '../../src/health/probe-thread.ts';
 import { createLogger, silentLogger } from '../../src/observability/log.ts';
-import { startServer, type TestServer } from '../helpers/net.ts';
+import { startServer, waitFor, type TestServer } from '../helpers/net.ts';
 
 const HOST = '127.3.9.1';
 let silent: TestServer; // accepts and never answers
@@ -41,8 +41,10 @@ describe('ProbeThread', () => {
   it('passes an abort on to the probe', async () => {
     const controller = new AbortController();
     const h = health({ type: 'send_expect', interval: '10s', timeout: '5s', send_expect: { send: 'PING\\r\\n', expect: '+PONG' } });
+    const accepted = silent.accepted;
     const pending = thread.probe('send_expect')(target(silent), h, controller.signal);
-    setTimeout(() => controller.abort(), 100);
+    await waitFor(() => silent.accepted > accepted, 2000, 'the probe to connect'); // it waits for an answer now
+    controller.abort();
     const r = await pending;
     expect(r.ok).toBe(false);
     expect(r.latency_ms).toBeLessThan(2000);
@@ -50,8 +52,9 @@ describe('ProbeThread', () => {
 
   it('a thread that ends mid-probe fails that probe, and the next probe runs on a new one', async () => {
     const h = health({ type: 'send_expect', interval: '10s', timeout: '5s', send_expect: { send: 'PING\\r\\n', expect: '+PONG' } });
+    const accepted = silent.accepted;
     const pending = thread.probe('send_expect')(target(silent), h, new AbortController().signal);
-    await new Promise((r) => setTimeout(r, 100));
+    await waitFor(() => silent.accepted > accepted, 2000, 'the probe to connect'); // mid-probe now
     const first = thread.threadId;
     thread.unresponsive('test'); // as the monitor does when a probe outlives its timeout and margin
     expect(await pending).toMatchObject({ ok: false, reason: expect.stringMatching(/^probe thread ended \(code \d+\) during the probe$/) });
@@ -81,8 +84,7 @@ describe('what the drivers print', () => {
       expect(result.ok).toBe(false);
       // The thread's stderr reaches this thread asynchronously: wait for it (up to 2 s).
       const output = () => lines.filter((l) => l.msg === 'probe driver output');
-      for (let waited = 0; output().length === 0 && waited < 2000; waited += 20) await new Promise((r) => setTimeout(r, 20));
-      expect(output().length).toBeGreaterThan(0);
+      await waitFor(() => output().length > 0, 2000, 'the driver\'s output in the log');
       expect(output().every((l) => l.stream === 'stderr')).toBe(true);
       expect(output()[0].line).toMatch(/out of order/);
       // The thread still answers.

@@ -12,8 +12,9 @@ import { healthSchema } from '../../src/config/schema.ts';
 import { redisProbe } from '../../src/health/probes/redis.ts';
 import type { FulcrumHandle } from '../../src/main.ts';
 import { reasons, startProxy } from '../proxy/harness.ts';
-import { freePort } from '../helpers/net.ts';
+import { freePort, waitFor } from '../helpers/net.ts';
 import { respSession, startRedis, tcpPortOf, type RedisServer, type RespSession } from '../helpers/redis.ts';
+import { makeCerts, type TestCerts } from '../helpers/tls.ts';
 import { waitUntilOnly } from './switchover.ts';
 
 const PASSWORD = 's3cret-redis';
@@ -148,16 +149,42 @@ services:
     const bound = FALL * INTERVAL + 1000;
     const reachedAt = await waitUntilOnly(whoAnswers, b.port, bound + 2000);
     expect(reachedAt - t0).toBeLessThanOrEqual(bound);
-    await Promise.race([held.closed, new Promise((r) => setTimeout(r, bound))]);
-    expect(heldClosedAt).toBeGreaterThan(0);
+    await waitFor(() => heldClosedAt > 0, bound, 'the held session to close');
     expect(heldClosedAt - t0).toBeLessThanOrEqual(bound);
-    // Closed by fulcrum because its backend was marked down, not by Redis.
-    await new Promise((r) => setTimeout(r, 100));
-    expect(reasons(fulcrum, 'redis').backend_down).toBeGreaterThanOrEqual(1); // the held one, and any poll caught mid-flight
+    // Closed by fulcrum because its backend was marked down, not by Redis: the held one (and any
+    // poll caught mid-flight), counted by its worker a moment after it closed.
+    await waitFor(() => reasons(fulcrum, 'redis').backend_down >= 1, 2000, 'the held session counted as backend_down');
     expect(fulcrum.health.state('redis', a.address)).toMatchObject({ state: 'down' });
     expect(fulcrum.health.history('redis', a.address).at(-1)?.reason).toBe('wrong role: saw replica, want primary');
     const desc = fulcrum.balancer.describe().find((s) => s.name === 'redis')!;
     expect(desc.backends.find((x) => x.address === a.address)?.state).toBe('down');
     expect(desc.backends.find((x) => x.address === b.address)?.state).toBe('up');
+  });
+});
+
+describe('redis probe over TLS (health.redis.tls)', () => {
+  let tlsServer: RedisServer;
+  let tlsPort: number;
+  let certs: TestCerts;
+  beforeAll(async () => {
+    certs = await makeCerts(dir, '127.3.3.3');
+    tlsPort = await freePort('127.3.3.3');
+    tlsServer = await startRedis({ host: '127.3.3.3', args: ['--requirepass', PASSWORD, '--tls-port', String(tlsPort),
+      '--tls-cert-file', certs.certFile, '--tls-key-file', certs.keyFile, '--tls-ca-cert-file', certs.caFile, '--tls-auth-clients', 'no'] });
+  });
+  afterAll(async () => {
+    await tlsServer?.stop();
+  });
+
+  const overTls = (x: Record<string, unknown>) =>
+    redisProbe({ host: '127.3.3.3', port: tlsPort }, h({ redis: { password_file: pwFile, ...x } }), AbortSignal.timeout(2000));
+
+  it('require and verify-full speak TLS; verify-full refuses a certificate its CA did not sign; plain text to a TLS port fails', async () => {
+    expect(await overTls({ tls: 'require' })).toMatchObject({ ok: true, reason: 'role primary' });
+    expect(await overTls({ tls: 'verify-full', ca_file: certs.caFile })).toMatchObject({ ok: true, reason: 'role primary' });
+    expect(await overTls({ tls: 'verify-full', ca_file: certs.otherCaFile })).toMatchObject({ ok: false, reason: expect.stringMatching(/^tls: .*\(\w+\)$/) });
+    expect(await overTls({ tls: 'verify-full', ca_file: join(dir, 'missing.pem') }))
+      .toMatchObject({ ok: false, reason: `health.redis.ca_file ${join(dir, 'missing.pem')}: cannot read (ENOENT)` });
+    expect((await overTls({})).ok).toBe(false);
   });
 });

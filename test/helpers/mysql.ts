@@ -8,7 +8,7 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
-import { freePort } from './net.ts';
+import { freePort, waitFor } from './net.ts';
 
 const run = promisify(execFile);
 
@@ -22,7 +22,8 @@ export interface MariaDbServer {
   stop(): Promise<void>;
 }
 
-export async function startMariaDb(host: string): Promise<MariaDbServer> {
+/** `args`: more mariadbd options (e.g. --ssl-cert …). */
+export async function startMariaDb(host: string, args: string[] = []): Promise<MariaDbServer> {
   const dir = await mkdtemp(join(tmpdir(), 'fulcrum-mariadb-'));
   const datadir = join(dir, 'data');
   const socket = join(dir, 'mysqld.sock');
@@ -45,7 +46,7 @@ export async function startMariaDb(host: string): Promise<MariaDbServer> {
   const child: ChildProcess = spawn('mariadbd', [
     '--no-defaults', `--datadir=${datadir}`, `--socket=${socket}`, `--port=${port}`, `--bind-address=${host}`,
     '--user=root', `--pid-file=${join(dir, 'mysqld.pid')}`, `--log-error=${join(dir, 'error.log')}`,
-    '--skip-log-bin', '--innodb-buffer-pool-size=16M', '--skip-name-resolve', '--innodb-flush-log-at-trx-commit=0',
+    '--skip-log-bin', '--innodb-buffer-pool-size=16M', '--skip-name-resolve', '--innodb-flush-log-at-trx-commit=0', ...args,
   ], { stdio: 'ignore' });
   let exited = false;
   const exitPromise = new Promise<void>((resolve) => child.once('exit', () => { exited = true; resolve(); }));
@@ -60,17 +61,12 @@ export async function startMariaDb(host: string): Promise<MariaDbServer> {
     }
     await rm(dir, { recursive: true, force: true });
   };
-  const deadline = Date.now() + 30_000;
-  for (;;) {
-    try {
-      await sql('SELECT 1');
-      break;
-    } catch { /* starting */ }
-    if (exited || Date.now() > deadline) {
-      await stop();
-      throw new Error(`mariadbd on ${host}:${port} did not start (is mariadb-server installed?)`);
-    }
-    await new Promise((r) => setTimeout(r, 100));
+  // Until it answers a query (an exit ends the wait).
+  const answers = () => sql('SELECT 1').then(() => true, () => false);
+  const up = await waitFor(async () => exited || (await answers()), 30_000, 'mariadbd to answer', 100).then(() => !exited, () => false);
+  if (!up) {
+    await stop();
+    throw new Error(`mariadbd on ${host}:${port} did not start (is mariadb-server installed?)`);
   }
   return { host, port, address: `${host}:${port}`, dir, sql, stop };
 }

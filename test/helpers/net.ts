@@ -4,6 +4,7 @@
  * when its `close()` is called (use afterAll/finally).
  */
 import { createHash, randomBytes } from 'node:crypto';
+import { readFileSync } from 'node:fs';
 import { connect, createServer, type AddressInfo, type Server, type Socket } from 'node:net';
 
 export interface TestServer {
@@ -164,15 +165,50 @@ export function readAll(s: Socket, ms = 30_000): Promise<Buffer> {
   });
 }
 
+/**
+ * Whether any socket listens on IPv4 `host:port`, as the kernel says (/proc/net/tcp, state 0A):
+ * for waiting until a listener has really closed, without connecting (a probe connection could
+ * be accepted and counted).
+ */
+export function listening(host: string, port: number): boolean {
+  // /proc/net/tcp writes the address as the 32-bit word in host (little-endian) order, in hex.
+  const addr = host.split('.').map((o) => Number(o).toString(16).padStart(2, '0').toUpperCase()).reverse().join('');
+  const local = `${addr}:${port.toString(16).padStart(4, '0').toUpperCase()}`;
+  return readFileSync('/proc/net/tcp', 'utf8').split('\n').some((line) => {
+    const f = line.trim().split(/\s+/);
+    return f[1] === local && f[3] === '0A';
+  });
+}
+
 export const sha256 = (b: Buffer): string => createHash('sha256').update(b).digest('hex');
 export const randomData = (n: number): Buffer => randomBytes(n);
 
-/** Polls `pred` every 20 ms until true; throws with `what` after `ms`. */
-export async function waitFor(pred: () => boolean | Promise<boolean>, ms = 5000, what = 'condition'): Promise<void> {
-  const end = Date.now() + ms;
+/**
+ * Polls `pred` every `every` ms (20 by default) until true; throws with `what` after `ms`.
+ * Resolves with the milliseconds it waited (for tests that bound how long a real system took).
+ * What tests wait with, instead of sleeping a fixed time and then asserting.
+ */
+export async function waitFor(pred: () => boolean | Promise<boolean>, ms = 5000, what = 'condition', every = 20): Promise<number> {
+  const start = performance.now();
   while (!(await pred())) {
-    if (Date.now() > end) throw new Error(`timed out after ${ms}ms waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 20));
+    if (performance.now() - start > ms) throw new Error(`timed out after ${ms}ms waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, every));
+  }
+  return performance.now() - start;
+}
+
+/**
+ * A bounded observation of something that must not happen: polls `pred` every 10 ms for `ms` and
+ * throws (naming `what`) the moment it is true. For real systems whose clock a test does not hold
+ * (the workers' data plane, processes in namespaces); code that takes a Clock is checked on a
+ * TestClock instead. Make `ms` generous next to how soon the wrong thing would show.
+ */
+export async function staysFalse(pred: () => boolean | Promise<boolean>, ms: number, what: string): Promise<void> {
+  const start = performance.now();
+  for (;;) {
+    if (await pred()) throw new Error(`${what} after ${Math.round(performance.now() - start)}ms (must not happen within ${ms}ms)`);
+    if (performance.now() - start >= ms) return;
+    await new Promise((r) => setTimeout(r, 10));
   }
 }
 

@@ -16,8 +16,8 @@ import { freePort } from './net.ts';
 
 const run = promisify(execFile);
 export const PG_BIN = '/usr/lib/postgresql/15/bin';
-const PG_UID = 101;
-const PG_GID = 104;
+export const PG_UID = 101;
+export const PG_GID = 104;
 
 async function asPostgres(cmd: string, args: string[], timeout = 60_000): Promise<string> {
   try {

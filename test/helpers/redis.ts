@@ -5,7 +5,7 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { mkdtemp, rm } from 'node:fs/promises';
 import net from 'node:net';
-import { freePort } from './net.ts';
+import { freePort, waitFor } from './net.ts';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { encodeCommand, parseReply, type RespValue } from '../../src/health/probes/resp.ts';
@@ -56,18 +56,12 @@ export async function startRedis(opts: { host: string; port?: number; args?: str
     }
     await rm(dir, { recursive: true, force: true });
   };
-  const deadline = Date.now() + 10_000;
-  for (;;) {
-    try {
-      // Any reply will do: with requirepass the answer is a NOAUTH error, and that means "up".
-      await redisCommand(host, port, ['PING']);
-      break;
-    } catch { /* not up yet */ }
-    if (exited || Date.now() > deadline) {
-      await stop();
-      throw new Error(`redis-server on ${host}:${port} did not start (is redis-server installed?)`);
-    }
-    await new Promise((r) => setTimeout(r, 50));
+  // Any reply will do: with requirepass the answer is a NOAUTH error, and that means "up". An exit ends the wait.
+  const answers = () => redisCommand(host, port, ['PING']).then(() => true, () => false);
+  const up = await waitFor(async () => exited || (await answers()), 10_000, 'redis-server to answer', 50).then(() => !exited, () => false);
+  if (!up) {
+    await stop();
+    throw new Error(`redis-server on ${host}:${port} did not start (is redis-server installed?)`);
   }
   return { host, port, address: `${host}:${port}`, dir, command: (...args) => redisCommand(host, port, args), stop };
 }

@@ -77,6 +77,8 @@ describe('Metrics', () => {
     });
     metrics.observeProbe({ service: 'redis', address: '127.5.1.1:7001', ok: true, latency_ms: 3 });
     metrics.observeProbe({ service: 'redis', address: '127.5.1.1:7001', ok: false, latency_ms: 1000 });
+    // Not made (fulcrum out of files): counted apart, in neither the durations nor the last result.
+    metrics.observeProbe({ service: 'redis', address: '127.5.1.1:7001', ok: false, latency_ms: 0, skipped: 'EMFILE' });
     const text = await metrics.text();
     const line = (prefix: string): string | undefined => text.split('\n').find((l) => l.startsWith(prefix));
     expect(line('fulcrum_service_connections_total{service="redis"}')).toBe('fulcrum_service_connections_total{service="redis"} 11');
@@ -91,6 +93,7 @@ describe('Metrics', () => {
     expect(line('fulcrum_backend_up{service="redis",backend="127.5.1.1:7001"}')).toMatch(/ 1$/);
     expect(line('fulcrum_backend_effective_weight{service="redis",backend="127.5.1.1:7001"}')).toMatch(/ 1.5$/);
     expect(line('fulcrum_health_probes_total{service="redis",backend="127.5.1.1:7001",result="fail"}')).toMatch(/ 1$/);
+    expect(line('fulcrum_health_probes_total{service="redis",backend="127.5.1.1:7001",result="skipped"}')).toMatch(/ 1$/);
     expect(line('fulcrum_health_probe_duration_seconds_count{service="redis",backend="127.5.1.1:7001"}')).toMatch(/ 2$/);
     expect(line('fulcrum_health_probe_last_success{service="redis",backend="127.5.1.1:7001"}')).toMatch(/ 0$/);
     expect(line('fulcrum_failover_role{role="backup"}')).toMatch(/ 1$/);

@@ -140,6 +140,7 @@ describe('accept_proxy', () => {
     const s = await connectClient(ports.accept, HOST);
     const next = lineReader(s);
     const header = 'PROXY TCP4 198.51.100.7 192.0.2.1 40000 6380\r\n';
+    // The pauses space the writes so that they arrive as separate reads (the input, not a wait for a result).
     s.write(header.slice(0, 7));
     await sleep(30);
     s.write(header.slice(7, 30));
@@ -259,7 +260,7 @@ describe('accept_proxy', () => {
     fin.end('PROXY TCP4 198.51.1');
     const closed = waitClose(fin, 2000);
     rst.write(encodeProxyV2('203.0.113.9', 1, '192.0.2.1', 2).subarray(0, 20));
-    await sleep(20);
+    await sleep(20); // so the partial header is read before the reset (the input's timing, not a wait for a result)
     rst.resetAndDestroy();
     await closed;
     expect(Date.now() - t0).toBeLessThan(250); // timeouts.proxy_header is 300ms

@@ -3,15 +3,17 @@
  * is tested through the real proxy by every other file here, which runs twice: with the relay
  * (the default) and on the JavaScript path (FULCRUM_RELAY=off, vitest.config.ts).
  */
-import { mkdtempSync, rmSync } from 'node:fs';
+import { spawnSync } from 'node:child_process';
+import { closeSync, mkdtempSync, openSync, rmSync } from 'node:fs';
 import { isIPv6 } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { getSystemErrorName } from 'node:util';
 import { describe, expect, it } from 'vitest';
-import { formatAddress, loadRelay, RELAY_EVENTS, EV_FIELDS, STAT_FIELDS, type RelayBinding } from '../../src/proxy/relay.ts';
+import type { Socket } from 'node:net';
+import { formatAddress, loadRelay, RELAY_EVENTS, RELAY_PATH, EV_FIELDS, STAT_FIELDS, type RelayBinding } from '../../src/proxy/relay.ts';
 import { compileRelay } from '../../build/relay.ts';
-import { startEchoServer } from '../helpers/net.ts';
+import { connectClient, readLine, startEchoServer, waitFor } from '../helpers/net.ts';
 
 describe('loadRelay', () => {
   it('loads the relay that npm test built, whose constants match relay.ts', () => {
@@ -22,7 +24,8 @@ describe('loadRelay', () => {
 
   it('says why it is not used: turned off, a bad setting, not built', () => {
     expect(loadRelay({ FULCRUM_RELAY: 'off' })).toBe('FULCRUM_RELAY=off');
-    expect(loadRelay({ FULCRUM_RELAY: 'yes' })).toBe('FULCRUM_RELAY=yes is neither on nor off');
+    expect(loadRelay({ FULCRUM_RELAY: 'yes' })).toBe('FULCRUM_RELAY=yes is neither on, off nor the path of a relay build (….node)');
+    expect(loadRelay({ FULCRUM_RELAY: '/nonexistent/other.node' })).toMatch(/other\.node is not built/);
     expect(loadRelay({}, '/nonexistent/relay.node')).toMatch(/relay\.node is not built \(npm install builds it with the C compiler/);
   });
 
@@ -85,14 +88,87 @@ describe('the relay API, called directly (this test process is its worker)', () 
     expect(relay.stop(7, false)).toBe(false); // nothing in that slot
   });
 
+  /** A socket of this process's own (a Node handle's), connected to an echo server: its fd and a check that it still works. */
+  async function nodeSocket(host: string): Promise<{ fd: number; socket: Socket; echoes(): Promise<boolean>; close(): Promise<void> }> {
+    const echo = await startEchoServer(host);
+    const socket = await connectClient(echo.port, host);
+    const fd = (socket as unknown as { _handle: { fd: number } })._handle.fd;
+    return {
+      fd,
+      socket,
+      async echoes() {
+        socket.write('still mine\n');
+        return (await readLine(socket)) === 'still mine';
+      },
+      async close() {
+        socket.destroy();
+        await echo.close();
+      },
+    };
+  }
+
   it('a connect to a closed port reports EV_CONNECT_FAILED with ECONNREFUSED, and keeps the client socket', async () => {
-    // Any open fd serves as "the client" here: it is kept (ownClient false), never read.
-    const r = relay.connect(3, 0, false, '127.2.12.3', 1, 4, null, false);
+    // A Node handle's socket serves as "the client" here: it is lent (ownClient false), never read.
+    const client = await nodeSocket('127.2.12.4');
+    const r = relay.connect(3, client.fd, false, '127.2.12.3', 1, 4, null, false);
     expect(r).toBe(0);
-    const until = Date.now() + 3000;
-    while (!events.some((e) => e[1] === 3) && Date.now() < until) await new Promise((res) => setTimeout(res, 10));
+    await waitFor(() => events.some((e) => e[1] === 3), 3000, 'an event for slot 3', 10);
     expect(events.find((e) => e[1] === 3)?.slice(0, 2)).toEqual([4 /* EV_CONNECT_FAILED */, 3]);
     expect(code(events.find((e) => e[1] === 3)![2])).toBe('ECONNREFUSED');
+    await client.close();
+  });
+
+  it('closeFd closes only a client the relay accepted: a Node socket\'s fd is refused (EBADF) and stays open', async () => {
+    const client = await nodeSocket('127.2.12.5');
+    expect(code(relay.closeFd(client.fd))).toBe('EBADF');
+    expect(await client.echoes()).toBe(true);
+    await client.close();
+  });
+
+  it('connect takes only a client JavaScript may give it: an fd the relay did not accept as its own, or no stream socket, is refused', async () => {
+    const client = await nodeSocket('127.2.12.6');
+    // ownClient true: the relay would close it at the end; it never accepted it.
+    expect(code(relay.connect(4, client.fd, true, '127.2.12.3', 1, 4, null, false))).toBe('EBADF');
+    expect(code(relay.watch(4, client.fd))).toBe('EBADF');
+    expect(relay.stop(4, false)).toBe(false); // nothing was kept
+    expect(await client.echoes()).toBe(true);
+    // ownClient false (lent by a Node handle): a file is not a client.
+    const file = openSync(RELAY_PATH, 'r');
+    try {
+      expect(code(relay.connect(5, file, false, '127.2.12.3', 1, 4, null, false))).toBe('ENOTSOCK');
+    } finally {
+      closeSync(file);
+    }
+    expect(relay.stop(5, false)).toBe(false);
+    await client.close();
+  });
+
+  it('slots out of range (≥ 2^30, negative, 2^31, 2^32 − 1) are refused, without wrapping around', () => {
+    // In a process of its own: a slot that wraps around made the relay loop for ever.
+    const script = `
+      const relay = require(${JSON.stringify(RELAY_PATH)});
+      relay.init(new Float64Array(16 * ${STAT_FIELDS}), new Int32Array(${RELAY_EVENTS * EV_FIELDS}), () => {});
+      const out = [];
+      for (const slot of [2 ** 32 - 1, 2 ** 31, -1, 2 ** 30, 1.5]) {
+        for (const call of [() => relay.connect(slot, 0, false, '127.0.0.1', 1, 4, null, false), () => relay.watch(slot, 0), () => relay.stop(slot, false)]) {
+          try { out.push(String(call())); } catch (err) { out.push(err.message); }
+        }
+      }
+      console.log(JSON.stringify(out));
+    `;
+    const run = spawnSync(process.execPath, ['-e', script], { encoding: 'utf8', timeout: 20_000 });
+    expect(run.status).toBe(0);
+    const results = JSON.parse(run.stdout) as string[];
+    expect(results).toHaveLength(15);
+    for (let i = 0; i < results.length; i += 3) {
+      expect(results[i]).toBe('relay: connect(slot, clientFd, ownClient, ip, port, family, prefix, clientEnded) expected');
+      expect(results[i + 1]).toBe('relay: watch(slot, clientFd) expected');
+      expect(results[i + 2]).toBe('relay: stop(slot, keepClient) expected');
+    }
+  });
+
+  it('a slot in range but beyond the stats array is ERANGE', () => {
+    expect(code(relay.connect(16, 0, false, '127.2.12.3', 1, 4, null, false))).toBe('ERANGE');
   });
 });
 

@@ -3,7 +3,7 @@
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { FulcrumHandle } from '../../src/main.ts';
-import { connectClient, freePort, readLine, sleep, startEchoServer, startNamedServer, waitClose, type TestServer } from '../helpers/net.ts';
+import { connectClient, freePort, listening, readLine, sleep, startEchoServer, startNamedServer, waitClose, waitFor, type TestServer } from '../helpers/net.ts';
 import { reasons, startProxy } from './harness.ts';
 
 const HOST = '127.2.6.1';
@@ -49,7 +49,9 @@ describe('timeouts and stop', () => {
   it('idle timeout closes a silent session, and only a silent one', async () => {
     const { h, port } = await proxyFor('', '    timeouts: { idle: 400ms }', echo.address);
     const busy = await connectClient(port, HOST);
-    // Traffic every 150 ms keeps a session alive well past the idle timeout.
+    // Traffic every 150 ms keeps a session alive well past the idle timeout. Real time on purpose:
+    // the pause paces the client (it is the traffic, not a wait for a result), and the idle timer
+    // being measured runs in the workers' data plane.
     for (let i = 0; i < 6; i++) {
       expect(await echoOnce(busy, `ping${i}`)).toBe(`ping${i}`);
       await sleep(150);
@@ -61,7 +63,7 @@ describe('timeouts and stop', () => {
     expect(silent).toBeGreaterThanOrEqual(250);
     expect(silent).toBeLessThan(2000);
     busy.destroy();
-    await sleep(50);
+    await waitFor(() => reasons(h, 's').idle_timeout > 0, 2000, 'the session to be counted');
     expect(reasons(h, 's').idle_timeout).toBe(1);
   });
 
@@ -71,7 +73,7 @@ describe('timeouts and stop', () => {
     expect(await echoOnce(s, 'before')).toBe('before');
     const t0 = Date.now();
     const stopped = h.stop('test');
-    await sleep(200);
+    await waitFor(() => !listening(HOST, port), 2000, 'the listeners to close');
     await expect(connectClient(port, HOST)).rejects.toThrow(/ECONNREFUSED/);
     expect(await echoOnce(s, 'during')).toBe('during');
     s.end();

@@ -2,10 +2,13 @@
  * `type: mysql` — connects with `mysql2` (MySQL and MariaDB), runs `SELECT @@global.read_only`:
  * 0 is a primary, 1 a replica (the convention replication tooling keeps: replicas read-only).
  *
- * Settings (health.mysql): user (default "root"), password_file, database (optional).
+ * Settings (health.mysql): user (default "root"), password_file, database (optional), tls and
+ * ca_file (TLS after the server's greeting, as MySQL negotiates it).
  */
 import mysql from 'mysql2';
-import { capReply, CheckedSocket, framed, MAX_REPLY, ProbeFailure, readSecret, roleResult, runProbe, type Probe } from './probe.ts';
+import net from 'node:net';
+import tls from 'node:tls';
+import { capReply, checkData, framed, MAX_REPLY, ProbeFailure, readSecret, roleResult, runProbe, tlsOptions, type Probe } from './probe.ts';
 
 const AUTH_ERRNOS = new Set([1044, 1045, 1698, 1130]);
 
@@ -27,9 +30,10 @@ export const mysqlFrames = (): ((chunk: Buffer) => string | null) => framed(4, (
 
 export const mysqlProbe: Probe = (target, settings, signal) =>
   runProbe(signal, settings, async (stage) => {
-    const cfg = settings.mysql ?? {};
-    const password = cfg.password_file ? await readSecret(cfg.password_file, 'health.mysql.password_file') : undefined;
-    const socket = new CheckedSocket(mysqlFrames());
+    const cfg = settings.mysql;
+    const password = cfg?.password_file ? await readSecret(cfg.password_file, 'health.mysql.password_file') : undefined;
+    const secure = await tlsOptions(cfg, 'health.mysql');
+    const socket = checkData(new net.Socket(), mysqlFrames());
     capReply(socket);
     socket.setNoDelay(true);
     socket.connect(target.port, target.host);
@@ -37,14 +41,37 @@ export const mysqlProbe: Probe = (target, settings, signal) =>
       stream: socket,
       host: target.host,
       port: target.port,
-      user: cfg.user ?? 'root',
+      user: cfg?.user ?? 'root',
       password,
-      database: cfg.database,
+      database: cfg?.database,
+      // The name check of verify-full is made below: mysql2's (verifyIdentity) checks an IP
+      // address against "localhost", as it gives TLS no host.
+      ...(secure ? { ssl: { rejectUnauthorized: secure.rejectUnauthorized, ca: secure.ca as string | undefined, verifyIdentity: false } } : {}),
       connectTimeout: settings.timeout + 100,
       // Numbers as numbers; no date handling needed.
       supportBigNumbers: false,
     });
     conn.on('error', () => {});
+    if (secure) {
+      // mysql2 makes the TLS socket over ours after the greeting and parses what it emits: the
+      // same checks and bound apply to it, set before any data can arrive on it.
+      const internal = conn as unknown as { startTLS(onSecure: (err?: Error) => void): void; stream: net.Socket };
+      const startTLS = internal.startTLS.bind(internal);
+      internal.startTLS = (onSecure) => {
+        startTLS(onSecure);
+        const tlsSocket = internal.stream as tls.TLSSocket;
+        checkData(tlsSocket, mysqlFrames());
+        capReply(tlsSocket);
+        // verify-full: the certificate must name the backend's configured host or address,
+        // checked before mysql2's own handler (which sends the credentials) runs.
+        if (secure.rejectUnauthorized === true) {
+          tlsSocket.prependOnceListener('secureConnect', () => {
+            const err = tls.checkServerIdentity(target.host, tlsSocket.getPeerCertificate());
+            if (err) tlsSocket.destroy(err);
+          });
+        }
+      };
+    }
     stage.name = 'connecting: waiting for the handshake';
     conn.once('connect', () => { stage.name = 'waiting for @@global.read_only'; });
     const onAbort = () => conn.destroy();

@@ -1,13 +1,20 @@
 /**
- * `type: postgres` — connects with the `pg` driver (MD5 and SCRAM-SHA-256 authentication come
- * with it), runs `SELECT pg_is_in_recovery()`: false is a primary, true a standby (replica).
+ * `type: postgres` — connects with the `pg` driver, runs `SELECT pg_is_in_recovery()`: false is a
+ * primary, true a standby (replica).
  *
  * Settings (health.postgres): user (default "postgres"), password_file, database (default: the
- * user name, as libpq does). The connection is closed after every probe: a monitor connection
- * held open would hide a server that stops accepting new ones.
+ * user name, as libpq does), auth (the weakest password authentication allowed: scram, the
+ * default, md5 or password), tls and ca_file. The connection is closed after every probe: a
+ * monitor connection held open would hide a server that stops accepting new ones.
+ *
+ * The password goes to whatever answers at the backend's address: a server that asks for it in
+ * cleartext (or as MD5, a hash it can replay) gets nothing unless `auth` allows that method; the
+ * probe then fails saying so. SCRAM proves the password without sending it.
  */
+import net from 'node:net';
 import pg from 'pg';
-import { capReply, CheckedSocket, excerpt, framed, MAX_REPLY, ProbeFailure, readSecret, roleResult, runProbe, type Probe } from './probe.ts';
+import type { HealthConfig } from '../../config/schema.ts';
+import { capReply, checkData, excerpt, framed, MAX_REPLY, ProbeFailure, readSecret, roleResult, runProbe, tlsOptions, type Probe } from './probe.ts';
 
 /** SQLSTATEs that mean "these credentials will not do" rather than "the server is unwell". */
 const AUTH_STATES = new Set(['28P01', '28000']);
@@ -91,21 +98,43 @@ export const pgFrames = (): ((chunk: Buffer) => string | null) => framed(5, (b, 
   return len < 4 || len > MAX_REPLY ? `bad reply: not the PostgreSQL protocol (message ${excerpt(b.subarray(at, at + 1))} of ${len} bytes)` : 1 + len;
 }, (b, at, total) => pgMessageProblem(b[at], b.subarray(at + 5, at + total)));
 
+type PostgresAuth = NonNullable<HealthConfig['postgres']>['auth'];
+
+/** The methods each `auth` setting allows, weakest last. */
+const AUTH_ALLOWS: Record<PostgresAuth, ReadonlySet<'md5' | 'password'>> = {
+  scram: new Set(),
+  md5: new Set(['md5']),
+  password: new Set(['md5', 'password']),
+};
+
+/** Why the probe keeps its password from a server asking for it this way. */
+const refusal = (method: 'md5' | 'password', auth: PostgresAuth): string =>
+  `auth refused: the server asks for ${method === 'password' ? 'a cleartext password' : 'an MD5 password hash'}; ` +
+  `health.postgres.auth is ${auth}, so the probe sends no password (set auth: ${method} to allow it)`;
+
 export const postgresProbe: Probe = (target, settings, signal) =>
   runProbe(signal, settings, async (stage) => {
-    const cfg = settings.postgres ?? {};
-    const user = cfg.user ?? 'postgres';
-    const password = cfg.password_file ? await readSecret(cfg.password_file, 'health.postgres.password_file') : undefined;
-    const socket = new CheckedSocket(pgFrames());
+    const cfg = settings.postgres;
+    const user = cfg?.user ?? 'postgres';
+    const auth = cfg?.auth ?? 'scram';
+    const password = cfg?.password_file ? await readSecret(cfg.password_file, 'health.postgres.password_file') : undefined;
+    const ssl = await tlsOptions(cfg, 'health.postgres');
+    const socket = checkData(new net.Socket(), pgFrames());
     capReply(socket);
+    let refused: string | null = null;
     const client = new pg.Client({
       stream: () => socket,
       host: target.host,
       port: target.port,
       user,
-      database: cfg.database ?? user,
-      // pg asks for a password only if the server does; an empty string then fails as auth.
-      password: password ?? '',
+      database: cfg?.database ?? user,
+      ...(ssl ? { ssl } : {}),
+      // Asked for only when the server wants a password, after the method check below; an empty
+      // string then fails as auth.
+      password: async () => {
+        if (refused !== null) throw new ProbeFailure(refused);
+        return password ?? '';
+      },
       application_name: 'fulcrum-health',
       // The signal is the real bound; these keep the driver from outliving it on its own.
       connectionTimeoutMillis: settings.timeout + 100,
@@ -113,6 +142,21 @@ export const postgresProbe: Probe = (target, settings, signal) =>
     });
     // A driver 'error' after the probe has settled must never become an uncaught exception.
     client.on('error', () => {});
+    // Attached before connect(), so they run before pg's own handlers (which ask for the password).
+    const refuse = (method: 'md5' | 'password') => (): void => {
+      if (AUTH_ALLOWS[auth].has(method)) return;
+      refused = refusal(method, auth);
+      socket.destroy(new ProbeFailure(refused));
+    };
+    client.connection.on('authenticationCleartextPassword', refuse('password'));
+    client.connection.on('authenticationMD5Password', refuse('md5'));
+    // Over TLS pg parses what the TLS socket it made emits: the same checks apply there, and the
+    // same bound (the plain socket's data now goes to TLS, not to the listeners above).
+    client.connection.on('sslconnect', () => {
+      const secure = client.connection.stream;
+      checkData(secure, pgFrames());
+      capReply(secure);
+    });
     const onAbort = () => socket.destroy();
     signal.addEventListener('abort', onAbort, { once: true });
     let clean = false;
@@ -130,6 +174,7 @@ export const postgresProbe: Probe = (target, settings, signal) =>
       if (/SASL|password must be a string|client password/.test(e.message ?? '')) throw new ProbeFailure(`auth failed: ${e.message}`);
       if (e.code === '57P03') throw new ProbeFailure(`server not accepting connections: ${e.message}`);
       if (e.code === '3D000') throw new ProbeFailure(`${e.message} (health.postgres.database)`);
+      if (/does not support SSL/.test(e.message ?? '')) throw new ProbeFailure(`tls: the server does not support TLS (health.postgres.tls is ${cfg?.tls})`);
       throw err;
     } finally {
       signal.removeEventListener('abort', onAbort);

@@ -8,9 +8,12 @@
  * probe with a reason, never a problem for the rest of fulcrum.
  */
 import net from 'node:net';
+import tls from 'node:tls';
+import { readFile } from 'node:fs/promises';
 import type { Duplex } from 'node:stream';
 import { readSecretFile, type SecretSetting } from '../../config/secrets.ts';
 import type { HostPort, HealthConfig } from '../../config/schema.ts';
+import { localErrorCode } from '../../local-errors.ts';
 
 export type Role = 'primary' | 'replica';
 export type RoleFilter = 'primary' | 'replica' | 'any';
@@ -22,13 +25,20 @@ export interface ProbeResult {
   latency_ms: number;
   /** Database probes: the role the server reported. */
   role?: Role;
+  /**
+   * Set (to the errno code, or why) when the probe could not be made here: fulcrum is out of
+   * files, memory or local ports (src/local-errors.ts), or its probe thread ended under it. Not
+   * the backend's failure: the monitor records nothing for it and probes again.
+   */
+  skipped?: string;
 }
 
 /**
  * One probe type. `settings` is the service's whole health section; `signal` aborts the probe at
- * its timeout (the monitor passes AbortSignal.timeout(health.timeout)).
+ * its timeout (the monitor passes AbortSignal.timeout(health.timeout)). `key` names whose probe
+ * it is (service and backend): the probe thread isolates by it; probes themselves ignore it.
  */
-export type Probe = (target: HostPort, settings: HealthConfig, signal: AbortSignal) => Promise<ProbeResult>;
+export type Probe = (target: HostPort, settings: HealthConfig, signal: AbortSignal, key?: string) => Promise<ProbeResult>;
 
 /** A failure with an operator-readable reason; thrown inside probes, caught by runProbe(). */
 export class ProbeFailure extends Error {
@@ -63,10 +73,12 @@ export function describeError(err: unknown): string {
     case 'ECONNRESET': case 'EPIPE': return 'connection reset';
     case 'ETIMEDOUT': return 'timeout';
     case 'EHOSTUNREACH': case 'ENETUNREACH': return `unreachable (${e.code})`;
-    case 'EADDRNOTAVAIL': return 'address not available';
     case 'ENOTFOUND': case 'EAI_AGAIN': return `cannot resolve host (${e.code})`;
   }
   if (err instanceof ProbeFailure) return err.message;
+  // Certificate and handshake failures (health.*.tls): the code says which check refused.
+  // (Node's messages go on with advice after a ';' — not for this setting: cut there.)
+  if (typeof e?.code === 'string' && /CERT|TLS|SSL|VERIFY/.test(e.code)) return `tls: ${clip(e.message.split(';')[0], 120)} (${e.code})`;
   return clip((e as Error | undefined)?.message ?? String(err), 160);
 }
 
@@ -109,6 +121,10 @@ export async function runProbe(
     })]);
     return { ok: r.ok ?? true, reason: clip(r.reason), latency_ms: latency(), ...(r.role ? { role: r.role } : {}) };
   } catch (err) {
+    const local = localErrorCode(err);
+    if (local !== undefined) {
+      return { ok: false, reason: `not probed: ${local} here (fulcrum is out of files, memory or local ports)`, latency_ms: latency(), skipped: local };
+    }
     let reason = signal.aborted && !(err instanceof ProbeFailure) ? timeoutReason(settings, stage.name) : describeError(err);
     const partial = signal.aborted ? stage.socket?.pending : undefined;
     if (partial && partial.length > 0 && reason.startsWith('timeout')) reason += `, partial reply ${excerpt(partial)}`;
@@ -136,35 +152,55 @@ export async function readSecret(file: string, setting: SecretSetting): Promise<
   }
 }
 
+/** What a probe's `tls` and `ca_file` settings say (health.redis, health.postgres, health.mysql). */
+export interface TlsSettings {
+  tls: 'disable' | 'require' | 'verify-full';
+  ca_file?: string;
+}
+
+/**
+ * The TLS options of a probe's connection, or undefined for `tls: disable`. `require` encrypts
+ * without checking who answers (as libpq's sslmode=require); `verify-full` checks the chain
+ * against `ca_file` (the system's CAs without one) and the name or address the backend is
+ * configured with. The CA file is read per probe, as the password files are, so renewing it
+ * needs no reload. `setting` names the section in reasons ("health.postgres").
+ */
+export async function tlsOptions(cfg: TlsSettings | undefined, setting: string): Promise<tls.ConnectionOptions | undefined> {
+  if (cfg === undefined || cfg.tls === 'disable') return undefined;
+  if (cfg.tls === 'require') return { rejectUnauthorized: false };
+  if (cfg.ca_file === undefined) return { rejectUnauthorized: true };
+  try {
+    return { rejectUnauthorized: true, ca: await readFile(cfg.ca_file, 'utf8') };
+  } catch (err) {
+    throw new ProbeFailure(`${setting}.ca_file ${cfg.ca_file}: cannot read (${(err as NodeJS.ErrnoException).code ?? err})`);
+  }
+}
+
 /** Largest reply a probe keeps: enough for INFO replication or an HTTP status line. */
 export const MAX_REPLY = 64 * 1024;
 
 /**
- * The socket a driver (pg, mysql2) reads from: each chunk is shown to `check` before any 'data'
- * listener, the driver's parser included, sees it. The drivers parse in that callback on the
- * control plane's thread and trust the server's framing, so a reply they cannot parse could throw
- * out of it (an uncaught exception: the process ends) or loop for ever. `check` returns why the
- * bytes must not reach the driver, or null; a problem destroys the socket with a ProbeFailure,
- * which the driver reports as its error, and the probe fails with that reason.
+ * Makes `stream` show each chunk to `check` before any 'data' listener, the driver's parser
+ * included, sees it. The drivers (pg, mysql2) parse in that callback and trust the server's
+ * framing, so a reply they cannot parse could throw out of it (the thread ends) or loop for ever.
+ * `check` returns why the bytes must not reach the driver, or null; a problem destroys the stream
+ * with a ProbeFailure, which the driver reports as its error, and the probe fails with that
+ * reason. Used on the plain socket a driver is given and, with TLS, on the TLS socket the driver
+ * makes over it (whose 'data' is what the driver parses), before any data can arrive on it.
  */
-export class CheckedSocket extends net.Socket {
-  readonly #check: (chunk: Buffer) => string | null;
-
-  constructor(check: (chunk: Buffer) => string | null) {
-    super();
-    this.#check = check;
-  }
-
-  override emit(event: string | symbol, ...args: unknown[]): boolean {
+export function checkData<T extends Duplex>(stream: T, check: (chunk: Buffer) => string | null): T {
+  const emit = stream.emit;
+  stream.emit = function (this: T, event: string | symbol, ...args: unknown[]): boolean {
     if (event === 'data' && !this.destroyed) {
-      const problem = this.#check(args[0] as Buffer);
+      const problem = check(args[0] as Buffer);
       if (problem !== null) {
         this.destroy(new ProbeFailure(problem));
         return false;
       }
     }
-    return super.emit(event, ...args);
-  }
+    return emit.call(this, event, ...args);
+  } as T['emit'];
+  return stream;
 }
 
 /**
@@ -233,6 +269,9 @@ export class ProbeSocket {
     this.#signal = signal;
     socket.on('data', (d: Buffer) => {
       this.#buf = this.#buf.length === 0 ? d : Buffer.concat([this.#buf, d]);
+      // Past MAX_REPLY nothing more is read: a server streaming without end must not make the
+      // probe thread concatenate (and hold) more before the reader wakes (read() then fails it).
+      if (this.#buf.length > MAX_REPLY) socket.destroy();
       this.#notify();
     });
     socket.on('end', () => { this.#ended = true; this.#notify(); });
@@ -247,21 +286,27 @@ export class ProbeSocket {
     w?.();
   }
 
-  /** Connects, or throws "connection refused" / the timeout (via the signal). */
-  static connect(target: HostPort, signal: AbortSignal): Promise<ProbeSocket> {
+  /**
+   * Connects (over TLS with `secure`: tlsOptions()), or throws "connection refused", a TLS
+   * failure, or the timeout (via the signal).
+   */
+  static connect(target: HostPort, signal: AbortSignal, secure?: tls.ConnectionOptions): Promise<ProbeSocket> {
     return new Promise((resolve, reject) => {
-      const socket = net.connect({ host: target.host, port: target.port, noDelay: true });
+      const socket = secure === undefined
+        ? net.connect({ host: target.host, port: target.port, noDelay: true })
+        : tls.connect({ ...secure, host: target.host, port: target.port, ...(net.isIP(target.host) === 0 ? { servername: target.host } : {}) }).setNoDelay(true);
+      const connected = secure === undefined ? 'connect' : 'secureConnect';
       const ps = new ProbeSocket(socket, signal);
       const onAbort = () => { cleanup(); ps.destroy(); reject(new Error('aborted')); };
       const onError = (err: unknown) => { cleanup(); ps.destroy(); reject(err); };
       const onConnect = () => { cleanup(); resolve(ps); };
       const cleanup = () => {
-        socket.off('connect', onConnect);
+        socket.off(connected, onConnect);
         socket.off('error', onError);
         signal.removeEventListener('abort', onAbort);
       };
       if (signal.aborted) return onAbort();
-      socket.once('connect', onConnect);
+      socket.once(connected, onConnect);
       socket.once('error', onError);
       signal.addEventListener('abort', onAbort, { once: true });
     });
@@ -282,13 +327,13 @@ export class ProbeSocket {
           return r[0];
         }
       }
+      if (this.#buf.length > MAX_REPLY) throw new ProbeFailure(`reply too long (over ${MAX_REPLY} bytes) ${excerpt(this.#buf)}`);
       if (this.#error) throw this.#error;
       if (this.#ended) {
         throw new ProbeFailure(this.#buf.length === 0
           ? 'closed by server before replying'
           : `closed by server after a partial reply ${excerpt(this.#buf)}`);
       }
-      if (this.#buf.length > MAX_REPLY) throw new ProbeFailure(`reply too long (over ${MAX_REPLY} bytes) ${excerpt(this.#buf)}`);
       await new Promise<void>((resolve) => { this.#wake = resolve; });
     }
   }

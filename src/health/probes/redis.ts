@@ -6,8 +6,9 @@
  *   3. if ROLE is refused (renamed command, an ACL without it), INFO replication's `role:` line.
  *
  * The role filter (`health.role`) then decides. With role: any a plain PING-like answer is enough.
+ * `health.redis.tls` (require, verify-full with ca_file) speaks TLS to the server (its tls-port).
  */
-import { excerpt, ProbeFailure, ProbeSocket, readSecret, roleResult, runProbe, type Probe, type Role } from './probe.ts';
+import { excerpt, ProbeFailure, ProbeSocket, readSecret, roleResult, runProbe, tlsOptions, type Probe, type Role } from './probe.ts';
 import { encodeCommand, parseReply, RespError, type RespValue } from './resp.ts';
 
 function roleName(raw: string): Role | undefined {
@@ -20,7 +21,7 @@ export const redisProbe: Probe = (target, settings, signal) =>
   runProbe(signal, settings, async (stage) => {
     const auth = settings.redis;
     const password = auth?.password_file ? await readSecret(auth.password_file, 'health.redis.password_file') : undefined;
-    const sock = await ProbeSocket.connect(target, signal);
+    const sock = await ProbeSocket.connect(target, signal, await tlsOptions(auth, 'health.redis'));
     const command = async (args: string[]): Promise<RespValue> => {
       sock.write(encodeCommand(args));
       return sock.read((buf) => parseReply(buf));

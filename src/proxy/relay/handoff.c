@@ -1,0 +1,168 @@
+/*
+ * The registry of relays (one per worker thread of this process) and the hand-over of
+ * connections between them.
+ *
+ * Each worker listens on a service's address with SO_REUSEPORT, and the kernel picks the listener
+ * by a hash of the client's address and port, not by load (HAProxy gives each connection to its
+ * least-loaded thread). With long-lived connections (database pools, the benchmark's rr) a hash
+ * spread of 50 can be 30 / 20 for their whole life. So a relay that accepts a connection while it
+ * holds two or more client connections more than another relay listening on the same address
+ * hands the new one over (steer()): the socket goes into that relay's inbox and its eventfd wakes
+ * it; it reports EV_ACCEPT on its own listener for that address (adopt()), as if the kernel had
+ * queued the connection there. JavaScript sees nothing of it. The registry, the inboxes and the
+ * listener tables (read by other threads) are guarded by g_lock; the loads are atomics read
+ * without it.
+ */
+#include "relay.h"
+
+#define MAX_RELAYS 64
+pthread_mutex_t g_lock = PTHREAD_MUTEX_INITIALIZER;
+static Relay *g_relays[MAX_RELAYS];
+/* Client connections each relay holds: accepted here or handed over, not closed yet. INT32_MAX
+   for a free registry slot, so a scan for the least loaded skips it without the lock. */
+_Atomic int32_t g_load[MAX_RELAYS];
+static pthread_once_t g_once = PTHREAD_ONCE_INIT;
+static void init_loads(void) {
+  for (int i = 0; i < MAX_RELAYS; i++) atomic_store(&g_load[i], INT32_MAX);
+}
+
+static int same_address(const struct sockaddr_storage *a, const struct sockaddr_storage *b) {
+  if (a->ss_family != b->ss_family) return 0;
+  if (a->ss_family == AF_INET) {
+    const struct sockaddr_in *x = (const void *)a, *y = (const void *)b;
+    return x->sin_port == y->sin_port && x->sin_addr.s_addr == y->sin_addr.s_addr;
+  }
+  const struct sockaddr_in6 *x = (const void *)a, *y = (const void *)b;
+  return x->sin6_port == y->sin6_port && memcmp(&x->sin6_addr, &y->sin6_addr, 16) == 0;
+}
+
+/* The listener id of `r` bound to `to`, or -1. Called with g_lock held, or on r's own thread. */
+static int listener_for(Relay *r, const struct sockaddr_storage *to) {
+  for (uint32_t i = 0; i < r->nlisteners; i++) if (r->listeners[i] >= 0 && same_address(&r->lkeys[i], to)) return (int)i;
+  return -1;
+}
+
+
+/* Highest registry index in use + 1: how far the scans go. */
+static _Atomic int g_nrid;
+
+/*
+ * HOT: once per accepted connection. Hands `fd` over to the least-loaded relay that listens on
+ * the same address, if this one holds two or more client connections more than it; 1 if handed.
+ * Balanced (the usual case), it costs one scan of the loads, without the lock.
+ */
+int steer(Relay *r, uint32_t lid, int fd, const int32_t from[5]) {
+  int n = atomic_load_explicit(&g_nrid, memory_order_relaxed);
+  int32_t mine = atomic_load_explicit(&g_load[r->rid], memory_order_relaxed);
+  int32_t least = INT32_MAX;
+  for (int i = 0; i < n; i++) {
+    int32_t l = atomic_load_explicit(&g_load[i], memory_order_relaxed);
+    if (i != r->rid && l < least) least = l;
+  }
+  if (least == INT32_MAX || mine < least + 2) return 0;
+  int handed = 0;
+  pthread_mutex_lock(&g_lock);
+  int best = -1;
+  int32_t best_load = mine - 1;
+  for (int i = 0; i < n; i++) {
+    Relay *t = g_relays[i];
+    if (t == NULL || t == r) continue;
+    int32_t l = atomic_load_explicit(&g_load[i], memory_order_relaxed);
+    if (l < best_load && listener_for(t, &r->lkeys[lid]) >= 0) {
+      best = i;
+      best_load = l;
+    }
+  }
+  if (best >= 0) {
+    Relay *t = g_relays[best];
+    if (t->ninbox == t->inbox_cap) {
+      uint32_t cap = t->inbox_cap == 0 ? 64 : t->inbox_cap * 2;
+      Handoff *grown = realloc(t->inbox, cap * sizeof(Handoff));
+      if (grown != NULL) {
+        t->inbox = grown;
+        t->inbox_cap = cap;
+      }
+    }
+    if (t->ninbox < t->inbox_cap) {
+      Handoff *h = &t->inbox[t->ninbox++];
+      h->fd = fd;
+      h->to = r->lkeys[lid];
+      memcpy(h->from, from, sizeof(h->from));
+      atomic_fetch_add_explicit(&g_load[best], 1, memory_order_relaxed);
+      uint64_t one = 1;
+      if (write(t->inbox_fd, &one, sizeof(one)) < 0) { /* the counter is far from overflowing: cannot fail */ }
+      handed = 1;
+    }
+  }
+  pthread_mutex_unlock(&g_lock);
+  return handed;
+}
+
+/* The inbox's eventfd is readable: each connection handed over becomes an EV_ACCEPT here. */
+void adopt(Relay *r) {
+  uint64_t count;
+  if (read(r->inbox_fd, &count, sizeof(count)) < 0) { /* EAGAIN: woken for entries already taken */ }
+  pthread_mutex_lock(&g_lock);
+  uint32_t i = 0;
+  for (; i < r->ninbox && room_to_accept(r); i++) {
+    Handoff *h = &r->inbox[i];
+    int lid = listener_for(r, &h->to);
+    /* The listener for that address closed meanwhile (pause, move): the connection is closed, as
+       the kernel does with the connections queued on a listener that closes. */
+    if (lid < 0 || !remember(r, h->fd, 0)) {
+      close(h->fd);
+      atomic_fetch_sub_explicit(&g_load[r->rid], 1, memory_order_relaxed);
+      continue;
+    }
+    int32_t *e = push_event(r, EV_ACCEPT, (uint32_t)lid, h->fd);
+    memcpy(&e[EV_B], h->from, sizeof(h->from));
+  }
+  if (i > 0) {
+    memmove(r->inbox, r->inbox + i, (r->ninbox - i) * sizeof(Handoff));
+    r->ninbox -= i;
+  }
+  if (r->ninbox > 0) {
+    /* No room for the rest in this wake's events: wake again for them. */
+    uint64_t one = 1;
+    if (write(r->inbox_fd, &one, sizeof(one)) < 0) { /* cannot fail, see steer() */ }
+  }
+  pthread_mutex_unlock(&g_lock);
+}
+
+
+/* Joins the registry with an inbox (an eventfd in the epoll set); without one (64 workers, no
+   eventfd) the relay works alone: it neither hands over nor takes connections. Once per worker. */
+void register_relay(Relay *r) {
+  pthread_once(&g_once, init_loads);
+  r->rid = -1;
+  r->inbox_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+  if (r->inbox_fd < 0) return;
+  struct epoll_event e;
+  e.events = EPOLLIN;
+  e.data.u64 = key_of(0, INBOX, r->inbox_fd);
+  if (epoll_ctl(r->epfd, EPOLL_CTL_ADD, r->inbox_fd, &e) != 0) return;
+  pthread_mutex_lock(&g_lock);
+  for (int i = 0; i < MAX_RELAYS; i++) {
+    if (g_relays[i] != NULL) continue;
+    g_relays[i] = r;
+    atomic_store(&g_load[i], 0);
+    r->rid = i;
+    if (i >= atomic_load(&g_nrid)) atomic_store(&g_nrid, i + 1);
+    break;
+  }
+  pthread_mutex_unlock(&g_lock);
+}
+
+
+/* Leaves the registry (the worker is going away): no other relay hands connections over or reads
+   the listener table once this returns; what is still in the inbox goes with the worker, as its
+   own accepts do. */
+void unregister_relay(Relay *r) {
+  if (r->rid < 0) return;
+  pthread_mutex_lock(&g_lock);
+  g_relays[r->rid] = NULL;
+  atomic_store(&g_load[r->rid], INT32_MAX);
+  for (uint32_t i = 0; i < r->ninbox; i++) close(r->inbox[i].fd);
+  r->ninbox = 0;
+  pthread_mutex_unlock(&g_lock);
+}

@@ -1,0 +1,166 @@
+/*
+ * The relay's shared definitions: the constants relay.ts checks (constants()), the session, the
+ * per-worker relay, and what its three files give each other:
+ *
+ *   relay.c    the N-API surface: argument checks (one helper, args()), init, listen, connect,
+ *              watch, stop, closeFd, localAddress, constants; the worker's teardown
+ *   loop.c     the event loop and the sessions: epoll wake, accept, connect completion, moving
+ *              bytes both ways with backpressure and half-close, the events for JS, fd ownership
+ *   handoff.c  the registry of relays (one per worker thread) and the hand-over of connections
+ *              from a busier relay to a quieter one listening on the same address
+ *
+ * Everything is hidden (-fvisibility=hidden, build/relay.ts) but the module's init.
+ */
+#ifndef FULCRUM_RELAY_H
+#define FULCRUM_RELAY_H
+#define _GNU_SOURCE /* accept4 */
+#define NAPI_VERSION 8
+#include <node_api.h>
+#include <uv.h>
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <netdb.h>
+#include <netinet/tcp.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+/* The event layout (EV_*, END_*, STAT_*, MAX_EVENTS, MAX_ACCEPT) and the Node this relay is built
+   for (FULCRUM_NODE_ABI, FULCRUM_NODE_VERSION), generated from src/shm/layout.ts by build/relay.ts. */
+#include "relay-layout.h"
+
+/* Keep in step with relay.ts (checked there against constants()). */
+#ifndef RELAY_VERSION /* tests build a relay of another version to see it refused */
+#define RELAY_VERSION 2
+#endif
+/* Built with AddressSanitizer (build/relay.ts --sanitize): constants().sanitized says so, and
+   transport-relay.ts then hands it only buffers of their own allocation (an over-read is caught). */
+#if defined(__SANITIZE_ADDRESS__)
+#define RELAY_SANITIZED 1
+#else
+#define RELAY_SANITIZED 0
+#endif
+#define CLIENT 0
+#define SERVER 1
+#define LISTENER 2
+#define INBOX 3 /* the relay's eventfd: connections another relay handed over */
+
+/* Per read: the JS path's largest read buffer (transport-js.ts READ_BUFFER_SIZE). */
+#define SCRATCH_SIZE (64 * 1024)
+
+enum { ST_WATCH = 1, ST_CONNECTING, ST_RELAY };
+
+/*
+ * What an fd is to this relay, so that JavaScript can only hand back what it was given:
+ *   FD_HELD    accepted here (EV_ACCEPT) and held by JS, in no session: connect, watch, closeFd
+ *   FD_CLIENT  accepted here, the client of a session (closed with it, or FD_HELD again if kept)
+ *   FD_LENT    a Node handle's socket lent to a session (ownClient false): never closed here
+ *   FD_OWN     the relay's own: backend sockets, listeners, the epoll set, the inbox
+ */
+enum { FD_NONE = 0, FD_HELD, FD_CLIENT, FD_LENT, FD_OWN };
+
+/* Slots JS may use: the epoll key (key_of) keeps 30 bits for a slot or listener id. */
+#define MAX_SLOTS (1u << 30)
+
+typedef struct {
+  uint8_t *buf; /* what the writing side's kernel did not take yet (NULL: nothing) */
+  uint32_t off, len;
+  uint8_t eof;  /* the reading side sent EOF */
+} Dir;
+
+typedef struct {
+  int fd[2];      /* CLIENT, SERVER (-1: none) */
+  uint8_t own[2]; /* whether this file closes the socket */
+  uint8_t reg[2]; /* whether it is in the epoll set */
+  uint32_t ev[2]; /* its epoll interest */
+  Dir dir[2];     /* dir[CLIENT]: client → server; dir[SERVER]: server → client */
+  uint32_t slot;
+  int state;
+  int cause;      /* END_* of the first EOF, 0 before */
+} Session;
+
+/* A connection another relay accepted and handed over: the listener address it came to, and the
+   EV_ACCEPT fields (family << 16 | port, address bytes) it already computed. */
+typedef struct {
+  int fd;
+  struct sockaddr_storage to;
+  int32_t from[5];
+} Handoff;
+
+typedef struct {
+  napi_env env;
+  uv_poll_t poll;
+  int epfd;
+  int rid;        /* index in the registry (-1: not registered: no steering) */
+  int inbox_fd;   /* eventfd another relay writes after filling `inbox` */
+  Handoff *inbox; /* under g_lock */
+  uint32_t ninbox, inbox_cap;
+  struct sockaddr_storage *lkeys; /* the bound address per listener id (under g_lock) */
+  napi_async_cleanup_hook_handle cleanup;
+  Session **slots;
+  uint32_t nslots;
+  int *listeners; /* fd per listener id, -1: free */
+  uint32_t nlisteners;
+  uint32_t refs;  /* sessions + listeners: the poll handle keeps the loop alive while > 0 */
+  /* What each fd is to this relay (FD_*), by fd. Client sockets accepted here (FD_HELD,
+     FD_CLIENT) are closed when the worker goes away, whatever JS holds them for (a crash must not
+     leak connections); JS may name only its own fds (fd_is, the N-API checks). */
+  uint8_t *fds;
+  uint32_t nfds;
+  double *stats;
+  size_t stats_len;
+  napi_ref stats_ref;
+  int32_t *events;
+  size_t events_len;
+  uint32_t nev;
+  napi_ref events_ref;
+  napi_ref on_events;
+  napi_ref resource;
+  napi_async_context actx;
+  int64_t yielded_ns; /* CLOCK_MONOTONIC of the last yield_point() that read the CPU clock */
+  uint8_t scratch[SCRATCH_SIZE];
+} Relay;
+
+/* The epoll key of one socket: id (slot or listener, < MAX_SLOTS), kind and fd (a key whose fd no longer matches is stale). */
+static inline uint64_t key_of(uint32_t id, int kind, int fd) {
+  return ((uint64_t)id << 34) | ((uint64_t)kind << 32) | (uint32_t)fd;
+}
+
+static inline int room_to_accept(Relay *r) {
+  return (size_t)(r->nev + 2 * MAX_EVENTS + 1) * EV_FIELDS <= r->events_len;
+}
+
+/* ── loop.c ── */
+void ref_up(Relay *r);
+void ref_down(Relay *r);
+int32_t *push_event(Relay *r, int type, uint32_t id, int32_t a);
+int fd_is(Relay *r, int fd, int state);
+int track_fd(Relay *r, int fd, int state);
+void untrack_fd(Relay *r, int fd);
+void close_fd(Relay *r, int fd);
+int remember(Relay *r, int fd, int count);
+Session *new_session(Relay *r, uint32_t slot, int *err);
+void free_session(Relay *r, Session *s, int keep_client);
+int poll_side(Relay *r, Session *s, int side, uint32_t want);
+void encode_address(const struct sockaddr_storage *ss, int32_t out[5]);
+void on_poll(uv_poll_t *h, int status, int events);
+
+/* ── handoff.c ── */
+/* Guards the registry, the inboxes and the listener tables other relays read (listeners, lkeys). */
+extern pthread_mutex_t g_lock;
+extern _Atomic int32_t g_load[];
+void register_relay(Relay *r);
+void unregister_relay(Relay *r);
+int steer(Relay *r, uint32_t lid, int fd, const int32_t from[5]);
+void adopt(Relay *r);
+
+#endif

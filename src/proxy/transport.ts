@@ -1,0 +1,103 @@
+/**
+ * How a transport plugs into the session core (core.ts).
+ *
+ * The core decides — admission and pick, queue, retries, timeouts, PROXY headers, counters, the
+ * log line — and knows no socket. A transport makes the system calls for the sessions it carries
+ * and reports what happened; it decides nothing. Two carry TCP today: the JavaScript handles path
+ * (transport-js.ts) and the native relay (transport-relay.ts, with relay.c). Each session points
+ * to its transport (`s.t`), so the core calls it without asking which one it is.
+ *
+ * A transport, in order of a session's life:
+ *   1. takes a connection from a listener that worker.ts opened through it, makes a session of its
+ *      own class (a subclass of Session, pooled by the transport) and hands it to
+ *      `core.accepted(s, rt)`; a client byte read before the backend is connected goes to
+ *      `core.early(s, data, n)`, its EOF then to `core.clientLeft(s)`;
+ *   2. is asked `peer` / `local` (the hash key, the log, send_proxy), `watch` / `unwatch` (queued:
+ *      report a client that leaves with `core.clientLeft`), `connect` (one per attempt; the
+ *      result comes as `core.connected(s)` or `core.connectFailed(s, code)`), `abandon` (the core
+ *      gave up an attempt: a timeout, a retry);
+ *   3. moves the data, counting it into `s.bytesIn` / `s.bytesOut` and the activity into
+ *      `s.lastActive` (with `core.clock`, no clock read per chunk) — or leaves both where the
+ *      core's once-a-second accounting and timeout sweep find them (`syncBytes`, `moved`);
+ *   4. reports an end with `core.end(s, reason)`, and is told to `close` a session the core ends
+ *      (idle timeout, backend marked down, shutdown); `recycle` gives the object back.
+ *
+ * A datagram transport (UDP: a flow per client address and port, one connected upstream socket
+ * per flow) fits the same interface: the first datagram of a new source is an accept, the
+ * upstream socket's creation the connect (reported at once), every datagram activity, the idle
+ * timeout the core's, a PROXY v2 header (`core.proxyHeader`) in front of each datagram; it never
+ * queues a client it cannot hold (`watch` answers at once) and has no half-close. Nothing in the
+ * core's TCP logic changes for it.
+ */
+import type { Server } from 'node:net';
+import type { DataPath } from './core.ts';
+import { acceptRaw, type SockAddr, type TcpHandle } from './handles.ts';
+import type { ServiceRuntime, Session } from './session.ts';
+
+/** What a listener tells the transport that accepts on it: the service its connections are for (worker.ts updates `rt` on a reload). */
+export interface ListenerRef {
+  rt: ServiceRuntime;
+}
+
+export interface Transport {
+  /** The client's address as the socket sees it, into `out` (left empty if unknown). Once per connection that needs it. */
+  peer(s: Session, out: SockAddr): void;
+  /** The address the client reached, into `out` (send_proxy without a client header). Once per backend connection. */
+  local(s: Session, out: SockAddr): void;
+  /** Queued: watch the client for leaving (`core.clientLeft`). 0, or a negative errno (the core ends the session). */
+  watch(s: Session): number;
+  /** Its wait is over: stop watching (the client stays). */
+  unwatch(s: Session): void;
+  /**
+   * Once per connect attempt: connects to the backend at ip:port and, once up, sends what the core
+   * has for it first (`core.proxyHeader`, `s.pending`). 0 (the result follows as `core.connected`
+   * or `core.connectFailed`), or a negative errno if nothing was started.
+   */
+  connect(s: Session, ip: string, port: number, family: number): number;
+  /** The current attempt is over (failed or timed out): drop the backend side, keep the client. */
+  abandon(s: Session): void;
+  /** Brings s.bytesIn / s.bytesOut up to date. Per close, and once a second per connected session. */
+  syncBytes(s: Session): void;
+  /** Whether the connected session moved data since the last call (the sweep then stamps lastActive). Per sweep and session. */
+  moved(s: Session): boolean;
+  /** Closes the session's sockets (both sides), at once; the core finalizes it right after. */
+  close(s: Session): void;
+  /** The core is done with the object (finalized): the transport resets it and pools it. */
+  recycle(s: Session): void;
+}
+
+/** A transport that takes the connections of a Node server worker.ts listens with (the JavaScript path; accept_proxy services on both). */
+export interface ServerTransport {
+  readonly core: DataPath;
+  /** HOT: once per connection accepted on one of its servers (acceptOn), as a raw handle: a session for `rt`, to core.accepted. */
+  adopt(client: TcpHandle, rt: ServiceRuntime): void;
+}
+
+const kListener = Symbol('fulcrum.listener');
+const kTransport = Symbol('fulcrum.transport');
+type Tagged = Server & { [kListener]: ListenerRef; [kTransport]: ServerTransport };
+
+/**
+ * Routes `server`'s connections to `t` as raw handles, for the service `ref` names (read per
+ * connection, so a reload's new runtime applies at once). worker.ts calls it before `listen`.
+ */
+export function acceptOn(server: Server, ref: ListenerRef, t: ServerTransport): void {
+  const tagged = server as Tagged;
+  tagged[kListener] = ref;
+  tagged[kTransport] = t;
+  acceptRaw(server, onConnection);
+}
+
+/** HOT: the listener handle's onconnection, once per accepted connection. */
+function onConnection(this: { owner: Server }, err: number, handle: TcpHandle | undefined): void {
+  const server = this.owner as Tagged;
+  const t = server[kTransport];
+  const rt = server[kListener].rt;
+  if (err !== 0 || handle === undefined) {
+    // An accept error (EMFILE, ENFILE…): libuv keeps listening (and closes the connections it
+    // cannot take, rather than leave them waiting); the worker says so in its log.
+    t.core.ctx.onLocalError?.(err, rt.entry.name, 'accept');
+    return;
+  }
+  t.adopt(handle, rt);
+}

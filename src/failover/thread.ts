@@ -284,6 +284,7 @@ export class FailoverThread extends EventEmitter<FailoverEvents> {
       () => this.#log.info({ restarts: this.#restarts }, 'failover thread started again'),
       (err: Error) => {
         this.#log.error({ err: err.message }, `the failover thread did not start again: ${err.message}`);
+        this.#startedAt = performance.now(); // it ran for no time: the next wait is longer
         void this.#ended(1);
       },
     );
@@ -302,9 +303,10 @@ export class FailoverThread extends EventEmitter<FailoverEvents> {
       this.#log.warn(change, `role ${from} → init: ${cause}`);
       this.emit('role', change);
     }
-    await this.#acceptQueue;
-    if (this.#accepting) await this.#runSetAccepting(false);
-    await this.#local.vip.remove();
+    // Both at once: a pause of the listeners that hangs must not keep the address here.
+    const stopAccepting = this.#acceptQueue.then(() => (this.#accepting ? this.#runSetAccepting(false) : undefined));
+    this.#acceptQueue = stopAccepting; // a new thread's requests come after it
+    await Promise.all([stopAccepting, this.#local.vip.remove()]);
   }
 
   /** The thread asks to start or stop accepting: one request at a time, in order, each answered when done. */

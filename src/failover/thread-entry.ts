@@ -2,7 +2,7 @@
  * The failover thread (thread.ts says why it is one, and what crosses): runs the Failover of
  * index.ts with what the main thread sent, and answers in messages. Its log lines go to the main
  * thread, which writes them to its own destination; its status goes there on every role change
- * and every advert interval.
+ * and STATUS_PER_INTERVAL times an advert interval.
  */
 import { constants, setPriority } from 'node:os';
 import { parentPort, workerData } from 'node:worker_threads';
@@ -26,6 +26,15 @@ const ACCEPTING_WAIT_MS = 2000;
  * process's priority.
  */
 const THREAD_NICE = constants.priority.PRIORITY_HIGH;
+
+/**
+ * Status reports per advert interval. The main thread ages the last report (the peer's
+ * last_advert_ms_ago grows with the time since it); an advert that arrived after it shows only in
+ * the next one, so the age it gives can be too old by up to one report period: a quarter of an
+ * interval, not a whole one (what the admin API shows, and what a watcher of gaps measures).
+ */
+const STATUS_PER_INTERVAL = 4;
+const STATUS_MIN_MS = 10;
 
 const port = parentPort!;
 const data = workerData as FailoverThreadData;
@@ -69,7 +78,7 @@ function sendStatus(): void {
 let statusTimer: NodeJS.Timeout | null = null;
 function armStatus(): void {
   if (statusTimer) clearInterval(statusTimer);
-  statusTimer = setInterval(sendStatus, failover.settings.advert_interval);
+  statusTimer = setInterval(sendStatus, Math.max(STATUS_MIN_MS, failover.settings.advert_interval / STATUS_PER_INTERVAL));
 }
 
 failover.on('role', (change) => {

@@ -11,7 +11,7 @@
  *    sent when it changes: ha.track.min_backends_up compares with it over there), a reload's ha
  *    section, the log level, stop, and the answer to each accept/stop request;
  *  - thread → main: its log lines (written to this logger's destination, timestamps from the
- *    thread), role changes, its status (on each role change and every advert interval), and
+ *    thread), role changes, its status (on each role change and four times an advert interval), and
  *    "start / stop accepting on the VIP", which this side runs (pool.resumeService / pauseService)
  *    and answers when done, since the state machine's actions wait for it.
  * status() stays synchronous: the last status the thread sent, with the peer's advert age brought
@@ -75,7 +75,7 @@ const RESTART_MAX_MS = 10_000;
 /** How long stop() waits for the thread to resign (priority 0) and release the VIP before it ends it. */
 const STOP_WAIT_MS = 5_000;
 /**
- * A thread silent for this many advert intervals (it reports every one), and at least
+ * A thread silent for this many advert intervals (it reports several times in each), and at least
  * WATCHDOG_MIN_MS, is stuck: it is ended and replaced. Generous: a busy machine delays a report,
  * and a peer that goes without our heartbeat for this long has taken the VIP anyway.
  */

@@ -69,6 +69,21 @@ export interface RoleChange {
   cause: string;
 }
 
+/** A VIP announced or withdrawn through the BGP speaker. Emitted by src/bgp's Bgp once the speaker did it. */
+export interface BgpRouteEvent {
+  vip: string;
+  action: 'announce' | 'withdraw';
+  /** Why: "ready: web 3/3 backends up", "web has 0 backends up (needs 1)", "stopping", "drained by ctl"… */
+  cause: string;
+}
+
+/** A BGP session changed state (as the speaker reports it: idle, active, established…). Emitted by src/bgp's Bgp. */
+export interface BgpSessionEvent {
+  neighbor: string;
+  from: string;
+  to: string;
+}
+
 // ── each part's events (EventEmitter<Map> type parameters) ──
 
 export interface BalancerEvents {
@@ -89,6 +104,11 @@ export interface FailoverEvents {
   role: [change: RoleChange];
 }
 
+export interface BgpEvents {
+  route: [event: BgpRouteEvent];
+  session: [event: BgpSessionEvent];
+}
+
 /**
  * The handle's bus (FulcrumHandle.events): what the routes table publishes for observers —
  * src/admin's metrics and stats, and tests. Nothing in the control plane listens to it to act.
@@ -98,4 +118,6 @@ export interface FulcrumEvents {
   'connect-failed': [event: ConnectFailedEvent];
   'health-probe': [event: ProbeEvent];
   'health-transition': [event: TransitionEvent];
+  'bgp-route': [event: BgpRouteEvent];
+  'bgp-session': [event: BgpSessionEvent];
 }

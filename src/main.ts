@@ -10,6 +10,7 @@
  *   HealthMonitor (asks the Balancer for admin state)   Failover (when config.ha is set)
  *   routes (src/control/routes.ts): pool ─▶ health (passive), health ─▶ balancer,
  *     balancer ─▶ pool (shutdown_sessions), balancer ─▶ health (maint), failover ↔ pool (VIP),
+ *     balancer ─▶ bgp (announce what can be served, when config.bgp is set),
  *     and everything observers read onto handle.events
  *   reload (src/control/reload.ts): listen check → VIP pause → balancer → health → service
  *     table → workers → resume → resize
@@ -24,7 +25,8 @@ import { resolveWorkers } from './config/load.ts';
 import type { Config } from './config/schema.ts';
 import { vipBoundServices } from './control/diff.ts';
 import { ReloadSequence } from './control/reload.ts';
-import { failoverRoutes, installRoutes } from './control/routes.ts';
+import { bgpServicesOn, failoverRoutes, installBgpRoutes, installRoutes } from './control/routes.ts';
+import { Bgp } from './bgp/index.ts';
 import type { FulcrumEvents } from './events.ts';
 import { FailoverThread } from './failover/thread.ts';
 import { HealthMonitor } from './health/monitor.ts';
@@ -66,6 +68,8 @@ export interface FulcrumHandle {
   readonly health: HealthMonitor;
   /** Present when config.ha is set: role, peer, counters via failover.status(); the failover runs on its own thread. */
   readonly failover: FailoverThread | null;
+  /** Present when config.bgp is set: speaker, sessions, announcements via bgp.status(). */
+  readonly bgp: Bgp | null;
   readonly logger: Logger;
   /** The one reload sequence (src/control/reload.ts): reloadFile, edits, hooks, the reload record. */
   readonly control: ReloadSequence;
@@ -123,13 +127,22 @@ export async function startFulcrum(initial: Config, options: StartOptions = {}):
   // clients reach the primary instead of being refused for want of an eligible backend.
   await health.firstRound();
 
+  // bgp: the speaker starts (a missing binary fails here, naming it) and the VIPs go on lo before
+  // the listeners bind them; announced once the listeners are open (setListening below).
+  const bgp = initial.bgp ? new Bgp({ config: initial.bgp, logger, servicesOn: bgpServicesOn({ balancer, config }) }) : null;
   // Services bound to a VIP start paused: failover resumes them when this instance is master.
   try {
+    if (bgp) {
+      installBgpRoutes({ balancer, events }, bgp);
+      await bgp.start();
+    }
     await pool.start(buildServiceTable(initial, balancer), [...(options.pausedServices ?? []), ...vipBoundServices(initial)]);
   } catch (err) {
     health.stop(); // its probes started first: a start that fails leaves no thread or timer behind
+    await bgp?.close();
     throw err;
   }
+  bgp?.setListening(true);
 
   // On a thread of its own (src/failover/thread.ts): nothing that loads this thread delays a heartbeat.
   let failover: FailoverThread | null = null;
@@ -156,9 +169,11 @@ export async function startFulcrum(initial: Config, options: StartOptions = {}):
     log.info({ reason, grace_ms: grace }, 'stopping: no new connections, open ones get the grace period');
     health.stop();
     stopping = (async () => {
-      // First: a master sends priority 0 and releases the VIP, so the peer takes over while we drain.
-      await failover?.stop();
+      // First: a master sends priority 0 and releases the VIP, so the peer takes over while we drain;
+      // bgp withdraws and keeps accepting for bgp.drain while the router moves flows away.
+      await Promise.all([failover?.stop(), bgp?.stop(reason)]);
       await pool.shutdown(grace);
+      await bgp?.close();
       balancer.close();
       log.info('stopped');
       markStopped();
@@ -176,6 +191,7 @@ export async function startFulcrum(initial: Config, options: StartOptions = {}):
     events,
     health,
     failover,
+    bgp,
     logger,
     control: sequence,
     ops: null as Operations | null,

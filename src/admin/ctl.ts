@@ -123,10 +123,21 @@ function printStatus(data: any, o: Output): void {
   } else {
     o.out('role         standalone (no ha section)');
   }
+  if (data.bgp) printBgp(data.bgp, o);
   o.out(`uptime       ${data.uptime_s} s (since ${data.started_at})`);
   if (data.config_file) o.out(`config       ${data.config_file}`);
   if (data.reloads) o.out(`reloads      ${data.reloads.applied} applied, ${data.reloads.refused} refused`);
   o.out(`changes      ${data.changes_enabled ? 'enabled (token)' : 'disabled (no admin.token_file)'}`);
+}
+
+/** The bgp lines of `fulcrum status`: the speaker, each session, each VIP with why it is (not) announced. */
+function printBgp(b: any, o: Output): void {
+  const info = b.speaker_info ?? {};
+  const pid = info.pid ? `  pid ${info.pid}` : '';
+  o.out(`bgp          speaker ${b.speaker}${pid}${b.draining ? `  draining (${b.draining})` : ''}  announced ${b.counts?.announce ?? 0}, withdrawn ${b.counts?.withdraw ?? 0}, failed ${b.counts?.failed ?? 0}`);
+  if (b.sessions === null) o.out('  sessions   not known (speaker: command)');
+  for (const s of b.sessions ?? []) o.out(`  session    ${s.neighbor}${s.asn ? ` AS${s.asn}` : ''}  ${s.state}`);
+  for (const v of b.vips ?? []) o.out(`  vip        ${v.vip}  ${v.announced ? 'announced' : 'withdrawn'}  ${v.reason}`);
 }
 
 /** Runs `fulcrum ctl ARGS` (or `fulcrum status` with argv ['status', …]); returns the exit code. */

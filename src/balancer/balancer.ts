@@ -304,6 +304,7 @@ export class Balancer extends EventEmitter<BalancerEvents> {
       maxConnections: c.max_connections,
       queueMax: c.queue.max,
       tableSize: c.table_size,
+      balanceFactor: c.hash_balance_factor,
     });
   }
 

@@ -107,6 +107,41 @@ function crossChecks(config: Config): ConfigProblem[] {
   if (config.ha && formatHostPort(config.ha.bind) === formatHostPort(config.ha.peer)) {
     problems.push({ path: 'ha.peer', message: `must differ from ha.bind, got ${JSON.stringify(formatHostPort(config.ha.peer))}` });
   }
+  if (config.bgp) problems.push(...bgpProblems(config));
+  return problems;
+}
+
+/** The bgp section's cross-checks: what its speaker needs, duplicates, and a VIP held two ways. */
+function bgpProblems(config: Config): ConfigProblem[] {
+  const bgp = config.bgp!;
+  const problems: ConfigProblem[] = [];
+  if (bgp.speaker === 'gobgp') {
+    if (bgp.asn === undefined) problems.push({ path: 'bgp.asn', message: 'is required with speaker: gobgp' });
+    if (bgp.router_id === undefined) problems.push({ path: 'bgp.router_id', message: 'is required with speaker: gobgp' });
+    if (bgp.neighbors.length === 0) problems.push({ path: 'bgp.neighbors', message: 'must list at least one neighbor with speaker: gobgp' });
+    for (const key of ['announce', 'withdraw'] as const) {
+      if (bgp[key] !== undefined) problems.push({ path: `bgp.${key}`, message: `is only used with speaker: command, got ${JSON.stringify(bgp[key])} with speaker: gobgp` });
+    }
+  } else {
+    for (const key of ['announce', 'withdraw'] as const) {
+      if (bgp[key] === undefined) problems.push({ path: `bgp.${key}`, message: 'is required with speaker: command (a shell command; {vip} is replaced by the address)' });
+    }
+  }
+  bgp.neighbors.forEach((n, i) => {
+    const first = bgp.neighbors.findIndex((m) => m.address === n.address);
+    if (first !== i) problems.push({ path: `bgp.neighbors[${i}].address`, message: `duplicates bgp.neighbors[${first}].address, got ${JSON.stringify(n.address)}` });
+  });
+  const haVips = new Set(config.ha?.vip.map((v) => v.address) ?? []);
+  bgp.vips.forEach((v, i) => {
+    const first = bgp.vips.indexOf(v);
+    if (first !== i) problems.push({ path: `bgp.vips[${i}]`, message: `duplicates bgp.vips[${first}], got ${JSON.stringify(v)}` });
+    if (haVips.has(v)) {
+      problems.push({
+        path: `bgp.vips[${i}]`,
+        message: `is also under ha.vip: a VIP is held either by bgp (announced by every node) or by ha (moved between a pair), not both, got ${JSON.stringify(v)}`,
+      });
+    }
+  });
   return problems;
 }
 

@@ -198,6 +198,13 @@ export const serviceSchema = z.strictObject({
   table_size: z.custom<number>((v) => isPrime(v as number) && (v as number) >= 7 && (v as number) <= RING_CAPACITY, {
     error: `must be a prime 7–${RING_CAPACITY}`,
   }).default(RING_CAPACITY),
+  /**
+   * Maglev's bounded load (HAProxy's hash-balance-factor), percent; 0 = off: a backend takes a new
+   * connection only while its active count < ceil(factor × (total + 1) / eligible backends).
+   */
+  hash_balance_factor: z.custom<number>((v) => v === 0 || (Number.isInteger(v) && (v as number) >= 100 && (v as number) <= 10_000), {
+    error: 'must be 0 (off) or an integer percent 100–10000',
+  }).default(0),
   /** 0 = unlimited. */
   max_connections: intIn(0, 10_000_000).default(0),
   queue: z.strictObject({
@@ -259,6 +266,63 @@ export const haSchema = z.strictObject({
  */
 export const HA_RESTART_ONLY = ['vip', 'interface', 'bind', 'peer', 'secret_file'] as const;
 
+/** An IPv4 literal ("10.0.1.1"): BGP router ids and neighbour addresses. */
+export function isIPv4(v: unknown): v is string {
+  return typeof v === 'string' && parseCidr(`${v}/32`) !== undefined;
+}
+
+const ipv4 = () => z.custom<string>((v) => isIPv4(v), { error: 'must be an IPv4 address like 10.0.1.1' });
+
+/** A 4-byte AS number (RFC 6793); 0 and 4294967295 are reserved (RFC 7607, RFC 7300). */
+const asn = () => z.custom<number>((v) => Number.isInteger(v) && (v as number) >= 1 && (v as number) <= 4_294_967_294, {
+  error: 'must be an AS number 1–4294967294',
+});
+
+/** "10.0.100.10/32" or "10.0.100.10" → the address: a BGP VIP is one host route, put on `lo`. */
+const hostRoute = () =>
+  z.custom<string>((v) => {
+    if (typeof v !== 'string') return false;
+    const c = parseCidr(v.includes('/') ? v : `${v}/32`);
+    return c !== undefined && c.prefix === 32;
+  }, { error: 'must be an IPv4 address, optionally with /32, like 10.0.100.10/32' })
+    .transform((v) => v.split('/')[0].trim());
+
+export const BGP_SPEAKERS = ['gobgp', 'command'] as const;
+
+/**
+ * Scale-out: every node announces its VIPs by BGP through a real daemon (src/bgp). `gobgp`:
+ * fulcrum runs gobgpd as its child and drives it; `command`: the operator's announce/withdraw
+ * commands, {vip} substituted. Cross-checks (load.ts): what each speaker needs, a VIP also under ha.
+ */
+export const bgpSchema = z.strictObject({
+  speaker: oneOf(BGP_SPEAKERS),
+  asn: asn().optional(),
+  router_id: ipv4().optional(),
+  /** The address gobgpd's sessions start from (default: the kernel's choice). */
+  local_address: ipv4().optional(),
+  neighbors: z.array(z.strictObject({
+    address: ipv4(),
+    asn: asn(),
+  })).max(64, { error: 'must list at most 64 neighbors' }).default([]),
+  vips: z.array(hostRoute()).min(1, { error: 'must list at least one VIP' }).max(64, { error: 'must list at most 64 VIPs' }),
+  announce_when: z.strictObject({
+    /** Every service listening on the VIP must have this many backends up. */
+    min_backends_up: intIn(0, MAX_BACKENDS).default(1),
+  }).default({ min_backends_up: 1 }),
+  /** On stop: withdraw, keep accepting this long while the router moves flows away, then shut down. */
+  drain: duration(0, 600_000).default(5000),
+  /** gobgp: BGP hold time sent to the neighbours (keepalives at a third of it); 3 s is the least BGP allows. */
+  hold_time: duration(3000, 65_535_000).default(3000),
+  /**
+   * gobgp: the hang bound. fulcrum's main loop feeds the wrapper that runs gobgpd every quarter of
+   * this; a wrapper not fed for this long kills gobgpd, whose sessions then close.
+   */
+  liveness: duration(200, 60_000).default(1000),
+  /** command: run with /bin/sh -c, {vip} replaced by the address and {prefix} by address/32. */
+  announce: nonEmptyString('command').optional(),
+  withdraw: nonEmptyString('command').optional(),
+});
+
 export const adminSchema = z.strictObject({
   listen: hostPort().default({ host: '127.0.0.1', port: 9900 }),
   token_file: nonEmptyString('file path').optional(),
@@ -285,6 +349,7 @@ export const configSchema = z.strictObject({
   }),
   admin: adminSchema.optional(),
   ha: haSchema.optional(),
+  bgp: bgpSchema.optional(),
   logging: loggingSchema.default({ level: 'info', connections: true }),
 });
 
@@ -293,6 +358,7 @@ export type ServiceConfig = Config['services'][number];
 export type BackendConfig = ServiceConfig['backends'][number];
 export type HealthConfig = z.output<typeof healthSchema>;
 export type HaConfig = z.output<typeof haSchema>;
+export type BgpConfig = z.output<typeof bgpSchema>;
 export type AdminConfig = z.output<typeof adminSchema>;
 export type LoggingConfig = z.output<typeof loggingSchema>;
 

@@ -124,6 +124,8 @@ export function describeChanges(prev: Config, next: Config): ReloadReport {
   } else if (prev.ha || next.ha) {
     restart.push(prev.ha ? 'ha (removed)' : 'ha (added)');
   }
+  // bgp is read at start (src/bgp): the running section stays in force until a restart.
+  if (!same(prev.bgp, next.bgp)) restart.push(prev.bgp && next.bgp ? 'bgp' : prev.bgp ? 'bgp (removed)' : 'bgp (added)');
   if (!same(prev.logging, next.logging)) changes.push(`logging: ${JSON.stringify(prev.logging)} → ${JSON.stringify(next.logging)}`);
   if (prev.shutdown_grace !== next.shutdown_grace) changes.push(`shutdown_grace: ${prev.shutdown_grace}ms → ${next.shutdown_grace}ms`);
   return { changes, restart_required: restart };
@@ -131,7 +133,7 @@ export function describeChanges(prev: Config, next: Config): ReloadReport {
 
 function describeService(p: ServiceConfig, s: ServiceConfig, changes: string[]): void {
   const at = `service ${s.name}`;
-  for (const key of ['listen', 'balance', 'hash_key', 'table_size', 'max_connections', 'queue', 'retries', 'timeouts', 'health', 'on_marked_down', 'slow_start'] as const) {
+  for (const key of ['listen', 'balance', 'hash_key', 'table_size', 'hash_balance_factor', 'max_connections', 'queue', 'retries', 'timeouts', 'health', 'on_marked_down', 'slow_start'] as const) {
     if (!same(p[key], s[key])) {
       const show = (v: unknown): string => (key === 'listen' ? formatHostPort(v as ServiceConfig['listen']) : JSON.stringify(v));
       changes.push(`${at}: ${key} ${show(p[key])} → ${show(s[key])}`);

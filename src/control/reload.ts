@@ -204,7 +204,7 @@ export class ReloadSequence {
       // service's old role must not decide for the new one in the gap.
       health.update(next);
       if (failover && next.ha) failover.reconfigure(next.ha);
-      this.#config = { ...next, ha: failover ? failover.settings : undefined };
+      this.#config = { ...next, ha: failover ? failover.settings : undefined, bgp: prev.bgp };
       if (diff.logging) {
         this.#parts.setLogLevel?.(next.logging.level);
         await pool.setLogging({ level: next.logging.level, connections: next.logging.connections });

@@ -18,10 +18,11 @@
  */
 import type { EventEmitter } from 'node:events';
 import type { Config } from '../config/schema.ts';
-import type { BackendStateEvent, BalancerEvents, ConnectFailedEvent, FulcrumEvents, HealthEvents, PoolEvents, ProbeEvent, TransitionEvent } from '../events.ts';
+import type { BackendStateEvent, BalancerEvents, ConnectFailedEvent, FulcrumEvents, HealthEvents, PoolEvents, ProbeEvent, TransitionEvent, BgpEvents } from '../events.ts';
 import type { Logger } from '../observability/log.ts';
 import type { Balancer } from '../balancer/balancer.ts';
 import type { FailoverOptions } from '../failover/index.ts';
+import type { Bgp, BgpServiceView } from '../bgp/index.ts';
 import type { HealthMonitor } from '../health/monitor.ts';
 import type { WorkerPool } from '../proxy/pool.ts';
 import { vipBoundServices } from './diff.ts';
@@ -116,5 +117,43 @@ export function failoverRoutes(parts: Pick<RouteParts, 'balancer' | 'pool' | 'co
         else log.info({ service: services[i] }, on ? 'accepting on the VIP' : 'stopped accepting on the VIP');
       });
     },
+  };
+}
+
+/**
+ * BGP's routes (src/main.ts, when config.bgp is set): the services a VIP's announcement depends on
+ * (those listening on its address or on 0.0.0.0) with their backends up, read at each evaluation.
+ */
+export function bgpServicesOn(parts: Pick<RouteParts, 'balancer' | 'config'>): (vip: string) => BgpServiceView[] {
+  return (vip) => {
+    const services = parts.config().services.filter((s) => s.listen.host === vip || s.listen.host === '0.0.0.0');
+    if (services.length === 0) return [];
+    const up = new Map<string, number>();
+    for (const s of parts.balancer.describe()) up.set(s.name, s.backends.filter((b) => b.state === 'up' && !b.removed).length);
+    return services.map((s) => ({ name: s.name, up: up.get(s.name) ?? 0 }));
+  };
+}
+
+/**
+ * balancer ─▶ bgp: every backend-state change re-decides the announcements (a VIP whose service
+ * falls under announce_when.min_backends_up is withdrawn, announced again when it is back);
+ * bgp's route and session events go onto the handle's bus. Returns the function that removes them.
+ */
+export function installBgpRoutes(
+  parts: Pick<RouteParts, 'balancer' | 'events'>,
+  bgp: Emits<BgpEvents> & Pick<Bgp, 'evaluate'>,
+): () => void {
+  const onBackendState = (ev: BackendStateEvent): void => {
+    void bgp.evaluate(`${ev.service} ${ev.address} ${ev.from} → ${ev.to}`);
+  };
+  const onRoute = (ev: BgpEvents['route'][0]): void => void parts.events.emit('bgp-route', ev);
+  const onSession = (ev: BgpEvents['session'][0]): void => void parts.events.emit('bgp-session', ev);
+  parts.balancer.on('backend-state', onBackendState);
+  bgp.on('route', onRoute);
+  bgp.on('session', onSession);
+  return () => {
+    parts.balancer.off('backend-state', onBackendState);
+    bgp.off('route', onRoute);
+    bgp.off('session', onSession);
   };
 }

@@ -49,6 +49,14 @@ export interface RoleObservation {
   eligible: boolean;
 }
 
+/** What the BGP metrics read from src/bgp's status (its shape, kept narrow here). */
+export interface BgpStatusView {
+  speaker: string;
+  sessions_up: number | null;
+  vips: readonly { vip: string; announced: boolean }[];
+  counts: { announce: number; withdraw: number; failed: number };
+}
+
 export interface MetricsSources {
   stats: Stats;
   /** The Balancer's directory of services and backends (`balancer.describe()`), read per scrape. */
@@ -58,6 +66,8 @@ export interface MetricsSources {
    * its failed VIP commands by code (FailoverStatus, src/failover/index.ts).
    */
   failover?: () => { role: string; transitions: number; fault?: { kind: string } | null; errors?: Record<string, number> } | undefined;
+  /** The BGP speaker's sessions and announcements, when `bgp` is configured. */
+  bgp?: () => BgpStatusView;
   /** Reloads applied and refused since start. */
   reloads?: () => { applied: number; refused: number };
   /** The role each backend with a database check last reported. */
@@ -256,6 +266,35 @@ export class Metrics {
         this.reset();
         const f = failover?.();
         if (f) this.inc(f.transitions);
+      },
+    });
+    // ── bgp (absent without a bgp section) ──
+    const bgp = sources.bgp;
+    new Gauge<'speaker'>({
+      name: METRICS_PREFIX + 'bgp_sessions_up', help: 'BGP sessions established (absent without bgp, or with speaker: command, which cannot tell).',
+      labelNames: ['speaker'], registers,
+      collect() {
+        this.reset();
+        const b = bgp?.();
+        if (b && b.sessions_up !== null) this.set({ speaker: b.speaker }, b.sessions_up);
+      },
+    });
+    new Gauge<'vip'>({
+      name: METRICS_PREFIX + 'bgp_vip_announced', help: '1 while this node announces the VIP by BGP, 0 while it is withdrawn.', labelNames: ['vip'], registers,
+      collect() {
+        this.reset();
+        for (const v of bgp?.().vips ?? []) this.set({ vip: v.vip }, v.announced ? 1 : 0);
+      },
+    });
+    new Counter<'action'>({
+      name: METRICS_PREFIX + 'bgp_routes_total', help: 'VIP announcements and withdrawals done (action: announce, withdraw, failed).', labelNames: ['action'], registers,
+      collect() {
+        this.reset();
+        const c = bgp?.().counts;
+        if (!c) return;
+        this.inc({ action: 'announce' }, c.announce);
+        this.inc({ action: 'withdraw' }, c.withdraw);
+        this.inc({ action: 'failed' }, c.failed);
       },
     });
     const reloads = sources.reloads;

@@ -85,6 +85,7 @@ describe('parseConfig', () => {
     expect(c.shutdown_grace).toBe(30_000);
     expect(s.balance).toBe('leastconn');
     expect(s.table_size).toBe(65537);
+    expect(s.hash_balance_factor).toBe(0);
     expect(s.retries).toBe(2);
     expect(s.queue).toEqual({ max: 1000, timeout: 5000 });
     expect(s.timeouts).toEqual({ connect: 2000, idle: 1_800_000, proxy_header: 5000 });
@@ -104,6 +105,7 @@ services:
     balance: maglev
     hash_key: source_ip
     table_size: 65537
+    hash_balance_factor: 125
     max_connections: 10000
     queue: { max: 1000, timeout: 2s }
     retries: 2
@@ -116,6 +118,18 @@ services:
     expect(c.services[0].queue.timeout).toBe(2000);
     expect(c.services[0].timeouts.idle).toBe(1_800_000);
     expect(c.services[0].backends[2].backup).toBe(true);
+    expect(c.services[0].hash_balance_factor).toBe(125);
+  });
+
+  it('hash_balance_factor: 0 (off) or a percent 100–10000, named in the error', () => {
+    for (const bad of ['50', '99', '125.5', '"high"', '10001', '-1']) {
+      expect(problemsOf(minimal.replace('listen:', `hash_balance_factor: ${bad}\n    listen:`))).toEqual([
+        `services[0].hash_balance_factor: must be 0 (off) or an integer percent 100–10000, got ${bad === '"high"' ? '"high"' : bad}`,
+      ]);
+    }
+    for (const good of [0, 100, 125, 10000]) {
+      expect(parseConfig(minimal.replace('listen:', `hash_balance_factor: ${good}\n    listen:`)).services[0].hash_balance_factor).toBe(good);
+    }
   });
 
   it('names the path and the value of every problem at once', () => {

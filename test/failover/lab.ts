@@ -15,7 +15,7 @@ import type { ChildProcess } from 'node:child_process';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { NetLab, NODE, ROOT, sleep, waitForLine } from '../helpers/netns.ts';
+import { collectJsonLines, NetLab, NODE, ROOT, sleep, waitForLine } from '../helpers/netns.ts';
 
 export const VIP = '198.51.100.100';
 export const SERVICE_PORT = 8080;
@@ -155,23 +155,7 @@ ${c.extraPort ? `  - name: web2\n    listen: ${VIP}:${c.extraPort}\n    backends
     const file = this.writeConfig(node, c);
     const env = opts.pathPrefix ? { ...process.env, PATH: `${opts.pathPrefix}:${process.env.PATH ?? ''}` } : undefined;
     const child = this.lab.spawn(node, join(ROOT, 'bin/fulcrum'), ['run', '--config', file], env ? { env } : {});
-    const lines: LogLine[] = [];
-    let buf = '';
-    const onData = (d: Buffer) => {
-      buf += d.toString();
-      let i: number;
-      while ((i = buf.indexOf('\n')) >= 0) {
-        const raw = buf.slice(0, i);
-        buf = buf.slice(i + 1);
-        try {
-          lines.push(JSON.parse(raw) as LogLine);
-        } catch {
-          lines.push({ level: 50, msg: raw });
-        }
-      }
-    };
-    child.stdout?.on('data', onData);
-    child.stderr?.on('data', onData);
+    const lines = collectJsonLines<LogLine>(child);
     const exited = new Promise<number | null>((r) => child.once('exit', (code) => r(code)));
     const r: Running = { node, child, lines, exited };
     this.running.set(node, r);

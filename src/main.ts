@@ -30,7 +30,7 @@ import { bgpServicesOn, discoveryRoutes, failoverRoutes, installBgpRoutes, insta
 import { Bgp } from './bgp/index.ts';
 import { Discovery } from './discovery/index.ts';
 import type { FulcrumEvents } from './events.ts';
-import { Failover } from './failover/index.ts';
+import { FailoverThread } from './failover/thread.ts';
 import { HealthMonitor } from './health/monitor.ts';
 import { createLogger, type Logger } from './observability/log.ts';
 import { raiseOpenFilesLimit } from './open-files.ts';
@@ -70,8 +70,8 @@ export interface FulcrumHandle {
   readonly health: HealthMonitor;
   /** Backends from DNS, Redis Sentinel and Patroni (services[].discover): discovery.describe() says what each source last said. */
   readonly discovery: Discovery;
-  /** Present when config.ha is set: role, peer, counters via failover.status(). */
-  readonly failover: Failover | null;
+  /** Present when config.ha is set: role, peer, counters via failover.status(); the failover runs on its own thread. */
+  readonly failover: FailoverThread | null;
   /** Present when config.bgp is set: speaker, sessions, announcements via bgp.status(). */
   readonly bgp: Bgp | null;
   readonly logger: Logger;
@@ -148,9 +148,10 @@ export async function startFulcrum(initial: Config, options: StartOptions = {}):
   }
   bgp?.setListening(true);
 
-  let failover: Failover | null = null;
+  // On a thread of its own (src/failover/thread.ts): nothing that loads this thread delays a heartbeat.
+  let failover: FailoverThread | null = null;
   if (initial.ha) {
-    failover = new Failover({ config: initial.ha, logger, ...failoverRoutes({ balancer, pool, config, logger }) });
+    failover = new FailoverThread({ config: initial.ha, logger, ...failoverRoutes({ balancer, pool, config, logger }) });
     await failover.start();
   }
   // Discovered backends join each config the sequence applies; the first answers arrive as edits.

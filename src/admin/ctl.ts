@@ -121,7 +121,8 @@ function printList(data: any, o: Output): void {
 function printStatus(data: any, o: Output): void {
   const f = data.failover;
   if (f) {
-    o.out(`role         ${f.role}`);
+    // In fault, why: the VIP could not be held, or the track fails.
+    o.out(`role         ${f.role}${f.fault ? `  (${f.fault.kind}: ${f.fault.cause})` : ''}`);
     const peer = f.peer;
     if (peer) {
       const ago = peer.last_advert_ms_ago === null || peer.last_advert_ms_ago === undefined ? 'never' : `${(peer.last_advert_ms_ago / 1000).toFixed(1)} s ago`;

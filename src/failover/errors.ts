@@ -23,8 +23,17 @@ export class VipCommandError extends FulcrumError {
   readonly command: string;
   readonly stderr: string;
   constructor(code: 'FULCRUM_ERR_VIP_ADD' | 'FULCRUM_ERR_VIP_REMOVE' | 'FULCRUM_ERR_GARP', command: string, stderr: string, cause?: unknown) {
-    super(code, `${command}: ${stderr.trim() || (cause as Error)?.message || 'failed'}`, { cause });
+    super(code, `${command}: ${commandFailure(stderr, cause)}`, { cause });
     this.command = command;
     this.stderr = stderr;
   }
+}
+
+/** What went wrong, in one line: the command's stderr, else its exit code or signal, else the spawn error (a missing binary). */
+function commandFailure(stderr: string, cause: unknown): string {
+  const e = cause as (Error & { code?: unknown; signal?: unknown }) | undefined;
+  if (stderr.trim()) return stderr.trim();
+  if (typeof e?.code === 'number') return `exited with code ${e.code}`;
+  if (typeof e?.signal === 'string') return `killed by ${e.signal}`;
+  return e?.message?.trim() || 'failed';
 }

@@ -34,7 +34,25 @@ export type Action =
   | { type: 'sendAdvert'; priority: number }
   /** (Re)start the master-down timer: when it fires, the driver calls `masterDown()`. */
   | { type: 'armMasterDown'; ms: number }
-  | { type: 'cancelMasterDown' };
+  | { type: 'cancelMasterDown' }
+  /** Start the VIP retry timer: when it fires, the driver calls `vipRetry()`. */
+  | { type: 'armVipRetry'; ms: number }
+  | { type: 'cancelVipRetry' };
+
+/** Which command failed to hold the VIP: `ip addr add`, or the gratuitous ARP (`arping`) that announces it. */
+export type VipFailure = 'add' | 'garp';
+
+/**
+ * Backoff of the retries after a VIP fault: the first after VIP_RETRY_BASE_MS, each next one twice
+ * as late, at most VIP_RETRY_MAX_MS (a missing capability does not come back by itself; a
+ * transient failure, a busy netlink or an interface being renamed, is retried soon).
+ */
+export const VIP_RETRY_BASE_MS = 1000;
+export const VIP_RETRY_MAX_MS = 30_000;
+
+export function vipRetryDelay(failures: number): number {
+  return Math.min(VIP_RETRY_MAX_MS, VIP_RETRY_BASE_MS * 2 ** Math.max(0, failures - 1));
+}
 
 /** What a handler decided. `to` equal to the current role is a step that only runs actions. */
 export interface Step {
@@ -107,6 +125,14 @@ export class FailoverFsm {
   trackPassing = true;
   trackCause = 'not checked yet';
   peer: PeerView | null = null;
+  /** While in fault because the VIP could not be held: why (the command and its error); else null. */
+  vipFault: string | null = null;
+  /**
+   * VIP faults since the VIP was last held and announced (vipOk). While above 0 the retry waits
+   * longer each time, and a backup does not preempt: a node that could not hold the VIP does not
+   * take it from a master that can; it takes it only when no master is left.
+   */
+  vipFailures = 0;
   /** §6.4.2: learnt from the master's adverts; our own interval until then. */
   masterAdvertIntervalMs: number;
   readonly address: number;
@@ -151,6 +177,24 @@ export class FailoverFsm {
   /** The master-down timer fired (the driver only runs it in backup). */
   masterDown(): Step | null {
     return this.current === 'backup' ? this.backupOnMasterDown() : null;
+  }
+
+  /**
+   * A command that holds the VIP failed (`ip addr add`, or the first gratuitous ARP after it): a
+   * master that cannot hold the VIP is a fault, or the peer would never take over.
+   */
+  vipFailed(kind: VipFailure, cause: string): Step | null {
+    return this.current === 'master' ? this.masterOnVipFail(kind, cause) : null;
+  }
+
+  /** The VIP is held and was announced: the next VIP fault retries at the base delay again. */
+  vipOk(): void {
+    this.vipFailures = 0;
+  }
+
+  /** The VIP retry timer fired (the driver only runs it in fault). */
+  vipRetry(): Step | null {
+    return this.current === 'fault' && this.vipFault !== null ? this.faultOnVipRetry() : null;
   }
 
   /** No valid heartbeat at all from the peer for the dead interval. */
@@ -233,7 +277,7 @@ export class FailoverFsm {
   private backupOnAdvert(a: PeerAdvert): Step | null {
     if (a.role !== 'master') return null;
     if (a.priority === 0) return this.backupOnMasterResign();
-    if (this.preempt && a.priority < this.priority) return this.backupOnLowerPriority(a);
+    if (this.preempt && this.vipFailures === 0 && a.priority < this.priority) return this.backupOnLowerPriority(a);
     // §6.4.2: "If Preempt_Mode is False, or if the Priority in the ADVERTISEMENT is greater than or
     // equal to the local Priority": learn the master's interval and reset Master_Down_Timer.
     this.masterAdvertIntervalMs = a.intervalMs;
@@ -376,6 +420,21 @@ export class FailoverFsm {
     return this.stay(cause, 'masterOnReconfigure', [{ type: 'sendAdvert', priority: this.priority }]);
   }
 
+  /**
+   * The VIP could not be taken (or announced): step down as a failing track does, but without
+   * waiting for the peer — holding nothing, this master serves nobody — and retry after a backoff.
+   * Priority 0 makes a live backup take over after its Skew_Time; removeVip releases what `ip addr
+   * add` may have added for other VIPs.
+   */
+  private masterOnVipFail(kind: VipFailure, cause: string): Step {
+    this.vipFailures++;
+    const ms = vipRetryDelay(this.vipFailures);
+    this.vipFault = `${kind === 'add' ? 'cannot add the VIP' : 'cannot announce the VIP'}: ${cause}`;
+    const step = this.toFaultFromMaster(`${this.vipFault} (retry in ${ms}ms)`, 'masterOnVipFail');
+    step.actions.push({ type: 'armVipRetry', ms });
+    return step;
+  }
+
   /** A master leaving cleanly sends priority 0 (§6.4.3 "If a Shutdown event is received") first. */
   private masterOnStop(): Step {
     return this.go('init', 'init', 'stopping', 'masterOnStop', [
@@ -387,15 +446,35 @@ export class FailoverFsm {
 
   // ── fault ───────────────────────────────────────────────────────────────────────────────────
 
-  /** Healthy again: back to backup, which takes the VIP if no master shows up in time. */
+  /**
+   * Healthy again: back to backup, which takes the VIP if no master shows up in time. A VIP fault
+   * is still waiting for its retry: only the retry leaves it.
+   */
   private faultOnTrackOk(cause: string): Step {
+    if (this.vipFault !== null) return this.stay(`track ok again (${cause}); waiting for the VIP retry`, 'faultOnTrackOk', []);
     return this.go('backup', 'backup', `track ok again: ${cause}`, 'faultOnTrackOk', [
       { type: 'armMasterDown', ms: this.masterDownMs() },
     ]);
   }
 
+  /**
+   * Time to try the VIP again: back to backup, the only way to the VIP. With no master the
+   * master-down timer fires and `ip addr add` runs again; with a master alive this node stays its
+   * backup (it does not preempt while vipFailures > 0). A track still failing keeps it in fault.
+   */
+  private faultOnVipRetry(): Step {
+    const was = this.vipFault;
+    this.vipFault = null;
+    if (!this.trackPassing) return this.stay(`VIP retry due, but the track fails: ${this.trackCause}`, 'faultOnVipRetry', []);
+    return this.go('backup', 'backup', `retrying the VIP after: ${was}`, 'faultOnVipRetry', [
+      { type: 'armMasterDown', ms: this.masterDownMs() },
+    ]);
+  }
+
   private faultOnStop(): Step {
-    return this.go('init', 'init', 'stopping', 'faultOnStop', []);
+    const actions: Action[] = this.vipFault !== null ? [{ type: 'cancelVipRetry' }] : [];
+    this.vipFault = null;
+    return this.go('init', 'init', 'stopping', 'faultOnStop', actions);
   }
 
   // ── helpers ─────────────────────────────────────────────────────────────────────────────────

@@ -13,10 +13,12 @@ import { readFileSync } from 'node:fs';
 import { formatHostPort, HA_RESTART_ONLY, type HaConfig } from '../config/schema.ts';
 import type { FailoverEvents } from '../events.ts';
 import type { Logger } from '../observability/log.ts';
+import type { FAULT_KINDS } from '../observability/prom.ts';
 import { realClock, type Clock, type ClockTimer } from '../util/clock.ts';
 import { HaAddressError } from './errors.ts';
-import { FailoverFsm, ipv4ToInt, masterDownInterval, type Action, type Role, type Step } from './fsm.ts';
+import { FailoverFsm, ipv4ToInt, masterDownInterval, type Action, type Role, type Step, type VipFailure } from './fsm.ts';
 import { Heartbeat, readSecret, staleWindowMs, DROP_REASONS, type Advert, type DropReason } from './heartbeat.ts';
+import type { VipCommandError } from './errors.ts';
 import { VipManager } from './vip.ts';
 
 export type { Role, Step } from './fsm.ts';
@@ -76,8 +78,16 @@ export interface FailoverStatus {
   };
   heartbeat: { sent: number; received: number; epoch: number };
   dropped: Record<DropReason, number>;
+  /** Failed VIP commands since start, by code (FULCRUM_ERR_VIP_ADD, FULCRUM_ERR_VIP_REMOVE, FULCRUM_ERR_GARP). */
   errors: Record<string, number>;
+  /** Why this instance is in fault (null in any other role): the VIP could not be held, or the track fails. */
+  fault: { kind: FaultKind; cause: string } | null;
+  /** VIP faults since the VIP was last held and announced (the retry backs off with them). */
+  vip_failures: number;
 }
+
+/** What put an instance in fault: the VIP (a failed `ip addr add` or `arping`), or the track. */
+export type FaultKind = (typeof FAULT_KINDS)[number];
 
 /** Interface states that mean "no link" (anything else: up, unknown for virtual links). */
 const DOWN_OPERSTATES = new Set(['down', 'lowerlayerdown', 'notpresent', 'dormant', 'testing', 'missing']);
@@ -98,6 +108,7 @@ export class Failover extends EventEmitter<FailoverEvents> {
   private tickTimer: ClockTimer | null = null;
   private masterDownTimer: ClockTimer | null = null;
   private peerTimer: ClockTimer | null = null;
+  private vipRetryTimer: ClockTimer | null = null;
   /** Actions that touch the system run one after another, in the order the FSM gave them. */
   private actions: Promise<unknown> = Promise.resolve();
   private accepting = false;
@@ -244,6 +255,8 @@ export class Failover extends EventEmitter<FailoverEvents> {
       heartbeat: { sent: this.hb?.sent ?? 0, received: this.hb?.received ?? 0, epoch: this.hb?.epoch ?? 0 },
       dropped: this.hb ? { ...this.hb.dropped } : Object.fromEntries(DROP_REASONS.map((r) => [r, 0])) as Record<DropReason, number>,
       errors: { ...this.vip.errors },
+      fault: f.current !== 'fault' ? null : f.vipFault !== null ? { kind: 'vip', cause: f.vipFault } : { kind: 'track', cause: f.trackCause },
+      vip_failures: f.vipFailures,
     };
   }
 
@@ -330,15 +343,28 @@ export class Failover extends EventEmitter<FailoverEvents> {
       case 'cancelMasterDown':
         this.clearMasterDown();
         return;
-      case 'sendGarp':
-        this.queue(() => this.vip.garp());
+      case 'sendGarp': {
+        // The first announcement's outcome, unless the role changed meanwhile (an arping cut short
+        // by the VIP's removal on stepping down is no fault).
+        const epoch = this.transitions;
+        this.queue(() => {
+          if (epoch !== this.transitions) return;
+          void this.vip.garp().then((errors) => {
+            if (errors === null || epoch !== this.transitions) return;
+            if (errors.length > 0) this.vipFailed('garp', errors);
+            else if (this.vip.held) this.fsm.vipOk();
+          });
+        });
         return;
+      }
       case 'sendAdvert': {
         const hb = this.hb;
-        // Priority 0 is a master resigning; otherwise the role we have just taken (or keep).
+        // Priority 0 is a master resigning; otherwise the role we have just taken (or keep), not
+        // sent once that role was left while the advert waited its turn (a VIP fault, say).
         const role: Role = action.priority === 0 ? 'master' : this.fsm.current;
+        const epoch = this.transitions;
         this.queue(async () => {
-          if (!hb) return;
+          if (!hb || (action.priority !== 0 && epoch !== this.transitions)) return;
           await hb.send(role, action.priority);
           // A priority-0 advert goes twice: a lost datagram would cost the peer a whole Master_Down_Interval.
           if (action.priority === 0) await hb.send(role, 0);
@@ -348,15 +374,28 @@ export class Failover extends EventEmitter<FailoverEvents> {
       case 'addVip':
         this.queue(async () => {
           const errors = await this.vip.add();
-          if (errors.length > 0) this.log.error({ code: errors[0].code }, 'could not take every VIP; serving on those taken');
+          if (errors.length > 0) this.vipFailed('add', errors);
         });
+        return;
+      case 'armVipRetry':
+        this.clearVipRetry();
+        this.vipRetryTimer = this.clock.setTimeout(() => {
+          this.vipRetryTimer = null;
+          this.handle(this.fsm.vipRetry());
+        }, action.ms);
+        return;
+      case 'cancelVipRetry':
+        this.clearVipRetry();
         return;
       case 'removeVip':
         this.queue(() => this.vip.remove());
         return;
-      case 'startAccepting':
-        this.queue(() => this.applyAccepting(true));
+      case 'startAccepting': {
+        // Not once the master this was for has stepped down (its VIP could not be added).
+        const epoch = this.transitions;
+        this.queue(() => (epoch === this.transitions ? this.applyAccepting(true) : undefined));
         return;
+      }
       case 'stopAccepting':
         this.queue(() => this.applyAccepting(false));
         return;
@@ -378,6 +417,16 @@ export class Failover extends EventEmitter<FailoverEvents> {
     } catch (err) {
       this.log.error({ err: (err as Error).message, accepting: on }, on ? 'could not start accepting on the VIP' : 'could not stop accepting on the VIP');
     }
+  }
+
+  /** A VIP command failed: the state machine decides (a master steps down); its error is already logged and counted. */
+  private vipFailed(kind: VipFailure, errors: VipCommandError[]): void {
+    this.handle(this.fsm.vipFailed(kind, errors.map((e) => e.message).join('; ')));
+  }
+
+  private clearVipRetry(): void {
+    this.clock.clearTimeout(this.vipRetryTimer);
+    this.vipRetryTimer = null;
   }
 
   private clearMasterDown(): void {

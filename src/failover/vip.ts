@@ -106,29 +106,31 @@ export class VipManager {
 
   /**
    * Starts a burst of gratuitous ARP for every VIP: one now, then one every garp.interval until
-   * garp.count. A new burst replaces a running one. Returns at once.
+   * garp.count. A new burst replaces a running one. Resolves once the first announcement's arpings
+   * have ended, to their errors (empty: every VIP announced), or to null when nothing was sent (the
+   * burst was replaced, or the VIP is not held); later rounds' failures are counted and logged.
    */
-  garp(): void {
+  garp(): Promise<VipCommandError[] | null> {
     this.stopGarp();
     const burst = this.garpBurst;
     let sent = 0;
-    const tick = () => {
-      if (burst !== this.garpBurst || !this.held) return;
+    const tick = (): Promise<VipCommandError[]> | null => {
+      if (burst !== this.garpBurst || !this.held) return null;
       sent++;
-      for (const v of this.opts.vips) {
+      const round = this.opts.vips.map((v) => {
         const args = ['-U', '-c', '1', '-I', this.opts.iface, v.address];
         this.garpsSent++;
-        void run(this.arping, args).then((r) => {
-          if (!r.ok) this.fail('FULCRUM_ERR_GARP', this.arping, args, r);
-        });
-      }
+        return run(this.arping, args).then((r) => (r.ok ? null : this.fail('FULCRUM_ERR_GARP', this.arping, args, r)));
+      });
       if (sent >= this.opts.garp.count) this.stopGarp();
+      return Promise.all(round).then((errors) => errors.filter((e): e is VipCommandError => e !== null));
     };
     // Queued behind a pending add, so the first announcement follows the address.
-    void this.queue.then(() => {
-      if (burst !== this.garpBurst) return;
-      tick();
-      if (burst === this.garpBurst && sent < this.opts.garp.count) this.garpTimer = setInterval(tick, this.opts.garp.interval);
+    return this.queue.then(() => {
+      if (burst !== this.garpBurst) return null;
+      const first = tick();
+      if (burst === this.garpBurst && sent < this.opts.garp.count) this.garpTimer = setInterval(() => void tick(), this.opts.garp.interval);
+      return first;
     });
   }
 

@@ -6,8 +6,17 @@ import { pino, type Logger, type LevelWithSilent } from 'pino';
 
 export type { Logger } from 'pino';
 
-export function createLogger(level: LevelWithSilent = 'info', destination?: pino.DestinationStream): Logger {
-  return pino({ level, base: { app: 'fulcrum' }, timestamp: pino.stdTimeFunctions.isoTime }, destination ?? pino.destination({ sync: false }));
+/**
+ * `base`: the fields of every line ({ app: 'fulcrum' }); a thread whose lines another thread writes
+ * (src/failover/thread.ts) passes that logger's bindings() and a destination that forwards them.
+ */
+export function createLogger(level: LevelWithSilent = 'info', destination?: pino.DestinationStream, base: Record<string, unknown> = { app: 'fulcrum' }): Logger {
+  return pino({ level, base, timestamp: pino.stdTimeFunctions.isoTime }, destination ?? pino.destination({ sync: false }));
+}
+
+/** Writes a line that a logger of another thread formatted to `logger`'s own destination, as it is. */
+export function writeLine(logger: Logger, line: string): void {
+  (logger as unknown as Record<symbol, pino.DestinationStream>)[pino.symbols.streamSym].write(line);
 }
 
 /** A logger that drops everything: for tests and tools that do not log. */

@@ -17,6 +17,10 @@ export const METRICS_PREFIX = 'fulcrum_';
 
 /** Failover roles, as VRRP names them. */
 export const FAILOVER_ROLES = ['init', 'backup', 'master', 'fault'] as const;
+/** Why a failover instance is in fault: its VIP could not be held, or its track fails. */
+export const FAULT_KINDS = ['vip', 'track'] as const;
+/** fulcrum_failover_vip_errors_total's kind for each VIP command error code. */
+export const VIP_ERROR_KINDS = { FULCRUM_ERR_VIP_ADD: 'add', FULCRUM_ERR_VIP_REMOVE: 'remove', FULCRUM_ERR_GARP: 'garp' } as const;
 
 /** One probe result: the health monitor's 'probe' event has this shape. */
 export interface ProbeObservation {
@@ -59,8 +63,11 @@ export interface MetricsSources {
   stats: Stats;
   /** The Balancer's directory of services and backends (`balancer.describe()`), read per scrape. */
   directory: () => readonly DirectoryService[];
-  /** Failover's current role and failover count, when `ha` is configured. */
-  failover?: () => { role: string; transitions: number } | undefined;
+  /**
+   * Failover's current role and failover count, when `ha` is configured; why it is in fault, and
+   * its failed VIP commands by code (FailoverStatus, src/failover/index.ts).
+   */
+  failover?: () => { role: string; transitions: number; fault?: { kind: string } | null; errors?: Record<string, number> } | undefined;
   /** The BGP speaker's sessions and announcements, when `bgp` is configured. */
   bgp?: () => BgpStatusView;
   /** Reloads applied and refused since start. */
@@ -264,14 +271,27 @@ export class Metrics {
 
     // ── failover and reloads ──
     const failover = sources.failover;
-    new Gauge<'role'>({
-      name: METRICS_PREFIX + 'failover_role', help: `1 for this instance's current role (${FAILOVER_ROLES.join(', ')}); absent without ha.`,
-      labelNames: ['role'], registers,
+    new Gauge<'role' | 'cause'>({
+      name: METRICS_PREFIX + 'failover_role',
+      help: `1 for this instance's current role (${FAILOVER_ROLES.join(', ')}); in fault, cause says why (${FAULT_KINDS.join(', ')}); absent without ha.`,
+      labelNames: ['role', 'cause'], registers,
       collect() {
         this.reset();
         const f = failover?.();
         if (!f) return;
-        for (const role of FAILOVER_ROLES) this.set({ role }, f.role === role ? 1 : 0);
+        // cause only on the fault series while in fault: {role="fault",cause="vip"} 1.
+        for (const role of FAILOVER_ROLES) this.set(role === 'fault' && f.role === 'fault' && f.fault ? { role, cause: f.fault.kind } : { role }, f.role === role ? 1 : 0);
+      },
+    });
+    new Counter<'kind'>({
+      name: METRICS_PREFIX + 'failover_vip_errors_total',
+      help: `Failed VIP commands by kind (${Object.values(VIP_ERROR_KINDS).join(', ')}): a failed add or the first arping after it puts the instance in fault.`,
+      labelNames: ['kind'], registers,
+      collect() {
+        this.reset();
+        const f = failover?.();
+        if (!f) return;
+        for (const [code, kind] of Object.entries(VIP_ERROR_KINDS)) this.inc({ kind }, f.errors?.[code] ?? 0);
       },
     });
     new Counter({

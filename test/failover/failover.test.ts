@@ -47,12 +47,12 @@ function haInput(self: 1 | 2, opts: { priority?: number; min?: number } = {}) {
   };
 }
 
-function make(self: 1 | 2, opts: { priority?: number; backends?: () => number; iface?: () => string; min?: number; clock?: Clock } = {}) {
+function make(self: 1 | 2, opts: { priority?: number; backends?: () => number; iface?: () => string; min?: number; clock?: Clock; ip?: string } = {}) {
   const config = haSchema.parse(haInput(self, opts));
   const accepting: boolean[] = [];
   const roles: RoleChange[] = [];
   const f = new Failover({
-    config, logger: silentLogger, commands: { ip: 'true', arping: 'true' },
+    config, logger: silentLogger, commands: { ip: opts.ip ?? 'true', arping: 'true' },
     backendsUp: opts.backends, setAccepting: (on) => { accepting.push(on); },
     operstateFile: () => join(dir, opts.iface?.() ?? 'up'),
     clock: opts.clock,
@@ -240,6 +240,34 @@ describe('Failover timing (on a test clock, the peer played over UDP)', () => {
     await clock.advance(1);
     expect(b.f.status().role).toBe('master');
     expect(b.roles.at(-1)?.cause).toMatch(/priority 0/);
+  });
+
+  it('a master whose `ip addr add` fails: fault at once, never accepting, a retry after 1 s, then after 2 s', async () => {
+    const clock = new TestClock();
+    await playPeer(2); // someone to send to (it says nothing)
+    const b = make(2, { clock, ip: 'false' });
+    await b.f.start();
+    const mdi = Math.trunc(masterDownInterval(100, ADVERT_MS, DEAD_AFTER));
+    await clock.advance(mdi);
+    await waitFor(() => b.f.status().role === 'fault', 2000, 'the fault');
+    expect(b.roles.map((r) => r.to)).toEqual(['backup', 'master', 'fault']);
+    expect(b.roles.at(-1)?.cause).toMatch(/^cannot add the VIP: false addr add 198\.51\.100\.200\/24 dev eth-test: exited with code 1 \(retry in 1000ms\)$/);
+    expect(b.f.status()).toMatchObject({ vip_held: false, vip_failures: 1, fault: { kind: 'vip' }, errors: { FULCRUM_ERR_VIP_ADD: 1 } });
+    // The listeners were never started for the master that could not hold the VIP: by the time
+    // the fault's `ip addr del` ran (failing too: one at start, this one), its queue is done.
+    await waitFor(() => b.f.status().errors.FULCRUM_ERR_VIP_REMOVE === 2, 2000, 'the fault\'s ip addr del');
+    expect(b.accepting).toEqual([false]);
+    await clock.advance(999);
+    expect(b.f.status().role).toBe('fault');
+    await clock.advance(1);
+    expect(b.roles.at(-1)).toMatchObject({ from: 'fault', to: 'backup' });
+    await clock.advance(mdi);
+    await waitFor(() => b.f.status().role === 'fault', 2000, 'the second fault');
+    expect(b.roles.at(-1)?.cause).toMatch(/\(retry in 2000ms\)$/);
+    await clock.advance(1999);
+    expect(b.f.status().role).toBe('fault');
+    await clock.advance(1);
+    expect(b.f.status().role).toBe('backup');
   });
 
   it('sends one heartbeat per advert interval, as its role', async () => {

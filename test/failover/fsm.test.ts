@@ -1,7 +1,7 @@
 // The pure state machine: each handler's decision and actions, then two FSMs wired through a
 // simulated network with a virtual clock (start, death, clean stop, preempt, partition and healing).
 import { describe, expect, it } from 'vitest';
-import { FailoverFsm, ipv4ToInt, masterDownInterval, skewTime, type Action, type PeerAdvert, type Role, type Step } from '../../src/failover/fsm.ts';
+import { FailoverFsm, ipv4ToInt, masterDownInterval, skewTime, VIP_RETRY_BASE_MS, VIP_RETRY_MAX_MS, type Action, type PeerAdvert, type Role, type Step } from '../../src/failover/fsm.ts';
 
 const A1 = ipv4ToInt('192.0.2.1');
 const A2 = ipv4ToInt('192.0.2.2');
@@ -209,6 +209,86 @@ describe('fault', () => {
     expect(f.advert(advert('master', 0))).toBeNull();
     expect(f.masterDown()).toBeNull();
     expect(f.current).toBe('fault');
+  });
+});
+
+describe('a VIP that cannot be held (issue 16: a master without its VIP kept advertising)', () => {
+  it('masterOnVipFail: fault, priority 0 so the peer takes over, the VIP released, a retry armed', () => {
+    const f = fsm();
+    toMaster(f);
+    const s = f.vipFailed('add', 'ip addr add 198.51.100.100/24 dev eth0: RTNETLINK answers: Operation not permitted');
+    expect(s).toMatchObject({ from: 'master', to: 'fault', handler: 'masterOnVipFail' });
+    expect(s?.cause).toMatch(/^cannot add the VIP: ip addr add .*Operation not permitted \(retry in 1000ms\)$/);
+    expect(types(s)).toEqual(['stopAccepting', 'sendAdvert(0)', 'removeVip', 'armVipRetry']);
+    expect(s?.actions.at(-1)).toEqual({ type: 'armVipRetry', ms: VIP_RETRY_BASE_MS });
+    expect(f.wanted).toBe('fault');
+    expect(f.vipFault).toMatch(/^cannot add the VIP/);
+  });
+  it('a failed announcement (arping) is a fault too', () => {
+    const f = fsm();
+    toMaster(f);
+    const s = f.vipFailed('garp', 'arping: socket: Operation not permitted');
+    expect(s).toMatchObject({ to: 'fault', handler: 'masterOnVipFail' });
+    expect(s?.cause).toMatch(/^cannot announce the VIP: arping/);
+  });
+  it('faultOnVipRetry: back to backup with the master-down timer, which takes the VIP again if no master is left', () => {
+    const f = fsm();
+    toMaster(f);
+    f.vipFailed('add', 'x');
+    const s = f.vipRetry();
+    expect(s).toMatchObject({ from: 'fault', to: 'backup', handler: 'faultOnVipRetry' });
+    expect(s?.actions).toEqual([{ type: 'armMasterDown', ms: masterDownInterval(150, 100, 3) }]);
+    expect(f.vipFault).toBeNull();
+    expect(types(f.masterDown())).toEqual(['cancelMasterDown', 'addVip', 'startAccepting', 'sendAdvert(150)', 'sendGarp']);
+  });
+  it('the retry backs off (doubling, capped) until the VIP is held and announced again', () => {
+    const f = fsm();
+    const delays: number[] = [];
+    for (let i = 0; i < 8; i++) {
+      toMaster(f);
+      const s = f.vipFailed('add', 'x');
+      delays.push((s?.actions.at(-1) as { ms: number }).ms);
+      f.vipRetry();
+    }
+    expect(delays).toEqual([1000, 2000, 4000, 8000, 16_000, VIP_RETRY_MAX_MS, VIP_RETRY_MAX_MS, VIP_RETRY_MAX_MS]);
+    f.masterDown();
+    f.vipOk();
+    expect(f.vipFailures).toBe(0);
+    expect((f.vipFailed('add', 'x')?.actions.at(-1) as { ms: number }).ms).toBe(VIP_RETRY_BASE_MS);
+  });
+  it('after a VIP fault the backup does not preempt a lower-priority master that holds the VIP', () => {
+    const f = fsm(150, { preempt: true });
+    toMaster(f);
+    f.vipFailed('add', 'x');
+    f.vipRetry();
+    // Not discarded (as backupOnLowerPriority would): the timer is reset, the working master keeps the VIP.
+    expect(f.advert(advert('master', 100))).toMatchObject({ handler: 'backupOnAdvert', actions: [{ type: 'armMasterDown' }] });
+    // Once the VIP was held and announced again, preempting is back.
+    f.masterDown();
+    f.vipOk();
+    f.advert(advert('master', 200));
+    expect(f.current).toBe('backup');
+    expect(f.advert(advert('master', 100))).toBeNull();
+  });
+  it('only the retry leaves a VIP fault: a track that recovers meanwhile waits for it; a track still failing keeps fault', () => {
+    const f = fsm();
+    toMaster(f);
+    f.vipFailed('add', 'x');
+    f.trackFail('0 backends up');
+    expect(f.trackOk('3 backends up')).toMatchObject({ from: 'fault', to: 'fault', handler: 'faultOnTrackOk' });
+    f.trackFail('0 backends up');
+    expect(f.vipRetry()).toMatchObject({ from: 'fault', to: 'fault', handler: 'faultOnVipRetry' });
+    expect(f.trackOk('3 backends up')).toMatchObject({ to: 'backup', handler: 'faultOnTrackOk' });
+  });
+  it('ignored outside master (a late failure after stepping down); a stop cancels the retry', () => {
+    const f = fsm();
+    f.start();
+    expect(f.vipFailed('add', 'x')).toBeNull();
+    expect(f.vipRetry()).toBeNull();
+    f.masterDown();
+    f.vipFailed('add', 'x');
+    expect(f.stop()).toMatchObject({ to: 'init', handler: 'faultOnStop', actions: [{ type: 'cancelVipRetry' }] });
+    expect(f.vipFault).toBeNull();
   });
 });
 

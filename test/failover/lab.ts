@@ -61,7 +61,16 @@ export interface PairConfig {
   extraPort?: number;
   /** A UDP service, game (maglev by source address), on the VIP at this port, to the backends' UDP ports. */
   udpPort?: number;
+  /** The admin API on the node's LAN address, port ADMIN_PORT (no token: changes refused). */
+  admin?: boolean;
+  /**
+   * Services `heavy0`… with this many backends in all (never connected to): what makes
+   * the admin API's /metrics and /api/services work heavy on the main thread.
+   */
+  heavyBackends?: number;
 }
+
+export const ADMIN_PORT = 9900;
 
 export class PairLab {
   readonly lab: NetLab;
@@ -123,7 +132,7 @@ services:
     timeouts: { connect: 500ms }
     backends:
 ${BACKENDS.map((b) => `      - address: ${b}`).join('\n')}
-${c.extraPort ? `  - name: web2\n    listen: ${VIP}:${c.extraPort}\n    backends:\n${BACKENDS.map((b) => `      - address: ${b}`).join('\n')}\n` : ''}${c.udpPort ? `  - name: game\n    protocol: udp\n    listen: ${VIP}:${c.udpPort}\n    balance: maglev\n    backends:\n${BACKENDS.map((b) => `      - address: ${b}`).join('\n')}\n` : ''}ha:
+${c.extraPort ? `  - name: web2\n    listen: ${VIP}:${c.extraPort}\n    backends:\n${BACKENDS.map((b) => `      - address: ${b}`).join('\n')}\n` : ''}${c.udpPort ? `  - name: game\n    protocol: udp\n    listen: ${VIP}:${c.udpPort}\n    balance: maglev\n    backends:\n${BACKENDS.map((b) => `      - address: ${b}`).join('\n')}\n` : ''}${c.heavyBackends ? heavyServices(c.heavyBackends) : ''}${c.admin ? `admin:\n  listen: ${self.lan}:${ADMIN_PORT}\n` : ''}ha:
   vip: ${VIP}/24
   interface: eth0
   bind: ${self.hb}:7946
@@ -140,10 +149,14 @@ ${c.extraPort ? `  - name: web2\n    listen: ${VIP}:${c.extraPort}\n    backends
     return file;
   }
 
-  /** Starts `bin/fulcrum run --config …` in the node's namespace; resolves once its failover runs. */
-  async start(node: NodeName, c: PairConfig = {}): Promise<Running> {
+  /**
+   * Starts `bin/fulcrum run --config …` in the node's namespace; resolves once its failover runs.
+   * `pathPrefix`: a directory searched first for the commands fulcrum runs (`ip`, `arping`).
+   */
+  async start(node: NodeName, c: PairConfig = {}, opts: { pathPrefix?: string } = {}): Promise<Running> {
     const file = this.writeConfig(node, c);
-    const child = this.lab.spawn(node, join(ROOT, 'bin/fulcrum'), ['run', '--config', file]);
+    const env = opts.pathPrefix ? { ...process.env, PATH: `${opts.pathPrefix}:${process.env.PATH ?? ''}` } : undefined;
+    const child = this.lab.spawn(node, join(ROOT, 'bin/fulcrum'), ['run', '--config', file], env ? { env } : {});
     const lines = collectJsonLines<LogLine>(child);
     const exited = new Promise<number | null>((r) => child.once('exit', (code) => r(code)));
     const r: Running = { node, child, lines, exited };
@@ -327,6 +340,19 @@ ${c.extraPort ? `  - name: web2\n    listen: ${VIP}:${c.extraPort}\n    backends
     await this.lab.destroy();
     rmSync(this.dir, { recursive: true, force: true });
   }
+}
+
+/**
+ * The services of PairConfig.heavyBackends: n backends on addresses nothing answers at, in services
+ * `heavy0`, `heavy1`… of at most 1000 (a service holds up to MAX_MEMBERS), on 127.0.0.1:18100+.
+ */
+function heavyServices(n: number): string {
+  const lines: string[] = [];
+  for (let k = 0; k < n; k++) {
+    if (k % 1000 === 0) lines.push(`  - name: heavy${k / 1000}`, `    listen: 127.0.0.1:${18100 + k / 1000}`, '    balance: leastconn', '    backends:');
+    lines.push(`      - address: 203.0.113.${1 + (k % 250)}:${10000 + Math.floor(k / 250)}`);
+  }
+  return lines.join('\n') + '\n';
 }
 
 export interface ClientResult {

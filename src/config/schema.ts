@@ -183,7 +183,12 @@ export const serviceSchema = z.strictObject({
   queue: z.strictObject({
     max: intIn(0, 10_000_000).default(1000),
     timeout: duration().default(5000),
-  }).default({ max: 1000, timeout: 5000 }),
+    /**
+     * While no backend is eligible (a switchover's gap), a new connection waits up to this long
+     * for one instead of being closed at once (0 = off: closed at once, no_backend).
+     */
+    when_down: duration(0, 3_600_000).default(0),
+  }).default({ max: 1000, timeout: 5000, when_down: 0 }),
   retries: intIn(0, 15).default(2),
   timeouts: z.strictObject({
     connect: duration(1).default(2000),

@@ -34,7 +34,8 @@ export interface ServiceEntry {
   accept_proxy: boolean;
   /** Backends get a PROXY header naming the client. */
   send_proxy: 'none' | 'v1' | 'v2';
-  queue: { max: number; timeout: number };
+  /** when_down: how long a connection waits for a backend while none is eligible (0: closed at once). */
+  queue: { max: number; timeout: number; when_down: number };
   backends: BackendEntry[];
 }
 

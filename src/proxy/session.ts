@@ -84,8 +84,18 @@ export class Session {
   /** performance.now() of the last activity: the transport stamps it per chunk (core.clock) or the sweep does (moved). */
   lastActive = 0;
   tAccept = 0;
+  /** performance.now() when it last entered the queue (0: never queued); queueMs sums its waits. */
   tQueued = 0;
   queueMs = 0;
+  /**
+   * queue.when_down: performance.now() when it began waiting for a backend (0: never). Its wait is
+   * bounded by when_down from then, and it ends no_backend if none came.
+   */
+  tDown = 0;
+  /** Queued until the eligible backends change: it picks again only once H_GENERATION moved past pickGen. */
+  awaitsChange = false;
+  /** H_GENERATION read before its last pick (only with queue.when_down). */
+  pickGen = 0;
   tConnect = 0;
   /** -1 until a backend connection is up. */
   connectMs = -1;
@@ -126,7 +136,8 @@ export class Session {
     this.reason = -1;
     this.clientEnded = false;
     this.timeoutMs = this.lastActive = 0;
-    this.tAccept = this.tQueued = this.queueMs = this.tConnect = 0;
+    this.tAccept = this.tQueued = this.queueMs = this.tConnect = this.tDown = this.pickGen = 0;
+    this.awaitsChange = false;
     this.connectMs = -1;
     this.bytesIn = this.bytesOut = this.countedIn = this.countedOut = 0;
     this.clientAddr = '';

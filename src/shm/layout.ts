@@ -55,9 +55,11 @@ export const MAGIC = 0x434c5546;
 /**
  * Bump on any change to this file's offsets or meanings. 5: the header keeps magic, version and
  * generation only (flags, workers and the capacities were written and never read), and the
- * backend record drops connectFailStreak and incarnation (never read).
+ * backend record drops connectFailStreak and incarnation (never read). 6: service counter 18 is
+ * SC_QUEUED_NO_BACKEND, and a rebuild bumps S_RELEASE_SEQ (and notifies it) while connections
+ * are queued, so connections waiting for a backend (queue.when_down) see one come up.
  */
-export const LAYOUT_VERSION = 5;
+export const LAYOUT_VERSION = 6;
 
 export const PAGE = 65536;
 export const LAYOUT_BASE = PAGE;
@@ -81,6 +83,7 @@ export const NO_BACKEND_U16 = 0xffff;
 export const HEADER_SIZE = 64;
 export const H_MAGIC = 0;
 export const H_VERSION = 4;
+/** Bumped by every rebuild (any service): a connection waiting for a backend picks again only once it moved. */
 export const H_GENERATION = 8;
 
 // ── service record ───────────────────────────────────────────────────────────
@@ -95,6 +98,11 @@ export const S_MEMBER_COUNT = 28;
 export const S_CURSOR = 32;
 export const S_QUEUED = 36;
 export const S_QUEUE_MAX = 40;
+/**
+ * Bumped and notified (Atomics.notify) while S_QUEUED > 0, whenever a queued connection may now
+ * get a backend: a slot was given back (release, reacquire, reclaim) or the eligible set changed
+ * (rebuild). Queued connections wait on it (src/proxy/core.ts pumpQueue).
+ */
 export const S_RELEASE_SEQ = 44;
 export const S_PRIMARY_UP = 48;
 export const S_BACKUP_UP = 52;
@@ -175,7 +183,8 @@ export const SC_BYTES_IN = 4; // client → backend
 export const SC_BYTES_OUT = 5; // backend → client
 export const SC_CONNECT_TIME_MS = 6; // summed, for averages
 export const SC_QUEUE_TIME_MS = 7; // summed
-export const SC_TERM_BASE = 8; // 10 termination reasons follow, indexed by TERM_*; 18..23 reserved
+export const SC_TERM_BASE = 8; // 10 termination reasons follow, indexed by TERM_*
+export const SC_QUEUED_NO_BACKEND = 18; // of SC_QUEUED: waited because no backend was eligible (queue.when_down); 19..23 reserved
 
 /** Termination reasons, in the order of their counters. */
 export const TERM_REASONS = [

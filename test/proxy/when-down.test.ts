@@ -7,9 +7,9 @@
 import type { Socket } from 'node:net';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import type { FulcrumHandle } from '../../src/main.ts';
-import { SC_QUEUED, SC_QUEUED_NO_BACKEND } from '../../src/shm/layout.ts';
+import { BC_CONNECT_FAILURES, SC_QUEUED, SC_QUEUED_NO_BACKEND } from '../../src/shm/layout.ts';
 import { connectClient, freePort, readLine, startNamedServer, staysFalse, waitClose, waitFor, type TestServer } from '../helpers/net.ts';
-import { activeCounts, reasons, serviceCounter, startProxy } from './harness.ts';
+import { activeCounts, backendCounter, reasons, serviceCounter, startProxy } from './harness.ts';
 
 const HOST = '127.2.13.1';
 const WHEN_DOWN = 2000;
@@ -138,6 +138,8 @@ describe('queue.when_down', () => {
     await waitFor(() => proxy.health.state('failing', deadAddress)?.state === 'down', 3000, 'passive health marked it down');
     await waitFor(() => activeCounts(proxy, 'failing', [deadAddress, y.address]).queued === 1, 3000, 'the client waiting');
     expect(closed(c)).toBe(false);
+    // It waits after its connect failed (not because it found the backend down already).
+    expect(backendCounter(proxy, 'failing', deadAddress, BC_CONNECT_FAILURES)).toBe(1);
     proxy.balancer.setAdminState('failing', y.address, 'ready', 'test');
     expect(await line).toBe('y');
     expect(reasons(proxy, 'failing')).toMatchObject({ connect_failed: 0, no_backend: 0 });

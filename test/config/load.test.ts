@@ -85,7 +85,7 @@ describe('parseConfig', () => {
     expect(s.balance).toBe('leastconn');
     expect(s.table_size).toBe(65537);
     expect(s.retries).toBe(2);
-    expect(s.queue).toEqual({ max: 1000, timeout: 5000 });
+    expect(s.queue).toEqual({ max: 1000, timeout: 5000, when_down: 0 });
     expect(s.timeouts).toEqual({ connect: 2000, idle: 1_800_000, proxy_header: 5000 });
     expect(s.accept_proxy).toBe(false);
     expect(s.send_proxy).toBe('none');
@@ -115,6 +115,18 @@ services:
     expect(c.services[0].queue.timeout).toBe(2000);
     expect(c.services[0].timeouts.idle).toBe(1_800_000);
     expect(c.services[0].backends[2].backup).toBe(true);
+  });
+
+  it('queue.when_down: off by default, a duration up to 1h, its errors naming the field', () => {
+    expect(parseConfig(minimal).services[0].queue).toEqual({ max: 1000, timeout: 5000, when_down: 0 });
+    const withQueue = (q: string) => minimal.replace('    backends:', `    queue: ${q}\n    backends:`);
+    expect(parseConfig(withQueue('{ when_down: 5s }')).services[0].queue).toEqual({ max: 1000, timeout: 5000, when_down: 5000 });
+    expect(problemsOf(withQueue('{ when_down: soon }'))).toEqual([
+      'services[0].queue.when_down: must be a duration like 500ms, 2s, 30m or 1h, got "soon"',
+    ]);
+    expect(problemsOf(withQueue('{ when_down: 2h }'))).toEqual([
+      'services[0].queue.when_down: must be a duration like 500ms, 2s, 30m or 1h, got "2h"',
+    ]);
   });
 
   it('names the path and the value of every problem at once', () => {

@@ -47,7 +47,7 @@ services:
     listen: ${HOST}:${ports.failing}
     retries: 2
     queue: { when_down: 10s }
-    health: { type: tcp, interval: 1h, timeout: 1s, rise: 1, fall: 1, observe_failures: 1 }
+    health: { type: tcp, interval: 300ms, timeout: 300ms, rise: 1, fall: 100, observe_failures: 1 }
     backends:
       - address: ${dead.address}
       - { address: ${y.address}, state: maint }
@@ -88,8 +88,9 @@ describe('queue.when_down', () => {
   it('a client waits while no backend is up, and is served by the one that comes up (admin API)', async () => {
     const c = await client(ports.gated);
     const line = readLine(c, 10_000);
-    await waitFor(() => activeCounts(proxy, 'gated', [x.address]).queued === 1, 3000, 'one waiting for a backend');
-    expect(serviceCounter(proxy, 'gated', SC_QUEUED_NO_BACKEND)).toBe(1);
+    await waitFor(() => activeCounts(proxy, 'gated', [x.address]).queued === 1, 3000, 'one waiting');
+    // Counted by the worker right after it joined the queue.
+    await waitFor(() => serviceCounter(proxy, 'gated', SC_QUEUED_NO_BACKEND) === 1, 3000, 'counted as waiting for a backend');
     expect(serviceCounter(proxy, 'gated', SC_QUEUED)).toBe(1);
     await staysFalse(() => closed(c), 300, 'the waiting client was closed');
     proxy.balancer.setAdminState('gated', x.address, 'ready', 'test');
@@ -130,7 +131,10 @@ describe('queue.when_down', () => {
 
   it('a client whose connects all failed waits for a backend instead of closing', async () => {
     const deadAddress = dead!.address;
-    await dead!.close(); // its probe (1h apart) still says up: the data plane finds out
+    // Up (a first probe that failed on a loaded machine is followed by one that passes) …
+    await waitFor(() => proxy.health.state('failing', deadAddress)?.state === 'up', 3000, 'the first backend up');
+    // … then gone: its probes (fall: 100) still say up for the test's length; the data plane finds out.
+    await dead!.close();
     dead = null;
     const c = await client(ports.failing);
     const line = readLine(c, 10_000);

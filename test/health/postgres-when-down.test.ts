@@ -6,15 +6,11 @@
  * being refused: 0 refused, and every connection opened once the old primary was down reaches the
  * new primary (`pg_is_in_recovery()` false, its port) through fulcrum.
  */
-import { mkdtemp, rm, writeFile } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
-import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { FulcrumHandle } from '../../src/main.ts';
 import { SC_QUEUED_NO_BACKEND } from '../../src/shm/layout.ts';
 import { reasons, serviceCounter, startProxy } from '../proxy/harness.ts';
-import { pgSandbox, type PgCluster, type PgSandbox } from '../helpers/postgres.ts';
+import { monitorClient, pgPair, primaryServiceYaml, whoAnswersAt, type PgCluster, type PgPair } from '../helpers/postgres.ts';
 import { freePort } from '../helpers/net.ts';
 import { waitUntilOnly } from './switchover.ts';
 
@@ -28,52 +24,27 @@ const EVERY_MS = 10;
 const AFTER_PROMOTE_MS = 1500;
 const MAX_ATTEMPTS = 600;
 
-let sandbox: PgSandbox;
+let pair: PgPair | undefined;
 let pg1: PgCluster;
 let pg2: PgCluster;
-let dir: string;
-let pwFile: string;
 let fulcrum: FulcrumHandle;
 let listenPort: number;
 
 beforeAll(async () => {
-  dir = await mkdtemp(join(tmpdir(), 'fulcrum-pg-wd-test-'));
-  pwFile = join(dir, 'pg.pass');
-  await writeFile(pwFile, `${PASSWORD}\n`, { mode: 0o600 });
-  sandbox = await pgSandbox(HOST);
-  pg1 = await sandbox.initPrimary('pg1');
-  await pg1.sql(`CREATE ROLE monitor LOGIN PASSWORD '${PASSWORD}'`);
-  pg2 = await sandbox.basebackup(pg1, 'pg2');
+  pair = await pgPair(HOST, PASSWORD);
+  ({ primary: pg1, standby: pg2 } = pair);
   listenPort = await freePort(LISTEN);
   // max_connections keeps the burst that waited for the new primary under the server's own
   // max_connections (40, the probes included): the rest wait for a slot.
-  fulcrum = await startProxy(`
-workers: 2
-logging: { level: warn }
-services:
-  - name: pg
-    listen: ${LISTEN}:${listenPort}
+  fulcrum = await startProxy(primaryServiceYaml(`${LISTEN}:${listenPort}`, pair, INTERVAL, 2, `
     max_connections: 20
     queue: { max: 1000, timeout: 10s, when_down: 5s }
-    retries: 1
-    health:
-      type: postgres
-      role: primary
-      interval: ${INTERVAL}ms
-      timeout: ${INTERVAL}ms
-      rise: 1
-      fall: 2
-      postgres: { user: monitor, password_file: ${pwFile}, database: postgres }
-    backends:
-      - address: ${pg1.address}
-      - address: ${pg2.address}
-`);
+    retries: 1`));
 }, 120_000);
 
 afterAll(async () => {
   await fulcrum?.stop('test done');
-  await sandbox?.stop();
-  if (dir) await rm(dir, { recursive: true, force: true });
+  await pair?.stop();
 });
 
 interface Attempt {
@@ -88,8 +59,7 @@ interface Attempt {
 /** One client connection through fulcrum: which server answered and whether it is in recovery. */
 async function attempt(): Promise<Attempt> {
   const a: Attempt = { at: Date.now() };
-  const c = new pg.Client({ host: LISTEN, port: listenPort, user: 'monitor', password: PASSWORD, database: 'postgres', connectionTimeoutMillis: 15_000 });
-  c.on('error', () => {});
+  const c = monitorClient(LISTEN, listenPort, PASSWORD, 15_000);
   try {
     await c.connect();
     const row = (await c.query('SELECT pg_is_in_recovery() AS r, inet_server_port() AS p')).rows[0];
@@ -104,15 +74,9 @@ async function attempt(): Promise<Attempt> {
   return a;
 }
 
-async function whoAnswers(): Promise<number> {
-  const a = await attempt();
-  if (a.port === undefined) throw new Error(a.error);
-  return a.port;
-}
-
 describe('queue.when_down: a PostgreSQL switchover under a client connecting every 10 ms', () => {
   it('refuses none, and every connection from the old primary\'s stop on reaches the new primary', async () => {
-    await waitUntilOnly(whoAnswers, pg1.port, 5000);
+    await waitUntilOnly(() => whoAnswersAt(LISTEN, listenPort, PASSWORD), pg1.port, 5000);
 
     const attempts: Promise<Attempt>[] = [];
     let stopAt = Infinity;

@@ -89,6 +89,12 @@ export class DataPath {
   /** Backend id → where to connect, and its address family (4, 6, or 0: a name to resolve). */
   private backends: (BackendEntry | undefined)[] = [];
   private families: number[] = [];
+  /**
+   * Bumped by each new table. A rebuild that adds a backend wakes the queue before the table
+   * naming it arrives (the control plane sends it next): a session that picked a backend not yet
+   * in the table waits for this to move (the queue's poll sees it).
+   */
+  private tableGen = 0;
   private sweepMs = 0;
   private sweepTimer: ReturnType<typeof setInterval> | null = null;
   /** performance.now() at the previous sweep: a session that moved since is stamped with it. */
@@ -126,6 +132,7 @@ export class DataPath {
     }
     this.backends = next;
     this.families = fam;
+    this.tableGen++;
     const every = Math.max(SWEEP_MIN_MS, Math.min(SWEEP_MAX_MS, Math.floor(shortest / 8)));
     if (every !== this.sweepMs) {
       this.sweepMs = every;
@@ -201,11 +208,16 @@ export class DataPath {
     // FIFO: a newcomer never overtakes connections already waiting in this worker; it waits for
     // what the first one waits for (a slot, or a backend).
     if (rt.queue.length > 0) {
-      this.enqueue(s, rt, rt.queue[0].awaitsChange);
+      // Never picked (pickTable 0, the table's generation is ≥ 1): it picks when its turn comes.
+      s.awaitsChange = rt.queue[0].awaitsChange;
+      this.enqueue(s, rt, s.awaitsChange);
       return;
     }
     // Before the pick: a rebuild after this read is what a wait for a backend waits for.
-    if (e.queue.when_down > 0) s.pickGen = Atomics.load(this.i32, GEN_IDX);
+    if (e.queue.when_down > 0) {
+      s.pickGen = Atomics.load(this.i32, GEN_IDX);
+      s.pickTable = this.tableGen;
+    }
     const r = ctx.engine.acquire(rt.index, s.hash);
     if (r >= 0) {
       s.holdsSlot = true;
@@ -302,6 +314,10 @@ export class DataPath {
   pumpQueue(rt: ServiceRuntime): void {
     const q = rt.queue;
     const i32 = this.i32;
+    // This loop owns the queue until it waits or empties it: a session it sends back to the queue
+    // (its connect failed at once, its backend not yet in the table) is taken up here, not by a
+    // second, nested pump with a wait of its own.
+    rt.waiting = true;
     while (q.length > 0) {
       // Read the sequence before trying: a release or rebuild after this read makes the wait return at once.
       const seq = Atomics.load(i32, rt.seqIdx);
@@ -311,8 +327,10 @@ export class DataPath {
       // before the sequence, so a rebuild not seen here wakes the wait below.
       const gen = Atomics.load(i32, GEN_IDX);
       let r = PICK_NO_BACKEND;
-      if (!s.awaitsChange || gen !== s.pickGen) {
-        s.pickGen = gen; // a connect to what it picks may fail: it then waits for a rebuild after this
+      if (!s.awaitsChange || gen !== s.pickGen || s.pickTable !== this.tableGen) {
+        // A connect to what it picks may fail: it then waits for a rebuild after this.
+        s.pickGen = gen;
+        s.pickTable = this.tableGen;
         r = this.ctx.engine.acquire(rt.index, s.hash);
       }
       if (r >= 0) {
@@ -333,12 +351,12 @@ export class DataPath {
       } else {
         s.awaitsChange = false; // full: a release wakes it
       }
-      rt.waiting = true;
       const w = Atomics.waitAsync(this.i32, rt.seqIdx, seq, QUEUE_POLL_MS);
       if (w.async) w.value.then(rt.onWake);
       else queueMicrotask(rt.onWake);
       return;
     }
+    rt.waiting = false;
   }
 
   // ── connect ────────────────────────────────────────────────────────────────
@@ -352,7 +370,16 @@ export class DataPath {
     const bk = this.backends[backend];
     s.bk = bk;
     if (bk === undefined) {
-      // The table has not caught up with the engine (a reload in flight): treat as a failed connect.
+      // The table has not caught up with the engine (a reload in flight). With queue.when_down the
+      // session waits for the table (a reload that brings a backend wakes the waiting connections
+      // at its rebuild, before the table follows); else it counts as a failed connect.
+      if (rt.entry.queue.when_down > 0 && !this.shuttingDown) {
+        this.releaseSession(s);
+        s.pickGen = Atomics.load(this.i32, GEN_IDX);
+        s.pickTable = this.tableGen;
+        this.waitForBackend(s, rt, true);
+        return;
+      }
       this.connectFailed(s, 'EUNKNOWNBACKEND');
       return;
     }
@@ -425,7 +452,10 @@ export class DataPath {
       const tried = (s.tried ??= new Int32Array(MAX_TRIED));
       const n = Math.min(s.retries, MAX_TRIED);
       for (let i = 0; i < n; i++) this.triedScratch[i] = tried[i];
-      if (rt.entry.queue.when_down > 0) s.pickGen = Atomics.load(this.i32, GEN_IDX);
+      if (rt.entry.queue.when_down > 0) {
+        s.pickGen = Atomics.load(this.i32, GEN_IDX);
+        s.pickTable = this.tableGen;
+      }
       const r = this.ctx.engine.reacquire(rt.index, s.hash, failed, n);
       if (r >= 0) {
         if (s.retries < MAX_TRIED) tried[s.retries] = failed;
@@ -544,8 +574,9 @@ export class DataPath {
   private onTimeout(s: Session): void {
     s.timeoutMs = 0;
     if (s.state === ST_QUEUED) {
-      // Waited for a backend (queue.when_down) and none came: refused as without the wait.
-      if (s.tDown > 0) {
+      // Waited for a backend (queue.when_down) and none came: refused as without the wait. (One
+      // that found backends again, but full, timed out as queued.)
+      if (s.awaitsChange) {
         this.end(s, TERM_NO_BACKEND); // leaves the queue
         return;
       }

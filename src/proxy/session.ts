@@ -33,7 +33,7 @@ export class ServiceRuntime {
   /** i32 index of this worker's tally of its own queued connections (given back if it dies). */
   tallyQueuedIdx: number;
   queue: Session[] = [];
-  /** A waitAsync on S_RELEASE_SEQ is pending. */
+  /** A waitAsync on S_RELEASE_SEQ is pending, or the pump is running: nobody else pumps. */
   waiting = false;
   /** Made once per service: the wait's callback (no closure per wait). */
   readonly onWake: () => void;
@@ -92,10 +92,16 @@ export class Session {
    * bounded by when_down from then, and it ends no_backend if none came.
    */
   tDown = 0;
-  /** Queued until the eligible backends change: it picks again only once H_GENERATION moved past pickGen. */
+  /**
+   * Queued for a backend (queue.when_down), not for a slot: it picks again only once the eligible
+   * backends may have changed (H_GENERATION moved past pickGen, or a new table), and its wait ends
+   * no_backend at its bound.
+   */
   awaitsChange = false;
   /** H_GENERATION read before its last pick (only with queue.when_down). */
   pickGen = 0;
+  /** The worker's table generation (core.ts `tableGen`) at its last pick: a new table also lets it pick again. */
+  pickTable = 0;
   tConnect = 0;
   /** -1 until a backend connection is up. */
   connectMs = -1;
@@ -136,7 +142,7 @@ export class Session {
     this.reason = -1;
     this.clientEnded = false;
     this.timeoutMs = this.lastActive = 0;
-    this.tAccept = this.tQueued = this.queueMs = this.tConnect = this.tDown = this.pickGen = 0;
+    this.tAccept = this.tQueued = this.queueMs = this.tConnect = this.tDown = this.pickGen = this.pickTable = 0;
     this.awaitsChange = false;
     this.connectMs = -1;
     this.bytesIn = this.bytesOut = this.countedIn = this.countedOut = 0;

@@ -6,6 +6,7 @@
  */
 import type { Socket } from 'node:net';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { parseConfig } from '../../src/config/load.ts';
 import type { FulcrumHandle } from '../../src/main.ts';
 import { BC_CONNECT_FAILURES, SC_QUEUED, SC_QUEUED_NO_BACKEND } from '../../src/shm/layout.ts';
 import { connectClient, freePort, readLine, startNamedServer, staysFalse, waitClose, waitFor, type TestServer } from '../helpers/net.ts';
@@ -18,17 +19,24 @@ let x: TestServer; // 'gated' service's only backend, in maint at start
 let y: TestServer; // 'failing' service's spare, in maint at start
 let z: TestServer | null = null; // 'probed' service's backend, not started until the test does
 let dead: TestServer | null; // 'failing' service's first backend: stopped by its test
+let deadAddress = '';
 let zPort = 0;
-const ports = { gated: 0, probed: 0, failing: 0, off: 0 };
+const ports = { gated: 0, probed: 0, failing: 0, off: 0, grown: 0 };
 let open: Socket[] = [];
 
 beforeAll(async () => {
   x = await startNamedServer('x', HOST);
   y = await startNamedServer('y', HOST);
   dead = await startNamedServer('dead', HOST);
+  deadAddress = dead.address;
   zPort = await freePort(HOST);
   for (const k of Object.keys(ports) as (keyof typeof ports)[]) ports[k] = await freePort(HOST);
-  proxy = await startProxy(`
+  proxy = await startProxy(yaml(''));
+});
+
+/** The test's config; `grown` lists its backends beyond the first (a reload adds one). */
+function yaml(grown: string): string {
+  return `
 workers: 2
 logging: { level: silent, connections: false }
 services:
@@ -49,14 +57,19 @@ services:
     queue: { when_down: 10s }
     health: { type: tcp, interval: 300ms, timeout: 300ms, rise: 1, fall: 100, observe_failures: 1 }
     backends:
-      - address: ${dead.address}
+      - address: ${deadAddress}
       - { address: ${y.address}, state: maint }
   - name: off
     listen: ${HOST}:${ports.off}
     backends:
       - { address: ${x.address}, state: maint }
-`);
-});
+  - name: grown
+    listen: ${HOST}:${ports.grown}
+    queue: { when_down: 10s }
+    backends:
+      - { address: ${x.address}, state: maint }
+${grown}`;
+}
 
 afterEach(() => {
   for (const s of open) s.destroy();
@@ -130,7 +143,6 @@ describe('queue.when_down', () => {
   });
 
   it('a client whose connects all failed waits for a backend instead of closing', async () => {
-    const deadAddress = dead!.address;
     // Up (a first probe that failed on a loaded machine is followed by one that passes) …
     await waitFor(() => proxy.health.state('failing', deadAddress)?.state === 'up', 3000, 'the first backend up');
     // … then gone: its probes (fall: 100) still say up for the test's length; the data plane finds out.
@@ -148,5 +160,14 @@ describe('queue.when_down', () => {
     expect(await line).toBe('y');
     expect(reasons(proxy, 'failing')).toMatchObject({ connect_failed: 0, no_backend: 0 });
     expect(serviceCounter(proxy, 'failing', SC_QUEUED_NO_BACKEND)).toBe(1);
+  });
+
+  it('a backend a reload adds takes the waiting client (woken by the rebuild, before the worker has its address)', async () => {
+    const c = await client(ports.grown);
+    const line = readLine(c, 10_000);
+    await waitFor(() => activeCounts(proxy, 'grown', [x.address]).queued === 1, 3000, 'one waiting');
+    expect(await proxy.reload(parseConfig(yaml(`      - address: ${y.address}`), '<test>'))).toEqual([]);
+    expect(await line).toBe('y');
+    expect(reasons(proxy, 'grown')).toMatchObject({ connect_failed: 0, no_backend: 0 });
   });
 });

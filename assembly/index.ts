@@ -56,11 +56,12 @@ export function init(workerId: u32): u32 {
 }
 
 /**
- * Tells queued connections (any worker) that a slot came free: bumps the service's release
- * sequence and wakes every agent waiting on it. Both are skipped while S_QUEUED is 0 (the common
- * case: one load instead of a contended add and a call into the host). That is safe because a
- * waiter increments S_QUEUED before it reads S_RELEASE_SEQ, tries to acquire, and waits on the
- * value read, and our caller gave the slot back before this load: with sequentially consistent
+ * Tells queued connections (any worker) that a slot came free, or (rebuild) that the eligible
+ * backends changed: bumps the service's release sequence and wakes every agent waiting on it.
+ * Both are skipped while S_QUEUED is 0 (the common case: one load instead of a contended add and
+ * a call into the host). That is safe because a waiter increments S_QUEUED before it reads
+ * S_RELEASE_SEQ, tries to acquire, and waits on the value read, and our caller gave the slot back
+ * (or published the rebuilt state) before this load: with sequentially consistent
  * atomics, either this load sees the waiter's increment (and we bump and notify), or the waiter's
  * acquire comes after our release (and succeeds without waiting).
  */
@@ -191,7 +192,7 @@ export function reclaim(workerId: u32): u32 {
  * Control plane only, after any change to service `s`'s members, states or weights: recounts the
  * up tiers, builds the algorithm's ring into the inactive ring, then publishes it by flipping
  * S_ACTIVE_RING with one atomic store (pickers read the index once per pick, see maglevPick for the
- * race argument) and bumps the header generation; a leastconn service's tree is brought up to date
+ * race argument) bumps the header generation and, while connections are queued, wakes them (signalRelease); a leastconn service's tree is brought up to date
  * instead (tree.ts treeRefresh: O(log n) per changed member). Cost: a Maglev build, O(M log M), or a schedule.
  */
 export function rebuild(s: u32): void {
@@ -207,4 +208,7 @@ export function rebuild(s: u32): void {
   atomic.store<u32>(sa + S_RING_LEN + (next << 2), len);
   atomic.store<u32>(sa + S_ACTIVE_RING, next);
   atomic.add<u32>(HEADER_OFFSET + H_GENERATION, 1);
+  // The eligible set may have changed (a backend up after none was): connections queued in any
+  // worker pick again. After the generation bump, which a waiter for a backend checks on waking.
+  signalRelease(sa);
 }

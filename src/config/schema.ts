@@ -274,7 +274,7 @@ export const PROTOCOLS = ['tcp', 'udp'] as const;
 /** Idle timeouts when the config names none: a TCP connection (HAProxy's usual 30 min), a UDP flow (nginx's proxy_timeout is 10 min; game servers' own client timeouts are shorter). */
 export const IDLE_DEFAULT_TCP = 1_800_000;
 export const IDLE_DEFAULT_UDP = 60_000;
-const QUEUE_DEFAULT = { max: 1000, timeout: 5000 };
+const QUEUE_DEFAULT = { max: 1000, timeout: 5000, when_down: 0 };
 /** The largest payload of a UDP datagram over IPv4 (65535 − 20 − 8). */
 export const MAX_DATAGRAM = 65_507;
 const UDP_DEFAULT = { responses: 0, max_datagram: MAX_DATAGRAM };
@@ -314,6 +314,11 @@ const serviceFields = z.strictObject({
   queue: z.strictObject({
     max: intIn(0, 10_000_000).default(QUEUE_DEFAULT.max),
     timeout: duration().default(QUEUE_DEFAULT.timeout),
+    /**
+     * While no backend is eligible (a switchover's gap), a new connection waits up to this long
+     * for one instead of being closed at once (0 = off: closed at once, no_backend).
+     */
+    when_down: duration(0, 3_600_000).default(QUEUE_DEFAULT.when_down),
   }).optional(),
   /** UDP: an ICMP port unreachable on a flow's socket is its failed connect (another backend is tried). */
   retries: intIn(0, 15).default(2),

@@ -148,6 +148,7 @@ export class Metrics {
     serviceGauge('service_max_connections', 'Configured max_connections (0 = unlimited).', (s) => s.max_connections);
     serviceCounter('service_connections_total', 'Connections accepted by the listener.', (s) => s.counters.accepted);
     serviceCounter('service_queued_total', 'Connections that had to wait in the queue.', (s) => s.counters.queued);
+    serviceCounter('service_queued_no_backend_total', 'Connections that waited because no backend was eligible (queue.when_down); those none came for end no_backend.', (s) => s.counters.queued_no_backend);
     serviceCounter('service_queue_timeouts_total', 'Connections closed after waiting queue.timeout.', (s) => s.counters.queue_timeouts);
     serviceCounter('service_retries_total', 'Connect attempts redispatched to another backend.', (s) => s.counters.retries);
     serviceCounter('service_bytes_in_total', 'Bytes from clients to backends.', (s) => s.counters.bytes_in);

@@ -12,7 +12,7 @@
 import {
   BACKEND_COUNTERS, BACKEND_STATES, BC_BYTES_IN, BC_BYTES_OUT, BC_CONNECT_FAILURES, BC_CONNECT_TIME_MS, BC_CONNECTIONS,
   BC_KILLED, BC_RETRIES, B_EFF_WEIGHT, B_FLAGS, B_MAX_CONN, B_STATE, B_WEIGHT, BF_BACKUP, MAX_WORKERS,
-  SC_ACCEPTED, SC_BYTES_IN, SC_BYTES_OUT, SC_CONNECT_TIME_MS, SC_QUEUED, SC_QUEUE_TIME_MS, SC_QUEUE_TIMEOUTS, SC_RETRIES,
+  SC_ACCEPTED, SC_BYTES_IN, SC_BYTES_OUT, SC_CONNECT_TIME_MS, SC_QUEUED, SC_QUEUED_NO_BACKEND, SC_QUEUE_TIME_MS, SC_QUEUE_TIMEOUTS, SC_RETRIES,
   SC_DGRAMS_IN, SC_DGRAMS_OUT, SC_DROP_BASE, SC_TERM_BASE, SERVICE_COUNTERS, S_MAX_CONN, S_QUEUE_MAX, TERM_REASONS,
   UDP_DROP_REASONS, WEIGHT_SCALE,
   backendCounterIndex, serviceCounterIndex,
@@ -34,6 +34,8 @@ export interface ServiceCounters {
   accepted: number;
   /** Connections that had to wait in the queue. */
   queued: number;
+  /** Of those, connections that waited because no backend was eligible (queue.when_down). */
+  queued_no_backend: number;
   queue_timeouts: number;
   /** Connect attempts redispatched to another backend. */
   retries: number;
@@ -194,6 +196,7 @@ export class Stats {
     return {
       accepted: sums[SC_ACCEPTED],
       queued: sums[SC_QUEUED],
+      queued_no_backend: sums[SC_QUEUED_NO_BACKEND],
       queue_timeouts: sums[SC_QUEUE_TIMEOUTS],
       retries: sums[SC_RETRIES],
       bytes_in: sums[SC_BYTES_IN],

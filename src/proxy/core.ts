@@ -4,7 +4,8 @@
  *
  *   accept ─▶ acquire ─┬─ backend ──▶ connect ─┬─ ok ──▶ data both ways ─▶ close ─▶ release
  *                      ├─ full ────▶ queue ──┘ └─ fail ─▶ reacquire (≤ retries) ─┘
- *                      └─ none ────▶ close (no_backend)
+ *                      └─ none ────▶ close (no_backend), or with queue.when_down: queue until
+ *                                    the eligible backends change (a rebuild), bounded by it
  *
  * Admission and pick (WebAssembly, engine.ts), the wait queue and its pump, retries with the
  * session's own tried list, the timeouts sweep, PROXY headers (the client's, read before
@@ -25,8 +26,9 @@ import { clientAddress } from '../config/address.ts';
 import { LOCAL_ERRORS } from '../local-errors.ts';
 import {
   BC_BYTES_IN, BC_BYTES_OUT, BC_CONNECT_FAILURES, BC_CONNECT_TIME_MS, BC_CONNECTIONS, BC_KILLED, BC_RETRIES,
-  backendCounterIndex, MAX_TRIED, PICK_BAD_SERVICE, PICK_NO_BACKEND, SC_ACCEPTED, SC_BYTES_IN, SC_BYTES_OUT,
-  SC_CONNECT_TIME_MS, SC_QUEUE_TIME_MS, SC_QUEUE_TIMEOUTS, SC_QUEUED, SC_RETRIES, SC_TERM_BASE, TERM_BACKEND_DOWN,
+  backendCounterIndex, H_GENERATION, HEADER_OFFSET, MAX_TRIED, PICK_BACKENDS_FULL, PICK_BAD_SERVICE, PICK_NO_BACKEND,
+  PICK_SERVICE_FULL, SC_ACCEPTED, SC_BYTES_IN, SC_BYTES_OUT, SC_CONNECT_TIME_MS, SC_QUEUE_TIME_MS, SC_QUEUE_TIMEOUTS,
+  SC_QUEUED, SC_QUEUED_NO_BACKEND, SC_RETRIES, SC_TERM_BASE, TERM_BACKEND_DOWN,
   TERM_BAD_PROXY_HEADER, TERM_CLIENT_CLOSED, TERM_CONNECT_FAILED, TERM_IDLE_TIMEOUT, TERM_NO_BACKEND, TERM_QUEUE_FULL,
   TERM_QUEUE_TIMEOUT, TERM_REASONS, TERM_SHUTDOWN,
 } from '../shm/layout.ts';
@@ -39,8 +41,14 @@ import {
 
 /** Client bytes held while a session waits for its backend; the transport pauses the client beyond this. */
 const PENDING_LIMIT = 64 * 1024;
-/** Queued connections re-try at least this often, so backends coming up (no release) are seen. */
+/**
+ * Queued connections look again at least this often. Releases and rebuilds notify them (the
+ * engine's signalRelease); this is the safety net, and costs one load for a connection waiting
+ * for a backend while nothing was rebuilt.
+ */
 const QUEUE_POLL_MS = 200;
+/** i32 index of the header's generation, which every rebuild bumps. */
+const GEN_IDX = (HEADER_OFFSET + H_GENERATION) >> 2;
 /** The timeout sweep runs every 1/8 of the smallest configured timeout, within these bounds. */
 const SWEEP_MIN_MS = 10;
 const SWEEP_MAX_MS = 1000;
@@ -79,6 +87,12 @@ export class DataPath {
   /** Backend id → where to connect, and its address family (4, 6, or 0: a name to resolve). */
   private backends: (BackendEntry | undefined)[] = [];
   private families: number[] = [];
+  /**
+   * Bumped by each new table. A rebuild that adds a backend wakes the queue before the table
+   * naming it arrives (the control plane sends it next): a session that picked a backend not yet
+   * in the table waits for this to move (the queue's poll sees it).
+   */
+  private tableGen = 0;
   private sweepMs = 0;
   private sweepTimer: ReturnType<typeof setInterval> | null = null;
   /** performance.now() at the previous sweep: a session that moved since is stamped with it. */
@@ -111,10 +125,12 @@ export class DataPath {
         next[b.index] = b;
         fam[b.index] = isIP(b.host);
       }
-      shortest = Math.min(shortest, s.timeouts.connect, s.timeouts.idle, s.queue.timeout, s.accept_proxy ? s.timeouts.proxy_header : Infinity);
+      shortest = Math.min(shortest, s.timeouts.connect, s.timeouts.idle, s.queue.timeout, s.accept_proxy ? s.timeouts.proxy_header : Infinity,
+        s.queue.when_down > 0 ? s.queue.when_down : Infinity);
     }
     this.backends = next;
     this.families = fam;
+    this.tableGen++;
     const every = Math.max(SWEEP_MIN_MS, Math.min(SWEEP_MAX_MS, Math.floor(shortest / 8)));
     if (every !== this.sweepMs) {
       this.sweepMs = every;
@@ -187,19 +203,29 @@ export class DataPath {
       s.clientAddr = e.hash_key === 'source_ip_port' || ctx.onClose !== null ? ip + ':' + port : ip;
       if (e.hashed) s.hash = hashKey(e.hash_key === 'source_ip_port' ? s.clientAddr : ip) >>> 0;
     }
-    // FIFO: a newcomer never overtakes connections already waiting in this worker.
+    // FIFO: a newcomer never overtakes connections already waiting in this worker; it waits for
+    // what the first one waits for (a slot, or a backend).
     if (rt.queue.length > 0) {
-      this.enqueue(s, rt);
+      // Never picked (pickTable 0, the table's generation is ≥ 1): it picks when its turn comes.
+      s.awaitsChange = rt.queue[0].awaitsChange;
+      this.enqueue(s, rt, s.awaitsChange);
       return;
+    }
+    // Before the pick: a rebuild after this read is what a wait for a backend waits for.
+    if (e.queue.when_down > 0) {
+      s.pickGen = Atomics.load(this.i32, GEN_IDX);
+      s.pickTable = this.tableGen;
     }
     const r = ctx.engine.acquire(rt.index, s.hash);
     if (r >= 0) {
       s.holdsSlot = true;
       this.connectTo(s, r);
-    } else if (r === PICK_NO_BACKEND || r === PICK_BAD_SERVICE) {
+    } else if (r === PICK_NO_BACKEND) {
+      if (!this.waitForBackend(s, rt, true)) this.end(s, TERM_NO_BACKEND);
+    } else if (r === PICK_BAD_SERVICE) {
       this.end(s, TERM_NO_BACKEND);
     } else {
-      this.enqueue(s, rt);
+      this.enqueue(s, rt, false);
     }
   }
 
@@ -212,8 +238,12 @@ export class DataPath {
 
   // ── queue ──────────────────────────────────────────────────────────────────
 
-  /** Once per connection that finds the service or its backends full. */
-  private enqueue(s: Session, rt: ServiceRuntime): void {
+  /**
+   * Once per connection that finds the service or its backends full (`down` false: it waits up to
+   * queue.timeout), or, with queue.when_down, no backend (`down`: up to when_down). A connection
+   * whose connects all failed may come back once more (waitForBackend).
+   */
+  private enqueue(s: Session, rt: ServiceRuntime, down: boolean): void {
     const i32 = this.i32;
     // The bound is global (all workers): S_QUEUED counts every waiting connection.
     if (Atomics.add(i32, rt.queuedIdx, 1) >= rt.entry.queue.max) {
@@ -223,7 +253,7 @@ export class DataPath {
       return;
     }
     i32[rt.tallyQueuedIdx] += 1;
-    this.f64[rt.scBase + SC_QUEUED] += 1;
+    if (s.tQueued === 0) this.f64[rt.scBase + SC_QUEUED] += 1; // once per connection, however often it waits
     s.state = ST_QUEUED;
     s.tQueued = performance.now();
     rt.queue.push(s);
@@ -232,8 +262,32 @@ export class DataPath {
       this.end(s, TERM_CLIENT_CLOSED); // leaves the queue
       return;
     }
-    this.arm(s, rt.entry.queue.timeout);
+    if (down) this.armDown(s, rt);
+    else this.arm(s, rt.entry.queue.timeout);
     if (!rt.waiting) this.pumpQueue(rt);
+  }
+
+  /**
+   * queue.when_down: a connection that has no backend to go to — none eligible at its pick, or
+   * every one it tried failed to connect — waits in the queue until the eligible backends change
+   * (a rebuild: health, the admin API, a reload), instead of being closed. False when when_down is
+   * 0 (or the worker is stopping): the caller closes it as before. Rare: once per such pick.
+   */
+  private waitForBackend(s: Session, rt: ServiceRuntime, gated: boolean): boolean {
+    if (rt.entry.queue.when_down === 0 || this.shuttingDown) return false;
+    s.awaitsChange = gated;
+    this.enqueue(s, rt, true);
+    return true;
+  }
+
+  /** Bounds a wait for a backend: when_down from the moment the connection first waited for one. */
+  private armDown(s: Session, rt: ServiceRuntime): void {
+    if (s.tDown === 0) {
+      s.tDown = performance.now();
+      this.f64[rt.scBase + SC_QUEUED_NO_BACKEND] += 1;
+    }
+    s.timeoutMs = rt.entry.queue.when_down;
+    s.lastActive = s.tDown;
   }
 
   private leaveQueue(s: Session): void {
@@ -243,40 +297,64 @@ export class DataPath {
     Atomics.sub(this.i32, rt.queuedIdx, 1);
     this.i32[rt.tallyQueuedIdx] -= 1;
     s.t.unwatch(s);
-    s.queueMs = performance.now() - s.tQueued;
-    this.f64[rt.scBase + SC_QUEUE_TIME_MS] += s.queueMs;
+    const waited = performance.now() - s.tQueued;
+    s.queueMs += waited;
+    this.f64[rt.scBase + SC_QUEUE_TIME_MS] += waited;
     s.state = ST_FREE;
     s.timeoutMs = 0;
   }
 
   /**
-   * Gives queued connections the slots released since the last look. Called when a connection is
-   * queued, and on every wake of the service's S_RELEASE_SEQ (a release in any worker) or poll.
+   * Gives queued connections the slots released, and the backends come up, since the last look.
+   * Called when a connection is queued, and on every wake of the service's S_RELEASE_SEQ (a
+   * release or a rebuild in any thread) or poll.
    */
   pumpQueue(rt: ServiceRuntime): void {
     const q = rt.queue;
+    const i32 = this.i32;
+    // This loop owns the queue until it waits or empties it: a session it sends back to the queue
+    // (its connect failed at once, its backend not yet in the table) is taken up here, not by a
+    // second, nested pump with a wait of its own.
+    rt.waiting = true;
     while (q.length > 0) {
-      // Read the sequence before trying: a release after this read makes the wait return at once.
-      const seq = Atomics.load(this.i32, rt.seqIdx);
+      // Read the sequence before trying: a release or rebuild after this read makes the wait return at once.
+      const seq = Atomics.load(i32, rt.seqIdx);
       const s = q[0];
-      const r = this.ctx.engine.acquire(rt.index, s.hash);
+      // Waiting for a backend, and nothing rebuilt since its pick found none: picking again would
+      // find none again (or the backend that just failed it). The rebuild bumps the generation
+      // before the sequence, so a rebuild not seen here wakes the wait below.
+      const gen = Atomics.load(i32, GEN_IDX);
+      let r = PICK_NO_BACKEND;
+      if (!s.awaitsChange || gen !== s.pickGen || s.pickTable !== this.tableGen) {
+        // A connect to what it picks may fail: it then waits for a rebuild after this.
+        s.pickGen = gen;
+        s.pickTable = this.tableGen;
+        r = this.ctx.engine.acquire(rt.index, s.hash);
+      }
       if (r >= 0) {
         this.leaveQueue(s);
         s.holdsSlot = true;
         this.connectTo(s, r);
         continue;
       }
-      if (r === PICK_NO_BACKEND || r === PICK_BAD_SERVICE) {
+      if (r === PICK_BAD_SERVICE || (r === PICK_NO_BACKEND && rt.entry.queue.when_down === 0)) {
         this.leaveQueue(s);
         this.end(s, TERM_NO_BACKEND);
         continue;
       }
-      rt.waiting = true;
+      if (r === PICK_NO_BACKEND) {
+        // queue.when_down: keeps waiting, for a rebuild (bounded from its first wait for a backend).
+        this.armDown(s, rt);
+        s.awaitsChange = true;
+      } else {
+        s.awaitsChange = false; // full: a release wakes it
+      }
       const w = Atomics.waitAsync(this.i32, rt.seqIdx, seq, QUEUE_POLL_MS);
       if (w.async) w.value.then(rt.onWake);
       else queueMicrotask(rt.onWake);
       return;
     }
+    rt.waiting = false;
   }
 
   // ── connect ────────────────────────────────────────────────────────────────
@@ -290,7 +368,16 @@ export class DataPath {
     const bk = this.backends[backend];
     s.bk = bk;
     if (bk === undefined) {
-      // The table has not caught up with the engine (a reload in flight): treat as a failed connect.
+      // The table has not caught up with the engine (a reload in flight). With queue.when_down the
+      // session waits for the table (a reload that brings a backend wakes the waiting connections
+      // at its rebuild, before the table follows); else it counts as a failed connect.
+      if (rt.entry.queue.when_down > 0 && !this.shuttingDown) {
+        this.releaseSession(s);
+        s.pickGen = Atomics.load(this.i32, GEN_IDX);
+        s.pickTable = this.tableGen;
+        this.waitForBackend(s, rt, true);
+        return;
+      }
       this.connectFailed(s, 'EUNKNOWNBACKEND');
       return;
     }
@@ -363,6 +450,10 @@ export class DataPath {
       const tried = (s.tried ??= new Int32Array(MAX_TRIED));
       const n = Math.min(s.retries, MAX_TRIED);
       for (let i = 0; i < n; i++) this.triedScratch[i] = tried[i];
+      if (rt.entry.queue.when_down > 0) {
+        s.pickGen = Atomics.load(this.i32, GEN_IDX);
+        s.pickTable = this.tableGen;
+      }
       const r = this.ctx.engine.reacquire(rt.index, s.hash, failed, n);
       if (r >= 0) {
         if (s.retries < MAX_TRIED) tried[s.retries] = failed;
@@ -373,14 +464,16 @@ export class DataPath {
         return;
       }
       // reacquire released `failed`; the service slot is still held. Nothing left to try (every
-      // candidate failed, or the rest are full): the client saw its connects fail.
+      // candidate failed, or the rest are full): the client saw its connects fail — unless
+      // queue.when_down holds it until the backends change (or, the rest full, a slot frees).
       s.backend = -1;
       this.releaseSession(s);
-      this.end(s, TERM_CONNECT_FAILED);
+      if (!this.waitForBackend(s, rt, r !== PICK_BACKENDS_FULL && r !== PICK_SERVICE_FULL)) this.end(s, TERM_CONNECT_FAILED);
       return;
     }
     this.releaseSession(s);
-    this.end(s, this.shuttingDown ? TERM_SHUTDOWN : TERM_CONNECT_FAILED);
+    // Out of retries: with queue.when_down it waits for the backends to change and tries again.
+    if (!this.waitForBackend(s, rt, true)) this.end(s, this.shuttingDown ? TERM_SHUTDOWN : TERM_CONNECT_FAILED);
   }
 
   // ── PROXY headers ──────────────────────────────────────────────────────────
@@ -479,6 +572,12 @@ export class DataPath {
   private onTimeout(s: Session): void {
     s.timeoutMs = 0;
     if (s.state === ST_QUEUED) {
+      // Waited for a backend (queue.when_down) and none came: refused as without the wait. (One
+      // that found backends again, but full, timed out as queued.)
+      if (s.awaitsChange) {
+        this.end(s, TERM_NO_BACKEND); // leaves the queue
+        return;
+      }
       this.f64[s.svc!.scBase + SC_QUEUE_TIMEOUTS] += 1;
       this.end(s, TERM_QUEUE_TIMEOUT); // leaves the queue
     } else if (s.state === ST_CONNECTING) {

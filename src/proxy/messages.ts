@@ -38,8 +38,12 @@ export interface ServiceEntry {
   accept_proxy: boolean;
   /** Backends get a PROXY header naming the client. */
   send_proxy: 'none' | 'v1' | 'v2';
-  /** UDP never queues: max 0, so a datagram that finds no room is dropped (queue_full, counted as a limit drop). */
-  queue: { max: number; timeout: number };
+  /**
+   * UDP never queues: max 0, so a datagram that finds no room is dropped (queue_full, counted as a
+   * limit drop). when_down: how long a connection waits for a backend while none is eligible (0:
+   * closed at once).
+   */
+  queue: { max: number; timeout: number; when_down: number };
   /** protocol udp: replies that end a flow (0: only idle ends it), and the longest datagram forwarded. */
   udp: { responses: number; max_datagram: number };
   backends: BackendEntry[];

@@ -33,7 +33,7 @@ export class ServiceRuntime {
   /** i32 index of this worker's tally of its own queued connections (given back if it dies). */
   tallyQueuedIdx: number;
   queue: Session[] = [];
-  /** A waitAsync on S_RELEASE_SEQ is pending. */
+  /** A waitAsync on S_RELEASE_SEQ is pending, or the pump is running: nobody else pumps. */
   waiting = false;
   /** Made once per service: the wait's callback (no closure per wait). */
   readonly onWake: () => void;
@@ -84,8 +84,24 @@ export class Session {
   /** performance.now() of the last activity: the transport stamps it per chunk (core.clock) or the sweep does (moved). */
   lastActive = 0;
   tAccept = 0;
+  /** performance.now() when it last entered the queue (0: never queued); queueMs sums its waits. */
   tQueued = 0;
   queueMs = 0;
+  /**
+   * queue.when_down: performance.now() when it began waiting for a backend (0: never). Its wait is
+   * bounded by when_down from then, and it ends no_backend if none came.
+   */
+  tDown = 0;
+  /**
+   * Queued for a backend (queue.when_down), not for a slot: it picks again only once the eligible
+   * backends may have changed (H_GENERATION moved past pickGen, or a new table), and its wait ends
+   * no_backend at its bound.
+   */
+  awaitsChange = false;
+  /** H_GENERATION read before its last pick (only with queue.when_down). */
+  pickGen = 0;
+  /** The worker's table generation (core.ts `tableGen`) at its last pick: a new table also lets it pick again. */
+  pickTable = 0;
   tConnect = 0;
   /** -1 until a backend connection is up. */
   connectMs = -1;
@@ -129,7 +145,8 @@ export class Session {
     this.reason = -1;
     this.clientEnded = false;
     this.timeoutMs = this.lastActive = 0;
-    this.tAccept = this.tQueued = this.queueMs = this.tConnect = 0;
+    this.tAccept = this.tQueued = this.queueMs = this.tConnect = this.tDown = this.pickGen = this.pickTable = 0;
+    this.awaitsChange = false;
     this.connectMs = -1;
     this.bytesIn = this.bytesOut = this.countedIn = this.countedOut = 0;
     this.clientAddr = '';

@@ -29,7 +29,7 @@ export function buildServiceTable(config: Config, balancer: BalancerView): Servi
       timeouts: { connect: s.timeouts.connect, idle: s.timeouts.idle, proxy_header: s.timeouts.proxy_header },
       accept_proxy: s.accept_proxy,
       send_proxy: s.send_proxy,
-      queue: { max: s.protocol === 'udp' ? 0 : s.queue.max, timeout: s.queue.timeout },
+      queue: { max: s.protocol === 'udp' ? 0 : s.queue.max, timeout: s.queue.timeout, when_down: s.protocol === 'udp' ? 0 : s.queue.when_down },
       udp: { responses: s.udp.responses, max_datagram: s.udp.max_datagram },
       backends: balancer.targets(s.name).map((b) => ({ index: b.index, host: b.target.host, port: b.target.port, address: b.address, removed: b.removed === true })),
     });

@@ -67,9 +67,12 @@ export const MAGIC = 0x434c5546;
  * Bump on any change to this file's offsets or meanings. 5: the header keeps magic, version and
  * generation only (flags, workers and the capacities were written and never read), and the
  * backend record drops connectFailStreak and incarnation (never read). 6: the leastconn trees
- * (one per service, after the rings), S_BALANCE_FACTOR and B_MEMBER_POS.
+ * (one per service, after the rings), S_BALANCE_FACTOR and B_MEMBER_POS. 7: the UDP counters (service
+ * counters 18–23), SC_QUEUED_NO_BACKEND (24; SERVICE_COUNTERS 24 → 32, 25–31 reserved), and a
+ * rebuild bumps S_RELEASE_SEQ (and notifies it) while connections are queued, so connections
+ * waiting for a backend (queue.when_down) see one come up.
  */
-export const LAYOUT_VERSION = 6;
+export const LAYOUT_VERSION = 7;
 
 export const PAGE = 65536;
 export const LAYOUT_BASE = PAGE;
@@ -93,6 +96,7 @@ export const NO_BACKEND_U16 = 0xffff;
 export const HEADER_SIZE = 64;
 export const H_MAGIC = 0;
 export const H_VERSION = 4;
+/** Bumped by every rebuild (any service): a connection waiting for a backend picks again only once it moved. */
 export const H_GENERATION = 8;
 
 // ── service record ───────────────────────────────────────────────────────────
@@ -107,6 +111,11 @@ export const S_MEMBER_COUNT = 28;
 export const S_CURSOR = 32;
 export const S_QUEUED = 36;
 export const S_QUEUE_MAX = 40;
+/**
+ * Bumped and notified (Atomics.notify) while S_QUEUED > 0, whenever a queued connection may now
+ * get a backend: a slot was given back (release, reacquire, reclaim) or the eligible set changed
+ * (rebuild). Queued connections wait on it (src/proxy/core.ts pumpQueue).
+ */
 export const S_RELEASE_SEQ = 44;
 export const S_PRIMARY_UP = 48;
 export const S_BACKUP_UP = 52;
@@ -213,7 +222,7 @@ export const T_SERVICE_QUEUED = MAX_SERVICES * 4;
 export const T_BACKEND_HELD = MAX_SERVICES * 4 * 2;
 
 // ── counters (f64, one writer per worker slot) ──────────────────────────────
-export const SERVICE_COUNTERS = 24;
+export const SERVICE_COUNTERS = 32;
 export const SC_ACCEPTED = 0; // connections accepted by the listener
 export const SC_QUEUED = 1; // connections that had to wait in the queue
 export const SC_QUEUE_TIMEOUTS = 2;
@@ -234,6 +243,7 @@ export const SC_DROP_UNREACHABLE = 23; // answered by ICMP port unreachable (the
 /** The drop counters in order, with the names metrics and the API give them. */
 export const UDP_DROP_REASONS = ['no_backend', 'limit', 'oversized', 'unreachable'] as const;
 export const SC_DROP_BASE = SC_DROP_NO_BACKEND;
+export const SC_QUEUED_NO_BACKEND = 24; // of SC_QUEUED: waited because no backend was eligible (queue.when_down); 25..31 reserved
 
 /** Termination reasons, in the order of their counters. */
 export const TERM_REASONS = [

@@ -3,7 +3,7 @@ import { on } from 'node:events';
 import { Worker } from 'node:worker_threads';
 import { env, closeEnvs, backends, engineModule, type Env } from './env.ts';
 import { hashKey } from '../../src/balancer/hash.ts';
-import { PICK_SERVICE_FULL, PICK_NO_BACKEND, PICK_BACKENDS_FULL, PICK_BAD_SERVICE, MAX_TRIED, S_QUEUED, S_ACTIVE, B_ACTIVE, T_SERVICE_QUEUED, backendAddr, serviceAddr, tallyAddr } from '../../src/shm/layout.ts';
+import { PICK_SERVICE_FULL, PICK_NO_BACKEND, PICK_BACKENDS_FULL, PICK_BAD_SERVICE, MAX_TRIED, S_QUEUED, HEADER_OFFSET, H_GENERATION, S_ACTIVE, B_ACTIVE, T_SERVICE_QUEUED, backendAddr, serviceAddr, tallyAddr } from '../../src/shm/layout.ts';
 import { instantiateEngine, triedList } from '../../src/balancer/engine.ts';
 
 
@@ -263,6 +263,32 @@ describe('release', () => {
     } finally {
       await w.terminate();
     }
+  });
+});
+
+describe('rebuild wakes the queue', () => {
+  it('a backend coming up (a rebuild) wakes queued connections; the generation has moved when they wake', async () => {
+    const list = backends(1, () => ({ state: 'maint' }));
+    const e = env({ backends: list });
+    expect(e.worker.acquire(0, 0)).toBe(PICK_NO_BACKEND);
+    const i32 = new Int32Array(e.memory.buffer);
+    const idx = e.balancer.records.releaseSeqIndex(0);
+    const genIdx = (HEADER_OFFSET + H_GENERATION) >> 2;
+    // A rebuild with nobody queued leaves the sequence alone.
+    const seq0 = Atomics.load(i32, idx);
+    e.control.rebuild(0);
+    expect(Atomics.load(i32, idx)).toBe(seq0);
+    // Queued (the proxy's protocol: count, read the sequence, then the generation, then pick and wait).
+    Atomics.add(i32, (serviceAddr(0) + S_QUEUED) >> 2, 1);
+    const seq = Atomics.load(i32, idx);
+    const gen = Atomics.load(i32, genIdx);
+    const wait = Atomics.waitAsync(i32, idx, seq, 2000);
+    expect(wait.async).toBe(true);
+    setImmediate(() => e.balancer.setAdminState('s0', list[0].address, 'ready', 'test')); // writes the state, rebuilds
+    expect(await wait.value).toBe('ok');
+    expect(Atomics.load(i32, idx)).toBe(seq + 1);
+    expect(Atomics.load(i32, genIdx)).not.toBe(gen);
+    expect(e.worker.acquire(0, 0)).toBe(e.balancer.backendIndex('s0', list[0].address));
   });
 });
 

@@ -87,7 +87,7 @@ describe('parseConfig', () => {
     expect(s.table_size).toBe(65537);
     expect(s.hash_balance_factor).toBe(0);
     expect(s.retries).toBe(2);
-    expect(s.queue).toEqual({ max: 1000, timeout: 5000 });
+    expect(s.queue).toEqual({ max: 1000, timeout: 5000, when_down: 0 });
     expect(s.timeouts).toEqual({ connect: 2000, idle: 1_800_000, proxy_header: 5000 });
     expect(s.accept_proxy).toBe(false);
     expect(s.send_proxy).toBe('none');
@@ -130,6 +130,18 @@ services:
     for (const good of [0, 100, 125, 10000]) {
       expect(parseConfig(minimal.replace('listen:', `hash_balance_factor: ${good}\n    listen:`)).services[0].hash_balance_factor).toBe(good);
     }
+  });
+
+  it('queue.when_down: off by default, a duration up to 1h, its errors naming the field', () => {
+    expect(parseConfig(minimal).services[0].queue).toEqual({ max: 1000, timeout: 5000, when_down: 0 });
+    const withQueue = (q: string) => minimal.replace('    backends:', `    queue: ${q}\n    backends:`);
+    expect(parseConfig(withQueue('{ when_down: 5s }')).services[0].queue).toEqual({ max: 1000, timeout: 5000, when_down: 5000 });
+    expect(problemsOf(withQueue('{ when_down: soon }'))).toEqual([
+      'services[0].queue.when_down: must be a duration like 500ms, 2s, 30m or 1h, got "soon"',
+    ]);
+    expect(problemsOf(withQueue('{ when_down: 2h }'))).toEqual([
+      'services[0].queue.when_down: must be a duration like 500ms, 2s, 30m or 1h, got "2h"',
+    ]);
   });
 
   it('names the path and the value of every problem at once', () => {
@@ -475,7 +487,7 @@ ${extra}    backends:
     send_proxy: v1
     health: { type: send_expect, send_expect: { expect: x } }
 `))).toEqual([
-      'services[0].queue: means nothing for protocol udp (a datagram that finds the service or its backends full is dropped and counted, never queued), got {"max":10,"timeout":5000}',
+      'services[0].queue: means nothing for protocol udp (a datagram that finds the service or its backends full is dropped and counted, never queued), got {"max":10,"timeout":5000,"when_down":0}',
       'services[0].accept_proxy: means nothing for protocol udp (a PROXY header is read from TCP clients only), got true',
       'services[0].timeouts.connect: means nothing for protocol udp (a flow\'s upstream socket is ready at once), got 1000',
       'services[0].timeouts.proxy_header: means nothing for protocol udp (a PROXY header is read from TCP clients only), got 2000',

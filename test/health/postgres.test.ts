@@ -14,7 +14,7 @@ import { healthSchema } from '../../src/config/schema.ts';
 import { postgresProbe } from '../../src/health/probes/postgres.ts';
 import type { FulcrumHandle } from '../../src/main.ts';
 import { startProxy } from '../proxy/harness.ts';
-import { PG_GID, PG_UID, pgSandbox, type PgCluster, type PgSandbox } from '../helpers/postgres.ts';
+import { monitorClient, PG_GID, PG_UID, pgPair, pgSandbox, primaryServiceYaml, whoAnswersAt, type PgCluster, type PgPair, type PgSandbox } from '../helpers/postgres.ts';
 import { makeCerts } from '../helpers/tls.ts';
 import { freePort, waitFor } from '../helpers/net.ts';
 import { waitUntilOnly } from './switchover.ts';
@@ -25,25 +25,19 @@ const PASSWORD = 'mon-Pa55';
 const INTERVAL = 150;
 const FALL = 2;
 
-let sandbox: PgSandbox;
+let pair: PgPair | undefined;
 let pg1: PgCluster;
 let pg2: PgCluster;
 let dir: string;
 let pwFile: string;
 
 beforeAll(async () => {
-  dir = await mkdtemp(join(tmpdir(), 'fulcrum-pg-test-'));
-  pwFile = join(dir, 'pg.pass');
-  await writeFile(pwFile, `${PASSWORD}\n`, { mode: 0o600 });
-  sandbox = await pgSandbox(HOST);
-  pg1 = await sandbox.initPrimary('pg1');
-  await pg1.sql(`CREATE ROLE monitor LOGIN PASSWORD '${PASSWORD}'`);
-  pg2 = await sandbox.basebackup(pg1, 'pg2');
+  pair = await pgPair(HOST, PASSWORD);
+  ({ primary: pg1, standby: pg2, dir, pwFile } = pair);
 }, 120_000);
 
 afterAll(async () => {
-  await sandbox?.stop();
-  if (dir) await rm(dir, { recursive: true, force: true });
+  await pair?.stop();
 });
 
 const h = (x: Record<string, unknown>) => healthSchema.parse({ type: 'postgres', timeout: '2s', ...x });
@@ -80,46 +74,21 @@ describe('fulcrum follows a PostgreSQL switchover (role: primary)', () => {
 
   beforeAll(async () => {
     listenPort = await freePort(LISTEN);
-    fulcrum = await startProxy(`
-workers: 2
-logging: { level: warn }
-services:
-  - name: pg
-    listen: ${LISTEN}:${listenPort}
+    fulcrum = await startProxy(primaryServiceYaml(`${LISTEN}:${listenPort}`, pair!, INTERVAL, FALL, `
     on_marked_down: shutdown_sessions
-    retries: 1
-    health:
-      type: postgres
-      role: primary
-      interval: ${INTERVAL}ms
-      timeout: ${INTERVAL}ms
-      rise: 1
-      fall: ${FALL}
-      postgres: { user: monitor, password_file: ${pwFile}, database: postgres }
-    backends:
-      - address: ${pg1.address}
-      - address: ${pg2.address}
-`);
+    retries: 1`));
   });
   afterAll(async () => {
     await fulcrum?.stop('test done');
   });
 
   async function connect(): Promise<pg.Client> {
-    const c = new pg.Client({ host: LISTEN, port: listenPort, user: 'monitor', password: PASSWORD, database: 'postgres', connectionTimeoutMillis: 2000 });
-    c.on('error', () => {});
+    const c = monitorClient(LISTEN, listenPort, PASSWORD);
     await c.connect();
     return c;
   }
 
-  async function whoAnswers(): Promise<number> {
-    const c = await connect();
-    try {
-      return Number((await c.query('SELECT inet_server_port() AS p')).rows[0].p);
-    } finally {
-      await c.end().catch(() => {});
-    }
-  }
+  const whoAnswers = (): Promise<number> => whoAnswersAt(LISTEN, listenPort, PASSWORD);
 
 
   it('routes only to the primary; after the switchover only to the new primary', async () => {

@@ -12,6 +12,7 @@ import { chown, mkdtemp, rm, writeFile, appendFile, mkdir } from 'node:fs/promis
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
+import pg from 'pg';
 import { freePort } from './net.ts';
 
 const run = promisify(execFile);
@@ -131,4 +132,82 @@ export async function pgSandbox(host: string): Promise<PgSandbox> {
       await rm(root, { recursive: true, force: true });
     },
   };
+}
+
+/** A primary and its streaming standby, with a `monitor` login whose password is in a file. */
+export interface PgPair {
+  sandbox: PgSandbox;
+  /** pg1: the primary at start. */
+  primary: PgCluster;
+  /** pg2: its standby (pg_basebackup). */
+  standby: PgCluster;
+  /** The monitor's password, in a file (mode 0600) for health.postgres.password_file. */
+  pwFile: string;
+  /** The temp dir the password file is in (tests may put other files there). */
+  dir: string;
+  /** Stops both clusters and removes their dirs. */
+  stop(): Promise<void>;
+}
+
+/** Starts a PgPair on `host`: `monitor` logs in over TCP with `password` (SCRAM-SHA-256). */
+export async function pgPair(host: string, password: string): Promise<PgPair> {
+  const dir = await mkdtemp(join(tmpdir(), 'fulcrum-pg-test-'));
+  const pwFile = join(dir, 'pg.pass');
+  await writeFile(pwFile, `${password}\n`, { mode: 0o600 });
+  const sandbox = await pgSandbox(host);
+  const primary = await sandbox.initPrimary('pg1');
+  await primary.sql(`CREATE ROLE monitor LOGIN PASSWORD '${password}'`);
+  const standby = await sandbox.basebackup(primary, 'pg2');
+  return {
+    sandbox, primary, standby, pwFile, dir,
+    async stop() {
+      await sandbox.stop();
+      await rm(dir, { recursive: true, force: true });
+    },
+  };
+}
+
+/** A client of the `monitor` login to host:port (fulcrum's listener), its 'error' events swallowed: a test reads what its calls return. */
+export function monitorClient(host: string, port: number, password: string, connectTimeoutMs = 2000): pg.Client {
+  const c = new pg.Client({ host, port, user: 'monitor', password, database: 'postgres', connectionTimeoutMillis: connectTimeoutMs });
+  c.on('error', () => {});
+  return c;
+}
+
+/** The port of the server that answers a new connection to host:port (its inet_server_port()). */
+export async function whoAnswersAt(host: string, port: number, password: string): Promise<number> {
+  const c = monitorClient(host, port, password);
+  try {
+    await c.connect();
+    return Number((await c.query('SELECT inet_server_port() AS p')).rows[0].p);
+  } finally {
+    await c.end().catch(() => {});
+  }
+}
+
+/**
+ * A fulcrum config (YAML) with one `role: primary` service `pg` on `listen` in front of the pair,
+ * probing every `interval` ms (rise 1, fall `fall`) as `monitor`; `extra` lines (indented as the
+ * service's keys) add settings.
+ */
+export function primaryServiceYaml(listen: string, pair: PgPair, interval: number, fall: number, extra: string): string {
+  return `
+workers: 2
+logging: { level: warn }
+services:
+  - name: pg
+    listen: ${listen}
+${extra}
+    health:
+      type: postgres
+      role: primary
+      interval: ${interval}ms
+      timeout: ${interval}ms
+      rise: 1
+      fall: ${fall}
+      postgres: { user: monitor, password_file: ${pair.pwFile}, database: postgres }
+    backends:
+      - address: ${pair.primary.address}
+      - address: ${pair.standby.address}
+`;
 }

@@ -4,7 +4,7 @@
  * client and the backends. One lab for the file: the tests run in order and each leaves the
  * three nodes announcing.
  */
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { haveBinary, netnsAvailable, sleep } from '../helpers/netns.ts';
 import { BACKENDS, BgpLab, nodeOf } from './lab.ts';
 
@@ -20,6 +20,20 @@ describe.skipIf(!READY)('scale-out: three nodes behind an FRR router, gobgp spea
   afterAll(async () => {
     await lab?.destroy();
   });
+  // Each test starts from three nodes announcing, whatever the one before left (a failed test
+  // must not fail the next ones): a stopped node is continued, a gone one started again.
+  afterEach(async () => {
+    for (const n of lab.nodes) {
+      const r = lab.running.get(n);
+      if (r && r.child.exitCode === null && r.child.signalCode === null) {
+        r.child.kill('SIGCONT');
+        continue;
+      }
+      lab.running.delete(n);
+      await lab.start(n);
+    }
+    await lab.waitNextHops([1, 2, 3], 20_000);
+  }, 60_000);
 
   it('the router holds three next hops; 300 connections spread over the three nodes, every reply intact, one backend per client whichever node', async () => {
     await lab.waitNextHops([1, 2, 3], 15_000);

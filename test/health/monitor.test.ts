@@ -145,9 +145,11 @@ describe('HealthMonitor (real servers)', () => {
     const a = await srv();
     const b = await srv();
     await b.close(); // refused
-    const { m, transitions } = monitor(config([{ address: a.address }, { address: b.address }], { type: 'tcp' }));
+    // A timeout generous for a loaded machine (100 ms failed a first connect once): refused and
+    // connected answer at once either way, which is what this test is about.
+    const { m, transitions } = monitor(config([{ address: a.address }, { address: b.address }], { type: 'tcp', timeout: '1s' }));
     await m.ready(); // the probe thread's start-up is not the backends' time to answer
-    await until('both decided', () => transitions.length === 2, 500);
+    await until('both decided', () => transitions.length === 2, 3000);
     expect(transitions).toEqual(expect.arrayContaining([
       { service: 'svc', address: a.address, up: true, cause: 'first probe: connected', initial: true },
       { service: 'svc', address: b.address, up: false, cause: 'first probe: connection refused', initial: true },

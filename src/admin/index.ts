@@ -208,7 +208,8 @@ export interface FulcrumLike {
   readonly config: Config;
   readonly memory: WebAssembly.Memory;
   readonly balancer: OperationsBalancer;
-  readonly pool: { killBackend(backend: number): Promise<number> };
+  /** `status` (the data plane's workers, /api/status `data_plane`) when the pool has one. */
+  readonly pool: { killBackend(backend: number): Promise<number>; status?(): object };
   readonly events: OperationsEvents;
   readonly control: OperationsControl;
   readonly logger: Logger;
@@ -237,7 +238,7 @@ export async function startOperationsFor(
     health: options.health ?? handle.health,
     failover: options.failover ?? handle.failover ?? undefined,
     signals: options.signals,
-    status: options.status,
+    status: () => ({ ...(handle.pool.status ? { data_plane: handle.pool.status() } : {}), ...options.status?.() }),
   });
   void handle.stopped.then(() => ops.close());
   return ops;

@@ -19,6 +19,14 @@ import { loadRelay } from './relay.ts';
 const WORKER_URL = new URL('./worker.ts', import.meta.url);
 const RESTART_DELAY_MIN_MS = 100;
 const RESTART_DELAY_MAX_MS = 5000;
+/** Crashes of one worker are counted over this window: the restart delay doubles with each (README). */
+const CRASH_WINDOW_MS = 60_000;
+/**
+ * A worker on the native relay that crashed this many times within CRASH_WINDOW_MS is restarted on
+ * the JavaScript data path (for good, until fulcrum restarts): a relay fault that a traffic pattern
+ * triggers would otherwise take the worker down again on every restart.
+ */
+export const CRASHES_BEFORE_JAVASCRIPT = 5;
 /**
  * Young generation of each worker thread, in MB (V8 splits it into two semi-spaces and a
  * new-large-object space). Left alone, V8 grows it during a connection storm and keeps it: the
@@ -49,6 +57,8 @@ export interface PoolOptions {
    * worker exit, before a restarted worker reuses the id.
    */
   reclaim: (workerId: number) => number;
+  /** Milliseconds, monotonic (tests inject one): the crash window's clock. */
+  now?: () => number;
 }
 
 export class PoolError extends FulcrumError {
@@ -62,7 +72,12 @@ interface Slot {
   worker: Worker | null;
   /** Requests sent to this worker that it has not answered yet. */
   pending: Map<number, (reply: { errors: ListenProblem[]; killed?: number } | null) => void>;
+  /** When it crashed within the last CRASH_WINDOW_MS (oldest first): the restart delay and the fallback count them. */
+  crashes: number[];
+  /** Its delay before the restart now pending, else 0. */
   restartDelay: number;
+  /** Crashed CRASHES_BEFORE_JAVASCRIPT times a minute on the relay: runs the JavaScript data path. */
+  javascript: boolean;
   stoppedResolve: (() => void) | null;
   /**
    * Taken out by a smaller `workers`: its listeners are closed and its sessions finish (up to the
@@ -102,6 +117,31 @@ export class WorkerPool extends EventEmitter<PoolEvents> {
     this.wanted = this.fit(opts.workers);
   }
 
+  /** The slot's crashes within the last CRASH_WINDOW_MS (older ones dropped). */
+  private recentCrashes(slot: Slot): number[] {
+    const since = this.now() - CRASH_WINDOW_MS;
+    while (slot.crashes.length > 0 && slot.crashes[0] <= since) slot.crashes.shift();
+    return slot.crashes;
+  }
+
+  private now(): number {
+    return this.opts.now?.() ?? performance.now();
+  }
+
+  /** For /api/status: the data path, and per worker its own (a crash-looping relay worker runs JavaScript) and recent crashes. */
+  status(): { data_path: 'relay' | 'javascript'; workers: { id: number; data_path: 'relay' | 'javascript'; running: boolean; crashes_last_minute: number; restart_in_ms?: number }[] } {
+    return {
+      data_path: this.dataPath,
+      workers: this.slots.filter((s) => !s.retiring).sort((x, y) => x.id - y.id).map((s) => ({
+        id: s.id,
+        data_path: this.dataPath === 'relay' && !s.javascript ? 'relay' : 'javascript',
+        running: s.worker !== null,
+        crashes_last_minute: this.recentCrashes(s).length,
+        ...(s.restartDelay > 0 ? { restart_in_ms: s.restartDelay } : {}),
+      })),
+    };
+  }
+
   /** Workers serving (not retiring). */
   get size(): number {
     return this.slots.reduce((n, s) => n + (s.retiring ? 0 : 1), 0);
@@ -133,7 +173,9 @@ export class WorkerPool extends EventEmitter<PoolEvents> {
 
   /** A new worker under `id`; resolves with its first answer (its listeners bound), null if it died first. */
   private startSlot(id: number): Promise<{ errors: ListenProblem[] } | null> {
-    const slot: Slot = { id, worker: null, pending: new Map(), restartDelay: RESTART_DELAY_MIN_MS, stoppedResolve: null, retiring: false, exited: Promise.resolve() };
+    const slot: Slot = {
+      id, worker: null, pending: new Map(), crashes: [], restartDelay: 0, javascript: false, stoppedResolve: null, retiring: false, exited: Promise.resolve(),
+    };
     this.slots.push(slot);
     const ready = new Promise<{ errors: ListenProblem[] } | null>((resolve) => slot.pending.set(0, resolve));
     this.spawn(slot);
@@ -208,7 +250,7 @@ export class WorkerPool extends EventEmitter<PoolEvents> {
       paused: [...this.paused],
       logging: this.opts.logging,
       reusePort: this.reusePort,
-      relay: this.dataPath === 'relay',
+      relay: this.dataPath === 'relay' && !slot.javascript,
     };
     const worker = new Worker(WORKER_URL, {
       workerData: init,
@@ -229,7 +271,6 @@ export class WorkerPool extends EventEmitter<PoolEvents> {
       case 'ack': {
         const done = slot.pending.get(msg.seq);
         slot.pending.delete(msg.seq);
-        if (msg.seq === 0) slot.restartDelay = RESTART_DELAY_MIN_MS;
         done?.({ errors: msg.errors, killed: msg.killed });
         break;
       }
@@ -259,11 +300,22 @@ export class WorkerPool extends EventEmitter<PoolEvents> {
       return;
     }
     if (this.stopping) return;
-    // A crash: its sessions are gone. Start a fresh worker with the current table.
-    const delay = slot.restartDelay;
-    slot.restartDelay = Math.min(RESTART_DELAY_MAX_MS, delay * 2);
-    this.log.error({ workerId: slot.id, code, reclaimed }, `data-plane worker ${slot.id} exited with code ${code}; gave back ${reclaimed} slots it held; restarting it in ${delay}ms`);
+    // A crash: its sessions are gone. Start a fresh worker with the current table, later with
+    // each crash of the last minute (a worker that starts and crashes at once, or at its first
+    // connection, is not restarted every 100 ms for ever: 100 ms, 200, 400… up to 5 s).
+    const crashes = this.recentCrashes(slot);
+    crashes.push(this.now());
+    const delay = Math.min(RESTART_DELAY_MAX_MS, RESTART_DELAY_MIN_MS * 2 ** (crashes.length - 1));
+    slot.restartDelay = delay;
+    this.log.error({ workerId: slot.id, code, reclaimed, crashes_last_minute: crashes.length },
+      `data-plane worker ${slot.id} exited with code ${code}; gave back ${reclaimed} slots it held; restarting it in ${delay}ms`);
+    if (this.dataPath === 'relay' && !slot.javascript && crashes.length >= CRASHES_BEFORE_JAVASCRIPT) {
+      slot.javascript = true;
+      this.log.error({ workerId: slot.id, crashes_last_minute: crashes.length, data_path: 'javascript' },
+        `data-plane worker ${slot.id} crashed ${crashes.length} times within a minute on the native relay: it runs the JavaScript data path from now on (until fulcrum restarts); /api/status lists it`);
+    }
     setTimeout(() => {
+      slot.restartDelay = 0;
       if (this.stopping || slot.worker !== null || slot.retiring) return;
       slot.pending.set(0, (reply) => this.logProblems(reply?.errors ?? [], slot.id));
       this.spawn(slot);

@@ -34,6 +34,10 @@ export interface ServiceEntry {
   accept_proxy: boolean;
   /** Backends get a PROXY header naming the client. */
   send_proxy: 'none' | 'v1' | 'v2';
+  /** TCP keepalive of both sockets, in whole seconds (the kernel's unit), or null (the system's default). */
+  tcp_keepalive: { idle: number; interval: number; count: number } | null;
+  /** A reset from one side is passed on as a reset (SO_LINGER 0 and close), not a clean close. */
+  propagate_reset: boolean;
   queue: { max: number; timeout: number };
   backends: BackendEntry[];
 }

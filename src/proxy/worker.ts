@@ -23,6 +23,7 @@ import type { CloseRecord, ServiceRuntime } from './session.ts';
 import { JsTransport } from './transport-js.ts';
 import { RelayTransport } from './transport-relay.ts';
 import { acceptOn, type ServerTransport } from './transport.ts';
+import { keepAliveOnServer } from './handles.ts';
 
 const init = workerData as WorkerInit;
 const port = parentPort!;
@@ -140,9 +141,23 @@ function listen(l: Listener): Promise<ListenProblem | null> {
   l.failed = false;
   return bind(l).then((problem) => {
     if (problem !== null) l.failed = true;
+    else keepAlive(l);
     return problem;
   });
 }
+
+/**
+ * The service's tcp_keepalive on its listening socket: the kernel gives it to every connection
+ * accepted there, so clients cost no call each. After a bind, and when a reload changes it.
+ */
+function keepAlive(l: Listener): void {
+  const ka = l.rt.entry.tcp_keepalive;
+  if (l.server !== null) keepAliveOnServer(l.server, ka?.idle ?? 0);
+  else if (l.lid >= 0) relay!.keepAlive(l.lid, ka);
+}
+
+const sameKeepAlive = (a: ServiceEntry['tcp_keepalive'], b: ServiceEntry['tcp_keepalive']): boolean =>
+  a === b || (a !== null && b !== null && a.idle === b.idle && a.interval === b.interval && a.count === b.count);
 
 function bind(l: Listener): Promise<ListenProblem | null> {
   const e = l.rt.entry;
@@ -201,6 +216,7 @@ async function applyServices(services: ServiceEntry[]): Promise<ListenProblem[]>
       continue;
     }
     // Same name: the session code reads `rt.entry` at each use, so updating it is enough.
+    const keepAliveChanged = !sameKeepAlive(l.rt.entry.tcp_keepalive, e.tcp_keepalive);
     if (l.rt.index !== e.index) {
       // The engine moved the service to another slot: a fresh runtime (new counters, queue); the
       // transports read `l.rt` per accept, so its listener takes it at once.
@@ -215,6 +231,8 @@ async function applyServices(services: ServiceEntry[]): Promise<ListenProblem[]>
       closeListener(l);
       l.address = address;
       if (!l.paused) binds.push(listen(l));
+    } else if (keepAliveChanged) {
+      keepAlive(l);
     }
   }
   for (const [name, l] of listeners) {

@@ -70,6 +70,8 @@ export interface OperationsOptions {
   signals?: boolean;
   /** More fields for /api/status. */
   status?: () => Record<string, unknown>;
+  /** The data path's descriptor reserve (the pool's), for the metrics. */
+  descriptors?: () => { held: number; accepting: boolean; pauses: number; stop: number };
 }
 
 export interface Operations {
@@ -97,6 +99,7 @@ export async function startOperations(options: OperationsOptions): Promise<Opera
     failover: failover ? () => failover.status() : undefined,
     reloads: () => ({ applied: control.applied, refused: control.refused }),
     roles,
+    descriptors: options.descriptors,
   });
 
   // ── events ──
@@ -209,7 +212,11 @@ export interface FulcrumLike {
   readonly memory: WebAssembly.Memory;
   readonly balancer: OperationsBalancer;
   /** `status` (the data plane's workers, /api/status `data_plane`) when the pool has one. */
-  readonly pool: { killBackend(backend: number): Promise<number>; status?(): object };
+  readonly pool: {
+    killBackend(backend: number): Promise<number>;
+    status?(): object;
+    descriptors?(): { held: number; accepting: boolean; pauses: number; stop: number };
+  };
   readonly events: OperationsEvents;
   readonly control: OperationsControl;
   readonly logger: Logger;
@@ -238,6 +245,7 @@ export async function startOperationsFor(
     health: options.health ?? handle.health,
     failover: options.failover ?? handle.failover ?? undefined,
     signals: options.signals,
+    descriptors: handle.pool.descriptors ? () => handle.pool.descriptors!() : undefined,
     status: () => ({ ...(handle.pool.status ? { data_plane: handle.pool.status() } : {}), ...options.status?.() }),
   });
   void handle.stopped.then(() => ops.close());

@@ -53,6 +53,8 @@ export interface WorkerInit {
   reusePort: boolean;
   /** Whether the worker runs the native relay (the pool checked that it loads), else Node's handles. */
   relay: boolean;
+  /** The descriptor reserve's cells, shared by all workers and the pool (descriptors.ts). */
+  descriptors: SharedArrayBuffer;
 }
 
 export type MainToWorker =

@@ -15,6 +15,8 @@ import type { Logger } from '../observability/log.ts';
 import type { ListenProblem, MainToWorker, ServiceEntry, WorkerInit, WorkerToMain } from './messages.ts';
 import { rawHandlesMissing } from './handles.ts';
 import { loadRelay } from './relay.ts';
+import { DescriptorCells, descriptorMarks } from './descriptors.ts';
+import { readOpenFilesLimit } from '../open-files.ts';
 
 const WORKER_URL = new URL('./worker.ts', import.meta.url);
 const RESTART_DELAY_MIN_MS = 100;
@@ -102,6 +104,8 @@ export class WorkerPool extends EventEmitter<PoolEvents> {
   private readonly reusePort: boolean;
   /** What makes the workers' system calls: the native relay, or Node's TCP handles (relay.ts says why). */
   readonly dataPath: 'relay' | 'javascript';
+  /** The descriptor reserve's shared cells (descriptors.ts): every worker counts into them. */
+  private readonly descriptorCells = new DescriptorCells();
 
   constructor(opts: PoolOptions) {
     super();
@@ -115,6 +119,27 @@ export class WorkerPool extends EventEmitter<PoolEvents> {
     if (typeof relay === 'string') this.log.warn({ reason: relay }, `native relay not used (${relay}): the workers run the JavaScript data path`);
     this.reusePort = reusePortSupport().ok;
     this.wanted = this.fit(opts.workers);
+    this.setDescriptorMarks();
+  }
+
+  /**
+   * The descriptor reserve's marks for the open-files limit in force (main.ts raised it first) and
+   * the workers wanted; at start and per resize. Said in the log, with the reserve.
+   */
+  private setDescriptorMarks(): void {
+    const limit = readOpenFilesLimit()?.soft ?? Infinity;
+    const marks = descriptorMarks(limit, Math.max(this.wanted, 1), this.dataPath === 'relay');
+    const before = this.descriptorCells.marks;
+    this.descriptorCells.setMarks(marks);
+    if (Number.isFinite(limit) && before.stop !== marks.stop) {
+      this.log.info({ limit, reserve: marks.reserve, stop: marks.stop, resume: marks.resume },
+        `descriptor reserve: the data path stops accepting at ${marks.stop} of ${limit} descriptors and starts again at ${marks.resume}`);
+    }
+  }
+
+  /** The descriptor reserve: what the data path holds, whether it accepts, its pauses and marks (metrics, /api/status). */
+  descriptors(): ReturnType<DescriptorCells['read']> {
+    return this.descriptorCells.read();
   }
 
   /** The slot's crashes within the last CRASH_WINDOW_MS (older ones dropped). */
@@ -129,9 +154,10 @@ export class WorkerPool extends EventEmitter<PoolEvents> {
   }
 
   /** For /api/status: the data path, and per worker its own (a crash-looping relay worker runs JavaScript) and recent crashes. */
-  status(): { data_path: 'relay' | 'javascript'; workers: { id: number; data_path: 'relay' | 'javascript'; running: boolean; crashes_last_minute: number; restart_in_ms?: number }[] } {
+  status(): { data_path: 'relay' | 'javascript'; descriptors: ReturnType<DescriptorCells['read']>; workers: { id: number; data_path: 'relay' | 'javascript'; running: boolean; crashes_last_minute: number; restart_in_ms?: number }[] } {
     return {
       data_path: this.dataPath,
+      descriptors: this.descriptors(),
       workers: this.slots.filter((s) => !s.retiring).sort((x, y) => x.id - y.id).map((s) => ({
         id: s.id,
         data_path: this.dataPath === 'relay' && !s.javascript ? 'relay' : 'javascript',
@@ -191,6 +217,7 @@ export class WorkerPool extends EventEmitter<PoolEvents> {
   async resize(requested: number, grace: number): Promise<ListenProblem[]> {
     if (this.stopping) return [];
     this.wanted = this.fit(requested);
+    this.setDescriptorMarks();
     const serving = this.slots.filter((s) => !s.retiring).sort((x, y) => x.id - y.id);
     // Once the retiring workers say they accept no more, the reload is done: a connection made
     // after it does not land in a listener about to close (whose queue the kernel would reset).
@@ -251,6 +278,7 @@ export class WorkerPool extends EventEmitter<PoolEvents> {
       logging: this.opts.logging,
       reusePort: this.reusePort,
       relay: this.dataPath === 'relay' && !slot.javascript,
+      descriptors: this.descriptorCells.buffer,
     };
     const worker = new Worker(WORKER_URL, {
       workerData: init,
@@ -291,6 +319,7 @@ export class WorkerPool extends EventEmitter<PoolEvents> {
     slot.stoppedResolve?.();
     // Its sockets died with it; the connection and queue slots it held in shared memory did not.
     const reclaimed = this.opts.reclaim(slot.id);
+    this.descriptorCells.forgetWorker(slot.id);
     this.emit('worker-exit', { workerId: slot.id, code, reclaimed, retired: slot.retiring });
     if (slot.retiring) {
       this.slots.splice(this.slots.indexOf(slot), 1);

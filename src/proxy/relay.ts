@@ -44,6 +44,8 @@ export interface RelayBinding {
   listen(ip: string, port: number, family: number, reusePort: boolean, backlog: number): number;
   closeListener(id: number): void;
   resume(id: number): void;
+  /** Stops accepting on a listener (connections wait in its backlog) until resume(id). */
+  pause(id: number): void;
   /** A listener's TCP keepalive (opts: layout.ts OPT_*), inherited by the sockets it accepts. */
   keepAlive(id: number, opts: Int32Array): void;
   /**

@@ -110,6 +110,15 @@ export class RelayTransport implements Transport {
     return o;
   }
 
+  /** The descriptor reserve stopped accepting: the listeners stay paused, whatever an accept error's retry would do. */
+  acceptStopped = false;
+
+  /** Stops (or starts again) accepting on a listener: the descriptor reserve's mark (worker.ts). */
+  pauseListener(lid: number, pause: boolean): void {
+    if (pause) this.binding.pause(lid);
+    else this.binding.resume(lid);
+  }
+
   closeListener(lid: number): void {
     this.binding.closeListener(lid);
     this.listeners[lid] = undefined;
@@ -314,7 +323,7 @@ export class RelayTransport implements Transport {
     if (ref === undefined) return;
     this.core.ctx.onLocalError?.(errno, ref.rt.entry.name, 'accept');
     setTimeout(() => {
-      if (this.listeners[lid] === ref) this.binding.resume(lid);
+      if (this.listeners[lid] === ref && !this.acceptStopped) this.binding.resume(lid);
     }, ACCEPT_RETRY_MS).unref();
   }
 }

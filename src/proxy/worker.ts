@@ -23,6 +23,7 @@ import type { CloseRecord, ServiceRuntime } from './session.ts';
 import { JsTransport } from './transport-js.ts';
 import { RelayTransport } from './transport-relay.ts';
 import { acceptOn, type ServerTransport } from './transport.ts';
+import { DescriptorGate } from './descriptors.ts';
 import { keepAliveOnServer } from './handles.ts';
 
 const init = workerData as WorkerInit;
@@ -69,6 +70,7 @@ const binding = init.relay ? loadRelay() : null;
 if (typeof binding === 'string') throw new Error(`the native relay loaded in the main thread but not in worker ${init.workerId}: ${binding}`);
 
 let stopWaiter: (() => void) | null = null;
+const descriptors = new DescriptorGate(init.descriptors, init.workerId, log);
 const dataPath: DataPathContext = {
   engine,
   memory: init.memory,
@@ -77,6 +79,7 @@ const dataPath: DataPathContext = {
   onClose: init.logging.connections ? logConnection : null,
   onIdle: () => stopWaiter?.(),
   onLocalError,
+  descriptors,
 };
 const core = new DataPath(dataPath);
 const relay = binding === null ? null : new RelayTransport(core, binding);
@@ -105,7 +108,38 @@ interface Listener {
   failed: boolean;
   address: string;
   paused: boolean;
+  /** A Node listener the descriptor reserve closed (Node cannot stop accepting otherwise): reopened at its resume mark. */
+  reserveClosed: boolean;
 }
+
+/**
+ * The descriptor reserve's switch (descriptors.ts): the relay's listeners stop polling, so new
+ * connections wait in the kernel's backlog. A Node listener cannot stop accepting short of
+ * closing (libuv accepts whatever is ready), so it is closed and bound again at the resume mark:
+ * while it is closed, new connections go to another worker's listener or are refused (README).
+ */
+const acceptSwitch = {
+  stopAccepting(): void {
+    if (relay !== null) relay.acceptStopped = true;
+    for (const l of listeners.values()) {
+      if (l.lid >= 0) relay!.pauseListener(l.lid, true);
+      if (l.server !== null) {
+        closeListener(l);
+        l.reserveClosed = true;
+      }
+    }
+  },
+  startAccepting(): void {
+    if (relay !== null) relay.acceptStopped = false;
+    for (const l of listeners.values()) {
+      if (l.lid >= 0) relay!.pauseListener(l.lid, false);
+      if (l.reserveClosed) {
+        l.reserveClosed = false;
+        if (!l.paused && !isListening(l)) void listen(l).then((p) => { if (p !== null) log.error({ service: p.service, address: p.address }, `accepting again: cannot bind ${p.address}: ${p.message}`); });
+      }
+    }
+  },
+};
 
 /** The relay accepts a service's connections unless a PROXY header must be read from them first. */
 const relayAccepts = (e: ServiceEntry): boolean => relay !== null && !e.accept_proxy;
@@ -139,9 +173,16 @@ const paused = new Set(init.paused);
 
 function listen(l: Listener): Promise<ListenProblem | null> {
   l.failed = false;
+  // The descriptor reserve has stopped accepting: a Node listener opens when it starts again
+  // (startAccepting); the relay's binds now and is paused at once.
+  if (descriptors.paused && !relayAccepts(l.rt.entry)) {
+    l.reserveClosed = true;
+    return Promise.resolve(null);
+  }
   return bind(l).then((problem) => {
     if (problem !== null) l.failed = true;
     else keepAlive(l);
+    if (problem === null && l.lid >= 0 && descriptors.paused) relay!.pauseListener(l.lid, true);
     return problem;
   });
 }
@@ -210,7 +251,7 @@ async function applyServices(services: ServiceEntry[]): Promise<ListenProblem[]>
     const address = formatHostPort(e.listen);
     const l = listeners.get(e.name);
     if (l === undefined) {
-      const fresh: Listener = { rt: core.runtime(e), server: null, lid: -1, closes: 0, failed: false, address, paused: paused.has(e.name) };
+      const fresh: Listener = { rt: core.runtime(e), server: null, lid: -1, closes: 0, failed: false, address, paused: paused.has(e.name), reserveClosed: false };
       listeners.set(e.name, fresh);
       if (!fresh.paused) binds.push(listen(fresh));
       continue;
@@ -314,4 +355,5 @@ port.on('message', async (msg: MainToWorker) => {
 });
 
 const errors = await applyServices(init.services);
+descriptors.attach(acceptSwitch);
 post({ type: 'ack', seq: 0, errors });

@@ -16,6 +16,7 @@
  *   connect(slot, clientFd, ownClient, ip, port, family, prefix, clientEnded, opts)
  *       → EV_CONNECTED, then bytes move both ways here until EV_ENDED; or EV_CONNECT_FAILED
  *   watch(slot, clientFd)      a queued client: EV_CLIENT_GONE if it leaves while waiting
+ *   pause(id) / resume(id)     a listener stops / starts accepting (the descriptor reserve)
  *   stop(slot, keepClient)     JS ends or takes back a session (timeout, kill, shutdown, dequeue)
  *
  * Events go into the shared Int32Array `events`, EV_FIELDS per event, then one call to
@@ -373,7 +374,18 @@ static napi_value js_close_listener(napi_env env, napi_callback_info info) {
   return NULL;
 }
 
-/* resume(id): polls a listener again after EV_ACCEPT_ERROR paused it. */
+/* pause(id): stops polling a listener (the descriptor reserve's mark): new connections wait in its backlog. */
+static napi_value js_pause(napi_env env, napi_callback_info info) {
+  Relay *r;
+  uint32_t lid;
+  if (!listener_arg(env, info, &r, &lid)) return NULL;
+  struct epoll_event e = {0};
+  e.data.u64 = key_of(lid, LISTENER, r->listeners[lid]);
+  epoll_ctl(r->epfd, EPOLL_CTL_MOD, r->listeners[lid], &e);
+  return NULL;
+}
+
+/* resume(id): polls a listener again after EV_ACCEPT_ERROR or pause() stopped it. */
 static napi_value js_resume(napi_env env, napi_callback_info info) {
   Relay *r;
   uint32_t lid;
@@ -650,6 +662,7 @@ NAPI_MODULE_INIT() {
     {"listen", NULL, js_listen, NULL, NULL, NULL, napi_default, NULL},
     {"closeListener", NULL, js_close_listener, NULL, NULL, NULL, napi_default, NULL},
     {"resume", NULL, js_resume, NULL, NULL, NULL, napi_default, NULL},
+    {"pause", NULL, js_pause, NULL, NULL, NULL, napi_default, NULL},
     {"keepAlive", NULL, js_keep_alive, NULL, NULL, NULL, napi_default, NULL},
     {"connect", NULL, js_connect, NULL, NULL, NULL, napi_default, NULL},
     {"watch", NULL, js_watch, NULL, NULL, NULL, napi_default, NULL},

@@ -98,55 +98,47 @@ function newestBackendPeer(backendPort: number): number {
   return mine[mine.length - 1].peer;
 }
 
+/**
+ * A client of `port` (sending `first` before its line when given), echoed once: fulcrum's two
+ * sockets of its session as the kernel has them, and the client's own.
+ */
+async function throughFulcrum(port: number, first = ''): Promise<{ client: Options; backend: Options; own: Options | undefined }> {
+  const c = await connectClient(port, HOST);
+  try {
+    c.write(`${first}x\n`);
+    expect(await readLine(c)).toBe('x');
+    const echoPort = Number(echo.address.split(':')[1]);
+    return { ...sessionSockets(c, port, echoPort, newestBackendPeer(echoPort)), own: sockets().find((s) => s.local === c.localPort) };
+  } finally {
+    c.destroy();
+  }
+}
+
 describe('tcp_keepalive', () => {
   const relay = (): boolean => proxy.pool.dataPath === 'relay';
 
   it('is set on the client socket and the backend socket, with interval and count on the relay', async () => {
-    const c = await connectClient(ports.ka, HOST);
-    try {
-      c.write('x\n');
-      expect(await readLine(c)).toBe('x');
-      const echoPort = Number(echo.address.split(':')[1]);
-      const { client, backend } = sessionSockets(c, ports.ka, echoPort, newestBackendPeer(echoPort));
-      for (const s of [client, backend]) {
-        expect(s).toMatchObject({ keepalive: 1, idle: 7 });
-        if (relay()) expect(s).toMatchObject({ interval: 3, count: 4 });
-      }
-      // The sockets of this test's own ends have no keepalive: what was read is fulcrum's.
-      expect(sockets().find((s) => s.local === c.localPort)).toMatchObject({ keepalive: 0 });
-    } finally {
-      c.destroy();
+    const { client, backend, own } = await throughFulcrum(ports.ka);
+    for (const s of [client, backend]) {
+      expect(s).toMatchObject({ keepalive: 1, idle: 7 });
+      if (relay()) expect(s).toMatchObject({ interval: 3, count: 4 });
     }
+    // The test's own end has no keepalive: what was read is fulcrum's.
+    expect(own).toMatchObject({ keepalive: 0 });
   });
 
   it('is set on an accept_proxy client (a Node listener: the relay adds interval and count at connect)', async () => {
-    const c = await connectClient(ports.kaProxy, HOST);
-    try {
-      c.write('PROXY TCP4 10.1.2.3 10.1.2.4 1111 2222\r\nx\n');
-      expect(await readLine(c)).toBe('x');
-      const echoPort = Number(echo.address.split(':')[1]);
-      const { client, backend } = sessionSockets(c, ports.kaProxy, echoPort, newestBackendPeer(echoPort));
-      for (const s of [client, backend]) {
-        expect(s).toMatchObject({ keepalive: 1, idle: 9 });
-        if (relay()) expect(s).toMatchObject({ interval: 2, count: 6 });
-      }
-    } finally {
-      c.destroy();
+    const { client, backend } = await throughFulcrum(ports.kaProxy, 'PROXY TCP4 10.1.2.3 10.1.2.4 1111 2222\r\n');
+    for (const s of [client, backend]) {
+      expect(s).toMatchObject({ keepalive: 1, idle: 9 });
+      if (relay()) expect(s).toMatchObject({ interval: 2, count: 6 });
     }
   });
 
   it('is off without the setting', async () => {
-    const c = await connectClient(ports.none, HOST);
-    try {
-      c.write('x\n');
-      expect(await readLine(c)).toBe('x');
-      const echoPort = Number(echo.address.split(':')[1]);
-      const { client, backend } = sessionSockets(c, ports.none, echoPort, newestBackendPeer(echoPort));
-      expect(client.keepalive).toBe(0);
-      expect(backend.keepalive).toBe(0);
-    } finally {
-      c.destroy();
-    }
+    const { client, backend } = await throughFulcrum(ports.none);
+    expect(client.keepalive).toBe(0);
+    expect(backend.keepalive).toBe(0);
   });
 });
 

@@ -287,7 +287,10 @@ async function applyServices(services: ServiceEntry[]): Promise<ListenProblem[]>
 }
 
 async function shutdown(grace: number, seq: number): Promise<void> {
-  for (const l of listeners.values()) closeListener(l);
+  for (const l of listeners.values()) {
+    closeListener(l);
+    l.paused = true; // for good: the descriptor reserve's resume must not bind it again
+  }
   core.beginShutdown();
   // Accepting no more: a retiring worker's pool goes on (its reload answers) once this is said.
   post({ type: 'ack', seq, errors: [] });

@@ -65,7 +65,7 @@ services:
 afterAll(async () => {
   if (child && child.exitCode === null) {
     child.kill('SIGTERM');
-    await waitFor(() => child.exitCode !== null, 10_000, 'child exit').catch(() => child.kill('SIGKILL'));
+    await waitFor(() => child.exitCode !== null, 20_000, 'child exit').catch(() => child.kill('SIGKILL'));
   }
   await echo?.close();
 });
@@ -98,7 +98,7 @@ describe('descriptor reserve', () => {
     const clients: Client[] = [];
     for (let i = 0; i < CLIENTS; i++) clients.push(await client(i));
     const served = (): number => clients.filter((c) => c.served).length;
-    await waitFor(async () => metric((await admin('/metrics')).body, 'fulcrum_accepting') === 0, 10_000, 'accepting 0');
+    await waitFor(async () => metric((await admin('/metrics')).body, 'fulcrum_accepting') === 0, 20_000, 'accepting 0');
     // Everyone let in before the mark is served; the count settles there.
     let settled = -1;
     await waitFor(() => {
@@ -106,7 +106,7 @@ describe('descriptor reserve', () => {
       const same = n === settled;
       settled = n;
       return same && n > 0;
-    }, 10_000, 'served count settles', 300);
+    }, 20_000, 'served count settles', 300);
     const during = served();
     expect(during).toBeLessThan(CLIENTS);
     expect(during * 2).toBeGreaterThanOrEqual(marks.stop - 2 * 64); // the relay may have accepted a batch past the mark
@@ -120,7 +120,7 @@ describe('descriptor reserve', () => {
     const m1 = (await admin('/metrics')).body;
     const ok1 = metric(m1, `fulcrum_health_probes_total{service="svc",backend="${echo.address}",result="ok"}`) ?? 0;
     expect(metric(m1, 'fulcrum_accept_pauses_total')).toBe(1);
-    await waitFor(async () => (metric((await admin('/metrics')).body, `fulcrum_health_probes_total{service="svc",backend="${echo.address}",result="ok"}`) ?? 0) >= ok1 + 3, 10_000, 'three more passing probes');
+    await waitFor(async () => (metric((await admin('/metrics')).body, `fulcrum_health_probes_total{service="svc",backend="${echo.address}",result="ok"}`) ?? 0) >= ok1 + 3, 20_000, 'three more passing probes');
     const m2 = (await admin('/metrics')).body;
     expect(metric(m2, `fulcrum_backend_up{service="svc",backend="${echo.address}"}`)).toBe(1);
     expect(metric(m2, `fulcrum_health_probes_total{service="svc",backend="${echo.address}",result="fail"}`) ?? 0).toBe(0);
@@ -133,19 +133,19 @@ describe('descriptor reserve', () => {
     // (and fill it up to the mark again: a second episode); on the JavaScript path new ones can.
     const leaving = clients.filter((c) => c.served).slice(0, Math.floor(during / 2));
     for (const c of leaving) c.socket.destroy();
-    await waitFor(() => out.includes('accepting again'), 10_000, 'accepting again (log)');
+    await waitFor(() => out.includes('accepting again'), 20_000, 'accepting again (log)');
     if (path === 'relay') {
-      await waitFor(() => served() >= during + leaving.length - 2, 10_000, 'waiting clients served');
+      await waitFor(() => served() >= during + leaving.length - 2, 20_000, 'waiting clients served');
     } else {
       const late = await client(CLIENTS);
       clients.push(late);
-      await waitFor(() => late.served, 10_000, 'a new client served');
+      await waitFor(() => late.served, 20_000, 'a new client served');
     }
     // All gone: accepting, and every client that came was served or (JavaScript path) refused.
     for (const c of clients) c.socket.destroy();
-    await waitFor(async () => metric((await admin('/metrics')).body, 'fulcrum_accepting') === 1, 10_000, 'accepting 1');
+    await waitFor(async () => metric((await admin('/metrics')).body, 'fulcrum_accepting') === 1, 20_000, 'accepting 1');
     const fresh = await client(CLIENTS + 1);
-    await waitFor(() => fresh.served, 10_000, 'a client after the pause served');
+    await waitFor(() => fresh.served, 20_000, 'a client after the pause served');
     fresh.socket.destroy();
 
     // One line per episode: as many as the pauses counted (the workers' log is written in batches, at least once a second).

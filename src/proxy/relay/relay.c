@@ -31,7 +31,8 @@
  * JavaScript names sockets by fd. It may name only what this relay gave it: connect, watch and
  * closeFd take a client the relay accepted and JS holds (FD_HELD), or, for a Node handle's
  * socket lent to a session (ownClient false), a stream socket that is none of the relay's; any
- * other fd is refused with EBADF (ENOTSOCK: not a stream socket) and left alone. Slots are
+ * other fd is refused with EBADF (ENOTSOCK: not a stream socket) and left alone; socketOptions,
+ * which only reads (getsockopt, for tests and diagnosis), takes any. Slots are
  * integers below MAX_SLOTS and within the stats array; anything else is refused where it is read
  * (args(), 's').
  */

@@ -47,7 +47,7 @@ export interface TcpHandle {
   connect(req: Req, ip: string, port: number): number;
   connect6(req: Req, ip: string, port: number): number;
   setNoDelay(on: boolean): number;
-  /** SO_KEEPALIVE and TCP_KEEPIDLE (seconds); libuv picks the interval and count itself. */
+  /** SO_KEEPALIVE and TCP_KEEPIDLE (seconds); libuv sets the interval and count itself (1.52: 1 s, 10). */
   setKeepAlive(on: boolean, idleSeconds: number): number;
   getpeername(out: SockAddr): number;
   getsockname(out: SockAddr): number;

@@ -20,6 +20,7 @@ import { leastconnPick } from './leastconn';
 import { scheduleBuild, roundrobinPick } from './roundrobin';
 import { randomPick, seedRandom } from './random';
 import { countUp } from './tier';
+import { setTreeOwner, giveSlot, treeRefresh, treeReclaim } from './tree';
 
 export { maglevBuild, maglevPick } from './maglev';
 export { leastconnPick } from './leastconn';
@@ -37,6 +38,7 @@ export function init(workerId: u32): u32 {
   if (workerId >= MAX_WORKERS) return INIT_BAD_WORKER;
   if (<usize>__heap_base > <usize>LAYOUT_BASE) return INIT_HEAP_OVERLAP;
   setWorker(workerId);
+  setTreeOwner(workerId);
   clearTried();
   // Distinct per worker; the JavaScript side reseeds with real entropy through seedRandom.
   seedRandom((workerId + 1) * 0x9e3779b1 ^ atomic.load<u32>(HEADER_OFFSET + H_GENERATION));
@@ -117,7 +119,7 @@ export function reacquire(s: u32, hash: u32, failed: u32, tried: u32): i32 {
   keepTried(tried);
   if (failed < MAX_BACKENDS) {
     const a = backendAt(failed);
-    atomic.sub<i32>(a + B_ACTIVE, 1);
+    giveSlot(s, failed);
     tallyBackend(failed, -1);
     addTried(failed);
     // Its slot may unblock a connection queued because every backend was full.
@@ -137,7 +139,7 @@ export function reacquire(s: u32, hash: u32, failed: u32, tried: u32): i32 {
  */
 export function release(s: u32, backend: i32): void {
   if (backend >= 0 && <u32>backend < MAX_BACKENDS) {
-    atomic.sub<i32>(backendAt(<u32>backend) + B_ACTIVE, 1);
+    giveSlot(s, <u32>backend);
     tallyBackend(<u32>backend, -1);
   }
   if (s >= MAX_SERVICES) return;
@@ -180,6 +182,8 @@ export function reclaim(workerId: u32): u32 {
     // Freed slots may serve connections queued in the other workers.
     signalRelease(sa);
   }
+  // The counts under the leastconn trees changed (and the dead worker may have held a tree's lock).
+  treeReclaim(workerId);
   return total;
 }
 
@@ -187,12 +191,14 @@ export function reclaim(workerId: u32): u32 {
  * Control plane only, after any change to service `s`'s members, states or weights: recounts the
  * up tiers, builds the algorithm's ring into the inactive ring, then publishes it by flipping
  * S_ACTIVE_RING with one atomic store (pickers read the index once per pick, see maglevPick for the
- * race argument) and bumps the header generation. Cost: a Maglev build, O(M log M), or a schedule.
+ * race argument) and bumps the header generation; a leastconn service's tree is brought up to date
+ * instead (tree.ts treeRefresh: O(log n) per changed member). Cost: a Maglev build, O(M log M), or a schedule.
  */
 export function rebuild(s: u32): void {
   if (s >= MAX_SERVICES) return;
   const sa = serviceAt(s);
   countUp(s);
+  treeRefresh(s);
   const next = (atomic.load<u32>(sa + S_ACTIVE_RING) & 1) ^ 1;
   const alg = load<u32>(sa + S_ALGORITHM);
   let len: u32 = 0;

@@ -3,11 +3,15 @@
  * (active + 1) × SCALE / effective weight wins; ties go to the first one met from a rotating start
  * (S_CURSOR), so equal backends share new connections instead of the first member taking them all.
  *
- * It is also every other algorithm's exact fallback: when a bounded walk of a ring finds nothing,
- * this scan decides between "here is a backend", PICK_BACKENDS_FULL and PICK_NO_BACKEND.
+ * A leastconn service answers from its tournament tree (tree.ts: O(log n) per pick, the same answer
+ * as the scan below, retries included). The scan is the exact definition, kept as the rare
+ * fallback: of the tree (every member full or tried, a state written since the last rebuild) and of
+ * every other algorithm, when a bounded walk of a ring finds nothing; it also decides between
+ * "here is a backend", PICK_BACKENDS_FULL and PICK_NO_BACKEND.
  */
 import { S_CURSOR, B_ACTIVE, B_MAX_CONN, B_EFF_WEIGHT, PICK_NO_BACKEND, PICK_BACKENDS_FULL } from './generated/layout';
-import { serviceAt, backendAt, membersAt, memberCount, wantedTier, eligible, takeSlot, lighter } from './records';
+import { serviceAt, backendAt, membersAt, memberCount, wantedTier, eligible, takeSlotBelow, lighter } from './records';
+import { hasTree, treePick } from './tree';
 
 /** Rescans after losing the last slot of the chosen backend to another worker; then give up as full. */
 const ATTEMPTS: i32 = 4;
@@ -15,17 +19,31 @@ const ATTEMPTS: i32 = 4;
 /**
  * Picks a backend of service `s` and takes a slot on it (B_ACTIVE + 1). Returns the backend id, or
  * PICK_BACKENDS_FULL (eligible backends exist, all at max_connections) or PICK_NO_BACKEND.
- * Hot path: once per accepted connection of a leastconn service (a scan of the members, O(n)),
- * and as the fallback of the other algorithms.
+ * Hot path: once per accepted connection of a leastconn service (the tree, O(log n)); as the
+ * fallback of the other algorithms, the scan (O(n), rare).
  */
 export function leastconnPick(s: u32): i32 {
+  if (hasTree(s)) return treePick(s);
+  return scanFrom(s, atomic.add<u32>(serviceAt(s) + S_CURSOR, 1), 0);
+}
+
+/**
+ * The exact scan: the lowest key among eligible members with room, ties to the first met from
+ * member position `first` % n; later attempts (after losing a slot race) draw a new start.
+ * With `cap` > 0, a member with active ≥ cap counts as full too (Maglev's bounded load), and the
+ * takeSlot enforces it. Cost O(n). Called by leastconnPick (services without a tree), by the tree
+ * pick's fallback (under the tree's lock) and by the ring algorithms' fallbacks.
+ */
+export function scanFrom(s: u32, first: u32, cap: i32): i32 {
   const sa = serviceAt(s);
   const n = memberCount(sa);
   if (n == 0) return PICK_NO_BACKEND;
   const ma = membersAt(s);
   const tier = wantedTier(sa);
+  let start = first;
   for (let attempt = 0; attempt < ATTEMPTS; attempt++) {
-    let i = atomic.add<u32>(sa + S_CURSOR, 1) % n;
+    if (attempt > 0) start = atomic.add<u32>(sa + S_CURSOR, 1);
+    let i = start % n;
     let best: i32 = -1;
     let bestActive: i32 = 0;
     let bestWeight: i32 = 1;
@@ -35,9 +53,9 @@ export function leastconnPick(s: u32): i32 {
       if (++i == n) i = 0;
       if (!eligible(b, s, tier)) continue;
       const a = backendAt(b);
-      const active = load<i32>(a + B_ACTIVE); // a hint: takeSlot decides atomically
+      const active = load<i32>(a + B_ACTIVE); // a hint: takeSlotBelow decides atomically
       const max = load<i32>(a + B_MAX_CONN);
-      if (max > 0 && active >= max) {
+      if ((max > 0 && active >= max) || (cap > 0 && active >= cap)) {
         full = true;
         continue;
       }
@@ -49,7 +67,7 @@ export function leastconnPick(s: u32): i32 {
       }
     }
     if (best < 0) return full ? PICK_BACKENDS_FULL : PICK_NO_BACKEND;
-    if (takeSlot(<u32>best)) return best;
+    if (takeSlotBelow(<u32>best, cap)) return best;
   }
   return PICK_BACKENDS_FULL;
 }

@@ -11,9 +11,12 @@
  * when the credit reaches the largest weight, so turns (and slots) are proportional to weight; with
  * equal weights this is exactly the paper's round-robin and each backend owns ⌊M/N⌋ or ⌈M/N⌉ slots.
  *
- * Pick: ring[hash % M]. A backend that is full, already tried or no longer valid makes the pick walk
- * forward a bounded number of slots (bounded-load consistent hashing: the overflow lands on the
- * following slots' owners, still deterministic per key); after that the leastconn scan decides.
+ * Pick: ring[hash % M]. A backend that is full, already tried, no longer valid, or at the load bound
+ * (`hash_balance_factor`, see ring.ts loadBound: bounded-load consistent hashing) makes the pick
+ * walk the key's preference order, the next slots of its own permutation of the table, a bounded
+ * number of slots: the overflow lands on other owners, still deterministic per key and state, and
+ * goes back to the key's own slot as soon as its owner is under the bound again; after that the
+ * leastconn scan decides.
  */
 import {
   RING_CAPACITY, NO_BACKEND_U16, S_TABLE_SIZE, B_HASH_OFFSET, B_HASH_SKIP,
@@ -97,5 +100,9 @@ export function maglevBuild(s: u32, ring: u32): u32 {
  * valid backend of the service for that one connection; it never uses an invalid one.
  */
 export function maglevPick(s: u32, hash: u32): i32 {
-  return walkRing(s, hash);
+  // The key's own step through the table (its permutation), from a second mix of its hash.
+  let h = hash ^ (hash >>> 16);
+  h *= 0x7feb352d;
+  h ^= h >>> 15;
+  return walkRing(s, hash, h, true);
 }

@@ -145,12 +145,21 @@ export function addTried(b: u32): void {
 
 /**
  * Takes one connection slot on `b` (B_ACTIVE + 1) unless that would exceed its max_connections.
- * Hot path: once per successful pick. With a limit it is a CAS loop, so concurrent workers can
- * never push B_ACTIVE above the limit; each failed CAS means another worker made progress.
+ * Hot path: once per successful pick.
  */
-export function takeSlot(b: u32): bool {
+@inline export function takeSlot(b: u32): bool {
+  return takeSlotBelow(b, 0);
+}
+
+/**
+ * takeSlot with a second limit: with `cap` > 0 the slot is taken only while B_ACTIVE < cap too
+ * (Maglev's bounded load). With a limit it is a CAS loop, so concurrent workers can never push
+ * B_ACTIVE to or past it; each failed CAS means another worker made progress.
+ */
+export function takeSlotBelow(b: u32, cap: i32): bool {
   const a = backendAt(b);
-  const max = load<i32>(a + B_MAX_CONN);
+  let max = load<i32>(a + B_MAX_CONN);
+  if (cap > 0 && (max <= 0 || cap < max)) max = cap;
   if (max <= 0) {
     atomic.add<i32>(a + B_ACTIVE, 1);
     return true;

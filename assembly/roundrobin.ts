@@ -83,5 +83,5 @@ export function scheduleBuild(s: u32, ring: u32): u32 {
  */
 export function roundrobinPick(s: u32): i32 {
   // One atomic increment of the shared cursor, so all workers together follow one schedule.
-  return walkRing(s, atomic.add<u32>(serviceAt(s) + S_CURSOR, 1));
+  return walkRing(s, atomic.add<u32>(serviceAt(s) + S_CURSOR, 1), 0, false);
 }

@@ -40,7 +40,9 @@ export const COMMANDS: Record<string, Command> = {
     async run(values) {
       const file = requireConfig(values);
       const { loadConfig } = await import('./config/load.ts');
-      loadConfig(file);
+      const config = loadConfig(file);
+      // The speaker's binaries are part of what the bgp section asks for: a missing one is named here.
+      if (config.bgp) (await import('./bgp/index.ts')).checkSpeakerBinaries(config.bgp);
       process.stdout.write(`${file}: config OK\n`);
       return 0;
     },

@@ -60,6 +60,23 @@ export interface TransitionEvent {
   up: boolean;
   cause: string;
   initial: boolean;
+  /**
+   * Down because the replica lags (over health.max_lag): its sessions are closed when
+   * health.lag_action is close, whatever on_marked_down says (src/control/routes.ts).
+   */
+  lagging?: true;
+}
+
+/**
+ * A service's discovered set changed (a source's new answer, or `hold` ran out). Emitted by the
+ * Discovery; the set itself is read when the reload sequence applies (Discovery.compose).
+ */
+export interface DiscoveredEvent {
+  service: string;
+  source: 'dns' | 'redis_sentinel' | 'patroni';
+  /** Backends in the set now. */
+  backends: number;
+  cause: string;
 }
 
 /** A failover role change. Emitted by the Failover. */
@@ -67,6 +84,21 @@ export interface RoleChange {
   from: Role;
   to: Role;
   cause: string;
+}
+
+/** A VIP announced or withdrawn through the BGP speaker. Emitted by src/bgp's Bgp once the speaker did it. */
+export interface BgpRouteEvent {
+  vip: string;
+  action: 'announce' | 'withdraw';
+  /** Why: "ready: web 3/3 backends up", "web has 0 backends up (needs 1)", "stopping", "drained by ctl"… */
+  cause: string;
+}
+
+/** A BGP session changed state (as the speaker reports it: idle, active, established…). Emitted by src/bgp's Bgp. */
+export interface BgpSessionEvent {
+  neighbor: string;
+  from: string;
+  to: string;
 }
 
 // ── each part's events (EventEmitter<Map> type parameters) ──
@@ -85,8 +117,17 @@ export interface PoolEvents {
   'worker-exit': [event: WorkerExitEvent];
 }
 
+export interface DiscoveryEvents {
+  backends: [event: DiscoveredEvent];
+}
+
 export interface FailoverEvents {
   role: [change: RoleChange];
+}
+
+export interface BgpEvents {
+  route: [event: BgpRouteEvent];
+  session: [event: BgpSessionEvent];
 }
 
 /**
@@ -98,4 +139,8 @@ export interface FulcrumEvents {
   'connect-failed': [event: ConnectFailedEvent];
   'health-probe': [event: ProbeEvent];
   'health-transition': [event: TransitionEvent];
+  'bgp-route': [event: BgpRouteEvent];
+  'bgp-session': [event: BgpSessionEvent];
+  /** A discovered set, applied (or refused: `error`). */
+  'discovery-applied': [event: DiscoveredEvent & { error?: string }];
 }

@@ -10,6 +10,8 @@
  *   HealthMonitor (asks the Balancer for admin state)   Failover (when config.ha is set)
  *   routes (src/control/routes.ts): pool ─▶ health (passive), health ─▶ balancer,
  *     balancer ─▶ pool (shutdown_sessions), balancer ─▶ health (maint), failover ↔ pool (VIP),
+ *     balancer ─▶ bgp (announce what can be served, when config.bgp is set),
+ *     discovery ─▶ the reload sequence's edit (a discovered set joins every config it applies),
  *     and everything observers read onto handle.events
  *   reload (src/control/reload.ts): listen check → VIP pause → balancer → health → service
  *     table → workers → resume → resize
@@ -24,7 +26,9 @@ import { resolveWorkers } from './config/load.ts';
 import type { Config } from './config/schema.ts';
 import { vipBoundServices } from './control/diff.ts';
 import { ReloadSequence } from './control/reload.ts';
-import { failoverRoutes, installRoutes } from './control/routes.ts';
+import { bgpServicesOn, discoveryRoutes, failoverRoutes, installBgpRoutes, installRoutes } from './control/routes.ts';
+import { Bgp } from './bgp/index.ts';
+import { Discovery } from './discovery/index.ts';
 import type { FulcrumEvents } from './events.ts';
 import { Failover } from './failover/index.ts';
 import { HealthMonitor } from './health/monitor.ts';
@@ -64,8 +68,12 @@ export interface FulcrumHandle {
   readonly events: EventEmitter<FulcrumEvents>;
   /** Health probes and passive health: health.describe(), health.history(service, address). */
   readonly health: HealthMonitor;
+  /** Backends from DNS, Redis Sentinel and Patroni (services[].discover): discovery.describe() says what each source last said. */
+  readonly discovery: Discovery;
   /** Present when config.ha is set: role, peer, counters via failover.status(). */
   readonly failover: Failover | null;
+  /** Present when config.bgp is set: speaker, sessions, announcements via bgp.status(). */
+  readonly bgp: Bgp | null;
   readonly logger: Logger;
   /** The one reload sequence (src/control/reload.ts): reloadFile, edits, hooks, the reload record. */
   readonly control: ReloadSequence;
@@ -123,27 +131,40 @@ export async function startFulcrum(initial: Config, options: StartOptions = {}):
   // clients reach the primary instead of being refused for want of an eligible backend.
   await health.firstRound();
 
+  // bgp: the speaker starts (a missing binary fails here, naming it) and the VIPs go on lo before
+  // the listeners bind them; announced once the listeners are open (setListening below).
+  const bgp = initial.bgp ? new Bgp({ config: initial.bgp, logger, servicesOn: bgpServicesOn({ balancer, config }) }) : null;
   // Services bound to a VIP start paused: failover resumes them when this instance is master.
   try {
+    if (bgp) {
+      installBgpRoutes({ balancer, events }, bgp);
+      await bgp.start();
+    }
     await pool.start(buildServiceTable(initial, balancer), [...(options.pausedServices ?? []), ...vipBoundServices(initial)]);
   } catch (err) {
     health.stop(); // its probes started first: a start that fails leaves no thread or timer behind
+    await bgp?.close();
     throw err;
   }
+  bgp?.setListening(true);
 
   let failover: Failover | null = null;
   if (initial.ha) {
     failover = new Failover({ config: initial.ha, logger, ...failoverRoutes({ balancer, pool, config, logger }) });
     await failover.start();
   }
+  // Discovered backends join each config the sequence applies; the first answers arrive as edits.
+  const discovery = new Discovery(initial, { logger });
   const sequence = new ReloadSequence({
     balancer, health, pool, failover, logger,
+    compose: (next, prev) => discovery.compose(next, prev),
     // A reload changes the level of fulcrum's own logger (its children follow); a logger handed
     // in by the caller keeps the level the caller gave it.
     setLogLevel: options.logger === undefined ? (level) => void (logger.level = level) : undefined,
     configFile: options.configFile,
   }, { ...initial, ha: failover ? failover.settings : undefined });
   control = sequence;
+  discoveryRoutes({ discovery, control: sequence, events, logger });
 
   // ── stop ──────────────────────────────────────────────────────────────────
   let stopping: Promise<void> | null = null;
@@ -154,10 +175,13 @@ export async function startFulcrum(initial: Config, options: StartOptions = {}):
     const grace = sequence.config.shutdown_grace;
     log.info({ reason, grace_ms: grace }, 'stopping: no new connections, open ones get the grace period');
     health.stop();
+    discovery.stop();
     stopping = (async () => {
-      // First: a master sends priority 0 and releases the VIP, so the peer takes over while we drain.
-      await failover?.stop();
+      // First: a master sends priority 0 and releases the VIP, so the peer takes over while we drain;
+      // bgp withdraws and keeps accepting for bgp.drain while the router moves flows away.
+      await Promise.all([failover?.stop(), bgp?.stop(reason)]);
       await pool.shutdown(grace);
+      await bgp?.close();
       balancer.close();
       log.info('stopped');
       markStopped();
@@ -174,7 +198,9 @@ export async function startFulcrum(initial: Config, options: StartOptions = {}):
     pool,
     events,
     health,
+    discovery,
     failover,
+    bgp,
     logger,
     control: sequence,
     ops: null as Operations | null,
@@ -185,7 +211,12 @@ export async function startFulcrum(initial: Config, options: StartOptions = {}):
   };
   if (options.signals) installSignalHandlers(handle);
   // Metrics and the admin server (when config.admin is set).
-  if (options.operations !== false) handle.ops = await startOperationsFor(handle);
+  // /api/status (and so `fulcrum status` and the status page) says where discovered backends come from.
+  const discoveryStatus = (): Record<string, unknown> => {
+    const d = discovery.describe();
+    return d.length > 0 ? { discovery: d } : {};
+  };
+  if (options.operations !== false) handle.ops = await startOperationsFor(handle, { status: discoveryStatus });
   return handle;
 }
 

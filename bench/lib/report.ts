@@ -332,6 +332,8 @@ ${include(path.join(benchDir, 'analysis.md'), '', false)}
 
 ${include(path.join(outDir, 'engine.md'), '_bench/out/engine.md was not present when this file was written: run `npm run bench:engine`, then `npm run bench` (or `node bench/run.ts --report-only`) to include it._')}
 
+${include(path.join(benchDir, 'selection.md'), '', false)}
+
 ## Failover
 
 ${include(path.join(outDir, 'failover.md'), '_bench/out/failover.md was not present when this file was written (the failover benchmark writes it), so this section is empty._')}

@@ -97,8 +97,17 @@ function table(rows: string[][]): string[] {
 
 function printList(data: any, o: Output): void {
   for (const s of data.services) {
-    const head = [s.name, s.listen, s.balance].filter(Boolean).join('  ');
-    o.out(`${head}   active ${s.active}${s.max_connections ? '/' + s.max_connections : ''}  queued ${s.queued}  sessions ${s.counters.accepted}`);
+    const udp = s.protocol === 'udp';
+    const head = [s.name, udp ? 'udp' : '', s.listen, s.balance].filter(Boolean).join('  ');
+    const limit = s.max_connections ? '/' + s.max_connections : '';
+    if (udp) {
+      // Flows, not connections; nothing queues. Datagrams each way and drops by reason instead.
+      const c = s.counters;
+      const drops = Object.entries(c.drops ?? {}).filter(([, v]) => (v as number) > 0).map(([k, v]) => `${k} ${v}`).join(', ');
+      o.out(`${head}   flows ${s.active}${limit}  created ${c.accepted}  datagrams in ${c.datagrams_in} out ${c.datagrams_out}${drops ? `  dropped ${drops}` : ''}`);
+    } else {
+      o.out(`${head}   active ${s.active}${limit}  queued ${s.queued}  sessions ${s.counters.accepted}`);
+    }
     const rows = [['  BACKEND', 'STATE', 'WEIGHT', 'ACTIVE', 'SESSIONS', 'FAILS', 'IN', 'OUT', '']];
     for (const b of s.backends) {
       const tags = [b.backup ? 'backup' : '', b.removing ? 'removing' : ''].filter(Boolean).join(',');
@@ -122,10 +131,31 @@ function printStatus(data: any, o: Output): void {
   } else {
     o.out('role         standalone (no ha section)');
   }
+  if (data.bgp) printBgp(data.bgp, o);
   o.out(`uptime       ${data.uptime_s} s (since ${data.started_at})`);
   if (data.config_file) o.out(`config       ${data.config_file}`);
   if (data.reloads) o.out(`reloads      ${data.reloads.applied} applied, ${data.reloads.refused} refused`);
   o.out(`changes      ${data.changes_enabled ? 'enabled (token)' : 'disabled (no admin.token_file)'}`);
+  // Where discovered backends come from, and what each source last said (src/discovery).
+  for (const d of data.discovery ?? []) {
+    const when = (ms: number | null) => (ms === null ? 'never' : `${new Date(ms).toISOString()} (${((Date.now() - ms) / 1000).toFixed(0)} s ago)`);
+    o.out(`discovery    ${d.service}: ${d.source} ${d.query}, ${d.backends} backend${d.backends === 1 ? '' : 's'}`);
+    o.out(`               last answer ${when(d.last_answer_at)}${d.last_answer ? `: ${d.last_answer}` : ''}`);
+    if (d.last_error) o.out(`               last error ${when(d.last_error_at)}: ${d.last_error}`);
+    if (d.holding_since !== null) o.out(`               keeping the last set since ${new Date(d.holding_since).toISOString()} (hold)`);
+    if (d.errors) o.out(`               ${d.errors} failed queries since start`);
+    for (const n of d.notes ?? []) o.out(`               note: ${n}`);
+  }
+}
+
+/** The bgp lines of `fulcrum status`: the speaker, each session, each VIP with why it is (not) announced. */
+function printBgp(b: any, o: Output): void {
+  const info = b.speaker_info ?? {};
+  const pid = info.pid ? `  pid ${info.pid}` : '';
+  o.out(`bgp          speaker ${b.speaker}${pid}${b.draining ? `  draining (${b.draining})` : ''}  announced ${b.counts?.announce ?? 0}, withdrawn ${b.counts?.withdraw ?? 0}, failed ${b.counts?.failed ?? 0}`);
+  if (b.sessions === null) o.out('  sessions   not known (speaker: command)');
+  for (const s of b.sessions ?? []) o.out(`  session    ${s.neighbor}${s.asn ? ` AS${s.asn}` : ''}  ${s.state}`);
+  for (const v of b.vips ?? []) o.out(`  vip        ${v.vip}  ${v.announced ? 'announced' : 'withdrawn'}  ${v.reason}`);
 }
 
 /** Runs `fulcrum ctl ARGS` (or `fulcrum status` with argv ['status', …]); returns the exit code. */

@@ -18,7 +18,7 @@ import { formatHostPort, type AdminConfig, type BackendConfig } from '../config/
 import type { ReloadSequence } from '../control/reload.ts';
 import type { BackendStateEvent, FulcrumEvents, ProbeEvent } from '../events.ts';
 import type { Logger } from '../observability/log.ts';
-import { Metrics, type ProbeObservation, type RoleObservation } from '../observability/prom.ts';
+import { Metrics, type BgpStatusView, type ProbeObservation, type RoleObservation } from '../observability/prom.ts';
 import { Stats } from '../observability/stats.ts';
 import { AdminServer, type AdminBalancer, type AdminState, type DescribedService, type ProbeRecord } from './server.ts';
 
@@ -51,6 +51,11 @@ export interface OperationsFailover {
   status(): { role: string; transitions: number };
 }
 
+export interface OperationsBgp {
+  /** BgpStatus (src/bgp/index.ts): speaker, sessions, what is announced and why, counts. */
+  status(): BgpStatusView;
+}
+
 /** The reload sequence, as operations trigger it (src/control/reload.ts). */
 export type OperationsControl = Pick<ReloadSequence, 'file' | 'applied' | 'refused' | 'reloadFile' | 'edit' | 'addHook' | 'installSignalHandler' | 'summary'>;
 
@@ -66,6 +71,7 @@ export interface OperationsOptions {
   killSessions: (backend: number) => Promise<number>;
   health?: OperationsHealth;
   failover?: OperationsFailover;
+  bgp?: OperationsBgp;
   /** Reload the config file on SIGHUP (default false: `fulcrum run` has main.ts install it). */
   signals?: boolean;
   /** More fields for /api/status. */
@@ -86,7 +92,7 @@ export interface Operations {
 
 export async function startOperations(options: OperationsOptions): Promise<Operations> {
   const log = options.logger.child({ component: 'operations' });
-  const { balancer, health, failover, control, events } = options;
+  const { balancer, health, failover, bgp, control, events } = options;
   const stats = new Stats(options.memory);
   const directory = (): readonly DescribedService[] => balancer.describe();
   // The role each backend last reported: one reading for the metrics, the API and the status page.
@@ -97,6 +103,7 @@ export async function startOperations(options: OperationsOptions): Promise<Opera
     stats,
     directory,
     failover: failover ? () => failover.status() : undefined,
+    bgp: bgp ? () => bgp.status() : undefined,
     reloads: () => ({ applied: control.applied, refused: control.refused }),
     roles,
     descriptors: options.descriptors,
@@ -151,6 +158,7 @@ export async function startOperations(options: OperationsOptions): Promise<Opera
       status: () => ({
         ...control.summary(),
         ...(failover ? { failover: failover.status() } : {}),
+        ...(bgp ? { bgp: bgp.status() } : {}),
         ...options.status?.(),
       }),
     });
@@ -223,6 +231,7 @@ export interface FulcrumLike {
   readonly stopped: Promise<void>;
   readonly health?: OperationsHealth;
   readonly failover?: OperationsFailover | null;
+  readonly bgp?: OperationsBgp | null;
 }
 
 /**
@@ -244,6 +253,7 @@ export async function startOperationsFor(
     killSessions: (backend) => handle.pool.killBackend(backend),
     health: options.health ?? handle.health,
     failover: options.failover ?? handle.failover ?? undefined,
+    bgp: handle.bgp ?? undefined,
     signals: options.signals,
     descriptors: handle.pool.descriptors ? () => handle.pool.descriptors!() : undefined,
     status: () => ({ ...(handle.pool.status ? { data_plane: handle.pool.status() } : {}), ...options.status?.() }),

@@ -112,7 +112,7 @@ const sha256 = (s: string): Buffer => createHash('sha256').update(s).digest();
 export const readToken = (file: string): string => readSecretFileSync('admin.token_file', file).toString('utf8');
 
 /** A backend's last reported role as /api/services and /api/status show it (`at`: epoch ms). */
-const roleView = (r: RoleObservation) => ({ reported: r.reported, at: r.at, eligible: r.eligible });
+const roleView = (r: RoleObservation) => ({ reported: r.reported, at: r.at, eligible: r.eligible, ...(r.lag_ms !== undefined ? { lag_ms: r.lag_ms } : {}) });
 
 let statusPageCache: string | undefined;
 function statusPage(): string {

@@ -62,6 +62,8 @@ export interface BackendDescription {
 export interface ServiceDescription {
   name: string;
   index: number;
+  /** tcp: connections; udp: flows (counted as connections are). */
+  protocol: 'tcp' | 'udp';
   algorithm: AlgorithmName;
   table_size: number;
   max_connections: number;
@@ -304,6 +306,7 @@ export class Balancer extends EventEmitter<BalancerEvents> {
       maxConnections: c.max_connections,
       queueMax: c.queue.max,
       tableSize: c.table_size,
+      balanceFactor: c.hash_balance_factor,
     });
   }
 
@@ -571,13 +574,13 @@ export class Balancer extends EventEmitter<BalancerEvents> {
    * their slot index (what acquire returns). The workers' service table is built from this
    * (src/proxy/table.ts); empty when there is no such service.
    */
-  targets(serviceName: string): Array<{ index: number; address: string; target: HostPort }> {
+  targets(serviceName: string): Array<{ index: number; address: string; target: HostPort; removed?: boolean }> {
     this.reap();
     const s = this.services.get(serviceName);
     if (!s) return [];
     const out = [...s.backends.values()].sort((a, b) => (a.address < b.address ? -1 : a.address > b.address ? 1 : 0))
-      .map((e) => ({ index: e.index, address: e.address, target: e.target }));
-    for (const r of this.retiring) if (r.serviceIndex === s.index && !r.freed) out.push({ index: r.index, address: r.address, target: r.target });
+      .map((e): { index: number; address: string; target: HostPort; removed?: boolean } => ({ index: e.index, address: e.address, target: e.target }));
+    for (const r of this.retiring) if (r.serviceIndex === s.index && !r.freed) out.push({ index: r.index, address: r.address, target: r.target, removed: true });
     return out;
   }
 
@@ -602,6 +605,7 @@ export class Balancer extends EventEmitter<BalancerEvents> {
       out.push({
         name: s.name,
         index: s.index,
+        protocol: s.config.protocol,
         algorithm: s.config.balance,
         table_size: s.config.table_size,
         max_connections: s.config.max_connections,

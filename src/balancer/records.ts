@@ -9,7 +9,7 @@
 import {
   serviceAddr, backendAddr, membersAddr, MAX_MEMBERS, HEADER_OFFSET, H_GENERATION,
   S_STATE, S_ALGORITHM, S_MAX_CONN, S_ACTIVE, S_ACTIVE_RING, S_RING_LEN, S_MEMBER_COUNT, S_CURSOR, S_QUEUED,
-  S_QUEUE_MAX, S_RELEASE_SEQ, S_PRIMARY_UP, S_BACKUP_UP, S_TABLE_SIZE, ringAddr,
+  S_QUEUE_MAX, S_RELEASE_SEQ, S_PRIMARY_UP, S_BACKUP_UP, S_TABLE_SIZE, S_BALANCE_FACTOR, ringAddr,
   B_STATE, B_FLAGS, B_WEIGHT, B_EFF_WEIGHT, B_MAX_CONN, B_ACTIVE, B_HASH_OFFSET, B_HASH_SKIP, B_SERVICE,
 } from '../shm/layout.ts';
 
@@ -18,6 +18,8 @@ export interface ServiceFields {
   maxConnections: number;
   queueMax: number;
   tableSize: number;
+  /** Maglev's bounded load, percent (0 = off). */
+  balanceFactor: number;
 }
 
 export interface BackendFields {
@@ -49,6 +51,7 @@ export class SharedRecords {
     this.i32[w + (S_MAX_CONN >> 2)] = f.maxConnections;
     this.i32[w + (S_QUEUE_MAX >> 2)] = f.queueMax;
     this.u32[w + (S_TABLE_SIZE >> 2)] = f.tableSize;
+    this.u32[w + (S_BALANCE_FACTOR >> 2)] = f.balanceFactor;
   }
 
   /** Resets a service slot's counters; only for a slot nobody uses (S_ACTIVE 0). Keeps S_RELEASE_SEQ monotonic. */

@@ -11,6 +11,7 @@
  *   holds (or a name that does not resolve) is refused whole, as an admin address in use is.
  *   Without this the workers closed the old listener first and the service stopped accepting.
  */
+import { createSocket } from 'node:dgram';
 import { lookup } from 'node:dns/promises';
 import { createServer, isIP } from 'node:net';
 import { ConfigInvalidError, FulcrumError, ListenError } from '../errors.ts';
@@ -22,8 +23,17 @@ async function resolveHost(host: string): Promise<string> {
 }
 
 /** Binds `host:port` for a moment, as a worker will (errors are Node's: EADDRINUSE, EADDRNOTAVAIL…). */
-function tryBind(host: string, port: number): Promise<void> {
+function tryBind(host: string, port: number, protocol: 'tcp' | 'udp'): Promise<void> {
   return new Promise((resolve, reject) => {
+    if (protocol === 'udp') {
+      const socket = createSocket(isIP(host) === 6 ? 'udp6' : 'udp4');
+      socket.once('error', (err) => {
+        socket.close();
+        reject(err);
+      });
+      socket.bind({ address: host, port, exclusive: true }, () => socket.close(() => resolve()));
+      return;
+    }
     const server = createServer();
     server.once('error', reject);
     server.listen({ host, port, exclusive: true, backlog: 1 }, () => server.close(() => resolve()));
@@ -31,7 +41,7 @@ function tryBind(host: string, port: number): Promise<void> {
 }
 
 /** A set of keys that is known to need no check: what the running config already listens on. */
-const listenKeys = (config: Config | undefined): Set<string> => new Set(config?.services.map((s) => formatHostPort(s.listen)) ?? []);
+const listenKeys = (config: Config | undefined): Set<string> => new Set(config?.services.map((s) => `${s.protocol} ${formatHostPort(s.listen)}`) ?? []);
 
 export interface ListenCheckOptions {
   /** Named in a ConfigInvalidError. */
@@ -50,7 +60,7 @@ export async function checkListens(running: Config | undefined, next: Config, op
   await Promise.all((running?.services ?? []).map(async (s) => {
     // A name that no longer resolves is the new config's business, checked below.
     const ip = await resolveHost(s.listen.host).catch(() => undefined);
-    if (ip !== undefined) runningResolved.add(formatHostPort({ host: ip, port: s.listen.port }));
+    if (ip !== undefined) runningResolved.add(`${s.protocol} ${formatHostPort({ host: ip, port: s.listen.port })}`);
   }));
 
   const resolved = await Promise.all(next.services.map(async (s) => {
@@ -70,21 +80,23 @@ export async function checkListens(running: Config | undefined, next: Config, op
     const r = resolved[i];
     if (r.ip === undefined) {
       // Bound already under this name (it resolved when it was bound): the workers keep it.
-      if (!runningKeys.has(text)) cannotListen.push(new ListenError(`service ${s.name}`, text, new Error(`listen ${r.err?.code ?? 'ENOTFOUND'}: cannot resolve ${s.listen.host}`)));
+      if (!runningKeys.has(`${s.protocol} ${text}`)) cannotListen.push(new ListenError(`service ${s.name}`, text, new Error(`listen ${r.err?.code ?? 'ENOTFOUND'}: cannot resolve ${s.listen.host}`)));
       return;
     }
-    const key = formatHostPort({ host: r.ip, port: s.listen.port });
+    // A UDP and a TCP service may share a port number: the kernel keeps the protocols apart.
+    const address = formatHostPort({ host: r.ip, port: s.listen.port });
+    const key = `${s.protocol} ${address}`;
     const first = seen.get(key);
     if (first !== undefined) {
       duplicates.push({
         path: `services[${i}].listen`,
-        message: `is the address of services[${first}].listen (${key}): the two would share its connections, got ${JSON.stringify(text)}`,
+        message: `is the address of services[${first}].listen (${address}): the two would share its ${s.protocol === 'udp' ? 'datagrams' : 'connections'}, got ${JSON.stringify(text)}`,
       });
       return;
     }
     seen.set(key, i);
-    if (runningKeys.has(text) || runningResolved.has(key) || options.skipBind?.(s.name)) return;
-    binds.push(tryBind(r.ip, s.listen.port).catch((err: Error) => {
+    if (runningKeys.has(`${s.protocol} ${text}`) || runningResolved.has(key) || options.skipBind?.(s.name)) return;
+    binds.push(tryBind(r.ip, s.listen.port, s.protocol).catch((err: Error) => {
       cannotListen.push(new ListenError(`service ${s.name}`, text, err));
     }));
   });

@@ -10,7 +10,7 @@ import { isMap, isScalar, LineCounter, parseDocument, visit, type Document } fro
 import type { z } from 'zod';
 import { ConfigInvalidError, ConfigUnreadableError, type ConfigProblem } from '../errors.ts';
 import { MAX_BACKENDS } from '../shm/layout.ts';
-import { configSchema, formatHostPort, ROLE_HEALTH_TYPES, type Config } from './schema.ts';
+import { configSchema, formatHostPort, ROLE_HEALTH_TYPES, UDP_HEALTH_TYPE, type Config } from './schema.ts';
 import { resolveSecretPaths } from './secrets.ts';
 
 export type { Config } from './schema.ts';
@@ -64,6 +64,18 @@ function problemsFromZod(error: z.ZodError): ConfigProblem[] {
   return out;
 }
 
+/** Services that list no backend and have no discover section: nothing would ever serve them. */
+function emptyBackends(data: object): ConfigProblem[] {
+  const services = (data as { services?: unknown }).services;
+  if (!Array.isArray(services)) return [];
+  return services.flatMap((s: unknown, i) => {
+    const v = s as { backends?: unknown; discover?: unknown } | null;
+    return v !== null && typeof v === 'object' && Array.isArray(v.backends) && v.backends.length === 0 && v.discover === undefined
+      ? [{ path: `services[${i}].backends`, message: 'must list at least one backend (or the service needs a discover section), got []' }]
+      : [];
+  });
+}
+
 /** Checks that span fields: uniqueness, and a health block that fits its type. */
 function crossChecks(config: Config): ConfigProblem[] {
   const problems: ConfigProblem[] = [];
@@ -74,9 +86,11 @@ function crossChecks(config: Config): ConfigProblem[] {
     const at = `services[${i}]`;
     if (names.has(s.name)) problems.push({ path: `${at}.name`, message: `duplicates services[${names.get(s.name)}].name, got ${JSON.stringify(s.name)}` });
     else names.set(s.name, i);
+    // A UDP and a TCP service may share a port number: the kernel keeps the two protocols apart.
     const listen = formatHostPort(s.listen);
-    if (listens.has(listen)) problems.push({ path: `${at}.listen`, message: `duplicates services[${listens.get(listen)}].listen, got ${JSON.stringify(listen)}` });
-    else listens.set(listen, i);
+    const key = `${s.protocol} ${listen}`;
+    if (listens.has(key)) problems.push({ path: `${at}.listen`, message: `duplicates services[${listens.get(key)}].listen, got ${JSON.stringify(listen)}` });
+    else listens.set(key, i);
     const addresses = new Map<string, number>();
     s.backends.forEach((b, j) => {
       const a = formatHostPort(b.address);
@@ -84,9 +98,25 @@ function crossChecks(config: Config): ConfigProblem[] {
       else addresses.set(a, j);
     });
     backendTotal += s.backends.length;
+    if (s.discover) {
+      const sources = Object.keys(s.discover).filter((k) => s.discover![k as keyof typeof s.discover] !== undefined);
+      if (sources.length !== 1) problems.push({ path: `${at}.discover`, message: `must name exactly one source (dns, redis_sentinel or patroni), got ${sources.length === 0 ? 'none' : sources.join(' and ')}` });
+      const dns = s.discover.dns;
+      if (dns && dns.type !== 'SRV' && dns.port === undefined) problems.push({ path: `${at}.discover.dns.port`, message: `is required with type ${dns.type} (SRV records carry their port)` });
+      if (dns && dns.type === 'SRV' && dns.port !== undefined) problems.push({ path: `${at}.discover.dns.port`, message: `is for type A or AAAA (SRV records carry their port), got ${dns.port}` });
+    }
     const h = s.health;
     if (h) {
       if (h.type === 'send_expect' && !h.send_expect) problems.push({ path: `${at}.health.send_expect`, message: 'is required when health.type is send_expect' });
+      if (h.type === UDP_HEALTH_TYPE) {
+        // A UDP server never speaks first, and a reply-less probe could only time out.
+        if (h.send === undefined) problems.push({ path: `${at}.health.send`, message: 'is required when health.type is udp (the datagram to send)' });
+        if (h.expect === undefined) problems.push({ path: `${at}.health.expect`, message: 'is required when health.type is udp (what the reply must hold)' });
+      } else {
+        for (const key of ['send', 'expect'] as const) {
+          if (h[key] !== undefined) problems.push({ path: `${at}.health.${key}`, message: `needs health.type udp (send_expect takes send_expect.${key}), got ${JSON.stringify(h[key])}` });
+        }
+      }
       if (h.role !== 'any' && !ROLE_HEALTH_TYPES.includes(h.type)) {
         problems.push({ path: `${at}.health.role`, message: `needs health.type redis, postgres or mysql, got ${JSON.stringify(h.role)} with type ${JSON.stringify(h.type)}` });
       }
@@ -97,6 +127,11 @@ function crossChecks(config: Config): ConfigProblem[] {
         }
       }
       if (h.timeout > h.interval) problems.push({ path: `${at}.health.timeout`, message: `must not exceed health.interval (${h.interval}ms), got ${h.timeout}ms` });
+      if (h.max_lag !== undefined && !ROLE_HEALTH_TYPES.includes(h.type)) {
+        problems.push({ path: `${at}.health.max_lag`, message: `needs health.type redis, postgres or mysql, got ${h.max_lag}ms with type ${JSON.stringify(h.type)}` });
+      } else if (h.max_lag !== undefined && h.role === 'primary') {
+        problems.push({ path: `${at}.health.max_lag`, message: `needs health.role replica or any (a primary has no lag), got ${h.max_lag}ms with role "primary"` });
+      }
     }
   });
   if (backendTotal > MAX_BACKENDS) problems.push({ path: 'services', message: `must hold at most ${MAX_BACKENDS} backends in all, got ${backendTotal}` });
@@ -107,6 +142,41 @@ function crossChecks(config: Config): ConfigProblem[] {
   if (config.ha && formatHostPort(config.ha.bind) === formatHostPort(config.ha.peer)) {
     problems.push({ path: 'ha.peer', message: `must differ from ha.bind, got ${JSON.stringify(formatHostPort(config.ha.peer))}` });
   }
+  if (config.bgp) problems.push(...bgpProblems(config));
+  return problems;
+}
+
+/** The bgp section's cross-checks: what its speaker needs, duplicates, and a VIP held two ways. */
+function bgpProblems(config: Config): ConfigProblem[] {
+  const bgp = config.bgp!;
+  const problems: ConfigProblem[] = [];
+  if (bgp.speaker === 'gobgp') {
+    if (bgp.asn === undefined) problems.push({ path: 'bgp.asn', message: 'is required with speaker: gobgp' });
+    if (bgp.router_id === undefined) problems.push({ path: 'bgp.router_id', message: 'is required with speaker: gobgp' });
+    if (bgp.neighbors.length === 0) problems.push({ path: 'bgp.neighbors', message: 'must list at least one neighbor with speaker: gobgp' });
+    for (const key of ['announce', 'withdraw'] as const) {
+      if (bgp[key] !== undefined) problems.push({ path: `bgp.${key}`, message: `is only used with speaker: command, got ${JSON.stringify(bgp[key])} with speaker: gobgp` });
+    }
+  } else {
+    for (const key of ['announce', 'withdraw'] as const) {
+      if (bgp[key] === undefined) problems.push({ path: `bgp.${key}`, message: 'is required with speaker: command (a shell command; {vip} is replaced by the address)' });
+    }
+  }
+  bgp.neighbors.forEach((n, i) => {
+    const first = bgp.neighbors.findIndex((m) => m.address === n.address);
+    if (first !== i) problems.push({ path: `bgp.neighbors[${i}].address`, message: `duplicates bgp.neighbors[${first}].address, got ${JSON.stringify(n.address)}` });
+  });
+  const haVips = new Set(config.ha?.vip.map((v) => v.address) ?? []);
+  bgp.vips.forEach((v, i) => {
+    const first = bgp.vips.indexOf(v);
+    if (first !== i) problems.push({ path: `bgp.vips[${i}]`, message: `duplicates bgp.vips[${first}], got ${JSON.stringify(v)}` });
+    if (haVips.has(v)) {
+      problems.push({
+        path: `bgp.vips[${i}]`,
+        message: `is also under ha.vip: a VIP is held either by bgp (announced by every node) or by ha (moved between a pair), not both, got ${JSON.stringify(v)}`,
+      });
+    }
+  });
   return problems;
 }
 
@@ -160,8 +230,10 @@ export function parseConfig(text: string, file = '<config>'): Config {
     throw new ConfigInvalidError(file, [{ path: '', message: `the top level must be a mapping, got ${formatValue(data)}` }]);
   }
   const result = configSchema.safeParse(data, { reportInput: true });
-  if (!result.success) throw new ConfigInvalidError(file, problemsFromZod(result.error));
-  const problems = crossChecks(result.data);
+  // Read from the input, so the problem is listed with zod's own even when other fields fail.
+  const empty = emptyBackends(data);
+  if (!result.success) throw new ConfigInvalidError(file, [...problemsFromZod(result.error), ...empty]);
+  const problems = [...empty, ...crossChecks(result.data)];
   if (problems.length > 0) throw new ConfigInvalidError(file, problems);
   return result.data;
 }

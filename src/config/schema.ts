@@ -163,7 +163,12 @@ const dbCheckSchema = z.strictObject({
  */
 export const POSTGRES_AUTH = ['scram', 'md5', 'password'] as const;
 
-export const HEALTH_TYPES = ['tcp', 'send_expect', 'http', 'redis', 'postgres', 'mysql'] as const;
+export const LAG_ACTIONS = ['remove', 'close'] as const;
+
+export const HEALTH_TYPES = ['tcp', 'send_expect', 'http', 'redis', 'postgres', 'mysql', 'udp'] as const;
+
+/** The one health type a UDP service can use (the others speak TCP), and the TCP services cannot. */
+export const UDP_HEALTH_TYPE = 'udp';
 
 /** Health types that ask the server its role (ROLE / INFO replication, pg_is_in_recovery(), @@read_only). */
 export const ROLE_HEALTH_TYPES: readonly (typeof HEALTH_TYPES)[number][] = ['redis', 'postgres', 'mysql'];
@@ -194,35 +199,144 @@ export const healthSchema = z.strictObject({
   redis: z.strictObject({ password_file: nonEmptyString('file path').optional(), user: nonEmptyString('user name').optional(), ...tlsSettings }).optional(),
   postgres: dbCheckSchema.extend({ auth: oneOf(POSTGRES_AUTH).default('scram') }).optional(),
   mysql: dbCheckSchema.optional(),
+  /**
+   * Replication lag (redis/postgres/mysql, role replica or any): a replica further behind its
+   * primary than this fails its probe (src/health/probes/lag.ts says how each server's lag is
+   * measured), and returns after `rise` probes under it.
+   */
+  max_lag: duration(0).optional(),
+  /** What a replica over max_lag loses: new connections (remove), or its open sessions too (close). */
+  lag_action: oneOf(LAG_ACTIONS).default('remove'),
+  /** type udp: the datagram sent (text with escapes, or "hex:…"), as send_expect's send. */
+  send: probeText(false, 'string (text or hex:…)').optional(),
+  /** type udp: what the reply datagram must hold (text, "hex:…" prefix, or "regex:…"), as send_expect's expect. */
+  expect: probeText(true, 'string (text, hex:… or regex:…)').optional(),
 });
 
-export const serviceSchema = z.strictObject({
+/** A DNS name (letters, digits, _ - . ; at most 253 characters): an SRV owner like _pg._tcp.db.internal, or a host name. */
+const dnsName = () => z.custom<string>((v) => typeof v === 'string' && v.length <= 253 && /^(?:[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?\.)*[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?\.?$/.test(v), {
+  error: 'must be a DNS name (labels of letters, digits, _ and -, dot-separated, at most 253 characters)',
+});
+
+export const DNS_RECORD_TYPES = ['SRV', 'A', 'AAAA'] as const;
+
+/** services[].discover.dns: backends from DNS (src/discovery/dns.ts). */
+export const dnsDiscoverySchema = z.strictObject({
+  name: dnsName(),
+  type: oneOf(DNS_RECORD_TYPES).default('SRV'),
+  /** ip:port of the servers to ask; the system's resolvers when absent. */
+  resolvers: z.array(hostPort()).min(1, { error: 'must list at least one resolver' }).max(8, { error: 'must list at most 8 resolvers' }).optional(),
+  interval: duration(100).default(5000),
+  /** How long failures and empty answers keep the last good set (HAProxy's hold valid). */
+  hold: duration().default(60_000),
+  /** Each query's bound (per resolver). */
+  timeout: duration(10).default(2000),
+  /** type A / AAAA: the backends' port (SRV records carry theirs). */
+  port: intIn(1, 65535).optional(),
+});
+
+/** services[].discover.redis_sentinel: the primary (or the replicas) of a master Sentinel watches (src/discovery/sentinel.ts). */
+export const sentinelDiscoverySchema = z.strictObject({
+  sentinels: z.array(hostPort()).min(1, { error: 'must list at least one sentinel' }).max(16, { error: 'must list at most 16 sentinels' }),
+  /** The master's name in Sentinel (sentinel monitor <name> …). */
+  master: z.custom<string>((v) => typeof v === 'string' && /^[A-Za-z0-9_.:-]{1,128}$/.test(v), { error: 'must be 1–128 characters of letters, digits, _ . : -' }),
+  role: oneOf(['primary', 'replica'] as const).default('primary'),
+  /** role replica: the primary joins as a backup, so reads fall back to it when every replica is out. */
+  primary_as_backup: bool().default(true),
+  /** Sentinel's password (requirepass / sentinel auth), when it has one. */
+  password_file: nonEmptyString('file path').optional(),
+  /** Sentinel asked again this often, besides its announcements. */
+  interval: duration(100).default(5000),
+  hold: duration().default(60_000),
+  timeout: duration(10).default(2000),
+});
+
+/** services[].discover.patroni: members of a Patroni cluster from GET /cluster (src/discovery/patroni.ts). */
+export const patroniDiscoverySchema = z.strictObject({
+  urls: z.array(z.custom<string>((v) => {
+    if (typeof v !== 'string') return false;
+    try {
+      const u = new URL(v);
+      return (u.protocol === 'http:' || u.protocol === 'https:') && u.hostname !== '';
+    } catch {
+      return false;
+    }
+  }, { error: 'must be an http:// or https:// URL of a Patroni REST API' })).min(1, { error: 'must list at least one URL' }).max(16, { error: 'must list at most 16 URLs' }),
+  role: oneOf(['primary', 'replica'] as const).default('primary'),
+  /** role replica: the leader joins as a backup, so reads fall back to it when every replica is out. */
+  primary_as_backup: bool().default(true),
+  interval: duration(100).default(5000),
+  hold: duration().default(60_000),
+  timeout: duration(10).default(2000),
+});
+
+/** Where a service's backends come from besides its `backends` list: one source (src/discovery/). */
+export const discoverSchema = z.strictObject({
+  dns: dnsDiscoverySchema.optional(),
+  redis_sentinel: sentinelDiscoverySchema.optional(),
+  patroni: patroniDiscoverySchema.optional(),
+});
+
+export const PROTOCOLS = ['tcp', 'udp'] as const;
+
+/** Idle timeouts when the config names none: a TCP connection (HAProxy's usual 30 min), a UDP flow (nginx's proxy_timeout is 10 min; game servers' own client timeouts are shorter). */
+export const IDLE_DEFAULT_TCP = 1_800_000;
+export const IDLE_DEFAULT_UDP = 60_000;
+const QUEUE_DEFAULT = { max: 1000, timeout: 5000 };
+/** The largest payload of a UDP datagram over IPv4 (65535 − 20 − 8). */
+export const MAX_DATAGRAM = 65_507;
+const UDP_DEFAULT = { responses: 0, max_datagram: MAX_DATAGRAM };
+
+/**
+ * Keys a UDP service refuses by name: they describe a TCP connection's life. Presence is what is
+ * refused (a key that means nothing is a mistake even when its value is harmless).
+ */
+const TCP_ONLY_KEYS: Record<string, string> = {
+  queue: 'a datagram that finds the service or its backends full is dropped and counted, never queued',
+  accept_proxy: 'a PROXY header is read from TCP clients only',
+  'timeouts.connect': 'a flow\'s upstream socket is ready at once',
+  'timeouts.proxy_header': 'a PROXY header is read from TCP clients only',
+  tcp_keepalive: 'TCP keepalive probes TCP connections only',
+  propagate_reset: 'a datagram flow has no reset to pass on',
+};
+
+const serviceFields = z.strictObject({
   name: z.custom<string>((v) => typeof v === 'string' && /^[A-Za-z0-9_.-]{1,64}$/.test(v), {
     error: 'must be 1–64 characters of letters, digits, _ . -',
   }),
+  /** tcp: connections; udp: flows of datagrams per client address and port. */
+  protocol: oneOf(PROTOCOLS).default('tcp'),
   listen: hostPort(),
   balance: oneOf(['maglev', 'leastconn', 'roundrobin', 'random'] as const).default('leastconn'),
   hash_key: oneOf(['source_ip', 'source_ip_port'] as const).default('source_ip'),
   table_size: z.custom<number>((v) => isPrime(v as number) && (v as number) >= 7 && (v as number) <= RING_CAPACITY, {
     error: `must be a prime 7–${RING_CAPACITY}`,
   }).default(RING_CAPACITY),
-  /** 0 = unlimited. */
+  /**
+   * Maglev's bounded load (HAProxy's hash-balance-factor), percent; 0 = off: a backend takes a new
+   * connection only while its active count < ceil(factor × (total + 1) / eligible backends).
+   */
+  hash_balance_factor: z.custom<number>((v) => v === 0 || (Number.isInteger(v) && (v as number) >= 100 && (v as number) <= 10_000), {
+    error: 'must be 0 (off) or an integer percent 100–10000',
+  }).default(0),
+  /** 0 = unlimited. UDP: flows. */
   max_connections: intIn(0, 10_000_000).default(0),
   queue: z.strictObject({
-    max: intIn(0, 10_000_000).default(1000),
-    timeout: duration().default(5000),
-  }).default({ max: 1000, timeout: 5000 }),
+    max: intIn(0, 10_000_000).default(QUEUE_DEFAULT.max),
+    timeout: duration().default(QUEUE_DEFAULT.timeout),
+  }).optional(),
+  /** UDP: an ICMP port unreachable on a flow's socket is its failed connect (another backend is tried). */
   retries: intIn(0, 15).default(2),
   timeouts: z.strictObject({
-    connect: duration(1).default(2000),
-    /** Closes a session with no traffic either way for this long (HAProxy's timeout client/server/tunnel). */
-    idle: duration(1).default(1_800_000),
+    connect: duration(1).optional(),
+    /** Closes a session with no traffic either way for this long (HAProxy's timeout client/server/tunnel; a UDP flow: nginx's proxy_timeout). */
+    idle: duration(1).optional(),
     /** With accept_proxy: the client's PROXY header must be whole within this long. */
-    proxy_header: duration(1).default(5000),
-  }).default({ connect: 2000, idle: 1_800_000, proxy_header: 5000 }),
+    proxy_header: duration(1).optional(),
+  }).default({}),
   /** Clients send a PROXY protocol header (v1 or v2) first: fulcrum sits behind another L4 balancer (HAProxy's accept-proxy). */
-  accept_proxy: bool().default(false),
-  /** Tell backends who the client is with a PROXY protocol header (HAProxy's send-proxy / send-proxy-v2). */
+  accept_proxy: bool().optional(),
+  /** Tell backends who the client is with a PROXY protocol header (HAProxy's send-proxy / send-proxy-v2). UDP: v2 on every datagram. */
   send_proxy: oneOf(['none', 'v1', 'v2'] as const).default('none'),
   /**
    * TCP keepalive on the client's and the backend's socket (HAProxy's clitcpka / srvtcpka): the
@@ -235,13 +349,67 @@ export const serviceSchema = z.strictObject({
     count: intIn(1, 127).default(5),
   }).optional(),
   /** A reset from one side resets the other (SO_LINGER 0, then close) instead of closing it cleanly. */
-  propagate_reset: bool().default(false),
+  propagate_reset: bool().optional(),
+  /** protocol udp: a flow ends after `responses` replies (0: only when idle), and longer datagrams are dropped and counted. */
+  udp: z.strictObject({
+    responses: intIn(0, 1_000_000).default(UDP_DEFAULT.responses),
+    max_datagram: intIn(1, MAX_DATAGRAM).default(UDP_DEFAULT.max_datagram),
+  }).optional(),
   health: healthSchema.optional(),
   on_marked_down: oneOf(['shutdown_sessions', 'keep'] as const).default('keep'),
   slow_start: duration().default(0),
-  backends: z.array(backendSchema).min(1, { error: 'must list at least one backend' }).max(MAX_MEMBERS, {
+  /** Backends discovered at run time, joined to `backends` (src/discovery/). */
+  discover: discoverSchema.optional(),
+  /** At least one, unless `discover` is set (checked in config/load.ts). */
+  backends: z.array(backendSchema).max(MAX_MEMBERS, {
     error: `must list at most ${MAX_MEMBERS} backends`,
   }),
+});
+
+type ServiceFields = z.output<typeof serviceFields>;
+
+/** The value at a dotted key of a service ("timeouts.connect"), or undefined. */
+const keyValue = (s: ServiceFields, key: string): unknown => {
+  const dot = key.indexOf('.');
+  if (dot < 0) return (s as Record<string, unknown>)[key];
+  return ((s as Record<string, unknown>)[key.slice(0, dot)] as Record<string, unknown> | undefined)?.[key.slice(dot + 1)];
+};
+
+/**
+ * A service (`backends` may be empty only with a `discover` section: config/load.ts checks it,
+ * with the other problems): its fields, with the defaults that depend on the protocol filled in (the idle
+ * timeout), and the keys that mean nothing for its protocol refused by name.
+ */
+export const serviceSchema = serviceFields.transform((s, ctx) => {
+  const udp = s.protocol === 'udp';
+  const refuse = (path: (string | number)[], message: string, input: unknown): void => {
+    ctx.issues.push({ code: 'custom', path, message, input });
+  };
+  if (udp) {
+    for (const [key, why] of Object.entries(TCP_ONLY_KEYS)) {
+      const v = keyValue(s, key);
+      if (v !== undefined) refuse(key.split('.'), `means nothing for protocol udp (${why})`, v);
+    }
+    if (s.send_proxy === 'v1') refuse(['send_proxy'], 'must be none or v2 for protocol udp (v1 is a text line for TCP)', s.send_proxy);
+    if (s.health && s.health.type !== UDP_HEALTH_TYPE) {
+      refuse(['health', 'type'], `must be ${UDP_HEALTH_TYPE} for protocol udp (a ${s.health.type} probe speaks TCP)`, s.health.type);
+    }
+  } else {
+    if (s.udp !== undefined) refuse(['udp'], 'needs protocol: udp', s.udp);
+    if (s.health?.type === UDP_HEALTH_TYPE) refuse(['health', 'type'], 'needs protocol: udp (the service is tcp)', s.health.type);
+  }
+  return {
+    ...s,
+    queue: s.queue ?? QUEUE_DEFAULT,
+    timeouts: {
+      connect: s.timeouts.connect ?? 2000,
+      idle: s.timeouts.idle ?? (udp ? IDLE_DEFAULT_UDP : IDLE_DEFAULT_TCP),
+      proxy_header: s.timeouts.proxy_header ?? 5000,
+    },
+    accept_proxy: s.accept_proxy ?? false,
+    propagate_reset: s.propagate_reset ?? false,
+    udp: s.udp ?? UDP_DEFAULT,
+  };
 });
 
 export const haSchema = z.strictObject({
@@ -279,6 +447,63 @@ export const haSchema = z.strictObject({
  */
 export const HA_RESTART_ONLY = ['vip', 'interface', 'bind', 'peer', 'secret_file'] as const;
 
+/** An IPv4 literal ("10.0.1.1"): BGP router ids and neighbour addresses. */
+export function isIPv4(v: unknown): v is string {
+  return typeof v === 'string' && parseCidr(`${v}/32`) !== undefined;
+}
+
+const ipv4 = () => z.custom<string>((v) => isIPv4(v), { error: 'must be an IPv4 address like 10.0.1.1' });
+
+/** A 4-byte AS number (RFC 6793); 0 and 4294967295 are reserved (RFC 7607, RFC 7300). */
+const asn = () => z.custom<number>((v) => Number.isInteger(v) && (v as number) >= 1 && (v as number) <= 4_294_967_294, {
+  error: 'must be an AS number 1–4294967294',
+});
+
+/** "10.0.100.10/32" or "10.0.100.10" → the address: a BGP VIP is one host route, put on `lo`. */
+const hostRoute = () =>
+  z.custom<string>((v) => {
+    if (typeof v !== 'string') return false;
+    const c = parseCidr(v.includes('/') ? v : `${v}/32`);
+    return c !== undefined && c.prefix === 32;
+  }, { error: 'must be an IPv4 address, optionally with /32, like 10.0.100.10/32' })
+    .transform((v) => v.split('/')[0].trim());
+
+export const BGP_SPEAKERS = ['gobgp', 'command'] as const;
+
+/**
+ * Scale-out: every node announces its VIPs by BGP through a real daemon (src/bgp). `gobgp`:
+ * fulcrum runs gobgpd as its child and drives it; `command`: the operator's announce/withdraw
+ * commands, {vip} substituted. Cross-checks (load.ts): what each speaker needs, a VIP also under ha.
+ */
+export const bgpSchema = z.strictObject({
+  speaker: oneOf(BGP_SPEAKERS),
+  asn: asn().optional(),
+  router_id: ipv4().optional(),
+  /** The address gobgpd's sessions start from (default: the kernel's choice). */
+  local_address: ipv4().optional(),
+  neighbors: z.array(z.strictObject({
+    address: ipv4(),
+    asn: asn(),
+  })).max(64, { error: 'must list at most 64 neighbors' }).default([]),
+  vips: z.array(hostRoute()).min(1, { error: 'must list at least one VIP' }).max(64, { error: 'must list at most 64 VIPs' }),
+  announce_when: z.strictObject({
+    /** Every service listening on the VIP must have this many backends up. */
+    min_backends_up: intIn(0, MAX_BACKENDS).default(1),
+  }).default({ min_backends_up: 1 }),
+  /** On stop: withdraw, keep accepting this long while the router moves flows away, then shut down. */
+  drain: duration(0, 600_000).default(5000),
+  /** gobgp: BGP hold time sent to the neighbours (keepalives at a third of it); 3 s is the least BGP allows. */
+  hold_time: duration(3000, 65_535_000).default(3000),
+  /**
+   * gobgp: the hang bound. fulcrum's main loop feeds the wrapper that runs gobgpd every quarter of
+   * this; a wrapper not fed for this long kills gobgpd, whose sessions then close.
+   */
+  liveness: duration(200, 60_000).default(1000),
+  /** command: run with /bin/sh -c, {vip} replaced by the address and {prefix} by address/32. */
+  announce: nonEmptyString('command').optional(),
+  withdraw: nonEmptyString('command').optional(),
+});
+
 export const adminSchema = z.strictObject({
   listen: hostPort().default({ host: '127.0.0.1', port: 9900 }),
   token_file: nonEmptyString('file path').optional(),
@@ -305,6 +530,7 @@ export const configSchema = z.strictObject({
   }),
   admin: adminSchema.optional(),
   ha: haSchema.optional(),
+  bgp: bgpSchema.optional(),
   logging: loggingSchema.default({ level: 'info', connections: true }),
 });
 
@@ -312,7 +538,12 @@ export type Config = z.output<typeof configSchema>;
 export type ServiceConfig = Config['services'][number];
 export type BackendConfig = ServiceConfig['backends'][number];
 export type HealthConfig = z.output<typeof healthSchema>;
+export type DiscoverConfig = z.output<typeof discoverSchema>;
+export type DnsDiscoveryConfig = z.output<typeof dnsDiscoverySchema>;
+export type SentinelDiscoveryConfig = z.output<typeof sentinelDiscoverySchema>;
+export type PatroniDiscoveryConfig = z.output<typeof patroniDiscoverySchema>;
 export type HaConfig = z.output<typeof haSchema>;
+export type BgpConfig = z.output<typeof bgpSchema>;
 export type AdminConfig = z.output<typeof adminSchema>;
 export type LoggingConfig = z.output<typeof loggingSchema>;
 

@@ -1,6 +1,7 @@
 /**
  * The one reader of secret files: the heartbeat key (`ha.secret_file`), the admin token
- * (`admin.token_file`) and the probes' passwords (`health.redis|postgres|mysql.password_file`).
+ * (`admin.token_file`), the probes' passwords (`health.redis|postgres|mysql.password_file`) and
+ * Sentinel's (`discover.redis_sentinel.password_file`).
  *
  * The rule (also in the README):
  *  - the file must be a regular file that neither group nor others may access (mode 0600 or
@@ -29,6 +30,7 @@ const CODES = {
   'health.redis.password_file': ERROR_CODES.PROBE_SECRET,
   'health.postgres.password_file': ERROR_CODES.PROBE_SECRET,
   'health.mysql.password_file': ERROR_CODES.PROBE_SECRET,
+  'discover.redis_sentinel.password_file': ERROR_CODES.DISCOVERY,
 } as const;
 export type SecretSetting = keyof typeof CODES;
 
@@ -120,6 +122,8 @@ export function resolveSecretPaths(config: Config, dir: string): Config {
   if (config.ha) config.ha.secret_file = abs(config.ha.secret_file);
   if (config.admin?.token_file) config.admin.token_file = abs(config.admin.token_file);
   for (const s of config.services) {
+    const sentinel = s.discover?.redis_sentinel;
+    if (sentinel?.password_file) sentinel.password_file = abs(sentinel.password_file);
     const h = s.health;
     if (!h) continue;
     for (const db of [h.redis, h.postgres, h.mysql]) if (db?.password_file) db.password_file = abs(db.password_file);

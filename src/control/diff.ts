@@ -66,8 +66,10 @@ export function vipReload(prev: Config, next: Config): VipReload {
 
 /** The services of `next` that listen on an address `running` does not: none in most reloads and every runtime change of backends. */
 export function newListens(running: Config | undefined, next: Config): string[] {
-  const keys = new Set(running?.services.map((s) => formatHostPort(s.listen)) ?? []);
-  return next.services.filter((s) => !keys.has(formatHostPort(s.listen))).map((s) => s.name);
+  // A protocol is part of the address: a service turned from tcp to udp binds a new socket.
+  const key = (s: Config['services'][number]): string => `${s.protocol} ${formatHostPort(s.listen)}`;
+  const keys = new Set(running?.services.map(key) ?? []);
+  return next.services.filter((s) => !keys.has(key(s))).map((s) => s.name);
 }
 
 /** True when `next` listens on nothing that `running` does not: then there is nothing to check. */
@@ -124,6 +126,8 @@ export function describeChanges(prev: Config, next: Config): ReloadReport {
   } else if (prev.ha || next.ha) {
     restart.push(prev.ha ? 'ha (removed)' : 'ha (added)');
   }
+  // bgp is read at start (src/bgp): the running section stays in force until a restart.
+  if (!same(prev.bgp, next.bgp)) restart.push(prev.bgp && next.bgp ? 'bgp' : prev.bgp ? 'bgp (removed)' : 'bgp (added)');
   if (!same(prev.logging, next.logging)) changes.push(`logging: ${JSON.stringify(prev.logging)} → ${JSON.stringify(next.logging)}`);
   if (prev.shutdown_grace !== next.shutdown_grace) changes.push(`shutdown_grace: ${prev.shutdown_grace}ms → ${next.shutdown_grace}ms`);
   return { changes, restart_required: restart };
@@ -131,7 +135,7 @@ export function describeChanges(prev: Config, next: Config): ReloadReport {
 
 function describeService(p: ServiceConfig, s: ServiceConfig, changes: string[]): void {
   const at = `service ${s.name}`;
-  for (const key of ['listen', 'balance', 'hash_key', 'table_size', 'max_connections', 'queue', 'retries', 'timeouts', 'health', 'on_marked_down', 'slow_start'] as const) {
+  for (const key of ['protocol', 'listen', 'balance', 'hash_key', 'table_size', 'hash_balance_factor', 'max_connections', 'queue', 'retries', 'timeouts', 'udp', 'health', 'on_marked_down', 'slow_start', 'discover'] as const) {
     if (!same(p[key], s[key])) {
       const show = (v: unknown): string => (key === 'listen' ? formatHostPort(v as ServiceConfig['listen']) : JSON.stringify(v));
       changes.push(`${at}: ${key} ${show(p[key])} → ${show(s[key])}`);

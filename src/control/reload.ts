@@ -45,6 +45,12 @@ export interface ReloadParts {
   setLogLevel?: (level: string) => void;
   /** The file reloadFile re-reads; without it only reload(next) and runtime edits apply. */
   configFile?: string;
+  /**
+   * Joins what is discovered at run time to every config applied (src/discovery: the listed
+   * backends plus the discovered set), so a file reload keeps the discovered backends and a
+   * discovered set goes in through these same steps. `prev` is the config in force.
+   */
+  compose?: (next: Config, prev: Config) => Config;
 }
 
 /** Where a change comes from: the file (SIGHUP, the API's reload) or an edit of the config in force. */
@@ -106,10 +112,14 @@ export class ReloadSequence {
     return this.#serialized(async () => (await this.#applyNow(next, 'edit')).problems);
   }
 
-  /** A runtime edit (the admin API): as apply, but a listener that could not bind rejects it. */
-  edit(next: Config): Promise<void> {
+  /**
+   * A runtime edit (the admin API, discovery): as apply, but a listener that could not bind
+   * rejects it. Given a function, it is called with the config in force when the edit's turn
+   * comes, so an edit queued behind a file reload builds on that reload rather than undoing it.
+   */
+  edit(next: Config | ((inForce: Config) => Config)): Promise<void> {
     return this.#serialized(async () => {
-      const { problems } = await this.#applyNow(next, 'edit');
+      const { problems } = await this.#applyNow(typeof next === 'function' ? next(this.#config) : next, 'edit');
       if (problems.length > 0) throw listenProblemsError(problems);
     });
   }
@@ -183,6 +193,7 @@ export class ReloadSequence {
   async #applyNow(next: Config, source: ReloadSource): Promise<{ diff: ConfigDiff; problems: ListenProblem[] }> {
     const { balancer, health, pool, failover } = this.#parts;
     const prev = this.#config;
+    if (this.#parts.compose) next = this.#parts.compose(next, prev);
     const diff = diffConfigs(prev, next);
     const settle: Array<(inForce: boolean) => void | Promise<void>> = [];
     try {
@@ -204,7 +215,7 @@ export class ReloadSequence {
       // service's old role must not decide for the new one in the gap.
       health.update(next);
       if (failover && next.ha) failover.reconfigure(next.ha);
-      this.#config = { ...next, ha: failover ? failover.settings : undefined };
+      this.#config = { ...next, ha: failover ? failover.settings : undefined, bgp: prev.bgp };
       if (diff.logging) {
         this.#parts.setLogLevel?.(next.logging.level);
         await pool.setLogging({ level: next.logging.level, connections: next.logging.connections });

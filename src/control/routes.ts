@@ -5,11 +5,13 @@
  *   pool     'connect-failed'       ─▶ health.observeConnectFailure (passive health)
  *   health   'transition'           ─▶ balancer.setHealth (writes the record, rebuilds the ring)
  *   balancer 'backend-state' → down ─▶ pool.killBackend, when the service says
- *                                      on_marked_down: shutdown_sessions
+ *                                      on_marked_down: shutdown_sessions (a replica down
+ *                                      for lag: when health.lag_action says close)
  *   balancer 'backend-state' maint  ─▶ health.adminStateChanged (maint is not probed; leaving it
  *                                      probes at once; the monitor asks the balancer)
  *   failover setAccepting(on)       ─▶ pool.resumeService / pauseService of the services on a VIP
  *   failover backendsUp()           ─▶ balancer.describe() (ha.track.min_backends_up)
+ *   discovery 'backends'            ─▶ the reload sequence's edit (discoveryRoutes, below)
  *   and, for observers (src/admin's metrics and stats, tests), onto the handle's bus:
  *   'backend-state', 'connect-failed', health 'probe' as 'health-probe', 'health-transition'.
  *
@@ -18,13 +20,15 @@
  */
 import type { EventEmitter } from 'node:events';
 import type { Config } from '../config/schema.ts';
-import type { BackendStateEvent, BalancerEvents, ConnectFailedEvent, FulcrumEvents, HealthEvents, PoolEvents, ProbeEvent, TransitionEvent } from '../events.ts';
+import type { BackendStateEvent, BalancerEvents, BgpEvents, ConnectFailedEvent, DiscoveredEvent, DiscoveryEvents, FulcrumEvents, HealthEvents, PoolEvents, ProbeEvent, TransitionEvent } from '../events.ts';
 import type { Logger } from '../observability/log.ts';
 import type { Balancer } from '../balancer/balancer.ts';
 import type { FailoverOptions } from '../failover/index.ts';
+import type { Bgp, BgpServiceView } from '../bgp/index.ts';
 import type { HealthMonitor } from '../health/monitor.ts';
 import type { WorkerPool } from '../proxy/pool.ts';
 import { vipBoundServices } from './diff.ts';
+import type { ReloadHook } from './reload.ts';
 
 /** An emitter of one part's events, as the routes table needs it. */
 interface Emits<Events extends Record<keyof Events, unknown[]>> {
@@ -52,12 +56,18 @@ export function installRoutes(parts: RouteParts): () => void {
     health.observeConnectFailure(ev.service, ev.address);
     events.emit('connect-failed', ev);
   };
+  // The transition being applied when it marks a replica down for lag: the balancer emits its
+  // 'backend-state' synchronously from setHealth, and that handler reads it.
+  let lagDown: TransitionEvent | null = null;
   const onTransition = (ev: TransitionEvent): void => {
+    lagDown = ev.lagging ? ev : null;
     try {
       balancer.setHealth(ev.service, ev.address, ev.up, `health: ${ev.cause}`);
     } catch (err) {
       // A backend removed by a reload while its probe was in flight: nothing left to mark.
       log.debug({ err, service: ev.service, backend: ev.address }, 'health transition for a backend no longer in the balancer');
+    } finally {
+      lagDown = null;
     }
     events.emit('health-transition', ev);
   };
@@ -66,9 +76,12 @@ export function installRoutes(parts: RouteParts): () => void {
   };
   const onBackendState = (ev: BackendStateEvent): void => {
     if (ev.to === 'maint' || ev.from === 'maint') health.adminStateChanged(ev.service, ev.address);
-    if (ev.to === 'down' && !ev.awaiting_role && parts.config().services.find((s) => s.name === ev.service)?.on_marked_down === 'shutdown_sessions') {
+    const svc = ev.to === 'down' && !ev.awaiting_role ? parts.config().services.find((s) => s.name === ev.service) : undefined;
+    // A replica down for lag: health.lag_action says (close: its sessions too; remove: no new ones).
+    const forLag = lagDown !== null && lagDown.service === ev.service && lagDown.address === ev.address;
+    if (svc && (forLag ? svc.health?.lag_action === 'close' : svc.on_marked_down === 'shutdown_sessions')) {
       pool.killBackend(ev.backend).then(
-        (killed) => log.info({ service: ev.service, backend: ev.address, killed }, 'closed the sessions of a backend marked down'),
+        (killed) => log.info({ service: ev.service, backend: ev.address, killed }, forLag ? 'closed the sessions of a lagging replica' : 'closed the sessions of a backend marked down'),
         (err) => log.error({ err }, 'closing sessions of a backend marked down failed'),
       );
     }
@@ -84,6 +97,41 @@ export function installRoutes(parts: RouteParts): () => void {
     health.off('transition', onTransition);
     health.off('probe', onProbe);
     balancer.off('backend-state', onBackendState);
+  };
+}
+
+/**
+ * Discovery's routes, installed once the reload sequence exists (src/main.ts): a service's
+ * discovered set changed ─▶ the reload sequence's edit of the config in force (its compose()
+ * joins the set: one apply path, a diff as any reload); a config that goes in force ─▶
+ * discovery.update (sources started, retuned, stopped). Returns the function that removes them.
+ */
+export function discoveryRoutes(parts: {
+  discovery: Emits<DiscoveryEvents> & { update(config: Config): void };
+  control: { readonly config: Config; edit(next: (inForce: Config) => Config): Promise<void>; addHook(hook: ReloadHook): () => void };
+  events: Pick<EventEmitter<FulcrumEvents>, 'emit'>;
+  logger: Logger;
+}): () => void {
+  const { discovery, control, events } = parts;
+  const log = parts.logger.child({ component: 'routes' });
+  const onBackends = (ev: DiscoveredEvent): void => {
+    // The config in force when the edit's turn comes (a file reload may be ahead of it); compose() joins the set.
+    control.edit((inForce) => inForce).then(
+      () => events.emit('discovery-applied', ev),
+      (err: Error) => {
+        // The running set stays (a refusal applies nothing); the next change tries again.
+        log.error({ service: ev.service, err: err.message }, 'discovered backends could not be applied');
+        events.emit('discovery-applied', { ...ev, error: err.message });
+      },
+    );
+  };
+  discovery.on('backends', onBackends);
+  const removeHook = control.addHook(async () => (inForce) => {
+    if (inForce) discovery.update(control.config);
+  });
+  return () => {
+    discovery.off('backends', onBackends);
+    removeHook();
   };
 }
 
@@ -116,5 +164,43 @@ export function failoverRoutes(parts: Pick<RouteParts, 'balancer' | 'pool' | 'co
         else log.info({ service: services[i] }, on ? 'accepting on the VIP' : 'stopped accepting on the VIP');
       });
     },
+  };
+}
+
+/**
+ * BGP's routes (src/main.ts, when config.bgp is set): the services a VIP's announcement depends on
+ * (those listening on its address or on 0.0.0.0) with their backends up, read at each evaluation.
+ */
+export function bgpServicesOn(parts: Pick<RouteParts, 'balancer' | 'config'>): (vip: string) => BgpServiceView[] {
+  return (vip) => {
+    const services = parts.config().services.filter((s) => s.listen.host === vip || s.listen.host === '0.0.0.0');
+    if (services.length === 0) return [];
+    const up = new Map<string, number>();
+    for (const s of parts.balancer.describe()) up.set(s.name, s.backends.filter((b) => b.state === 'up' && !b.removed).length);
+    return services.map((s) => ({ name: s.name, up: up.get(s.name) ?? 0 }));
+  };
+}
+
+/**
+ * balancer ─▶ bgp: every backend-state change re-decides the announcements (a VIP whose service
+ * falls under announce_when.min_backends_up is withdrawn, announced again when it is back);
+ * bgp's route and session events go onto the handle's bus. Returns the function that removes them.
+ */
+export function installBgpRoutes(
+  parts: Pick<RouteParts, 'balancer' | 'events'>,
+  bgp: Emits<BgpEvents> & Pick<Bgp, 'evaluate'>,
+): () => void {
+  const onBackendState = (ev: BackendStateEvent): void => {
+    void bgp.evaluate(`${ev.service} ${ev.address} ${ev.from} → ${ev.to}`);
+  };
+  const onRoute = (ev: BgpEvents['route'][0]): void => void parts.events.emit('bgp-route', ev);
+  const onSession = (ev: BgpEvents['session'][0]): void => void parts.events.emit('bgp-session', ev);
+  parts.balancer.on('backend-state', onBackendState);
+  bgp.on('route', onRoute);
+  bgp.on('session', onSession);
+  return () => {
+    parts.balancer.off('backend-state', onBackendState);
+    bgp.off('route', onRoute);
+    bgp.off('session', onSession);
   };
 }

@@ -55,6 +55,8 @@ export interface RoleSeen {
   at: number;
   /** The service routes to this role (always true with role: any). */
   eligible: boolean;
+  /** Replicas of a check with max_lag: the lag the same probe read (ms; null: behind by an unknown amount). */
+  lag_ms?: number | null;
 }
 
 export interface BackendHealth {
@@ -98,6 +100,8 @@ interface Tracked {
   address: string;
   target: HostPort;
   health: HealthConfig;
+  /** A backup backend: in a service that routes to replicas, the primary may be one (see isEligible). */
+  backup: boolean;
   dampener: Dampener;
   pending: boolean;
   /** In maint when last asked: not probed. */
@@ -109,7 +113,7 @@ interface Tracked {
   epoch: number;
   history: HistoryEntry[];
   /** The role the server last reported, and when (epoch ms). */
-  role: { reported: Role; at: number } | null;
+  role: { reported: Role; at: number; lag_ms?: number | null } | null;
   log: Logger;
 }
 
@@ -162,9 +166,10 @@ export class HealthMonitor extends EventEmitter<HealthEvents> {
         seen.add(key);
         const t = this.#tracked.get(key);
         if (!t) {
-          this.#add(svc.name, address, b.address, svc.health);
+          this.#add(svc.name, address, b.address, svc.health, b.backup);
           continue;
         }
+        t.backup = b.backup;
         const h = svc.health;
         if (h.rise !== t.health.rise || h.fall !== t.health.fall) t.dampener = new Dampener(t.dampener.state, h.rise, h.fall);
         const typeChanged = h.type !== t.health.type || h.role !== t.health.role;
@@ -273,7 +278,7 @@ export class HealthMonitor extends EventEmitter<HealthEvents> {
       maint: t.maint,
       connect_failures: t.connectFailures,
       ...(t.history.length ? { last: t.history[t.history.length - 1] } : {}),
-      ...(t.role ? { role: { ...t.role, eligible: isEligible(t.role.reported, t.health) } } : {}),
+      ...(t.role ? { role: { ...t.role, eligible: isEligible(t.role.reported, t.health, t.backup) } } : {}),
     };
   }
 
@@ -304,10 +309,10 @@ export class HealthMonitor extends EventEmitter<HealthEvents> {
     for (const w of this.#roundWaiters.splice(0)) w();
   }
 
-  #add(service: string, address: string, target: HostPort, health: HealthConfig): void {
+  #add(service: string, address: string, target: HostPort, health: HealthConfig, backup: boolean): void {
     const maint = this.#isMaint(service, address);
     const t: Tracked = {
-      service, address, target, health, maint,
+      service, address, target, health, backup, maint,
       // As the balancer starts it: assumed up until the first probe decides, except where the
       // service routes by role (down until a probe reports the role).
       dampener: new Dampener(routedRole(health) === null ? 'up' : 'down', health.rise, health.fall),
@@ -372,7 +377,7 @@ export class HealthMonitor extends EventEmitter<HealthEvents> {
     try {
       const probe = this.#probes[health.type];
       result = await Promise.race([
-        probe(t.target, health, controller.signal, keyOf(t.service, t.address)),
+        probe(t.target, probeSettings(health, t.backup), controller.signal, keyOf(t.service, t.address)),
         new Promise<ProbeResult>((resolve) => {
           safety = clock.setTimeout(() => {
             const reason = `timeout after ${health.timeout}ms (probe did not stop when asked)`;
@@ -419,16 +424,18 @@ export class HealthMonitor extends EventEmitter<HealthEvents> {
     if (t.history.length > this.#historySize) t.history.shift();
     this.emit('probe', { service: t.service, address: t.address, ...result } satisfies ProbeEvent);
     if (result.ok) t.connectFailures = 0;
-    if (result.role !== undefined) t.role = { reported: result.role, at: entry.at };
+    if (result.role !== undefined) t.role = { reported: result.role, at: entry.at, ...(result.lag_ms !== undefined ? { lag_ms: result.lag_ms } : {}) };
+    // A replica over max_lag: lag_action, not on_marked_down, decides what its sessions get.
+    const lagging = !result.ok && result.lagging === true;
 
     if (t.pending) {
       t.pending = false;
       t.dampener.force(result.ok ? 'up' : 'down');
-      this.#emitTransition(t, result.ok, `first probe: ${result.reason}`, true);
+      this.#emitTransition(t, result.ok, `first probe: ${result.reason}`, true, lagging);
       this.#checkRound();
       return;
     }
-    if (result.role !== undefined && !isEligible(result.role, t.health)) {
+    if (result.role !== undefined && !isEligible(result.role, t.health, t.backup)) {
       // The wrong role is a fact, not a flaky signal: out at once (and a rise streak starts over).
       if (t.dampener.force('down') !== null) this.#emitTransition(t, false, result.reason, false);
       return;
@@ -441,18 +448,27 @@ export class HealthMonitor extends EventEmitter<HealthEvents> {
     const cause = changed === 'up'
       ? `${t.health.rise} consecutive probe${t.health.rise === 1 ? '' : 's'} passed: ${result.reason}`
       : `${t.health.fall} consecutive probe${t.health.fall === 1 ? '' : 's'} failed: ${result.reason}`;
-    this.#emitTransition(t, changed === 'up', cause, false);
+    this.#emitTransition(t, changed === 'up', cause, false, lagging);
   }
 
-  #emitTransition(t: Tracked, up: boolean, cause: string, initial: boolean): void {
+  #emitTransition(t: Tracked, up: boolean, cause: string, initial: boolean, lagging = false): void {
     if (up) t.log.info({ cause, initial }, 'backend healthy');
     else t.log.warn({ cause, initial }, 'backend unhealthy');
-    this.emit('transition', { service: t.service, address: t.address, up, cause, initial } satisfies TransitionEvent);
+    this.emit('transition', { service: t.service, address: t.address, up, cause, initial, ...(lagging && !up ? { lagging: true as const } : {}) } satisfies TransitionEvent);
   }
 }
 
-/** Whether a service with this check routes to a server of this role. */
-function isEligible(role: Role, health: HealthConfig): boolean {
+/**
+ * Whether a service with this check routes to a server of this role. A backup of a service that
+ * routes to replicas may be the primary: reads fall back to it when every replica is down or lags
+ * (the read service of the README's recipes). A backup of a primary service must be a primary.
+ */
+function isEligible(role: Role, health: HealthConfig, backup: boolean): boolean {
   const want = routedRole(health);
-  return want === null || want === role;
+  return want === null || want === role || (backup && want === 'replica');
+}
+
+/** What the probe is asked: a backup of a replica service accepts either role (isEligible), still lag-checked if a replica. */
+function probeSettings(health: HealthConfig, backup: boolean): HealthConfig {
+  return backup && routedRole(health) === 'replica' ? { ...health, role: 'any' } : health;
 }

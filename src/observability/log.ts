@@ -40,6 +40,9 @@ export interface ConnectionLogLine {
   reason: string;
   /** Why, where the reason alone does not say it (a bad PROXY header: what was wrong with it). */
   detail?: string;
+  /** UDP flows only: datagrams client → backend, and backend → client. */
+  datagrams_in?: number;
+  datagrams_out?: number;
 }
 
 /** The `msg` of every connection line, so `jq 'select(.msg=="connection")'` finds them. */

@@ -10,7 +10,7 @@
  * from reset().
  */
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
-import { BACKEND_STATES, TERM_REASONS } from '../shm/layout.ts';
+import { BACKEND_STATES, TERM_REASONS, UDP_DROP_REASONS } from '../shm/layout.ts';
 import type { DirectoryService, ServiceStats, Stats } from './stats.ts';
 
 export const METRICS_PREFIX = 'fulcrum_';
@@ -43,6 +43,16 @@ export interface RoleObservation {
   at: number;
   /** The service routes to this role. */
   eligible: boolean;
+  /** Replicas of a check with max_lag: the lag the last probe read, in ms (null: unknown). */
+  lag_ms?: number | null;
+}
+
+/** What the BGP metrics read from src/bgp's status (its shape, kept narrow here). */
+export interface BgpStatusView {
+  speaker: string;
+  sessions_up: number | null;
+  vips: readonly { vip: string; announced: boolean }[];
+  counts: { announce: number; withdraw: number; failed: number };
 }
 
 export interface MetricsSources {
@@ -51,6 +61,8 @@ export interface MetricsSources {
   directory: () => readonly DirectoryService[];
   /** Failover's current role and failover count, when `ha` is configured. */
   failover?: () => { role: string; transitions: number } | undefined;
+  /** The BGP speaker's sessions and announcements, when `bgp` is configured. */
+  bgp?: () => BgpStatusView;
   /** Reloads applied and refused since start. */
   reloads?: () => { applied: number; refused: number };
   /** The role each backend with a database check last reported. */
@@ -146,6 +158,27 @@ export class Metrics {
       },
     });
 
+    // ── UDP services (flows are counted as connections above: active, total, terminations{idle_timeout} = expired) ──
+    const udpCounter = (name: string, help: string, value: (s: ServiceStats) => number): void => {
+      new Counter<ServiceLabels>({
+        name: METRICS_PREFIX + name, help, labelNames: ['service'], registers,
+        collect() {
+          this.reset();
+          for (const s of snap()) if (s.protocol === 'udp') this.inc({ service: s.name }, value(s));
+        },
+      });
+    };
+    udpCounter('service_datagrams_in_total', 'UDP: datagrams from clients forwarded to backends.', (s) => s.counters.datagrams_in);
+    udpCounter('service_datagrams_out_total', 'UDP: datagrams from backends forwarded to clients.', (s) => s.counters.datagrams_out);
+    new Counter<ServiceLabels | 'reason'>({
+      name: METRICS_PREFIX + 'service_datagram_drops_total',
+      help: `UDP: datagrams dropped, by reason (${UDP_DROP_REASONS.join(', ')}).`,
+      labelNames: ['service', 'reason'], registers,
+      collect() {
+        this.reset();
+        for (const s of snap()) if (s.protocol === 'udp') for (const reason of UDP_DROP_REASONS) this.inc({ service: s.name, reason }, s.counters.drops[reason]);
+      },
+    });
     // ── backends ──
     backendGauge('backend_active_connections', 'Sessions open to this backend now.', (b) => b.active);
     backendGauge('backend_up', '1 when the backend takes new connections (state up), else 0.', (b) => (b.state === 'up' ? 1 : 0));
@@ -219,6 +252,17 @@ export class Metrics {
         for (const r of roles?.() ?? []) this.set({ service: r.service, backend: r.address }, r.at / 1000);
       },
     });
+    new Gauge<BackendLabels>({
+      name: METRICS_PREFIX + 'backend_replication_lag_seconds',
+      help: 'How far the replica was behind its primary at its last probe (+Inf: behind by an unknown amount); only for checks with max_lag.',
+      labelNames: ['service', 'backend'], registers,
+      collect() {
+        this.reset();
+        for (const r of roles?.() ?? []) {
+          if (r.lag_ms !== undefined) this.set({ service: r.service, backend: r.address }, r.lag_ms === null ? Infinity : r.lag_ms / 1000);
+        }
+      },
+    });
 
     // ── the descriptor reserve ──
     const descriptors = sources.descriptors;
@@ -266,6 +310,35 @@ export class Metrics {
         this.reset();
         const f = failover?.();
         if (f) this.inc(f.transitions);
+      },
+    });
+    // ── bgp (absent without a bgp section) ──
+    const bgp = sources.bgp;
+    new Gauge<'speaker'>({
+      name: METRICS_PREFIX + 'bgp_sessions_up', help: 'BGP sessions established (absent without bgp, or with speaker: command, which cannot tell).',
+      labelNames: ['speaker'], registers,
+      collect() {
+        this.reset();
+        const b = bgp?.();
+        if (b && b.sessions_up !== null) this.set({ speaker: b.speaker }, b.sessions_up);
+      },
+    });
+    new Gauge<'vip'>({
+      name: METRICS_PREFIX + 'bgp_vip_announced', help: '1 while this node announces the VIP by BGP, 0 while it is withdrawn.', labelNames: ['vip'], registers,
+      collect() {
+        this.reset();
+        for (const v of bgp?.().vips ?? []) this.set({ vip: v.vip }, v.announced ? 1 : 0);
+      },
+    });
+    new Counter<'action'>({
+      name: METRICS_PREFIX + 'bgp_routes_total', help: 'VIP announcements and withdrawals done (action: announce, withdraw, failed).', labelNames: ['action'], registers,
+      collect() {
+        this.reset();
+        const c = bgp?.().counts;
+        if (!c) return;
+        this.inc({ action: 'announce' }, c.announce);
+        this.inc({ action: 'withdraw' }, c.withdraw);
+        this.inc({ action: 'failed' }, c.failed);
       },
     });
     const reloads = sources.reloads;

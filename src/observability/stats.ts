@@ -13,7 +13,8 @@ import {
   BACKEND_COUNTERS, BACKEND_STATES, BC_BYTES_IN, BC_BYTES_OUT, BC_CONNECT_FAILURES, BC_CONNECT_TIME_MS, BC_CONNECTIONS,
   BC_KILLED, BC_RETRIES, B_EFF_WEIGHT, B_FLAGS, B_MAX_CONN, B_STATE, B_WEIGHT, BF_BACKUP, MAX_WORKERS,
   SC_ACCEPTED, SC_BYTES_IN, SC_BYTES_OUT, SC_CONNECT_TIME_MS, SC_QUEUED, SC_QUEUE_TIME_MS, SC_QUEUE_TIMEOUTS, SC_RETRIES,
-  SC_TERM_BASE, SERVICE_COUNTERS, S_MAX_CONN, S_QUEUE_MAX, TERM_REASONS, WEIGHT_SCALE,
+  SC_DGRAMS_IN, SC_DGRAMS_OUT, SC_DROP_BASE, SC_TERM_BASE, SERVICE_COUNTERS, S_MAX_CONN, S_QUEUE_MAX, TERM_REASONS,
+  UDP_DROP_REASONS, WEIGHT_SCALE,
   backendCounterIndex, serviceCounterIndex,
   type BackendStateName, type TerminationReason,
 } from '../shm/layout.ts';
@@ -23,6 +24,8 @@ import { SharedRecords } from '../balancer/records.ts';
 export interface DirectoryService {
   name: string;
   index: number;
+  /** Absent: tcp. */
+  protocol?: 'tcp' | 'udp';
   backends: readonly { address: string; index: number }[];
 }
 
@@ -40,9 +43,16 @@ export interface ServiceCounters {
   bytes_out: number;
   connect_time_ms: number;
   queue_time_ms: number;
-  /** Closed connections by termination reason. */
+  /** Closed connections (UDP: ended flows; idle_timeout = expired) by termination reason. */
   terminations: Record<TerminationReason, number>;
+  /** UDP: datagrams client → backend and back (0 for TCP services). */
+  datagrams_in: number;
+  datagrams_out: number;
+  /** UDP: datagrams dropped, by reason (no_backend, limit, oversized, unreachable). */
+  drops: Record<UdpDropReason, number>;
 }
+
+export type UdpDropReason = (typeof UDP_DROP_REASONS)[number];
 
 export interface BackendCounters {
   /** Sessions established to this backend. */
@@ -75,6 +85,7 @@ export interface BackendStats {
 export interface ServiceStats {
   name: string;
   index: number;
+  protocol: 'tcp' | 'udp';
   active: number;
   /** Connections waiting in the queue now. */
   queued: number;
@@ -178,6 +189,8 @@ export class Stats {
     const sums = Stats.#relative(this.#serviceOwners, service, name, this.#sumService(service));
     const terminations = {} as Record<TerminationReason, number>;
     TERM_REASONS.forEach((reason, i) => { terminations[reason] = sums[SC_TERM_BASE + i]; });
+    const drops = {} as Record<UdpDropReason, number>;
+    UDP_DROP_REASONS.forEach((reason, i) => { drops[reason] = sums[SC_DROP_BASE + i]; });
     return {
       accepted: sums[SC_ACCEPTED],
       queued: sums[SC_QUEUED],
@@ -188,6 +201,9 @@ export class Stats {
       connect_time_ms: sums[SC_CONNECT_TIME_MS],
       queue_time_ms: sums[SC_QUEUE_TIME_MS],
       terminations,
+      datagrams_in: sums[SC_DGRAMS_IN],
+      datagrams_out: sums[SC_DGRAMS_OUT],
+      drops,
     };
   }
 
@@ -210,6 +226,7 @@ export class Stats {
     return directory.map((s) => ({
       name: s.name,
       index: s.index,
+      protocol: s.protocol ?? 'tcp',
       active: r.serviceActive(s.index),
       queued: r.serviceQueued(s.index),
       max_connections: r.serviceField(s.index, S_MAX_CONN) | 0,

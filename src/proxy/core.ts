@@ -456,7 +456,7 @@ export class DataPath {
         dstPort = addr.port ?? 0;
       }
     }
-    return version === 'v2' ? encodeProxyV2(src, srcPort, dst, dstPort) : encodeProxyV1(src, srcPort, dst, dstPort);
+    return version === 'v2' ? encodeProxyV2(src, srcPort, dst, dstPort, s.svc!.entry.protocol === 'udp') : encodeProxyV1(src, srcPort, dst, dstPort);
   }
 
   // ── timeouts ───────────────────────────────────────────────────────────────
@@ -581,6 +581,10 @@ export class DataPath {
         reason: TERM_REASONS[reason],
       };
       if (s.detail !== '') rec.detail = s.detail;
+      if (s.datagramsIn >= 0) {
+        rec.datagrams_in = s.datagramsIn;
+        rec.datagrams_out = s.datagramsOut;
+      }
       ctx.onClose(rec);
     }
     s.t.recycle(s);

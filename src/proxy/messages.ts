@@ -18,12 +18,16 @@ export interface BackendEntry {
   port: number;
   /** "host:port", for log lines and messages (made once, here). */
   address: string;
+  /** Removed from the config, draining its open sessions (TCP keeps them; a UDP flow moves on). */
+  removed: boolean;
 }
 
 /** One service as a worker needs it. Built by the control plane from config + balancer indexes. */
 export interface ServiceEntry {
   index: number;
   name: string;
+  /** udp: flows of datagrams (transport-udp.ts, on both data paths); tcp: connections. */
+  protocol: 'tcp' | 'udp';
   listen: HostPort;
   /** Only maglev uses the client hash; other algorithms get 0 and no string work is done. */
   hashed: boolean;
@@ -38,7 +42,10 @@ export interface ServiceEntry {
   tcp_keepalive: { idle: number; interval: number; count: number } | null;
   /** A reset from one side is passed on as a reset (SO_LINGER 0 and close), not a clean close. */
   propagate_reset: boolean;
+  /** UDP never queues: max 0, so a datagram that finds no room is dropped (queue_full, counted as a limit drop). */
   queue: { max: number; timeout: number };
+  /** protocol udp: replies that end a flow (0: only idle ends it), and the longest datagram forwarded. */
+  udp: { responses: number; max_datagram: number };
   backends: BackendEntry[];
 }
 

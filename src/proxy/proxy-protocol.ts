@@ -142,15 +142,19 @@ export function encodeProxyV1(src: string, srcPort: number, dst: string, dstPort
   return Buffer.from(`PROXY TCP${f} ${fmt(srcBytes, 0)} ${fmt(dstBytes, 0)} ${srcPort} ${dstPort}\r\n`, 'latin1');
 }
 
-/** A v2 header (PROXY command, TCP over IPv4 or IPv6 as `families` decides; UNSPEC when not both are IP). */
-export function encodeProxyV2(src: string, srcPort: number, dst: string, dstPort: number): Buffer {
+/**
+ * A v2 header (PROXY command, TCP — or with `dgram` UDP, for a UDP service's datagrams — over IPv4
+ * or IPv6 as `families` decides; UNSPEC when not both are IP).
+ */
+export function encodeProxyV2(src: string, srcPort: number, dst: string, dstPort: number, dgram = false): Buffer {
   const f = families(src, dst);
   const size = f === 4 ? 4 : 16;
   const len = f === 0 ? 0 : 2 * size + 4;
   const out = Buffer.alloc(16 + len);
   V2_SIG.copy(out, 0);
   out[12] = 0x21; // version 2, PROXY
-  out[13] = f === 4 ? 0x11 : f === 6 ? 0x21 : 0x00;
+  // Address family in the high nibble (1 INET, 2 INET6), transport in the low (1 STREAM, 2 DGRAM).
+  out[13] = f === 0 ? 0x00 : (f === 4 ? 0x10 : 0x20) | (dgram ? 0x02 : 0x01);
   out.writeUInt16BE(len, 14);
   if (f !== 0) {
     out.set(srcBytes.subarray(0, size), 16);

@@ -109,6 +109,9 @@ export class Session {
   /** Client bytes read before the backend was connected (copies), sent to it first. */
   pending: Buffer[] | null = null;
   pendingBytes = 0;
+  /** A datagram transport's counts for the log line (UDP flows); -1: not a flow (TCP). */
+  datagramsIn = -1;
+  datagramsOut = -1;
 
   constructor(t: Transport) {
     this.t = t;
@@ -137,5 +140,6 @@ export class Session {
     this.srcPort = this.dstPort = this.headerBytes = 0;
     this.pending = null;
     this.pendingBytes = 0;
+    this.datagramsIn = this.datagramsOut = -1;
   }
 }

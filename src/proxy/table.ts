@@ -10,7 +10,7 @@ import type { ServiceEntry } from './messages.ts';
 /** What the table needs from the balancer (src/balancer/balancer.ts's Balancer has it). */
 export interface BalancerView {
   serviceIndex(name: string): number;
-  targets(name: string): Array<{ index: number; address: string; target: HostPort }>;
+  targets(name: string): Array<{ index: number; address: string; target: HostPort; removed?: boolean }>;
 }
 
 /** Milliseconds as the kernel's whole seconds (rounded up: a keepalive never comes early). */
@@ -24,6 +24,7 @@ export function buildServiceTable(config: Config, balancer: BalancerView): Servi
     table.push({
       index,
       name: s.name,
+      protocol: s.protocol,
       listen: { host: s.listen.host, port: s.listen.port },
       hashed: s.balance === 'maglev',
       hash_key: s.hash_key,
@@ -33,8 +34,9 @@ export function buildServiceTable(config: Config, balancer: BalancerView): Servi
       send_proxy: s.send_proxy,
       tcp_keepalive: s.tcp_keepalive ? { idle: seconds(s.tcp_keepalive.idle), interval: seconds(s.tcp_keepalive.interval), count: s.tcp_keepalive.count } : null,
       propagate_reset: s.propagate_reset,
-      queue: { max: s.queue.max, timeout: s.queue.timeout },
-      backends: balancer.targets(s.name).map((b) => ({ index: b.index, host: b.target.host, port: b.target.port, address: b.address })),
+      queue: { max: s.protocol === 'udp' ? 0 : s.queue.max, timeout: s.queue.timeout },
+      udp: { responses: s.udp.responses, max_datagram: s.udp.max_datagram },
+      backends: balancer.targets(s.name).map((b) => ({ index: b.index, host: b.target.host, port: b.target.port, address: b.address, removed: b.removed === true })),
     });
   }
   return table;

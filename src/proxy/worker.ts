@@ -5,8 +5,8 @@
  * connections more than another hands new ones over: relay/handoff.c). A listener is the
  * relay's (`relay.listen`) or a Node server whose connections a transport takes as raw handles
  * (`acceptOn`): the JavaScript transport, or on the relay path for accept_proxy services,
- * the relay's lent clients. Started by pool.ts; everything it is told arrives as a MainToWorker
- * message.
+ * the relay's lent clients — or, for a UDP service, a datagram socket (transport-udp.ts, on both
+ * paths). Started by pool.ts; everything it is told arrives as a MainToWorker message.
  */
 import { lookup } from 'node:dns/promises';
 import { createServer, isIP, type Server } from 'node:net';
@@ -22,6 +22,7 @@ import { loadRelay } from './relay.ts';
 import type { CloseRecord, ServiceRuntime } from './session.ts';
 import { JsTransport } from './transport-js.ts';
 import { RelayTransport } from './transport-relay.ts';
+import { UdpTransport, type UdpListener } from './transport-udp.ts';
 import { acceptOn, type ServerTransport } from './transport.ts';
 import { DescriptorGate } from './descriptors.ts';
 import { keepAliveOnServer } from './handles.ts';
@@ -85,6 +86,8 @@ const core = new DataPath(dataPath);
 const relay = binding === null ? null : new RelayTransport(core, binding);
 /** Who takes a Node server's connections: the JavaScript transport, or (relay path, accept_proxy) the relay's lent clients. */
 const handles: ServerTransport = relay === null ? new JsTransport(core) : relay.lent;
+/** UDP services, on both paths (the relay has no datagram path yet): node:dgram. */
+const udp = new UdpTransport(core);
 
 /** A reload changed `logging`: the level applies to the next line, per-connection lines to the next close. */
 function setLogging(level: string, connections: boolean): void {
@@ -97,8 +100,10 @@ interface Listener {
   rt: ServiceRuntime;
   /** Listening through Node (the JavaScript path, and accept_proxy services)… */
   server: Server | null;
-  /** …or through the relay: its listener id, else -1. */
+  /** …or through the relay: its listener id, else -1… */
   lid: number;
+  /** …or, protocol udp, a datagram socket. */
+  udp: UdpListener | null;
   /** Bumped by closeListener: a relay listen still resolving a host name then does not bind. */
   closes: number;
   /**
@@ -142,8 +147,8 @@ const acceptSwitch = {
 };
 
 /** The relay accepts a service's connections unless a PROXY header must be read from them first. */
-const relayAccepts = (e: ServiceEntry): boolean => relay !== null && !e.accept_proxy;
-const isListening = (l: Listener): boolean => l.server !== null || l.lid >= 0;
+const relayAccepts = (e: ServiceEntry): boolean => relay !== null && !e.accept_proxy && e.protocol === 'tcp';
+const isListening = (l: Listener): boolean => l.server !== null || l.lid >= 0 || l.udp !== null;
 
 /** The relay's listener: the same address checks and error text as Node's listen. */
 async function listenThroughRelay(l: Listener): Promise<ListenProblem | null> {
@@ -175,7 +180,7 @@ function listen(l: Listener): Promise<ListenProblem | null> {
   l.failed = false;
   // The descriptor reserve has stopped accepting: a Node listener opens when it starts again
   // (startAccepting); the relay's binds now and is paused at once.
-  if (descriptors.paused && !relayAccepts(l.rt.entry)) {
+  if (descriptors.paused && l.rt.entry.protocol === 'tcp' && !relayAccepts(l.rt.entry)) {
     l.reserveClosed = true;
     return Promise.resolve(null);
   }
@@ -202,6 +207,7 @@ const sameKeepAlive = (a: ServiceEntry['tcp_keepalive'], b: ServiceEntry['tcp_ke
 
 function bind(l: Listener): Promise<ListenProblem | null> {
   const e = l.rt.entry;
+  if (e.protocol === 'udp') return listenUdp(l);
   if (relayAccepts(e)) return listenThroughRelay(l);
   // The server only listens: its connections go to a transport as raw handles (accept), so
   // net.Socket options (allowHalfOpen, noDelay) would not apply; the transport sets both itself.
@@ -229,8 +235,21 @@ function bind(l: Listener): Promise<ListenProblem | null> {
   });
 }
 
+async function listenUdp(l: Listener): Promise<ListenProblem | null> {
+  const closes = l.closes;
+  const r = await udp.listen(l, l.address, init.reusePort);
+  if (!('socket' in r)) return r;
+  if (l.closes !== closes) udp.closeListener(r); // paused, moved or removed while resolving
+  else l.udp = r;
+  return null;
+}
+
 function closeListener(l: Listener): void {
   l.closes++;
+  if (l.udp !== null) {
+    udp.closeListener(l.udp);
+    l.udp = null;
+  }
   if (l.server !== null) {
     l.server.close();
     l.server = null;
@@ -251,7 +270,9 @@ async function applyServices(services: ServiceEntry[]): Promise<ListenProblem[]>
     const address = formatHostPort(e.listen);
     const l = listeners.get(e.name);
     if (l === undefined) {
-      const fresh: Listener = { rt: core.runtime(e), server: null, lid: -1, closes: 0, failed: false, address, paused: paused.has(e.name), reserveClosed: false };
+      const fresh: Listener = {
+        rt: core.runtime(e), server: null, lid: -1, udp: null, closes: 0, failed: false, address, paused: paused.has(e.name), reserveClosed: false,
+      };
       listeners.set(e.name, fresh);
       if (!fresh.paused) binds.push(listen(fresh));
       continue;
@@ -267,7 +288,8 @@ async function applyServices(services: ServiceEntry[]): Promise<ListenProblem[]>
       l.rt.entry = e;
     }
     // accept_proxy switched: the other kind of listener serves it (the relay cannot read headers).
-    const kindChanged = isListening(l) && (l.lid >= 0) !== relayAccepts(e);
+    // Or the protocol switched: a datagram socket in place of a stream listener, or back.
+    const kindChanged = isListening(l) && ((l.lid >= 0) !== relayAccepts(e) || (l.udp !== null) !== (e.protocol === 'udp'));
     if (address !== l.address || kindChanged || (l.failed && !l.paused)) {
       closeListener(l);
       l.address = address;

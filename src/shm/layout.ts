@@ -19,11 +19,11 @@
  *    │ 0 state │ 4 algorithm │ 8 maxConn i32 │ 12 active i32* │ 16 activeRing u32* │
  *    │ 20 ringLen[0] │ 24 ringLen[1] │ 28 memberCount │ 32 cursor u32* │ 36 queued i32* │
  *    │ 40 queueMax │ 44 releaseSeq i32* │ 48 primaryUp │ 52 backupUp │ 56 tableSize u32 │
- *    │ 60..63 reserved                                                             │
+ *    │ 60 balanceFactor u32 (maglev bounded load, percent; 0 = off)                 │
  *    ├──────────── backends: MAX_BACKENDS × 64 B (one global pool) ──────────────┤
  *    │ 0 state u32 │ 4 flags u32 │ 8 weight i32 │ 12 effWeight i32 │ 16 maxConn i32 │
  *    │ 20 active i32* │ 24 hashOffset u32 │ 28 hashSkip u32 │ 32 service u32 │
- *    │ 36..63 reserved                                                             │
+ *    │ 36 memberPos u32 (its leaf in the leastconn tree) │ 40..63 reserved            │
  *    ├──────────── members: MAX_SERVICES × MAX_MEMBERS × u16 ────────────────────┤
  *    │ backend ids of a service, sorted by "address:port" (the Maglev build order) │
  *    ├──────────── worker scratch: MAX_WORKERS × 64 B ──────────────────────────┤
@@ -42,6 +42,17 @@
  *    ├──────────── rings: MAX_SERVICES × 2 × RING_CAPACITY × u16 ─────────────────┤
  *    │ ring A / ring B per service: the Maglev lookup table or the weighted       │
  *    │ round-robin schedule; picks read the ring named by `activeRing`            │
+ *    ├──────────── leastconn trees: MAX_SERVICES × 37,056 B (assembly/tree.ts) ──┤
+ *    │ 0 lock u32* (0 or holder's worker id + 1) │ 4 leaves u32 (a power of two, 0 = │
+ *    │ no tree) │ 8 count u32 │ 12 dirty u32* │ 16 masked u16[16] (the holder's)  │
+ *    │ 64 staged bits u32[32]*                                                     │
+ *    │ 192 nodes u16[2 × MAX_MEMBERS] (node i: the best member position of its     │
+ *    │ subtree) │ 4288 keys f64[MAX_MEMBERS] ((active + 1) / weight, +∞ when full) │
+ *    │ 12480 leaf records MAX_MEMBERS × 16 B: 0 backend id u16 │ 2 effWeight u16  │
+ *    │ (0 = not eligible) │ 4 maxConn i32 │ 8 active i32 (the tree's copy of        │
+ *    │ B_ACTIVE) │ 28864 staged leaves MAX_MEMBERS × 8 B (id, weight, max: written │
+ *    │ by the control plane, applied by the next lock holder)                      │
+ *    │ (*) atomics; nodes and leaf records are written only by the lock's holder   │
  *    └──────────────────────────────────────────────────────────────────────────┘
  *  (*) written by the data plane with atomics; every other field has one writer:
  *      the control plane.
@@ -55,9 +66,10 @@ export const MAGIC = 0x434c5546;
 /**
  * Bump on any change to this file's offsets or meanings. 5: the header keeps magic, version and
  * generation only (flags, workers and the capacities were written and never read), and the
- * backend record drops connectFailStreak and incarnation (never read).
+ * backend record drops connectFailStreak and incarnation (never read). 6: the leastconn trees
+ * (one per service, after the rings), S_BALANCE_FACTOR and B_MEMBER_POS.
  */
-export const LAYOUT_VERSION = 5;
+export const LAYOUT_VERSION = 6;
 
 export const PAGE = 65536;
 export const LAYOUT_BASE = PAGE;
@@ -103,6 +115,11 @@ export const S_BACKUP_UP = 52;
  * plane from `table_size`. The built ring's length is in S_RING_LEN[ring]. (Added in version 2.)
  */
 export const S_TABLE_SIZE = 56;
+/**
+ * Maglev's bounded load (`hash_balance_factor`, percent; 0 = off): a backend takes a new connection
+ * only while its active count < ceil(factor × (service active + 1) / eligible backends). (Version 6.)
+ */
+export const S_BALANCE_FACTOR = 60;
 
 /** Service states. */
 export const SERVICE_FREE = 0;
@@ -127,6 +144,8 @@ export const B_ACTIVE = 20;
 export const B_HASH_OFFSET = 24;
 export const B_HASH_SKIP = 28;
 export const B_SERVICE = 32;
+/** u32: the backend's member position, its leaf in the service's leastconn tree (written by the engine's rebuild). */
+export const B_MEMBER_POS = 36;
 
 /** Backend states. Only UP receives new connections; DRAIN and MAINT keep open ones. */
 export const BACKEND_FREE = 0;
@@ -159,6 +178,34 @@ export const BS_MAGLEV_CREDIT = 12;
 export const BS_RR_CURRENT = 0;
 export const BS_RR_SCALED = 4;
 
+// ── leastconn trees (assembly/tree.ts; one per service, guarded by its lock word) ──
+export const LT_LOCK = 0;
+export const LT_LEAVES = 4;
+export const LT_COUNT = 8;
+/** u32: 1 when the control plane staged leaf changes that no lock holder has applied yet. */
+export const LT_DIRTY = 12;
+/** u16[LT_MAX_MASKED]: the lock holder's scratch, the positions a retry's pick set aside as tried. */
+export const LT_MASKED = 16;
+export const LT_MAX_MASKED = MAX_TRIED;
+/** u32[MAX_MEMBERS / 32]: one bit per member position whose staged leaf awaits the next lock holder. */
+export const LT_BITS = 64;
+export const LT_NODES = LT_BITS + MAX_MEMBERS / 8;
+/** f64[MAX_MEMBERS]: each member position's key (active + 1) / weight, +Infinity when full or not eligible. */
+export const LT_KEYS = LT_NODES + MAX_MEMBERS * 2 * 2;
+export const LT_LEAF_RECORDS = LT_KEYS + MAX_MEMBERS * 8;
+export const LT_LEAF_SIZE = 16;
+export const LTL_ID = 0;
+export const LTL_WEIGHT = 2;
+export const LTL_MAX = 4;
+/** i32: the tree's copy of B_ACTIVE, written under the lock from the atomic operation's result. */
+export const LTL_ACTIVE = 8;
+/** The staged leaves (control plane → next lock holder): MAX_MEMBERS × 8 B, id u16, weight u16, max i32 at the LTL_ offsets. */
+export const LT_STAGED = LT_LEAF_RECORDS + MAX_MEMBERS * LT_LEAF_SIZE;
+export const LT_STAGED_SIZE = 8;
+export const LT_SIZE = LT_STAGED + MAX_MEMBERS * LT_STAGED_SIZE;
+/** Marks "no eligible member in this subtree" in a tree node. */
+export const LT_NONE = 0xffff;
+
 // ── worker tallies (i32, one writer: the worker; read back by `reclaim` after it died) ──
 export const WORKER_TALLY_SIZE = MAX_SERVICES * 4 * 2 + MAX_BACKENDS * 4;
 export const T_SERVICE_HELD = 0;
@@ -175,7 +222,18 @@ export const SC_BYTES_IN = 4; // client → backend
 export const SC_BYTES_OUT = 5; // backend → client
 export const SC_CONNECT_TIME_MS = 6; // summed, for averages
 export const SC_QUEUE_TIME_MS = 7; // summed
-export const SC_TERM_BASE = 8; // 10 termination reasons follow, indexed by TERM_*; 18..23 reserved
+export const SC_TERM_BASE = 8; // 10 termination reasons follow, indexed by TERM_*
+// UDP services (transport-udp.ts): datagrams forwarded each way, and datagrams dropped by reason.
+// A flow is counted as a connection is: SC_ACCEPTED when created, its end under SC_TERM_BASE.
+export const SC_DGRAMS_IN = 18; // client → backend
+export const SC_DGRAMS_OUT = 19; // backend → client
+export const SC_DROP_NO_BACKEND = 20; // a new flow found no backend up
+export const SC_DROP_LIMIT = 21; // a new flow found max_connections reached (service or backends)
+export const SC_DROP_OVERSIZED = 22; // longer than udp.max_datagram, either way
+export const SC_DROP_UNREACHABLE = 23; // answered by ICMP port unreachable (the flow's socket saw ECONNREFUSED)
+/** The drop counters in order, with the names metrics and the API give them. */
+export const UDP_DROP_REASONS = ['no_backend', 'limit', 'oversized', 'unreachable'] as const;
+export const SC_DROP_BASE = SC_DROP_NO_BACKEND;
 
 /** Termination reasons, in the order of their counters. */
 export const TERM_REASONS = [
@@ -239,7 +297,8 @@ export const BUILD_SCRATCH_OFFSET = align64(BACKEND_COUNTERS_OFFSET + MAX_WORKER
 export const BUILD_SCRATCH_SIZE = MAX_MEMBERS * BS_RECORD_SIZE;
 export const RING_BYTES = align64(RING_CAPACITY * 2);
 export const RINGS_OFFSET = align64(BUILD_SCRATCH_OFFSET + BUILD_SCRATCH_SIZE);
-export const LAYOUT_END = RINGS_OFFSET + MAX_SERVICES * 2 * RING_BYTES;
+export const TREES_OFFSET = align64(RINGS_OFFSET + MAX_SERVICES * 2 * RING_BYTES);
+export const LAYOUT_END = TREES_OFFSET + MAX_SERVICES * LT_SIZE;
 export const MEMORY_PAGES = Math.ceil(LAYOUT_END / PAGE);
 
 // ── address helpers (control path and tests; the engine has its own generated copies) ──
@@ -249,6 +308,7 @@ export const membersAddr = (s: number): number => MEMBERS_OFFSET + s * MAX_MEMBE
 export const scratchAddr = (w: number): number => SCRATCH_OFFSET + w * WORKER_SCRATCH_SIZE;
 export const tallyAddr = (w: number): number => TALLY_OFFSET + w * WORKER_TALLY_SIZE;
 export const ringAddr = (s: number, ring: number): number => RINGS_OFFSET + (s * 2 + ring) * RING_BYTES;
+export const treeAddr = (s: number): number => TREES_OFFSET + s * LT_SIZE;
 /** Index (in f64 units) of a worker's counter for a service. */
 export const serviceCounterIndex = (w: number, s: number, c: number): number =>
   (SERVICE_COUNTERS_OFFSET >> 3) + (w * MAX_SERVICES + s) * SERVICE_COUNTERS + c;
@@ -299,16 +359,17 @@ export const ENGINE_CONSTANTS: Record<string, number> = {
   MAX_SERVICES, MAX_BACKENDS, MAX_MEMBERS, MAX_WORKERS, RING_CAPACITY, MAX_TRIED, WEIGHT_SCALE, MAX_WEIGHT, NO_BACKEND_U16,
   H_MAGIC, H_VERSION, H_GENERATION,
   SERVICE_SIZE, S_STATE, S_ALGORITHM, S_MAX_CONN, S_ACTIVE, S_ACTIVE_RING, S_RING_LEN, S_MEMBER_COUNT, S_CURSOR,
-  S_QUEUED, S_QUEUE_MAX, S_RELEASE_SEQ, S_PRIMARY_UP, S_BACKUP_UP, S_TABLE_SIZE,
+  S_QUEUED, S_QUEUE_MAX, S_RELEASE_SEQ, S_PRIMARY_UP, S_BACKUP_UP, S_TABLE_SIZE, S_BALANCE_FACTOR,
   SERVICE_FREE, SERVICE_ACTIVE, ALG_MAGLEV, ALG_LEASTCONN, ALG_ROUNDROBIN, ALG_RANDOM,
-  BACKEND_SIZE, B_STATE, B_FLAGS, B_WEIGHT, B_EFF_WEIGHT, B_MAX_CONN, B_ACTIVE, B_HASH_OFFSET, B_HASH_SKIP, B_SERVICE,
+  BACKEND_SIZE, B_STATE, B_FLAGS, B_WEIGHT, B_EFF_WEIGHT, B_MAX_CONN, B_ACTIVE, B_HASH_OFFSET, B_HASH_SKIP, B_SERVICE, B_MEMBER_POS,
   BACKEND_FREE, BACKEND_UP, BACKEND_DOWN, BACKEND_DRAIN, BACKEND_MAINT, BF_BACKUP,
   WORKER_SCRATCH_SIZE, W_TRIED_COUNT, W_TRIED,
   TALLY_OFFSET, WORKER_TALLY_SIZE, T_SERVICE_HELD, T_SERVICE_QUEUED, T_BACKEND_HELD,
   PICK_SERVICE_FULL, PICK_NO_BACKEND, PICK_BACKENDS_FULL, PICK_BAD_SERVICE,
   INIT_OK, INIT_BAD_MAGIC, INIT_BAD_VERSION, INIT_BAD_WORKER, INIT_HEAP_OVERLAP,
   HEADER_OFFSET, SERVICES_OFFSET, BACKENDS_OFFSET, MEMBERS_OFFSET, SCRATCH_OFFSET,
-  BUILD_SCRATCH_OFFSET, BUILD_SCRATCH_SIZE, RING_BYTES, RINGS_OFFSET, LAYOUT_END, MEMORY_PAGES,
+  BUILD_SCRATCH_OFFSET, BUILD_SCRATCH_SIZE, RING_BYTES, RINGS_OFFSET, TREES_OFFSET, LAYOUT_END, MEMORY_PAGES,
+  LT_LOCK, LT_LEAVES, LT_COUNT, LT_DIRTY, LT_MASKED, LT_MAX_MASKED, LT_BITS, LT_STAGED, LT_STAGED_SIZE, LT_NODES, LT_KEYS, LT_LEAF_RECORDS, LT_LEAF_SIZE, LTL_ID, LTL_WEIGHT, LTL_MAX, LTL_ACTIVE, LT_SIZE, LT_NONE,
   BS_RECORD_SIZE, BS_ID, BS_WEIGHT, BS_MAGLEV_POS, BS_MAGLEV_SKIP, BS_MAGLEV_CREDIT, BS_RR_CURRENT, BS_RR_SCALED,
 };
 

@@ -57,6 +57,7 @@ export interface ServiceSpec {
   listen?: string;
   balance?: 'maglev' | 'leastconn' | 'roundrobin' | 'random';
   table_size?: number;
+  hash_balance_factor?: number;
   max_connections?: number;
   slow_start?: string | number;
   health?: Record<string, unknown>;
@@ -84,4 +85,17 @@ export function ownership(ring: Uint16Array): Map<number, number> {
   const m = new Map<number, number>();
   for (const b of ring) m.set(b, (m.get(b) ?? 0) + 1);
   return m;
+}
+
+/** xorshift32: a seeded sequence in [0, 1), so a failure replays. */
+export function rng(seed: number): () => number {
+  let x = seed >>> 0 || 1;
+  return () => {
+    x ^= x << 13;
+    x >>>= 0;
+    x ^= x >>> 17;
+    x ^= x << 5;
+    x >>>= 0;
+    return x / 0x100000000;
+  };
 }

@@ -71,3 +71,20 @@ describe('checkListens', () => {
     expect(sameListens(config(`${HOST}:1`), config(`${HOST}:1`, `${HOST}:2`))).toBe(false);
   });
 });
+
+describe('checkListens, protocol udp', () => {
+  it('binds a UDP port that a TCP server holds (other protocol), and refuses one a UDP socket holds', async () => {
+    const { createSocket } = await import('node:dgram');
+    const udpConfig = (listen: string) => parseConfig(`services:\n  - { name: u, protocol: udp, listen: "${listen}", backends: [{ address: ${HOST}:9 }] }\n`);
+    expect(await refusal(undefined, udpConfig(taken.address))).toBeUndefined();
+    const held = createSocket('udp4');
+    await new Promise<void>((r) => held.bind(0, HOST, r));
+    try {
+      const err = await refusal(undefined, udpConfig(`${HOST}:${held.address().port}`));
+      expect(err).toMatchObject({ code: 'FULCRUM_ERR_LISTEN' });
+      expect(err.message).toMatch(/EADDRINUSE/);
+    } finally {
+      held.close();
+    }
+  });
+});

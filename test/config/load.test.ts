@@ -85,6 +85,7 @@ describe('parseConfig', () => {
     expect(c.shutdown_grace).toBe(30_000);
     expect(s.balance).toBe('leastconn');
     expect(s.table_size).toBe(65537);
+    expect(s.hash_balance_factor).toBe(0);
     expect(s.retries).toBe(2);
     expect(s.queue).toEqual({ max: 1000, timeout: 5000 });
     expect(s.timeouts).toEqual({ connect: 2000, idle: 1_800_000, proxy_header: 5000 });
@@ -109,6 +110,11 @@ describe('parseConfig', () => {
       'services[0].tcp_keepalive.every: unknown key',
       'services[0].propagate_reset: must be true or false, got "yes"',
     ]);
+    // TCP only: refused by name for a UDP service.
+    expect(problemsOf(svc('    protocol: udp\n    tcp_keepalive: { idle: 1m }\n    propagate_reset: false'))).toEqual([
+      'services[0].tcp_keepalive: means nothing for protocol udp (TCP keepalive probes TCP connections only), got {"idle":60000,"interval":30000,"count":5}',
+      'services[0].propagate_reset: means nothing for protocol udp (a datagram flow has no reset to pass on), got false',
+    ]);
   });
 
   it('accepts the full example of the data plane issue', () => {
@@ -120,6 +126,7 @@ services:
     balance: maglev
     hash_key: source_ip
     table_size: 65537
+    hash_balance_factor: 125
     max_connections: 10000
     queue: { max: 1000, timeout: 2s }
     retries: 2
@@ -132,6 +139,18 @@ services:
     expect(c.services[0].queue.timeout).toBe(2000);
     expect(c.services[0].timeouts.idle).toBe(1_800_000);
     expect(c.services[0].backends[2].backup).toBe(true);
+    expect(c.services[0].hash_balance_factor).toBe(125);
+  });
+
+  it('hash_balance_factor: 0 (off) or a percent 100–10000, named in the error', () => {
+    for (const bad of ['50', '99', '125.5', '"high"', '10001', '-1']) {
+      expect(problemsOf(minimal.replace('listen:', `hash_balance_factor: ${bad}\n    listen:`))).toEqual([
+        `services[0].hash_balance_factor: must be 0 (off) or an integer percent 100–10000, got ${bad === '"high"' ? '"high"' : bad}`,
+      ]);
+    }
+    for (const good of [0, 100, 125, 10000]) {
+      expect(parseConfig(minimal.replace('listen:', `hash_balance_factor: ${good}\n    listen:`)).services[0].hash_balance_factor).toBe(good);
+    }
   });
 
   it('names the path and the value of every problem at once', () => {
@@ -214,6 +233,34 @@ services:
       'services[0].health.timeout: must not exceed health.interval (1000ms), got 2000ms',
       'services[1].health.send_expect: is required when health.type is send_expect',
     ]));
+  });
+
+  it('max_lag: a duration, on a database check that is not primary-only; lag_action remove or close', () => {
+    const withHealth = (h: string) => minimal.replace('    backends:', `    health: ${h}\n    backends:`);
+    expect(problemsOf(withHealth('{ type: tcp, max_lag: 10s }'))).toEqual(['services[0].health.max_lag: needs health.type redis, postgres or mysql, got 10000ms with type "tcp"']);
+    expect(problemsOf(withHealth('{ type: postgres, role: primary, max_lag: 10s }'))).toEqual(['services[0].health.max_lag: needs health.role replica or any (a primary has no lag), got 10000ms with role "primary"']);
+    expect(problemsOf(withHealth('{ type: mysql, role: replica, max_lag: soon }'))).toEqual([expect.stringMatching(/^services\[0\]\.health\.max_lag: must be a duration like 500ms, 2s, 30m or 1h, got "soon"$/)]);
+    expect(problemsOf(withHealth('{ type: redis, role: replica, max_lag: 1s, lag_action: drop }'))).toEqual(['services[0].health.lag_action: must be one of remove | close, got "drop"']);
+    const ok = parseConfig(withHealth('{ type: postgres, role: replica, max_lag: 10s, lag_action: close }'));
+    expect(ok.services[0].health).toMatchObject({ max_lag: 10_000, lag_action: 'close' });
+    expect(parseConfig(withHealth('{ type: redis, role: any, max_lag: 500ms }')).services[0].health).toMatchObject({ max_lag: 500, lag_action: 'remove' });
+  });
+
+  it('discover.dns: one source, a DNS name, a port for A/AAAA only; backends may then be empty', () => {
+    const svc = (d: string, backends = '[]') => `services:\n  - name: x\n    listen: 127.0.0.1:6000\n    discover: ${d}\n    backends: ${backends}\n`;
+    const ok = parseConfig(svc('{ dns: { name: _pg._tcp.db.internal, resolvers: [10.0.0.53:53] } }'));
+    expect(ok.services[0].discover?.dns).toEqual({ name: '_pg._tcp.db.internal', type: 'SRV', resolvers: [{ host: '10.0.0.53', port: 53 }], interval: 5000, hold: 60_000, timeout: 2000 });
+    expect(ok.services[0].backends).toEqual([]);
+    expect(problemsOf(svc('{ dns: { name: db.internal, type: A } }'))).toEqual(['services[0].discover.dns.port: is required with type A (SRV records carry their port)']);
+    expect(problemsOf(svc('{ dns: { name: _pg._tcp.db, port: 5432 } }'))).toEqual(['services[0].discover.dns.port: is for type A or AAAA (SRV records carry their port), got 5432']);
+    expect(problemsOf(svc('{ }'))).toEqual(['services[0].discover: must name exactly one source (dns, redis_sentinel or patroni), got none']);
+    expect(problemsOf(svc('{ dns: { name: "bad name!", type: MX, resolvers: [nowhere], interval: 1ms } }'))).toEqual(expect.arrayContaining([
+      expect.stringMatching(/^services\[0\]\.discover\.dns\.name: must be a DNS name .*, got "bad name!"$/),
+      'services[0].discover.dns.type: must be one of SRV | A | AAAA, got "MX"',
+      expect.stringMatching(/^services\[0\]\.discover\.dns\.resolvers\[0\]: must be host:port/),
+      expect.stringMatching(/^services\[0\]\.discover\.dns\.interval: must be a duration .*\(at least 100ms\), got "1ms"$/),
+    ]));
+    expect(problemsOf(svc('{ consul: {} }'))).toEqual(['services[0].discover.consul: unknown key']);
   });
 
   it('reports YAML syntax errors and a non-mapping top level', () => {
@@ -413,6 +460,72 @@ describe('probe TLS and PostgreSQL auth settings', () => {
     expect(problemsOf(minimal + 'admin: { allowed_hosts: [ok.example, "bad host", 10.0.0.300] }\n')).toEqual([
       'admin.allowed_hosts[1]: must be a host name without spaces or control characters, got "bad host"',
       'admin.allowed_hosts[2]: must be a host name without spaces or control characters, got "10.0.0.300"',
+    ]);
+  });
+});
+
+describe('protocol udp', () => {
+  const udp = (extra: string, listen = '127.0.0.1:27960') => `
+services:
+  - name: arena
+    protocol: udp
+    listen: ${listen}
+${extra}    backends:
+      - { address: 127.0.0.1:27961 }
+`;
+  it('takes the issue\'s example: udp block, hash_key, send_proxy v2, a udp health check; idle defaults to 60 s', () => {
+    const c = parseConfig(udp(`    balance: maglev
+    hash_key: source_ip_port
+    max_connections: 200000
+    udp: { responses: 1 }
+    send_proxy: v2
+    health: { type: udp, send: "hex:ffffffff676574737461747573", expect: "regex:^\\\\xff\\\\xff\\\\xff\\\\xffstatusResponse", interval: 2s, timeout: 1s }
+`));
+    const s = c.services[0];
+    expect(s.protocol).toBe('udp');
+    expect(s.timeouts.idle).toBe(60_000);
+    expect(s.udp).toEqual({ responses: 1, max_datagram: 65_507 });
+    expect(s.health).toMatchObject({ type: 'udp', send: 'hex:ffffffff676574737461747573', expect: 'regex:^\\xff\\xff\\xff\\xffstatusResponse' });
+    expect(parseConfig(minimal).services[0].timeouts.idle).toBe(1_800_000);
+    expect(parseConfig(udp('    timeouts: { idle: 5s }\n')).services[0].timeouts.idle).toBe(5000);
+  });
+  it('refuses, by name, the keys that mean nothing for a UDP service', () => {
+    expect(problemsOf(udp(`    queue: { max: 10 }
+    accept_proxy: true
+    timeouts: { connect: 1s, proxy_header: 2s }
+    send_proxy: v1
+    health: { type: send_expect, send_expect: { expect: x } }
+`))).toEqual([
+      'services[0].queue: means nothing for protocol udp (a datagram that finds the service or its backends full is dropped and counted, never queued), got {"max":10,"timeout":5000}',
+      'services[0].accept_proxy: means nothing for protocol udp (a PROXY header is read from TCP clients only), got true',
+      'services[0].timeouts.connect: means nothing for protocol udp (a flow\'s upstream socket is ready at once), got 1000',
+      'services[0].timeouts.proxy_header: means nothing for protocol udp (a PROXY header is read from TCP clients only), got 2000',
+      'services[0].send_proxy: must be none or v2 for protocol udp (v1 is a text line for TCP), got "v1"',
+      'services[0].health.type: must be udp for protocol udp (a send_expect probe speaks TCP), got "send_expect"',
+    ]);
+  });
+  it('refuses udp settings on a TCP service, and a udp check without send and expect', () => {
+    expect(problemsOf(minimal.replace('    backends:', '    udp: { responses: 1 }\n    health: { type: udp, send: x, expect: y }\n    backends:'))).toEqual([
+      'services[0].udp: needs protocol: udp, got {"responses":1,"max_datagram":65507}',
+      'services[0].health.type: needs protocol: udp (the service is tcp), got "udp"',
+    ]);
+    expect(problemsOf(udp('    health: { type: udp }\n'))).toEqual([
+      'services[0].health.send: is required when health.type is udp (the datagram to send)',
+      'services[0].health.expect: is required when health.type is udp (what the reply must hold)',
+    ]);
+    expect(problemsOf(minimal.replace('    backends:', '    health: { type: tcp, expect: y }\n    backends:'))).toEqual([
+      'services[0].health.expect: needs health.type udp (send_expect takes send_expect.expect), got "y"',
+    ]);
+    expect(problemsOf(udp('    udp: { max_datagram: 70000 }\n'))[0]).toMatch(/^services\[0\]\.udp\.max_datagram: must be an integer 1–65507, got 70000/);
+  });
+  it('lets a UDP and a TCP service share a port number, not two UDP services', () => {
+    const both = `services:
+  - { name: t, listen: 127.0.0.1:27960, backends: [{ address: 127.0.0.1:1 }] }
+  - { name: u, protocol: udp, listen: 127.0.0.1:27960, backends: [{ address: 127.0.0.1:1 }] }
+`;
+    expect(parseConfig(both).services.map((s) => s.protocol)).toEqual(['tcp', 'udp']);
+    expect(problemsOf(both + '  - { name: v, protocol: udp, listen: 127.0.0.1:27960, backends: [{ address: 127.0.0.1:1 }] }\n')).toEqual([
+      'services[2].listen: duplicates services[1].listen, got "127.0.0.1:27960"',
     ]);
   });
 });

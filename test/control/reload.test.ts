@@ -188,6 +188,34 @@ describe('the reload sequence', () => {
     expect(sequence.config.services[0].backends[0].address.port).toBe(7003);
   });
 
+  it('an edit given as a function builds on the config in force at its turn, not the one when it was asked (discovery)', async () => {
+    const before = config({ services: svc('web', `${HOST}:${p1}`) });
+    const { sequence } = parts(before);
+    const a = sequence.apply(config({ services: svc('web', `${HOST}:${p1}`, '127.0.0.1:7002') }));
+    let seen: Config | undefined;
+    const b = sequence.edit((inForce) => (seen = inForce));
+    await Promise.all([a, b]);
+    expect(seen?.services[0].backends[0].address.port).toBe(7002);
+    expect(sequence.config.services[0].backends[0].address.port).toBe(7002);
+  });
+
+  it('compose joins what discovery found to every config applied', async () => {
+    const before = config({ services: svc('web', `${HOST}:${p1}`) });
+    const { balancer } = parts(before);
+    const found = { address: { host: '127.0.0.1', port: 7009 }, weight: 1, max_connections: 0, backup: false, state: 'ready' as const };
+    const sequence = new ReloadSequence({
+      balancer: { apply: (c) => balancer.apply(c), serviceIndex: (n) => balancer.serviceIndex(n), targets: (n) => balancer.targets(n) },
+      health: { update: () => {} },
+      pool: { updateServices: async () => [], pauseService: async () => {}, resumeService: async () => {}, isPaused: () => false, setLogging: async () => {}, resize: async () => [] },
+      failover: null,
+      logger: silentLogger,
+      compose: (next) => ({ ...next, services: next.services.map((s) => ({ ...s, backends: [...s.backends, found] })) }),
+    }, before);
+    await sequence.apply(config({ services: svc('web', `${HOST}:${p1}`, '127.0.0.1:7002') }));
+    expect(sequence.config.services[0].backends.map((b) => b.address.port)).toEqual([7002, 7009]);
+    expect(balancer.describe().find((s) => s.name === 'web')!.backends.filter((b) => !b.removed).map((b) => b.address)).toEqual(['127.0.0.1:7002', '127.0.0.1:7009']);
+  });
+
   it('a file reload re-reads the file through the same sequence, and records what it did', async () => {
     const dir = await mkdtemp(join(tmpdir(), 'fulcrum-control-'));
     cleanupDirs.push(dir);

@@ -15,7 +15,7 @@ import type { ChildProcess } from 'node:child_process';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { NetLab, NODE, ROOT, sleep, waitForLine } from '../helpers/netns.ts';
+import { collectJsonLines, NetLab, NODE, ROOT, sleep, waitForLine } from '../helpers/netns.ts';
 
 export const VIP = '198.51.100.100';
 export const SERVICE_PORT = 8080;
@@ -59,6 +59,8 @@ export interface PairConfig {
   logLevel?: string;
   /** A second service, web2, on the VIP at this port (to the same backends). */
   extraPort?: number;
+  /** A UDP service, game (maglev by source address), on the VIP at this port, to the backends' UDP ports. */
+  udpPort?: number;
 }
 
 export class PairLab {
@@ -121,7 +123,7 @@ services:
     timeouts: { connect: 500ms }
     backends:
 ${BACKENDS.map((b) => `      - address: ${b}`).join('\n')}
-${c.extraPort ? `  - name: web2\n    listen: ${VIP}:${c.extraPort}\n    backends:\n${BACKENDS.map((b) => `      - address: ${b}`).join('\n')}\n` : ''}ha:
+${c.extraPort ? `  - name: web2\n    listen: ${VIP}:${c.extraPort}\n    backends:\n${BACKENDS.map((b) => `      - address: ${b}`).join('\n')}\n` : ''}${c.udpPort ? `  - name: game\n    protocol: udp\n    listen: ${VIP}:${c.udpPort}\n    balance: maglev\n    backends:\n${BACKENDS.map((b) => `      - address: ${b}`).join('\n')}\n` : ''}ha:
   vip: ${VIP}/24
   interface: eth0
   bind: ${self.hb}:7946
@@ -142,23 +144,7 @@ ${c.extraPort ? `  - name: web2\n    listen: ${VIP}:${c.extraPort}\n    backends
   async start(node: NodeName, c: PairConfig = {}): Promise<Running> {
     const file = this.writeConfig(node, c);
     const child = this.lab.spawn(node, join(ROOT, 'bin/fulcrum'), ['run', '--config', file]);
-    const lines: LogLine[] = [];
-    let buf = '';
-    const onData = (d: Buffer) => {
-      buf += d.toString();
-      let i: number;
-      while ((i = buf.indexOf('\n')) >= 0) {
-        const raw = buf.slice(0, i);
-        buf = buf.slice(i + 1);
-        try {
-          lines.push(JSON.parse(raw) as LogLine);
-        } catch {
-          lines.push({ level: 50, msg: raw });
-        }
-      }
-    };
-    child.stdout?.on('data', onData);
-    child.stderr?.on('data', onData);
+    const lines = collectJsonLines<LogLine>(child);
     const exited = new Promise<number | null>((r) => child.once('exit', (code) => r(code)));
     const r: Running = { node, child, lines, exited };
     this.running.set(node, r);
@@ -266,7 +252,17 @@ ${c.extraPort ? `  - name: web2\n    listen: ${VIP}:${c.extraPort}\n    backends
 
   /** A bounded client loop in the client namespace: one connect per interval. */
   clientLoop(intervalMs: number, durationMs: number, timeoutMs: number): { child: ChildProcess; results: ClientResult[]; done: Promise<void> } {
-    const child = this.lab.spawn('client', NODE, [join(FIXTURES, 'client.ts'), 'loop', `${VIP}:${SERVICE_PORT}`, String(intervalMs), String(durationMs), String(timeoutMs)]);
+    return this.clientRun(['loop', `${VIP}:${SERVICE_PORT}`, String(intervalMs), String(durationMs), String(timeoutMs)]);
+  }
+
+  /** A bounded UDP client in the client namespace: one socket bound to `src`, a datagram per interval. */
+  udpLoop(port: number, src: string, intervalMs: number, durationMs: number): { child: ChildProcess; results: ClientResult[]; done: Promise<void> } {
+    return this.clientRun(['udp', `${VIP}:${port}`, src, String(intervalMs), String(durationMs)]);
+  }
+
+  /** Runs the client fixture with `args`, collecting its JSON result lines. */
+  private clientRun(args: string[]): { child: ChildProcess; results: ClientResult[]; done: Promise<void> } {
+    const child = this.lab.spawn('client', NODE, [join(FIXTURES, 'client.ts'), ...args]);
     const results: ClientResult[] = [];
     let buf = '';
     child.stdout?.on('data', (d: Buffer) => {

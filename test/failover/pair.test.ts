@@ -71,6 +71,26 @@ describe.skipIf(!HAVE_NETNS)('failover pair in network namespaces', () => {
     expect(late.every((r) => r.ok)).toBe(true);
   });
 
+  it('kill -9 of the master: a UDP client keeps getting replies through the VIP within 1 s, from the same backend (maglev)', async () => {
+    const UDP_PORT = 27960;
+    await startPair({ udpPort: UDP_PORT });
+    const loop = p.udpLoop(UDP_PORT, CLIENTS[1], 20, 3000);
+    await waitFor(() => loop.results.length >= 10, 3000, 'UDP replies through lb1');
+    const before = new Set(loop.results.map((r) => r.body));
+    expect(before.size).toBe(1);
+    const killedAt = Date.now();
+    await p.kill9('lb1');
+    await loop.done;
+    const after = loop.results.filter((r) => r.done > killedAt);
+    expect(after.length).toBeGreaterThan(10);
+    const firstMs = after[0].done - killedAt;
+    console.log(`kill -9 → first UDP reply through the VIP: ${firstMs} ms`);
+    expect(firstMs).toBeLessThan(1000);
+    // lb2 made a new flow at the first datagram it got, and its Maglev table is lb1's.
+    expect(new Set(after.map((r) => r.body))).toEqual(before);
+    expect(p.role('lb2')).toBe('master');
+  });
+
   it('SIGTERM of the master: priority 0, the backup takes over in about one advert interval', async () => {
     await startPair();
     const t0 = Date.now();

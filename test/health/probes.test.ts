@@ -4,6 +4,7 @@
  * within the timeout, and no socket may be left open on either side.
  * Loopback: 127.3.1.x.
  */
+import { createSocket, type Socket as UdpSocket } from 'node:dgram';
 import net from 'node:net';
 import { writeFile, mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
@@ -399,5 +400,59 @@ describe('postgres and mysql probes against bad servers', () => {
     await writeFile(file, 'x\n');
     expect(await probe('postgres', s.target, { postgres: { password_file: join(dir, 'nope') } }))
       .toMatchObject({ ok: false, reason: `health.postgres.password_file ${join(dir, 'nope')}: cannot read (ENOENT)` });
+  });
+});
+
+/** A UDP server on HOST: `answer` says what to send back to each datagram (null: nothing). */
+async function udpServer(answer: (msg: Buffer) => Buffer | null): Promise<{ target: HostPort; socket: UdpSocket; seen: Buffer[]; close(): Promise<void> }> {
+  const socket = createSocket('udp4');
+  const seen: Buffer[] = [];
+  socket.on('message', (msg, from) => {
+    seen.push(msg);
+    const reply = answer(msg);
+    if (reply !== null) socket.send(reply, from.port, from.address);
+  });
+  await new Promise<void>((resolve) => socket.bind(0, HOST, resolve));
+  // A test may close it first (the ICMP case): closing twice is then a no-op.
+  let closed = false;
+  const close = (): Promise<void> => new Promise<void>((r) => (closed ? r() : ((closed = true), socket.close(() => r()))));
+  servers.push({ close });
+  return { target: { host: HOST, port: socket.address().port }, socket, seen, close };
+}
+
+const Q3_STATUS = { send: 'hex:ffffffff676574737461747573', expect: 'regex:^\\xff\\xff\\xff\\xffstatusResponse' };
+
+describe('udp probe', () => {
+  it('sends the payload and passes on a matching reply (regex, as Quake 3 getstatus)', async () => {
+    const s = await udpServer(() => Buffer.concat([Buffer.from([0xff, 0xff, 0xff, 0xff]), Buffer.from('statusResponse\n\\mapname\\q3dm1')]));
+    const r = await probe('udp', s.target, Q3_STATUS);
+    expect(r).toMatchObject({ ok: true, reason: `matched ${Q3_STATUS.expect}` });
+    expect(s.seen[0]).toEqual(Buffer.from('ffffffff676574737461747573', 'hex'));
+  });
+  it('passes on a hex prefix, and fails on a reply that does not match, quoting it', async () => {
+    const s = await udpServer((m) => (m[0] === 1 ? Buffer.from('ok-reply') : Buffer.from('nope')));
+    expect(await probe('udp', s.target, { send: 'hex:01', expect: 'hex:6f6b' })).toMatchObject({ ok: true });
+    expect(await probe('udp', s.target, { send: 'hex:02', expect: 'hex:6f6b' })).toMatchObject({ ok: false, reason: 'bad reply: expected hex:6f6b, got "nope"' });
+  });
+  it('answers a Source A2S challenge once with the challenge appended', async () => {
+    const challenge = Buffer.from([0xff, 0xff, 0xff, 0xff, 0x41, 1, 2, 3, 4]);
+    const s = await udpServer((m) => (m.length > 25 && m.subarray(-4).equals(challenge.subarray(5)) ? Buffer.from([0xff, 0xff, 0xff, 0xff, 0x49, 0x11]) : challenge));
+    const a2s = 'hex:ffffffff54536f7572636520456e67696e6520517565727900';
+    expect(await probe('udp', s.target, { send: a2s, expect: 'hex:ffffffff49' })).toMatchObject({ ok: true });
+    expect(s.seen).toHaveLength(2);
+  });
+  it('fails after the timeout when no reply comes', async () => {
+    const s = await udpServer(() => null);
+    const r = await probe('udp', s.target, Q3_STATUS);
+    expect(r.ok).toBe(false);
+    expect(r.reason).toMatch(/^timeout after 300ms \(waiting for regex:/);
+  });
+  it('fails at once on ICMP port unreachable (nothing bound there)', async () => {
+    const s = await udpServer(() => null);
+    const target = s.target;
+    await s.close();
+    const r = await probe('udp', target, Q3_STATUS);
+    expect(r).toMatchObject({ ok: false, reason: 'port unreachable (ICMP)' });
+    expect(r.latency_ms).toBeLessThan(TIMEOUT);
   });
 });

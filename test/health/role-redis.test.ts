@@ -10,14 +10,11 @@
  * - visibility: /api/services, /api/status, /metrics and the status page (chromium) show the role
  *   each backend last reported and when, and the demoted node reads "replica — not eligible".
  */
-import { mkdtemp, rm } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
-import { chromium } from 'playwright-core';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { FulcrumHandle } from '../../src/main.ts';
 import type { ProbeEvent } from '../../src/health/monitor.ts';
 import { startProxy } from '../proxy/harness.ts';
+import { withPage } from '../helpers/browser.ts';
 import { freePort } from '../helpers/net.ts';
 import { respSession, startRedis, tcpPortOf, type RedisServer } from '../helpers/redis.ts';
 import { waitUntilOnly } from './switchover.ts';
@@ -192,21 +189,11 @@ describe('role: primary across a REPLICAOF swap (redis)', () => {
     const at = Number(new RegExp(`fulcrum_backend_role_reported_timestamp_seconds\\{service="redis",backend="${x.address.replace(/\./g, '\\.')}"\\} (\\S+)`).exec(metrics)?.[1]);
     expect(Math.abs(at * 1000 - Date.now())).toBeLessThan(5000);
 
-    const profile = await mkdtemp(join(tmpdir(), 'fulcrum-chromium-'));
-    const browser = await chromium.launchPersistentContext(profile, {
-      executablePath: '/usr/bin/chromium', headless: true,
-      args: ['--headless', '--no-sandbox', '--disable-gpu', '--no-first-run', '--disable-background-networking', '--disable-component-update', '--disable-sync'],
-    });
-    try {
-      const page = browser.pages()[0] ?? (await browser.newPage());
-      await page.goto(`${admin}/`);
+    await withPage(`${admin}/`, async (page) => {
       const pill = (address: string) => page.locator(`tr[data-backend="redis|${address}"] .pill`);
       await pill(x.address).filter({ hasText: 'replica — not eligible' }).waitFor({ timeout: 5000 });
       expect(await pill(y.address).textContent()).toBe('up');
       expect(await page.locator(`tr[data-backend="redis|${x.address}"] .tag`).first().textContent()).toBe('replica');
-    } finally {
-      await browser.close();
-      await rm(profile, { recursive: true, force: true });
-    }
+    });
   }, 30_000);
 });

@@ -22,7 +22,7 @@ export interface MariaDbServer {
   stop(): Promise<void>;
 }
 
-/** `args`: more mariadbd options (e.g. --ssl-cert …). */
+/** `args`: more mariadbd options, after the defaults (e.g. --log-bin and --server-id for replication). */
 export async function startMariaDb(host: string, args: string[] = []): Promise<MariaDbServer> {
   const dir = await mkdtemp(join(tmpdir(), 'fulcrum-mariadb-'));
   const datadir = join(dir, 'data');

@@ -214,4 +214,38 @@ export function waitForLine(child: ChildProcess, re: RegExp, ms: number, stream:
   });
 }
 
+/**
+ * Parses `child`'s stdout and stderr as JSON lines (pino's) into `into`, as they come; a line that
+ * is not JSON is kept as { level: 50, msg: line }. Returns `into`.
+ */
+export function collectJsonLines<T extends { level: number; msg: string }>(child: ChildProcess, into: T[] = []): T[] {
+  for (const stream of [child.stdout, child.stderr]) {
+    let buf = '';
+    stream?.on('data', (d: Buffer) => {
+      buf += d.toString();
+      let i: number;
+      while ((i = buf.indexOf('\n')) >= 0) {
+        const raw = buf.slice(0, i);
+        buf = buf.slice(i + 1);
+        try {
+          into.push(JSON.parse(raw) as T);
+        } catch {
+          into.push({ level: 50, msg: raw } as T);
+        }
+      }
+    });
+  }
+  return into;
+}
+
+/** True when `bin` (a name on PATH or a path) can be run: tests that need a daemon skip without it. */
+export function haveBinary(bin: string): boolean {
+  try {
+    execFileSync('sh', ['-c', `command -v "$0"`, bin], { stdio: 'ignore' });
+    return true;
+  } catch {
+    return false;
+  }
+}
+
 export { sleep } from './net.ts';

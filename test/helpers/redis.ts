@@ -3,7 +3,7 @@
  * address, no persistence (`--save '' --appendonly no`), killed and removed by stop().
  */
 import { spawn, type ChildProcess } from 'node:child_process';
-import { mkdtemp, rm } from 'node:fs/promises';
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import net from 'node:net';
 import { freePort, waitFor } from './net.ts';
 import { tmpdir } from 'node:os';
@@ -43,10 +43,15 @@ export async function startRedis(opts: { host: string; port?: number; args?: str
   const { host } = opts;
   const port = opts.port ?? await freePort(host);
   const dir = await mkdtemp(join(tmpdir(), 'fulcrum-redis-'));
-  const child: ChildProcess = spawn('redis-server', [
+  return runRedisProcess('redis-server', [
     '--bind', host, '--port', String(port), '--dir', dir, '--save', '', '--appendonly', 'no',
     '--protected-mode', 'no', '--daemonize', 'no', '--logfile', join(dir, 'redis.log'), ...(opts.args ?? []),
-  ], { stdio: 'ignore' });
+  ], host, port, dir);
+}
+
+/** Runs a redis-server or redis-sentinel in `dir` until it answers PING; stop() kills it and removes the dir. */
+async function runRedisProcess(bin: string, args: string[], host: string, port: number, dir: string): Promise<RedisServer> {
+  const child: ChildProcess = spawn(bin, args, { stdio: 'ignore' });
   let exited = false;
   const exitPromise = new Promise<void>((resolve) => child.once('exit', () => { exited = true; resolve(); }));
   const stop = async () => {
@@ -58,10 +63,10 @@ export async function startRedis(opts: { host: string; port?: number; args?: str
   };
   // Any reply will do: with requirepass the answer is a NOAUTH error, and that means "up". An exit ends the wait.
   const answers = () => redisCommand(host, port, ['PING']).then(() => true, () => false);
-  const up = await waitFor(async () => exited || (await answers()), 10_000, 'redis-server to answer', 50).then(() => !exited, () => false);
+  const up = await waitFor(async () => exited || (await answers()), 10_000, `${bin} to answer`, 50).then(() => !exited, () => false);
   if (!up) {
     await stop();
-    throw new Error(`redis-server on ${host}:${port} did not start (is redis-server installed?)`);
+    throw new Error(`${bin} on ${host}:${port} did not start (is ${bin} installed?)`);
   }
   return { host, port, address: `${host}:${port}`, dir, command: (...args) => redisCommand(host, port, args), stop };
 }
@@ -119,4 +124,26 @@ export function tcpPortOf(info: RespValue): number {
   const m = typeof info === 'string' ? /^tcp_port:(\d+)/m.exec(info) : null;
   if (!m) throw new Error(`no tcp_port in INFO reply ${JSON.stringify(info)}`);
   return Number(m[1]);
+}
+
+/**
+ * A real Redis Sentinel (Debian's redis-sentinel) watching `master` as `name`: its config file in a
+ * temp dir (Sentinel rewrites it), announcing its own address so the sentinels find each other on
+ * loopback, a short down-after so a failover starts within a second. stop() kills it.
+ */
+export async function startSentinel(opts: { host: string; name: string; master: { host: string; port: number }; quorum: number; downAfterMs?: number }): Promise<RedisServer> {
+  const { host, name } = opts;
+  const port = await freePort(host);
+  const dir = await mkdtemp(join(tmpdir(), 'fulcrum-sentinel-'));
+  const conf = join(dir, 'sentinel.conf');
+  await writeFile(conf, [
+    `port ${port}`, `bind ${host}`, 'daemonize no', 'protected-mode no', `dir ${dir}`, `logfile ${join(dir, 'sentinel.log')}`,
+    `sentinel announce-ip ${host}`,
+    `sentinel monitor ${name} ${opts.master.host} ${opts.master.port} ${opts.quorum}`,
+    `sentinel down-after-milliseconds ${name} ${opts.downAfterMs ?? 500}`,
+    `sentinel failover-timeout ${name} 5000`,
+    `sentinel parallel-syncs ${name} 1`,
+    '',
+  ].join('\n'));
+  return runRedisProcess('redis-sentinel', [conf], host, port, dir);
 }

@@ -11,6 +11,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { Socket } from 'node:net';
 import { connectClient, freePort, readLine, startNamedServer, startServer, waitClose, waitFor, type TestServer } from '../helpers/net.ts';
+import { startUdpBackend, UdpClient, type UdpBackend } from '../helpers/udp.ts';
 import { api, TOKEN } from '../admin/stack.ts';
 
 const HOST = '127.5.4.1';
@@ -28,6 +29,7 @@ let named: TestServer;
 let closer: TestServer;
 let deadPort: number;
 let lines: Record<string, any>[] = [];
+let game: UdpBackend;
 
 beforeAll(async () => {
   dir = await mkdtemp(join(tmpdir(), 'fulcrum-logs-'));
@@ -35,9 +37,10 @@ beforeAll(async () => {
   // A backend that says hello and hangs up: the server closes first.
   closer = await startServer((s) => s.end('bye\n'), HOST);
   servers.push(named, closer);
+  game = await startUdpBackend('g', HOST);
   // Nothing listens on a privileged port here, and no freePort() (ephemeral) can return it.
   deadPort = 1;
-  for (const name of ['web', 'closing', 'dead', 'idle', 'admin']) ports[name] = await freePort(HOST);
+  for (const name of ['web', 'closing', 'dead', 'idle', 'admin', 'udp']) ports[name] = await freePort(HOST);
   await writeFile(join(dir, 'token'), TOKEN, { mode: 0o600 });
   const config = `workers: 2
 shutdown_grace: 500ms
@@ -59,6 +62,11 @@ services:
     listen: ${HOST}:${ports.idle}
     timeouts: { idle: 300ms }
     backends: [{ address: ${named.address} }]
+  - name: udp
+    protocol: udp
+    listen: ${HOST}:${ports.udp}
+    timeouts: { idle: 300ms }
+    backends: [{ address: ${game.address} }]
 `;
   await writeFile(join(dir, 'fulcrum.yaml'), config);
   admin = `http://${HOST}:${ports.admin}`;
@@ -76,6 +84,7 @@ services:
 afterAll(async () => {
   if (child && child.exitCode === null) child.kill('SIGKILL');
   for (const s of servers) await s.close();
+  await game?.close();
   if (dir) await rm(dir, { recursive: true, force: true });
 });
 
@@ -121,6 +130,15 @@ describe('connection and transition log lines', () => {
     d.destroy();
     expected.push({ service: 'idle', reason: 'idle_timeout', client: dAddr, bytes_in: 0, bytes_out: 3, backend: named.address });
 
+    // A UDP flow: two datagrams each way, then idle. The backend answers "g|" + the datagram.
+    const u = await UdpClient.open(CLIENT);
+    expect(await u.ask('ping', ports.udp, HOST)).toBe('g|ping');
+    expect(await u.ask('pong!', ports.udp, HOST)).toBe('g|pong!');
+    const uAddr = `${CLIENT}:${u.port}`;
+    await waitFor(() => stdout.includes(`"client":"${uAddr}"`), 3000, 'the flow line after its idle timeout');
+    await u.close();
+    expected.push({ service: 'udp', reason: 'idle_timeout', client: uAddr, bytes_in: 9, bytes_out: 13, backend: game.address });
+
     // A transition through the admin API: one 'backend state' line with from, to and cause.
     const r = await api(admin, 'POST', `/api/services/web/backends/${named.address}/state`, { state: 'drain' });
     expect(r.status).toBe(200);
@@ -152,7 +170,10 @@ describe('connection and transition log lines', () => {
       expect(line.level).toBe(30);
       expect(typeof line.time).toBe('string');
     }
-    const idle = conns.find((l) => l.reason === 'idle_timeout')!;
+    const flow = conns.find((l) => l.service === 'udp')!;
+    expect(flow).toMatchObject({ datagrams_in: 2, datagrams_out: 2 });
+    expect(conns.find((l) => l.service === 'web')!.datagrams_in).toBeUndefined();
+    const idle = conns.find((l) => l.reason === 'idle_timeout' && l.service === 'idle')!;
     expect(idle.duration_ms).toBeGreaterThanOrEqual(290);
     const failed = conns.find((l) => l.reason === 'connect_failed')!;
     expect(failed.connect_ms).toBe(-1);

@@ -140,6 +140,7 @@ describe('metrics', () => {
     expect(m.get('fulcrum_reloads_total{result="applied"}')).toBe(1);
     expect(m.get('fulcrum_nodejs_eventloop_lag_seconds')).toBeGreaterThanOrEqual(0);
     expect(m.has('fulcrum_failover_role{role="master"}')).toBe(false); // no ha section
+    expect([...m.keys()].filter((k) => k.startsWith('fulcrum_bgp_'))).toEqual([]); // no bgp section
 
     // Retries: put a dead backend into "web" (no health section, so only the data plane sees it fail).
     expect((await api(stack.admin, 'POST', '/api/services/web/backends', { address: dead })).status).toBe(201);

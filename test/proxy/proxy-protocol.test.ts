@@ -47,6 +47,18 @@ describe('PROXY protocol', () => {
     expect(ok(local).header.family).toBe('local');
   });
 
+  it('v2 for datagrams: family 0x12 / 0x22 (UDP over IPv4 / IPv6), the same address block; the TCP parser keeps the socket\'s', () => {
+    const v4 = encodeProxyV2('10.1.2.3', 1000, '10.1.2.4', 2000, true);
+    const v4tcp = encodeProxyV2('10.1.2.3', 1000, '10.1.2.4', 2000);
+    expect(v4[13]).toBe(0x12);
+    expect(v4tcp[13]).toBe(0x11);
+    expect(Buffer.concat([v4.subarray(0, 13), v4.subarray(14)])).toEqual(Buffer.concat([v4tcp.subarray(0, 13), v4tcp.subarray(14)]));
+    expect(encodeProxyV2('2001:db8::1', 1, '10.0.0.2', 2, true)[13]).toBe(0x22);
+    expect(encodeProxyV2('unix', 0, 'socket', 0, true)[13]).toBe(0x00);
+    // accept_proxy is TCP: a DGRAM header there names nothing the stream can use.
+    expect(ok(v4).header.family).toBe('unknown');
+  });
+
   it('refuses what is not a PROXY header, with a reason', () => {
     expect(reason(Buffer.from('GET / HTTP/1.1\r\n'))).toMatch(/^not a PROXY header: starts with "GET \/ HTTP\/1.1\\x0d\\x0a"/);
     expect(reason(Buffer.from('*1\r\n$4\r\nPING\r\n'))).toMatch(/not a PROXY header/);

@@ -15,6 +15,7 @@ const MODULES: Record<HealthConfig['type'], () => Promise<Probe>> = {
   redis: async () => (await import('./redis.ts')).redisProbe,
   postgres: async () => (await import('./postgres.ts')).postgresProbe,
   mysql: async () => (await import('./mysql.ts')).mysqlProbe,
+  udp: async () => (await import('./udp.ts')).udpProbe,
 };
 
 const loaded = new Map<HealthConfig['type'], Promise<Probe>>();

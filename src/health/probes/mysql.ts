@@ -9,6 +9,7 @@ import mysql from 'mysql2';
 import net from 'node:net';
 import tls from 'node:tls';
 import { capReply, checkData, framed, MAX_REPLY, ProbeFailure, readSecret, roleResult, runProbe, tlsOptions, type Probe } from './probe.ts';
+import { lagResult } from './lag.ts';
 
 const AUTH_ERRNOS = new Set([1044, 1045, 1698, 1130]);
 
@@ -27,6 +28,40 @@ export const mysqlFrames = (): ((chunk: Buffer) => string | null) => framed(4, (
   const len = total - 4;
   return len > 0 && b[at + 4] === 0xff && len < 3 ? `bad reply: not the MySQL protocol (an error packet of ${len} byte${len === 1 ? '' : 's'})` : null;
 });
+
+type Row = Record<string, unknown>;
+
+const query = (conn: mysql.Connection, sql: string): Promise<Row[]> => new Promise((resolve, reject) => {
+  conn.query(sql, (err, result) => (err ? reject(err) : resolve(Array.isArray(result) ? result as Row[] : [])));
+});
+
+/** SHOW REPLICA STATUS (MySQL ≥ 8.0.22, MariaDB ≥ 10.5.1), else SHOW SLAVE STATUS (a syntax error, 1064, says which). */
+async function replicaStatus(conn: mysql.Connection): Promise<Row[]> {
+  try {
+    return await query(conn, 'SHOW REPLICA STATUS');
+  } catch (err) {
+    if ((err as { errno?: number }).errno !== 1064) throw err;
+    return query(conn, 'SHOW SLAVE STATUS');
+  }
+}
+
+/**
+ * The lag in milliseconds from a replica's status (src/health/probes/lag.ts): Seconds_Behind_Master
+ * (or _Source). NULL (replication stopped) and no status at all are failures, not lag.
+ */
+function replicaLag(rows: Row[]): number {
+  const row = rows[0];
+  if (!row) throw new ProbeFailure('read_only, but not replicating (SHOW REPLICA STATUS is empty)');
+  const secs = row.Seconds_Behind_Master ?? row.Seconds_Behind_Source;
+  const running = (io: string, sql: string) => `IO thread ${String(row[io] ?? '?')}, SQL thread ${String(row[sql] ?? '?')}`;
+  if (secs === null || secs === undefined) {
+    const threads = 'Slave_IO_Running' in row ? running('Slave_IO_Running', 'Slave_SQL_Running') : running('Replica_IO_Running', 'Replica_SQL_Running');
+    throw new ProbeFailure(`replication stopped (Seconds_Behind_Master is NULL: ${threads})`);
+  }
+  const n = Number(secs);
+  if (!Number.isFinite(n) || n < 0) throw new ProbeFailure(`bad reply: Seconds_Behind_Master ${JSON.stringify(secs)}`);
+  return n * 1000;
+}
 
 export const mysqlProbe: Probe = (target, settings, signal) =>
   runProbe(signal, settings, async (stage) => {
@@ -84,6 +119,12 @@ export const mysqlProbe: Probe = (target, settings, signal) =>
       const ro = Array.isArray(rows) ? (rows[0] as { ro?: unknown } | undefined)?.ro : undefined;
       const n = typeof ro === 'string' ? Number(ro) : ro;
       if (n !== 0 && n !== 1) throw new ProbeFailure(`bad reply: @@global.read_only returned ${JSON.stringify(ro)}`);
+      if (n === 1 && settings.max_lag !== undefined && settings.role !== 'primary') {
+        stage.name = 'waiting for SHOW REPLICA STATUS';
+        const lag = replicaLag(await replicaStatus(conn));
+        clean = true;
+        return lagResult(settings.role, settings.max_lag, lag);
+      }
       clean = true;
       return roleResult(n === 1 ? 'replica' : 'primary', settings.role);
     } catch (err) {

@@ -15,6 +15,7 @@ import net from 'node:net';
 import pg from 'pg';
 import type { HealthConfig } from '../../config/schema.ts';
 import { capReply, checkData, excerpt, framed, MAX_REPLY, ProbeFailure, readSecret, roleResult, runProbe, tlsOptions, type Probe } from './probe.ts';
+import { lagResult, PG_LAG_QUERY } from './lag.ts';
 
 /** SQLSTATEs that mean "these credentials will not do" rather than "the server is unwell". */
 const AUTH_STATES = new Set(['28P01', '28000']);
@@ -166,6 +167,13 @@ export const postgresProbe: Probe = (target, settings, signal) =>
       const res = await client.query<{ r: unknown }>('SELECT pg_is_in_recovery() AS r');
       const r = res.rows[0]?.r;
       if (typeof r !== 'boolean') throw new ProbeFailure(`bad reply: pg_is_in_recovery() returned ${JSON.stringify(r)}`);
+      if (r && settings.max_lag !== undefined && settings.role !== 'primary') {
+        stage.name = 'waiting for the replication lag';
+        const lag = (await client.query<{ lag_ms: unknown }>(PG_LAG_QUERY)).rows[0]?.lag_ms;
+        if (lag !== null && typeof lag !== 'number') throw new ProbeFailure(`bad reply: the lag query returned ${JSON.stringify(lag)}`);
+        clean = true;
+        return lagResult(settings.role, settings.max_lag, lag, lag === null ? 'replay behind receive, no transaction replayed yet' : '');
+      }
       clean = true;
       return roleResult(r ? 'replica' : 'primary', settings.role);
     } catch (err) {

@@ -31,6 +31,14 @@ export interface ProbeResult {
    * the backend's failure: the monitor records nothing for it and probes again.
    */
   skipped?: string;
+  /**
+   * Replicas of a check with max_lag: how far behind its primary the server is, in milliseconds
+   * (src/health/probes/lag.ts says how each server's lag is read); null when it is behind by an
+   * amount it cannot tell (treated as over max_lag).
+   */
+  lag_ms?: number | null;
+  /** The probe failed because the replica lags (over max_lag): lag_action decides, not on_marked_down. */
+  lagging?: true;
 }
 
 /**
@@ -106,7 +114,7 @@ export interface ProbeStage {
 export async function runProbe(
   signal: AbortSignal,
   settings: HealthConfig,
-  body: (stage: ProbeStage) => Promise<{ reason: string; role?: Role; ok?: boolean }>,
+  body: (stage: ProbeStage) => Promise<{ reason: string; role?: Role; ok?: boolean } & Pick<ProbeResult, 'lag_ms' | 'lagging'>>,
 ): Promise<ProbeResult> {
   const started = performance.now();
   const stage: ProbeStage = { name: 'connecting' };
@@ -119,7 +127,10 @@ export async function runProbe(
       onAbort = () => reject(new Error('aborted'));
       signal.addEventListener('abort', onAbort, { once: true });
     })]);
-    return { ok: r.ok ?? true, reason: clip(r.reason), latency_ms: latency(), ...(r.role ? { role: r.role } : {}) };
+    return {
+      ok: r.ok ?? true, reason: clip(r.reason), latency_ms: latency(), ...(r.role ? { role: r.role } : {}),
+      ...(r.lag_ms !== undefined ? { lag_ms: r.lag_ms } : {}), ...(r.lagging ? { lagging: r.lagging } : {}),
+    };
   } catch (err) {
     const local = localErrorCode(err);
     if (local !== undefined) {

@@ -9,6 +9,7 @@
  * `health.redis.tls` (require, verify-full with ca_file) speaks TLS to the server (its tls-port).
  */
 import { excerpt, ProbeFailure, ProbeSocket, readSecret, roleResult, runProbe, tlsOptions, type Probe, type Role } from './probe.ts';
+import { lagResult, redisLag } from './lag.ts';
 import { encodeCommand, parseReply, RespError, type RespValue } from './resp.ts';
 
 function roleName(raw: string): Role | undefined {
@@ -27,6 +28,13 @@ export const redisProbe: Probe = (target, settings, signal) =>
       return sock.read((buf) => parseReply(buf));
     };
     stage.socket = sock;
+    const infoReplication = async (refused: string): Promise<string> => {
+      stage.name = 'waiting for INFO reply';
+      const info = await command(['INFO', 'replication']);
+      if (info instanceof RespError) throw new ProbeFailure(`${refused}${info.message}`);
+      if (typeof info !== 'string') throw new ProbeFailure(`bad reply to INFO: ${excerpt(JSON.stringify(info))}`);
+      return info;
+    };
     try {
       if (password !== undefined) {
         stage.name = 'waiting for AUTH reply';
@@ -35,21 +43,25 @@ export const redisProbe: Probe = (target, settings, signal) =>
       }
       stage.name = 'waiting for ROLE reply';
       const role = await command(['ROLE']);
+      let name: Role | undefined;
+      let info: string | undefined;
       if (Array.isArray(role) && typeof role[0] === 'string') {
-        const name = roleName(role[0]);
+        name = roleName(role[0]);
         if (!name) throw new ProbeFailure(`server is a ${role[0]}, not a primary or replica`);
-        return roleResult(name, settings.role);
+      } else {
+        if (role instanceof RespError && /^NOAUTH/.test(role.message)) throw new ProbeFailure(`auth failed: ${role.message}`);
+        if (!(role instanceof RespError)) throw new ProbeFailure(`bad reply to ROLE: ${excerpt(JSON.stringify(role))}`);
+        // ROLE refused: fall back to INFO replication.
+        info = await infoReplication(`ROLE and INFO refused: ${role.message}; `);
+        const m = /^role:(\w+)/m.exec(info);
+        name = m ? roleName(m[1]) : undefined;
+        if (!name) throw new ProbeFailure(`bad reply to INFO: no role line in ${excerpt(info)}`);
       }
-      if (role instanceof RespError && /^NOAUTH/.test(role.message)) throw new ProbeFailure(`auth failed: ${role.message}`);
-      if (!(role instanceof RespError)) throw new ProbeFailure(`bad reply to ROLE: ${excerpt(JSON.stringify(role))}`);
-      // ROLE refused: fall back to INFO replication.
-      stage.name = 'waiting for INFO reply';
-      const info = await command(['INFO', 'replication']);
-      if (info instanceof RespError) throw new ProbeFailure(`ROLE and INFO refused: ${role.message}; ${info.message}`);
-      if (typeof info !== 'string') throw new ProbeFailure(`bad reply to INFO: ${excerpt(JSON.stringify(info))}`);
-      const m = /^role:(\w+)/m.exec(info);
-      const name = m ? roleName(m[1]) : undefined;
-      if (!name) throw new ProbeFailure(`bad reply to INFO: no role line in ${excerpt(info)}`);
+      // A replica of a check with max_lag: how stale it may be (src/health/probes/lag.ts).
+      if (name === 'replica' && settings.max_lag !== undefined && settings.role !== 'primary') {
+        const { lag_ms, why } = redisLag(info ?? await infoReplication('INFO refused: '));
+        return lagResult(settings.role, settings.max_lag, lag_ms, why);
+      }
       return roleResult(name, settings.role);
     } finally {
       sock.destroy();

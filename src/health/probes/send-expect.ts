@@ -10,8 +10,8 @@ import type { HealthConfig } from '../../config/schema.ts';
 import { excerpt, ProbeFailure, ProbeSocket, runProbe, type Probe } from './probe.ts';
 
 /** Decodes the `send` setting. Throws a message naming the setting for a bad hex string. */
-export function decodeSend(text: string): Buffer {
-  if (text.startsWith('hex:')) return decodeHex(text.slice(4), 'health.send_expect.send');
+export function decodeSend(text: string, setting = 'health.send_expect.send'): Buffer {
+  if (text.startsWith('hex:')) return decodeHex(text.slice(4), setting);
   const out: number[] = [];
   for (let i = 0; i < text.length; i++) {
     const ch = text[i];
@@ -46,13 +46,13 @@ export type Expectation =
   | { kind: 'hex'; bytes: Buffer; label: string }
   | { kind: 'regex'; re: RegExp; label: string };
 
-export function parseExpect(expect: string): Expectation {
-  if (expect.startsWith('hex:')) return { kind: 'hex', bytes: decodeHex(expect.slice(4), 'health.send_expect.expect'), label: expect };
+export function parseExpect(expect: string, setting = 'health.send_expect.expect'): Expectation {
+  if (expect.startsWith('hex:')) return { kind: 'hex', bytes: decodeHex(expect.slice(4), setting), label: expect };
   if (expect.startsWith('regex:')) {
     try {
       return { kind: 'regex', re: new RegExp(expect.slice(6)), label: expect };
     } catch (err) {
-      throw new ProbeFailure(`health.send_expect.expect: bad regular expression "${expect.slice(6)}": ${(err as Error).message}`);
+      throw new ProbeFailure(`${setting}: bad regular expression "${expect.slice(6)}": ${(err as Error).message}`);
     }
   }
   return { kind: 'text', text: decodeSend(expect), label: JSON.stringify(expect) };

@@ -76,6 +76,8 @@ export interface OperationsOptions {
   signals?: boolean;
   /** More fields for /api/status. */
   status?: () => Record<string, unknown>;
+  /** The data path's descriptor reserve (the pool's), for the metrics. */
+  descriptors?: () => { held: number; accepting: boolean; pauses: number; stop: number };
 }
 
 export interface Operations {
@@ -104,6 +106,7 @@ export async function startOperations(options: OperationsOptions): Promise<Opera
     bgp: bgp ? () => bgp.status() : undefined,
     reloads: () => ({ applied: control.applied, refused: control.refused }),
     roles,
+    descriptors: options.descriptors,
   });
 
   // ── events ──
@@ -216,7 +219,12 @@ export interface FulcrumLike {
   readonly config: Config;
   readonly memory: WebAssembly.Memory;
   readonly balancer: OperationsBalancer;
-  readonly pool: { killBackend(backend: number): Promise<number> };
+  /** `status` (the data plane's workers, /api/status `data_plane`) when the pool has one. */
+  readonly pool: {
+    killBackend(backend: number): Promise<number>;
+    status?(): object;
+    descriptors?(): { held: number; accepting: boolean; pauses: number; stop: number };
+  };
   readonly events: OperationsEvents;
   readonly control: OperationsControl;
   readonly logger: Logger;
@@ -247,7 +255,8 @@ export async function startOperationsFor(
     failover: options.failover ?? handle.failover ?? undefined,
     bgp: handle.bgp ?? undefined,
     signals: options.signals,
-    status: options.status,
+    descriptors: handle.pool.descriptors ? () => handle.pool.descriptors!() : undefined,
+    status: () => ({ ...(handle.pool.status ? { data_plane: handle.pool.status() } : {}), ...options.status?.() }),
   });
   void handle.stopped.then(() => ops.close());
   return ops;

@@ -45,6 +45,14 @@ export const oneOf = <const T extends readonly [string, ...string[]]>(values: T)
     error: `must be one of ${values.join(' | ')}`,
   });
 
+/** A TCP keepalive time: the kernel takes whole seconds, 1–32767 (rounded up when sent: proxy/table.ts). */
+const keepaliveTime = () =>
+  z.custom<number | string>((v) => {
+    const ms = parseDuration(v);
+    return ms !== undefined && ms >= 1000 && ms <= 32_767_000;
+  }, { error: 'must be a duration 1s–32767s (the kernel counts keepalive in seconds), like 30s or 5m' })
+    .transform((v) => parseDuration(v) as number);
+
 const nonEmptyString = (what: string) =>
   z.custom<string>((v) => typeof v === 'string' && v.trim().length > 0, { error: `must be a non-empty ${what}` });
 
@@ -288,6 +296,8 @@ const TCP_ONLY_KEYS: Record<string, string> = {
   accept_proxy: 'a PROXY header is read from TCP clients only',
   'timeouts.connect': 'a flow\'s upstream socket is ready at once',
   'timeouts.proxy_header': 'a PROXY header is read from TCP clients only',
+  tcp_keepalive: 'TCP keepalive probes TCP connections only',
+  propagate_reset: 'a datagram flow has no reset to pass on',
 };
 
 const serviceFields = z.strictObject({
@@ -333,6 +343,18 @@ const serviceFields = z.strictObject({
   accept_proxy: bool().optional(),
   /** Tell backends who the client is with a PROXY protocol header (HAProxy's send-proxy / send-proxy-v2). UDP: v2 on every datagram. */
   send_proxy: oneOf(['none', 'v1', 'v2'] as const).default('none'),
+  /**
+   * TCP keepalive on the client's and the backend's socket (HAProxy's clitcpka / srvtcpka): the
+   * kernel probes a connection idle this long, every `interval`, and drops it after `count`
+   * unanswered probes. Whole seconds (the kernel's unit), 1 s–32767 s. Absent: the system's default (off).
+   */
+  tcp_keepalive: z.strictObject({
+    idle: keepaliveTime().default(300_000),
+    interval: keepaliveTime().default(30_000),
+    count: intIn(1, 127).default(5),
+  }).optional(),
+  /** A reset from one side resets the other (SO_LINGER 0, then close) instead of closing it cleanly. */
+  propagate_reset: bool().optional(),
   /** protocol udp: a flow ends after `responses` replies (0: only when idle), and longer datagrams are dropped and counted. */
   udp: z.strictObject({
     responses: intIn(0, 1_000_000).default(UDP_DEFAULT.responses),
@@ -390,6 +412,7 @@ export const serviceSchema = serviceFields.transform((s, ctx) => {
       proxy_header: s.timeouts.proxy_header ?? 5000,
     },
     accept_proxy: s.accept_proxy ?? false,
+    propagate_reset: s.propagate_reset ?? false,
     udp: s.udp ?? UDP_DEFAULT,
   };
 });

@@ -20,6 +20,7 @@ import { closeSync, constants, fstatSync, openSync, readFileSync, type Stats } f
 import { open } from 'node:fs/promises';
 import { isAbsolute, resolve } from 'node:path';
 import { ERROR_CODES, FulcrumError } from '../errors.ts';
+import { localErrorCode } from '../local-errors.ts';
 import type { Config } from './schema.ts';
 
 /** The settings that name a secret file, and the code their errors carry. */
@@ -87,12 +88,17 @@ export function readSecretFileSync(setting: SecretSetting, file: string): Buffer
   }
 }
 
-/** The same, without blocking the thread (the probes read their password before each probe). */
+/**
+ * The same, without blocking the thread (the probes read their password before each probe). A
+ * local error (EMFILE…: src/local-errors.ts) is thrown as it came, not as a SecretFileError: this
+ * process is out of files, the file is fine, and the probe that wanted it is skipped, not failed.
+ */
 export async function readSecretFile(setting: SecretSetting, file: string): Promise<Buffer> {
   let handle;
   try {
     handle = await open(file, OPEN_FLAGS);
   } catch (err) {
+    if (localErrorCode(err) !== undefined) throw err;
     throw new SecretFileError(setting, file, why(err), err);
   }
   try {
@@ -100,7 +106,7 @@ export async function readSecretFile(setting: SecretSetting, file: string): Prom
     if (problem) throw new SecretFileError(setting, file, problem);
     return secretOf(setting, file, await handle.readFile());
   } catch (err) {
-    if (err instanceof SecretFileError) throw err;
+    if (err instanceof SecretFileError || localErrorCode(err) !== undefined) throw err;
     throw new SecretFileError(setting, file, why(err), err);
   } finally {
     await handle.close();

@@ -74,6 +74,8 @@ export interface MetricsSources {
   reloads?: () => { applied: number; refused: number };
   /** The role each backend with a database check last reported. */
   roles?: () => readonly RoleObservation[];
+  /** The data path's descriptor reserve (proxy/descriptors.ts): held, accepting, pauses, the stop mark. */
+  descriptors?: () => { held: number; accepting: boolean; pauses: number; stop: number };
 }
 
 type ServiceLabels = 'service';
@@ -267,6 +269,34 @@ export class Metrics {
         for (const r of roles?.() ?? []) {
           if (r.lag_ms !== undefined) this.set({ service: r.service, backend: r.address }, r.lag_ms === null ? Infinity : r.lag_ms / 1000);
         }
+      },
+    });
+
+    // ── the descriptor reserve ──
+    const descriptors = sources.descriptors;
+    new Gauge({
+      name: METRICS_PREFIX + 'accepting', help: '1 while the data path accepts connections; 0 while it holds the descriptor reserve\'s stop mark (new connections wait in the listen backlog).',
+      registers,
+      collect() {
+        this.reset();
+        const d = descriptors?.();
+        if (d) this.set(d.accepting ? 1 : 0);
+      },
+    });
+    new Counter({
+      name: METRICS_PREFIX + 'accept_pauses_total', help: 'Times the data path stopped accepting at the descriptor reserve\'s mark.', registers,
+      collect() {
+        this.reset();
+        const d = descriptors?.();
+        if (d) this.inc(d.pauses);
+      },
+    });
+    new Gauge({
+      name: METRICS_PREFIX + 'data_path_descriptors', help: 'Descriptors the data path\'s sessions hold (client and backend sockets), all workers.', registers,
+      collect() {
+        this.reset();
+        const d = descriptors?.();
+        if (d) this.set(d.held);
       },
     });
 

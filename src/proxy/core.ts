@@ -69,6 +69,11 @@ export interface DataPathContext {
    * ENFILE, ENOBUFS…): while accepting it, or opening its backend socket. Not a backend's fault.
    */
   onLocalError: ((errno: number, service: string, during: 'accept' | 'connect') => void) | null;
+  /**
+   * The descriptor reserve (descriptors.ts): told of each socket a session opens and closes, it
+   * stops the worker's listeners at the mark. Null: not counted.
+   */
+  descriptors: { take(n: number): void; give(n: number): void } | null;
 }
 
 const round1 = (ms: number): number => Math.round(ms * 10) / 10;
@@ -149,6 +154,7 @@ export class DataPath {
     s.tAccept = this.clock = performance.now();
     s.lastActive = this.clock;
     this.sessions.add(s);
+    this.ctx.descriptors?.take(1); // the client's socket
     if (this.shuttingDown) {
       this.end(s, TERM_SHUTDOWN);
       return;
@@ -401,7 +407,11 @@ export class DataPath {
 
   private startConnect(s: Session, ip: string, port: number, family: number): void {
     const err = s.t.connect(s, ip, port, family);
-    if (err === 0) return;
+    if (err === 0) {
+      s.backendFd = true;
+      this.ctx.descriptors?.take(1);
+      return;
+    }
     const code = getSystemErrorName(err);
     if (LOCAL_ERRORS.has(code)) this.localConnectFailure(s, err, code);
     else this.connectFailed(s, code);
@@ -440,6 +450,7 @@ export class DataPath {
     const f64 = this.f64;
     const failed = s.backend;
     s.t.abandon(s);
+    this.backendClosed(s);
     s.state = ST_FREE;
     s.timeoutMs = 0;
     f64[s.bcBase + BC_CONNECT_FAILURES] += 1;
@@ -606,6 +617,13 @@ export class DataPath {
     this.finalize(s);
   }
 
+  /** The attempt's backend socket is closed (abandoned, or with the session): the reserve counts it back. */
+  private backendClosed(s: Session): void {
+    if (!s.backendFd) return;
+    s.backendFd = false;
+    this.ctx.descriptors?.give(1);
+  }
+
   /** Gives the engine back what the session holds; safe to call more than once. */
   private releaseSession(s: Session): void {
     if (s.holdsSlot) {
@@ -646,6 +664,8 @@ export class DataPath {
     const reason = s.reason < 0 ? TERM_CLIENT_CLOSED : s.reason;
     this.f64[rt.scBase + SC_TERM_BASE + reason] += 1;
     this.sessions.delete(s);
+    this.backendClosed(s);
+    ctx.descriptors?.give(1); // the client's socket
     if (ctx.onClose !== null) {
       const rec: CloseRecord = {
         client: s.clientAddr,

@@ -47,9 +47,13 @@ export interface TcpHandle {
   connect(req: Req, ip: string, port: number): number;
   connect6(req: Req, ip: string, port: number): number;
   setNoDelay(on: boolean): number;
+  /** SO_KEEPALIVE and TCP_KEEPIDLE (seconds); libuv sets the interval and count itself (1.52: 1 s, 10). */
+  setKeepAlive(on: boolean, idleSeconds: number): number;
   getpeername(out: SockAddr): number;
   getsockname(out: SockAddr): number;
   close(cb?: (this: never) => void): void;
+  /** Closes with a reset (uv_tcp_close_reset: SO_LINGER 0, then close); an errno if it cannot (a shutdown was sent: close instead). */
+  reset(cb?: (this: never) => void): number;
 }
 
 /** Filled by getpeername / getsockname. */
@@ -81,7 +85,7 @@ const binding = (name: string): unknown => {
 };
 const tcpWrap = binding('tcp_wrap') as TcpWrapBinding | null;
 const streamWrap = binding('stream_wrap') as StreamWrapBinding | null;
-const uv = binding('uv') as { UV_EOF?: number } | null;
+const uv = binding('uv') as { UV_EOF?: number; UV_ECONNRESET?: number } | null;
 
 /** Why this Node cannot run the data path, or null. Checked once per worker at start-up. */
 export function rawHandlesMissing(): string | null {
@@ -106,6 +110,17 @@ export const streamState = streamWrap?.streamBaseState as Int32Array;
 export const K_NREAD = streamWrap?.kReadBytesOrError ?? 0;
 export const K_WRITE_ASYNC = streamWrap?.kLastWriteWasAsync ?? 0;
 export const UV_EOF = uv?.UV_EOF ?? -4095;
+export const UV_ECONNRESET = uv?.UV_ECONNRESET ?? -104;
+
+/**
+ * TCP keepalive on a Node server's listening socket (`idle` seconds, 0: off): the connections it
+ * accepts inherit it from the kernel, so nothing is set per connection. On Node's handles only the
+ * idle time can be chosen; libuv sets the probe interval and count. worker.ts, per service table.
+ */
+export function keepAliveOnServer(server: Server, idle: number): void {
+  const h = (server as unknown as { _handle: TcpHandle | null })._handle;
+  h?.setKeepAlive(idle > 0, idle);
+}
 
 /**
  * Routes a listener's accepted connections to `onconnection` as raw handles (no net.Socket is

@@ -38,6 +38,10 @@ export interface ServiceEntry {
   accept_proxy: boolean;
   /** Backends get a PROXY header naming the client. */
   send_proxy: 'none' | 'v1' | 'v2';
+  /** TCP keepalive of both sockets, in whole seconds (the kernel's unit), or null (the system's default). */
+  tcp_keepalive: { idle: number; interval: number; count: number } | null;
+  /** A reset from one side is passed on as a reset (SO_LINGER 0 and close), not a clean close. */
+  propagate_reset: boolean;
   /**
    * UDP never queues: max 0, so a datagram that finds no room is dropped (queue_full, counted as a
    * limit drop). when_down: how long a connection waits for a backend while none is eligible (0:
@@ -60,6 +64,8 @@ export interface WorkerInit {
   reusePort: boolean;
   /** Whether the worker runs the native relay (the pool checked that it loads), else Node's handles. */
   relay: boolean;
+  /** The descriptor reserve's cells, shared by all workers and the pool (descriptors.ts). */
+  descriptors: SharedArrayBuffer;
 }
 
 export type MainToWorker =

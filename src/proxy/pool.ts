@@ -15,10 +15,20 @@ import type { Logger } from '../observability/log.ts';
 import type { ListenProblem, MainToWorker, ServiceEntry, WorkerInit, WorkerToMain } from './messages.ts';
 import { rawHandlesMissing } from './handles.ts';
 import { loadRelay } from './relay.ts';
+import { DescriptorCells, descriptorMarks } from './descriptors.ts';
+import { readOpenFilesLimit } from '../open-files.ts';
 
 const WORKER_URL = new URL('./worker.ts', import.meta.url);
 const RESTART_DELAY_MIN_MS = 100;
 const RESTART_DELAY_MAX_MS = 5000;
+/** Crashes of one worker are counted over this window: the restart delay doubles with each (README). */
+const CRASH_WINDOW_MS = 60_000;
+/**
+ * A worker on the native relay that crashed this many times within CRASH_WINDOW_MS is restarted on
+ * the JavaScript data path (for good, until fulcrum restarts): a relay fault that a traffic pattern
+ * triggers would otherwise take the worker down again on every restart.
+ */
+export const CRASHES_BEFORE_JAVASCRIPT = 5;
 /**
  * Young generation of each worker thread, in MB (V8 splits it into two semi-spaces and a
  * new-large-object space). Left alone, V8 grows it during a connection storm and keeps it: the
@@ -49,6 +59,8 @@ export interface PoolOptions {
    * worker exit, before a restarted worker reuses the id.
    */
   reclaim: (workerId: number) => number;
+  /** Milliseconds, monotonic (tests inject one): the crash window's clock. */
+  now?: () => number;
 }
 
 export class PoolError extends FulcrumError {
@@ -62,7 +74,12 @@ interface Slot {
   worker: Worker | null;
   /** Requests sent to this worker that it has not answered yet. */
   pending: Map<number, (reply: { errors: ListenProblem[]; killed?: number } | null) => void>;
+  /** When it crashed within the last CRASH_WINDOW_MS (oldest first): the restart delay and the fallback count them. */
+  crashes: number[];
+  /** Its delay before the restart now pending, else 0. */
   restartDelay: number;
+  /** Crashed CRASHES_BEFORE_JAVASCRIPT times a minute on the relay: runs the JavaScript data path. */
+  javascript: boolean;
   stoppedResolve: (() => void) | null;
   /**
    * Taken out by a smaller `workers`: its listeners are closed and its sessions finish (up to the
@@ -87,6 +104,8 @@ export class WorkerPool extends EventEmitter<PoolEvents> {
   private readonly reusePort: boolean;
   /** What makes the workers' system calls: the native relay, or Node's TCP handles (relay.ts says why). */
   readonly dataPath: 'relay' | 'javascript';
+  /** The descriptor reserve's shared cells (descriptors.ts): every worker counts into them. */
+  private readonly descriptorCells = new DescriptorCells();
 
   constructor(opts: PoolOptions) {
     super();
@@ -100,6 +119,53 @@ export class WorkerPool extends EventEmitter<PoolEvents> {
     if (typeof relay === 'string') this.log.warn({ reason: relay }, `native relay not used (${relay}): the workers run the JavaScript data path`);
     this.reusePort = reusePortSupport().ok;
     this.wanted = this.fit(opts.workers);
+    this.setDescriptorMarks();
+  }
+
+  /**
+   * The descriptor reserve's marks for the open-files limit in force (main.ts raised it first) and
+   * the workers wanted; at start and per resize. Said in the log, with the reserve.
+   */
+  private setDescriptorMarks(): void {
+    const limit = readOpenFilesLimit()?.soft ?? Infinity;
+    const marks = descriptorMarks(limit, Math.max(this.wanted, 1), this.dataPath === 'relay');
+    const before = this.descriptorCells.marks;
+    this.descriptorCells.setMarks(marks);
+    if (Number.isFinite(limit) && before.stop !== marks.stop) {
+      this.log.info({ limit, reserve: marks.reserve, stop: marks.stop, resume: marks.resume },
+        `descriptor reserve: the data path stops accepting at ${marks.stop} of ${limit} descriptors and starts again at ${marks.resume}`);
+    }
+  }
+
+  /** The descriptor reserve: what the data path holds, whether it accepts, its pauses and marks (metrics, /api/status). */
+  descriptors(): ReturnType<DescriptorCells['read']> {
+    return this.descriptorCells.read();
+  }
+
+  /** The slot's crashes within the last CRASH_WINDOW_MS (older ones dropped). */
+  private recentCrashes(slot: Slot): number[] {
+    const since = this.now() - CRASH_WINDOW_MS;
+    while (slot.crashes.length > 0 && slot.crashes[0] <= since) slot.crashes.shift();
+    return slot.crashes;
+  }
+
+  private now(): number {
+    return this.opts.now?.() ?? performance.now();
+  }
+
+  /** For /api/status: the data path, and per worker its own (a crash-looping relay worker runs JavaScript) and recent crashes. */
+  status(): { data_path: 'relay' | 'javascript'; descriptors: ReturnType<DescriptorCells['read']>; workers: { id: number; data_path: 'relay' | 'javascript'; running: boolean; crashes_last_minute: number; restart_in_ms?: number }[] } {
+    return {
+      data_path: this.dataPath,
+      descriptors: this.descriptors(),
+      workers: this.slots.filter((s) => !s.retiring).sort((x, y) => x.id - y.id).map((s) => ({
+        id: s.id,
+        data_path: this.dataPath === 'relay' && !s.javascript ? 'relay' : 'javascript',
+        running: s.worker !== null,
+        crashes_last_minute: this.recentCrashes(s).length,
+        ...(s.restartDelay > 0 ? { restart_in_ms: s.restartDelay } : {}),
+      })),
+    };
   }
 
   /** Workers serving (not retiring). */
@@ -133,7 +199,9 @@ export class WorkerPool extends EventEmitter<PoolEvents> {
 
   /** A new worker under `id`; resolves with its first answer (its listeners bound), null if it died first. */
   private startSlot(id: number): Promise<{ errors: ListenProblem[] } | null> {
-    const slot: Slot = { id, worker: null, pending: new Map(), restartDelay: RESTART_DELAY_MIN_MS, stoppedResolve: null, retiring: false, exited: Promise.resolve() };
+    const slot: Slot = {
+      id, worker: null, pending: new Map(), crashes: [], restartDelay: 0, javascript: false, stoppedResolve: null, retiring: false, exited: Promise.resolve(),
+    };
     this.slots.push(slot);
     const ready = new Promise<{ errors: ListenProblem[] } | null>((resolve) => slot.pending.set(0, resolve));
     this.spawn(slot);
@@ -149,6 +217,7 @@ export class WorkerPool extends EventEmitter<PoolEvents> {
   async resize(requested: number, grace: number): Promise<ListenProblem[]> {
     if (this.stopping) return [];
     this.wanted = this.fit(requested);
+    this.setDescriptorMarks();
     const serving = this.slots.filter((s) => !s.retiring).sort((x, y) => x.id - y.id);
     // Once the retiring workers say they accept no more, the reload is done: a connection made
     // after it does not land in a listener about to close (whose queue the kernel would reset).
@@ -208,7 +277,8 @@ export class WorkerPool extends EventEmitter<PoolEvents> {
       paused: [...this.paused],
       logging: this.opts.logging,
       reusePort: this.reusePort,
-      relay: this.dataPath === 'relay',
+      relay: this.dataPath === 'relay' && !slot.javascript,
+      descriptors: this.descriptorCells.buffer,
     };
     const worker = new Worker(WORKER_URL, {
       workerData: init,
@@ -229,7 +299,6 @@ export class WorkerPool extends EventEmitter<PoolEvents> {
       case 'ack': {
         const done = slot.pending.get(msg.seq);
         slot.pending.delete(msg.seq);
-        if (msg.seq === 0) slot.restartDelay = RESTART_DELAY_MIN_MS;
         done?.({ errors: msg.errors, killed: msg.killed });
         break;
       }
@@ -250,6 +319,7 @@ export class WorkerPool extends EventEmitter<PoolEvents> {
     slot.stoppedResolve?.();
     // Its sockets died with it; the connection and queue slots it held in shared memory did not.
     const reclaimed = this.opts.reclaim(slot.id);
+    this.descriptorCells.forgetWorker(slot.id);
     this.emit('worker-exit', { workerId: slot.id, code, reclaimed, retired: slot.retiring });
     if (slot.retiring) {
       this.slots.splice(this.slots.indexOf(slot), 1);
@@ -259,11 +329,22 @@ export class WorkerPool extends EventEmitter<PoolEvents> {
       return;
     }
     if (this.stopping) return;
-    // A crash: its sessions are gone. Start a fresh worker with the current table.
-    const delay = slot.restartDelay;
-    slot.restartDelay = Math.min(RESTART_DELAY_MAX_MS, delay * 2);
-    this.log.error({ workerId: slot.id, code, reclaimed }, `data-plane worker ${slot.id} exited with code ${code}; gave back ${reclaimed} slots it held; restarting it in ${delay}ms`);
+    // A crash: its sessions are gone. Start a fresh worker with the current table, later with
+    // each crash of the last minute (a worker that starts and crashes at once, or at its first
+    // connection, is not restarted every 100 ms for ever: 100 ms, 200, 400… up to 5 s).
+    const crashes = this.recentCrashes(slot);
+    crashes.push(this.now());
+    const delay = Math.min(RESTART_DELAY_MAX_MS, RESTART_DELAY_MIN_MS * 2 ** (crashes.length - 1));
+    slot.restartDelay = delay;
+    this.log.error({ workerId: slot.id, code, reclaimed, crashes_last_minute: crashes.length },
+      `data-plane worker ${slot.id} exited with code ${code}; gave back ${reclaimed} slots it held; restarting it in ${delay}ms`);
+    if (this.dataPath === 'relay' && !slot.javascript && crashes.length >= CRASHES_BEFORE_JAVASCRIPT) {
+      slot.javascript = true;
+      this.log.error({ workerId: slot.id, crashes_last_minute: crashes.length, data_path: 'javascript' },
+        `data-plane worker ${slot.id} crashed ${crashes.length} times within a minute on the native relay: it runs the JavaScript data path from now on (until fulcrum restarts); /api/status lists it`);
+    }
     setTimeout(() => {
+      slot.restartDelay = 0;
       if (this.stopping || slot.worker !== null || slot.retiring) return;
       slot.pending.set(0, (reply) => this.logProblems(reply?.errors ?? [], slot.id));
       this.spawn(slot);

@@ -31,11 +31,11 @@ import {
 export {
   END_CLIENT, END_SERVER, EV_A, EV_ACCEPT, EV_ACCEPT_ERROR, EV_ADDR, EV_B, EV_CLIENT_GONE, EV_CONNECT_FAILED, EV_CONNECTED,
   EV_ENDED, EV_FIELDS, EV_ID, EV_TYPE, RELAY_EVENTS, RELAY_MAX_ACCEPT, RELAY_MAX_EVENTS, STAT_ACTIVITY, STAT_BYTES_IN,
-  STAT_BYTES_OUT, STAT_FIELDS,
+  STAT_BYTES_OUT, STAT_FIELDS, OPT_FIELDS, OPT_FLAGS, OPT_KEEP_COUNT, OPT_KEEP_IDLE, OPT_KEEP_INTERVAL, OPT_PROPAGATE_RESET,
 } from '../shm/layout.ts';
 
 /** The relay's interface version (its functions and their arguments); relay.c's RELAY_VERSION. */
-export const RELAY_VERSION = 2;
+export const RELAY_VERSION = 3;
 
 export interface RelayBinding {
   init(stats: Float64Array, events: Int32Array, onEvents: (n: number) => void): void;
@@ -44,9 +44,16 @@ export interface RelayBinding {
   listen(ip: string, port: number, family: number, reusePort: boolean, backlog: number): number;
   closeListener(id: number): void;
   resume(id: number): void;
-  /** 0, or a negative errno (nothing was kept: the client socket is still the caller's). */
+  /** Stops accepting on a listener (connections wait in its backlog) until resume(id). */
+  pause(id: number): void;
+  /** A listener's TCP keepalive (opts: layout.ts OPT_*), inherited by the sockets it accepts. */
+  keepAlive(id: number, opts: Int32Array): void;
+  /**
+   * 0, or a negative errno (nothing was kept: the client socket is still the caller's). `opts`
+   * (layout.ts OPT_*): propagate_reset, the backend's (and a lent client's) keepalive.
+   */
   connect(slot: number, clientFd: number, ownClient: boolean, ip: string, port: number, family: number,
-    prefix: Uint8Array | null, clientEnded: boolean): number;
+    prefix: Uint8Array | null, clientEnded: boolean, opts: Int32Array): number;
   watch(slot: number, clientFd: number): number;
   /** Whether the slot had a session; its sockets are closed but a kept or Node-owned client. */
   stop(slot: number, keepClient: boolean): boolean;
@@ -54,6 +61,11 @@ export interface RelayBinding {
   closeFd(fd: number): number;
   /** Fills out[0] = family << 16 | port, out[1..4] = address bytes; 0 or a negative errno. */
   localAddress(fd: number, out: Int32Array): number;
+  /**
+   * Reads (only) a TCP socket's options into out: SO_KEEPALIVE, TCP_KEEPIDLE, TCP_KEEPINTVL,
+   * TCP_KEEPCNT, SO_LINGER on and seconds, local port, peer port. Any fd; tests and diagnosis.
+   */
+  socketOptions(fd: number, out: Int32Array): number;
   /** What it was built with: the layout constants, nodeAbi, and nodeVersion (a string). */
   constants(): Record<string, number> & { nodeVersion?: string };
 }

@@ -68,6 +68,8 @@ export class Session {
   backend = -1;
   /** Whether this session holds a service slot (S_ACTIVE): acquire succeeded, release not yet called. */
   holdsSlot = false;
+  /** A backend socket of the current connect attempt is open (counted in the descriptor reserve). */
+  backendFd = false;
   /** Base index of this worker's counters for `backend`. */
   bcBase = -1;
   retries = 0;
@@ -140,6 +142,7 @@ export class Session {
     this.hash = 0;
     this.backend = -1;
     this.holdsSlot = false;
+    this.backendFd = false;
     this.bcBase = -1;
     this.retries = 0;
     this.reason = -1;

@@ -13,6 +13,9 @@ export interface BalancerView {
   targets(name: string): Array<{ index: number; address: string; target: HostPort; removed?: boolean }>;
 }
 
+/** Milliseconds as the kernel's whole seconds (rounded up: a keepalive never comes early). */
+const seconds = (ms: number): number => Math.ceil(ms / 1000);
+
 export function buildServiceTable(config: Config, balancer: BalancerView): ServiceEntry[] {
   const table: ServiceEntry[] = [];
   for (const s of config.services) {
@@ -29,6 +32,8 @@ export function buildServiceTable(config: Config, balancer: BalancerView): Servi
       timeouts: { connect: s.timeouts.connect, idle: s.timeouts.idle, proxy_header: s.timeouts.proxy_header },
       accept_proxy: s.accept_proxy,
       send_proxy: s.send_proxy,
+      tcp_keepalive: s.tcp_keepalive ? { idle: seconds(s.tcp_keepalive.idle), interval: seconds(s.tcp_keepalive.interval), count: s.tcp_keepalive.count } : null,
+      propagate_reset: s.propagate_reset,
       queue: { max: s.protocol === 'udp' ? 0 : s.queue.max, timeout: s.queue.timeout, when_down: s.protocol === 'udp' ? 0 : s.queue.when_down },
       udp: { responses: s.udp.responses, max_datagram: s.udp.max_datagram },
       backends: balancer.targets(s.name).map((b) => ({ index: b.index, host: b.target.host, port: b.target.port, address: b.address, removed: b.removed === true })),

@@ -30,7 +30,7 @@ import { TERM_CLIENT_CLOSED, TERM_SERVER_CLOSED } from '../shm/layout.ts';
 import type { DataPath } from './core.ts';
 import {
   K_NREAD, K_WRITE_ASYNC, ShutdownWrap, streamState, TCP, TCP_SOCKET, TCPConnectWrap,
-  UV_EOF, WriteWrap, type Req, type SockAddr, type TcpHandle,
+  UV_ECONNRESET, UV_EOF, WriteWrap, type Req, type SockAddr, type TcpHandle,
 } from './handles.ts';
 import { Session, ST_CONNECTED, ST_CONNECTING, type ServiceRuntime } from './session.ts';
 import type { ServerTransport, Transport } from './transport.ts';
@@ -100,6 +100,8 @@ class JsSession extends Session {
   server: Handle | null = null;
   /** EOF read from the backend. */
   serverEnded = false;
+  /** propagate_reset: which handles `close` resets (RESET_CLIENT, RESET_SERVER) because the other side reset. */
+  resets = 0;
   /** Writes queued by libuv (the kernel did not take them at once), per direction. */
   c2sWrites = 0;
   s2cWrites = 0;
@@ -114,6 +116,7 @@ class JsSession extends Session {
     super.reset();
     this.client = this.server = null;
     this.serverEnded = false;
+    this.resets = 0;
     this.c2sWrites = this.s2cWrites = 0;
     // The pool keeps small read buffers only: one grown by a stream would pin 64 KiB per pooled
     // session. (Once per session that streamed; its handles are closed, nothing points into them.)
@@ -183,12 +186,12 @@ export class JsTransport extends HandleClients implements Transport, ServerTrans
     const client = s.client;
     if (client !== null) {
       client[kSession] = null;
-      client.close();
+      closeHandle(client, (s.resets & RESET_CLIENT) !== 0);
     }
     const server = s.server;
     if (server !== null) {
       server[kSession] = null;
-      server.close();
+      closeHandle(server, (s.resets & RESET_SERVER) !== 0);
     }
   }
 
@@ -196,6 +199,23 @@ export class JsTransport extends HandleClients implements Transport, ServerTrans
     s.reset();
     if (this.pool.length < SESSION_POOL_MAX) this.pool.push(s as JsSession);
   }
+}
+
+const RESET_CLIENT = 1;
+const RESET_SERVER = 2;
+
+/** Closes a handle, with a reset when asked (one that sent a shutdown cannot be reset: closed then). */
+function closeHandle(h: Handle, reset: boolean): void {
+  if (!reset || h.reset() !== 0) h.close();
+}
+
+/**
+ * `status` (a read or write error) is a reset by the backend (toServer) or the client: with
+ * propagate_reset, the other side is reset when the session closes, instead of closed cleanly.
+ * Once per session that ends on an error.
+ */
+function passReset(s: JsSession, status: number, byServer: boolean): void {
+  if (status === UV_ECONNRESET && s.svc!.entry.propagate_reset) s.resets |= byServer ? RESET_CLIENT : RESET_SERVER;
 }
 
 // ── connect ───────────────────────────────────────────────────────
@@ -213,6 +233,9 @@ function onConnected(this: ConnectReq, status: number): void {
   const server = s.server!;
   core.connected(s);
   server.setNoDelay(true);
+  // The client's keepalive comes from its listener (worker.ts); the backend's is set here.
+  const ka = s.svc!.entry.tcp_keepalive;
+  if (ka !== null) server.setKeepAlive(true, ka.idle);
   server.onread = onBackendRead;
   server.useUserBuffer((s.sbuf = readBuffer(s.sbuf)));
   server.readStart();
@@ -252,6 +275,7 @@ function send(s: JsSession, to: Handle, data: Uint8Array, toServer: boolean): nu
   const req = t.spareWrite;
   const err = to.writeBuffer(req, data);
   if (err !== 0) {
+    passReset(s, err, toServer);
     t.core.end(s, toServer ? TERM_SERVER_CLOSED : TERM_CLIENT_CLOSED);
     return err;
   }
@@ -275,6 +299,7 @@ function onWritten(this: SideReq, status: number): void {
   if (s === null || s.gen !== this.gen) return;
   const core = s.t.core;
   if (status < 0) {
+    passReset(s, status, this.toServer);
     core.end(s, this.toServer ? TERM_SERVER_CLOSED : TERM_CLIENT_CLOSED);
     return;
   }
@@ -342,8 +367,12 @@ function onClientRead(this: Handle): Uint8Array | undefined {
     if (s.t.core.early(s, s.cbuf, n) && this[kSession] === s) this.readStop(); // until connected (onConnected)
     return undefined;
   }
-  if (n === UV_EOF) onClientEnd(s);
-  else if (n < 0) s.t.core.end(s, TERM_CLIENT_CLOSED); // reset
+  if (n === UV_EOF) {
+    onClientEnd(s);
+  } else if (n < 0) {
+    passReset(s, n, false);
+    s.t.core.end(s, TERM_CLIENT_CLOSED); // reset
+  }
   return undefined;
 }
 
@@ -356,8 +385,12 @@ function onBackendRead(this: Handle): Uint8Array | undefined {
     s.bytesOut += n;
     return forward(s, this, s.client!, n, false);
   }
-  if (n === UV_EOF) onServerEnd(s);
-  else if (n < 0) s.t.core.end(s, TERM_SERVER_CLOSED); // reset
+  if (n === UV_EOF) {
+    onServerEnd(s);
+  } else if (n < 0) {
+    passReset(s, n, true);
+    s.t.core.end(s, TERM_SERVER_CLOSED); // reset
+  }
   return undefined;
 }
 

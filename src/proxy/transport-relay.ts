@@ -15,8 +15,9 @@ import type { DataPath } from './core.ts';
 import { K_NREAD, streamState, UV_EOF, type SockAddr, type TcpHandle } from './handles.ts';
 import {
   END_SERVER, EV_A, EV_ACCEPT, EV_ACCEPT_ERROR, EV_ADDR, EV_B, EV_CLIENT_GONE, EV_CONNECT_FAILED, EV_CONNECTED, EV_ENDED, EV_FIELDS, EV_ID, EV_TYPE,
-  formatAddress, RELAY_EVENTS, STAT_ACTIVITY, STAT_BYTES_IN, STAT_BYTES_OUT, STAT_FIELDS, type RelayBinding,
+  formatAddress, OPT_FIELDS, OPT_FLAGS, OPT_KEEP_COUNT, OPT_KEEP_IDLE, OPT_KEEP_INTERVAL, OPT_PROPAGATE_RESET, RELAY_EVENTS, STAT_ACTIVITY, STAT_BYTES_IN, STAT_BYTES_OUT, STAT_FIELDS, type RelayBinding,
 } from './relay.ts';
+import type { ServiceEntry } from './messages.ts';
 import { Session, ST_CONNECTING, type ServiceRuntime } from './session.ts';
 import { HandleClients, kSession, READ_BUFFER_SIZE, SESSION_POOL_MAX, type Handle } from './transport-js.ts';
 import type { ListenerRef, ServerTransport, Transport } from './transport.ts';
@@ -68,6 +69,8 @@ export class RelayTransport implements Transport {
   private readonly pool: RelaySession[] = [];
   /** Filled by binding.localAddress (send_proxy's destination). */
   private readonly localAddr = new Int32Array(5);
+  /** The options of a connect or keepAlive call (layout.ts OPT_*), filled per call. */
+  private readonly opts = new Int32Array(OPT_FIELDS);
   /**
    * A relay built with AddressSanitizer (the test suite's relay-sanitized run): the bytes handed
    * to it get an allocation of their own, so reading past them is caught; a slice of Node's 8 KiB
@@ -90,6 +93,30 @@ export class RelayTransport implements Transport {
     const lid = this.binding.listen(ip, port, family, reusePort, backlog);
     if (lid >= 0) this.listeners[lid] = ref;
     return lid;
+  }
+
+  /** The listener's TCP keepalive (null: off): its accepted sockets inherit it. */
+  keepAlive(lid: number, ka: ServiceEntry['tcp_keepalive']): void {
+    this.binding.keepAlive(lid, this.fillOpts(false, ka));
+  }
+
+  /** `opts` for one call: once per connect attempt (four stores, no allocation). */
+  private fillOpts(propagateReset: boolean, ka: ServiceEntry['tcp_keepalive']): Int32Array {
+    const o = this.opts;
+    o[OPT_FLAGS] = propagateReset ? OPT_PROPAGATE_RESET : 0;
+    o[OPT_KEEP_IDLE] = ka === null ? 0 : ka.idle;
+    o[OPT_KEEP_INTERVAL] = ka === null ? 0 : ka.interval;
+    o[OPT_KEEP_COUNT] = ka === null ? 0 : ka.count;
+    return o;
+  }
+
+  /** The descriptor reserve stopped accepting: the listeners stay paused, whatever an accept error's retry would do. */
+  acceptStopped = false;
+
+  /** Stops (or starts again) accepting on a listener: the descriptor reserve's mark (worker.ts). */
+  pauseListener(lid: number, pause: boolean): void {
+    if (pause) this.binding.pause(lid);
+    else this.binding.resume(lid);
   }
 
   closeListener(lid: number): void {
@@ -188,7 +215,9 @@ export class RelayTransport implements Transport {
     if (h !== null) prefix = pending === null ? h : Buffer.concat([h, ...pending]);
     else if (pending !== null) prefix = pending.length === 1 ? pending[0] : Buffer.concat(pending);
     if (this.sanitized && prefix !== null) prefix = ownAllocation(prefix);
-    const err = this.binding.connect(this.slotOf(s), fd, own, ip, port, family, prefix, s.clientEnded);
+    const e = s.svc!.entry;
+    const opts = this.fillOpts(e.propagate_reset, e.tcp_keepalive);
+    const err = this.binding.connect(this.slotOf(s), fd, own, ip, port, family, prefix, s.clientEnded, opts);
     if (err === 0) {
       s.busy = true;
       s.baseIn = s.bytesIn;
@@ -294,7 +323,7 @@ export class RelayTransport implements Transport {
     if (ref === undefined) return;
     this.core.ctx.onLocalError?.(errno, ref.rt.entry.name, 'accept');
     setTimeout(() => {
-      if (this.listeners[lid] === ref) this.binding.resume(lid);
+      if (this.listeners[lid] === ref && !this.acceptStopped) this.binding.resume(lid);
     }, ACCEPT_RETRY_MS).unref();
   }
 }

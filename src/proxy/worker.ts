@@ -24,6 +24,8 @@ import { JsTransport } from './transport-js.ts';
 import { RelayTransport } from './transport-relay.ts';
 import { UdpTransport, type UdpListener } from './transport-udp.ts';
 import { acceptOn, type ServerTransport } from './transport.ts';
+import { DescriptorGate } from './descriptors.ts';
+import { keepAliveOnServer } from './handles.ts';
 
 const init = workerData as WorkerInit;
 const port = parentPort!;
@@ -69,6 +71,7 @@ const binding = init.relay ? loadRelay() : null;
 if (typeof binding === 'string') throw new Error(`the native relay loaded in the main thread but not in worker ${init.workerId}: ${binding}`);
 
 let stopWaiter: (() => void) | null = null;
+const descriptors = new DescriptorGate(init.descriptors, init.workerId, log);
 const dataPath: DataPathContext = {
   engine,
   memory: init.memory,
@@ -77,6 +80,7 @@ const dataPath: DataPathContext = {
   onClose: init.logging.connections ? logConnection : null,
   onIdle: () => stopWaiter?.(),
   onLocalError,
+  descriptors,
 };
 const core = new DataPath(dataPath);
 const relay = binding === null ? null : new RelayTransport(core, binding);
@@ -109,7 +113,38 @@ interface Listener {
   failed: boolean;
   address: string;
   paused: boolean;
+  /** A Node listener the descriptor reserve closed (Node cannot stop accepting otherwise): reopened at its resume mark. */
+  reserveClosed: boolean;
 }
+
+/**
+ * The descriptor reserve's switch (descriptors.ts): the relay's listeners stop polling, so new
+ * connections wait in the kernel's backlog. A Node listener cannot stop accepting short of
+ * closing (libuv accepts whatever is ready), so it is closed and bound again at the resume mark:
+ * while it is closed, new connections go to another worker's listener or are refused (README).
+ */
+const acceptSwitch = {
+  stopAccepting(): void {
+    if (relay !== null) relay.acceptStopped = true;
+    for (const l of listeners.values()) {
+      if (l.lid >= 0) relay!.pauseListener(l.lid, true);
+      if (l.server !== null) {
+        closeListener(l);
+        l.reserveClosed = true;
+      }
+    }
+  },
+  startAccepting(): void {
+    if (relay !== null) relay.acceptStopped = false;
+    for (const l of listeners.values()) {
+      if (l.lid >= 0) relay!.pauseListener(l.lid, false);
+      if (l.reserveClosed) {
+        l.reserveClosed = false;
+        if (!l.paused && !isListening(l)) void listen(l).then((p) => { if (p !== null) log.error({ service: p.service, address: p.address }, `accepting again: cannot bind ${p.address}: ${p.message}`); });
+      }
+    }
+  },
+};
 
 /** The relay accepts a service's connections unless a PROXY header must be read from them first. */
 const relayAccepts = (e: ServiceEntry): boolean => relay !== null && !e.accept_proxy && e.protocol === 'tcp';
@@ -143,11 +178,32 @@ const paused = new Set(init.paused);
 
 function listen(l: Listener): Promise<ListenProblem | null> {
   l.failed = false;
+  // The descriptor reserve has stopped accepting: a Node listener opens when it starts again
+  // (startAccepting); the relay's binds now and is paused at once.
+  if (descriptors.paused && l.rt.entry.protocol === 'tcp' && !relayAccepts(l.rt.entry)) {
+    l.reserveClosed = true;
+    return Promise.resolve(null);
+  }
   return bind(l).then((problem) => {
     if (problem !== null) l.failed = true;
+    else keepAlive(l);
+    if (problem === null && l.lid >= 0 && descriptors.paused) relay!.pauseListener(l.lid, true);
     return problem;
   });
 }
+
+/**
+ * The service's tcp_keepalive on its listening socket: the kernel gives it to every connection
+ * accepted there, so clients cost no call each. After a bind, and when a reload changes it.
+ */
+function keepAlive(l: Listener): void {
+  const ka = l.rt.entry.tcp_keepalive;
+  if (l.server !== null) keepAliveOnServer(l.server, ka?.idle ?? 0);
+  else if (l.lid >= 0) relay!.keepAlive(l.lid, ka);
+}
+
+const sameKeepAlive = (a: ServiceEntry['tcp_keepalive'], b: ServiceEntry['tcp_keepalive']): boolean =>
+  a === b || (a !== null && b !== null && a.idle === b.idle && a.interval === b.interval && a.count === b.count);
 
 function bind(l: Listener): Promise<ListenProblem | null> {
   const e = l.rt.entry;
@@ -214,12 +270,15 @@ async function applyServices(services: ServiceEntry[]): Promise<ListenProblem[]>
     const address = formatHostPort(e.listen);
     const l = listeners.get(e.name);
     if (l === undefined) {
-      const fresh: Listener = { rt: core.runtime(e), server: null, lid: -1, udp: null, closes: 0, failed: false, address, paused: paused.has(e.name) };
+      const fresh: Listener = {
+        rt: core.runtime(e), server: null, lid: -1, udp: null, closes: 0, failed: false, address, paused: paused.has(e.name), reserveClosed: false,
+      };
       listeners.set(e.name, fresh);
       if (!fresh.paused) binds.push(listen(fresh));
       continue;
     }
     // Same name: the session code reads `rt.entry` at each use, so updating it is enough.
+    const keepAliveChanged = !sameKeepAlive(l.rt.entry.tcp_keepalive, e.tcp_keepalive);
     if (l.rt.index !== e.index) {
       // The engine moved the service to another slot: a fresh runtime (new counters, queue); the
       // transports read `l.rt` per accept, so its listener takes it at once.
@@ -235,6 +294,8 @@ async function applyServices(services: ServiceEntry[]): Promise<ListenProblem[]>
       closeListener(l);
       l.address = address;
       if (!l.paused) binds.push(listen(l));
+    } else if (keepAliveChanged) {
+      keepAlive(l);
     }
   }
   for (const [name, l] of listeners) {
@@ -248,7 +309,10 @@ async function applyServices(services: ServiceEntry[]): Promise<ListenProblem[]>
 }
 
 async function shutdown(grace: number, seq: number): Promise<void> {
-  for (const l of listeners.values()) closeListener(l);
+  for (const l of listeners.values()) {
+    closeListener(l);
+    l.paused = true; // for good: the descriptor reserve's resume must not bind it again
+  }
   core.beginShutdown();
   // Accepting no more: a retiring worker's pool goes on (its reload answers) once this is said.
   post({ type: 'ack', seq, errors: [] });
@@ -316,4 +380,5 @@ port.on('message', async (msg: MainToWorker) => {
 });
 
 const errors = await applyServices(init.services);
+descriptors.attach(acceptSwitch);
 post({ type: 'ack', seq: 0, errors });

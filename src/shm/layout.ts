@@ -427,8 +427,20 @@ export const RELAY_MAX_ACCEPT = 64;
 /** Events per onEvents call at most (the JS array's size): two per epoll event, one spare, the accepts. */
 export const RELAY_EVENTS = 1024;
 
+/**
+ * The options Int32Array of the relay's connect() and keepAlive(), OPT_FIELDS int32: flags
+ * (OPT_PROPAGATE_RESET), then TCP keepalive's idle, interval (seconds; idle 0: off) and count.
+ */
+export const OPT_FLAGS = 0;
+export const OPT_KEEP_IDLE = 1;
+export const OPT_KEEP_INTERVAL = 2;
+export const OPT_KEEP_COUNT = 3;
+export const OPT_FIELDS = 4;
+export const OPT_PROPAGATE_RESET = 1;
+
 /** What build/gen-layout.ts writes into the relay's C header, by the names relay.c uses. */
 export const RELAY_CONSTANTS: Record<string, number> = {
+  OPT_FLAGS, OPT_KEEP_IDLE, OPT_KEEP_INTERVAL, OPT_KEEP_COUNT, OPT_FIELDS, OPT_PROPAGATE_RESET,
   EV_FIELDS, EV_TYPE, EV_ID, EV_A, EV_B, EV_ADDR,
   EV_ACCEPT, EV_ACCEPT_ERROR, EV_CONNECTED, EV_CONNECT_FAILED, EV_ENDED, EV_CLIENT_GONE, END_CLIENT, END_SERVER,
   STAT_BYTES_IN, STAT_BYTES_OUT, STAT_ACTIVITY, STAT_FIELDS,

@@ -91,9 +91,30 @@ describe('parseConfig', () => {
     expect(s.timeouts).toEqual({ connect: 2000, idle: 1_800_000, proxy_header: 5000 });
     expect(s.accept_proxy).toBe(false);
     expect(s.send_proxy).toBe('none');
+    expect(s.tcp_keepalive).toBeUndefined();
+    expect(s.propagate_reset).toBe(false);
     expect(s.backends[0]).toEqual({ address: { host: '127.0.0.1', port: 7001 }, weight: 1, max_connections: 0, backup: false, state: 'ready' });
     expect(c.logging).toEqual({ level: 'info', connections: true });
     expect(resolveWorkers(c)).toBeGreaterThanOrEqual(1);
+  });
+
+  it('tcp_keepalive and propagate_reset: defaults, and errors naming the field', () => {
+    const svc = (extra: string): string => minimal.replace('    backends:', `${extra}\n    backends:`);
+    const c = parseConfig(svc('    tcp_keepalive: { idle: 10m }\n    propagate_reset: true'), 'test.yaml');
+    expect(c.services[0].tcp_keepalive).toEqual({ idle: 600_000, interval: 30_000, count: 5 });
+    expect(c.services[0].propagate_reset).toBe(true);
+    expect(problemsOf(svc('    tcp_keepalive: { idle: 500ms, interval: 10h, count: 0, every: 1s }\n    propagate_reset: yes'))).toEqual([
+      'services[0].tcp_keepalive.idle: must be a duration 1s–32767s (the kernel counts keepalive in seconds), like 30s or 5m, got "500ms"',
+      'services[0].tcp_keepalive.interval: must be a duration 1s–32767s (the kernel counts keepalive in seconds), like 30s or 5m, got "10h"',
+      'services[0].tcp_keepalive.count: must be an integer 1–127, got 0',
+      'services[0].tcp_keepalive.every: unknown key',
+      'services[0].propagate_reset: must be true or false, got "yes"',
+    ]);
+    // TCP only: refused by name for a UDP service.
+    expect(problemsOf(svc('    protocol: udp\n    tcp_keepalive: { idle: 1m }\n    propagate_reset: false'))).toEqual([
+      'services[0].tcp_keepalive: means nothing for protocol udp (TCP keepalive probes TCP connections only), got {"idle":60000,"interval":30000,"count":5}',
+      'services[0].propagate_reset: means nothing for protocol udp (a datagram flow has no reset to pass on), got false',
+    ]);
   });
 
   it('accepts the full example of the data plane issue', () => {

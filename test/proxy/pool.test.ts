@@ -13,7 +13,7 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { parseConfig } from '../../src/config/load.ts';
 import type { FulcrumHandle } from '../../src/main.ts';
-import { reusePortSupport } from '../../src/proxy/pool.ts';
+import { CRASHES_BEFORE_JAVASCRIPT, reusePortSupport } from '../../src/proxy/pool.ts';
 import { buildServiceTable } from '../../src/proxy/table.ts';
 import { B_ACTIVE, backendAddr, serviceAddr, SC_ACCEPTED, S_ACTIVE, S_QUEUED, tallyAddr, T_SERVICE_HELD } from '../../src/shm/layout.ts';
 import { connectClient, freePort, listening, readLine, startNamedServer, staysFalse, waitFor, type TestServer } from '../helpers/net.ts';
@@ -251,6 +251,31 @@ describe('worker pool', () => {
     await waitFor(() => proxy.pool.workerThreadIds().length === 2, 5000, 'worker restarted');
     const after = proxy.pool.workerThreadIds();
     expect(after).not.toEqual(before);
+    for (let i = 0; i < 20; i++) expect(await who(port)).toBe('b');
+  });
+
+  it('backs off a worker that crashes in a loop, and after 5 crashes a minute runs it on the JavaScript path', async () => {
+    const relay = proxy.pool.dataPath === 'relay';
+    const worker1 = () => proxy.pool.status().workers.find((w) => w.id === 1)!;
+    expect(worker1()).toMatchObject({ data_path: proxy.pool.dataPath, running: true, crashes_last_minute: 0 });
+    const delays: number[] = [];
+    const paths: string[] = [];
+    for (let i = 0; i < CRASHES_BEFORE_JAVASCRIPT; i++) {
+      await proxy.pool.crashWorker(1);
+      // Between the crash and its restart: how long it waits, and which path it will run.
+      delays.push(worker1().restart_in_ms!);
+      paths.push(worker1().data_path);
+      expect(worker1()).toMatchObject({ running: false, crashes_last_minute: i + 1 });
+      await waitFor(() => worker1().running, 10_000, `worker 1 restarted after crash ${i + 1}`);
+      // Not reset by a successful start: only a minute without crashes brings the delay back down.
+    }
+    expect(delays).toEqual([100, 200, 400, 800, 1600]);
+    // The fifth crash within the minute moved it off the relay (on the JavaScript path it was there already).
+    expect(paths).toEqual([...Array(CRASHES_BEFORE_JAVASCRIPT - 1).fill(relay ? 'relay' : 'javascript'), 'javascript']);
+    expect(worker1()).toMatchObject({ data_path: 'javascript', running: true });
+    expect(worker1()).not.toHaveProperty('restart_in_ms');
+    expect(proxy.pool.status().workers.find((w) => w.id === 0)!.data_path).toBe(proxy.pool.dataPath);
+    // Both workers serve (the kernel spreads the connections over both listeners).
     for (let i = 0; i < 20; i++) expect(await who(port)).toBe('b');
   });
 

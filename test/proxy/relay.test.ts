@@ -15,6 +15,9 @@ import { formatAddress, loadRelay, RELAY_EVENTS, RELAY_PATH, EV_FIELDS, STAT_FIE
 import { compileRelay } from '../../build/relay.ts';
 import { connectClient, readLine, startEchoServer, waitFor } from '../helpers/net.ts';
 
+/** connect's options: no propagate_reset, no keepalive. */
+const NO_OPTS = new Int32Array(4);
+
 describe('loadRelay', () => {
   it('loads the relay that npm test built, whose constants match relay.ts', () => {
     const r = loadRelay({});
@@ -34,7 +37,7 @@ describe('loadRelay', () => {
     const out = join(dir, 'relay.node');
     try {
       expect(compileRelay(out, ['RELAY_VERSION=99'])).toEqual({ ok: true });
-      expect(loadRelay({}, out)).toBe(`${out} was built from another relay.c (version 99 ≠ 2): run npm run build`);
+      expect(loadRelay({}, out)).toBe(`${out} was built from another relay.c (version 99 ≠ 3): run npm run build`);
     } finally {
       rmSync(dir, { recursive: true, force: true });
     }
@@ -76,7 +79,7 @@ describe('the relay API, called directly (this test process is its worker)', () 
     expect(code(relay.listen('300.1.1.1', 5000, 4, false, 16))).toBe('EINVAL');
     expect(code(relay.listen('::1', 5000, 4, false, 16))).toBe('EINVAL');
     expect(code(relay.listen('fe80::1%no-such-interface', 5000, 6, false, 16))).toBe('EINVAL');
-    expect(code(relay.connect(0, 0, false, 'not an address', 80, 4, null, false))).toBe('EINVAL');
+    expect(code(relay.connect(0, 0, false, 'not an address', 80, 4, null, false, NO_OPTS))).toBe('EINVAL');
   });
 
   it('an address in use is EADDRINUSE, and arguments of the wrong type throw', async () => {
@@ -110,7 +113,7 @@ describe('the relay API, called directly (this test process is its worker)', () 
   it('a connect to a closed port reports EV_CONNECT_FAILED with ECONNREFUSED, and keeps the client socket', async () => {
     // A Node handle's socket serves as "the client" here: it is lent (ownClient false), never read.
     const client = await nodeSocket('127.2.12.4');
-    const r = relay.connect(3, client.fd, false, '127.2.12.3', 1, 4, null, false);
+    const r = relay.connect(3, client.fd, false, '127.2.12.3', 1, 4, null, false, NO_OPTS);
     expect(r).toBe(0);
     await waitFor(() => events.some((e) => e[1] === 3), 3000, 'an event for slot 3', 10);
     expect(events.find((e) => e[1] === 3)?.slice(0, 2)).toEqual([4 /* EV_CONNECT_FAILED */, 3]);
@@ -128,14 +131,14 @@ describe('the relay API, called directly (this test process is its worker)', () 
   it('connect takes only a client JavaScript may give it: an fd the relay did not accept as its own, or no stream socket, is refused', async () => {
     const client = await nodeSocket('127.2.12.6');
     // ownClient true: the relay would close it at the end; it never accepted it.
-    expect(code(relay.connect(4, client.fd, true, '127.2.12.3', 1, 4, null, false))).toBe('EBADF');
+    expect(code(relay.connect(4, client.fd, true, '127.2.12.3', 1, 4, null, false, NO_OPTS))).toBe('EBADF');
     expect(code(relay.watch(4, client.fd))).toBe('EBADF');
     expect(relay.stop(4, false)).toBe(false); // nothing was kept
     expect(await client.echoes()).toBe(true);
     // ownClient false (lent by a Node handle): a file is not a client.
     const file = openSync(RELAY_PATH, 'r');
     try {
-      expect(code(relay.connect(5, file, false, '127.2.12.3', 1, 4, null, false))).toBe('ENOTSOCK');
+      expect(code(relay.connect(5, file, false, '127.2.12.3', 1, 4, null, false, NO_OPTS))).toBe('ENOTSOCK');
     } finally {
       closeSync(file);
     }
@@ -150,7 +153,7 @@ describe('the relay API, called directly (this test process is its worker)', () 
       relay.init(new Float64Array(16 * ${STAT_FIELDS}), new Int32Array(${RELAY_EVENTS * EV_FIELDS}), () => {});
       const out = [];
       for (const slot of [2 ** 32 - 1, 2 ** 31, -1, 2 ** 30, 1.5]) {
-        for (const call of [() => relay.connect(slot, 0, false, '127.0.0.1', 1, 4, null, false), () => relay.watch(slot, 0), () => relay.stop(slot, false)]) {
+        for (const call of [() => relay.connect(slot, 0, false, '127.0.0.1', 1, 4, null, false, new Int32Array(4)), () => relay.watch(slot, 0), () => relay.stop(slot, false)]) {
           try { out.push(String(call())); } catch (err) { out.push(err.message); }
         }
       }
@@ -161,14 +164,14 @@ describe('the relay API, called directly (this test process is its worker)', () 
     const results = JSON.parse(run.stdout) as string[];
     expect(results).toHaveLength(15);
     for (let i = 0; i < results.length; i += 3) {
-      expect(results[i]).toBe('relay: connect(slot, clientFd, ownClient, ip, port, family, prefix, clientEnded) expected');
+      expect(results[i]).toBe('relay: connect(slot, clientFd, ownClient, ip, port, family, prefix, clientEnded, opts: Int32Array(4)) expected');
       expect(results[i + 1]).toBe('relay: watch(slot, clientFd) expected');
       expect(results[i + 2]).toBe('relay: stop(slot, keepClient) expected');
     }
   });
 
   it('a slot in range but beyond the stats array is ERANGE', () => {
-    expect(code(relay.connect(16, 0, false, '127.2.12.3', 1, 4, null, false))).toBe('ERANGE');
+    expect(code(relay.connect(16, 0, false, '127.2.12.3', 1, 4, null, false, NO_OPTS))).toBe('ERANGE');
   });
 });
 

@@ -153,12 +153,14 @@ export function roleResult(role: Role, want: RoleFilter): { ok: boolean; reason:
 
 /**
  * Reads a password file (config/secrets.ts's rule); read per probe so rotation needs no reload. A
- * file that cannot be used fails the probe with the reader's words as its reason.
+ * file that cannot be used fails the probe with the reader's words as its reason; one that cannot
+ * be opened for want of descriptors (a local error) skips it (runProbe).
  */
 export async function readSecret(file: string, setting: SecretSetting): Promise<string> {
   try {
     return (await readSecretFile(setting, file)).toString('utf8');
   } catch (err) {
+    if (localErrorCode(err) !== undefined) throw err;
     throw new ProbeFailure((err as Error).message);
   }
 }

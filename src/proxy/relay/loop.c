@@ -99,6 +99,17 @@ void free_session(Relay *r, Session *s, int keep_client) {
   ref_down(r);
 }
 
+/*
+ * `side` reset its connection (ECONNRESET): with propagate_reset, the other side's socket gets
+ * SO_LINGER 0, so its close (here, or by the Node handle that owns a lent client) sends a reset
+ * instead of a FIN. Once per session that ends on an error.
+ */
+static void reset_other(Session *s, int side, int err) {
+  if (!s->propagate_reset || err != ECONNRESET || s->fd[1 - side] < 0) return;
+  struct linger lg = {1, 0};
+  setsockopt(s->fd[1 - side], SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
+}
+
 /* A session ends here: its sockets are closed (JS closes a Node-owned client), JS hears EV_ENDED. */
 static void end_session(Relay *r, Session *s, int cause) {
   push_event(r, EV_ENDED, s->slot, s->cause != 0 ? s->cause : cause);
@@ -177,6 +188,7 @@ static int flush(Relay *r, Session *s, int from) {
   ssize_t w = send(s->fd[1 - from], d->buf + d->off, d->len - d->off, MSG_NOSIGNAL | MSG_DONTWAIT);
   if (w < 0) {
     if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR) return 1;
+    reset_other(s, 1 - from, errno);
     end_session(r, s, closed_by(1 - from));
     return -1;
   }
@@ -198,6 +210,7 @@ static void on_readable(Relay *r, Session *s, int side) {
     ssize_t w = send(s->fd[1 - side], r->scratch, (size_t)n, MSG_NOSIGNAL | MSG_DONTWAIT);
     if (w < 0) {
       if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) {
+        reset_other(s, 1 - side, errno);
         end_session(r, s, closed_by(1 - side));
         return;
       }
@@ -212,6 +225,7 @@ static void on_readable(Relay *r, Session *s, int side) {
   }
   if (n < 0) {
     if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR) return;
+    reset_other(s, side, errno);
     end_session(r, s, closed_by(side)); /* reset */
     return;
   }
@@ -417,6 +431,9 @@ void on_poll(uv_poll_t *h, int status, int events) {
       continue;
     }
     if (e & EPOLLERR) {
+      int err = 0;
+      socklen_t len = sizeof(err);
+      if (s->propagate_reset && getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len) == 0) reset_other(s, kind, err);
       end_session(r, s, closed_by(kind));
       continue;
     }

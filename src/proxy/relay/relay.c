@@ -12,9 +12,11 @@
  * file does what it is told, reporting back in one batch per event-loop wake:
  *
  *   listen(ip, port, family, reusePort, backlog) → listener id     (its sockets: EV_ACCEPT)
- *   connect(slot, clientFd, ownClient, ip, port, family, prefix, clientEnded)
+ *   keepAlive(id, opts)        a listener's TCP keepalive (its accepted sockets inherit it)
+ *   connect(slot, clientFd, ownClient, ip, port, family, prefix, clientEnded, opts)
  *       → EV_CONNECTED, then bytes move both ways here until EV_ENDED; or EV_CONNECT_FAILED
  *   watch(slot, clientFd)      a queued client: EV_CLIENT_GONE if it leaves while waiting
+ *   pause(id) / resume(id)     a listener stops / starts accepting (the descriptor reserve)
  *   stop(slot, keepClient)     JS ends or takes back a session (timeout, kill, shutdown, dequeue)
  *
  * Events go into the shared Int32Array `events`, EV_FIELDS per event, then one call to
@@ -29,7 +31,8 @@
  * JavaScript names sockets by fd. It may name only what this relay gave it: connect, watch and
  * closeFd take a client the relay accepted and JS holds (FD_HELD), or, for a Node handle's
  * socket lent to a session (ownClient false), a stream socket that is none of the relay's; any
- * other fd is refused with EBADF (ENOTSOCK: not a stream socket) and left alone. Slots are
+ * other fd is refused with EBADF (ENOTSOCK: not a stream socket) and left alone; socketOptions,
+ * which only reads (getsockopt, for tests and diagnosis), takes any. Slots are
  * integers below MAX_SLOTS and within the stats array; anything else is refused where it is read
  * (args(), 's').
  */
@@ -104,7 +107,7 @@ static int to_sockaddr(napi_env env, napi_value ip, int32_t port, int32_t family
   return inet_pton(AF_INET, text, &a->sin_addr) == 1 ? 1 : -1;
 }
 
-#define MAX_ARGS 8
+#define MAX_ARGS 10
 
 /*
  * The prologue of every JS call: reads the arguments by `fmt`, one letter each, into the pointers
@@ -174,7 +177,7 @@ static int args(napi_env env, napi_callback_info info, Relay **r, const char *us
           *len = 0;
           break;
         }
-        napi_typedarray_type type = fmt[f] == 'F' ? napi_float64_array : fmt[i] == 'I' ? napi_int32_array : napi_uint8_array;
+        napi_typedarray_type type = fmt[f] == 'F' ? napi_float64_array : fmt[f] == 'I' ? napi_int32_array : napi_uint8_array;
         ok = typed_array(env, v, type, data, len);
         break;
       }
@@ -372,7 +375,18 @@ static napi_value js_close_listener(napi_env env, napi_callback_info info) {
   return NULL;
 }
 
-/* resume(id): polls a listener again after EV_ACCEPT_ERROR paused it. */
+/* pause(id): stops polling a listener (the descriptor reserve's mark): new connections wait in its backlog. */
+static napi_value js_pause(napi_env env, napi_callback_info info) {
+  Relay *r;
+  uint32_t lid;
+  if (!listener_arg(env, info, &r, &lid)) return NULL;
+  struct epoll_event e = {0};
+  e.data.u64 = key_of(lid, LISTENER, r->listeners[lid]);
+  epoll_ctl(r->epfd, EPOLL_CTL_MOD, r->listeners[lid], &e);
+  return NULL;
+}
+
+/* resume(id): polls a listener again after EV_ACCEPT_ERROR or pause() stopped it. */
 static napi_value js_resume(napi_env env, napi_callback_info info) {
   Relay *r;
   uint32_t lid;
@@ -384,7 +398,31 @@ static napi_value js_resume(napi_env env, napi_callback_info info) {
   return NULL;
 }
 
-/* A new session struct in `slot` (growing the table); NULL with *err set. */
+/*
+ * TCP keepalive on `fd` from opts (OPT_KEEP_*, seconds; idle 0: off). Per listener when its table
+ * comes, and per backend socket (and lent client) of a service that sets tcp_keepalive.
+ */
+static void set_keepalive(int fd, const int32_t *opts) {
+  int on = opts[OPT_KEEP_IDLE] > 0;
+  setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &on, sizeof(on));
+  if (!on) return;
+  setsockopt(fd, IPPROTO_TCP, TCP_KEEPIDLE, &opts[OPT_KEEP_IDLE], sizeof(int32_t));
+  setsockopt(fd, IPPROTO_TCP, TCP_KEEPINTVL, &opts[OPT_KEEP_INTERVAL], sizeof(int32_t));
+  setsockopt(fd, IPPROTO_TCP, TCP_KEEPCNT, &opts[OPT_KEEP_COUNT], sizeof(int32_t));
+}
+
+/* keepAlive(id, opts: Int32Array): the listener's TCP keepalive, which the sockets it accepts inherit. */
+static napi_value js_keep_alive(napi_env env, napi_callback_info info) {
+  Relay *r;
+  uint32_t lid;
+  void *opts;
+  size_t n;
+  if (!args(env, info, &r, "keepAlive(id, opts: Int32Array(4))", "lI", &lid, &opts, &n)) return NULL;
+  if (n < OPT_FIELDS) return throw_msg(env, "relay: keepAlive(id, opts: Int32Array(4)) expected");
+  if (lid < r->nlisteners && r->listeners[lid] >= 0) set_keepalive(r->listeners[lid], opts);
+  return NULL;
+}
+
 
 /*
  * Whether JS may make `fd` the client of a session: a client accepted here and held by JS (own),
@@ -418,12 +456,14 @@ static Session *open_session(Relay *r, uint32_t slot, int fd, int own, int *err)
 }
 
 /*
- * connect(slot, clientFd, ownClient, ip, port, family, prefix, clientEnded) → 0, or a negative
- * errno (nothing was kept: the client socket is still JS's). Once per connect attempt. `prefix`
- * (a Uint8Array or null) goes to the backend first: a PROXY header, bytes read before.
+ * connect(slot, clientFd, ownClient, ip, port, family, prefix, clientEnded, opts) → 0, or a
+ * negative errno (nothing was kept: the client socket is still JS's). Once per connect attempt.
+ * `prefix` (a Uint8Array or null) goes to the backend first: a PROXY header, bytes read before.
+ * `opts` (Int32Array, OPT_*): propagate_reset, and the keepalive of the backend socket and of a
+ * lent client (a relay-accepted client has its listener's).
  */
 static napi_value js_connect(napi_env env, napi_callback_info info) {
-  static const char usage[] = "connect(slot, clientFd, ownClient, ip, port, family, prefix, clientEnded)";
+  static const char usage[] = "connect(slot, clientFd, ownClient, ip, port, family, prefix, clientEnded, opts: Int32Array(4))";
   Relay *r;
   uint32_t slot;
   int32_t cfd;
@@ -431,14 +471,17 @@ static napi_value js_connect(napi_env env, napi_callback_info info) {
   struct sockaddr_storage ss;
   socklen_t len;
   int valid;
-  void *prefix;
-  size_t prefix_len;
-  if (!args(env, info, &r, usage, "sdbAUb", &slot, &cfd, &own, &ss, &len, &valid, &prefix, &prefix_len, &ended)) return NULL;
+  void *prefix, *optv;
+  size_t prefix_len, nopts;
+  if (!args(env, info, &r, usage, "sdbAUbI", &slot, &cfd, &own, &ss, &len, &valid, &prefix, &prefix_len, &ended, &optv, &nopts)) return NULL;
+  if (nopts < OPT_FIELDS) return throw_msg(env, "relay: connect(…, opts: Int32Array(4)) expected");
+  const int32_t *opts = optv;
   if (!valid) return int_value(env, -EINVAL);
   int err;
   Session *s = open_session(r, slot, cfd, own, &err);
   if (s == NULL) return int_value(env, err);
   s->state = ST_CONNECTING;
+  s->propagate_reset = (opts[OPT_FLAGS] & OPT_PROPAGATE_RESET) != 0;
   s->dir[CLIENT].eof = ended;
   if (ended) s->cause = END_CLIENT;
   double *st = r->stats + (size_t)slot * STAT_FIELDS;
@@ -456,6 +499,10 @@ static napi_value js_connect(napi_env env, napi_callback_info info) {
   }
   int on = 1;
   setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &on, sizeof(on));
+  if (opts[OPT_KEEP_IDLE] > 0) {
+    set_keepalive(fd, opts);
+    if (!own) set_keepalive(cfd, opts); /* a Node listener's client: its listener set the idle time only */
+  }
   if (connect(fd, (struct sockaddr *)&ss, len) != 0 && errno != EINPROGRESS) {
     err = -errno;
     goto fail;
@@ -536,6 +583,48 @@ static napi_value js_local_address(napi_env env, napi_callback_info info) {
   return int_value(env, 0);
 }
 
+/*
+ * socketOptions(fd, out: Int32Array(8)) → 0 or a negative errno: what the kernel says of a TCP
+ * socket's SO_KEEPALIVE, TCP_KEEPIDLE, TCP_KEEPINTVL, TCP_KEEPCNT, SO_LINGER (on, seconds), local
+ * and peer port. Reads only (any fd of the process: it changes and closes nothing); for tests and
+ * diagnosis, so what tcp_keepalive and propagate_reset set is seen as the kernel has it.
+ */
+static napi_value js_socket_options(napi_env env, napi_callback_info info) {
+  int32_t fd;
+  void *outv;
+  size_t n;
+  if (!args(env, info, NULL, "socketOptions(fd, Int32Array(8))", "dI", &fd, &outv, &n)) return NULL;
+  if (n < 8) return throw_msg(env, "relay: socketOptions(fd, Int32Array(8)) expected");
+  int32_t *out = outv;
+  socklen_t len = sizeof(int);
+  struct linger lg = {0, 0};
+  socklen_t llen = sizeof(lg);
+  if (getsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &out[0], &len) != 0) return int_value(env, -errno);
+  len = sizeof(int);
+  getsockopt(fd, IPPROTO_TCP, TCP_KEEPIDLE, &out[1], &len);
+  len = sizeof(int);
+  getsockopt(fd, IPPROTO_TCP, TCP_KEEPINTVL, &out[2], &len);
+  len = sizeof(int);
+  getsockopt(fd, IPPROTO_TCP, TCP_KEEPCNT, &out[3], &len);
+  getsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, &llen);
+  out[4] = lg.l_onoff;
+  out[5] = lg.l_linger;
+  struct sockaddr_storage ss;
+  int32_t a[5] = {0};
+  socklen_t slen = sizeof(ss);
+  out[6] = out[7] = 0;
+  if (getsockname(fd, (struct sockaddr *)&ss, &slen) == 0) {
+    encode_address(&ss, a);
+    out[6] = a[0] & 0xffff;
+  }
+  slen = sizeof(ss);
+  if (getpeername(fd, (struct sockaddr *)&ss, &slen) == 0) {
+    encode_address(&ss, a);
+    out[7] = a[0] & 0xffff;
+  }
+  return int_value(env, 0);
+}
+
 /* constants(): what this build was compiled with, checked by relay.ts at load. */
 static napi_value js_constants(napi_env env, napi_callback_info info) {
   (void)info;
@@ -574,11 +663,14 @@ NAPI_MODULE_INIT() {
     {"listen", NULL, js_listen, NULL, NULL, NULL, napi_default, NULL},
     {"closeListener", NULL, js_close_listener, NULL, NULL, NULL, napi_default, NULL},
     {"resume", NULL, js_resume, NULL, NULL, NULL, napi_default, NULL},
+    {"pause", NULL, js_pause, NULL, NULL, NULL, napi_default, NULL},
+    {"keepAlive", NULL, js_keep_alive, NULL, NULL, NULL, napi_default, NULL},
     {"connect", NULL, js_connect, NULL, NULL, NULL, napi_default, NULL},
     {"watch", NULL, js_watch, NULL, NULL, NULL, napi_default, NULL},
     {"stop", NULL, js_stop, NULL, NULL, NULL, napi_default, NULL},
     {"closeFd", NULL, js_close_fd, NULL, NULL, NULL, napi_default, NULL},
     {"localAddress", NULL, js_local_address, NULL, NULL, NULL, napi_default, NULL},
+    {"socketOptions", NULL, js_socket_options, NULL, NULL, NULL, napi_default, NULL},
     {"constants", NULL, js_constants, NULL, NULL, NULL, napi_default, NULL},
   };
   napi_define_properties(env, exports, sizeof(props) / sizeof(props[0]), props);

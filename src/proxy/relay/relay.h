@@ -40,7 +40,7 @@
 
 /* Keep in step with relay.ts (checked there against constants()). */
 #ifndef RELAY_VERSION /* tests build a relay of another version to see it refused */
-#define RELAY_VERSION 2
+#define RELAY_VERSION 3
 #endif
 /* Built with AddressSanitizer (build/relay.ts --sanitize): constants().sanitized says so, and
    transport-relay.ts then hands it only buffers of their own allocation (an over-read is caught). */
@@ -86,7 +86,11 @@ typedef struct {
   uint32_t slot;
   int state;
   int cause;      /* END_* of the first EOF, 0 before */
+  uint8_t propagate_reset; /* the service's propagate_reset: a side's reset resets the other (reset_other) */
 } Session;
+
+/* connect()'s and keepAlive()'s options (an Int32Array of OPT_FIELDS, OPT_* from relay-layout.h)
+   are filled by transport-relay.ts per call. */
 
 /* A connection another relay accepted and handed over: the listener address it came to, and the
    EV_ACCEPT fields (family << 16 | port, address bytes) it already computed. */

@@ -38,6 +38,8 @@ interface Tally {
 }
 const tally: Tally = { sessions: 0, roundTrips: 0, corrupt: 0, hung: 0, failed: 0, local: 0 };
 let running = true;
+/** While set, clients open no new sessions (the descriptor table stays as full as the test made it). */
+let paused = false;
 
 /** One round trip of `data` on `s`: 'ok', 'corrupt', 'closed' or 'hung' (no answer within 5 s). */
 function roundTrip(s: Socket, data: Buffer): Promise<'ok' | 'corrupt' | 'closed' | 'hung'> {
@@ -69,6 +71,10 @@ function roundTrip(s: Socket, data: Buffer): Promise<'ok' | 'corrupt' | 'closed'
 async function client(i: number): Promise<void> {
   const from = `127.5.91.${i + 1}`;
   while (running) {
+    if (paused) {
+      await new Promise((r) => setTimeout(r, 20));
+      continue;
+    }
     let s: Socket;
     try {
       s = await connectClient(stack.servicePort, HOST, from);
@@ -158,26 +164,34 @@ describe('faults under load', () => {
     const before = transitions.length;
     const held: Socket[] = [];
     let exhausted = false;
-    // Idle connections through fulcrum (each takes three descriptors here: the client's and
-    // fulcrum's two) until this process can open no more, bounded in count.
-    for (let i = 0; i < 8000 && !exhausted; i++) {
-      try {
-        held.push(await connectClient(stack.servicePort, HOST, `127.5.93.${1 + (i % 200)}`));
-      } catch (err) {
-        exhausted = (err as NodeJS.ErrnoException).code === 'EMFILE';
-        if (!exhausted) throw err;
+    try {
+      // Idle connections through fulcrum (each takes up to three descriptors here: the client's
+      // and fulcrum's two) until this process can open no more, bounded in count. The traffic
+      // opens no new sessions meanwhile, so the table stays full and the probes meet the limit
+      // (those under way keep their round trips: they need no new descriptor).
+      paused = true;
+      for (let i = 0; i < 8000 && !exhausted; i++) {
+        try {
+          const c = await connectClient(stack.servicePort, HOST, `127.5.93.${1 + (i % 200)}`);
+          c.on('error', () => {});
+          held.push(c);
+        } catch (err) {
+          exhausted = (err as NodeJS.ErrnoException).code === 'EMFILE';
+          if (!exhausted) throw err;
+        }
       }
+      expect(exhausted).toBe(true);
+      if (process.env.FAULTS_VERBOSE) process.stderr.write(`faults: exhausted at ${new Date().toISOString()} with ${held.length} held\n`);
+      // Several probe intervals (fall is 3 × 300 ms) at the limit: probes that cannot open a
+      // socket are skipped, not counted against the backends.
+      const stalledAt = Date.now();
+      const skippedBefore = skippedProbes;
+      await waitFor(() => Date.now() - stalledAt > 2000 && skippedProbes > skippedBefore, 10_000, 'probes skipped at the limit');
+      expect(transitions.slice(before)).toEqual([]);
+    } finally {
+      for (const s of held) s.destroy();
+      paused = false;
     }
-    for (const s of held) s.on('error', () => {});
-    expect(exhausted).toBe(true);
-    // Several probe intervals (fall is 3 × 300 ms) at the limit: probes that cannot open a socket
-    // are skipped, not counted against the backends.
-    const stalledAt = Date.now();
-    const skippedBefore = skippedProbes;
-    if (process.env.FAULTS_VERBOSE) process.stderr.write(`faults: exhausted at ${new Date().toISOString()} with ${held.length} held\n`);
-    await waitFor(() => Date.now() - stalledAt > 2000 && skippedProbes > skippedBefore, 10_000, 'probes skipped at the limit');
-    expect(transitions.slice(before)).toEqual([]);
-    for (const s of held) s.destroy();
     await waitFor(serves, 10_000, 'serving after the descriptors came back');
     await progress('after the exhaustion');
     expect(transitions.slice(before)).toEqual([]);

@@ -77,7 +77,9 @@ const S = {
   bulkConns: 4,
   bulkDuration: quick ? 1 : 10,
   // Each proxied connection costs the proxy two descriptors; keep a margin for everything else.
-  idleConns: quick ? 1000 : Math.min(10_000, Math.floor((fdLimit - 400) / 2)),
+  // Two descriptors a proxied connection; fulcrum stops accepting at its reserve's mark (5 % of
+  // the limit, and 2 × 64 per relay worker: src/proxy/descriptors.ts), so stay under that.
+  idleConns: quick ? 1000 : Math.min(10_000, Math.floor((fdLimit * 0.95 - 2 * 2 * 64 - 400) / 2)),
   redisN: quick ? 10_000 : 50_000,
   redisNP: quick ? 100_000 : 500_000,
   echoBackends: 2,

@@ -4,13 +4,14 @@
  * after, so a leak of a few bytes or one descriptor per connection shows. Not part of CI (it takes
  * minutes of both cores); its latest figures are in RELIABILITY.md.
  *
- *   node bench/soak.ts [--connections 1000000] [--idle 9800] [--workers 2] [--max-minutes 20]
+ *   node bench/soak.ts [--connections 1000000] [--idle 9000] [--workers 2] [--max-minutes 20]
  *
  * Each phase is bounded in count and in time. The churn runs in blocks of 10 s (a new connection
  * per 64-byte request, 50 at a time, sources rotated over 64 loopback addresses, every reply
  * checked byte for byte by the load generator); the idle phase holds connections each proven by a
- * 1-byte echo. The default idle count is 9,800, not 10,000: this machine caps every process at
- * 20,000 descriptors and a proxied connection takes two (the benchmark's idle scenario, the same).
+ * 1-byte echo. The default idle count is 9,000, not 10,000: this machine caps every process at
+ * 20,000 descriptors, a proxied connection takes two, and fulcrum stops accepting at its reserve's
+ * mark (5 % of the limit and 128 per relay worker: src/proxy/descriptors.ts).
  */
 import { readdirSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
@@ -22,7 +23,7 @@ import { killAllProxies, startFulcrum, type Proxy } from './lib/proxies.ts';
 const { values: flags } = parseArgs({
   options: {
     connections: { type: 'string', default: '1000000' },
-    idle: { type: 'string', default: '9800' },
+    idle: { type: 'string', default: '9000' },
     workers: { type: 'string', default: '2' },
     'max-minutes': { type: 'string', default: '20' },
   },

@@ -337,5 +337,7 @@ ${include(path.join(benchDir, 'selection.md'), '', false)}
 ## Failover
 
 ${include(path.join(outDir, 'failover.md'), '_bench/out/failover.md was not present when this file was written (the failover benchmark writes it), so this section is empty._')}
+
+${include(path.join(benchDir, 'scaleout.md'), '', false)}
 `;
 }

@@ -26,6 +26,7 @@ export const CTL_USAGE = `usage:
   fulcrum ctl add SVC ADDR [--weight N] [--max-connections N] [--backup]
   fulcrum ctl remove SVC ADDR [--force]              drain then remove (--force: at once)
   fulcrum ctl reload                                 re-read the config file
+  fulcrum ctl node drain|ready                       withdraw this node's BGP VIPs (drain), or announce again
   fulcrum status                                     role, peer, failovers, uptime
 options:
   --admin URL         admin server (default: admin.listen from --config, else http://127.0.0.1:9900)
@@ -228,6 +229,17 @@ export async function runCtlParsed(values: CtlValues, positionals: string[], o: 
           ? `${args[0]} ${args[1]}: removed${result.data.closed_sessions ? ` (${result.data.closed_sessions} sessions closed)` : ''}`
           : `${args[0]} ${args[1]}: draining, ${result.data.active} sessions open; removed when they close`);
         return 0;
+      case 'node': {
+        need(1, 'drain|ready');
+        if (args[0] !== 'drain' && args[0] !== 'ready') throw new CtlError(`node: expected drain or ready, got ${JSON.stringify(args[0])}\n${CTL_USAGE}`);
+        result = await call(conn, 'POST', '/api/node/state', { state: args[0] });
+        if (values.json) o.out(JSON.stringify(result.data, null, 2));
+        else {
+          o.out(args[0] === 'drain' ? 'node drained: every BGP VIP withdrawn (still serving what arrives)' : 'node ready: BGP VIPs announced when they can be served');
+          for (const v of result.data.bgp?.vips ?? []) o.out(`  vip        ${v.vip}  ${v.announced ? 'announced' : 'withdrawn'}  ${v.reason}`);
+        }
+        return 0;
+      }
       case 'reload':
         need(0, 'no arguments');
         result = await call(conn, 'POST', '/api/reload');

@@ -20,6 +20,7 @@ import type { BackendStateEvent, FulcrumEvents, ProbeEvent } from '../events.ts'
 import type { Logger } from '../observability/log.ts';
 import { Metrics, type BgpStatusView, type ProbeObservation, type RoleObservation } from '../observability/prom.ts';
 import { Stats } from '../observability/stats.ts';
+import { ADMIN_ERRORS, AdminHttpError } from './errors.ts';
 import { AdminServer, type AdminBalancer, type AdminState, type DescribedService, type ProbeRecord } from './server.ts';
 
 export { AdminServer } from './server.ts';
@@ -53,7 +54,9 @@ export interface OperationsFailover {
 
 export interface OperationsBgp {
   /** BgpStatus (src/bgp/index.ts): speaker, sessions, what is announced and why, counts. */
-  status(): BgpStatusView;
+  status(): BgpStatusView & { stopping?: boolean };
+  /** An operator's drain of the node: every VIP withdrawn and kept so (false: back). */
+  drain(on: boolean): Promise<void>;
 }
 
 /** The reload sequence, as operations trigger it (src/control/reload.ts). */
@@ -155,6 +158,13 @@ export async function startOperations(options: OperationsOptions): Promise<Opera
       reload: control.file !== undefined ? () => control.reloadFile('admin API') : undefined,
       healthHistory: health ? (s, a) => health.history(s, a) : undefined,
       roles: health?.describe ? roles : undefined,
+      nodeDrain: bgp
+        ? async (on) => {
+            if (!on && bgp.status().stopping) throw new AdminHttpError(409, ADMIN_ERRORS.CONFLICT, 'state: this node is stopping; its routes stay withdrawn');
+            await bgp.drain(on);
+            return bgp.status();
+          }
+        : undefined,
       status: () => ({
         ...control.summary(),
         ...(failover ? { failover: failover.status() } : {}),

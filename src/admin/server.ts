@@ -16,6 +16,8 @@
  * | POST   | /api/services/:svc/backends                   | body: a backend as in the config: add  |
  * | DELETE | /api/services/:svc/backends/:addr[?force=1]   | drain then remove; force: at once      |
  * | POST   | /api/reload                                   | re-read the config file and apply it   |
+ * | POST   | /api/node/state                               | body {state: drain|ready}: this node's |
+ * |        |                                               | BGP VIPs withdrawn (drain) or back     |
  *
  * Changes (POST, DELETE) always need `Authorization: Bearer <token>` with the token from
  * `admin.token_file`; reads need it too when `admin.auth_reads` is true. Without a token file,
@@ -104,6 +106,12 @@ export interface AdminServerOptions {
   healthHistory?: (service: string, address: string) => readonly ProbeRecord[];
   /** The role each backend with a database check last reported, and when. */
   roles?: () => readonly RoleObservation[];
+  /**
+   * Drains this node (every BGP VIP withdrawn and kept withdrawn; it goes on serving what still
+   * arrives) or lets it announce again; resolves once the speaker did it, with the bgp status.
+   * Absent without a `bgp` section.
+   */
+  nodeDrain?: (drain: boolean) => Promise<unknown>;
 }
 
 const sha256 = (s: string): Buffer => createHash('sha256').update(s).digest();
@@ -372,6 +380,7 @@ export class AdminServer {
       { method: 'POST', pattern: new RegExp(`^/api/services/${seg}/backends$`), change: true, handle: (ctx, p) => this.#addBackend(ctx, p[0]) },
       { method: 'DELETE', pattern: new RegExp(`${backend}$`), change: true, handle: (ctx, p) => this.#removeBackend(ctx, p[0], p[1]) },
       { method: 'POST', pattern: /^\/api\/reload$/, change: true, handle: () => this.#reload() },
+      { method: 'POST', pattern: /^\/api\/node\/state$/, change: true, handle: (ctx) => this.#setNodeState(ctx) },
     ];
   }
 
@@ -460,6 +469,19 @@ export class AdminServer {
     await this.#options.balancer.setAdminState(service, backend.address, state as AdminState, 'admin API');
     this.#log.info({ service, backend: backend.address, state }, 'admin: backend state set');
     return json(200, { service, backend: this.#backendView(service, backend.address) });
+  }
+
+  /** An operator's drain of the whole node: the BGP speaker withdraws every VIP (src/bgp/index.ts). */
+  async #setNodeState(ctx: RequestContext): Promise<Reply> {
+    const body = await ctx.body();
+    const state = body.state;
+    if (state !== 'drain' && state !== 'ready') throw badRequest('state', 'must be one of drain | ready', state);
+    if (!this.#options.nodeDrain) {
+      throw new AdminHttpError(501, ADMIN_ERRORS.NOT_AVAILABLE, 'state: draining a node withdraws its BGP routes, and this node has no bgp section');
+    }
+    const bgp = await this.#options.nodeDrain(state === 'drain');
+    this.#log.info({ state }, state === 'drain' ? 'admin: node drained (BGP VIPs withdrawn)' : 'admin: node ready (BGP VIPs announced when they can be served)');
+    return json(200, { state, bgp });
   }
 
   async #setWeight(ctx: RequestContext, service: string, address: string): Promise<Reply> {

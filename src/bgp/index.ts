@@ -56,6 +56,8 @@ export interface BgpVipStatus {
 export interface BgpStatus {
   speaker: 'gobgp' | 'command';
   draining: string | null;
+  /** A graceful stop began: the VIPs stay withdrawn (an operator's `ready` is refused). */
+  stopping: boolean;
   listening: boolean;
   min_backends_up: number;
   drain_ms: number;
@@ -93,6 +95,8 @@ export class Bgp extends EventEmitter<BgpEvents> {
   private readonly vips = new Map<string, VipState>();
   private listening = false;
   private draining: string | null = null;
+  /** stop() began: the VIPs stay withdrawn whatever an operator asks. */
+  private stopping = false;
   private counts = { announce: 0, withdraw: 0, failed: 0 };
   /** Speaker commands run one after another. */
   private queue: Promise<unknown> = Promise.resolve();
@@ -138,6 +142,7 @@ export class Bgp extends EventEmitter<BgpEvents> {
 
   /** Withdraws every VIP and keeps them withdrawn (an operator's drain), or lets them back. */
   drain(on: boolean, cause = on ? 'drained by operator' : 'undrained by operator'): Promise<void> {
+    if (this.stopping && !on) return Promise.resolve();
     this.draining = on ? cause : null;
     return this.evaluate(cause);
   }
@@ -200,6 +205,7 @@ export class Bgp extends EventEmitter<BgpEvents> {
    * moves new flows away. The listeners close after this (src/main.ts), then shutdown_grace.
    */
   async stop(why = 'stop requested'): Promise<void> {
+    this.stopping = true;
     await this.drain(true, `stopping: ${why}`);
     const drainMs = this.config.drain;
     this.log.info({ drain_ms: drainMs }, 'VIPs withdrawn; still accepting while the router moves flows away');
@@ -220,6 +226,7 @@ export class Bgp extends EventEmitter<BgpEvents> {
     return {
       speaker: this.speaker.kind,
       draining: this.draining,
+      stopping: this.stopping,
       listening: this.listening,
       min_backends_up: this.config.announce_when.min_backends_up,
       drain_ms: this.config.drain,

@@ -86,6 +86,20 @@ describe('reads', () => {
   });
 });
 
+describe('node state (an operator\'s drain of the node)', () => {
+  it('is a change (401 without the token), checks its body (400 naming state) and, without a bgp section, answers 501', async () => {
+    expect((await api(stack.admin, 'POST', '/api/node/state', { state: 'drain' }, null)).status).toBe(401);
+    const bad = await api(stack.admin, 'POST', '/api/node/state', { state: 'maint' });
+    expect(bad.status).toBe(400);
+    expect(bad.body.error).toMatchObject({ code: 'FULCRUM_ERR_ADMIN_BAD_REQUEST', field: 'state' });
+    expect(bad.body.error.message).toContain('drain | ready');
+    const none = await api(stack.admin, 'POST', '/api/node/state', { state: 'drain' });
+    expect(none.status).toBe(501);
+    expect(none.body.error.code).toBe('FULCRUM_ERR_ADMIN_NOT_AVAILABLE');
+    expect(none.body.error.message).toContain('no bgp section');
+  });
+});
+
 describe('authentication', () => {
   const path = () => `/api/services/web/backends/${b0}/state`;
   it('refuses a change without a token (401) and changes nothing', async () => {

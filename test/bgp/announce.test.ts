@@ -128,6 +128,10 @@ describe('bgp: announce only what can be served', () => {
     r.balancer.setHealth('s0', A, true, 'test');
     await r.bgp.evaluate('settle');
     expect(r.speaker.asked).toHaveLength(2);
+    // An operator's `ready` during the stop does not bring the route back.
+    await r.bgp.drain(false);
+    expect(r.speaker.asked).toHaveLength(2);
+    expect(r.bgp.status()).toMatchObject({ stopping: true, draining: 'stopping: SIGTERM' });
   });
 
   it('a failed announce is counted and retried; routes lost with the speaker are announced again', async () => {

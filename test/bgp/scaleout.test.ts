@@ -72,6 +72,35 @@ describe.skipIf(!READY)('scale-out: three nodes behind an FRR router, gobgp spea
     expect(metrics).toMatch(/fulcrum_bgp_sessions_up\{speaker="gobgp"\} 1/);
   });
 
+  it('fulcrum ctl node drain: the node withdraws and stays withdrawn with its backends up; node ready: it announces again', async () => {
+    await lab.waitNextHops([1, 2, 3], 15_000);
+    try {
+      await drainAndBack();
+    } finally {
+      await lab.ctl(2, 'node', 'ready'); // the next test starts from three nodes announcing
+    }
+  });
+
+  async function drainAndBack(): Promise<void> {
+    const drained = await lab.ctl(2, 'node', 'drain');
+    expect(drained.code, drained.stderr).toBe(0);
+    expect(drained.stdout).toMatch(/^ +vip +10\.250\.0\.100 +withdrawn +drained by operator$/m);
+    await lab.waitNextHops([1, 3], 3000);
+    const line = await lab.waitLog(2, (l) => l.action === 'withdraw' && String(l.cause).includes('drained by operator'), 1000);
+    expect(line.vip).toBe('10.250.0.100');
+    // A backend state change re-decides every VIP: the drain holds whatever the backends do.
+    expect((await lab.ctl(2, 'state', 'web', BACKENDS[0], 'drain')).code).toBe(0);
+    expect((await lab.ctl(2, 'state', 'web', BACKENDS[0], 'ready')).code).toBe(0);
+    const status = JSON.parse((await lab.ctl(2, 'status', '--json')).stdout).bgp;
+    expect(status.draining).toBe('drained by operator');
+    expect(status.vips).toEqual([expect.objectContaining({ announced: false })]);
+    expect((await lab.ctl(2, 'status')).stdout).toMatch(/^bgp +speaker gobgp +pid \d+ +draining \(drained by operator\)/m);
+    const ready = await lab.ctl(2, 'node', 'ready');
+    expect(ready.code, ready.stderr).toBe(0);
+    await lab.waitNextHops([1, 2, 3], 3000);
+    expect((await lab.connect(60)).filter((b) => b === null)).toHaveLength(0);
+  }
+
   it('graceful stop of a node under connection churn: it withdraws first and keeps accepting; no connection is refused or lost outside the instant the router switches', async () => {
     const loop = lab.clientLoop(10, 4000, 1000);
     await sleep(800);

@@ -3,11 +3,13 @@
  * Addresses: 127.2.7.0/24.
  */
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
-import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { parse as parseYaml } from 'yaml';
+import { describeDemo } from '../../src/demo/demo.ts';
 import { connectClient, freePort, staysFalse, startEchoServer, waitClose, waitFor, type TestServer } from '../helpers/net.ts';
 
 const ROOT = fileURLToPath(new URL('../..', import.meta.url));
@@ -315,11 +317,12 @@ describe('usage', () => {
 
 describe('fulcrum demo', () => {
   it('serves the demo backends through fulcrum and stops cleanly on SIGINT', async () => {
-    const p = await Promise.all(Array.from({ length: 5 }, () => freePort(HOST)));
+    const p = await Promise.all(Array.from({ length: 6 }, () => freePort(HOST)));
     const file = join(tmp, 'demo.yaml');
     writeFileSync(file, `
 workers: 1
 logging: { level: warn, connections: false }
+admin: { listen: ${HOST}:${p[5]} }
 services:
   - name: web
     listen: ${HOST}:${p[0]}
@@ -344,8 +347,53 @@ services:
     const count = (n: string): number => answers.filter((a) => a.startsWith(`${n} (`)).length;
     expect(answers.every((a) => a.endsWith('served you\n')), answers.join('')).toBe(true);
     expect([count('backend-1'), count('backend-2'), count('backend-3')]).toEqual([2, 2, 4]);
+    // The banner says what one sees: 4 of 8 is 2 of every 4.
+    expect(output()).toContain('weighted round-robin 1:1:2: backend-3 answers 2 of every 4 requests');
+    expect(output()).toContain(`for i in $(seq 8); do curl -s http://${HOST}:${p[0]}/; done`);
+
+    // Only commands a Debian machine has: no nc; the raw TCP line is bash's /dev/tcp, and it works.
+    const banner = output().slice(output().indexOf('fulcrum demo is running'));
+    expect(banner).not.toMatch(/^\s*nc /m);
+    const tcpLine = banner.split('\n').map((l) => l.trim()).find((l) => l.startsWith('bash -c'));
+    expect(tcpLine, banner).toBeDefined();
+    expect(execFileSync('bash', ['-c', tcpLine!], { encoding: 'utf8', timeout: 10_000 })).toMatch(/^tcp-backend-1 \(.*\) here; type a line/);
+
+    // A working admin token: the banner names the file (mode 0600) and a config copy that names it,
+    // and `fulcrum ctl` with that copy drains a backend, read back through the API.
+    const copy = /ctl --config (\S+) list/.exec(banner)?.[1];
+    const tokenFile = /admin token is in\s+(\S+), mode 0600/.exec(banner)?.[1];
+    expect(copy, banner).toBeDefined();
+    expect(tokenFile, banner).toBeDefined();
+    expect(statSync(tokenFile!).mode & 0o777).toBe(0o600);
+    const token = readFileSync(tokenFile!, 'utf8').trim();
+    expect(banner).toContain(`http://${HOST}:${p[5]}/#token=${token}`);
+    const drain = await fulcrum(['ctl', '--config', copy!, 'state', 'web', `${HOST}:${p[1]}`, 'drain']);
+    expect(drain.stderr).toBe('');
+    expect(drain.code).toBe(0);
+    const list = await fulcrum(['ctl', '--config', copy!, 'list', '--json']);
+    expect(list.code).toBe(0);
+    const web = JSON.parse(list.stdout).services.find((s: { name: string }) => s.name === 'web');
+    expect(web.backends.find((b: { address: string }) => b.address === `${HOST}:${p[1]}`).state).toBe('drain');
+    // Without the token the same change is refused: the token is what made it work.
+    const refused = await fulcrum(['ctl', '--admin', `${HOST}:${p[5]}`, 'state', 'web', `${HOST}:${p[1]}`, 'ready']);
+    expect(refused.code).toBe(1);
+
     child.kill('SIGINT');
     expect(await exited).toBe(0);
     expect(output()).toContain('stopping the demo');
+    // The temporary folder with the token goes with the demo.
+    expect(existsSync(tokenFile!)).toBe(false);
+  });
+
+  it('--help describes the demo its own config runs (six backends), read from examples/demo.yaml', async () => {
+    const demo = parseYaml(readFileSync(join(ROOT, 'examples', 'demo.yaml'), 'utf8')) as { services: { name: string; backends: unknown[] }[] };
+    const total = demo.services.reduce((n, s) => n + s.backends.length, 0);
+    expect(total).toBe(6);
+    const r = await fulcrum(['--help']);
+    expect(r.stdout).toContain('demo    run six local backends (web: 3 HTTP, tcp: 3 raw TCP) behind fulcrum');
+    // And derived, not written twice: a config with other counts is described by them.
+    const other = join(tmp, 'demo-two.yaml');
+    writeFileSync(other, `services:\n  - { name: web, listen: ${HOST}:1, backends: [{ address: ${HOST}:2 }, { address: ${HOST}:3 }] }\n`);
+    expect(describeDemo(other)).toBe('run two local backends (web: 2 HTTP) behind fulcrum and show what to try');
   });
 });

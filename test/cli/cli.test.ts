@@ -9,6 +9,7 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { parse as parseYaml } from 'yaml';
+import { CTL_USAGE } from '../../src/admin/ctl.ts';
 import { describeDemo } from '../../src/demo/demo.ts';
 import { connectClient, freePort, staysFalse, startEchoServer, waitClose, waitFor, type TestServer } from '../helpers/net.ts';
 
@@ -23,9 +24,9 @@ interface Result {
   stderr: string;
 }
 
-function fulcrum(args: string[], timeoutMs = 20_000): Promise<Result> {
+function fulcrum(args: string[], timeoutMs = 20_000, env: Record<string, string> = {}): Promise<Result> {
   return new Promise((resolve, reject) => {
-    const child = spawn(BIN, args, { cwd: ROOT, env: { ...process.env, PATH: '/usr/bin:/bin' } });
+    const child = spawn(BIN, args, { cwd: ROOT, env: { ...process.env, PATH: '/usr/bin:/bin', ...env } });
     let stdout = '';
     let stderr = '';
     child.stdout.on('data', (d) => (stdout += d));
@@ -64,8 +65,8 @@ let echo: TestServer;
 const children: ChildProcess[] = [];
 
 /** Starts bin/fulcrum with `args` (killed in afterAll if still running); `output()` is everything it printed so far. */
-function startLive(args: string[]): { child: ChildProcess; output: () => string } {
-  const child = spawn(BIN, args, { cwd: ROOT, env: { ...process.env, PATH: '/usr/bin:/bin' } });
+function startLive(args: string[], env: Record<string, string> = {}): { child: ChildProcess; output: () => string } {
+  const child = spawn(BIN, args, { cwd: ROOT, env: { ...process.env, PATH: '/usr/bin:/bin', ...env } });
   children.push(child);
   let out = '';
   child.stdout!.on('data', (d) => (out += d));
@@ -312,6 +313,54 @@ describe('usage', () => {
     const r = await fulcrum(['check']);
     expect(r.code).toBe(2);
     expect(r.stderr).toContain('--config FILE is required');
+  });
+});
+
+describe('the config file without --config', () => {
+  it('--help names the rule and the default path', async () => {
+    const r = await fulcrum(['--help']);
+    expect(r.stdout).toContain('--config FILE, else $FULCRUM_CONFIG, else /etc/fulcrum/fulcrum.yaml');
+    expect(CTL_USAGE).toContain('(default: $FULCRUM_CONFIG, else /etc/fulcrum/fulcrum.yaml when it exists)');
+  });
+
+  it('check reads FULCRUM_CONFIG; --config wins over it', async () => {
+    const good = join(FIXTURES, 'good.yaml');
+    const r = await fulcrum(['check'], 20_000, { FULCRUM_CONFIG: good });
+    expect(r.stdout).toBe(`${good}: config OK\n`);
+    expect(r.code).toBe(0);
+    const bad = await fulcrum(['check', '--config', join(FIXTURES, 'bad-weight.yaml')], 20_000, { FULCRUM_CONFIG: good });
+    expect(bad.code).toBe(1);
+    expect(bad.stderr).toContain('bad-weight.yaml');
+  });
+
+  it('run and ctl find the config, the admin address and the token through FULCRUM_CONFIG', async () => {
+    const dir = mkdtempSync(join(tmp, 'env-'));
+    const [port, adminPort] = await Promise.all([freePort(HOST), freePort(HOST)]);
+    // A relative token_file: beside the config, wherever fulcrum runs from (cwd is the repository).
+    writeFileSync(join(dir, 'admin.token'), 'env-token\n', { mode: 0o600 });
+    const file = join(dir, 'fulcrum.yaml');
+    writeFileSync(file, `
+workers: 1
+logging: { level: info, connections: false }
+admin: { listen: ${HOST}:${adminPort}, token_file: admin.token }
+services:
+  - name: echo
+    listen: ${HOST}:${port}
+    backends: [{ address: ${echo.address} }]
+`);
+    const env = { FULCRUM_CONFIG: file };
+    const { child, output } = startLive(['run'], env);
+    const exited = new Promise<number | null>((resolve) => child.on('exit', (code) => resolve(code)));
+    await waitFor(() => output().includes('data plane ready'), 15_000, `fulcrum run to be ready; output: ${output()}`);
+    const drain = await fulcrum(['ctl', 'state', 'echo', echo.address, 'drain'], 20_000, env);
+    expect(drain.stderr).toBe('');
+    expect(drain.stdout).toContain(`echo ${echo.address}: drain`);
+    const list = await fulcrum(['ctl', 'list', '--json'], 20_000, env);
+    expect(JSON.parse(list.stdout).services[0].backends[0].state).toBe('drain');
+    const status = await fulcrum(['status'], 20_000, env);
+    expect(status.stdout).toContain(`config       ${file}`);
+    child.kill('SIGTERM');
+    expect(await exited).toBe(0);
   });
 });
 

@@ -44,6 +44,8 @@ export const COMMANDS: Record<string, Command> = {
       const file = requireConfig(values);
       const { loadConfig } = await import('./config/load.ts');
       const config = loadConfig(file);
+      // What `fulcrum run` would refuse before starting: the same function, not a copy of it.
+      await (await import('./control/preflight.ts')).preflight(config, file);
       // The speaker's binaries are part of what the bgp section asks for: a missing one is named here.
       if (config.bgp) (await import('./bgp/index.ts')).checkSpeakerBinaries(config.bgp);
       process.stdout.write(`${file}: config OK\n`);

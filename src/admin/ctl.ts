@@ -242,6 +242,7 @@ export async function runCtlParsed(values: CtlValues, positionals: string[], o: 
           o.out(`reloaded: ${result.data.changes.length} change${result.data.changes.length === 1 ? '' : 's'}`);
           for (const c of result.data.changes) o.out(`  ${c}`);
           for (const r of result.data.restart_required) o.out(`  needs a restart: ${r}`);
+          for (const k of result.data.kept ?? []) o.out(`  kept: ${k}`);
         }
         return 0;
       default:

@@ -86,6 +86,8 @@ export interface ReloadResult {
   changes: string[];
   /** Settings that changed in the file but need a restart to take effect. */
   restart_required: string[];
+  /** Runtime changes the reload left in force (an admin state set through the API). */
+  kept?: string[];
 }
 
 export interface AdminServerOptions {

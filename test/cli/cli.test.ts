@@ -3,7 +3,7 @@
  * Addresses: 127.2.7.0/24.
  */
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
-import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { chmodSync, existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -45,7 +45,7 @@ function fulcrum(args: string[], timeoutMs = 20_000, env: Record<string, string>
 /** Each broken fixture, and what its report must quote: the path and the offending value. */
 const BROKEN: Record<string, string[]> = {
   'bad-weight.yaml': ['services[0].backends[0].weight: must be an integer 0–256, got -1'],
-  'unknown-key.yaml': ['services[0].balanse: unknown key'],
+  'unknown-key.yaml': ['services[0].balanse: unknown key; did you mean "balance"?'],
   'bad-duration.yaml': ['services[0].timeouts.connect:', 'got "5 seconds"'],
   'bad-address.yaml': ['services[0].listen:', 'got "127.2.7.1:70000"', 'services[0].backends[0].address:', 'got "db1.internal"'],
   'duplicate-listen.yaml': ['services[1].listen: duplicates services[0].listen, got "127.2.7.1:15432"'],
@@ -57,7 +57,8 @@ const BROKEN: Record<string, string[]> = {
     'services[0].table_size: must be a prime', 'got 100',
     'services[0].backends[0].max_connections:', 'got -5',
   ],
-  'not-yaml.yaml': ['YAML:'],
+  // One message, at the [ left open (the parser notices at the end of the file).
+  'not-yaml.yaml': ['1 problem:', 'YAML: line 3, column 13: the [ opened here is not closed'],
 };
 
 let tmp = '';
@@ -110,6 +111,87 @@ describe('fulcrum check', () => {
     expect(r.stderr).toContain('FULCRUM_ERR_CONFIG_UNREADABLE');
     expect(r.stderr).toContain('missing.yaml');
   });
+});
+
+/**
+ * Configs the file's own validation passes but this machine cannot run: `fulcrum check` reports
+ * each as `fulcrum run` refuses it (src/control/preflight.ts serves both). Built in beforeAll:
+ * each names files in `tmp`.
+ */
+const PREFLIGHT_NAMES = [
+  'one address under two names (localhost and 127.0.0.1)', 'a missing admin.token_file', 'a missing ha.secret_file',
+  'a heartbeat key too short', 'a probe password file others can read', 'a missing ca_file', "the admin server on a service's address",
+  'every problem at once',
+];
+function preflightCases(): Record<string, { yaml: string; expected: string[] }> {
+  const secret = (name: string, text: string, mode: number): string => {
+    const f = join(tmp, name);
+    writeFileSync(f, text, { mode });
+    chmodSync(f, mode);
+    return f;
+  };
+  const service = (name: string, listen: string, extra = '') => `  - name: ${name}\n    listen: ${listen}\n${extra}    backends: [{ address: ${HOST}:6001 }]\n`;
+  const ha = (secretFile: string) => `ha:\n  vip: 198.51.100.10/24\n  interface: lo\n  bind: 127.2.7.1:5999\n  peer: 127.2.7.2:5999\n  priority: 100\n  secret_file: ${secretFile}\n`;
+  const openPw = secret('open.pw', 'pw\n', 0o644);
+  const shortKey = secret('short.key', 'short\n', 0o600);
+  return {
+    'one address under two names (localhost and 127.0.0.1)': {
+      yaml: `services:\n${service('a', '127.0.0.1:6380')}${service('b', 'localhost:6380')}`,
+      expected: ['services[1].listen: is the address of services[0].listen (127.0.0.1:6380): the two would share its connections, got "localhost:6380"'],
+    },
+    'a missing admin.token_file': {
+      yaml: `admin: { listen: ${HOST}:9911, token_file: no-such.token }\nservices:\n${service('a', `${HOST}:6380`)}`,
+      expected: [`admin.token_file: ${join(tmp, 'no-such.token')}: cannot read (ENOENT)`],
+    },
+    'a missing ha.secret_file': {
+      yaml: `${ha(join(tmp, 'no-such.secret'))}services:\n${service('a', `${HOST}:6380`)}`,
+      expected: [`ha.secret_file: ${join(tmp, 'no-such.secret')}: cannot read (ENOENT)`],
+    },
+    'a heartbeat key too short': {
+      yaml: `${ha(shortKey)}services:\n${service('a', `${HOST}:6380`)}`,
+      expected: [`ha.secret_file: ${shortKey}: must hold at least 16 bytes of key, has 5`],
+    },
+    'a probe password file others can read': {
+      yaml: `services:\n${service('a', `${HOST}:6380`, `    health: { type: postgres, postgres: { user: u, password_file: ${openPw} } }\n`)}`,
+      expected: [`services[0].health.postgres.password_file: ${openPw}: is accessible by group or others (mode 0644); a secret file must be 0600 or 0400`],
+    },
+    'a missing ca_file': {
+      yaml: `services:\n${service('a', `${HOST}:6380`, `    health: { type: redis, redis: { tls: verify-full, ca_file: no-such-ca.pem } }\n`)}`,
+      expected: [`services[0].health.redis.ca_file: ${join(tmp, 'no-such-ca.pem')}: cannot read (ENOENT)`],
+    },
+    'the admin server on a service\'s address': {
+      yaml: `admin: { listen: localhost:6380 }\nservices:\n${service('a', '127.0.0.1:6380')}`,
+      expected: ['admin.listen: is the address of services[0].listen (127.0.0.1:6380), got "localhost:6380"'],
+    },
+    'every problem at once': {
+      yaml: `admin: { listen: ${HOST}:9911, token_file: no-such.token }\nservices:\n${service('a', '127.0.0.1:6380')}${service('b', 'localhost:6380', `    health: { type: postgres, postgres: { password_file: ${openPw} } }\n`)}`,
+      expected: ['3 problems', 'services[1].listen: is the address of services[0].listen', 'admin.token_file:', 'services[1].health.postgres.password_file:'],
+    },
+  };
+}
+
+describe('fulcrum check catches what fulcrum run refuses (one preflight for both)', () => {
+  let cases: ReturnType<typeof preflightCases>;
+  beforeAll(() => {
+    cases = preflightCases();
+  });
+  for (const name of PREFLIGHT_NAMES) {
+    it(name, async () => {
+      expect(Object.keys(cases)).toEqual(PREFLIGHT_NAMES);
+      const { yaml, expected } = cases[name];
+      const file = join(tmp, `preflight-${Object.keys(cases).indexOf(name)}.yaml`);
+      writeFileSync(file, yaml);
+      const [check, run] = await Promise.all([fulcrum(['check', '--config', file]), fulcrum(['run', '--config', file])]);
+      for (const r of [check, run]) {
+        expect(r.code, r.stderr).toBe(1);
+        expect(r.stderr).toContain('FULCRUM_ERR_CONFIG_INVALID');
+        for (const e of expected) expect(r.stderr).toContain(e);
+      }
+      expect(check.stdout).not.toContain('config OK');
+      // The same report, word for word, after the command's name.
+      expect(check.stderr.replace(/^fulcrum check: /, '')).toBe(run.stderr.replace(/^fulcrum run: /, ''));
+    });
+  }
 });
 
 describe('fulcrum run', () => {

@@ -43,7 +43,7 @@ export interface OperationsEvents {
 export interface OperationsHealth {
   history(service: string, address: string): readonly ProbeRecord[];
   /** Every probed backend; `role` once a database check reported one (src/health/monitor.ts). */
-  describe?(): readonly { service: string; address: string; role?: Omit<RoleObservation, 'service' | 'address'> }[];
+  describe?(): readonly { service: string; address: string; role?: Omit<RoleObservation, 'service' | 'address'>; down_cause?: { cause: string; at: number } }[];
 }
 
 export interface OperationsFailover {
@@ -155,6 +155,7 @@ export async function startOperations(options: OperationsOptions): Promise<Opera
       reload: control.file !== undefined ? () => control.reloadFile('admin API') : undefined,
       healthHistory: health ? (s, a) => health.history(s, a) : undefined,
       roles: health?.describe ? roles : undefined,
+      downCauses: health?.describe ? () => health.describe!().flatMap((h) => (h.down_cause ? [{ service: h.service, address: h.address, ...h.down_cause }] : [])) : undefined,
       status: () => ({
         ...control.summary(),
         ...(failover ? { failover: failover.status() } : {}),

@@ -106,6 +106,8 @@ export interface AdminServerOptions {
   healthHistory?: (service: string, address: string) => readonly ProbeRecord[];
   /** The role each backend with a database check last reported, and when. */
   roles?: () => readonly RoleObservation[];
+  /** Why each backend the probes hold down went down, and when (src/health's monitor). */
+  downCauses?: () => readonly { service: string; address: string; cause: string; at: number }[];
 }
 
 const sha256 = (s: string): Buffer => createHash('sha256').update(s).digest();
@@ -402,6 +404,7 @@ export class AdminServer {
     const stats = new Map<string, ServiceStats>(this.#options.stats.snapshot(described).map((s) => [s.name, s]));
     const config = this.#options.config?.();
     const roles = new Map((this.#options.roles?.() ?? []).map((r) => [`${r.service}\u0000${r.address}`, r]));
+    const downCauses = new Map((this.#options.downCauses?.() ?? []).map((d) => [`${d.service}\u0000${d.address}`, d]));
     return described.map((s) => {
       const st = stats.get(s.name)!;
       const sc = config?.services.find((x) => x.name === s.name);
@@ -409,6 +412,8 @@ export class AdminServer {
       return {
         name: s.name,
         ...(sc ? { listen: formatHostPort(sc.listen), balance: sc.balance } : {}),
+        // The check and the role it routes to: the status page's card names them.
+        ...(sc?.health ? { check: { type: sc.health.type, role: sc.health.role } } : {}),
         ...extra,
         active: st.active,
         queued: st.queued,
@@ -419,6 +424,7 @@ export class AdminServer {
           const bs = st.backends[j];
           const history = this.#options.healthHistory?.(s.name, b.address);
           const role = roles.get(`${s.name}\u0000${b.address}`);
+          const down = downCauses.get(`${s.name}\u0000${b.address}`);
           return {
             ...b,
             address: b.address,
@@ -433,6 +439,7 @@ export class AdminServer {
             ...(history ? { health_history: history } : {}),
             // "replica, not eligible" reads apart from a dead server: the role it reported, and when.
             ...(role ? { role: roleView(role) } : {}),
+            ...(down ? { down_reason: { cause: down.cause, at: new Date(down.at).toISOString() } } : {}),
           };
         }),
       };

@@ -18,9 +18,10 @@
  * runs every session on the JavaScript path and logs why at start-up (relay.ts, pool.ts).
  */
 import { execFileSync } from 'node:child_process';
-import { existsSync, mkdirSync, readdirSync, rmSync } from 'node:fs';
-import { dirname, join } from 'node:path';
+import { existsSync, mkdirSync, readdirSync, rmSync, statSync } from 'node:fs';
+import { dirname, join, relative } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { ENGINE_WASM_PATH } from '../src/balancer/engine.ts';
 import { writeRelayHeader } from './gen-layout.ts';
 
 const root = join(dirname(fileURLToPath(import.meta.url)), '..');
@@ -97,12 +98,27 @@ export function sanitizerRuntime(): string | undefined {
   }
 }
 
+const kib = (file: string): string => `${(statSync(file).size / 1024).toFixed(1)} KiB`;
+
+/**
+ * What `npm run build` (and so `npm ci`, through prepare) built, in one line: the engine and its
+ * size (build/asc.ts runs first and says nothing when it succeeds), the relay or why not.
+ */
+export function buildSummary(r: RelayBuild, out: string, sanitize: boolean): string {
+  const engine = existsSync(ENGINE_WASM_PATH) ? `engine ${relative(root, ENGINE_WASM_PATH)} (${kib(ENGINE_WASM_PATH)})` : 'engine not built (npm run build:wasm)';
+  const relay = r.ok
+    ? `relay ${relative(root, out)} (${kib(out)}${sanitize ? ', sanitized' : ''}, for Node ${process.versions.node})`
+    : r.missing
+      ? `relay not built: ${r.message}; sessions run on the JavaScript path`
+      : `relay not built: ${r.message}`;
+  return `fulcrum build: ${engine}; ${relay}`;
+}
+
 if (process.argv[1] === fileURLToPath(import.meta.url)) {
   const sanitize = process.argv.includes('--sanitize');
-  const r = sanitize ? compileRelay(RELAY_SANITIZED_NODE, [], undefined, true) : compileRelay();
-  if (!r.ok) {
-    // Missing tools: the install goes on, fulcrum runs its JavaScript path. A compile error fails it.
-    console.error(`build/relay.ts: ${r.message}${r.missing ? ': the relay is not built, sessions stay on the JavaScript path' : ''}`);
-    process.exit(r.missing ? 0 : 1);
-  }
+  const out = sanitize ? RELAY_SANITIZED_NODE : RELAY_NODE;
+  const r = sanitize ? compileRelay(out, [], undefined, true) : compileRelay(out);
+  // Missing tools: the install goes on, fulcrum runs its JavaScript path. A compile error fails it.
+  (r.ok ? console.log : console.error)(buildSummary(r, out, sanitize));
+  if (!r.ok) process.exit(r.missing ? 0 : 1);
 }

@@ -7,9 +7,12 @@
 import { parseArgs, type ParseArgsConfig } from 'node:util';
 import { FulcrumError } from './errors.ts';
 import { CTL_OPTIONS } from './admin/ctl-options.ts';
+import { chooseConfig, CONFIG_ENV, DEFAULT_CONFIG, NO_CONFIG } from './config/path.ts';
 
 export interface Command {
   summary: string;
+  /** A summary read from elsewhere when help is printed (the demo's, from its config). */
+  describe?: () => Promise<string>;
   usage: string;
   options: NonNullable<ParseArgsConfig['options']>;
   /** Resolves with the exit code; `run` resolves only when the balancer has stopped. */
@@ -21,7 +24,7 @@ const configOption = { config: { type: 'string', short: 'c' } } as const;
 export const COMMANDS: Record<string, Command> = {
   run: {
     summary: 'start the balancer from a config file',
-    usage: 'fulcrum run --config FILE',
+    usage: 'fulcrum run [--config FILE]',
     options: configOption,
     async run(values) {
       const file = requireConfig(values);
@@ -35,12 +38,14 @@ export const COMMANDS: Record<string, Command> = {
   },
   check: {
     summary: 'validate a config file and print every problem (like haproxy -c)',
-    usage: 'fulcrum check --config FILE',
+    usage: 'fulcrum check [--config FILE]',
     options: configOption,
     async run(values) {
       const file = requireConfig(values);
       const { loadConfig } = await import('./config/load.ts');
       const config = loadConfig(file);
+      // What `fulcrum run` would refuse before starting: the same function, not a copy of it.
+      await (await import('./control/preflight.ts')).preflight(config, file);
       // The speaker's binaries are part of what the bgp section asks for: a missing one is named here.
       if (config.bgp) (await import('./bgp/index.ts')).checkSpeakerBinaries(config.bgp);
       process.stdout.write(`${file}: config OK\n`);
@@ -48,7 +53,9 @@ export const COMMANDS: Record<string, Command> = {
     },
   },
   demo: {
-    summary: 'run three local backends behind fulcrum and show what to try',
+    summary: 'run local backends behind fulcrum and show what to try',
+    // The count and kinds come from the demo's config itself, so the help cannot drift from it.
+    describe: async () => (await import('./demo/demo.ts')).describeDemo(),
     usage: 'fulcrum demo [--config FILE]   (default: examples/demo.yaml)',
     options: configOption,
     async run(values) {
@@ -77,35 +84,41 @@ export const COMMANDS: Record<string, Command> = {
 class UsageError extends Error {}
 
 function requireConfig(values: Record<string, unknown>): string {
-  const file = values.config;
-  if (typeof file !== 'string' || file === '') throw new UsageError('--config FILE is required');
-  return file;
+  const choice = chooseConfig(values.config);
+  if (choice === undefined) throw new UsageError(NO_CONFIG);
+  return choice.file;
 }
 
-export function usage(): string {
+const summaryOf = async (c: Command): Promise<string> => (c.describe ? c.describe().catch(() => c.summary) : c.summary);
+
+export async function usage(): Promise<string> {
   const width = Math.max(...Object.keys(COMMANDS).map((n) => n.length));
-  const lines = Object.entries(COMMANDS).map(([name, c]) => `  ${name.padEnd(width)}  ${c.summary}\n  ${' '.repeat(width)}  ${c.usage}`);
-  return `fulcrum — L4 TCP load balancer\n\nusage: fulcrum <command> [options]\n\ncommands:\n${lines.join('\n')}\n\n  fulcrum --help        this text\n`;
+  const entries = Object.entries(COMMANDS);
+  const summaries = await Promise.all(entries.map(([, c]) => summaryOf(c)));
+  const lines = entries.map(([name, c], i) => `  ${name.padEnd(width)}  ${summaries[i]}\n  ${' '.repeat(width)}  ${c.usage}`);
+  return `fulcrum — L4 TCP load balancer\n\nusage: fulcrum <command> [options]\n\ncommands:\n${lines.join('\n')}\n\n` +
+    `  fulcrum --help        this text\n\n` +
+    `config file (run, check, ctl, status): --config FILE, else $${CONFIG_ENV}, else ${DEFAULT_CONFIG}\n`;
 }
 
 export async function main(argv: string[]): Promise<number> {
   const [name, ...rest] = argv;
   if (name === undefined) {
-    process.stderr.write(usage());
+    process.stderr.write(await usage());
     return 2;
   }
   if (name === '--help' || name === '-h' || name === 'help') {
-    process.stdout.write(usage());
+    process.stdout.write(await usage());
     return 0;
   }
   const command = Object.hasOwn(COMMANDS, name) ? COMMANDS[name] : undefined;
   if (command === undefined) {
-    process.stderr.write(`fulcrum: unknown command ${JSON.stringify(name)}\n\n${usage()}`);
+    process.stderr.write(`fulcrum: unknown command ${JSON.stringify(name)}\n\n${await usage()}`);
     return 2;
   }
   try {
     if (rest.includes('--help') || rest.includes('-h')) {
-      process.stdout.write(`usage: ${command.usage}\n${command.summary}\n`);
+      process.stdout.write(`usage: ${command.usage}\n${await summaryOf(command)}\n`);
       return 0;
     }
     const { values, positionals } = parseArgs({ args: rest, options: command.options, allowPositionals: true, strict: true });

@@ -21,10 +21,10 @@
 import { EventEmitter } from 'node:events';
 import { Balancer, type BackendStateEvent } from './balancer/balancer.ts';
 import { instantiateEngine, loadEngineModule } from './balancer/engine.ts';
-import { checkListens } from './config/listen.ts';
 import { resolveWorkers } from './config/load.ts';
 import type { Config } from './config/schema.ts';
 import { vipBoundServices } from './control/diff.ts';
+import { preflight } from './control/preflight.ts';
 import { ReloadSequence } from './control/reload.ts';
 import { bgpServicesOn, discoveryRoutes, failoverRoutes, installBgpRoutes, installRoutes } from './control/routes.ts';
 import { Bgp } from './bgp/index.ts';
@@ -97,9 +97,9 @@ export async function startFulcrum(initial: Config, options: StartOptions = {}):
   const events = new EventEmitter<FulcrumEvents>();
 
   // ── the engine and the balancer ───────────────────────────────────────────
-  // Two services on one address under two names would share its connections (SO_REUSEPORT):
-  // refused before anything starts. Binding is the workers' own check at start-up.
-  await checkListens(undefined, initial, { file: options.configFile, skipBind: () => true });
+  // What the config needs of this machine (one address under two names, secret files, CA
+  // files): refused before anything starts, by the list `fulcrum check` reports from.
+  await preflight(initial, options.configFile);
   const memory = createSharedMemory();
   const module = loadEngineModule();
   // The control plane's own instance; it never calls acquire, so sharing worker 0's scratch id is safe.

@@ -10,11 +10,13 @@
  *   fulcrum ctl reload
  *   fulcrum status
  *
- * Options: --admin URL (default: from --config's admin.listen, else http://127.0.0.1:9900),
- * --token-file FILE (default: --config's admin.token_file), --config FILE, --json (raw output).
+ * Options: --admin URL (default: the config's admin.listen, else http://127.0.0.1:9900),
+ * --token-file FILE (default: the config's admin.token_file), --config FILE (default:
+ * $FULCRUM_CONFIG, else /etc/fulcrum/fulcrum.yaml when it exists: src/config/path.ts), --json.
  */
 import { parseArgs } from 'node:util';
 import { loadConfig } from '../config/load.ts';
+import { chooseConfig, CONFIG_ENV, DEFAULT_CONFIG } from '../config/path.ts';
 import { formatHostPort } from '../config/schema.ts';
 import { readToken } from './server.ts';
 import { CTL_OPTIONS, type CtlValues } from './ctl-options.ts';
@@ -29,9 +31,10 @@ export const CTL_USAGE = `usage:
   fulcrum ctl node drain|ready                       withdraw this node's BGP VIPs (drain), or announce again
   fulcrum status                                     role, peer, failovers, uptime
 options:
-  --admin URL         admin server (default: admin.listen from --config, else http://127.0.0.1:9900)
-  --token-file FILE   admin token (default: admin.token_file from --config)
+  --admin URL         admin server (default: admin.listen from the config, else http://127.0.0.1:9900)
+  --token-file FILE   admin token (default: admin.token_file from the config)
   --config FILE       read the two defaults above from this config
+                      (default: $${CONFIG_ENV}, else ${DEFAULT_CONFIG} when it exists)
   --json              print the API's JSON as it is`;
 
 interface Output {
@@ -51,8 +54,11 @@ interface Connection {
 function connection(values: { admin?: string; 'token-file'?: string; config?: string }): Connection {
   let base = values.admin;
   let tokenFile = values['token-file'];
-  if (values.config) {
-    const config = loadConfig(values.config);
+  // The config is read only for what the flags leave open (a broken default file does not stand
+  // in the way of `--admin URL --token-file FILE`).
+  const choice = base === undefined || tokenFile === undefined ? chooseConfig(values.config) : undefined;
+  if (choice) {
+    const config = loadConfig(choice.file);
     base ??= config.admin ? `http://${formatHostPort(config.admin.listen)}` : undefined;
     tokenFile ??= config.admin?.token_file;
   }
@@ -248,6 +254,7 @@ export async function runCtlParsed(values: CtlValues, positionals: string[], o: 
           o.out(`reloaded: ${result.data.changes.length} change${result.data.changes.length === 1 ? '' : 's'}`);
           for (const c of result.data.changes) o.out(`  ${c}`);
           for (const r of result.data.restart_required) o.out(`  needs a restart: ${r}`);
+          for (const k of result.data.kept ?? []) o.out(`  kept: ${k}`);
         }
         return 0;
       default:

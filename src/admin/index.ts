@@ -44,7 +44,7 @@ export interface OperationsEvents {
 export interface OperationsHealth {
   history(service: string, address: string): readonly ProbeRecord[];
   /** Every probed backend; `role` once a database check reported one (src/health/monitor.ts). */
-  describe?(): readonly { service: string; address: string; role?: Omit<RoleObservation, 'service' | 'address'> }[];
+  describe?(): readonly { service: string; address: string; role?: Omit<RoleObservation, 'service' | 'address'>; down_cause?: { cause: string; at: number } }[];
 }
 
 export interface OperationsFailover {
@@ -165,6 +165,7 @@ export async function startOperations(options: OperationsOptions): Promise<Opera
             return bgp.status();
           }
         : undefined,
+      downCauses: health?.describe ? () => health.describe!().flatMap((h) => (h.down_cause ? [{ service: h.service, address: h.address, ...h.down_cause }] : [])) : undefined,
       status: () => ({
         ...control.summary(),
         ...(failover ? { failover: failover.status() } : {}),

@@ -88,6 +88,8 @@ export interface ReloadResult {
   changes: string[];
   /** Settings that changed in the file but need a restart to take effect. */
   restart_required: string[];
+  /** Runtime changes the reload left in force (an admin state set through the API). */
+  kept?: string[];
 }
 
 export interface AdminServerOptions {
@@ -112,6 +114,8 @@ export interface AdminServerOptions {
    * Absent without a `bgp` section.
    */
   nodeDrain?: (drain: boolean) => Promise<unknown>;
+  /** Why each backend the probes hold down went down, and when (src/health's monitor). */
+  downCauses?: () => readonly { service: string; address: string; cause: string; at: number }[];
 }
 
 const sha256 = (s: string): Buffer => createHash('sha256').update(s).digest();
@@ -409,6 +413,7 @@ export class AdminServer {
     const stats = new Map<string, ServiceStats>(this.#options.stats.snapshot(described).map((s) => [s.name, s]));
     const config = this.#options.config?.();
     const roles = new Map((this.#options.roles?.() ?? []).map((r) => [`${r.service}\u0000${r.address}`, r]));
+    const downCauses = new Map((this.#options.downCauses?.() ?? []).map((d) => [`${d.service}\u0000${d.address}`, d]));
     return described.map((s) => {
       const st = stats.get(s.name)!;
       const sc = config?.services.find((x) => x.name === s.name);
@@ -416,6 +421,8 @@ export class AdminServer {
       return {
         name: s.name,
         ...(sc ? { listen: formatHostPort(sc.listen), balance: sc.balance } : {}),
+        // The check and the role it routes to: the status page's card names them.
+        ...(sc?.health ? { check: { type: sc.health.type, role: sc.health.role } } : {}),
         ...extra,
         active: st.active,
         queued: st.queued,
@@ -426,6 +433,7 @@ export class AdminServer {
           const bs = st.backends[j];
           const history = this.#options.healthHistory?.(s.name, b.address);
           const role = roles.get(`${s.name}\u0000${b.address}`);
+          const down = downCauses.get(`${s.name}\u0000${b.address}`);
           return {
             ...b,
             address: b.address,
@@ -440,6 +448,7 @@ export class AdminServer {
             ...(history ? { health_history: history } : {}),
             // "replica, not eligible" reads apart from a dead server: the role it reported, and when.
             ...(role ? { role: roleView(role) } : {}),
+            ...(down ? { down_reason: { cause: down.cause, at: new Date(down.at).toISOString() } } : {}),
           };
         }),
       };

@@ -462,6 +462,14 @@ export class Balancer extends EventEmitter<BalancerEvents> {
     return this.services.get(service)?.backends.get(normalizeAddress(address))?.admin;
   }
 
+  /**
+   * A backend's weight in force, or undefined when there is none: the config's, or what
+   * setWeight set at run time since (a reload's report says when it puts the config's back).
+   */
+  weightOf(service: string, address: string | HostPort): number | undefined {
+    return this.services.get(service)?.backends.get(normalizeAddress(address))?.weight;
+  }
+
   /** HAProxy's `set server weight`: 0..MAX_WEIGHT, effective at once (a slow-start ramp scales it). */
   setWeight(service: string, address: string | HostPort, weight: number): void {
     if (!Number.isInteger(weight) || weight < 0 || weight > MAX_WEIGHT) {

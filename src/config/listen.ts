@@ -18,7 +18,7 @@ import { ConfigInvalidError, FulcrumError, ListenError } from '../errors.ts';
 import { formatHostPort, type Config } from './schema.ts';
 
 /** What Node's listen and the relay resolve a host to: the first address dns.lookup gives. */
-async function resolveHost(host: string): Promise<string> {
+export async function resolveHost(host: string): Promise<string> {
   return isIP(host) !== 0 ? host : (await lookup(host)).address;
 }
 

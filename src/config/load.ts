@@ -6,7 +6,7 @@ import { closeSync, constants as fsConstants, fstatSync, openSync, readFileSync,
 import { availableParallelism } from 'node:os';
 import { dirname, resolve } from 'node:path';
 import { Worker } from 'node:worker_threads';
-import { isMap, isScalar, LineCounter, parseDocument, visit, type Document } from 'yaml';
+import { isMap, isScalar, LineCounter, parseDocument, visit, type Document, type YAMLError } from 'yaml';
 import type { z } from 'zod';
 import { ConfigInvalidError, ConfigUnreadableError, type ConfigProblem } from '../errors.ts';
 import { MAX_BACKENDS } from '../shm/layout.ts';
@@ -43,10 +43,108 @@ function formatValue(v: unknown): string {
  * raise hundreds: each is cut to 200 characters and the first 20 are listed.
  */
 const MAX_YAML_PROBLEMS = 20;
-function yamlProblems(errors: readonly { message: string }[]): ConfigProblem[] {
-  const problems = errors.slice(0, MAX_YAML_PROBLEMS).map((e) => ({ path: '', message: `YAML: ${cut(e.message.split('\n')[0], 200)}` }));
+function yamlProblems(doc: Document, lines: LineCounter): ConfigProblem[] {
+  const errors = doc.errors;
+  const problems = errors.slice(0, MAX_YAML_PROBLEMS).map((e) => ({ path: '', message: yamlMessage(e, doc, lines) }));
   if (errors.length > MAX_YAML_PROBLEMS) problems.push({ path: '', message: `YAML: ${errors.length - MAX_YAML_PROBLEMS} more errors not listed` });
   return problems;
+}
+
+/**
+ * One parser error as one line: "YAML: line 3, column 13: <what>" (the library's own text put the
+ * position last, before an excerpt of several lines). A quote or a flow [ or { left open is
+ * reported where it was opened: the parser notices only where the file or the block ends, which
+ * is not where the fix goes.
+ */
+function yamlMessage(e: YAMLError, doc: Document, lines: LineCounter): string {
+  const what = cut(e.message.split('\n')[0].replace(/ at line \d+, column \d+:?$/, ''), 200);
+  const at = e.linePos?.[0];
+  if (at === undefined) return `YAML: ${what}`;
+  const opener = unclosedOpener(e, doc);
+  if (opener !== undefined) {
+    const o = lines.linePos(opener.offset);
+    return `YAML: line ${o.line}, column ${o.col}: the ${opener.char} opened here is not closed (found at line ${at.line}, column ${at.col}: ${what})`;
+  }
+  return `YAML: line ${at.line}, column ${at.col}: ${what}`;
+}
+
+/** For an unclosed quote or flow collection: the node the error ends, and its opening character. */
+function unclosedOpener(e: YAMLError, doc: Document): { offset: number; char: string } | undefined {
+  const quote = /^Missing closing (["'])quote/.exec(e.message)?.[1];
+  const flow = /end with a ([\]}])/.exec(e.message)?.[1];
+  if (quote === undefined && flow === undefined) return undefined;
+  let found: { offset: number; char: string } | undefined;
+  visit(doc, {
+    Node(_key, node) {
+      const range = (node as { range?: [number, number, number] }).range;
+      if (!range || range[1] !== e.pos[0]) return;
+      const n = node as { type?: string; flow?: boolean };
+      const char = quote !== undefined
+        ? (n.type === 'QUOTE_DOUBLE' ? '"' : n.type === 'QUOTE_SINGLE' ? "'" : undefined)
+        : n.flow ? (flow === ']' ? '[' : '{') : undefined;
+      // The innermost (last visited) node that ends at the error.
+      if (char !== undefined && (quote === undefined || char === quote)) found = { offset: range[0], char };
+    },
+  });
+  return found;
+}
+
+/** A zod schema's definition, as far as knownKeys reads it. */
+interface SchemaDef {
+  type: string;
+  shape?: Record<string, { _zod: { def: SchemaDef } }>;
+  innerType?: { _zod: { def: SchemaDef } };
+  in?: { _zod: { def: SchemaDef } };
+  element?: { _zod: { def: SchemaDef } };
+  options?: { _zod: { def: SchemaDef } }[];
+}
+
+/** The keys the config schema knows for the mapping at `path` (through optional, default, pipe, array, union). */
+function knownKeys(path: readonly PropertyKey[]): string[] {
+  let defs: SchemaDef[] = [(configSchema as unknown as { _zod: { def: SchemaDef } })._zod.def];
+  const unwrap = (d: SchemaDef): SchemaDef[] => {
+    for (let i = 0; i < 16; i++) {
+      if (d.innerType) d = d.innerType._zod.def;
+      else if (d.type === 'pipe' && d.in) d = d.in._zod.def;
+      else if (d.type === 'union' && d.options) return d.options.flatMap((o) => unwrap(o._zod.def));
+      else break;
+    }
+    return [d];
+  };
+  for (const p of path) {
+    defs = defs.flatMap(unwrap).flatMap((d): SchemaDef[] => {
+      if (typeof p === 'number') return d.type === 'array' && d.element ? [d.element._zod.def] : [];
+      const child = d.shape?.[String(p)];
+      return child ? [child._zod.def] : [];
+    });
+  }
+  return defs.flatMap(unwrap).flatMap((d) => Object.keys(d.shape ?? {}));
+}
+
+/** Edit distance (insertions, deletions, substitutions, and a swap of two neighbours counted once). */
+function editDistance(a: string, b: string): number {
+  const d = Array.from({ length: a.length + 1 }, (_, i) => Array.from({ length: b.length + 1 }, (_, j) => (i === 0 ? j : j === 0 ? i : 0)));
+  for (let i = 1; i <= a.length; i++) {
+    for (let j = 1; j <= b.length; j++) {
+      d[i][j] = Math.min(d[i - 1][j] + 1, d[i][j - 1] + 1, d[i - 1][j - 1] + (a[i - 1] === b[j - 1] ? 0 : 1));
+      if (i > 1 && j > 1 && a[i - 1] === b[j - 2] && a[i - 2] === b[j - 1]) d[i][j] = Math.min(d[i][j], d[i - 2][j - 2] + 1);
+    }
+  }
+  return d[a.length][b.length];
+}
+
+/** "unknown key", and the nearest key the schema knows there when one is close (a typo). */
+function unknownKeyMessage(key: string, path: readonly PropertyKey[]): string {
+  // Long keys are not compared: a 100 KB key would cost 100 KB × each known key.
+  if (key.length > 64) return 'unknown key';
+  let best: string | undefined;
+  let bestDistance = Infinity;
+  for (const known of knownKeys(path)) {
+    const d = editDistance(key.toLowerCase(), known);
+    if (d < bestDistance) [best, bestDistance] = [known, d];
+  }
+  const close = best !== undefined && bestDistance <= Math.max(2, Math.floor(best.length / 3));
+  return close ? `unknown key; did you mean ${JSON.stringify(best)}?` : 'unknown key';
 }
 
 function problemsFromZod(error: z.ZodError): ConfigProblem[] {
@@ -54,7 +152,7 @@ function problemsFromZod(error: z.ZodError): ConfigProblem[] {
   for (const issue of error.issues) {
     const path = formatPath(issue.path);
     if (issue.code === 'unrecognized_keys') {
-      for (const key of issue.keys) out.push({ path: path ? `${path}.${key}` : key, message: 'unknown key' });
+      for (const key of issue.keys) out.push({ path: path ? `${path}.${key}` : key, message: unknownKeyMessage(key, issue.path) });
       continue;
     }
     const input = (issue as { input?: unknown }).input;
@@ -214,7 +312,7 @@ export function parseConfig(text: string, file = '<config>'): Config {
   const lines = new LineCounter();
   const doc = parseDocument(text, { prettyErrors: true, uniqueKeys: false, lineCounter: lines });
   if (doc.errors.length > 0) {
-    throw new ConfigInvalidError(file, yamlProblems(doc.errors));
+    throw new ConfigInvalidError(file, yamlProblems(doc, lines));
   }
   const duplicates = duplicateKeys(doc, lines);
   if (duplicates.length > 0) throw new ConfigInvalidError(file, duplicates);

@@ -114,8 +114,10 @@ export async function readSecretFile(setting: SecretSetting, file: string): Prom
 }
 
 /**
- * Makes every secret path of `config` absolute against `dir` (the config file's folder), in place.
- * Called by loadConfig: a config read from a file means its relative paths from where it lies.
+ * Makes every file path of `config` absolute against `dir` (the config file's folder), in place:
+ * the secret files above and the probes' ca_file (the config's only other paths; bgp's binaries
+ * are found on PATH). Called by loadConfig: a config read from a file means its relative paths
+ * from where it lies.
  */
 export function resolveSecretPaths(config: Config, dir: string): Config {
   const abs = (p: string): string => (isAbsolute(p) ? p : resolve(dir, p));
@@ -126,7 +128,10 @@ export function resolveSecretPaths(config: Config, dir: string): Config {
     if (sentinel?.password_file) sentinel.password_file = abs(sentinel.password_file);
     const h = s.health;
     if (!h) continue;
-    for (const db of [h.redis, h.postgres, h.mysql]) if (db?.password_file) db.password_file = abs(db.password_file);
+    for (const db of [h.redis, h.postgres, h.mysql]) {
+      if (db?.password_file) db.password_file = abs(db.password_file);
+      if (db?.ca_file) db.ca_file = abs(db.ca_file);
+    }
   }
   return config;
 }

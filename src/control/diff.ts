@@ -7,7 +7,10 @@
  *
  * The balancer and the health monitor reconcile their own live state (slots, probers) with the
  * next config rather than with the previous one: runtime state (a backend still draining, a
- * probe in flight) is theirs, and the config in force does not hold it.
+ * probe in flight) is theirs, and the config in force does not hold it. The report reads the
+ * balancer's runtime changes through LiveBackends: a weight set through the API is put back to
+ * the file's by a reload (reported as a change from the runtime value), an admin state set
+ * through the API is kept unless the file's `state` for that backend changed (reported as kept).
  */
 import { formatHostPort, HA_RESTART_ONLY, type AdminConfig, type Config, type HaConfig, type ServiceConfig } from '../config/schema.ts';
 
@@ -27,6 +30,14 @@ export interface ReloadReport {
   changes: string[];
   /** Settings that changed in the file but need a restart to take effect. */
   restart_required: string[];
+  /** Runtime changes the reload leaves in force (a backend drained through the API); absent when none. */
+  kept?: string[];
+}
+
+/** What the balancer holds at run time, beside the config in force (src/balancer: the one owner). */
+export interface LiveBackends {
+  weightOf(service: string, address: string): number | undefined;
+  adminState(service: string, address: string): string | undefined;
 }
 
 export interface ConfigDiff {
@@ -77,15 +88,15 @@ export function sameListens(running: Config | undefined, next: Config): boolean 
   return newListens(running, next).length === 0;
 }
 
-/** The one diff of a reload (see the header comment). */
-export function diffConfigs(prev: Config, next: Config): ConfigDiff {
+/** The one diff of a reload (see the header comment); `live`: the balancer's runtime changes, for the report. */
+export function diffConfigs(prev: Config, next: Config, live?: LiveBackends): ConfigDiff {
   return {
     newListens: newListens(prev, next),
     vip: vipReload(prev, { ...next, ha: prev.ha }),
     logging: !same(prev.logging, next.logging),
     workers: prev.workers !== next.workers,
     admin: adminChange(prev.admin, next.admin),
-    report: describeChanges(prev, next),
+    report: describeChanges(prev, next, live),
   };
 }
 
@@ -94,10 +105,11 @@ function adminChange(prev: AdminConfig | undefined, next: AdminConfig | undefine
   return same(prev, next) ? 'same' : 'settings';
 }
 
-/** What a reload from `prev` to `next` changes, in words an operator reads in the log. */
-export function describeChanges(prev: Config, next: Config): ReloadReport {
+/** What a reload from `prev` (and the runtime changes `live` holds) to `next` changes, in words an operator reads in the log. */
+export function describeChanges(prev: Config, next: Config, live?: LiveBackends): ReloadReport {
   const changes: string[] = [];
   const restart: string[] = [];
+  const kept: string[] = [];
   const prevServices = new Map(prev.services.map((s) => [s.name, s]));
   const nextServices = new Map(next.services.map((s) => [s.name, s]));
   for (const [name, s] of nextServices) {
@@ -106,7 +118,7 @@ export function describeChanges(prev: Config, next: Config): ReloadReport {
       changes.push(`service ${name} added (listen ${formatHostPort(s.listen)}, ${s.backends.length} backends)`);
       continue;
     }
-    describeService(p, s, changes);
+    describeService(p, s, changes, kept, live);
   }
   for (const name of prevServices.keys()) if (!nextServices.has(name)) changes.push(`service ${name} removed`);
 
@@ -130,10 +142,10 @@ export function describeChanges(prev: Config, next: Config): ReloadReport {
   if (!same(prev.bgp, next.bgp)) restart.push(prev.bgp && next.bgp ? 'bgp' : prev.bgp ? 'bgp (removed)' : 'bgp (added)');
   if (!same(prev.logging, next.logging)) changes.push(`logging: ${JSON.stringify(prev.logging)} → ${JSON.stringify(next.logging)}`);
   if (prev.shutdown_grace !== next.shutdown_grace) changes.push(`shutdown_grace: ${prev.shutdown_grace}ms → ${next.shutdown_grace}ms`);
-  return { changes, restart_required: restart };
+  return { changes, restart_required: restart, ...(kept.length > 0 ? { kept } : {}) };
 }
 
-function describeService(p: ServiceConfig, s: ServiceConfig, changes: string[]): void {
+function describeService(p: ServiceConfig, s: ServiceConfig, changes: string[], kept: string[], live: LiveBackends | undefined): void {
   const at = `service ${s.name}`;
   for (const key of ['protocol', 'listen', 'balance', 'hash_key', 'table_size', 'hash_balance_factor', 'max_connections', 'queue', 'retries', 'timeouts', 'udp', 'health', 'on_marked_down', 'slow_start', 'discover'] as const) {
     if (!same(p[key], s[key])) {
@@ -150,7 +162,16 @@ function describeService(p: ServiceConfig, s: ServiceConfig, changes: string[]):
       continue;
     }
     for (const key of ['weight', 'max_connections', 'backup', 'state'] as const) {
-      if (old[key] !== b[key]) changes.push(`${at}: backend ${addr} ${key} ${String(old[key])} → ${String(b[key])}`);
+      // What is in force may be a runtime change (the API's weight or state), not the file's value.
+      const now = key === 'weight' ? live?.weightOf(s.name, addr) : key === 'state' ? live?.adminState(s.name, addr) : undefined;
+      const runtime = now !== undefined && now !== old[key];
+      // The balancer keeps a runtime state unless the file's state for the backend changed.
+      if (key === 'state' && runtime && old.state === b.state) {
+        kept.push(`${at}: backend ${addr} state ${String(now)} (set at run time; the file says ${b.state})`);
+        continue;
+      }
+      const from = runtime ? now : old[key];
+      if (from !== b[key]) changes.push(`${at}: backend ${addr} ${key} ${String(from)} → ${String(b[key])}${runtime ? ` (${String(from)} was set at run time)` : ''}`);
     }
   }
   for (const addr of prevB.keys()) if (!nextB.has(addr)) changes.push(`${at}: backend ${addr} removed`);

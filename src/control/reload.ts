@@ -33,10 +33,11 @@ import type { Logger } from '../observability/log.ts';
 import type { ListenProblem } from '../proxy/messages.ts';
 import type { WorkerPool } from '../proxy/pool.ts';
 import { buildServiceTable, type BalancerView } from '../proxy/table.ts';
-import { diffConfigs, type ConfigDiff, type ReloadReport, type VipReload } from './diff.ts';
+import { diffConfigs, type ConfigDiff, type LiveBackends, type ReloadReport, type VipReload } from './diff.ts';
 
 export interface ReloadParts {
-  balancer: Pick<Balancer, 'apply'> & BalancerView;
+  /** weightOf and adminState (LiveBackends), when present, let the report name the runtime changes a reload reverts or keeps. */
+  balancer: Pick<Balancer, 'apply'> & BalancerView & Partial<LiveBackends>;
   health: Pick<HealthMonitor, 'update'>;
   pool: Pick<WorkerPool, 'updateServices' | 'pauseService' | 'resumeService' | 'isPaused' | 'setLogging' | 'resize'>;
   failover: Pick<Failover, 'status' | 'reconfigure' | 'settings'> | null;
@@ -186,7 +187,8 @@ export class ReloadSequence {
     }
     this.applied++;
     this.last = { at, trigger, ok: true, ...report };
-    this.#log.info({ trigger, file, changes: report.changes, restart_required: report.restart_required }, `reload applied: ${report.changes.length} change${report.changes.length === 1 ? '' : 's'}`);
+    this.#log.info({ trigger, file, changes: report.changes, restart_required: report.restart_required, ...(report.kept ? { kept: report.kept } : {}) },
+      `reload applied: ${report.changes.length} change${report.changes.length === 1 ? '' : 's'}${report.kept ? `, ${report.kept.length} runtime change${report.kept.length === 1 ? '' : 's'} kept` : ''}`);
     return report;
   }
 
@@ -194,7 +196,8 @@ export class ReloadSequence {
     const { balancer, health, pool, failover } = this.#parts;
     const prev = this.#config;
     if (this.#parts.compose) next = this.#parts.compose(next, prev);
-    const diff = diffConfigs(prev, next);
+    const live = balancer.weightOf && balancer.adminState ? (balancer as LiveBackends) : undefined;
+    const diff = diffConfigs(prev, next, live);
     const settle: Array<(inForce: boolean) => void | Promise<void>> = [];
     try {
       for (const hook of this.#hooks) settle.push(await hook(diff, next, source));

@@ -70,6 +70,8 @@ export interface BackendHealth {
   last?: HistoryEntry;
   /** Database checks: the role this backend last reported, once one has. */
   role?: RoleSeen;
+  /** While down: why it went down (a probe's reason, or passive health's), and when (epoch ms). */
+  down_cause?: { cause: string; at: number };
 }
 
 /** Who owns drain and maint (the Balancer): the monitor asks, it never keeps its own copy. */
@@ -114,6 +116,8 @@ interface Tracked {
   history: HistoryEntry[];
   /** The role the server last reported, and when (epoch ms). */
   role: { reported: Role; at: number; lag_ms?: number | null } | null;
+  /** Why the last transition to down happened (epoch ms); null while up. */
+  downCause: { cause: string; at: number } | null;
   log: Logger;
 }
 
@@ -279,6 +283,7 @@ export class HealthMonitor extends EventEmitter<HealthEvents> {
       connect_failures: t.connectFailures,
       ...(t.history.length ? { last: t.history[t.history.length - 1] } : {}),
       ...(t.role ? { role: { ...t.role, eligible: isEligible(t.role.reported, t.health, t.backup) } } : {}),
+      ...(t.downCause && t.dampener.state === 'down' ? { down_cause: { ...t.downCause } } : {}),
     };
   }
 
@@ -323,6 +328,7 @@ export class HealthMonitor extends EventEmitter<HealthEvents> {
       epoch: 0,
       history: [],
       role: null,
+      downCause: null,
       log: this.#log.child({ service, backend: address }),
     };
     this.#tracked.set(keyOf(service, address), t);
@@ -452,6 +458,8 @@ export class HealthMonitor extends EventEmitter<HealthEvents> {
   }
 
   #emitTransition(t: Tracked, up: boolean, cause: string, initial: boolean, lagging = false): void {
+    // Kept for the status page and the API: a down backend says why in words, not only in a log line.
+    t.downCause = up ? null : { cause, at: Date.now() };
     if (up) t.log.info({ cause, initial }, 'backend healthy');
     else t.log.warn({ cause, initial }, 'backend unhealthy');
     this.emit('transition', { service: t.service, address: t.address, up, cause, initial, ...(lagging && !up ? { lagging: true as const } : {}) } satisfies TransitionEvent);

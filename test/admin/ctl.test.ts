@@ -90,6 +90,26 @@ describe('fulcrum ctl', () => {
     await writeFile(stack.configFile, good);
   });
 
+  it('a reload reports the runtime changes it puts back (a weight) and those it keeps (a drain)', async () => {
+    const [a, b] = stack.backends.map((x) => x.address);
+    const c = ['--config', stack.configFile];
+    expect((await ctl('reload', ...c)).code).toBe(0); // from the file as it is
+    expect((await ctl('weight', 'web', b, '7', ...c)).code).toBe(0);
+    expect((await ctl('state', 'web', a, 'drain', ...c)).code).toBe(0);
+    const r = await ctl('reload', ...c);
+    expect(r.code).toBe(0);
+    expect(r.out.split('\n')).toEqual([
+      'reloaded: 1 change',
+      `  service web: backend ${b} weight 7 → 1 (7 was set at run time)`,
+      `  kept: service web: backend ${a} state drain (set at run time; the file says ready)`,
+    ]);
+    // The report says what the balancer did.
+    expect((await backendView(stack.admin, 'web', b)).weight).toBe(1);
+    expect((await backendView(stack.admin, 'web', a)).state).toBe('drain');
+    expect((await ctl('state', 'web', a, 'ready', ...c)).code).toBe(0);
+    expect((await ctl('reload', ...c)).out).toBe('reloaded: 0 changes');
+  });
+
   it('status prints the role, uptime and reloads', async () => {
     const r = await ctl('status', '--config', stack.configFile);
     expect(r.code).toBe(0);

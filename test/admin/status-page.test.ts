@@ -128,4 +128,44 @@ describe('status page', () => {
     expect((await stat(file)).size).toBeGreaterThan(10_000);
     expect((await api(stack.admin, 'GET', '/api/services')).status).toBe(200);
   });
+
+  it('a link with #token= (what `fulcrum demo` prints) fills the token in and leaves the address bar', async () => {
+    const b2 = stack.backends[2].address;
+    // A tab of its own: the token of the tests above lives in the first tab's sessionStorage.
+    const tab = await browser.newPage();
+    try {
+      await tab.goto(`${stack.admin}/#token=${TOKEN}`);
+      await tab.waitForSelector(rowOf(b2));
+      expect(await tab.inputValue('#token')).toBe(TOKEN);
+      expect(new URL(tab.url()).hash).toBe('');
+      const maint = tab.locator(`${rowOf(b2)} button[data-state="maint"]`);
+      await waitFor(() => maint.isEnabled(), 3000, 'the buttons to enable');
+      await maint.click();
+      await waitFor(async () => (await backendView(stack.admin, 'web', b2))?.state === 'maint', 3000, 'the maint to reach the balancer');
+      await tab.locator(`${rowOf(b2)} button[data-state="ready"]`).click();
+      await waitFor(async () => (await backendView(stack.admin, 'web', b2))?.state === 'up', 3000, 'ready again');
+    } finally {
+      await tab.close();
+    }
+  });
+
+  it('the card names its check; a down backend says why in words, not only on hover', async () => {
+    // Its traffic stopped first: a pump meeting the dead backend is not what this test is about.
+    traffic = false;
+    await trafficDone;
+    expect(await page.locator('section.svc[data-service="web"] .meta').first().textContent()).toContain('check tcp');
+    const b2 = stack.backends[2].address;
+    const why = page.locator(`${rowOf(b2)} [data-field="down-reason"]`);
+    expect(await why.textContent()).toBe('');
+    await stack.backends[2].close();
+    await waitFor(async () => (await page.locator(`${rowOf(b2)} .pill`).textContent()) === 'down', 5000, 'the page to show down');
+    await waitFor(async () => /ECONNREFUSED|refused/.test((await why.textContent()) ?? ''), 5000, 'the reason on the page');
+    expect(await why.isVisible()).toBe(true);
+    // The API says the same, with when.
+    const view = await backendView(stack.admin, 'web', b2);
+    expect(view.down_reason.cause).toBe(await why.textContent());
+    expect(Date.now() - Date.parse(view.down_reason.at)).toBeLessThan(10_000);
+    // A healthy backend shows no reason.
+    expect(await page.locator(`${rowOf(stack.backends[0].address)} [data-field="down-reason"]`).textContent()).toBe('');
+  });
 });

@@ -3,11 +3,14 @@
  * Addresses: 127.2.7.0/24.
  */
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
-import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { chmodSync, existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { parse as parseYaml } from 'yaml';
+import { CTL_USAGE } from '../../src/admin/ctl.ts';
+import { describeDemo } from '../../src/demo/demo.ts';
 import { connectClient, freePort, staysFalse, startEchoServer, waitClose, waitFor, type TestServer } from '../helpers/net.ts';
 
 const ROOT = fileURLToPath(new URL('../..', import.meta.url));
@@ -21,9 +24,9 @@ interface Result {
   stderr: string;
 }
 
-function fulcrum(args: string[], timeoutMs = 20_000): Promise<Result> {
+function fulcrum(args: string[], timeoutMs = 20_000, env: Record<string, string> = {}): Promise<Result> {
   return new Promise((resolve, reject) => {
-    const child = spawn(BIN, args, { cwd: ROOT, env: { ...process.env, PATH: '/usr/bin:/bin' } });
+    const child = spawn(BIN, args, { cwd: ROOT, env: { ...process.env, PATH: '/usr/bin:/bin', ...env } });
     let stdout = '';
     let stderr = '';
     child.stdout.on('data', (d) => (stdout += d));
@@ -42,7 +45,7 @@ function fulcrum(args: string[], timeoutMs = 20_000): Promise<Result> {
 /** Each broken fixture, and what its report must quote: the path and the offending value. */
 const BROKEN: Record<string, string[]> = {
   'bad-weight.yaml': ['services[0].backends[0].weight: must be an integer 0–256, got -1'],
-  'unknown-key.yaml': ['services[0].balanse: unknown key'],
+  'unknown-key.yaml': ['services[0].balanse: unknown key; did you mean "balance"?'],
   'bad-duration.yaml': ['services[0].timeouts.connect:', 'got "5 seconds"'],
   'bad-address.yaml': ['services[0].listen:', 'got "127.2.7.1:70000"', 'services[0].backends[0].address:', 'got "db1.internal"'],
   'duplicate-listen.yaml': ['services[1].listen: duplicates services[0].listen, got "127.2.7.1:15432"'],
@@ -54,7 +57,8 @@ const BROKEN: Record<string, string[]> = {
     'services[0].table_size: must be a prime', 'got 100',
     'services[0].backends[0].max_connections:', 'got -5',
   ],
-  'not-yaml.yaml': ['YAML:'],
+  // One message, at the [ left open (the parser notices at the end of the file).
+  'not-yaml.yaml': ['1 problem:', 'YAML: line 3, column 13: the [ opened here is not closed'],
 };
 
 let tmp = '';
@@ -62,8 +66,8 @@ let echo: TestServer;
 const children: ChildProcess[] = [];
 
 /** Starts bin/fulcrum with `args` (killed in afterAll if still running); `output()` is everything it printed so far. */
-function startLive(args: string[]): { child: ChildProcess; output: () => string } {
-  const child = spawn(BIN, args, { cwd: ROOT, env: { ...process.env, PATH: '/usr/bin:/bin' } });
+function startLive(args: string[], env: Record<string, string> = {}): { child: ChildProcess; output: () => string } {
+  const child = spawn(BIN, args, { cwd: ROOT, env: { ...process.env, PATH: '/usr/bin:/bin', ...env } });
   children.push(child);
   let out = '';
   child.stdout!.on('data', (d) => (out += d));
@@ -107,6 +111,87 @@ describe('fulcrum check', () => {
     expect(r.stderr).toContain('FULCRUM_ERR_CONFIG_UNREADABLE');
     expect(r.stderr).toContain('missing.yaml');
   });
+});
+
+/**
+ * Configs the file's own validation passes but this machine cannot run: `fulcrum check` reports
+ * each as `fulcrum run` refuses it (src/control/preflight.ts serves both). Built in beforeAll:
+ * each names files in `tmp`.
+ */
+const PREFLIGHT_NAMES = [
+  'one address under two names (localhost and 127.0.0.1)', 'a missing admin.token_file', 'a missing ha.secret_file',
+  'a heartbeat key too short', 'a probe password file others can read', 'a missing ca_file', "the admin server on a service's address",
+  'every problem at once',
+];
+function preflightCases(): Record<string, { yaml: string; expected: string[] }> {
+  const secret = (name: string, text: string, mode: number): string => {
+    const f = join(tmp, name);
+    writeFileSync(f, text, { mode });
+    chmodSync(f, mode);
+    return f;
+  };
+  const service = (name: string, listen: string, extra = '') => `  - name: ${name}\n    listen: ${listen}\n${extra}    backends: [{ address: ${HOST}:6001 }]\n`;
+  const ha = (secretFile: string) => `ha:\n  vip: 198.51.100.10/24\n  interface: lo\n  bind: 127.2.7.1:5999\n  peer: 127.2.7.2:5999\n  priority: 100\n  secret_file: ${secretFile}\n`;
+  const openPw = secret('open.pw', 'pw\n', 0o644);
+  const shortKey = secret('short.key', 'short\n', 0o600);
+  return {
+    'one address under two names (localhost and 127.0.0.1)': {
+      yaml: `services:\n${service('a', '127.0.0.1:6380')}${service('b', 'localhost:6380')}`,
+      expected: ['services[1].listen: is the address of services[0].listen (127.0.0.1:6380): the two would share its connections, got "localhost:6380"'],
+    },
+    'a missing admin.token_file': {
+      yaml: `admin: { listen: ${HOST}:9911, token_file: no-such.token }\nservices:\n${service('a', `${HOST}:6380`)}`,
+      expected: [`admin.token_file: ${join(tmp, 'no-such.token')}: cannot read (ENOENT)`],
+    },
+    'a missing ha.secret_file': {
+      yaml: `${ha(join(tmp, 'no-such.secret'))}services:\n${service('a', `${HOST}:6380`)}`,
+      expected: [`ha.secret_file: ${join(tmp, 'no-such.secret')}: cannot read (ENOENT)`],
+    },
+    'a heartbeat key too short': {
+      yaml: `${ha(shortKey)}services:\n${service('a', `${HOST}:6380`)}`,
+      expected: [`ha.secret_file: ${shortKey}: must hold at least 16 bytes of key, has 5`],
+    },
+    'a probe password file others can read': {
+      yaml: `services:\n${service('a', `${HOST}:6380`, `    health: { type: postgres, postgres: { user: u, password_file: ${openPw} } }\n`)}`,
+      expected: [`services[0].health.postgres.password_file: ${openPw}: is accessible by group or others (mode 0644); a secret file must be 0600 or 0400`],
+    },
+    'a missing ca_file': {
+      yaml: `services:\n${service('a', `${HOST}:6380`, `    health: { type: redis, redis: { tls: verify-full, ca_file: no-such-ca.pem } }\n`)}`,
+      expected: [`services[0].health.redis.ca_file: ${join(tmp, 'no-such-ca.pem')}: cannot read (ENOENT)`],
+    },
+    'the admin server on a service\'s address': {
+      yaml: `admin: { listen: localhost:6380 }\nservices:\n${service('a', '127.0.0.1:6380')}`,
+      expected: ['admin.listen: is the address of services[0].listen (127.0.0.1:6380), got "localhost:6380"'],
+    },
+    'every problem at once': {
+      yaml: `admin: { listen: ${HOST}:9911, token_file: no-such.token }\nservices:\n${service('a', '127.0.0.1:6380')}${service('b', 'localhost:6380', `    health: { type: postgres, postgres: { password_file: ${openPw} } }\n`)}`,
+      expected: ['3 problems', 'services[1].listen: is the address of services[0].listen', 'admin.token_file:', 'services[1].health.postgres.password_file:'],
+    },
+  };
+}
+
+describe('fulcrum check catches what fulcrum run refuses (one preflight for both)', () => {
+  let cases: ReturnType<typeof preflightCases>;
+  beforeAll(() => {
+    cases = preflightCases();
+  });
+  for (const name of PREFLIGHT_NAMES) {
+    it(name, async () => {
+      expect(Object.keys(cases)).toEqual(PREFLIGHT_NAMES);
+      const { yaml, expected } = cases[name];
+      const file = join(tmp, `preflight-${Object.keys(cases).indexOf(name)}.yaml`);
+      writeFileSync(file, yaml);
+      const [check, run] = await Promise.all([fulcrum(['check', '--config', file]), fulcrum(['run', '--config', file])]);
+      for (const r of [check, run]) {
+        expect(r.code, r.stderr).toBe(1);
+        expect(r.stderr).toContain('FULCRUM_ERR_CONFIG_INVALID');
+        for (const e of expected) expect(r.stderr).toContain(e);
+      }
+      expect(check.stdout).not.toContain('config OK');
+      // The same report, word for word, after the command's name.
+      expect(check.stderr.replace(/^fulcrum check: /, '')).toBe(run.stderr.replace(/^fulcrum run: /, ''));
+    });
+  }
 });
 
 describe('fulcrum run', () => {
@@ -313,13 +398,62 @@ describe('usage', () => {
   });
 });
 
+describe('the config file without --config', () => {
+  it('--help names the rule and the default path', async () => {
+    const r = await fulcrum(['--help']);
+    expect(r.stdout).toContain('--config FILE, else $FULCRUM_CONFIG, else /etc/fulcrum/fulcrum.yaml');
+    expect(CTL_USAGE).toContain('(default: $FULCRUM_CONFIG, else /etc/fulcrum/fulcrum.yaml when it exists)');
+  });
+
+  it('check reads FULCRUM_CONFIG; --config wins over it', async () => {
+    const good = join(FIXTURES, 'good.yaml');
+    const r = await fulcrum(['check'], 20_000, { FULCRUM_CONFIG: good });
+    expect(r.stdout).toBe(`${good}: config OK\n`);
+    expect(r.code).toBe(0);
+    const bad = await fulcrum(['check', '--config', join(FIXTURES, 'bad-weight.yaml')], 20_000, { FULCRUM_CONFIG: good });
+    expect(bad.code).toBe(1);
+    expect(bad.stderr).toContain('bad-weight.yaml');
+  });
+
+  it('run and ctl find the config, the admin address and the token through FULCRUM_CONFIG', async () => {
+    const dir = mkdtempSync(join(tmp, 'env-'));
+    const [port, adminPort] = await Promise.all([freePort(HOST), freePort(HOST)]);
+    // A relative token_file: beside the config, wherever fulcrum runs from (cwd is the repository).
+    writeFileSync(join(dir, 'admin.token'), 'env-token\n', { mode: 0o600 });
+    const file = join(dir, 'fulcrum.yaml');
+    writeFileSync(file, `
+workers: 1
+logging: { level: info, connections: false }
+admin: { listen: ${HOST}:${adminPort}, token_file: admin.token }
+services:
+  - name: echo
+    listen: ${HOST}:${port}
+    backends: [{ address: ${echo.address} }]
+`);
+    const env = { FULCRUM_CONFIG: file };
+    const { child, output } = startLive(['run'], env);
+    const exited = new Promise<number | null>((resolve) => child.on('exit', (code) => resolve(code)));
+    await waitFor(() => output().includes('data plane ready'), 15_000, `fulcrum run to be ready; output: ${output()}`);
+    const drain = await fulcrum(['ctl', 'state', 'echo', echo.address, 'drain'], 20_000, env);
+    expect(drain.stderr).toBe('');
+    expect(drain.stdout).toContain(`echo ${echo.address}: drain`);
+    const list = await fulcrum(['ctl', 'list', '--json'], 20_000, env);
+    expect(JSON.parse(list.stdout).services[0].backends[0].state).toBe('drain');
+    const status = await fulcrum(['status'], 20_000, env);
+    expect(status.stdout).toContain(`config       ${file}`);
+    child.kill('SIGTERM');
+    expect(await exited).toBe(0);
+  });
+});
+
 describe('fulcrum demo', () => {
   it('serves the demo backends through fulcrum and stops cleanly on SIGINT', async () => {
-    const p = await Promise.all(Array.from({ length: 5 }, () => freePort(HOST)));
+    const p = await Promise.all(Array.from({ length: 6 }, () => freePort(HOST)));
     const file = join(tmp, 'demo.yaml');
     writeFileSync(file, `
 workers: 1
 logging: { level: warn, connections: false }
+admin: { listen: ${HOST}:${p[5]} }
 services:
   - name: web
     listen: ${HOST}:${p[0]}
@@ -344,8 +478,53 @@ services:
     const count = (n: string): number => answers.filter((a) => a.startsWith(`${n} (`)).length;
     expect(answers.every((a) => a.endsWith('served you\n')), answers.join('')).toBe(true);
     expect([count('backend-1'), count('backend-2'), count('backend-3')]).toEqual([2, 2, 4]);
+    // The banner says what one sees: 4 of 8 is 2 of every 4.
+    expect(output()).toContain('weighted round-robin 1:1:2: backend-3 answers 2 of every 4 requests');
+    expect(output()).toContain(`for i in $(seq 8); do curl -s http://${HOST}:${p[0]}/; done`);
+
+    // Only commands a Debian machine has: no nc; the raw TCP line is bash's /dev/tcp, and it works.
+    const banner = output().slice(output().indexOf('fulcrum demo is running'));
+    expect(banner).not.toMatch(/^\s*nc /m);
+    const tcpLine = banner.split('\n').map((l) => l.trim()).find((l) => l.startsWith('bash -c'));
+    expect(tcpLine, banner).toBeDefined();
+    expect(execFileSync('bash', ['-c', tcpLine!], { encoding: 'utf8', timeout: 10_000 })).toMatch(/^tcp-backend-1 \(.*\) here; type a line/);
+
+    // A working admin token: the banner names the file (mode 0600) and a config copy that names it,
+    // and `fulcrum ctl` with that copy drains a backend, read back through the API.
+    const copy = /ctl --config (\S+) list/.exec(banner)?.[1];
+    const tokenFile = /admin token is in\s+(\S+), mode 0600/.exec(banner)?.[1];
+    expect(copy, banner).toBeDefined();
+    expect(tokenFile, banner).toBeDefined();
+    expect(statSync(tokenFile!).mode & 0o777).toBe(0o600);
+    const token = readFileSync(tokenFile!, 'utf8').trim();
+    expect(banner).toContain(`http://${HOST}:${p[5]}/#token=${token}`);
+    const drain = await fulcrum(['ctl', '--config', copy!, 'state', 'web', `${HOST}:${p[1]}`, 'drain']);
+    expect(drain.stderr).toBe('');
+    expect(drain.code).toBe(0);
+    const list = await fulcrum(['ctl', '--config', copy!, 'list', '--json']);
+    expect(list.code).toBe(0);
+    const web = JSON.parse(list.stdout).services.find((s: { name: string }) => s.name === 'web');
+    expect(web.backends.find((b: { address: string }) => b.address === `${HOST}:${p[1]}`).state).toBe('drain');
+    // Without the token the same change is refused: the token is what made it work.
+    const refused = await fulcrum(['ctl', '--admin', `${HOST}:${p[5]}`, 'state', 'web', `${HOST}:${p[1]}`, 'ready']);
+    expect(refused.code).toBe(1);
+
     child.kill('SIGINT');
     expect(await exited).toBe(0);
     expect(output()).toContain('stopping the demo');
+    // The temporary folder with the token goes with the demo.
+    expect(existsSync(tokenFile!)).toBe(false);
+  });
+
+  it('--help describes the demo its own config runs (six backends), read from examples/demo.yaml', async () => {
+    const demo = parseYaml(readFileSync(join(ROOT, 'examples', 'demo.yaml'), 'utf8')) as { services: { name: string; backends: unknown[] }[] };
+    const total = demo.services.reduce((n, s) => n + s.backends.length, 0);
+    expect(total).toBe(6);
+    const r = await fulcrum(['--help']);
+    expect(r.stdout).toContain('demo    run six local backends (web: 3 HTTP, tcp: 3 raw TCP) behind fulcrum');
+    // And derived, not written twice: a config with other counts is described by them.
+    const other = join(tmp, 'demo-two.yaml');
+    writeFileSync(other, `services:\n  - { name: web, listen: ${HOST}:1, backends: [{ address: ${HOST}:2 }, { address: ${HOST}:3 }] }\n`);
+    expect(describeDemo(other)).toBe('run two local backends (web: 2 HTTP) behind fulcrum and show what to try');
   });
 });

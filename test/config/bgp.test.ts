@@ -65,7 +65,7 @@ describe('config: bgp', () => {
     ]);
     expect(problemsOf(gobgp.replace('speaker: gobgp', 'speaker: bird'))).toEqual(['bgp.speaker: must be one of gobgp | command, got "bird"']);
     expect(problemsOf(gobgp.replace('vips: [ 10.0.100.10/32 ]', 'vips: []'))).toEqual(['bgp.vips: must list at least one VIP, got []']);
-    expect(problemsOf(gobgp.replace('speaker: gobgp', 'speaker: gobgp\n  annouce: x'))).toEqual(['bgp.annouce: unknown key']);
+    expect(problemsOf(gobgp.replace('speaker: gobgp', 'speaker: gobgp\n  annouce: x'))).toEqual(['bgp.annouce: unknown key; did you mean "announce"?']);
   });
 
   it('asks each speaker for what it needs, and nothing it does not use', () => {

@@ -275,6 +275,31 @@ services:
     expect(problemsOf(svc('{ consul: {} }'))).toEqual(['services[0].discover.consul: unknown key']);
   });
 
+  it('an unknown key names the nearest key the schema knows at that place, when one is close', () => {
+    const svc = (extra: string, backend = '') => `services:\n  - name: r\n    listen: 127.0.0.1:6380\n${extra}    backends:\n      - { address: 127.0.0.1:7001${backend} }\n`;
+    expect(problemsOf('worker: 2\n' + svc(''))).toEqual(['worker: unknown key; did you mean "workers"?']);
+    expect(problemsOf(svc('', ', max_conections: 5'))).toEqual(['services[0].backends[0].max_conections: unknown key; did you mean "max_connections"?']);
+    expect(problemsOf(svc('    maxconnections: 5\n'))).toEqual(['services[0].maxconnections: unknown key; did you mean "max_connections"?']);
+    expect(problemsOf(svc('    health: { type: tcp, intreval: 1s }\n'))).toEqual(['services[0].health.intreval: unknown key; did you mean "interval"?']);
+    expect(problemsOf(svc('    timeouts: { Idle: 5m }\n'))).toEqual(['services[0].timeouts.Idle: unknown key; did you mean "idle"?']);
+    // Known where it stands, not elsewhere: `weight` belongs to a backend, not to a service.
+    expect(problemsOf(svc('    wieght: 2\n'))).toEqual(['services[0].wieght: unknown key']);
+    expect(problemsOf('colour: blue\n' + svc(''))).toEqual(['colour: unknown key']);
+  });
+
+  it('a YAML syntax error is one message at its line and column; an unclosed quote or bracket where it was opened', () => {
+    expect(problemsOf('services:\n\t- name: a\n')).toEqual([': YAML: line 2, column 1: Tabs are not allowed as indentation']);
+    expect(problemsOf('services:\n  - name: "a\n    listen: x\n')).toEqual([
+      ': YAML: line 2, column 11: the " opened here is not closed (found at line 4, column 1: Missing closing "quote)',
+    ]);
+    expect(problemsOf('services:\n  - name: a\n    listen: {a: 1\n    x: 2\nworkers: 1\n')).toEqual([
+      ': YAML: line 3, column 13: the { opened here is not closed (found at line 4, column 5: Flow map in block collection must be sufficiently indented and end with a })',
+    ]);
+    expect(problemsOf('workers: 2\nservices:\n  - name: a\n    listen: x: y\n')).toEqual([
+      ': YAML: line 4, column 13: Nested mappings are not allowed in compact mappings',
+    ]);
+  });
+
   it('reports YAML syntax errors and a non-mapping top level', () => {
     expect(problemsOf('services: [\n')[0]).toMatch(/^: YAML: /);
     expect(problemsOf('- 1\n- 2\n')[0]).toMatch(/the top level must be a mapping/);

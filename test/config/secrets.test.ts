@@ -135,13 +135,22 @@ services:
     backends: [{ address: 127.0.0.1:6001 }]
   - name: pg
     listen: 127.0.0.1:6002
-    health: { type: postgres, postgres: { password_file: /abs/pg.pw } }
+    health: { type: postgres, postgres: { password_file: /abs/pg.pw, tls: verify-full, ca_file: tls/ca.pem } }
     backends: [{ address: 127.0.0.1:6003 }]
+  - name: cache
+    listen: 127.0.0.1:6004
+    health: { type: mysql, mysql: { tls: verify-full, ca_file: /abs/ca.pem } }
+    discover: { redis_sentinel: { sentinels: [127.0.0.1:26379], master: m, password_file: sentinel.pw } }
+    backends: []
 `);
     const c = loadConfig(file);
     expect(c.admin?.token_file).toBe(join(folder, 'admin.token'));
     expect(c.ha?.secret_file).toBe(join(folder, 'keys', 'ha.secret'));
     expect(c.services[0].health?.redis?.password_file).toBe(join(dir, 'pw', 'redis'));
     expect(c.services[1].health?.postgres?.password_file).toBe('/abs/pg.pw');
+    // Every other path a config holds: the probes' CA files and Sentinel's password.
+    expect(c.services[1].health?.postgres?.ca_file).toBe(join(folder, 'tls', 'ca.pem'));
+    expect(c.services[2].health?.mysql?.ca_file).toBe('/abs/ca.pem');
+    expect(c.services[2].discover?.redis_sentinel?.password_file).toBe(join(folder, 'sentinel.pw'));
   });
 });

@@ -194,6 +194,12 @@ describe('role: primary across a REPLICAOF swap (redis)', () => {
       await pill(x.address).filter({ hasText: 'replica — not eligible' }).waitFor({ timeout: 5000 });
       expect(await pill(y.address).textContent()).toBe('up');
       expect(await page.locator(`tr[data-backend="redis|${x.address}"] .tag`).first().textContent()).toBe('replica');
+      // In a colour of its own (#8250df), not a dead server's red (#cf222e) nor maint's grey.
+      const colour = (address: string) => pill(address).evaluate((e) => (globalThis as unknown as { getComputedStyle(x: unknown): { color: string } }).getComputedStyle(e).color);
+      expect(await colour(x.address)).toBe('rgb(130, 80, 223)');
+      // The card names the check and the role it routes to; the pill says why x takes nothing, so no red reason under it.
+      expect(await page.locator('section.svc[data-service="redis"] .meta').first().textContent()).toContain('check redis · role primary');
+      expect(await page.locator(`tr[data-backend="redis|${x.address}"] [data-field="down-reason"]`).textContent()).toBe('');
     });
   }, 30_000);
 });

@@ -85,7 +85,7 @@ function requireConfig(values: Record<string, unknown>): string {
 export function usage(): string {
   const width = Math.max(...Object.keys(COMMANDS).map((n) => n.length));
   const lines = Object.entries(COMMANDS).map(([name, c]) => `  ${name.padEnd(width)}  ${c.summary}\n  ${' '.repeat(width)}  ${c.usage}`);
-  return `fulcrum — L4 TCP load balancer\n\nusage: fulcrum <command> [options]\n\ncommands:\n${lines.join('\n')}\n\n  fulcrum --help        this text\n`;
+  return `fulcrum — L4 TCP load balancer\n\nusage: fulcrum <command> [options]\n\ncommands:\n${lines.join('\n')}\n\n  fulcrum --help        this text\n  fulcrum --version     the version (and the commit it was built from)\n`;
 }
 
 export async function main(argv: string[]): Promise<number> {
@@ -96,6 +96,11 @@ export async function main(argv: string[]): Promise<number> {
   }
   if (name === '--help' || name === '-h' || name === 'help') {
     process.stdout.write(usage());
+    return 0;
+  }
+  if (name === '--version' || name === '-V') {
+    const { versionText } = await import('./version.ts');
+    process.stdout.write(`fulcrum ${versionText()} on Node.js ${process.version}\n`);
     return 0;
   }
   const command = Object.hasOwn(COMMANDS, name) ? COMMANDS[name] : undefined;

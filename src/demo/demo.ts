@@ -101,7 +101,7 @@ export function demoInstructions(config: Config): string {
     );
   }
   if (config.admin) lines.push(`  open http://${formatHostPort(config.admin.listen)}/              # status page and runtime API`);
-  lines.push('', 'Connection log lines (JSON) follow. Ctrl-C stops the demo.', '');
+  lines.push('', 'Log lines (one per closed connection) follow. Ctrl-C stops the demo.', '');
   return lines.join('\n');
 }
 
@@ -122,6 +122,8 @@ export async function runDemo(file = DEMO_CONFIG): Promise<number> {
   const stop = new Promise<void>((resolve) => (stopRequested = resolve));
   process.once('SIGINT', () => stopRequested());
   process.once('SIGTERM', () => stopRequested());
+  // The start-up lines first (the log holds lines a moment to order them: observability/log.ts), then the banner.
+  await new Promise<void>((resolve) => h.logger.flush(() => resolve()));
   process.stdout.write(demoInstructions(config));
   await stop;
   process.stdout.write('\nstopping the demo…\n');

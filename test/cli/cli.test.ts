@@ -340,6 +340,12 @@ describe('usage', () => {
 });
 
 describe('fulcrum demo', () => {
+  it('logs readable text lines (examples/demo.yaml), not JSON', async () => {
+    const { DEMO_CONFIG } = await import('../../src/demo/demo.ts');
+    const { loadConfig } = await import('../../src/config/load.ts');
+    expect(loadConfig(DEMO_CONFIG).logging).toMatchObject({ format: 'text', connections: true });
+  });
+
   it('serves the demo backends through fulcrum and stops cleanly on SIGINT', async () => {
     const p = await Promise.all(Array.from({ length: 5 }, () => freePort(HOST)));
     const file = join(tmp, 'demo.yaml');

@@ -269,6 +269,16 @@ export class Metrics {
         }
       },
     });
+    // Lets an alert tell a healthy server in the wrong role (down by design) from a failed one.
+    new Gauge<BackendLabels>({
+      name: METRICS_PREFIX + 'backend_role_eligible',
+      help: '1 when the role the backend last reported is one its service routes to, 0 when it is not (down by design: a replica of a role: primary service); absent until a database check reports one.',
+      labelNames: ['service', 'backend'], registers,
+      collect() {
+        this.reset();
+        for (const r of roles?.() ?? []) this.set({ service: r.service, backend: r.address }, r.eligible ? 1 : 0);
+      },
+    });
     new Gauge<BackendLabels>({
       name: METRICS_PREFIX + 'backend_role_reported_timestamp_seconds', help: 'When the backend last reported its role (Unix time).',
       labelNames: ['service', 'backend'], registers,

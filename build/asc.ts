@@ -1,7 +1,7 @@
 /**
  * Builds the engine: generates the layout constants, then compiles assembly/ with asc into
- * build/out/engine.wasm. Called by `npm install` (prepare), `npm test`, `npm start` and the
- * Dockerfile; the output is never committed.
+ * build/out/engine.wasm; records the commit built (build/version.ts). Called by `npm install`
+ * (prepare), `npm test`, `npm start` and the Dockerfile; the output is never committed.
  */
 import { mkdirSync } from 'node:fs';
 import { dirname, join } from 'node:path';
@@ -9,11 +9,13 @@ import { fileURLToPath } from 'node:url';
 import asc from 'assemblyscript/asc';
 import { MEMORY_PAGES } from '../src/shm/layout.ts';
 import { writeLayout } from './gen-layout.ts';
+import { writeVersion } from './version.ts';
 
 const root = join(dirname(fileURLToPath(import.meta.url)), '..');
 export const ENGINE_WASM = join(root, 'build', 'out', 'engine.wasm');
 
 writeLayout();
+writeVersion();
 mkdirSync(dirname(ENGINE_WASM), { recursive: true });
 const { error, stderr } = await asc.main([
   join(root, 'assembly', 'index.ts'),

@@ -97,7 +97,7 @@ export async function usage(): Promise<string> {
   const summaries = await Promise.all(entries.map(([, c]) => summaryOf(c)));
   const lines = entries.map(([name, c], i) => `  ${name.padEnd(width)}  ${summaries[i]}\n  ${' '.repeat(width)}  ${c.usage}`);
   return `fulcrum — L4 TCP load balancer\n\nusage: fulcrum <command> [options]\n\ncommands:\n${lines.join('\n')}\n\n` +
-    `  fulcrum --help        this text\n\n` +
+    `  fulcrum --help        this text\n  fulcrum --version     the version (and the commit it was built from)\n\n` +
     `config file (run, check, ctl, status): --config FILE, else $${CONFIG_ENV}, else ${DEFAULT_CONFIG}\n`;
 }
 
@@ -109,6 +109,11 @@ export async function main(argv: string[]): Promise<number> {
   }
   if (name === '--help' || name === '-h' || name === 'help') {
     process.stdout.write(await usage());
+    return 0;
+  }
+  if (name === '--version' || name === '-V') {
+    const { versionText } = await import('./version.ts');
+    process.stdout.write(`fulcrum ${versionText()} on Node.js ${process.version}\n`);
     return 0;
   }
   const command = Object.hasOwn(COMMANDS, name) ? COMMANDS[name] : undefined;

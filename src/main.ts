@@ -32,7 +32,7 @@ import { Discovery } from './discovery/index.ts';
 import type { FulcrumEvents } from './events.ts';
 import { FailoverThread } from './failover/thread.ts';
 import { HealthMonitor } from './health/monitor.ts';
-import { createLogger, type Logger } from './observability/log.ts';
+import { createLogger, setLogFormat, type Logger } from './observability/log.ts';
 import { raiseOpenFilesLimit } from './open-files.ts';
 import type { ListenProblem } from './proxy/messages.ts';
 import { WorkerPool } from './proxy/pool.ts';
@@ -43,7 +43,7 @@ import { startOperationsFor, type Operations } from './admin/index.ts';
 export type { FulcrumEvents } from './events.ts';
 
 export interface StartOptions {
-  /** Defaults to a pino logger at config.logging.level on stdout. */
+  /** Defaults to a pino logger at config.logging.level on stdout, in config.logging.format. */
   logger?: Logger;
   /** The file the config came from: what a reload (SIGHUP) re-reads. */
   configFile?: string;
@@ -91,6 +91,7 @@ export interface FulcrumHandle {
 
 export async function startFulcrum(initial: Config, options: StartOptions = {}): Promise<FulcrumHandle> {
   const logger = options.logger ?? createLogger(initial.logging.level);
+  if (options.logger === undefined) setLogFormat(logger, initial.logging.format);
   const log = logger.child({ component: 'main' });
   // Before the workers open sockets in this process's descriptor table (src/open-files.ts).
   raiseOpenFilesLimit(log);
@@ -159,9 +160,12 @@ export async function startFulcrum(initial: Config, options: StartOptions = {}):
   const sequence = new ReloadSequence({
     balancer, health, pool, failover, logger,
     compose: (next, prev) => discovery.compose(next, prev),
-    // A reload changes the level of fulcrum's own logger (its children follow); a logger handed
-    // in by the caller keeps the level the caller gave it.
-    setLogLevel: options.logger === undefined ? (level) => void (logger.level = level) : undefined,
+    // A reload changes the level and format of fulcrum's own logger (its children follow); a
+    // logger handed in by the caller keeps the level and form the caller gave it.
+    setLogLevel: options.logger === undefined ? (level, format) => {
+      logger.level = level;
+      setLogFormat(logger, format);
+    } : undefined,
     configFile: options.configFile,
   }, { ...initial, ha: failover ? failover.settings : undefined });
   control = sequence;

@@ -81,6 +81,8 @@ export interface OperationsOptions {
   status?: () => Record<string, unknown>;
   /** The data path's descriptor reserve (the pool's), for the metrics. */
   descriptors?: () => { held: number; accepting: boolean; pauses: number; stop: number };
+  /** Whether the workers move bytes with the native relay (the pool's dataPath), for fulcrum_build_info. */
+  dataPath?: () => 'relay' | 'javascript';
 }
 
 export interface Operations {
@@ -110,6 +112,7 @@ export async function startOperations(options: OperationsOptions): Promise<Opera
     reloads: () => ({ applied: control.applied, refused: control.refused }),
     roles,
     descriptors: options.descriptors,
+    dataPath: options.dataPath,
   });
 
   // ── events ──
@@ -235,6 +238,7 @@ export interface FulcrumLike {
     killBackend(backend: number): Promise<number>;
     status?(): object;
     descriptors?(): { held: number; accepting: boolean; pauses: number; stop: number };
+    readonly dataPath?: 'relay' | 'javascript';
   };
   readonly events: OperationsEvents;
   readonly control: OperationsControl;
@@ -267,6 +271,7 @@ export async function startOperationsFor(
     bgp: handle.bgp ?? undefined,
     signals: options.signals,
     descriptors: handle.pool.descriptors ? () => handle.pool.descriptors!() : undefined,
+    dataPath: handle.pool.dataPath ? () => handle.pool.dataPath! : undefined,
     status: () => ({ ...(handle.pool.status ? { data_plane: handle.pool.status() } : {}), ...options.status?.() }),
   });
   void handle.stopped.then(() => ops.close());

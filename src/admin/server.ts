@@ -40,6 +40,7 @@ import type { Logger } from '../observability/log.ts';
 import type { Metrics, RoleObservation } from '../observability/prom.ts';
 import type { ServiceStats, Stats } from '../observability/stats.ts';
 import { readSecretFileSync } from '../config/secrets.ts';
+import { buildInfo } from '../version.ts';
 import { ADMIN_LIMITS, ConnectionGuard, type ConnectionCounts } from './connections.ts';
 import { ADMIN_ERRORS, AdminHttpError, badRequest, notFound } from './errors.ts';
 
@@ -456,7 +457,10 @@ export class AdminServer {
   }
 
   #status(): Record<string, unknown> {
+    const { version, commit } = buildInfo();
     return {
+      version,
+      commit,
       pid: process.pid,
       node: process.version,
       started_at: new Date(this.#startedAt).toISOString(),

@@ -522,6 +522,8 @@ export const loggingSchema = z.strictObject({
   level: oneOf(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'] as const).default('info'),
   /** One line per closed connection, as HAProxy's option tcplog. */
   connections: bool().default(true),
+  /** json (one object per line, for log shippers) or text (a readable line: local time, level, message, key=value). */
+  format: oneOf(['json', 'text'] as const).default('json'),
 });
 
 export const configSchema = z.strictObject({
@@ -536,7 +538,7 @@ export const configSchema = z.strictObject({
   admin: adminSchema.optional(),
   ha: haSchema.optional(),
   bgp: bgpSchema.optional(),
-  logging: loggingSchema.default({ level: 'info', connections: true }),
+  logging: loggingSchema.default({ level: 'info', connections: true, format: 'json' }),
 });
 
 export type Config = z.output<typeof configSchema>;

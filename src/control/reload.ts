@@ -29,7 +29,7 @@ import { ConfigInvalidError, FulcrumError } from '../errors.ts';
 import type { Balancer } from '../balancer/balancer.ts';
 import type { Failover } from '../failover/index.ts';
 import type { HealthMonitor } from '../health/monitor.ts';
-import type { Logger } from '../observability/log.ts';
+import type { LogFormat, Logger } from '../observability/log.ts';
 import type { ListenProblem } from '../proxy/messages.ts';
 import type { WorkerPool } from '../proxy/pool.ts';
 import { buildServiceTable, type BalancerView } from '../proxy/table.ts';
@@ -42,8 +42,8 @@ export interface ReloadParts {
   pool: Pick<WorkerPool, 'updateServices' | 'pauseService' | 'resumeService' | 'isPaused' | 'setLogging' | 'resize'>;
   failover: Pick<Failover, 'status' | 'reconfigure' | 'settings'> | null;
   logger: Logger;
-  /** fulcrum's own logger follows `logging.level`; absent when the caller handed in its logger. */
-  setLogLevel?: (level: string) => void;
+  /** fulcrum's own logger follows `logging.level` and `logging.format`; absent when the caller handed in its logger. */
+  setLogLevel?: (level: string, format: LogFormat) => void;
   /** The file reloadFile re-reads; without it only reload(next) and runtime edits apply. */
   configFile?: string;
   /**
@@ -220,7 +220,7 @@ export class ReloadSequence {
       if (failover && next.ha) failover.reconfigure(next.ha);
       this.#config = { ...next, ha: failover ? failover.settings : undefined, bgp: prev.bgp };
       if (diff.logging) {
-        this.#parts.setLogLevel?.(next.logging.level);
+        this.#parts.setLogLevel?.(next.logging.level, next.logging.format);
         await pool.setLogging({ level: next.logging.level, connections: next.logging.connections });
       }
       // 5, 6.

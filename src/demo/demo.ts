@@ -188,7 +188,7 @@ export function demoInstructions(config: Config, token?: DemoToken): string {
       lines.push(`  open ${admin}              # status page and runtime API`);
     }
   }
-  lines.push('', 'Connection log lines follow. Ctrl-C stops the demo.', '');
+  lines.push('', 'Log lines (one per closed connection) follow. Ctrl-C stops the demo.', '');
   return lines.join('\n');
 }
 
@@ -216,6 +216,8 @@ export async function runDemo(file = DEMO_CONFIG): Promise<number> {
   const stop = new Promise<void>((resolve) => (stopRequested = resolve));
   process.once('SIGINT', () => stopRequested());
   process.once('SIGTERM', () => stopRequested());
+  // The start-up lines first (the log holds lines a moment to order them: observability/log.ts), then the banner.
+  await new Promise<void>((resolve) => h.logger.flush(() => resolve()));
   process.stdout.write(demoInstructions(config, token));
   await stop;
   process.stdout.write('\nstopping the demo…\n');

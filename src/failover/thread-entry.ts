@@ -7,7 +7,7 @@
 import { constants, setPriority } from 'node:os';
 import { parentPort, workerData } from 'node:worker_threads';
 import type { LevelWithSilent } from 'pino';
-import { createLogger } from '../observability/log.ts';
+import { createLogger, loggedAt } from '../observability/log.ts';
 import { Failover } from './index.ts';
 import type { FailoverThreadData, FromFailoverThread, ToFailoverThread } from './thread.ts';
 
@@ -40,7 +40,8 @@ const port = parentPort!;
 const data = workerData as FailoverThreadData;
 const post = (m: FromFailoverThread): void => port.postMessage(m);
 
-const logger = createLogger(data.level as LevelWithSilent, { write: (line: string) => post({ type: 'log', line }) }, data.bindings);
+// Each line is posted as it is logged (a few a minute), with its time: the main thread's LogOutput orders it among the others.
+const logger = createLogger(data.level as LevelWithSilent, { write: (line: string) => post({ type: 'log', line, at: loggedAt() }) }, data.bindings);
 const log = logger.child({ component: 'failover' });
 try {
   setPriority(THREAD_NICE);

@@ -50,7 +50,7 @@ export type ToFailoverThread =
   | { type: 'stop' };
 
 export type FromFailoverThread =
-  | { type: 'log'; line: string }
+  | { type: 'log'; line: string; at: number }
   | { type: 'started' }
   | { type: 'start-failed'; code: string | null; message: string }
   | { type: 'role'; change: RoleChange }
@@ -224,7 +224,7 @@ export class FailoverThread extends EventEmitter<FailoverEvents> {
         this.#heardAt = performance.now();
         switch (m.type) {
           case 'log':
-            writeLine(this.#logger, m.line);
+            writeLine(this.#logger, m.line, m.at);
             return;
           case 'status':
             this.#last = m.status;

@@ -1,22 +1,251 @@
 /**
  * The one place pino is configured. Components take a child logger made once, at creation
  * (`log.child({ component: 'health', service })`), never one per call or per connection.
+ *
+ * How lines reach stdout: every thread formats its lines as pino JSON, but only the main thread
+ * writes them, through one LogOutput. The data-plane workers batch their lines (LineForwarder,
+ * sent every LOG_BATCH_MS) and the failover thread posts each one; both send the time each line
+ * was logged, and LogOutput holds every line LOG_HOLD_MS before writing, sorted by that time. So
+ * lines of several threads come out in time order, within a second, as long as no thread is
+ * stalled longer than LOG_HOLD_MS − LOG_BATCH_MS (a later line is written at once, out of place).
+ * LogOutput also applies `logging.format`: JSON as pino made it, or formatText's readable line.
  */
 import { pino, type Logger, type LevelWithSilent } from 'pino';
+import type { LoggingConfig } from '../config/schema.ts';
 
 export type { Logger } from 'pino';
 
+/** `logging.format`: json for log shippers, text for a terminal (and the demo). */
+export type LogFormat = LoggingConfig['format'];
+
+/** How long LogOutput holds a line before writing it, waiting for other threads' lines of the same moment. */
+export const LOG_HOLD_MS = 500;
+/** How often LineForwarder sends a thread's lines: a line waits at most this long in its thread. */
+export const LOG_BATCH_MS = 100;
+/** A batch is sent at once when it holds this many lines (a busy worker under connection logging). */
+const LOG_BATCH_LINES = 512;
+
+// The time of the line this thread's loggers are writing. pino calls `timestamp` and then the
+// destination's write() synchronously, in the same log call: the destination reads the time here
+// instead of parsing it out of the line. Per thread (each thread loads its own copy of this module).
+let stampedAt = 0;
+const timestamp = (): string => {
+  stampedAt = Date.now();
+  return `,"time":"${new Date(stampedAt).toISOString()}"`;
+};
+
 /**
  * `base`: the fields of every line ({ app: 'fulcrum' }); a thread whose lines another thread writes
- * (src/failover/thread.ts) passes that logger's bindings() and a destination that forwards them.
+ * (src/failover/thread.ts, src/proxy/worker.ts) passes a destination that forwards them. Without a
+ * destination the lines go to this process's LogOutput on stdout (logOutput()).
  */
 export function createLogger(level: LevelWithSilent = 'info', destination?: pino.DestinationStream, base: Record<string, unknown> = { app: 'fulcrum' }): Logger {
-  return pino({ level, base, timestamp: pino.stdTimeFunctions.isoTime }, destination ?? pino.destination({ sync: false }));
+  return pino({ level, base, timestamp }, destination ?? logOutput());
 }
 
-/** Writes a line that a logger of another thread formatted to `logger`'s own destination, as it is. */
-export function writeLine(logger: Logger, line: string): void {
-  (logger as unknown as Record<symbol, pino.DestinationStream>)[pino.symbols.streamSym].write(line);
+/** When the line being written by this thread's logger was logged (epoch ms): for a destination's write(). */
+export function loggedAt(): number {
+  return stampedAt;
+}
+
+const streamOf = (logger: Logger): pino.DestinationStream & { writeAt?: (line: string, at: number) => void } =>
+  (logger as unknown as Record<symbol, pino.DestinationStream>)[pino.symbols.streamSym];
+
+/**
+ * Writes lines that a logger of another thread formatted (`at`: when each was logged) to `logger`'s
+ * own destination, as they are: into LogOutput's time order, or straight to a caller's stream.
+ */
+export function writeLines(logger: Logger, lines: readonly string[], at: readonly number[]): void {
+  const stream = streamOf(logger);
+  for (let i = 0; i < lines.length; i++) {
+    if (stream.writeAt) stream.writeAt(lines[i], at[i]);
+    else stream.write(lines[i]);
+  }
+}
+
+/** writeLines for one line. */
+export function writeLine(logger: Logger, line: string, at: number = Date.now()): void {
+  writeLines(logger, [line], [at]);
+}
+
+/** Sets the format of the output `logger` writes to, when that is a LogOutput (a caller's own stream keeps its form). */
+export function setLogFormat(logger: Logger, format: LogFormat): void {
+  const stream = streamOf(logger);
+  if (stream instanceof LogOutput) stream.format = format;
+}
+
+/**
+ * The process's log output (main thread): every line of every thread, held LOG_HOLD_MS and written
+ * in the order of the time it was logged, as JSON or as text. `drain(now)` writes what is due; a
+ * timer calls it while lines wait (tests call it with their own clock).
+ */
+export class LogOutput implements pino.DestinationStream {
+  format: LogFormat = 'json';
+  readonly #out: pino.DestinationStream & { flush?(cb?: (err?: Error) => void): void; flushSync?(): void };
+  readonly #now: () => number;
+  readonly #hold: number;
+  /** Lines waiting, in arrival order; drain sorts them (stable: one thread's lines keep their order). */
+  #pending: { at: number; line: string }[] = [];
+  #timer: NodeJS.Timeout | null = null;
+
+  constructor(out: pino.DestinationStream, options: { now?: () => number; hold?: number; timer?: boolean } = {}) {
+    this.#out = out;
+    this.#now = options.now ?? Date.now;
+    this.#hold = options.hold ?? LOG_HOLD_MS;
+    if (options.timer === false) this.#arm = () => undefined;
+  }
+
+  /** A line of this thread's own loggers (pino's call). */
+  write(line: string): void {
+    this.writeAt(line, stampedAt);
+  }
+
+  /** A line logged at `at` (epoch ms), by this thread or another. */
+  writeAt(line: string, at: number): void {
+    this.#pending.push({ at, line });
+    this.#arm();
+  }
+
+  #arm = (): void => {
+    if (this.#timer !== null) return;
+    // unref: a line waiting does not keep the process alive; the exit handler writes it.
+    this.#timer = setTimeout(() => {
+      this.#timer = null;
+      this.drain();
+    }, LOG_BATCH_MS).unref();
+  };
+
+  /** Writes, in time order, every line logged at least `hold` before `now` (all of them with Infinity). */
+  drain(now: number = this.#now()): void {
+    const pending = this.#pending;
+    if (pending.length === 0) return;
+    pending.sort((a, b) => a.at - b.at);
+    const due = now === Infinity ? pending.length : countDue(pending, now - this.#hold);
+    if (due > 0) {
+      let chunk = '';
+      for (let i = 0; i < due; i++) chunk += this.format === 'text' ? formatText(pending[i].line) : pending[i].line;
+      this.#pending = due === pending.length ? [] : pending.slice(due);
+      this.#out.write(chunk);
+    }
+    if (this.#pending.length > 0) this.#arm();
+  }
+
+  /** Writes everything now (a stop: no more lines are coming), then flushes the stream (pino's logger.flush). */
+  flush(cb?: (err?: Error) => void): void {
+    this.drain(Infinity);
+    if (this.#out.flush) this.#out.flush(cb);
+    else cb?.();
+  }
+
+  flushSync(): void {
+    this.drain(Infinity);
+    this.#out.flushSync?.();
+  }
+}
+
+/** How many of the sorted `lines` were logged at or before `until`. */
+function countDue(lines: readonly { at: number }[], until: number): number {
+  let n = 0;
+  while (n < lines.length && lines[n].at <= until) n++;
+  return n;
+}
+
+let processOutput: LogOutput | undefined;
+
+/** This process's LogOutput on stdout, made at first use; what is waiting is written when the process exits. */
+export function logOutput(): LogOutput {
+  if (processOutput === undefined) {
+    const out = new LogOutput(pino.destination({ dest: 1, sync: false }));
+    process.on('exit', () => out.flushSync());
+    processOutput = out;
+  }
+  return processOutput;
+}
+
+/**
+ * A destination for a thread whose lines the main thread writes (the data-plane workers): keeps
+ * each line with the time it was logged and hands them to `send` in batches, LOG_BATCH_MS after
+ * the first line of a batch (no timer while the thread logs nothing) or at LOG_BATCH_LINES.
+ */
+export class LineForwarder implements pino.DestinationStream {
+  readonly #send: (lines: string[], at: number[]) => void;
+  #lines: string[] = [];
+  #at: number[] = [];
+  #timer: NodeJS.Timeout | null = null;
+
+  constructor(send: (lines: string[], at: number[]) => void) {
+    this.#send = send;
+  }
+
+  write(line: string): void {
+    this.#lines.push(line);
+    this.#at.push(stampedAt);
+    if (this.#lines.length >= LOG_BATCH_LINES) this.flush();
+    else this.#timer ??= setTimeout(() => this.flush(), LOG_BATCH_MS).unref();
+  }
+
+  /** Sends what is batched now (also before the thread stops). */
+  flush(): void {
+    if (this.#timer !== null) clearTimeout(this.#timer);
+    this.#timer = null;
+    if (this.#lines.length === 0) return;
+    this.#send(this.#lines, this.#at);
+    this.#lines = [];
+    this.#at = [];
+  }
+}
+
+// ── the text format ──────────────────────────────────────────────────────────────────────────
+
+const LEVEL_NAMES: Record<number, string> = { 10: 'TRACE', 20: 'DEBUG', 30: 'INFO', 40: 'WARN', 50: 'ERROR', 60: 'FATAL' };
+/** A value that can stand bare after `key=`: no space, quote, `=` or control character. */
+const BARE = /^[^\s"=\\\x00-\x1f]+$/;
+
+const pad2 = (n: number): string => (n < 10 ? '0' : '') + n;
+
+/** "2026-12-06 09:05:42.123", in the machine's time zone (what a terminal's reader compares with their clock). */
+export function localTime(ms: number): string {
+  const d = new Date(ms);
+  return `${d.getFullYear()}-${pad2(d.getMonth() + 1)}-${pad2(d.getDate())} ${pad2(d.getHours())}:${pad2(d.getMinutes())}:${pad2(d.getSeconds())}.${String(d.getMilliseconds()).padStart(3, '0')}`;
+}
+
+function textValue(v: unknown): string {
+  if (typeof v === 'string') return v !== '' && BARE.test(v) ? v : JSON.stringify(v);
+  if (typeof v === 'object' && v !== null) return JSON.stringify(v);
+  return String(v);
+}
+
+/**
+ * One pino JSON line as a readable one: local time, level name, message, then the fields as
+ * key=value in the order pino wrote them (the component and worker first); strings with spaces
+ * are quoted, objects are compact JSON. An error's stack follows on indented lines. The `app`
+ * field every line carries is left out. A line that is not JSON is returned as it is.
+ *
+ *   2026-12-06 09:05:42.123 INFO  connection component=proxy worker=1 client=127.0.0.1:50412 service=web …
+ */
+export function formatText(line: string): string {
+  let o: Record<string, unknown>;
+  try {
+    o = JSON.parse(line) as Record<string, unknown>;
+  } catch {
+    return line;
+  }
+  if (typeof o !== 'object' || o === null) return line;
+  const { level, time, msg, app: _app, ...fields } = o;
+  const at = typeof time === 'string' ? Date.parse(time) : typeof time === 'number' ? time : NaN;
+  let out = `${Number.isNaN(at) ? '-' : localTime(at)} ${(LEVEL_NAMES[level as number] ?? String(level)).padEnd(5)} ${typeof msg === 'string' ? msg : ''}`;
+  let stack = '';
+  for (const [key, value] of Object.entries(fields)) {
+    if (key === 'err' && typeof value === 'object' && value !== null && 'message' in value) {
+      const { message, stack: s, type: _type, ...rest } = value as { message: unknown; stack?: unknown; type?: unknown };
+      out += ` err=${textValue(message)}`;
+      for (const [k, v] of Object.entries(rest)) out += ` err.${k}=${textValue(v)}`;
+      if (typeof s === 'string') stack = '\n' + s.split('\n').map((l) => '    ' + l.trim()).join('\n');
+      continue;
+    }
+    out += ` ${key}=${textValue(value)}`;
+  }
+  return out + stack + '\n';
 }
 
 /** A logger that drops everything: for tests and tools that do not log. */

@@ -12,6 +12,7 @@
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
 import { BACKEND_STATES, TERM_REASONS, UDP_DROP_REASONS } from '../shm/layout.ts';
 import type { DirectoryService, ServiceStats, Stats } from './stats.ts';
+import { buildInfo } from '../version.ts';
 
 export const METRICS_PREFIX = 'fulcrum_';
 
@@ -76,6 +77,8 @@ export interface MetricsSources {
   roles?: () => readonly RoleObservation[];
   /** The data path's descriptor reserve (proxy/descriptors.ts): held, accepting, pauses, the stop mark. */
   descriptors?: () => { held: number; accepting: boolean; pauses: number; stop: number };
+  /** The data path the workers run (the pool's): fulcrum_build_info's relay label. */
+  dataPath?: () => 'relay' | 'javascript';
 }
 
 type ServiceLabels = 'service';
@@ -104,6 +107,20 @@ export class Metrics {
     // prom-client's default 10: each sample wakes the main thread, which on a busy machine takes
     // a core from the data-plane workers; 10 wakes a second serve a lag gauge as well as 100.
     collectDefaultMetrics({ register: this.registry, prefix: METRICS_PREFIX, eventLoopMonitoringPrecision: EVENT_LOOP_SAMPLE_MS });
+
+    // What is running, as Prometheus's own *_build_info: always 1, the facts in the labels, so a
+    // dashboard joins on it and an upgrade shows as a label change. relay: "native" when the
+    // workers move bytes with the C relay, "none" on the JavaScript path; commit "" when unknown.
+    const dataPath = sources.dataPath;
+    new Gauge<'version' | 'commit' | 'node' | 'relay'>({
+      name: METRICS_PREFIX + 'build_info', help: 'Always 1; labels: the fulcrum version, the commit it was built from, the Node.js version, and whether the native relay is in use (native, none).',
+      labelNames: ['version', 'commit', 'node', 'relay'], registers,
+      collect() {
+        this.reset();
+        const { version, commit } = buildInfo();
+        this.set({ version, commit: commit ?? '', node: process.version, relay: dataPath?.() === 'relay' ? 'native' : 'none' }, 1);
+      },
+    });
 
     const snap = (): ServiceStats[] => this.#snapshot;
     const serviceGauge = (name: string, help: string, value: (s: ServiceStats) => number): void => {
@@ -250,6 +267,16 @@ export class Metrics {
         for (const r of roles?.() ?? []) {
           for (const role of BACKEND_ROLES) this.set({ service: r.service, backend: r.address, role }, r.reported === role ? 1 : 0);
         }
+      },
+    });
+    // Lets an alert tell a healthy server in the wrong role (down by design) from a failed one.
+    new Gauge<BackendLabels>({
+      name: METRICS_PREFIX + 'backend_role_eligible',
+      help: '1 when the role the backend last reported is one its service routes to, 0 when it is not (down by design: a replica of a role: primary service); absent until a database check reports one.',
+      labelNames: ['service', 'backend'], registers,
+      collect() {
+        this.reset();
+        for (const r of roles?.() ?? []) this.set({ service: r.service, backend: r.address }, r.eligible ? 1 : 0);
       },
     });
     new Gauge<BackendLabels>({

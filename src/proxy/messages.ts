@@ -87,4 +87,6 @@ export interface ListenProblem {
 export type WorkerToMain =
   | { type: 'ack'; seq: number; errors: ListenProblem[]; killed?: number }
   | { type: 'connect-failed'; service: string; backend: number; address: string; error: string }
-  | { type: 'stopped'; workerId: number };
+  | { type: 'stopped'; workerId: number }
+  /** The worker's log lines since its last batch, with the time each was logged (observability/log.ts LineForwarder). */
+  | { type: 'log'; lines: string[]; at: number[] };

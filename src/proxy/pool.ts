@@ -11,7 +11,7 @@ import type { PoolEvents } from '../events.ts';
 import { Worker } from 'node:worker_threads';
 import { ListenError, FulcrumError } from '../errors.ts';
 import { MAX_WORKERS } from '../shm/layout.ts';
-import type { Logger } from '../observability/log.ts';
+import { writeLines, type Logger } from '../observability/log.ts';
 import type { ListenProblem, MainToWorker, ServiceEntry, WorkerInit, WorkerToMain } from './messages.ts';
 import { rawHandlesMissing } from './handles.ts';
 import { loadRelay } from './relay.ts';
@@ -307,6 +307,10 @@ export class WorkerPool extends EventEmitter<PoolEvents> {
         break;
       case 'stopped':
         slot.stoppedResolve?.();
+        break;
+      case 'log':
+        // Into the process's LogOutput, which writes every thread's lines in time order.
+        writeLines(this.opts.logger, msg.lines, msg.at);
         break;
     }
   }

@@ -12,10 +12,9 @@ import { lookup } from 'node:dns/promises';
 import { createServer, isIP, type Server } from 'node:net';
 import { getSystemErrorMessage, getSystemErrorName } from 'node:util';
 import { parentPort, workerData } from 'node:worker_threads';
-import { pino } from 'pino';
 import { instantiateEngine } from '../balancer/engine.ts';
 import { formatHostPort } from '../config/address.ts';
-import { CONNECTION_LOG_MSG, createLogger, type Logger } from '../observability/log.ts';
+import { CONNECTION_LOG_MSG, createLogger, LineForwarder, type Logger } from '../observability/log.ts';
 import type { ListenProblem, MainToWorker, ServiceEntry, WorkerInit, WorkerToMain } from './messages.ts';
 import { DataPath, type DataPathContext } from './core.ts';
 import { loadRelay } from './relay.ts';
@@ -31,16 +30,9 @@ const init = workerData as WorkerInit;
 const port = parentPort!;
 const post = (msg: WorkerToMain): void => port.postMessage(msg);
 
-// Lines are batched (4 KiB writes) so a busy worker makes few write calls; the flush each second
-// bounds how late a line can appear when traffic is light.
-const destination = pino.destination({ sync: false, minLength: 4096 });
-setInterval(() => {
-  try {
-    destination.flush();
-  } catch {
-    // not ready (a write in flight, or closing): the next tick flushes
-  }
-}, 1000).unref();
+// The main thread writes every thread's lines, in time order (observability/log.ts): the worker
+// sends its lines in batches, one message per LOG_BATCH_MS at most while it logs.
+const destination = new LineForwarder((lines, at) => post({ type: 'log', lines, at }));
 const log: Logger = createLogger(init.logging.level as 'info', destination).child({ component: 'proxy', worker: init.workerId });
 
 const engine = instantiateEngine(init.module, init.memory, init.workerId);
@@ -332,11 +324,7 @@ async function shutdown(grace: number, seq: number): Promise<void> {
       poll.unref();
     });
   }
-  try {
-    destination.flushSync();
-  } catch {
-    // not ready yet: nothing was written
-  }
+  destination.flush(); // before 'stopped': the port delivers the lines first
   post({ type: 'stopped', workerId: init.workerId });
 }
 

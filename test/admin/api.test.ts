@@ -6,7 +6,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { Socket } from 'node:net';
 import { connectClient, readLine, startNamedServer, waitClose, waitFor, type TestServer } from '../helpers/net.ts';
 import { ADMIN_MAX_CONNECTIONS } from '../../src/admin/server.ts';
-import { api, backendView, startStack, TOKEN, type Stack } from './stack.ts';
+import { api, backendView, BUILT_COMMIT, PACKAGE_VERSION, startStack, TOKEN, type Stack } from './stack.ts';
 
 const HOST = '127.5.1.1';
 let stack: Stack;
@@ -58,6 +58,10 @@ describe('reads', () => {
     expect(r.body).toMatchObject({ config_file: stack.configFile, changes_enabled: true, reloads: { applied: 0, refused: 0 } });
     expect(typeof r.body.uptime_s).toBe('number');
     expect(r.body.failover).toBeUndefined();
+    // The version (package.json) and the commit the build recorded (build/version.ts), or null.
+    expect(r.body.version).toBe(PACKAGE_VERSION);
+    expect(r.body.commit).toBe(BUILT_COMMIT);
+    expect(r.body.node).toBe(process.version);
   });
 
   it('GET / serves the self-contained status page', async () => {

@@ -3,6 +3,7 @@
  * config file with an admin section and a token in a temp dir, startFulcrum + startOperationsFor
  * (as `fulcrum run` does), and small HTTP helpers for the admin API. close() stops everything.
  */
+import { readFileSync } from 'node:fs';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -14,6 +15,11 @@ import { createLogger } from '../../src/observability/log.ts';
 import { freePort, startNamedServer, type TestServer } from '../helpers/net.ts';
 
 export const TOKEN = 'test-token-0123456789abcdef';
+
+/** What fulcrum must report as its version: package.json's, read here rather than through src/version.ts. */
+export const PACKAGE_VERSION: string = JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')).version;
+/** The commit the build recorded (build/version.ts writes build/out/version.json), or null. */
+export const BUILT_COMMIT: string | null = JSON.parse(readFileSync(new URL('../../build/out/version.json', import.meta.url), 'utf8')).commit;
 
 export interface Stack {
   dir: string;

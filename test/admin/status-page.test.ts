@@ -10,7 +10,7 @@ import { join } from 'node:path';
 import type { Socket } from 'node:net';
 import { chromium, type BrowserContext, type Page } from 'playwright-core';
 import { connectClient, readLine, sleep, waitFor } from '../helpers/net.ts';
-import { api, backendView, startStack, TOKEN, type Stack } from './stack.ts';
+import { api, backendView, BUILT_COMMIT, PACKAGE_VERSION, startStack, TOKEN, type Stack } from './stack.ts';
 
 const HOST = '127.5.5.1';
 const ARTIFACTS = new URL('../artifacts/', import.meta.url).pathname;
@@ -86,6 +86,9 @@ describe('status page', () => {
     // Backends with their state, weight and active sessions; the held sessions are visible.
     expect(await page.locator(`${rowOf(b0)} .pill`).textContent()).toBe('up');
     await waitFor(async () => Number(await page.locator('[data-field="svc-active"]').first().textContent().then((t) => t!.split(' ')[0])) >= 4, 5000, 'active sessions on the page');
+    // The version in the header, the commit and Node.js in its tooltip.
+    expect(await page.textContent('#version')).toBe(PACKAGE_VERSION);
+    expect(await page.getAttribute('#version', 'title')).toBe(BUILT_COMMIT ? `commit ${BUILT_COMMIT} · Node.js ${process.version}` : `Node.js ${process.version}`);
     // Health history strips fill with probe results.
     await waitFor(async () => (await page.locator(`${rowOf(b0)} .strip i`).count()) >= 2, 5000, 'probe results in the strip');
   });

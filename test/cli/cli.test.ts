@@ -384,6 +384,32 @@ describe('usage', () => {
     for (const c of ['run', 'check', 'demo']) expect(r.stdout).toContain(c);
   });
 
+  it('--version prints the package version and the commit the build recorded, without git at run time', async () => {
+    const { version } = JSON.parse(readFileSync(join(ROOT, 'package.json'), 'utf8'));
+    const { commit } = JSON.parse(readFileSync(join(ROOT, 'build', 'out', 'version.json'), 'utf8'));
+    // No PATH at all: nothing (git included) can be run by name.
+    const out = execFileSync(process.execPath, [join(ROOT, 'src', 'cli.ts'), '--version'], { cwd: ROOT, env: { PATH: '' }, encoding: 'utf8' });
+    expect(out).toBe(`fulcrum ${version}${commit ? ` (commit ${commit})` : ''} on Node.js ${process.version}\n`);
+    const r = await fulcrum(['-V']);
+    expect(r.code).toBe(0);
+    expect(r.stdout).toBe(out);
+    expect((await fulcrum(['--help'])).stdout).toContain('fulcrum --version');
+  });
+
+  it('the build records the commit from git, or from FULCRUM_COMMIT, or null', () => {
+    const file = join(tmp, 'version.json');
+    const head = execFileSync('git', ['rev-parse', '--short=12', 'HEAD'], { cwd: ROOT, encoding: 'utf8' }).trim();
+    const builder = join(ROOT, 'build', 'version.ts');
+    const run = (env: Record<string, string>, cwd = ROOT): string => execFileSync(process.execPath, ['-e',
+      `import(${JSON.stringify(builder)}).then((m) => process.stdout.write(JSON.stringify(m.writeVersion(${JSON.stringify(file)}))))`],
+    { cwd, env: { ...process.env, ...env }, encoding: 'utf8' });
+    expect(JSON.parse(run({ FULCRUM_COMMIT: '' })).commit).toMatch(new RegExp(`^${head}(-dirty)?$`));
+    expect(JSON.parse(readFileSync(file, 'utf8')).commit).toMatch(new RegExp(`^${head}(-dirty)?$`));
+    expect(JSON.parse(run({ FULCRUM_COMMIT: 'abc123' })).commit).toBe('abc123');
+    // Without git on PATH (a tarball build): null, and the build does not fail.
+    expect(JSON.parse(run({ FULCRUM_COMMIT: '', PATH: '' })).commit).toBeNull();
+  });
+
   it('an unknown command prints usage and exits 2', async () => {
     const r = await fulcrum(['frobnicate']);
     expect(r.code).toBe(2);
@@ -447,6 +473,12 @@ services:
 });
 
 describe('fulcrum demo', () => {
+  it('logs readable text lines (examples/demo.yaml), not JSON', async () => {
+    const { DEMO_CONFIG } = await import('../../src/demo/demo.ts');
+    const { loadConfig } = await import('../../src/config/load.ts');
+    expect(loadConfig(DEMO_CONFIG).logging).toMatchObject({ format: 'text', connections: true });
+  });
+
   it('serves the demo backends through fulcrum and stops cleanly on SIGINT', async () => {
     const p = await Promise.all(Array.from({ length: 6 }, () => freePort(HOST)));
     const file = join(tmp, 'demo.yaml');

@@ -94,8 +94,13 @@ describe('parseConfig', () => {
     expect(s.tcp_keepalive).toBeUndefined();
     expect(s.propagate_reset).toBe(false);
     expect(s.backends[0]).toEqual({ address: { host: '127.0.0.1', port: 7001 }, weight: 1, max_connections: 0, backup: false, state: 'ready' });
-    expect(c.logging).toEqual({ level: 'info', connections: true });
+    expect(c.logging).toEqual({ level: 'info', connections: true, format: 'json' });
     expect(resolveWorkers(c)).toBeGreaterThanOrEqual(1);
+  });
+
+  it('logging.format: json or text, anything else named', () => {
+    expect(parseConfig(`${minimal}logging: { format: text }\n`, 'test.yaml').logging).toEqual({ level: 'info', connections: true, format: 'text' });
+    expect(problemsOf(`${minimal}logging: { format: pretty }\n`)).toEqual(['logging.format: must be one of json | text, got "pretty"']);
   });
 
   it('tcp_keepalive and propagate_reset: defaults, and errors naming the field', () => {

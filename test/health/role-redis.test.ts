@@ -186,6 +186,8 @@ describe('role: primary across a REPLICAOF swap (redis)', () => {
     expect(metrics).toContain(`fulcrum_backend_role{service="redis",backend="${x.address}",role="replica"} 1`);
     expect(metrics).toContain(`fulcrum_backend_role{service="redis",backend="${x.address}",role="primary"} 0`);
     expect(metrics).toContain(`fulcrum_backend_role{service="redis",backend="${y.address}",role="primary"} 1`);
+    expect(metrics).toContain(`fulcrum_backend_role_eligible{service="redis",backend="${x.address}"} 0`);
+    expect(metrics).toContain(`fulcrum_backend_role_eligible{service="redis",backend="${y.address}"} 1`);
     const at = Number(new RegExp(`fulcrum_backend_role_reported_timestamp_seconds\\{service="redis",backend="${x.address.replace(/\./g, '\\.')}"\\} (\\S+)`).exec(metrics)?.[1]);
     expect(Math.abs(at * 1000 - Date.now())).toBeLessThan(5000);
 

@@ -6,7 +6,7 @@
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { connectClient, freePort, readLine, startNamedServer, waitClose, waitFor, type TestServer } from '../helpers/net.ts';
-import { api, startStack, type Stack } from '../admin/stack.ts';
+import { api, BUILT_COMMIT, PACKAGE_VERSION, startStack, type Stack } from '../admin/stack.ts';
 
 const HOST = '127.5.2.1';
 let stack: Stack;
@@ -139,6 +139,10 @@ describe('metrics', () => {
     expect(m.get(`fulcrum_health_probe_duration_seconds_count{service="probed",backend="${live}"}`)).toBeGreaterThanOrEqual(2);
     expect(m.get('fulcrum_reloads_total{result="applied"}')).toBe(1);
     expect(m.get('fulcrum_nodejs_eventloop_lag_seconds')).toBeGreaterThanOrEqual(0);
+    // What runs: one series, value 1; relay says whether the workers run the native relay.
+    const relay = stack.handle.pool.dataPath === 'relay' ? 'native' : 'none';
+    const info = [...m.entries()].filter(([k]) => k.startsWith('fulcrum_build_info{'));
+    expect(info).toEqual([[`fulcrum_build_info{version="${PACKAGE_VERSION}",commit="${BUILT_COMMIT ?? ''}",node="${process.version}",relay="${relay}"}`, 1]]);
     expect(m.has('fulcrum_failover_role{role="master"}')).toBe(false); // no ha section
     expect([...m.keys()].filter((k) => k.startsWith('fulcrum_bgp_'))).toEqual([]); // no bgp section
 

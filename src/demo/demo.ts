@@ -177,15 +177,15 @@ export function demoInstructions(config: Config, token?: DemoToken): string {
     if (token) {
       // The fragment never leaves the browser; the page keeps the token for the tab (status.html).
       lines.push(
-        `  open ${admin}#token=${token.token}`,
-        `      the status page, with the admin token filled in: its Drain/Maint buttons work`,
+        `  ${admin}#token=${token.token}`,
+        `      the status page (open it in a browser), with the admin token filled in: its Drain/Maint buttons work`,
         `  ${fulcrumCommand()} ctl --config ${token.configFile} list`,
         `  ${fulcrumCommand()} ctl --config ${token.configFile} state web ${formatHostPort(web?.backends[0].address ?? config.services[0].backends[0].address)} drain`,
         `      the runtime API from the command line; the admin token is in`,
         `      ${token.tokenFile}, mode 0600 (removed when the demo stops)`,
       );
     } else {
-      lines.push(`  open ${admin}              # status page and runtime API`);
+      lines.push(`  ${admin}              # the status page and runtime API (open it in a browser)`);
     }
   }
   lines.push('', 'Log lines (one per closed connection) follow. Ctrl-C stops the demo.', '');

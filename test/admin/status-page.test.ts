@@ -170,5 +170,7 @@ describe('status page', () => {
     expect(Date.now() - Date.parse(view.down_reason.at)).toBeLessThan(10_000);
     // A healthy backend shows no reason.
     expect(await page.locator(`${rowOf(stack.backends[0].address)} [data-field="down-reason"]`).textContent()).toBe('');
+    await mkdir(ARTIFACTS, { recursive: true });
+    await page.screenshot({ path: join(ARTIFACTS, 'status-page-down.png'), fullPage: true });
   });
 });

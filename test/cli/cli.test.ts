@@ -517,6 +517,12 @@ services:
     // Only commands a Debian machine has: no nc; the raw TCP line is bash's /dev/tcp, and it works.
     const banner = output().slice(output().indexOf('fulcrum demo is running'));
     expect(banner).not.toMatch(/^\s*nc /m);
+    // Every line it suggests starts with a command this machine has (or is a URL to open).
+    const suggested = banner.split('\n').filter((l) => /^  \S/.test(l)).map((l) => l.trim().split(/\s/)[0]);
+    expect(suggested.length).toBeGreaterThan(5);
+    for (const word of suggested.filter((w) => !w.startsWith('http://'))) {
+      expect(execFileSync('bash', ['-c', `type -t ${word} || echo missing`], { encoding: 'utf8', cwd: ROOT }).trim(), word).toMatch(/^(file|keyword|builtin)$/);
+    }
     const tcpLine = banner.split('\n').map((l) => l.trim()).find((l) => l.startsWith('bash -c'));
     expect(tcpLine, banner).toBeDefined();
     expect(execFileSync('bash', ['-c', tcpLine!], { encoding: 'utf8', timeout: 10_000 })).toMatch(/^tcp-backend-1 \(.*\) here; type a line/);
@@ -529,7 +535,7 @@ services:
     expect(tokenFile, banner).toBeDefined();
     expect(statSync(tokenFile!).mode & 0o777).toBe(0o600);
     const token = readFileSync(tokenFile!, 'utf8').trim();
-    expect(banner).toContain(`http://${HOST}:${p[5]}/#token=${token}`);
+    expect(banner).toContain(`  http://${HOST}:${p[5]}/#token=${token}`);
     const drain = await fulcrum(['ctl', '--config', copy!, 'state', 'web', `${HOST}:${p[1]}`, 'drain']);
     expect(drain.stderr).toBe('');
     expect(drain.code).toBe(0);

@@ -100,7 +100,7 @@ export class LogOutput implements pino.DestinationStream {
     this.writeAt(line, stampedAt);
   }
 
-  /** A line logged at `at` (epoch ms), by this thread or another. */
+  /** A line logged at `at` (epoch ms), by this thread or another (the pool: per line of a worker's batch). */
   writeAt(line: string, at: number): void {
     this.#pending.push({ at, line });
     this.#arm();
@@ -182,6 +182,7 @@ export class LineForwarder implements pino.DestinationStream {
     this.#send = send;
   }
 
+  /** pino's call, once per line the thread logs: per closed connection with logging.connections. */
   write(line: string): void {
     this.#lines.push(line);
     this.#at.push(stampedAt);

@@ -13,6 +13,9 @@ COPY src ./src
 # The image's own Node 24 runs the build (not `npm run`: with --ignore-scripts the pinned `node`
 # package has no binary, and the image does not need a second Node).
 # The relay is compiled against the image's own Node headers (/usr/local/include/node).
+# The context has no .git: `docker build --build-arg FULCRUM_COMMIT=$(git rev-parse --short=12 HEAD)`
+# records the commit for `fulcrum --version` and fulcrum_build_info (build/version.ts).
+ARG FULCRUM_COMMIT=
 RUN node build/asc.ts && node build/relay.ts && test -f build/out/relay.node \
     && node node_modules/typescript/bin/tsc -p tsconfig.json --noEmit
 

@@ -81,7 +81,7 @@ export function setLogFormat(logger: Logger, format: LogFormat): void {
  */
 export class LogOutput implements pino.DestinationStream {
   format: LogFormat = 'json';
-  readonly #out: pino.DestinationStream & { flush?(cb?: (err?: Error) => void): void; flushSync?(): void };
+  readonly #out: pino.DestinationStream & { flush?(cb?: (err?: Error) => void): void };
   readonly #now: () => number;
   readonly #hold: number;
   /** Lines waiting, in arrival order; drain sorts them (stable: one thread's lines keep their order). */
@@ -100,7 +100,7 @@ export class LogOutput implements pino.DestinationStream {
     this.writeAt(line, stampedAt);
   }
 
-  /** A line logged at `at` (epoch ms), by this thread or another. */
+  /** A line logged at `at` (epoch ms), by this thread or another (the pool: per line of a worker's batch). */
   writeAt(line: string, at: number): void {
     this.#pending.push({ at, line });
     this.#arm();
@@ -117,17 +117,21 @@ export class LogOutput implements pino.DestinationStream {
 
   /** Writes, in time order, every line logged at least `hold` before `now` (all of them with Infinity). */
   drain(now: number = this.#now()): void {
+    const chunk = this.take(now);
+    if (chunk !== '') this.#out.write(chunk);
+    if (this.#pending.length > 0) this.#arm();
+  }
+
+  /** Removes the lines drain(now) would write and returns them, in time order and in the format set. */
+  take(now: number): string {
     const pending = this.#pending;
-    if (pending.length === 0) return;
+    if (pending.length === 0) return '';
     pending.sort((a, b) => a.at - b.at);
     const due = now === Infinity ? pending.length : countDue(pending, now - this.#hold);
-    if (due > 0) {
-      let chunk = '';
-      for (let i = 0; i < due; i++) chunk += this.format === 'text' ? formatText(pending[i].line) : pending[i].line;
-      this.#pending = due === pending.length ? [] : pending.slice(due);
-      this.#out.write(chunk);
-    }
-    if (this.#pending.length > 0) this.#arm();
+    let chunk = '';
+    for (let i = 0; i < due; i++) chunk += this.format === 'text' ? formatText(pending[i].line) : pending[i].line;
+    this.#pending = due === pending.length ? [] : pending.slice(due);
+    return chunk;
   }
 
   /** Writes everything now (a stop: no more lines are coming), then flushes the stream (pino's logger.flush). */
@@ -135,11 +139,6 @@ export class LogOutput implements pino.DestinationStream {
     this.drain(Infinity);
     if (this.#out.flush) this.#out.flush(cb);
     else cb?.();
-  }
-
-  flushSync(): void {
-    this.drain(Infinity);
-    this.#out.flushSync?.();
   }
 }
 
@@ -152,11 +151,17 @@ function countDue(lines: readonly { at: number }[], until: number): number {
 
 let processOutput: LogOutput | undefined;
 
-/** This process's LogOutput on stdout, made at first use; what is waiting is written when the process exits. */
+/**
+ * This process's LogOutput on stdout, made at first use. Its writes are synchronous: one write per
+ * drain (every LOG_BATCH_MS while lines wait, all threads' lines together), so they cost little,
+ * and what was written is on stdout, in order, when the process exits (an asynchronous stream can
+ * still have a write in flight then, which the lines written at exit would pass). What still
+ * waits when the process exits is written then.
+ */
 export function logOutput(): LogOutput {
   if (processOutput === undefined) {
-    const out = new LogOutput(pino.destination({ dest: 1, sync: false }));
-    process.on('exit', () => out.flushSync());
+    const out = new LogOutput(pino.destination({ dest: 1, sync: true }));
+    process.on('exit', () => out.drain(Infinity));
     processOutput = out;
   }
   return processOutput;
@@ -177,6 +182,7 @@ export class LineForwarder implements pino.DestinationStream {
     this.#send = send;
   }
 
+  /** pino's call, once per line the thread logs: per closed connection with logging.connections. */
   write(line: string): void {
     this.#lines.push(line);
     this.#at.push(stampedAt);

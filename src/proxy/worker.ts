@@ -37,7 +37,7 @@ const log: Logger = createLogger(init.logging.level as 'info', destination).chil
 
 const engine = instantiateEngine(init.module, init.memory, init.workerId);
 
-// One JSON line per closed connection (HAProxy's option tcplog) while logging.connections is on;
+// One line per closed connection (HAProxy's option tcplog) while logging.connections is on;
 // the function is made once, and a reload switches it in or out (setLogging).
 const logConnection = (rec: CloseRecord): void => log.info(rec, CONNECTION_LOG_MSG);
 

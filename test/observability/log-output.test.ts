@@ -3,6 +3,7 @@
  * time order (with an injected clock), and LineForwarder's batches with the time of each line.
  * The same pieces in a running fulcrum: log-order.test.ts.
  */
+import { spawnSync } from 'node:child_process';
 import { afterEach, describe, expect, it } from 'vitest';
 import { createLogger, formatText, LineForwarder, LOG_BATCH_MS, LOG_HOLD_MS, LogOutput, setLogFormat, writeLine } from '../../src/observability/log.ts';
 import { waitFor } from '../helpers/net.ts';
@@ -96,6 +97,29 @@ describe('LogOutput', () => {
     expect(written[0]).toMatch(/ INFO  from another thread component=t$/);
     expect(written[1]).toMatch(/^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3} INFO  one n=1$/);
     expect(written[2]).toMatch(/^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3} INFO  two n=2$/);
+  });
+});
+
+describe('the process output (logOutput)', () => {
+  it('writes the lines still held when the process exits, in order, after what the stream had', () => {
+    const log = new URL('../../src/observability/log.ts', import.meta.url).pathname;
+    const script = `
+      const { createLogger, setLogFormat, writeLine } = await import(${JSON.stringify(log)});
+      const logger = createLogger('info');
+      logger.info('first');
+      // Written and flushed to the stream; then two more are held (one "from another thread", older).
+      await new Promise((r) => logger.flush(r));
+      logger.info({ n: 2 }, 'second');
+      writeLine(logger, JSON.stringify({ level: 40, time: new Date(Date.now() - 5).toISOString(), msg: 'older, from a worker' }) + '\\n', Date.now() - 5);
+      setLogFormat(logger, 'text');
+      process.exit(3);`;
+    const r = spawnSync(process.execPath, ['--input-type=module', '-e', script], { encoding: 'utf8' });
+    expect(r.status, r.stderr).toBe(3);
+    const out = r.stdout.split('\n').filter(Boolean);
+    expect(out).toHaveLength(3);
+    expect(JSON.parse(out[0])).toMatchObject({ msg: 'first', app: 'fulcrum' }); // written as JSON before the switch
+    expect(out[1]).toMatch(/^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3} WARN  older, from a worker$/);
+    expect(out[2]).toMatch(/ INFO  second n=2$/);
   });
 });
 

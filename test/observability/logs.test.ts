@@ -1,6 +1,6 @@
 /**
- * The log lines operators read, from a real `fulcrum run` process (workers log from their own
- * threads straight to stdout, so the test reads the process's stdout): one JSON line per closed
+ * The log lines operators read, from a real `fulcrum run` process (the test reads its stdout, where
+ * the main thread writes every thread's lines: observability/log.ts): one JSON line per closed
  * connection with the tcplog fields and the right termination reason, and one line per backend
  * state transition with from, to and cause.
  */
@@ -104,7 +104,7 @@ describe('connection and transition log lines', () => {
     const aAddr = `${CLIENT}:${a.localPort}`;
     a.destroy();
     expected.push({ service: 'web', reason: 'client_closed', client: aAddr, bytes_in: 6, bytes_out: 9, backend: named.address });
-    // Lines are batched per worker, but a light-traffic line still shows within about a second.
+    // Lines are batched per worker and held to be written in time order, but show within a second.
     await waitFor(() => stdout.includes(`"client":"${aAddr}"`), 3000, 'the connection line while fulcrum runs');
 
     // server_closed

@@ -85,23 +85,34 @@ export function capabilityNeeds(config: Config, portStart: number): CapabilityNe
 
 /**
  * The capabilities `ip` holds when this process runs it: `ip -batch -` waits on stdin while its
- * /proc status is read (Node's spawn returns once the exec has happened). Rejects when `ip`
- * cannot be run.
+ * /proc status is read (Node's spawn returns once the exec has happened; `name`, the process name
+ * the status must show, covers a command that execs the probed one in turn: tests run it through
+ * setpriv). Rejects when the command cannot be run.
  */
-export function childCapabilities(command = 'ip', args = ['-batch', '-']): Promise<ProcessCapabilities> {
+export function childCapabilities(command = 'ip', args = ['-batch', '-'], name = 'ip'): Promise<ProcessCapabilities> {
   return new Promise((resolve, reject) => {
     const child = spawn(command, args, { stdio: ['pipe', 'ignore', 'ignore'] });
     child.once('error', reject);
     child.once('spawn', () => {
-      let caps: ProcessCapabilities | undefined;
-      let error: unknown;
-      try {
-        caps = parseStatus(readFileSync(`/proc/${child.pid}/status`, 'utf8'));
-      } catch (err) {
-        error = err;
-      }
-      child.once('close', () => (caps ? resolve(caps) : reject(error)));
-      child.stdin?.end();
+      const deadline = Date.now() + 2000;
+      const read = (): void => {
+        let status: string;
+        try {
+          status = readFileSync(`/proc/${child.pid}/status`, 'utf8');
+        } catch (err) {
+          child.stdin?.end();
+          reject(err);
+          return;
+        }
+        if (!new RegExp(`^Name:\\s*${name}$`, 'm').test(status) && Date.now() < deadline) {
+          setTimeout(read, 5);
+          return;
+        }
+        const caps = parseStatus(status);
+        child.once('close', () => resolve(caps));
+        child.stdin?.end();
+      };
+      read();
     });
   });
 }

@@ -99,7 +99,10 @@ export function systemdNotifier(logger: Logger, env: NodeJS.ProcessEnv = process
   const log = logger.child({ component: 'notify' });
   const { via, send } = sender(socketPath, env, log);
   let failed = false;
+  // After STOPPING=1 only MAINPID may follow: a reload that ends during the stop says nothing.
+  let stopping = false;
   const notify = (message: string): void => {
+    if (stopping && !message.startsWith('MAINPID=')) return;
     send(message).then(() => void (failed = false), (err: Error) => {
       // Once per run of failures: a watchdog tick that fails would otherwise log every few seconds.
       if (failed) return;
@@ -127,6 +130,7 @@ export function systemdNotifier(logger: Logger, env: NodeJS.ProcessEnv = process
     stopping: () => {
       clearInterval(timer);
       notify('STOPPING=1');
+      stopping = true;
     },
     mainPid: (pid = process.pid) => {
       notify(`MAINPID=${pid}`);

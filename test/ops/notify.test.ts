@@ -15,6 +15,8 @@ import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { connectClient, freePort, readLine, waitFor } from '../helpers/net.ts';
 import { haveBinary } from '../helpers/netns.ts';
+import { createLogger } from '../../src/observability/log.ts';
+import { systemdNotifier } from '../../src/ops/notify.ts';
 
 const ROOT = fileURLToPath(new URL('../..', import.meta.url));
 const BIN = join(ROOT, 'bin', 'fulcrum');
@@ -197,4 +199,28 @@ describe.skipIf(!haveBinary('python3'))('sd_notify (NOTIFY_SOCKET)', () => {
       }
     });
   }
+
+  it('a process that takes over (fulcrum upgrade) names itself with MAINPID and only then feeds the watchdog meant for the old one', async () => {
+    const address = join(tmp, 'takeover.sock');
+    const messages = await receiver(address);
+    // systemd set WATCHDOG_PID to the process it started, not this one.
+    const notifier = systemdNotifier(createLogger('silent'), { ...process.env, NOTIFY_SOCKET: address, WATCHDOG_USEC: '100000', WATCHDOG_PID: '1' })!;
+    try {
+      expect(notifier.via).toBe(process.env.FULCRUM_RELAY === 'off' ? 'systemd-notify' : 'relay');
+      notifier.ready();
+      await waitFor(() => count(messages, 'READY=1') === 1, 5000, 'READY=1');
+      expect(count(messages, 'WATCHDOG=1')).toBe(0);
+      notifier.mainPid();
+      await waitFor(() => count(messages, 'WATCHDOG=1') >= 3, 5000, 'WATCHDOG=1 once this process is the main one');
+      expect(messages[1].msg).toBe(`MAINPID=${process.pid}`);
+      // The old process, handing over, stops feeding it and says nothing more.
+      notifier.close();
+      const fed = count(messages, 'WATCHDOG=1');
+      notifier.stopping();
+      await waitFor(() => count(messages, 'STOPPING=1') === 1, 5000, 'STOPPING=1');
+      expect(count(messages, 'WATCHDOG=1')).toBe(fed);
+    } finally {
+      notifier.close();
+    }
+  });
 });

@@ -28,9 +28,13 @@ export const COMMANDS: Record<string, Command> = {
     options: configOption,
     async run(values) {
       const file = requireConfig(values);
-      const [{ loadConfig }, { startFulcrum }] = await Promise.all([import('./config/load.ts'), import('./main.ts')]);
+      const [{ loadConfig }, { startFulcrum }, caps] = await Promise.all([import('./config/load.ts'), import('./main.ts'), import('./ops/capabilities.ts')]);
+      const config = loadConfig(file);
+      // A missing capability is named here, with what needs it, before anything starts.
+      const warning = caps.uncertainWarning((await caps.requireCapabilities(config)).uncertain);
+      if (warning) process.stderr.write(`fulcrum run: warning: ${warning}\n`);
       // Signals are installed the moment the listeners are bound: from then on SIGTERM means a graceful stop.
-      const handle = await startFulcrum(loadConfig(file), { configFile: file, signals: true });
+      const handle = await startFulcrum(config, { configFile: file, signals: true, notify: true });
       await handle.stopped;
       await new Promise<void>((resolve) => handle.logger.flush(() => resolve()));
       return 0;
@@ -48,6 +52,11 @@ export const COMMANDS: Record<string, Command> = {
       await (await import('./control/preflight.ts')).preflight(config, file);
       // The speaker's binaries are part of what the bgp section asks for: a missing one is named here.
       if (config.bgp) (await import('./bgp/index.ts')).checkSpeakerBinaries(config.bgp);
+      // Secret files, capabilities, an admin API beyond loopback (src/ops/check.ts).
+      const { problems, notes } = await (await import('./ops/check.ts')).checkRuntime(config);
+      for (const p of problems) process.stderr.write(`fulcrum check: [${p.code}] ${p.message}\n`);
+      if (problems.length > 0) return 1;
+      for (const note of notes) process.stdout.write(`${note}\n`);
       process.stdout.write(`${file}: config OK\n`);
       return 0;
     },

@@ -39,6 +39,7 @@ import { WorkerPool } from './proxy/pool.ts';
 import { buildServiceTable } from './proxy/table.ts';
 import { createSharedMemory } from './shm/layout.ts';
 import { startOperationsFor, type Operations } from './admin/index.ts';
+import { systemdNotifier, type Notifier } from './ops/notify.ts';
 
 export type { FulcrumEvents } from './events.ts';
 
@@ -56,6 +57,12 @@ export interface StartOptions {
   signals?: boolean;
   /** false: do not start src/admin's operations (tests that start them with stand-ins). */
   operations?: boolean;
+  /**
+   * Under systemd ($NOTIFY_SOCKET, src/ops/notify.ts): READY=1 once every listener is bound and
+   * the first health round is done, RELOADING=1/READY=1 around SIGHUP, STOPPING=1, the watchdog
+   * fed. `fulcrum run` sets it.
+   */
+  notify?: boolean;
 }
 
 export interface FulcrumHandle {
@@ -79,6 +86,8 @@ export interface FulcrumHandle {
   readonly control: ReloadSequence;
   /** Metrics and the admin server; null with `operations: false`. */
   readonly ops: Operations | null;
+  /** systemd's notify socket (options.notify, when $NOTIFY_SOCKET is set), else null. */
+  readonly notifier: Notifier | null;
   /** Applies a validated config as a difference; resolves with listeners that could not be bound. */
   reload(next: Config): Promise<ListenProblem[]>;
   /** Re-sends the service table to the workers: call after balancer.addBackend / removeBackend. */
@@ -95,6 +104,8 @@ export async function startFulcrum(initial: Config, options: StartOptions = {}):
   const log = logger.child({ component: 'main' });
   // Before the workers open sockets in this process's descriptor table (src/open-files.ts).
   raiseOpenFilesLimit(log);
+  // The watchdog is fed from here on: a start that hangs is a hung service too.
+  const notifier = options.notify ? systemdNotifier(logger) : null;
   const events = new EventEmitter<FulcrumEvents>();
 
   // ── the engine and the balancer ───────────────────────────────────────────
@@ -179,6 +190,7 @@ export async function startFulcrum(initial: Config, options: StartOptions = {}):
     if (stopping !== null) return stopping;
     const grace = sequence.config.shutdown_grace;
     log.info({ reason, grace_ms: grace }, 'stopping: no new connections, open ones get the grace period');
+    notifier?.stopping();
     health.stop();
     discovery.stop();
     stopping = (async () => {
@@ -209,6 +221,7 @@ export async function startFulcrum(initial: Config, options: StartOptions = {}):
     logger,
     control: sequence,
     ops: null as Operations | null,
+    notifier,
     reload: (next: Config) => sequence.apply(next),
     syncServices: () => sequence.syncServices(),
     stop,
@@ -222,6 +235,9 @@ export async function startFulcrum(initial: Config, options: StartOptions = {}):
     return d.length > 0 ? { discovery: d } : {};
   };
   if (options.operations !== false) handle.ops = await startOperationsFor(handle, { status: discoveryStatus });
+  // Every listener (services, admin) is bound; READY=1 once every backend has had its first
+  // probe too (each bounded by its timeout), unless a stop came first.
+  if (notifier) void health.firstRound(true).then(() => stopping === null && notifier.ready());
   return handle;
 }
 
@@ -245,5 +261,5 @@ function installSignalHandlers(handle: FulcrumHandle): void {
   };
   process.on('SIGTERM', onStop);
   process.on('SIGINT', onStop);
-  handle.control.installSignalHandler();
+  handle.control.installSignalHandler(handle.notifier ?? undefined);
 }

@@ -162,6 +162,20 @@ const WILDCARDS = new Set(['0.0.0.0', '::']);
 const isLoopback = (host: string): boolean => host === 'localhost' || host === '::1' || (isIP(host) === 4 && host.startsWith('127.'));
 
 /**
+ * What an admin listen address beyond loopback means, or undefined on loopback: `note` for
+ * `fulcrum check`, `warning` (reads served without a token) for the log at start and reload and
+ * for `fulcrum check` alike.
+ */
+export function adminExposure(listen: { host: string; port: number }, authReads: boolean): { note: string; warning?: string } | undefined {
+  if (isLoopback(listen.host)) return undefined;
+  return {
+    note: `admin API listens on ${formatHostPort(listen)}, beyond loopback${authReads ? ' (reads and changes need the token)' : ''}`,
+    warning: authReads ? undefined
+      : 'admin API listens beyond loopback and serves reads (services, backends, metrics) without a token: set admin.auth_reads: true with admin.token_file, or listen on 127.0.0.1',
+  };
+}
+
+/**
  * The host names a request's `Host` header may carry (lower case, without port): the listen
  * address, the loopback aliases, and `admin.allowed_hosts`. A wildcard listen address admits any
  * IP literal too (which local address a client used is not known here); a DNS rebinding attack
@@ -228,9 +242,8 @@ export class AdminServer {
 
   /** At start and when a reload opens reads: beyond loopback, reads without a token are everyone's. */
   #warnIfOpen(listen: { host: string; port: number }, authReads: boolean): void {
-    if (isLoopback(listen.host) || authReads) return;
-    this.#log.warn({ listen: formatHostPort(listen) },
-      'admin API listens beyond loopback and serves reads (services, backends, metrics) without a token: set admin.auth_reads: true with admin.token_file, or listen on 127.0.0.1');
+    const warning = adminExposure(listen, authReads)?.warning;
+    if (warning) this.#log.warn({ listen: formatHostPort(listen) }, warning);
   }
 
   /** The address actually bound (port 0 resolved). */

@@ -140,11 +140,19 @@ export class ReloadSequence {
     return this.#serialized(() => this.#reloadFileNow(trigger, file));
   }
 
-  /** Reloads the file on SIGHUP (errors are logged, never thrown). Returns the function that removes the handler. */
-  installSignalHandler(): () => void {
+  /**
+   * Reloads the file on SIGHUP (errors are logged, never thrown). `around` is told when a reload
+   * begins and when it has ended, applied or refused (systemd's RELOADING=1 … READY=1:
+   * src/ops/notify.ts). Returns the function that removes the handler.
+   */
+  installSignalHandler(around?: { reloading(): void; ready(): void }): () => void {
     const onHup = (): void => {
-      if (this.file === undefined) this.#log.warn('SIGHUP: no config file to reload');
-      else this.reloadFile('SIGHUP').catch(() => undefined);
+      if (this.file === undefined) {
+        this.#log.warn('SIGHUP: no config file to reload');
+        return;
+      }
+      around?.reloading();
+      this.reloadFile('SIGHUP').catch(() => undefined).finally(() => around?.ready());
     };
     process.on('SIGHUP', onHup);
     return () => process.off('SIGHUP', onHup);

@@ -136,6 +136,8 @@ export class HealthMonitor extends EventEmitter<HealthEvents> {
   readonly #admin: AdminStates | undefined;
   /** firstRound() callers, resolved when no backend of a service that routes by role is pending. */
   readonly #roundWaiters: Array<() => void> = [];
+  /** firstRound(true) callers (systemd's READY=1), resolved when no backend at all is pending. */
+  readonly #everyWaiters: Array<() => void> = [];
   #stopped = false;
   /** Probes skipped since the last log line about them (#skip). */
   #skipped = 0;
@@ -200,6 +202,7 @@ export class HealthMonitor extends EventEmitter<HealthEvents> {
         this.#thread.forget(key);
       }
     }
+    this.#checkRound();
   }
 
   /** The backend's admin state changed: asks its owner. Maint stops probing; leaving maint probes at once, and that result decides. */
@@ -227,6 +230,7 @@ export class HealthMonitor extends EventEmitter<HealthEvents> {
     t.pending = false;
     t.dampener.force('down');
     this.#emitTransition(t, false, `passive: ${n} consecutive connect failure${n === 1 ? '' : 's'} in the data plane`, false);
+    this.#checkRound();
     return true;
   }
 
@@ -249,11 +253,12 @@ export class HealthMonitor extends EventEmitter<HealthEvents> {
    * Resolves once every backend of a service that routes by role (not in maint) has had its first
    * probe result, or the monitor stopped. Each probe is bounded by its timeout, so this is too:
    * start-up awaits it before the listeners open, so the first clients find the primary rather
-   * than no eligible backend.
+   * than no eligible backend. `every`: every backend probed (not in maint), whatever its
+   * service routes by — what systemd's READY=1 waits for (src/ops/notify.ts).
    */
-  firstRound(): Promise<void> {
+  firstRound(every = false): Promise<void> {
     return new Promise((resolve) => {
-      this.#roundWaiters.push(resolve);
+      (every ? this.#everyWaiters : this.#roundWaiters).push(resolve);
       this.#checkRound();
     });
   }
@@ -307,11 +312,13 @@ export class HealthMonitor extends EventEmitter<HealthEvents> {
   }
 
   #checkRound(): void {
-    if (this.#roundWaiters.length === 0) return;
-    if (!this.#stopped) {
-      for (const t of this.#tracked.values()) if (t.pending && !t.maint && routedRole(t.health) !== null) return;
-    }
-    for (const w of this.#roundWaiters.splice(0)) w();
+    const pending = (routedOnly: boolean): boolean => {
+      if (this.#stopped) return false;
+      for (const t of this.#tracked.values()) if (t.pending && !t.maint && (!routedOnly || routedRole(t.health) !== null)) return true;
+      return false;
+    };
+    if (this.#roundWaiters.length > 0 && !pending(true)) for (const w of this.#roundWaiters.splice(0)) w();
+    if (this.#everyWaiters.length > 0 && !pending(false)) for (const w of this.#everyWaiters.splice(0)) w();
   }
 
   #add(service: string, address: string, target: HostPort, health: HealthConfig, backup: boolean): void {

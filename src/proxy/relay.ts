@@ -35,7 +35,7 @@ export {
 } from '../shm/layout.ts';
 
 /** The relay's interface version (its functions and their arguments); relay.c's RELAY_VERSION. */
-export const RELAY_VERSION = 3;
+export const RELAY_VERSION = 4;
 
 export interface RelayBinding {
   init(stats: Float64Array, events: Int32Array, onEvents: (n: number) => void): void;
@@ -66,6 +66,11 @@ export interface RelayBinding {
    * TCP_KEEPCNT, SO_LINGER on and seconds, local port, peer port. Any fd; tests and diagnosis.
    */
   socketOptions(fd: number, out: Int32Array): number;
+  /**
+   * One datagram to an AF_UNIX socket (sd_notify: socketPath is $NOTIFY_SOCKET, "@name" abstract):
+   * 0 or a negative errno. Needs no init(); src/ops/notify.ts calls it on the main thread.
+   */
+  notify(socketPath: string, message: string): number;
   /** What it was built with: the layout constants, nodeAbi, and nodeVersion (a string). */
   constants(): Record<string, number> & { nodeVersion?: string };
 }

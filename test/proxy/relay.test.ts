@@ -11,7 +11,7 @@ import { join } from 'node:path';
 import { getSystemErrorName } from 'node:util';
 import { describe, expect, it } from 'vitest';
 import type { Socket } from 'node:net';
-import { formatAddress, loadRelay, RELAY_EVENTS, RELAY_PATH, EV_FIELDS, STAT_FIELDS, type RelayBinding } from '../../src/proxy/relay.ts';
+import { formatAddress, loadRelay, RELAY_EVENTS, RELAY_VERSION, RELAY_PATH, EV_FIELDS, STAT_FIELDS, type RelayBinding } from '../../src/proxy/relay.ts';
 import { compileRelay } from '../../build/relay.ts';
 import { connectClient, readLine, startEchoServer, waitFor } from '../helpers/net.ts';
 
@@ -37,7 +37,7 @@ describe('loadRelay', () => {
     const out = join(dir, 'relay.node');
     try {
       expect(compileRelay(out, ['RELAY_VERSION=99'])).toEqual({ ok: true });
-      expect(loadRelay({}, out)).toBe(`${out} was built from another relay.c (version 99 ≠ 3): run npm run build`);
+      expect(loadRelay({}, out)).toBe(`${out} was built from another relay.c (version 99 ≠ ${RELAY_VERSION}): run npm run build`);
     } finally {
       rmSync(dir, { recursive: true, force: true });
     }

@@ -625,6 +625,47 @@ static napi_value js_socket_options(napi_env env, napi_callback_info info) {
   return int_value(env, 0);
 }
 
+/*
+ * notify(socketPath: string, message: string) → 0 or a negative errno: one datagram on an
+ * AF_UNIX socket, the sd_notify protocol ($NOTIFY_SOCKET; "@name" is an abstract name). Node's
+ * dgram has no AF_UNIX sockets. Called by src/ops/notify.ts on the main thread (needs no init()):
+ * at readiness, around reloads, at stop, and every half watchdog interval. Never blocks: a full
+ * receiver is -EAGAIN, the caller's to log.
+ */
+static napi_value js_notify(napi_env env, napi_callback_info info) {
+  napi_value path_v, message_v;
+  if (!args(env, info, NULL, "notify(socketPath: string, message: string)", "vv", &path_v, &message_v)) return NULL;
+  struct sockaddr_un addr;
+  memset(&addr, 0, sizeof(addr));
+  addr.sun_family = AF_UNIX;
+  char path[sizeof(addr.sun_path) + 1];
+  size_t plen;
+  if (napi_get_value_string_utf8(env, path_v, path, sizeof(path), &plen) != napi_ok) {
+    return throw_msg(env, "relay: notify(socketPath: string, message: string) expected");
+  }
+  if (plen < 2 || plen > sizeof(addr.sun_path) || (path[0] != '/' && path[0] != '@')) return int_value(env, -EINVAL);
+  memcpy(addr.sun_path, path, plen);
+  if (path[0] == '@') addr.sun_path[0] = 0; /* abstract: the length, not a NUL, ends the name */
+  socklen_t alen = (socklen_t)(offsetof(struct sockaddr_un, sun_path) + plen + (path[0] == '/'));
+  size_t mlen;
+  if (napi_get_value_string_utf8(env, message_v, NULL, 0, &mlen) != napi_ok) {
+    return throw_msg(env, "relay: notify(socketPath: string, message: string) expected");
+  }
+  char *message = malloc(mlen + 1);
+  if (message == NULL) return int_value(env, -ENOMEM);
+  napi_get_value_string_utf8(env, message_v, message, mlen + 1, &mlen);
+  int fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+  int rc = 0;
+  if (fd < 0) {
+    rc = -errno;
+  } else {
+    if (sendto(fd, message, mlen, MSG_NOSIGNAL, (struct sockaddr *)&addr, alen) < 0) rc = -errno;
+    close(fd);
+  }
+  free(message);
+  return int_value(env, rc);
+}
+
 /* constants(): what this build was compiled with, checked by relay.ts at load. */
 static napi_value js_constants(napi_env env, napi_callback_info info) {
   (void)info;
@@ -671,6 +712,7 @@ NAPI_MODULE_INIT() {
     {"closeFd", NULL, js_close_fd, NULL, NULL, NULL, napi_default, NULL},
     {"localAddress", NULL, js_local_address, NULL, NULL, NULL, napi_default, NULL},
     {"socketOptions", NULL, js_socket_options, NULL, NULL, NULL, napi_default, NULL},
+    {"notify", NULL, js_notify, NULL, NULL, NULL, napi_default, NULL},
     {"constants", NULL, js_constants, NULL, NULL, NULL, napi_default, NULL},
   };
   napi_define_properties(env, exports, sizeof(props) / sizeof(props[0]), props);

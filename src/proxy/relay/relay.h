@@ -3,7 +3,8 @@
  * per-worker relay, and what its three files give each other:
  *
  *   relay.c    the N-API surface: argument checks (one helper, args()), init, listen, connect,
- *              watch, stop, closeFd, localAddress, constants; the worker's teardown
+ *              watch, stop, closeFd, localAddress, constants, notify (sd_notify's datagram);
+ *              the worker's teardown
  *   loop.c     the event loop and the sessions: epoll wake, accept, connect completion, moving
  *              bytes both ways with backpressure and half-close, the events for JS, fd ownership
  *   handoff.c  the registry of relays (one per worker thread) and the hand-over of connections
@@ -31,6 +32,8 @@
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <sys/socket.h>
+#include <sys/un.h>
+#include <stddef.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -40,7 +43,7 @@
 
 /* Keep in step with relay.ts (checked there against constants()). */
 #ifndef RELAY_VERSION /* tests build a relay of another version to see it refused */
-#define RELAY_VERSION 3
+#define RELAY_VERSION 4
 #endif
 /* Built with AddressSanitizer (build/relay.ts --sanitize): constants().sanitized says so, and
    transport-relay.ts then hands it only buffers of their own allocation (an over-read is caught). */

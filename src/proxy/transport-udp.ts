@@ -30,7 +30,7 @@ import { createSocket, type RemoteInfo, type Socket } from 'node:dgram';
 import { lookup } from 'node:dns/promises';
 import { isIP } from 'node:net';
 import {
-  BACKEND_DRAIN, BACKEND_UP, backendAddr, B_STATE, SC_DGRAMS_IN, SC_DGRAMS_OUT, SC_DROP_LIMIT, SC_DROP_NO_BACKEND,
+  BACKEND_DRAIN, BACKEND_UP, backendAddr, B_STATE, BC_DGRAMS_IN, BC_DGRAMS_OUT, BC_DROP_OVERSIZED, BC_DROP_UNREACHABLE, SC_DGRAMS_IN, SC_DGRAMS_OUT, SC_DROP_LIMIT, SC_DROP_NO_BACKEND,
   SC_DROP_OVERSIZED, SC_DROP_UNREACHABLE, TERM_BACKEND_DOWN, TERM_CONNECT_FAILED, TERM_NO_BACKEND, TERM_QUEUE_FULL, TERM_SERVER_CLOSED, TERM_SHUTDOWN,
 } from '../shm/layout.ts';
 import { LOCAL_ERRORS } from '../local-errors.ts';
@@ -207,6 +207,7 @@ export class UdpTransport implements Transport {
     s.bytesIn += msg.length;
     s.datagramsIn++;
     f64[s.svc!.scBase + SC_DGRAMS_IN] += 1;
+    f64[s.bcBase + BC_DGRAMS_IN] += 1;
     const up = s.upstream!;
     s.last = msg;
     if (s.header === null) up.send(msg);
@@ -216,14 +217,17 @@ export class UdpTransport implements Transport {
   /** HOT: once per datagram from a flow's backend: to the client, from the listening socket. */
   private reply(s: UdpSession, msg: Buffer): void {
     const rt = s.svc!;
+    const f64 = this.f64;
     if (msg.length > rt.entry.udp.max_datagram) {
-      this.f64[rt.scBase + SC_DROP_OVERSIZED] += 1;
+      f64[rt.scBase + SC_DROP_OVERSIZED] += 1;
+      f64[s.bcBase + BC_DROP_OVERSIZED] += 1;
       return;
     }
     s.lastActive = this.core.clock;
     s.bytesOut += msg.length;
     s.datagramsOut++;
-    this.f64[rt.scBase + SC_DGRAMS_OUT] += 1;
+    f64[rt.scBase + SC_DGRAMS_OUT] += 1;
+    f64[s.bcBase + BC_DGRAMS_OUT] += 1;
     s.listener!.socket.send(msg, s.clientPort, s.clientIp);
     const responses = rt.entry.udp.responses;
     if (responses > 0 && ++s.replies >= responses) this.core.end(s, TERM_SERVER_CLOSED);
@@ -249,7 +253,10 @@ export class UdpTransport implements Transport {
       this.core.end(s, TERM_CONNECT_FAILED);
       return;
     }
-    if (code === 'ECONNREFUSED') this.f64[s.svc!.scBase + SC_DROP_UNREACHABLE] += 1;
+    if (code === 'ECONNREFUSED') {
+      this.f64[s.svc!.scBase + SC_DROP_UNREACHABLE] += 1;
+      this.f64[s.bcBase + BC_DROP_UNREACHABLE] += 1;
+    }
     const last = s.last;
     if (last !== null) {
       // Sent again once the flow is connected to its next backend (if the core retries).

@@ -33,7 +33,7 @@
  *    │ slots this worker holds now (one writer: its worker); on a worker's death the    │
  *    │ control plane subtracts them from S_ACTIVE / S_QUEUED / B_ACTIVE (`reclaim`)     │
  *    ├──────────── service counters: MAX_WORKERS × MAX_SERVICES × 24 × f64 ──────┤
- *    ├──────────── backend counters: MAX_WORKERS × MAX_BACKENDS × 8 × f64 ───────┤
+ *    ├──────────── backend counters: MAX_WORKERS × MAX_BACKENDS × 16 × f64 ──────┤
  *    │ one writer per slot (its worker, plain stores); the control plane sums     │
  *    ├──────────── build scratch: MAX_MEMBERS × 16 B (control plane only) ────────┤
  *    │ one record per eligible backend while a ring is built (tier.ts fills it):  │
@@ -70,9 +70,10 @@ export const MAGIC = 0x434c5546;
  * (one per service, after the rings), S_BALANCE_FACTOR and B_MEMBER_POS. 7: the UDP counters (service
  * counters 18–23), SC_QUEUED_NO_BACKEND (24; SERVICE_COUNTERS 24 → 32, 25–31 reserved), and a
  * rebuild bumps S_RELEASE_SEQ (and notifies it) while connections are queued, so connections
- * waiting for a backend (queue.when_down) see one come up.
+ * waiting for a backend (queue.when_down) see one come up. 8: BACKEND_COUNTERS 8 → 16, the UDP
+ * counters per backend (BC_DGRAMS_IN/OUT, BC_DROP_OVERSIZED/UNREACHABLE; 11–15 reserved).
  */
-export const LAYOUT_VERSION = 7;
+export const LAYOUT_VERSION = 8;
 
 export const PAGE = 65536;
 export const LAYOUT_BASE = PAGE;
@@ -270,7 +271,7 @@ export const TERM_BACKEND_DOWN = 7;
 export const TERM_QUEUE_FULL = 8;
 export const TERM_BAD_PROXY_HEADER = 9;
 
-export const BACKEND_COUNTERS = 8;
+export const BACKEND_COUNTERS = 16;
 export const BC_CONNECTIONS = 0; // sessions established to this backend
 export const BC_CONNECT_FAILURES = 1;
 export const BC_BYTES_IN = 2; // client → backend
@@ -278,6 +279,15 @@ export const BC_BYTES_OUT = 3; // backend → client
 export const BC_RETRIES = 4; // attempts that failed here and were redispatched
 export const BC_KILLED = 5; // sessions closed because the backend was marked down
 export const BC_CONNECT_TIME_MS = 6;
+// UDP flows to this backend (a flow is counted as a session: BC_CONNECTIONS when created, its bytes
+// in BC_BYTES_IN/OUT): the service's datagram counters and the drops a backend causes, per backend.
+export const BC_DGRAMS_IN = 7; // client → backend
+export const BC_DGRAMS_OUT = 8; // backend → client
+export const BC_DROP_OVERSIZED = 9; // a reply longer than udp.max_datagram
+export const BC_DROP_UNREACHABLE = 10; // a datagram answered by ICMP port unreachable
+/** The per-backend drop counters in order (BC_DROP_BASE + i), with the names metrics and the API give them. */
+export const UDP_BACKEND_DROP_REASONS = ['oversized', 'unreachable'] as const;
+export const BC_DROP_BASE = BC_DROP_OVERSIZED; // 11..15 reserved
 
 // ── engine return codes (negative results of acquire/reacquire) ─────────────
 export const PICK_SERVICE_FULL = -1; // service max_connections reached: queue

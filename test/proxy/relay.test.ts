@@ -37,7 +37,7 @@ describe('loadRelay', () => {
     const out = join(dir, 'relay.node');
     try {
       expect(compileRelay(out, ['RELAY_VERSION=99'])).toEqual({ ok: true });
-      expect(loadRelay({}, out)).toBe(`${out} was built from another relay.c (version 99 ≠ 3): run npm run build`);
+      expect(loadRelay({}, out)).toBe(`${out} was built from another relay.c (version 99 ≠ 4): run npm run build`);
     } finally {
       rmSync(dir, { recursive: true, force: true });
     }

@@ -136,6 +136,10 @@ afterAll(async () => {
 });
 
 describe('UDP services', () => {
+  it('run on the data path of the project: the relay\'s datagram path (relay/udp.c), or node:dgram with FULCRUM_RELAY=off', () => {
+    expect(proxy.pool.dataPath).toBe(process.env.FULCRUM_RELAY === 'off' ? 'javascript' : 'relay');
+  });
+
   it('1,000 client sockets × 100 datagrams: every reply matches, and with maglev each source keeps its backend', async () => {
     const SOCKETS = 1000;
     const DATAGRAMS = 100;

@@ -9,7 +9,7 @@ import path from 'node:path';
 import { parseArgs } from 'node:util';
 import { buildLoadgen, OUT_DIR } from './lib/loadgen.ts';
 import { fdLimits } from './lib/procfs.ts';
-import { nginxMissing, runUdpBench, udpTable, type UdpRun } from './lib/udp.ts';
+import { nginxMissing, runUdpBench, udpIdleFlowsFor, udpTable, type UdpRun } from './lib/udp.ts';
 
 const { values: flags } = parseArgs({
   options: {
@@ -21,8 +21,6 @@ const { values: flags } = parseArgs({
   },
 });
 const say = (msg: string) => process.stdout.write(`[udp ${new Date().toISOString().slice(11, 19)}] ${msg}\n`);
-/** What fits under the open-files limit: a socket per flow in the proxy, and one per flow in udpgen. */
-export const udpIdleFlows = (): number => Math.min(100_000, Math.floor(fdLimits().hard * 0.9) - 1000);
 
 const runs: UdpRun[] = [];
 const workers = flags.workers!.split(',').map(Number);
@@ -31,7 +29,7 @@ const missing = nginxMissing();
 if (missing) say(`nginx: ${missing} — fulcrum only`);
 await runUdpBench({
   workers, reps: flags.quick ? 1 : Number(flags.reps), durationS: flags.quick ? 2 : Number(flags.duration), warmupS: 0.5,
-  rrFlows: 256, churnFlows: 64, idleFlows: flags['idle-flows'] ? Number(flags['idle-flows']) : flags.quick ? 2000 : udpIdleFlows(),
+  rrFlows: 256, churnFlows: 64, idleFlows: flags['idle-flows'] ? Number(flags['idle-flows']) : flags.quick ? 2000 : udpIdleFlowsFor(fdLimits().hard),
   backendHost: '127.6.0.31', proxyHost: '127.6.1.2', source: '127.6.2.100', withNginx: missing === null, say,
   record: (r) => {
     runs.push(r);

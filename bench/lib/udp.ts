@@ -23,6 +23,9 @@ import { createSocket } from 'node:dgram';
 
 export type UdpTargetName = 'fulcrum' | 'nginx';
 
+/** Idle flows that fit under an open-files limit (a socket per flow in the proxy, and in udpgen), up to 100,000. */
+export const udpIdleFlowsFor = (fdLimit: number): number => Math.min(100_000, Math.floor(fdLimit * 0.9) - 1000);
+
 export interface UdpProxy {
   name: UdpTargetName;
   /** '', 'nobatch' (fulcrum with FULCRUM_UDP_BATCH=1) or 'js' (fulcrum's JavaScript path, node:dgram). */
@@ -150,9 +153,10 @@ export async function startUdpNginx(o: { workers: number; host: string; echo: st
 daemon off;
 worker_processes ${o.workers};
 worker_rlimit_nofile ${o.maxFlows * 2 + 1000};
+# a UDP session takes two connections (the client's, the upstream's)
 pid ${dir}/nginx.pid;
 error_log ${dir}/error.log warn;
-events { worker_connections ${o.maxFlows + 500}; }
+events { worker_connections ${o.maxFlows * 2 + 500}; }
 stream {
   upstream echo {
 ${o.echo.map((a) => `    server ${a};`).join('\n')}
@@ -265,7 +269,7 @@ export async function udpIdleRun(p: UdpProxy, o: { flows: number; source: string
   return {
     scenario: 'udp-idle', variant: p.variant, target: p.name, workers: p.workers, rep: o.rep,
     ok: est.ok === true, errors: Number(est.errors), corrupt: 0, cpuS: null,
-    metrics: { flows, rss_before: before, rss_after: after, bytes_per_flow: flows > 0 ? (after - before) / flows : NaN, open_ms: Number(est.ms) },
+    metrics: { flows, rss_before: before, rss_after: after, bytes_per_flow: flows > 0 ? (after - before) / flows : NaN, open_ms: Number(est.ms), lost: Number(est.lost) },
   };
 }
 

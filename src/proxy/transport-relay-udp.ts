@@ -145,11 +145,15 @@ export class RelayUdpTransport extends FlowTransport implements DatagramTranspor
     const s = this.pool.pop() ?? new RelayUdpSession(this);
     s.listener = l;
     s.pid = pid;
-    const familyPort = ev[at + EV_B];
-    const family = familyPort >>> 16;
-    s.clientIp = formatAddress(family, ev, at + EV_ADDR);
-    s.clientPort = familyPort & 0xffff;
-    s.clientFamily = family === 6 ? 'IPv6' : 'IPv4';
+    const e = l.ref.rt.entry;
+    if (e.hashed || e.send_proxy !== 'none' || this.core.ctx.onClose !== null) {
+      // Only what needs it pays for the text (the hash key, the PROXY header, the log line).
+      const familyPort = ev[at + EV_B];
+      const family = familyPort >>> 16;
+      s.clientIp = formatAddress(family, ev, at + EV_ADDR);
+      s.clientPort = familyPort & 0xffff;
+      s.clientFamily = family === 6 ? 'IPv6' : 'IPv4';
+    }
     s.datagramsIn = s.datagramsOut = 0;
     this.core.accepted(s, l.ref.rt);
   }

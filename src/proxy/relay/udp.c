@@ -31,8 +31,9 @@
 
 /* A datagram's room in the batch buffers: the largest UDP payload fits (65,507 over IPv4). */
 #define UDP_BUF 65536
-/* Datagrams a flow holds at most: while it waits for its first backend, or after an ICMP unreachable. */
-#define UDP_HELD_MAX 8
+/* Datagrams a flow holds at most while it waits for a backend (its first, or the next after an
+   ICMP unreachable): a whole batch from one client. Once sent, only the last is kept (keep_last). */
+#define UDP_HELD_MAX UDP_MAX_BATCH
 #define NO_SLOT UINT32_MAX
 
 typedef union {
@@ -64,7 +65,7 @@ typedef struct UFlow {
   uint8_t moved;     /* udpMove: the next datagram ends it and starts a new flow */
   uint8_t answered;  /* a reply came: the held datagrams are dropped, none kept from now */
   uint16_t hdr_len;
-  uint8_t nheld;
+  uint16_t nheld;
   uint8_t *hdr;      /* the PROXY v2 header, or NULL */
   Held *held, **held_tail;
 } UFlow;
@@ -186,6 +187,19 @@ static void drop_held(UFlow *f) {
   f->held = NULL;
   f->held_tail = &f->held;
   f->nheld = 0;
+}
+
+/*
+ * After the held datagrams went to a backend: only the last stays, for the next backend if this
+ * one answers ICMP unreachable (as the JavaScript path sends its last datagram again).
+ */
+static void keep_last(UFlow *f) {
+  while (f->held != NULL && f->held->next != NULL) {
+    Held *h = f->held;
+    f->held = h->next;
+    free(h);
+    f->nheld--;
+  }
 }
 
 /* Keeps a datagram for the flow's (next) backend: 1, or 0 if it holds its most already (or no memory). */
@@ -740,6 +754,7 @@ napi_value js_udp_connect(napi_env env, napi_callback_info info) {
     u->f64[f->bc + BC_DGRAMS_IN] += 1;
   }
   if (f->answered) drop_held(f);
+  else keep_last(f);
   return int_value(env, 0);
 }
 

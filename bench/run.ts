@@ -3,13 +3,14 @@
  * BENCHMARKS.md. See bench/lib/report.ts for what the report says and bench/lib/proxies.ts for how
  * the two proxies are configured alike.
  *
- *   node bench/run.ts [--quick] [--scenarios rr,churn,bulk,idle,redis] [--workers 1,2]
+ *   node bench/run.ts [--quick] [--scenarios rr,churn,bulk,idle,redis,udp] [--workers 1,2]
  *                     [--proxies fulcrum,haproxy] [--reps 3] [--install] [--no-profile]
  *                     [--out BENCHMARKS.md] [--report-only]
  *
  * Order of work: build the load generator; start the backends once; then for each thread count:
  * idle (fresh proxies per repetition), then both proxies up for rr, churn, bulk and redis, runs
- * alternating fulcrum/HAProxy (with the direct run interleaved the first time); then profiles.
+ * alternating fulcrum/HAProxy (with the direct run interleaved the first time); then the UDP
+ * scenarios against nginx's stream module (bench/lib/udp.ts); then profiles.
  */
 import { execFileSync, spawn } from 'node:child_process';
 import { mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
@@ -25,8 +26,9 @@ import {
 } from './lib/proxies.ts';
 import { renderMarkdown, type Machine, type Results, type Run, type TargetName } from './lib/report.ts';
 import { loadRelay } from '../src/proxy/relay.ts';
+import { nginxMissing, nginxVersion, runUdpBench, udpIdleFlowsFor } from './lib/udp.ts';
 
-const ALL_SCENARIOS = ['rr', 'churn', 'bulk', 'idle', 'redis'] as const;
+const ALL_SCENARIOS = ['rr', 'churn', 'bulk', 'idle', 'redis', 'udp'] as const;
 type Scenario = (typeof ALL_SCENARIOS)[number];
 
 // Loopback addresses of this harness (127.6.0.0/16): backends, proxies, client sources.
@@ -80,6 +82,11 @@ const S = {
   // Two descriptors a proxied connection; fulcrum stops accepting at its reserve's mark (5 % of
   // the limit, and 2 × 64 per relay worker: src/proxy/descriptors.ts), so stay under that.
   idleConns: quick ? 1000 : Math.min(10_000, Math.floor((fdLimit * 0.95 - 2 * 2 * 64 - 400) / 2)),
+  // UDP: a socket per flow in the proxy (and one per flow in the client): 100,000 where the
+  // open-files limit allows, else what fits under it.
+  udpIdleFlows: quick ? 2000 : udpIdleFlowsFor(fdLimit),
+  udpRrFlows: 256,
+  udpChurnFlows: 64,
   redisN: quick ? 10_000 : 50_000,
   redisNP: quick ? 100_000 : 500_000,
   echoBackends: 2,
@@ -125,6 +132,7 @@ function machine(): Machine {
     kernel: `${os.type()} ${os.release()}`,
     node: tryVersion(path.join(REPO_DIR, 'node_modules', '.bin', 'node'), ['--version']) ?? process.version,
     haproxy: haproxyVersion() ?? 'not installed',
+    nginx: nginxVersion() ?? 'not installed',
     redis: tryVersion('redis-server', ['--version']) ?? 'not installed',
     memory: `${(os.totalmem() / 2 ** 30).toFixed(1)} GiB`,
     fdLimit,
@@ -364,7 +372,7 @@ async function main(): Promise<void> {
         const targets = running.map(asTarget);
         const order = wi === 0 ? [direct, ...targets] : targets;
         for (const scenario of scenarios) {
-          if (scenario === 'idle') continue;
+          if (scenario === 'idle' || scenario === 'udp') continue;
           if (scenario === 'redis' && !redisAddr) continue;
           say(`${scenario}, ${w} thread(s)`);
           const scenarioReps = scenario === 'rr' || scenario === 'churn' ? requestReps : reps;
@@ -382,6 +390,18 @@ async function main(): Promise<void> {
       } finally {
         for (const p of running) await p.stop();
       }
+    }
+
+    // ── UDP: fulcrum's relay (batched, and batch 1) against nginx stream, the same workers ──
+    if (scenarios.includes('udp') && proxies.includes('fulcrum')) {
+      const why = nginxMissing();
+      if (why !== null) skipped.push(`udp against nginx: ${why}`);
+      await runUdpBench({
+        workers: workerCounts, reps: requestReps, durationS: S.rrDuration, warmupS: S.warmup,
+        rrFlows: S.udpRrFlows, churnFlows: S.udpChurnFlows, idleFlows: S.udpIdleFlows,
+        backendHost: `${BACKEND_NET}.31`, proxyHost: '127.6.1.2', source: '127.6.2.100', withNginx: why === null, say,
+        record: (r) => record(r),
+      });
     }
 
     // ── profiles: fulcrum under rr, churn and bulk, one thread count, in runs of their own ──

@@ -10,25 +10,27 @@ import { fileURLToPath } from 'node:url';
 
 export const BENCH_DIR = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 export const OUT_DIR = path.join(BENCH_DIR, 'out');
-const SOURCE = path.join(BENCH_DIR, 'loadgen', 'loadgen.c');
 export const LOADGEN = path.join(OUT_DIR, 'loadgen');
+/** The UDP load generator and echo backend (bench/loadgen/udpgen.c; bench/lib/udp.ts runs it). */
+export const UDPGEN = path.join(OUT_DIR, 'udpgen');
 
-/** Compiles the load generator into bench/out/ (gitignored) when missing or older than its source. */
+/** Compiles the load generators (loadgen, udpgen) into bench/out/ (gitignored) when missing or older than their sources. */
 export function buildLoadgen(): string {
   mkdirSync(OUT_DIR, { recursive: true });
-  if (!existsSync(LOADGEN) || statSync(LOADGEN).mtimeMs < statSync(SOURCE).mtimeMs) {
+  for (const out of [LOADGEN, UDPGEN]) {
+    const source = path.join(BENCH_DIR, 'loadgen', `${path.basename(out)}.c`);
+    if (existsSync(out) && statSync(out).mtimeMs >= statSync(source).mtimeMs) continue;
     try {
-      execFileSync('cc', ['-O2', '-pthread', '-o', LOADGEN, SOURCE], { stdio: ['ignore', 'pipe', 'pipe'] });
+      execFileSync('cc', ['-O2', '-pthread', '-o', out, source], { stdio: ['ignore', 'pipe', 'pipe'] });
     } catch (err) {
       const e = err as { stderr?: Buffer; message: string };
-      throw new Error(`building the load generator failed (cc -O2 -pthread ${SOURCE}): ${e.stderr?.toString() || e.message}` +
+      throw new Error(`building the load generator failed (cc -O2 -pthread ${source}): ${e.stderr?.toString() || e.message}` +
         '\n  a C compiler is needed: apt-get install gcc');
     }
   }
   return LOADGEN;
 }
 
-/** The JSON line a client run prints (fields per mode; see loadgen.c). */
 export interface LoadgenResult {
   mode: string;
   ok: boolean;
@@ -64,15 +66,15 @@ export function killAllLoadgens(): void {
   }
 }
 
-function spawnLoadgen(args: string[], stdin: 'pipe' | 'ignore' = 'ignore'): ChildProcess {
-  const child = spawn(LOADGEN, args, { stdio: [stdin, 'pipe', 'pipe'] });
+export function spawnLoadgen(args: string[], stdin: 'pipe' | 'ignore' = 'ignore', bin = LOADGEN): ChildProcess {
+  const child = spawn(bin, args, { stdio: [stdin, 'pipe', 'pipe'] });
   children.add(child);
   child.once('exit', () => children.delete(child));
   return child;
 }
 
 /** Resolves each JSON line the child prints, in order; rejects when it exits first. */
-function jsonLines(child: ChildProcess): () => Promise<Record<string, unknown>> {
+export function jsonLines(child: ChildProcess): () => Promise<Record<string, unknown>> {
   const queue: Record<string, unknown>[] = [];
   const waiters: { resolve: (v: Record<string, unknown>) => void; reject: (e: Error) => void }[] = [];
   let stderr = '';
@@ -104,7 +106,7 @@ function jsonLines(child: ChildProcess): () => Promise<Record<string, unknown>> 
   };
 }
 
-function withTimeout<T>(p: Promise<T>, ms: number, what: string, onTimeout: () => void): Promise<T> {
+export function withTimeout<T>(p: Promise<T>, ms: number, what: string, onTimeout: () => void): Promise<T> {
   let timer: NodeJS.Timeout;
   return Promise.race([
     p.finally(() => clearTimeout(timer)),

@@ -97,7 +97,7 @@ async function waitReady(child: ChildProcess, name: string, echoAddr: string, lo
   throw new Error(`${name} did not pass traffic to ${echoAddr} within 30 s:\n${log()}`);
 }
 
-function stopChild(child: ChildProcess, graceMs = 5000): Promise<void> {
+export function stopChild(child: ChildProcess, graceMs = 5000): Promise<void> {
   return new Promise((resolve) => {
     if (child.exitCode !== null || child.signalCode !== null) return resolve();
     const t = setTimeout(() => child.kill('SIGKILL'), graceMs);
@@ -109,7 +109,7 @@ function stopChild(child: ChildProcess, graceMs = 5000): Promise<void> {
   });
 }
 
-function spawnLogged(cmd: string, args: string[], env: NodeJS.ProcessEnv, logFile: string): { child: ChildProcess; log: () => string } {
+export function spawnLogged(cmd: string, args: string[], env: NodeJS.ProcessEnv, logFile: string): { child: ChildProcess; log: () => string } {
   const child = spawn(cmd, args, { stdio: ['ignore', 'pipe', 'pipe'], env, cwd: REPO_DIR });
   children.add(child);
   child.once('exit', () => children.delete(child));

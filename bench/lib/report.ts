@@ -8,8 +8,9 @@ import { existsSync, readFileSync } from 'node:fs';
 import path from 'node:path';
 import type { ProfileSummary } from './profile.ts';
 import { median } from './procfs.ts';
+import { udpTable, type UdpRun } from './udp.ts';
 
-export type TargetName = 'direct' | 'fulcrum' | 'haproxy';
+export type TargetName = 'direct' | 'fulcrum' | 'haproxy' | 'nginx';
 
 /** One measured run. */
 export interface Run {
@@ -31,6 +32,8 @@ export interface Machine {
   kernel: string;
   node: string;
   haproxy: string;
+  /** nginx's version (the UDP scenarios' reference), absent in results from before them. */
+  nginx?: string;
   redis: string;
   memory: string;
   fdLimit: number;
@@ -257,6 +260,7 @@ export function renderMarkdown(res: Results, benchDir: string): string {
   const s = res.settings;
   const m = res.machine;
   const outDir = path.join(benchDir, 'out');
+  const udpRuns = res.runs.filter((r) => r.scenario.startsWith('udp-')) as UdpRun[];
   return `# Benchmarks
 
 Fulcrum against HAProxy ${m.haproxy.replace(/^HAProxy version /, '').split(' ')[0]} (\`mode tcp\`) on the same machine, in one command, written by the harness (\`bench/run.ts\`) on ${res.date}${res.quick ? ' — **a --quick smoke run: short, one repetition, not for comparison**' : ''}.
@@ -326,6 +330,10 @@ ${redisTable(res, 'P16')}
 Taken in separate runs (a profiler slows what it watches, so these runs are not in the tables above). Self time as share of the samples where the thread was busy.
 
 ${profileSection(res)}
+## UDP — datagrams through fulcrum's relay and nginx 1.22 stream
+
+${udpRuns.length > 0 ? udpTable(udpRuns, [...new Set(udpRuns.map((r) => r.workers))].sort((a, b) => a - b)) : '_No UDP runs in this result (`--scenarios` without udp, or a result from before them)._'}
+${include(path.join(benchDir, 'udp.md'), '', false)}
 ${include(path.join(benchDir, 'analysis.md'), '', false)}
 
 ## Engine microbenchmarks

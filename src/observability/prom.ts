@@ -10,7 +10,7 @@
  * from reset().
  */
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
-import { BACKEND_STATES, TERM_REASONS, UDP_DROP_REASONS } from '../shm/layout.ts';
+import { BACKEND_STATES, TERM_REASONS, UDP_BACKEND_DROP_REASONS, UDP_DROP_REASONS } from '../shm/layout.ts';
 import type { DirectoryService, ServiceStats, Stats } from './stats.ts';
 import { buildInfo } from '../version.ts';
 
@@ -151,12 +151,16 @@ export class Metrics {
         },
       });
     };
-    const backendCounter = (name: string, help: string, value: (b: B) => number): void => {
+    /** `udpOnly`: the series exist for UDP services' backends only (datagrams mean nothing for TCP). */
+    const backendCounter = (name: string, help: string, value: (b: B) => number, udpOnly = false): void => {
       new Counter<BackendLabels>({
         name: METRICS_PREFIX + name, help, labelNames: ['service', 'backend'], registers,
         collect() {
           this.reset();
-          for (const s of snap()) for (const b of s.backends) this.inc({ service: s.name, backend: b.address }, value(b));
+          for (const s of snap()) {
+            if (udpOnly && s.protocol !== 'udp') continue;
+            for (const b of s.backends) this.inc({ service: s.name, backend: b.address }, value(b));
+          }
         },
       });
     };
@@ -228,6 +232,22 @@ export class Metrics {
     backendCounter('backend_bytes_out_total', 'Bytes from this backend to clients.', (b) => b.counters.bytes_out);
     backendCounter('backend_killed_sessions_total', 'Sessions closed because the backend was marked down.', (b) => b.counters.killed);
     backendCounter('backend_connect_time_seconds_total', 'Time spent establishing sessions, summed.', (b) => b.counters.connect_time_ms / 1000);
+    // UDP backends: flows are sessions above (connections_total = flows created, active_connections
+    // = flows now, bytes each way); datagrams each way and the drops a backend causes, here.
+    backendCounter('backend_datagrams_in_total', 'UDP: datagrams from clients forwarded to this backend.', (b) => b.counters.datagrams_in, true);
+    backendCounter('backend_datagrams_out_total', 'UDP: datagrams from this backend forwarded to clients.', (b) => b.counters.datagrams_out, true);
+    new Counter<BackendLabels | 'reason'>({
+      name: METRICS_PREFIX + 'backend_datagram_drops_total',
+      help: `UDP: datagrams of this backend's flows dropped, by reason (${UDP_BACKEND_DROP_REASONS.join(', ')}).`,
+      labelNames: ['service', 'backend', 'reason'], registers,
+      collect() {
+        this.reset();
+        for (const s of snap()) {
+          if (s.protocol !== 'udp') continue;
+          for (const b of s.backends) for (const reason of UDP_BACKEND_DROP_REASONS) this.inc({ service: s.name, backend: b.address, reason }, b.counters.drops[reason]);
+        }
+      },
+    });
 
     // ── health probes (pushed by the health monitor's 'probe' events: a few per second at most) ──
     this.#probeDuration = new Histogram<BackendLabels>({

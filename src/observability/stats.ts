@@ -11,10 +11,10 @@
  */
 import {
   BACKEND_COUNTERS, BACKEND_STATES, BC_BYTES_IN, BC_BYTES_OUT, BC_CONNECT_FAILURES, BC_CONNECT_TIME_MS, BC_CONNECTIONS,
-  BC_KILLED, BC_RETRIES, B_EFF_WEIGHT, B_FLAGS, B_MAX_CONN, B_STATE, B_WEIGHT, BF_BACKUP, MAX_WORKERS,
+  BC_DGRAMS_IN, BC_DGRAMS_OUT, BC_DROP_BASE, BC_KILLED, BC_RETRIES, B_EFF_WEIGHT, B_FLAGS, B_MAX_CONN, B_STATE, B_WEIGHT, BF_BACKUP, MAX_WORKERS,
   SC_ACCEPTED, SC_BYTES_IN, SC_BYTES_OUT, SC_CONNECT_TIME_MS, SC_QUEUED, SC_QUEUED_NO_BACKEND, SC_QUEUE_TIME_MS, SC_QUEUE_TIMEOUTS, SC_RETRIES,
   SC_DGRAMS_IN, SC_DGRAMS_OUT, SC_DROP_BASE, SC_TERM_BASE, SERVICE_COUNTERS, S_MAX_CONN, S_QUEUE_MAX, TERM_REASONS,
-  UDP_DROP_REASONS, WEIGHT_SCALE,
+  UDP_BACKEND_DROP_REASONS, UDP_DROP_REASONS, WEIGHT_SCALE,
   backendCounterIndex, serviceCounterIndex,
   type BackendStateName, type TerminationReason,
 } from '../shm/layout.ts';
@@ -55,6 +55,7 @@ export interface ServiceCounters {
 }
 
 export type UdpDropReason = (typeof UDP_DROP_REASONS)[number];
+export type UdpBackendDropReason = (typeof UDP_BACKEND_DROP_REASONS)[number];
 
 export interface BackendCounters {
   /** Sessions established to this backend. */
@@ -67,6 +68,11 @@ export interface BackendCounters {
   /** Sessions closed because the backend was marked down. */
   killed: number;
   connect_time_ms: number;
+  /** UDP: datagrams client → backend and back through this backend's flows (0 for TCP). */
+  datagrams_in: number;
+  datagrams_out: number;
+  /** UDP: datagrams this backend's flows dropped, by reason (oversized replies, ICMP unreachable). */
+  drops: Record<UdpBackendDropReason, number>;
 }
 
 export interface BackendStats {
@@ -212,6 +218,8 @@ export class Stats {
 
   backendCounters(backend: number, service = '', address = ''): BackendCounters {
     const sums = Stats.#relative(this.#backendOwners, backend, `${service}\u0000${address}`, this.#sumBackend(backend));
+    const drops = {} as Record<UdpBackendDropReason, number>;
+    UDP_BACKEND_DROP_REASONS.forEach((reason, i) => { drops[reason] = sums[BC_DROP_BASE + i]; });
     return {
       connections: sums[BC_CONNECTIONS],
       connect_failures: sums[BC_CONNECT_FAILURES],
@@ -220,6 +228,9 @@ export class Stats {
       retries: sums[BC_RETRIES],
       killed: sums[BC_KILLED],
       connect_time_ms: sums[BC_CONNECT_TIME_MS],
+      datagrams_in: sums[BC_DGRAMS_IN],
+      datagrams_out: sums[BC_DGRAMS_OUT],
+      drops,
     };
   }
 

@@ -24,18 +24,20 @@ import { fileURLToPath } from 'node:url';
 import { formatIPv4, formatIPv6 } from '../config/address.ts';
 
 import {
-  END_CLIENT, END_SERVER, EV_ACCEPT, EV_ACCEPT_ERROR, EV_CLIENT_GONE, EV_CONNECT_FAILED, EV_CONNECTED, EV_ENDED, EV_FIELDS,
-  RELAY_MAX_ACCEPT, RELAY_MAX_EVENTS, STAT_ACTIVITY, STAT_BYTES_IN, STAT_BYTES_OUT, STAT_FIELDS,
+  END_CLIENT, END_MOVED, END_SERVER, EV_ACCEPT, EV_ACCEPT_ERROR, EV_CLIENT_GONE, EV_CONNECT_FAILED, EV_CONNECTED, EV_ENDED, EV_FIELDS,
+  EV_UDP_ENDED, EV_UDP_FAILED, EV_UDP_NEW, RELAY_MAX_ACCEPT, RELAY_MAX_EVENTS, STAT_ACTIVITY, STAT_BYTES_IN, STAT_BYTES_OUT,
+  STAT_DGRAMS_IN, STAT_DGRAMS_OUT, STAT_FIELDS,
 } from '../shm/layout.ts';
 
 export {
+  END_MOVED, EV_UDP_ENDED, EV_UDP_FAILED, EV_UDP_NEW, STAT_DGRAMS_IN, STAT_DGRAMS_OUT, UDP_MAX_BATCH,
   END_CLIENT, END_SERVER, EV_A, EV_ACCEPT, EV_ACCEPT_ERROR, EV_ADDR, EV_B, EV_CLIENT_GONE, EV_CONNECT_FAILED, EV_CONNECTED,
   EV_ENDED, EV_FIELDS, EV_ID, EV_TYPE, RELAY_EVENTS, RELAY_MAX_ACCEPT, RELAY_MAX_EVENTS, STAT_ACTIVITY, STAT_BYTES_IN,
   STAT_BYTES_OUT, STAT_FIELDS, OPT_FIELDS, OPT_FLAGS, OPT_KEEP_COUNT, OPT_KEEP_IDLE, OPT_KEEP_INTERVAL, OPT_PROPAGATE_RESET,
 } from '../shm/layout.ts';
 
 /** The relay's interface version (its functions and their arguments); relay.c's RELAY_VERSION. */
-export const RELAY_VERSION = 4;
+export const RELAY_VERSION = 5;
 
 export interface RelayBinding {
   init(stats: Float64Array, events: Int32Array, onEvents: (n: number) => void): void;
@@ -71,6 +73,25 @@ export interface RelayBinding {
    * 0 or a negative errno. Needs no init(); src/ops/notify.ts calls it on the main thread.
    */
   notify(socketPath: string, message: string): number;
+  // ── UDP services (relay/udp.c) ──
+  /** Once per worker: the shared memory (the counters it adds to, the backend states it reads), datagrams per recvmmsg/sendmmsg. */
+  udpInit(memory: Float64Array, batch: number): void;
+  /** A UDP listener id, or a negative errno. */
+  udpListen(ip: string, port: number, family: number, reusePort: boolean): number;
+  /** The service's settings for its socket: at listen and per reload (`serviceCounters`: f64 index of this worker's counters). */
+  udpConfigure(id: number, maxDatagram: number, responses: number, serviceCounters: number): void;
+  udpCloseListener(id: number): void;
+  /**
+   * A pending flow (EV_UDP_NEW's id) becomes `slot`'s, connected to the backend (or, pendingId -1,
+   * the slot's failed flow goes to another): 0 or a negative errno. `backendState`: i32 index of
+   * its B_STATE; `backendCounters`: f64 index of its counters.
+   */
+  udpConnect(slot: number, pendingId: number, ip: string, port: number, family: number, header: Uint8Array | null,
+    backendState: number, backendCounters: number): number;
+  /** The flow's backend was removed: its next datagram starts a new flow. */
+  udpMove(slot: number): void;
+  /** Frees a flow (slot) or a pending one (pendingId ≥ 0); whether there was one. */
+  udpClose(slot: number, pendingId: number): boolean;
   /** What it was built with: the layout constants, nodeAbi, and nodeVersion (a string). */
   constants(): Record<string, number> & { nodeVersion?: string };
 }
@@ -82,6 +103,8 @@ const EXPECTED: Record<string, number> = {
   statFields: STAT_FIELDS, evFields: EV_FIELDS, evAccept: EV_ACCEPT, evAcceptError: EV_ACCEPT_ERROR,
   evConnected: EV_CONNECTED, evConnectFailed: EV_CONNECT_FAILED, evEnded: EV_ENDED, evClientGone: EV_CLIENT_GONE,
   endClient: END_CLIENT, endServer: END_SERVER, maxEvents: RELAY_MAX_EVENTS, maxAccept: RELAY_MAX_ACCEPT,
+  statDgramsIn: STAT_DGRAMS_IN, statDgramsOut: STAT_DGRAMS_OUT, evUdpNew: EV_UDP_NEW, evUdpFailed: EV_UDP_FAILED,
+  evUdpEnded: EV_UDP_ENDED, endMoved: END_MOVED,
 };
 
 /** Loads the relay: the binding, or why it cannot be used (the data path then stays in JavaScript). */

@@ -14,19 +14,20 @@ import { TERM_CLIENT_CLOSED, TERM_SERVER_CLOSED } from '../shm/layout.ts';
 import type { DataPath } from './core.ts';
 import { K_NREAD, streamState, UV_EOF, type SockAddr, type TcpHandle } from './handles.ts';
 import {
-  END_SERVER, EV_A, EV_ACCEPT, EV_ACCEPT_ERROR, EV_ADDR, EV_B, EV_CLIENT_GONE, EV_CONNECT_FAILED, EV_CONNECTED, EV_ENDED, EV_FIELDS, EV_ID, EV_TYPE,
+  END_SERVER, EV_A, EV_ACCEPT, EV_UDP_NEW, EV_ACCEPT_ERROR, EV_ADDR, EV_B, EV_CLIENT_GONE, EV_CONNECT_FAILED, EV_CONNECTED, EV_ENDED, EV_FIELDS, EV_ID, EV_TYPE,
   formatAddress, OPT_FIELDS, OPT_FLAGS, OPT_KEEP_COUNT, OPT_KEEP_IDLE, OPT_KEEP_INTERVAL, OPT_PROPAGATE_RESET, RELAY_EVENTS, STAT_ACTIVITY, STAT_BYTES_IN, STAT_BYTES_OUT, STAT_FIELDS, type RelayBinding,
 } from './relay.ts';
 import type { ServiceEntry } from './messages.ts';
 import { Session, ST_CONNECTING, type ServiceRuntime } from './session.ts';
 import { HandleClients, kSession, READ_BUFFER_SIZE, SESSION_POOL_MAX, type Handle } from './transport-js.ts';
 import type { ListenerRef, ServerTransport, Transport } from './transport.ts';
+import type { RelayUdpTransport } from './transport-relay-udp.ts';
 
 /** After an accept failed for lack of files (EMFILE…), the listener waits this long (HAProxy: 100 ms too). */
 const ACCEPT_RETRY_MS = 100;
 
-/** A session the relay carries. */
-class RelaySession extends Session {
+/** A session the relay carries (a UDP flow's: transport-relay-udp.ts). */
+export class RelaySession extends Session {
   /** The client socket the relay accepted, else -1; -1 again once closed. */
   fd = -1;
   /** accept_proxy: the Node handle that read the client's PROXY header and lends its fd (LentTransport), else null. */
@@ -60,9 +61,12 @@ export class RelayTransport implements Transport {
   private readonly binding: RelayBinding;
   /** Accept_proxy services' clients: read on a handle, then lent to this relay. */
   readonly lent: LentTransport;
-  private stats = new Float64Array(1024 * STAT_FIELDS);
+  /** UDP services' flows (worker.ts sets it): their events (EV_UDP_*) go there. */
+  udp: RelayUdpTransport | null = null;
+  /** Per slot: bytes in and out, activity (and a UDP flow's datagrams), written by the relay. Replaced when it grows. */
+  stats = new Float64Array(1024 * STAT_FIELDS);
   private readonly events = new Int32Array(RELAY_EVENTS * EV_FIELDS);
-  private readonly slotSessions: (RelaySession | null)[] = [];
+  readonly slotSessions: (RelaySession | null)[] = [];
   private readonly freeSlots: number[] = [];
   /** The listener each relay listener id serves (worker.ts's, so a reload's new runtime is seen). */
   private readonly listeners: (ListenerRef | undefined)[] = [];
@@ -76,7 +80,7 @@ export class RelayTransport implements Transport {
    * to it get an allocation of their own, so reading past them is caught; a slice of Node's 8 KiB
    * buffer pool would hide it.
    */
-  private readonly sanitized: boolean;
+  readonly sanitized: boolean;
 
   constructor(core: DataPath, binding: RelayBinding) {
     this.core = core;
@@ -236,13 +240,18 @@ export class RelayTransport implements Transport {
       s.fd = -1; // its own client socket: closed by the relay
     }
     this.syncBytes(s);
+    this.releaseSlot(s);
+  }
+
+  /** The slot is free again (the relay holds nothing for it any more). */
+  releaseSlot(s: RelaySession): void {
     this.slotSessions[s.slot] = null;
     this.freeSlots.push(s.slot);
     s.slot = -1;
   }
 
   /** The session's relay slot, taken on its first relay request and kept until it ends. */
-  private slotOf(s: RelaySession): number {
+  slotOf(s: RelaySession): number {
     if (s.slot >= 0) return s.slot;
     const slot = this.freeSlots.pop() ?? this.slotSessions.length;
     if ((slot + 1) * STAT_FIELDS > this.stats.length) {
@@ -271,6 +280,10 @@ export class RelayTransport implements Transport {
     const core = this.core;
     for (let i = 0, at = 0; i < n; i++, at += EV_FIELDS) {
       const type = ev[at + EV_TYPE];
+      if (type >= EV_UDP_NEW) {
+        this.udp?.onEvent(type, ev, at);
+        continue;
+      }
       if (type === EV_ACCEPT) {
         this.onAccept(ev[at + EV_ID], ev[at + EV_A], at);
         continue;
@@ -409,7 +422,7 @@ function onLentRead(this: Handle): undefined {
 }
 
 /** A copy of `b` in an allocation of its own (not a slice of Node's pool). Sanitized runs only. */
-function ownAllocation(b: Uint8Array): Buffer {
+export function ownAllocation(b: Uint8Array): Buffer {
   const copy = Buffer.allocUnsafeSlow(b.length);
   copy.set(b);
   return copy;

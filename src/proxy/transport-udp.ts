@@ -1,6 +1,7 @@
 /**
- * The UDP transport (node:dgram), on both data paths: services with `protocol: udp` run here
- * even when the native relay carries the TCP services (the relay has no datagram path yet).
+ * The UDP transport on the JavaScript path (node:dgram): services with `protocol: udp` run here
+ * when the native relay is off; with it, transport-relay-udp.ts (relay/udp.c) carries them the
+ * same way, batching the system calls.
  *
  * A flow is one client address and port on one service's listening socket: a Session of the
  * core's like a TCP connection, admitted and picked by the engine exactly as one (max_connections
@@ -30,7 +31,7 @@ import { createSocket, type RemoteInfo, type Socket } from 'node:dgram';
 import { lookup } from 'node:dns/promises';
 import { isIP } from 'node:net';
 import {
-  BACKEND_DRAIN, BACKEND_UP, backendAddr, B_STATE, SC_DGRAMS_IN, SC_DGRAMS_OUT, SC_DROP_LIMIT, SC_DROP_NO_BACKEND,
+  BACKEND_DRAIN, BACKEND_UP, backendAddr, B_STATE, BC_DGRAMS_IN, BC_DGRAMS_OUT, BC_DROP_OVERSIZED, BC_DROP_UNREACHABLE, SC_DGRAMS_IN, SC_DGRAMS_OUT, SC_DROP_LIMIT, SC_DROP_NO_BACKEND,
   SC_DROP_OVERSIZED, SC_DROP_UNREACHABLE, TERM_BACKEND_DOWN, TERM_CONNECT_FAILED, TERM_NO_BACKEND, TERM_QUEUE_FULL, TERM_SERVER_CLOSED, TERM_SHUTDOWN,
 } from '../shm/layout.ts';
 import { LOCAL_ERRORS } from '../local-errors.ts';
@@ -41,14 +42,14 @@ import { Session, ST_CONNECTED, ST_CONNECTING } from './session.ts';
 import type { ListenerRef, Transport } from './transport.ts';
 import { SESSION_POOL_MAX } from './transport-js.ts';
 
-/** A flow never waits for room: the core's queue is closed to it (queue.max 0), and watch refuses. */
+/** watch's answer: a flow never waits for room. */
 const UV_ENOTSUP = -95;
 
 const kFlow = Symbol('fulcrum.flow');
 type FlowSocket = Socket & { [kFlow]: UdpSession | null };
 
 /** One UDP service's listening socket in this worker, and its flows by client address, then port. */
-export interface UdpListener {
+export interface UdpListener extends DatagramListener {
   readonly ref: ListenerRef;
   readonly socket: Socket;
   /** Two levels, so a lookup makes no "ip:port" string per datagram. */
@@ -95,7 +96,7 @@ class UdpSession extends Session {
  * drains in the shared memory, as for TCP, but a flow moves on). HOT: per datagram to a flow, one
  * reference compare; the table is searched once per flow after each service-table change.
  */
-function stillListed(s: UdpSession, entry: ServiceEntry): boolean {
+export function stillListed(s: Session & { entrySeen: ServiceEntry | null }, entry: ServiceEntry): boolean {
   if (s.entrySeen === entry) return true;
   const b = entry.backends.find((x) => x.index === s.backend);
   if (b === undefined || b.removed) return false;
@@ -103,7 +104,92 @@ function stillListed(s: UdpSession, entry: ServiceEntry): boolean {
   return true;
 }
 
-export class UdpTransport implements Transport {
+/**
+ * What worker.ts needs of a UDP transport: this one (node:dgram) or the relay's
+ * (transport-relay-udp.ts). A listener it returns has `ref`; a ListenProblem has not.
+ */
+export interface DatagramTransport extends Transport {
+  listen(ref: ListenerRef, address: string, reusePort: boolean): Promise<DatagramListener | ListenProblem>;
+  /** The service's settings changed (a reload): after `ref.rt` was updated. */
+  configure(l: DatagramListener): void;
+  closeListener(l: DatagramListener): void;
+}
+
+export interface DatagramListener {
+  readonly ref: ListenerRef;
+}
+
+/** The IP address a UDP service listens on (a host name resolved), or the problem. Once per bind. */
+export async function listenAddress(e: ServiceEntry, address: string): Promise<string | ListenProblem> {
+  if (isIP(e.listen.host) !== 0) return e.listen.host;
+  try {
+    return (await lookup(e.listen.host)).address;
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code ?? 'ENOTFOUND';
+    return { service: e.name, address, message: `listen ${code}: cannot resolve ${e.listen.host}`, code };
+  }
+}
+
+/** A flow refused at its first datagram (no backend, max_connections): that datagram is dropped, counted by why. Per refused flow, from close. */
+export function countRefused(f64: Float64Array, s: Session): void {
+  if (s.reason === TERM_NO_BACKEND) f64[s.svc!.scBase + SC_DROP_NO_BACKEND] += 1;
+  else if (s.reason === TERM_QUEUE_FULL) f64[s.svc!.scBase + SC_DROP_LIMIT] += 1;
+}
+
+/** What both UDP transports' sessions have: the client's address, the service socket's listener. */
+interface Flow {
+  clientIp: string;
+  clientPort: number;
+  clientFamily: string;
+  listener: { readonly local: SockAddr } | null;
+}
+
+/**
+ * What the two UDP transports do alike: a flow's addresses (the hash key, the log, the PROXY
+ * header), no queue, and an error on a flow's socket told to the core.
+ */
+export abstract class FlowTransport {
+  abstract readonly core: DataPath;
+
+  peer(s: Session, out: SockAddr): void {
+    const f = s as unknown as Flow;
+    out.address = f.clientIp;
+    out.port = f.clientPort;
+    out.family = f.clientFamily;
+  }
+
+  local(s: Session, out: SockAddr): void {
+    const local = (s as unknown as Flow).listener!.local;
+    out.address = local.address;
+    out.port = local.port;
+    out.family = local.family;
+  }
+
+  /** A flow never waits for room: the core's queue is closed to it (queue.max 0). */
+  watch(): number {
+    return UV_ENOTSUP;
+  }
+
+  unwatch(): void {}
+
+  /**
+   * An error on a flow's socket (`code`, `errno`): ECONNREFUSED is the backend host's ICMP port
+   * unreachable for a datagram sent, the core's failed connect (passive health, another backend).
+   * No socket for the flow here (open-files limit, memory) is not the backend's fault: no
+   * passive-health strike and no other backend (it would fail alike), as for TCP.
+   */
+  protected flowError(s: Session, code: string, errno: number): void {
+    if (LOCAL_ERRORS.has(code)) {
+      s.detail = `${code}: no socket for the flow (local resources)`;
+      this.core.ctx.onLocalError?.(errno, s.svc!.entry.name, 'connect');
+      this.core.end(s, TERM_CONNECT_FAILED);
+      return;
+    }
+    this.core.connectFailed(s, code);
+  }
+}
+
+export class UdpTransport extends FlowTransport implements DatagramTransport {
   readonly core: DataPath;
   private readonly pool: UdpSession[] = [];
   private readonly f64: Float64Array;
@@ -113,6 +199,7 @@ export class UdpTransport implements Transport {
   private readonly onUpstreamError: (this: FlowSocket, err: NodeJS.ErrnoException) => void;
 
   constructor(core: DataPath) {
+    super();
     this.core = core;
     this.f64 = new Float64Array(core.ctx.memory.buffer);
     this.i32 = new Int32Array(core.ctx.memory.buffer);
@@ -132,15 +219,8 @@ export class UdpTransport implements Transport {
   /** Binds a service's socket (SO_REUSEPORT when the workers share it). The listen error, or null. */
   async listen(ref: ListenerRef, address: string, reusePort: boolean): Promise<UdpListener | ListenProblem> {
     const e = ref.rt.entry;
-    let ip = e.listen.host;
-    if (isIP(ip) === 0) {
-      try {
-        ip = (await lookup(ip)).address;
-      } catch (err) {
-        const code = (err as NodeJS.ErrnoException).code ?? 'ENOTFOUND';
-        return { service: e.name, address, message: `listen ${code}: cannot resolve ${e.listen.host}`, code };
-      }
-    }
+    const ip = await listenAddress(e, address);
+    if (typeof ip !== 'string') return ip;
     const socket = createSocket({ type: isIP(ip) === 6 ? 'udp6' : 'udp4', reusePort });
     const l: UdpListener = { ref, socket, flows: new Map(), local: { address: ip, port: e.listen.port, family: isIP(ip) === 6 ? 'IPv6' : 'IPv4' } };
     return new Promise((resolve) => {
@@ -159,8 +239,12 @@ export class UdpTransport implements Transport {
     });
   }
 
+  /** The JavaScript path reads the service's settings per datagram: nothing to pass on. */
+  configure(): void {}
+
   /** Closes a listener: its flows end with it (their replies could no longer reach the clients). */
-  closeListener(l: UdpListener): void {
+  closeListener(dl: DatagramListener): void {
+    const l = dl as UdpListener;
     for (const byPort of l.flows.values()) for (const s of byPort.values()) this.core.end(s, TERM_SHUTDOWN, true);
     l.socket.close();
   }
@@ -207,6 +291,7 @@ export class UdpTransport implements Transport {
     s.bytesIn += msg.length;
     s.datagramsIn++;
     f64[s.svc!.scBase + SC_DGRAMS_IN] += 1;
+    f64[s.bcBase + BC_DGRAMS_IN] += 1;
     const up = s.upstream!;
     s.last = msg;
     if (s.header === null) up.send(msg);
@@ -216,14 +301,17 @@ export class UdpTransport implements Transport {
   /** HOT: once per datagram from a flow's backend: to the client, from the listening socket. */
   private reply(s: UdpSession, msg: Buffer): void {
     const rt = s.svc!;
+    const f64 = this.f64;
     if (msg.length > rt.entry.udp.max_datagram) {
-      this.f64[rt.scBase + SC_DROP_OVERSIZED] += 1;
+      f64[rt.scBase + SC_DROP_OVERSIZED] += 1;
+      f64[s.bcBase + BC_DROP_OVERSIZED] += 1;
       return;
     }
     s.lastActive = this.core.clock;
     s.bytesOut += msg.length;
     s.datagramsOut++;
-    this.f64[rt.scBase + SC_DGRAMS_OUT] += 1;
+    f64[rt.scBase + SC_DGRAMS_OUT] += 1;
+    f64[s.bcBase + BC_DGRAMS_OUT] += 1;
     s.listener!.socket.send(msg, s.clientPort, s.clientIp);
     const responses = rt.entry.udp.responses;
     if (responses > 0 && ++s.replies >= responses) this.core.end(s, TERM_SERVER_CLOSED);
@@ -241,46 +329,23 @@ export class UdpTransport implements Transport {
    */
   private upstreamError(s: UdpSession, err: NodeJS.ErrnoException): void {
     const code = err.code ?? 'EIO';
-    if (LOCAL_ERRORS.has(code)) {
-      // No socket for the flow here (open-files limit, memory): not the backend's fault, so no
-      // passive-health strike and no other backend (it would fail alike), as for TCP.
-      s.detail = `${code}: no socket for the flow (local resources)`;
-      this.core.ctx.onLocalError?.(typeof err.errno === 'number' ? err.errno : -1, s.svc!.entry.name, 'connect');
-      this.core.end(s, TERM_CONNECT_FAILED);
-      return;
+    if (!LOCAL_ERRORS.has(code)) {
+      if (code === 'ECONNREFUSED') {
+        this.f64[s.svc!.scBase + SC_DROP_UNREACHABLE] += 1;
+        this.f64[s.bcBase + BC_DROP_UNREACHABLE] += 1;
+      }
+      const last = s.last;
+      if (last !== null) {
+        // Sent again once the flow is connected to its next backend (if the core retries).
+        s.pending = [last];
+        s.pendingBytes = last.length;
+        s.last = null;
+      }
     }
-    if (code === 'ECONNREFUSED') this.f64[s.svc!.scBase + SC_DROP_UNREACHABLE] += 1;
-    const last = s.last;
-    if (last !== null) {
-      // Sent again once the flow is connected to its next backend (if the core retries).
-      s.pending = [last];
-      s.pendingBytes = last.length;
-      s.last = null;
-    }
-    this.core.connectFailed(s, code);
+    this.flowError(s, code, typeof err.errno === 'number' ? err.errno : -1);
   }
 
   // ── the Transport interface ────────────────────────────────────────────────
-
-  peer(session: Session, out: SockAddr): void {
-    const s = session as UdpSession;
-    out.address = s.clientIp;
-    out.port = s.clientPort;
-    out.family = s.clientFamily;
-  }
-
-  local(session: Session, out: SockAddr): void {
-    const local = (session as UdpSession).listener!.local;
-    out.address = local.address;
-    out.port = local.port;
-    out.family = local.family;
-  }
-
-  watch(): number {
-    return UV_ENOTSUP;
-  }
-
-  unwatch(): void {}
 
   /** Once per flow (and per ICMP-unreachable retry): its upstream socket, connected to the backend. */
   connect(session: Session, ip: string, port: number, family: number): number {
@@ -343,9 +408,7 @@ export class UdpTransport implements Transport {
         if (byPort.size === 0) l.flows.delete(s.clientIp);
       }
     }
-    // A flow refused at its first datagram: that datagram is dropped, counted by why.
-    if (s.reason === TERM_NO_BACKEND) this.f64[s.svc!.scBase + SC_DROP_NO_BACKEND] += 1;
-    else if (s.reason === TERM_QUEUE_FULL) this.f64[s.svc!.scBase + SC_DROP_LIMIT] += 1;
+    countRefused(this.f64, s);
     this.abandon(s);
   }
 

@@ -4,8 +4,8 @@
  * The core decides — admission and pick, queue, retries, timeouts, PROXY headers, counters, the
  * log line — and knows no socket. A transport makes the system calls for the sessions it carries
  * and reports what happened; it decides nothing. Two carry TCP: the JavaScript handles path
- * (transport-js.ts) and the native relay (transport-relay.ts, with relay.c); one carries UDP
- * (transport-udp.ts). Each session points
+ * (transport-js.ts) and the native relay (transport-relay.ts, with relay.c); two carry UDP
+ * (transport-udp.ts on node:dgram, transport-relay-udp.ts on the relay's relay/udp.c). Each session points
  * to its transport (`s.t`), so the core calls it without asking which one it is.
  *
  * A transport, in order of a session's life:
@@ -23,7 +23,7 @@
  *   4. reports an end with `core.end(s, reason)`, and is told to `close` a session the core ends
  *      (idle timeout, backend marked down, shutdown); `recycle` gives the object back.
  *
- * The datagram transport (transport-udp.ts: a flow per client address and port, one connected
+ * The datagram transports (transport-udp.ts, transport-relay-udp.ts: a flow per client address and port, one connected
  * upstream socket per flow) fits the same interface: the first datagram of a new source is an accept, the
  * upstream socket's creation the connect (reported at once), every datagram activity, the idle
  * timeout the core's, a PROXY v2 header (`core.proxyHeader`) in front of each datagram; it never

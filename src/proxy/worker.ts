@@ -5,8 +5,9 @@
  * connections more than another hands new ones over: relay/handoff.c). A listener is the
  * relay's (`relay.listen`) or a Node server whose connections a transport takes as raw handles
  * (`acceptOn`): the JavaScript transport, or on the relay path for accept_proxy services,
- * the relay's lent clients — or, for a UDP service, a datagram socket (transport-udp.ts, on both
- * paths). Started by pool.ts; everything it is told arrives as a MainToWorker message.
+ * the relay's lent clients — or, for a UDP service, a datagram socket: the relay's
+ * (transport-relay-udp.ts, relay/udp.c) or node:dgram's on the JavaScript path (transport-udp.ts).
+ * Started by pool.ts; everything it is told arrives as a MainToWorker message.
  */
 import { lookup } from 'node:dns/promises';
 import { createServer, isIP, type Server } from 'node:net';
@@ -21,7 +22,8 @@ import { loadRelay } from './relay.ts';
 import type { CloseRecord, ServiceRuntime } from './session.ts';
 import { JsTransport } from './transport-js.ts';
 import { RelayTransport } from './transport-relay.ts';
-import { UdpTransport, type UdpListener } from './transport-udp.ts';
+import { RelayUdpTransport } from './transport-relay-udp.ts';
+import { UdpTransport, type DatagramListener, type DatagramTransport } from './transport-udp.ts';
 import { acceptOn, type ServerTransport } from './transport.ts';
 import { DescriptorGate } from './descriptors.ts';
 import { keepAliveOnServer } from './handles.ts';
@@ -78,8 +80,14 @@ const core = new DataPath(dataPath);
 const relay = binding === null ? null : new RelayTransport(core, binding);
 /** Who takes a Node server's connections: the JavaScript transport, or (relay path, accept_proxy) the relay's lent clients. */
 const handles: ServerTransport = relay === null ? new JsTransport(core) : relay.lent;
-/** UDP services, on both paths (the relay has no datagram path yet): node:dgram. */
-const udp = new UdpTransport(core);
+/**
+ * UDP services: the relay's datagram path, else node:dgram. FULCRUM_UDP_BATCH (1..64, default 64)
+ * sets the relay's datagrams per recvmmsg / sendmmsg: 1 measures what the batching buys (bench).
+ */
+const udpBatch = Number(process.env.FULCRUM_UDP_BATCH ?? 0);
+const udp: DatagramTransport = relay === null
+  ? new UdpTransport(core)
+  : new RelayUdpTransport(relay, core, binding as NonNullable<typeof binding>, udpBatch >= 1 && udpBatch <= 64 ? udpBatch : undefined);
 
 /** A reload changed `logging`: the level applies to the next line, per-connection lines to the next close. */
 function setLogging(level: string, connections: boolean): void {
@@ -95,7 +103,7 @@ interface Listener {
   /** …or through the relay: its listener id, else -1… */
   lid: number;
   /** …or, protocol udp, a datagram socket. */
-  udp: UdpListener | null;
+  udp: DatagramListener | null;
   /** Bumped by closeListener: a relay listen still resolving a host name then does not bind. */
   closes: number;
   /**
@@ -230,7 +238,7 @@ function bind(l: Listener): Promise<ListenProblem | null> {
 async function listenUdp(l: Listener): Promise<ListenProblem | null> {
   const closes = l.closes;
   const r = await udp.listen(l, l.address, init.reusePort);
-  if (!('socket' in r)) return r;
+  if (!('ref' in r)) return r;
   if (l.closes !== closes) udp.closeListener(r); // paused, moved or removed while resolving
   else l.udp = r;
   return null;
@@ -289,6 +297,7 @@ async function applyServices(services: ServiceEntry[]): Promise<ListenProblem[]>
     } else if (keepAliveChanged) {
       keepAlive(l);
     }
+    if (l.udp !== null && !kindChanged) udp.configure(l.udp); // max_datagram, responses, counters; removed backends' flows move
   }
   for (const [name, l] of listeners) {
     if (seen.has(name)) continue;

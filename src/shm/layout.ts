@@ -33,7 +33,7 @@
  *    │ slots this worker holds now (one writer: its worker); on a worker's death the    │
  *    │ control plane subtracts them from S_ACTIVE / S_QUEUED / B_ACTIVE (`reclaim`)     │
  *    ├──────────── service counters: MAX_WORKERS × MAX_SERVICES × 24 × f64 ──────┤
- *    ├──────────── backend counters: MAX_WORKERS × MAX_BACKENDS × 8 × f64 ───────┤
+ *    ├──────────── backend counters: MAX_WORKERS × MAX_BACKENDS × 16 × f64 ──────┤
  *    │ one writer per slot (its worker, plain stores); the control plane sums     │
  *    ├──────────── build scratch: MAX_MEMBERS × 16 B (control plane only) ────────┤
  *    │ one record per eligible backend while a ring is built (tier.ts fills it):  │
@@ -70,9 +70,10 @@ export const MAGIC = 0x434c5546;
  * (one per service, after the rings), S_BALANCE_FACTOR and B_MEMBER_POS. 7: the UDP counters (service
  * counters 18–23), SC_QUEUED_NO_BACKEND (24; SERVICE_COUNTERS 24 → 32, 25–31 reserved), and a
  * rebuild bumps S_RELEASE_SEQ (and notifies it) while connections are queued, so connections
- * waiting for a backend (queue.when_down) see one come up.
+ * waiting for a backend (queue.when_down) see one come up. 8: BACKEND_COUNTERS 8 → 16, the UDP
+ * counters per backend (BC_DGRAMS_IN/OUT, BC_DROP_OVERSIZED/UNREACHABLE; 11–15 reserved).
  */
-export const LAYOUT_VERSION = 7;
+export const LAYOUT_VERSION = 8;
 
 export const PAGE = 65536;
 export const LAYOUT_BASE = PAGE;
@@ -270,7 +271,7 @@ export const TERM_BACKEND_DOWN = 7;
 export const TERM_QUEUE_FULL = 8;
 export const TERM_BAD_PROXY_HEADER = 9;
 
-export const BACKEND_COUNTERS = 8;
+export const BACKEND_COUNTERS = 16;
 export const BC_CONNECTIONS = 0; // sessions established to this backend
 export const BC_CONNECT_FAILURES = 1;
 export const BC_BYTES_IN = 2; // client → backend
@@ -278,6 +279,15 @@ export const BC_BYTES_OUT = 3; // backend → client
 export const BC_RETRIES = 4; // attempts that failed here and were redispatched
 export const BC_KILLED = 5; // sessions closed because the backend was marked down
 export const BC_CONNECT_TIME_MS = 6;
+// UDP flows to this backend (a flow is counted as a session: BC_CONNECTIONS when created, its bytes
+// in BC_BYTES_IN/OUT): the service's datagram counters and the drops a backend causes, per backend.
+export const BC_DGRAMS_IN = 7; // client → backend
+export const BC_DGRAMS_OUT = 8; // backend → client
+export const BC_DROP_OVERSIZED = 9; // a reply longer than udp.max_datagram
+export const BC_DROP_UNREACHABLE = 10; // a datagram answered by ICMP port unreachable
+/** The per-backend drop counters in order (BC_DROP_BASE + i), with the names metrics and the API give them. */
+export const UDP_BACKEND_DROP_REASONS = ['oversized', 'unreachable'] as const;
+export const BC_DROP_BASE = BC_DROP_OVERSIZED; // 11..15 reserved
 
 // ── engine return codes (negative results of acquire/reacquire) ─────────────
 export const PICK_SERVICE_FULL = -1; // service max_connections reached: queue
@@ -399,8 +409,12 @@ export const ENGINE_CONSTANTS: Record<string, number> = {
 //   │ CONNECT_FAILED │ slot        │ -errno       │ (backend socket closed, client socket kept)   │
 //   │ ENDED          │ slot        │ END_*        │ (sockets closed, but a Node-owned client's)   │
 //   │ CLIENT_GONE    │ slot        │              │ (a watched, queued client left; socket kept)  │
+//   │ UDP_NEW        │ udp listener│ pending id   │ family << 16 | port │ address bytes (4 or 16) │
+//   │ UDP_FAILED     │ slot        │ -errno       │ (ICMP unreachable: the flow waits for udpConnect or udpClose) │
+//   │ UDP_ENDED      │ slot        │ END_SERVER (udp.responses reached), END_MOVED (its backend left) │
 //   └────────────────┴─────────────┴──────────────┴───────────────────────────────────────────────┘
-//   stats: Float64Array, STAT_FIELDS per slot (bytes in, bytes out, an activity count).
+//   stats: Float64Array, STAT_FIELDS per slot (bytes in, bytes out, an activity count, and for a
+//   UDP flow its datagrams in and out).
 export const EV_FIELDS = 8;
 export const EV_TYPE = 0;
 export const EV_ID = 1;
@@ -413,13 +427,23 @@ export const EV_CONNECTED = 3;
 export const EV_CONNECT_FAILED = 4;
 export const EV_ENDED = 5;
 export const EV_CLIENT_GONE = 6;
+/** UDP (relay/udp.c): the first datagram of a new client address and port, held until udpConnect or udpClose names its pending id. */
+export const EV_UDP_NEW = 7;
+export const EV_UDP_FAILED = 8;
+export const EV_UDP_ENDED = 9;
 /** EV_ENDED's EV_A: the client ended the session (its EOF came first, or it reset), or the server. */
 export const END_CLIENT = 1;
 export const END_SERVER = 2;
+/** EV_UDP_ENDED's EV_A: the flow's backend is no longer up or draining (or was removed: udpMove); its datagram starts a new flow. */
+export const END_MOVED = 3;
 export const STAT_BYTES_IN = 0;
 export const STAT_BYTES_OUT = 1;
 export const STAT_ACTIVITY = 2;
-export const STAT_FIELDS = 3;
+export const STAT_DGRAMS_IN = 3;
+export const STAT_DGRAMS_OUT = 4;
+export const STAT_FIELDS = 5;
+/** Datagrams per recvmmsg / sendmmsg at most (udpInit's batch: 1 = a system call per datagram, for comparison). */
+export const UDP_MAX_BATCH = 64;
 /** epoll events per wake. */
 export const RELAY_MAX_EVENTS = 256;
 /** Connections accepted per listener wake. */
@@ -443,6 +467,10 @@ export const RELAY_CONSTANTS: Record<string, number> = {
   OPT_FLAGS, OPT_KEEP_IDLE, OPT_KEEP_INTERVAL, OPT_KEEP_COUNT, OPT_FIELDS, OPT_PROPAGATE_RESET,
   EV_FIELDS, EV_TYPE, EV_ID, EV_A, EV_B, EV_ADDR,
   EV_ACCEPT, EV_ACCEPT_ERROR, EV_CONNECTED, EV_CONNECT_FAILED, EV_ENDED, EV_CLIENT_GONE, END_CLIENT, END_SERVER,
-  STAT_BYTES_IN, STAT_BYTES_OUT, STAT_ACTIVITY, STAT_FIELDS,
-  MAX_EVENTS: RELAY_MAX_EVENTS, MAX_ACCEPT: RELAY_MAX_ACCEPT,
+  EV_UDP_NEW, EV_UDP_FAILED, EV_UDP_ENDED, END_MOVED,
+  STAT_BYTES_IN, STAT_BYTES_OUT, STAT_ACTIVITY, STAT_DGRAMS_IN, STAT_DGRAMS_OUT, STAT_FIELDS,
+  MAX_EVENTS: RELAY_MAX_EVENTS, MAX_ACCEPT: RELAY_MAX_ACCEPT, UDP_MAX_BATCH,
+  // What relay/udp.c counts in the shared memory itself (per datagram) and reads (a flow's backend state).
+  SC_DGRAMS_IN, SC_DGRAMS_OUT, SC_DROP_LIMIT, SC_DROP_OVERSIZED, SC_DROP_UNREACHABLE,
+  BC_DGRAMS_IN, BC_DGRAMS_OUT, BC_DROP_OVERSIZED, BC_DROP_UNREACHABLE, BACKEND_UP, BACKEND_DRAIN, SERVICE_COUNTERS, BACKEND_COUNTERS,
 };

@@ -80,12 +80,22 @@ describe('a UDP service in operations', () => {
     expect(sample(text, 'fulcrum_service_datagram_drops_total{service="arena",reason="limit"}')).toBe(1);
     expect(sample(text, 'fulcrum_service_datagram_drops_total{service="arena",reason="oversized"}')).toBe(1);
     expect(sample(text, 'fulcrum_service_datagram_drops_total{service="arena",reason="no_backend"}')).toBe(0);
+    // Per backend: its flows (sessions), datagrams each way, drops it caused (none here: the oversized datagram was the client's).
+    const g0 = `service="arena",backend="${game[0].address}"`;
+    expect(sample(text, `fulcrum_backend_active_connections{${g0}}`)).toBe(3);
+    expect(sample(text, `fulcrum_backend_connections_total{${g0}}`)).toBe(3);
+    expect(sample(text, `fulcrum_backend_datagrams_in_total{${g0}}`)).toBe(3);
+    expect(sample(text, `fulcrum_backend_datagrams_out_total{${g0}}`)).toBe(3);
+    expect(sample(text, `fulcrum_backend_datagram_drops_total{${g0},reason="oversized"}`)).toBe(0);
+    expect(sample(text, `fulcrum_backend_datagram_drops_total{${g0},reason="unreachable"}`)).toBe(0);
     // A TCP service has no datagram series.
     expect(text).not.toContain('fulcrum_service_datagrams_in_total{service="web"}');
+    expect(text).not.toMatch(/fulcrum_backend_datagrams_in_total\{service="web"/);
     const r = await api(stack.admin, 'GET', '/api/services', undefined, null);
     const arena = r.body.services.find((s: any) => s.name === 'arena');
     expect(arena).toMatchObject({ protocol: 'udp', listen: `${HOST}:${stack.servicePort}`, active: 3 });
     expect(arena.counters).toMatchObject({ datagrams_in: 3, datagrams_out: 3, drops: { limit: 1, oversized: 1, no_backend: 0, unreachable: 0 } });
+    expect(arena.backends[0].counters).toMatchObject({ connections: 3, datagrams_in: 3, datagrams_out: 3, drops: { oversized: 0, unreachable: 0 } });
     expect(r.body.services.find((s: any) => s.name === 'web').protocol).toBe('tcp');
     // fulcrum ctl list: flows, datagrams and drops for the UDP service.
     const out: string[] = [];

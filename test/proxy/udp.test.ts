@@ -9,7 +9,8 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { parseConfig } from '../../src/config/load.ts';
 import type { FulcrumHandle } from '../../src/main.ts';
 import {
-  BC_CONNECT_FAILURES, SC_ACCEPTED, SC_DGRAMS_IN, SC_DGRAMS_OUT, SC_DROP_LIMIT, SC_DROP_NO_BACKEND, SC_DROP_OVERSIZED,
+  BC_BYTES_IN, BC_BYTES_OUT, BC_CONNECT_FAILURES, BC_CONNECTIONS, BC_DGRAMS_IN, BC_DGRAMS_OUT, BC_DROP_OVERSIZED, BC_DROP_UNREACHABLE,
+  SC_ACCEPTED, SC_BYTES_IN, SC_BYTES_OUT, SC_DGRAMS_IN, SC_DGRAMS_OUT, SC_DROP_LIMIT, SC_DROP_NO_BACKEND, SC_DROP_OVERSIZED,
   SC_DROP_UNREACHABLE,
 } from '../../src/shm/layout.ts';
 import { freePort, waitFor } from '../helpers/net.ts';
@@ -135,6 +136,10 @@ afterAll(async () => {
 });
 
 describe('UDP services', () => {
+  it('run on the data path of the project: the relay\'s datagram path (relay/udp.c), or node:dgram with FULCRUM_RELAY=off', () => {
+    expect(proxy.pool.dataPath).toBe(process.env.FULCRUM_RELAY === 'off' ? 'javascript' : 'relay');
+  });
+
   it('1,000 client sockets × 100 datagrams: every reply matches, and with maglev each source keeps its backend', async () => {
     const SOCKETS = 1000;
     const DATAGRAMS = 100;
@@ -181,7 +186,31 @@ describe('UDP services', () => {
     expect(serviceCounter(proxy, 'echo', SC_ACCEPTED)).toBe(SOCKETS);
     expect(serviceCounter(proxy, 'echo', SC_DGRAMS_IN)).toBe(SOCKETS * DATAGRAMS + resent);
     expect(serviceCounter(proxy, 'echo', SC_DGRAMS_OUT)).toBeGreaterThanOrEqual(SOCKETS * DATAGRAMS);
+    // Per backend: each one's flows and datagrams, which add up to the service's.
+    const per = (c: number): number[] => echo.map((b) => backendCounter(proxy, 'echo', b.address, c));
+    const sum = (xs: number[]): number => xs.reduce((a, b) => a + b, 0);
+    expect(per(BC_CONNECTIONS)).toEqual(echo.map((b) => counts[b.name]));
+    for (const [i, b] of echo.entries()) expect(per(BC_DGRAMS_IN)[i], b.name).toBeGreaterThanOrEqual(counts[b.name] * DATAGRAMS);
+    expect(sum(per(BC_DGRAMS_IN))).toBe(serviceCounter(proxy, 'echo', SC_DGRAMS_IN));
+    expect(sum(per(BC_DGRAMS_OUT))).toBe(serviceCounter(proxy, 'echo', SC_DGRAMS_OUT));
+    // Bytes are added up once a second (and when a flow ends), per backend as per service.
+    await waitFor(() => sum(per(BC_BYTES_IN)) === serviceCounter(proxy, 'echo', SC_BYTES_IN) && sum(per(BC_BYTES_IN)) > 0, 3000, 'bytes in, per backend');
+    await waitFor(() => sum(per(BC_BYTES_OUT)) === serviceCounter(proxy, 'echo', SC_BYTES_OUT) && sum(per(BC_BYTES_OUT)) > 0, 3000, 'bytes out, per backend');
   }, 240_000);
+
+  it('a new client\'s burst: every datagram sent before its flow was admitted reaches the backend, in order', async () => {
+    // 40 datagrams at once from a new source: they arrive together (the relay reads them in one
+    // batch), and all but the first wait while the core admits and picks for the flow.
+    const c = await open();
+    for (let i = 0; i < 40; i++) c.send(`burst${i}`, ports.echo, HOST);
+    const got: string[] = [];
+    for (let i = 0; i < 40; i++) {
+      const m = await c.next(2000);
+      if (m === null) break;
+      got.push(m.toString().split('|')[1]);
+    }
+    expect(got).toEqual(Array.from({ length: 40 }, (_, i) => `burst${i}`));
+  });
 
   it('moves a flow off a backend set to maint (or down) on its next datagram; drain keeps it', async () => {
     const c = await open();
@@ -249,6 +278,8 @@ describe('UDP services', () => {
     expect(await c.ask('A'.repeat(94), ports.small, HOST)).toBe(`small|${'A'.repeat(94)}`);
     expect(await c.ask('A'.repeat(95), ports.small, HOST, 300)).toBeNull();
     await waitFor(() => serviceCounter(proxy, 'small', SC_DROP_OVERSIZED) === 3, 2000, 'the oversized reply counted');
+    // Of those, the backend's one reply too long is its own (the two from the client are not).
+    expect(backendCounter(proxy, 'small', small.address, BC_DROP_OVERSIZED)).toBe(1);
     expect(small.received).toBe(4);
   });
 
@@ -278,6 +309,9 @@ describe('UDP services', () => {
     }
     expect(backendCounter(proxy, 'icmp', `${BACK}:${deadPort}`, BC_CONNECT_FAILURES)).toBeGreaterThanOrEqual(1);
     expect(serviceCounter(proxy, 'icmp', SC_DROP_UNREACHABLE)).toBe(backendCounter(proxy, 'icmp', `${BACK}:${deadPort}`, BC_CONNECT_FAILURES));
+    expect(backendCounter(proxy, 'icmp', `${BACK}:${deadPort}`, BC_DROP_UNREACHABLE)).toBe(serviceCounter(proxy, 'icmp', SC_DROP_UNREACHABLE));
+    expect(backendCounter(proxy, 'icmp', live.address, BC_DROP_UNREACHABLE)).toBe(0);
+    expect(backendCounter(proxy, 'icmp', live.address, BC_DGRAMS_IN)).toBe(10);
     expect(live.received).toBe(10);
   });
 

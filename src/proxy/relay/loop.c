@@ -403,10 +403,18 @@ void on_poll(uv_poll_t *h, int status, int events) {
   int n = epoll_wait(r->epfd, evs, MAX_EVENTS, 0);
   for (int i = 0; i < n; i++) {
     uint64_t k = evs[i].data.u64;
-    int fd = (int)(uint32_t)k;
-    int kind = (int)((k >> 32) & 3);
-    uint32_t id = (uint32_t)(k >> 34);
+    int fd = KEY_FD(k);
+    int kind = KEY_KIND(k);
+    uint32_t id = KEY_ID(k);
     uint32_t e = evs[i].events;
+    if (kind == UDP_FLOW) {
+      udp_on_flow(r, id, fd, e);
+      continue;
+    }
+    if (kind == UDP_LISTENER) {
+      udp_on_listener(r, id, fd);
+      continue;
+    }
     if (kind == INBOX) {
       adopt(r);
       continue;
@@ -452,6 +460,7 @@ void on_poll(uv_poll_t *h, int status, int events) {
       }
     }
   }
+  if (r->udp != NULL) udp_flush(r); /* the replies queued this wake: one sendmmsg per service socket */
   if (r->nev > 0) call_on_events(r);
   yield_point(r);
 }

@@ -47,12 +47,12 @@ static Relay *get_relay(napi_env env) {
   return data;
 }
 
-static napi_value throw_msg(napi_env env, const char *msg) {
+napi_value throw_msg(napi_env env, const char *msg) {
   napi_throw_error(env, "FULCRUM_ERR_RELAY", msg);
   return NULL;
 }
 
-static napi_value int_value(napi_env env, int32_t v) {
+napi_value int_value(napi_env env, int32_t v) {
   napi_value result;
   napi_create_int32(env, v, &result);
   return result;
@@ -128,7 +128,7 @@ static int to_sockaddr(napi_env env, napi_value ip, int32_t port, int32_t family
  *   f  napi_value*   a function
  * Once per call from JS (per connect attempt, per session's end: not per chunk).
  */
-static int args(napi_env env, napi_callback_info info, Relay **r, const char *usage, const char *fmt, ...) {
+int args(napi_env env, napi_callback_info info, Relay **r, const char *usage, const char *fmt, ...) {
   size_t argc = MAX_ARGS;
   napi_value argv[MAX_ARGS];
   char msg[160];
@@ -205,6 +205,7 @@ static void on_env_cleanup(napi_async_cleanup_hook_handle handle, void *arg) {
   Relay *r = arg;
   r->cleanup = handle;
   unregister_relay(r);
+  udp_cleanup(r);
   free(r->inbox);
   if (r->inbox_fd >= 0) close(r->inbox_fd);
   for (uint32_t i = 0; i < r->nslots; i++) {
@@ -294,6 +295,13 @@ static napi_value js_set_stats(napi_env env, napi_callback_info info) {
   return NULL;
 }
 
+/* A listen that failed at a system call: its socket closed, the call's errno returned (negative). */
+napi_value close_failed(napi_env env, Relay *r, int fd) {
+  int err = errno;
+  close_fd(r, fd);
+  return int_value(env, -err);
+}
+
 /* listen(ip, port, family, reusePort, backlog) → listener id, or a negative errno. */
 static napi_value js_listen(napi_env env, napi_callback_info info) {
   static const char usage[] = "listen(ip, port, family, reusePort, backlog)";
@@ -349,11 +357,8 @@ static napi_value js_listen(napi_env env, napi_callback_info info) {
   pthread_mutex_unlock(&g_lock);
   ref_up(r);
   return int_value(env, (int32_t)lid);
-fail: {
-    int err = errno;
-    close_fd(r, fd);
-    return int_value(env, -err);
-  }
+fail:
+  return close_failed(env, r, fd);
 }
 
 /* The listener named by the call's one argument, or 0 (unknown ids are ignored: closed already). */
@@ -688,6 +693,12 @@ static napi_value js_constants(napi_env env, napi_callback_info info) {
   SET("endServer", END_SERVER);
   SET("maxEvents", MAX_EVENTS);
   SET("maxAccept", MAX_ACCEPT);
+  SET("statDgramsIn", STAT_DGRAMS_IN);
+  SET("statDgramsOut", STAT_DGRAMS_OUT);
+  SET("evUdpNew", EV_UDP_NEW);
+  SET("evUdpFailed", EV_UDP_FAILED);
+  SET("evUdpEnded", EV_UDP_ENDED);
+  SET("endMoved", END_MOVED);
   SET("nodeAbi", FULCRUM_NODE_ABI);
   SET("sanitized", RELAY_SANITIZED);
 #undef SET
@@ -714,6 +725,13 @@ NAPI_MODULE_INIT() {
     {"socketOptions", NULL, js_socket_options, NULL, NULL, NULL, napi_default, NULL},
     {"notify", NULL, js_notify, NULL, NULL, NULL, napi_default, NULL},
     {"constants", NULL, js_constants, NULL, NULL, NULL, napi_default, NULL},
+    {"udpInit", NULL, js_udp_init, NULL, NULL, NULL, napi_default, NULL},
+    {"udpListen", NULL, js_udp_listen, NULL, NULL, NULL, napi_default, NULL},
+    {"udpConfigure", NULL, js_udp_configure, NULL, NULL, NULL, napi_default, NULL},
+    {"udpCloseListener", NULL, js_udp_close_listener, NULL, NULL, NULL, napi_default, NULL},
+    {"udpConnect", NULL, js_udp_connect, NULL, NULL, NULL, napi_default, NULL},
+    {"udpMove", NULL, js_udp_move, NULL, NULL, NULL, napi_default, NULL},
+    {"udpClose", NULL, js_udp_close, NULL, NULL, NULL, napi_default, NULL},
   };
   napi_define_properties(env, exports, sizeof(props) / sizeof(props[0]), props);
   return exports;

@@ -9,6 +9,8 @@
  *              bytes both ways with backpressure and half-close, the events for JS, fd ownership
  *   handoff.c  the registry of relays (one per worker thread) and the hand-over of connections
  *              from a busier relay to a quieter one listening on the same address
+ *   udp.c      UDP services: a datagram socket per service, a connected socket per flow, batched
+ *              system calls (recvmmsg, sendmmsg); its own N-API functions (udp*)
  *
  * Everything is hidden (-fvisibility=hidden, build/relay.ts) but the module's init.
  */
@@ -43,7 +45,7 @@
 
 /* Keep in step with relay.ts (checked there against constants()). */
 #ifndef RELAY_VERSION /* tests build a relay of another version to see it refused */
-#define RELAY_VERSION 4
+#define RELAY_VERSION 5
 #endif
 /* Built with AddressSanitizer (build/relay.ts --sanitize): constants().sanitized says so, and
    transport-relay.ts then hands it only buffers of their own allocation (an over-read is caught). */
@@ -56,6 +58,8 @@
 #define SERVER 1
 #define LISTENER 2
 #define INBOX 3 /* the relay's eventfd: connections another relay handed over */
+#define UDP_LISTENER 4 /* a UDP service's socket (udp.c; id: its UDP listener id) */
+#define UDP_FLOW 5     /* a UDP flow's socket connected to its backend (udp.c; id: its slot) */
 
 /* Per read: the JS path's largest read buffer (transport-js.ts READ_BUFFER_SIZE). */
 #define SCRATCH_SIZE (64 * 1024)
@@ -71,8 +75,8 @@ enum { ST_WATCH = 1, ST_CONNECTING, ST_RELAY };
  */
 enum { FD_NONE = 0, FD_HELD, FD_CLIENT, FD_LENT, FD_OWN };
 
-/* Slots JS may use: the epoll key (key_of) keeps 30 bits for a slot or listener id. */
-#define MAX_SLOTS (1u << 30)
+/* Slots JS may use: the epoll key (key_of) keeps 29 bits for a slot or listener id. */
+#define MAX_SLOTS (1u << 29)
 
 typedef struct {
   uint8_t *buf; /* what the writing side's kernel did not take yet (NULL: nothing) */
@@ -134,13 +138,17 @@ typedef struct {
   napi_ref resource;
   napi_async_context actx;
   int64_t yielded_ns; /* CLOCK_MONOTONIC of the last yield_point() that read the CPU clock */
+  struct Udp *udp;    /* UDP services (udp.c), from udpInit() on; NULL before */
   uint8_t scratch[SCRATCH_SIZE];
 } Relay;
 
-/* The epoll key of one socket: id (slot or listener, < MAX_SLOTS), kind and fd (a key whose fd no longer matches is stale). */
+/* The epoll key of one socket: id (slot or listener, < MAX_SLOTS), kind (3 bits) and fd (a key whose fd no longer matches is stale). */
 static inline uint64_t key_of(uint32_t id, int kind, int fd) {
-  return ((uint64_t)id << 34) | ((uint64_t)kind << 32) | (uint32_t)fd;
+  return ((uint64_t)id << 35) | ((uint64_t)kind << 32) | (uint32_t)fd;
 }
+#define KEY_ID(k) ((uint32_t)((k) >> 35))
+#define KEY_KIND(k) ((int)(((k) >> 32) & 7))
+#define KEY_FD(k) ((int)(uint32_t)(k))
 
 static inline int room_to_accept(Relay *r) {
   return (size_t)(r->nev + 2 * MAX_EVENTS + 1) * EV_FIELDS <= r->events_len;
@@ -160,6 +168,25 @@ void free_session(Relay *r, Session *s, int keep_client);
 int poll_side(Relay *r, Session *s, int side, uint32_t want);
 void encode_address(const struct sockaddr_storage *ss, int32_t out[5]);
 void on_poll(uv_poll_t *h, int status, int events);
+
+/* ── relay.c (the N-API helpers udp.c shares) ── */
+int args(napi_env env, napi_callback_info info, Relay **r, const char *usage, const char *fmt, ...);
+napi_value int_value(napi_env env, int32_t v);
+napi_value throw_msg(napi_env env, const char *msg);
+napi_value close_failed(napi_env env, Relay *r, int fd);
+
+/* ── udp.c ── */
+void udp_on_listener(Relay *r, uint32_t lid, int fd);
+void udp_on_flow(Relay *r, uint32_t slot, int fd, uint32_t events);
+void udp_flush(Relay *r);
+void udp_cleanup(Relay *r);
+napi_value js_udp_init(napi_env env, napi_callback_info info);
+napi_value js_udp_listen(napi_env env, napi_callback_info info);
+napi_value js_udp_configure(napi_env env, napi_callback_info info);
+napi_value js_udp_close_listener(napi_env env, napi_callback_info info);
+napi_value js_udp_connect(napi_env env, napi_callback_info info);
+napi_value js_udp_move(napi_env env, napi_callback_info info);
+napi_value js_udp_close(napi_env env, napi_callback_info info);
 
 /* ── handoff.c ── */
 /* Guards the registry, the inboxes and the listener tables other relays read (listeners, lkeys). */

@@ -135,39 +135,3 @@ export function resolveSecretPaths(config: Config, dir: string): Config {
   }
   return config;
 }
-
-/** Every secret file `config` names, with its setting (paths as loadConfig resolved them). */
-export function secretFilesOf(config: Config): Array<{ setting: SecretSetting; file: string }> {
-  const files: Array<{ setting: SecretSetting; file: string }> = [];
-  if (config.ha) files.push({ setting: 'ha.secret_file', file: config.ha.secret_file });
-  if (config.admin?.token_file) files.push({ setting: 'admin.token_file', file: config.admin.token_file });
-  for (const s of config.services) {
-    const sentinel = s.discover?.redis_sentinel;
-    if (sentinel?.password_file) files.push({ setting: 'discover.redis_sentinel.password_file', file: sentinel.password_file });
-    const h = s.health;
-    if (h?.redis?.password_file) files.push({ setting: 'health.redis.password_file', file: h.redis.password_file });
-    if (h?.postgres?.password_file) files.push({ setting: 'health.postgres.password_file', file: h.postgres.password_file });
-    if (h?.mysql?.password_file) files.push({ setting: 'health.mysql.password_file', file: h.mysql.password_file });
-  }
-  return files;
-}
-
-/**
- * `fulcrum check`: reads every secret file by the rule above and returns each refusal (a probe's
- * password too, which `fulcrum run` reads only before each probe: a too-open one is said up front).
- */
-export function checkSecretFiles(config: Config): SecretFileError[] {
-  const errors: SecretFileError[] = [];
-  const seen = new Set<string>();
-  for (const { setting, file } of secretFilesOf(config)) {
-    if (seen.has(`${setting} ${file}`)) continue;
-    seen.add(`${setting} ${file}`);
-    try {
-      readSecretFileSync(setting, file);
-    } catch (err) {
-      if (err instanceof SecretFileError) errors.push(err);
-      else throw err;
-    }
-  }
-  return errors;
-}

@@ -1,24 +1,16 @@
 /**
- * What `fulcrum check` says beyond the config's own validation: the secret files it names, read
- * by their rule (src/config/secrets.ts); the capabilities it needs (./capabilities.ts) and
- * whether this process holds them; an admin API beyond loopback (src/admin/server.ts's
- * adminExposure, the one owner of that text). Problems fail the check; notes are printed.
+ * What `fulcrum check` says beyond the config's own validation and the preflight it shares with
+ * `fulcrum run` (src/control/preflight.ts: listen addresses, every secret file, ca files, which
+ * fail the check): the capabilities the config needs (./capabilities.ts) and whether this
+ * process holds them; an admin API beyond loopback (src/admin/server.ts's adminExposure, the one
+ * owner of that text). These are notes and warnings, printed; they do not fail the check.
  */
 import { adminExposure } from '../admin/server.ts';
-import { checkSecretFiles } from '../config/secrets.ts';
 import type { Config } from '../config/schema.ts';
-import type { FulcrumError } from '../errors.ts';
 import { checkCapabilities, uncertainWarning } from './capabilities.ts';
 
-export interface CheckResult {
-  /** What `fulcrum run` would refuse (or a probe would fail on): the check fails. */
-  problems: FulcrumError[];
-  /** "note: …" and "warning: …" lines. */
-  notes: string[];
-}
-
-export async function checkRuntime(config: Config): Promise<CheckResult> {
-  const problems: FulcrumError[] = checkSecretFiles(config);
+/** "note: …" and "warning: …" lines. */
+export async function checkNotes(config: Config): Promise<string[]> {
   const notes: string[] = [];
   const caps = await checkCapabilities(config);
   const missing = new Set(caps.missing);
@@ -34,5 +26,5 @@ export async function checkRuntime(config: Config): Promise<CheckResult> {
   const exposure = config.admin ? adminExposure(config.admin.listen, config.admin.auth_reads) : undefined;
   if (exposure) notes.push(`note: ${exposure.note}`);
   if (exposure?.warning) notes.push(`warning: ${exposure.warning}`);
-  return { problems, notes };
+  return notes;
 }

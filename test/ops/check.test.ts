@@ -1,8 +1,8 @@
 /**
- * What `fulcrum check` says beyond validation (src/ops/check.ts), run as an operator runs it:
- * a too-open secret file of any kind — a probe's password too, which `fulcrum run` reads only
- * before each probe — fails the check with its path and mode; the capabilities the config needs;
- * an admin API beyond loopback.
+ * What `fulcrum check` says beyond validation, run as an operator runs it: a too-open secret
+ * file of any kind — a probe's password too — fails the check with its setting, path and mode
+ * (src/control/preflight.ts, which `fulcrum run` refuses by too); the capabilities the config
+ * needs (src/ops/check.ts); an admin API beyond loopback.
  */
 import { spawn } from 'node:child_process';
 import { chmodSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
@@ -44,7 +44,7 @@ describe('fulcrum check', () => {
     const yaml = service(`    health:\n      type: postgres\n      postgres: { password_file: ${password} }\n`);
     const r = await check(yaml);
     expect(r.code).toBe(1);
-    expect(r.stderr).toContain(`fulcrum check: [FULCRUM_ERR_PROBE_SECRET] health.postgres.password_file ${password}: is accessible by group or others (mode 0644)`);
+    expect(r.stderr).toContain(`services[0].health.postgres.password_file: ${password}: is accessible by group or others (mode 0644)`);
     expect(r.stdout).not.toContain('config OK');
     chmodSync(password, 0o600);
     const ok = await check(yaml);
@@ -68,8 +68,9 @@ ha:
   secret_file: ${key}
 `);
     expect(r.code).toBe(1);
-    expect(r.stderr).toContain(`[FULCRUM_ERR_HA_SECRET] ha.secret_file ${key}: is accessible by group or others (mode 0640)`);
-    expect(r.stderr).toContain(`[FULCRUM_ERR_ADMIN_TOKEN] admin.token_file ${join(dir, 'missing.token')}: cannot read (ENOENT)`);
+    expect(r.stderr).toContain('[FULCRUM_ERR_CONFIG_INVALID]');
+    expect(r.stderr).toContain(`ha.secret_file: ${key}: is accessible by group or others (mode 0640)`);
+    expect(r.stderr).toContain(`admin.token_file: ${join(dir, 'missing.token')}: cannot read (ENOENT)`);
   });
 
   it('says what capabilities the config needs and whether this process holds them', async () => {

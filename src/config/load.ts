@@ -44,7 +44,9 @@ function formatValue(v: unknown): string {
  */
 const MAX_YAML_PROBLEMS = 20;
 function yamlProblems(doc: Document, lines: LineCounter): ConfigProblem[] {
-  const errors = doc.errors;
+  // One mistake, one message: the parser may raise two errors at one place (a line indented
+  // under a scalar gave "Nested mappings…" and "Implicit keys…" at the same column).
+  const errors = doc.errors.filter((e, i, all) => all.findIndex((f) => f.pos[0] === e.pos[0]) === i);
   const problems = errors.slice(0, MAX_YAML_PROBLEMS).map((e) => ({ path: '', message: yamlMessage(e, doc, lines) }));
   if (errors.length > MAX_YAML_PROBLEMS) problems.push({ path: '', message: `YAML: ${errors.length - MAX_YAML_PROBLEMS} more errors not listed` });
   return problems;

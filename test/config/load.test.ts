@@ -300,6 +300,8 @@ services:
     expect(problemsOf('services:\n  - name: a\n    listen: {a: 1\n    x: 2\nworkers: 1\n')).toEqual([
       ': YAML: line 3, column 13: the { opened here is not closed (found at line 4, column 5: Flow map in block collection must be sufficiently indented and end with a })',
     ]);
+    // Two parser errors at one place are one mistake: one message.
+    expect(problemsOf('workers: 1\n  services: []\n')).toEqual([': YAML: line 1, column 10: Nested mappings are not allowed in compact mappings']);
     expect(problemsOf('workers: 2\nservices:\n  - name: a\n    listen: x: y\n')).toEqual([
       ': YAML: line 4, column 13: Nested mappings are not allowed in compact mappings',
     ]);

@@ -254,3 +254,38 @@ describe('the diff', () => {
     expect(d.report.changes).toContain('workers: 1 → 3');
   });
 });
+
+describe('the report and runtime changes (what the balancer holds beside the config)', () => {
+  const file = (b: string) => parseConfig(`services:\n  - name: web\n    listen: ${HOST}:${p1}\n    backends:\n${b}`, '<f>');
+  const A = `${HOST}:7001`;
+  const B = `${HOST}:7002`;
+  const live = (weights: Record<string, number>, states: Record<string, string>) => ({
+    weightOf: (_s: string, a: string) => weights[a],
+    adminState: (_s: string, a: string) => states[a],
+  });
+
+  it('a runtime weight put back is a change from the runtime value; a runtime state the file leaves alone is kept', () => {
+    const before = file(`      - { address: ${A}, weight: 3 }\n      - { address: ${B} }\n`);
+    const report = describeChanges(before, before, live({ [A]: 7, [B]: 1 }, { [A]: 'ready', [B]: 'drain' }));
+    expect(report).toEqual({
+      changes: [`service web: backend ${A} weight 7 → 3 (7 was set at run time)`],
+      restart_required: [],
+      kept: [`service web: backend ${B} state drain (set at run time; the file says ready)`],
+    });
+  });
+
+  it('a state the file changes wins over the runtime one, and says what it replaced', () => {
+    const before = file(`      - { address: ${A} }\n`);
+    const after = file(`      - { address: ${A}, state: maint }\n`);
+    expect(describeChanges(before, after, live({ [A]: 1 }, { [A]: 'drain' })).changes)
+      .toEqual([`service web: backend ${A} state drain → maint (drain was set at run time)`]);
+  });
+
+  it('with nothing changed at run time the report is the file diff, and without a live view too', () => {
+    const before = file(`      - { address: ${A}, weight: 3 }\n`);
+    const after = file(`      - { address: ${A}, weight: 5 }\n`);
+    const plain = { changes: [`service web: backend ${A} weight 3 → 5`], restart_required: [] };
+    expect(describeChanges(before, after, live({ [A]: 3 }, { [A]: 'ready' }))).toEqual(plain);
+    expect(describeChanges(before, after)).toEqual(plain);
+  });
+});

@@ -93,10 +93,28 @@ export async function preflight(config: Config, file = '<config>'): Promise<void
     else problems.push({ path: 'services', message: (err as Error).message });
   }
   problems.push(...await adminProblems(config));
+  problems.push(...fileProblems(config));
+  if (problems.length > 0) throw new ConfigInvalidError(file, problems);
+}
+
+/** Every secret file and ca_file that cannot be used. */
+function fileProblems(config: Config): ConfigProblem[] {
+  const problems: ConfigProblem[] = [];
   for (const s of secretFiles(config)) {
     const p = secretProblem(s.path, s.setting, s.file);
     if (p) problems.push(p);
   }
   problems.push(...caFileProblems(config));
+  return problems;
+}
+
+/**
+ * The files part of the preflight, for a reload of the file (src/control/reload.ts): a reload
+ * that names a probe password or a ca_file that cannot be used is refused as start-up would
+ * refuse it, and the running config stays. (Listen addresses have the reload's own check, which
+ * knows the listeners it holds; the admin server's are its reload hook's.)
+ */
+export function preflightFiles(config: Config, file = '<config>'): void {
+  const problems = fileProblems(config);
   if (problems.length > 0) throw new ConfigInvalidError(file, problems);
 }

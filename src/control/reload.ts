@@ -23,6 +23,7 @@
  * shutdown_grace is over.
  */
 import { checkListens } from '../config/listen.ts';
+import { preflightFiles } from './preflight.ts';
 import { loadConfigOffThread, resolveWorkers } from '../config/load.ts';
 import { formatHostPort, type Config } from '../config/schema.ts';
 import { ConfigInvalidError, FulcrumError } from '../errors.ts';
@@ -176,6 +177,7 @@ export class ReloadSequence {
     let loaded = false;
     try {
       const next = await loadConfigOffThread(file);
+      preflightFiles(next, file);
       loaded = true;
       const applied = await this.#applyNow(next, 'file');
       report = applied.diff.report;

@@ -128,6 +128,10 @@ describe('reload', () => {
       [yaml({ balance: 'roundrobin', weights: [1, 1], withB2: false, withExtra: false, maxConnections: 0 }).replace('weight: 1', 'weight: -4'), /services\[0\]\.backends\[0\]\.weight/],
       [yaml({ balance: 'roundrobin', weights: [1, 1], withB2: false, withExtra: false, maxConnections: 0 }).replace('balance: roundrobin', 'balance: fastest'), /services\[0\]\.balance: must be one of .*"fastest"/],
       ['services: [\n  - name: x\n', /YAML/],
+      // What start-up refuses, a reload refuses: a probe password file that cannot be read.
+      [yaml({ balance: 'roundrobin', weights: [1, 1], withB2: false, withExtra: false, maxConnections: 0 })
+        .replace('    backends:', '    health: { type: redis, redis: { password_file: ./no-such.password } }\n    backends:'),
+      /services\[0\]\.health\.redis\.password_file: .*no-such\.password: cannot read \(ENOENT\)/],
       [yaml({ balance: 'roundrobin', weights: [1, 1], withB2: false, withExtra: false, maxConnections: 0 }) + 'colour: red\n', /colour: unknown key/],
     ];
     let refused = status0.refused;

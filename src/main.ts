@@ -200,6 +200,7 @@ export async function startFulcrum(initial: Config, options: StartOptions = {}):
       await pool.shutdown(grace);
       await bgp?.close();
       balancer.close();
+      await notifier?.settled();
       log.info('stopped');
       markStopped();
     })();

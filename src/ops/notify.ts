@@ -46,6 +46,12 @@ export interface Notifier {
   mainPid(pid?: number): void;
   /** Stops the watchdog timer (a process handing over stops feeding it); no message is sent. */
   close(): void;
+  /**
+   * Resolves once every message asked for so far has been sent (or failed): a stop awaits it
+   * before the process exits, so STOPPING=1 through systemd-notify, queued behind a watchdog
+   * tick, is not lost with the process.
+   */
+  settled(): Promise<void>;
 }
 
 /** The watchdog period from the environment systemd sets, in ms: half of WATCHDOG_USEC; undefined when not meant for `pid`. */
@@ -101,9 +107,10 @@ export function systemdNotifier(logger: Logger, env: NodeJS.ProcessEnv = process
   let failed = false;
   // After STOPPING=1 only MAINPID may follow: a reload that ends during the stop says nothing.
   let stopping = false;
+  let last: Promise<void> = Promise.resolve();
   const notify = (message: string): void => {
     if (stopping && !message.startsWith('MAINPID=')) return;
-    send(message).then(() => void (failed = false), (err: Error) => {
+    last = send(message).then(() => void (failed = false), (err: Error) => {
       // Once per run of failures: a watchdog tick that fails would otherwise log every few seconds.
       if (failed) return;
       failed = true;
@@ -137,5 +144,6 @@ export function systemdNotifier(logger: Logger, env: NodeJS.ProcessEnv = process
       if (pid === process.pid) feed(watchdogIntervalMs({ ...env, WATCHDOG_PID: String(pid) }));
     },
     close: () => clearInterval(timer),
+    settled: () => last,
   };
 }

@@ -238,7 +238,7 @@ export async function startFulcrum(initial: Config, options: StartOptions = {}):
   if (options.operations !== false) handle.ops = await startOperationsFor(handle, { status: discoveryStatus });
   // Every listener (services, admin) is bound; READY=1 once every backend has had its first
   // probe too (each bounded by its timeout), unless a stop came first.
-  if (notifier) void health.firstRound(true).then(() => stopping === null && notifier.ready());
+  if (notifier) void health.firstRound({ every: true }).then(() => stopping === null && notifier.ready());
   return handle;
 }
 

@@ -136,7 +136,7 @@ export class HealthMonitor extends EventEmitter<HealthEvents> {
   readonly #admin: AdminStates | undefined;
   /** firstRound() callers, resolved when no backend of a service that routes by role is pending. */
   readonly #roundWaiters: Array<() => void> = [];
-  /** firstRound(true) callers (systemd's READY=1), resolved when no backend at all is pending. */
+  /** firstRound({ every: true }) callers (systemd's READY=1), resolved when no backend at all is pending. */
   readonly #everyWaiters: Array<() => void> = [];
   #stopped = false;
   /** Probes skipped since the last log line about them (#skip). */
@@ -256,9 +256,9 @@ export class HealthMonitor extends EventEmitter<HealthEvents> {
    * than no eligible backend. `every`: every backend probed (not in maint), whatever its
    * service routes by — what systemd's READY=1 waits for (src/ops/notify.ts).
    */
-  firstRound(every = false): Promise<void> {
+  firstRound(options: { every?: boolean } = {}): Promise<void> {
     return new Promise((resolve) => {
-      (every ? this.#everyWaiters : this.#roundWaiters).push(resolve);
+      (options.every ? this.#everyWaiters : this.#roundWaiters).push(resolve);
       this.#checkRound();
     });
   }

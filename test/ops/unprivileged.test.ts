@@ -11,7 +11,7 @@
  * Addresses: 10.77.0.0/24, inside the namespaces only.
  */
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
-import { chmodSync, chownSync, cpSync, mkdirSync, mkdtempSync, realpathSync, rmSync, writeFileSync } from 'node:fs';
+import { chmodSync, chownSync, copyFileSync, cpSync, mkdirSync, mkdtempSync, realpathSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -48,14 +48,18 @@ function copyRuntime(into: string): void {
   link(realpathSync(join(ROOT, 'node_modules')), join(into, 'node_modules'));
 }
 
-/** `fulcrum run` in namespace n as nobody, holding `caps` (ambient, bounding) and no_new_privs. */
-function runAsNobody(caps: string[]): { child: ChildProcess; lines: Array<Record<string, unknown> & { level: number; msg: string }>; output: () => string; exited: Promise<number | null> } {
+/**
+ * `fulcrum run` in namespace n as nobody, holding `caps` (ambient; also the bounding set, and
+ * no_new_privs, unless `open`: then the bounding set stays full, as for a user's login shell).
+ */
+function runAsNobody(caps: string[], open = false, pathPrefix = ''): { child: ChildProcess; lines: Array<Record<string, unknown> & { level: number; msg: string }>; output: () => string; exited: Promise<number | null> } {
   const list = caps.map((c) => `+${c}`).join(',');
-  const capArgs = caps.length > 0 ? [`--inh-caps=-all,${list}`, `--ambient-caps=${list}`, `--bounding-set=-all,${list}`] : ['--inh-caps=-all', '--bounding-set=-all'];
+  const capArgs = caps.length > 0 ? [`--inh-caps=-all,${list}`, `--ambient-caps=${list}`] : ['--inh-caps=-all'];
+  if (!open) capArgs.push(caps.length > 0 ? `--bounding-set=-all,${list}` : '--bounding-set=-all', '--no-new-privs');
   const child = lab.spawn('n', 'setpriv', [
-    '--reuid=nobody', '--regid=nogroup', '--clear-groups', ...capArgs, '--no-new-privs', '--',
+    '--reuid=nobody', '--regid=nogroup', '--clear-groups', ...capArgs, '--',
     join(dir, 'bin', 'fulcrum'), 'run', '--config', config,
-  ], { env: { PATH: '/usr/sbin:/usr/bin:/sbin:/bin', HOME: '/nonexistent' } });
+  ], { env: { PATH: `${pathPrefix}/usr/sbin:/usr/bin:/sbin:/bin`, HOME: '/nonexistent' } });
   children.push(child);
   let output = '';
   child.stdout!.on('data', (d) => (output += d));
@@ -165,5 +169,21 @@ describe.skipIf(!available)('fulcrum as nobody with only the documented capabili
     expect(run.output()).toContain('CAP_NET_BIND_SERVICE: needed by ha.bind 10.77.0.1:694 (ports below 1024)');
     expect(run.output()).toContain('CAP_NET_ADMIN: needed by ha');
     expect(run.output()).toContain(`CAP_NET_RAW: needed by ha (arping, the gratuitous ARP for ${VIP}/24)`);
+  });
+
+  it('without CAP_NET_RAW but where a file capability on arping could give it: starts and warns; an arping without one fails as warned', async () => {
+    // Debian's arping carries cap_net_raw as a file capability; this copy does not (a copy
+    // leaves the extended attributes behind).
+    const bin = join(dir, 'plain-bin');
+    mkdirSync(bin, { mode: 0o755 });
+    copyFileSync(execFileSync('sh', ['-c', 'command -v arping'], { encoding: 'utf8' }).trim(), join(bin, 'arping'));
+    chmodSync(join(bin, 'arping'), 0o755);
+    const run = runAsNobody(['net_bind_service', 'net_admin'], true, `${bin}:`);
+    await waitFor(() => run.output().includes('fulcrum run: warning: CAP_NET_RAW (ha (arping, the gratuitous ARP for 10.77.0.100/24)): this process does not hold it'), 10_000, `the warning (fulcrum said: ${run.output()})`);
+    await waitFor(() => run.lines.some((l) => l.code === 'FULCRUM_ERR_GARP') || run.child.exitCode !== null, 20_000, 'the failed arping');
+    expect(run.child.exitCode, run.output()).toBeNull();
+    run.child.kill('SIGTERM');
+    expect(await run.exited).toBe(0);
+    await waitFor(async () => !(await vipHeld()), 5000, 'the VIP released at stop');
   });
 });

@@ -173,6 +173,17 @@ describe('the relay API, called directly (this test process is its worker)', () 
   it('a slot in range but beyond the stats array is ERANGE', () => {
     expect(code(relay.connect(16, 0, false, '127.2.12.3', 1, 4, null, false, NO_OPTS))).toBe('ERANGE');
   });
+
+  it('notify (sd_notify\'s datagram; test/ops/notify.test.ts sends real ones): a bad socket name is an errno, wrong types throw', () => {
+    expect(code(relay.notify('relative/notify.sock', 'READY=1'))).toBe('EINVAL');
+    expect(code(relay.notify('@', 'READY=1'))).toBe('EINVAL');
+    expect(code(relay.notify(`/${'x'.repeat(107)}`, 'READY=1'))).toBe('ENAMETOOLONG');
+    expect(code(relay.notify(`@${'x'.repeat(108)}`, 'READY=1'))).toBe('ENAMETOOLONG');
+    expect(code(relay.notify('/nonexistent/notify.sock', 'READY=1'))).toBe('ENOENT');
+    expect(code(relay.notify(`@fulcrum-nobody-listens-${process.pid}`, 'READY=1'))).toBe('ECONNREFUSED');
+    expect(() => relay.notify(1 as unknown as string, 'READY=1')).toThrow(/notify\(socketPath: string, message: string\) expected/);
+    expect(() => relay.notify('/run/x', undefined as unknown as string)).toThrow(/notify\(socketPath: string, message: string\) expected/);
+  });
 });
 
 describe('formatAddress', () => {

@@ -645,10 +645,14 @@ static napi_value js_notify(napi_env env, napi_callback_info info) {
   addr.sun_family = AF_UNIX;
   char path[sizeof(addr.sun_path) + 1];
   size_t plen;
-  if (napi_get_value_string_utf8(env, path_v, path, sizeof(path), &plen) != napi_ok) {
+  if (napi_get_value_string_utf8(env, path_v, NULL, 0, &plen) != napi_ok) {
     return throw_msg(env, "relay: notify(socketPath: string, message: string) expected");
   }
-  if (plen < 2 || plen > sizeof(addr.sun_path) || (path[0] != '/' && path[0] != '@')) return int_value(env, -EINVAL);
+  /* A path keeps its NUL inside sun_path; an abstract name ("@…") has none. */
+  if (plen > sizeof(addr.sun_path)) return int_value(env, -ENAMETOOLONG);
+  napi_get_value_string_utf8(env, path_v, path, sizeof(path), &plen);
+  if (plen < 2 || (path[0] != '/' && path[0] != '@')) return int_value(env, -EINVAL);
+  if (path[0] == '/' && plen == sizeof(addr.sun_path)) return int_value(env, -ENAMETOOLONG);
   memcpy(addr.sun_path, path, plen);
   if (path[0] == '@') addr.sun_path[0] = 0; /* abstract: the length, not a NUL, ends the name */
   socklen_t alen = (socklen_t)(offsetof(struct sockaddr_un, sun_path) + plen + (path[0] == '/'));

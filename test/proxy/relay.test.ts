@@ -13,7 +13,12 @@ import { describe, expect, it } from 'vitest';
 import type { Socket } from 'node:net';
 import { formatAddress, loadRelay, RELAY_EVENTS, RELAY_PATH, EV_FIELDS, STAT_FIELDS, type RelayBinding } from '../../src/proxy/relay.ts';
 import { compileRelay } from '../../build/relay.ts';
-import { connectClient, readLine, startEchoServer, waitFor } from '../helpers/net.ts';
+import { connectClient, freePort, readLine, startEchoServer, waitFor } from '../helpers/net.ts';
+import { startUdpBackend, UdpClient } from '../helpers/udp.ts';
+import {
+  backendAddr, backendCounterIndex, BACKEND_UP, BC_DGRAMS_IN, BC_DGRAMS_OUT, B_STATE, createSharedMemory, EV_UDP_NEW, SC_DGRAMS_IN, SC_DGRAMS_OUT,
+  serviceCounterIndex,
+} from '../../src/shm/layout.ts';
 
 /** connect's options: no propagate_reset, no keepalive. */
 const NO_OPTS = new Int32Array(4);
@@ -144,6 +149,48 @@ describe('the relay API, called directly (this test process is its worker)', () 
     }
     expect(relay.stop(5, false)).toBe(false);
     await client.close();
+  });
+
+  it('UDP: udp* calls need udpInit first; then a datagram of a new client waits (EV_UDP_NEW) until udpConnect names its backend, and the echo comes back', async () => {
+    expect(() => relay.udpListen('127.2.12.20', 0, 4, false)).toThrow(/udpInit\(\) first/);
+    const memory = createSharedMemory();
+    const f64 = new Float64Array(memory.buffer);
+    expect(() => relay.udpInit(f64, 0)).toThrow(/udpInit\(memory: Float64Array, batch 1\.\.UDP_MAX_BATCH\) expected/);
+    relay.udpInit(f64, 64);
+    expect(() => relay.udpInit(f64, 64)).toThrow(/udpInit\(\) was called twice/);
+    expect(code(relay.udpListen('300.1.1.1', 5000, 4, false))).toBe('EINVAL');
+    expect(relay.udpClose(0, 12345)).toBe(false); // no such pending flow
+    expect(code(relay.udpConnect(10, 12345, '127.2.12.21', 9, 4, null, 0, 0))).toBe('ENOENT');
+    const backend = await startUdpBackend('b', '127.2.12.21');
+    const port = await freePort('127.2.12.20');
+    const lid2 = relay.udpListen('127.2.12.20', port, 4, false);
+    expect(lid2).toBeGreaterThanOrEqual(0);
+    const sc = serviceCounterIndex(0, 0, 0);
+    const bc = backendCounterIndex(0, 0, 0);
+    relay.udpConfigure(lid2, 1000, 0, sc);
+    new Int32Array(memory.buffer)[(backendAddr(0) + B_STATE) >> 2] = BACKEND_UP;
+    const client = await UdpClient.open('127.2.12.22');
+    try {
+      const before = events.length;
+      client.send('one', port, '127.2.12.20');
+      client.send('two', port, '127.2.12.20');
+      await waitFor(() => events.slice(before).some((e) => e[0] === EV_UDP_NEW), 3000, 'EV_UDP_NEW', 10);
+      const e = events.slice(before).find((x) => x[0] === EV_UDP_NEW)!;
+      expect(e[1]).toBe(lid2);
+      expect(backend.received).toBe(0); // held: nothing goes out before udpConnect
+      // Slot 11, the pending id the event named: the relay sends what it held, then relays.
+      expect(relay.udpConnect(11, e[2], '127.2.12.21', backend.port, 4, null, (backendAddr(0) + B_STATE) >> 2, bc)).toBe(0);
+      expect((await client.next())?.toString()).toBe('b|one');
+      expect((await client.next())?.toString()).toBe('b|two');
+      expect(await client.ask('three', port, '127.2.12.20')).toBe('b|three');
+      expect([f64[sc + SC_DGRAMS_IN], f64[sc + SC_DGRAMS_OUT], f64[bc + BC_DGRAMS_IN], f64[bc + BC_DGRAMS_OUT]]).toEqual([3, 3, 3, 3]);
+      expect(relay.udpClose(11, -1)).toBe(true);
+      expect(relay.udpClose(11, -1)).toBe(false);
+    } finally {
+      relay.udpCloseListener(lid2);
+      await client.close();
+      await backend.close();
+    }
   });
 
   it('slots out of range (≥ 2^30, negative, 2^31, 2^32 − 1) are refused, without wrapping around', () => {

@@ -573,8 +573,7 @@ napi_value js_udp_listen(napi_env env, napi_callback_info info) {
   socklen_t len;
   int valid;
   bool reuse;
-  if (!args(env, info, &r, "udpListen(ip, port, family, reusePort)", "Ab", &ss, &len, &valid, &reuse)) return NULL;
-  Udp *u = udp_of(env, r);
+  Udp *u = args(env, info, &r, "udpListen(ip, port, family, reusePort)", "Ab", &ss, &len, &valid, &reuse) ? udp_of(env, r) : NULL;
   if (u == NULL) return NULL;
   if (!valid) return int_value(env, -EINVAL);
   uint32_t lid = 0;
@@ -622,8 +621,7 @@ napi_value js_udp_configure(napi_env env, napi_callback_info info) {
   Relay *r;
   uint32_t lid;
   int32_t max, responses, sc;
-  if (!args(env, info, &r, "udpConfigure(id, maxDatagram, responses, serviceCounters)", "liii", &lid, &max, &responses, &sc)) return NULL;
-  Udp *u = udp_of(env, r);
+  Udp *u = args(env, info, &r, "udpConfigure(id, maxDatagram, responses, serviceCounters)", "liii", &lid, &max, &responses, &sc) ? udp_of(env, r) : NULL;
   if (u == NULL) return NULL;
   if (sc < 0 || (size_t)sc + SERVICE_COUNTERS > u->mem_len) return throw_msg(env, "relay: udpConfigure: serviceCounters outside the memory");
   UListener *l = udp_listener(u, lid);
@@ -638,8 +636,7 @@ napi_value js_udp_configure(napi_env env, napi_callback_info info) {
 napi_value js_udp_close_listener(napi_env env, napi_callback_info info) {
   Relay *r;
   uint32_t lid;
-  if (!args(env, info, &r, "udpCloseListener(id)", "l", &lid)) return NULL;
-  Udp *u = udp_of(env, r);
+  Udp *u = args(env, info, &r, "udpCloseListener(id)", "l", &lid) ? udp_of(env, r) : NULL;
   if (u == NULL) return NULL;
   UListener *l = udp_listener(u, lid);
   if (l == NULL) return NULL;
@@ -683,8 +680,7 @@ napi_value js_udp_connect(napi_env env, napi_callback_info info) {
   int valid;
   void *hdr;
   size_t hdr_len;
-  if (!args(env, info, &r, usage, "siAUii", &slot, &pid, &ss, &len, &valid, &hdr, &hdr_len, &state_idx, &bc)) return NULL;
-  Udp *u = udp_of(env, r);
+  Udp *u = args(env, info, &r, usage, "siAUii", &slot, &pid, &ss, &len, &valid, &hdr, &hdr_len, &state_idx, &bc) ? udp_of(env, r) : NULL;
   if (u == NULL) return NULL;
   if (state_idx < 0 || (size_t)state_idx >= u->mem_len * 2 || bc < 0 || (size_t)bc + BACKEND_COUNTERS > u->mem_len || hdr_len > 232) {
     return throw_msg(env, "relay: udpConnect: backendState, backendCounters or header out of range");
@@ -762,8 +758,7 @@ napi_value js_udp_connect(napi_env env, napi_callback_info info) {
 napi_value js_udp_move(napi_env env, napi_callback_info info) {
   Relay *r;
   uint32_t slot;
-  if (!args(env, info, &r, "udpMove(slot)", "s", &slot)) return NULL;
-  Udp *u = udp_of(env, r);
+  Udp *u = args(env, info, &r, "udpMove(slot)", "s", &slot) ? udp_of(env, r) : NULL;
   if (u == NULL) return NULL;
   UFlow *f = slot < u->nby_slot ? u->by_slot[slot] : NULL;
   if (f != NULL) f->moved = 1;
@@ -775,8 +770,7 @@ napi_value js_udp_close(napi_env env, napi_callback_info info) {
   Relay *r;
   uint32_t slot;
   int32_t pid;
-  if (!args(env, info, &r, "udpClose(slot, pendingId)", "si", &slot, &pid)) return NULL;
-  Udp *u = udp_of(env, r);
+  Udp *u = args(env, info, &r, "udpClose(slot, pendingId)", "si", &slot, &pid) ? udp_of(env, r) : NULL;
   if (u == NULL) return NULL;
   UFlow *f = pid >= 0 ? ((uint32_t)pid < u->npending ? u->pending[pid] : NULL) : (slot < u->nby_slot ? u->by_slot[slot] : NULL);
   if (f != NULL) free_flow(r, f);

@@ -16,7 +16,7 @@ import { compileRelay } from '../../build/relay.ts';
 import { connectClient, freePort, readLine, startEchoServer, waitFor } from '../helpers/net.ts';
 import { startUdpBackend, UdpClient } from '../helpers/udp.ts';
 import {
-  backendAddr, backendCounterIndex, BACKEND_UP, BC_DGRAMS_IN, BC_DGRAMS_OUT, B_STATE, createSharedMemory, EV_UDP_NEW, SC_DGRAMS_IN, SC_DGRAMS_OUT,
+  backendAddr, backendCounterIndex, BACKEND_UP, BC_DGRAMS_IN, BC_DGRAMS_OUT, B_STATE, createSharedMemory, EV_UDP_NEW, SC_DGRAMS_IN, SC_DGRAMS_OUT, SC_DROP_LIMIT,
   serviceCounterIndex,
 } from '../../src/shm/layout.ts';
 
@@ -186,6 +186,30 @@ describe('the relay API, called directly (this test process is its worker)', () 
       expect([f64[sc + SC_DGRAMS_IN], f64[sc + SC_DGRAMS_OUT], f64[bc + BC_DGRAMS_IN], f64[bc + BC_DGRAMS_OUT]]).toEqual([3, 3, 3, 3]);
       expect(relay.udpClose(11, -1)).toBe(true);
       expect(relay.udpClose(11, -1)).toBe(false);
+
+      // A new client's burst while its flow waits: up to a batch (64) is held, in order; the rest
+      // is dropped and counted (limit). Another client's first datagram, read after the burst from
+      // the same socket, says the relay has read it all.
+      const burst = await UdpClient.open('127.2.12.23');
+      const marker = await UdpClient.open('127.2.12.24');
+      try {
+        const from = events.length;
+        for (let i = 0; i < 70; i++) burst.send(`b${i}`, port, '127.2.12.20');
+        await waitFor(() => events.slice(from).some((x) => x[0] === EV_UDP_NEW), 3000, 'the burst\'s EV_UDP_NEW', 10);
+        marker.send('m', port, '127.2.12.20');
+        await waitFor(() => events.slice(from).filter((x) => x[0] === EV_UDP_NEW).length === 2, 3000, 'the marker\'s EV_UDP_NEW', 10);
+        const [first, second] = events.slice(from).filter((x) => x[0] === EV_UDP_NEW);
+        expect(f64[sc + SC_DROP_LIMIT]).toBe(6);
+        expect(relay.udpConnect(12, first[2], '127.2.12.21', backend.port, 4, null, (backendAddr(0) + B_STATE) >> 2, bc)).toBe(0);
+        const got: string[] = [];
+        for (let i = 0; i < 64; i++) got.push((await burst.next())?.toString() ?? 'none');
+        expect(got).toEqual(Array.from({ length: 64 }, (_, i) => `b|b${i}`));
+        expect(relay.udpClose(0, second[2])).toBe(true); // the marker's flow, refused
+        expect(relay.udpClose(12, -1)).toBe(true);
+      } finally {
+        await burst.close();
+        await marker.close();
+      }
     } finally {
       relay.udpCloseListener(lid2);
       await client.close();

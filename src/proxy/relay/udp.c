@@ -664,6 +664,51 @@ napi_value js_udp_close_listener(napi_env env, napi_callback_info info) {
 }
 
 /*
+ * udpConnect's sockets: a pending flow (pid ≥ 0) gets the slot and a socket connected to the
+ * backend; the slot's failed flow (pid -1) is connected to another. NULL, or the errno to answer.
+ */
+static napi_value connect_flow(napi_env env, Relay *r, Udp *u, uint32_t slot, int32_t pid, const struct sockaddr_storage *ss, socklen_t len) {
+  UFlow *f;
+  if (pid >= 0) {
+    f = (uint32_t)pid < u->npending ? u->pending[pid] : NULL;
+    if (f == NULL) return int_value(env, -ENOENT);
+    if (slot >= u->nby_slot) {
+      uint32_t n = u->nby_slot == 0 ? 1024 : u->nby_slot;
+      while (n <= slot) n *= 2;
+      UFlow **grown = realloc(u->by_slot, n * sizeof(UFlow *));
+      if (grown == NULL) return int_value(env, -ENOMEM);
+      memset(grown + u->nby_slot, 0, (n - u->nby_slot) * sizeof(UFlow *));
+      u->by_slot = grown;
+      u->nby_slot = n;
+    }
+    if (u->by_slot[slot] != NULL || (slot < r->nslots && r->slots[slot] != NULL)) return int_value(env, -EBUSY);
+    int fd = socket(ss->ss_family, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0) return int_value(env, -errno);
+    if (!track_fd(r, fd, FD_OWN)) {
+      close(fd);
+      return int_value(env, -ENOMEM);
+    }
+    struct epoll_event e;
+    e.events = EPOLLIN;
+    e.data.u64 = key_of(slot, UDP_FLOW, fd);
+    if (connect(fd, (const struct sockaddr *)ss, len) != 0 || epoll_ctl(r->epfd, EPOLL_CTL_ADD, fd, &e) != 0) return close_failed(env, r, fd);
+    u->pending[pid] = NULL;
+    u->free_pids[u->nfree_pids++] = (uint32_t)pid;
+    f->slot = slot;
+    f->fd = fd;
+    u->by_slot[slot] = f;
+    double *st = r->stats + (size_t)slot * STAT_FIELDS;
+    for (int i = 0; i < STAT_FIELDS; i++) st[i] = 0;
+  } else {
+    f = slot < u->nby_slot ? u->by_slot[slot] : NULL;
+    if (f == NULL) return int_value(env, -ENOENT);
+    /* Another backend for the same socket: connect() again re-targets it (and drops a pending error). */
+    if (connect(f->fd, (const struct sockaddr *)ss, len) != 0) return int_value(env, -errno);
+  }
+  return NULL;
+}
+
+/*
  * udpConnect(slot, pendingId, ip, port, family, header, backendState, backendCounters) → 0 or a
  * negative errno. A pending flow (pendingId ≥ 0) becomes the slot's, with a socket connected to
  * the backend; or (pendingId -1) the slot's flow, failed, is connected to another backend. The
@@ -687,52 +732,22 @@ napi_value js_udp_connect(napi_env env, napi_callback_info info) {
   }
   if (((size_t)slot + 1) * STAT_FIELDS > r->stats_len) return int_value(env, -ERANGE);
   if (!valid) return int_value(env, -EINVAL);
-  UFlow *f;
-  if (pid >= 0) {
-    f = (uint32_t)pid < u->npending ? u->pending[pid] : NULL;
-    if (f == NULL) return int_value(env, -ENOENT);
-    if (slot >= u->nby_slot) {
-      uint32_t n = u->nby_slot == 0 ? 1024 : u->nby_slot;
-      while (n <= slot) n *= 2;
-      UFlow **grown = realloc(u->by_slot, n * sizeof(UFlow *));
-      if (grown == NULL) return int_value(env, -ENOMEM);
-      memset(grown + u->nby_slot, 0, (n - u->nby_slot) * sizeof(UFlow *));
-      u->by_slot = grown;
-      u->nby_slot = n;
-    }
-    if (u->by_slot[slot] != NULL || (slot < r->nslots && r->slots[slot] != NULL)) return int_value(env, -EBUSY);
-    int fd = socket(ss.ss_family, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-    if (fd < 0) return int_value(env, -errno);
-    if (!track_fd(r, fd, FD_OWN)) {
-      close(fd);
-      return int_value(env, -ENOMEM);
-    }
-    struct epoll_event e;
-    e.events = EPOLLIN;
-    e.data.u64 = key_of(slot, UDP_FLOW, fd);
-    if (connect(fd, (struct sockaddr *)&ss, len) != 0 || epoll_ctl(r->epfd, EPOLL_CTL_ADD, fd, &e) != 0) return close_failed(env, r, fd);
-    u->pending[pid] = NULL;
-    u->free_pids[u->nfree_pids++] = (uint32_t)pid;
-    f->slot = slot;
-    f->fd = fd;
-    u->by_slot[slot] = f;
-    double *st = r->stats + (size_t)slot * STAT_FIELDS;
-    for (int i = 0; i < STAT_FIELDS; i++) st[i] = 0;
-  } else {
-    f = slot < u->nby_slot ? u->by_slot[slot] : NULL;
-    if (f == NULL) return int_value(env, -ENOENT);
-    /* Another backend for the same socket: connect() again re-targets it (and drops a pending error). */
-    if (connect(f->fd, (struct sockaddr *)&ss, len) != 0) return int_value(env, -errno);
-  }
-  free(f->hdr);
-  f->hdr = NULL;
-  f->hdr_len = 0;
+  /* The header's copy first: a failure past this point leaves nothing half done. */
+  uint8_t *hcopy = NULL;
   if (hdr_len > 0) {
-    f->hdr = malloc(hdr_len);
-    if (f->hdr == NULL) return int_value(env, -ENOMEM);
-    memcpy(f->hdr, hdr, hdr_len);
-    f->hdr_len = (uint16_t)hdr_len;
+    hcopy = malloc(hdr_len);
+    if (hcopy == NULL) return int_value(env, -ENOMEM);
+    memcpy(hcopy, hdr, hdr_len);
   }
+  napi_value failed = connect_flow(env, r, u, slot, pid, &ss, len);
+  if (failed != NULL) {
+    free(hcopy);
+    return failed;
+  }
+  UFlow *f = u->by_slot[slot];
+  free(f->hdr);
+  f->hdr = hcopy;
+  f->hdr_len = (uint16_t)hdr_len;
   f->state_idx = state_idx;
   f->bc = bc;
   f->connected = 1;

@@ -27,6 +27,7 @@
  */
 #include "relay.h"
 
+#include <sys/random.h>
 #include <sys/uio.h>
 
 /* A datagram's room in the batch buffers: the largest UDP payload fits (65,507 over IPv4). */
@@ -92,6 +93,7 @@ typedef struct Udp {
   size_t mem_len;  /* in f64 units */
   napi_ref mem_ref;
   uint32_t batch;  /* datagrams per recvmmsg / sendmmsg */
+  uint32_t seed;   /* the flow hash's, random per relay: clients choose their addresses and ports */
   UListener *ls;
   uint32_t nls;
   UFlow **buckets; /* the flows by client address and port (and listener) */
@@ -125,9 +127,9 @@ static inline int same_client(const Addr *a, const Addr *b) {
   return a->v6.sin6_port == b->v6.sin6_port && memcmp(&a->v6.sin6_addr, &b->v6.sin6_addr, 16) == 0;
 }
 
-/* HOT: per datagram from a client. FNV-1a over the address and port, with the listener id. */
-static uint32_t hash_client(const Addr *a, uint32_t lid) {
-  uint32_t h = 2166136261u ^ lid;
+/* HOT: per datagram from a client. FNV-1a over the address and port, from a random seed, with the listener id. */
+static uint32_t hash_client(const Addr *a, uint32_t lid, uint32_t seed) {
+  uint32_t h = (2166136261u ^ seed) + lid * 16777619u;
   const uint8_t *p;
   size_t n;
   uint16_t port;
@@ -337,7 +339,7 @@ static void from_client(Relay *r, uint32_t lid, UListener *l, const Addr *from, 
     if (l->sc >= 0) u->f64[l->sc + SC_DROP_OVERSIZED] += 1;
     return;
   }
-  uint32_t h = hash_client(from, lid);
+  uint32_t h = hash_client(from, lid, u->seed);
   UFlow *f = find_flow(u, from, lid, h);
   if (f != NULL && f->connected && (f->moved || !backend_serves(u, f))) {
     /* Down, maint or removed: this flow ends and the datagram makes a new one (a new pick). */
@@ -525,6 +527,13 @@ void udp_cleanup(Relay *r) {
   r->udp = NULL;
 }
 
+/* A seed when getrandom has none to give yet (early boot): the clock's nanoseconds. */
+static uint64_t now_seed(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (uint64_t)ts.tv_nsec ^ ((uint64_t)ts.tv_sec << 20);
+}
+
 /* ── N-API ─────────────────────────────────────────────────────────────────── */
 
 static Udp *udp_of(napi_env env, Relay *r) {
@@ -561,6 +570,7 @@ napi_value js_udp_init(napi_env env, napi_callback_info info) {
   u->i32 = mem;
   u->mem_len = len;
   u->batch = (uint32_t)batch;
+  if (getrandom(&u->seed, sizeof(u->seed), GRND_NONBLOCK) != (ssize_t)sizeof(u->seed)) u->seed = (uint32_t)now_seed();
   napi_create_reference(env, mem_v, 1, &u->mem_ref);
   r->udp = u;
   return NULL;

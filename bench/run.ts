@@ -117,11 +117,12 @@ function tryVersion(cmd: string, args: string[]): string | null {
 
 function install(): void {
   if (process.getuid?.() !== 0) {
-    say('--install needs root: run  sudo apt-get install -y haproxy redis-server redis-tools  instead');
+    say('--install needs root: run  sudo apt-get install -y haproxy redis-server redis-tools nginx-light libnginx-mod-stream  instead');
     return;
   }
-  say('installing haproxy, redis-server and redis-tools with apt-get');
-  execFileSync('apt-get', ['install', '-y', '--no-install-recommends', 'haproxy', 'redis-server', 'redis-tools'], { stdio: 'inherit' });
+  say('installing haproxy, redis-server, redis-tools and nginx (the UDP scenarios\' reference) with apt-get');
+  execFileSync('apt-get', ['install', '-y', '--no-install-recommends', 'haproxy', 'redis-server', 'redis-tools', 'nginx-light', 'libnginx-mod-stream'],
+    { stdio: 'inherit' });
 }
 
 function machine(): Machine {
@@ -298,7 +299,7 @@ async function main(): Promise<void> {
     return;
   }
 
-  if (flags.install && (!haproxyVersion() || !tryVersion('redis-server', ['--version']))) install();
+  if (flags.install && (!haproxyVersion() || !tryVersion('redis-server', ['--version']) || nginxMissing() !== null)) install();
   const skipped: string[] = [];
   const proxies: ProxyName[] = [];
   if (wantProxies.includes('haproxy')) {

@@ -115,11 +115,16 @@ function printList(data: any, o: Output): void {
     } else {
       o.out(`${head}   active ${s.active}${limit}  queued ${s.queued}  sessions ${s.counters.accepted}`);
     }
-    const rows = [['  BACKEND', 'STATE', 'WEIGHT', 'ACTIVE', 'SESSIONS', 'FAILS', 'IN', 'OUT', '']];
+    // A UDP service's backends: flows (active, created) and their datagrams each way as well as bytes.
+    const rows = [udp
+      ? ['  BACKEND', 'STATE', 'WEIGHT', 'FLOWS', 'CREATED', 'FAILS', 'IN', 'OUT', 'DGRAMS IN', 'DGRAMS OUT', '']
+      : ['  BACKEND', 'STATE', 'WEIGHT', 'ACTIVE', 'SESSIONS', 'FAILS', 'IN', 'OUT', '']];
     for (const b of s.backends) {
       const tags = [b.backup ? 'backup' : '', b.removing ? 'removing' : ''].filter(Boolean).join(',');
-      rows.push([`  ${b.address}`, b.state, String(b.weight), String(b.active), String(b.counters.connections),
-        String(b.counters.connect_failures), String(b.counters.bytes_in), String(b.counters.bytes_out), tags]);
+      const c = b.counters;
+      const datagrams = udp ? [String(c.datagrams_in ?? 0), String(c.datagrams_out ?? 0)] : [];
+      rows.push([`  ${b.address}`, b.state, String(b.weight), String(b.active), String(c.connections),
+        String(c.connect_failures), String(c.bytes_in), String(c.bytes_out), ...datagrams, tags]);
     }
     for (const line of table(rows)) o.out(line);
   }

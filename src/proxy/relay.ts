@@ -14,6 +14,9 @@
  * libuv's API, which N-API's ABI promise does not cover); `loadRelay` refuses one built for
  * another Node ABI, naming both.
  *
+ * UDP services have a datagram path of their own in the relay (relay/udp.c: the udp* functions,
+ * driven by transport-relay-udp.ts), batched with recvmmsg / sendmmsg.
+ *
  * Without the relay (no C compiler at install, FULCRUM_RELAY=off, a load error) every session
  * runs on the JavaScript path (Node's TCP handles); `loadRelay` says why, and the pool logs it once.
  */

@@ -101,6 +101,9 @@ describe('a UDP service in operations', () => {
     const out: string[] = [];
     expect(await runCtl(['list', '--admin', stack.admin], { out: (l) => out.push(l), err: (l) => out.push(l) })).toBe(0);
     expect(out).toContain(`arena  udp  ${HOST}:${stack.servicePort}  maglev   flows 3/3  created 4  datagrams in 3 out 3  dropped limit 1, oversized 1`);
+    // …and per backend: flows now and created, failures, (bytes: added up once a second), datagrams each way.
+    const row = out.find((l) => l.trim().startsWith(game[0].address))!.trim().split(/\s+/);
+    expect([...row.slice(0, 6), ...row.slice(8)]).toEqual([game[0].address, 'up', '1', '3', '3', '0', '3', '3']);
   });
 
   it('a reload adds a backend to it; the runtime API drains one, and its flows stay', async () => {

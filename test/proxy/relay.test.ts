@@ -13,7 +13,12 @@ import { describe, expect, it } from 'vitest';
 import type { Socket } from 'node:net';
 import { formatAddress, loadRelay, RELAY_EVENTS, RELAY_VERSION, RELAY_PATH, EV_FIELDS, STAT_FIELDS, type RelayBinding } from '../../src/proxy/relay.ts';
 import { compileRelay } from '../../build/relay.ts';
-import { connectClient, readLine, startEchoServer, waitFor } from '../helpers/net.ts';
+import { connectClient, freePort, readLine, startEchoServer, waitFor } from '../helpers/net.ts';
+import { startUdpBackend, UdpClient } from '../helpers/udp.ts';
+import {
+  backendAddr, backendCounterIndex, BACKEND_UP, BC_DGRAMS_IN, BC_DGRAMS_OUT, B_STATE, createSharedMemory, EV_UDP_NEW, SC_DGRAMS_IN, SC_DGRAMS_OUT, SC_DROP_LIMIT,
+  serviceCounterIndex,
+} from '../../src/shm/layout.ts';
 
 /** connect's options: no propagate_reset, no keepalive. */
 const NO_OPTS = new Int32Array(4);
@@ -146,13 +151,79 @@ describe('the relay API, called directly (this test process is its worker)', () 
     await client.close();
   });
 
-  it('slots out of range (≥ 2^30, negative, 2^31, 2^32 − 1) are refused, without wrapping around', () => {
+  it('UDP: udp* calls need udpInit first; then a datagram of a new client waits (EV_UDP_NEW) until udpConnect names its backend, and the echo comes back', async () => {
+    expect(() => relay.udpListen('127.2.12.20', 0, 4, false)).toThrow(/udpInit\(\) first/);
+    const memory = createSharedMemory();
+    const f64 = new Float64Array(memory.buffer);
+    expect(() => relay.udpInit(f64, 0)).toThrow(/udpInit\(memory: Float64Array, batch 1\.\.UDP_MAX_BATCH\) expected/);
+    relay.udpInit(f64, 64);
+    expect(() => relay.udpInit(f64, 64)).toThrow(/udpInit\(\) was called twice/);
+    expect(code(relay.udpListen('300.1.1.1', 5000, 4, false))).toBe('EINVAL');
+    expect(relay.udpClose(0, 12345)).toBe(false); // no such pending flow
+    expect(code(relay.udpConnect(10, 12345, '127.2.12.21', 9, 4, null, 0, 0))).toBe('ENOENT');
+    const backend = await startUdpBackend('b', '127.2.12.21');
+    const port = await freePort('127.2.12.20');
+    const lid2 = relay.udpListen('127.2.12.20', port, 4, false);
+    expect(lid2).toBeGreaterThanOrEqual(0);
+    const sc = serviceCounterIndex(0, 0, 0);
+    const bc = backendCounterIndex(0, 0, 0);
+    relay.udpConfigure(lid2, 1000, 0, sc);
+    new Int32Array(memory.buffer)[(backendAddr(0) + B_STATE) >> 2] = BACKEND_UP;
+    const client = await UdpClient.open('127.2.12.22');
+    try {
+      const before = events.length;
+      client.send('one', port, '127.2.12.20');
+      client.send('two', port, '127.2.12.20');
+      await waitFor(() => events.slice(before).some((e) => e[0] === EV_UDP_NEW), 3000, 'EV_UDP_NEW', 10);
+      const e = events.slice(before).find((x) => x[0] === EV_UDP_NEW)!;
+      expect(e[1]).toBe(lid2);
+      expect(backend.received).toBe(0); // held: nothing goes out before udpConnect
+      // Slot 11, the pending id the event named: the relay sends what it held, then relays.
+      expect(relay.udpConnect(11, e[2], '127.2.12.21', backend.port, 4, null, (backendAddr(0) + B_STATE) >> 2, bc)).toBe(0);
+      expect((await client.next())?.toString()).toBe('b|one');
+      expect((await client.next())?.toString()).toBe('b|two');
+      expect(await client.ask('three', port, '127.2.12.20')).toBe('b|three');
+      expect([f64[sc + SC_DGRAMS_IN], f64[sc + SC_DGRAMS_OUT], f64[bc + BC_DGRAMS_IN], f64[bc + BC_DGRAMS_OUT]]).toEqual([3, 3, 3, 3]);
+      expect(relay.udpClose(11, -1)).toBe(true);
+      expect(relay.udpClose(11, -1)).toBe(false);
+
+      // A new client's burst while its flow waits: up to a batch (64) is held, in order; the rest
+      // is dropped and counted (limit). Another client's first datagram, read after the burst from
+      // the same socket, says the relay has read it all.
+      const burst = await UdpClient.open('127.2.12.23');
+      const marker = await UdpClient.open('127.2.12.24');
+      try {
+        const from = events.length;
+        for (let i = 0; i < 70; i++) burst.send(`b${i}`, port, '127.2.12.20');
+        await waitFor(() => events.slice(from).some((x) => x[0] === EV_UDP_NEW), 3000, 'the burst\'s EV_UDP_NEW', 10);
+        marker.send('m', port, '127.2.12.20');
+        await waitFor(() => events.slice(from).filter((x) => x[0] === EV_UDP_NEW).length === 2, 3000, 'the marker\'s EV_UDP_NEW', 10);
+        const [first, second] = events.slice(from).filter((x) => x[0] === EV_UDP_NEW);
+        expect(f64[sc + SC_DROP_LIMIT]).toBe(6);
+        expect(relay.udpConnect(12, first[2], '127.2.12.21', backend.port, 4, null, (backendAddr(0) + B_STATE) >> 2, bc)).toBe(0);
+        const got: string[] = [];
+        for (let i = 0; i < 64; i++) got.push((await burst.next())?.toString() ?? 'none');
+        expect(got).toEqual(Array.from({ length: 64 }, (_, i) => `b|b${i}`));
+        expect(relay.udpClose(0, second[2])).toBe(true); // the marker's flow, refused
+        expect(relay.udpClose(12, -1)).toBe(true);
+      } finally {
+        await burst.close();
+        await marker.close();
+      }
+    } finally {
+      relay.udpCloseListener(lid2);
+      await client.close();
+      await backend.close();
+    }
+  });
+
+  it('slots out of range (≥ 2^29: the epoll key keeps 29 bits; negative, 2^31, 2^32 − 1) are refused, without wrapping around', () => {
     // In a process of its own: a slot that wraps around made the relay loop for ever.
     const script = `
       const relay = require(${JSON.stringify(RELAY_PATH)});
       relay.init(new Float64Array(16 * ${STAT_FIELDS}), new Int32Array(${RELAY_EVENTS * EV_FIELDS}), () => {});
       const out = [];
-      for (const slot of [2 ** 32 - 1, 2 ** 31, -1, 2 ** 30, 1.5]) {
+      for (const slot of [2 ** 32 - 1, 2 ** 31, -1, 2 ** 30, 2 ** 29, 1.5]) {
         for (const call of [() => relay.connect(slot, 0, false, '127.0.0.1', 1, 4, null, false, new Int32Array(4)), () => relay.watch(slot, 0), () => relay.stop(slot, false)]) {
           try { out.push(String(call())); } catch (err) { out.push(err.message); }
         }
@@ -162,7 +233,7 @@ describe('the relay API, called directly (this test process is its worker)', () 
     const run = spawnSync(process.execPath, ['-e', script], { encoding: 'utf8', timeout: 20_000 });
     expect(run.status).toBe(0);
     const results = JSON.parse(run.stdout) as string[];
-    expect(results).toHaveLength(15);
+    expect(results).toHaveLength(18);
     for (let i = 0; i < results.length; i += 3) {
       expect(results[i]).toBe('relay: connect(slot, clientFd, ownClient, ip, port, family, prefix, clientEnded, opts: Int32Array(4)) expected');
       expect(results[i + 1]).toBe('relay: watch(slot, clientFd) expected');

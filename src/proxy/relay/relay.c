@@ -18,6 +18,9 @@
  *   watch(slot, clientFd)      a queued client: EV_CLIENT_GONE if it leaves while waiting
  *   pause(id) / resume(id)     a listener stops / starts accepting (the descriptor reserve)
  *   stop(slot, keepClient)     JS ends or takes back a session (timeout, kill, shutdown, dequeue)
+ *   udpInit, udpListen, udpConfigure, udpCloseListener, udpConnect, udpMove, udpClose
+ *                              UDP services (udp.c): EV_UDP_NEW for a new flow's first datagram,
+ *                              held until udpConnect names its backend; datagrams move here
  *
  * Events go into the shared Int32Array `events`, EV_FIELDS per event, then one call to
  * onEvents(n). A session's sockets are closed by the relay when it ends (or at stop), except a

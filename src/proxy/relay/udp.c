@@ -27,6 +27,7 @@
  */
 #include "relay.h"
 
+#include <sys/random.h>
 #include <sys/uio.h>
 
 /* A datagram's room in the batch buffers: the largest UDP payload fits (65,507 over IPv4). */
@@ -92,6 +93,7 @@ typedef struct Udp {
   size_t mem_len;  /* in f64 units */
   napi_ref mem_ref;
   uint32_t batch;  /* datagrams per recvmmsg / sendmmsg */
+  uint32_t seed;   /* the flow hash's, random per relay: clients choose their addresses and ports */
   UListener *ls;
   uint32_t nls;
   UFlow **buckets; /* the flows by client address and port (and listener) */
@@ -125,9 +127,9 @@ static inline int same_client(const Addr *a, const Addr *b) {
   return a->v6.sin6_port == b->v6.sin6_port && memcmp(&a->v6.sin6_addr, &b->v6.sin6_addr, 16) == 0;
 }
 
-/* HOT: per datagram from a client. FNV-1a over the address and port, with the listener id. */
-static uint32_t hash_client(const Addr *a, uint32_t lid) {
-  uint32_t h = 2166136261u ^ lid;
+/* HOT: per datagram from a client. FNV-1a over the address and port, from a random seed, with the listener id. */
+static uint32_t hash_client(const Addr *a, uint32_t lid, uint32_t seed) {
+  uint32_t h = (2166136261u ^ seed) + lid * 16777619u;
   const uint8_t *p;
   size_t n;
   uint16_t port;
@@ -337,7 +339,7 @@ static void from_client(Relay *r, uint32_t lid, UListener *l, const Addr *from, 
     if (l->sc >= 0) u->f64[l->sc + SC_DROP_OVERSIZED] += 1;
     return;
   }
-  uint32_t h = hash_client(from, lid);
+  uint32_t h = hash_client(from, lid, u->seed);
   UFlow *f = find_flow(u, from, lid, h);
   if (f != NULL && f->connected && (f->moved || !backend_serves(u, f))) {
     /* Down, maint or removed: this flow ends and the datagram makes a new one (a new pick). */
@@ -525,6 +527,13 @@ void udp_cleanup(Relay *r) {
   r->udp = NULL;
 }
 
+/* A seed when getrandom has none to give yet (early boot): the clock's nanoseconds. */
+static uint64_t now_seed(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (uint64_t)ts.tv_nsec ^ ((uint64_t)ts.tv_sec << 20);
+}
+
 /* ── N-API ─────────────────────────────────────────────────────────────────── */
 
 static Udp *udp_of(napi_env env, Relay *r) {
@@ -561,6 +570,7 @@ napi_value js_udp_init(napi_env env, napi_callback_info info) {
   u->i32 = mem;
   u->mem_len = len;
   u->batch = (uint32_t)batch;
+  if (getrandom(&u->seed, sizeof(u->seed), GRND_NONBLOCK) != (ssize_t)sizeof(u->seed)) u->seed = (uint32_t)now_seed();
   napi_create_reference(env, mem_v, 1, &u->mem_ref);
   r->udp = u;
   return NULL;
@@ -573,8 +583,7 @@ napi_value js_udp_listen(napi_env env, napi_callback_info info) {
   socklen_t len;
   int valid;
   bool reuse;
-  if (!args(env, info, &r, "udpListen(ip, port, family, reusePort)", "Ab", &ss, &len, &valid, &reuse)) return NULL;
-  Udp *u = udp_of(env, r);
+  Udp *u = args(env, info, &r, "udpListen(ip, port, family, reusePort)", "Ab", &ss, &len, &valid, &reuse) ? udp_of(env, r) : NULL;
   if (u == NULL) return NULL;
   if (!valid) return int_value(env, -EINVAL);
   uint32_t lid = 0;
@@ -622,8 +631,7 @@ napi_value js_udp_configure(napi_env env, napi_callback_info info) {
   Relay *r;
   uint32_t lid;
   int32_t max, responses, sc;
-  if (!args(env, info, &r, "udpConfigure(id, maxDatagram, responses, serviceCounters)", "liii", &lid, &max, &responses, &sc)) return NULL;
-  Udp *u = udp_of(env, r);
+  Udp *u = args(env, info, &r, "udpConfigure(id, maxDatagram, responses, serviceCounters)", "liii", &lid, &max, &responses, &sc) ? udp_of(env, r) : NULL;
   if (u == NULL) return NULL;
   if (sc < 0 || (size_t)sc + SERVICE_COUNTERS > u->mem_len) return throw_msg(env, "relay: udpConfigure: serviceCounters outside the memory");
   UListener *l = udp_listener(u, lid);
@@ -638,8 +646,7 @@ napi_value js_udp_configure(napi_env env, napi_callback_info info) {
 napi_value js_udp_close_listener(napi_env env, napi_callback_info info) {
   Relay *r;
   uint32_t lid;
-  if (!args(env, info, &r, "udpCloseListener(id)", "l", &lid)) return NULL;
-  Udp *u = udp_of(env, r);
+  Udp *u = args(env, info, &r, "udpCloseListener(id)", "l", &lid) ? udp_of(env, r) : NULL;
   if (u == NULL) return NULL;
   UListener *l = udp_listener(u, lid);
   if (l == NULL) return NULL;
@@ -667,6 +674,51 @@ napi_value js_udp_close_listener(napi_env env, napi_callback_info info) {
 }
 
 /*
+ * udpConnect's sockets: a pending flow (pid ≥ 0) gets the slot and a socket connected to the
+ * backend; the slot's failed flow (pid -1) is connected to another. NULL, or the errno to answer.
+ */
+static napi_value connect_flow(napi_env env, Relay *r, Udp *u, uint32_t slot, int32_t pid, const struct sockaddr_storage *ss, socklen_t len) {
+  UFlow *f;
+  if (pid >= 0) {
+    f = (uint32_t)pid < u->npending ? u->pending[pid] : NULL;
+    if (f == NULL) return int_value(env, -ENOENT);
+    if (slot >= u->nby_slot) {
+      uint32_t n = u->nby_slot == 0 ? 1024 : u->nby_slot;
+      while (n <= slot) n *= 2;
+      UFlow **grown = realloc(u->by_slot, n * sizeof(UFlow *));
+      if (grown == NULL) return int_value(env, -ENOMEM);
+      memset(grown + u->nby_slot, 0, (n - u->nby_slot) * sizeof(UFlow *));
+      u->by_slot = grown;
+      u->nby_slot = n;
+    }
+    if (u->by_slot[slot] != NULL || (slot < r->nslots && r->slots[slot] != NULL)) return int_value(env, -EBUSY);
+    int fd = socket(ss->ss_family, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0) return int_value(env, -errno);
+    if (!track_fd(r, fd, FD_OWN)) {
+      close(fd);
+      return int_value(env, -ENOMEM);
+    }
+    struct epoll_event e;
+    e.events = EPOLLIN;
+    e.data.u64 = key_of(slot, UDP_FLOW, fd);
+    if (connect(fd, (const struct sockaddr *)ss, len) != 0 || epoll_ctl(r->epfd, EPOLL_CTL_ADD, fd, &e) != 0) return close_failed(env, r, fd);
+    u->pending[pid] = NULL;
+    u->free_pids[u->nfree_pids++] = (uint32_t)pid;
+    f->slot = slot;
+    f->fd = fd;
+    u->by_slot[slot] = f;
+    double *st = r->stats + (size_t)slot * STAT_FIELDS;
+    for (int i = 0; i < STAT_FIELDS; i++) st[i] = 0;
+  } else {
+    f = slot < u->nby_slot ? u->by_slot[slot] : NULL;
+    if (f == NULL) return int_value(env, -ENOENT);
+    /* Another backend for the same socket: connect() again re-targets it (and drops a pending error). */
+    if (connect(f->fd, (const struct sockaddr *)ss, len) != 0) return int_value(env, -errno);
+  }
+  return NULL;
+}
+
+/*
  * udpConnect(slot, pendingId, ip, port, family, header, backendState, backendCounters) → 0 or a
  * negative errno. A pending flow (pendingId ≥ 0) becomes the slot's, with a socket connected to
  * the backend; or (pendingId -1) the slot's flow, failed, is connected to another backend. The
@@ -683,60 +735,29 @@ napi_value js_udp_connect(napi_env env, napi_callback_info info) {
   int valid;
   void *hdr;
   size_t hdr_len;
-  if (!args(env, info, &r, usage, "siAUii", &slot, &pid, &ss, &len, &valid, &hdr, &hdr_len, &state_idx, &bc)) return NULL;
-  Udp *u = udp_of(env, r);
+  Udp *u = args(env, info, &r, usage, "siAUii", &slot, &pid, &ss, &len, &valid, &hdr, &hdr_len, &state_idx, &bc) ? udp_of(env, r) : NULL;
   if (u == NULL) return NULL;
   if (state_idx < 0 || (size_t)state_idx >= u->mem_len * 2 || bc < 0 || (size_t)bc + BACKEND_COUNTERS > u->mem_len || hdr_len > 232) {
     return throw_msg(env, "relay: udpConnect: backendState, backendCounters or header out of range");
   }
   if (((size_t)slot + 1) * STAT_FIELDS > r->stats_len) return int_value(env, -ERANGE);
   if (!valid) return int_value(env, -EINVAL);
-  UFlow *f;
-  if (pid >= 0) {
-    f = (uint32_t)pid < u->npending ? u->pending[pid] : NULL;
-    if (f == NULL) return int_value(env, -ENOENT);
-    if (slot >= u->nby_slot) {
-      uint32_t n = u->nby_slot == 0 ? 1024 : u->nby_slot;
-      while (n <= slot) n *= 2;
-      UFlow **grown = realloc(u->by_slot, n * sizeof(UFlow *));
-      if (grown == NULL) return int_value(env, -ENOMEM);
-      memset(grown + u->nby_slot, 0, (n - u->nby_slot) * sizeof(UFlow *));
-      u->by_slot = grown;
-      u->nby_slot = n;
-    }
-    if (u->by_slot[slot] != NULL || (slot < r->nslots && r->slots[slot] != NULL)) return int_value(env, -EBUSY);
-    int fd = socket(ss.ss_family, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-    if (fd < 0) return int_value(env, -errno);
-    if (!track_fd(r, fd, FD_OWN)) {
-      close(fd);
-      return int_value(env, -ENOMEM);
-    }
-    struct epoll_event e;
-    e.events = EPOLLIN;
-    e.data.u64 = key_of(slot, UDP_FLOW, fd);
-    if (connect(fd, (struct sockaddr *)&ss, len) != 0 || epoll_ctl(r->epfd, EPOLL_CTL_ADD, fd, &e) != 0) return close_failed(env, r, fd);
-    u->pending[pid] = NULL;
-    u->free_pids[u->nfree_pids++] = (uint32_t)pid;
-    f->slot = slot;
-    f->fd = fd;
-    u->by_slot[slot] = f;
-    double *st = r->stats + (size_t)slot * STAT_FIELDS;
-    for (int i = 0; i < STAT_FIELDS; i++) st[i] = 0;
-  } else {
-    f = slot < u->nby_slot ? u->by_slot[slot] : NULL;
-    if (f == NULL) return int_value(env, -ENOENT);
-    /* Another backend for the same socket: connect() again re-targets it (and drops a pending error). */
-    if (connect(f->fd, (struct sockaddr *)&ss, len) != 0) return int_value(env, -errno);
-  }
-  free(f->hdr);
-  f->hdr = NULL;
-  f->hdr_len = 0;
+  /* The header's copy first: a failure past this point leaves nothing half done. */
+  uint8_t *hcopy = NULL;
   if (hdr_len > 0) {
-    f->hdr = malloc(hdr_len);
-    if (f->hdr == NULL) return int_value(env, -ENOMEM);
-    memcpy(f->hdr, hdr, hdr_len);
-    f->hdr_len = (uint16_t)hdr_len;
+    hcopy = malloc(hdr_len);
+    if (hcopy == NULL) return int_value(env, -ENOMEM);
+    memcpy(hcopy, hdr, hdr_len);
   }
+  napi_value failed = connect_flow(env, r, u, slot, pid, &ss, len);
+  if (failed != NULL) {
+    free(hcopy);
+    return failed;
+  }
+  UFlow *f = u->by_slot[slot];
+  free(f->hdr);
+  f->hdr = hcopy;
+  f->hdr_len = (uint16_t)hdr_len;
   f->state_idx = state_idx;
   f->bc = bc;
   f->connected = 1;
@@ -762,8 +783,7 @@ napi_value js_udp_connect(napi_env env, napi_callback_info info) {
 napi_value js_udp_move(napi_env env, napi_callback_info info) {
   Relay *r;
   uint32_t slot;
-  if (!args(env, info, &r, "udpMove(slot)", "s", &slot)) return NULL;
-  Udp *u = udp_of(env, r);
+  Udp *u = args(env, info, &r, "udpMove(slot)", "s", &slot) ? udp_of(env, r) : NULL;
   if (u == NULL) return NULL;
   UFlow *f = slot < u->nby_slot ? u->by_slot[slot] : NULL;
   if (f != NULL) f->moved = 1;
@@ -775,8 +795,7 @@ napi_value js_udp_close(napi_env env, napi_callback_info info) {
   Relay *r;
   uint32_t slot;
   int32_t pid;
-  if (!args(env, info, &r, "udpClose(slot, pendingId)", "si", &slot, &pid)) return NULL;
-  Udp *u = udp_of(env, r);
+  Udp *u = args(env, info, &r, "udpClose(slot, pendingId)", "si", &slot, &pid) ? udp_of(env, r) : NULL;
   if (u == NULL) return NULL;
   UFlow *f = pid >= 0 ? ((uint32_t)pid < u->npending ? u->pending[pid] : NULL) : (slot < u->nby_slot ? u->by_slot[slot] : NULL);
   if (f != NULL) free_flow(r, f);

@@ -3,11 +3,15 @@
  * (`log.child({ component: 'health', service })`), never one per call or per connection.
  *
  * How lines reach stdout: every thread formats its lines as pino JSON, but only the main thread
- * writes them, through one LogOutput. The data-plane workers batch their lines (LineForwarder,
- * sent every LOG_BATCH_MS) and the failover thread posts each one; both send the time each line
- * was logged, and LogOutput holds every line LOG_HOLD_MS before writing, sorted by that time. So
- * lines of several threads come out in time order, within a second, as long as no thread is
- * stalled longer than LOG_HOLD_MS − LOG_BATCH_MS (a later line is written at once, out of place).
+ * writes them, through one LogOutput, in the order they were logged:
+ * - a data-plane worker batches its lines (LineForwarder): the first line of a batch sends a
+ *   notice at once ("lines from time T on are coming"), the batch follows LOG_BATCH_MS later;
+ * - the failover thread posts each line as it logs it;
+ * - LogOutput writes a line once it is LOG_SETTLE_MS old (a message between threads arrives
+ *   within that) and no worker has an open batch that began before it, but never holds one
+ *   longer than LOG_MAX_HOLD_MS (a stalled worker's lines are then written late, out of place).
+ * So lines come out in time order, within LOG_SETTLE_MS when the workers are quiet and within
+ * about LOG_BATCH_MS while they log, and always within a second (LOG_MAX_HOLD_MS).
  * LogOutput also applies `logging.format`: JSON as pino made it, or formatText's readable line.
  */
 import { pino, type Logger, type LevelWithSilent } from 'pino';
@@ -18,9 +22,11 @@ export type { Logger } from 'pino';
 /** `logging.format`: json for log shippers, text for a terminal (and the demo). */
 export type LogFormat = LoggingConfig['format'];
 
-/** How long LogOutput holds a line before writing it, waiting for other threads' lines of the same moment. */
-export const LOG_HOLD_MS = 500;
-/** How often LineForwarder sends a thread's lines: a line waits at most this long in its thread. */
+/** How long LogOutput keeps a line at least: another thread's line of the same moment is in its hands by then. */
+export const LOG_SETTLE_MS = 20;
+/** The longest LogOutput waits for a worker's announced batch (a worker stalled longer has its lines written late). */
+export const LOG_MAX_HOLD_MS = 1000;
+/** How long LineForwarder collects a thread's lines before sending them: a line waits at most this long in its thread. */
 export const LOG_BATCH_MS = 100;
 /** A batch is sent at once when it holds this many lines (a busy worker under connection logging). */
 const LOG_BATCH_LINES = 512;
@@ -48,24 +54,36 @@ export function loggedAt(): number {
   return stampedAt;
 }
 
-const streamOf = (logger: Logger): pino.DestinationStream & { writeAt?: (line: string, at: number) => void } =>
-  (logger as unknown as Record<symbol, pino.DestinationStream>)[pino.symbols.streamSym];
+const streamOf = (logger: Logger): pino.DestinationStream => (logger as unknown as Record<symbol, pino.DestinationStream>)[pino.symbols.streamSym];
+
+/** What a LineForwarder sends: the notice that a batch began at `open`, or the batch itself. */
+export type ForwardedLines = { open: number } | { lines: string[]; at: number[] };
 
 /**
- * Writes lines that a logger of another thread formatted (`at`: when each was logged) to `logger`'s
- * own destination, as they are: into LogOutput's time order, or straight to a caller's stream.
+ * Hands what a LineForwarder of another thread (`source`: which one) sent to `logger`'s own
+ * destination: into LogOutput's time order, or — a caller's own stream — each line as it is.
  */
-export function writeLines(logger: Logger, lines: readonly string[], at: readonly number[]): void {
+export function writeForwarded(logger: Logger, source: string, m: ForwardedLines): void {
   const stream = streamOf(logger);
-  for (let i = 0; i < lines.length; i++) {
-    if (stream.writeAt) stream.writeAt(lines[i], at[i]);
-    else stream.write(lines[i]);
+  if (stream instanceof LogOutput) {
+    if ('open' in m) stream.open(source, m.open);
+    else stream.batch(source, m.lines, m.at);
+  } else if ('lines' in m) {
+    for (const line of m.lines) stream.write(line);
   }
 }
 
-/** writeLines for one line. */
+/** The thread `source` ended: the output stops waiting for a batch it announced. */
+export function closeForwarded(logger: Logger, source: string): void {
+  const stream = streamOf(logger);
+  if (stream instanceof LogOutput) stream.close(source);
+}
+
+/** One line another thread formatted and posted as it logged it (`at`: when), to `logger`'s destination. */
 export function writeLine(logger: Logger, line: string, at: number = Date.now()): void {
-  writeLines(logger, [line], [at]);
+  const stream = streamOf(logger);
+  if (stream instanceof LogOutput) stream.writeAt(line, at);
+  else stream.write(line);
 }
 
 /** Sets the format of the output `logger` writes to, when that is a LogOutput (a caller's own stream keeps its form). */
@@ -75,24 +93,25 @@ export function setLogFormat(logger: Logger, format: LogFormat): void {
 }
 
 /**
- * The process's log output (main thread): every line of every thread, held LOG_HOLD_MS and written
- * in the order of the time it was logged, as JSON or as text. `drain(now)` writes what is due; a
- * timer calls it while lines wait (tests call it with their own clock).
+ * The process's log output (main thread): every line of every thread, written in the order of the
+ * time it was logged, as JSON or as text (see the header for when a line is written). `drain(now)`
+ * writes what is due; a timer calls it while lines wait (tests call it with their own clock).
  */
 export class LogOutput implements pino.DestinationStream {
   format: LogFormat = 'json';
   readonly #out: pino.DestinationStream & { flush?(cb?: (err?: Error) => void): void };
   readonly #now: () => number;
-  readonly #hold: number;
-  /** Lines waiting, in arrival order; drain sorts them (stable: one thread's lines keep their order). */
+  readonly #timer: boolean;
+  /** Lines waiting, in arrival order; take() sorts them (stable: one thread's lines keep their order). */
   #pending: { at: number; line: string }[] = [];
-  #timer: NodeJS.Timeout | null = null;
+  /** Sources with a batch announced and not yet arrived: when its first line was logged. */
+  readonly #open = new Map<string, number>();
+  #armed = false;
 
-  constructor(out: pino.DestinationStream, options: { now?: () => number; hold?: number; timer?: boolean } = {}) {
+  constructor(out: pino.DestinationStream, options: { now?: () => number; timer?: boolean } = {}) {
     this.#out = out;
     this.#now = options.now ?? Date.now;
-    this.#hold = options.hold ?? LOG_HOLD_MS;
-    if (options.timer === false) this.#arm = () => undefined;
+    this.#timer = options.timer ?? true;
   }
 
   /** A line of this thread's own loggers (pino's call). */
@@ -100,22 +119,42 @@ export class LogOutput implements pino.DestinationStream {
     this.writeAt(line, stampedAt);
   }
 
-  /** A line logged at `at` (epoch ms), by this thread or another (the pool: per line of a worker's batch). */
+  /** A line logged at `at` (epoch ms), by this thread or another (the failover thread's, posted as logged). */
   writeAt(line: string, at: number): void {
     this.#pending.push({ at, line });
     this.#arm();
   }
 
-  #arm = (): void => {
-    if (this.#timer !== null) return;
-    // unref: a line waiting does not keep the process alive; the exit handler writes it.
-    this.#timer = setTimeout(() => {
-      this.#timer = null;
-      this.drain();
-    }, LOG_BATCH_MS).unref();
-  };
+  /** `source` announced a batch whose first line was logged at `at`: lines logged after that wait for it. */
+  open(source: string, at: number): void {
+    if (!this.#open.has(source)) this.#open.set(source, at);
+  }
 
-  /** Writes, in time order, every line logged at least `hold` before `now` (all of them with Infinity). */
+  /** `source`'s batch (the pool: once per batch of a worker), which closes what it announced. */
+  batch(source: string, lines: readonly string[], at: readonly number[]): void {
+    this.#open.delete(source);
+    for (let i = 0; i < lines.length; i++) this.#pending.push({ at: at[i], line: lines[i] });
+    this.#arm();
+  }
+
+  /** `source` ends (a worker exited): nothing more is coming from it. */
+  close(source: string): void {
+    if (this.#open.delete(source) && this.#pending.length > 0) this.#arm();
+  }
+
+  #arm(): void {
+    if (this.#armed || !this.#timer) return;
+    this.#armed = true;
+    // The drain runs in the check phase (setImmediate), after the poll phase has taken the messages
+    // that arrived meanwhile: an announcement waiting in the queue is seen before lines are written.
+    // unref: a line waiting does not keep the process alive; the exit handler writes it.
+    setTimeout(() => setImmediate(() => {
+      this.#armed = false;
+      this.drain();
+    }).unref(), LOG_SETTLE_MS).unref();
+  }
+
+  /** Writes, in time order, every line that is due at `now` (all of them with Infinity). */
   drain(now: number = this.#now()): void {
     const chunk = this.take(now);
     if (chunk !== '') this.#out.write(chunk);
@@ -127,7 +166,10 @@ export class LogOutput implements pino.DestinationStream {
     const pending = this.#pending;
     if (pending.length === 0) return '';
     pending.sort((a, b) => a.at - b.at);
-    const due = now === Infinity ? pending.length : countDue(pending, now - this.#hold);
+    let until = now - LOG_SETTLE_MS;
+    for (const openedAt of this.#open.values()) if (now - openedAt < LOG_MAX_HOLD_MS) until = Math.min(until, openedAt - 1);
+    let due = 0;
+    while (due < pending.length && pending[due].at <= until) due++;
     let chunk = '';
     for (let i = 0; i < due; i++) chunk += this.format === 'text' ? formatText(pending[i].line) : pending[i].line;
     this.#pending = due === pending.length ? [] : pending.slice(due);
@@ -142,21 +184,13 @@ export class LogOutput implements pino.DestinationStream {
   }
 }
 
-/** How many of the sorted `lines` were logged at or before `until`. */
-function countDue(lines: readonly { at: number }[], until: number): number {
-  let n = 0;
-  while (n < lines.length && lines[n].at <= until) n++;
-  return n;
-}
-
 let processOutput: LogOutput | undefined;
 
 /**
  * This process's LogOutput on stdout, made at first use. Its writes are synchronous: one write per
- * drain (every LOG_BATCH_MS while lines wait, all threads' lines together), so they cost little,
- * and what was written is on stdout, in order, when the process exits (an asynchronous stream can
- * still have a write in flight then, which the lines written at exit would pass). What still
- * waits when the process exits is written then.
+ * drain (all threads' lines together), so they cost little, and what was written is on stdout, in
+ * order, when the process exits (an asynchronous stream can still have a write in flight then,
+ * which the lines written at exit would pass). What still waits when the process exits is written then.
  */
 export function logOutput(): LogOutput {
   if (processOutput === undefined) {
@@ -169,21 +203,23 @@ export function logOutput(): LogOutput {
 
 /**
  * A destination for a thread whose lines the main thread writes (the data-plane workers): keeps
- * each line with the time it was logged and hands them to `send` in batches, LOG_BATCH_MS after
- * the first line of a batch (no timer while the thread logs nothing) or at LOG_BATCH_LINES.
+ * each line with the time it was logged; the first line of a batch is announced to `send` at once
+ * ({ open }), and the batch is sent LOG_BATCH_MS later (no timer while the thread logs nothing),
+ * or at LOG_BATCH_LINES.
  */
 export class LineForwarder implements pino.DestinationStream {
-  readonly #send: (lines: string[], at: number[]) => void;
+  readonly #send: (m: ForwardedLines) => void;
   #lines: string[] = [];
   #at: number[] = [];
   #timer: NodeJS.Timeout | null = null;
 
-  constructor(send: (lines: string[], at: number[]) => void) {
+  constructor(send: (m: ForwardedLines) => void) {
     this.#send = send;
   }
 
   /** pino's call, once per line the thread logs: per closed connection with logging.connections. */
   write(line: string): void {
+    if (this.#lines.length === 0) this.#send({ open: stampedAt });
     this.#lines.push(line);
     this.#at.push(stampedAt);
     if (this.#lines.length >= LOG_BATCH_LINES) this.flush();
@@ -195,7 +231,7 @@ export class LineForwarder implements pino.DestinationStream {
     if (this.#timer !== null) clearTimeout(this.#timer);
     this.#timer = null;
     if (this.#lines.length === 0) return;
-    this.#send(this.#lines, this.#at);
+    this.#send({ lines: this.#lines, at: this.#at });
     this.#lines = [];
     this.#at = [];
   }

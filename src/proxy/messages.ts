@@ -10,6 +10,7 @@
  * shutdown's sessions are all gone).
  */
 import type { HostPort } from '../config/schema.ts';
+import type { ForwardedLines } from '../observability/log.ts';
 
 /** One backend as a worker needs it: the engine's id and where to connect. */
 export interface BackendEntry {
@@ -88,5 +89,5 @@ export type WorkerToMain =
   | { type: 'ack'; seq: number; errors: ListenProblem[]; killed?: number }
   | { type: 'connect-failed'; service: string; backend: number; address: string; error: string }
   | { type: 'stopped'; workerId: number }
-  /** The worker's log lines since its last batch, with the time each was logged (observability/log.ts LineForwarder). */
-  | { type: 'log'; lines: string[]; at: number[] };
+  /** The worker's log lines: a batch announced, or the batch with the time each was logged (observability/log.ts LineForwarder). */
+  | { type: 'log'; log: ForwardedLines };

@@ -11,7 +11,7 @@ import type { PoolEvents } from '../events.ts';
 import { Worker } from 'node:worker_threads';
 import { ListenError, FulcrumError } from '../errors.ts';
 import { MAX_WORKERS } from '../shm/layout.ts';
-import { writeLines, type Logger } from '../observability/log.ts';
+import { closeForwarded, writeForwarded, type Logger } from '../observability/log.ts';
 import type { ListenProblem, MainToWorker, ServiceEntry, WorkerInit, WorkerToMain } from './messages.ts';
 import { rawHandlesMissing } from './handles.ts';
 import { loadRelay } from './relay.ts';
@@ -310,7 +310,7 @@ export class WorkerPool extends EventEmitter<PoolEvents> {
         break;
       case 'log':
         // Into the process's LogOutput, which writes every thread's lines in time order.
-        writeLines(this.opts.logger, msg.lines, msg.at);
+        writeForwarded(this.opts.logger, `worker ${slot.id}`, msg.log);
         break;
     }
   }
@@ -321,6 +321,7 @@ export class WorkerPool extends EventEmitter<PoolEvents> {
     for (const done of slot.pending.values()) done(null);
     slot.pending.clear();
     slot.stoppedResolve?.();
+    closeForwarded(this.opts.logger, `worker ${slot.id}`); // a batch it announced is not coming
     // Its sockets died with it; the connection and queue slots it held in shared memory did not.
     const reclaimed = this.opts.reclaim(slot.id);
     this.descriptorCells.forgetWorker(slot.id);

@@ -33,8 +33,8 @@ const port = parentPort!;
 const post = (msg: WorkerToMain): void => port.postMessage(msg);
 
 // The main thread writes every thread's lines, in time order (observability/log.ts): the worker
-// sends its lines in batches, one message per LOG_BATCH_MS at most while it logs.
-const destination = new LineForwarder((lines, at) => post({ type: 'log', lines, at }));
+// sends its lines in batches, two messages per LOG_BATCH_MS at most while it logs.
+const destination = new LineForwarder((log) => post({ type: 'log', log }));
 const log: Logger = createLogger(init.logging.level as 'info', destination).child({ component: 'proxy', worker: init.workerId });
 
 const engine = instantiateEngine(init.module, init.memory, init.workerId);

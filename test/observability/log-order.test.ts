@@ -99,6 +99,7 @@ function expectInOrder(entries: { at: number; readAt: number; text: string }[]):
       throw new Error(`line ${i} was logged before the line written ahead of it:\n  ${entries[i - 1].text}\n  ${entries[i].text}`);
     }
   }
+  console.log(`${entries.length} lines in order; the latest was read ${Math.max(...entries.map((e) => e.readAt - e.at))} ms after it was logged`);
   const late = entries.filter((e) => e.readAt - e.at > WITHIN_MS);
   expect(late.map((e) => `${e.readAt - e.at}ms: ${e.text}`)).toEqual([]);
 }

@@ -5,7 +5,7 @@
  */
 import { spawnSync } from 'node:child_process';
 import { afterEach, describe, expect, it } from 'vitest';
-import { createLogger, formatText, LineForwarder, LOG_BATCH_MS, LOG_HOLD_MS, LogOutput, setLogFormat, writeLine } from '../../src/observability/log.ts';
+import { createLogger, formatText, LineForwarder, LOG_BATCH_MS, LOG_MAX_HOLD_MS, LOG_SETTLE_MS, LogOutput, setLogFormat, writeLine, type ForwardedLines } from '../../src/observability/log.ts';
 import { waitFor } from '../helpers/net.ts';
 
 const savedTz = process.env.TZ;
@@ -52,24 +52,59 @@ describe('formatText', () => {
 });
 
 describe('LogOutput', () => {
-  it('holds lines LOG_HOLD_MS and writes them in the order they were logged, whoever sent them first', () => {
+  const t = (ms: number): string => new Date(ms).toISOString();
+  const msgs = (out: { chunks: string[] }): string[] => out.chunks.join('').split('\n').filter(Boolean).map((l) => JSON.parse(l).msg);
+
+  it('writes lines LOG_SETTLE_MS old in the order they were logged, waiting for a batch a worker announced', () => {
     const out = sink();
-    let now = 1_000_000;
+    const T = 1_000_000;
+    let now = T;
     const o = new LogOutput(out, { now: () => now, timer: false });
-    const t = (ms: number): string => new Date(ms).toISOString();
-    // Worker 1's batch arrives after worker 2's, but holds earlier lines.
-    o.writeAt(line(t(now - 50), 'w2 a'), now - 50);
-    o.writeAt(line(t(now - 10), 'w2 b'), now - 10);
-    o.writeAt(line(t(now - 90), 'w1 a'), now - 90);
-    o.writeAt(line(t(now - 10), 'w1 b'), now - 10); // same millisecond as w2 b: arrival order kept
+    o.writeAt(line(t(T - 30), 'main 1'), T - 30);
+    o.open('worker 1', T - 25); // worker 1 logged a line at T − 25 and will send it with its batch
+    o.writeAt(line(t(T - 10), 'main 2'), T - 10);
+    o.writeAt(line(t(T - 5), 'failover'), T - 5);
     o.drain();
-    expect(out.chunks).toEqual([]); // nothing is old enough yet
-    now += LOG_HOLD_MS - 60; // w1 a is now LOG_HOLD_MS old, w2 a not
+    expect(msgs(out)).toEqual(['main 1']); // older than the announced batch; the rest waits for it
+    now = T + 90;
     o.drain();
-    expect(out.chunks.join('')).toBe(line(t(1_000_000 - 90), 'w1 a'));
+    expect(msgs(out)).toEqual(['main 1']);
+    o.batch('worker 1', [line(t(T - 25), 'w1 a'), line(t(T - 5), 'w1 b')], [T - 25, T - 5]);
+    o.writeAt(line(t(now), 'main 3'), now); // not LOG_SETTLE_MS old yet
+    o.drain();
+    // Same millisecond (failover, w1 b): the order they arrived in.
+    expect(msgs(out)).toEqual(['main 1', 'w1 a', 'main 2', 'failover', 'w1 b']);
+    now += LOG_SETTLE_MS;
+    o.drain();
+    expect(msgs(out)).toEqual(['main 1', 'w1 a', 'main 2', 'failover', 'w1 b', 'main 3']);
+  });
+
+  it('waits LOG_MAX_HOLD_MS at most for an announced batch, and not at all once its thread ended', () => {
+    const out = sink();
+    const T = 2_000_000;
+    let now = T;
+    const o = new LogOutput(out, { now: () => now, timer: false });
+    o.open('worker 2', T);
+    o.writeAt(line(t(T + 1), 'main'), T + 1);
+    now = T + LOG_MAX_HOLD_MS - 1;
+    o.drain();
+    expect(msgs(out)).toEqual([]);
+    now = T + LOG_MAX_HOLD_MS;
+    o.drain();
+    expect(msgs(out)).toEqual(['main']); // a stalled worker holds the log a second at most
+    // Its batch, when it comes, is written then (late, after the lines written meanwhile).
+    o.batch('worker 2', [line(t(T), 'stalled')], [T]);
+    o.drain();
+    expect(msgs(out)).toEqual(['main', 'stalled']);
+    // A worker that exits with a batch announced: the output stops waiting for it.
+    o.open('worker 3', now);
+    o.writeAt(line(t(now + 1), 'after'), now + 1);
     now += 100;
     o.drain();
-    expect(out.chunks.join('').split('\n').filter(Boolean).map((l) => JSON.parse(l).msg)).toEqual(['w1 a', 'w2 a', 'w2 b', 'w1 b']);
+    expect(msgs(out)).toEqual(['main', 'stalled']);
+    o.close('worker 3');
+    o.drain();
+    expect(msgs(out)).toEqual(['main', 'stalled', 'after']);
   });
 
   it('writes everything at once on flush, and in the format set now', async () => {
@@ -91,8 +126,8 @@ describe('LogOutput', () => {
     writeLine(logger, line('2000-01-01T00:00:00.000Z', 'from another thread'), Date.parse('2000-01-01T00:00:00.000Z'));
     setLogFormat(logger, 'text');
     logger.info({ n: 2 }, 'two');
-    // The real timer writes them once LOG_HOLD_MS old: the old line first, then the two in order.
-    await waitFor(() => out.chunks.join('').split('\n').filter(Boolean).length === 3, LOG_HOLD_MS * 4, 'the held lines');
+    // The real timer writes them once LOG_SETTLE_MS old: the old line first, then the two in order.
+    await waitFor(() => out.chunks.join('').split('\n').filter(Boolean).length === 3, 2000, 'the held lines');
     const written = out.chunks.join('').split('\n').filter(Boolean);
     expect(written[0]).toMatch(/ INFO  from another thread component=t$/);
     expect(written[1]).toMatch(/^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3} INFO  one n=1$/);
@@ -124,27 +159,29 @@ describe('the process output (logOutput)', () => {
 });
 
 describe('LineForwarder', () => {
-  it('sends a thread\'s lines in batches, each with the time pino stamped on it', async () => {
-    const batches: { lines: string[]; at: number[] }[] = [];
-    const f = new LineForwarder((lines, at) => batches.push({ lines, at }));
+  it('announces a batch at its first line and sends it LOG_BATCH_MS later, each line with the time pino stamped on it', async () => {
+    const sent: ForwardedLines[] = [];
+    const f = new LineForwarder((m) => sent.push(m));
     const logger = createLogger('info', f).child({ worker: 1 });
-    const sentAt = Date.now();
+    const before = Date.now();
     logger.info('a');
+    expect(sent).toHaveLength(1); // the announcement, at once
+    const open = sent[0] as { open: number };
+    expect(open.open).toBeGreaterThanOrEqual(before);
     logger.info('b');
-    expect(batches).toEqual([]); // batched, not one message per line
-    await waitFor(() => batches.length === 1, LOG_BATCH_MS * 20, 'the batch');
-    const [batch] = batches;
+    expect(sent).toHaveLength(1); // batched, not one message per line
+    await waitFor(() => sent.length === 2, LOG_BATCH_MS * 20, 'the batch');
+    const batch = sent[1] as { lines: string[]; at: number[] };
     expect(batch.lines.map((l) => JSON.parse(l).msg)).toEqual(['a', 'b']);
     for (let i = 0; i < 2; i++) expect(batch.at[i]).toBe(Date.parse(JSON.parse(batch.lines[i]).time));
-    expect(batch.at[0]).toBeGreaterThanOrEqual(sentAt);
+    expect(batch.at[0]).toBe(open.open);
     // A full batch goes at once; flush sends the rest (a worker that stops).
+    sent.length = 0;
     for (let i = 0; i < 513; i++) logger.info({ i }, 'many');
-    expect(batches).toHaveLength(2);
-    expect(batches[1].lines).toHaveLength(512);
+    expect(sent.map((m) => ('open' in m ? 'open' : m.lines.length))).toEqual(['open', 512, 'open']);
     f.flush();
-    expect(batches).toHaveLength(3);
-    expect(batches[2].lines).toHaveLength(1);
+    expect(sent.map((m) => ('open' in m ? 'open' : m.lines.length))).toEqual(['open', 512, 'open', 1]);
     f.flush();
-    expect(batches).toHaveLength(3); // nothing left: no empty message
+    expect(sent).toHaveLength(4); // nothing left: no empty message
   });
 });

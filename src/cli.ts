@@ -25,9 +25,19 @@ export const COMMANDS: Record<string, Command> = {
     options: configOption,
     async run(values) {
       const file = requireConfig(values);
-      const [{ loadConfig }, { startFulcrum }] = await Promise.all([import('./config/load.ts'), import('./main.ts')]);
-      // Signals are installed the moment the listeners are bound: from then on SIGTERM means a graceful stop.
-      const handle = await startFulcrum(loadConfig(file), { configFile: file, signals: true });
+      const [{ loadConfig }, { startFulcrum }, upgrade] = await Promise.all([import('./config/load.ts'), import('./main.ts'), import('./control/upgrade.ts')]);
+      // Started by `fulcrum upgrade`: the old process's sockets and state first; it hears whether this one serves.
+      const from = upgrade.upgradeParent();
+      let handle;
+      try {
+        const handover = from === null ? undefined : await upgrade.receiveHandover(from);
+        // Signals are installed the moment the listeners are bound: from then on SIGTERM means a graceful stop.
+        handle = await startFulcrum(loadConfig(file), { configFile: file, signals: true, handover });
+      } catch (err) {
+        if (from !== null) await upgrade.reportFailed(err instanceof Error ? err.message : String(err));
+        throw err;
+      }
+      if (from !== null) upgrade.reportReady();
       await handle.stopped;
       await new Promise<void>((resolve) => handle.logger.flush(() => resolve()));
       return 0;
@@ -62,6 +72,14 @@ export const COMMANDS: Record<string, Command> = {
     options: CTL_OPTIONS,
     async run(values, positionals) {
       return (await import('./admin/ctl.ts')).runCtlParsed(values, positionals);
+    },
+  },
+  upgrade: {
+    summary: 'replace the running balancer with the installed fulcrum, refusing and cutting no connection',
+    usage: 'fulcrum upgrade [--admin URL] [--token-file FILE] [--config FILE] [--json]',
+    options: CTL_OPTIONS,
+    async run(values, positionals) {
+      return (await import('./admin/ctl.ts')).runCtlParsed(values, ['upgrade', ...positionals]);
     },
   },
   status: {

@@ -78,6 +78,10 @@ export interface OperationsOptions {
   status?: () => Record<string, unknown>;
   /** The data path's descriptor reserve (the pool's), for the metrics. */
   descriptors?: () => { held: number; accepting: boolean; pauses: number; stop: number };
+  /** POST /api/upgrade (src/control/upgrade.ts, through main.ts's handle). */
+  upgrade?: () => Promise<{ old_pid: number; new_pid: number }>;
+  /** The admin server's listening socket handed over by the previous process (`fulcrum upgrade`). */
+  adminHandle?: object;
 }
 
 export interface Operations {
@@ -153,6 +157,7 @@ export async function startOperations(options: OperationsOptions): Promise<Opera
       logger: options.logger,
       config: options.config,
       reload: control.file !== undefined ? () => control.reloadFile('admin API') : undefined,
+      upgrade: options.upgrade,
       healthHistory: health ? (s, a) => health.history(s, a) : undefined,
       roles: health?.describe ? roles : undefined,
       status: () => ({
@@ -165,7 +170,7 @@ export async function startOperations(options: OperationsOptions): Promise<Opera
   const initialAdmin = options.config().admin;
   if (initialAdmin) {
     admin = adminServer(initialAdmin);
-    await admin.listen();
+    await admin.listen(options.adminHandle);
   }
 
   /**
@@ -241,7 +246,10 @@ export interface FulcrumLike {
  */
 export async function startOperationsFor(
   handle: FulcrumLike,
-  options: { signals?: boolean; health?: OperationsHealth; failover?: OperationsFailover; status?: () => Record<string, unknown> } = {},
+  options: {
+    signals?: boolean; health?: OperationsHealth; failover?: OperationsFailover; status?: () => Record<string, unknown>;
+    upgrade?: OperationsOptions['upgrade']; adminHandle?: object;
+  } = {},
 ): Promise<Operations> {
   const ops = await startOperations({
     memory: handle.memory,
@@ -257,6 +265,8 @@ export async function startOperationsFor(
     signals: options.signals,
     descriptors: handle.pool.descriptors ? () => handle.pool.descriptors!() : undefined,
     status: () => ({ ...(handle.pool.status ? { data_plane: handle.pool.status() } : {}), ...options.status?.() }),
+    upgrade: options.upgrade,
+    adminHandle: options.adminHandle,
   });
   void handle.stopped.then(() => ops.close());
   return ops;

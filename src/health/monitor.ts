@@ -114,6 +114,8 @@ interface Tracked {
   history: HistoryEntry[];
   /** The role the server last reported, and when (epoch ms). */
   role: { reported: Role; at: number; lag_ms?: number | null } | null;
+  /** A probe has ended (a result, or skipped for a local reason): firstRound({ every }) counts these. */
+  answered: boolean;
   log: Logger;
 }
 
@@ -132,6 +134,8 @@ export class HealthMonitor extends EventEmitter<HealthEvents> {
   readonly #admin: AdminStates | undefined;
   /** firstRound() callers, resolved when no backend of a service that routes by role is pending. */
   readonly #roundWaiters: Array<() => void> = [];
+  /** firstRound({ every: true }) callers, resolved when every probed backend has had a result. */
+  readonly #everyWaiters: Array<() => void> = [];
   #stopped = false;
   /** Probes skipped since the last log line about them (#skip). */
   #skipped = 0;
@@ -247,11 +251,31 @@ export class HealthMonitor extends EventEmitter<HealthEvents> {
    * start-up awaits it before the listeners open, so the first clients find the primary rather
    * than no eligible backend.
    */
-  firstRound(): Promise<void> {
+  firstRound(options: { every?: boolean } = {}): Promise<void> {
     return new Promise((resolve) => {
-      this.#roundWaiters.push(resolve);
+      (options.every ? this.#everyWaiters : this.#roundWaiters).push(resolve);
       this.#checkRound();
     });
+  }
+
+  /**
+   * Starts from states another process decided (`fulcrum upgrade`, src/control/carry.ts): a
+   * backend known there is not pending here, so its next result goes through rise/fall as it
+   * would have there, instead of deciding at once from one probe. Called right after the
+   * constructor, before any probe has answered.
+   */
+  seed(states: readonly { service: string; address: string; state: HealthState; pending: boolean; role?: RoleSeen }[]): number {
+    let seeded = 0;
+    for (const s of states) {
+      const t = this.#tracked.get(keyOf(s.service, s.address));
+      if (t === undefined || s.pending || !t.pending) continue;
+      t.pending = false;
+      t.dampener.force(s.state);
+      if (s.role) t.role = { reported: s.role.reported, at: s.role.at, ...(s.role.lag_ms !== undefined ? { lag_ms: s.role.lag_ms } : {}) };
+      seeded++;
+    }
+    this.#checkRound();
+    return seeded;
   }
 
   /** Resolves once the probe thread runs (the probes wait for it themselves; tests that time them do too). */
@@ -302,6 +326,9 @@ export class HealthMonitor extends EventEmitter<HealthEvents> {
   }
 
   #checkRound(): void {
+    if (this.#everyWaiters.length > 0 && (this.#stopped || [...this.#tracked.values()].every((t) => t.maint || t.answered))) {
+      for (const w of this.#everyWaiters.splice(0)) w();
+    }
     if (this.#roundWaiters.length === 0) return;
     if (!this.#stopped) {
       for (const t of this.#tracked.values()) if (t.pending && !t.maint && routedRole(t.health) !== null) return;
@@ -323,6 +350,7 @@ export class HealthMonitor extends EventEmitter<HealthEvents> {
       epoch: 0,
       history: [],
       role: null,
+      answered: false,
       log: this.#log.child({ service, backend: address }),
     };
     this.#tracked.set(keyOf(service, address), t);
@@ -409,6 +437,8 @@ export class HealthMonitor extends EventEmitter<HealthEvents> {
    */
   #skip(t: Tracked, result: ProbeResult): void {
     this.#skipped++;
+    t.answered = true;
+    if (this.#everyWaiters.length > 0) this.#checkRound();
     this.emit('probe', { service: t.service, address: t.address, ...result } satisfies ProbeEvent);
     const now = this.#clock.now();
     if (now - this.#skipLoggedAt < 60_000) return;
@@ -424,6 +454,8 @@ export class HealthMonitor extends EventEmitter<HealthEvents> {
     if (t.history.length > this.#historySize) t.history.shift();
     this.emit('probe', { service: t.service, address: t.address, ...result } satisfies ProbeEvent);
     if (result.ok) t.connectFailures = 0;
+    t.answered = true;
+    if (this.#everyWaiters.length > 0) this.#checkRound();
     if (result.role !== undefined) t.role = { reported: result.role, at: entry.at, ...(result.lag_ms !== undefined ? { lag_ms: result.lag_ms } : {}) };
     // A replica over max_lag: lag_action, not on_marked_down, decides what its sessions get.
     const lagging = !result.ok && result.lagging === true;

@@ -35,7 +35,7 @@ export {
 } from '../shm/layout.ts';
 
 /** The relay's interface version (its functions and their arguments); relay.c's RELAY_VERSION. */
-export const RELAY_VERSION = 3;
+export const RELAY_VERSION = 4;
 
 export interface RelayBinding {
   init(stats: Float64Array, events: Int32Array, onEvents: (n: number) => void): void;
@@ -43,6 +43,12 @@ export interface RelayBinding {
   /** A listener id, or a negative errno. */
   listen(ip: string, port: number, family: number, reusePort: boolean, backlog: number): number;
   closeListener(id: number): void;
+  /** A listening TCP socket made elsewhere (handed over by `fulcrum upgrade`): its listener id, or a negative errno. */
+  adopt(fd: number): number;
+  /** A listener's fd (what `fulcrum upgrade` hands to the next process), or -EBADF. */
+  listenerFd(id: number): number;
+  /** Connections other workers' relays handed to this one that it has not reported yet (a drain waits for them). */
+  handedOver(): number;
   resume(id: number): void;
   /** Stops accepting on a listener (connections wait in its backlog) until resume(id). */
   pause(id: number): void;

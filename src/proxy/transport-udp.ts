@@ -129,8 +129,11 @@ export class UdpTransport implements Transport {
 
   // ── listeners (worker.ts) ──────────────────────────────────────────────────
 
-  /** Binds a service's socket (SO_REUSEPORT when the workers share it). The listen error, or null. */
-  async listen(ref: ListenerRef, address: string, reusePort: boolean): Promise<UdpListener | ListenProblem> {
+  /**
+   * Binds a service's socket (SO_REUSEPORT when the workers share it), or takes `fd`, a bound
+   * socket the previous process handed over (upgrade). The listen error, or null.
+   */
+  async listen(ref: ListenerRef, address: string, reusePort: boolean, fd?: number): Promise<UdpListener | ListenProblem> {
     const e = ref.rt.entry;
     let ip = e.listen.host;
     if (isIP(ip) === 0) {
@@ -149,7 +152,7 @@ export class UdpTransport implements Transport {
         resolve({ service: e.name, address, message: err.message, code: err.code });
       };
       socket.once('error', onError);
-      socket.bind({ address: ip, port: e.listen.port }, () => {
+      socket.bind(fd === undefined ? { address: ip, port: e.listen.port } : { fd }, () => {
         socket.off('error', onError);
         // A listening socket's errors are per datagram sent (a client gone): nothing to end.
         socket.on('error', () => {});

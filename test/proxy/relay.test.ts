@@ -11,7 +11,7 @@ import { join } from 'node:path';
 import { getSystemErrorName } from 'node:util';
 import { describe, expect, it } from 'vitest';
 import type { Socket } from 'node:net';
-import { formatAddress, loadRelay, RELAY_EVENTS, RELAY_PATH, EV_FIELDS, STAT_FIELDS, type RelayBinding } from '../../src/proxy/relay.ts';
+import { formatAddress, loadRelay, RELAY_EVENTS, RELAY_VERSION, RELAY_PATH, EV_FIELDS, STAT_FIELDS, type RelayBinding } from '../../src/proxy/relay.ts';
 import { compileRelay } from '../../build/relay.ts';
 import { connectClient, readLine, startEchoServer, waitFor } from '../helpers/net.ts';
 
@@ -37,7 +37,7 @@ describe('loadRelay', () => {
     const out = join(dir, 'relay.node');
     try {
       expect(compileRelay(out, ['RELAY_VERSION=99'])).toEqual({ ok: true });
-      expect(loadRelay({}, out)).toBe(`${out} was built from another relay.c (version 99 ≠ 3): run npm run build`);
+      expect(loadRelay({}, out)).toBe(`${out} was built from another relay.c (version 99 ≠ ${RELAY_VERSION}): run npm run build`);
     } finally {
       rmSync(dir, { recursive: true, force: true });
     }
@@ -126,6 +126,28 @@ describe('the relay API, called directly (this test process is its worker)', () 
     expect(code(relay.closeFd(client.fd))).toBe('EBADF');
     expect(await client.echoes()).toBe(true);
     await client.close();
+  });
+
+  it('listenerFd names a listener\'s fd; adopt refuses what is not a listening socket of someone else\'s, and leaves it alone', async () => {
+    // Adopting a socket another process made is test/ops/upgrade.test.ts's (a relay adopts what the old one's listened on).
+    const lid = relay.listen('127.2.12.7', 0, 4, true, 16);
+    expect(lid).toBeGreaterThanOrEqual(0);
+    const fd = relay.listenerFd(lid);
+    expect(fd).toBeGreaterThan(2);
+    expect(code(relay.adopt(fd))).toBe('EBADF'); // already this relay's
+    relay.closeListener(lid);
+    expect(code(relay.listenerFd(lid))).toBe('EBADF');
+    const other = await nodeSocket('127.2.12.8');
+    expect(code(relay.adopt(other.fd))).toBe('EINVAL'); // connected, not listening
+    expect(await other.echoes()).toBe(true);
+    const file = openSync(RELAY_PATH, 'r');
+    try {
+      expect(code(relay.adopt(file))).toBe('ENOTSOCK');
+    } finally {
+      closeSync(file);
+    }
+    await other.close();
+    expect(() => relay.adopt(-1)).toThrow(/adopt\(fd\) expected/);
   });
 
   it('connect takes only a client JavaScript may give it: an fd the relay did not accept as its own, or no stream socket, is refused', async () => {

@@ -43,6 +43,12 @@ static int listener_for(Relay *r, const struct sockaddr_storage *to) {
 }
 
 
+/* A closed listener of `r` that was bound to `to` (its address is kept until the id is reused), or -1. With g_lock held. */
+static int closed_listener_for(Relay *r, const struct sockaddr_storage *to) {
+  for (uint32_t i = 0; i < r->nlisteners; i++) if (r->listeners[i] < 0 && same_address(&r->lkeys[i], to)) return (int)i;
+  return -1;
+}
+
 /* Highest registry index in use + 1: how far the scans go. */
 static _Atomic int g_nrid;
 
@@ -107,8 +113,11 @@ void adopt(Relay *r) {
   for (; i < r->ninbox && room_to_accept(r); i++) {
     Handoff *h = &r->inbox[i];
     int lid = listener_for(r, &h->to);
-    /* The listener for that address closed meanwhile (pause, move): the connection is closed, as
-       the kernel does with the connections queued on a listener that closes. */
+    /* The listener for that address closed meanwhile (a stop, an upgrade, a retiring worker, a
+       pause or move): the connection was accepted already, by the relay that handed it over, so it
+       is reported on the closed listener's id and JS serves it (a drain serves what it accepted);
+       only a relay that never listened there closes it. */
+    if (lid < 0) lid = closed_listener_for(r, &h->to);
     if (lid < 0 || !remember(r, h->fd, 0)) {
       close(h->fd);
       atomic_fetch_sub_explicit(&g_load[r->rid], 1, memory_order_relaxed);

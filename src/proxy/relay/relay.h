@@ -20,6 +20,7 @@
 
 #include <arpa/inet.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <netinet/in.h>
 #include <netdb.h>
 #include <netinet/tcp.h>
@@ -40,7 +41,7 @@
 
 /* Keep in step with relay.ts (checked there against constants()). */
 #ifndef RELAY_VERSION /* tests build a relay of another version to see it refused */
-#define RELAY_VERSION 3
+#define RELAY_VERSION 4
 #endif
 /* Built with AddressSanitizer (build/relay.ts --sanitize): constants().sanitized says so, and
    transport-relay.ts then hands it only buffers of their own allocation (an over-read is caught). */

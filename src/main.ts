@@ -17,6 +17,9 @@
  *     table → workers → resume → resize
  *   operations (src/admin): metrics, the admin server when config.admin is set; they trigger the
  *     reload, they do not own it.
+ *   upgrade (src/control/upgrade.ts, SIGUSR2 and POST /api/upgrade): the next process gets the
+ *     listening sockets and the carried state (src/control/carry.ts); this one then stops with
+ *     `handover` and drains.
  */
 import { EventEmitter } from 'node:events';
 import { Balancer, type BackendStateEvent } from './balancer/balancer.ts';

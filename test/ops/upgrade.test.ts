@@ -16,6 +16,7 @@ import { connect, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { isDeepStrictEqual } from 'node:util';
 import { afterAll, describe, expect, it } from 'vitest';
 import { freePort, startEchoServer, startNamedServer, waitFor } from '../helpers/net.ts';
 import { tcpMigrateReq } from '../../src/proxy/pool.ts';
@@ -72,6 +73,8 @@ interface Lab {
   output(): string;
   first: ChildProcess;
   upgrade(): Promise<Result>;
+  /** A pid of this lab's to kill at the end (one that SIGUSR2 started). */
+  track(pid: number): void;
   status(): Promise<{ pid: number }>;
   services(): Promise<any>;
 }
@@ -109,6 +112,7 @@ async function startLab(host: string, yaml: (port: number) => string, options: {
       if (m) pids.add(Number(m[1]));
       return r;
     },
+    track: (pid) => void pids.add(pid),
     status: () => get('/api/status'),
     services: () => get('/api/services'),
   };
@@ -264,7 +268,7 @@ describe('what an upgrade carries over, and upgrades that fail', () => {
     const c = await startNamedServer('c', host);
     const deadPort = await freePort(host);
     cleanups.push(() => a.close(), () => b.close(), () => c.close());
-    const lab = await startLab(host, (port) => `workers: 1\nshutdown_grace: 10s\nservices:\n  - name: web\n    listen: ${host}:${port}\n    health: { type: tcp, interval: 500ms, timeout: 200ms, rise: 3, fall: 3 }\n    backends:\n      - address: ${host}:${a.port}\n      - address: ${host}:${b.port}\n      - address: ${host}:${deadPort}\n`);
+    const lab = await startLab(host, (port) => `workers: 1\nshutdown_grace: 10s\nservices:\n  - name: web\n    listen: ${host}:${port}\n    health: { type: tcp, interval: 1s, timeout: 800ms, rise: 3, fall: 3 }\n    backends:\n      - address: ${host}:${a.port}\n      - address: ${host}:${b.port}\n      - address: ${host}:${deadPort}\n`);
     const auth = { authorization: `Bearer ${TOKEN}`, 'content-type': 'application/json' };
     const post = async (path: string, body: unknown): Promise<void> => {
       const r = await fetch(lab.admin + path, { method: 'POST', headers: auth, body: JSON.stringify(body) });
@@ -275,21 +279,32 @@ describe('what an upgrade carries over, and upgrades that fail', () => {
     await post(`/api/services/web/backends/${host}:${a.port}/weight`, { weight: 7 });
     await post(`/api/services/web/backends/${host}:${b.port}/state`, { state: 'drain' });
     const view = (svc: any): Record<string, unknown> => Object.fromEntries(svc.services[0].backends.map((x: any) => [x.address, { weight: x.weight, state: x.state }]));
-    await waitFor(async () => view(await lab.services())[`${host}:${deadPort}`] !== undefined && (view(await lab.services())[`${host}:${deadPort}`] as any).state === 'down' && (view(await lab.services())[`${host}:${c.port}`] as any).state === 'up', 10_000, 'the dead backend down and the added one up');
-    const before = view(await lab.services());
+    const expected = {
+      [`${host}:${a.port}`]: { weight: 7, state: 'up' },
+      [`${host}:${b.port}`]: { weight: 1, state: 'drain' },
+      [`${host}:${c.port}`]: { weight: 3, state: 'up' },
+      [`${host}:${deadPort}`]: { weight: 1, state: 'down' },
+    };
+    let before: Record<string, unknown> = {};
+    await waitFor(async () => isDeepStrictEqual(before = view(await lab.services()), expected), 15_000, 'the dead backend down and the added one up').catch((err: Error) => {
+      throw new Error(`${err.message}: ${JSON.stringify(before)}`);
+    });
+    expect(before).toEqual(expected);
 
     const r = await lab.upgrade();
     expect(r.code, r.out).toBe(0);
     const next = Number(/upgraded: pid (\d+) serves/.exec(r.out)![1]);
     expect((await lab.status()).pid).toBe(next);
-    // At once, before any probe of the new process could decide (rise and fall are 3 probes of 500 ms).
-    expect(view(await lab.services())).toEqual(before);
-    expect(before).toEqual({
-      [`${host}:${a.port}`]: { weight: 7, state: 'up' },
-      [`${host}:${b.port}`]: { weight: 1, state: 'drain' },
-      [`${host}:${c.port}`]: { weight: 3, state: 'up' },
-      [`${host}:${deadPort}`]: { weight: 1, state: 'down' },
-    });
+    // At once, before any probe of the new process could decide (rise and fall are 3 probes a second apart).
+    expect(view(await lab.services())).toEqual(expected);
+
+    // SIGUSR2 (for service managers) does the same; the state carries on again.
+    process.kill(next, 'SIGUSR2');
+    let third = next;
+    await waitFor(async () => (third = (await lab.status().catch(() => ({ pid: next }))).pid) !== next, 30_000, 'a new pid after SIGUSR2', 100);
+    lab.track(third);
+    await waitFor(() => !alive(next), 20_000, `pid ${next} to exit after SIGUSR2`, 50);
+    expect(view(await lab.services())).toEqual(expected);
   }, 120_000);
 
   it('a broken config or a new build that exits at once: the old process keeps serving and the reason is printed', async () => {

@@ -13,7 +13,7 @@ import { describe, expect, it } from 'vitest';
 import type { Socket } from 'node:net';
 import { formatAddress, loadRelay, RELAY_EVENTS, RELAY_VERSION, RELAY_PATH, EV_FIELDS, STAT_FIELDS, type RelayBinding } from '../../src/proxy/relay.ts';
 import { compileRelay } from '../../build/relay.ts';
-import { connectClient, readLine, startEchoServer, waitFor } from '../helpers/net.ts';
+import { connectClient, freePort, readLine, startEchoServer, waitFor } from '../helpers/net.ts';
 
 /** connect's options: no propagate_reset, no keepalive. */
 const NO_OPTS = new Int32Array(4);
@@ -148,6 +148,24 @@ describe('the relay API, called directly (this test process is its worker)', () 
     }
     await other.close();
     expect(() => relay.adopt(-1)).toThrow(/adopt\(fd\) expected/);
+  });
+
+  it('closing a listener accepts what the kernel queued on it first: reported on its id, served, not reset', async () => {
+    const port = await freePort('127.2.12.9');
+    const lid = relay.listen('127.2.12.9', port, 4, true, 64);
+    expect(lid).toBeGreaterThanOrEqual(0);
+    relay.pause(lid); // not polled: connections wait in the kernel's queue
+    const clients = await Promise.all(Array.from({ length: 20 }, () => connectClient(port, '127.2.12.9')));
+    const resets: string[] = [];
+    for (const c of clients) c.on('error', (err: NodeJS.ErrnoException) => resets.push(err.code ?? err.message));
+    const before = events.length;
+    relay.closeListener(lid);
+    await waitFor(() => events.slice(before).filter((e) => e[0] === 1 /* EV_ACCEPT */ && e[1] === lid).length === 20, 3000, '20 accepts on the closed listener', 10);
+    expect(relay.handedOver()).toBe(0);
+    expect(resets).toEqual([]);
+    // JS holds them now (FD_HELD): closing each is JS's call, as for any accepted client.
+    for (const e of events.slice(before)) if (e[0] === 1 && e[1] === lid) expect(relay.closeFd(e[2])).toBe(0);
+    for (const c of clients) c.destroy();
   });
 
   it('connect takes only a client JavaScript may give it: an fd the relay did not accept as its own, or no stream socket, is refused', async () => {

@@ -426,6 +426,8 @@ static napi_value js_close_listener(napi_env env, napi_callback_info info) {
   uint32_t lid;
   if (!listener_arg(env, info, &r, &lid)) return NULL;
   pthread_mutex_lock(&g_lock);
+  /* What the kernel queued on it is accepted first and served (handoff.c drain_listener). */
+  drain_listener(r, lid, r->listeners[lid]);
   /* Out of the epoll set first: after an upgrade the next process holds this socket too, and an
      epoll registration lasts as long as the socket does, not this fd (close alone would leave it). */
   epoll_ctl(r->epfd, EPOLL_CTL_DEL, r->listeners[lid], NULL);

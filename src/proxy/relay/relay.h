@@ -167,5 +167,6 @@ void register_relay(Relay *r);
 void unregister_relay(Relay *r);
 int steer(Relay *r, uint32_t lid, int fd, const int32_t from[5]);
 void adopt(Relay *r);
+int drain_listener(Relay *r, uint32_t lid, int lfd);
 
 #endif

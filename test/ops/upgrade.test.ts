@@ -8,10 +8,10 @@
  * and upgrades that fail (a broken config, a new build that exits at once): the old process keeps
  * serving and `fulcrum upgrade` says why.
  *
- * Addresses: 127.61.0.0/24 (relay .1, JavaScript .2, failures .3).
+ * Addresses: 127.61.0.0/24 (relay .1, JavaScript .2, failures .3, same sockets .4 relay and .5 JavaScript).
  */
 import { spawn, type ChildProcess } from 'node:child_process';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { connect, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -19,6 +19,7 @@ import { fileURLToPath } from 'node:url';
 import { isDeepStrictEqual } from 'node:util';
 import { afterAll, describe, expect, it } from 'vitest';
 import { freePort, startEchoServer, startNamedServer, waitFor } from '../helpers/net.ts';
+import { startUdpBackend, UdpClient } from '../helpers/udp.ts';
 import { tcpMigrateReq } from '../../src/proxy/pool.ts';
 
 const ROOT = fileURLToPath(new URL('../..', import.meta.url));
@@ -321,7 +322,6 @@ describe('what an upgrade carries over, and upgrades that fail', () => {
     const load = churn(host, lab.port, 8);
     try {
       // 1. A config that does not load.
-      const { readFileSync } = await import('node:fs');
       const good = readFileSync(lab.config, 'utf8');
       writeFileSync(lab.config, good.replace('workers: 2', 'workers: 99'));
       let r = await lab.upgrade();
@@ -371,4 +371,43 @@ describe('net.ipv4.tcp_migrate_req', () => {
       rmSync(dir, { recursive: true, force: true });
     }
   });
+});
+
+describe.each([
+  { path: 'relay', host: '127.61.0.4', env: {} },
+  { path: 'javascript', host: '127.61.0.5', env: { FULCRUM_RELAY: 'off' } },
+])('the sockets handed over are the same sockets, $path data path', ({ host, env }) => {
+
+  /** The inodes of the sockets bound at host:port, as the kernel lists them (/proc/net/tcp in listen state, or /proc/net/udp). */
+  function inodes(proto: 'tcp' | 'udp', port: number): string[] {
+    const addr = host.split('.').map((o) => Number(o).toString(16).padStart(2, '0').toUpperCase()).reverse().join('');
+    const local = `${addr}:${port.toString(16).padStart(4, '0').toUpperCase()}`;
+    return readFileSync(`/proc/net/${proto}`, 'utf8').split('\n').slice(1).map((l) => l.trim().split(/\s+/))
+      .filter((f) => f[1] === local && (proto === 'udp' || f[3] === '0A')).map((f) => f[9]).sort();
+  }
+
+  it('TCP and UDP listeners keep their sockets (inodes) across an upgrade; datagrams are answered by the new process', async () => {
+    const echo = await startEchoServer(host);
+    const backend = await startUdpBackend('u', host);
+    cleanups.push(() => echo.close(), () => backend.close());
+    const udpPort = await freePort(host);
+    const lab = await startLab(host, (port) => `workers: 2\nshutdown_grace: 10s\nservices:\n  - name: tcp\n    listen: ${host}:${port}\n    backends:\n      - address: ${host}:${echo.port}\n  - name: udp\n    protocol: udp\n    listen: ${host}:${udpPort}\n    backends:\n      - address: ${backend.address}\n`, { env });
+    const tcpBefore = inodes('tcp', lab.port);
+    const udpBefore = inodes('udp', udpPort);
+    expect(tcpBefore).toHaveLength(2);
+    expect(udpBefore).toHaveLength(2);
+    const client = await UdpClient.open(host);
+    cleanups.push(() => client.close());
+    expect(await client.ask('ping', udpPort, host)).toBe('u|ping');
+
+    const r = await lab.upgrade();
+    expect(r.code, r.out).toBe(0);
+    const pid = lab.first.pid!;
+    await waitFor(() => !alive(pid), 20_000, `old pid ${pid} to exit`, 50);
+    expect(inodes('tcp', lab.port)).toEqual(tcpBefore);
+    expect(inodes('udp', udpPort)).toEqual(udpBefore);
+    // The old flow ended with the old process; the next datagram is a new flow in the new one.
+    expect(await client.ask('again', udpPort, host)).toBe('u|again');
+    expect(await oneConnection(host, lab.port)).toBe('ok');
+  }, 120_000);
 });

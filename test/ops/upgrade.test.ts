@@ -226,6 +226,7 @@ describe.each([
     cleanups.push(() => held.sockets.forEach((s) => s.destroy()));
     await held.check('before');
     const load = churn(host, lab.port);
+    const started = performance.now();
     try {
       let pid = lab.first.pid!;
       const olds: number[] = [];
@@ -246,6 +247,8 @@ describe.each([
         expect(load.failures).toEqual(new Map());
       }
       await load.stop();
+      const seconds = (performance.now() - started) / 1000;
+      console.log(`${path}: ${load.ok()} new connections in ${seconds.toFixed(1)} s (${Math.round(load.ok() / seconds)}/s) across 10 upgrades, none refused or reset`);
       expect(load.failures).toEqual(new Map());
       expect(load.ok()).toBeGreaterThan(2000);
       // The first process drains its 200 until they close (or its grace ends), then exits.

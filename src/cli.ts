@@ -28,13 +28,29 @@ export const COMMANDS: Record<string, Command> = {
     options: configOption,
     async run(values) {
       const file = requireConfig(values);
-      const [{ loadConfig }, { startFulcrum }, caps] = await Promise.all([import('./config/load.ts'), import('./main.ts'), import('./ops/capabilities.ts')]);
-      const config = loadConfig(file);
-      // A missing capability is named here, with what needs it, before anything starts.
-      const warning = caps.uncertainWarning((await caps.requireCapabilities(config)).uncertain);
-      if (warning) process.stderr.write(`fulcrum run: warning: ${warning}\n`);
-      // Signals are installed the moment the listeners are bound: from then on SIGTERM means a graceful stop.
-      const handle = await startFulcrum(config, { configFile: file, signals: true, notify: true });
+      const [{ loadConfig }, { startFulcrum }, caps, upgrade] = await Promise.all([
+        import('./config/load.ts'), import('./main.ts'), import('./ops/capabilities.ts'), import('./control/upgrade.ts'),
+      ]);
+      // Started by `fulcrum upgrade`: the old process's sockets and state first; it hears whether this one serves.
+      const from = upgrade.upgradeParent();
+      let handle;
+      try {
+        const config = loadConfig(file);
+        // A missing capability is named here, with what needs it, before anything starts.
+        const warning = caps.uncertainWarning((await caps.requireCapabilities(config)).uncertain);
+        if (warning) process.stderr.write(`fulcrum run: warning: ${warning}\n`);
+        const handover = from === null ? undefined : await upgrade.receiveHandover(from);
+        // Signals are installed the moment the listeners are bound: from then on SIGTERM means a graceful stop.
+        handle = await startFulcrum(config, { configFile: file, signals: true, notify: true, handover });
+      } catch (err) {
+        if (from !== null) await upgrade.reportFailed(err instanceof Error ? err.message : String(err));
+        throw err;
+      }
+      if (from !== null) {
+        upgrade.reportReady();
+        // Under systemd the unit's main process is now this one (NotifyAccess=all in the unit).
+        handle.notifier?.mainPid();
+      }
       await handle.stopped;
       await new Promise<void>((resolve) => handle.logger.flush(() => resolve()));
       return 0;
@@ -71,11 +87,19 @@ export const COMMANDS: Record<string, Command> = {
     },
   },
   ctl: {
-    summary: 'change a running balancer through its admin API (list, state, weight, add, remove, reload)',
-    usage: 'fulcrum ctl list|state|weight|add|remove|reload … [--admin URL] [--token-file FILE] [--config FILE]',
+    summary: 'change a running balancer through its admin API (list, state, weight, add, remove, reload, upgrade)',
+    usage: 'fulcrum ctl list|state|weight|add|remove|reload|upgrade … [--admin URL] [--token-file FILE] [--config FILE]',
     options: CTL_OPTIONS,
     async run(values, positionals) {
       return (await import('./admin/ctl.ts')).runCtlParsed(values, positionals);
+    },
+  },
+  upgrade: {
+    summary: 'replace the running balancer with the installed fulcrum, refusing and cutting no connection',
+    usage: 'fulcrum upgrade [--admin URL] [--token-file FILE] [--config FILE] [--json]',
+    options: CTL_OPTIONS,
+    async run(values, positionals) {
+      return (await import('./admin/ctl.ts')).runCtlParsed(values, ['upgrade', ...positionals]);
     },
   },
   status: {

@@ -17,6 +17,9 @@
  *     table → workers → resume → resize
  *   operations (src/admin): metrics, the admin server when config.admin is set; they trigger the
  *     reload, they do not own it.
+ *   upgrade (src/control/upgrade.ts, SIGUSR2 and POST /api/upgrade): the next process gets the
+ *     listening sockets and the carried state (src/control/carry.ts); this one then stops with
+ *     `handover` and drains.
  */
 import { EventEmitter } from 'node:events';
 import { Balancer, type BackendStateEvent } from './balancer/balancer.ts';
@@ -26,6 +29,8 @@ import type { Config } from './config/schema.ts';
 import { vipBoundServices } from './control/diff.ts';
 import { preflight } from './control/preflight.ts';
 import { ReloadSequence } from './control/reload.ts';
+import { carryState, seedFromCarried, withCarriedMembership } from './control/carry.ts';
+import { startUpgrade, UpgradeError, type Handover } from './control/upgrade.ts';
 import { bgpServicesOn, discoveryRoutes, failoverRoutes, installBgpRoutes, installRoutes } from './control/routes.ts';
 import { Bgp } from './bgp/index.ts';
 import { Discovery } from './discovery/index.ts';
@@ -38,7 +43,7 @@ import type { ListenProblem } from './proxy/messages.ts';
 import { WorkerPool } from './proxy/pool.ts';
 import { buildServiceTable } from './proxy/table.ts';
 import { createSharedMemory } from './shm/layout.ts';
-import { startOperationsFor, type Operations } from './admin/index.ts';
+import { ADMIN_MOVE_GRACE_MS, startOperationsFor, type Operations } from './admin/index.ts';
 import { systemdNotifier, type Notifier } from './ops/notify.ts';
 
 export type { FulcrumEvents } from './events.ts';
@@ -63,6 +68,11 @@ export interface StartOptions {
    * fed. `fulcrum run` sets it.
    */
   notify?: boolean;
+  /**
+   * Started by `fulcrum upgrade` (src/control/upgrade.ts): the old process's listening sockets,
+   * adopted by the workers, and its carried state (src/control/carry.ts), applied before they open.
+   */
+  handover?: Handover;
 }
 
 export interface FulcrumHandle {
@@ -92,13 +102,25 @@ export interface FulcrumHandle {
   reload(next: Config): Promise<ListenProblem[]>;
   /** Re-sends the service table to the workers: call after balancer.addBackend / removeBackend. */
   syncServices(): Promise<ListenProblem[]>;
-  /** Graceful stop: stop accepting, let sessions finish up to shutdown_grace, close the rest. */
-  stop(reason?: string): Promise<void>;
+  /**
+   * Graceful stop: stop accepting, let sessions finish up to shutdown_grace, close the rest.
+   * `handover` (after an upgrade): the new process holds the same sockets, the VIP and the routes,
+   * so nothing is resigned or withdrawn on the way out.
+   */
+  stop(reason?: string, options?: { handover?: boolean }): Promise<void>;
+  /**
+   * `fulcrum upgrade` / SIGUSR2: starts the new fulcrum from the current install, hands over, and
+   * once it serves stops this one (handover). Rejects with UpgradeError (this one keeps serving).
+   */
+  upgrade(trigger: string): Promise<{ old_pid: number; new_pid: number }>;
   /** Resolves once stopped, whoever asked. */
   readonly stopped: Promise<void>;
 }
 
-export async function startFulcrum(initial: Config, options: StartOptions = {}): Promise<FulcrumHandle> {
+export async function startFulcrum(fileConfig: Config, options: StartOptions = {}): Promise<FulcrumHandle> {
+  const handover = options.handover;
+  // An upgrade keeps the backends added or removed at run time (the file stays what reloads read).
+  const initial = handover ? withCarriedMembership(fileConfig, handover.state) : fileConfig;
   const logger = options.logger ?? createLogger(initial.logging.level);
   if (options.logger === undefined) setLogFormat(logger, initial.logging.format);
   const log = logger.child({ component: 'main' });
@@ -135,6 +157,18 @@ export async function startFulcrum(initial: Config, options: StartOptions = {}):
   let control: ReloadSequence | undefined;
   const config = (): Config => control?.config ?? initial;
   installRoutes({ balancer, health, pool, events, config, logger });
+  if (handover) {
+    // Before any probe answers and before the listeners open: no backend starts cold.
+    const seeded = seedFromCarried(handover.state, {
+      config: initial,
+      setWeight: (s, a, w) => balancer.setWeight(s, a, w),
+      setAdminState: (s, a, st, cause) => balancer.setAdminState(s, a, st, cause),
+      setHealth: (s, a, up, cause) => balancer.setHealth(s, a, up, cause),
+      has: (s, a) => balancer.backendIndex(s, a) >= 0,
+      seedHealth: (states) => health.seed(states),
+    });
+    log.info({ from_pid: handover.fromPid, ...seeded }, `upgrade: started from the state of pid ${handover.fromPid}`);
+  }
   // The probe thread is up before start-up ends: the first probes decide the backends' states,
   // and its memory is part of what a started fulcrum holds, not a growth seen later.
   if (initial.services.some((s) => s.health)) await health.ready();
@@ -152,7 +186,7 @@ export async function startFulcrum(initial: Config, options: StartOptions = {}):
       installBgpRoutes({ balancer, events }, bgp);
       await bgp.start();
     }
-    await pool.start(buildServiceTable(initial, balancer), [...(options.pausedServices ?? []), ...vipBoundServices(initial)]);
+    await pool.start(buildServiceTable(initial, balancer), [...(options.pausedServices ?? []), ...vipBoundServices(initial)], handover?.listeners);
   } catch (err) {
     health.stop(); // its probes started first: a start that fails leaves no thread or timer behind
     await bgp?.close();
@@ -178,7 +212,7 @@ export async function startFulcrum(initial: Config, options: StartOptions = {}):
       setLogFormat(logger, format);
     } : undefined,
     configFile: options.configFile,
-  }, { ...initial, ha: failover ? failover.settings : undefined });
+  }, { ...initial, ha: failover ? failover.settings : undefined }, { ...fileConfig, ha: failover ? failover.settings : undefined });
   control = sequence;
   discoveryRoutes({ discovery, control: sequence, events, logger });
 
@@ -186,17 +220,23 @@ export async function startFulcrum(initial: Config, options: StartOptions = {}):
   let stopping: Promise<void> | null = null;
   let markStopped!: () => void;
   const stopped = new Promise<void>((resolve) => (markStopped = resolve));
-  function stop(reason = 'stop requested'): Promise<void> {
+  function stop(reason = 'stop requested', how: { handover?: boolean } = {}): Promise<void> {
     if (stopping !== null) return stopping;
     const grace = sequence.config.shutdown_grace;
     log.info({ reason, grace_ms: grace }, 'stopping: no new connections, open ones get the grace period');
-    notifier?.stopping();
+    // Handed over (`fulcrum upgrade`): the new process is the unit's main one and feeds the
+    // watchdog; this one says nothing more to systemd.
+    if (how.handover) notifier?.close();
+    else notifier?.stopping();
     health.stop();
     discovery.stop();
+    // Handed over: admin requests go to the new process (same socket); one in flight here finishes.
+    if (how.handover) void handle.ops?.admin?.close(ADMIN_MOVE_GRACE_MS);
     stopping = (async () => {
       // First: a master sends priority 0 and releases the VIP, so the peer takes over while we drain;
       // bgp withdraws and keeps accepting for bgp.drain while the router moves flows away.
-      await Promise.all([failover?.stop(), bgp?.stop(reason)]);
+      // Not after an upgrade: the new process holds the VIP and the routes (upgrade refuses ha and bgp until it can).
+      if (!how.handover) await Promise.all([failover?.stop(), bgp?.stop(reason)]);
       await pool.shutdown(grace);
       await bgp?.close();
       balancer.close();
@@ -205,6 +245,39 @@ export async function startFulcrum(initial: Config, options: StartOptions = {}):
       markStopped();
     })();
     return stopping;
+  }
+
+  let upgrading: Promise<{ old_pid: number; new_pid: number }> | null = null;
+  function upgrade(trigger: string): Promise<{ old_pid: number; new_pid: number }> {
+    if (upgrading !== null) return Promise.reject(new UpgradeError('an upgrade is already under way'));
+    if (stopping !== null) return Promise.reject(new UpgradeError('this fulcrum is stopping'));
+    if (sequence.file === undefined) return Promise.reject(new UpgradeError('this fulcrum was not started from a config file'));
+    // The pair's role and VIP, and the speaker's routes, are not handed over yet: an upgrade would
+    // resign or withdraw them. Refused rather than done with a gap (README, Upgrade).
+    const held = sequence.config.ha ? 'ha' : sequence.config.bgp ? 'bgp' : null;
+    if (held !== null) return Promise.reject(new UpgradeError(`a config with \`${held}\` cannot be upgraded in place yet: restart it, or fail over to the peer first`));
+    log.info({ trigger }, `upgrade requested (${trigger})`);
+    upgrading = (async () => {
+      try {
+        const { pid } = await startUpgrade({
+          listeners: () => pool.listenerFds(),
+          adminHandle: () => handle.ops?.admin?.handle(),
+          state: () => carryState({
+            fileConfig: sequence.fileConfig,
+            inForce: sequence.config,
+            describe: () => balancer.describe(),
+            health: () => health.describe(),
+            failoverRole: () => failover?.status().role ?? null,
+          }),
+          logger,
+        });
+        void stop(`upgraded: pid ${pid} serves`, { handover: true });
+        return { old_pid: process.pid, new_pid: pid };
+      } finally {
+        upgrading = null;
+      }
+    })();
+    return upgrading;
   }
 
   const handle = {
@@ -226,6 +299,7 @@ export async function startFulcrum(initial: Config, options: StartOptions = {}):
     reload: (next: Config) => sequence.apply(next),
     syncServices: () => sequence.syncServices(),
     stop,
+    upgrade,
     stopped,
   };
   if (options.signals) installSignalHandlers(handle);
@@ -235,7 +309,22 @@ export async function startFulcrum(initial: Config, options: StartOptions = {}):
     const d = discovery.describe();
     return d.length > 0 ? { discovery: d } : {};
   };
-  if (options.operations !== false) handle.ops = await startOperationsFor(handle, { status: discoveryStatus });
+  if (options.operations !== false) {
+    handle.ops = await startOperationsFor(handle, {
+      status: discoveryStatus,
+      upgrade: sequence.file !== undefined ? () => upgrade('admin API') : undefined,
+      adminHandle: handover?.admin,
+    });
+  }
+  if (handover) {
+    // Ready means serving with every probed backend answered once; then the sockets no worker
+    // took are closed (the old process closes its copies as it stops: with net.ipv4.tcp_migrate_req
+    // their queued connections move to a listener of the same address, README).
+    await health.firstRound({ every: true });
+    const inUse = new Set((await pool.listenerFds()).flat().map((l) => l.fd));
+    const closed = handover.closeUnused(inUse);
+    if (closed > 0) log.info({ closed }, `upgrade: closed ${closed} handed-over listener${closed === 1 ? '' : 's'} no worker here took`);
+  }
   // Every listener (services, admin) is bound; READY=1 once every backend has had its first
   // probe too (each bounded by its timeout), unless a stop came first.
   if (notifier) void health.firstRound({ every: true }).then(() => stopping === null && notifier.ready());
@@ -263,4 +352,8 @@ function installSignalHandlers(handle: FulcrumHandle): void {
   process.on('SIGTERM', onStop);
   process.on('SIGINT', onStop);
   handle.control.installSignalHandler(handle.notifier ?? undefined);
+  // SIGUSR2 (as nginx's binary upgrade): for service managers that can send a signal but not call the API.
+  process.on('SIGUSR2', () => {
+    handle.upgrade('SIGUSR2').catch((err: Error) => handle.logger.error({ reason: err.message }, `SIGUSR2: upgrade not done, this fulcrum keeps serving: ${err.message}`));
+  });
 }

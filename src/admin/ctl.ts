@@ -8,6 +8,7 @@
  *   fulcrum ctl add SVC ADDR [--weight N] [--max-connections N] [--backup]
  *   fulcrum ctl remove SVC ADDR [--force]
  *   fulcrum ctl reload
+ *   fulcrum ctl upgrade        (also `fulcrum upgrade`)
  *   fulcrum status
  *
  * Options: --admin URL (default: the config's admin.listen, else http://127.0.0.1:9900),
@@ -20,6 +21,7 @@ import { chooseConfig, CONFIG_ENV, DEFAULT_CONFIG } from '../config/path.ts';
 import { formatHostPort } from '../config/schema.ts';
 import { readToken } from './server.ts';
 import { CTL_OPTIONS, type CtlValues } from './ctl-options.ts';
+import { READY_TIMEOUT_MS } from '../control/upgrade.ts';
 
 export const CTL_USAGE = `usage:
   fulcrum ctl list                                   services and backends
@@ -29,6 +31,7 @@ export const CTL_USAGE = `usage:
   fulcrum ctl remove SVC ADDR [--force]              drain then remove (--force: at once)
   fulcrum ctl reload                                 re-read the config file
   fulcrum ctl node drain|ready                       withdraw this node's BGP VIPs (drain), or announce again
+  fulcrum ctl upgrade                                start the installed fulcrum, hand over, drain this one
   fulcrum status                                     role, peer, failovers, uptime
 options:
   --admin URL         admin server (default: admin.listen from the config, else http://127.0.0.1:9900)
@@ -67,13 +70,13 @@ function connection(values: { admin?: string; 'token-file'?: string; config?: st
   return { base: base.replace(/\/+$/, ''), token: tokenFile ? readToken(tokenFile) : undefined };
 }
 
-async function call(conn: Connection, method: string, path: string, body?: unknown): Promise<{ status: number; data: any }> {
+async function call(conn: Connection, method: string, path: string, body?: unknown, timeoutMs = 10_000): Promise<{ status: number; data: any }> {
   const headers: Record<string, string> = {};
   if (conn.token) headers.authorization = `Bearer ${conn.token}`;
   if (body !== undefined) headers['content-type'] = 'application/json';
   let res: Response;
   try {
-    res = await fetch(conn.base + path, { method, headers, body: body === undefined ? undefined : JSON.stringify(body), signal: AbortSignal.timeout(10_000) });
+    res = await fetch(conn.base + path, { method, headers, body: body === undefined ? undefined : JSON.stringify(body), signal: AbortSignal.timeout(timeoutMs) });
   } catch (err) {
     throw new CtlError(`cannot reach the admin server at ${conn.base}: ${(err as Error).cause instanceof Error ? ((err as Error).cause as Error).message : (err as Error).message}`);
   }
@@ -261,6 +264,12 @@ export async function runCtlParsed(values: CtlValues, positionals: string[], o: 
           for (const r of result.data.restart_required) o.out(`  needs a restart: ${r}`);
           for (const k of result.data.kept ?? []) o.out(`  kept: ${k}`);
         }
+        return 0;
+      case 'upgrade':
+        need(0, 'no arguments');
+        // The server answers once the new process serves or failed (up to its READY_TIMEOUT_MS).
+        result = await call(conn, 'POST', '/api/upgrade', undefined, READY_TIMEOUT_MS + 10_000);
+        o.out(values.json ? JSON.stringify(result.data, null, 2) : `upgraded: pid ${result.data.new_pid} serves; pid ${result.data.old_pid} drains its connections and exits`);
         return 0;
       default:
         o.err(`fulcrum ctl: unknown command ${JSON.stringify(command)}\n${CTL_USAGE}`);

@@ -30,6 +30,8 @@ export const ADMIN_ERRORS = {
   CONFIG_UNREADABLE: ERROR_CODES.CONFIG_UNREADABLE,
   /** 501: the running instance has no such facility (reload without a config file). */
   NOT_AVAILABLE: ERROR_CODES.ADMIN_NOT_AVAILABLE,
+  /** 502: `fulcrum upgrade`: the new process did not start serving; the message says why (the old one keeps serving). */
+  UPGRADE_FAILED: ERROR_CODES.UPGRADE,
   /** 500: a bug; the message says what failed. */
   INTERNAL: ERROR_CODES.ADMIN_INTERNAL,
 } as const;

@@ -83,6 +83,10 @@ export interface OperationsOptions {
   descriptors?: () => { held: number; accepting: boolean; pauses: number; stop: number };
   /** Whether the workers move bytes with the native relay (the pool's dataPath), for fulcrum_build_info. */
   dataPath?: () => 'relay' | 'javascript';
+  /** POST /api/upgrade (src/control/upgrade.ts, through main.ts's handle). */
+  upgrade?: () => Promise<{ old_pid: number; new_pid: number }>;
+  /** The admin server's listening socket handed over by the previous process (`fulcrum upgrade`). */
+  adminHandle?: object;
 }
 
 export interface Operations {
@@ -159,6 +163,7 @@ export async function startOperations(options: OperationsOptions): Promise<Opera
       logger: options.logger,
       config: options.config,
       reload: control.file !== undefined ? () => control.reloadFile('admin API') : undefined,
+      upgrade: options.upgrade,
       healthHistory: health ? (s, a) => health.history(s, a) : undefined,
       roles: health?.describe ? roles : undefined,
       nodeDrain: bgp
@@ -179,7 +184,7 @@ export async function startOperations(options: OperationsOptions): Promise<Opera
   const initialAdmin = options.config().admin;
   if (initialAdmin) {
     admin = adminServer(initialAdmin);
-    await admin.listen();
+    await admin.listen(options.adminHandle);
   }
 
   /**
@@ -256,7 +261,10 @@ export interface FulcrumLike {
  */
 export async function startOperationsFor(
   handle: FulcrumLike,
-  options: { signals?: boolean; health?: OperationsHealth; failover?: OperationsFailover; status?: () => Record<string, unknown> } = {},
+  options: {
+    signals?: boolean; health?: OperationsHealth; failover?: OperationsFailover; status?: () => Record<string, unknown>;
+    upgrade?: OperationsOptions['upgrade']; adminHandle?: object;
+  } = {},
 ): Promise<Operations> {
   const ops = await startOperations({
     memory: handle.memory,
@@ -273,6 +281,8 @@ export async function startOperationsFor(
     descriptors: handle.pool.descriptors ? () => handle.pool.descriptors!() : undefined,
     dataPath: handle.pool.dataPath ? () => handle.pool.dataPath! : undefined,
     status: () => ({ ...(handle.pool.status ? { data_plane: handle.pool.status() } : {}), ...options.status?.() }),
+    upgrade: options.upgrade,
+    adminHandle: options.adminHandle,
   });
   void handle.stopped.then(() => ops.close());
   return ops;

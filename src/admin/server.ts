@@ -18,6 +18,7 @@
  * | POST   | /api/reload                                   | re-read the config file and apply it   |
  * | POST   | /api/node/state                               | body {state: drain|ready}: this node's |
  * |        |                                               | BGP VIPs withdrawn (drain) or back     |
+ * | POST   | /api/upgrade                                  | start the new fulcrum, hand over, drain |
  *
  * Changes (POST, DELETE) always need `Authorization: Bearer <token>` with the token from
  * `admin.token_file`; reads need it too when `admin.auth_reads` is true. Without a token file,
@@ -105,6 +106,8 @@ export interface AdminServerOptions {
   status?: () => Record<string, unknown>;
   /** Re-reads the config file and applies it; throws ConfigInvalidError/ConfigUnreadableError to refuse. */
   reload?: () => Promise<ReloadResult>;
+  /** `fulcrum upgrade`: resolves once the new process serves; rejects with FULCRUM_ERR_UPGRADE saying why not. */
+  upgrade?: () => Promise<{ old_pid: number; new_pid: number }>;
   /** Recent probe results of a backend, oldest first. */
   healthHistory?: (service: string, address: string) => readonly ProbeRecord[];
   /** The role each backend with a database check last reported, and when. */
@@ -226,15 +229,23 @@ export class AdminServer {
     return { ...this.#guard.counts };
   }
 
-  async listen(): Promise<void> {
+  /**
+   * Binds admin.listen, or listens on `adopt`: the listening socket the previous process handed
+   * over (`fulcrum upgrade`), when it is bound where admin.listen says (else it is closed).
+   */
+  async listen(adopt?: object): Promise<void> {
     const { host, port } = this.#options.admin.listen;
+    const handed = adopt !== undefined && boundAt(adopt, host, port) ? adopt : undefined;
+    if (adopt !== undefined && handed === undefined) (adopt as { close(): void }).close();
     await new Promise<void>((resolve, reject) => {
       const onError = (err: Error): void => reject(new ListenError('admin', formatHostPort({ host, port }), err));
       this.#server.once('error', onError);
-      this.#server.listen(port, host, () => {
+      const listening = (): void => {
         this.#server.off('error', onError);
         resolve();
-      });
+      };
+      if (handed !== undefined) this.#server.listen(handed, listening);
+      else this.#server.listen(port, host, listening);
     });
     this.#log.info({ url: this.url, changes: this.#tokenHash ? 'token' : 'disabled (no admin.token_file)' }, 'admin server listening');
     this.#warnIfOpen(this.#options.admin.listen, this.#authReads);
@@ -244,6 +255,11 @@ export class AdminServer {
   #warnIfOpen(listen: { host: string; port: number }, authReads: boolean): void {
     const warning = adminExposure(listen, authReads)?.warning;
     if (warning) this.#log.warn({ listen: formatHostPort(listen) }, warning);
+  }
+
+  /** The listening socket's libuv handle (what `fulcrum upgrade` hands to the next process), or undefined when not listening. */
+  handle(): object | undefined {
+    return (this.#server as unknown as { _handle?: object | null })._handle ?? undefined;
   }
 
   /** The address actually bound (port 0 resolved). */
@@ -399,6 +415,7 @@ export class AdminServer {
       { method: 'DELETE', pattern: new RegExp(`${backend}$`), change: true, handle: (ctx, p) => this.#removeBackend(ctx, p[0], p[1]) },
       { method: 'POST', pattern: /^\/api\/reload$/, change: true, handle: () => this.#reload() },
       { method: 'POST', pattern: /^\/api\/node\/state$/, change: true, handle: (ctx) => this.#setNodeState(ctx) },
+      { method: 'POST', pattern: /^\/api\/upgrade$/, change: true, handle: (ctx) => this.#upgrade(ctx) },
     ];
   }
 
@@ -574,6 +591,23 @@ export class AdminServer {
     return s?.backends.find((b) => b.address === address) ?? null;
   }
 
+  /** Starts the new fulcrum from the current install and hands over (src/control/upgrade.ts); answers once it serves, or why it does not. */
+  async #upgrade(ctx: RequestContext): Promise<Reply> {
+    // Read (it is empty) before the long wait: the connection guard times a request until its body has ended.
+    await ctx.body();
+    if (!this.#options.upgrade) {
+      throw new AdminHttpError(501, ADMIN_ERRORS.NOT_AVAILABLE, 'upgrade: this instance was not started by `fulcrum run` from a config file');
+    }
+    try {
+      return json(200, { upgraded: true, ...await this.#options.upgrade() });
+    } catch (err) {
+      if (err instanceof FulcrumError && err.code === ADMIN_ERRORS.UPGRADE_FAILED) {
+        throw new AdminHttpError(502, ADMIN_ERRORS.UPGRADE_FAILED, `upgrade failed, pid ${process.pid} keeps serving: ${err.message}`);
+      }
+      throw err;
+    }
+  }
+
   async #reload(): Promise<Reply> {
     if (!this.#options.reload) {
       throw new AdminHttpError(501, ADMIN_ERRORS.NOT_AVAILABLE, 'reload: this instance was not started from a config file');
@@ -581,6 +615,15 @@ export class AdminServer {
     const result = await this.#options.reload();
     return json(200, { reloaded: true, ...result });
   }
+}
+
+/** Whether a handed-over listening handle is bound at host:port (port 0: any port, as a test's config asks). */
+function boundAt(handle: object, host: string, port: number): boolean {
+  const out: { address?: string; port?: number } = {};
+  const h = handle as { getsockname?(out: object): number };
+  if (typeof h.getsockname !== 'function' || h.getsockname(out) !== 0) return false;
+  const same = (a: string | undefined): boolean => a === host || (host === 'localhost' && (a === '127.0.0.1' || a === '::1'));
+  return same(out.address) && (port === 0 || out.port === port);
 }
 
 /** "127.0.0.1:6379", "[::1]:6379" as fulcrum keys them; a malformed address is a 404 by name. */

@@ -85,17 +85,26 @@ export class ReloadSequence {
   readonly #log: Logger;
   readonly #hooks = new Set<ReloadHook>();
   #config: Config;
+  /** The file as last loaded (start, then each file reload), before runtime edits: what an upgrade compares against (./carry.ts). */
+  #fileConfig: Config;
   #queue: Promise<unknown> = Promise.resolve();
   /** File reloads applied and refused, and the last one (for /api/status and the metrics). */
   applied = 0;
   refused = 0;
   last: ReloadRecord | undefined;
 
-  constructor(parts: ReloadParts, initial: Config) {
+  /** `fileConfig`: the file's config when `initial` is more than it (an upgrade's carried runtime edits). */
+  constructor(parts: ReloadParts, initial: Config, fileConfig: Config = initial) {
     this.#parts = parts;
     this.file = parts.configFile;
     this.#log = parts.logger.child({ component: 'reload' });
     this.#config = initial;
+    this.#fileConfig = fileConfig;
+  }
+
+  /** The file as last loaded, without runtime edits. */
+  get fileConfig(): Config {
+    return this.#fileConfig;
   }
 
   /** The config in force (replaced by each change that got as far as the balancer). */
@@ -180,6 +189,7 @@ export class ReloadSequence {
       preflightFiles(next, file);
       loaded = true;
       const applied = await this.#applyNow(next, 'file');
+      this.#fileConfig = next;
       report = applied.diff.report;
       if (applied.problems.length > 0) throw listenProblemsError(applied.problems);
     } catch (err) {

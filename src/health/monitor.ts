@@ -118,6 +118,8 @@ interface Tracked {
   role: { reported: Role; at: number; lag_ms?: number | null } | null;
   /** Why the last transition to down happened (epoch ms); null while up. */
   downCause: { cause: string; at: number } | null;
+  /** A probe has ended (a result, or skipped for a local reason): firstRound({ every }) counts these. */
+  answered: boolean;
   log: Logger;
 }
 
@@ -136,7 +138,7 @@ export class HealthMonitor extends EventEmitter<HealthEvents> {
   readonly #admin: AdminStates | undefined;
   /** firstRound() callers, resolved when no backend of a service that routes by role is pending. */
   readonly #roundWaiters: Array<() => void> = [];
-  /** firstRound({ every: true }) callers (systemd's READY=1), resolved when no backend at all is pending. */
+  /** firstRound({ every: true }) callers, resolved when every probed backend has had a result. */
   readonly #everyWaiters: Array<() => void> = [];
   #stopped = false;
   /** Probes skipped since the last log line about them (#skip). */
@@ -263,6 +265,26 @@ export class HealthMonitor extends EventEmitter<HealthEvents> {
     });
   }
 
+  /**
+   * Starts from states another process decided (`fulcrum upgrade`, src/control/carry.ts): a
+   * backend known there is not pending here, so its next result goes through rise/fall as it
+   * would have there, instead of deciding at once from one probe. Called right after the
+   * constructor, before any probe has answered.
+   */
+  seed(states: readonly { service: string; address: string; state: HealthState; pending: boolean; role?: RoleSeen }[]): number {
+    let seeded = 0;
+    for (const s of states) {
+      const t = this.#tracked.get(keyOf(s.service, s.address));
+      if (t === undefined || s.pending || !t.pending) continue;
+      t.pending = false;
+      t.dampener.force(s.state);
+      if (s.role) t.role = { reported: s.role.reported, at: s.role.at, ...(s.role.lag_ms !== undefined ? { lag_ms: s.role.lag_ms } : {}) };
+      seeded++;
+    }
+    this.#checkRound();
+    return seeded;
+  }
+
   /** Resolves once the probe thread runs (the probes wait for it themselves; tests that time them do too). */
   ready(): Promise<void> {
     return this.#thread.ready();
@@ -312,13 +334,14 @@ export class HealthMonitor extends EventEmitter<HealthEvents> {
   }
 
   #checkRound(): void {
-    const pending = (routedOnly: boolean): boolean => {
-      if (this.#stopped) return false;
-      for (const t of this.#tracked.values()) if (t.pending && !t.maint && (!routedOnly || routedRole(t.health) !== null)) return true;
-      return false;
-    };
-    if (this.#roundWaiters.length > 0 && !pending(true)) for (const w of this.#roundWaiters.splice(0)) w();
-    if (this.#everyWaiters.length > 0 && !pending(false)) for (const w of this.#everyWaiters.splice(0)) w();
+    if (this.#everyWaiters.length > 0 && (this.#stopped || [...this.#tracked.values()].every((t) => t.maint || t.answered))) {
+      for (const w of this.#everyWaiters.splice(0)) w();
+    }
+    if (this.#roundWaiters.length === 0) return;
+    if (!this.#stopped) {
+      for (const t of this.#tracked.values()) if (t.pending && !t.maint && routedRole(t.health) !== null) return;
+    }
+    for (const w of this.#roundWaiters.splice(0)) w();
   }
 
   #add(service: string, address: string, target: HostPort, health: HealthConfig, backup: boolean): void {
@@ -336,6 +359,7 @@ export class HealthMonitor extends EventEmitter<HealthEvents> {
       history: [],
       role: null,
       downCause: null,
+      answered: false,
       log: this.#log.child({ service, backend: address }),
     };
     this.#tracked.set(keyOf(service, address), t);
@@ -422,6 +446,8 @@ export class HealthMonitor extends EventEmitter<HealthEvents> {
    */
   #skip(t: Tracked, result: ProbeResult): void {
     this.#skipped++;
+    t.answered = true;
+    if (this.#everyWaiters.length > 0) this.#checkRound();
     this.emit('probe', { service: t.service, address: t.address, ...result } satisfies ProbeEvent);
     const now = this.#clock.now();
     if (now - this.#skipLoggedAt < 60_000) return;
@@ -437,6 +463,8 @@ export class HealthMonitor extends EventEmitter<HealthEvents> {
     if (t.history.length > this.#historySize) t.history.shift();
     this.emit('probe', { service: t.service, address: t.address, ...result } satisfies ProbeEvent);
     if (result.ok) t.connectFailures = 0;
+    t.answered = true;
+    if (this.#everyWaiters.length > 0) this.#checkRound();
     if (result.role !== undefined) t.role = { reported: result.role, at: entry.at, ...(result.lag_ms !== undefined ? { lag_ms: result.lag_ms } : {}) };
     // A replica over max_lag: lag_action, not on_marked_down, decides what its sessions get.
     const lagging = !result.ok && result.lagging === true;

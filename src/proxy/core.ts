@@ -155,10 +155,9 @@ export class DataPath {
     s.lastActive = this.clock;
     this.sessions.add(s);
     this.ctx.descriptors?.take(1); // the client's socket
-    if (this.shuttingDown) {
-      this.end(s, TERM_SHUTDOWN);
-      return;
-    }
+    // While draining (a stop, an upgrade, a retiring worker) a connection accepted late — one
+    // another worker's relay handed over just before this listener closed — is served like the
+    // open ones, up to the grace: it is the client's connection already, and closing it would reset it.
     if (rt.entry.accept_proxy) {
       // The client's first bytes are a PROXY header naming the real client: admission and the
       // Maglev key wait for it (readProxyHeader), bounded by timeouts.proxy_header.

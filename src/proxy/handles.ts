@@ -26,6 +26,7 @@
  * by the Node in package.json (24.x); the worker pool calls `rawHandlesMissing` at start-up, so a
  * Node that changed these names says so instead of failing on the first connection.
  */
+import type { Socket as DgramSocket } from 'node:dgram';
 import type { Server } from 'node:net';
 
 /** What a request object (write, shutdown, connect) carries back to its callback. */
@@ -140,4 +141,19 @@ export function acceptRaw(
     // instead of one per connection.
     h.setNoDelay?.(true);
   });
+}
+
+/** A listening Node server's fd (its libuv handle's), or -1 before it listens: what an upgrade hands over (worker.ts). */
+export function serverFd(server: Server): number {
+  return (server as unknown as { _handle: TcpHandle | null })._handle?.fd ?? -1;
+}
+
+/**
+ * A bound datagram socket's fd, or -1. node:dgram keeps its handle under a private symbol (its
+ * `_handle` getter warns, DEP0112); the symbol is found by its description, pinned with Node 24.
+ */
+export function udpFd(socket: DgramSocket): number {
+  const state = Object.getOwnPropertySymbols(socket).find((s) => s.description === 'state symbol');
+  const handle = state === undefined ? undefined : (socket as unknown as Record<symbol, { handle?: { fd?: number } | null }>)[state]?.handle;
+  return handle?.fd ?? -1;
 }

@@ -4,7 +4,8 @@
  *
  * main → worker: `services` (the whole service table, on start, reload and runtime changes),
  * `kill-backend`, `pause` / `resume` (stop / start accepting on one service), `logging` (a reload
- * changed the log level or per-connection logging), `shutdown` (stop, or a retirement by resize).
+ * changed the log level or per-connection logging), `shutdown` (stop, or a retirement by resize),
+ * `listeners` (their fds, for an upgrade).
  * worker → main: `ack` (answers a request, with any listen errors; a `shutdown` is answered once
  * the listeners and the queue are closed), `connect-failed` (passive health), `stopped` (a
  * shutdown's sessions are all gone).
@@ -67,6 +68,23 @@ export interface WorkerInit {
   relay: boolean;
   /** The descriptor reserve's cells, shared by all workers and the pool (descriptors.ts). */
   descriptors: SharedArrayBuffer;
+  /**
+   * Listening sockets the previous process handed over (`fulcrum upgrade`, src/control/upgrade.ts):
+   * a service whose name, address and protocol match adopts its fd instead of binding anew.
+   */
+  inherited?: HandedListener[];
+}
+
+/**
+ * A listening socket as an upgrade hands it over: whose it is and its fd in the process holding
+ * it. One per worker and service (each worker has its own SO_REUSEPORT listener).
+ */
+export interface HandedListener {
+  service: string;
+  /** formatHostPort(listen) when it was bound. */
+  address: string;
+  protocol: 'tcp' | 'udp';
+  fd: number;
 }
 
 export type MainToWorker =
@@ -75,6 +93,8 @@ export type MainToWorker =
   | { type: 'pause'; seq: number; service: string }
   | { type: 'resume'; seq: number; service: string }
   | { type: 'shutdown'; seq: number; grace: number }
+  /** The fds of the worker's listeners (an upgrade hands them over); answered with `listeners`. */
+  | { type: 'listeners'; seq: number }
   | { type: 'logging'; seq: number; level: string; connections: boolean };
 
 /** A listener that could not bind, as reported by a worker. */
@@ -86,7 +106,7 @@ export interface ListenProblem {
 }
 
 export type WorkerToMain =
-  | { type: 'ack'; seq: number; errors: ListenProblem[]; killed?: number }
+  | { type: 'ack'; seq: number; errors: ListenProblem[]; killed?: number; listeners?: HandedListener[] }
   | { type: 'connect-failed'; service: string; backend: number; address: string; error: string }
   | { type: 'stopped'; workerId: number }
   /** The worker's log lines: a batch announced, or the batch with the time each was logged (observability/log.ts LineForwarder). */

@@ -7,12 +7,13 @@
  * attempt in any worker), 'worker-exit' (a crash or a retirement).
  */
 import { EventEmitter } from 'node:events';
+import { readFileSync } from 'node:fs';
 import type { PoolEvents } from '../events.ts';
 import { Worker } from 'node:worker_threads';
 import { ListenError, FulcrumError } from '../errors.ts';
 import { MAX_WORKERS } from '../shm/layout.ts';
 import { closeForwarded, writeForwarded, type Logger } from '../observability/log.ts';
-import type { ListenProblem, MainToWorker, ServiceEntry, WorkerInit, WorkerToMain } from './messages.ts';
+import type { HandedListener, ListenProblem, MainToWorker, ServiceEntry, WorkerInit, WorkerToMain } from './messages.ts';
 import { rawHandlesMissing } from './handles.ts';
 import { loadRelay } from './relay.ts';
 import { DescriptorCells, descriptorMarks } from './descriptors.ts';
@@ -47,6 +48,20 @@ export function reusePortSupport(): { ok: true } | { ok: false; why: string } {
   return { ok: true };
 }
 
+/**
+ * `net.ipv4.tcp_migrate_req` (Linux 5.14+): 1 lets the kernel move the connections queued on a
+ * listening socket that closes to another listener of the same address instead of resetting them
+ * (a reload removing an address, a retired worker, an upgrade to fewer workers; README, Upgrade).
+ * Its value, or null where the kernel has no such setting.
+ */
+export function tcpMigrateReq(path = '/proc/sys/net/ipv4/tcp_migrate_req'): number | null {
+  try {
+    return Number(readFileSync(path, 'utf8').trim());
+  } catch {
+    return null;
+  }
+}
+
 export interface PoolOptions {
   module: WebAssembly.Module;
   memory: WebAssembly.Memory;
@@ -73,7 +88,7 @@ interface Slot {
   id: number;
   worker: Worker | null;
   /** Requests sent to this worker that it has not answered yet. */
-  pending: Map<number, (reply: { errors: ListenProblem[]; killed?: number } | null) => void>;
+  pending: Map<number, (reply: { errors: ListenProblem[]; killed?: number; listeners?: HandedListener[] } | null) => void>;
   /** When it crashed within the last CRASH_WINDOW_MS (oldest first): the restart delay and the fallback count them. */
   crashes: number[];
   /** Its delay before the restart now pending, else 0. */
@@ -120,6 +135,10 @@ export class WorkerPool extends EventEmitter<PoolEvents> {
     this.reusePort = reusePortSupport().ok;
     this.wanted = this.fit(opts.workers);
     this.setDescriptorMarks();
+    // Said once: fulcrum does not change a system-wide setting; the operator decides (README).
+    if (this.reusePort && tcpMigrateReq() === 0) {
+      this.log.warn('net.ipv4.tcp_migrate_req is 0: connections queued on a listener that closes (a reload removing an address, a retired worker, an upgrade to fewer workers) are reset rather than moved to another listener; sysctl -w net.ipv4.tcp_migrate_req=1 keeps them (README, Upgrade)');
+    }
   }
 
   /**
@@ -181,12 +200,17 @@ export class WorkerPool extends EventEmitter<PoolEvents> {
     return 1;
   }
 
-  /** Starts every worker with `services`; resolves once all listeners are bound, rejects with ListenError if one is not. */
-  async start(services: ServiceEntry[], paused: string[] = []): Promise<void> {
+  /**
+   * Starts every worker with `services`; resolves once all listeners are bound, rejects with
+   * ListenError if one is not. `inherited[id]`: the sockets worker `id` of the previous process
+   * listened on (`fulcrum upgrade`); worker `id` here adopts them, and workers beyond the previous
+   * count bind their own (SO_REUSEPORT puts them in the same group).
+   */
+  async start(services: ServiceEntry[], paused: string[] = [], inherited: HandedListener[][] = []): Promise<void> {
     this.services = services;
     for (const p of paused) this.paused.add(p);
     const ready: Promise<{ errors: ListenProblem[] } | null>[] = [];
-    for (let id = 0; id < this.wanted; id++) ready.push(this.startSlot(id));
+    for (let id = 0; id < this.wanted; id++) ready.push(this.startSlot(id, inherited[id]));
     const replies = await Promise.all(ready);
     const problem = replies.find((r) => r === null || r.errors.length > 0);
     if (problem !== undefined) {
@@ -198,14 +222,36 @@ export class WorkerPool extends EventEmitter<PoolEvents> {
   }
 
   /** A new worker under `id`; resolves with its first answer (its listeners bound), null if it died first. */
-  private startSlot(id: number): Promise<{ errors: ListenProblem[] } | null> {
+  private startSlot(id: number, inherited?: HandedListener[]): Promise<{ errors: ListenProblem[] } | null> {
     const slot: Slot = {
       id, worker: null, pending: new Map(), crashes: [], restartDelay: 0, javascript: false, stoppedResolve: null, retiring: false, exited: Promise.resolve(),
     };
     this.slots.push(slot);
     const ready = new Promise<{ errors: ListenProblem[] } | null>((resolve) => slot.pending.set(0, resolve));
-    this.spawn(slot);
+    // Only this first thread adopts them: a restart after a crash binds afresh (the crash closed them).
+    this.spawn(slot, inherited);
     return ready;
+  }
+
+  /**
+   * The listening sockets of every serving worker, by worker id (fds in this process): what
+   * `fulcrum upgrade` hands to the next process (src/control/upgrade.ts).
+   */
+  async listenerFds(): Promise<HandedListener[][]> {
+    const out: HandedListener[][] = [];
+    const seq = this.seq++;
+    await Promise.all(this.slots.map((slot) => {
+      if (slot.worker === null || slot.retiring) return undefined;
+      const worker = slot.worker;
+      return new Promise<void>((resolve) => {
+        slot.pending.set(seq, (reply) => {
+          out[slot.id] = (reply as { listeners?: HandedListener[] } | null)?.listeners ?? [];
+          resolve();
+        });
+        worker.postMessage({ type: 'listeners', seq } satisfies MainToWorker);
+      });
+    }));
+    return out;
   }
 
   /**
@@ -268,8 +314,9 @@ export class WorkerPool extends EventEmitter<PoolEvents> {
     await closed;
   }
 
-  private spawn(slot: Slot): void {
+  private spawn(slot: Slot, inherited?: HandedListener[]): void {
     const init: WorkerInit = {
+      ...(inherited ? { inherited } : {}),
       module: this.opts.module,
       memory: this.opts.memory,
       workerId: slot.id,
@@ -299,7 +346,7 @@ export class WorkerPool extends EventEmitter<PoolEvents> {
       case 'ack': {
         const done = slot.pending.get(msg.seq);
         slot.pending.delete(msg.seq);
-        done?.({ errors: msg.errors, killed: msg.killed });
+        done?.({ errors: msg.errors, killed: msg.killed, listeners: msg.listeners });
         break;
       }
       case 'connect-failed':

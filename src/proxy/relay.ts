@@ -40,7 +40,7 @@ export {
 } from '../shm/layout.ts';
 
 /** The relay's interface version (its functions and their arguments); relay.c's RELAY_VERSION. */
-export const RELAY_VERSION = 5;
+export const RELAY_VERSION = 6;
 
 export interface RelayBinding {
   init(stats: Float64Array, events: Int32Array, onEvents: (n: number) => void): void;
@@ -48,6 +48,12 @@ export interface RelayBinding {
   /** A listener id, or a negative errno. */
   listen(ip: string, port: number, family: number, reusePort: boolean, backlog: number): number;
   closeListener(id: number): void;
+  /** A listening TCP socket made elsewhere (handed over by `fulcrum upgrade`): its listener id, or a negative errno. */
+  adopt(fd: number): number;
+  /** A listener's fd (what `fulcrum upgrade` hands to the next process), or -EBADF. */
+  listenerFd(id: number): number;
+  /** Connections other workers' relays handed to this one that it has not reported yet (a drain waits for them). */
+  handedOver(): number;
   resume(id: number): void;
   /** Stops accepting on a listener (connections wait in its backlog) until resume(id). */
   pause(id: number): void;
@@ -80,7 +86,9 @@ export interface RelayBinding {
   /** Once per worker: the shared memory (the counters it adds to, the backend states it reads), datagrams per recvmmsg/sendmmsg. */
   udpInit(memory: Float64Array, batch: number): void;
   /** A UDP listener id, or a negative errno. */
-  udpListen(ip: string, port: number, family: number, reusePort: boolean): number;
+  udpListen(ip: string, port: number, family: number, reusePort: boolean, adoptFd: number): number;
+  /** The UDP listener's fd (what `fulcrum upgrade` hands over), or -EBADF. */
+  udpListenerFd(id: number): number;
   /** The service's settings for its socket: at listen and per reload (`serviceCounters`: f64 index of this worker's counters). */
   udpConfigure(id: number, maxDatagram: number, responses: number, serviceCounters: number): void;
   udpCloseListener(id: number): void;

@@ -82,15 +82,16 @@ export class RelayUdpTransport extends FlowTransport implements DatagramTranspor
 
   // ── listeners (worker.ts) ──────────────────────────────────────────────────
 
-  async listen(ref: ListenerRef, address: string, reusePort: boolean): Promise<RelayUdpListener | ListenProblem> {
+  /** Binds the service's socket in the relay, or has it take `fd`, one the previous process handed over (upgrade). */
+  async listen(ref: ListenerRef, address: string, reusePort: boolean, fd?: number): Promise<RelayUdpListener | ListenProblem> {
     const e = ref.rt.entry;
     const ip = await listenAddress(e, address);
     if (typeof ip !== 'string') return ip;
     const family = isIP(ip);
-    const lid = this.binding.udpListen(ip, e.listen.port, family, reusePort);
+    const lid = this.binding.udpListen(ip, e.listen.port, family, reusePort, fd ?? -1);
     if (lid < 0) {
       const code = getSystemErrorName(lid);
-      return { service: e.name, address, message: `bind ${code} ${address}`, code };
+      return { service: e.name, address, message: fd === undefined ? `bind ${code} ${address}` : `adopting the socket handed over: ${code} ${address}`, code };
     }
     const l: RelayUdpListener = { ref, lid, local: { address: ip, port: e.listen.port, family: family === 6 ? 'IPv6' : 'IPv4' } };
     this.listeners[lid] = l;
@@ -109,6 +110,10 @@ export class RelayUdpTransport extends FlowTransport implements DatagramTranspor
       const f = s as RelayUdpSession;
       if (f.listener === l && f.busy && !stillListed(f, e)) this.binding.udpMove(f.slot);
     }
+  }
+
+  fdOf(dl: DatagramListener): number {
+    return this.binding.udpListenerFd((dl as RelayUdpListener).lid);
   }
 
   /** Closes a service socket: its flows end with it (their replies could no longer reach the clients). */

@@ -99,6 +99,23 @@ export class RelayTransport implements Transport {
     return lid;
   }
 
+  /** Polls a listening socket handed over by the previous process (upgrade) for `ref`'s service: its id, or a negative errno. */
+  adopt(ref: ListenerRef, fd: number): number {
+    const lid = this.binding.adopt(fd);
+    if (lid >= 0) this.listeners[lid] = ref;
+    return lid;
+  }
+
+  /** Connections handed over by other workers' relays, not reported here yet: a drain is not over while there are any. */
+  handedOver(): number {
+    return this.binding.handedOver();
+  }
+
+  /** A listener's fd (what an upgrade hands over), or a negative errno. */
+  listenerFd(lid: number): number {
+    return this.binding.listenerFd(lid);
+  }
+
   /** The listener's TCP keepalive (null: off): its accepted sockets inherit it. */
   keepAlive(lid: number, ka: ServiceEntry['tcp_keepalive']): void {
     this.binding.keepAlive(lid, this.fillOpts(false, ka));
@@ -123,9 +140,13 @@ export class RelayTransport implements Transport {
     else this.binding.resume(lid);
   }
 
+  /**
+   * Closes a listener. Its ref stays under its id (until the id is reused): a connection another
+   * worker's relay accepted and handed over just before the close still arrives on this id
+   * (handoff.c), and is served rather than reset.
+   */
   closeListener(lid: number): void {
     this.binding.closeListener(lid);
-    this.listeners[lid] = undefined;
   }
 
   // ── Transport ──────────────────────────────────────────────────────────────

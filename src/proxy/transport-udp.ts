@@ -36,7 +36,7 @@ import {
 } from '../shm/layout.ts';
 import { LOCAL_ERRORS } from '../local-errors.ts';
 import type { DataPath } from './core.ts';
-import type { SockAddr } from './handles.ts';
+import { udpFd, type SockAddr } from './handles.ts';
 import type { ListenProblem, ServiceEntry } from './messages.ts';
 import { Session, ST_CONNECTED, ST_CONNECTING } from './session.ts';
 import type { ListenerRef, Transport } from './transport.ts';
@@ -109,7 +109,10 @@ export function stillListed(s: Session & { entrySeen: ServiceEntry | null }, ent
  * (transport-relay-udp.ts). A listener it returns has `ref`; a ListenProblem has not.
  */
 export interface DatagramTransport extends Transport {
-  listen(ref: ListenerRef, address: string, reusePort: boolean): Promise<DatagramListener | ListenProblem>;
+  /** `fd`: a bound socket the previous process handed over (`fulcrum upgrade`), used as it is. */
+  listen(ref: ListenerRef, address: string, reusePort: boolean, fd?: number): Promise<DatagramListener | ListenProblem>;
+  /** The listener's socket, by fd: what an upgrade hands to the next process (-1: none). */
+  fdOf(l: DatagramListener): number;
   /** The service's settings changed (a reload): after `ref.rt` was updated. */
   configure(l: DatagramListener): void;
   closeListener(l: DatagramListener): void;
@@ -216,8 +219,11 @@ export class UdpTransport extends FlowTransport implements DatagramTransport {
 
   // ── listeners (worker.ts) ──────────────────────────────────────────────────
 
-  /** Binds a service's socket (SO_REUSEPORT when the workers share it). The listen error, or null. */
-  async listen(ref: ListenerRef, address: string, reusePort: boolean): Promise<UdpListener | ListenProblem> {
+  /**
+   * Binds a service's socket (SO_REUSEPORT when the workers share it), or takes `fd`, a bound
+   * socket the previous process handed over (upgrade). The listen error, or null.
+   */
+  async listen(ref: ListenerRef, address: string, reusePort: boolean, fd?: number): Promise<UdpListener | ListenProblem> {
     const e = ref.rt.entry;
     const ip = await listenAddress(e, address);
     if (typeof ip !== 'string') return ip;
@@ -229,7 +235,7 @@ export class UdpTransport extends FlowTransport implements DatagramTransport {
         resolve({ service: e.name, address, message: err.message, code: err.code });
       };
       socket.once('error', onError);
-      socket.bind({ address: ip, port: e.listen.port }, () => {
+      socket.bind(fd === undefined ? { address: ip, port: e.listen.port } : { fd }, () => {
         socket.off('error', onError);
         // A listening socket's errors are per datagram sent (a client gone): nothing to end.
         socket.on('error', () => {});
@@ -241,6 +247,10 @@ export class UdpTransport extends FlowTransport implements DatagramTransport {
 
   /** The JavaScript path reads the service's settings per datagram: nothing to pass on. */
   configure(): void {}
+
+  fdOf(dl: DatagramListener): number {
+    return udpFd((dl as UdpListener).socket);
+  }
 
   /** Closes a listener: its flows end with it (their replies could no longer reach the clients). */
   closeListener(dl: DatagramListener): void {

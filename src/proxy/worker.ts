@@ -16,7 +16,7 @@ import { parentPort, workerData } from 'node:worker_threads';
 import { instantiateEngine } from '../balancer/engine.ts';
 import { formatHostPort } from '../config/address.ts';
 import { CONNECTION_LOG_MSG, createLogger, LineForwarder, type Logger } from '../observability/log.ts';
-import type { ListenProblem, MainToWorker, ServiceEntry, WorkerInit, WorkerToMain } from './messages.ts';
+import type { HandedListener, ListenProblem, MainToWorker, ServiceEntry, WorkerInit, WorkerToMain } from './messages.ts';
 import { DataPath, type DataPathContext } from './core.ts';
 import { loadRelay } from './relay.ts';
 import type { CloseRecord, ServiceRuntime } from './session.ts';
@@ -26,7 +26,7 @@ import { RelayUdpTransport } from './transport-relay-udp.ts';
 import { UdpTransport, type DatagramListener, type DatagramTransport } from './transport-udp.ts';
 import { acceptOn, type ServerTransport } from './transport.ts';
 import { DescriptorGate } from './descriptors.ts';
-import { keepAliveOnServer } from './handles.ts';
+import { keepAliveOnServer, serverFd } from './handles.ts';
 
 const init = workerData as WorkerInit;
 const port = parentPort!;
@@ -175,6 +175,26 @@ async function listenThroughRelay(l: Listener): Promise<ListenProblem | null> {
 }
 const listeners = new Map<string, Listener>();
 const paused = new Set(init.paused);
+/** Sockets handed over by the previous process (upgrade), by service: each is adopted once, by the first bind of a matching listener. */
+const inherited = new Map((init.inherited ?? []).map((h) => [h.service, h]));
+
+/** The handed-over socket for this listener, if its address and protocol are still the same; taken (a later bind makes its own). */
+function takeInherited(l: Listener): HandedListener | undefined {
+  const h = inherited.get(l.rt.entry.name);
+  if (h === undefined) return undefined;
+  inherited.delete(l.rt.entry.name);
+  return h.address === l.address && h.protocol === l.rt.entry.protocol ? h : undefined;
+}
+
+/** Who owns the listener's socket now, by fd: what an upgrade hands to the next process. */
+function listenerFds(): HandedListener[] {
+  const out: HandedListener[] = [];
+  for (const [name, l] of listeners) {
+    const fd = l.udp !== null ? udp.fdOf(l.udp) : l.server !== null ? serverFd(l.server) : l.lid >= 0 ? relay!.listenerFd(l.lid) : -1;
+    if (fd >= 0) out.push({ service: name, address: l.address, protocol: l.rt.entry.protocol, fd });
+  }
+  return out;
+}
 
 function listen(l: Listener): Promise<ListenProblem | null> {
   l.failed = false;
@@ -207,8 +227,9 @@ const sameKeepAlive = (a: ServiceEntry['tcp_keepalive'], b: ServiceEntry['tcp_ke
 
 function bind(l: Listener): Promise<ListenProblem | null> {
   const e = l.rt.entry;
-  if (e.protocol === 'udp') return listenUdp(l);
-  if (relayAccepts(e)) return listenThroughRelay(l);
+  const handed = takeInherited(l);
+  if (e.protocol === 'udp') return listenUdp(l, handed?.fd);
+  if (relayAccepts(e)) return handed === undefined ? listenThroughRelay(l) : Promise.resolve(adoptThroughRelay(l, handed.fd));
   // The server only listens: its connections go to a transport as raw handles (accept), so
   // net.Socket options (allowHalfOpen, noDelay) would not apply; the transport sets both itself.
   const server = createServer();
@@ -226,7 +247,9 @@ function bind(l: Listener): Promise<ListenProblem | null> {
     const onClosedFirst = (): void => resolve(null);
     server.once('error', onError);
     server.once('close', onClosedFirst);
-    server.listen({ host: e.listen.host, port: e.listen.port, reusePort: init.reusePort, backlog: 1024 }, () => {
+    // A socket handed over by the previous process is listened on as it is (same queue, same address).
+    const where = handed === undefined ? { host: e.listen.host, port: e.listen.port, reusePort: init.reusePort } : { fd: handed.fd };
+    server.listen({ ...where, backlog: 1024 }, () => {
       server.off('error', onError);
       server.off('close', onClosedFirst);
       server.on('error', (err) => log.error({ err, service: e.name }, 'listener error'));
@@ -235,9 +258,17 @@ function bind(l: Listener): Promise<ListenProblem | null> {
   });
 }
 
-async function listenUdp(l: Listener): Promise<ListenProblem | null> {
+/** The relay polls a listening socket handed over by the previous process (upgrade). */
+function adoptThroughRelay(l: Listener, fd: number): ListenProblem | null {
+  const lid = relay!.adopt(l, fd);
+  if (lid < 0) return { service: l.rt.entry.name, address: l.address, message: `adopting the listener handed over: ${getSystemErrorName(lid)}: ${getSystemErrorMessage(lid)}`, code: getSystemErrorName(lid) };
+  l.lid = lid;
+  return null;
+}
+
+async function listenUdp(l: Listener, fd?: number): Promise<ListenProblem | null> {
   const closes = l.closes;
-  const r = await udp.listen(l, l.address, init.reusePort);
+  const r = await udp.listen(l, l.address, init.reusePort, fd);
   if (!('ref' in r)) return r;
   if (l.closes !== closes) udp.closeListener(r); // paused, moved or removed while resolving
   else l.udp = r;
@@ -317,10 +348,15 @@ async function shutdown(grace: number, seq: number): Promise<void> {
   core.beginShutdown();
   // Accepting no more: a retiring worker's pool goes on (its reload answers) once this is said.
   post({ type: 'ack', seq, errors: [] });
+  // A connection another worker's relay handed over just before the listeners closed is still in
+  // this relay's inbox: it is accepted already, so it is served like the open ones, not dropped with the thread.
   const sessions = core.sessions;
-  if (sessions.size > 0) {
+  const idle = (): boolean => sessions.size === 0 && (relay === null || relay.handedOver() === 0);
+  if (!idle()) {
     await new Promise<void>((resolve) => {
-      stopWaiter = resolve;
+      stopWaiter = () => {
+        if (idle()) resolve();
+      };
       const timer = setTimeout(() => {
         log.info({ open: sessions.size, grace }, 'shutdown grace over: closing open connections');
         core.killAll();
@@ -328,7 +364,7 @@ async function shutdown(grace: number, seq: number): Promise<void> {
       }, grace);
       timer.unref();
       const poll = setInterval(() => {
-        if (sessions.size === 0) resolve();
+        if (idle()) resolve();
       }, 50);
       poll.unref();
     });
@@ -373,9 +409,15 @@ port.on('message', async (msg: MainToWorker) => {
     case 'shutdown':
       await shutdown(msg.grace, msg.seq);
       break;
+    case 'listeners':
+      post({ type: 'ack', seq: msg.seq, errors: [], listeners: listenerFds() });
+      break;
   }
 });
 
 const errors = await applyServices(init.services);
+// Handed-over sockets no service here took (a listener paused at start, or moved by the new config):
+// the main thread closes its own copies once the old process has stopped (src/control/upgrade.ts).
+inherited.clear();
 descriptors.attach(acceptSwitch);
 post({ type: 'ack', seq: 0, errors });

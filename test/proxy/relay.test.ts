@@ -133,6 +133,46 @@ describe('the relay API, called directly (this test process is its worker)', () 
     await client.close();
   });
 
+  it('listenerFd names a listener\'s fd; adopt refuses what is not a listening socket of someone else\'s, and leaves it alone', async () => {
+    // Adopting a socket another process made is test/ops/upgrade.test.ts's (a relay adopts what the old one's listened on).
+    const lid = relay.listen('127.2.12.7', 0, 4, true, 16);
+    expect(lid).toBeGreaterThanOrEqual(0);
+    const fd = relay.listenerFd(lid);
+    expect(fd).toBeGreaterThan(2);
+    expect(code(relay.adopt(fd))).toBe('EBADF'); // already this relay's
+    relay.closeListener(lid);
+    expect(code(relay.listenerFd(lid))).toBe('EBADF');
+    const other = await nodeSocket('127.2.12.8');
+    expect(code(relay.adopt(other.fd))).toBe('EINVAL'); // connected, not listening
+    expect(await other.echoes()).toBe(true);
+    const file = openSync(RELAY_PATH, 'r');
+    try {
+      expect(code(relay.adopt(file))).toBe('ENOTSOCK');
+    } finally {
+      closeSync(file);
+    }
+    await other.close();
+    expect(() => relay.adopt(-1)).toThrow(/adopt\(fd\) expected/);
+  });
+
+  it('closing a listener accepts what the kernel queued on it first: reported on its id, served, not reset', async () => {
+    const port = await freePort('127.2.12.9');
+    const lid = relay.listen('127.2.12.9', port, 4, true, 64);
+    expect(lid).toBeGreaterThanOrEqual(0);
+    relay.pause(lid); // not polled: connections wait in the kernel's queue
+    const clients = await Promise.all(Array.from({ length: 20 }, () => connectClient(port, '127.2.12.9')));
+    const resets: string[] = [];
+    for (const c of clients) c.on('error', (err: NodeJS.ErrnoException) => resets.push(err.code ?? err.message));
+    const before = events.length;
+    relay.closeListener(lid);
+    await waitFor(() => events.slice(before).filter((e) => e[0] === 1 /* EV_ACCEPT */ && e[1] === lid).length === 20, 3000, '20 accepts on the closed listener', 10);
+    expect(relay.handedOver()).toBe(0);
+    expect(resets).toEqual([]);
+    // JS holds them now (FD_HELD): closing each is JS's call, as for any accepted client.
+    for (const e of events.slice(before)) if (e[0] === 1 && e[1] === lid) expect(relay.closeFd(e[2])).toBe(0);
+    for (const c of clients) c.destroy();
+  });
+
   it('connect takes only a client JavaScript may give it: an fd the relay did not accept as its own, or no stream socket, is refused', async () => {
     const client = await nodeSocket('127.2.12.6');
     // ownClient true: the relay would close it at the end; it never accepted it.
@@ -152,18 +192,18 @@ describe('the relay API, called directly (this test process is its worker)', () 
   });
 
   it('UDP: udp* calls need udpInit first; then a datagram of a new client waits (EV_UDP_NEW) until udpConnect names its backend, and the echo comes back', async () => {
-    expect(() => relay.udpListen('127.2.12.20', 0, 4, false)).toThrow(/udpInit\(\) first/);
+    expect(() => relay.udpListen('127.2.12.20', 0, 4, false, -1)).toThrow(/udpInit\(\) first/);
     const memory = createSharedMemory();
     const f64 = new Float64Array(memory.buffer);
     expect(() => relay.udpInit(f64, 0)).toThrow(/udpInit\(memory: Float64Array, batch 1\.\.UDP_MAX_BATCH\) expected/);
     relay.udpInit(f64, 64);
     expect(() => relay.udpInit(f64, 64)).toThrow(/udpInit\(\) was called twice/);
-    expect(code(relay.udpListen('300.1.1.1', 5000, 4, false))).toBe('EINVAL');
+    expect(code(relay.udpListen('300.1.1.1', 5000, 4, false, -1))).toBe('EINVAL');
     expect(relay.udpClose(0, 12345)).toBe(false); // no such pending flow
     expect(code(relay.udpConnect(10, 12345, '127.2.12.21', 9, 4, null, 0, 0))).toBe('ENOENT');
     const backend = await startUdpBackend('b', '127.2.12.21');
     const port = await freePort('127.2.12.20');
-    const lid2 = relay.udpListen('127.2.12.20', port, 4, false);
+    const lid2 = relay.udpListen('127.2.12.20', port, 4, false, -1);
     expect(lid2).toBeGreaterThanOrEqual(0);
     const sc = serviceCounterIndex(0, 0, 0);
     const bc = backendCounterIndex(0, 0, 0);

@@ -43,6 +43,12 @@ static int listener_for(Relay *r, const struct sockaddr_storage *to) {
 }
 
 
+/* A closed listener of `r` that was bound to `to` (its address is kept until the id is reused), or -1. With g_lock held. */
+static int closed_listener_for(Relay *r, const struct sockaddr_storage *to) {
+  for (uint32_t i = 0; i < r->nlisteners; i++) if (r->listeners[i] < 0 && same_address(&r->lkeys[i], to)) return (int)i;
+  return -1;
+}
+
 /* Highest registry index in use + 1: how far the scans go. */
 static _Atomic int g_nrid;
 
@@ -98,6 +104,44 @@ int steer(Relay *r, uint32_t lid, int fd, const int32_t from[5]) {
   return handed;
 }
 
+/*
+ * A listener is about to close (a reload, a retiring worker, a stop, an upgrade's old process):
+ * the connections the kernel has queued on it are accepted now, into this relay's own inbox, so
+ * they arrive at the next wake (adopt()) as EV_ACCEPT on the closed listener's id and are served
+ * instead of being reset by the close — drain before close, for kernels or settings without
+ * net.ipv4.tcp_migrate_req. Bounded: connections still arriving meanwhile are the kernel's.
+ * Called with g_lock held. How many it took.
+ */
+int drain_listener(Relay *r, uint32_t lid, int lfd) {
+  if (r->rid < 0 || r->inbox_fd < 0) return 0; /* not registered: this relay works alone */
+  int n = 0;
+  while (n < 4096) {
+    if (r->ninbox == r->inbox_cap) {
+      uint32_t cap = r->inbox_cap == 0 ? 64 : r->inbox_cap * 2;
+      Handoff *grown = realloc(r->inbox, cap * sizeof(Handoff));
+      if (grown == NULL) break;
+      r->inbox = grown;
+      r->inbox_cap = cap;
+    }
+    struct sockaddr_storage ss;
+    socklen_t len = sizeof(ss);
+    int fd = accept4(lfd, (struct sockaddr *)&ss, &len, SOCK_NONBLOCK | SOCK_CLOEXEC);
+    if (fd < 0) {
+      if (errno == EINTR || errno == ECONNABORTED || errno == EPROTO) continue;
+      break; /* EAGAIN: the queue is empty; anything else: left to the kernel */
+    }
+    Handoff *h = &r->inbox[r->ninbox++];
+    h->fd = fd;
+    h->to = r->lkeys[lid];
+    encode_address(&ss, h->from);
+    atomic_fetch_add_explicit(&g_load[r->rid], 1, memory_order_relaxed);
+    n++;
+  }
+  uint64_t one = 1;
+  if (n > 0 && write(r->inbox_fd, &one, sizeof(one)) < 0) { /* cannot fail, see steer() */ }
+  return n;
+}
+
 /* The inbox's eventfd is readable: each connection handed over becomes an EV_ACCEPT here. */
 void adopt(Relay *r) {
   uint64_t count;
@@ -107,8 +151,11 @@ void adopt(Relay *r) {
   for (; i < r->ninbox && room_to_accept(r); i++) {
     Handoff *h = &r->inbox[i];
     int lid = listener_for(r, &h->to);
-    /* The listener for that address closed meanwhile (pause, move): the connection is closed, as
-       the kernel does with the connections queued on a listener that closes. */
+    /* The listener for that address closed meanwhile (a stop, an upgrade, a retiring worker, a
+       pause or move): the connection was accepted already, by the relay that handed it over, so it
+       is reported on the closed listener's id and JS serves it (a drain serves what it accepted);
+       only a relay that never listened there closes it. */
+    if (lid < 0) lid = closed_listener_for(r, &h->to);
     if (lid < 0 || !remember(r, h->fd, 0)) {
       close(h->fd);
       atomic_fetch_sub_explicit(&g_load[r->rid], 1, memory_order_relaxed);

@@ -83,11 +83,17 @@ void free_session(Relay *r, Session *s, int keep_client) {
   for (int side = CLIENT; side <= SERVER; side++) {
     int fd = s->fd[side];
     if (fd < 0) continue;
+    /* Out of the epoll set before the close, always: close() removes a registration only when
+       no other descriptor refers to the socket, and a process fulcrum forks (`fulcrum upgrade`, a
+       VIP or BGP command) holds a copy of every fd until its exec. A registration left behind
+       would report the dead socket's events under a number the next socket reuses (ending that
+       session as "server closed") and make its EPOLL_CTL_MOD fail with ENOENT. One syscall per
+       socket close. */
+    if (s->reg[side]) epoll_ctl(r->epfd, EPOLL_CTL_DEL, fd, NULL);
     if (s->own[side] && !(side == CLIENT && keep_client)) {
-      close_fd(r, fd); /* also leaves the epoll set */
+      close_fd(r, fd);
       continue;
     }
-    if (s->reg[side]) epoll_ctl(r->epfd, EPOLL_CTL_DEL, fd, NULL);
     /* A kept client is JS's again; a lent one was never this relay's. */
     if (s->own[side]) r->fds[fd] = FD_HELD;
     else untrack_fd(r, fd);

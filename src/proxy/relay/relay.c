@@ -12,6 +12,8 @@
  * file does what it is told, reporting back in one batch per event-loop wake:
  *
  *   listen(ip, port, family, reusePort, backlog) → listener id     (its sockets: EV_ACCEPT)
+ *   adopt(fd) → listener id    a listening socket handed over by the previous process (upgrade)
+ *   listenerFd(id) → fd        what an upgrade hands to the next process
  *   keepAlive(id, opts)        a listener's TCP keepalive (its accepted sockets inherit it)
  *   connect(slot, clientFd, ownClient, ip, port, family, prefix, clientEnded, opts)
  *       → EV_CONNECTED, then bytes move both ways here until EV_ENDED; or EV_CONNECT_FAILED
@@ -305,17 +307,8 @@ napi_value close_failed(napi_env env, Relay *r, int fd) {
   return int_value(env, -err);
 }
 
-/* listen(ip, port, family, reusePort, backlog) → listener id, or a negative errno. */
-static napi_value js_listen(napi_env env, napi_callback_info info) {
-  static const char usage[] = "listen(ip, port, family, reusePort, backlog)";
-  Relay *r;
-  struct sockaddr_storage ss;
-  socklen_t len;
-  int32_t backlog;
-  int valid;
-  bool reuse;
-  if (!args(env, info, &r, usage, "Abi", &ss, &len, &valid, &reuse, &backlog)) return NULL;
-  if (!valid) return int_value(env, -EINVAL);
+/* A free listener id (the tables grown when full), or a negative errno. */
+static int32_t listener_slot(Relay *r) {
   uint32_t lid = 0;
   while (lid < r->nlisteners && r->listeners[lid] >= 0) lid++;
   if (lid == r->nlisteners) {
@@ -327,41 +320,109 @@ static napi_value js_listen(napi_env env, napi_callback_info info) {
     if (grown != NULL) r->listeners = grown;
     if (keys != NULL) {
       r->lkeys = keys;
+      /* No address until listened on: a closed listener's is matched by handoff.c's adopt(). */
+      memset(&keys[r->nlisteners], 0, (n - r->nlisteners) * sizeof(struct sockaddr_storage));
       for (uint32_t i = r->nlisteners; i < n; i++) r->listeners[i] = -1;
       r->nlisteners = n;
     }
     pthread_mutex_unlock(&g_lock);
-    if (keys == NULL) return int_value(env, -ENOMEM);
+    if (keys == NULL) return -ENOMEM;
   }
-  int fd = socket(ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-  if (fd < 0) return int_value(env, -errno);
-  int on = 1;
-  /* As libuv: SO_REUSEADDR (restart while old connections are in TIME_WAIT); SO_REUSEPORT so the
-     workers' listeners share the address and the kernel spreads connections among them;
-     TCP_NODELAY, which accepted sockets inherit. */
-  setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &on, sizeof(on));
-  if (reuse && setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &on, sizeof(on)) != 0) goto fail;
-  setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &on, sizeof(on));
-  if (bind(fd, (struct sockaddr *)&ss, len) != 0 || listen(fd, backlog) != 0) goto fail;
+  return (int32_t)lid;
+}
+
+/* Puts a listening socket under `lid`: polled for EV_ACCEPT, its address kept for steering. 0 or -errno (fd not closed). */
+static int install_listener(Relay *r, uint32_t lid, int fd) {
   struct epoll_event e;
   e.events = EPOLLIN;
   e.data.u64 = key_of(lid, LISTENER, fd);
-  if (epoll_ctl(r->epfd, EPOLL_CTL_ADD, fd, &e) != 0) goto fail;
+  if (epoll_ctl(r->epfd, EPOLL_CTL_ADD, fd, &e) != 0) return -errno;
   struct sockaddr_storage bound;
   socklen_t blen = sizeof(bound);
-  if (getsockname(fd, (struct sockaddr *)&bound, &blen) != 0) goto fail;
-  if (!track_fd(r, fd, FD_OWN)) {
-    errno = ENOMEM;
-    goto fail;
+  int err = getsockname(fd, (struct sockaddr *)&bound, &blen) != 0 ? -errno : track_fd(r, fd, FD_OWN) ? 0 : -ENOMEM;
+  if (err != 0) {
+    epoll_ctl(r->epfd, EPOLL_CTL_DEL, fd, NULL);
+    return err;
   }
   pthread_mutex_lock(&g_lock);
   r->listeners[lid] = fd;
   r->lkeys[lid] = bound;
   pthread_mutex_unlock(&g_lock);
   ref_up(r);
-  return int_value(env, (int32_t)lid);
-fail:
-  return close_failed(env, r, fd);
+  return 0;
+}
+
+/* listen(ip, port, family, reusePort, backlog) → listener id, or a negative errno. */
+static napi_value js_listen(napi_env env, napi_callback_info info) {
+  static const char usage[] = "listen(ip, port, family, reusePort, backlog)";
+  Relay *r;
+  struct sockaddr_storage ss;
+  socklen_t len;
+  int32_t backlog;
+  int valid;
+  bool reuse;
+  if (!args(env, info, &r, usage, "Abi", &ss, &len, &valid, &reuse, &backlog)) return NULL;
+  if (!valid) return int_value(env, -EINVAL);
+  int32_t lid = listener_slot(r);
+  if (lid < 0) return int_value(env, lid);
+  int fd = socket(ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  if (fd < 0) return int_value(env, -errno);
+  int on = 1, err;
+  /* As libuv: SO_REUSEADDR (restart while old connections are in TIME_WAIT); SO_REUSEPORT so the
+     workers' listeners share the address and the kernel spreads connections among them;
+     TCP_NODELAY, which accepted sockets inherit. */
+  setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &on, sizeof(on));
+  if ((reuse && setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &on, sizeof(on)) != 0) || bind(fd, (struct sockaddr *)&ss, len) != 0 || listen(fd, backlog) != 0) {
+    err = -errno;
+  } else if ((err = install_listener(r, (uint32_t)lid, fd)) == 0) {
+    return int_value(env, lid);
+  }
+  close(fd);
+  return int_value(env, err);
+}
+
+/*
+ * adopt(fd) → listener id, or a negative errno: a listening TCP socket made elsewhere — one a
+ * previous fulcrum handed over on `fulcrum upgrade` (src/control/upgrade.ts) — polled as listen()'s
+ * are. The relay owns the fd from here (closeListener closes it). Refused with -ENOTSOCK / -EINVAL
+ * (not a listening stream socket) or -EBADF (already one of this relay's): such an fd is left alone.
+ */
+static napi_value js_adopt(napi_env env, napi_callback_info info) {
+  Relay *r;
+  int32_t fd;
+  if (!args(env, info, &r, "adopt(fd)", "d", &fd)) return NULL;
+  if (!fd_is(r, fd, FD_NONE)) return int_value(env, -EBADF);
+  int type = 0, listening = 0, on = 1;
+  socklen_t n = sizeof(type);
+  if (getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &n) != 0) return int_value(env, -errno);
+  n = sizeof(listening);
+  if (type != SOCK_STREAM || getsockopt(fd, SOL_SOCKET, SO_ACCEPTCONN, &listening, &n) != 0 || !listening) return int_value(env, -EINVAL);
+  int flags = fcntl(fd, F_GETFL);
+  if (flags < 0 || fcntl(fd, F_SETFL, flags | O_NONBLOCK) != 0 || fcntl(fd, F_SETFD, FD_CLOEXEC) != 0) return int_value(env, -errno);
+  setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &on, sizeof(on));
+  int32_t lid = listener_slot(r);
+  if (lid < 0) return int_value(env, lid);
+  int err = install_listener(r, (uint32_t)lid, fd);
+  return int_value(env, err == 0 ? lid : err);
+}
+
+/* handedOver() → connections other relays handed to this one (handoff.c) that it has not reported
+   yet: a draining worker waits for these too before it ends (they are accepted connections). */
+static napi_value js_handed_over(napi_env env, napi_callback_info info) {
+  Relay *r;
+  if (!args(env, info, &r, "handedOver()", "")) return NULL;
+  pthread_mutex_lock(&g_lock);
+  uint32_t n = r->ninbox;
+  pthread_mutex_unlock(&g_lock);
+  return int_value(env, (int32_t)n);
+}
+
+/* listenerFd(id) → the listener's fd (what `fulcrum upgrade` hands to the next process), or -EBADF. */
+static napi_value js_listener_fd(napi_env env, napi_callback_info info) {
+  Relay *r;
+  uint32_t lid;
+  if (!args(env, info, &r, "listenerFd(id)", "l", &lid)) return NULL;
+  return int_value(env, lid < r->nlisteners && r->listeners[lid] >= 0 ? r->listeners[lid] : -EBADF);
 }
 
 /* The listener named by the call's one argument, or 0 (unknown ids are ignored: closed already). */
@@ -376,6 +437,11 @@ static napi_value js_close_listener(napi_env env, napi_callback_info info) {
   uint32_t lid;
   if (!listener_arg(env, info, &r, &lid)) return NULL;
   pthread_mutex_lock(&g_lock);
+  /* What the kernel queued on it is accepted first and served (handoff.c drain_listener). */
+  drain_listener(r, lid, r->listeners[lid]);
+  /* Out of the epoll set first: after an upgrade the next process holds this socket too, and an
+     epoll registration lasts as long as the socket does, not this fd (close alone would leave it). */
+  epoll_ctl(r->epfd, EPOLL_CTL_DEL, r->listeners[lid], NULL);
   close_fd(r, r->listeners[lid]);
   r->listeners[lid] = -1;
   pthread_mutex_unlock(&g_lock);
@@ -721,6 +787,9 @@ NAPI_MODULE_INIT() {
     {"setStats", NULL, js_set_stats, NULL, NULL, NULL, napi_default, NULL},
     {"listen", NULL, js_listen, NULL, NULL, NULL, napi_default, NULL},
     {"closeListener", NULL, js_close_listener, NULL, NULL, NULL, napi_default, NULL},
+    {"adopt", NULL, js_adopt, NULL, NULL, NULL, napi_default, NULL},
+    {"listenerFd", NULL, js_listener_fd, NULL, NULL, NULL, napi_default, NULL},
+    {"handedOver", NULL, js_handed_over, NULL, NULL, NULL, napi_default, NULL},
     {"resume", NULL, js_resume, NULL, NULL, NULL, napi_default, NULL},
     {"pause", NULL, js_pause, NULL, NULL, NULL, napi_default, NULL},
     {"keepAlive", NULL, js_keep_alive, NULL, NULL, NULL, napi_default, NULL},
@@ -733,6 +802,7 @@ NAPI_MODULE_INIT() {
     {"notify", NULL, js_notify, NULL, NULL, NULL, napi_default, NULL},
     {"constants", NULL, js_constants, NULL, NULL, NULL, napi_default, NULL},
     {"udpInit", NULL, js_udp_init, NULL, NULL, NULL, napi_default, NULL},
+    {"udpListenerFd", NULL, js_udp_listener_fd, NULL, NULL, NULL, napi_default, NULL},
     {"udpListen", NULL, js_udp_listen, NULL, NULL, NULL, napi_default, NULL},
     {"udpConfigure", NULL, js_udp_configure, NULL, NULL, NULL, napi_default, NULL},
     {"udpCloseListener", NULL, js_udp_close_listener, NULL, NULL, NULL, napi_default, NULL},

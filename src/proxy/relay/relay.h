@@ -23,6 +23,7 @@
 
 #include <arpa/inet.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <netinet/in.h>
 #include <netdb.h>
 #include <netinet/tcp.h>
@@ -45,7 +46,7 @@
 
 /* Keep in step with relay.ts (checked there against constants()). */
 #ifndef RELAY_VERSION /* tests build a relay of another version to see it refused */
-#define RELAY_VERSION 5
+#define RELAY_VERSION 6
 #endif
 /* Built with AddressSanitizer (build/relay.ts --sanitize): constants().sanitized says so, and
    transport-relay.ts then hands it only buffers of their own allocation (an over-read is caught). */
@@ -181,6 +182,7 @@ void udp_on_flow(Relay *r, uint32_t slot, int fd, uint32_t events);
 void udp_flush(Relay *r);
 void udp_cleanup(Relay *r);
 napi_value js_udp_init(napi_env env, napi_callback_info info);
+napi_value js_udp_listener_fd(napi_env env, napi_callback_info info);
 napi_value js_udp_listen(napi_env env, napi_callback_info info);
 napi_value js_udp_configure(napi_env env, napi_callback_info info);
 napi_value js_udp_close_listener(napi_env env, napi_callback_info info);
@@ -196,5 +198,6 @@ void register_relay(Relay *r);
 void unregister_relay(Relay *r);
 int steer(Relay *r, uint32_t lid, int fd, const int32_t from[5]);
 void adopt(Relay *r);
+int drain_listener(Relay *r, uint32_t lid, int lfd);
 
 #endif

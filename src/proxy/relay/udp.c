@@ -26,6 +26,7 @@
  * - A datagram over the service's max_datagram is dropped and counted either way.
  */
 #include "relay.h"
+#include <fcntl.h>
 
 #include <sys/random.h>
 #include <sys/uio.h>
@@ -228,7 +229,12 @@ static void free_flow(Relay *r, UFlow *f) {
     u->pending[f->pid] = NULL;
     u->free_pids[u->nfree_pids++] = f->pid;
   }
-  if (f->fd >= 0) close_fd(r, f->fd); /* also leaves the epoll set */
+  /* Out of the epoll set before the close: a process fulcrum forks holds a copy of every fd until
+     its exec, and close() alone leaves the registration while a copy lives (loop.c free_session). */
+  if (f->fd >= 0) {
+    epoll_ctl(r->epfd, EPOLL_CTL_DEL, f->fd, NULL);
+    close_fd(r, f->fd);
+  }
   drop_held(f);
   free(f->hdr);
   free(f);
@@ -583,9 +589,22 @@ napi_value js_udp_listen(napi_env env, napi_callback_info info) {
   socklen_t len;
   int valid;
   bool reuse;
-  Udp *u = args(env, info, &r, "udpListen(ip, port, family, reusePort)", "Ab", &ss, &len, &valid, &reuse) ? udp_of(env, r) : NULL;
+  int32_t adopt;
+  Udp *u = args(env, info, &r, "udpListen(ip, port, family, reusePort, adoptFd)", "Abi", &ss, &len, &valid, &reuse, &adopt) ? udp_of(env, r) : NULL;
   if (u == NULL) return NULL;
   if (!valid) return int_value(env, -EINVAL);
+  /* adoptFd ≥ 0: a bound datagram socket the previous fulcrum handed over (`fulcrum upgrade`,
+     src/control/upgrade.ts) is used as it is, same address, same queue. Refused (-EBADF: one of
+     this relay's already; -EINVAL: not a datagram socket) it is left alone, as js_adopt does. */
+  if (adopt >= 0) {
+    int type = 0;
+    socklen_t tn = sizeof(type);
+    if (!fd_is(r, adopt, FD_NONE)) return int_value(env, -EBADF);
+    if (getsockopt(adopt, SOL_SOCKET, SO_TYPE, &type, &tn) != 0) return int_value(env, -errno);
+    if (type != SOCK_DGRAM) return int_value(env, -EINVAL);
+    int flags = fcntl(adopt, F_GETFL);
+    if (flags < 0 || fcntl(adopt, F_SETFL, flags | O_NONBLOCK) != 0 || fcntl(adopt, F_SETFD, FD_CLOEXEC) != 0) return int_value(env, -errno);
+  }
   uint32_t lid = 0;
   while (lid < u->nls && u->ls[lid].fd >= 0) lid++;
   if (lid == u->nls) {
@@ -596,11 +615,11 @@ napi_value js_udp_listen(napi_env env, napi_callback_info info) {
     u->ls = grown;
     u->nls = n;
   }
-  int fd = socket(ss.ss_family, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  int fd = adopt >= 0 ? adopt : socket(ss.ss_family, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
   if (fd < 0) return int_value(env, -errno);
   int on = 1;
-  if (reuse && setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &on, sizeof(on)) != 0) goto fail;
-  if (bind(fd, (struct sockaddr *)&ss, len) != 0) goto fail;
+  if (adopt < 0 && reuse && setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &on, sizeof(on)) != 0) goto fail;
+  if (adopt < 0 && bind(fd, (struct sockaddr *)&ss, len) != 0) goto fail;
   UListener *l = &u->ls[lid];
   socklen_t blen = sizeof(l->bound);
   if (getsockname(fd, &l->bound.sa, &blen) != 0) goto fail;
@@ -619,11 +638,22 @@ napi_value js_udp_listen(napi_env env, napi_callback_info info) {
   ref_up(r);
   return int_value(env, (int32_t)lid);
 fail:
+  if (adopt >= 0) return int_value(env, -errno); /* not ours to close: the caller still holds it */
   return close_failed(env, r, fd);
 }
 
 static UListener *udp_listener(Udp *u, uint32_t lid) {
   return lid < u->nls && u->ls[lid].fd >= 0 ? &u->ls[lid] : NULL;
+}
+
+/* udpListenerFd(id) → the listener's fd (what `fulcrum upgrade` hands to the next process), or -EBADF. */
+napi_value js_udp_listener_fd(napi_env env, napi_callback_info info) {
+  Relay *r;
+  uint32_t lid;
+  Udp *u = args(env, info, &r, "udpListenerFd(id)", "l", &lid) ? udp_of(env, r) : NULL;
+  if (u == NULL) return NULL;
+  UListener *l = udp_listener(u, lid);
+  return int_value(env, l != NULL ? l->fd : -EBADF);
 }
 
 /* udpConfigure(id, maxDatagram, responses, serviceCounters): the service's settings (at listen, and per reload). */
@@ -667,6 +697,7 @@ napi_value js_udp_close_listener(napi_env env, napi_callback_info info) {
     kept++;
   }
   u->nout = kept;
+  epoll_ctl(r->epfd, EPOLL_CTL_DEL, l->fd, NULL); /* as a flow's socket, above */
   close_fd(r, l->fd);
   l->fd = -1;
   ref_down(r);

@@ -436,6 +436,12 @@ async function variantPair(v: ChurnVariant, w: number, proxies: ProxyName[],
       const proxy = await starters[p](w, undefined, variant);
       running.push({ t: asTarget(proxy), stop: () => proxy.stop(), logs });
     }
+    // A fresh pair: one unrecorded second of the variant's load each first, as the shared pair has
+    // had rr and the other variants before it (JIT-compiled code, warm caches and pools).
+    for (const r of running) {
+      await runClient({ mode: 'churn', targets: v.backendCloses ? r.t.echoClose! : r.t.echo, conns: v.conns, durationS: 1, warmupS: 0,
+        source: { base: SOURCE_BASE, count: v.sources }, readEof: v.backendCloses });
+    }
     for (let rep = 1; rep <= requestReps; rep++) for (const r of running) await churnRun(v, r.t, rep, r.logs);
   } finally {
     for (const r of running) {

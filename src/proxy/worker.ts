@@ -15,7 +15,7 @@ import { parentPort, workerData } from 'node:worker_threads';
 import { pino } from 'pino';
 import { instantiateEngine } from '../balancer/engine.ts';
 import { formatHostPort } from '../config/address.ts';
-import { CONNECTION_LOG_MSG, createLogger, type Logger } from '../observability/log.ts';
+import { connectionLineWriter, createLogger, LineBatch, type Logger } from '../observability/log.ts';
 import type { ListenProblem, MainToWorker, ServiceEntry, WorkerInit, WorkerToMain } from './messages.ts';
 import { DataPath, type DataPathContext } from './core.ts';
 import { loadRelay } from './relay.ts';
@@ -32,8 +32,9 @@ const port = parentPort!;
 const post = (msg: WorkerToMain): void => port.postMessage(msg);
 
 // Lines are batched (4 KiB writes) so a busy worker makes few write calls; the flush each second
-// bounds how late a line can appear when traffic is light.
-const destination = pino.destination({ sync: false, minLength: 4096 });
+// bounds how late a line can appear when traffic is light. LineBatch gathers them before pino's
+// SonicBoom sees them (which measures its whole pending buffer per write: log.ts).
+const destination = new LineBatch(pino.destination({ sync: false, minLength: 4096 }));
 setInterval(() => {
   try {
     destination.flush();
@@ -47,7 +48,8 @@ const engine = instantiateEngine(init.module, init.memory, init.workerId);
 
 // One JSON line per closed connection (HAProxy's option tcplog) while logging.connections is on;
 // the function is made once, and a reload switches it in or out (setLogging).
-const logConnection = (rec: CloseRecord): void => log.info(rec, CONNECTION_LOG_MSG);
+// The line is pino's, written by hand from the record's fixed fields (log.ts connectionLineWriter).
+const logConnection: (rec: CloseRecord) => void = connectionLineWriter(log);
 
 // Local resource errors come in bursts (every connection while the open-files limit is reached):
 // one log line per second at most, with how many connections failed since the last one.

@@ -62,7 +62,7 @@ const CHURN_VARIANTS: ChurnVariant[] = [
   { ...CHURN_BASE, name: 'c500', what: '500 in flight', conns: 500 },
   { ...CHURN_BASE, name: 'srvclose', what: 'the backend closes first (after its reply; the client reads to EOF)', backendCloses: true },
   { ...CHURN_BASE, name: 'nohealth', what: 'no health checks on either proxy', proxy: { health: false } },
-  // connLog's file and receiver are filled in per pair (logsPair).
+  // connLog's file and receiver are filled in per pair (variantPair).
   { ...CHURN_BASE, name: 'logs', what: 'the connection log on for both (fulcrum: lines to a file; HAProxy: tcplog over UDP syslog)', proxy: { connLog: { file: '', syslog: '' } } },
 ];
 const churnVariantName = (v: ChurnVariant) => v.name || 'base';

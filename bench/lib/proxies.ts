@@ -31,6 +31,11 @@ export interface Upstreams {
   echoClose?: string[];
 }
 
+/** The suffix of a variant's config and log files in bench/out/ ('' for the standard configuration). */
+function variantTag(v: ProxyVariant): string {
+  return `${v.health === false ? '-nohealth' : ''}${v.connLog ? '-logs' : ''}`;
+}
+
 /** What the churn family's variants change on both proxies alike. */
 export interface ProxyVariant {
   /** TCP health checks every 2 s on every backend (the default), or none. */
@@ -196,7 +201,7 @@ export async function startFulcrum(o: FulcrumOptions): Promise<Proxy> {
   const text = stringify(config);
   parseConfig(text); // fail here, with the schema's message, rather than inside the child
   mkdirSync(OUT_DIR, { recursive: true });
-  const tag = `${o.health === false ? '-nohealth' : ''}${o.connLog ? '-logs' : ''}`;
+  const tag = variantTag(o);
   const file = path.join(OUT_DIR, `fulcrum-w${o.workers}${tag}.yaml`);
   writeFileSync(file, text);
   const args: string[] = [...(o.nodeArgs ?? [])];
@@ -257,7 +262,7 @@ export function haproxyConfig(o: { workers: number; host: string; upstreams: Ups
 
 export async function startHaproxy(o: { workers: number; host: string; upstreams: Upstreams; maxconn: number; bufsize?: number } & ProxyVariant): Promise<Proxy> {
   const ports = { echo: await freePort(o.host), sink: await freePort(o.host), redis: await freePort(o.host), echoClose: await freePort(o.host) };
-  const tag = `${o.health === false ? '-nohealth' : ''}${o.connLog ? '-logs' : ''}`;
+  const tag = variantTag(o);
   const file = path.join(OUT_DIR, `haproxy-w${o.workers}${tag}.cfg`);
   mkdirSync(OUT_DIR, { recursive: true });
   writeFileSync(file, haproxyConfig({ ...o, ports }));

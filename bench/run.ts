@@ -21,6 +21,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
 import { BENCH_DIR, buildLoadgen, holdIdle, killAllLoadgens, OUT_DIR, runClient, startBackend, type Backend, type LoadgenResult } from './lib/loadgen.ts';
+import { CHURN_SOURCES, CHURN_VARIANTS, churnVariantName, type ChurnVariant } from './lib/churn.ts';
 import { summarizeProfile } from './lib/profile.ts';
 import { cpuTimes, fdLimits, freePort, rssBytes, sleep } from './lib/procfs.ts';
 import {
@@ -37,35 +38,9 @@ type Scenario = (typeof ALL_SCENARIOS)[number];
 const BACKEND_NET = '127.6.0';
 const PROXY_HOST = '127.6.1.1';
 const SOURCE_BASE = '127.6.2.1';
-const SOURCE_COUNT = 64;
+const SOURCE_COUNT = CHURN_SOURCES;
 const SYSLOG_HOST = '127.6.1.2';
 
-/**
- * The churn family: the base (64 client addresses, 50 connections in flight, the client closing
- * first, health checks running on both proxies) and one factor changed at a time. Variants that
- * change only the load or the backends run on the proxies the other scenarios use; `proxy` ones
- * get a pair of their own, configured alike (bench/lib/proxies.ts).
- */
-interface ChurnVariant {
-  /** '' for the base (the run's variant field; the churn table and the targets read it). */
-  name: string;
-  what: string;
-  sources: number;
-  conns: number;
-  backendCloses: boolean;
-  proxy: ProxyVariant | null;
-}
-const CHURN_BASE = { sources: SOURCE_COUNT, conns: 50, backendCloses: false, proxy: null };
-const CHURN_VARIANTS: ChurnVariant[] = [
-  { ...CHURN_BASE, name: '', what: `base: ${SOURCE_COUNT} client addresses, 50 in flight, the client closes first, health checks on` },
-  { ...CHURN_BASE, name: '1src', what: 'one client address', sources: 1 },
-  { ...CHURN_BASE, name: 'c500', what: '500 in flight', conns: 500 },
-  { ...CHURN_BASE, name: 'srvclose', what: 'the backend closes first (after its reply; the client reads to EOF)', backendCloses: true },
-  { ...CHURN_BASE, name: 'nohealth', what: 'no health checks on either proxy', proxy: { health: false } },
-  // connLog's file and receiver are filled in per pair (variantPair).
-  { ...CHURN_BASE, name: 'logs', what: 'the connection log on for both (fulcrum: lines to a file; HAProxy: tcplog over UDP syslog)', proxy: { connLog: { file: '', syslog: '' } } },
-];
-const churnVariantName = (v: ChurnVariant) => v.name || 'base';
 
 const { values: flags } = parseArgs({
   options: {

@@ -6,6 +6,7 @@
  */
 import { existsSync, readFileSync } from 'node:fs';
 import path from 'node:path';
+import { CHURN_VARIANTS } from './churn.ts';
 import type { ProfileSummary } from './profile.ts';
 import { median } from './procfs.ts';
 
@@ -133,15 +134,6 @@ function requestTable(res: Results, scenario: 'rr' | 'churn'): string {
   return rows.length ? table(head, rows) : '_not run_';
 }
 
-/** The churn family's variants, in the order the harness runs them (a results file lists the ones it ran). */
-const CHURN_FAMILY: { name: string; what: string; goal: number }[] = [
-  { name: '', what: 'base', goal: 1.15 },
-  { name: '1src', what: 'one client address', goal: 1.15 },
-  { name: 'c500', what: '500 in flight', goal: 1.15 },
-  { name: 'srvclose', what: 'backend closes first', goal: 1.15 },
-  { name: 'nohealth', what: 'no health checks', goal: 1.15 },
-  { name: 'logs', what: 'connection log on', goal: 1.1 },
-];
 
 function churnRatio(res: Results, variant: string, w: number): number | undefined {
   const f = pick(res, 'churn', variant, 'fulcrum', w);
@@ -154,7 +146,7 @@ function churnFamilyTable(res: Results): string {
   const head = ['variant', 'threads', 'fulcrum conn per CPU-s', 'HAProxy conn per CPU-s', 'per CPU-s vs HAProxy', 'fulcrum user / sys µs per conn',
     'HAProxy user / sys µs per conn', 'fulcrum conn/s', 'HAProxy conn/s', 'errors (fulcrum / HAProxy)', 'log lines lost (fulcrum / HAProxy)', 'runs'];
   const rows: string[][] = [];
-  for (const v of CHURN_FAMILY) {
+  for (const v of CHURN_VARIANTS) {
     for (const w of workerList(res)) {
       const f = pick(res, 'churn', v.name, 'fulcrum', w);
       const h = pick(res, 'churn', v.name, 'haproxy', w);
@@ -167,7 +159,7 @@ function churnFamilyTable(res: Results): string {
         const sum = (k: string) => rs.reduce((a, r) => a + r.metrics[k], 0);
         return `${sum('log_lost')} of ${sum('total')}`;
       };
-      rows.push([v.what, String(w), si(f?.m.per_cpu_s), si(h?.m.per_cpu_s), ratio(f?.m.per_cpu_s, h?.m.per_cpu_s),
+      rows.push([v.label, String(w), si(f?.m.per_cpu_s), si(h?.m.per_cpu_s), ratio(f?.m.per_cpu_s, h?.m.per_cpu_s),
         `${fix(f?.m.user_us, 1)} / ${fix(f?.m.sys_us, 1)}`, `${fix(h?.m.user_us, 1)} / ${fix(h?.m.sys_us, 1)}`, si(f?.m.per_s), si(h?.m.per_s),
         `${errs(f)} / ${errs(h)}`, v.name === 'logs' ? `${lost('fulcrum')} / ${lost('haproxy')}` : '—', `${f?.runs ?? 0} / ${h?.runs ?? 0}`]);
     }
@@ -245,8 +237,8 @@ const perCpu = (scenario: string, key: string) => (res: Results, w: number) => {
 
 const TARGETS: TargetCheck[] = [
   { what: 'rr, requests per proxy CPU-second vs HAProxy', goal: '≥ 1.05×', value: perCpu('rr', 'per_cpu_s'), met: (v) => v >= 1.05, show: (v) => `${v.toFixed(2)}×` },
-  ...CHURN_FAMILY.map((c): TargetCheck => ({
-    what: `churn${c.name ? ` (${c.what})` : ' (base)'}, connections per proxy CPU-second vs HAProxy`, goal: `≥ ${c.goal.toFixed(2)}×`,
+  ...CHURN_VARIANTS.map((c): TargetCheck => ({
+    what: `churn (${c.label}), connections per proxy CPU-second vs HAProxy`, goal: `≥ ${c.goal.toFixed(2)}×`,
     value: (res, w) => churnRatio(res, c.name, w), met: (v) => v >= c.goal, show: (v) => `${v.toFixed(2)}×`,
   })),
   {

@@ -14,7 +14,8 @@
  *   listen(ip, port, family, reusePort, backlog) → listener id     (its sockets: EV_ACCEPT)
  *   keepAlive(id, opts)        a listener's TCP keepalive (its accepted sockets inherit it)
  *   connect(slot, clientFd, ownClient, ip, port, family, prefix, clientEnded, opts)
- *       → EV_CONNECTED, then bytes move both ways here until EV_ENDED; or EV_CONNECT_FAILED
+ *       → EV_CONNECTED, then bytes move both ways here until EV_ENDED; or EV_CONNECT_FAILED;
+ *         or CONNECT_DONE as the result (connected within the call: no EV_CONNECTED follows)
  *   watch(slot, clientFd)      a queued client: EV_CLIENT_GONE if it leaves while waiting
  *   pause(id) / resume(id)     a listener stops / starts accepting (the descriptor reserve)
  *   stop(slot, keepClient)     JS ends or takes back a session (timeout, kill, shutdown, dequeue)

@@ -4,25 +4,30 @@
  * the two proxies are configured alike.
  *
  *   node bench/run.ts [--quick] [--scenarios rr,churn,bulk,idle,redis,udp] [--workers 1,2]
+ *                     [--churn-variants base,1src,c500,srvclose,nohealth,logs]
  *                     [--proxies fulcrum,haproxy] [--reps 3] [--install] [--no-profile]
  *                     [--out BENCHMARKS.md] [--report-only]
  *
  * Order of work: build the load generator; start the backends once; then for each thread count:
- * idle (fresh proxies per repetition), then both proxies up for rr, churn, bulk and redis, runs
- * alternating fulcrum/HAProxy (with the direct run interleaved the first time); then the UDP
+ * idle (fresh proxies per repetition), then both proxies up for rr, churn (the variants that
+ * change only the load or the backends), bulk and redis, runs alternating fulcrum/HAProxy (with
+ * the direct run interleaved the first time); then, per churn variant that changes both proxies'
+ * configuration (no health checks, the connection log on), a pair started for it; then the UDP
  * scenarios against nginx's stream module (bench/lib/udp.ts); then profiles.
  */
 import { execFileSync, spawn } from 'node:child_process';
-import { mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import dgram from 'node:dgram';
+import { closeSync, mkdirSync, openSync, readFileSync, readSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
 import { BENCH_DIR, buildLoadgen, holdIdle, killAllLoadgens, OUT_DIR, runClient, startBackend, type Backend, type LoadgenResult } from './lib/loadgen.ts';
+import { CHURN_SOURCES, CHURN_VARIANTS, churnVariantName, type ChurnVariant } from './lib/churn.ts';
 import { summarizeProfile } from './lib/profile.ts';
 import { cpuTimes, fdLimits, freePort, rssBytes, sleep } from './lib/procfs.ts';
 import {
   cpuProfiles, fulcrumMissing, haproxyVersion, killAllProxies, REPO_DIR, startFulcrum, startHaproxy, type Proxy, type ProxyName,
-  type Upstreams,
+  type ProxyVariant, type Upstreams,
 } from './lib/proxies.ts';
 import { renderMarkdown, type Machine, type Results, type Run, type TargetName } from './lib/report.ts';
 import { loadRelay } from '../src/proxy/relay.ts';
@@ -35,12 +40,15 @@ type Scenario = (typeof ALL_SCENARIOS)[number];
 const BACKEND_NET = '127.6.0';
 const PROXY_HOST = '127.6.1.1';
 const SOURCE_BASE = '127.6.2.1';
-const SOURCE_COUNT = 64;
+const SOURCE_COUNT = CHURN_SOURCES;
+const SYSLOG_HOST = '127.6.1.2';
+
 
 const { values: flags } = parseArgs({
   options: {
     quick: { type: 'boolean', default: false },
     scenarios: { type: 'string', default: ALL_SCENARIOS.join(',') },
+    'churn-variants': { type: 'string', default: CHURN_VARIANTS.map(churnVariantName).join(',') },
     workers: { type: 'string', default: '1,2' },
     proxies: { type: 'string', default: 'fulcrum,haproxy' },
     reps: { type: 'string' },
@@ -56,6 +64,9 @@ const { values: flags } = parseArgs({
 const quick = flags.quick!;
 const scenarios = flags.scenarios!.split(',').map((s) => s.trim()).filter(Boolean) as Scenario[];
 for (const s of scenarios) if (!ALL_SCENARIOS.includes(s)) usageError(`--scenarios: unknown scenario ${s} (known: ${ALL_SCENARIOS.join(', ')})`);
+const churnNames = flags['churn-variants']!.split(',').map((s) => s.trim()).filter(Boolean);
+for (const n of churnNames) if (!CHURN_VARIANTS.some((v) => churnVariantName(v) === n)) usageError(`--churn-variants: unknown variant ${n} (known: ${CHURN_VARIANTS.map(churnVariantName).join(', ')})`);
+const churnVariants = CHURN_VARIANTS.filter((v) => churnNames.includes(churnVariantName(v)));
 const workerCounts = flags.workers!.split(',').map(Number);
 if (workerCounts.some((w) => !Number.isInteger(w) || w < 1 || w > 64)) usageError(`--workers: expected a list like 1,2, got ${flags.workers}`);
 const wantProxies = flags.proxies!.split(',').map((s) => s.trim()) as ProxyName[];
@@ -94,6 +105,7 @@ const S = {
   backendThreads: 1,
   loadgenThreads,
   sources: SOURCE_COUNT,
+  churnVariants: churnVariants.map((v) => `${churnVariantName(v)} (${v.what})`).join('; '),
   algorithm: 'leastconn',
   order: 'fulcrum, HAProxy, fulcrum, HAProxy, …',
 };
@@ -179,6 +191,7 @@ interface Target {
   echo: string[];
   sink: string[];
   redis?: string;
+  echoClose?: string[];
 }
 
 function record(run: Run): void {
@@ -189,12 +202,104 @@ function record(run: Run): void {
   writeFileSync(resultsFile + '.partial', JSON.stringify(runs));
 }
 
-async function requestRun(scenario: 'rr' | 'churn', t: Target, rep: number): Promise<void> {
-  const duration = scenario === 'rr' ? S.rrDuration : S.churnDuration;
+/**
+ * Counts the connection log lines a proxy wrote: fulcrum's in its log file (read from where the
+ * last count stopped), HAProxy's as datagrams at the harness's syslog receiver.
+ */
+interface LogCounter {
+  /** Lines seen so far. */
+  count(): number;
+  close(): void;
+}
+
+/** fulcrum's `"msg":"connection"` lines appended to `file` since this counter was made. */
+function fileLogCounter(file: string): LogCounter {
+  let offset = 0;
+  let lines = 0;
+  let tail = '';
+  const buf = Buffer.alloc(1 << 20);
+  return {
+    count() {
+      const size = statSync(file).size;
+      if (size > offset) {
+        const fd = openSync(file, 'r');
+        try {
+          while (offset < size) {
+            const n = readSync(fd, buf, 0, Math.min(buf.length, size - offset), offset);
+            if (n <= 0) break;
+            offset += n;
+            const text = tail + buf.toString('utf8', 0, n);
+            const cut = text.lastIndexOf('\n') + 1;
+            for (const line of text.slice(0, cut).split('\n')) if (line.includes('"msg":"connection"')) lines++;
+            tail = text.slice(cut);
+          }
+        } finally {
+          closeSync(fd);
+        }
+      }
+      return lines;
+    },
+    close() {},
+  };
+}
+
+/** A syslog receiver over UDP (what HAProxy's `log` line sends to): counts the lines naming `frontend`. */
+async function syslogCounter(frontend: string): Promise<LogCounter & { address: string }> {
+  const sock = dgram.createSocket('udp4');
+  let lines = 0;
+  const needle = ` ${frontend} `;
+  sock.on('message', (msg) => {
+    if (msg.includes(needle)) lines++;
+  });
+  await new Promise<void>((resolve, reject) => {
+    sock.once('error', reject);
+    sock.bind(0, SYSLOG_HOST, () => resolve());
+  });
+  try {
+    sock.setRecvBufferSize(8 << 20); // capped by net.core.rmem_max; what is lost beyond it is counted as lost
+  } catch { /* keep the default */ }
+  return { address: `${SYSLOG_HOST}:${sock.address().port}`, count: () => lines, close: () => sock.close() };
+}
+
+/** Waits until `counter` reaches `want` lines, or stops growing for 1.5 s (the proxy writes late or lost them). */
+async function settledLines(counter: LogCounter, want: number): Promise<number> {
+  let last = counter.count();
+  let stillSince = Date.now();
+  while (last < want && Date.now() - stillSince < 1500) {
+    await sleep(100);
+    const n = counter.count();
+    if (n !== last) {
+      last = n;
+      stillSince = Date.now();
+    }
+  }
+  return last;
+}
+
+/** One churn run of a family variant through `t`; with `logs`, the connection log lines are counted against the connections. */
+async function churnRun(v: ChurnVariant, t: Target, rep: number, logs?: LogCounter): Promise<void> {
+  const duration = S.churnDuration;
+  const targets = v.backendCloses ? t.echoClose : t.echo;
+  if (!targets?.length) return;
+  // The lines of what came before (the readiness probes, the last run) may still be on their way.
+  const before = logs ? await settledLines(logs, Infinity) : 0;
   const { res, cpuS, userS, sysS } = await withCpuWindow(t.pid, S.warmup, duration, () => runClient({
-    mode: scenario, targets: t.echo, conns: scenario === 'rr' ? S.rrConns : S.churnConns, durationS: duration, warmupS: S.warmup,
-    threads: loadgenThreads, source: scenario === 'churn' ? { base: SOURCE_BASE, count: SOURCE_COUNT } : undefined,
+    mode: 'churn', targets, conns: v.conns, durationS: duration, warmupS: S.warmup, threads: loadgenThreads,
+    source: { base: SOURCE_BASE, count: v.sources }, readEof: v.backendCloses,
   }));
+  const metrics = requestMetrics(res, cpuS, userS, sysS);
+  metrics.total = res.total ?? NaN;
+  metrics.connected = res.connected ?? NaN;
+  if (logs) {
+    // Every connection the load generator completed went through the proxy: each owes a line.
+    const lines = (await settledLines(logs, before + (res.connected ?? res.total!))) - before;
+    metrics.log_lines = lines;
+    metrics.log_lost = Math.max(0, res.total! - lines);
+  }
+  record({ scenario: 'churn', variant: v.name, target: t.name, workers: t.workers, rep, ok: res.ok, errors: res.errors, corrupt: res.corrupt, cpuS, metrics });
+}
+
+function requestMetrics(res: LoadgenResult, cpuS: number | null, userS: number, sysS: number): Record<string, number> {
   const metrics: Record<string, number> = {
     per_s: res.per_s!, p50_us: res.p50_us!, p90_us: res.p90_us ?? NaN, p99_us: res.p99_us!, p999_us: res.p999_us!, loadgen_cpu_s: res.cpu_s ?? NaN,
   };
@@ -205,7 +310,16 @@ async function requestRun(scenario: 'rr' | 'churn', t: Target, rep: number): Pro
     metrics.user_us = (userS * 1e6) / res.count!;
     metrics.sys_us = (sysS * 1e6) / res.count!;
   }
-  record({ scenario, variant: '', target: t.name, workers: t.workers, rep, ok: res.ok, errors: res.errors, corrupt: res.corrupt, cpuS, metrics });
+  return metrics;
+}
+
+async function rrRun(t: Target, rep: number): Promise<void> {
+  const duration = S.rrDuration;
+  const { res, cpuS, userS, sysS } = await withCpuWindow(t.pid, S.warmup, duration, () => runClient({
+    mode: 'rr', targets: t.echo, conns: S.rrConns, durationS: duration, warmupS: S.warmup, threads: loadgenThreads,
+  }));
+  const metrics = requestMetrics(res, cpuS, userS, sysS);
+  record({ scenario: 'rr', variant: '', target: t.name, workers: t.workers, rep, ok: res.ok, errors: res.errors, corrupt: res.corrupt, cpuS, metrics });
 }
 
 async function bulkRun(t: Target, rep: number): Promise<void> {
@@ -287,6 +401,40 @@ async function idleRun(start: () => Promise<Proxy>, rep: number): Promise<void> 
   }
 }
 
+/** Starts both proxies with the variant's configuration, runs the variant alternating, stops them. */
+async function variantPair(v: ChurnVariant, w: number, proxies: ProxyName[],
+  starters: Record<ProxyName, (w: number, prof?: string, variant?: ProxyVariant) => Promise<Proxy>>, asTarget: (p: Proxy) => Target): Promise<void> {
+  const running: { t: Target; stop: () => Promise<void>; logs?: LogCounter }[] = [];
+  try {
+    for (const p of proxies) {
+      let variant = v.proxy!;
+      let logs: LogCounter | undefined;
+      if (variant.connLog) {
+        // fulcrum's lines go to a file, HAProxy's to a receiver here; each proxy is given both names.
+        const file = path.join(OUT_DIR, `fulcrum-w${w}-connections.log`);
+        if (p === 'fulcrum') writeFileSync(file, '');
+        const syslog = p === 'haproxy' ? await syslogCounter('echo_in') : null;
+        variant = { ...variant, connLog: { file, syslog: syslog?.address ?? `${SYSLOG_HOST}:9` } };
+        logs = syslog ?? fileLogCounter(file);
+      }
+      const proxy = await starters[p](w, undefined, variant);
+      running.push({ t: asTarget(proxy), stop: () => proxy.stop(), logs });
+    }
+    // A fresh pair: one unrecorded second of the variant's load each first, as the shared pair has
+    // had rr and the other variants before it (JIT-compiled code, warm caches and pools).
+    for (const r of running) {
+      await runClient({ mode: 'churn', targets: v.backendCloses ? r.t.echoClose! : r.t.echo, conns: v.conns, durationS: 1, warmupS: 0,
+        source: { base: SOURCE_BASE, count: v.sources }, readEof: v.backendCloses });
+    }
+    for (let rep = 1; rep <= requestReps; rep++) for (const r of running) await churnRun(v, r.t, rep, r.logs);
+  } finally {
+    for (const r of running) {
+      await r.stop();
+      r.logs?.close();
+    }
+  }
+}
+
 // ── main ─────────────────────────────────────────────────────────────────────
 
 async function main(): Promise<void> {
@@ -340,6 +488,15 @@ async function main(): Promise<void> {
   try {
     for (let i = 0; i < S.echoBackends; i++) backends.push(await startBackend('echo', `${BACKEND_NET}.${1 + i}:0`, S.backendThreads));
     for (let i = 0; i < S.sinkBackends; i++) backends.push(await startBackend('sink', `${BACKEND_NET}.${11 + i}:0`, S.backendThreads));
+    // The churn variant where the backend closes first: echo backends that close after the 64-byte reply.
+    const echoClose: string[] = [];
+    if (scenarios.includes('churn') && churnVariants.some((v) => v.backendCloses)) {
+      for (let i = 0; i < S.echoBackends; i++) {
+        const b = await startBackend('echo', `${BACKEND_NET}.${31 + i}:0`, S.backendThreads, 64);
+        backends.push(b);
+        echoClose.push(b.address);
+      }
+    }
     let redisAddr: string | undefined;
     if (scenarios.includes('redis') && redisOk) {
       const port = await freePort(`${BACKEND_NET}.21`);
@@ -350,17 +507,22 @@ async function main(): Promise<void> {
       for (let i = 0; i < 50 && tryVersion('redis-cli', ['-h', `${BACKEND_NET}.21`, '-p', String(port), 'ping']) !== 'PONG'; i++) await sleep(100);
     }
     const upstreams: Upstreams = {
-      echo: backends.filter((b) => b.mode === 'echo').map((b) => b.address),
+      echo: backends.filter((b) => b.mode === 'echo' && !echoClose.includes(b.address)).map((b) => b.address),
       sink: backends.filter((b) => b.mode === 'sink').map((b) => b.address),
       redis: redisAddr,
+      echoClose: echoClose.length ? echoClose : undefined,
     };
-    say(`backends: echo ${upstreams.echo.join(' ')} · sink ${upstreams.sink.join(' ')}${redisAddr ? ` · redis ${redisAddr}` : ''}`);
+    say(`backends: echo ${upstreams.echo.join(' ')} · sink ${upstreams.sink.join(' ')}${redisAddr ? ` · redis ${redisAddr}` : ''}` +
+      `${echoClose.length ? ` · echo closing first ${echoClose.join(' ')}` : ''}`);
     const direct: Target = { name: 'direct', workers: 0, pid: null, echo: upstreams.echo, sink: upstreams.sink, redis: redisAddr };
-    const starters: Record<ProxyName, (w: number, prof?: string) => Promise<Proxy>> = {
-      fulcrum: (w, prof) => startFulcrum({ workers: w, host: PROXY_HOST, upstreams, cpuProfDir: prof }),
-      haproxy: (w) => startHaproxy({ workers: w, host: PROXY_HOST, upstreams, maxconn: S.idleConns + 50 }),
+    const starters: Record<ProxyName, (w: number, prof?: string, variant?: ProxyVariant) => Promise<Proxy>> = {
+      fulcrum: (w, prof, variant) => startFulcrum({ workers: w, host: PROXY_HOST, upstreams, cpuProfDir: prof, ...variant }),
+      haproxy: (w, _prof, variant) => startHaproxy({ workers: w, host: PROXY_HOST, upstreams, maxconn: S.idleConns + 50, ...variant }),
     };
-    const asTarget = (p: Proxy): Target => ({ name: p.name, workers: p.workers, pid: p.pid, echo: [p.listen.echo], sink: [p.listen.sink], redis: p.listen.redis });
+    const asTarget = (p: Proxy): Target => ({
+      name: p.name, workers: p.workers, pid: p.pid, echo: [p.listen.echo], sink: [p.listen.sink], redis: p.listen.redis,
+      echoClose: p.listen.echoClose ? [p.listen.echoClose] : undefined,
+    });
 
     for (const [wi, w] of workerCounts.entries()) {
       if (scenarios.includes('idle') && proxies.length) {
@@ -376,10 +538,18 @@ async function main(): Promise<void> {
           if (scenario === 'idle' || scenario === 'udp') continue;
           if (scenario === 'redis' && !redisAddr) continue;
           say(`${scenario}, ${w} thread(s)`);
-          const scenarioReps = scenario === 'rr' || scenario === 'churn' ? requestReps : reps;
+          if (scenario === 'churn') {
+            // The variants on these proxies; the direct run with the base only (its table's "vs direct").
+            for (const v of churnVariants.filter((x) => x.proxy === null)) {
+              if (v.name) say(`churn/${v.name} (${v.what}), ${w} thread(s)`);
+              for (let rep = 1; rep <= requestReps; rep++) for (const t of v.name ? targets : order) await churnRun(v, t, rep);
+            }
+            continue;
+          }
+          const scenarioReps = scenario === 'rr' ? requestReps : reps;
           for (let rep = 1; rep <= scenarioReps; rep++) {
             for (const t of order) {
-              if (scenario === 'rr' || scenario === 'churn') await requestRun(scenario, t, rep);
+              if (scenario === 'rr') await rrRun(t, rep);
               else if (scenario === 'bulk') await bulkRun(t, rep);
               else if (scenario === 'redis') {
                 await redisRun(t, rep, '');
@@ -390,6 +560,13 @@ async function main(): Promise<void> {
         }
       } finally {
         for (const p of running) await p.stop();
+      }
+      // The churn variants that configure both proxies differently: a pair each, alternating.
+      if (scenarios.includes('churn')) {
+        for (const v of churnVariants.filter((x) => x.proxy !== null)) {
+          say(`churn/${v.name} (${v.what}), ${w} thread(s): a pair of its own`);
+          await variantPair(v, w, proxies, starters, asTarget);
+        }
       }
     }
 

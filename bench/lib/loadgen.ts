@@ -40,6 +40,10 @@ export interface LoadgenResult {
   cpu_s?: number;
   // rr, churn
   count?: number;
+  /** Completed requests / connections, warm-up and the tail after the window included. */
+  total?: number;
+  /** Connections whose connect succeeded. */
+  connected?: number;
   per_s?: number;
   p50_us?: number;
   p90_us?: number;
@@ -127,9 +131,14 @@ export interface Backend {
   stop(): Promise<Record<string, unknown>>;
 }
 
-/** Starts an echo or sink backend on host (port 0 = any) and waits for its ready line. */
-export async function startBackend(mode: 'echo' | 'sink', listen: string, threads = 1): Promise<Backend> {
-  const child = spawnLoadgen([mode, '--listen', listen, '--threads', String(threads)]);
+/**
+ * Starts an echo or sink backend on host (port 0 = any) and waits for its ready line.
+ * `closeAfter` (echo): the backend closes each connection once it has echoed that many bytes.
+ */
+export async function startBackend(mode: 'echo' | 'sink', listen: string, threads = 1, closeAfter = 0): Promise<Backend> {
+  const args = [mode, '--listen', listen, '--threads', String(threads)];
+  if (closeAfter > 0) args.push('--close-after', String(closeAfter));
+  const child = spawnLoadgen(args);
   const next = jsonLines(child);
   const ready = await withTimeout(next(), 5000, `${mode} backend on ${listen}`, () => child.kill('SIGKILL'));
   return {
@@ -153,6 +162,8 @@ export interface ClientOptions {
   threads?: number;
   size?: number;
   source?: { base: string; count: number };
+  /** churn: after the reply, read until the other side closes (a backend that closes first). */
+  readEof?: boolean;
 }
 
 /** Runs one client measurement and returns its JSON line; the child is killed if it overruns. */
@@ -163,6 +174,7 @@ export async function runClient(o: ClientOptions): Promise<LoadgenResult> {
   if (o.warmupS !== undefined) args.push('--warmup', String(o.warmupS));
   if (o.size !== undefined) args.push('--size', String(o.size));
   if (o.source) args.push('--source', o.source.base, '--source-count', String(o.source.count));
+  if (o.readEof) args.push('--read-eof', '1');
   const child = spawnLoadgen(args);
   const next = jsonLines(child);
   const res = await withTimeout(next(), (timeoutS + 10) * 1000, `loadgen ${o.mode}`, () => child.kill('SIGKILL'));

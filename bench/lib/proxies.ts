@@ -2,10 +2,13 @@
  * The two proxies under test, configured alike: fulcrum and HAProxy in `mode tcp`, the same
  * balance algorithm (leastconn, set explicitly on both), the same backends with TCP health checks
  * every 2 s, retries 2, connect timeout 2 s, idle timeout 30 min, no per-connection logging, and
- * the same number of threads (fulcrum workers = HAProxy nbthread).
+ * the same number of threads (fulcrum workers = HAProxy nbthread). The churn family's variants
+ * switch both alike: health checks off on both (`health: false`), or the connection log on for
+ * both (`connLog`: HAProxy `option tcplog` to a syslog receiver over UDP, fulcrum
+ * `logging.connections` with its standard output appended to a file).
  */
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
-import { existsSync, mkdirSync, readdirSync, writeFileSync } from 'node:fs';
+import { closeSync, existsSync, mkdirSync, openSync, readdirSync, writeFileSync } from 'node:fs';
 import net from 'node:net';
 import path from 'node:path';
 import { stringify } from 'yaml';
@@ -24,6 +27,24 @@ export interface Upstreams {
   echo: string[]; // host:port
   sink: string[];
   redis?: string;
+  /** Echo backends that close after their reply (loadgen echo --close-after): the backend closes first. */
+  echoClose?: string[];
+}
+
+/** The suffix of a variant's config and log files in bench/out/ ('' for the standard configuration). */
+function variantTag(v: ProxyVariant): string {
+  return `${v.health === false ? '-nohealth' : ''}${v.connLog ? '-logs' : ''}`;
+}
+
+/** What the churn family's variants change on both proxies alike. */
+export interface ProxyVariant {
+  /** TCP health checks every 2 s on every backend (the default), or none. */
+  health?: boolean;
+  /**
+   * The connection log on: fulcrum writes its lines (standard output) to `file`; HAProxy sends
+   * `option tcplog` lines over UDP to the syslog receiver at `syslog` (host:port).
+   */
+  connLog?: { file: string; syslog: string };
 }
 
 export interface Proxy {
@@ -31,7 +52,7 @@ export interface Proxy {
   pid: number;
   workers: number;
   /** Where each service listens on this proxy. */
-  listen: { echo: string; sink: string; redis?: string };
+  listen: { echo: string; sink: string; redis?: string; echoClose?: string };
   stop(): Promise<void>;
 }
 
@@ -109,8 +130,11 @@ export function stopChild(child: ChildProcess, graceMs = 5000): Promise<void> {
   });
 }
 
-export function spawnLogged(cmd: string, args: string[], env: NodeJS.ProcessEnv, logFile: string): { child: ChildProcess; log: () => string } {
-  const child = spawn(cmd, args, { stdio: ['ignore', 'pipe', 'pipe'], env, cwd: REPO_DIR });
+/** `stdoutFile`: the child's standard output is appended to that file (fulcrum's log lines), not kept. */
+export function spawnLogged(cmd: string, args: string[], env: NodeJS.ProcessEnv, logFile: string, stdoutFile?: string): { child: ChildProcess; log: () => string } {
+  const outFd = stdoutFile ? openSync(stdoutFile, 'a') : null;
+  const child = spawn(cmd, args, { stdio: ['ignore', outFd ?? 'pipe', 'pipe'], env, cwd: REPO_DIR });
+  if (outFd !== null) closeSync(outFd);
   children.add(child);
   child.once('exit', () => children.delete(child));
   let out = '';
@@ -118,13 +142,13 @@ export function spawnLogged(cmd: string, args: string[], env: NodeJS.ProcessEnv,
     out += d.toString();
     if (out.length > 100_000) out = out.slice(-50_000);
   };
-  child.stdout!.on('data', keep);
+  child.stdout?.on('data', keep);
   child.stderr!.on('data', keep);
   child.once('exit', () => writeFileSync(logFile, out));
   return { child, log: () => out.slice(-4000) };
 }
 
-export interface FulcrumOptions {
+export interface FulcrumOptions extends ProxyVariant {
   workers: number;
   host: string;
   upstreams: Upstreams;
@@ -137,7 +161,7 @@ export interface FulcrumOptions {
 }
 
 /** The config fulcrum runs with: every data-plane feature on, limits high but present. */
-export async function fulcrumConfig(o: { workers: number; host: string; upstreams: Upstreams }) {
+export async function fulcrumConfig(o: { workers: number; host: string; upstreams: Upstreams } & ProxyVariant) {
   const service = (name: string, port: number, backends: string[]) => ({
     name,
     listen: `${o.host}:${port}`,
@@ -147,24 +171,27 @@ export async function fulcrumConfig(o: { workers: number; host: string; upstream
     queue: { max: 100_000, timeout: '5s' },
     retries: 2,
     timeouts: { connect: '2s', idle: '30m' },
-    health: { type: 'tcp', interval: '2s', timeout: '1s', rise: 2, fall: 3 },
+    ...(o.health === false ? {} : { health: { type: 'tcp', interval: '2s', timeout: '1s', rise: 2, fall: 3 } }),
     backends: backends.map((address) => ({ address, max_connections: 1_000_000 })),
   });
-  const ports = { echo: await freePort(o.host), sink: await freePort(o.host), redis: await freePort(o.host), admin: await freePort(o.host) };
+  const ports = { echo: await freePort(o.host), sink: await freePort(o.host), redis: await freePort(o.host), admin: await freePort(o.host), echoClose: await freePort(o.host) };
   const services = [service('echo', ports.echo, o.upstreams.echo), service('sink', ports.sink, o.upstreams.sink)];
   if (o.upstreams.redis) services.push(service('redis', ports.redis, [o.upstreams.redis]));
+  if (o.upstreams.echoClose) services.push(service('echoclose', ports.echoClose, o.upstreams.echoClose));
   const config = {
     workers: o.workers,
     shutdown_grace: '1s',
     admin: { listen: `${o.host}:${ports.admin}` },
-    // Throughput runs: no line per connection (HAProxy runs without a log target either).
-    logging: { level: 'warn', connections: false },
+    // Throughput runs: no line per connection (HAProxy runs without a log target either); the
+    // logs-on variant: a line per connection (info), as HAProxy's option tcplog.
+    logging: o.connLog ? { level: 'info', connections: true } : { level: 'warn', connections: false },
     services,
   };
   const listen = {
     echo: `${o.host}:${ports.echo}`,
     sink: `${o.host}:${ports.sink}`,
     redis: o.upstreams.redis ? `${o.host}:${ports.redis}` : undefined,
+    echoClose: o.upstreams.echoClose ? `${o.host}:${ports.echoClose}` : undefined,
   };
   return { config, listen };
 }
@@ -174,7 +201,8 @@ export async function startFulcrum(o: FulcrumOptions): Promise<Proxy> {
   const text = stringify(config);
   parseConfig(text); // fail here, with the schema's message, rather than inside the child
   mkdirSync(OUT_DIR, { recursive: true });
-  const file = path.join(OUT_DIR, `fulcrum-w${o.workers}.yaml`);
+  const tag = variantTag(o);
+  const file = path.join(OUT_DIR, `fulcrum-w${o.workers}${tag}.yaml`);
   writeFileSync(file, text);
   const args: string[] = [...(o.nodeArgs ?? [])];
   if (o.cpuProfDir) {
@@ -182,7 +210,8 @@ export async function startFulcrum(o: FulcrumOptions): Promise<Proxy> {
     args.push('--cpu-prof', '--cpu-prof-dir', o.cpuProfDir);
   }
   args.push(CLI, 'run', '--config', file);
-  const { child, log } = spawnLogged(NODE, args, { ...process.env, NODE_OPTIONS: '', ...o.env }, path.join(OUT_DIR, `fulcrum-w${o.workers}.log`));
+  const { child, log } = spawnLogged(NODE, args, { ...process.env, NODE_OPTIONS: '', ...o.env }, path.join(OUT_DIR, `fulcrum-w${o.workers}${tag}.log`),
+    o.connLog?.file);
   try {
     await waitReady(child, 'fulcrum', listen.echo, log);
   } catch (err) {
@@ -192,11 +221,12 @@ export async function startFulcrum(o: FulcrumOptions): Promise<Proxy> {
   return { name: 'fulcrum', pid: child.pid!, workers: o.workers, listen, stop: () => stopChild(child) };
 }
 
-export function haproxyConfig(o: { workers: number; host: string; upstreams: Upstreams; ports: { echo: number; sink: number; redis: number }; maxconn: number; bufsize?: number }): string {
+export function haproxyConfig(o: { workers: number; host: string; upstreams: Upstreams; ports: { echo: number; sink: number; redis: number; echoClose: number }; maxconn: number; bufsize?: number } & ProxyVariant): string {
+  const check = o.health === false ? '' : ' check inter 2s rise 2 fall 3';
   const backend = (name: string, servers: string[]) => [
     `backend ${name}`,
     '    balance leastconn',
-    ...servers.map((s, i) => `    server ${name}${i + 1} ${s} check inter 2s rise 2 fall 3`),
+    ...servers.map((s, i) => `    server ${name}${i + 1} ${s}${check}`),
     '',
   ];
   const frontend = (name: string, port: number) => [`frontend ${name}_in`, `    bind ${o.host}:${port}`, `    default_backend ${name}`, ''];
@@ -207,9 +237,12 @@ export function haproxyConfig(o: { workers: number; host: string; upstreams: Ups
     `    maxconn ${o.maxconn}`,
     // Only bench/diag.ts sets it (the comparison runs HAProxy's default, 16 KiB).
     ...(o.bufsize ? [`    tune.bufsize ${o.bufsize}`] : []),
+    // The logs-on variant: one line per connection over UDP to the harness's syslog receiver.
+    ...(o.connLog ? [`    log ${o.connLog.syslog} local0 info`] : []),
     '',
     'defaults',
     '    mode tcp',
+    ...(o.connLog ? ['    log global', '    option tcplog'] : []),
     '    timeout connect 2s',
     '    timeout client 30m',
     '    timeout server 30m',
@@ -219,23 +252,27 @@ export function haproxyConfig(o: { workers: number; host: string; upstreams: Ups
     ...frontend('echo', o.ports.echo),
     ...frontend('sink', o.ports.sink),
     ...(o.upstreams.redis ? frontend('redis', o.ports.redis) : []),
+    ...(o.upstreams.echoClose ? frontend('echoclose', o.ports.echoClose) : []),
     ...backend('echo', o.upstreams.echo),
     ...backend('sink', o.upstreams.sink),
     ...(o.upstreams.redis ? backend('redis', [o.upstreams.redis]) : []),
+    ...(o.upstreams.echoClose ? backend('echoclose', o.upstreams.echoClose) : []),
   ].join('\n');
 }
 
-export async function startHaproxy(o: { workers: number; host: string; upstreams: Upstreams; maxconn: number; bufsize?: number }): Promise<Proxy> {
-  const ports = { echo: await freePort(o.host), sink: await freePort(o.host), redis: await freePort(o.host) };
-  const file = path.join(OUT_DIR, `haproxy-w${o.workers}.cfg`);
+export async function startHaproxy(o: { workers: number; host: string; upstreams: Upstreams; maxconn: number; bufsize?: number } & ProxyVariant): Promise<Proxy> {
+  const ports = { echo: await freePort(o.host), sink: await freePort(o.host), redis: await freePort(o.host), echoClose: await freePort(o.host) };
+  const tag = variantTag(o);
+  const file = path.join(OUT_DIR, `haproxy-w${o.workers}${tag}.cfg`);
   mkdirSync(OUT_DIR, { recursive: true });
   writeFileSync(file, haproxyConfig({ ...o, ports }));
   // -db: foreground, no master process: the pid we spawn is the one doing the work.
-  const { child, log } = spawnLogged('haproxy', ['-db', '-f', file], process.env, path.join(OUT_DIR, `haproxy-w${o.workers}.log`));
+  const { child, log } = spawnLogged('haproxy', ['-db', '-f', file], process.env, path.join(OUT_DIR, `haproxy-w${o.workers}${tag}.log`));
   const listen = {
     echo: `${o.host}:${ports.echo}`,
     sink: `${o.host}:${ports.sink}`,
     redis: o.upstreams.redis ? `${o.host}:${ports.redis}` : undefined,
+    echoClose: o.upstreams.echoClose ? `${o.host}:${ports.echoClose}` : undefined,
   };
   try {
     await waitReady(child, 'haproxy', listen.echo, log);

@@ -7,14 +7,17 @@
  *     rr     N persistent connections; each sends a SIZE-byte request, waits for the whole echo,
  *            checks it byte for byte, sends the next: requests/s and latency p50/p99/p99.9.
  *     churn  a new connection per SIZE-byte request, N in flight: connections/s and latency
- *            (connect start → echo received).
+ *            (connect start → echo received); the client closes first, or with --read-eof
+ *            waits for the other side's close (an echo backend run with --close-after), and a
+ *            byte after the reply is counted as corrupt.
  *     bulk   N connections stream a known byte pattern one way for the duration, then half-close;
  *            the sink answers with the byte count it received and how many bytes broke the
  *            pattern: Gbit/s delivered, and any loss or corruption is reported, never hidden.
  *     idle   opens N connections (each proves the whole path with a 1-byte echo), prints a line
  *            when all are established, then holds them until the duration ends or stdin closes.
  *   server modes (print a "ready" JSON line once listening, a stats line on SIGTERM/SIGINT):
- *     echo   echoes every byte back.
+ *     echo   echoes every byte back; with --close-after B, closes a connection (FIN) once it
+ *            has echoed B bytes: the backend closes first.
  *     sink   reads and checks the bulk pattern; on end of stream writes back a 16-byte report
  *            (bytes received, bytes that broke the pattern; little-endian u64 each) and closes.
  *
@@ -70,6 +73,8 @@ static struct {
   uint32_t source_base; /* host order; 0 = let the kernel choose */
   int source_count;
   int inflight; /* idle: connections being opened at once */
+  long close_after; /* echo: close once this many bytes were echoed (0: never) */
+  int read_eof;     /* churn: after the reply, wait for the peer's FIN before closing */
 } opt;
 
 static void die(const char *fmt, const char *arg) {
@@ -107,6 +112,8 @@ static void usage(void) {
           "  --source A.B.C.D  bind client sockets to this address …\n"
           "  --source-count K  … and the K-1 addresses after it, in rotation (more ephemeral ports)\n"
           "  --inflight N      idle: connections opened at once; default 256\n"
+          "  --close-after B   echo: close a connection once B bytes were echoed (backend closes first)\n"
+          "  --read-eof 1      churn: after the reply, read until the peer closes, then close\n"
           "  --timeout S       hard bound on the whole run; default duration + warmup + 30\n");
   exit(2);
 }
@@ -144,6 +151,8 @@ static void parse_args(int argc, char **argv) {
     else if (!strcmp(a, "--threads")) opt.threads = atoi(v);
     else if (!strcmp(a, "--size")) opt.size = atoi(v);
     else if (!strcmp(a, "--inflight")) opt.inflight = atoi(v);
+    else if (!strcmp(a, "--close-after")) opt.close_after = atol(v);
+    else if (!strcmp(a, "--read-eof")) opt.read_eof = atoi(v) != 0;
     else if (!strcmp(a, "--timeout")) opt.timeout = atof(v);
     else if (!strcmp(a, "--source")) {
       struct in_addr in;
@@ -219,7 +228,7 @@ static void on_signal(int sig) {
   stop_flag = 1;
 }
 
-enum { C_FREE, C_CONNECTING, C_SENDING, C_AWAIT, C_STREAM, C_REPORT, C_DONE, C_HELD };
+enum { C_FREE, C_CONNECTING, C_SENDING, C_AWAIT, C_STREAM, C_REPORT, C_DONE, C_HELD, C_EOF };
 
 struct conn {
   int fd;
@@ -240,6 +249,8 @@ struct worker {
   struct conn *conns;
   uint64_t hist[HBUCKETS];
   uint64_t count;     /* completed requests / connections in the window */
+  uint64_t total;     /* rr, churn: completed requests / connections, warm-up and tail included */
+  uint64_t connected; /* rr, churn: connections whose connect succeeded (each one the proxy accepted) */
   uint64_t errors;
   uint64_t corrupt;   /* bytes (bulk, sink) or replies (rr, churn) that came back wrong */
   uint64_t bytes;     /* bulk: bytes the sinks confirmed; servers: bytes handled */
@@ -369,6 +380,7 @@ static void send_request(struct worker *w, struct conn *c, int idx) {
 }
 
 static void record(struct worker *w, uint64_t t0, uint64_t t) {
+  w->total++;
   if (t >= w->t_measure && t < w->t_end) {
     w->hist[hidx(t - t0)]++;
     w->count++;
@@ -397,6 +409,10 @@ static void reply_done(struct worker *w, struct conn *c, int idx) {
     c->state = C_AWAIT; /* stays registered for EPOLLIN */
     send_request(w, c, idx);
   } else if (opt.mode == M_CHURN) {
+    if (opt.read_eof) { /* the backend closes first: wait for its FIN through the proxy */
+      c->state = C_EOF;
+      return;
+    }
     record(w, c->t0, t);
     close(c->fd);
     c->fd = -1;
@@ -464,6 +480,7 @@ static void client_event(struct worker *w, struct conn *c, uint32_t events) {
       return;
     }
     if (!(events & EPOLLOUT)) return;
+    w->connected++;
     if (opt.mode == M_BULK) {
       c->state = C_STREAM;
       ep(w, EPOLL_CTL_MOD, c->fd, EPOLLOUT, c);
@@ -514,6 +531,26 @@ static void client_event(struct worker *w, struct conn *c, uint32_t events) {
   case C_HELD:
     conn_fail(w, c, idx);
     return;
+  case C_EOF: { /* churn --read-eof: the reply is in; only the peer's FIN may follow */
+    char extra[64];
+    ssize_t n = read(c->fd, extra, sizeof(extra));
+    if (n < 0 && errno == EAGAIN) return;
+    if (n > 0) { /* bytes after the reply: the wrong stream */
+      w->corrupt++;
+      return;
+    }
+    if (n < 0) {
+      conn_fail(w, c, idx);
+      return;
+    }
+    uint64_t t = now_ns();
+    record(w, c->t0, t);
+    close(c->fd);
+    c->fd = -1;
+    if (t < w->t_end) start_conn(w, c, idx);
+    else c->state = C_DONE;
+    return;
+  }
   }
 }
 
@@ -614,7 +651,7 @@ out:
 
 /* Per-fd state, indexed by fd (fds are process-wide; each is owned by the thread that accepted it). */
 struct sconn {
-  uint64_t off;          /* sink: stream offset; echo: unused */
+  uint64_t off;          /* sink: stream offset; echo: bytes echoed (--close-after) */
   uint64_t bad;          /* sink: bytes that broke the pattern */
   unsigned char *pend;   /* echo: bytes the client would not take yet */
   uint32_t pend_len, pend_off;
@@ -655,11 +692,16 @@ static void echo_flush(struct worker *w, int fd) {
       return;
     }
     s->pend_off += (uint32_t)n;
+    s->off += (uint64_t)n;
     w->bytes += (uint64_t)n;
   }
   free(s->pend);
   s->pend = NULL;
   s->pend_len = s->pend_off = 0;
+  if (opt.close_after && (long)s->off >= opt.close_after) {
+    server_close(w, fd);
+    return;
+  }
   ep(w, EPOLL_CTL_MOD, fd, EPOLLIN, (void *)(intptr_t)(fd + 1));
 }
 
@@ -686,6 +728,7 @@ static void echo_read(struct worker *w, int fd, unsigned char *buf) {
         return;
       }
       off += m;
+      sconns[fd].off += (uint64_t)m;
       w->bytes += (uint64_t)m;
     }
     if (off < n) { /* the client is slow to read: keep the rest, stop reading until it drains */
@@ -695,6 +738,11 @@ static void echo_read(struct worker *w, int fd, unsigned char *buf) {
       s->pend_len = (uint32_t)(n - off);
       s->pend_off = 0;
       ep(w, EPOLL_CTL_MOD, fd, EPOLLOUT, (void *)(intptr_t)(fd + 1));
+      return;
+    }
+    /* --close-after: the reply is out; close first (a FIN, as the whole request was read). */
+    if (opt.close_after && (long)sconns[fd].off >= opt.close_after) {
+      server_close(w, fd);
       return;
     }
     if (n < IO_BUF) return;
@@ -850,13 +898,15 @@ static int run_clients(void) {
   }
   for (int i = 0; i < opt.threads; i++) pthread_create(&workers[i].tid, NULL, client_thread, &workers[i]);
   static uint64_t hist[HBUCKETS];
-  uint64_t count = 0, errors = 0, corrupt = 0, bytes = 0, sent = 0, missing = 0, t_last = 0;
+  uint64_t count = 0, total = 0, connected = 0, errors = 0, corrupt = 0, bytes = 0, sent = 0, missing = 0, t_last = 0;
   int timed_out = 0, established = 0, dropped = 0;
   for (int i = 0; i < opt.threads; i++) {
     struct worker *w = &workers[i];
     pthread_join(w->tid, NULL);
     for (int b = 0; b < HBUCKETS; b++) hist[b] += w->hist[b];
     count += w->count;
+    total += w->total;
+    connected += w->connected;
     errors += w->errors;
     corrupt += w->corrupt;
     bytes += w->bytes;
@@ -895,10 +945,10 @@ static int run_clients(void) {
   for (int b = 0; b < HBUCKETS; b++)
     if (hist[b]) maxb = b;
   printf("{\"mode\":\"%s\",\"target\":\"%s\",\"targets\":%d,\"conns\":%d,\"threads\":%d,\"size\":%d,"
-         "\"seconds\":%.3f,\"count\":%llu,\"per_s\":%.1f,\"mean_us\":%.1f,\"p50_us\":%.1f,\"p90_us\":%.1f,\"p99_us\":%.1f,"
+         "\"seconds\":%.3f,\"count\":%llu,\"total\":%llu,\"connected\":%llu,\"per_s\":%.1f,\"mean_us\":%.1f,\"p50_us\":%.1f,\"p90_us\":%.1f,\"p99_us\":%.1f,"
          "\"p999_us\":%.1f,\"max_us\":%.1f,\"errors\":%llu,\"corrupt\":%llu,\"timed_out\":%s,\"cpu_s\":%.3f,\"ok\":%s}\n",
          MODE_NAMES[opt.mode], target, opt.ntargets, opt.conns, opt.threads, opt.size, secs,
-         (unsigned long long)count, (double)count / secs, count ? sum / (double)count / 1e3 : 0,
+         (unsigned long long)count, (unsigned long long)total, (unsigned long long)connected, (double)count / secs, count ? sum / (double)count / 1e3 : 0,
          hpercentile(hist, count, 0.50) / 1e3, hpercentile(hist, count, 0.90) / 1e3, hpercentile(hist, count, 0.99) / 1e3,
          hpercentile(hist, count, 0.999) / 1e3, count ? hval(maxb) / 1e3 : 0, (unsigned long long)errors,
          (unsigned long long)corrupt, timed_out ? "true" : "false", cpu_seconds(),

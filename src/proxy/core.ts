@@ -35,6 +35,7 @@ import {
 import type { SockAddr } from './handles.ts';
 import type { BackendEntry, ServiceEntry, WorkerToMain } from './messages.ts';
 import { encodeProxyV1, encodeProxyV2, parseProxyHeader } from './proxy-protocol.ts';
+import { CONNECT_DONE } from './relay.ts';
 import {
   ServiceRuntime, Session, ST_CONNECTED, ST_CONNECTING, ST_FREE, ST_HEADER, ST_QUEUED, type CloseRecord,
 } from './session.ts';
@@ -406,9 +407,11 @@ export class DataPath {
 
   private startConnect(s: Session, ip: string, port: number, family: number): void {
     const err = s.t.connect(s, ip, port, family);
-    if (err === 0) {
+    if (err === 0 || err === CONNECT_DONE) {
       s.backendFd = true;
       this.ctx.descriptors?.take(1);
+      // Connected within the call (the relay on loopback or a near LAN): no event follows.
+      if (err === CONNECT_DONE) this.connected(s);
       return;
     }
     const code = getSystemErrorName(err);

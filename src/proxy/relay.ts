@@ -40,7 +40,13 @@ export {
 } from '../shm/layout.ts';
 
 /** The relay's interface version (its functions and their arguments); relay.c's RELAY_VERSION. */
-export const RELAY_VERSION = 6;
+export const RELAY_VERSION = 7;
+
+/**
+ * connect()'s result when the backend's handshake completed within the call (loopback, a near
+ * LAN): the session already relays, and no EV_CONNECTED follows. relay.c's CONNECT_DONE.
+ */
+export const CONNECT_DONE = 1;
 
 export interface RelayBinding {
   init(stats: Float64Array, events: Int32Array, onEvents: (n: number) => void): void;
@@ -60,8 +66,9 @@ export interface RelayBinding {
   /** A listener's TCP keepalive (opts: layout.ts OPT_*), inherited by the sockets it accepts. */
   keepAlive(id: number, opts: Int32Array): void;
   /**
-   * 0, or a negative errno (nothing was kept: the client socket is still the caller's). `opts`
-   * (layout.ts OPT_*): propagate_reset, the backend's (and a lent client's) keepalive.
+   * 0 (EV_CONNECTED or EV_CONNECT_FAILED follows), CONNECT_DONE (connected already: the session
+   * relays), or a negative errno (nothing was kept: the client socket is still the caller's).
+   * `opts` (layout.ts OPT_*): propagate_reset, the backend's (and a lent client's) keepalive.
    */
   connect(slot: number, clientFd: number, ownClient: boolean, ip: string, port: number, family: number,
     prefix: Uint8Array | null, clientEnded: boolean, opts: Int32Array): number;
@@ -113,7 +120,7 @@ const EXPECTED: Record<string, number> = {
   version: RELAY_VERSION, statBytesIn: STAT_BYTES_IN, statBytesOut: STAT_BYTES_OUT, statActivity: STAT_ACTIVITY,
   statFields: STAT_FIELDS, evFields: EV_FIELDS, evAccept: EV_ACCEPT, evAcceptError: EV_ACCEPT_ERROR,
   evConnected: EV_CONNECTED, evConnectFailed: EV_CONNECT_FAILED, evEnded: EV_ENDED, evClientGone: EV_CLIENT_GONE,
-  endClient: END_CLIENT, endServer: END_SERVER, maxEvents: RELAY_MAX_EVENTS, maxAccept: RELAY_MAX_ACCEPT,
+  endClient: END_CLIENT, endServer: END_SERVER, maxEvents: RELAY_MAX_EVENTS, maxAccept: RELAY_MAX_ACCEPT, connectDone: CONNECT_DONE,
   statDgramsIn: STAT_DGRAMS_IN, statDgramsOut: STAT_DGRAMS_OUT, evUdpNew: EV_UDP_NEW, evUdpFailed: EV_UDP_FAILED,
   evUdpEnded: EV_UDP_ENDED, endMoved: END_MOVED,
 };

@@ -14,7 +14,7 @@ import { TERM_CLIENT_CLOSED, TERM_SERVER_CLOSED } from '../shm/layout.ts';
 import type { DataPath } from './core.ts';
 import { K_NREAD, streamState, UV_EOF, type SockAddr, type TcpHandle } from './handles.ts';
 import {
-  END_SERVER, EV_A, EV_ACCEPT, EV_UDP_NEW, EV_ACCEPT_ERROR, EV_ADDR, EV_B, EV_CLIENT_GONE, EV_CONNECT_FAILED, EV_CONNECTED, EV_ENDED, EV_FIELDS, EV_ID, EV_TYPE,
+  CONNECT_DONE, END_SERVER, EV_A, EV_ACCEPT, EV_UDP_NEW, EV_ACCEPT_ERROR, EV_ADDR, EV_B, EV_CLIENT_GONE, EV_CONNECT_FAILED, EV_CONNECTED, EV_ENDED, EV_FIELDS, EV_ID, EV_TYPE,
   formatAddress, OPT_FIELDS, OPT_FLAGS, OPT_KEEP_COUNT, OPT_KEEP_IDLE, OPT_KEEP_INTERVAL, OPT_PROPAGATE_RESET, RELAY_EVENTS, STAT_ACTIVITY, STAT_BYTES_IN, STAT_BYTES_OUT, STAT_FIELDS, type RelayBinding,
 } from './relay.ts';
 import type { ServiceEntry } from './messages.ts';
@@ -243,7 +243,7 @@ export class RelayTransport implements Transport {
     const e = s.svc!.entry;
     const opts = this.fillOpts(e.propagate_reset, e.tcp_keepalive);
     const err = this.binding.connect(this.slotOf(s), fd, own, ip, port, family, prefix, s.clientEnded, opts);
-    if (err === 0) {
+    if (err === 0 || err === CONNECT_DONE) {
       s.busy = true;
       s.baseIn = s.bytesIn;
       s.baseOut = s.bytesOut;

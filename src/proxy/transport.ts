@@ -52,7 +52,8 @@ export interface Transport {
   /**
    * Once per connect attempt: connects to the backend at ip:port and, once up, sends what the core
    * has for it first (`core.proxyHeader`, `s.pending`). 0 (the result follows as `core.connected`
-   * or `core.connectFailed`), or a negative errno if nothing was started.
+   * or `core.connectFailed`), CONNECT_DONE (relay.ts: connected within the call, with nothing to
+   * send first; the core calls `connected` itself), or a negative errno if nothing was started.
    */
   connect(s: Session, ip: string, port: number, family: number): number;
   /** The current attempt is over (failed or timed out): drop the backend side, keep the client. */

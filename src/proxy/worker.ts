@@ -15,7 +15,7 @@ import { getSystemErrorMessage, getSystemErrorName } from 'node:util';
 import { parentPort, workerData } from 'node:worker_threads';
 import { instantiateEngine } from '../balancer/engine.ts';
 import { formatHostPort } from '../config/address.ts';
-import { CONNECTION_LOG_MSG, createLogger, LineForwarder, type Logger } from '../observability/log.ts';
+import { CONNECTION_LOG_MSG, connectionLineWriter, createLogger, LineForwarder, type Logger } from '../observability/log.ts';
 import type { HandedListener, ListenProblem, MainToWorker, ServiceEntry, WorkerInit, WorkerToMain } from './messages.ts';
 import { DataPath, type DataPathContext } from './core.ts';
 import { loadRelay } from './relay.ts';
@@ -41,7 +41,8 @@ const engine = instantiateEngine(init.module, init.memory, init.workerId);
 
 // One line per closed connection (HAProxy's option tcplog) while logging.connections is on;
 // the function is made once, and a reload switches it in or out (setLogging).
-const logConnection = (rec: CloseRecord): void => log.info(rec, CONNECTION_LOG_MSG);
+// The line is pino's, written by hand from the record's fixed fields (log.ts connectionLineWriter).
+const logConnection: (rec: CloseRecord) => void = connectionLineWriter(log);
 
 // Local resource errors come in bursts (every connection while the open-files limit is reached):
 // one log line per second at most, with how many connections failed since the last one.

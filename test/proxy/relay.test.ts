@@ -11,7 +11,7 @@ import { join } from 'node:path';
 import { getSystemErrorName } from 'node:util';
 import { describe, expect, it } from 'vitest';
 import type { Socket } from 'node:net';
-import { formatAddress, loadRelay, RELAY_EVENTS, RELAY_VERSION, RELAY_PATH, EV_FIELDS, STAT_FIELDS, type RelayBinding } from '../../src/proxy/relay.ts';
+import { CONNECT_DONE, EV_CONNECTED, formatAddress, loadRelay, RELAY_EVENTS, RELAY_PATH, RELAY_VERSION, EV_FIELDS, STAT_FIELDS, type RelayBinding } from '../../src/proxy/relay.ts';
 import { compileRelay } from '../../build/relay.ts';
 import { connectClient, freePort, readLine, startEchoServer, waitFor } from '../helpers/net.ts';
 import { startUdpBackend, UdpClient } from '../helpers/udp.ts';
@@ -124,6 +124,30 @@ describe('the relay API, called directly (this test process is its worker)', () 
     expect(events.find((e) => e[1] === 3)?.slice(0, 2)).toEqual([4 /* EV_CONNECT_FAILED */, 3]);
     expect(code(events.find((e) => e[1] === 3)![2])).toBe('ECONNREFUSED');
     await client.close();
+  });
+
+  it('a connect to a listening port completes within the call (CONNECT_DONE, no EV_CONNECTED follows) or a wake later (EV_CONNECTED)', async () => {
+    const backend = await startEchoServer('127.2.12.7');
+    const client = await nodeSocket('127.2.12.8');
+    try {
+      const r = relay.connect(6, client.fd, false, '127.2.12.7', backend.port, 4, null, false, NO_OPTS);
+      // On loopback the handshake is usually over when connect(2) returns; under load the kernel
+      // may finish it a little later, and then the event says so.
+      expect([0, CONNECT_DONE]).toContain(r);
+      if (r === 0) await waitFor(() => events.some((e) => e[1] === 6), 3000, 'EV_CONNECTED for slot 6', 10);
+      // A round trip through another socket of the relay's: any event for slot 6 has arrived by now.
+      const other = await nodeSocket('127.2.12.9');
+      expect(relay.connect(7, other.fd, false, '127.2.12.3', 1, 4, null, false, NO_OPTS)).toBe(0);
+      await waitFor(() => events.some((e) => e[1] === 7), 3000, 'an event for slot 7', 10);
+      expect(events.filter((e) => e[1] === 6).map((e) => e[0])).toEqual(r === 0 ? [EV_CONNECTED] : []);
+      await other.close();
+      // The relay holds a session for the slot (relaying); stopping it gives the lent client back, unclosed.
+      expect(relay.stop(6, true)).toBe(true);
+      expect(await client.echoes()).toBe(true);
+    } finally {
+      await client.close();
+      await backend.close();
+    }
   });
 
   it('closeFd closes only a client the relay accepted: a Node socket\'s fd is refused (EBADF) and stays open', async () => {

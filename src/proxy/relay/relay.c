@@ -16,7 +16,8 @@
  *   listenerFd(id) → fd        what an upgrade hands to the next process
  *   keepAlive(id, opts)        a listener's TCP keepalive (its accepted sockets inherit it)
  *   connect(slot, clientFd, ownClient, ip, port, family, prefix, clientEnded, opts)
- *       → EV_CONNECTED, then bytes move both ways here until EV_ENDED; or EV_CONNECT_FAILED
+ *       → EV_CONNECTED, then bytes move both ways here until EV_ENDED; or EV_CONNECT_FAILED;
+ *         or CONNECT_DONE as the result (connected within the call: no EV_CONNECTED follows)
  *   watch(slot, clientFd)      a queued client: EV_CLIENT_GONE if it leaves while waiting
  *   pause(id) / resume(id)     a listener stops / starts accepting (the descriptor reserve)
  *   stop(slot, keepClient)     JS ends or takes back a session (timeout, kill, shutdown, dequeue)
@@ -590,6 +591,16 @@ static napi_value js_connect(napi_env env, napi_callback_info info) {
     memcpy(s->dir[CLIENT].buf, prefix, prefix_len);
     s->dir[CLIENT].len = (uint32_t)prefix_len;
   }
+  /* On loopback (and often on a LAN) the handshake has completed inside connect(): with nothing to
+     send first and the client still open, the session relays from here and the result says so
+     (CONNECT_DONE) — no EV_CONNECTED a wake later, one call into JS and one epoll_ctl fewer per
+     connection. A zero-timeout poll() tells; a socket still connecting takes the wake. */
+  struct pollfd pf = {.fd = fd, .events = POLLOUT};
+  if (prefix_len == 0 && !ended && poll(&pf, 1, 0) == 1 && pf.revents == POLLOUT) {
+    s->state = ST_RELAY;
+    if ((err = poll_side(r, s, SERVER, EPOLLIN)) != 0 || (err = poll_side(r, s, CLIENT, EPOLLIN)) != 0) goto fail;
+    return int_value(env, CONNECT_DONE);
+  }
   /* Writable once connected; an error or HUP if it failed (on_connect_done). */
   if ((err = poll_side(r, s, SERVER, EPOLLOUT)) != 0) goto fail;
   return int_value(env, 0);
@@ -772,6 +783,7 @@ static napi_value js_constants(napi_env env, napi_callback_info info) {
   SET("evUdpFailed", EV_UDP_FAILED);
   SET("evUdpEnded", EV_UDP_ENDED);
   SET("endMoved", END_MOVED);
+  SET("connectDone", CONNECT_DONE);
   SET("nodeAbi", FULCRUM_NODE_ABI);
   SET("sanitized", RELAY_SANITIZED);
 #undef SET

@@ -348,6 +348,7 @@ export function connectionLineWriter(logger: Logger): (rec: ConnectionLogLine) =
   return (rec) => {
     if (logger.levelVal > pino.levels.values.info) return;
     const now = Date.now();
+    stampedAt = now; // what the destination orders the line by, as pino's timestamp() sets it
     if (now !== ms) {
       ms = now;
       iso = new Date(now).toISOString(); // pino.stdTimeFunctions.isoTime, once per millisecond

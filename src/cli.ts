@@ -87,8 +87,8 @@ export const COMMANDS: Record<string, Command> = {
     },
   },
   ctl: {
-    summary: 'change a running balancer through its admin API (list, state, weight, add, remove, reload, upgrade)',
-    usage: 'fulcrum ctl list|state|weight|add|remove|reload|upgrade … [--admin URL] [--token-file FILE] [--config FILE]',
+    summary: 'change a running balancer through its admin API (list, state, weight, add, remove, reload, node, upgrade)',
+    usage: 'fulcrum ctl list|state|weight|add|remove|reload|node|upgrade … [--admin URL] [--token-file FILE] [--config FILE]',
     options: CTL_OPTIONS,
     async run(values, positionals) {
       return (await import('./admin/ctl.ts')).runCtlParsed(values, positionals);

@@ -334,7 +334,8 @@ describe('what an upgrade carries over, and upgrades that fail', () => {
       expect(r.out).toMatch(new RegExp(`pid ${pid} keeps serving`));
       expect((await lab.status()).pid).toBe(pid);
       expect(alive(pid)).toBe(true);
-      expect(lab.output()).toContain('upgrade failed, this fulcrum keeps serving');
+      // The old process's log line: its output holds lines a moment to order them (observability/log.ts).
+      await waitFor(() => lab.output().includes('upgrade failed, this fulcrum keeps serving'), 3000, 'the old process says the upgrade failed');
 
       // 2. A new build that exits at once.
       writeFileSync(lab.config, good);

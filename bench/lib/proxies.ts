@@ -102,20 +102,28 @@ function echoOnce(address: string, timeoutMs = 1000): Promise<boolean> {
   });
 }
 
-async function waitReady(child: ChildProcess, name: string, echoAddr: string, log: () => string): Promise<void> {
+/**
+ * Waits until `probe` (one request through the proxy) succeeds several times in a row: with N
+ * workers every one should have its listener up. Shared by the TCP proxies here and the UDP ones
+ * (bench/lib/udp.ts).
+ */
+export async function waitServing(name: string, where: string, probe: () => Promise<boolean>, child: ChildProcess, log: () => string): Promise<void> {
   const deadline = Date.now() + 30_000;
   let okInARow = 0;
   while (Date.now() < deadline) {
     if (child.exitCode !== null) throw new Error(`${name} exited (${child.exitCode}) before it was ready:\n${log()}`);
-    // Several successes in a row: with N workers every one should have its listener up.
-    if (await echoOnce(echoAddr)) {
+    if (await probe()) {
       if (++okInARow >= 8) return;
     } else {
       okInARow = 0;
       await sleep(100);
     }
   }
-  throw new Error(`${name} did not pass traffic to ${echoAddr} within 30 s:\n${log()}`);
+  throw new Error(`${name} did not pass traffic to ${where} within 30 s:\n${log()}`);
+}
+
+function waitReady(child: ChildProcess, name: string, echoAddr: string, log: () => string): Promise<void> {
+  return waitServing(name, echoAddr, () => echoOnce(echoAddr), child, log);
 }
 
 export function stopChild(child: ChildProcess, graceMs = 5000): Promise<void> {

@@ -18,7 +18,7 @@ import { stringify } from 'yaml';
 import { parseConfig } from '../../src/config/load.ts';
 import { jsonLines, OUT_DIR, spawnLoadgen, UDPGEN, withTimeout } from './loadgen.ts';
 import { cpuTimes, rssBytes, sleep } from './procfs.ts';
-import { NODE, REPO_DIR, spawnLogged, stopChild } from './proxies.ts';
+import { NODE, REPO_DIR, spawnLogged, stopChild, waitServing } from './proxies.ts';
 import { createSocket } from 'node:dgram';
 
 export type UdpTargetName = 'fulcrum' | 'nginx';
@@ -73,21 +73,6 @@ function udpEchoOnce(address: string, timeoutMs = 500): Promise<boolean> {
   });
 }
 
-async function waitUdpReady(name: string, address: string, exited: () => boolean, log: () => string): Promise<void> {
-  const deadline = Date.now() + 30_000;
-  let okInARow = 0;
-  while (Date.now() < deadline) {
-    if (exited()) throw new Error(`${name} exited before it was ready:\n${log()}`);
-    if (await udpEchoOnce(address)) {
-      if (++okInARow >= 8) return;
-    } else {
-      okInARow = 0;
-      await sleep(100);
-    }
-  }
-  throw new Error(`${name} did not pass datagrams to ${address} within 30 s:\n${log()}`);
-}
-
 export interface UdpEcho {
   address: string;
   stop(): Promise<void>;
@@ -136,7 +121,7 @@ export async function startUdpFulcrum(o: { workers: number; host: string; echo: 
   const { child, log } = spawnLogged(NODE, [path.join(REPO_DIR, 'src', 'cli.ts'), 'run', '--config', file], env, path.join(OUT_DIR, `fulcrum-udp${variant}-w${o.workers}.log`));
   const listen = { rr: `${o.host}:${p.rr}`, churn: `${o.host}:${p.churn}` };
   try {
-    await waitUdpReady('fulcrum', listen.rr, () => child.exitCode !== null, log);
+    await waitServing('fulcrum', listen.rr, () => udpEchoOnce(listen.rr), child, log);
   } catch (err) {
     await stopChild(child, 1000);
     throw err;
@@ -170,7 +155,7 @@ ${o.echo.map((a) => `    server ${a};`).join('\n')}
   const { child, log } = spawnLogged('nginx', ['-e', path.join(dir, 'error.log'), '-p', dir, '-c', file], process.env, path.join(dir, 'stdout.log'));
   const listen = { rr: `${o.host}:${p.rr}`, churn: `${o.host}:${p.churn}` };
   try {
-    await waitUdpReady('nginx', listen.rr, () => child.exitCode !== null, () => `${log()}\n${safeRead(path.join(dir, 'error.log'))}`);
+    await waitServing('nginx', listen.rr, () => udpEchoOnce(listen.rr), child, () => `${log()}\n${safeRead(path.join(dir, 'error.log'))}`);
   } catch (err) {
     await stopChild(child, 1000);
     throw err;

@@ -35,7 +35,7 @@ import {
 import type { SockAddr } from './handles.ts';
 import type { BackendEntry, ServiceEntry, WorkerToMain } from './messages.ts';
 import { encodeProxyV1, encodeProxyV2, parseProxyHeader } from './proxy-protocol.ts';
-import { CONNECT_DONE } from './relay.ts';
+import { CONNECT_DONE } from './transport.ts';
 import {
   ServiceRuntime, Session, ST_CONNECTED, ST_CONNECTING, ST_FREE, ST_HEADER, ST_QUEUED, type CloseRecord,
 } from './session.ts';

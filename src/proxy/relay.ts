@@ -25,6 +25,7 @@ import { createRequire } from 'node:module';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { formatIPv4, formatIPv6 } from '../config/address.ts';
+import { CONNECT_DONE } from './transport.ts';
 
 import {
   END_CLIENT, END_MOVED, END_SERVER, EV_ACCEPT, EV_ACCEPT_ERROR, EV_CLIENT_GONE, EV_CONNECT_FAILED, EV_CONNECTED, EV_ENDED, EV_FIELDS,
@@ -42,11 +43,8 @@ export {
 /** The relay's interface version (its functions and their arguments); relay.c's RELAY_VERSION. */
 export const RELAY_VERSION = 7;
 
-/**
- * connect()'s result when the backend's handshake completed within the call (loopback, a near
- * LAN): the session already relays, and no EV_CONNECTED follows. relay.c's CONNECT_DONE.
- */
-export const CONNECT_DONE = 1;
+/** Transport.connect's "connected within the call" (transport.ts); relay.c's CONNECT_DONE, checked against constants(). */
+export { CONNECT_DONE };
 
 export interface RelayBinding {
   init(stats: Float64Array, events: Int32Array, onEvents: (n: number) => void): void;

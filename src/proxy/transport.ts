@@ -35,6 +35,13 @@ import type { DataPath } from './core.ts';
 import { acceptRaw, type SockAddr, type TcpHandle } from './handles.ts';
 import type { ServiceRuntime, Session } from './session.ts';
 
+/**
+ * Transport.connect's result when the backend's handshake completed within the call (the relay on
+ * loopback or a near LAN): the session already moves bytes, and no `core.connected` follows — the
+ * core calls it itself. Part of the interface, so the session core names no transport.
+ */
+export const CONNECT_DONE = 1;
+
 /** What a listener tells the transport that accepts on it: the service its connections are for (worker.ts updates `rt` on a reload). */
 export interface ListenerRef {
   rt: ServiceRuntime;
@@ -52,7 +59,7 @@ export interface Transport {
   /**
    * Once per connect attempt: connects to the backend at ip:port and, once up, sends what the core
    * has for it first (`core.proxyHeader`, `s.pending`). 0 (the result follows as `core.connected`
-   * or `core.connectFailed`), CONNECT_DONE (relay.ts: connected within the call, with nothing to
+   * or `core.connectFailed`), CONNECT_DONE (connected within the call, with nothing to
    * send first; the core calls `connected` itself), or a negative errno if nothing was started.
    */
   connect(s: Session, ip: string, port: number, family: number): number;

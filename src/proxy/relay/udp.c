@@ -392,18 +392,8 @@ void udp_on_listener(Relay *r, uint32_t lid, int fd) {
     int64_t room = ((int64_t)(r->events_len / EV_FIELDS) - (2 * MAX_EVENTS + 1) - (int64_t)r->nev) / 2;
     if (room <= 0) return;
     uint32_t want = (int64_t)u->batch < room ? u->batch : (uint32_t)room;
-    for (uint32_t i = 0; i < want; i++) {
-      u->in_iov[i].iov_base = u->in_buf + (size_t)i * UDP_BUF;
-      u->in_iov[i].iov_len = UDP_BUF;
-      struct msghdr *m = &u->in[i].msg_hdr;
-      m->msg_name = &u->in_from[i];
-      m->msg_namelen = sizeof(Addr);
-      m->msg_iov = &u->in_iov[i];
-      m->msg_iovlen = 1;
-      m->msg_control = NULL;
-      m->msg_controllen = 0;
-      m->msg_flags = 0;
-    }
+    /* The headers point at fixed buffers (udpInit); the kernel rewrites only the address length. */
+    for (uint32_t i = 0; i < want; i++) u->in[i].msg_hdr.msg_namelen = sizeof(Addr);
     int n = recvmmsg(fd, u->in, want, MSG_DONTWAIT, NULL);
     if (n <= 0) return; /* EAGAIN; a service socket's other errors are per datagram sent (a client gone) */
     for (int i = 0; i < n; i++) {
@@ -571,6 +561,15 @@ napi_value js_udp_init(napi_env env, napi_callback_info info) {
     free(u->out_buf);
     free(u);
     return throw_msg(env, "relay: out of memory");
+  }
+  /* recvmmsg's headers, set once: datagram i lands in in_buf's slot i, its source in in_from[i]. */
+  for (uint32_t i = 0; i < UDP_MAX_BATCH; i++) {
+    u->in_iov[i].iov_base = u->in_buf + (size_t)i * UDP_BUF;
+    u->in_iov[i].iov_len = UDP_BUF;
+    struct msghdr *m = &u->in[i].msg_hdr;
+    m->msg_name = &u->in_from[i];
+    m->msg_iov = &u->in_iov[i];
+    m->msg_iovlen = 1; /* msg_control NULL and the rest 0: calloc */
   }
   u->f64 = mem;
   u->i32 = mem;

@@ -267,7 +267,6 @@ export async function startFulcrum(fileConfig: Config, options: StartOptions = {
             inForce: sequence.config,
             describe: () => balancer.describe(),
             health: () => health.describe(),
-            failoverRole: () => failover?.status().role ?? null,
           }),
           logger,
         });

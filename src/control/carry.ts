@@ -10,7 +10,9 @@
  * - health: each probed backend's state as the old one's dampener holds it, and the role a
  *   database check last saw, so no backend starts cold (down until probed, or up while it is down)
  *   and the first probes go through rise/fall instead of deciding alone.
- * - the failover role (src/failover): a master stays master.
+ *
+ * Not carried: the failover role and BGP routes — an upgrade of a config with `ha` or `bgp` is
+ * refused (src/main.ts) until their hand-over exists.
  *
  * Plain data (it crosses the IPC channel as JSON).
  */
@@ -34,8 +36,6 @@ export interface CarriedState {
   membership: { service: string; added: BackendConfig[]; removed: string[] }[];
   backends: CarriedBackend[];
   health: { service: string; address: string; state: 'up' | 'down'; pending: boolean; role?: RoleSeen }[];
-  /** The failover role when the old process had `ha` (master, backup…), else null. */
-  failover: { role: string } | null;
 }
 
 export interface CarryParts {
@@ -45,7 +45,6 @@ export interface CarryParts {
   inForce: Config;
   describe(): readonly ServiceDescription[];
   health(): readonly BackendHealth[];
-  failoverRole(): string | null;
 }
 
 const key = (b: BackendConfig): string => formatHostPort(b.address);
@@ -80,8 +79,7 @@ export function carryState(parts: CarryParts): CarriedState {
     }
   }
   const health = parts.health().map((h) => ({ service: h.service, address: h.address, state: h.state, pending: h.pending, ...(h.role ? { role: h.role } : {}) }));
-  const role = parts.failoverRole();
-  return { from_pid: process.pid, membership, backends, health, failover: role === null ? null : { role } };
+  return { from_pid: process.pid, membership, backends, health };
 }
 
 /** The new process's side: the file's config with the membership changed at run time applied again. */

@@ -581,7 +581,7 @@ napi_value js_udp_init(napi_env env, napi_callback_info info) {
   return NULL;
 }
 
-/* udpListen(ip, port, family, reusePort) → a UDP listener id, or a negative errno. */
+/* udpListen(ip, port, family, reusePort, adoptFd) → a UDP listener id, or a negative errno (adoptFd ≥ 0: a socket handed over, below). */
 napi_value js_udp_listen(napi_env env, napi_callback_info info) {
   Relay *r;
   struct sockaddr_storage ss;

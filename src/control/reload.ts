@@ -24,6 +24,7 @@
  */
 import { checkListens } from '../config/listen.ts';
 import { preflightFiles } from './preflight.ts';
+import { requireReloadCapabilities } from '../ops/capabilities.ts';
 import { loadConfigOffThread, resolveWorkers } from '../config/load.ts';
 import { formatHostPort, type Config } from '../config/schema.ts';
 import { ConfigInvalidError, FulcrumError } from '../errors.ts';
@@ -187,6 +188,7 @@ export class ReloadSequence {
     try {
       const next = await loadConfigOffThread(file);
       preflightFiles(next, file);
+      await requireReloadCapabilities(this.#config, next);
       loaded = true;
       const applied = await this.#applyNow(next, 'file');
       this.#fileConfig = next;

@@ -35,6 +35,8 @@ export interface CapabilityNeed {
   capability: Capability;
   /** What needs it, as the config names it: "services[web].listen 0.0.0.0:80", "ha (ip addr add 10.0.0.100/24)". */
   what: string;
+  /** A reload of the file can bring it into force (a service's or the admin API's listen address); `ha` and `bgp` wait for a restart. */
+  reloadable: boolean;
 }
 
 /** A process's capabilities as /proc/<pid>/status shows them. */
@@ -66,20 +68,20 @@ export function unprivilegedPortStart(): number {
 /** What `config` needs; `portStart` is net.ipv4.ip_unprivileged_port_start. */
 export function capabilityNeeds(config: Config, portStart: number): CapabilityNeed[] {
   const needs: CapabilityNeed[] = [];
-  const port = (what: string, listen: { host: string; port: number }): void => {
+  const port = (what: string, listen: { host: string; port: number }, reloadable: boolean): void => {
     if (listen.port > 0 && listen.port < portStart) {
-      needs.push({ capability: 'CAP_NET_BIND_SERVICE', what: `${what} ${formatHostPort(listen)} (ports below ${portStart})` });
+      needs.push({ capability: 'CAP_NET_BIND_SERVICE', what: `${what} ${formatHostPort(listen)} (ports below ${portStart})`, reloadable });
     }
   };
-  for (const s of config.services) port(`services[${s.name}].listen`, s.listen);
-  if (config.admin) port('admin.listen', config.admin.listen);
+  for (const s of config.services) port(`services[${s.name}].listen`, s.listen, true);
+  if (config.admin) port('admin.listen', config.admin.listen, true);
   if (config.ha) {
-    port('ha.bind', config.ha.bind);
+    port('ha.bind', config.ha.bind, false);
     const vips = config.ha.vip.map((v) => `${v.address}/${v.prefix}`).join(', ');
-    needs.push({ capability: 'CAP_NET_ADMIN', what: `ha (ip addr add ${vips} dev ${config.ha.interface})` });
-    needs.push({ capability: 'CAP_NET_RAW', what: `ha (arping, the gratuitous ARP for ${vips})` });
+    needs.push({ capability: 'CAP_NET_ADMIN', what: `ha (ip addr add ${vips} dev ${config.ha.interface})`, reloadable: false });
+    needs.push({ capability: 'CAP_NET_RAW', what: `ha (arping, the gratuitous ARP for ${vips})`, reloadable: false });
   }
-  if (config.bgp) needs.push({ capability: 'CAP_NET_ADMIN', what: `bgp (ip addr add ${config.bgp.vips.join(', ')} dev lo)` });
+  if (config.bgp) needs.push({ capability: 'CAP_NET_ADMIN', what: `bgp (ip addr add ${config.bgp.vips.join(', ')} dev lo)`, reloadable: false });
   return needs;
 }
 
@@ -146,7 +148,10 @@ export interface CheckOptions {
 
 /** What `config` needs and which of it this process lacks. */
 export async function checkCapabilities(config: Config, options: CheckOptions = {}): Promise<CapabilityReport> {
-  const needs = capabilityNeeds(config, options.portStart ?? unprivilegedPortStart());
+  return checkNeeds(capabilityNeeds(config, options.portStart ?? unprivilegedPortStart()), options);
+}
+
+async function checkNeeds(needs: CapabilityNeed[], options: CheckOptions): Promise<CapabilityReport> {
   const report: CapabilityReport = { needs, missing: [], uncertain: [] };
   if (needs.length === 0) return report;
   const self = options.self ?? parseStatus(readFileSync('/proc/self/status', 'utf8'));
@@ -172,6 +177,21 @@ export async function requireCapabilities(config: Config, options: CheckOptions 
   const report = await checkCapabilities(config, options);
   if (report.missing.length > 0) throw new CapabilityError(report.missing);
   return report;
+}
+
+/**
+ * A reload's check (src/control/reload.ts): what `next` brings into force that `prev` did not
+ * need (a new listen address below the unprivileged ports) and this process cannot do. Throws
+ * CapabilityError before anything is applied, so the running config keeps serving and the
+ * refusal names the capability instead of a bind's EACCES.
+ */
+export async function requireReloadCapabilities(prev: Config, next: Config, options: CheckOptions = {}): Promise<void> {
+  const portStart = options.portStart ?? unprivilegedPortStart();
+  const before = new Set(capabilityNeeds(prev, portStart).map((n) => n.what));
+  const added = capabilityNeeds(next, portStart).filter((n) => n.reloadable && !before.has(n.what));
+  if (added.length === 0) return;
+  const report = await checkNeeds(added, options);
+  if (report.missing.length > 0) throw new CapabilityError(report.missing);
 }
 
 /** The warning for capabilities only a file capability on the command could give. */

@@ -7,7 +7,7 @@ import { readFileSync } from 'node:fs';
 import { describe, expect, it } from 'vitest';
 import { parseConfig } from '../../src/config/load.ts';
 import {
-  CapabilityError, capabilityNeeds, checkCapabilities, childCapabilities, has, parseStatus, requireCapabilities, unprivilegedPortStart,
+  CapabilityError, capabilityNeeds, checkCapabilities, childCapabilities, has, parseStatus, requireCapabilities, requireReloadCapabilities, unprivilegedPortStart,
   type ProcessCapabilities,
 } from '../../src/ops/capabilities.ts';
 import { haveBinary, isRoot } from '../helpers/netns.ts';
@@ -46,23 +46,23 @@ const NONE: ProcessCapabilities = { effective: 0n, bounding: caps(10, 12, 13), n
 describe('capabilityNeeds', () => {
   it('asks CAP_NET_BIND_SERVICE for each port below ip_unprivileged_port_start, naming the setting and address', () => {
     expect(capabilityNeeds(config(), 1024)).toEqual([
-      { capability: 'CAP_NET_BIND_SERVICE', what: 'services[web].listen 127.0.0.1:80 (ports below 1024)' },
+      { capability: 'CAP_NET_BIND_SERVICE', what: 'services[web].listen 127.0.0.1:80 (ports below 1024)', reloadable: true },
     ]);
     // A sysctl that opens low ports to everyone: nothing needed.
     expect(capabilityNeeds(config(), 80)).toEqual([]);
     expect(capabilityNeeds(config(), 0)).toEqual([]);
     expect(capabilityNeeds(config('admin:\n  listen: 127.0.0.1:443\n', '127.0.0.1:8000'), 1024)).toEqual([
-      { capability: 'CAP_NET_BIND_SERVICE', what: 'admin.listen 127.0.0.1:443 (ports below 1024)' },
+      { capability: 'CAP_NET_BIND_SERVICE', what: 'admin.listen 127.0.0.1:443 (ports below 1024)', reloadable: true },
     ]);
   });
 
   it('asks CAP_NET_ADMIN and CAP_NET_RAW for ha, CAP_NET_ADMIN for bgp', () => {
     expect(capabilityNeeds(config(HA, '127.0.0.1:8000'), 1024)).toEqual([
-      { capability: 'CAP_NET_ADMIN', what: 'ha (ip addr add 10.0.0.100/24 dev eth0)' },
-      { capability: 'CAP_NET_RAW', what: 'ha (arping, the gratuitous ARP for 10.0.0.100/24)' },
+      { capability: 'CAP_NET_ADMIN', what: 'ha (ip addr add 10.0.0.100/24 dev eth0)', reloadable: false },
+      { capability: 'CAP_NET_RAW', what: 'ha (arping, the gratuitous ARP for 10.0.0.100/24)', reloadable: false },
     ]);
     expect(capabilityNeeds(config(BGP, '127.0.0.1:8000'), 1024)).toEqual([
-      { capability: 'CAP_NET_ADMIN', what: 'bgp (ip addr add 10.0.100.10 dev lo)' },
+      { capability: 'CAP_NET_ADMIN', what: 'bgp (ip addr add 10.0.100.10 dev lo)', reloadable: false },
     ]);
   });
 
@@ -104,7 +104,27 @@ describe('checkCapabilities', () => {
 
   it('says when ip cannot be run at all', async () => {
     const r = await checkCapabilities(config(BGP, '127.0.0.1:8000'), { self: FULL, ip: () => childCapabilities('/nonexistent/ip'), portStart: 1024 });
-    expect(r.missing).toEqual([{ capability: 'CAP_NET_ADMIN', what: 'bgp (ip addr add 10.0.100.10 dev lo); cannot run ip (ENOENT): install iproute2' }]);
+    expect(r.missing).toEqual([{ capability: 'CAP_NET_ADMIN', what: 'bgp (ip addr add 10.0.100.10 dev lo); cannot run ip (ENOENT): install iproute2', reloadable: false }]);
+  });
+});
+
+describe('requireReloadCapabilities', () => {
+  const noBind: ProcessCapabilities = { ...NONE, effective: caps(12, 13) };
+  it('refuses a reload that adds a listen port below 1024 without CAP_NET_BIND_SERVICE, naming it', async () => {
+    const err = await requireReloadCapabilities(config('', '127.0.0.1:8000'), config(), { self: noBind, portStart: 1024 }).catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(CapabilityError);
+    expect((err as CapabilityError).missing).toEqual([{ capability: 'CAP_NET_BIND_SERVICE', what: 'services[web].listen 127.0.0.1:80 (ports below 1024)', reloadable: true }]);
+    // With the capability: passes.
+    await requireReloadCapabilities(config('', '127.0.0.1:8000'), config(), { self: FULL, portStart: 1024 });
+  });
+
+  it('asks nothing of what is already in force, nor of ha or bgp (a reload does not bring them in: they wait for a restart)', async () => {
+    // The same low port as before: it is bound already (the capability may have been dropped since).
+    await requireReloadCapabilities(config(), config(), { self: NONE, portStart: 1024 });
+    // ha and bgp added: reported as needing a restart by the reload, checked at that restart.
+    const ip = async (): Promise<ProcessCapabilities> => { throw new Error('ip must not be probed'); };
+    await requireReloadCapabilities(config('', '127.0.0.1:8000'), config(HA, '127.0.0.1:8000'), { self: NONE, ip, portStart: 1024 });
+    await requireReloadCapabilities(config('', '127.0.0.1:8000'), config(BGP, '127.0.0.1:8000'), { self: NONE, ip, portStart: 1024 });
   });
 });
 

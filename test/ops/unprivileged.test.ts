@@ -8,6 +8,8 @@
  *
  * What nobody must read (the sources, node_modules, the build output, the config, the key) is a
  * hard-linked copy in a temporary directory: the checkout is neither changed nor assumed readable.
+ * A reload that adds a port below 1024 without CAP_NET_BIND_SERVICE is refused by name too, and
+ * the running config keeps serving.
  * Addresses: 10.77.0.0/24, inside the namespaces only.
  */
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
@@ -52,13 +54,13 @@ function copyRuntime(into: string): void {
  * `fulcrum run` in namespace n as nobody, holding `caps` (ambient; also the bounding set, and
  * no_new_privs, unless `open`: then the bounding set stays full, as for a user's login shell).
  */
-function runAsNobody(caps: string[], open = false, pathPrefix = ''): { child: ChildProcess; lines: Array<Record<string, unknown> & { level: number; msg: string }>; output: () => string; exited: Promise<number | null> } {
+function runAsNobody(caps: string[], open = false, pathPrefix = '', file = config): { child: ChildProcess; lines: Array<Record<string, unknown> & { level: number; msg: string }>; output: () => string; exited: Promise<number | null> } {
   const list = caps.map((c) => `+${c}`).join(',');
   const capArgs = caps.length > 0 ? [`--inh-caps=-all,${list}`, `--ambient-caps=${list}`] : ['--inh-caps=-all'];
   if (!open) capArgs.push(caps.length > 0 ? `--bounding-set=-all,${list}` : '--bounding-set=-all', '--no-new-privs');
   const child = lab.spawn('n', 'setpriv', [
     '--reuid=nobody', '--regid=nogroup', '--clear-groups', ...capArgs, '--',
-    join(dir, 'bin', 'fulcrum'), 'run', '--config', config,
+    join(dir, 'bin', 'fulcrum'), 'run', '--config', file,
   ], { env: { PATH: `${pathPrefix}/usr/sbin:/usr/bin:/sbin:/bin`, HOME: '/nonexistent' } });
   children.push(child);
   let output = '';
@@ -185,5 +187,42 @@ describe.skipIf(!available)('fulcrum as nobody with only the documented capabili
     run.child.kill('SIGTERM');
     expect(await run.exited).toBe(0);
     await waitFor(async () => !(await vipHeld()), 5000, 'the VIP released at stop');
+  });
+  it('refuses a reload that adds a port below 1024 without CAP_NET_BIND_SERVICE, naming it; the running config keeps serving', async () => {
+    const file = join(dir, 'reload.yaml');
+    const yaml = (extra: string): string => `
+workers: 1
+shutdown_grace: 1s
+logging: { level: info, connections: false }
+services:
+  - name: high
+    listen: ${SELF}:8080
+    backends:
+      - address: 127.0.0.1:9000
+${extra}`;
+    writeFileSync(file, yaml(''), { mode: 0o644 });
+    const run = runAsNobody([], false, '', file);
+    const ask = async (port: number): Promise<string> => (await lab.exec('peer', NODE, ['-e', `
+      const s = require('node:net').connect(${port}, '${SELF}', () => s.write('hi'));
+      let got = ''; s.on('data', (d) => (got += d)); s.on('close', () => { console.log(got); process.exit(0); });
+      s.on('error', (e) => { console.log('error ' + e.code); process.exit(0); });
+    `])).stdout.trim();
+    await waitFor(async () => (await ask(8080)) === 'echo hi', 20_000, `fulcrum serving on 8080 (it said: ${run.output()})`);
+    writeFileSync(file, yaml(`  - name: low
+    listen: ${SELF}:81
+    backends:
+      - address: 127.0.0.1:9000
+`), { mode: 0o644 });
+    run.child.kill('SIGHUP');
+    await waitFor(() => run.lines.some((l) => l.msg.startsWith('reload refused')), 10_000, `the refusal (fulcrum said: ${run.output()})`);
+    const refused = run.lines.find((l) => l.msg.startsWith('reload refused'))!;
+    expect(refused.code).toBe('FULCRUM_ERR_CAPABILITY');
+    expect(refused.msg).toContain(`CAP_NET_BIND_SERVICE: needed by services[low].listen ${SELF}:81 (ports below 1024)`);
+    // Nothing of the new config applied, the old one serves.
+    expect(await ask(81)).toBe('error ECONNREFUSED');
+    expect(await ask(8080)).toBe('echo hi');
+    expect(run.child.exitCode).toBeNull();
+    run.child.kill('SIGTERM');
+    expect(await run.exited).toBe(0);
   });
 });

@@ -84,7 +84,8 @@ export interface ServerTransport {
 
 const kListener = Symbol('fulcrum.listener');
 const kTransport = Symbol('fulcrum.transport');
-type Tagged = Server & { [kListener]: ListenerRef; [kTransport]: ServerTransport };
+const kAccepted = Symbol('fulcrum.accepted');
+type Tagged = Server & { [kListener]: ListenerRef; [kTransport]: ServerTransport; [kAccepted]: number };
 
 /**
  * Routes `server`'s connections to `t` as raw handles, for the service `ref` names (read per
@@ -94,12 +95,54 @@ export function acceptOn(server: Server, ref: ListenerRef, t: ServerTransport): 
   const tagged = server as Tagged;
   tagged[kListener] = ref;
   tagged[kTransport] = t;
+  tagged[kAccepted] = 0;
   acceptRaw(server, onConnection);
+}
+
+/** The most loop turns a closing Node listener drains for (the relay's drain_listener takes at most 4096 connections). */
+const DRAIN_TURNS_MAX = 4096;
+
+/**
+ * Closes a Node listener (the JavaScript path's) without resetting the connections the kernel has
+ * queued on it: drain before close, as the relay's drain_listener does (relay/handoff.c), for
+ * kernels or settings without net.ipv4.tcp_migrate_req. libuv takes one connection per poll of
+ * the listening fd (measured: 40 queued, one accepted per loop turn), so the close waits turn by
+ * turn (setImmediate: the next turn's poll does not block while an immediate is pending) until a
+ * turn accepted nothing — its poll found the queue empty. The first turn always waits: this call
+ * may come after this turn's poll. `accepted` counts the listener's connections (acceptedOn). The
+ * connections it takes are served as any other (their listener's `rt`). Connections arriving after
+ * the last poll are the kernel's: moved to another listener of the SO_REUSEPORT group with
+ * tcp_migrate_req=1, reset otherwise. Resolves once closed (accepting no more). Once per listener
+ * close (a reload removing or moving an address, a pause, a stop).
+ */
+export function closeAfterDrain(server: Server, accepted: () => number): Promise<void> {
+  return new Promise((resolve) => {
+    let seen = accepted();
+    let turns = 0;
+    const turn = (): void => {
+      const now = accepted();
+      if ((turns === 0 || now !== seen) && turns < DRAIN_TURNS_MAX) {
+        seen = now;
+        turns++;
+        setImmediate(turn);
+        return;
+      }
+      server.close();
+      resolve();
+    };
+    setImmediate(turn);
+  });
+}
+
+/** How many connections a server acceptOn routes has accepted (closeAfterDrain's count). */
+export function acceptedOn(server: Server): number {
+  return (server as Tagged)[kAccepted] ?? 0;
 }
 
 /** HOT: the listener handle's onconnection, once per accepted connection. */
 function onConnection(this: { owner: Server }, err: number, handle: TcpHandle | undefined): void {
   const server = this.owner as Tagged;
+  server[kAccepted]++; // an integer property of the server: no allocation
   const t = server[kTransport];
   const rt = server[kListener].rt;
   if (err !== 0 || handle === undefined) {

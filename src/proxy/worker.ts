@@ -24,7 +24,7 @@ import { JsTransport } from './transport-js.ts';
 import { RelayTransport } from './transport-relay.ts';
 import { RelayUdpTransport } from './transport-relay-udp.ts';
 import { UdpTransport, type DatagramListener, type DatagramTransport } from './transport-udp.ts';
-import { acceptOn, type ServerTransport } from './transport.ts';
+import { acceptedOn, acceptOn, closeAfterDrain, type ServerTransport } from './transport.ts';
 import { DescriptorGate } from './descriptors.ts';
 import { keepAliveOnServer, serverFd } from './handles.ts';
 
@@ -130,7 +130,8 @@ const acceptSwitch = {
     for (const l of listeners.values()) {
       if (l.lid >= 0) relay!.pauseListener(l.lid, true);
       if (l.server !== null) {
-        closeListener(l);
+        // At once, not drained: accepting what is queued would take the descriptors the reserve keeps.
+        closeListener(l, false);
         l.reserveClosed = true;
       }
     }
@@ -276,20 +277,28 @@ async function listenUdp(l: Listener, fd?: number): Promise<ListenProblem | null
   return null;
 }
 
-function closeListener(l: Listener): void {
+/** Resolves once the listener accepts no more (a Node listener drains first: one poll of the loop). */
+function closeListener(l: Listener, drain = true): Promise<void> {
   l.closes++;
+  let closed: Promise<void> = Promise.resolve();
   if (l.udp !== null) {
     udp.closeListener(l.udp);
     l.udp = null;
   }
   if (l.server !== null) {
-    l.server.close();
+    // Drained first (transport.ts closeAfterDrain): what the kernel queued on it is served, not reset.
+    if (drain) {
+      const server = l.server;
+      closed = closeAfterDrain(server, () => acceptedOn(server));
+    }
+    else l.server.close();
     l.server = null;
   }
   if (l.lid >= 0) {
     relay!.closeListener(l.lid);
     l.lid = -1;
   }
+  return closed;
 }
 
 /** Applies a whole service table: new listeners bound, removed ones closed, changed ones moved. */
@@ -342,10 +351,13 @@ async function applyServices(services: ServiceEntry[]): Promise<ListenProblem[]>
 }
 
 async function shutdown(grace: number, seq: number): Promise<void> {
+  const closing: Promise<void>[] = [];
   for (const l of listeners.values()) {
-    closeListener(l);
+    closing.push(closeListener(l));
     l.paused = true; // for good: the descriptor reserve's resume must not bind it again
   }
+  // What a Node listener had queued is accepted before it closes: those sessions count below.
+  await Promise.all(closing);
   core.beginShutdown();
   // Accepting no more: a retiring worker's pool goes on (its reload answers) once this is said.
   post({ type: 'ack', seq, errors: [] });
@@ -387,7 +399,7 @@ port.on('message', async (msg: MainToWorker) => {
       const l = listeners.get(msg.service);
       if (l !== undefined) {
         l.paused = true;
-        closeListener(l);
+        await closeListener(l);
       }
       post({ type: 'ack', seq: msg.seq, errors: [] });
       break;

@@ -96,7 +96,7 @@ export interface FailoverCarry {
   role: Role;
   /** The heartbeat's epoch and last counter: the next process's first heartbeat is counter + 1 in the same epoch. */
   sequence: HeartbeatSequence;
-  /** Wall clock (ms since the epoch) of the last heartbeat sent: the next process logs the gap to its first. */
+  /** Wall clock (ms since the epoch) of the last heartbeat sent, as it stamped it: the next process logs the gap to its first. */
   last_sent_at: number;
   peer: PeerView | null;
   master_advert_interval_ms: number;
@@ -197,9 +197,10 @@ export class Failover extends EventEmitter<FailoverEvents> {
     this.tickTimer = this.clock.setInterval(() => this.tick(), c.advert_interval);
     // The first heartbeat at once: for a carried role, the peer's master-down timer was last reset
     // by the old process's final one (abandon).
+    const firstAt = Date.now(); // the heartbeat's own timestamp, as the old one's last_sent_at
     void hb.send(this.fsm.current, this.fsm.priority).then(() => {
       if (carried === undefined) return;
-      const gap = Date.now() - carried.last_sent_at;
+      const gap = firstAt - carried.last_sent_at;
       this.log.info({ carried_from: carried.pid, role: this.fsm.current, heartbeat_gap_ms: gap, epoch: hb.epoch, counter: hb.sequence().counter },
         `failover continues as ${this.fsm.current} from pid ${carried.pid}: first heartbeat ${gap}ms after its last`);
     });
@@ -223,8 +224,8 @@ export class Failover extends EventEmitter<FailoverEvents> {
     // A VIP command under way finishes first: the role carried is the one it leaves.
     await this.actions;
     const hb = this.hb;
+    const lastSentAt = Date.now(); // the last heartbeat's own timestamp
     if (hb && this.fsm.current !== 'init') await hb.send(this.fsm.current, this.fsm.priority);
-    const lastSentAt = Date.now();
     const sequence = hb?.sequence() ?? { epoch: 0, counter: 0 };
     hb?.close();
     this.hb = null;

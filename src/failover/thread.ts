@@ -9,9 +9,10 @@
  * stop, reconfigure, settings, status(), the 'role' event). What crosses, by message:
  *  - main → thread: the count of backends up (read here every advert interval from the balancer,
  *    sent when it changes: ha.track.min_backends_up compares with it over there), a reload's ha
- *    section, the log level, stop, and the answer to each accept/stop request;
+ *    section, the log level, stop, and the answer to each accept/stop request; for `fulcrum
+ *    upgrade`, abandon / resume (the old process) and the carried failover (the new one);
  *  - thread → main: its log lines (written to this logger's destination, timestamps from the
- *    thread), role changes, its status (on each role change and four times an advert interval), and
+ *    thread), the answers to abandon / resume and 'waiting' for a carried failover, role changes, its status (on each role change and four times an advert interval), and
  *    "start / stop accepting on the VIP", which this side runs (pool.resumeService / pauseService)
  *    and answers when done, since the state machine's actions wait for it.
  * status() stays synchronous: the last status the thread sent, with the peer's advert age brought

@@ -5,11 +5,11 @@
 // master and holds the VIP, no new connection fails, every held connection keeps working through
 // the old process's grace. Then the backup's upgrade, and upgrades that fail before and after the
 // failover was handed over. Root only; skipped elsewhere.
-import { execFileSync } from 'node:child_process';
+import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
-import { waitFor } from '../helpers/net.ts';
-import { netnsAvailable, NODE, ROOT, sleep } from '../helpers/netns.ts';
+import { staysFalse, waitFor } from '../helpers/net.ts';
+import { alive, netnsAvailable, NODE, pidsIn, ROOT } from '../helpers/netns.ts';
 import { ADMIN_PORT, NODES, PairLab, VIP, type LogLine, type NodeName, type PairConfig } from './lab.ts';
 
 const HAVE_NETNS = netnsAvailable();
@@ -22,6 +22,7 @@ const PEER_MASTER_DOWN_MS = 3 * 100 + ((256 - NODES.lb2.priority) * 100) / 256;
 
 interface FailoverView {
   role: string;
+  peer: { role: string | null };
   transitions: number;
   failovers: number;
   dropped: Record<string, number>;
@@ -46,8 +47,7 @@ describe.skipIf(!HAVE_NETNS)('fulcrum upgrade of a failover pair in network name
   });
 
   function killNamespace(node: NodeName): void {
-    const out = execFileSync('ip', ['netns', 'pids', p.lab.ns(node)], { encoding: 'utf8' });
-    for (const pid of out.split('\n').filter(Boolean).map(Number)) {
+    for (const pid of pidsIn(p.lab.ns(node))) {
       try {
         process.kill(pid, 'SIGKILL');
       } catch { /* gone */ }
@@ -59,15 +59,6 @@ describe.skipIf(!HAVE_NETNS)('fulcrum upgrade of a failover pair in network name
     if (r.code !== 0) throw new Error(`${node}: GET /api/status failed: ${r.stderr}`);
     return JSON.parse(r.stdout) as { pid: number; failover: FailoverView };
   }
-
-  const alive = (pid: number): boolean => {
-    try {
-      process.kill(pid, 0);
-      return true;
-    } catch {
-      return false;
-    }
-  };
 
   /**
    * SIGUSR2 to `pid` (the fulcrum serving as `node`); resolves with the new process's pid and its
@@ -107,12 +98,38 @@ describe.skipIf(!HAVE_NETNS)('fulcrum upgrade of a failover pair in network name
     return failed!.msg;
   }
 
+  /** Role changes each node has logged once the pair settled: nothing may be added to them. */
+  const settled = { lb1: [] as string[], lb2: [] as string[] };
+  const roles = (node: NodeName): string[] => p.transitions(node).map((t) => `${t.from} → ${t.to}`);
+
   async function startPair(): Promise<void> {
     await p.start('lb1', CONFIG);
     await p.start('lb2', CONFIG);
     await p.waitRole('lb1', 'master', 5000);
     await p.waitRole('lb2', 'backup', 5000);
+    // Settled: lb2 has heard lb1 as master while backup (started together, lb2 may have been
+    // master for a moment before lb1's first advert reached it).
+    await waitFor(async () => (await status('lb2')).failover.peer.role === 'master' && p.role('lb2') === 'backup', 5000, 'lb2 to hear lb1 as master', 50);
     await p.waitServing(5000);
+    settled.lb1 = roles('lb1');
+    settled.lb2 = roles('lb2');
+  }
+
+  /**
+   * Over a second of heartbeats after an upgrade (or a failed one): no role change on either node,
+   * lb1 (`pid`) master with the VIP, lb2 backup without it, neither dropped a heartbeat as a
+   * replay, and clients are served through the VIP.
+   */
+  async function expectPairUnmoved(pid: number): Promise<void> {
+    await staysFalse(() => roles('lb1').length !== settled.lb1.length || roles('lb2').length !== settled.lb2.length, 1000, 'a role change');
+    const [a, b] = [await status('lb1'), await status('lb2')];
+    expect(a.pid).toBe(pid);
+    expect([a.failover.role, b.failover.role]).toEqual(['master', 'backup']);
+    expect([a.failover.dropped.replayed, b.failover.dropped.replayed]).toEqual([0, 0]);
+    expect([await p.holdsVip('lb1'), await p.holdsVip('lb2')]).toEqual([true, false]);
+    expect(roles('lb1')).toEqual(settled.lb1);
+    expect(roles('lb2')).toEqual(settled.lb2);
+    await p.waitServing(2000);
   }
 
   it('upgrading the master four times: it stays master with the VIP, the backup never moves, no connection fails', async () => {
@@ -135,7 +152,9 @@ describe.skipIf(!HAVE_NETNS)('fulcrum upgrade of a failover pair in network name
       expect(next.continued!.role).toBe('master');
       const gap = next.continued!.heartbeat_gap_ms as number;
       console.log(`upgrade ${i + 1}: pid ${pid} → ${next.pid}, heartbeat gap ${gap} ms (lb2 waits ${PEER_MASTER_DOWN_MS} ms)`);
-      expect(gap).toBeLessThan(PEER_MASTER_DOWN_MS / 2);
+      // lb2 would act only after its Master_Down_Interval; the gap is a few messages (a thread, the
+      // IPC channel, a thread): milliseconds on a quiet machine, so a quarter of it is a wide margin.
+      expect(gap).toBeLessThan(PEER_MASTER_DOWN_MS / 4);
       pid = next.pid;
       pids.push(pid);
       const s = await status('lb1');
@@ -157,11 +176,11 @@ describe.skipIf(!HAVE_NETNS)('fulcrum upgrade of a failover pair in network name
     expect(ends.filter((r) => !r.ok)).toEqual([]);
 
     // lb2: still backup, never a transition, never a heartbeat taken for a replay.
-    expect(p.transitions('lb2').map((t) => t.to)).toEqual(['backup']);
+    expect(roles('lb2')).toEqual(settled.lb2);
     const lb2 = await status('lb2');
     expect(lb2.failover.role).toBe('backup');
     expect(lb2.failover.transitions).toBe(lb2Before.failover.transitions);
-    expect(lb2.failover.failovers).toBe(0);
+    expect(lb2.failover.failovers).toBe(lb2Before.failover.failovers);
     expect(lb2.failover.dropped.replayed).toBe(0);
     expect(p.drops('lb2')).toEqual({});
     // lb1's heartbeat kept its epoch through every upgrade (one sequence, continued).
@@ -173,7 +192,7 @@ describe.skipIf(!HAVE_NETNS)('fulcrum upgrade of a failover pair in network name
     expect(results.length).toBeGreaterThan(1000);
     expect(failures).toEqual([]);
     // No role line on lb1 either after its start: the pair never moved.
-    expect(p.transitions('lb1').map((t) => t.to)).toEqual(['backup', 'master']);
+    expect(roles('lb1')).toEqual(settled.lb1);
     // Every old process exits once its held connections are gone.
     await waitFor(() => pids.slice(0, -1).every((x) => !alive(x)), 15_000, 'the old lb1 processes exit');
   }, 240_000);
@@ -190,7 +209,7 @@ describe.skipIf(!HAVE_NETNS)('fulcrum upgrade of a failover pair in network name
     expect(ends.filter((r) => !r.ok)).toEqual([]);
     // 12 s of a round every 100 ms or so: every connection echoed throughout.
     expect(Math.min(...ends.map((r) => r.echoes!))).toBeGreaterThan(50);
-    expect(p.transitions('lb2').map((t) => t.to)).toEqual(['backup']);
+    expect(roles('lb2')).toEqual(settled.lb2);
   }, 120_000);
 
   it('upgrading the backup: it stays backup, the master never moves', async () => {
@@ -198,38 +217,20 @@ describe.skipIf(!HAVE_NETNS)('fulcrum upgrade of a failover pair in network name
     const pid = p.running.get('lb2')!.child.pid!;
     const next = await upgrade('lb2', pid);
     expect(next.continued?.role).toBe('backup');
-    const s = await status('lb2');
-    expect(s.pid).toBe(next.pid);
-    expect(s.failover.role).toBe('backup');
-    // A while of heartbeats from the new backup: lb1 hears them and stays master.
-    await sleep(1000);
-    expect((await status('lb2')).failover.role).toBe('backup');
-    const lb1 = await status('lb1');
-    expect(lb1.failover.role).toBe('master');
-    expect(lb1.failover.dropped.replayed).toBe(0);
-    expect(p.transitions('lb1').map((t) => t.to)).toEqual(['backup', 'master']);
-    expect(p.transitions('lb2').map((t) => t.to)).toEqual(['backup']);
-    expect(await p.holdsVip('lb1')).toBe(true);
-    await p.waitServing(2000);
+    expect((await status('lb2')).pid).toBe(next.pid);
+    await expectPairUnmoved(p.running.get('lb1')!.child.pid!);
   }, 120_000);
 
   it('a failed upgrade of the master (a broken config): it stays master, the backup never moves', async () => {
     await startPair();
     const pid = p.running.get('lb1')!.child.pid!;
     const file = p.writeConfig('lb1', CONFIG);
-    const { writeFileSync } = await import('node:fs');
     writeFileSync(file, 'services: [\n');
     const reason = await failedUpgrade('lb1', pid);
     expect(reason).toMatch(/upgrade failed/);
     p.writeConfig('lb1', CONFIG);
-    await sleep(1000);
-    const s = await status('lb1');
-    expect(s.pid).toBe(pid);
-    expect(s.failover.role).toBe('master');
-    expect(await p.holdsVip('lb1')).toBe(true);
-    expect(p.transitions('lb2').map((t) => t.to)).toEqual(['backup']);
-    expect((await status('lb2')).failover.dropped.replayed).toBe(0);
-    await p.waitServing(2000);
+    expect(p.running.get('lb1')!.lines.some((l) => l.msg.startsWith('failover abandoned'))).toBe(false);
+    await expectPairUnmoved(pid);
   }, 120_000);
 
   it('an upgrade that fails after the failover was handed over: the old master resumes it, the backup never moves', async () => {
@@ -237,7 +238,6 @@ describe.skipIf(!HAVE_NETNS)('fulcrum upgrade of a failover pair in network name
     const pid = p.running.get('lb1')!.child.pid!;
     // The new process fails at its admin server (an address not on this host), after its failover started.
     const file = p.writeConfig('lb1', CONFIG);
-    const { readFileSync, writeFileSync } = await import('node:fs');
     writeFileSync(file, readFileSync(file, 'utf8').replace(`listen: ${NODES.lb1.lan}:${ADMIN_PORT}`, `listen: 203.0.113.9:${ADMIN_PORT}`));
     const lines = p.running.get('lb1')!.lines;
     const seen = lines.length;
@@ -245,13 +245,6 @@ describe.skipIf(!HAVE_NETNS)('fulcrum upgrade of a failover pair in network name
     p.writeConfig('lb1', CONFIG);
     expect(lines.slice(seen).some((l) => l.msg.startsWith('failover abandoned as master'))).toBe(true);
     await waitFor(() => lines.slice(seen).some((l) => l.msg.startsWith('failover resumed as master')), 5000, 'the old failover resumes');
-    await sleep(1000);
-    const s = await status('lb1');
-    expect(s.pid).toBe(pid);
-    expect(s.failover.role).toBe('master');
-    expect(await p.holdsVip('lb1')).toBe(true);
-    expect(p.transitions('lb2').map((t) => t.to)).toEqual(['backup']);
-    expect((await status('lb2')).failover.role).toBe('backup');
-    await p.waitServing(2000);
+    await expectPairUnmoved(pid);
   }, 120_000);
 });

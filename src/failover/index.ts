@@ -15,6 +15,7 @@ import type { FailoverEvents } from '../events.ts';
 import type { Logger } from '../observability/log.ts';
 import type { FAULT_KINDS } from '../observability/prom.ts';
 import { realClock, type Clock, type ClockTimer } from '../util/clock.ts';
+import { FulcrumError } from '../errors.ts';
 import { HaAddressError } from './errors.ts';
 import { FailoverFsm, ipv4ToInt, masterDownInterval, vipRetryDelay, type Action, type PeerView, type Role, type Step, type VipFailure } from './fsm.ts';
 import { Heartbeat, readSecret, staleWindowMs, DROP_REASONS, type Advert, type DropReason, type HeartbeatSequence } from './heartbeat.ts';
@@ -101,6 +102,13 @@ export interface FailoverCarry {
   peer: PeerView | null;
   master_advert_interval_ms: number;
   vip_failures: number;
+  /** The pair's identity it ran with (pairIdentity): the next process continues only the same pair. */
+  identity: string;
+}
+
+/** ha's VIPs, interface, heartbeat address and peer, in words: what a carried failover must match. */
+export function pairIdentity(c: HaConfig): string {
+  return `vip ${c.vip.map((v) => `${v.address}/${v.prefix}`).join(',')} on ${c.interface}, bind ${formatHostPort(c.bind)}, peer ${formatHostPort(c.peer)}`;
 }
 
 /** What put an instance in fault: the VIP (a failed `ip addr add` or `arping`), or the track. */
@@ -174,6 +182,10 @@ export class Failover extends EventEmitter<FailoverEvents> {
    */
   async start(carried?: FailoverCarry): Promise<void> {
     const c = this.config;
+    // Another VIP or another peer is another pair: what the old process held is not this one's to continue.
+    if (carried && carried.identity !== pairIdentity(c)) {
+      throw new FulcrumError('FULCRUM_ERR_UPGRADE', `ha: the failover cannot be handed over to a different pair (${carried.identity} → ${pairIdentity(c)}); restart instead`);
+    }
     const hb = await this.bindHeartbeat(carried?.sequence);
     if (carried?.role !== 'master') {
       await this.applyAccepting(false);
@@ -234,6 +246,7 @@ export class Failover extends EventEmitter<FailoverEvents> {
     return {
       pid: process.pid, role: f.current, sequence, last_sent_at: lastSentAt,
       peer: f.peer === null ? null : { ...f.peer }, master_advert_interval_ms: f.masterAdvertIntervalMs, vip_failures: f.vipFailures,
+      identity: pairIdentity(this.config),
     };
   }
 

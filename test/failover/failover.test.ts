@@ -209,6 +209,9 @@ describe('Failover (loopback)', () => {
     // The abandoned instance's stop releases nothing (no priority 0, the VIP stays, still accepting).
     await a.f.stop();
     expect(a.accepting).toEqual([false, true]);
+    // Another pair (here another VIP) does not continue it: the upgrade fails, the old one resumes.
+    const other = make(1);
+    await expect(other.f.start({ ...carry, identity: carry.identity.replace('198.51.100.200', '198.51.100.201') })).rejects.toMatchObject({ code: 'FULCRUM_ERR_UPGRADE', message: expect.stringMatching(/different pair/) });
     const next = make(1);
     await next.f.start(carry);
     const s = next.f.status();

@@ -120,10 +120,12 @@ export async function startUpgrade(source: UpgradeSource, options: { timeoutMs?:
   const onHaRequest = (msg: ToOld): void => {
     if (msg?.type !== 'fulcrum-ha-request' || abandoning !== null) return;
     const failover = source.failover;
+    // Settles with the abandon (bounded: FailoverThread.abandon's wait), not with the send: a new
+    // process gone meanwhile is `outcome`'s to report.
     abandoning = (failover ? failover.abandon() : Promise.reject(new Error('this fulcrum runs no failover'))).then(
-      (ha) => send(child, { type: 'fulcrum-ha', ha }),
-      (err: Error) => send(child, { type: 'fulcrum-ha-refused', reason: `the failover could not be handed over: ${err.message}` }),
-    ).catch(() => undefined); // a new process gone meanwhile: `outcome` says so
+      (ha) => void send(child, { type: 'fulcrum-ha', ha }).catch(() => undefined),
+      (err: Error) => void send(child, { type: 'fulcrum-ha-refused', reason: `the failover could not be handed over: ${err.message}` }).catch(() => undefined),
+    );
   };
   child.on('message', onHaRequest);
   // Sent in order; not awaited as such: a new process that dies takes its pending messages with it

@@ -12,7 +12,8 @@
  *    section, the log level, stop, and the answer to each accept/stop request; for `fulcrum
  *    upgrade`, abandon / resume (the old process) and the carried failover (the new one);
  *  - thread → main: its log lines (written to this logger's destination, timestamps from the
- *    thread), the answers to abandon / resume and 'waiting' for a carried failover, role changes, its status (on each role change and four times an advert interval), and
+ *    thread), role changes, its status (on each role change and four times an advert interval),
+ *    'waiting' for a carried failover and the answers to abandon / resume, and
  *    "start / stop accepting on the VIP", which this side runs (pool.resumeService / pauseService)
  *    and answers when done, since the state machine's actions wait for it.
  * status() stays synchronous: the last status the thread sent, with the peer's advert age brought
@@ -22,7 +23,8 @@
  * watchdog ends it): the VIP must not stay on this host without heartbeats. This side logs it,
  * reports the role change to init, stops accepting, removes the VIP with the same commands (`ip
  * addr del`), and starts a new thread after a backoff (as keepalived restarts its VRRP child);
- * the new one starts as backup like a fresh process.
+ * the new one starts as backup like a fresh process. Not once the failover was abandoned to the
+ * process an upgrade started (abandon): the VIP is that one's, and this thread's end releases nothing.
  */
 import { EventEmitter } from 'node:events';
 import { Worker } from 'node:worker_threads';

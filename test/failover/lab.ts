@@ -157,11 +157,12 @@ ${c.extraPort ? `  - name: web2\n    listen: ${VIP}:${c.extraPort}\n    backends
 
   /**
    * Starts `bin/fulcrum run --config …` in the node's namespace; resolves once its failover runs.
-   * `pathPrefix`: a directory searched first for the commands fulcrum runs (`ip`, `arping`).
+   * `pathPrefix`: a directory searched first for the commands fulcrum runs (`ip`, `arping`);
+   * `env`: more of fulcrum's environment (FULCRUM_RELAY=off: the JavaScript data path).
    */
-  async start(node: NodeName, c: PairConfig = {}, opts: { pathPrefix?: string } = {}): Promise<Running> {
+  async start(node: NodeName, c: PairConfig = {}, opts: { pathPrefix?: string; env?: NodeJS.ProcessEnv } = {}): Promise<Running> {
     const file = this.writeConfig(node, c);
-    const env = opts.pathPrefix ? { ...process.env, PATH: `${opts.pathPrefix}:${process.env.PATH ?? ''}` } : undefined;
+    const env = opts.pathPrefix || opts.env ? { ...process.env, ...opts.env, ...(opts.pathPrefix ? { PATH: `${opts.pathPrefix}:${process.env.PATH ?? ''}` } : {}) } : undefined;
     const child = this.lab.spawn(node, join(ROOT, 'bin/fulcrum'), ['run', '--config', file], env ? { env } : {});
     const lines = collectJsonLines<LogLine>(child);
     const exited = new Promise<number | null>((r) => child.once('exit', (code) => r(code)));

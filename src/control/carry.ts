@@ -11,14 +11,22 @@
  *   database check last saw, so no backend starts cold (down until probed, or up while it is down)
  *   and the first probes go through rise/fall instead of deciding alone.
  *
- * Not carried: the failover role and BGP routes — an upgrade of a config with `ha` or `bgp` is
- * refused (src/main.ts) until their hand-over exists.
+ * - failover (config.ha): the role the old one had when it handed the sockets (`ha_role`: a
+ *   master's successor adopts the listeners on the VIP instead of starting them paused), then,
+ *   once the new one is ready to run it, the failover itself (`ha`, src/failover/index.ts
+ *   FailoverCarry: role, heartbeat epoch and counter, peer): the old one abandons it (silent, no
+ *   priority 0, VIP left in place) and the new one continues it (./upgrade.ts says when).
+ *
+ * Not carried: BGP routes — an upgrade of a config with `bgp` is refused (src/main.ts) until
+ * their hand-over exists.
  *
  * Plain data (it crosses the IPC channel as JSON).
  */
 import { formatHostPort, type BackendConfig, type Config } from '../config/schema.ts';
 import type { AdminState, ServiceDescription } from '../balancer/balancer.ts';
 import type { BackendHealth, RoleSeen } from '../health/monitor.ts';
+import type { FailoverCarry } from '../failover/index.ts';
+import type { Role } from '../failover/fsm.ts';
 
 export interface CarriedBackend {
   service: string;
@@ -36,6 +44,10 @@ export interface CarriedState {
   membership: { service: string; added: BackendConfig[]; removed: string[] }[];
   backends: CarriedBackend[];
   health: { service: string; address: string; state: 'up' | 'down'; pending: boolean; role?: RoleSeen }[];
+  /** The failover's role when the sockets were handed (config.ha); what the listeners on the VIP start as. */
+  ha_role?: Role;
+  /** The failover itself, set in the new process when the old one abandons it (Handover.takeFailover). */
+  ha?: FailoverCarry;
 }
 
 export interface CarryParts {
@@ -45,6 +57,8 @@ export interface CarryParts {
   inForce: Config;
   describe(): readonly ServiceDescription[];
   health(): readonly BackendHealth[];
+  /** The failover's role now, when config.ha is set. */
+  haRole?: () => Role;
 }
 
 const key = (b: BackendConfig): string => formatHostPort(b.address);
@@ -79,7 +93,7 @@ export function carryState(parts: CarryParts): CarriedState {
     }
   }
   const health = parts.health().map((h) => ({ service: h.service, address: h.address, state: h.state, pending: h.pending, ...(h.role ? { role: h.role } : {}) }));
-  return { from_pid: process.pid, membership, backends, health };
+  return { from_pid: process.pid, membership, backends, health, ...(parts.haRole ? { ha_role: parts.haRole() } : {}) };
 }
 
 /** The new process's side: the file's config with the membership changed at run time applied again. */

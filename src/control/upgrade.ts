@@ -11,12 +11,24 @@
  *                                                    workers adopt the sockets (same socket, same
  *                                                    queue), extra workers bind their own
  *                                                    (SO_REUSEPORT), first health round
+ *                                               ◀─── with `ha`: its failover thread loaded, it asks
+ *   abandon the failover: one last heartbeat,        for the failover (fulcrum-ha-request)
+ *   then silent (no priority 0, VIP kept)  ───────▶ its failover continues: same role, heartbeat
+ *                                                    epoch, next counter; first heartbeat at once
  *   stop accepting, drain up to shutdown_grace ◀─── ready
  *   exit, without resigning the pair or withdrawing routes (main.ts stop, `handover`)
  *
+ * The failover moves last and in one step so the pair sees no gap and no second sender: the old
+ * one's last heartbeat and the new one's first are a few messages apart (a thread, this channel,
+ * a thread: milliseconds; the new thread was started before it asked), far inside the peer's
+ * Master_Down_Interval (dead_after × advert_interval + skew), and the new counter follows the last
+ * one the peer accepted. If the upgrade fails after that, the old failover resumes (a fresh epoch:
+ * the peer takes it for a restart, and nothing of the failed process's sequence can shadow it).
+ *
  * If the new process fails first (a broken config, a crash, no `ready` within READY_TIMEOUT_MS),
  * the old one keeps serving and the caller gets the reason (UpgradeError): nothing of the old was
- * touched, since both hold the same sockets and the new one's copies close with it.
+ * touched, since both hold the same sockets and the new one's copies close with it; a failover it
+ * had abandoned resumes once the new process is gone.
  *
  * How the descriptors travel: Node's IPC channel (the 'ipc' stdio of child_process.spawn) sends
  * a handle with SCM_RIGHTS (libuv's uv_write2), the only way Node itself has to pass an fd to
@@ -36,6 +48,7 @@ import type { Server } from 'node:net';
 import { FulcrumError } from '../errors.ts';
 import type { Logger } from '../observability/log.ts';
 import type { HandedListener } from '../proxy/messages.ts';
+import type { FailoverCarry } from '../failover/index.ts';
 import type { CarriedState } from './carry.ts';
 
 /** Set in the new process's environment to the old one's pid: `fulcrum run` then waits for the hand-over first. */
@@ -65,8 +78,10 @@ type ToNew =
   | { type: 'fulcrum-listener'; worker: number; listener: HandedListener }
   | { type: 'fulcrum-admin-listener' }
   | { type: 'fulcrum-state'; state: CarriedState }
-  | { type: 'fulcrum-handover-done' };
-type ToOld = { type: 'fulcrum-ready'; pid: number } | { type: 'fulcrum-failed'; reason: string };
+  | { type: 'fulcrum-handover-done' }
+  | { type: 'fulcrum-ha'; ha: FailoverCarry }
+  | { type: 'fulcrum-ha-refused'; reason: string };
+type ToOld = { type: 'fulcrum-ready'; pid: number } | { type: 'fulcrum-failed'; reason: string } | { type: 'fulcrum-ha-request' };
 
 /** What the old process gives for an upgrade. */
 export interface UpgradeSource {
@@ -75,6 +90,8 @@ export interface UpgradeSource {
   /** The admin server's listening socket, if there is one (its libuv handle). */
   adminHandle(): object | undefined;
   state(): CarriedState;
+  /** The failover (config.ha): abandoned when the new process asks for it, resumed if the upgrade fails after. */
+  failover?: { abandon(): Promise<FailoverCarry>; resume(): Promise<void> };
   logger: Logger;
 }
 
@@ -98,6 +115,19 @@ export async function startUpgrade(source: UpgradeSource, options: { timeoutMs?:
   // Awaited below, after the hand-over; a new process that dies during it rejects this first,
   // which must not count as unhandled (that would end this process, the one that keeps serving).
   outcome.catch(() => undefined);
+  // The failover, when the new one asks (its thread is loaded by then): abandoned here, continued there.
+  let abandoning: Promise<unknown> | null = null;
+  const onHaRequest = (msg: ToOld): void => {
+    if (msg?.type !== 'fulcrum-ha-request' || abandoning !== null) return;
+    const failover = source.failover;
+    // Settles with the abandon (bounded: FailoverThread.abandon's wait), not with the send: a new
+    // process gone meanwhile is `outcome`'s to report.
+    abandoning = (failover ? failover.abandon() : Promise.reject(new Error('this fulcrum runs no failover'))).then(
+      (ha) => void send(child, { type: 'fulcrum-ha', ha }).catch(() => undefined),
+      (err: Error) => void send(child, { type: 'fulcrum-ha-refused', reason: `the failover could not be handed over: ${err.message}` }).catch(() => undefined),
+    );
+  };
+  child.on('message', onHaRequest);
   // Sent in order; not awaited as such: a new process that dies takes its pending messages with it
   // (their callbacks never run), and `outcome` says so.
   void (async () => {
@@ -124,8 +154,14 @@ export async function startUpgrade(source: UpgradeSource, options: { timeoutMs?:
     return { pid };
   } catch (err) {
     log.error({ pid: child.pid, reason: (err as Error).message }, `upgrade failed, this fulcrum keeps serving: ${(err as Error).message}`);
+    // The new process is gone (waitForReady made sure): a failover it was given runs here again.
+    if (abandoning !== null) {
+      await abandoning;
+      await source.failover?.resume().catch((e: Error) => log.error({ err: e.message }, `upgrade failed and the failover did not resume: ${e.message}`));
+    }
     throw err;
   } finally {
+    child.off('message', onHaRequest);
     // The new one runs on its own from here: no channel, nothing of it keeps this process alive.
     if (child.connected) child.disconnect();
     child.unref();
@@ -184,6 +220,11 @@ export interface Handover {
   /** The admin server's listening socket (a libuv handle for server.listen), if one was handed. */
   admin: object | undefined;
   state: CarriedState;
+  /**
+   * Asks the old process for its failover (it abandons it) and resolves with what this one
+   * continues from (also kept as state.ha); rejects with the reason it was not handed over.
+   */
+  takeFailover(): Promise<FailoverCarry>;
   /** Closes the handed sockets no worker adopted (`inUse`: the fds the workers listen on now). */
   closeUnused(inUse: Set<number>): number;
 }
@@ -210,6 +251,11 @@ export function receiveHandover(fromPid: number, timeoutMs = READY_TIMEOUT_MS): 
       if (err !== null) return reject(err);
       resolve({
         fromPid, listeners, admin, state: state!,
+        async takeFailover() {
+          const ha = await requestFailover(fromPid, timeoutMs);
+          state!.ha = ha;
+          return ha;
+        },
         closeUnused(inUse) {
           let closed = 0;
           for (const [fd, handle] of handles) {
@@ -247,6 +293,28 @@ export function receiveHandover(fromPid: number, timeoutMs = READY_TIMEOUT_MS): 
     const timer = setTimeout(() => finish(new UpgradeError(`no hand-over from the old fulcrum (pid ${fromPid}) within ${timeoutMs} ms`)), timeoutMs);
     process.on('message', onMessage);
     process.once('disconnect', onDisconnect);
+  });
+}
+
+/** The old process's failover, asked for once this one's failover thread waits for it. */
+function requestFailover(fromPid: number, timeoutMs: number): Promise<FailoverCarry> {
+  return new Promise((resolve, reject) => {
+    const finish = (err: Error | null, ha?: FailoverCarry): void => {
+      clearTimeout(timer);
+      process.off('message', onMessage);
+      process.off('disconnect', onDisconnect);
+      if (err !== null) reject(err);
+      else resolve(ha!);
+    };
+    const onMessage = (msg: ToNew): void => {
+      if (msg?.type === 'fulcrum-ha') finish(null, msg.ha);
+      else if (msg?.type === 'fulcrum-ha-refused') finish(new UpgradeError(msg.reason));
+    };
+    const onDisconnect = (): void => finish(new UpgradeError(`the old fulcrum (pid ${fromPid}) closed the channel before it handed over its failover`));
+    const timer = setTimeout(() => finish(new UpgradeError(`the old fulcrum (pid ${fromPid}) did not hand over its failover within ${timeoutMs} ms`)), timeoutMs);
+    process.on('message', onMessage);
+    process.once('disconnect', onDisconnect);
+    process.send?.({ type: 'fulcrum-ha-request' } satisfies ToOld);
   });
 }
 

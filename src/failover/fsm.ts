@@ -104,6 +104,14 @@ export interface PeerView {
   alive: boolean;
 }
 
+/** What a state machine continues from (continueFrom): the role and what it had learnt. */
+export interface FsmCarry {
+  role: Role;
+  peer: PeerView | null;
+  masterAdvertIntervalMs: number;
+  vipFailures: number;
+}
+
 /**
  * Skew_Time (§6.1): (256 − Priority) × Master_Adver_Interval / 256. A higher priority waits less,
  * so when both instances start together the higher one's timer fires first.
@@ -161,6 +169,15 @@ export class FailoverFsm {
 
   start(): Step | null {
     return this.current === 'init' ? this.initOnStart() : null;
+  }
+
+  /**
+   * Start where another process left off (`fulcrum upgrade`: its failover was abandoned, not
+   * stopped): in its role, knowing its peer. Not a role change for the pair: the step goes from
+   * init, and the driver does not count it as a transition.
+   */
+  continueFrom(c: FsmCarry): Step | null {
+    return this.current === 'init' ? this.initOnCarried(c) : null;
   }
 
   advert(a: PeerAdvert): Step | null {
@@ -269,6 +286,30 @@ export class FailoverFsm {
   private initOnStart(): Step {
     if (!this.trackPassing) return this.go('fault', 'fault', `track failed at start: ${this.trackCause}`, 'initOnStart', []);
     return this.go('backup', 'backup', 'started', 'initOnStart', [{ type: 'armMasterDown', ms: this.masterDownMs() }]);
+  }
+
+  /**
+   * A master stays master: the VIP is verified (`ip addr add` of an address already there is no
+   * error) and the listeners on it accept at once; the driver's first heartbeat goes out as it
+   * starts, before these run. No gratuitous ARP: the address and its MAC did not move. A backup stays backup, with a whole
+   * Master_Down_Interval before it would take over. Fault or init start as a fresh process does
+   * (neither holds the VIP).
+   */
+  private initOnCarried(c: FsmCarry): Step {
+    this.peer = c.peer === null ? null : { ...c.peer };
+    this.masterAdvertIntervalMs = c.masterAdvertIntervalMs;
+    this.vipFailures = c.vipFailures;
+    if (c.role === 'master') {
+      // A failing track (checked before this) waits for a ready peer, as masterOnTrackFail does.
+      return this.go('master', this.trackPassing ? 'master' : 'fault', 'carried over (upgrade)', 'initOnCarried', [
+        { type: 'addVip' },
+        { type: 'startAccepting' },
+      ]);
+    }
+    if (c.role === 'backup' && this.trackPassing) {
+      return this.go('backup', 'backup', 'carried over (upgrade)', 'initOnCarried', [{ type: 'armMasterDown', ms: this.masterDownMs() }]);
+    }
+    return this.initOnStart();
   }
 
   // ── backup ──────────────────────────────────────────────────────────────────────────────────

@@ -11,7 +11,8 @@
  *
  *  - magic "FLCR", version 1; role is the sender's state (1 init, 2 backup, 3 master, 4 fault);
  *    prio 0–254 (0 = a master resigning); flags reserved (0).
- *  - sequence = (epoch, counter): epoch is random per process start, counter starts at 1 and only
+ *  - sequence = (epoch, counter): epoch is random per process start (a process started by
+ *    `fulcrum upgrade` goes on with its predecessor's epoch and counter), counter starts at 1 and only
  *    grows, so a receiver rejects any packet whose counter is not greater than the last one it
  *    accepted in that epoch (replay), and remembers epochs it has moved away from.
  *  - timestamp is the sender's wall clock (Date.now()); see `staleWindowMs` for the window.
@@ -185,6 +186,18 @@ export interface HeartbeatOptions {
   logger: Logger;
   /** Wall clock (for timestamps); tests may shift it to play a skewed peer. */
   now?: () => number;
+  /**
+   * Go on with another process's sequence (`fulcrum upgrade`): its epoch, and the last counter it
+   * sent; the next heartbeat carries counter + 1, which the peer's ReplayGuard accepts in the same
+   * epoch. Without it: a new random epoch, as every start (the peer takes it for a restart).
+   */
+  sequence?: HeartbeatSequence;
+}
+
+/** Where a heartbeat's sequence stands: its epoch and the last counter sent (0: none yet). */
+export interface HeartbeatSequence {
+  epoch: number;
+  counter: number;
 }
 
 export interface HeartbeatEvents {
@@ -214,7 +227,8 @@ export class Heartbeat extends EventEmitter<HeartbeatEvents> {
     this.opts = opts;
     this.log = opts.logger;
     this.now = opts.now ?? Date.now;
-    this.epoch = randomBytes(4).readUInt32BE(0);
+    this.epoch = opts.sequence?.epoch ?? randomBytes(4).readUInt32BE(0);
+    this.counter = opts.sequence?.counter ?? 0;
     this.dropped = Object.fromEntries(DROP_REASONS.map((r) => [r, 0])) as Record<DropReason, number>;
   }
 
@@ -239,6 +253,11 @@ export class Heartbeat extends EventEmitter<HeartbeatEvents> {
     socket.on('error', (err) => this.log.warn({ err: err.message }, 'heartbeat socket error'));
     socket.on('message', (msg, rinfo) => this.onMessage(msg, rinfo));
     this.socket = socket;
+  }
+
+  /** The epoch and the last counter sent: what a process that takes over this heartbeat goes on from. */
+  sequence(): HeartbeatSequence {
+    return { epoch: this.epoch, counter: this.counter };
   }
 
   /** The port actually bound (ha.bind may say 0 in tests). */

@@ -15,9 +15,10 @@ import type { FailoverEvents } from '../events.ts';
 import type { Logger } from '../observability/log.ts';
 import type { FAULT_KINDS } from '../observability/prom.ts';
 import { realClock, type Clock, type ClockTimer } from '../util/clock.ts';
+import { FulcrumError } from '../errors.ts';
 import { HaAddressError } from './errors.ts';
-import { FailoverFsm, ipv4ToInt, masterDownInterval, type Action, type Role, type Step, type VipFailure } from './fsm.ts';
-import { Heartbeat, readSecret, staleWindowMs, DROP_REASONS, type Advert, type DropReason } from './heartbeat.ts';
+import { FailoverFsm, ipv4ToInt, masterDownInterval, vipRetryDelay, type Action, type PeerView, type Role, type Step, type VipFailure } from './fsm.ts';
+import { Heartbeat, readSecret, staleWindowMs, DROP_REASONS, type Advert, type DropReason, type HeartbeatSequence } from './heartbeat.ts';
 import type { VipCommandError } from './errors.ts';
 import { VipManager } from './vip.ts';
 
@@ -86,6 +87,30 @@ export interface FailoverStatus {
   vip_failures: number;
 }
 
+/**
+ * What an abandoned failover hands to the next process (`fulcrum upgrade`, src/control/carry.ts's
+ * `ha`): plain data, it crosses a thread and the IPC channel as JSON.
+ */
+export interface FailoverCarry {
+  /** The process that abandoned it. */
+  pid: number;
+  role: Role;
+  /** The heartbeat's epoch and last counter: the next process's first heartbeat is counter + 1 in the same epoch. */
+  sequence: HeartbeatSequence;
+  /** Wall clock (ms since the epoch) of the last heartbeat sent, as it stamped it: the next process logs the gap to its first. */
+  last_sent_at: number;
+  peer: PeerView | null;
+  master_advert_interval_ms: number;
+  vip_failures: number;
+  /** The pair's identity it ran with (pairIdentity): the next process continues only the same pair. */
+  identity: string;
+}
+
+/** ha's VIPs, interface, heartbeat address and peer, in words: what a carried failover must match. */
+export function pairIdentity(c: HaConfig): string {
+  return `vip ${c.vip.map((v) => `${v.address}/${v.prefix}`).join(',')} on ${c.interface}, bind ${formatHostPort(c.bind)}, peer ${formatHostPort(c.peer)}`;
+}
+
 /** What put an instance in fault: the VIP (a failed `ip addr add` or `arping`), or the track. */
 export type FaultKind = (typeof FAULT_KINDS)[number];
 
@@ -120,6 +145,8 @@ export class Failover extends EventEmitter<FailoverEvents> {
   private lastBackendsUp: number | null = null;
   private lastOperstate: string | null = null;
   private stopped = false;
+  /** Handed to the next process (abandon): silent, deaf, and nothing it decides is run. */
+  private abandoned = false;
 
   constructor(opts: FailoverOptions) {
     super();
@@ -148,29 +175,109 @@ export class Failover extends EventEmitter<FailoverEvents> {
    * Reads the secret, binds the heartbeat, releases a VIP a previous run may have left behind
    * (kill -9 leaves the address on the interface), stops the listeners, then starts as backup
    * (or fault, if the track fails). Throws FulcrumErrors for a bad secret or an unbindable address.
+   *
+   * `carried` (`fulcrum upgrade`): goes on from the old process's abandoned failover instead — its
+   * heartbeat sequence, its role (a master keeps the VIP and its listeners: nothing is released
+   * first), its peer (FailoverFsm.continueFrom).
    */
-  async start(): Promise<void> {
+  async start(carried?: FailoverCarry): Promise<void> {
     const c = this.config;
-    const key = readSecret(c.secret_file);
-    const hb = new Heartbeat({
-      bind: c.bind, peer: c.peer, bindAddress: this.bindAddress, peerAddress: this.peerAddress, key,
-      advertIntervalMs: c.advert_interval, staleWindowMs: staleWindowMs(c.dead_after, c.advert_interval, c.max_clock_skew),
-      logger: this.log,
-    });
-    await hb.start();
-    this.hb = hb;
-    hb.on('advert', (a) => this.onAdvert(a));
-    await this.applyAccepting(false);
-    await this.vip.remove();
+    // Another VIP or another peer is another pair: what the old process held is not this one's to continue.
+    if (carried && carried.identity !== pairIdentity(c)) {
+      throw new FulcrumError('FULCRUM_ERR_UPGRADE', `ha: the failover cannot be handed over to a different pair (${carried.identity} → ${pairIdentity(c)}); restart instead`);
+    }
+    const hb = await this.bindHeartbeat(carried?.sequence);
+    if (carried?.role !== 'master') {
+      await this.applyAccepting(false);
+      await this.vip.remove();
+    }
     this.checkTrack();
     this.log.info({
       priority: c.priority, vips: c.vip.map((v) => `${v.address}/${v.prefix}`), interface: c.interface,
       bind: formatHostPort(c.bind), peer: formatHostPort(c.peer), advert_interval_ms: c.advert_interval,
       dead_after: c.dead_after, preempt: c.preempt, epoch: hb.epoch,
+      ...(carried ? { carried_from: carried.pid, carried_role: carried.role, counter: carried.sequence.counter } : {}),
     }, 'failover starting');
-    this.handle(this.fsm.start());
+    const step = carried ? this.fsm.continueFrom({
+      role: carried.role, peer: carried.peer, masterAdvertIntervalMs: carried.master_advert_interval_ms, vipFailures: carried.vip_failures,
+    }) : this.fsm.start();
+    if (step?.handler === 'initOnCarried') {
+      // The pair's role did not change: not a transition, not a failover (status and metrics count
+      // this process's own from here).
+      for (const action of step.actions) this.run(action);
+    } else this.handle(step);
     this.tickTimer = this.clock.setInterval(() => this.tick(), c.advert_interval);
-    void hb.send(this.fsm.current, this.fsm.priority);
+    // The first heartbeat at once: for a carried role, the peer's master-down timer was last reset
+    // by the old process's final one (abandon).
+    const firstAt = Date.now(); // the heartbeat's own timestamp, as the old one's last_sent_at
+    void hb.send(this.fsm.current, this.fsm.priority).then(() => {
+      if (carried === undefined) return;
+      const gap = firstAt - carried.last_sent_at;
+      this.log.info({ carried_from: carried.pid, role: this.fsm.current, heartbeat_gap_ms: gap, epoch: hb.epoch, counter: hb.sequence().counter },
+        `failover continues as ${this.fsm.current} from pid ${carried.pid}: first heartbeat ${gap}ms after its last`);
+    });
+  }
+
+  /**
+   * `fulcrum upgrade`, once the new process is ready to take the failover: this one stops without
+   * a word to the pair — one last ordinary heartbeat (the peer's timers restart from it), then no
+   * heartbeat sent or heard, no timer; no priority 0, the VIP and the listeners stay as they are.
+   * Resolves with what the new process continues from. resume() undoes it (the upgrade failed).
+   */
+  async abandon(): Promise<FailoverCarry> {
+    if (this.stopped) throw new Error('the failover is stopped');
+    this.abandoned = true;
+    this.clock.clearInterval(this.tickTimer);
+    this.tickTimer = null;
+    this.clearMasterDown();
+    this.clearVipRetry();
+    this.clock.clearTimeout(this.peerTimer);
+    this.peerTimer = null;
+    // A VIP command under way finishes first: the role carried is the one it leaves.
+    await this.actions;
+    const hb = this.hb;
+    const lastSentAt = Date.now(); // the last heartbeat's own timestamp
+    if (hb && this.fsm.current !== 'init') await hb.send(this.fsm.current, this.fsm.priority);
+    const sequence = hb?.sequence() ?? { epoch: 0, counter: 0 };
+    hb?.close();
+    this.hb = null;
+    const f = this.fsm;
+    this.log.info({ role: f.current, epoch: sequence.epoch, counter: sequence.counter }, `failover abandoned as ${f.current}: the new process continues it`);
+    return {
+      pid: process.pid, role: f.current, sequence, last_sent_at: lastSentAt,
+      peer: f.peer === null ? null : { ...f.peer }, master_advert_interval_ms: f.masterAdvertIntervalMs, vip_failures: f.vipFailures,
+      identity: pairIdentity(this.config),
+    };
+  }
+
+  /**
+   * The upgrade failed after abandon(): this process goes on in the role it had. A new heartbeat
+   * epoch (the failed process may have sent in the carried one; the peer takes a fresher epoch as a
+   * restart), and the timers of the role: a backup waits a whole Master_Down_Interval again.
+   */
+  async resume(): Promise<void> {
+    if (!this.abandoned || this.stopped) return;
+    const hb = await this.bindHeartbeat();
+    this.abandoned = false;
+    const f = this.fsm;
+    if (f.current === 'backup') this.run({ type: 'armMasterDown', ms: f.masterDownMs() });
+    if (f.current === 'fault' && f.vipFault !== null) this.run({ type: 'armVipRetry', ms: vipRetryDelay(f.vipFailures) });
+    this.tickTimer = this.clock.setInterval(() => this.tick(), this.config.advert_interval);
+    this.log.warn({ role: f.current, epoch: hb.epoch }, `failover resumed as ${f.current}: the upgrade did not take it`);
+    void hb.send(f.current, f.priority);
+  }
+
+  private async bindHeartbeat(sequence?: HeartbeatSequence): Promise<Heartbeat> {
+    const c = this.config;
+    const hb = new Heartbeat({
+      bind: c.bind, peer: c.peer, bindAddress: this.bindAddress, peerAddress: this.peerAddress, key: readSecret(c.secret_file),
+      advertIntervalMs: c.advert_interval, staleWindowMs: staleWindowMs(c.dead_after, c.advert_interval, c.max_clock_skew),
+      logger: this.log, sequence,
+    });
+    await hb.start();
+    this.hb = hb;
+    hb.on('advert', (a) => this.onAdvert(a));
+    return hb;
   }
 
   /**
@@ -180,6 +287,8 @@ export class Failover extends EventEmitter<FailoverEvents> {
   async stop(): Promise<void> {
     if (this.stopped) return;
     this.stopped = true;
+    // Abandoned: the VIP, the listeners and the pair are the new process's now.
+    if (this.abandoned) return;
     this.clock.clearInterval(this.tickTimer);
     this.tickTimer = null;
     this.handle(this.fsm.stop());
@@ -269,7 +378,7 @@ export class Failover extends EventEmitter<FailoverEvents> {
   }
 
   private onAdvert(a: Advert): void {
-    if (this.stopped) return;
+    if (this.stopped || this.abandoned) return;
     this.lastAdvertAt = this.clock.now();
     // Peer liveness (any heartbeat, whatever its state): lost after Master_Down_Interval of silence.
     this.clock.clearTimeout(this.peerTimer);
@@ -313,7 +422,7 @@ export class Failover extends EventEmitter<FailoverEvents> {
   // ── actions out ────────────────────────────────────────────────────────────────────────────
 
   private handle(step: Step | null): void {
-    if (!step) return;
+    if (!step || this.abandoned) return;
     if (step.from !== step.to) {
       this.transitions++;
       if (step.to === 'master') this.failovers++;

@@ -8,7 +8,7 @@ import { constants, setPriority } from 'node:os';
 import { parentPort, workerData } from 'node:worker_threads';
 import type { LevelWithSilent } from 'pino';
 import { createLogger, loggedAt } from '../observability/log.ts';
-import { Failover } from './index.ts';
+import { Failover, type FailoverCarry } from './index.ts';
 import type { FailoverThreadData, FromFailoverThread, ToFailoverThread } from './thread.ts';
 
 /**
@@ -107,6 +107,24 @@ port.on('message', (m: ToFailoverThread) => {
     case 'log-level':
       logger.level = m.level;
       return;
+    case 'carried':
+      begin(m.ha);
+      return;
+    case 'abandon':
+      failover.abandon().then(
+        (ha) => {
+          sendStatus();
+          post({ type: 'abandoned', ha });
+        },
+        (err: Error) => post({ type: 'abandon-failed', message: err.message }),
+      );
+      return;
+    case 'resume':
+      failover.resume().then(
+        () => post({ type: 'resumed', error: null }),
+        (err: Error) => post({ type: 'resumed', error: err.message }),
+      );
+      return;
     case 'stop':
       void failover.stop().then(() => {
         if (statusTimer) clearInterval(statusTimer);
@@ -118,11 +136,18 @@ port.on('message', (m: ToFailoverThread) => {
   }
 });
 
-failover.start().then(
-  () => {
-    sendStatus();
-    armStatus();
-    post({ type: 'started' });
-  },
-  (err: Error & { code?: string }) => post({ type: 'start-failed', code: typeof err.code === 'string' ? err.code : null, message: err.message }),
-);
+function begin(carried?: FailoverCarry): void {
+  failover.start(carried).then(
+    () => {
+      sendStatus();
+      armStatus();
+      post({ type: 'started' });
+    },
+    (err: Error & { code?: string }) => post({ type: 'start-failed', code: typeof err.code === 'string' ? err.code : null, message: err.message }),
+  );
+}
+
+// Started by `fulcrum upgrade`: loaded and ready, this thread waits for the old process's
+// failover (FailoverThread.start's `carried`) before it sends or hears a heartbeat.
+if (data.awaitCarried) post({ type: 'waiting' });
+else begin();

@@ -9,9 +9,11 @@
  * stop, reconfigure, settings, status(), the 'role' event). What crosses, by message:
  *  - main → thread: the count of backends up (read here every advert interval from the balancer,
  *    sent when it changes: ha.track.min_backends_up compares with it over there), a reload's ha
- *    section, the log level, stop, and the answer to each accept/stop request;
+ *    section, the log level, stop, and the answer to each accept/stop request; for `fulcrum
+ *    upgrade`, abandon / resume (the old process) and the carried failover (the new one);
  *  - thread → main: its log lines (written to this logger's destination, timestamps from the
- *    thread), role changes, its status (on each role change and four times an advert interval), and
+ *    thread), role changes, its status (on each role change and four times an advert interval),
+ *    'waiting' for a carried failover and the answers to abandon / resume, and
  *    "start / stop accepting on the VIP", which this side runs (pool.resumeService / pauseService)
  *    and answers when done, since the state machine's actions wait for it.
  * status() stays synchronous: the last status the thread sent, with the peer's advert age brought
@@ -21,7 +23,8 @@
  * watchdog ends it): the VIP must not stay on this host without heartbeats. This side logs it,
  * reports the role change to init, stops accepting, removes the VIP with the same commands (`ip
  * addr del`), and starts a new thread after a backoff (as keepalived restarts its VRRP child);
- * the new one starts as backup like a fresh process.
+ * the new one starts as backup like a fresh process. Not once the failover was abandoned to the
+ * process an upgrade started (abandon): the VIP is that one's, and this thread's end releases nothing.
  */
 import { EventEmitter } from 'node:events';
 import { Worker } from 'node:worker_threads';
@@ -29,7 +32,7 @@ import type { HaConfig } from '../config/schema.ts';
 import { FulcrumError, type ErrorCode } from '../errors.ts';
 import type { FailoverEvents, RoleChange } from '../events.ts';
 import { writeLine, type Logger } from '../observability/log.ts';
-import { Failover, type FailoverOptions, type FailoverStatus } from './index.ts';
+import { Failover, type FailoverCarry, type FailoverOptions, type FailoverStatus } from './index.ts';
 
 /** What the thread starts with (workerData). */
 export interface FailoverThreadData {
@@ -40,6 +43,8 @@ export interface FailoverThreadData {
   commands?: FailoverOptions['commands'];
   /** Backends up now; null when nothing is tracked (no backendsUp given). */
   backendsUp: number | null;
+  /** `fulcrum upgrade`: post 'waiting' and start only with the old process's failover ('carried'). */
+  awaitCarried?: boolean;
 }
 
 export type ToFailoverThread =
@@ -47,11 +52,18 @@ export type ToFailoverThread =
   | { type: 'accepting-done'; id: number }
   | { type: 'reconfigure'; config: HaConfig }
   | { type: 'log-level'; level: string }
+  | { type: 'carried'; ha: FailoverCarry }
+  | { type: 'abandon' }
+  | { type: 'resume' }
   | { type: 'stop' };
 
 export type FromFailoverThread =
   | { type: 'log'; line: string; at: number }
   | { type: 'started' }
+  | { type: 'waiting' }
+  | { type: 'abandoned'; ha: FailoverCarry }
+  | { type: 'abandon-failed'; message: string }
+  | { type: 'resumed'; error: string | null }
   | { type: 'start-failed'; code: string | null; message: string }
   | { type: 'role'; change: RoleChange }
   | { type: 'accepting'; id: number; on: boolean }
@@ -111,6 +123,10 @@ export class FailoverThread extends EventEmitter<FailoverEvents> {
   #restartTimer: NodeJS.Timeout | null = null;
   #stopping: Promise<void> | null = null;
   #onStopped: (() => void) | null = null;
+  /** Handed to the next process (`fulcrum upgrade`): the thread's end releases nothing, and nothing restarts it. */
+  #abandoned = false;
+  /** The answer awaited to 'abandon' or 'resume' (one at a time: the upgrade's). */
+  #onReply: ((m: FromFailoverThread) => void) | null = null;
   readonly #onLevel = (level: string): void => this.#post({ type: 'log-level', level });
 
   constructor(opts: FailoverThreadOptions) {
@@ -122,10 +138,15 @@ export class FailoverThread extends EventEmitter<FailoverEvents> {
     this.#last = this.#local.status();
   }
 
-  /** Starts the thread; resolves once its failover runs (as backup or fault), rejects with its start error. */
-  async start(): Promise<void> {
+  /**
+   * Starts the thread; resolves once its failover runs (as backup or fault), rejects with its start error.
+   * `carried` (`fulcrum upgrade`): called once the thread is loaded and waiting, it fetches the old
+   * process's abandoned failover (FailoverCarry), which the thread continues (Failover.start): the
+   * thread's start-up cost comes before the old one goes silent, not between its heartbeats and ours.
+   */
+  async start(carried?: () => Promise<FailoverCarry>): Promise<void> {
     this.#readBackendsUp();
-    await this.#spawn();
+    await this.#spawn(carried);
     this.#armTick();
     this.#logger.on('level-change', this.#onLevel);
   }
@@ -141,6 +162,12 @@ export class FailoverThread extends EventEmitter<FailoverEvents> {
       if (this.#restartTimer) clearTimeout(this.#restartTimer);
       this.#logger.off('level-change', this.#onLevel);
       const worker = this.#worker;
+      if (this.#abandoned) {
+        // The new process holds the pair's role, the VIP and the listeners on it: only the thread ends.
+        this.#running = false;
+        await worker?.terminate();
+        return;
+      }
       const wasRunning = worker !== null && this.#running;
       let resigned = false;
       if (worker && wasRunning) {
@@ -159,6 +186,57 @@ export class FailoverThread extends EventEmitter<FailoverEvents> {
       if (!resigned) await this.#release(wasRunning ? 'the failover thread did not stop in time' : 'stopping between failover threads');
     })();
     return this.#stopping;
+  }
+
+  /**
+   * `fulcrum upgrade`: the thread's failover goes silent without resigning (Failover.abandon) and
+   * resolves with what the new process continues from. From here its end releases nothing.
+   * Rejects if it is not running or does not answer within STOP_WAIT_MS; call resume() then too.
+   */
+  abandon(): Promise<FailoverCarry> {
+    const worker = this.#worker;
+    if (worker === null || !this.#running || this.#stopping !== null) return Promise.reject(new Error('the failover thread is not running'));
+    this.#abandoned = true;
+    return this.#ask(worker, { type: 'abandon' }, (m, resolve, reject) => {
+      if (m.type === 'abandoned') resolve(m.ha);
+      else if (m.type === 'abandon-failed') reject(new Error(m.message));
+    });
+  }
+
+  /**
+   * The upgrade failed after abandon() was asked: the failover goes on here in its role
+   * (Failover.resume). A thread that ended meanwhile is replaced as after a crash.
+   */
+  async resume(): Promise<void> {
+    if (!this.#abandoned || this.#stopping !== null) return;
+    this.#abandoned = false;
+    const worker = this.#worker;
+    if (worker === null || !this.#running) {
+      await this.#release('the failover thread ended while handed over');
+      this.#restart();
+      return;
+    }
+    await this.#ask<void>(worker, { type: 'resume' }, (m, resolve, reject) => {
+      if (m.type === 'resumed') (m.error === null ? resolve() : reject(new Error(m.error)));
+    });
+  }
+
+  /** Posts `m` and waits for the answer `pick` recognises (or the thread's end, or STOP_WAIT_MS). */
+  #ask<T>(worker: Worker, m: ToFailoverThread, pick: (m: FromFailoverThread, resolve: (v: T) => void, reject: (e: Error) => void) => void): Promise<T> {
+    return new Promise<T>((resolve, reject) => {
+      const done = (err: Error | null, value?: T): void => {
+        clearTimeout(timer);
+        worker.off('exit', onExit);
+        this.#onReply = null;
+        if (err) reject(err);
+        else resolve(value as T);
+      };
+      const timer = setTimeout(() => done(new Error(`the failover thread did not answer '${m.type}' within ${STOP_WAIT_MS}ms`)), STOP_WAIT_MS);
+      const onExit = (): void => done(new Error(`the failover thread ended before it answered '${m.type}'`));
+      worker.once('exit', onExit);
+      this.#onReply = (reply) => pick(reply, (v) => done(null, v), (e) => done(e));
+      worker.postMessage(m);
+    });
   }
 
   /** The ha settings in force (a reload changes some of them; see reconfigure). */
@@ -204,8 +282,9 @@ export class FailoverThread extends EventEmitter<FailoverEvents> {
   }
 
   /** Resolves once the thread's failover runs; rejects with its start error (the thread is ended). */
-  #spawn(): Promise<void> {
+  #spawn(carried?: () => Promise<FailoverCarry>): Promise<void> {
     const data: FailoverThreadData = {
+      awaitCarried: carried !== undefined,
       config: this.settings,
       level: this.#logger.level,
       bindings: this.#logger.bindings(),
@@ -249,6 +328,20 @@ export class FailoverThread extends EventEmitter<FailoverEvents> {
           case 'stopped':
             this.#onStopped?.();
             return;
+          case 'waiting':
+            carried!().then(
+              (ha) => worker.postMessage({ type: 'carried', ha } satisfies ToFailoverThread),
+              (err: Error) => {
+                reject(err);
+                void worker.terminate();
+              },
+            );
+            return;
+          case 'abandoned':
+          case 'abandon-failed':
+          case 'resumed':
+            this.#onReply?.(m);
+            return;
         }
       });
       worker.on('error', (err) => this.#log.error({ err: err.message, stack: err.stack }, `failover thread failed: ${err.message}`));
@@ -267,6 +360,11 @@ export class FailoverThread extends EventEmitter<FailoverEvents> {
   /** The thread ended unasked: no VIP without heartbeats. Release, then start another after a backoff. */
   async #ended(code: number): Promise<void> {
     if (this.#stopping !== null) return; // stop() releases, and nothing starts again
+    if (this.#abandoned) {
+      // The new process holds the VIP now: nothing to release; resume() replaces the thread if the upgrade fails.
+      this.#log.warn({ code }, 'the failover thread ended while handed over to the new process');
+      return;
+    }
     this.#crashes = performance.now() - this.#startedAt >= RESTART_STABLE_MS ? 1 : this.#crashes + 1;
     const delay = Math.min(RESTART_MAX_MS, RESTART_BASE_MS * 2 ** (this.#crashes - 1));
     const cause = `the failover thread ended (code ${code})`;

@@ -15,7 +15,7 @@ import { Failover, type RoleChange } from '../../src/failover/index.ts';
 import { silentLogger } from '../../src/observability/log.ts';
 import type { Clock } from '../../src/util/clock.ts';
 import { TestClock } from '../helpers/clock.ts';
-import { waitFor } from '../helpers/net.ts';
+import { staysFalse, waitFor } from '../helpers/net.ts';
 
 const SECRET = 'a-long-enough-shared-secret';
 const PORT = 17947;
@@ -189,6 +189,53 @@ describe('Failover (loopback)', () => {
     a.f.reconfigure(haSchema.parse({ ...haInput(1), track: { min_backends_up: 2 } }));
     expect(a.f.status().track).toMatchObject({ ok: false, min_backends_up: 2 });
     expect(a.f.status()).toMatchObject({ role: 'master', wanted: 'fault' }); // alone: keeps the VIP
+  });
+
+  /** a master, b backup, and b has heard a as master while backup (its master-down timer restarted from it). */
+  async function settledPair() {
+    const a = make(1);
+    const b = make(2);
+    await a.f.start();
+    await b.f.start();
+    await until(() => a.f.status().role === 'master' && b.f.status().role === 'backup' && b.f.status().peer.role === 'master' && a.f.status().peer.role === 'backup');
+    return { a, b, bRoles: b.roles.length };
+  }
+
+  it('abandon and continue (an upgrade): the master goes on in another instance, the backup never moves and drops nothing', async () => {
+    const { a, b, bRoles } = await settledPair();
+    const epoch = a.f.status().heartbeat.epoch;
+    const carry = await a.f.abandon();
+    expect(carry).toMatchObject({ pid: process.pid, role: 'master', sequence: { epoch }, peer: { role: 'backup', priority: 100 } });
+    // The abandoned instance's stop releases nothing (no priority 0, the VIP stays, still accepting).
+    await a.f.stop();
+    expect(a.accepting).toEqual([false, true]);
+    // Another pair (here another VIP) does not continue it: the upgrade fails, the old one resumes.
+    const other = make(1);
+    await expect(other.f.start({ ...carry, identity: carry.identity.replace('198.51.100.200', '198.51.100.201') })).rejects.toMatchObject({ code: 'FULCRUM_ERR_UPGRADE', message: expect.stringMatching(/different pair/) });
+    const next = make(1);
+    await next.f.start(carry);
+    const s = next.f.status();
+    expect(s).toMatchObject({ role: 'master', wanted: 'master', transitions: 0, failovers: 0, heartbeat: { epoch: carry.sequence.epoch } });
+    expect(next.roles).toEqual([]);
+    // Many Master_Down_Intervals of b (about 180 ms each) with only the new instance's heartbeats.
+    await staysFalse(() => b.roles.length > bRoles || b.f.status().role !== 'backup', 1000, 'the backup moves');
+    expect(b.f.status().dropped.replayed).toBe(0);
+    expect(b.f.status().peer).toMatchObject({ role: 'master', alive: true });
+    expect(next.accepting).toEqual([true]); // accepting from the start, never paused
+    expect(next.f.status().vip_held).toBe(true); // `ip addr add` of the address already there
+  });
+
+  it('abandon then resume (the upgrade failed): the master goes on with a fresh epoch, the backup never moves', async () => {
+    const { a, b, bRoles } = await settledPair();
+    const carry = await a.f.abandon();
+    await a.f.resume();
+    expect(a.f.status().heartbeat.epoch).not.toBe(carry.sequence.epoch);
+    await staysFalse(() => b.roles.length > bRoles || b.f.status().role !== 'backup', 600, 'the backup moves');
+    expect(a.f.status()).toMatchObject({ role: 'master', vip_held: true });
+    expect(b.f.status().dropped.replayed).toBe(0);
+    // Stopped as usual from here: it resigns, and the backup takes over.
+    await a.f.stop();
+    await until(() => b.f.status().role === 'master');
   });
 
   it('refuses to start without a usable secret', async () => {

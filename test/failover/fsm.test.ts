@@ -51,6 +51,39 @@ describe('init', () => {
   });
 });
 
+describe('continueFrom (an upgrade: another process\'s abandoned failover)', () => {
+  const peer = { role: 'backup' as Role, priority: 100, address: A2, alive: true };
+  it('initOnCarried as master: stays master, verifies the VIP and accepts; no ARP, no transition cause to act on', () => {
+    const f = fsm();
+    const s = f.continueFrom({ role: 'master', peer, masterAdvertIntervalMs: 100, vipFailures: 0 });
+    expect(s).toMatchObject({ from: 'init', to: 'master', handler: 'initOnCarried' });
+    expect(types(s)).toEqual(['addVip', 'startAccepting']);
+    expect(f.wanted).toBe('master');
+    expect(f.peer).toEqual(peer);
+    // Then it behaves as any master: a higher-priority master still wins.
+    expect(f.advert(advert('master', 200))).toMatchObject({ to: 'backup', handler: 'masterOnHigherPriority' });
+  });
+  it('as master with a failing track: keeps the VIP and wants fault, handing over when the peer is ready', () => {
+    const f = fsm();
+    f.trackFail('0 backends up');
+    expect(f.continueFrom({ role: 'master', peer: null, masterAdvertIntervalMs: 100, vipFailures: 0 })).toMatchObject({ to: 'master' });
+    expect(f.wanted).toBe('fault');
+    expect(f.advert(advert('backup', 100))).toMatchObject({ to: 'fault', handler: 'masterOnPeerReady' });
+  });
+  it('as backup: stays backup, a whole Master_Down_Interval at the interval it had learnt', () => {
+    const f = fsm(100);
+    const s = f.continueFrom({ role: 'backup', peer: { ...peer, role: 'master', priority: 150 }, masterAdvertIntervalMs: 200, vipFailures: 1 });
+    expect(s).toMatchObject({ from: 'init', to: 'backup', handler: 'initOnCarried' });
+    expect(s?.actions).toEqual([{ type: 'armMasterDown', ms: masterDownInterval(100, 200, 3) }]);
+    expect(f.vipFailures).toBe(1);
+  });
+  it('fault or init carried: starts as a fresh process does; once started, nothing', () => {
+    const f = fsm();
+    expect(f.continueFrom({ role: 'fault', peer: null, masterAdvertIntervalMs: 100, vipFailures: 0 })).toMatchObject({ to: 'backup', handler: 'initOnStart' });
+    expect(f.continueFrom({ role: 'master', peer: null, masterAdvertIntervalMs: 100, vipFailures: 0 })).toBeNull();
+  });
+});
+
 describe('backup', () => {
   it('backupOnMasterDown: takes the VIP, then accepts, then tells the peer and the LAN', () => {
     const f = fsm();

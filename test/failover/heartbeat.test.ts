@@ -193,6 +193,46 @@ describe('Heartbeat over UDP', () => {
     expect(b.dropped.replayed).toBe(1);
   });
 
+  it('a heartbeat that continues another\'s sequence (an upgrade) is accepted; one that starts its counter again is not', async () => {
+    let before = handled();
+    await a.send('master', 150);
+    await a.send('master', 150);
+    await settle(before, 2);
+    const seq = a.sequence();
+    expect(seq).toEqual({ epoch: a.epoch, counter: 2 });
+    a.close();
+    const next = new Heartbeat({
+      bind: A, peer: B, bindAddress: ipv4ToInt(A.host), peerAddress: ipv4ToInt(B.host), key: KEY,
+      advertIntervalMs: 100, staleWindowMs: staleWindowMs(3, 100, 2000), logger: silentLogger, sequence: seq,
+    });
+    await next.start();
+    try {
+      expect(next.epoch).toBe(seq.epoch);
+      before = handled();
+      await next.send('master', 150);
+      await settle(before, 1);
+      expect(received.map((x) => [x.epoch, x.counter])).toEqual([[seq.epoch, 1], [seq.epoch, 2], [seq.epoch, 3]]);
+      expect(drops).toEqual([]);
+    } finally {
+      next.close();
+    }
+    // Restarting the counter in the same epoch (what carrying only the epoch would do) is a replay.
+    const again = new Heartbeat({
+      bind: A, peer: B, bindAddress: ipv4ToInt(A.host), peerAddress: ipv4ToInt(B.host), key: KEY,
+      advertIntervalMs: 100, staleWindowMs: staleWindowMs(3, 100, 2000), logger: silentLogger, sequence: { epoch: seq.epoch, counter: 0 },
+    });
+    await again.start();
+    try {
+      before = handled();
+      await again.send('master', 150);
+      await settle(before, 1);
+      expect(drops).toEqual(['replayed']);
+    } finally {
+      again.close();
+      a = make(A, B); // afterEach closes it
+    }
+  });
+
   it('a restarted peer (new epoch) is accepted, and its previous epoch is refused from then on', async () => {
     let before = handled();
     await a.send('master', 150);

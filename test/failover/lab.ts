@@ -20,6 +20,8 @@ import { collectJsonLines, NetLab, NODE, ROOT, sleep, waitForLine } from '../hel
 export const VIP = '198.51.100.100';
 export const SERVICE_PORT = 8080;
 export const BACKENDS = ['198.51.100.21:9000', '198.51.100.22:9000', '198.51.100.23:9000'];
+/** The backends' TCP echo servers (PairConfig.echoPort's service): held connections. */
+export const ECHO_BACKENDS = BACKENDS.map((b) => b.replace(/:9000$/, ':9001'));
 export const CLIENTS = ['198.51.100.10', '198.51.100.11', '198.51.100.12', '198.51.100.13', '198.51.100.14', '198.51.100.15', '198.51.100.16', '198.51.100.17'];
 export const SECRET = 'fulcrum-test-secret-0123456789abcdef';
 export const NODES = {
@@ -63,6 +65,10 @@ export interface PairConfig {
   udpPort?: number;
   /** The admin API on the node's LAN address, port ADMIN_PORT (no token: changes refused). */
   admin?: boolean;
+  /** A service, echo, on the VIP at this port, to the backends' echo servers (ECHO_BACKENDS). */
+  echoPort?: number;
+  /** Default 1s. */
+  shutdownGrace?: string;
   /**
    * Services `heavy0`… with this many backends in all (never connected to): what makes
    * the admin API's /metrics and /api/services work heavy on the main thread.
@@ -110,7 +116,7 @@ export class PairLab {
     for (const c of CLIENTS) await l.ip('client', 'addr', 'add', `${c}/24`, 'dev', 'eth0');
     for (const b of BACKENDS) await l.ip('be', 'addr', 'add', `${b.split(':')[0]}/24`, 'dev', 'eth0');
     writeFileSync(join(this.dir, 'ha.secret'), SECRET + '\n', { mode: 0o600 });
-    this.backend = l.spawn('be', NODE, [join(FIXTURES, 'backend.ts'), ...BACKENDS]);
+    this.backend = l.spawn('be', NODE, [join(FIXTURES, 'backend.ts'), ...BACKENDS, ...ECHO_BACKENDS.map((b) => `echo:${b}`)]);
     await waitForLine(this.backend, /^ready$/, 10_000, 'stdout');
   }
 
@@ -120,7 +126,7 @@ export class PairLab {
     const peer = NODES[node === 'lb1' ? 'lb2' : 'lb1'];
     const yaml = `# ${node}: written by test/failover/lab.ts
 workers: 1
-shutdown_grace: 1s
+shutdown_grace: ${c.shutdownGrace ?? '1s'}
 logging:
   level: ${c.logLevel ?? 'debug'}
   connections: false
@@ -132,7 +138,7 @@ services:
     timeouts: { connect: 500ms }
     backends:
 ${BACKENDS.map((b) => `      - address: ${b}`).join('\n')}
-${c.extraPort ? `  - name: web2\n    listen: ${VIP}:${c.extraPort}\n    backends:\n${BACKENDS.map((b) => `      - address: ${b}`).join('\n')}\n` : ''}${c.udpPort ? `  - name: game\n    protocol: udp\n    listen: ${VIP}:${c.udpPort}\n    balance: maglev\n    backends:\n${BACKENDS.map((b) => `      - address: ${b}`).join('\n')}\n` : ''}${c.heavyBackends ? heavyServices(c.heavyBackends) : ''}${c.admin ? `admin:\n  listen: ${self.lan}:${ADMIN_PORT}\n` : ''}ha:
+${c.extraPort ? `  - name: web2\n    listen: ${VIP}:${c.extraPort}\n    backends:\n${BACKENDS.map((b) => `      - address: ${b}`).join('\n')}\n` : ''}${c.echoPort ? `  - name: echo\n    listen: ${VIP}:${c.echoPort}\n    backends:\n${ECHO_BACKENDS.map((b) => `      - address: ${b}`).join('\n')}\n` : ''}${c.udpPort ? `  - name: game\n    protocol: udp\n    listen: ${VIP}:${c.udpPort}\n    balance: maglev\n    backends:\n${BACKENDS.map((b) => `      - address: ${b}`).join('\n')}\n` : ''}${c.heavyBackends ? heavyServices(c.heavyBackends) : ''}${c.admin ? `admin:\n  listen: ${self.lan}:${ADMIN_PORT}\n` : ''}ha:
   vip: ${VIP}/24
   interface: eth0
   bind: ${self.hb}:7946
@@ -151,11 +157,12 @@ ${c.extraPort ? `  - name: web2\n    listen: ${VIP}:${c.extraPort}\n    backends
 
   /**
    * Starts `bin/fulcrum run --config …` in the node's namespace; resolves once its failover runs.
-   * `pathPrefix`: a directory searched first for the commands fulcrum runs (`ip`, `arping`).
+   * `pathPrefix`: a directory searched first for the commands fulcrum runs (`ip`, `arping`);
+   * `env`: more of fulcrum's environment (FULCRUM_RELAY=off: the JavaScript data path).
    */
-  async start(node: NodeName, c: PairConfig = {}, opts: { pathPrefix?: string } = {}): Promise<Running> {
+  async start(node: NodeName, c: PairConfig = {}, opts: { pathPrefix?: string; env?: NodeJS.ProcessEnv } = {}): Promise<Running> {
     const file = this.writeConfig(node, c);
-    const env = opts.pathPrefix ? { ...process.env, PATH: `${opts.pathPrefix}:${process.env.PATH ?? ''}` } : undefined;
+    const env = opts.pathPrefix || opts.env ? { ...process.env, ...opts.env, ...(opts.pathPrefix ? { PATH: `${opts.pathPrefix}:${process.env.PATH ?? ''}` } : {}) } : undefined;
     const child = this.lab.spawn(node, join(ROOT, 'bin/fulcrum'), ['run', '--config', file], env ? { env } : {});
     const lines = collectJsonLines<LogLine>(child);
     const exited = new Promise<number | null>((r) => child.once('exit', (code) => r(code)));
@@ -273,6 +280,12 @@ ${c.extraPort ? `  - name: web2\n    listen: ${VIP}:${c.extraPort}\n    backends
     return this.clientRun(['udp', `${VIP}:${port}`, src, String(intervalMs), String(durationMs)]);
   }
 
+  /** `n` connections to the echo service (PairConfig.echoPort) held open, each echoing a line every interval (client.ts hold). */
+  holdLoop(port: number, n: number, intervalMs: number, durationMs: number): { child: ChildProcess; results: HeldResult[]; done: Promise<void> } {
+    const r = this.clientRun(['hold', `${VIP}:${port}`, String(n), String(intervalMs), String(durationMs)]);
+    return r as unknown as { child: ChildProcess; results: HeldResult[]; done: Promise<void> };
+  }
+
   /** Runs the client fixture with `args`, collecting its JSON result lines. */
   private clientRun(args: string[]): { child: ChildProcess; results: ClientResult[]; done: Promise<void> } {
     const child = this.lab.spawn('client', NODE, [join(FIXTURES, 'client.ts'), ...args]);
@@ -353,6 +366,16 @@ function heavyServices(n: number): string {
     lines.push(`      - address: 203.0.113.${1 + (k % 250)}:${10000 + Math.floor(k / 250)}`);
   }
   return lines.join('\n') + '\n';
+}
+
+/** client.ts hold's lines: {opened} once, then one per connection at the end. */
+export interface HeldResult {
+  opened?: number;
+  held?: number;
+  ok?: boolean;
+  echoes?: number;
+  err?: string;
+  at?: number;
 }
 
 export interface ClientResult {

@@ -53,7 +53,7 @@ export function netnsAvailable(): boolean {
   }
 }
 
-function alive(pid: number): boolean {
+export function alive(pid: number): boolean {
   try {
     process.kill(pid, 0);
     return true;
@@ -71,7 +71,7 @@ function listNetns(): string[] {
 }
 
 /** Pids running in a namespace (ours: the namespace is unique to this lab). */
-function pidsIn(ns: string): number[] {
+export function pidsIn(ns: string): number[] {
   try {
     return execFileSync('ip', ['netns', 'pids', ns], { encoding: 'utf8' }).split(/\s+/).filter(Boolean).map(Number);
   } catch {

@@ -269,11 +269,11 @@ ${bgp}
   }
 
   /** A client loop: one connection per interval for duration (test/failover/fixtures/client.ts). */
-  clientLoop(intervalMs: number, durationMs: number, timeoutMs: number): { results: ClientResult[]; done: Promise<void> } {
+  clientLoop(intervalMs: number, durationMs: number, timeoutMs: number): { results: ClientResult[]; done: Promise<void>; stop: () => void } {
     const child = this.lab.spawn('client', NODE, [CLIENT_JS, 'loop', `${VIP}:${PORT}`, String(intervalMs), String(durationMs), String(timeoutMs)]);
     // The client's lines are JSON too (no level: it never fails to print one).
     const results = collectJsonLines(child) as unknown as ClientResult[];
-    return { results, done: new Promise<void>((r) => child.once('exit', () => r())) };
+    return { results, done: new Promise<void>((r) => child.once('exit', () => r())), stop: () => void child.kill('SIGTERM') };
   }
 
   kill(n: number, signal: NodeJS.Signals): void {

@@ -85,7 +85,10 @@ describe.skipIf(!READY)('scale-out: three nodes behind an FRR router, gobgp spea
     const drained = await lab.ctl(2, 'node', 'drain');
     expect(drained.code, drained.stderr).toBe(0);
     expect(drained.stdout).toMatch(/^ +vip +10\.250\.0\.100 +withdrawn +drained by operator$/m);
+    // Quiesced first, withdrawn once its connections ended; SYNs held back while the router moves.
+    expect(drained.stdout).toMatch(/^ +drain +withdrawn; new SYNs held back on web \(drained by operator, since /m);
     await lab.waitNextHops([1, 3], 3000);
+    expect(lab.running.get(2)!.lines.some((l) => /^BGP drain: no connection open after \d+ms$/.test(l.msg))).toBe(true);
     const line = await lab.waitLog(2, (l) => l.action === 'withdraw' && String(l.cause).includes('drained by operator'), 1000);
     expect(line.vip).toBe('10.250.0.100');
     // A backend state change re-decides every VIP: the drain holds whatever the backends do.
@@ -93,6 +96,10 @@ describe.skipIf(!READY)('scale-out: three nodes behind an FRR router, gobgp spea
     expect((await lab.ctl(2, 'state', 'web', BACKENDS[0], 'ready')).code).toBe(0);
     const status = JSON.parse((await lab.ctl(2, 'status', '--json')).stdout).bgp;
     expect(status.draining).toBe('drained by operator');
+    // bgp.drain (1 s) after the withdraw the listeners accept again; the route stays withdrawn.
+    await lab.waitLog(2, (l) => /^BGP drain settled/.test(l.msg), 3000);
+    const settled = JSON.parse((await lab.ctl(2, 'status', '--json')).stdout).bgp;
+    expect(settled.drain).toMatchObject({ phase: 'settled', quiesced: [], cause: 'drained by operator' });
     expect(status.vips).toEqual([expect.objectContaining({ announced: false })]);
     expect((await lab.ctl(2, 'status')).stdout).toMatch(/^bgp +speaker gobgp +pid \d+ +draining \(drained by operator\)/m);
     const ready = await lab.ctl(2, 'node', 'ready');

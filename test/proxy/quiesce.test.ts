@@ -109,8 +109,39 @@ describe('quiesce: new SYNs unanswered, open connections go on', () => {
     for (const a of pending) a.socket.destroy();
   });
 
-  it('without a relay build the filter is not there, and says why', () => {
-    const r = quiesceFilter({ FULCRUM_RELAY: '/nonexistent/relay.node' });
-    expect(r).toBe('/nonexistent/relay.node is not built (npm install builds it with the C compiler: apt-get install gcc libc6-dev)');
+  it('without a relay build the filter is not there: the pool names each listener it cannot quiesce, and why', async () => {
+    const missing = '/nonexistent/relay.node is not built (npm install builds it with the C compiler: apt-get install gcc libc6-dev)';
+    expect(quiesceFilter({ FULCRUM_RELAY: '/nonexistent/relay.node' })).toBe(missing);
+    // Workers copy the environment when they start: this proxy's run the JavaScript path without a relay.
+    const saved = process.env.FULCRUM_RELAY;
+    process.env.FULCRUM_RELAY = '/nonexistent/relay.node';
+    const port = await freePort(HOST);
+    let bare: FulcrumHandle | undefined;
+    try {
+      bare = await startProxy(`
+workers: 1
+logging: { level: silent, connections: false }
+services:
+  - name: bare
+    listen: ${HOST}:${port}
+    backends: [{ address: ${echo.address} }]
+`);
+    } finally {
+      if (saved === undefined) delete process.env.FULCRUM_RELAY;
+      else process.env.FULCRUM_RELAY = saved;
+    }
+    try {
+      expect(bare.pool.dataPath).toBe('javascript');
+      expect(await bare.pool.quiesce(['bare'])).toEqual([{
+        service: 'bare', address: `${HOST}:${port}`, code: 'ENOSYS',
+        message: `cannot hold new connections back: the quiesce filter is in the native relay, which cannot be loaded (${missing})`,
+      }]);
+      // Nothing is held back: the service still answers at once.
+      const s = await connectClient(port, HOST);
+      expect(await echoes(s, 'served')).toBe('served');
+      s.destroy();
+    } finally {
+      await bare.stop('test over');
+    }
   });
 });

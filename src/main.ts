@@ -180,7 +180,8 @@ export async function startFulcrum(fileConfig: Config, options: StartOptions = {
 
   // bgp: the speaker starts (a missing binary fails here, naming it) and the VIPs go on lo before
   // the listeners bind them; announced once the listeners are open (setListening below).
-  const bgp = initial.bgp ? new Bgp({ config: initial.bgp, logger, servicesOn: bgpServicesOn({ balancer, config }) }) : null;
+  // A drain quiesces the VIPs' services through the pool (new SYNs held back) before it withdraws.
+  const bgp = initial.bgp ? new Bgp({ config: initial.bgp, logger, servicesOn: bgpServicesOn({ balancer, config }), quiesce: (services) => pool.quiesce(services) }) : null;
   // Services bound to a VIP start paused: failover resumes them when this instance is master.
   try {
     if (bgp) {

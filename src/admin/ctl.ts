@@ -172,6 +172,14 @@ function printBgp(b: any, o: Output): void {
   if (b.sessions === null) o.out('  sessions   not known (speaker: command)');
   for (const s of b.sessions ?? []) o.out(`  session    ${s.neighbor}${s.asn ? ` AS${s.asn}` : ''}  ${s.state}`);
   for (const v of b.vips ?? []) o.out(`  vip        ${v.vip}  ${v.announced ? 'announced' : 'withdrawn'}  ${v.reason}`);
+  if (b.drain) o.out(`  drain      ${drainPhase(b.drain)}`);
+}
+
+/** A drain's phase in words (src/bgp BgpDrainStatus): `fulcrum status` and `ctl node drain`. */
+function drainPhase(d: any): string {
+  const held = d.quiesced?.length ? `new SYNs held back on ${d.quiesced.join(', ')}` : d.unquiesced ? `no quiesce (${d.unquiesced})` : 'accepting';
+  const phase = d.phase === 'waiting' ? `waiting for ${d.connections} connection${d.connections === 1 ? '' : 's'} to end` : d.phase;
+  return `${phase}; ${held} (${d.cause}, since ${d.since})`;
 }
 
 /** Runs `fulcrum ctl ARGS` (or `fulcrum status` with argv ['status', …]); returns the exit code. */
@@ -249,8 +257,9 @@ export async function runCtlParsed(values: CtlValues, positionals: string[], o: 
         result = await call(conn, 'POST', '/api/node/state', { state: args[0] });
         if (values.json) o.out(JSON.stringify(result.data, null, 2));
         else {
-          o.out(args[0] === 'drain' ? 'node drained: every BGP VIP withdrawn (still serving what arrives)' : 'node ready: BGP VIPs announced when they can be served');
+          o.out(args[0] === 'drain' ? 'node drained: new connections held back until its connections ended, then every BGP VIP withdrawn' : 'node ready: BGP VIPs announced when they can be served');
           for (const v of result.data.bgp?.vips ?? []) o.out(`  vip        ${v.vip}  ${v.announced ? 'announced' : 'withdrawn'}  ${v.reason}`);
+          if (result.data.bgp?.drain) o.out(`  drain      ${drainPhase(result.data.bgp.drain)}`);
         }
         return 0;
       }

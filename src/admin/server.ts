@@ -17,7 +17,8 @@
  * | DELETE | /api/services/:svc/backends/:addr[?force=1]   | drain then remove; force: at once      |
  * | POST   | /api/reload                                   | re-read the config file and apply it   |
  * | POST   | /api/node/state                               | body {state: drain|ready}: this node's |
- * |        |                                               | BGP VIPs withdrawn (drain) or back     |
+ * |        |                                               | BGP VIPs withdrawn once its connections|
+ * |        |                                               | ended (drain: quiesced first) or back  |
  * | POST   | /api/upgrade                                  | start the new fulcrum, hand over, drain |
  *
  * Changes (POST, DELETE) always need `Authorization: Bearer <token>` with the token from
@@ -113,8 +114,9 @@ export interface AdminServerOptions {
   /** The role each backend with a database check last reported, and when. */
   roles?: () => readonly RoleObservation[];
   /**
-   * Drains this node (every BGP VIP withdrawn and kept withdrawn; it goes on serving what still
-   * arrives) or lets it announce again; resolves once the speaker did it, with the bgp status.
+   * Drains this node (new SYNs held back until its connections ended, then every BGP VIP
+   * withdrawn and kept withdrawn; `bgp.drain` later it serves what still arrives) or lets it
+   * announce again; resolves once the speaker did it, with the bgp status.
    * Absent without a `bgp` section.
    */
   nodeDrain?: (drain: boolean) => Promise<unknown>;

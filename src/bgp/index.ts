@@ -6,6 +6,14 @@
  *   - every service listening on it (its address or 0.0.0.0) has announce_when.min_backends_up
  *     backends up (re-evaluated on each backend-state event: src/control/routes.ts bgpRoutes),
  *   - the node is not draining (stop(), drain()).
+ * A drain (stop, `fulcrum ctl node drain`) quiesces before it withdraws, so that withdrawing costs
+ * no connection: the VIPs' services first stop completing new handshakes without refusing them
+ * (their listeners drop pure SYNs: the relay's quiesce filter, on every worker), so their clients
+ * retransmit a second later; the node's connections on them end (at most `drain`); only then is
+ * the route withdrawn, and the router sends those retransmits to the other nodes. The listeners
+ * hold SYNs back `drain` more while the router moves (a closed port would refuse them); then a
+ * stop closes them, and an operator's drain lets them accept again. Without the filter (the relay
+ * not built) the withdraw comes first and the node keeps accepting for `drain`.
  * Every announce and withdraw runs through the speaker (gobgp.ts or command.ts) one at a time,
  * is logged with its cause, counted, and emitted as a 'route' event; a failed one is retried.
  * Death and hangs are the speaker's part (gobgp.ts: the daemon dies with fulcrum, and is killed
@@ -16,6 +24,7 @@ import type { BgpConfig } from '../config/schema.ts';
 import type { BgpEvents, BgpRouteEvent } from '../events.ts';
 import { VipManager } from '../failover/vip.ts';
 import type { Logger } from '../observability/log.ts';
+import { realClock, type Clock } from '../util/clock.ts';
 import { CommandSpeaker, commandBinaries } from './command.ts';
 import { GobgpSpeaker, gobgpBinaries } from './gobgp.ts';
 import type { SessionState, Speaker } from './speaker.ts';
@@ -27,6 +36,36 @@ export type { SessionState, Speaker } from './speaker.ts';
 export interface BgpServiceView {
   name: string;
   up: number;
+  /** Its connections open now (all workers); a drain waits for them to end before it withdraws. */
+  active: number;
+  /** udp: no handshake to hold back, and its flows are not waited for (they end on idle). */
+  protocol: 'tcp' | 'udp';
+}
+
+/** A listener the quiesce could not change (the pool's ListenProblem). */
+export interface QuiesceProblem {
+  service: string;
+  address: string;
+  message: string;
+}
+
+/** Where a drain is: holding new SYNs back and waiting for the node's connections, or withdrawn. */
+export interface BgpDrainStatus {
+  /**
+   * quiescing: the listeners are being told; waiting: new SYNs are held back, `connections` still
+   * open; withdrawn: the route is gone and new SYNs are still held back while the router moves
+   * flows away; settled (an operator's drain): the listeners accept again, the route stays withdrawn.
+   */
+  phase: 'quiescing' | 'waiting' | 'withdrawn' | 'settled';
+  cause: string;
+  /** The VIPs' TCP services whose listeners hold new SYNs back now. */
+  quiesced: string[];
+  /** Connections open on those services at the last look. */
+  connections: number;
+  /** Why new SYNs are not held back (the quiesce filter could not be set), else null. */
+  unquiesced: string | null;
+  /** ISO time the phase began. */
+  since: string;
 }
 
 export interface BgpOptions {
@@ -40,6 +79,13 @@ export interface BgpOptions {
   ipCommand?: string;
   /** A failed announce or withdraw is tried again after this long (ms). */
   retryMs?: number;
+  /**
+   * Holds new SYNs back on these services' listeners in every worker (an empty list: lets them
+   * through again): the pool's quiesce. Absent: a drain withdraws first (no quiesce).
+   */
+  quiesce?: (services: string[]) => Promise<QuiesceProblem[]>;
+  /** The drain's waits (default: the real clock). */
+  clock?: Clock;
 }
 
 export interface BgpVipStatus {
@@ -56,6 +102,8 @@ export interface BgpVipStatus {
 export interface BgpStatus {
   speaker: 'gobgp' | 'command';
   draining: string | null;
+  /** The drain under way or done (quiesce, connections, withdraw), or null. */
+  drain: BgpDrainStatus | null;
   /** A graceful stop began: the VIPs stay withdrawn (an operator's `ready` is refused). */
   stopping: boolean;
   listening: boolean;
@@ -70,6 +118,15 @@ export interface BgpStatus {
 }
 
 type VipState = BgpVipStatus;
+
+/**
+ * After the quiesce, a drain waits at least this long (within `drain`) before it withdraws, even
+ * with no connection open: a handshake under way when the filter went on completes within a
+ * round trip, and its connection must be counted before the route goes.
+ */
+const HANDSHAKE_MS = 250;
+/** How often a drain looks at the connections still open. */
+const DRAIN_POLL_MS = 20;
 
 /** `fulcrum check`: the binaries the configured speaker runs are there (BgpSpeakerError names a missing one). */
 export function checkSpeakerBinaries(config: BgpConfig): void {
@@ -102,6 +159,12 @@ export class Bgp extends EventEmitter<BgpEvents> {
   private queue: Promise<unknown> = Promise.resolve();
   private retryTimer: NodeJS.Timeout | null = null;
   private closed = false;
+  private readonly quiesceFn: BgpOptions['quiesce'];
+  private readonly clock: Clock;
+  private drainState: BgpDrainStatus | null = null;
+  /** Bumped by each drain, undrain and stop: a drain's later steps stop when another began. */
+  private drainGen = 0;
+  private drainQueue: Promise<unknown> = Promise.resolve();
 
   constructor(opts: BgpOptions) {
     super();
@@ -109,6 +172,8 @@ export class Bgp extends EventEmitter<BgpEvents> {
     this.log = opts.logger.child({ component: 'bgp' });
     this.servicesOn = opts.servicesOn;
     this.retryMs = opts.retryMs ?? 1000;
+    this.quiesceFn = opts.quiesce;
+    this.clock = opts.clock ?? realClock;
     this.speaker = opts.speaker ?? buildSpeaker(opts.config, this.log);
     this.lo = new VipManager({ vips: opts.config.vips.map((address) => ({ address, prefix: 32 })), iface: 'lo', garp: { count: 0, interval: 1000 }, logger: this.log, ipCommand: opts.ipCommand });
     for (const vip of opts.config.vips) this.vips.set(vip, { vip, announced: false, wanted: false, reason: 'starting', since: null });
@@ -140,11 +205,139 @@ export class Bgp extends EventEmitter<BgpEvents> {
     this.evaluate(on ? 'listeners open' : 'listeners closed');
   }
 
-  /** Withdraws every VIP and keeps them withdrawn (an operator's drain), or lets them back. */
+  /**
+   * An operator's drain (on): quiesce, wait for the node's connections (at most `drain`),
+   * withdraw every VIP and keep them withdrawn; resolves once withdrawn. `drain` later the
+   * listeners accept again (the router has moved), the route staying withdrawn. Off: the
+   * listeners accept again (if still held), then the VIPs are announced when they can be served.
+   */
   drain(on: boolean, cause = on ? 'drained by operator' : 'undrained by operator'): Promise<void> {
-    if (this.stopping && !on) return Promise.resolve();
-    this.draining = on ? cause : null;
-    return this.evaluate(cause);
+    if (this.stopping) return Promise.resolve(); // the stop drains, and its routes stay withdrawn
+    if (!on) {
+      this.drainGen++; // a drain still waiting for connections stops there, without withdrawing
+      return this.drainJob(async () => {
+        await this.unquiesce(cause);
+        this.drainState = null;
+        this.draining = null;
+        await this.evaluate(cause);
+      });
+    }
+    if (this.withdrawnNow(cause)) return this.queue.then(() => undefined);
+    return this.drainJob(async () => {
+      if (this.draining !== null) return; // drained already: the route is withdrawn
+      const gen = await this.quiesceAndWithdraw(cause);
+      if (gen === null) return;
+      this.clock.setTimeout(() => void this.drainJob(async () => {
+        if (gen !== this.drainGen) return;
+        await this.unquiesce(`the router had ${this.config.drain}ms to move flows away`);
+        this.setPhase('settled');
+        this.log.info({ cause }, 'BGP drain settled: the listeners accept again; the route stays withdrawn until `node ready`');
+      }), this.config.drain).unref();
+    });
+  }
+
+  /**
+   * Withdrawn already (drained before, or nothing announced: no router sends here): nothing to
+   * quiesce or wait for, drained at once. Whether it was.
+   */
+  private withdrawnNow(cause: string): boolean {
+    if (this.draining === null) {
+      if ([...this.vips.values()].some((v) => v.announced)) return false;
+      this.drainGen++;
+    }
+    // Drained already (an operator's drain): a stop keeps what it did, under the stop's cause.
+    if (this.draining === null || this.stopping) this.draining = cause;
+    void this.evaluate(cause);
+    return true;
+  }
+
+  /** Drains, undrains and the stop's drain run one after another (each quiesce then has its undo in order). */
+  private drainJob(job: () => Promise<void>): Promise<void> {
+    const next = this.drainQueue.then(job);
+    this.drainQueue = next.catch((err: unknown) => this.log.error({ err }, 'BGP drain step failed'));
+    return next;
+  }
+
+  /**
+   * A drain's first part, shared by drain(true) and stop(): quiesce the VIPs' TCP services, wait
+   * until their connections end (at most `drain`), withdraw. Resolves with the drain's
+   * generation, or null when an undrain superseded it before the withdraw.
+   */
+  private async quiesceAndWithdraw(cause: string): Promise<number | null> {
+    const gen = ++this.drainGen;
+    const services = this.vipServices();
+    const tcp = services.filter((s) => s.protocol === 'tcp').map((s) => s.name);
+    this.drainState = { phase: 'quiescing', cause, quiesced: [], connections: countOpen(services), unquiesced: null, since: new Date().toISOString() };
+    const why = this.quiesceFn === undefined ? 'no quiesce in this process' : tcp.length === 0 ? 'no TCP service on the VIPs' : await this.quiesce(tcp);
+    if (gen !== this.drainGen) return null;
+    if (why !== null) {
+      // Without the filter the node keeps completing handshakes: waiting for its connections
+      // to end would only wait out `drain`. The withdraw comes first, as before the quiesce.
+      this.drainState.unquiesced = why;
+      this.log.warn({ cause, reason: why }, `BGP drain without quiesce (${why}): withdrawing with connections open; still accepting for ${this.config.drain}ms`);
+    } else {
+      this.drainState.quiesced = tcp;
+      await this.waitConnections(gen, cause);
+      if (gen !== this.drainGen) return null;
+    }
+    this.draining = cause;
+    await this.evaluate(cause);
+    this.setPhase('withdrawn');
+    this.log.info({ cause, drain_ms: this.config.drain, quiesced: this.drainState.quiesced },
+      why === null ? `BGP drain: withdrawn; new SYNs held back ${this.config.drain}ms more while the router moves flows away` : 'BGP drain: withdrawn');
+    return gen;
+  }
+
+  /** Sets the filter on `services`; null, or why it could not (and then nothing is held back). */
+  private async quiesce(services: string[]): Promise<string | null> {
+    this.log.info({ services }, `BGP drain: quiescing ${services.join(', ')} (new SYNs unanswered; their clients retry)`);
+    const problems = await this.quiesceFn!(services);
+    if (problems.length === 0) return null;
+    await this.quiesceFn!([]);
+    return problems.map((p) => `${p.service} ${p.address}: ${p.message}`).join('; ');
+  }
+
+  private async unquiesce(cause: string): Promise<void> {
+    if (this.drainState === null || this.drainState.quiesced.length === 0 || this.quiesceFn === undefined) return;
+    const problems = await this.quiesceFn([]);
+    this.drainState.quiesced = [];
+    if (problems.length > 0) this.log.error({ problems }, `BGP drain: could not let new connections in again: ${problems.map((p) => `${p.service} ${p.address}: ${p.message}`).join('; ')}`);
+    else this.log.info({ cause }, `BGP drain: listeners accept new connections again (${cause})`);
+  }
+
+  /** Polls the VIPs' TCP connections until none is open (and a handshake's round trip has passed), at most `drain`. */
+  private async waitConnections(gen: number, cause: string): Promise<void> {
+    const t0 = this.clock.now();
+    const bound = this.config.drain;
+    const open = (): number => countOpen(this.vipServices());
+    this.drainState!.connections = open();
+    this.setPhase('waiting');
+    this.log.info({ cause, connections: this.drainState!.connections, drain_ms: bound }, `BGP drain: waiting for ${this.drainState!.connections} connections to end (at most ${bound}ms) before withdrawing`);
+    for (;;) {
+      const elapsed = this.clock.now() - t0;
+      const n = open();
+      this.drainState!.connections = n;
+      if (gen !== this.drainGen) return;
+      if ((n === 0 && elapsed >= Math.min(HANDSHAKE_MS, bound)) || elapsed >= bound) {
+        if (n === 0) this.log.info({ cause, waited_ms: Math.round(elapsed) }, `BGP drain: no connection open after ${Math.round(elapsed)}ms`);
+        else this.log.warn({ cause, connections: n, waited_ms: Math.round(elapsed) }, `BGP drain: ${n} connections still open after ${bound}ms; withdrawing (the router may send their packets elsewhere)`);
+        return;
+      }
+      await new Promise<void>((r) => this.clock.setTimeout(r, Math.min(DRAIN_POLL_MS, bound - elapsed)));
+    }
+  }
+
+  private setPhase(phase: BgpDrainStatus['phase']): void {
+    if (this.drainState === null) return;
+    this.drainState.phase = phase;
+    this.drainState.since = new Date().toISOString();
+  }
+
+  /** The services on any of the VIPs, each once. */
+  private vipServices(): BgpServiceView[] {
+    const seen = new Map<string, BgpServiceView>();
+    for (const vip of this.vips.keys()) for (const s of this.servicesOn(vip)) seen.set(s.name, s);
+    return [...seen.values()];
   }
 
   /** Re-decides every VIP; resolves once the speaker did what that asks. */
@@ -201,15 +394,19 @@ export class Bgp extends EventEmitter<BgpEvents> {
   }
 
   /**
-   * Graceful stop, first part: withdraw every VIP, then keep serving `drain` while the router
-   * moves new flows away. The listeners close after this (src/main.ts), then shutdown_grace.
+   * Graceful stop, first part: quiesce, wait for the node's connections (at most `drain`),
+   * withdraw every VIP, then hold new SYNs back (or, without the filter, keep accepting) `drain`
+   * more while the router moves flows away. The listeners close after this (src/main.ts), then
+   * shutdown_grace.
    */
   async stop(why = 'stop requested'): Promise<void> {
     this.stopping = true;
-    await this.drain(true, `stopping: ${why}`);
+    this.drainGen++; // an operator's drain still waiting gives way to this one
+    const cause = `stopping: ${why}`;
+    if (!this.withdrawnNow(cause)) await this.drainJob(async () => void (await this.quiesceAndWithdraw(cause)));
+    else await this.queue;
     const drainMs = this.config.drain;
-    this.log.info({ drain_ms: drainMs }, 'VIPs withdrawn; still accepting while the router moves flows away');
-    if (drainMs > 0) await new Promise((r) => setTimeout(r, drainMs));
+    if (drainMs > 0) await new Promise<void>((r) => this.clock.setTimeout(r, drainMs));
   }
 
   /** Last part of a stop: the speaker goes (its sessions close) and the VIPs leave lo. */
@@ -226,6 +423,7 @@ export class Bgp extends EventEmitter<BgpEvents> {
     return {
       speaker: this.speaker.kind,
       draining: this.draining,
+      drain: this.drainState === null ? null : { ...this.drainState, quiesced: [...this.drainState.quiesced] },
       stopping: this.stopping,
       listening: this.listening,
       min_backends_up: this.config.announce_when.min_backends_up,
@@ -243,4 +441,11 @@ export class Bgp extends EventEmitter<BgpEvents> {
     this.queue = next.catch(() => undefined);
     return next;
   }
+}
+
+/** Connections open on the TCP services among `services` (a UDP flow ends on idle: not waited for). */
+function countOpen(services: BgpServiceView[]): number {
+  let n = 0;
+  for (const s of services) if (s.protocol === 'tcp') n += s.active;
+  return n;
 }

@@ -169,15 +169,16 @@ export function failoverRoutes(parts: Pick<RouteParts, 'balancer' | 'pool' | 'co
 
 /**
  * BGP's routes (src/main.ts, when config.bgp is set): the services a VIP's announcement depends on
- * (those listening on its address or on 0.0.0.0) with their backends up, read at each evaluation.
+ * (those listening on its address or on 0.0.0.0) with their backends up and connections open, read
+ * at each evaluation and by a drain waiting for the connections to end.
  */
 export function bgpServicesOn(parts: Pick<RouteParts, 'balancer' | 'config'>): (vip: string) => BgpServiceView[] {
   return (vip) => {
     const services = parts.config().services.filter((s) => s.listen.host === vip || s.listen.host === '0.0.0.0');
     if (services.length === 0) return [];
-    const up = new Map<string, number>();
-    for (const s of parts.balancer.describe()) up.set(s.name, s.backends.filter((b) => b.state === 'up' && !b.removed).length);
-    return services.map((s) => ({ name: s.name, up: up.get(s.name) ?? 0 }));
+    const seen = new Map<string, { up: number; active: number }>();
+    for (const s of parts.balancer.describe()) seen.set(s.name, { up: s.backends.filter((b) => b.state === 'up' && !b.removed).length, active: s.active });
+    return services.map((s) => ({ name: s.name, up: seen.get(s.name)?.up ?? 0, active: seen.get(s.name)?.active ?? 0, protocol: s.protocol }));
   };
 }
 

@@ -3,7 +3,8 @@
  * structured-cloneable; the shared memory and the compiled engine travel in `workerData`.
  *
  * main → worker: `services` (the whole service table, on start, reload and runtime changes),
- * `kill-backend`, `pause` / `resume` (stop / start accepting on one service), `logging` (a reload
+ * `kill-backend`, `pause` / `resume` (stop / start accepting on one service), `quiesce` (services
+ * whose listeners drop new SYNs, unanswered: a BGP drain, src/bgp/index.ts), `logging` (a reload
  * changed the log level or per-connection logging), `shutdown` (stop, or a retirement by resize),
  * `listeners` (their fds, for an upgrade).
  * worker → main: `ack` (answers a request, with any listen errors; a `shutdown` is answered once
@@ -62,6 +63,8 @@ export interface WorkerInit {
   services: ServiceEntry[];
   /** Names of services that start without a listener (e.g. bound to a VIP this node does not hold). */
   paused: string[];
+  /** Names of services whose listeners drop new SYNs from their bind on (the node is being drained: `quiesce`). */
+  quiesced: string[];
   logging: { level: string; connections: boolean };
   reusePort: boolean;
   /** Whether the worker runs the native relay (the pool checked that it loads), else Node's handles. */
@@ -92,6 +95,12 @@ export type MainToWorker =
   | { type: 'kill-backend'; seq: number; backend: number }
   | { type: 'pause'; seq: number; service: string }
   | { type: 'resume'; seq: number; service: string }
+  /**
+   * These services' TCP listeners drop (on) or let through pure SYNs: new clients are held back
+   * (they retransmit) while handshakes under way and open connections go on. Answered with `ack`,
+   * its errors naming a listener that could not be changed. `services` replaces the set.
+   */
+  | { type: 'quiesce'; seq: number; services: string[] }
   | { type: 'shutdown'; seq: number; grace: number }
   /** The fds of the worker's listeners (an upgrade hands them over); answered with `listeners`. */
   | { type: 'listeners'; seq: number }

@@ -114,6 +114,7 @@ export class WorkerPool extends EventEmitter<PoolEvents> {
   private readonly slots: Slot[] = [];
   private services: ServiceEntry[] = [];
   private readonly paused = new Set<string>();
+  private quiesced: string[] = [];
   private seq = 1;
   private stopping = false;
   private readonly reusePort: boolean;
@@ -322,6 +323,7 @@ export class WorkerPool extends EventEmitter<PoolEvents> {
       workerId: slot.id,
       services: this.services,
       paused: [...this.paused],
+      quiesced: this.quiesced,
       logging: this.opts.logging,
       reusePort: this.reusePort,
       relay: this.dataPath === 'relay' && !slot.javascript,
@@ -470,6 +472,18 @@ export class WorkerPool extends EventEmitter<PoolEvents> {
       await this.request((seq) => ({ type: 'pause', seq, service }));
       throw listenError(errors[0]);
     }
+  }
+
+  /**
+   * The services whose TCP listeners drop new SYNs (a BGP drain: src/bgp/index.ts), in every
+   * worker now and in every worker started later (resize, restart) from its first bind; an empty
+   * list takes the filter off. Resolves with the listeners that could not be changed (the relay
+   * not built: the JavaScript path has no setsockopt of its own).
+   */
+  async quiesce(services: string[]): Promise<ListenProblem[]> {
+    this.quiesced = [...services];
+    const { errors } = await this.request((seq) => ({ type: 'quiesce', seq, services: this.quiesced }));
+    return dedupe(errors);
   }
 
   isPaused(service: string): boolean {

@@ -41,7 +41,7 @@ export {
 } from '../shm/layout.ts';
 
 /** The relay's interface version (its functions and their arguments); relay.c's RELAY_VERSION. */
-export const RELAY_VERSION = 7;
+export const RELAY_VERSION = 8;
 
 /** Transport.connect's "connected within the call" (transport.ts); relay.c's CONNECT_DONE, checked against constants(). */
 export { CONNECT_DONE };
@@ -82,6 +82,12 @@ export interface RelayBinding {
    * TCP_KEEPCNT, SO_LINGER on and seconds, local port, peer port. Any fd; tests and diagnosis.
    */
   socketOptions(fd: number, out: Int32Array): number;
+  /**
+   * Drops (on) or lets through the pure SYNs that reach a listening TCP socket of this process:
+   * a classic BPF socket filter (relay.c js_quiesce). 0, or a negative errno (-EBADF: not a
+   * listening TCP socket). Needs no init(); the workers call it on both data paths (quiesceFilter).
+   */
+  quiesce(fd: number, on: boolean): number;
   /**
    * One datagram to an AF_UNIX socket (sd_notify: socketPath is $NOTIFY_SOCKET, "@name" abstract):
    * 0 or a negative errno. Needs no init(); src/ops/notify.ts calls it on the main thread.
@@ -150,6 +156,18 @@ export function loadRelay(env: NodeJS.ProcessEnv = process.env, path = RELAY_PAT
     return `${path} was built from another relay.c (${wrong.map((k) => `${k} ${got[k]} ≠ ${EXPECTED[k]}`).join(', ')}): run npm run build`;
   }
   return binding;
+}
+
+/**
+ * The quiesce filter's setsockopt (a BGP drain holds new SYNs back: src/bgp/index.ts), or why it
+ * is not there. It lives in the relay because Node has no setsockopt; on the JavaScript data
+ * path (FULCRUM_RELAY=off, or a worker fallen back to it) the built relay is loaded for this one
+ * call all the same — `off` chooses who moves the bytes — so only a relay not built (or built for
+ * another Node) leaves a drain without it. Once per worker, at its first quiesce.
+ */
+export function quiesceFilter(env: NodeJS.ProcessEnv = process.env): RelayBinding['quiesce'] | string {
+  const relay = loadRelay(env.FULCRUM_RELAY === 'off' ? { ...env, FULCRUM_RELAY: 'on' } : env);
+  return typeof relay === 'string' ? relay : (fd, on) => relay.quiesce(fd, on);
 }
 
 /**

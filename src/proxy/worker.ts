@@ -18,7 +18,7 @@ import { formatHostPort } from '../config/address.ts';
 import { CONNECTION_LOG_MSG, connectionLineWriter, createLogger, LineForwarder, type Logger } from '../observability/log.ts';
 import type { HandedListener, ListenProblem, MainToWorker, ServiceEntry, WorkerInit, WorkerToMain } from './messages.ts';
 import { DataPath, type DataPathContext } from './core.ts';
-import { loadRelay } from './relay.ts';
+import { loadRelay, quiesceFilter, type RelayBinding } from './relay.ts';
 import type { CloseRecord, ServiceRuntime } from './session.ts';
 import { JsTransport } from './transport-js.ts';
 import { RelayTransport } from './transport-relay.ts';
@@ -198,6 +198,42 @@ function listenerFds(): HandedListener[] {
   return out;
 }
 
+/** Services whose listeners drop new SYNs (a BGP drain, src/bgp/index.ts): set by `quiesce`, applied at each bind too. */
+let quiesced = new Set(init.quiesced);
+/** The filter's setsockopt (relay.ts quiesceFilter), or why there is none; loaded at the first quiesce. */
+let holdSyns: RelayBinding['quiesce'] | string | null = null;
+
+/**
+ * Puts the quiesce filter on a TCP listener's socket (on) or takes it off: new SYNs go
+ * unanswered, so their clients retransmit (to another node once the router moved them) while
+ * handshakes under way and open connections go on. A UDP service has no handshake to hold back;
+ * a listener not bound now gets it at its bind (listen). Per `quiesce` message and per bind.
+ */
+function quiesceListener(l: Listener, on: boolean): ListenProblem | null {
+  if (l.rt.entry.protocol !== 'tcp') return null;
+  const fd = l.server !== null ? serverFd(l.server) : l.lid >= 0 ? relay!.listenerFd(l.lid) : -1;
+  if (fd < 0) return null;
+  holdSyns ??= binding !== null && typeof binding !== 'string' ? (f, o) => binding.quiesce(f, o) : quiesceFilter();
+  const e = l.rt.entry;
+  if (typeof holdSyns === 'string') return { service: e.name, address: l.address, message: `cannot hold new connections back: the quiesce filter is in the native relay, which cannot be loaded (${holdSyns})`, code: 'ENOSYS' };
+  const rc = holdSyns(fd, on);
+  if (rc < 0) return { service: e.name, address: l.address, message: `${on ? 'quiesce' : 'unquiesce'}: ${getSystemErrorName(rc)}: ${getSystemErrorMessage(rc)}`, code: getSystemErrorName(rc) };
+  return null;
+}
+
+/** `quiesce`: the set of quiesced services becomes `services`; every listener whose part changed follows. */
+function setQuiesced(services: string[]): ListenProblem[] {
+  const next = new Set(services);
+  const problems: ListenProblem[] = [];
+  for (const [name, l] of listeners) {
+    if (next.has(name) === quiesced.has(name)) continue;
+    const p = quiesceListener(l, next.has(name));
+    if (p !== null) problems.push(p);
+  }
+  quiesced = next;
+  return problems;
+}
+
 function listen(l: Listener): Promise<ListenProblem | null> {
   l.failed = false;
   // The descriptor reserve has stopped accepting: a Node listener opens when it starts again
@@ -209,6 +245,13 @@ function listen(l: Listener): Promise<ListenProblem | null> {
   return bind(l).then((problem) => {
     if (problem !== null) l.failed = true;
     else keepAlive(l);
+    if (problem === null && quiesced.has(l.rt.entry.name)) {
+      // Bound while the node is drained (a worker started by a resize or a restart, a moved
+      // listener): it holds new SYNs back like the others. A failure is said, not fatal: the
+      // listener serves, and the drain's connection count shows what it accepts.
+      const q = quiesceListener(l, true);
+      if (q !== null) log.error({ service: q.service, address: q.address, code: q.code }, q.message);
+    }
     if (problem === null && l.lid >= 0 && descriptors.paused) relay!.pauseListener(l.lid, true);
     return problem;
   });
@@ -415,6 +458,9 @@ port.on('message', async (msg: MainToWorker) => {
       post({ type: 'ack', seq: msg.seq, errors: problem ? [problem] : [] });
       break;
     }
+    case 'quiesce':
+      post({ type: 'ack', seq: msg.seq, errors: setQuiesced(msg.services) });
+      break;
     case 'logging':
       setLogging(msg.level, msg.connections);
       post({ type: 'ack', seq: msg.seq, errors: [] });

@@ -36,6 +36,16 @@ export interface NodeRun {
   file: string;
 }
 
+/** One attempt of the client loop: started at t, ended at done (epoch ms), from local `port`. */
+export interface ClientResult {
+  t: number;
+  done: number;
+  port: number;
+  ok: boolean;
+  body?: string;
+  err?: string;
+}
+
 export interface NodeOptions {
   speaker?: 'gobgp' | 'command';
   drain?: string;
@@ -169,6 +179,16 @@ route-map NONE deny 10
     }
   }
 
+  /**
+   * The client ports node n has a TCP socket with, in any state: open, closing, or TIME_WAIT (60 s,
+   * and the node closes first, so each connection it served stays listed). Kernel state of its
+   * namespace: readable after its fulcrum exited.
+   */
+  async peerPorts(n: number): Promise<Set<number>> {
+    const r = await this.lab.exec(`lb${n}`, 'ss', ['-Htan', 'dst', CLIENT], 10_000);
+    return new Set([...r.stdout.matchAll(/ 10\.251\.9\.2:(\d+)\s*$/gm)].map((m) => Number(m[1])));
+  }
+
   writeConfig(n: number, o: NodeOptions = {}): string {
     const speaker = o.speaker ?? 'gobgp';
     const bgp = speaker === 'gobgp'
@@ -249,11 +269,11 @@ ${bgp}
   }
 
   /** A client loop: one connection per interval for duration (test/failover/fixtures/client.ts). */
-  clientLoop(intervalMs: number, durationMs: number, timeoutMs: number): { results: { t: number; ok: boolean; body?: string; err?: string }[]; done: Promise<void> } {
+  clientLoop(intervalMs: number, durationMs: number, timeoutMs: number): { results: ClientResult[]; done: Promise<void>; stop: () => void } {
     const child = this.lab.spawn('client', NODE, [CLIENT_JS, 'loop', `${VIP}:${PORT}`, String(intervalMs), String(durationMs), String(timeoutMs)]);
     // The client's lines are JSON too (no level: it never fails to print one).
-    const results = collectJsonLines(child) as unknown as { t: number; ok: boolean; body?: string; err?: string }[];
-    return { results, done: new Promise<void>((r) => child.once('exit', () => r())) };
+    const results = collectJsonLines(child) as unknown as ClientResult[];
+    return { results, done: new Promise<void>((r) => child.once('exit', () => r())), stop: () => void child.kill('SIGTERM') };
   }
 
   kill(n: number, signal: NodeJS.Signals): void {

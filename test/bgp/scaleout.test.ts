@@ -85,7 +85,10 @@ describe.skipIf(!READY)('scale-out: three nodes behind an FRR router, gobgp spea
     const drained = await lab.ctl(2, 'node', 'drain');
     expect(drained.code, drained.stderr).toBe(0);
     expect(drained.stdout).toMatch(/^ +vip +10\.250\.0\.100 +withdrawn +drained by operator$/m);
+    // Quiesced first, withdrawn once its connections ended; SYNs held back while the router moves.
+    expect(drained.stdout).toMatch(/^ +drain +withdrawn; new SYNs held back on web \(drained by operator, since /m);
     await lab.waitNextHops([1, 3], 3000);
+    expect(lab.running.get(2)!.lines.some((l) => /^BGP drain: no connection open after \d+ms$/.test(l.msg))).toBe(true);
     const line = await lab.waitLog(2, (l) => l.action === 'withdraw' && String(l.cause).includes('drained by operator'), 1000);
     expect(line.vip).toBe('10.250.0.100');
     // A backend state change re-decides every VIP: the drain holds whatever the backends do.
@@ -93,6 +96,10 @@ describe.skipIf(!READY)('scale-out: three nodes behind an FRR router, gobgp spea
     expect((await lab.ctl(2, 'state', 'web', BACKENDS[0], 'ready')).code).toBe(0);
     const status = JSON.parse((await lab.ctl(2, 'status', '--json')).stdout).bgp;
     expect(status.draining).toBe('drained by operator');
+    // bgp.drain (1 s) after the withdraw the listeners accept again; the route stays withdrawn.
+    await lab.waitLog(2, (l) => /^BGP drain settled/.test(l.msg), 3000);
+    const settled = JSON.parse((await lab.ctl(2, 'status', '--json')).stdout).bgp;
+    expect(settled.drain).toMatchObject({ phase: 'settled', quiesced: [], cause: 'drained by operator' });
     expect(status.vips).toEqual([expect.objectContaining({ announced: false })]);
     expect((await lab.ctl(2, 'status')).stdout).toMatch(/^bgp +speaker gobgp +pid \d+ +draining \(drained by operator\)/m);
     const ready = await lab.ctl(2, 'node', 'ready');
@@ -103,28 +110,53 @@ describe.skipIf(!READY)('scale-out: three nodes behind an FRR router, gobgp spea
     expect((await lab.connect(60)).filter((b) => b === null)).toHaveLength(0);
   }
 
-  it('graceful stop of a node under connection churn: it withdraws first and keeps accepting; no connection is refused or lost outside the instant the router switches', async () => {
-    const loop = lab.clientLoop(10, 4000, 1000);
+  it('graceful stop of a node under connection churn: it quiesces, its connections end, then it withdraws; none of its connections fails', async () => {
+    await lab.waitNextHops([1, 2, 3], 15_000);
+    // 4.5 s per attempt: a client that reaches the node while it quiesces gets no answer to its
+    // SYN and retransmits it 1 s later (3 s if that one is held back too), to another node by then.
+    const loop = lab.clientLoop(10, 4000, 4500);
     await sleep(800);
+    const sigterm = Date.now();
     lab.kill(3, 'SIGTERM');
     const t0 = performance.now();
     const gone = await lab.waitNextHops([1, 2], 3000);
     const switchedAt = Date.now();
     await lab.running.get(3)!.exited;
+    const lines = lab.running.get(3)!.lines;
     lab.running.delete(3);
     await loop.done;
     expect(loop.results.length).toBeGreaterThan(200);
     expect(gone).toBeLessThan(1000);
-    expect(performance.now() - t0).toBeGreaterThan(1000); // it kept serving for bgp.drain
-    // The router keeps no flow state: a connection open at the instant its hash moves (one to
-    // the drained node, or a surviving node's flow that hash-threshold ECMP re-maps) has its next
-    // packets sent to a node without its socket, which resets it. Nothing else may fail: no
-    // refusal (listeners closed before the router moved), no timeout, nothing after the switch.
+    expect(performance.now() - t0).toBeGreaterThan(1000); // it held SYNs back for bgp.drain after the withdraw
+    const said = (re: RegExp) => lines.some((l) => re.test(l.msg));
+    expect(said(/^BGP drain: quiescing web /)).toBe(true);
+    expect(said(/^BGP drain: waiting for \d+ connections to end/)).toBe(true);
+    expect(said(/^BGP drain: no connection open after \d+ms$/)).toBe(true);
+    expect(lines.find((l) => l.action === 'withdraw')?.cause).toBe('stopping: SIGTERM');
+
+    // Whose connection each attempt was: the nodes' sockets with the client (TIME_WAIT included),
+    // checked against the answers (each names the node that served it).
+    const had = new Map<number, number[]>();
+    for (const n of lab.nodes) for (const p of await lab.peerPorts(n)) had.set(p, [...(had.get(p) ?? []), n]);
+    for (const r of loop.results.filter((x) => x.ok)) expect(had.get(r.port), JSON.stringify(r)).toContain(nodeOf(r.body!));
+    const detail = (xs: typeof loop.results) => JSON.stringify(xs.map((f) => ({ ...f, since_switch: f.t - switchedAt, had: had.get(f.port) })));
     const failed = loop.results.filter((r) => !r.ok);
-    const detail = JSON.stringify(failed.map((f) => ({ ...f, since_switch: f.t - switchedAt })));
-    expect(failed.filter((f) => f.err !== 'ECONNRESET' && f.err !== 'empty'), detail).toEqual([]);
-    expect(failed.filter((f) => f.t > switchedAt + 20), detail).toEqual([]);
-    expect(failed.length, detail).toBeLessThanOrEqual(2);
+    // The drained node's connections all finished: those in flight at the SIGTERM there, and no
+    // new one started after the quiesce (its clients' SYNs went unanswered, then to another node).
+    const its = loop.results.filter((r) => had.get(r.port)?.includes(3));
+    expect(its.length).toBeGreaterThan(10);
+    expect(its.filter((r) => !r.ok), detail(its.filter((r) => !r.ok))).toEqual([]);
+    expect(its.filter((r) => r.t > sigterm + 200), detail(its.filter((r) => r.t > sigterm + 200))).toEqual([]);
+    // Nothing refused, nothing timed out, no attempt without its port.
+    expect(failed.filter((f) => f.port === 0 || (f.err !== 'ECONNRESET' && f.err !== 'empty')), detail(failed)).toEqual([]);
+    // Hash-threshold ECMP re-maps some flows of the nodes that stay when a next hop goes (README,
+    // Surviving flows): one open at that instant is reset by a node without its socket. Only
+    // those may fail: within 20 ms of the switch, 2 at most.
+    expect(failed.filter((f) => f.t > switchedAt + 20), detail(failed)).toEqual([]);
+    expect(failed.length, detail(failed)).toBeLessThanOrEqual(2);
+    const held = loop.results.filter((r) => r.ok && r.t >= sigterm && r.t < switchedAt && r.done - r.t > 900);
+    const waits = held.map((r) => r.done - r.t).sort((a, b) => a - b);
+    process.stdout.write(`drain: ${its.length} connections on the drained node, ${held.length} held back (wait median ${waits[waits.length >> 1]} ms, max ${waits.at(-1)} ms), ${failed.length} surviving flows reset\n`);
     await lab.start(3);
     await lab.waitNextHops([1, 2, 3], 15_000);
   });

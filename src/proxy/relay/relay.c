@@ -20,6 +20,7 @@
  *         or CONNECT_DONE as the result (connected within the call: no EV_CONNECTED follows)
  *   watch(slot, clientFd)      a queued client: EV_CLIENT_GONE if it leaves while waiting
  *   pause(id) / resume(id)     a listener stops / starts accepting (the descriptor reserve)
+ *   quiesce(fd, on)            a listener drops new SYNs (unanswered, not refused) or not (a BGP drain)
  *   stop(slot, keepClient)     JS ends or takes back a session (timeout, kill, shutdown, dequeue)
  *   udpInit, udpListen, udpConfigure, udpCloseListener, udpConnect, udpMove, udpClose
  *                              UDP services (udp.c): EV_UDP_NEW for a new flow's first datagram,
@@ -38,7 +39,8 @@
  * closeFd take a client the relay accepted and JS holds (FD_HELD), or, for a Node handle's
  * socket lent to a session (ownClient false), a stream socket that is none of the relay's; any
  * other fd is refused with EBADF (ENOTSOCK: not a stream socket) and left alone; socketOptions,
- * which only reads (getsockopt, for tests and diagnosis), takes any. Slots are
+ * which only reads (getsockopt, for tests and diagnosis), takes any, and quiesce any listening
+ * TCP socket (a Node server's too). Slots are
  * integers below MAX_SLOTS and within the stats array; anything else is refused where it is read
  * (args(), 's').
  */
@@ -711,6 +713,50 @@ static napi_value js_socket_options(napi_env env, napi_callback_info info) {
 }
 
 /*
+ * The quiesce filter (classic BPF, SO_ATTACH_FILTER: no capability needed). In tcp_v4_rcv and
+ * tcp_v6_rcv a listener's socket filter (tcp_filter) runs before LISTEN processing, and also for
+ * the ACK that completes a pending handshake (a NEW_SYN_RECV request is filtered by its
+ * listener), with the segment seen from its TCP header. So this program drops exactly the pure
+ * SYNs (SYN set, ACK clear): a new client gets no answer and retransmits its SYN (initial RTO
+ * 1 s), neither refused nor accepted, while handshakes under way and established connections go
+ * on. A socket accepted while it is attached inherits it (sk_clone_lock): it then drops SYNs
+ * only, which an established connection is never sent but by a client reusing its port.
+ */
+static struct sock_filter quiesce_code[] = {
+  BPF_STMT(BPF_LD | BPF_B | BPF_ABS, 13),          /* the TCP flags byte */
+  BPF_STMT(BPF_ALU | BPF_AND | BPF_K, 0x12),       /* SYN | ACK */
+  BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, 0x02, 0, 1), /* SYN without ACK: */
+  BPF_STMT(BPF_RET | BPF_K, 0),                    /*   dropped */
+  BPF_STMT(BPF_RET | BPF_K, 0xffffffff),           /* anything else: kept whole */
+};
+
+/*
+ * quiesce(fd, on) → 0 or a negative errno: attaches (on) or detaches the quiesce filter on a
+ * listening TCP socket of this process. Any other fd is refused with -EBADF and left alone
+ * (ENOTSOCK, not listening, not TCP): this is the one call that changes an fd JS names without
+ * the relay having made it (a Node server's listener on the JavaScript path). Detaching a filter
+ * that is not there is 0. Called by worker.ts on every listener of a quiesced service: when
+ * src/bgp drains the node, and at each bind while it is drained — never per connection.
+ */
+static napi_value js_quiesce(napi_env env, napi_callback_info info) {
+  int32_t fd;
+  bool on;
+  if (!args(env, info, NULL, "quiesce(fd, on: boolean)", "db", &fd, &on)) return NULL;
+  int v = 0;
+  socklen_t len = sizeof(v);
+  if (getsockopt(fd, SOL_SOCKET, SO_ACCEPTCONN, &v, &len) != 0 || v != 1) return int_value(env, -EBADF);
+  len = sizeof(v);
+  if (getsockopt(fd, SOL_SOCKET, SO_PROTOCOL, &v, &len) != 0 || v != IPPROTO_TCP) return int_value(env, -EBADF);
+  if (on) {
+    struct sock_fprog prog = {.len = sizeof(quiesce_code) / sizeof(quiesce_code[0]), .filter = quiesce_code};
+    if (setsockopt(fd, SOL_SOCKET, SO_ATTACH_FILTER, &prog, sizeof(prog)) != 0) return int_value(env, -errno);
+  } else if (setsockopt(fd, SOL_SOCKET, SO_DETACH_FILTER, &v, sizeof(v)) != 0 && errno != ENOENT) {
+    return int_value(env, -errno);
+  }
+  return int_value(env, 0);
+}
+
+/*
  * notify(socketPath: string, message: string) → 0 or a negative errno: one datagram on an
  * AF_UNIX socket, the sd_notify protocol ($NOTIFY_SOCKET; "@name" is an abstract name). Node's
  * dgram has no AF_UNIX sockets. Called by src/ops/notify.ts on the main thread (needs no init()):
@@ -811,6 +857,7 @@ NAPI_MODULE_INIT() {
     {"closeFd", NULL, js_close_fd, NULL, NULL, NULL, napi_default, NULL},
     {"localAddress", NULL, js_local_address, NULL, NULL, NULL, napi_default, NULL},
     {"socketOptions", NULL, js_socket_options, NULL, NULL, NULL, napi_default, NULL},
+    {"quiesce", NULL, js_quiesce, NULL, NULL, NULL, napi_default, NULL},
     {"notify", NULL, js_notify, NULL, NULL, NULL, napi_default, NULL},
     {"constants", NULL, js_constants, NULL, NULL, NULL, napi_default, NULL},
     {"udpInit", NULL, js_udp_init, NULL, NULL, NULL, napi_default, NULL},

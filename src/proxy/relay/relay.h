@@ -35,6 +35,7 @@
 #include <poll.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
+#include <linux/filter.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <stddef.h>
@@ -47,7 +48,7 @@
 
 /* Keep in step with relay.ts (checked there against constants()). */
 #ifndef RELAY_VERSION /* tests build a relay of another version to see it refused */
-#define RELAY_VERSION 7
+#define RELAY_VERSION 8
 #endif
 /* connect()'s result when the backend was connected within the call (relay.ts CONNECT_DONE). */
 #define CONNECT_DONE 1

@@ -11,14 +11,20 @@
  *   database check last saw, so no backend starts cold (down until probed, or up while it is down)
  *   and the first probes go through rise/fall instead of deciding alone.
  *
- * Not carried: the failover role and BGP routes — an upgrade of a config with `ha` or `bgp` is
- * refused (src/main.ts) until their hand-over exists.
+ * - BGP (`bgp`, built by src/bgp/index.ts Bgp.carry): the speaker, the VIPs on lo and the ones
+ *   announced, and for gobgp the running daemon the new process adopts (state directory, API
+ *   socket, pids, the config it runs); its liveness pipe and stderr travel as descriptors beside
+ *   this (UpgradeSource.handles). Nothing is withdrawn on the way.
+ *
+ * Not carried: the failover role — an upgrade of a config with `ha` is refused (src/main.ts)
+ * until its hand-over exists.
  *
  * Plain data (it crosses the IPC channel as JSON).
  */
 import { formatHostPort, type BackendConfig, type Config } from '../config/schema.ts';
 import type { AdminState, ServiceDescription } from '../balancer/balancer.ts';
 import type { BackendHealth, RoleSeen } from '../health/monitor.ts';
+import type { CarriedBgp } from '../bgp/speaker.ts';
 
 export interface CarriedBackend {
   service: string;
@@ -36,6 +42,8 @@ export interface CarriedState {
   membership: { service: string; added: BackendConfig[]; removed: string[] }[];
   backends: CarriedBackend[];
   health: { service: string; address: string; state: 'up' | 'down'; pending: boolean; role?: RoleSeen }[];
+  /** Set when the old process announces by BGP (src/bgp/index.ts Bgp.carry). */
+  bgp?: CarriedBgp;
 }
 
 export interface CarryParts {

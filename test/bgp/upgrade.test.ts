@@ -1,0 +1,181 @@
+/**
+ * `fulcrum upgrade` of a node that announces its VIP by BGP (gobgp speaker), with real daemons in
+ * namespaces (lab.ts): one node behind the FRR router, so a route that went away for a moment
+ * would show as a failed connection as well as in the router's table. The node is upgraded three
+ * times under steady churn: the router's BGP session never drops (FRR's own counters), the VIP's
+ * next hop is there in every sample taken during the upgrades, no connection fails, gobgpd is the
+ * same process throughout (adopted, not restarted), and each new process reports the session
+ * established and the VIP announced. Upgrades that fail (a broken config; a bgp section that
+ * would run gobgpd differently) change nothing on the router. Then kill -9 of the newest process:
+ * the route is withdrawn — the tie between gobgpd and fulcrum survived the upgrades.
+ */
+import { readFileSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { haveBinary, netnsAvailable, ROOT, sleep } from '../helpers/netns.ts';
+import { BgpLab, nodeOf, VIP } from './lab.ts';
+
+const READY = netnsAvailable() && haveBinary('gobgpd') && haveBinary('/usr/lib/frr/bgpd') && haveBinary('setpriv');
+const PEER = '10.251.1.2';
+
+const alive = (pid: number): boolean => {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch {
+    return false;
+  }
+};
+
+describe.skipIf(!READY)('upgrade of a BGP node (gobgp speaker): the session and the route stay', () => {
+  let lab: BgpLab;
+
+  beforeAll(async () => {
+    lab = await BgpLab.create('bgpup', 1);
+    await lab.start(1);
+    await lab.waitNextHops([1], 15_000);
+  }, 90_000);
+  const samplers: { stop(): Promise<unknown> }[] = [];
+  afterAll(async () => {
+    for (const s of samplers) await s.stop().catch(() => undefined);
+    await lab?.destroy();
+  });
+
+  /** The router's view of the node's session (FRR's counters). */
+  async function neighbor(): Promise<{ state: string; established: number; dropped: number }> {
+    const j = JSON.parse(await lab.vtysh(`show bgp neighbor ${PEER} json`))[PEER];
+    return { state: j.bgpState, established: j.connectionsEstablished, dropped: j.connectionsDropped };
+  }
+
+  /** `fulcrum ctl` by the admin address and token (not the config file, which a test breaks on purpose). */
+  function ctl(...args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
+    return lab.lab.exec('lb1', join(ROOT, 'bin/fulcrum'), ['ctl', '--admin', 'http://127.0.0.1:9900', '--token-file', join(lab.dir, 'admin1.token'), ...args], 90_000);
+  }
+
+  async function status(): Promise<any> {
+    const r = await ctl('status', '--json');
+    expect(r.code, r.stderr).toBe(0);
+    return JSON.parse(r.stdout);
+  }
+
+  /** Samples the router's route for the VIP until stop(); counts the samples without node 1. */
+  function sampleRoute(): { stop(): Promise<{ samples: number; missing: number }> } {
+    let on = true;
+    let samples = 0;
+    let missing = 0;
+    const loop = (async () => {
+      while (on) {
+        // A test that failed half-way destroys the lab under a running sampler: it just ends.
+        const hops = await lab.nextHops().catch((err: Error) => (on ? Promise.reject(err) : null));
+        if (hops === null) break;
+        samples++;
+        if (!hops.includes(1)) missing++;
+        await sleep(5);
+      }
+    })();
+    return {
+      async stop() {
+        on = false;
+        await loop;
+        return { samples, missing };
+      },
+    };
+  }
+
+  async function upgrade(): Promise<{ code: number; out: string; pid: number | null }> {
+    const r = await ctl('upgrade');
+    const m = /upgraded: pid (\d+) serves/.exec(r.stdout);
+    return { code: r.code, out: r.stdout + r.stderr, pid: m ? Number(m[1]) : null };
+  }
+
+  it('three upgrades under churn: the session never drops, the next hop never leaves, no connection fails, gobgpd is adopted; failed upgrades change nothing; kill -9 of the newest withdraws', async () => {
+    const before = await neighbor();
+    expect(before.state).toBe('Established');
+    const first = await status();
+    const gobgpd = first.bgp.speaker_info.gobgpd_pid as number;
+    expect(gobgpd).toBeGreaterThan(0);
+    let pid = first.pid as number;
+
+    const loop = lab.clientLoop(10, 40_000, 1000);
+    const route = sampleRoute();
+    samplers.push(route);
+    let lastUpgradeAt = 0;
+    for (let i = 1; i <= 3; i++) {
+      const r = await upgrade();
+      expect(r.code, `${r.out}\n${lab.dump()}`).toBe(0);
+      const next = r.pid!;
+      expect(next).not.toBe(pid);
+      const s = await status();
+      expect(s.pid).toBe(next);
+      // The session as the new process sees it (read at its adoption), the VIP announced, the same gobgpd.
+      expect(s.bgp.sessions).toEqual([expect.objectContaining({ neighbor: '10.251.1.1', state: 'established' })]);
+      expect(s.bgp.vips).toEqual([expect.objectContaining({ vip: VIP, announced: true })]);
+      expect(s.bgp.speaker_info).toMatchObject({ gobgpd_pid: gobgpd, adopted_from: pid, running: true });
+      // The old one drains (shutdown_grace 1 s) and exits without touching gobgpd.
+      const old = pid;
+      const t0 = Date.now();
+      while (alive(old)) {
+        if (Date.now() - t0 > 15_000) throw new Error(`old pid ${old} did not exit`);
+        await sleep(50);
+      }
+      expect(alive(gobgpd)).toBe(true);
+      pid = next;
+      lastUpgradeAt = Date.now();
+    }
+    // Two more seconds of traffic and samples with the old processes gone.
+    await sleep(2000);
+    const sampled = await route.stop();
+    await loop.done;
+    const after = await neighbor();
+    expect(after).toEqual(before);
+    expect(sampled.samples).toBeGreaterThan(50);
+    expect(sampled.missing).toBe(0);
+    const failed = loop.results.filter((x) => !x.ok);
+    expect(failed, JSON.stringify(failed.slice(0, 5))).toEqual([]);
+    expect(loop.results.length).toBeGreaterThan(500);
+    expect(loop.results.some((x) => x.t > lastUpgradeAt), 'the churn ran past the last upgrade').toBe(true);
+    expect(loop.results.every((x) => nodeOf(x.body!) === 1)).toBe(true);
+    // Nothing was withdrawn or announced by the upgrades: the newest process announced nothing itself.
+    const last = await status();
+    expect(last.bgp.counts).toEqual({ announce: 0, withdraw: 0, failed: 0 });
+
+    // Failed upgrades: a config that does not load, then a bgp section that would run gobgpd differently.
+    const file = lab.running.get(1)!.file;
+    const good = readFileSync(file, 'utf8');
+    for (const [broken, reason] of [
+      [good.replace('workers: 1', 'workers: 99'), /workers: must be auto or an integer 1–16, got 99/],
+      [good.replace('asn: 65001', 'asn: 65011'), /runs gobgpd differently .*as = 65001.*as = 65011.*restart fulcrum/],
+    ] as const) {
+      writeFileSync(file, broken);
+      const route2 = sampleRoute();
+      samplers.push(route2);
+      const r = await upgrade();
+      const s2 = await route2.stop();
+      expect(r.code).not.toBe(0);
+      expect(r.out).toMatch(reason);
+      expect(s2.missing).toBe(0);
+      const s = await status();
+      expect(s.pid).toBe(pid);
+      expect(s.bgp.speaker_info).toMatchObject({ gobgpd_pid: gobgpd, running: true });
+      expect(s.bgp.vips).toEqual([expect.objectContaining({ announced: true })]);
+      expect(await neighbor()).toEqual(before);
+    }
+    writeFileSync(file, good);
+    expect((await lab.connect(20)).every((b) => b !== null)).toBe(true);
+    // The failed new processes fed the wrapper and let go: it is still tied to the newest one.
+    await sleep(1500);
+    expect(await neighbor()).toEqual(before);
+
+    // kill -9 of the newest process: its end of the liveness pipe closes, the wrapper kills gobgpd,
+    // the session closes and the router withdraws.
+    process.kill(pid, 'SIGKILL');
+    const gone = await lab.waitNextHops([], 3000);
+    expect(gone).toBeLessThan(2000);
+    const t0 = Date.now();
+    while (alive(gobgpd)) {
+      if (Date.now() - t0 > 3000) throw new Error(`gobgpd (pid ${gobgpd}) outlived the fulcrum it was tied to`);
+      await sleep(20);
+    }
+    expect((await neighbor()).dropped).toBe(before.dropped + 1);
+  }, 180_000);
+});

@@ -35,9 +35,7 @@ describe.skipIf(!READY)('upgrade of a BGP node (gobgp speaker): the session and 
     await lab.start(1);
     await lab.waitNextHops([1], 15_000);
   }, 90_000);
-  const samplers: { stop(): Promise<unknown> }[] = [];
   afterAll(async () => {
-    for (const s of samplers) await s.stop().catch(() => undefined);
     await lab?.destroy();
   });
 
@@ -58,30 +56,6 @@ describe.skipIf(!READY)('upgrade of a BGP node (gobgp speaker): the session and 
     return JSON.parse(r.stdout);
   }
 
-  /** Samples the router's route for the VIP until stop(); counts the samples without node 1. */
-  function sampleRoute(): { stop(): Promise<{ samples: number; missing: number }> } {
-    let on = true;
-    let samples = 0;
-    let missing = 0;
-    const loop = (async () => {
-      while (on) {
-        // A test that failed half-way destroys the lab under a running sampler: it just ends.
-        const hops = await lab.nextHops().catch((err: Error) => (on ? Promise.reject(err) : null));
-        if (hops === null) break;
-        samples++;
-        if (!hops.includes(1)) missing++;
-        await sleep(5);
-      }
-    })();
-    return {
-      async stop() {
-        on = false;
-        await loop;
-        return { samples, missing };
-      },
-    };
-  }
-
   async function upgrade(): Promise<{ code: number; out: string; pid: number | null }> {
     const r = await ctl('upgrade');
     const m = /upgraded: pid (\d+) serves/.exec(r.stdout);
@@ -97,8 +71,7 @@ describe.skipIf(!READY)('upgrade of a BGP node (gobgp speaker): the session and 
     let pid = first.pid as number;
 
     const loop = lab.clientLoop(10, 40_000, 1000);
-    const route = sampleRoute();
-    samplers.push(route);
+    const route = lab.sampleNextHops(1);
     let lastUpgradeAt = 0;
     for (let i = 1; i <= 3; i++) {
       const r = await upgrade();
@@ -147,8 +120,7 @@ describe.skipIf(!READY)('upgrade of a BGP node (gobgp speaker): the session and 
       [good.replace('asn: 65001', 'asn: 65011'), /runs gobgpd differently .*as = 65001.*as = 65011.*restart fulcrum/],
     ] as const) {
       writeFileSync(file, broken);
-      const route2 = sampleRoute();
-      samplers.push(route2);
+      const route2 = lab.sampleNextHops(1);
       const r = await upgrade();
       const s2 = await route2.stop();
       expect(r.code).not.toBe(0);

@@ -253,7 +253,8 @@ export class Bgp extends EventEmitter<BgpEvents> {
     if (this.released) return;
     if (this.adopting) {
       this.released = true;
-      await this.speaker.stop(); // not committed: it releases
+      // Released, not stopped: gobgpd stays tied to the old process (a speaker with nothing to let go stops).
+      await (this.speaker.release ? this.speaker.release() : this.speaker.stop());
       await this.loFor(this.config.vips.filter((v) => !this.carried!.state.vips.includes(v))).remove();
       return;
     }

@@ -5,10 +5,10 @@
  * `fulcrum upgrade` with it: only the announced set is carried; the new process never withdraws
  * what should stay, and runs the announce command again (BIRD takes an enable of an enabled protocol).
  */
-import { existsSync, readFileSync, writeFileSync } from 'node:fs';
+import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { haveBinary, netnsAvailable, sleep } from '../helpers/netns.ts';
+import { alive, haveBinary, netnsAvailable, sleep } from '../helpers/netns.ts';
 import { BACKENDS, BgpLab } from './lab.ts';
 
 const READY = netnsAvailable() && haveBinary('bird') && haveBinary('birdc') && haveBinary('/usr/lib/frr/bgpd');
@@ -98,7 +98,7 @@ protocol bgp up {
     await lab.waitNextHops([], 5000);
     expect(readFileSync(withdrawn, 'utf8')).toBe('10.250.0.100\n');
     const t0 = Date.now();
-    while (existsSync(`/proc/${pid}`)) {
+    while (alive(pid)) {
       if (Date.now() - t0 > 10_000) throw new Error(`pid ${pid} did not exit`);
       await sleep(50);
     }

@@ -12,20 +12,11 @@
 import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { haveBinary, netnsAvailable, ROOT, sleep } from '../helpers/netns.ts';
+import { alive, haveBinary, netnsAvailable, ROOT, sleep } from '../helpers/netns.ts';
 import { BgpLab, nodeOf, VIP } from './lab.ts';
 
 const READY = netnsAvailable() && haveBinary('gobgpd') && haveBinary('/usr/lib/frr/bgpd') && haveBinary('setpriv');
 const PEER = '10.251.1.2';
-
-const alive = (pid: number): boolean => {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch {
-    return false;
-  }
-};
 
 describe.skipIf(!READY)('upgrade of a BGP node (gobgp speaker): the session and the route stay', () => {
   let lab: BgpLab;

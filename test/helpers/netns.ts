@@ -53,7 +53,8 @@ export function netnsAvailable(): boolean {
   }
 }
 
-function alive(pid: number): boolean {
+/** Whether a process runs (signal 0). */
+export function alive(pid: number): boolean {
   try {
     process.kill(pid, 0);
     return true;

@@ -6,16 +6,14 @@
  * start that fails before commit releasing instead of stopping. The speaker records what it was
  * asked; gobgpd itself is adopted in upgrade.test.ts, the command speaker with BIRD in command.test.ts.
  */
-import { afterEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { Bgp, type CarriedBgp, type SessionState, type Speaker } from '../../src/bgp/index.ts';
 import { bgpSchema, type Config } from '../../src/config/schema.ts';
 import { bgpServicesOn, installBgpRoutes } from '../../src/control/routes.ts';
 import { EventEmitter } from 'node:events';
 import type { FulcrumEvents } from '../../src/events.ts';
 import { silentLogger } from '../../src/observability/log.ts';
-import { closeEnvs, config as balancerConfig, makeEnv } from '../balancer/env.ts';
-
-afterEach(() => closeEnvs());
+import { config as balancerConfig, makeEnv } from '../balancer/env.ts';
 
 const V1 = '10.0.100.11';
 const V2 = '10.0.100.12';

@@ -13,7 +13,7 @@ import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { alive, haveBinary, netnsAvailable, ROOT, sleep } from '../helpers/netns.ts';
-import { BgpLab, nodeOf, VIP } from './lab.ts';
+import { BACKENDS, BgpLab, nodeOf, PORT, VIP } from './lab.ts';
 
 const READY = netnsAvailable() && haveBinary('gobgpd') && haveBinary('/usr/lib/frr/bgpd') && haveBinary('setpriv');
 const PEER = '10.251.1.2';
@@ -103,12 +103,17 @@ describe.skipIf(!READY)('upgrade of a BGP node (gobgp speaker): the session and 
     const last = await status();
     expect(last.bgp.counts).toEqual({ announce: 0, withdraw: 0, failed: 0 });
 
-    // Failed upgrades: a config that does not load, then a bgp section that would run gobgpd differently.
+    // Failed upgrades: a config that does not load; a bgp section that would run gobgpd
+    // differently; a service that cannot listen, which fails after the new process adopted gobgpd
+    // and fed it (it then lets go without a shutdown of the pipe: the wrapper keeps reading).
     const file = lab.running.get(1)!.file;
     const good = readFileSync(file, 'utf8');
+    const lines = lab.running.get(1)!.lines; // every process of the node writes to the first one's stdout
+    const unbindable = good.replace('bgp:\n', `  - name: nowhere\n    listen: 10.250.0.200:${PORT}\n    backends: [ { address: ${BACKENDS[0]} } ]\nbgp:\n`);
     for (const [broken, reason] of [
       [good.replace('workers: 1', 'workers: 99'), /workers: must be auto or an integer 1–16, got 99/],
       [good.replace('asn: 65001', 'asn: 65011'), /runs gobgpd differently .*as = 65001.*as = 65011.*restart fulcrum/],
+      [unbindable, /10\.250\.0\.200:8080/],
     ] as const) {
       writeFileSync(file, broken);
       const route2 = lab.sampleNextHops(1);
@@ -124,6 +129,11 @@ describe.skipIf(!READY)('upgrade of a BGP node (gobgp speaker): the session and 
       expect(await neighbor()).toEqual(before);
     }
     writeFileSync(file, good);
+    const adopted = lines.filter((l) => /^gobgpd adopted from pid/.test(l.msg)).map((l) => l.pid);
+    const released = lines.filter((l) => l.msg === 'gobgpd released: it is tied to the other process now').length;
+    // Adopted by the three upgrades and the failed one; released by the three old processes and the failed one.
+    expect(adopted).toHaveLength(4);
+    expect(released).toBe(4);
     expect((await lab.connect(20)).every((b) => b !== null)).toBe(true);
     // The failed new processes fed the wrapper and let go: it is still tied to the newest one.
     await sleep(1500);

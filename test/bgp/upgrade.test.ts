@@ -6,8 +6,9 @@
  * next hop is there in every sample taken during the upgrades, no connection fails, gobgpd is the
  * same process throughout (adopted, not restarted), and each new process reports the session
  * established and the VIP announced. Upgrades that fail (a broken config; a bgp section that
- * would run gobgpd differently) change nothing on the router. Then kill -9 of the newest process:
- * the route is withdrawn — the tie between gobgpd and fulcrum survived the upgrades.
+ * would run gobgpd differently; a start that fails after adopting gobgpd) change nothing on the
+ * router. Then the tie survived the upgrades: SIGSTOP of the newest process takes the route away
+ * within liveness (and it starts a gobgpd of its own after SIGCONT), kill -9 withdraws it.
  */
 import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
@@ -53,7 +54,7 @@ describe.skipIf(!READY)('upgrade of a BGP node (gobgp speaker): the session and 
     return { code: r.code, out: r.stdout + r.stderr, pid: m ? Number(m[1]) : null };
   }
 
-  it('three upgrades under churn: the session never drops, the next hop never leaves, no connection fails, gobgpd is adopted; failed upgrades change nothing; kill -9 of the newest withdraws', async () => {
+  it('three upgrades under churn: the session never drops, the next hop never leaves, no connection fails, gobgpd is adopted; failed upgrades change nothing; SIGSTOP and kill -9 of the newest withdraw', async () => {
     const before = await neighbor();
     expect(before.state).toBe('Established');
     const first = await status();
@@ -139,16 +140,32 @@ describe.skipIf(!READY)('upgrade of a BGP node (gobgp speaker): the session and 
     await sleep(1500);
     expect(await neighbor()).toEqual(before);
 
+    // SIGSTOP of the newest process: the adopted wrapper is not fed (the old processes are gone),
+    // kills gobgpd within liveness (1 s), the router withdraws. After SIGCONT the process sees the
+    // pipe closed, starts a gobgpd of its own and announces again.
+    process.kill(pid, 'SIGSTOP');
+    const hung = performance.now();
+    await lab.waitNextHops([], 3000);
+    expect(performance.now() - hung).toBeLessThan(1700);
+    expect(alive(gobgpd)).toBe(false);
+    process.kill(pid, 'SIGCONT');
+    await lab.waitNextHops([1], 15_000);
+    expect(lines.some((l) => /BGP speaker lost: the wrapper \(pid \d+\) closed the liveness pipe/.test(l.msg))).toBe(true);
+    const own = (await status()).bgp.speaker_info;
+    expect(own).toMatchObject({ running: true, restarts: 1 });
+    expect(own.gobgpd_pid).not.toBe(gobgpd);
+
     // kill -9 of the newest process: its end of the liveness pipe closes, the wrapper kills gobgpd,
     // the session closes and the router withdraws.
+    const dropped = (await neighbor()).dropped;
     process.kill(pid, 'SIGKILL');
     const gone = await lab.waitNextHops([], 3000);
     expect(gone).toBeLessThan(2000);
     const t0 = Date.now();
-    while (alive(gobgpd)) {
-      if (Date.now() - t0 > 3000) throw new Error(`gobgpd (pid ${gobgpd}) outlived the fulcrum it was tied to`);
+    while (alive(own.gobgpd_pid)) {
+      if (Date.now() - t0 > 3000) throw new Error(`gobgpd (pid ${own.gobgpd_pid}) outlived the fulcrum it was tied to`);
       await sleep(20);
     }
-    expect((await neighbor()).dropped).toBe(before.dropped + 1);
+    expect((await neighbor()).dropped).toBe(dropped + 1);
   }, 180_000);
 });

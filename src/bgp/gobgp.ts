@@ -1,10 +1,13 @@
 /**
- * `speaker: gobgp`: fulcrum runs gobgpd (Debian `gobgpd`) as its child and drives it with the
+ * `speaker: gobgp`: fulcrum runs gobgpd (Debian `gobgpd`) as its child (after an upgrade: the
+ * first process's child, adopted; see below) and drives it with the
  * `gobgp` CLI over a unix socket in a state directory of its own (no TCP port to collide on;
  * gobgpd's own BGP listener is off, `port = -1`: it connects out to its neighbours).
  *
  * Tied to fulcrum both ways, so the route never outlives the ability to serve:
- * - death: gobgpd runs under a small bash wrapper whose stdin is a pipe from fulcrum. When
+ * - death: gobgpd runs under a small bash wrapper whose stdin is a pipe from fulcrum (libuv makes
+ *   it a Unix socket pair: a shutdown() ends it for every process holding it, a close() only
+ *   drops one copy — which is what lets an upgrade move it). When
  *   fulcrum dies (kill -9 included) the pipe closes, the wrapper's `read` ends and it kills
  *   gobgpd; gobgpd is started with `setpriv --pdeathsig KILL`, so it also dies with the wrapper.
  *   The kernel then closes the BGP session's TCP connection and the router withdraws at once

@@ -344,6 +344,13 @@ export class GobgpSpeaker implements Speaker {
     this.untie(tie);
     if (this.stopping) return;
     this.lastExit = why;
+    if (!this.committed) {
+      // Adopted and not final: the daemon is the old process's, which starts its own again;
+      // this one starts one at commit() (a second gobgpd now would share the state directory).
+      this.log.error(detail, `BGP speaker lost during the upgrade: ${why}`);
+      this.markSessions('idle');
+      return;
+    }
     if (performance.now() - this.launchedAt > 60_000) this.lossesInARow = 0;
     this.log.error(detail, `BGP speaker lost: ${why}; restarting it`);
     this.markSessions('idle');
@@ -450,6 +457,11 @@ export class GobgpSpeaker implements Speaker {
 
   commit(): void {
     this.committed = true;
+    // The adopted gobgpd went away before the hand-over was final: this process's own now.
+    if (this.tie === null && !this.stopping) {
+      this.onRoutesLost?.('speaker lost during the upgrade');
+      this.scheduleRestart();
+    }
   }
 
   /**

@@ -8,16 +8,34 @@
  * established and the VIP announced. Upgrades that fail (a broken config; a bgp section that
  * would run gobgpd differently; a start that fails after adopting gobgpd) change nothing on the
  * router. Then the tie survived the upgrades: SIGSTOP of the newest process takes the route away
- * within liveness (and it starts a gobgpd of its own after SIGCONT), kill -9 withdraws it.
+ * within liveness (and it starts a gobgpd of its own after SIGCONT), kill -9 withdraws it. And
+ * the old process lets go at once: kill -9 of the new one withdraws while the old one still drains.
  */
 import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { alive, haveBinary, netnsAvailable, ROOT, sleep } from '../helpers/netns.ts';
+import { alive, haveBinary, netnsAvailable, ROOT, sleep, waitForLine } from '../helpers/netns.ts';
 import { BACKENDS, BgpLab, nodeOf, PORT, VIP } from './lab.ts';
 
 const READY = netnsAvailable() && haveBinary('gobgpd') && haveBinary('/usr/lib/frr/bgpd') && haveBinary('setpriv');
 const PEER = '10.251.1.2';
+
+/** `fulcrum ctl` on node 1 by the admin address and token (not the config file, which a test breaks on purpose). */
+function ctl(lab: BgpLab, ...args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
+  return lab.lab.exec('lb1', join(ROOT, 'bin/fulcrum'), ['ctl', '--admin', 'http://127.0.0.1:9900', '--token-file', join(lab.dir, 'admin1.token'), ...args], 90_000);
+}
+
+async function statusOf(lab: BgpLab): Promise<any> {
+  const r = await ctl(lab, 'status', '--json');
+  expect(r.code, r.stderr).toBe(0);
+  return JSON.parse(r.stdout);
+}
+
+async function upgradeOf(lab: BgpLab): Promise<{ code: number; out: string; pid: number | null }> {
+  const r = await ctl(lab, 'upgrade');
+  const m = /upgraded: pid (\d+) serves/.exec(r.stdout);
+  return { code: r.code, out: r.stdout + r.stderr, pid: m ? Number(m[1]) : null };
+}
 
 describe.skipIf(!READY)('upgrade of a BGP node (gobgp speaker): the session and the route stay', () => {
   let lab: BgpLab;
@@ -31,27 +49,13 @@ describe.skipIf(!READY)('upgrade of a BGP node (gobgp speaker): the session and 
     await lab?.destroy();
   });
 
+  const status = () => statusOf(lab);
+  const upgrade = () => upgradeOf(lab);
+
   /** The router's view of the node's session (FRR's counters). */
   async function neighbor(): Promise<{ state: string; established: number; dropped: number }> {
     const j = JSON.parse(await lab.vtysh(`show bgp neighbor ${PEER} json`))[PEER];
     return { state: j.bgpState, established: j.connectionsEstablished, dropped: j.connectionsDropped };
-  }
-
-  /** `fulcrum ctl` by the admin address and token (not the config file, which a test breaks on purpose). */
-  function ctl(...args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
-    return lab.lab.exec('lb1', join(ROOT, 'bin/fulcrum'), ['ctl', '--admin', 'http://127.0.0.1:9900', '--token-file', join(lab.dir, 'admin1.token'), ...args], 90_000);
-  }
-
-  async function status(): Promise<any> {
-    const r = await ctl('status', '--json');
-    expect(r.code, r.stderr).toBe(0);
-    return JSON.parse(r.stdout);
-  }
-
-  async function upgrade(): Promise<{ code: number; out: string; pid: number | null }> {
-    const r = await ctl('upgrade');
-    const m = /upgraded: pid (\d+) serves/.exec(r.stdout);
-    return { code: r.code, out: r.stdout + r.stderr, pid: m ? Number(m[1]) : null };
   }
 
   it('three upgrades under churn: the session never drops, the next hop never leaves, no connection fails, gobgpd is adopted; failed upgrades change nothing; SIGSTOP and kill -9 of the newest withdraw', async () => {
@@ -168,4 +172,38 @@ describe.skipIf(!READY)('upgrade of a BGP node (gobgp speaker): the session and 
     }
     expect((await neighbor()).dropped).toBe(dropped + 1);
   }, 180_000);
+});
+
+describe.skipIf(!READY)('upgrade of a BGP node: the old process lets go of gobgpd at once, not after its drain', () => {
+  let lab: BgpLab;
+
+  beforeAll(async () => {
+    lab = await BgpLab.create('bgpup2', 1, { holdBackends: true });
+    await lab.start(1);
+    await lab.waitNextHops([1], 15_000);
+  }, 90_000);
+  afterAll(async () => {
+    await lab?.destroy();
+  });
+
+  it('while the old process drains a held connection, kill -9 of the new one withdraws the route', async () => {
+    // A long grace for the old process (a reload), so it drains well past the upgrade.
+    const file = lab.running.get(1)!.file;
+    writeFileSync(file, readFileSync(file, 'utf8').replace('shutdown_grace: 1s', 'shutdown_grace: 60s'));
+    const reloaded = await ctl(lab, 'reload');
+    expect(reloaded.code, reloaded.stdout + reloaded.stderr).toBe(0);
+    // A connection held through the router (the backends keep theirs open and echo).
+    const held = lab.lab.spawn('client', 'bash', ['-c', `exec 3<>/dev/tcp/${VIP}/${PORT}; head -n1 <&3; sleep 120`]);
+    await waitForLine(held, /^10\.251\.8\.2\d:9000 10\.251\.1\.2$/m, 5000, 'stdout');
+    const old = (await statusOf(lab)).pid as number;
+    const r = await upgradeOf(lab);
+    expect(r.code, r.out).toBe(0);
+    expect((await statusOf(lab)).bgp.speaker_info).toMatchObject({ adopted_from: old, running: true });
+    await sleep(1500);
+    expect(alive(old)).toBe(true); // draining the held connection
+    process.kill(r.pid!, 'SIGKILL');
+    await lab.waitNextHops([], 3000);
+    // Withdrawn while the old process still runs: it kept no copy of the liveness pipe.
+    expect(alive(old)).toBe(true);
+  }, 60_000);
 });

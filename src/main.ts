@@ -18,7 +18,8 @@
  *   operations (src/admin): metrics, the admin server when config.admin is set; they trigger the
  *     reload, they do not own it.
  *   upgrade (src/control/upgrade.ts, SIGUSR2 and POST /api/upgrade): the next process gets the
- *     listening sockets and the carried state (src/control/carry.ts), then the failover (this one
+ *     listening sockets and the carried state (src/control/carry.ts), with bgp the announcements
+ *     and gobgpd itself (adopted, its liveness pipe handed over), then the failover (this one
  *     abandons it, the next continues it in the same role); this one then stops with `handover`
  *     and drains.
  */
@@ -106,7 +107,8 @@ export interface FulcrumHandle {
   /**
    * Graceful stop: stop accepting, let sessions finish up to shutdown_grace, close the rest.
    * `handover` (after an upgrade): the new process holds the same sockets, the failover (abandoned
-   * here, continued there) and the routes, so nothing is resigned or withdrawn on the way out.
+   * here, continued there) and the routes (gobgpd is tied to it now), so nothing is resigned or
+   * withdrawn on the way out.
    */
   stop(reason?: string, options?: { handover?: boolean }): Promise<void>;
   /**
@@ -135,6 +137,11 @@ export async function startFulcrum(fileConfig: Config, options: StartOptions = {
   // What the config needs of this machine (one address under two names, secret files, CA
   // files): refused before anything starts, by the list `fulcrum check` reports from.
   await preflight(initial, options.configFile);
+  // The old process announces by BGP and goes without withdrawing: a config without bgp would
+  // leave its routes to die with it. Refused (the old one keeps serving); a restart withdraws first.
+  if (handover?.state.bgp && !initial.bgp) {
+    throw new UpgradeError(`the running fulcrum (pid ${handover.fromPid}) announces its VIPs by BGP and this config has no bgp section: restart fulcrum instead (its stop withdraws first)`);
+  }
   const memory = createSharedMemory();
   const module = loadEngineModule();
   // The control plane's own instance; it never calls acquire, so sharing worker 0's scratch id is safe.
@@ -181,7 +188,10 @@ export async function startFulcrum(fileConfig: Config, options: StartOptions = {
   // bgp: the speaker starts (a missing binary fails here, naming it) and the VIPs go on lo before
   // the listeners bind them; announced once the listeners are open (setListening below).
   // A drain quiesces the VIPs' services through the pool (new SYNs held back) before it withdraws.
-  const bgp = initial.bgp ? new Bgp({ config: initial.bgp, logger, servicesOn: bgpServicesOn({ balancer, config }), quiesce: (services) => pool.quiesce(services) }) : null;
+  // After an upgrade it adopts what the old process announces (and its gobgpd) and asks nothing
+  // of the speaker until bgp.commit() below.
+  const carriedBgp = handover?.state.bgp ? { state: handover.state.bgp, handles: handover.handles, fromPid: handover.fromPid } : undefined;
+  const bgp = initial.bgp ? new Bgp({ config: initial.bgp, logger, servicesOn: bgpServicesOn({ balancer, config }), quiesce: (services) => pool.quiesce(services), carried: carriedBgp }) : null;
   // Services bound to a VIP start paused: failover resumes them when this instance is master.
   try {
     if (bgp) {
@@ -245,8 +255,11 @@ export async function startFulcrum(fileConfig: Config, options: StartOptions = {
       // bgp withdraws and keeps accepting for bgp.drain while the router moves flows away.
       // After an upgrade the new process holds the failover (abandoned here: its stop only ends the
       // thread; one the new process did not take, its config having no `ha`, resigns as usual) and
-      // the routes (upgrade refuses bgp until it can hand them over).
+      // the routes.
       await Promise.all([failover?.stop(), how.handover ? undefined : bgp?.stop(reason)]);
+      // Handed over: gobgpd stays, tied to the new process alone from here (this one's copy of its
+      // liveness pipe closes now, not after the drain), and the VIPs stay on lo; close() is then a no-op.
+      if (how.handover) await bgp?.release();
       await pool.shutdown(grace);
       await bgp?.close();
       balancer.close();
@@ -262,23 +275,31 @@ export async function startFulcrum(fileConfig: Config, options: StartOptions = {
     if (upgrading !== null) return Promise.reject(new UpgradeError('an upgrade is already under way'));
     if (stopping !== null) return Promise.reject(new UpgradeError('this fulcrum is stopping'));
     if (sequence.file === undefined) return Promise.reject(new UpgradeError('this fulcrum was not started from a config file'));
-    // What is not handed over yet, per section: an upgrade would withdraw it. Refused rather than
-    // done with a gap (README, Upgrade). (`ha` is: the failover moves to the new process.)
-    if (sequence.config.bgp) return Promise.reject(new UpgradeError('a config with `bgp` cannot be upgraded in place yet: restart it, or fail over to the peer first'));
+    // Both the failover (abandoned here, continued there) and the BGP routes (Bgp.carry) are
+    // handed over (README, Upgrade).
     log.info({ trigger }, `upgrade requested (${trigger})`);
+    let bgpCarried: ReturnType<Bgp['carry']> | null = null;
     upgrading = (async () => {
       try {
         const { pid } = await startUpgrade({
           listeners: () => pool.listenerFds(),
           adminHandle: () => handle.ops?.admin?.handle(),
-          state: () => carryState({
-            fileConfig: sequence.fileConfig,
-            inForce: sequence.config,
-            describe: () => balancer.describe(),
-            health: () => health.describe(),
-            haRole: failover ? () => failover!.status().role : undefined,
-          }),
+          state: () => {
+            bgpCarried = bgp?.carry() ?? null;
+            return {
+              ...carryState({
+                fileConfig: sequence.fileConfig,
+                inForce: sequence.config,
+                describe: () => balancer.describe(),
+                health: () => health.describe(),
+                haRole: failover ? () => failover!.status().role : undefined,
+              }),
+              ...(bgpCarried ? { bgp: bgpCarried.state } : {}),
+            };
+          },
           failover: failover ?? undefined,
+          // gobgpd's liveness pipe and stderr, of the same moment as the state (asked right after it).
+          handles: () => bgpCarried?.handles ?? [],
           logger,
         });
         void stop(`upgraded: pid ${pid} serves`, { handover: true });
@@ -334,6 +355,9 @@ export async function startFulcrum(fileConfig: Config, options: StartOptions = {
     const inUse = new Set((await pool.listenerFds()).flat().map((l) => l.fd));
     const closed = handover.closeUnused(inUse);
     if (closed > 0) log.info({ closed }, `upgrade: closed ${closed} handed-over listener${closed === 1 ? '' : 's'} no worker here took`);
+    // The start went through: the announcements are this process's (it reconciles from what the
+    // speaker announces; before this a failure left gobgpd and the routes to the old one).
+    await bgp?.commit();
   }
   // Every listener (services, admin) is bound; READY=1 once every backend has had its first
   // probe too (each bounded by its timeout), unless a stop came first.

@@ -1,10 +1,13 @@
 /**
- * `speaker: gobgp`: fulcrum runs gobgpd (Debian `gobgpd`) as its child and drives it with the
+ * `speaker: gobgp`: fulcrum runs gobgpd (Debian `gobgpd`) as its child (after an upgrade: the
+ * first process's child, adopted; see below) and drives it with the
  * `gobgp` CLI over a unix socket in a state directory of its own (no TCP port to collide on;
  * gobgpd's own BGP listener is off, `port = -1`: it connects out to its neighbours).
  *
  * Tied to fulcrum both ways, so the route never outlives the ability to serve:
- * - death: gobgpd runs under a small bash wrapper whose stdin is a pipe from fulcrum. When
+ * - death: gobgpd runs under a small bash wrapper whose stdin is a pipe from fulcrum (libuv makes
+ *   it a Unix socket pair: a shutdown() ends it for every process holding it, a close() only
+ *   drops one copy — which is what lets an upgrade move it). When
  *   fulcrum dies (kill -9 included) the pipe closes, the wrapper's `read` ends and it kills
  *   gobgpd; gobgpd is started with `setpriv --pdeathsig KILL`, so it also dies with the wrapper.
  *   The kernel then closes the BGP session's TCP connection and the router withdraws at once
@@ -15,14 +18,33 @@
  *   wrapper gone, starts a new one and the owner announces what should be announced again.
  * BGP's own hold timer (bgp.hold_time, 3 s by default) stays the bound when the node itself
  * stops answering (power, link): the router drops the session after it.
+ *
+ * `fulcrum upgrade` hands the running daemon over instead of restarting it, so the session and
+ * the route never drop (src/control/upgrade.ts carries the descriptors, ../control/carry.ts the
+ * data): the old process gives the next one its copies of the liveness pipe's write end and of
+ * gobgpd's stderr (`handOver`), the state directory (config, API socket) and the pids. The new
+ * one adopts (`adopt` option): no new gobgpd; it feeds the pipe from the moment it takes it, polls
+ * and announces over the same API socket, and reads the RIB for what is announced. There is no
+ * gap in the feed to bound: the old one feeds until it lets go (`release`, once the new one
+ * reported ready), the new one from its adoption (before ready) on, so the wrapper is never unfed
+ * longer than liveness/4 plus a loop turn. The old one then closes its copies (close, never a
+ * shutdown of the shared socket), so only the new process holds the tie: its death or hang takes
+ * the route away as before. The wrapper runs in a session of its own (a signal to fulcrum's process
+ * group, a terminal's ^C, does not reach it) and is reparented when the old process exits; its
+ * stderr, read by the new process, never becomes a broken pipe (gobgpd, a Go program, would exit
+ * on one). Until the new process commits (its start went through), stopping it only releases:
+ * a failed upgrade leaves gobgpd tied to the old process, unchanged. A new config whose gobgpd
+ * settings differ (asn, router id, neighbours, timers, liveness) is refused: gobgpd keeps running
+ * as it is, and the upgrade fails saying what differs.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
-import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { appendFileSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { Logger } from '../observability/log.ts';
 import { BgpRouteError, BgpSpeakerError } from './errors.ts';
-import { requireExecutable, runCommand, type SessionState, type Speaker } from './speaker.ts';
+import { requireExecutable, runCommand, type CarriedGobgp, type NamedHandle, type SessionState, type Speaker } from './speaker.ts';
 
 export interface GobgpOptions {
   asn: number;
@@ -74,7 +96,21 @@ export function gobgpdConfig(o: Pick<GobgpOptions, 'asn' | 'routerId' | 'localAd
 
 const STATE_DIR_PREFIX = 'fulcrum-bgp-';
 
-/** Removes state directories of fulcrums that are gone (killed before they could remove theirs). */
+/** Whether a pid runs (EPERM: it runs, as another user). */
+function running(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (err) {
+    return (err as NodeJS.ErrnoException).code !== 'ESRCH';
+  }
+}
+
+/**
+ * Removes state directories of fulcrums that are gone (killed before they could remove theirs).
+ * owner.pid holds one pid a line: the fulcrum that made it, and each that adopted it by upgrade;
+ * the directory stays while any of them runs (a failed upgrade leaves it to the old one).
+ */
 function sweepStaleDirs(): void {
   let names: string[];
   try {
@@ -85,14 +121,9 @@ function sweepStaleDirs(): void {
   for (const name of names) {
     const dir = join(tmpdir(), name);
     try {
-      const pid = Number(readFileSync(join(dir, 'owner.pid'), 'utf8'));
-      if (!Number.isInteger(pid) || pid <= 0) continue;
-      try {
-        process.kill(pid, 0);
-        continue; // its owner runs
-      } catch (err) {
-        if ((err as NodeJS.ErrnoException).code !== 'ESRCH') continue;
-      }
+      const pids = readFileSync(join(dir, 'owner.pid'), 'utf8').split('\n').filter(Boolean).map(Number);
+      if (pids.length === 0 || pids.some((pid) => !Number.isInteger(pid) || pid <= 0)) continue;
+      if (pids.some(running)) continue;
       rmSync(dir, { recursive: true, force: true });
     } catch {
       // not ours, or being created: left alone
@@ -110,6 +141,50 @@ export function gobgpBinaries(): { gobgpd: string; gobgp: string; setpriv: strin
   };
 }
 
+/** The wrapper this process feeds, and what ties it to it. */
+interface Tie {
+  /** The wrapper's pid. */
+  pid: number;
+  gobgpdPid: number | null;
+  /** The liveness pipe's write end (the wrapper's stdin). */
+  feed: Socket;
+  /** The wrapper's and gobgpd's stderr. */
+  log: Socket;
+  /** This process's child; null when adopted (its end is then seen as the pipe closing). */
+  child: ChildProcess | null;
+  feedTimer: NodeJS.Timeout | null;
+}
+
+/** What the next process adopts (src/bgp/index.ts builds it from the carried state and the handed descriptors). */
+export interface GobgpAdoption {
+  carried: CarriedGobgp;
+  /** By name (HANDLE_NAMES): the libuv handles of the descriptors the old process handed over. */
+  handles: ReadonlyMap<string, object>;
+  fromPid: number;
+}
+
+/** The descriptors' names on the upgrade channel. */
+const HANDLE_NAMES = { feed: 'bgp-liveness', log: 'bgp-log' } as const;
+
+/** The pids a process started (gobgpd is the wrapper's only child), from /proc. */
+function childrenOf(pid: number): number[] {
+  try {
+    return readFileSync(`/proc/${pid}/task/${pid}/children`, 'utf8').trim().split(/\s+/).filter(Boolean).map(Number);
+  } catch {
+    return [];
+  }
+}
+
+/** The first line where two configs differ, for a message ("`as = 65001` → `as = 65002`"). */
+function firstDifference(a: string, b: string): string {
+  const x = a.split('\n');
+  const y = b.split('\n');
+  for (let i = 0; i < Math.max(x.length, y.length); i++) {
+    if (x[i] !== y[i]) return `\`${x[i]?.trim() ?? ''}\` → \`${y[i]?.trim() ?? ''}\``;
+  }
+  return 'none';
+}
+
 export class GobgpSpeaker implements Speaker {
   readonly kind = 'gobgp' as const;
   onRoutesLost?: (cause: string) => void;
@@ -118,9 +193,11 @@ export class GobgpSpeaker implements Speaker {
   private readonly log: Logger;
   private readonly dir: string;
   private readonly ownDir: boolean;
+  private readonly adoption: GobgpAdoption | null;
+  /** False while an adoption is not final: stop() then only releases (the old process still holds the tie). */
+  private committed: boolean;
   private bins: { gobgpd: string; gobgp: string; setpriv: string; bash: string } | null = null;
-  private child: ChildProcess | null = null;
-  private feedTimer: NodeJS.Timeout | null = null;
+  private tie: Tie | null = null;
   private pollTimer: NodeJS.Timeout | null = null;
   private restartTimer: NodeJS.Timeout | null = null;
   private stopping = false;
@@ -132,14 +209,17 @@ export class GobgpSpeaker implements Speaker {
   private stderrTail = '';
   private polled: SessionState[] = [];
 
-  constructor(opts: GobgpOptions) {
+  constructor(opts: GobgpOptions & { adopt?: GobgpAdoption }) {
     this.opts = opts;
     this.log = opts.logger;
+    this.adoption = opts.adopt ?? null;
+    this.committed = this.adoption === null;
+    // An adopted directory is this process's from its adoption on (it removes it when it stops).
     this.ownDir = opts.stateDir === undefined;
-    if (this.ownDir) sweepStaleDirs();
-    this.dir = opts.stateDir ?? mkdtempSync(join(tmpdir(), STATE_DIR_PREFIX));
+    if (this.ownDir && this.adoption === null) sweepStaleDirs();
+    this.dir = this.adoption?.carried.dir ?? opts.stateDir ?? mkdtempSync(join(tmpdir(), STATE_DIR_PREFIX));
     // Whose directory it is: a fulcrum killed with -9 cannot remove it; the next start does.
-    if (this.ownDir) writeFileSync(join(this.dir, 'owner.pid'), `${process.pid}\n`);
+    if (this.ownDir && this.adoption === null) writeFileSync(join(this.dir, 'owner.pid'), `${process.pid}\n`);
   }
 
   private get target(): string {
@@ -149,7 +229,8 @@ export class GobgpSpeaker implements Speaker {
   async start(): Promise<void> {
     this.bins ??= gobgpBinaries();
     this.stopping = false;
-    await this.launch();
+    if (this.adoption !== null) await this.adopt(this.adoption);
+    else await this.launch();
     this.pollTimer ??= setInterval(() => void this.poll(), this.opts.pollMs ?? 1000);
     this.pollTimer.unref();
   }
@@ -161,53 +242,117 @@ export class GobgpSpeaker implements Speaker {
     writeFileSync(conf, gobgpdConfig(this.opts));
     rmSync(join(this.dir, 'gobgpd.sock'), { force: true });
     const seconds = (this.opts.livenessMs / 1000).toFixed(3);
+    // detached: a session of its own, so a signal to fulcrum's process group (^C) reaches fulcrum
+    // alone, which withdraws first; the pipe is the only tie.
     const child = spawn(bins.bash, ['-c', WRAPPER, 'fulcrum-bgp', seconds, bins.setpriv, '--pdeathsig', 'KILL', '--',
-      bins.gobgpd, '-f', conf, '--api-hosts', this.target, '--pprof-disable', '-l', 'warn', '-p'], { stdio: ['pipe', 'ignore', 'pipe'] });
-    this.child = child;
+      bins.gobgpd, '-f', conf, '--api-hosts', this.target, '--pprof-disable', '-l', 'warn', '-p'], { stdio: ['pipe', 'ignore', 'pipe'], detached: true });
+    const tie: Tie = { pid: child.pid ?? 0, gobgpdPid: null, feed: child.stdin as Socket, log: child.stderr as Socket, child, feedTimer: null };
     this.stderrTail = '';
-    child.stdin!.on('error', () => { /* the wrapper is gone: its exit is handled below */ });
-    child.stderr!.on('data', (d: Buffer) => {
+    this.hold(tie);
+    child.once('exit', (code, signal) => this.onExit(tie, code, signal));
+    const r = await this.waitForApi(10_000, () => child.exitCode !== null || child.signalCode !== null);
+    if (!r.ok) {
+      // Not this speaker's child any more: its exit is not a loss to restart from (the caller decides).
+      this.untie(tie);
+      child.kill('SIGKILL');
+      throw new BgpSpeakerError(`bgp.speaker gobgp: gobgpd did not come up: ${(this.stderrTail || r.stderr).trim().slice(-500) || 'no API answer within 10 s'}`);
+    }
+    tie.gobgpdPid = childrenOf(tie.pid)[0] ?? null;
+    this.launchedAt = performance.now();
+    this.log.info({ pid: child.pid, gobgpd_pid: tie.gobgpdPid, dir: this.dir, liveness_ms: this.opts.livenessMs }, 'gobgpd running');
+  }
+
+  /**
+   * `fulcrum upgrade`, the new process: takes the old one's gobgpd as it runs — feeds the pipe at
+   * once, checks the API answers. Rejects (BgpSpeakerError) when this config would run gobgpd
+   * differently or the daemon does not answer; the caller then releases (stop() before commit).
+   */
+  private async adopt(a: GobgpAdoption): Promise<void> {
+    const c = a.carried;
+    const want = gobgpdConfig(this.opts);
+    const what = `the running gobgpd (pid ${c.gobgpd_pid ?? '?'}, wrapper ${c.wrapper_pid}, of pid ${a.fromPid})`;
+    if (c.conf !== want || c.liveness_ms !== this.opts.livenessMs) {
+      const diff = c.conf !== want ? firstDifference(c.conf, want) : `liveness ${c.liveness_ms}ms → ${this.opts.livenessMs}ms`;
+      throw new BgpSpeakerError(`bgp: this config runs gobgpd differently from ${what} (${diff}); an upgrade keeps gobgpd as it runs: restart fulcrum to apply a change of the bgp section`);
+    }
+    const feedHandle = a.handles.get(HANDLE_NAMES.feed);
+    const logHandle = a.handles.get(HANDLE_NAMES.log);
+    if (feedHandle === undefined || logHandle === undefined) throw new BgpSpeakerError(`bgp: ${what}: its liveness pipe was not handed over`);
+    // Both read: the liveness pipe's end of file says the wrapper is gone (not this process's child: no exit event).
+    const tie: Tie = {
+      pid: c.wrapper_pid, gobgpdPid: c.gobgpd_pid, child: null, feedTimer: null,
+      feed: new Socket({ handle: feedHandle as never, readable: true, writable: true }),
+      log: new Socket({ handle: logHandle as never, readable: true, writable: true }),
+    };
+    this.hold(tie);
+    tie.feed.once('close', () => this.onLost(tie, `the wrapper (pid ${tie.pid}) closed the liveness pipe: gobgpd exited or was killed`));
+    const r = await this.waitForApi(5000, () => this.tie !== tie);
+    if (!r.ok) throw new BgpSpeakerError(`bgp: ${what} does not answer on ${this.target}: ${r.stderr.trim().slice(-300) || 'no answer within 5 s'}`);
+    // Either owner running keeps the directory from another fulcrum's sweep.
+    appendFileSync(join(this.dir, 'owner.pid'), `${process.pid}\n`);
+    // The sessions as they are (established, in the common case), not a change from idle.
+    await this.poll({ quiet: true });
+    this.launchedAt = performance.now();
+    this.log.info({ pid: tie.pid, gobgpd_pid: tie.gobgpdPid, dir: this.dir, from_pid: a.fromPid, liveness_ms: this.opts.livenessMs }, `gobgpd adopted from pid ${a.fromPid} (upgrade): fed from this process now`);
+  }
+
+  /** Polls gobgpd's API until it answers, `gone` says stop, or the time is up. */
+  private async waitForApi(ms: number, gone: () => boolean): Promise<{ ok: boolean; stderr: string }> {
+    const deadline = performance.now() + ms;
+    for (;;) {
+      const r = await runCommand(this.bins!.gobgp, ['--target', this.target, 'global'], 2000);
+      if (r.ok) return r;
+      if (gone() || performance.now() > deadline) return { ok: false, stderr: r.stderr };
+      await new Promise((res) => setTimeout(res, 50));
+    }
+  }
+
+  /** This process holds the tie: reads the stderr, feeds the pipe. */
+  private hold(tie: Tie): void {
+    this.tie = tie;
+    tie.feed.on('error', () => { /* the wrapper is gone: its exit (or the pipe's close) is handled */ });
+    tie.log.on('error', () => undefined);
+    tie.log.on('data', (d: Buffer) => {
       const text = d.toString();
       this.stderrTail = (this.stderrTail + text).slice(-2000);
       for (const line of text.split('\n').filter(Boolean)) this.log.info({ gobgpd: line }, 'gobgpd');
     });
-    child.once('exit', (code, signal) => this.onExit(child, code, signal));
     // The feed: one line per quarter of the bound, from this (the main) loop, so a loop that
     // stops turning stops feeding. Unref'd: a fulcrum otherwise done is not held open by it.
-    const feed = () => { if (child.stdin!.writable) child.stdin!.write('\n'); };
+    const feed = () => { if (tie.feed.writable) tie.feed.write('\n'); };
     feed();
-    this.feedTimer = setInterval(feed, Math.max(20, Math.floor(this.opts.livenessMs / 4)));
-    this.feedTimer.unref();
-    const deadline = performance.now() + 10_000;
-    for (;;) {
-      const r = await runCommand(bins.gobgp, ['--target', this.target, 'global'], 2000);
-      if (r.ok) break;
-      if (child.exitCode !== null || child.signalCode !== null || performance.now() > deadline) {
-        // Not this speaker's child any more: its exit is not a loss to restart from (the caller decides).
-        this.child = null;
-        if (this.feedTimer) clearInterval(this.feedTimer);
-        this.feedTimer = null;
-        child.kill('SIGKILL');
-        throw new BgpSpeakerError(`bgp.speaker gobgp: gobgpd did not come up: ${(this.stderrTail || r.stderr).trim().slice(-500) || 'no API answer within 10 s'}`);
-      }
-      await new Promise((r) => setTimeout(r, 50));
-    }
-    this.launchedAt = performance.now();
-    this.log.info({ pid: child.pid, dir: this.dir, liveness_ms: this.opts.livenessMs }, 'gobgpd running');
+    tie.feedTimer = setInterval(feed, Math.max(20, Math.floor(this.opts.livenessMs / 4)));
+    tie.feedTimer.unref();
   }
 
-  private onExit(child: ChildProcess, code: number | null, signal: NodeJS.Signals | null): void {
-    if (this.child !== child) return;
-    this.child = null;
-    if (this.feedTimer) clearInterval(this.feedTimer);
-    this.feedTimer = null;
-    if (this.stopping) return;
+  /** Stops feeding; the tie is no longer this speaker's to watch. */
+  private untie(tie: Tie): void {
+    if (tie.feedTimer) clearInterval(tie.feedTimer);
+    tie.feedTimer = null;
+    if (this.tie === tie) this.tie = null;
+  }
+
+  private onExit(tie: Tie, code: number | null, signal: NodeJS.Signals | null): void {
     const why = code === 4 ? `not fed for ${this.opts.livenessMs}ms (fulcrum hung): the wrapper killed gobgpd`
       : code === 3 ? `gobgpd exited: ${this.stderrTail.trim().split('\n').at(-1) ?? ''}`
         : `the wrapper exited (code ${code}, signal ${signal})`;
+    this.onLost(tie, why, { code, signal });
+  }
+
+  private onLost(tie: Tie, why: string, detail: Record<string, unknown> = {}): void {
+    if (this.tie !== tie) return;
+    this.untie(tie);
+    if (this.stopping) return;
     this.lastExit = why;
+    if (!this.committed) {
+      // Adopted and not final: the daemon is the old process's, which starts its own again;
+      // this one starts one at commit() (a second gobgpd now would share the state directory).
+      this.log.error(detail, `BGP speaker lost during the upgrade: ${why}`);
+      this.markSessions('idle');
+      return;
+    }
     if (performance.now() - this.launchedAt > 60_000) this.lossesInARow = 0;
-    this.log.error({ code, signal }, `BGP speaker lost: ${why}; restarting it`);
+    this.log.error(detail, `BGP speaker lost: ${why}; restarting it`);
     this.markSessions('idle');
     this.onRoutesLost?.(`speaker lost: ${why}`);
     this.scheduleRestart();
@@ -244,7 +389,7 @@ export class GobgpSpeaker implements Speaker {
   /** Origin IGP: GoBGP's default (incomplete) is not multipath next to other daemons' paths (lab finding F1). */
   private async rib(op: 'add' | 'del', vip: string): Promise<void> {
     const args = ['--target', this.target, 'global', 'rib', op, '-a', 'ipv4', `${vip}/32`, ...(op === 'add' ? ['origin', 'igp'] : [])];
-    if (!this.child) throw new BgpRouteError(`gobgp ${args.join(' ')}`, 'gobgpd is not running');
+    if (!this.tie) throw new BgpRouteError(`gobgp ${args.join(' ')}`, 'gobgpd is not running');
     const r = await runCommand(this.bins!.gobgp, args);
     if (!r.ok) throw new BgpRouteError(`gobgp ${args.join(' ')}`, r.stderr, r.error);
   }
@@ -253,9 +398,9 @@ export class GobgpSpeaker implements Speaker {
     return this.polled.length > 0 ? this.polled : this.opts.neighbors.map((n) => ({ neighbor: n.address, asn: n.asn, state: 'idle', established: false }));
   }
 
-  /** Reads the sessions now (the poll timer does it every pollMs). */
-  async poll(): Promise<void> {
-    if (!this.child || !this.bins) return;
+  /** Reads the sessions now (the poll timer does it every pollMs); `quiet`: no session events (an adoption's first look). */
+  async poll(how: { quiet?: boolean } = {}): Promise<void> {
+    if (!this.tie || !this.bins) return;
     const r = await runCommand(this.bins.gobgp, ['--target', this.target, 'neighbor', '-j'], 2000);
     if (!r.ok) return;
     let peers: { state?: { neighbor_address?: string; peer_asn?: number; session_state?: number } }[];
@@ -268,7 +413,8 @@ export class GobgpSpeaker implements Speaker {
       const state = SESSION_STATES[p.state?.session_state ?? 0] ?? 'unknown';
       return { neighbor: p.state?.neighbor_address ?? '?', asn: p.state?.peer_asn ?? null, state, established: state === 'established' };
     });
-    this.update(next);
+    if (how.quiet) this.polled = next;
+    else this.update(next);
   }
 
   private markSessions(state: string): void {
@@ -284,27 +430,101 @@ export class GobgpSpeaker implements Speaker {
     }
   }
 
-  async stop(): Promise<void> {
+  /** The VIPs gobgpd's RIB holds (what it announces), or null when it cannot be read. */
+  async announced(): Promise<string[] | null> {
+    if (!this.tie || !this.bins) return null;
+    const r = await runCommand(this.bins.gobgp, ['--target', this.target, 'global', 'rib', '-a', 'ipv4', '-j'], 2000);
+    if (!r.ok) return null;
+    try {
+      return Object.keys((JSON.parse(r.stdout) as Record<string, unknown> | null) ?? {}).filter((p) => p.endsWith('/32')).map((p) => p.slice(0, -3));
+    } catch {
+      return null;
+    }
+  }
+
+  /** The old process (`fulcrum upgrade`): the running gobgpd and this process's copies of its pipes. */
+  handOver(): { carried: CarriedGobgp; handles: NamedHandle[] } | null {
+    const tie = this.tie;
+    const handleOf = (s: Socket | undefined): object | null => (s as unknown as { _handle?: object | null } | undefined)?._handle ?? null;
+    const feed = handleOf(tie?.feed);
+    const log = handleOf(tie?.log);
+    if (tie === null || feed === null || log === null) return null;
+    return {
+      carried: { dir: this.dir, conf: gobgpdConfig(this.opts), liveness_ms: this.opts.livenessMs, wrapper_pid: tie.pid, gobgpd_pid: tie.gobgpdPid },
+      handles: [{ name: HANDLE_NAMES.feed, handle: feed }, { name: HANDLE_NAMES.log, handle: log }],
+    };
+  }
+
+  commit(): void {
+    this.committed = true;
+    // The adopted gobgpd went away before the hand-over was final: this process's own now.
+    if (this.tie === null && !this.stopping) {
+      this.onRoutesLost?.('speaker lost during the upgrade');
+      this.scheduleRestart();
+    }
+  }
+
+  /**
+   * Lets go of gobgpd without stopping it: the old process once the new one serves, or the new
+   * one whose start failed before it committed. Its copies of the pipes are closed — never
+   * end(): a shutdown ends the shared socket for every holder, and the wrapper would read EOF.
+   * The state directory and the routes stay (they are the other process's).
+   */
+  async release(): Promise<void> {
     this.stopping = true;
-    for (const t of [this.feedTimer, this.pollTimer, this.restartTimer]) if (t) clearInterval(t);
-    this.feedTimer = this.pollTimer = this.restartTimer = null;
-    const child = this.child;
-    if (child) {
-      const exited = new Promise<void>((r) => child.once('exit', () => r()));
-      child.stdin!.end(); // the wrapper reads EOF and kills gobgpd
-      const timer = setTimeout(() => child.kill('SIGKILL'), 2000);
-      await exited;
+    for (const t of [this.pollTimer, this.restartTimer]) if (t) clearInterval(t);
+    this.pollTimer = this.restartTimer = null;
+    const tie = this.tie;
+    if (tie === null) return;
+    this.untie(tie);
+    tie.feed.destroy();
+    tie.log.destroy();
+    // Still this process's child while it runs: nothing of it keeps this process alive.
+    tie.child?.unref();
+    this.log.info({ pid: tie.pid, gobgpd_pid: tie.gobgpdPid }, 'gobgpd released: it is tied to the other process now');
+  }
+
+  async stop(): Promise<void> {
+    // An adoption that is not final: the old process holds the tie and the route stays its own.
+    if (!this.committed) return this.release();
+    this.stopping = true;
+    for (const t of [this.pollTimer, this.restartTimer]) if (t) clearInterval(t);
+    this.pollTimer = this.restartTimer = null;
+    const tie = this.tie;
+    if (tie) {
+      this.untie(tie);
+      // Adopted, the wrapper is not this process's child: its end is the pipe's end of file.
+      const gone = tie.child !== null ? new Promise<void>((r) => tie.child!.once('exit', () => r()))
+        : tie.feed.destroyed ? Promise.resolve() : new Promise<void>((r) => tie.feed.once('close', () => r()));
+      tie.feed.end(); // the wrapper reads EOF and kills gobgpd
+      const timer = setTimeout(() => this.kill(tie), 2000);
+      await Promise.race([gone, new Promise((r) => setTimeout(r, 4000))]);
       clearTimeout(timer);
-      this.child = null;
+      tie.log.destroy();
     }
     this.markSessions('idle');
     if (this.ownDir) rmSync(this.dir, { recursive: true, force: true });
   }
 
+  /** SIGKILL to a wrapper that did not end on EOF (an adopted one only if that pid is still a wrapper). */
+  private kill(tie: Tie): void {
+    if (tie.child !== null) {
+      tie.child.kill('SIGKILL');
+      return;
+    }
+    try {
+      if (readFileSync(`/proc/${tie.pid}/cmdline`, 'utf8').includes('fulcrum-bgp')) process.kill(tie.pid, 'SIGKILL');
+    } catch {
+      // gone
+    }
+  }
+
   info(): Record<string, unknown> {
     return {
-      pid: this.child?.pid ?? null,
-      running: this.child !== null,
+      pid: this.tie?.pid ?? null,
+      gobgpd_pid: this.tie?.gobgpdPid ?? null,
+      running: this.tie !== null,
+      adopted_from: this.adoption?.fromPid ?? null,
       restarts: this.restarts,
       last_exit: this.lastExit,
       liveness_ms: this.opts.livenessMs,

@@ -18,6 +18,14 @@
  * is logged with its cause, counted, and emitted as a 'route' event; a failed one is retried.
  * Death and hangs are the speaker's part (gobgp.ts: the daemon dies with fulcrum, and is killed
  * when fulcrum's loop stops feeding it).
+ *
+ * `fulcrum upgrade` hands the announcements over (src/control/upgrade.ts, carry.ts): the old
+ * process's carry() gives what it announces and, for gobgp, the running daemon to adopt; it then
+ * release()s instead of stopping (no withdraw, gobgpd and the VIPs on lo stay). The new process
+ * is built with `carried`: it adopts, counts the carried VIPs as announced, and changes nothing on
+ * the speaker until commit() (its start went through; a failed start only releases). commit()
+ * reads what the speaker announces now and reconciles from there: announce what should be and
+ * is not, withdraw what should not be — never a withdraw followed by an announce of the same VIP.
  */
 import { EventEmitter } from 'node:events';
 import type { BgpConfig } from '../config/schema.ts';
@@ -26,11 +34,12 @@ import { VipManager } from '../failover/vip.ts';
 import type { Logger } from '../observability/log.ts';
 import { realClock, type Clock } from '../util/clock.ts';
 import { CommandSpeaker, commandBinaries } from './command.ts';
-import { GobgpSpeaker, gobgpBinaries } from './gobgp.ts';
-import type { SessionState, Speaker } from './speaker.ts';
+import { GobgpSpeaker, gobgpBinaries, type GobgpAdoption } from './gobgp.ts';
+import { BgpSpeakerError } from './errors.ts';
+import type { CarriedBgp, NamedHandle, SessionState, Speaker } from './speaker.ts';
 
 export { BgpRouteError, BgpSpeakerError } from './errors.ts';
-export type { SessionState, Speaker } from './speaker.ts';
+export type { CarriedBgp, NamedHandle, SessionState, Speaker } from './speaker.ts';
 
 /** A service listening on a VIP, with its backends up now. */
 export interface BgpServiceView {
@@ -86,6 +95,8 @@ export interface BgpOptions {
   quiesce?: (services: string[]) => Promise<QuiesceProblem[]>;
   /** The drain's waits (default: the real clock). */
   clock?: Clock;
+  /** Started by `fulcrum upgrade`: what the old process carried and the descriptors it handed over. */
+  carried?: { state: CarriedBgp; handles: ReadonlyMap<string, object>; fromPid: number };
 }
 
 export interface BgpVipStatus {
@@ -134,11 +145,11 @@ export function checkSpeakerBinaries(config: BgpConfig): void {
   else gobgpBinaries();
 }
 
-export function buildSpeaker(config: BgpConfig, logger: Logger): Speaker {
+export function buildSpeaker(config: BgpConfig, logger: Logger, adopt?: GobgpAdoption): Speaker {
   if (config.speaker === 'command') return new CommandSpeaker({ announce: config.announce!, withdraw: config.withdraw! });
   return new GobgpSpeaker({
     asn: config.asn!, routerId: config.router_id!, localAddress: config.local_address, neighbors: config.neighbors,
-    holdTimeMs: config.hold_time, livenessMs: config.liveness, logger,
+    holdTimeMs: config.hold_time, livenessMs: config.liveness, logger, adopt,
   });
 }
 
@@ -147,6 +158,7 @@ export class Bgp extends EventEmitter<BgpEvents> {
   readonly config: BgpConfig;
   private readonly log: Logger;
   private readonly lo: VipManager;
+  private readonly ipCommand: string | undefined;
   private readonly servicesOn: (vip: string) => BgpServiceView[];
   private readonly retryMs: number;
   private readonly vips = new Map<string, VipState>();
@@ -165,6 +177,11 @@ export class Bgp extends EventEmitter<BgpEvents> {
   /** Bumped by each drain, undrain and stop: a drain's later steps stop when another began. */
   private drainGen = 0;
   private drainQueue: Promise<unknown> = Promise.resolve();
+  /** `fulcrum upgrade`: what the old process carried; `adopting` until commit() (nothing is asked of the speaker meanwhile). */
+  private readonly carried: BgpOptions['carried'] | null;
+  private adopting: boolean;
+  /** release() ran: the speaker and the VIPs are the next process's; close() has nothing left to do. */
+  private released = false;
 
   constructor(opts: BgpOptions) {
     super();
@@ -174,9 +191,18 @@ export class Bgp extends EventEmitter<BgpEvents> {
     this.retryMs = opts.retryMs ?? 1000;
     this.quiesceFn = opts.quiesce;
     this.clock = opts.clock ?? realClock;
-    this.speaker = opts.speaker ?? buildSpeaker(opts.config, this.log);
-    this.lo = new VipManager({ vips: opts.config.vips.map((address) => ({ address, prefix: 32 })), iface: 'lo', garp: { count: 0, interval: 1000 }, logger: this.log, ipCommand: opts.ipCommand });
-    for (const vip of opts.config.vips) this.vips.set(vip, { vip, announced: false, wanted: false, reason: 'starting', since: null });
+    this.carried = opts.carried ?? null;
+    this.adopting = this.carried !== null;
+    const c = this.carried;
+    const adopt = c?.state.speaker === opts.config.speaker && c.state.gobgp ? { carried: c.state.gobgp, handles: c.handles, fromPid: c.fromPid } : undefined;
+    this.speaker = opts.speaker ?? buildSpeaker(opts.config, this.log, adopt);
+    this.ipCommand = opts.ipCommand;
+    this.lo = this.loFor(opts.config.vips);
+    for (const vip of opts.config.vips) {
+      // Carried: announced by the old process, and counted so here until commit() reads the speaker.
+      const announced = c?.state.announced.includes(vip) ?? false;
+      this.vips.set(vip, { vip, announced, wanted: false, reason: announced ? `carried over from pid ${c!.fromPid} (upgrade)` : 'starting', since: null });
+    }
     this.speaker.onSession = (neighbor, from, to) => {
       this.log.info({ neighbor, from, to }, `BGP session ${neighbor}: ${from} → ${to}`);
       this.emit('session', { neighbor, from, to });
@@ -190,6 +216,10 @@ export class Bgp extends EventEmitter<BgpEvents> {
 
   /** Starts the speaker (a missing binary rejects, naming it) and puts the VIPs on lo. */
   async start(): Promise<void> {
+    const c = this.carried;
+    if (c && c.state.speaker !== this.config.speaker) {
+      throw new BgpSpeakerError(`bgp.speaker: the running fulcrum (pid ${c.fromPid}) announces through ${c.state.speaker}, this config through ${this.config.speaker}; an upgrade keeps the speaker: restart fulcrum to change it`);
+    }
     await this.speaker.start();
     const errors = await this.lo.add();
     if (errors.length > 0) {
@@ -348,6 +378,8 @@ export class Bgp extends EventEmitter<BgpEvents> {
       v.wanted = wanted;
       v.reason = reason;
     }
+    // Adopting (upgrade): the speaker is the old process's until commit(), which reconciles.
+    if (this.adopting) return Promise.resolve();
     return this.enqueue(() => this.reconcile(cause));
   }
 
@@ -409,13 +441,87 @@ export class Bgp extends EventEmitter<BgpEvents> {
     if (drainMs > 0) await new Promise<void>((r) => this.clock.setTimeout(r, drainMs));
   }
 
-  /** Last part of a stop: the speaker goes (its sessions close) and the VIPs leave lo. */
+  /**
+   * Last part of a stop: the speaker goes (its sessions close) and the VIPs leave lo. Adopting
+   * (an upgrade whose start failed): only what this process added goes; the speaker, its routes
+   * and the carried VIPs stay the old process's.
+   */
   async close(): Promise<void> {
+    if (this.released) return;
+    if (this.adopting) {
+      this.released = true;
+      // Released, not stopped: gobgpd stays tied to the old process (a speaker with nothing to let go stops).
+      await (this.speaker.release ? this.speaker.release() : this.speaker.stop());
+      await this.loFor(this.config.vips.filter((v) => !this.carried!.state.vips.includes(v))).remove();
+      return;
+    }
     await this.queue;
     this.closed = true;
     if (this.retryTimer) clearTimeout(this.retryTimer);
     await this.speaker.stop();
     await this.lo.remove();
+  }
+
+  /** `fulcrum upgrade`, the old process: what the next one starts from, and the descriptors it must hold. */
+  carry(): { state: CarriedBgp; handles: NamedHandle[] } {
+    const h = this.speaker.handOver?.() ?? null;
+    const announced = [...this.vips.values()].filter((v) => v.announced).map((v) => v.vip);
+    return { state: { speaker: this.speaker.kind, vips: [...this.config.vips], announced, ...(h ? { gobgp: h.carried } : {}) }, handles: h?.handles ?? [] };
+  }
+
+  /**
+   * `fulcrum upgrade`, the old process once the new one serves: lets go without withdrawing —
+   * gobgpd keeps running (tied to the new process only), the VIPs stay on lo.
+   */
+  async release(): Promise<void> {
+    if (this.released) return;
+    this.released = true;
+    this.closed = true;
+    if (this.retryTimer) clearTimeout(this.retryTimer);
+    await this.queue;
+    await this.speaker.release?.();
+    this.log.info({ announced: [...this.vips.values()].filter((v) => v.announced).map((v) => v.vip) }, 'BGP handed over to the new process: nothing withdrawn');
+  }
+
+  /**
+   * `fulcrum upgrade`, the new process once its start went through: the hand-over is final.
+   * What is announced is read from the speaker (gobgp's RIB), or, when it cannot say (command),
+   * taken as carried and announced again where it should be (the operator's command runs once
+   * more: it must accept an announce of what is announced). Then one reconcile from there;
+   * VIPs this config dropped are withdrawn and leave lo.
+   */
+  async commit(): Promise<void> {
+    const c = this.carried;
+    if (!c || !this.adopting) return;
+    this.adopting = false;
+    this.speaker.commit?.();
+    const seen = (await this.speaker.announced?.()) ?? null;
+    const cause = `upgrade from pid ${c.fromPid}`;
+    if (seen !== null) for (const v of this.vips.values()) v.announced = seen.includes(v.vip);
+    for (const v of this.vips.values()) Object.assign(v, this.decide(v.vip));
+    const dropped = (seen ?? c.state.announced).filter((vip) => !this.vips.has(vip));
+    await this.enqueue(async () => {
+      if (seen === null) {
+        for (const v of this.vips.values()) {
+          if (!v.wanted || !v.announced) continue;
+          await this.speaker.announce(v.vip).then(() => this.record(v, 'announce', `${v.reason} (${cause}: announced again, the speaker cannot say what it announces)`),
+            (err) => this.log.error({ err, vip: v.vip }, `BGP announce of ${v.vip} again after the upgrade failed`));
+        }
+      }
+      for (const vip of dropped) {
+        const gone: VipState = { vip, announced: true, wanted: false, reason: 'not in this config', since: null };
+        await this.speaker.withdraw(vip).then(() => this.record(gone, 'withdraw', `not in this config (${cause})`),
+          (err) => this.log.error({ err, vip }, `BGP withdraw of ${vip} (not in this config) failed`));
+      }
+    });
+    const off = c.state.vips.filter((vip) => !this.vips.has(vip));
+    if (off.length > 0) await this.loFor(off).remove();
+    await this.evaluate(cause);
+  }
+
+  /** A VipManager for these VIPs on lo. */
+  private loFor(vips: readonly string[]): VipManager {
+    return new VipManager({ vips: vips.map((address) => ({ address, prefix: 32 })), iface: 'lo', garp: { count: 0, interval: 1000 }, logger: this.log, ipCommand: this.ipCommand });
   }
 
   status(): BgpStatus {

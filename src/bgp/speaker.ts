@@ -38,6 +38,49 @@ export interface Speaker {
   onRoutesLost?: (cause: string) => void;
   /** Set by the owner: called when a session's state changes. */
   onSession?: (neighbor: string, from: string, to: string) => void;
+  /**
+   * `fulcrum upgrade`, the old process: what the next one adopts (plain data, and the descriptors
+   * it must hold), or null when nothing runs to adopt (the next one starts its own).
+   */
+  handOver?(): { carried: CarriedGobgp; handles: NamedHandle[] } | null;
+  /**
+   * `fulcrum upgrade`: lets go of what runs without stopping it (the old process once the new one
+   * serves; the new one when its start fails before the hand-over is final): timers stop, this
+   * process's copies of the descriptors close, the daemon, its routes and its state stay.
+   */
+  release?(): Promise<void>;
+  /** The new process: the hand-over is final; from now on stop() stops what it adopted. */
+  commit?(): void;
+  /** The VIPs the daemon announces now (read from it), or null when it cannot tell (command). */
+  announced?(): Promise<string[] | null>;
+}
+
+/** A descriptor handed to the next process (src/control/upgrade.ts), by name: a libuv handle. */
+export interface NamedHandle {
+  name: string;
+  handle: object;
+}
+
+/** The running gobgpd the next process adopts instead of starting its own (src/bgp/gobgp.ts). */
+export interface CarriedGobgp {
+  /** Its state directory (config, API socket). */
+  dir: string;
+  /** The config gobgpd runs with: the next process adopts only when its own config gives the same. */
+  conf: string;
+  liveness_ms: number;
+  wrapper_pid: number;
+  gobgpd_pid: number | null;
+}
+
+/**
+ * What an upgrade carries of the BGP part (src/control/carry.ts CarriedState.bgp): which speaker,
+ * the VIPs on lo and the ones announced when the state was taken, and the gobgp daemon to adopt.
+ */
+export interface CarriedBgp {
+  speaker: 'gobgp' | 'command';
+  vips: string[];
+  announced: string[];
+  gobgp?: CarriedGobgp;
 }
 
 /** The path of an executable: `name` itself when it holds a slash, else the first match on PATH. */

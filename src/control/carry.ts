@@ -17,8 +17,10 @@
  *   FailoverCarry: role, heartbeat epoch and counter, peer): the old one abandons it (silent, no
  *   priority 0, VIP left in place) and the new one continues it (./upgrade.ts says when).
  *
- * Not carried: BGP routes — an upgrade of a config with `bgp` is refused (src/main.ts) until
- * their hand-over exists.
+ * - BGP (`bgp`, built by src/bgp/index.ts Bgp.carry): the speaker, the VIPs on lo and the ones
+ *   announced, and for gobgp the running daemon the new process adopts (state directory, API
+ *   socket, pids, the config it runs); its liveness pipe and stderr travel as descriptors beside
+ *   this (UpgradeSource.handles). Nothing is withdrawn on the way.
  *
  * Plain data (it crosses the IPC channel as JSON).
  */
@@ -27,6 +29,7 @@ import type { AdminState, ServiceDescription } from '../balancer/balancer.ts';
 import type { BackendHealth, RoleSeen } from '../health/monitor.ts';
 import type { FailoverCarry } from '../failover/index.ts';
 import type { Role } from '../failover/fsm.ts';
+import type { CarriedBgp } from '../bgp/speaker.ts';
 
 export interface CarriedBackend {
   service: string;
@@ -48,6 +51,8 @@ export interface CarriedState {
   ha_role?: Role;
   /** The failover itself, set in the new process when the old one abandons it (Handover.takeFailover). */
   ha?: FailoverCarry;
+  /** Set when the old process announces by BGP (src/bgp/index.ts Bgp.carry). */
+  bgp?: CarriedBgp;
 }
 
 export interface CarryParts {

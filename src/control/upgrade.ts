@@ -77,6 +77,7 @@ const neverClosed: unknown[] = [];
 type ToNew =
   | { type: 'fulcrum-listener'; worker: number; listener: HandedListener }
   | { type: 'fulcrum-admin-listener' }
+  | { type: 'fulcrum-handle'; name: string }
   | { type: 'fulcrum-state'; state: CarriedState }
   | { type: 'fulcrum-handover-done' }
   | { type: 'fulcrum-ha'; ha: FailoverCarry }
@@ -92,6 +93,12 @@ export interface UpgradeSource {
   state(): CarriedState;
   /** The failover (config.ha): abandoned when the new process asks for it, resumed if the upgrade fails after. */
   failover?: { abandon(): Promise<FailoverCarry>; resume(): Promise<void> };
+  /**
+   * Other descriptors the new process takes over, by name (bgp: gobgpd's liveness pipe and its
+   * stderr, src/bgp/gobgp.ts): libuv handles, sent as they are. Asked right after state(), so both
+   * describe the same moment.
+   */
+  handles?(): { name: string; handle: object }[];
   logger: Logger;
 }
 
@@ -142,7 +149,9 @@ export async function startUpgrade(source: UpgradeSource, options: { timeoutMs?:
     }
     const admin = source.adminHandle();
     if (admin !== undefined) await send(child, { type: 'fulcrum-admin-listener' }, admin);
-    await send(child, { type: 'fulcrum-state', state: source.state() });
+    const state = source.state();
+    for (const h of source.handles?.() ?? []) await send(child, { type: 'fulcrum-handle', name: h.name }, h.handle);
+    await send(child, { type: 'fulcrum-state', state });
     await send(child, { type: 'fulcrum-handover-done' });
   })().catch((err: Error) => {
     log.error({ pid: child.pid, err: err.message }, `upgrade: the hand-over failed: ${err.message}`);
@@ -219,6 +228,8 @@ export interface Handover {
   listeners: HandedListener[][];
   /** The admin server's listening socket (a libuv handle for server.listen), if one was handed. */
   admin: object | undefined;
+  /** UpgradeSource.handles, by name (libuv handles in this process). */
+  handles: ReadonlyMap<string, object>;
   state: CarriedState;
   /**
    * Asks the old process for its failover (it abandons it) and resolves with what this one
@@ -243,6 +254,7 @@ export function receiveHandover(fromPid: number, timeoutMs = READY_TIMEOUT_MS): 
     const listeners: HandedListener[][] = [];
     const handles = new Map<number, { close(): void }>();
     let admin: object | undefined;
+    const named = new Map<string, object>();
     let state: CarriedState | undefined;
     const finish = (err: Error | null): void => {
       clearTimeout(timer);
@@ -250,7 +262,7 @@ export function receiveHandover(fromPid: number, timeoutMs = READY_TIMEOUT_MS): 
       process.off('disconnect', onDisconnect);
       if (err !== null) return reject(err);
       resolve({
-        fromPid, listeners, admin, state: state!,
+        fromPid, listeners, admin, handles: named, state: state!,
         async takeFailover() {
           const ha = await requestFailover(fromPid, timeoutMs);
           state!.ha = ha;
@@ -279,6 +291,9 @@ export function receiveHandover(fromPid: number, timeoutMs = READY_TIMEOUT_MS): 
           break;
         case 'fulcrum-admin-listener':
           admin = handle;
+          break;
+        case 'fulcrum-handle':
+          if (handle !== undefined) named.set(msg.name, handle);
           break;
         case 'fulcrum-state':
           state = msg.state;

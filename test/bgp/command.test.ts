@@ -1,12 +1,14 @@
 /**
  * `speaker: command` with BIRD 2: one fulcrum node whose announce/withdraw commands enable and
  * disable a BIRD static protocol through birdc ({vip} substituted), an FRR router that sees the
- * route come and go. The smallest topology that shows the command speaker end to end.
+ * route come and go. The smallest topology that shows the command speaker end to end. Then
+ * `fulcrum upgrade` with it: only the announced set is carried; the new process never withdraws
+ * what should stay, and runs the announce command again (BIRD takes an enable of an enabled protocol).
  */
-import { writeFileSync } from 'node:fs';
+import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { haveBinary, netnsAvailable } from '../helpers/netns.ts';
+import { alive, haveBinary, netnsAvailable, sleep } from '../helpers/netns.ts';
 import { BACKENDS, BgpLab } from './lab.ts';
 
 const READY = netnsAvailable() && haveBinary('bird') && haveBinary('birdc') && haveBinary('/usr/lib/frr/bgpd');
@@ -34,10 +36,15 @@ protocol bgp up {
     await lab?.destroy();
   });
 
-  it('announces through birdc once it can serve, withdraws when its backends are down and on stop', async () => {
+  const commands = () => {
     const birdc = `birdc -s ${join(lab.dir, 'bird.ctl')}`;
     const name = 'vip$(echo {vip} | tr . _)';
-    await lab.start(1, { speaker: 'command', announce: `${birdc} enable ${name}`, withdraw: `${birdc} disable ${name}`, drain: '200ms' });
+    // Each withdraw also leaves a line in a file: the upgrade test looks for none.
+    return { announce: `${birdc} enable ${name}`, withdraw: `echo {vip} >> ${join(lab.dir, 'withdrawn')}; ${birdc} disable ${name}` };
+  };
+
+  it('announces through birdc once it can serve, withdraws when its backends are down and on stop', async () => {
+    await lab.start(1, { speaker: 'command', ...commands(), drain: '200ms' });
     await lab.waitNextHops([1], 15_000);
     expect((await lab.connect(5)).every((b) => b !== null)).toBe(true);
 
@@ -64,4 +71,37 @@ protocol bgp up {
     // The VIP left lo with fulcrum.
     expect(await lab.lab.ip('lb1', '-4', 'addr', 'show', 'dev', 'lo')).not.toContain('10.250.0.100');
   });
+
+  it('fulcrum upgrade: the route stays, the new process withdraws nothing and announces again what it carried', async () => {
+    await lab.start(1, { speaker: 'command', ...commands(), drain: '200ms' });
+    await lab.waitNextHops([1], 15_000);
+    const withdrawn = join(lab.dir, 'withdrawn');
+    writeFileSync(withdrawn, '');
+    const route = lab.sampleNextHops(1);
+    const r = await lab.ctl(1, 'upgrade');
+    expect(r.code, r.stdout + r.stderr).toBe(0);
+    const pid = Number(/upgraded: pid (\d+) serves/.exec(r.stdout)![1]);
+    expect(await lab.running.get(1)!.exited).toBe(0); // the old one drained and exited
+    await sleep(500);
+    const sampled = await route.stop();
+    expect(sampled.samples).toBeGreaterThan(20);
+    expect(sampled.missing).toBe(0);
+    const status = JSON.parse((await lab.ctl(1, 'status', '--json')).stdout);
+    expect(status.pid).toBe(pid);
+    // One announce (the carried VIP again, BIRD answered "already enabled"), no withdraw from either process.
+    expect(status.bgp).toMatchObject({ speaker: 'command', counts: { announce: 1, withdraw: 0, failed: 0 }, vips: [{ vip: '10.250.0.100', announced: true }] });
+    expect(status.bgp.vips[0].reason).toBe('ready: web 3 up');
+    expect(readFileSync(withdrawn, 'utf8')).toBe('');
+    expect((await lab.connect(5)).every((b) => b !== null)).toBe(true);
+    // The new process's graceful stop withdraws (the one withdraw) and takes the VIP off lo.
+    process.kill(pid, 'SIGTERM');
+    await lab.waitNextHops([], 5000);
+    expect(readFileSync(withdrawn, 'utf8')).toBe('10.250.0.100\n');
+    const t0 = Date.now();
+    while (alive(pid)) {
+      if (Date.now() - t0 > 10_000) throw new Error(`pid ${pid} did not exit`);
+      await sleep(50);
+    }
+    expect(await lab.lab.ip('lb1', '-4', 'addr', 'show', 'dev', 'lo')).not.toContain('10.250.0.100');
+  }, 60_000);
 });

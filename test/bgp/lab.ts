@@ -69,6 +69,8 @@ export class BgpLab {
   readonly running = new Map<number, NodeRun>();
 
   private readonly opts: LabOptions;
+  /** Route samplers still running (stopped by destroy). */
+  private readonly samplers: (() => Promise<unknown>)[] = [];
 
   private constructor(tag: string, nodes: number, opts: LabOptions) {
     this.opts = opts;
@@ -189,6 +191,37 @@ route-map NONE deny 10
     return new Set([...r.stdout.matchAll(/ 10\.251\.9\.2:(\d+)\s*$/gm)].map((m) => Number(m[1])));
   }
 
+  /**
+   * Samples the router's route for the VIP (every ~5 ms plus an `ip` run) until stop(): how many
+   * samples, and how many lacked node n's next hop.
+   */
+  sampleNextHops(n: number): { stop(): Promise<{ samples: number; missing: number }> } {
+    let on = true;
+    let samples = 0;
+    let missing = 0;
+    const loop = (async () => {
+      while (on) {
+        // A test that failed half-way destroys the lab under a running sampler: it just ends.
+        const hops = await this.nextHops().catch((err: Error) => (on ? Promise.reject(err) : null));
+        if (hops === null) break;
+        samples++;
+        if (!hops.includes(n)) missing++;
+        await sleep(5);
+      }
+    })();
+    this.samplers.push(() => {
+      on = false;
+      return loop.catch(() => undefined);
+    });
+    return {
+      async stop() {
+        on = false;
+        await loop;
+        return { samples, missing };
+      },
+    };
+  }
+
   writeConfig(n: number, o: NodeOptions = {}): string {
     const speaker = o.speaker ?? 'gobgp';
     const bgp = speaker === 'gobgp'
@@ -285,6 +318,7 @@ ${bgp}
   }
 
   async destroy(): Promise<void> {
+    for (const stop of this.samplers.splice(0)) await stop();
     for (const r of this.running.values()) r.child.kill('SIGKILL');
     this.running.clear();
     await this.lab.destroy();

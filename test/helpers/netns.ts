@@ -53,6 +53,7 @@ export function netnsAvailable(): boolean {
   }
 }
 
+/** Whether a process runs (signal 0). */
 export function alive(pid: number): boolean {
   try {
     process.kill(pid, 0);

@@ -79,6 +79,10 @@ enum { ST_WATCH = 1, ST_CONNECTING, ST_RELAY };
  */
 enum { FD_NONE = 0, FD_HELD, FD_CLIENT, FD_LENT, FD_OWN };
 
+/* A relayed socket's registration: edge-triggered reads and the peer's FIN, once per socket
+   (loop.c explains the rules); EPOLLOUT is added on the first backpressure (want_out). */
+#define RELAY_EVENTS (EPOLLIN | EPOLLRDHUP | EPOLLET)
+
 /* Slots JS may use: the epoll key (key_of) keeps 29 bits for a slot or listener id. */
 #define MAX_SLOTS (1u << 29)
 
@@ -93,6 +97,7 @@ typedef struct {
   uint8_t own[2]; /* whether this file closes the socket */
   uint8_t reg[2]; /* whether it is in the epoll set */
   uint32_t ev[2]; /* its epoll interest */
+  uint8_t rdhup[2]; /* an event said the peer's FIN had arrived: read to EOF (loop.c on_readable) */
   Dir dir[2];     /* dir[CLIENT]: client → server; dir[SERVER]: server → client */
   uint32_t slot;
   int state;

@@ -13,6 +13,7 @@
  * --conns             concurrent connections (default: 50, bulk 4; 1 shows one request's way)
  * --perf              also samples each proxy's CPU during each run (perf record -e cpu-clock, 2 kHz,
  *                     the kernel's and user space's symbols) and prints its 25 hottest symbols
+ * --workers N         fulcrum's workers and HAProxy's nbthread (default 1; minimal and epoll have one)
  * --srvclose          churn with the backend closing first (echo --close-after 64, the client reading
  *                     to EOF): the churn family's `srvclose` variant
  * --haproxy-bufsize   HAProxy's tune.bufsize (its default is 16 KiB; fulcrum's buffers grow to 64)
@@ -46,6 +47,7 @@ const { values: flags } = parseArgs({
     sched: { type: 'boolean', default: false },
     srvclose: { type: 'boolean', default: false },
     perf: { type: 'boolean', default: false },
+    workers: { type: 'string', default: '1' },
   },
 });
 const scenario = flags.scenario as 'rr' | 'churn' | 'bulk';
@@ -146,8 +148,8 @@ async function main(): Promise<void> {
   const host = `${NET}.100`;
   const subject = flags.against === 'minimal' ? await startMinimalProxy({ host, upstreams })
     : flags.against!.startsWith('epoll') ? await startEpollProxy({ host, upstreams, yieldPoint: flags.against === 'epoll-yield' })
-    : await startFulcrum({ workers: 1, host, upstreams });
-  const haproxy = await startHaproxy({ workers: 1, host: `${NET}.101`, upstreams, maxconn: 9000, bufsize });
+    : await startFulcrum({ workers: Number(flags.workers), host, upstreams });
+  const haproxy = await startHaproxy({ workers: Number(flags.workers), host: `${NET}.101`, upstreams, maxconn: 9000, bufsize });
   const proxies = [subject, haproxy];
   const perCpu: Record<string, number[]> = { [subject.name]: [], haproxy: [] };
   const p99: Record<string, number[]> = { [subject.name]: [], haproxy: [] };

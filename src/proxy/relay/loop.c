@@ -441,6 +441,7 @@ void on_poll(uv_poll_t *h, int status, int events) {
   (void)events;
   Relay *r = h->data;
   struct epoll_event evs[MAX_EVENTS];
+  atomic_store(&r->awake, 1); /* hand-overs from here on wait in the inbox for the end of this call */
   int n = epoll_wait(r->epfd, evs, MAX_EVENTS, 0);
   for (int i = 0; i < n; i++) {
     uint64_t k = evs[i].data.u64;
@@ -495,6 +496,13 @@ void on_poll(uv_poll_t *h, int status, int events) {
   }
   if (r->udp != NULL) udp_flush(r); /* the replies queued this wake: one sendmmsg per service socket */
   if (r->nev > 0) call_on_events(r);
+  /* Asleep from here as far as steer() knows; what it handed over meanwhile is taken now (the
+     pair of sequentially consistent accesses handoff.c steer() describes). */
+  atomic_store(&r->awake, 0);
+  if (atomic_load(&r->inbox_pending)) {
+    take_inbox(r);
+    if (r->nev > 0) call_on_events(r);
+  }
   yield_point(r);
 }
 

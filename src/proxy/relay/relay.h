@@ -124,6 +124,12 @@ typedef struct {
   int inbox_fd;   /* eventfd another relay writes after filling `inbox` */
   Handoff *inbox; /* under g_lock */
   uint32_t ninbox, inbox_cap;
+  /* The wake protocol of the inbox (handoff.c steer, loop.c on_poll): `awake` is 1 while this
+     relay is in on_poll, which takes the inbox before it returns, so a hand-over then writes no
+     eventfd; `inbox_pending` is 1 while the inbox holds connections. Sequentially consistent,
+     as a pair: a relay going to sleep either sees the pending flag or is seen asleep. */
+  _Atomic int awake;
+  _Atomic int inbox_pending;
   struct sockaddr_storage *lkeys; /* the bound address per listener id (under g_lock) */
   napi_async_cleanup_hook_handle cleanup;
   Session **slots;
@@ -206,6 +212,7 @@ void register_relay(Relay *r);
 void unregister_relay(Relay *r);
 int steer(Relay *r, uint32_t lid, int fd, const int32_t from[5]);
 void adopt(Relay *r);
+void take_inbox(Relay *r);
 int drain_listener(Relay *r, uint32_t lid, int lfd);
 
 #endif

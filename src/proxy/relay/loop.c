@@ -221,7 +221,7 @@ static int flush(Relay *r, Session *s, int from) {
  * and reading resumes when it is out), or READS_PER_EVENT full reads (then the socket is re-armed:
  * the next wake comes back to it after the other sockets' events). 0, or -1 if the session ended.
  */
-#define READS_PER_EVENT 4
+#define READS_PER_EVENT 16
 static int on_readable(Relay *r, Session *s, int side) {
   Dir *d = &s->dir[side];
   for (int i = 0; i < READS_PER_EVENT; i++) {

@@ -12,7 +12,8 @@
  *                     scheduler's yield point relay.c yield_point() explains
  * --conns             concurrent connections (default: 50, bulk 4; 1 shows one request's way)
  * --perf              also samples each proxy's CPU during each run (perf record -e cpu-clock, 2 kHz,
- *                     the kernel's and user space's symbols) and prints its 25 hottest symbols
+ *                     the kernel's and user space's symbols; fulcrum runs with --perf-basic-prof,
+ *                     so JavaScript functions are named) and prints its 25 hottest symbols
  * --workers N         fulcrum's workers and HAProxy's nbthread (default 1; minimal and epoll have one)
  * --srvclose          churn with the backend closing first (echo --close-after 64, the client reading
  *                     to EOF): the churn family's `srvclose` variant
@@ -148,7 +149,7 @@ async function main(): Promise<void> {
   const host = `${NET}.100`;
   const subject = flags.against === 'minimal' ? await startMinimalProxy({ host, upstreams })
     : flags.against!.startsWith('epoll') ? await startEpollProxy({ host, upstreams, yieldPoint: flags.against === 'epoll-yield' })
-    : await startFulcrum({ workers: Number(flags.workers), host, upstreams });
+    : await startFulcrum({ workers: Number(flags.workers), host, upstreams, nodeArgs: flags.perf ? ['--perf-basic-prof'] : undefined });
   const haproxy = await startHaproxy({ workers: Number(flags.workers), host: `${NET}.101`, upstreams, maxconn: 9000, bufsize });
   const proxies = [subject, haproxy];
   const perCpu: Record<string, number[]> = { [subject.name]: [], haproxy: [] };

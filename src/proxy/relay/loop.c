@@ -265,8 +265,9 @@ static int on_readable(Relay *r, Session *s, int side) {
   return 0;
 }
 
-/* Once per EPOLLOUT edge of a relayed side (its send buffer had been full, or it just connected):
-   sends what the other direction holds; once that is out, passes its EOF on or reads it again. */
+/* Once per EPOLLOUT edge of a relayed side (registered from its first backpressure on: its send
+   buffer had been full): sends what the other direction holds; once that is out, passes its EOF
+   on or reads that direction again (no edge reports what arrived while it was not read). */
 static void on_writable(Relay *r, Session *s, int side) {
   int from = 1 - side;
   if (s->dir[from].buf == NULL) return;

@@ -11,6 +11,12 @@
  *                     epoll-yield: the same with a CPU-clock read before each epoll_wait, the
  *                     scheduler's yield point relay.c yield_point() explains
  * --conns             concurrent connections (default: 50, bulk 4; 1 shows one request's way)
+ * --perf              also samples each proxy's CPU during each run (perf record -e cpu-clock, 2 kHz,
+ *                     the kernel's and user space's symbols; fulcrum runs with --perf-basic-prof,
+ *                     so JavaScript functions are named) and prints its 25 hottest symbols
+ * --workers N         fulcrum's workers and HAProxy's nbthread (default 1; minimal and epoll have one)
+ * --srvclose          churn with the backend closing first (echo --close-after 64, the client reading
+ *                     to EOF): the churn family's `srvclose` variant
  * --haproxy-bufsize   HAProxy's tune.bufsize (its default is 16 KiB; fulcrum's buffers grow to 64)
  * --syscalls          also counts each proxy's system calls per request/connection (perf stat on
  *                     the syscall tracepoints; needs root and perf)
@@ -40,6 +46,9 @@ const { values: flags } = parseArgs({
     'haproxy-bufsize': { type: 'string' },
     syscalls: { type: 'boolean', default: false },
     sched: { type: 'boolean', default: false },
+    srvclose: { type: 'boolean', default: false },
+    perf: { type: 'boolean', default: false },
+    workers: { type: 'string', default: '1' },
   },
 });
 const scenario = flags.scenario as 'rr' | 'churn' | 'bulk';
@@ -50,10 +59,12 @@ if (!haproxyVersion()) throw new Error('haproxy is not installed (apt-get instal
 const runs = Number(flags.runs);
 const seconds = Number(flags.seconds);
 const bufsize = flags['haproxy-bufsize'] ? Number(flags['haproxy-bufsize']) : undefined;
+const srvclose = flags.srvclose!;
+if (srvclose && scenario !== 'churn') throw new Error('--srvclose: churn only');
 
 const NET = '127.6.5';
-const SYSCALLS = ['accept4', 'socket', 'connect', 'getsockopt', 'setsockopt', 'fcntl', 'epoll_ctl', 'epoll_wait', 'epoll_pwait',
-  'io_uring_enter', 'read', 'write', 'recvfrom', 'sendto', 'shutdown', 'close'];
+const SYSCALLS = ['accept4', 'socket', 'connect', 'getsockopt', 'setsockopt', 'getsockname', 'fcntl', 'epoll_ctl', 'epoll_wait', 'epoll_pwait',
+  'io_uring_enter', 'read', 'write', 'recvfrom', 'sendto', 'shutdown', 'close', 'poll', 'futex', 'clock_gettime'];
 
 /** perf stat over the run's window: counts per syscall, or null without --syscalls. */
 function countSyscalls(pid: number, seconds: number): Promise<Record<string, number>> | null {
@@ -71,6 +82,21 @@ function countSyscalls(pid: number, seconds: number): Promise<Record<string, num
       }
       rmSync(out, { force: true });
       resolve(counts);
+    });
+  });
+}
+
+/** perf record over the run's window: the proxy's 25 hottest symbols (share of its samples), or null without --perf. */
+function sampleSymbols(pid: number, seconds: number): Promise<string[]> | null {
+  if (!flags.perf) return null;
+  const out = path.join(OUT_DIR, `diag-perf-${pid}.data`);
+  const child = spawn('perf', ['record', '-q', '-e', 'cpu-clock', '-F', '2000', '-p', String(pid), '-o', out, '--', 'sleep', String(seconds)], { stdio: 'ignore' });
+  return new Promise((resolve, reject) => {
+    child.once('error', reject);
+    child.once('exit', () => {
+      const report = execFileSync('perf', ['report', '-i', out, '--stdio', '--no-children', '--sort', 'sym', '--percent-limit', '0.5'], { encoding: 'utf8', maxBuffer: 64 << 20, stdio: ['ignore', 'pipe', 'ignore'] });
+      rmSync(out, { force: true });
+      resolve(report.split('\n').filter((l) => /^\s+\d/.test(l)).slice(0, 25).map((l) => l.trim().replace(/\s+/g, ' ')));
     });
   });
 }
@@ -116,15 +142,15 @@ function recordSched(seconds: number): Promise<string[]> | null {
 async function main(): Promise<void> {
   buildLoadgen();
   const backends = await Promise.all([
-    startBackend('echo', `${NET}.1:0`), startBackend('echo', `${NET}.2:0`),
+    startBackend('echo', `${NET}.1:0`, 1, srvclose ? 64 : 0), startBackend('echo', `${NET}.2:0`, 1, srvclose ? 64 : 0),
     startBackend('sink', `${NET}.11:0`), startBackend('sink', `${NET}.12:0`),
   ]);
   const upstreams: Upstreams = { echo: [backends[0].address, backends[1].address], sink: [backends[2].address, backends[3].address] };
   const host = `${NET}.100`;
   const subject = flags.against === 'minimal' ? await startMinimalProxy({ host, upstreams })
     : flags.against!.startsWith('epoll') ? await startEpollProxy({ host, upstreams, yieldPoint: flags.against === 'epoll-yield' })
-    : await startFulcrum({ workers: 1, host, upstreams });
-  const haproxy = await startHaproxy({ workers: 1, host: `${NET}.101`, upstreams, maxconn: 9000, bufsize });
+    : await startFulcrum({ workers: Number(flags.workers), host, upstreams, nodeArgs: flags.perf ? ['--perf-basic-prof'] : undefined });
+  const haproxy = await startHaproxy({ workers: Number(flags.workers), host: `${NET}.101`, upstreams, maxconn: 9000, bufsize });
   const proxies = [subject, haproxy];
   const perCpu: Record<string, number[]> = { [subject.name]: [], haproxy: [] };
   const p99: Record<string, number[]> = { [subject.name]: [], haproxy: [] };
@@ -135,9 +161,10 @@ async function main(): Promise<void> {
         const c0 = cpuTimes(p.pid);
         const counting = countSyscalls(p.pid, seconds);
         const scheduling = recordSched(seconds);
+        const sampling = sampleSymbols(p.pid, seconds);
         const res = await runClient({
           mode: scenario, targets: [target], conns: flags.conns ? Number(flags.conns) : scenario === 'bulk' ? 4 : 50, durationS: seconds, warmupS: 0,
-          source: scenario === 'churn' ? { base: `${NET}.201`, count: 32 } : undefined,
+          source: scenario === 'churn' ? { base: `${NET}.201`, count: 32 } : undefined, readEof: srvclose,
         });
         const c1 = cpuTimes(p.pid);
         const cpu = c1.user - c0.user + (c1.sys - c0.sys);
@@ -156,6 +183,7 @@ async function main(): Promise<void> {
           console.log(`  syscalls per ${unit}: ` + Object.entries(counts).map(([k, v]) => `${k} ${(v / work).toFixed(2)}`).join(', '));
         }
         if (scheduling) for (const l of await scheduling) console.log(`  ${l}`);
+        if (sampling) for (const l of await sampling) console.log(`  ${l}`);
       }
     }
     const a = median(perCpu[subject.name]);

@@ -17,7 +17,9 @@ let backends: TestServer[] = [];
 let proxy: FulcrumHandle;
 let echoPort = 0;
 let halfPort = 0;
-let ports = { slow: 0, reset: 0, named: 0, storm: 0 };
+let ports = { slow: 0, reset: 0, named: 0, storm: 0, burst: 0 };
+// What the `burst` backend sends on each connection, with its FIN right behind.
+const BURST = randomData(3 * 1024 * 1024);
 
 beforeAll(async () => {
   backends = await Promise.all([startEchoServer(HOST), startEchoServer(HOST), startEchoServer(HOST)]);
@@ -48,11 +50,15 @@ beforeAll(async () => {
   }, HOST);
   // An echo backend that fulcrum reaches as localhost:PORT (a name to look up).
   const named = await startEchoServer('127.0.0.1');
-  backends.push(digester, early, slow, resetter, named);
+  // A backend that sends BURST and its FIN at once, and says when the kernel has taken both.
+  const burst = await startServer((s) => {
+    s.end(BURST, () => burst.server.emit('written'));
+  }, HOST);
+  backends.push(digester, early, slow, resetter, named, burst);
   echoPort = await freePort(HOST);
   halfPort = await freePort(HOST);
   const earlyPort = await freePort(HOST);
-  ports = { slow: await freePort(HOST), reset: await freePort(HOST), named: await freePort(HOST), storm: await freePort(HOST) };
+  ports = { slow: await freePort(HOST), reset: await freePort(HOST), named: await freePort(HOST), storm: await freePort(HOST), burst: await freePort(HOST) };
   proxy = await startProxy(`
 workers: 2
 logging: { level: silent, connections: false }
@@ -77,6 +83,9 @@ ${backends.slice(0, 3).map((b) => `      - address: ${b.address}`).join('\n')}
   - name: named
     listen: ${HOST}:${ports.named}
     backends: [{ address: 'localhost:${named.port}' }]
+  - name: burst
+    listen: ${HOST}:${ports.burst}
+    backends: [{ address: ${burst.address} }]
   - name: storm
     listen: ${HOST}:${ports.storm}
     balance: roundrobin
@@ -151,6 +160,23 @@ describe('splice', () => {
     s.destroy();
     expect(back.length).toBe(data.length);
     expect(sha256(back)).toBe(sha256(data));
+  });
+
+  it('a burst much larger than one read, queued with its FIN behind a client that does not read, arrives whole and then ends', async () => {
+    // The relay reads edge-triggered (src/proxy/relay/loop.c): while the client does not read, the
+    // backend's bytes and its FIN wait in the proxy's backend socket with no further edge; once the
+    // client reads, all of it (many full reads, re-armed every few) and then the EOF must follow.
+    const written = new Promise((r) => backends[8].server.once('written', r));
+    const s = await connectClient(ports.burst, HOST);
+    s.pause();
+    const got = readAll(s, 60_000);
+    await written;
+    s.resume();
+    const back = await got;
+    s.destroy();
+    expect(back.length).toBe(BURST.length);
+    expect(sha256(back)).toBe(sha256(BURST));
+    await waitFor(() => reasons(proxy, 'burst').server_closed === 1, 3000, 'server_closed counted');
   });
 
   it('client half-close: the client ends, then still receives the server reply', async () => {

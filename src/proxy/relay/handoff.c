@@ -9,7 +9,10 @@
  * holds two or more client connections more than another relay listening on the same address
  * hands the new one over (steer()): the socket goes into that relay's inbox and its eventfd wakes
  * it; it reports EV_ACCEPT on its own listener for that address (adopt()), as if the kernel had
- * queued the connection there. JavaScript sees nothing of it. The registry, the inboxes and the
+ * queued the connection there. Only a relay that may be asleep is woken: one in its on_poll
+ * (Relay.awake) takes its inbox before it returns, and an inbox that held connections already
+ * has its wake coming — under churn with two workers half the connections are handed over, and
+ * an eventfd write each was a system call and often a thread's wake-up per connection. JavaScript sees nothing of it. The registry, the inboxes and the
  * listener tables (read by other threads) are guarded by g_lock; the loads are atomics read
  * without it.
  */
@@ -90,13 +93,17 @@ int steer(Relay *r, uint32_t lid, int fd, const int32_t from[5]) {
       }
     }
     if (t->ninbox < t->inbox_cap) {
+      int was_empty = t->ninbox == 0;
       Handoff *h = &t->inbox[t->ninbox++];
       h->fd = fd;
       h->to = r->lkeys[lid];
       memcpy(h->from, from, sizeof(h->from));
       atomic_fetch_add_explicit(&g_load[best], 1, memory_order_relaxed);
+      /* Pairs with on_poll's clearing of `awake` (both sequentially consistent): either t sees
+         this flag before it sleeps, or this sees t asleep and wakes it. */
+      atomic_store(&t->inbox_pending, 1);
       uint64_t one = 1;
-      if (write(t->inbox_fd, &one, sizeof(one)) < 0) { /* the counter is far from overflowing: cannot fail */ }
+      if (was_empty && !atomic_load(&t->awake) && write(t->inbox_fd, &one, sizeof(one)) < 0) { /* the counter is far from overflowing: cannot fail */ }
       handed = 1;
     }
   }
@@ -137,6 +144,7 @@ int drain_listener(Relay *r, uint32_t lid, int lfd) {
     atomic_fetch_add_explicit(&g_load[r->rid], 1, memory_order_relaxed);
     n++;
   }
+  if (n > 0) atomic_store(&r->inbox_pending, 1);
   uint64_t one = 1;
   if (n > 0 && write(r->inbox_fd, &one, sizeof(one)) < 0) { /* cannot fail, see steer() */ }
   return n;
@@ -146,6 +154,12 @@ int drain_listener(Relay *r, uint32_t lid, int lfd) {
 void adopt(Relay *r) {
   uint64_t count;
   if (read(r->inbox_fd, &count, sizeof(count)) < 0) { /* EAGAIN: woken for entries already taken */ }
+  take_inbox(r);
+}
+
+/* Each connection in the inbox becomes an EV_ACCEPT here: at an eventfd wake (adopt), and at the
+   end of each on_poll that saw inbox_pending (steer() wrote no eventfd while this was awake). */
+void take_inbox(Relay *r) {
   pthread_mutex_lock(&g_lock);
   uint32_t i = 0;
   for (; i < r->ninbox && room_to_accept(r); i++) {
@@ -168,6 +182,7 @@ void adopt(Relay *r) {
     memmove(r->inbox, r->inbox + i, (r->ninbox - i) * sizeof(Handoff));
     r->ninbox -= i;
   }
+  if (r->ninbox == 0) atomic_store(&r->inbox_pending, 0);
   if (r->ninbox > 0) {
     /* No room for the rest in this wake's events: wake again for them. */
     uint64_t one = 1;
@@ -211,5 +226,6 @@ void unregister_relay(Relay *r) {
   atomic_store(&g_load[r->rid], INT32_MAX);
   for (uint32_t i = 0; i < r->ninbox; i++) close(r->inbox[i].fd);
   r->ninbox = 0;
+  atomic_store(&r->inbox_pending, 0);
   pthread_mutex_unlock(&g_lock);
 }

@@ -7,8 +7,20 @@
  *
  * Per direction at most one buffer is held (HAProxy's model): a chunk is read into the worker's
  * scratch buffer and written at once; only what the kernel did not take is copied into a buffer
- * of the session, and the reading side is not polled until it is out. An idle session holds no
+ * of the session, and the reading side is not read until it is out. An idle session holds no
  * buffer at all.
+ *
+ * A relayed socket is registered once, edge-triggered, for both directions (RELAY_EVENTS): no
+ * epoll_ctl per change of state (backpressure, EOF), only the ADD when relaying starts and the
+ * DEL at the end. Edge-triggered means an event says "something changed", and the relay must
+ * not leave readiness behind that no further edge will report:
+ *   - a read that filled the scratch buffer may have left bytes: read again (READS_PER_EVENT
+ *     times, then re-arm, so one stream cannot hold the loop);
+ *   - a short read empties the queue, except that a FIN right behind the bytes is consumed with
+ *     them and no edge follows: the event's EPOLLRDHUP (the peer's FIN had arrived) is kept per
+ *     side (Session.rdhup), and a side with it is read until recv returns 0;
+ *   - a side not read while its bytes were held (backpressure) is read once they are out
+ *     (on_writable), whatever arrived in between.
  */
 #include "relay.h"
 
@@ -137,25 +149,6 @@ int poll_side(Relay *r, Session *s, int side, uint32_t want) {
   return 0;
 }
 
-/* Sets a socket's epoll interest; 0 on success, else the session has ended. */
-static int set_interest(Relay *r, Session *s, int side, uint32_t want) {
-  if (s->reg[side] && want == s->ev[side]) return 0;
-  if (!s->reg[side] && want == 0) return 0;
-  if (poll_side(r, s, side, want) != 0) {
-    end_session(r, s, closed_by(side));
-    return -1;
-  }
-  return 0;
-}
-
-/* The interest a relayed side needs now: reading unless its direction ended or is blocked, writing while the other direction has bytes waiting. */
-static int update_interest(Relay *r, Session *s, int side) {
-  uint32_t want = 0;
-  if (!s->dir[side].eof && s->dir[side].buf == NULL) want |= EPOLLIN;
-  if (s->dir[1 - side].buf != NULL) want |= EPOLLOUT;
-  return set_interest(r, s, side, want);
-}
-
 static inline int done_both_ways(Session *s) {
   return s->dir[0].eof && s->dir[1].eof && s->dir[0].buf == NULL && s->dir[1].buf == NULL;
 }
@@ -174,6 +167,20 @@ static int pass_eof(Relay *r, Session *s, int from) {
   return 0;
 }
 
+/*
+ * Side `side` has bytes to write that its kernel did not take: its registration gains EPOLLOUT
+ * (once per session and side, on the first backpressure; kept after, as an edge comes only after
+ * a send found the buffer full). 0, or -1 if the session ended.
+ */
+static int want_out(Relay *r, Session *s, int side) {
+  if (s->ev[side] & EPOLLOUT) return 0;
+  if (poll_side(r, s, side, RELAY_EVENTS | EPOLLOUT) != 0) {
+    end_session(r, s, closed_by(side));
+    return -1;
+  }
+  return 0;
+}
+
 /* Keeps bytes the other side's kernel did not take (backpressure). 0, or -1 if the session ended. */
 static int hold(Relay *r, Session *s, int from, const uint8_t *data, size_t len) {
   Dir *d = &s->dir[from];
@@ -185,7 +192,7 @@ static int hold(Relay *r, Session *s, int from, const uint8_t *data, size_t len)
   memcpy(d->buf, data, len);
   d->off = 0;
   d->len = (uint32_t)len;
-  return 0;
+  return want_out(r, s, 1 - from);
 }
 
 /* Sends what direction `from` holds. 0: all out, 1: some left, -1: the session ended. */
@@ -206,51 +213,71 @@ static int flush(Relay *r, Session *s, int from) {
   return 0;
 }
 
-/* HOT: once per ready socket with bytes (or EOF) to read: one read of up to SCRATCH_SIZE, written on at once. */
-static void on_readable(Relay *r, Session *s, int side) {
-  ssize_t n = recv(s->fd[side], r->scratch, SCRATCH_SIZE, MSG_DONTWAIT);
-  if (n > 0) {
-    double *st = r->stats + (size_t)s->slot * STAT_FIELDS;
-    st[side == CLIENT ? STAT_BYTES_IN : STAT_BYTES_OUT] += (double)n;
-    st[STAT_ACTIVITY] += 1;
-    ssize_t w = send(s->fd[1 - side], r->scratch, (size_t)n, MSG_NOSIGNAL | MSG_DONTWAIT);
-    if (w < 0) {
-      if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) {
-        reset_other(s, 1 - side, errno);
-        end_session(r, s, closed_by(1 - side));
-        return;
+/*
+ * HOT: once per event on a relayed side (edge-triggered: bytes or EOF arrived, or the socket was
+ * re-armed), and once when bytes held for the other side are all out (on_writable). Reads into
+ * the scratch buffer and writes on at once, until the queue is empty (a short read; read on to
+ * EOF when the peer's FIN has arrived), the other side's kernel takes no more (the rest is held,
+ * and reading resumes when it is out), or READS_PER_EVENT full reads (then the socket is re-armed:
+ * the next wake comes back to it after the other sockets' events). 0, or -1 if the session ended.
+ */
+#define READS_PER_EVENT 16
+static int on_readable(Relay *r, Session *s, int side) {
+  Dir *d = &s->dir[side];
+  for (int i = 0; i < READS_PER_EVENT; i++) {
+    if (d->eof || d->buf != NULL) return 0;
+    ssize_t n = recv(s->fd[side], r->scratch, SCRATCH_SIZE, MSG_DONTWAIT);
+    if (n > 0) {
+      double *st = r->stats + (size_t)s->slot * STAT_FIELDS;
+      st[side == CLIENT ? STAT_BYTES_IN : STAT_BYTES_OUT] += (double)n;
+      st[STAT_ACTIVITY] += 1;
+      ssize_t w = send(s->fd[1 - side], r->scratch, (size_t)n, MSG_NOSIGNAL | MSG_DONTWAIT);
+      if (w < 0) {
+        if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) {
+          reset_other(s, 1 - side, errno);
+          end_session(r, s, closed_by(1 - side));
+          return -1;
+        }
+        w = 0;
       }
-      w = 0;
+      /* The rest waits for the other side's EPOLLOUT edge (the failed send armed it). */
+      if (w < n) return hold(r, s, side, r->scratch + w, (size_t)(n - w));
+      if (n < SCRATCH_SIZE && !s->rdhup[side]) return 0;
+      continue;
     }
-    if (w == n) return;
-    /* Stop reading this side until the other has taken the rest. */
-    if (hold(r, s, side, r->scratch + w, (size_t)(n - w)) != 0) return;
-    if (update_interest(r, s, side) != 0) return;
-    update_interest(r, s, 1 - side);
-    return;
+    if (n < 0) {
+      if (errno == EAGAIN || errno == EWOULDBLOCK) return 0;
+      if (errno == EINTR) continue;
+      reset_other(s, side, errno);
+      end_session(r, s, closed_by(side)); /* reset */
+      return -1;
+    }
+    /* EOF: the first one names the end (as transport-js.ts onClientEnd / onServerEnd). */
+    d->eof = 1;
+    if (s->cause == 0) s->cause = closed_by(side);
+    return pass_eof(r, s, side);
   }
-  if (n < 0) {
-    if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR) return;
-    reset_other(s, side, errno);
-    end_session(r, s, closed_by(side)); /* reset */
-    return;
+  /* Still full: a MOD re-polls the socket and queues it again while it is readable. */
+  if (poll_side(r, s, side, s->ev[side]) != 0) {
+    end_session(r, s, closed_by(side));
+    return -1;
   }
-  /* EOF: the first one names the end (as transport-js.ts onClientEnd / onServerEnd). */
-  s->dir[side].eof = 1;
-  if (s->cause == 0) s->cause = closed_by(side);
-  if (pass_eof(r, s, side) != 0) return;
-  update_interest(r, s, side);
+  return 0;
 }
 
-/* Once per wake on a socket that had bytes waiting for it (backpressure released). */
+/* Once per EPOLLOUT edge of a relayed side (registered from its first backpressure on: its send
+   buffer had been full): sends what the other direction holds; once that is out, passes its EOF
+   on or reads that direction again (no edge reports what arrived while it was not read). */
 static void on_writable(Relay *r, Session *s, int side) {
   int from = 1 - side;
   if (s->dir[from].buf == NULL) return;
   if (flush(r, s, from) != 0) return;
   r->stats[(size_t)s->slot * STAT_FIELDS + STAT_ACTIVITY] += 1;
-  if (s->dir[from].eof && pass_eof(r, s, from) != 0) return;
-  if (update_interest(r, s, side) != 0) return;
-  update_interest(r, s, from);
+  if (s->dir[from].eof) {
+    pass_eof(r, s, from);
+    return;
+  }
+  on_readable(r, s, from);
 }
 
 /* The backend's connect completed (or failed): start relaying, prefix first. */
@@ -267,14 +294,23 @@ static void on_connect_done(Relay *r, Session *s, uint32_t events) {
   }
   s->state = ST_RELAY;
   push_event(r, EV_CONNECTED, s->slot, 0);
+  /* Both sides edge-triggered from here (the backend's level-triggered EPOLLOUT becomes
+     RELAY_EVENTS); bytes the client sent already are reported by its ADD, and read once the
+     prefix is out. */
+  if (poll_side(r, s, SERVER, RELAY_EVENTS) != 0 || poll_side(r, s, CLIENT, RELAY_EVENTS) != 0) {
+    end_session(r, s, closed_by(SERVER));
+    return;
+  }
   Dir *c = &s->dir[CLIENT];
   if (c->buf != NULL) {
     int left = flush(r, s, CLIENT);
     if (left < 0) return;
+    if (left > 0) {
+      want_out(r, s, SERVER); /* the rest at the backend's EPOLLOUT edge (on_writable) */
+      return;
+    }
   }
-  if (c->eof && c->buf == NULL && pass_eof(r, s, CLIENT) != 0) return;
-  if (update_interest(r, s, SERVER) != 0) return;
-  update_interest(r, s, CLIENT);
+  if (c->eof) pass_eof(r, s, CLIENT);
 }
 
 /* An address as events and localAddress() carry it: family << 16 | port, then the address bytes. */
@@ -406,6 +442,7 @@ void on_poll(uv_poll_t *h, int status, int events) {
   (void)events;
   Relay *r = h->data;
   struct epoll_event evs[MAX_EVENTS];
+  atomic_store(&r->awake, 1); /* hand-overs from here on wait in the inbox for the end of this call */
   int n = epoll_wait(r->epfd, evs, MAX_EVENTS, 0);
   for (int i = 0; i < n; i++) {
     uint64_t k = evs[i].data.u64;
@@ -451,23 +488,22 @@ void on_poll(uv_poll_t *h, int status, int events) {
       end_session(r, s, closed_by(kind));
       continue;
     }
+    if (e & (EPOLLRDHUP | EPOLLHUP)) s->rdhup[kind] = 1;
     if (e & EPOLLOUT) {
       on_writable(r, s, kind);
       if (r->slots[id] != s) continue;
     }
-    if (e & (EPOLLIN | EPOLLHUP)) {
-      if (s->ev[kind] & EPOLLIN) {
-        on_readable(r, s, kind);
-      } else if (e & EPOLLHUP) {
-        /* HUP cannot be masked: a side not read from now leaves the set until it is again. */
-        epoll_ctl(r->epfd, EPOLL_CTL_DEL, fd, NULL);
-        s->reg[kind] = 0;
-        s->ev[kind] = 0;
-      }
-    }
+    if (e & (EPOLLIN | EPOLLRDHUP | EPOLLHUP)) on_readable(r, s, kind);
   }
   if (r->udp != NULL) udp_flush(r); /* the replies queued this wake: one sendmmsg per service socket */
   if (r->nev > 0) call_on_events(r);
+  /* Asleep from here as far as steer() knows; what it handed over meanwhile is taken now (the
+     pair of sequentially consistent accesses handoff.c steer() describes). */
+  atomic_store(&r->awake, 0);
+  if (atomic_load(&r->inbox_pending)) {
+    take_inbox(r);
+    if (r->nev > 0) call_on_events(r);
+  }
   yield_point(r);
 }
 

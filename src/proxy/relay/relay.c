@@ -600,7 +600,7 @@ static napi_value js_connect(napi_env env, napi_callback_info info) {
   struct pollfd pf = {.fd = fd, .events = POLLOUT};
   if (prefix_len == 0 && !ended && poll(&pf, 1, 0) == 1 && pf.revents == POLLOUT) {
     s->state = ST_RELAY;
-    if ((err = poll_side(r, s, SERVER, EPOLLIN)) != 0 || (err = poll_side(r, s, CLIENT, EPOLLIN)) != 0) goto fail;
+    if ((err = poll_side(r, s, SERVER, RELAY_EVENTS)) != 0 || (err = poll_side(r, s, CLIENT, RELAY_EVENTS)) != 0) goto fail;
     return int_value(env, CONNECT_DONE);
   }
   /* Writable once connected; an error or HUP if it failed (on_connect_done). */

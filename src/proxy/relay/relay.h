@@ -80,6 +80,10 @@ enum { ST_WATCH = 1, ST_CONNECTING, ST_RELAY };
  */
 enum { FD_NONE = 0, FD_HELD, FD_CLIENT, FD_LENT, FD_OWN };
 
+/* A relayed socket's registration: edge-triggered reads and the peer's FIN, once per socket
+   (loop.c explains the rules); EPOLLOUT is added on the first backpressure (want_out). */
+#define RELAY_EVENTS (EPOLLIN | EPOLLRDHUP | EPOLLET)
+
 /* Slots JS may use: the epoll key (key_of) keeps 29 bits for a slot or listener id. */
 #define MAX_SLOTS (1u << 29)
 
@@ -94,6 +98,7 @@ typedef struct {
   uint8_t own[2]; /* whether this file closes the socket */
   uint8_t reg[2]; /* whether it is in the epoll set */
   uint32_t ev[2]; /* its epoll interest */
+  uint8_t rdhup[2]; /* an event said the peer's FIN had arrived: read to EOF (loop.c on_readable) */
   Dir dir[2];     /* dir[CLIENT]: client → server; dir[SERVER]: server → client */
   uint32_t slot;
   int state;
@@ -120,6 +125,12 @@ typedef struct {
   int inbox_fd;   /* eventfd another relay writes after filling `inbox` */
   Handoff *inbox; /* under g_lock */
   uint32_t ninbox, inbox_cap;
+  /* The wake protocol of the inbox (handoff.c steer, loop.c on_poll): `awake` is 1 while this
+     relay is in on_poll, which takes the inbox before it returns, so a hand-over then writes no
+     eventfd; `inbox_pending` is 1 while the inbox holds connections. Sequentially consistent,
+     as a pair: a relay going to sleep either sees the pending flag or is seen asleep. */
+  _Atomic int awake;
+  _Atomic int inbox_pending;
   struct sockaddr_storage *lkeys; /* the bound address per listener id (under g_lock) */
   napi_async_cleanup_hook_handle cleanup;
   Session **slots;
@@ -202,6 +213,7 @@ void register_relay(Relay *r);
 void unregister_relay(Relay *r);
 int steer(Relay *r, uint32_t lid, int fd, const int32_t from[5]);
 void adopt(Relay *r);
+void take_inbox(Relay *r);
 int drain_listener(Relay *r, uint32_t lid, int lfd);
 
 #endif

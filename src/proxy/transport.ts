@@ -109,13 +109,14 @@ const DRAIN_TURNS_MAX = 4096;
  * the listening fd (measured: 40 queued, one accepted per loop turn), so the close waits turn by
  * turn (setImmediate: the next turn's poll does not block while an immediate is pending) until a
  * turn accepted nothing — its poll found the queue empty. The first turn always waits: this call
- * may come after this turn's poll. `accepted` counts the listener's connections (acceptedOn). The
+ * may come after this turn's poll. `accepted` counts the listener's connections (by default the
+ * count acceptOn keeps; a server that takes them otherwise gives its own). The
  * connections it takes are served as any other (their listener's `rt`). Connections arriving after
  * the last poll are the kernel's: moved to another listener of the SO_REUSEPORT group with
  * tcp_migrate_req=1, reset otherwise. Resolves once closed (accepting no more). Once per listener
  * close (a reload removing or moving an address, a pause, a stop).
  */
-export function closeAfterDrain(server: Server, accepted: () => number): Promise<void> {
+export function closeAfterDrain(server: Server, accepted: () => number = () => acceptedOn(server)): Promise<void> {
   return new Promise((resolve) => {
     let seen = accepted();
     let turns = 0;
@@ -135,7 +136,7 @@ export function closeAfterDrain(server: Server, accepted: () => number): Promise
 }
 
 /** How many connections a server acceptOn routes has accepted (closeAfterDrain's count). */
-export function acceptedOn(server: Server): number {
+function acceptedOn(server: Server): number {
   return (server as Tagged)[kAccepted] ?? 0;
 }
 

@@ -24,7 +24,7 @@ import { JsTransport } from './transport-js.ts';
 import { RelayTransport } from './transport-relay.ts';
 import { RelayUdpTransport } from './transport-relay-udp.ts';
 import { UdpTransport, type DatagramListener, type DatagramTransport } from './transport-udp.ts';
-import { acceptedOn, acceptOn, closeAfterDrain, type ServerTransport } from './transport.ts';
+import { acceptOn, closeAfterDrain, type ServerTransport } from './transport.ts';
 import { DescriptorGate } from './descriptors.ts';
 import { keepAliveOnServer, serverFd } from './handles.ts';
 
@@ -188,11 +188,16 @@ function takeInherited(l: Listener): HandedListener | undefined {
   return h.address === l.address && h.protocol === l.rt.entry.protocol ? h : undefined;
 }
 
+/** A stream listener's socket, whichever kind listens (a Node server or the relay), or -1 when none is bound. */
+function tcpListenerFd(l: Listener): number {
+  return l.server !== null ? serverFd(l.server) : l.lid >= 0 ? relay!.listenerFd(l.lid) : -1;
+}
+
 /** Who owns the listener's socket now, by fd: what an upgrade hands to the next process. */
 function listenerFds(): HandedListener[] {
   const out: HandedListener[] = [];
   for (const [name, l] of listeners) {
-    const fd = l.udp !== null ? udp.fdOf(l.udp) : l.server !== null ? serverFd(l.server) : l.lid >= 0 ? relay!.listenerFd(l.lid) : -1;
+    const fd = l.udp !== null ? udp.fdOf(l.udp) : tcpListenerFd(l);
     if (fd >= 0) out.push({ service: name, address: l.address, protocol: l.rt.entry.protocol, fd });
   }
   return out;
@@ -211,7 +216,7 @@ let holdSyns: RelayBinding['quiesce'] | string | null = null;
  */
 function quiesceListener(l: Listener, on: boolean): ListenProblem | null {
   if (l.rt.entry.protocol !== 'tcp') return null;
-  const fd = l.server !== null ? serverFd(l.server) : l.lid >= 0 ? relay!.listenerFd(l.lid) : -1;
+  const fd = tcpListenerFd(l);
   if (fd < 0) return null;
   holdSyns ??= binding !== null && typeof binding !== 'string' ? (f, o) => binding.quiesce(f, o) : quiesceFilter();
   const e = l.rt.entry;
@@ -320,7 +325,7 @@ async function listenUdp(l: Listener, fd?: number): Promise<ListenProblem | null
   return null;
 }
 
-/** Resolves once the listener accepts no more (a Node listener drains first: one poll of the loop). */
+/** Resolves once the listener accepts no more (a Node listener drains its queue first: transport.ts closeAfterDrain). */
 function closeListener(l: Listener, drain = true): Promise<void> {
   l.closes++;
   let closed: Promise<void> = Promise.resolve();
@@ -330,10 +335,7 @@ function closeListener(l: Listener, drain = true): Promise<void> {
   }
   if (l.server !== null) {
     // Drained first (transport.ts closeAfterDrain): what the kernel queued on it is served, not reset.
-    if (drain) {
-      const server = l.server;
-      closed = closeAfterDrain(server, () => acceptedOn(server));
-    }
+    if (drain) closed = closeAfterDrain(l.server);
     else l.server.close();
     l.server = null;
   }

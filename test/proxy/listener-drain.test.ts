@@ -17,7 +17,7 @@ import { connect, createServer, type Server } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
-import { closeAfterDrain } from '../../src/proxy/transport.ts';
+import { acceptOn, closeAfterDrain, type ListenerRef, type ServerTransport } from '../../src/proxy/transport.ts';
 
 const HOST = '127.62.0.1';
 const CLIENTS = 40;
@@ -90,6 +90,18 @@ describe('closing a Node listener', () => {
       s.on('connect', () => { s.destroy(); resolve('connected'); });
     });
     expect(refused).toBe('ECONNREFUSED');
+  }, 30_000);
+
+  it('a listener the worker wires (acceptOn) is drained by its own count: each queued client gets a clean close, none a reset', async () => {
+    // The transport closes each accepted handle at once (a FIN, read as ''): what matters is that
+    // closeAfterDrain's default count (acceptOn's) kept the listener open until the queue was empty.
+    const server = createServer();
+    const transport = { core: null, adopt: (h: { close(): void }) => h.close() } as unknown as ServerTransport;
+    acceptOn(server, {} as ListenerRef, transport);
+    await new Promise<void>((resolve) => server.listen({ host: HOST, port: 0, reusePort: true, backlog: 1024 }, () => resolve()));
+    const port = (server.address() as { port: number }).port;
+    const results = await queuedClients(port, (s) => void closeAfterDrain(s), server, 'wired');
+    expect(results).toEqual(new Array(CLIENTS).fill(''));
   }, 30_000);
 
   it('a plain close in the same spot resets them (what the drain prevents)', async () => {

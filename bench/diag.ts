@@ -14,6 +14,9 @@
  * --perf              also samples each proxy's CPU during each run (perf record -e cpu-clock, 2 kHz,
  *                     the kernel's and user space's symbols; fulcrum runs with --perf-basic-prof,
  *                     so JavaScript functions are named) and prints its 25 hottest symbols
+ * --epoll-options     with --against epoll: half-close,smart-connect (see bench/diag/epoll-proxy.c)
+ * --relay-b PATH     also runs a second fulcrum on another build of the relay (FULCRUM_RELAY=PATH),
+ *                     in the same rotation: an A/B of a relay change within the same minutes
  * --workers N         fulcrum's workers and HAProxy's nbthread (default 1; minimal and epoll have one)
  * --srvclose          churn with the backend closing first (echo --close-after 64, the client reading
  *                     to EOF): the churn family's `srvclose` variant
@@ -49,6 +52,8 @@ const { values: flags } = parseArgs({
     srvclose: { type: 'boolean', default: false },
     perf: { type: 'boolean', default: false },
     workers: { type: 'string', default: '1' },
+    'epoll-options': { type: 'string', default: '' },
+    'relay-b': { type: 'string' },
   },
 });
 const scenario = flags.scenario as 'rr' | 'churn' | 'bulk';
@@ -148,12 +153,16 @@ async function main(): Promise<void> {
   const upstreams: Upstreams = { echo: [backends[0].address, backends[1].address], sink: [backends[2].address, backends[3].address] };
   const host = `${NET}.100`;
   const subject = flags.against === 'minimal' ? await startMinimalProxy({ host, upstreams })
-    : flags.against!.startsWith('epoll') ? await startEpollProxy({ host, upstreams, yieldPoint: flags.against === 'epoll-yield' })
+    : flags.against!.startsWith('epoll') ? await startEpollProxy({ host, upstreams, yieldPoint: flags.against === 'epoll-yield', options: flags['epoll-options']!.split(',').filter(Boolean).map((o) => `--${o}`) })
     : await startFulcrum({ workers: Number(flags.workers), host, upstreams, nodeArgs: flags.perf ? ['--perf-basic-prof'] : undefined });
   const haproxy = await startHaproxy({ workers: Number(flags.workers), host: `${NET}.101`, upstreams, maxconn: 9000, bufsize });
-  const proxies = [subject, haproxy];
-  const perCpu: Record<string, number[]> = { [subject.name]: [], haproxy: [] };
-  const p99: Record<string, number[]> = { [subject.name]: [], haproxy: [] };
+  const proxies: { name: string; pid: number; listen: { echo: string; sink: string }; stop: () => Promise<void> }[] = [subject, haproxy];
+  if (flags['relay-b']) {
+    const b = await startFulcrum({ workers: Number(flags.workers), host: `${NET}.102`, upstreams, env: { FULCRUM_RELAY: path.resolve(flags['relay-b']) } });
+    proxies.splice(1, 0, { ...b, name: 'fulcrum-b' });
+  }
+  const perCpu: Record<string, number[]> = Object.fromEntries(proxies.map((p) => [p.name, []]));
+  const p99: Record<string, number[]> = Object.fromEntries(proxies.map((p) => [p.name, []]));
   try {
     for (let i = 1; i <= runs; i++) {
       for (const p of proxies) {
@@ -186,12 +195,15 @@ async function main(): Promise<void> {
         if (sampling) for (const l of await sampling) console.log(`  ${l}`);
       }
     }
-    const a = median(perCpu[subject.name]);
-    const b = median(perCpu.haproxy);
-    console.log(`median per CPU-second: ${subject.name} ${a.toFixed(2)}, HAProxy${bufsize ? ` (tune.bufsize ${bufsize})` : ''} ${b.toFixed(2)}: ${(a / b).toFixed(2)}×`);
-    if (scenario !== 'bulk') {
-      const [x, y] = [median(p99[subject.name]), median(p99.haproxy)];
-      console.log(`median p99: ${subject.name} ${x.toFixed(0)} µs, HAProxy ${y.toFixed(0)} µs: ${(x / y).toFixed(2)}×`);
+    for (const p of proxies) {
+      if (p === haproxy) continue;
+      const a = median(perCpu[p.name]);
+      const b = median(perCpu.haproxy);
+      console.log(`median per CPU-second: ${p.name} ${a.toFixed(2)}, HAProxy${bufsize ? ` (tune.bufsize ${bufsize})` : ''} ${b.toFixed(2)}: ${(a / b).toFixed(2)}×`);
+      if (scenario !== 'bulk') {
+        const [x, y] = [median(p99[p.name]), median(p99.haproxy)];
+        console.log(`median p99: ${p.name} ${x.toFixed(0)} µs, HAProxy ${y.toFixed(0)} µs: ${(x / y).toFixed(2)}×`);
+      }
     }
   } finally {
     await Promise.all(proxies.map((p) => p.stop()));

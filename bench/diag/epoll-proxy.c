@@ -4,10 +4,16 @@
  * this machine, without fulcrum's engine, counters or JavaScript. Round-robin over the backends,
  * TCP_NODELAY on both sides, one read and one write per chunk.
  *
- *   epoll-proxy [--yield-point] LISTEN BACKEND [BACKEND…]       (addresses: IPv4 a.b.c.d:port)
+ *   epoll-proxy [--yield-point] [--half-close] [--smart-connect] LISTEN BACKEND [BACKEND…]
+ *                                                               (addresses: IPv4 a.b.c.d:port)
  *
  * --yield-point reads the thread's CPU clock before each epoll_wait, as HAProxy's loop does and
  * fulcrum's relay does after each batch (relay/loop.c yield_point()): the comparison that showed why.
+ * --half-close keeps TCP's half-close as HAProxy and fulcrum do: a side's EOF shuts the other
+ * side's write direction (shutdown) and the pair ends at the second EOF. Without it the first EOF
+ * closes both sockets — cheaper, and wrong for a client that half-closes and waits for its reply.
+ * --smart-connect: TCP_QUICKACK off before connect when the client's first bytes are already there
+ * (a one-byte peek), so the handshake's last ACK rides on them (relay.c js_connect does the same).
  *
  * Request/response only (rr, churn): a write the kernel does not take whole ends the session
  * rather than being buffered, which never happens with rr's 64-byte messages.
@@ -27,6 +33,7 @@
 
 #define MAX_FDS 65536
 static int peer[MAX_FDS];
+static unsigned char ended[MAX_FDS]; /* --half-close: this side's EOF was read and passed on */
 static char buf[64 * 1024];
 
 static int parse(const char *text, struct sockaddr_in *a) {
@@ -52,10 +59,15 @@ static void end_pair(int fd) {
 }
 
 int main(int argc, char **argv) {
-  int yield = argc > 1 && strcmp(argv[1], "--yield-point") == 0;
-  int first = 1 + yield;
+  int yield = 0, half_close = 0, smart = 0, first = 1;
+  for (; first < argc && strncmp(argv[first], "--", 2) == 0; first++) {
+    if (strcmp(argv[first], "--yield-point") == 0) yield = 1;
+    else if (strcmp(argv[first], "--half-close") == 0) half_close = 1;
+    else if (strcmp(argv[first], "--smart-connect") == 0) smart = 1;
+    else return fprintf(stderr, "unknown option %s\n", argv[first]), 2;
+  }
   if (argc - first < 2) {
-    fprintf(stderr, "usage: epoll-proxy [--yield-point] LISTEN BACKEND [BACKEND...]\n");
+    fprintf(stderr, "usage: epoll-proxy [--yield-point] [--half-close] [--smart-connect] LISTEN BACKEND [BACKEND...]\n");
     return 2;
   }
   struct sockaddr_in listen_at, backends[16];
@@ -93,6 +105,11 @@ int main(int argc, char **argv) {
           if (c < 0) break;
           /* Loopback: a blocking connect completes at once. */
           int s = socket(AF_INET, SOCK_STREAM, 0);
+          char probe;
+          if (smart && s >= 0 && recv(c, &probe, 1, MSG_PEEK | MSG_DONTWAIT) == 1) {
+            int off = 0;
+            setsockopt(s, IPPROTO_TCP, TCP_QUICKACK, &off, sizeof(off));
+          }
           if (c >= MAX_FDS || s < 0 || s >= MAX_FDS || connect(s, (struct sockaddr *)&backends[next++ % nb], sizeof(backends[0])) != 0) {
             close(c);
             if (s >= 0) close(s);
@@ -102,6 +119,7 @@ int main(int argc, char **argv) {
           setsockopt(s, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
           peer[c] = s;
           peer[s] = c;
+          ended[c] = ended[s] = 0;
           struct epoll_event x = {.events = EPOLLIN, .data.fd = c};
           epoll_ctl(ep, EPOLL_CTL_ADD, c, &x);
           x.data.fd = s;
@@ -112,6 +130,13 @@ int main(int argc, char **argv) {
       if (peer[fd] < 0) continue; /* its pair ended earlier in this batch */
       ssize_t r = recv(fd, buf, sizeof(buf), MSG_DONTWAIT);
       if (r < 0 && (errno == EAGAIN || errno == EINTR)) continue;
+      if (r == 0 && half_close && !ended[peer[fd]]) {
+        /* The first EOF: pass it on and stop polling this side (level-triggered, it stays readable). */
+        ended[fd] = 1;
+        shutdown(peer[fd], SHUT_WR);
+        epoll_ctl(ep, EPOLL_CTL_DEL, fd, NULL);
+        continue;
+      }
       if (r <= 0 || send(peer[fd], buf, (size_t)r, MSG_DONTWAIT | MSG_NOSIGNAL) != r) end_pair(fd);
     }
   }

@@ -307,15 +307,16 @@ export async function startMinimalProxy(o: { host: string; upstreams: Upstreams 
 
 /**
  * bench/diag/epoll-proxy.c (a minimal C epoll proxy, built here into bench/out/) in front of the
- * echo upstreams; `yieldPoint`: with the CPU-clock read before each epoll_wait (see that file).
+ * echo upstreams; `yieldPoint`: with the CPU-clock read before each epoll_wait (see that file);
+ * `options`: more of its options (`--half-close`, `--smart-connect`).
  */
-export async function startEpollProxy(o: { host: string; upstreams: Upstreams; yieldPoint: boolean }): Promise<Omit<Proxy, 'name'> & { name: 'epoll' | 'epoll-yield' }> {
+export async function startEpollProxy(o: { host: string; upstreams: Upstreams; yieldPoint: boolean; options?: string[] }): Promise<Omit<Proxy, 'name'> & { name: 'epoll' | 'epoll-yield' }> {
   const source = path.join(BENCH_DIR, 'diag', 'epoll-proxy.c');
   const binary = path.join(OUT_DIR, 'epoll-proxy');
   execFileSync('cc', ['-O2', '-Wall', '-Werror', '-o', binary, source], { stdio: ['ignore', 'inherit', 'inherit'] });
   const echo = `${o.host}:${await freePort(o.host)}`;
   const name = o.yieldPoint ? 'epoll-yield' : 'epoll';
-  const args = [...(o.yieldPoint ? ['--yield-point'] : []), echo, ...o.upstreams.echo];
+  const args = [...(o.yieldPoint ? ['--yield-point'] : []), ...(o.options ?? []), echo, ...o.upstreams.echo];
   const { child, log } = spawnLogged(binary, args, process.env, path.join(OUT_DIR, `${name}-proxy.log`));
   try {
     await waitReady(child, name, echo, log);

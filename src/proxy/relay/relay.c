@@ -580,6 +580,17 @@ static napi_value js_connect(napi_env env, napi_callback_info info) {
     set_keepalive(fd, opts);
     if (!own) set_keepalive(cfd, opts); /* a Node listener's client: its listener set the idle time only */
   }
+  /* The handshake's last ACK rides on the first bytes when there are bytes to send at once — a
+     PROXY header, or a request the client has already sent (HAProxy's tcp-smart-connect): one
+     segment fewer per connection for both ends to process. Only then: with nothing to send the
+     kernel would hold that ACK up to 200 ms (TCP_DELACK_MAX), and a server-first protocol (MySQL's
+     greeting) waits for it. The kernel leaves this mode when it sends the ACK, so it costs nothing
+     later in the connection. One recv (a peek of one byte) per connection pays for it. */
+  char first;
+  if (prefix_len > 0 || (!ended && recv(cfd, &first, 1, MSG_PEEK | MSG_DONTWAIT) == 1)) {
+    int off = 0;
+    setsockopt(fd, IPPROTO_TCP, TCP_QUICKACK, &off, sizeof(off));
+  }
   if (connect(fd, (struct sockaddr *)&ss, len) != 0 && errno != EINPROGRESS) {
     err = -errno;
     goto fail;

@@ -26,7 +26,7 @@ import { CHURN_SOURCES, CHURN_VARIANTS, churnVariantName, type ChurnVariant } fr
 import { summarizeProfile } from './lib/profile.ts';
 import { cpuTimes, fdLimits, freePort, rssBytes, sleep } from './lib/procfs.ts';
 import {
-  cpuProfiles, fulcrumMissing, haproxyVersion, killAllProxies, REPO_DIR, startFulcrum, startHaproxy, type Proxy, type ProxyName,
+  cpuProfiles, fulcrumMissing, haproxyVersion, killAllProxies, REPO_DIR, startEpollProxy, startFulcrum, startHaproxy, type Proxy, type ProxyName,
   type ProxyVariant, type Upstreams,
 } from './lib/proxies.ts';
 import { renderMarkdown, type Machine, type Results, type Run, type TargetName } from './lib/report.ts';
@@ -530,9 +530,20 @@ async function main(): Promise<void> {
         for (let rep = 1; rep <= reps; rep++) for (const p of proxies) await idleRun(() => starters[p](w), rep);
       }
       const running: Proxy[] = [];
+      // The floor, with one thread: a bare C epoll proxy with TCP's half-close kept as both proxies
+      // keep it (bench/diag/epoll-proxy.c --half-close) — no engine, counters, limits, health checks
+      // or logs. What a proxy with the same system calls and no features gets on this machine; in
+      // rr and the base churn only (it neither buffers nor closes first).
+      let bare: Target | null = null;
+      const withBare = (list: Target[]) => (bare ? [...list, bare] : list);
       try {
         for (const p of proxies) running.push(await starters[p](w));
-        const targets = running.map(asTarget);
+        if (w === 1 && proxies.includes('haproxy') && (scenarios.includes('rr') || scenarios.includes('churn'))) {
+          const b = await startEpollProxy({ host: PROXY_HOST, upstreams, yieldPoint: false, options: ['--half-close'] });
+          running.push(b as unknown as Proxy);
+          bare = { name: 'bare', workers: 1, pid: b.pid, echo: [b.listen.echo], sink: [] };
+        }
+        const targets = running.filter((p) => p.name === 'fulcrum' || p.name === 'haproxy').map(asTarget);
         const order = wi === 0 ? [direct, ...targets] : targets;
         for (const scenario of scenarios) {
           if (scenario === 'idle' || scenario === 'udp') continue;
@@ -542,13 +553,13 @@ async function main(): Promise<void> {
             // The variants on these proxies; the direct run with the base only (its table's "vs direct").
             for (const v of churnVariants.filter((x) => x.proxy === null)) {
               if (v.name) say(`churn/${v.name} (${v.what}), ${w} thread(s)`);
-              for (let rep = 1; rep <= requestReps; rep++) for (const t of v.name ? targets : order) await churnRun(v, t, rep);
+              for (let rep = 1; rep <= requestReps; rep++) for (const t of v.name ? targets : withBare(order)) await churnRun(v, t, rep);
             }
             continue;
           }
           const scenarioReps = scenario === 'rr' ? requestReps : reps;
           for (let rep = 1; rep <= scenarioReps; rep++) {
-            for (const t of order) {
+            for (const t of scenario === 'rr' ? withBare(order) : order) {
               if (scenario === 'rr') await rrRun(t, rep);
               else if (scenario === 'bulk') await bulkRun(t, rep);
               else if (scenario === 'redis') {

@@ -11,7 +11,8 @@ import type { ProfileSummary } from './profile.ts';
 import { median } from './procfs.ts';
 import { udpTable, type UdpRun } from './udp.ts';
 
-export type TargetName = 'direct' | 'fulcrum' | 'haproxy' | 'nginx';
+/** `bare`: bench/diag/epoll-proxy.c --half-close, one thread — the floor (rr and the base churn). */
+export type TargetName = 'direct' | 'fulcrum' | 'haproxy' | 'nginx' | 'bare';
 
 /** One measured run. */
 export interface Run {
@@ -133,6 +134,13 @@ function requestTable(res: Results, scenario: 'rr' | 'churn'): string {
         `${fix(a.m.user_us, 2)} / ${fix(a.m.sys_us, 2)}`, si(a.m.per_cpu_s), ratio(a.m.per_s, direct?.m.per_s), t === 'fulcrum' ? ratio(a.m.per_s, h?.m.per_s) : '—',
         t === 'fulcrum' ? ratio(a.m.per_cpu_s, h?.m.per_cpu_s) : '—', t === 'fulcrum' ? ratio(a.m.p99_us, h?.m.p99_us) : '—', health(a)]);
     }
+  }
+  const bare = pick(res, scenario, '', 'bare', 1);
+  const h1 = pick(res, scenario, '', 'haproxy', 1);
+  if (bare) {
+    rows.push(['the floor: a bare C proxy (half-close kept, no features), 1 thread', si(bare.m.per_s), fix(bare.m.p50_us), fix(bare.m.p90_us), fix(bare.m.p99_us), fix(bare.m.p999_us),
+      fix(bare.m.cpu_s, 2), `${fix(bare.m.user_us, 2)} / ${fix(bare.m.sys_us, 2)}`, si(bare.m.per_cpu_s), ratio(bare.m.per_s, direct?.m.per_s), ratio(bare.m.per_s, h1?.m.per_s),
+      ratio(bare.m.per_cpu_s, h1?.m.per_cpu_s), ratio(bare.m.p99_us, h1?.m.p99_us), health(bare)]);
   }
   return rows.length ? table(head, rows) : '_not run_';
 }
@@ -265,6 +273,16 @@ const TARGETS: TargetCheck[] = [
   },
 ];
 
+/** The floor's ratios to HAProxy (one thread), beside the targets: the most a proxy making the same system calls got in this run. */
+function floorLine(res: Results): string {
+  const parts = (['rr', 'churn'] as const).flatMap((sc) => {
+    const b = pick(res, sc, '', 'bare', 1);
+    const h = pick(res, sc, '', 'haproxy', 1);
+    return b && h ? [`${sc === 'rr' ? 'rr' : 'churn (base)'} ${ratio(b.m.per_cpu_s, h.m.per_cpu_s)}`] : [];
+  });
+  return parts.length ? `\nThe floor — a bare C proxy with the same system calls and none of the features (see "How it is measured"), one thread — per CPU-second vs HAProxy in this run: ${parts.join(', ')}.\n` : '';
+}
+
 function targetsTable(res: Results): string {
   const ws = workerList(res);
   const head = ['target', 'goal', ...ws.map((w) => `${w} thread${w > 1 ? 's' : ''}`)];
@@ -331,7 +349,7 @@ ${res.command}
 ## How it is measured
 
 - **Load** comes from \`bench/loadgen/loadgen.c\` (epoll, built by the harness with \`cc -O2\` into \`bench/out/\`), ${s.loadgenThreads} thread(s); the backends are the same program in echo and sink modes (${s.backendThreads} thread each), started once for the whole run: ${s.echoBackends} echo backends, ${s.sinkBackends} sink backends, and a redis-server for the real-client runs. The proxy, the backends and the load share the ${m.cores} cores, as the issue's reference harness did.
-- **Alternation**: each figure is the **median of ${s.requestReps ?? s.reps}** runs for rr and churn (their p99 is a tail figure a single run moves) and of ${s.reps} for the others, alternating ${s.order}; the direct runs (no proxy, the physical limit) are interleaved with the first thread count.
+- **Alternation**: each figure is the **median of ${s.requestReps ?? s.reps}** runs for rr and churn (their p99 is a tail figure a single run moves) and of ${s.reps} for the others, alternating ${s.order}; the direct runs (no proxy, the physical limit) are interleaved with the first thread count, and so is, in rr and the base churn with one thread, **the floor**: \`bench/diag/epoll-proxy.c --half-close\`, a bare single-threaded C epoll proxy that keeps TCP's half-close as both proxies do (a side's EOF is passed on with \`shutdown\`, the pair ends at the second) and has nothing else — no engine, counters, limits, retries, health checks or logs: what any proxy making the same system calls gets on this machine, and so the most a ratio to HAProxy can be.
 - **CPU** is the proxy process's utime + stime from \`/proc/PID/stat\` (all threads, including exited ones), read at the start and the end of the measured window; "per proxy CPU-second" divides the work done in the window by it.
 - **Both proxies alike**: ${s.algorithm} on both (set explicitly), TCP health checks every 2 s (rise 2, fall 3), retries 2, connect timeout 2 s, idle timeout 30 min; fulcrum's worker count = HAProxy's \`nbthread\`. HAProxy runs without splicing (its default; \`option splice-auto\` is not set), with its default 16 KiB \`tune.bufsize\`, and without a log target; fulcrum's relay reads up to 64 KiB at a time into one buffer per worker and keeps only what the kernel did not take (on the JavaScript path: read buffers of 256 B growing to 64 KiB on streaming connections). Fulcrum runs with every data-plane feature on: admission and the backend pick in WebAssembly over shared memory, counters, service and backend limits (set to 1,000,000: present, never reached), queueing and retries; **\`logging.connections\` is off** for these runs (as HAProxy has no log target), but in the churn family's "connection log on" variant, where both log every connection. The churn family's variants that configure the proxies differently (no health checks, the log on) run on a pair of their own, started for them and given one unrecorded second of their load first. Configs: \`bench/out/fulcrum-w*.yaml\`, \`bench/out/haproxy-w*.cfg\`.
 - **Correctness**: every rr/churn reply is compared byte for byte with its request (which carries its connection and sequence number); every bulk stream is a known pattern the sink checks, and the sink's byte count must equal what was sent. A run with errors or corrupted bytes is flagged ⚠ in the tables.
@@ -343,7 +361,7 @@ Scenarios: **rr** — ${s.rrConns} persistent connections, 64-byte request, echo
 Per proxy CPU-second against HAProxy with the same number of threads (from the issue):
 
 ${targetsTable(res)}
-
+${floorLine(res)}
 ${res.skipped.length ? `Not measured in this run:\n\n${res.skipped.map((x) => `- ${x}`).join('\n')}\n` : ''}
 ## rr — request/response on persistent connections
 

@@ -15,8 +15,19 @@ export interface Segment {
 }
 
 export interface Capture {
+  /** What tcpdump has printed so far (it prints a segment a moment after it went by: wait for what you expect). */
+  segments(): Segment[];
   /** Stops tcpdump; every segment it captured, in order. Throws if the kernel dropped any. */
   stop(): Promise<Segment[]>;
+}
+
+function parse(out: string): Segment[] {
+  const segments: Segment[] = [];
+  for (const line of out.split('\n')) {
+    const m = LINE.exec(line);
+    if (m) segments.push({ src: m[1], dst: m[2], flags: m[3], length: Number(m[4]) });
+  }
+  return segments;
 }
 
 // 12:44:51.471263 IP 127.0.0.1.58712 > 127.9.9.2.39999: Flags [.], ack 306…, win 64, options […], length 0
@@ -24,7 +35,10 @@ const LINE = /^\S+ IP (\S+) > (\S+): Flags \[([^\]]*)\].* length (\d+)/;
 
 /** Starts capturing TCP on `lo` with `filter` (a pcap expression); resolves once tcpdump listens. */
 export async function captureLoopback(filter: string): Promise<Capture> {
-  const child: ChildProcess = spawn('tcpdump', ['-i', 'lo', '-nn', '-l', '-S', '--immediate-mode', filter], { stdio: ['ignore', 'pipe', 'pipe'] });
+  // Headers only (-s 128) into a 16 MiB buffer: with a full-size snapshot the kernel's ring holds
+  // few packets, and a busy machine (other tests' loopback traffic) overflows it before tcpdump reads.
+  const child: ChildProcess = spawn('tcpdump', ['-i', 'lo', '-nn', '-l', '-S', '-s', '128', '-B', '16384', '--immediate-mode', filter],
+    { stdio: ['ignore', 'pipe', 'pipe'] });
   let out = '';
   let err = '';
   child.stdout!.setEncoding('utf8').on('data', (d: string) => { out += d; });
@@ -37,28 +51,34 @@ export async function captureLoopback(filter: string): Promise<Capture> {
     child.once('exit', (code) => reject(new Error(`tcpdump exited (${code}): ${err.trim()}`)));
   });
   return {
+    segments: () => parse(out),
     async stop() {
+      // tcpdump leaves on SIGINT without printing what its ring still holds: a test waits (segments())
+      // for what it expects before it stops the capture.
       child.kill('SIGINT');
       await exited;
       const dropped = /(\d+) packets? dropped by kernel/.exec(err);
       if (dropped === null || Number(dropped[1]) !== 0) throw new Error(`tcpdump lost packets: ${err.trim()}`);
-      const segments: Segment[] = [];
-      for (const line of out.split('\n')) {
-        const m = LINE.exec(line);
-        if (m) segments.push({ src: m[1], dst: m[2], flags: m[3], length: Number(m[4]) });
-      }
-      return segments;
+      return parse(out);
     },
   };
 }
 
-/** The segments `from` sent on each connection to `to` ("a.b.c.d.port"), per source end, in order. */
-export function flowsTo(segments: Segment[], to: string): Map<string, Segment[]> {
-  const flows = new Map<string, Segment[]>();
+/**
+ * The segments sent on each connection to `to` ("a.b.c.d.port"), in order, one list per
+ * connection. A SYN starts a new one: on loopback the kernel reuses a source port in TIME_WAIT
+ * (tcp_tw_reuse), so one source end can carry several connections in a capture.
+ */
+export function flowsTo(segments: Segment[], to: string): Segment[][] {
+  const open = new Map<string, Segment[]>();
+  const flows: Segment[][] = [];
   for (const s of segments) {
     if (s.dst !== to) continue;
-    let flow = flows.get(s.src);
-    if (flow === undefined) flows.set(s.src, (flow = []));
+    let flow = open.get(s.src);
+    if (flow === undefined || s.flags === 'S') {
+      flows.push((flow = []));
+      open.set(s.src, flow);
+    }
     flow.push(s);
   }
   return flows;

@@ -10,7 +10,7 @@
 import type { Socket } from 'node:net';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import type { FulcrumHandle } from '../../src/main.ts';
-import { captureLoopback, flowsTo, type Segment } from '../helpers/capture.ts';
+import { captureLoopback, flowsTo, type Capture, type Segment } from '../helpers/capture.ts';
 import { connectClient, freePort, readLine, startEchoServer, startServer, waitFor, type TestServer } from '../helpers/net.ts';
 import { activeCounts, startProxy } from './harness.ts';
 
@@ -64,8 +64,14 @@ async function client(port: number): Promise<Socket> {
 
 /** What each connection to `backend` opened during the capture carried after its SYN: its second segment. */
 function afterSyn(segments: Segment[], backend: TestServer): Segment[] {
-  const flows = [...flowsTo(segments, `${backend.host}.${backend.port}`).values()];
-  return flows.filter((f) => f[0].flags === 'S').map((f) => f[1]);
+  const flows = flowsTo(segments, `${backend.host}.${backend.port}`);
+  return flows.filter((f) => f[0].flags === 'S' && f.length > 1).map((f) => f[1]);
+}
+
+/** The second segments of `n` connections to `backend`, once tcpdump has printed them. */
+async function secondSegments(capture: Capture, backend: TestServer, n: number): Promise<Segment[]> {
+  await waitFor(() => afterSyn(capture.segments(), backend).length >= n, 5000, `${n} connections to the backend on the wire`);
+  return afterSyn(await capture.stop(), backend);
 }
 
 const isPureAck = (s: Segment) => s.flags === '.' && s.length === 0;
@@ -91,7 +97,7 @@ describe.skipIf(process.env.FULCRUM_RELAY === 'off')('the handshake ACK to the b
       waiting[i].destroy();
     }
     await waitFor(() => activeCounts(proxy, 'queued', [echo.address]).active === 0, 5000, 'all released');
-    const second = afterSyn(await capture.stop(), echo);
+    const second = await secondSegments(capture, echo, 10);
     expect(second).toHaveLength(10);
     for (const s of second) {
       expect(s.flags).toBe('P.');
@@ -106,7 +112,7 @@ describe.skipIf(process.env.FULCRUM_RELAY === 'off')('the handshake ACK to the b
       expect(await readLine(c)).toBe('hello');
       c.destroy();
     }
-    const second = afterSyn(await capture.stop(), greeter);
+    const second = await secondSegments(capture, greeter, 5);
     expect(second).toHaveLength(5);
     for (const s of second) {
       expect(s.flags).toBe('P.');
@@ -121,7 +127,7 @@ describe.skipIf(process.env.FULCRUM_RELAY === 'off')('the handshake ACK to the b
       expect(await readLine(c)).toBe('hello');
       c.destroy();
     }
-    const second = afterSyn(await capture.stop(), greeter);
+    const second = await secondSegments(capture, greeter, 5);
     expect(second).toHaveLength(5);
     for (const s of second) expect(isPureAck(s)).toBe(true);
   });

@@ -545,6 +545,15 @@ async function main(): Promise<void> {
         }
         const targets = running.filter((p) => p.name === 'fulcrum' || p.name === 'haproxy').map(asTarget);
         const order = wi === 0 ? [direct, ...targets] : targets;
+        // Fresh processes: one unrecorded second of churn and one of rr each first (page faults of
+        // their pools and buffers, JIT-compiled code), as the variant pairs get — rr comes first
+        // and would otherwise measure a proxy still settling in.
+        if (!quick) {
+          for (const t of withBare(targets)) {
+            await runClient({ mode: 'churn', targets: t.echo, conns: 50, durationS: 1, warmupS: 0, source: { base: SOURCE_BASE, count: SOURCE_COUNT } });
+            await runClient({ mode: 'rr', targets: t.echo, conns: S.rrConns, durationS: 1, warmupS: 0 });
+          }
+        }
         for (const scenario of scenarios) {
           if (scenario === 'idle' || scenario === 'udp') continue;
           if (scenario === 'redis' && !redisAddr) continue;

@@ -6,7 +6,8 @@
  * down (it did: 2,000 idle clients at 1,024 files took all 6 backends down in 3 s).
  * Apart from both so the data plane and the probe thread load it without the other's code.
  */
-export const LOCAL_ERRORS: ReadonlySet<string> = new Set(['EMFILE', 'ENFILE', 'ENOBUFS', 'ENOMEM', 'EADDRNOTAVAIL']);
+// ENOSPC: epoll's max_user_watches reached (the relay's registration of a session's socket).
+export const LOCAL_ERRORS: ReadonlySet<string> = new Set(['EMFILE', 'ENFILE', 'ENOBUFS', 'ENOMEM', 'EADDRNOTAVAIL', 'ENOSPC']);
 
 /** The error's code when it is one of LOCAL_ERRORS (on the error or its cause), else undefined. */
 export function localErrorCode(err: unknown): string | undefined {

@@ -7,19 +7,21 @@ import type { Socket } from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { FulcrumHandle } from '../../src/main.ts';
 import { BC_CONNECT_FAILURES, BC_KILLED, SC_RETRIES } from '../../src/shm/layout.ts';
-import { connectClient, freePort, readLine, startNamedServer, waitClose, waitFor, type TestServer } from '../helpers/net.ts';
+import { connectClient, freePort, readLine, startEchoServer, startNamedServer, waitClose, waitFor, type TestServer } from '../helpers/net.ts';
 import { activeCounts, backendCounter, reasons, serviceCounter, startProxy } from './harness.ts';
 
 const HOST = '127.2.5.1';
 let live: TestServer;
+let echo: TestServer;
 let proxy: FulcrumHandle;
-const ports = { mixed: 0, dead: 0, kill: 0 };
+const ports = { mixed: 0, dead: 0, kill: 0, early: 0 };
 let dead1 = '';
 let dead2 = '';
 const failures: Array<{ service: string; address: string; error: string }> = [];
 
 beforeAll(async () => {
   live = await startNamedServer('live', HOST);
+  echo = await startEchoServer('127.2.5.2');
   // Addresses where nothing listens: connects are refused at once. Privileged ports, so no
   // freePort() below (an ephemeral port, maybe one just freed) can ever be the same port.
   dead1 = `${HOST}:1`;
@@ -27,6 +29,7 @@ beforeAll(async () => {
   ports.mixed = await freePort(HOST);
   ports.dead = await freePort(HOST);
   ports.kill = await freePort(HOST);
+  ports.early = await freePort(HOST);
   proxy = await startProxy(`
 workers: 2
 logging: { level: silent, connections: false }
@@ -50,6 +53,16 @@ services:
     on_marked_down: shutdown_sessions
     backends:
       - address: ${live.address}
+  - name: early
+    listen: ${HOST}:${ports.early}
+    balance: roundrobin
+    retries: 2
+    max_connections: 1
+    queue: { max: 20, timeout: 10s }
+    backends:
+      - address: ${dead1}
+      - address: ${echo.address}
+      - address: ${dead2}
 `);
   proxy.events.on('connect-failed', (ev) => failures.push(ev));
 });
@@ -57,6 +70,7 @@ services:
 afterAll(async () => {
   await proxy?.stop('test over');
   await live.close();
+  await echo.close();
 });
 
 describe('connect failures', () => {
@@ -84,6 +98,35 @@ describe('connect failures', () => {
     expect(lines.filter((l) => l !== 'live')).toEqual([]);
     await waitFor(() => reasons(proxy, 'mixed').client_closed === before.client_closed + 60, 3000, '60 closed by their clients');
     expect(reasons(proxy, 'mixed').connect_failed).toBe(before.connect_failed);
+  });
+
+  it('a request the client sent before its backend connection reaches the backend a retry found, whole and once', async () => {
+    // One connection holds the only slot; ten more wait in the queue, each having sent its request,
+    // so their requests are there when their connects start — two of three of them refused.
+    const holder = await connectClient(ports.early, HOST);
+    holder.write('hold\n');
+    expect(await readLine(holder)).toBe('hold');
+    const waiting: Socket[] = [];
+    for (let i = 0; i < 10; i++) {
+      const c = await connectClient(ports.early, HOST);
+      await new Promise<void>((resolve, reject) => c.write(`request ${i} ${'x'.repeat(i * 100)}\n`, (err) => (err ? reject(err) : resolve())));
+      waiting.push(c);
+    }
+    await waitFor(() => activeCounts(proxy, 'early', [dead1, echo.address, dead2]).queued === 10, 5000, 'ten queued');
+    holder.destroy();
+    // Each as its echo comes (two workers: the queue is each worker's, so the order across them is not the clients').
+    await Promise.all(waiting.map(async (c, i) => {
+      const request = `request ${i} ${'x'.repeat(i * 100)}\n`;
+      let got = '';
+      c.setEncoding('utf8').on('data', (d: string) => { got += d; });
+      await waitFor(() => got.length >= request.length, 10_000, `the echo of request ${i}`);
+      // Then the end (a FIN while still queued would drop it from the queue): nothing more comes.
+      c.end();
+      await waitClose(c, 5000);
+      expect(got).toBe(request);
+    }));
+    expect(serviceCounter(proxy, 'early', SC_RETRIES)).toBeGreaterThan(0);
+    expect(reasons(proxy, 'early').connect_failed).toBe(0);
   });
 
   it('every backend dead: the client is closed at once, reason connect_failed', async () => {

@@ -580,14 +580,15 @@ static napi_value js_connect(napi_env env, napi_callback_info info) {
     set_keepalive(fd, opts);
     if (!own) set_keepalive(cfd, opts); /* a Node listener's client: its listener set the idle time only */
   }
+  /* Bytes the client has sent already, copied into the scratch buffer but left in its queue (a
+     peek): they decide two things below. Once per connect attempt. */
+  ssize_t early = prefix_len == 0 && !ended ? recv(cfd, r->scratch, SCRATCH_SIZE, MSG_PEEK | MSG_DONTWAIT) : -1;
   /* The handshake's last ACK rides on the first bytes when there are bytes to send at once — a
-     PROXY header, or a request the client has already sent (HAProxy's tcp-smart-connect): one
-     segment fewer per connection for both ends to process. Only then: with nothing to send the
-     kernel would hold that ACK up to 200 ms (TCP_DELACK_MAX), and a server-first protocol (MySQL's
-     greeting) waits for it. The kernel leaves this mode when it sends the ACK, so it costs nothing
-     later in the connection. One recv (a peek of one byte) per connection pays for it. */
-  char first;
-  if (prefix_len > 0 || (!ended && recv(cfd, &first, 1, MSG_PEEK | MSG_DONTWAIT) == 1)) {
+     PROXY header, or a request the client has sent (HAProxy's tcp-smart-connect): one segment
+     fewer per connection for both ends to process. Only then: with nothing to send the kernel
+     would hold that ACK up to 200 ms (TCP_DELACK_MAX), and a server-first protocol (MySQL's
+     greeting) waits for it. The kernel leaves this mode when it sends the ACK. */
+  if (prefix_len > 0 || early > 0) {
     int off = 0;
     setsockopt(fd, IPPROTO_TCP, TCP_QUICKACK, &off, sizeof(off));
   }
@@ -607,12 +608,39 @@ static napi_value js_connect(napi_env env, napi_callback_info info) {
   /* On loopback (and often on a LAN) the handshake has completed inside connect(): with nothing to
      send first and the client still open, the session relays from here and the result says so
      (CONNECT_DONE) — no EV_CONNECTED a wake later, one call into JS and one epoll_ctl fewer per
-     connection. A zero-timeout poll() tells; a socket still connecting takes the wake. */
-  struct pollfd pf = {.fd = fd, .events = POLLOUT};
-  if (prefix_len == 0 && !ended && poll(&pf, 1, 0) == 1 && pf.revents == POLLOUT) {
-    s->state = ST_RELAY;
-    if ((err = poll_side(r, s, SERVER, RELAY_EVENTS)) != 0 || (err = poll_side(r, s, CLIENT, RELAY_EVENTS)) != 0) goto fail;
-    return int_value(env, CONNECT_DONE);
+     connection. With the client's bytes waiting, sending them is the test: send() takes them on
+     an established socket and answers EAGAIN on one still connecting (and the connect's error on
+     one that failed). What it took is then taken from the client's queue; until then the bytes
+     stay there, so a connect still in progress, or failed and retried on another backend, loses
+     none. Otherwise a zero-timeout poll() tells. A socket still connecting takes the wake. */
+  if (early > 0) {
+    ssize_t w = send(fd, r->scratch, (size_t)early, MSG_NOSIGNAL | MSG_DONTWAIT);
+    if (w > 0) {
+      /* Only this thread reads the client, and its queue holds at least `early` bytes. */
+      ssize_t taken = recv(cfd, r->scratch, (size_t)w, MSG_DONTWAIT);
+      st[STAT_BYTES_IN] += (double)(taken > 0 ? taken : 0);
+      st[STAT_ACTIVITY] += 1;
+      s->state = ST_RELAY;
+      /* The client's registration reports what is left in its queue, if anything. A failure here
+         cannot be retried elsewhere (the backend has the bytes, the client's queue does not):
+         a local one, the client is closed (ENOMEM and ENOSPC are in src/local-errors.ts). */
+      if ((err = poll_side(r, s, SERVER, RELAY_EVENTS)) != 0 || (err = poll_side(r, s, CLIENT, RELAY_EVENTS)) != 0) {
+        if (err != -ENOMEM && err != -ENOSPC) err = -ENOMEM;
+        goto fail;
+      }
+      return int_value(env, CONNECT_DONE);
+    }
+    if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) {
+      err = -errno; /* refused, unreachable, …: as EV_CONNECT_FAILED would say */
+      goto fail;
+    }
+  } else {
+    struct pollfd pf = {.fd = fd, .events = POLLOUT};
+    if (prefix_len == 0 && !ended && poll(&pf, 1, 0) == 1 && pf.revents == POLLOUT) {
+      s->state = ST_RELAY;
+      if ((err = poll_side(r, s, SERVER, RELAY_EVENTS)) != 0 || (err = poll_side(r, s, CLIENT, RELAY_EVENTS)) != 0) goto fail;
+      return int_value(env, CONNECT_DONE);
+    }
   }
   /* Writable once connected; an error or HUP if it failed (on_connect_done). */
   if ((err = poll_side(r, s, SERVER, EPOLLOUT)) != 0) goto fail;

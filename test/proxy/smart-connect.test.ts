@@ -74,6 +74,19 @@ async function secondSegments(capture: Capture, backend: TestServer, n: number):
   return afterSyn(await capture.stop(), backend);
 }
 
+/** Five clients greeted through the service at `port` (the greeter's): what followed each connection's SYN to it. */
+async function greeted(port: number): Promise<Segment[]> {
+  const capture = await captureLoopback(`tcp and host ${greeter.host} and port ${greeter.port}`);
+  for (let i = 0; i < 5; i++) {
+    const c = await client(port);
+    expect(await readLine(c)).toBe('hello');
+    c.destroy();
+  }
+  const second = await secondSegments(capture, greeter, 5);
+  expect(second).toHaveLength(5);
+  return second;
+}
+
 const isPureAck = (s: Segment) => s.flags === '.' && s.length === 0;
 
 describe.skipIf(process.env.FULCRUM_RELAY === 'off')('the handshake ACK to the backend', () => {
@@ -106,14 +119,7 @@ describe.skipIf(process.env.FULCRUM_RELAY === 'off')('the handshake ACK to the b
   });
 
   it('rides on the PROXY header', async () => {
-    const capture = await captureLoopback(`tcp and host ${greeter.host} and port ${greeter.port}`);
-    for (let i = 0; i < 5; i++) {
-      const c = await client(ports.proxied);
-      expect(await readLine(c)).toBe('hello');
-      c.destroy();
-    }
-    const second = await secondSegments(capture, greeter, 5);
-    expect(second).toHaveLength(5);
+    const second = await greeted(ports.proxied);
     for (const s of second) {
       expect(s.flags).toBe('P.');
       expect(s.length).toBeGreaterThan('PROXY TCP4 '.length); // the v1 line, whose client port varies
@@ -121,14 +127,6 @@ describe.skipIf(process.env.FULCRUM_RELAY === 'off')('the handshake ACK to the b
   });
 
   it('is sent at once when there is nothing to send (the backend speaks first)', async () => {
-    const capture = await captureLoopback(`tcp and host ${greeter.host} and port ${greeter.port}`);
-    for (let i = 0; i < 5; i++) {
-      const c = await client(ports.greets);
-      expect(await readLine(c)).toBe('hello');
-      c.destroy();
-    }
-    const second = await secondSegments(capture, greeter, 5);
-    expect(second).toHaveLength(5);
-    for (const s of second) expect(isPureAck(s)).toBe(true);
+    for (const s of await greeted(ports.greets)) expect(isPureAck(s)).toBe(true);
   });
 });

@@ -224,7 +224,8 @@ static int flush(Relay *r, Session *s, int from) {
 #define READS_PER_EVENT 16
 static int on_readable(Relay *r, Session *s, int side) {
   Dir *d = &s->dir[side];
-  for (int i = 0; i < READS_PER_EVENT; i++) {
+  int i;
+  for (i = 0; i < READS_PER_EVENT; i++) {
     if (d->eof || d->buf != NULL) return 0;
     ssize_t n = recv(s->fd[side], r->scratch, SCRATCH_SIZE, MSG_DONTWAIT);
     if (n > 0) {
@@ -242,8 +243,13 @@ static int on_readable(Relay *r, Session *s, int side) {
       }
       /* The rest waits for the other side's EPOLLOUT edge (the failed send armed it). */
       if (w < n) return hold(r, s, side, r->scratch + w, (size_t)(n - w));
-      if (n < SCRATCH_SIZE && !s->rdhup[side]) return 0;
-      continue;
+      if (n == SCRATCH_SIZE) continue;
+      if (!s->rdhup[side]) return 0;
+      /* A short read after the peer's FIN had arrived: TCP queues a FIN behind every byte sent
+         before it, and a short read empties the queue, so what comes next is EOF — taken as
+         such without the recv that would say 0 (as HAProxy does), one system call fewer when
+         a side's last bytes and FIN come together (a backend that closes after its reply). */
+      break;
     }
     if (n < 0) {
       if (errno == EAGAIN || errno == EWOULDBLOCK) return 0;
@@ -252,6 +258,9 @@ static int on_readable(Relay *r, Session *s, int side) {
       end_session(r, s, closed_by(side)); /* reset */
       return -1;
     }
+    break; /* EOF */
+  }
+  if (i < READS_PER_EVENT) {
     /* EOF: the first one names the end (as transport-js.ts onClientEnd / onServerEnd). */
     d->eof = 1;
     if (s->cause == 0) s->cause = closed_by(side);

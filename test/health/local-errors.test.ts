@@ -25,7 +25,7 @@ afterAll(() => new Promise<void>((resolve) => server.close(() => resolve())));
 
 describe('local errors', () => {
   it('knows the codes on an error and on its cause', () => {
-    expect([...LOCAL_ERRORS].sort()).toEqual(['EADDRNOTAVAIL', 'EMFILE', 'ENFILE', 'ENOBUFS', 'ENOMEM']);
+    expect([...LOCAL_ERRORS].sort()).toEqual(['EADDRNOTAVAIL', 'EMFILE', 'ENFILE', 'ENOBUFS', 'ENOMEM', 'ENOSPC']);
     expect(localErrorCode(Object.assign(new Error('connect EMFILE'), { code: 'EMFILE' }))).toBe('EMFILE');
     expect(localErrorCode(new Error('wrapped', { cause: Object.assign(new Error('x'), { code: 'ENFILE' }) }))).toBe('ENFILE');
     expect(localErrorCode(Object.assign(new Error('refused'), { code: 'ECONNREFUSED' }))).toBeUndefined();

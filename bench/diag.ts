@@ -19,6 +19,8 @@
  *                     `logging.connections` with its standard output appended to a file, HAProxy
  *                     `option tcplog` over UDP to a receiver here; each run's lines are counted
  *                     against its connections (lost lines are printed)
+ * --warmup S          first S seconds of the load through each proxy, unrecorded (default 0: the
+ *                     first run is then a cold one, JIT compilation included)
  * --srvclose          churn with the backend closing first (echo --close-after 64, the client reading
  *                     to EOF): the churn family's `srvclose` variant
  * --haproxy-bufsize   HAProxy's tune.bufsize (its default is 16 KiB; fulcrum's buffers grow to 64)
@@ -53,6 +55,7 @@ const { values: flags } = parseArgs({
     sched: { type: 'boolean', default: false },
     srvclose: { type: 'boolean', default: false },
     logs: { type: 'boolean', default: false },
+    warmup: { type: 'string', default: '0' },
     perf: { type: 'boolean', default: false },
     workers: { type: 'string', default: '1' },
   },
@@ -167,7 +170,12 @@ async function main(): Promise<void> {
   const logs: Record<string, LogCounter | undefined> = { [subject.name]: syslog ? fileLogCounter(logFile) : undefined, haproxy: syslog ?? undefined };
   const perCpu: Record<string, number[]> = { [subject.name]: [], haproxy: [] };
   const p99: Record<string, number[]> = { [subject.name]: [], haproxy: [] };
+  const load = (target: string, durationS: number) => runClient({
+    mode: scenario, targets: [target], conns: flags.conns ? Number(flags.conns) : scenario === 'bulk' ? 4 : 50, durationS, warmupS: 0,
+    source: scenario === 'churn' ? { base: `${NET}.201`, count: 32 } : undefined, readEof: srvclose,
+  });
   try {
+    if (Number(flags.warmup) > 0) for (const p of proxies) await load(scenario === 'bulk' ? p.listen.sink : p.listen.echo, Number(flags.warmup));
     for (let i = 1; i <= runs; i++) {
       for (const p of proxies) {
         const target = scenario === 'bulk' ? p.listen.sink : p.listen.echo;
@@ -178,10 +186,7 @@ async function main(): Promise<void> {
         const counting = countSyscalls(p.pid, seconds);
         const scheduling = recordSched(seconds);
         const sampling = sampleSymbols(p.pid, seconds);
-        const res = await runClient({
-          mode: scenario, targets: [target], conns: flags.conns ? Number(flags.conns) : scenario === 'bulk' ? 4 : 50, durationS: seconds, warmupS: 0,
-          source: scenario === 'churn' ? { base: `${NET}.201`, count: 32 } : undefined, readEof: srvclose,
-        });
+        const res = await load(target, seconds);
         const c1 = cpuTimes(p.pid);
         const cpu = c1.user - c0.user + (c1.sys - c0.sys);
         const work = scenario === 'bulk' ? (res.received! * 8) / 1e9 : res.count!;

@@ -28,8 +28,14 @@ export const LOG_SETTLE_MS = 20;
 export const LOG_MAX_HOLD_MS = 1000;
 /** How long LineForwarder collects a thread's lines before sending them: a line waits at most this long in its thread. */
 export const LOG_BATCH_MS = 100;
-/** A batch is sent at once when it holds this many lines (a busy worker under connection logging). */
+/** A batch is sent at once when it holds this many lines (a busy worker under connection logging)… */
 const LOG_BATCH_LINES = 512;
+/**
+ * …or this many characters: its text stays below V8's large-object size (128 KiB) on both threads,
+ * so it is made and dropped in the young generation (512 connection lines, ≈ 140 KiB, were
+ * allocated with mmap and freed with munmap by the full collector, on both threads).
+ */
+const LOG_BATCH_CHARS = 60_000;
 
 // The time of the line this thread's loggers are writing. pino calls `timestamp` and then the
 // destination's write() synchronously, in the same log call: the destination reads the time here
@@ -296,11 +302,12 @@ export function logOutput(): LogOutput {
  * A destination for a thread whose lines the main thread writes (the data-plane workers): keeps
  * each line with the time it was logged; the first line of a batch is announced to `send` at once
  * ({ open }), and the batch is sent LOG_BATCH_MS later (no timer while the thread logs nothing),
- * or at LOG_BATCH_LINES.
+ * or at LOG_BATCH_LINES or LOG_BATCH_CHARS.
  */
 export class LineForwarder implements pino.DestinationStream {
   readonly #send: (m: ForwardedLines) => void;
   #lines: string[] = [];
+  #chars = 0;
   readonly #at = new Float64Array(LOG_BATCH_LINES);
   #timer: NodeJS.Timeout | null = null;
 
@@ -314,7 +321,8 @@ export class LineForwarder implements pino.DestinationStream {
     if (n === 0) this.#send({ open: stampedAt });
     this.#at[n] = stampedAt;
     this.#lines.push(line);
-    if (n + 1 >= LOG_BATCH_LINES) this.flush();
+    this.#chars += line.length;
+    if (n + 1 >= LOG_BATCH_LINES || this.#chars >= LOG_BATCH_CHARS) this.flush();
     else this.#timer ??= setTimeout(() => this.flush(), LOG_BATCH_MS).unref();
   }
 
@@ -326,6 +334,7 @@ export class LineForwarder implements pino.DestinationStream {
     if (n === 0) return;
     this.#send(toBatch(this.#lines, this.#at.subarray(0, n)));
     this.#lines = [];
+    this.#chars = 0;
   }
 }
 

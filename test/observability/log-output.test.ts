@@ -283,4 +283,18 @@ describe('LineForwarder', () => {
     f.flush();
     expect(sent).toHaveLength(4); // nothing left: no empty message
   });
+
+  it('sends a batch at once when its text reaches 60,000 characters (below V8\'s large-object size)', () => {
+    const sent: ForwardedLines[] = [];
+    const f = new LineForwarder((m) => sent.push(m));
+    const logger = createLogger('info', f);
+    const long = 'x'.repeat(2900); // a line of about 3,000 characters
+    for (let i = 0; i < 25; i++) logger.info({ long, i }, 'long');
+    const batches = sent.filter((m): m is ForwardedBatch => 'text' in m);
+    expect(batches).toHaveLength(1);
+    expect(batches[0].text.length).toBeGreaterThanOrEqual(60_000);
+    expect(batches[0].text.length).toBeLessThan(63_000);
+    expect(batchLines(batches[0]).map((l) => JSON.parse(l).i)).toEqual(Array.from({ length: batches[0].ends.length }, (_, i) => i));
+    f.flush();
+  });
 });

@@ -14,6 +14,7 @@
  * about LOG_BATCH_MS while they log, and always within a second (LOG_MAX_HOLD_MS).
  * LogOutput also applies `logging.format`: JSON as pino made it, or formatText's readable line.
  */
+import { writeSync } from 'node:fs';
 import { pino, type Logger, type LevelWithSilent } from 'pino';
 import type { LoggingConfig } from '../config/schema.ts';
 
@@ -283,6 +284,42 @@ class Run {
 
 let processOutput: LogOutput | undefined;
 
+/** For Atomics.wait: a pause of FdOutput's while a non-blocking pipe is full. */
+const pause = new Int32Array(new SharedArrayBuffer(4));
+
+/**
+ * A file descriptor as LogOutput's stream: each chunk encoded once and written synchronously,
+ * whole (a partial write goes on where it stopped; a full non-blocking pipe, EAGAIN, is waited
+ * on a millisecond at a time, as pino's SonicBoom does in its sync mode). SonicBoom, which it
+ * replaces here, measured each chunk's UTF-8 length twice before writing it: ≈ 0.4 µs per
+ * connection line on the main thread with the connection log on (bench/analysis.md).
+ */
+export class FdOutput implements pino.DestinationStream {
+  readonly #fd: number;
+
+  constructor(fd: number) {
+    this.#fd = fd;
+  }
+
+  write(chunk: string): void {
+    const bytes = Buffer.from(chunk, 'utf8');
+    let off = 0;
+    while (off < bytes.length) {
+      try {
+        off += writeSync(this.#fd, bytes, off, bytes.length - off);
+      } catch (err) {
+        if ((err as NodeJS.ErrnoException).code !== 'EAGAIN') throw err;
+        Atomics.wait(pause, 0, 0, 1);
+      }
+    }
+  }
+
+  /** Nothing is held: every write is done when write() returns. */
+  flush(cb?: (err?: Error) => void): void {
+    cb?.();
+  }
+}
+
 /**
  * This process's LogOutput on stdout, made at first use. Its writes are synchronous: one write per
  * drain (all threads' lines together), so they cost little, and what was written is on stdout, in
@@ -291,7 +328,7 @@ let processOutput: LogOutput | undefined;
  */
 export function logOutput(): LogOutput {
   if (processOutput === undefined) {
-    const out = new LogOutput(pino.destination({ dest: 1, sync: true }));
+    const out = new LogOutput(new FdOutput(1));
     process.on('exit', () => out.drain(Infinity));
     processOutput = out;
   }

@@ -4,9 +4,12 @@
  * The same pieces in a running fulcrum: log-order.test.ts.
  */
 import { spawnSync } from 'node:child_process';
+import { closeSync, mkdtempSync, openSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import {
-  batchLines, createLogger, formatText, LineForwarder, LOG_BATCH_MS, LOG_MAX_HOLD_MS, LOG_SETTLE_MS, LogOutput, setLogFormat, toBatch, writeLine,
+  batchLines, createLogger, FdOutput, formatText, LineForwarder, LOG_BATCH_MS, LOG_MAX_HOLD_MS, LOG_SETTLE_MS, LogOutput, setLogFormat, toBatch, writeLine,
   type ForwardedBatch, type ForwardedLines,
 } from '../../src/observability/log.ts';
 import { waitFor } from '../helpers/net.ts';
@@ -230,6 +233,26 @@ describe('LogOutput merging batches', () => {
     expect([...b.at]).toEqual([3, 4, 4]);
     expect(b.text).toBe(lines.join(''));
     expect(batchLines(toBatch([], []))).toEqual([]);
+  });
+});
+
+describe('FdOutput', () => {
+  it('writes each chunk whole, in order, as UTF-8', () => {
+    const dir = mkdtempSync(join(tmpdir(), 'fulcrum-fdoutput-'));
+    try {
+      const file = join(dir, 'out');
+      const fd = openSync(file, 'w');
+      const out = new FdOutput(fd);
+      const chunks = ['{"a":"é→😀"}\n', 'x'.repeat(3 << 20) + '\n', '{"b":2}\n'];
+      for (const c of chunks) out.write(c);
+      let flushed = false;
+      out.flush(() => { flushed = true; });
+      closeSync(fd);
+      expect(flushed).toBe(true);
+      expect(readFileSync(file, 'utf8')).toBe(chunks.join(''));
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 });
 

@@ -18,6 +18,12 @@
  * --relay-b PATH     also runs a second fulcrum on another build of the relay (FULCRUM_RELAY=PATH),
  *                     in the same rotation: an A/B of a relay change within the same minutes
  * --workers N         fulcrum's workers and HAProxy's nbthread (default 1; minimal and epoll have one)
+ * --logs              the connection log on for both, as bench/run.ts's `logs` churn variant: fulcrum
+ *                     `logging.connections` with its standard output appended to a file, HAProxy
+ *                     `option tcplog` over UDP to a receiver here; each run's lines are counted
+ *                     against its connections (lost lines are printed)
+ * --warmup S          first S seconds of the load through each proxy, unrecorded (default 0: the
+ *                     first run is then a cold one, JIT compilation included)
  * --srvclose          churn with the backend closing first (echo --close-after 64, the client reading
  *                     to EOF): the churn family's `srvclose` variant
  * --haproxy-bufsize   HAProxy's tune.bufsize (its default is 16 KiB; fulcrum's buffers grow to 64)
@@ -32,10 +38,11 @@
  * uses 127.6.0–2).
  */
 import { execFileSync, spawn } from 'node:child_process';
-import { readFileSync, rmSync } from 'node:fs';
+import { readFileSync, rmSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
 import { buildLoadgen, killAllLoadgens, OUT_DIR, runClient, startBackend } from './lib/loadgen.ts';
+import { fileLogCounter, settledLines, syslogCounter, type LogCounter } from './lib/logcount.ts';
 import { cpuTimes, median } from './lib/procfs.ts';
 import { haproxyVersion, killAllProxies, startEpollProxy, startFulcrum, startHaproxy, startMinimalProxy, type Upstreams } from './lib/proxies.ts';
 
@@ -50,6 +57,8 @@ const { values: flags } = parseArgs({
     syscalls: { type: 'boolean', default: false },
     sched: { type: 'boolean', default: false },
     srvclose: { type: 'boolean', default: false },
+    logs: { type: 'boolean', default: false },
+    warmup: { type: 'string', default: '0' },
     perf: { type: 'boolean', default: false },
     workers: { type: 'string', default: '1' },
     'epoll-options': { type: 'string', default: '' },
@@ -66,6 +75,7 @@ const seconds = Number(flags.seconds);
 const bufsize = flags['haproxy-bufsize'] ? Number(flags['haproxy-bufsize']) : undefined;
 const srvclose = flags.srvclose!;
 if (srvclose && scenario !== 'churn') throw new Error('--srvclose: churn only');
+if (flags.logs && flags.against !== 'fulcrum') throw new Error('--logs: against fulcrum only (the other proxies do not log)');
 
 const NET = '127.6.5';
 const SYSCALLS = ['accept4', 'socket', 'connect', 'getsockopt', 'setsockopt', 'getsockname', 'fcntl', 'epoll_ctl', 'epoll_wait', 'epoll_pwait',
@@ -152,29 +162,41 @@ async function main(): Promise<void> {
   ]);
   const upstreams: Upstreams = { echo: [backends[0].address, backends[1].address], sink: [backends[2].address, backends[3].address] };
   const host = `${NET}.100`;
+  // --logs: fulcrum's lines to a file, HAProxy's to a receiver here (bench/run.ts variantPair).
+  const logFile = path.join(OUT_DIR, 'diag-fulcrum-connections.log');
+  if (flags.logs) writeFileSync(logFile, '');
+  const syslog = flags.logs ? await syslogCounter('echo_in', `${NET}.102`) : null;
+  const connLog = syslog ? { file: logFile, syslog: syslog.address } : undefined;
   const subject = flags.against === 'minimal' ? await startMinimalProxy({ host, upstreams })
     : flags.against!.startsWith('epoll') ? await startEpollProxy({ host, upstreams, yieldPoint: flags.against === 'epoll-yield', options: flags['epoll-options']!.split(',').filter(Boolean).map((o) => `--${o}`) })
-    : await startFulcrum({ workers: Number(flags.workers), host, upstreams, nodeArgs: flags.perf ? ['--perf-basic-prof'] : undefined });
-  const haproxy = await startHaproxy({ workers: Number(flags.workers), host: `${NET}.101`, upstreams, maxconn: 9000, bufsize });
+    : await startFulcrum({ workers: Number(flags.workers), host, upstreams, nodeArgs: flags.perf ? ['--perf-basic-prof'] : undefined, connLog });
+  const haproxy = await startHaproxy({ workers: Number(flags.workers), host: `${NET}.101`, upstreams, maxconn: 9000, bufsize, connLog });
   const proxies: { name: string; pid: number; listen: { echo: string; sink: string }; stop: () => Promise<void> }[] = [subject, haproxy];
+  const logs: Record<string, LogCounter | undefined> = { [subject.name]: syslog ? fileLogCounter(logFile) : undefined, haproxy: syslog ?? undefined };
   if (flags['relay-b']) {
-    const b = await startFulcrum({ workers: Number(flags.workers), host: `${NET}.102`, upstreams, env: { FULCRUM_RELAY: path.resolve(flags['relay-b']) } });
+    if (flags.logs) throw new Error('--relay-b: without --logs (one log file per run)');
+    const b = await startFulcrum({ workers: Number(flags.workers), host: `${NET}.103`, upstreams, env: { FULCRUM_RELAY: path.resolve(flags['relay-b']) } });
     proxies.splice(1, 0, { ...b, name: 'fulcrum-b' });
   }
   const perCpu: Record<string, number[]> = Object.fromEntries(proxies.map((p) => [p.name, []]));
   const p99: Record<string, number[]> = Object.fromEntries(proxies.map((p) => [p.name, []]));
+  const load = (target: string, durationS: number) => runClient({
+    mode: scenario, targets: [target], conns: flags.conns ? Number(flags.conns) : scenario === 'bulk' ? 4 : 50, durationS, warmupS: 0,
+    source: scenario === 'churn' ? { base: `${NET}.201`, count: 32 } : undefined, readEof: srvclose,
+  });
   try {
+    if (Number(flags.warmup) > 0) for (const p of proxies) await load(scenario === 'bulk' ? p.listen.sink : p.listen.echo, Number(flags.warmup));
     for (let i = 1; i <= runs; i++) {
       for (const p of proxies) {
         const target = scenario === 'bulk' ? p.listen.sink : p.listen.echo;
+        const counter = logs[p.name];
+        // The lines of what came before (readiness probes, the last run) may still be on their way.
+        const linesBefore = counter ? await settledLines(counter, Infinity) : 0;
         const c0 = cpuTimes(p.pid);
         const counting = countSyscalls(p.pid, seconds);
         const scheduling = recordSched(seconds);
         const sampling = sampleSymbols(p.pid, seconds);
-        const res = await runClient({
-          mode: scenario, targets: [target], conns: flags.conns ? Number(flags.conns) : scenario === 'bulk' ? 4 : 50, durationS: seconds, warmupS: 0,
-          source: scenario === 'churn' ? { base: `${NET}.201`, count: 32 } : undefined, readEof: srvclose,
-        });
+        const res = await load(target, seconds);
         const c1 = cpuTimes(p.pid);
         const cpu = c1.user - c0.user + (c1.sys - c0.sys);
         const work = scenario === 'bulk' ? (res.received! * 8) / 1e9 : res.count!;
@@ -186,6 +208,11 @@ async function main(): Promise<void> {
           line += `, user ${((c1.user - c0.user) * 1e6 / res.count!).toFixed(2)} µs / sys ${((c1.sys - c0.sys) * 1e6 / res.count!).toFixed(2)} µs per ${unit}, p50 ${res.p50_us} µs, p99 ${res.p99_us} µs`;
         }
         if (!res.ok) line += ` ⚠ errors=${res.errors} corrupt=${res.corrupt}`;
+        if (counter) {
+          // Every connection the load generator completed owes a line.
+          const lines = (await settledLines(counter, linesBefore + (res.connected ?? res.total!))) - linesBefore;
+          line += `, log lines ${lines} of ${res.total} (lost ${Math.max(0, res.total! - lines)})`;
+        }
         console.log(line);
         if (counting) {
           const counts = await counting;
@@ -208,6 +235,7 @@ async function main(): Promise<void> {
   } finally {
     await Promise.all(proxies.map((p) => p.stop()));
     await Promise.all(backends.map((b) => b.stop()));
+    syslog?.close();
   }
 }
 

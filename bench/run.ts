@@ -16,14 +16,14 @@
  * scenarios against nginx's stream module (bench/lib/udp.ts); then profiles.
  */
 import { execFileSync, spawn } from 'node:child_process';
-import dgram from 'node:dgram';
-import { closeSync, mkdirSync, openSync, readFileSync, readSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
 import { BENCH_DIR, buildLoadgen, holdIdle, killAllLoadgens, OUT_DIR, runClient, startBackend, type Backend, type LoadgenResult } from './lib/loadgen.ts';
 import { CHURN_SOURCES, CHURN_VARIANTS, churnVariantName, type ChurnVariant } from './lib/churn.ts';
 import { summarizeProfile } from './lib/profile.ts';
+import { fileLogCounter, settledLines, syslogCounter, type LogCounter } from './lib/logcount.ts';
 import { cpuTimes, fdLimits, freePort, rssBytes, sleep } from './lib/procfs.ts';
 import {
   cpuProfiles, fulcrumMissing, haproxyVersion, killAllProxies, REPO_DIR, startEpollProxy, startFulcrum, startHaproxy, type Proxy, type ProxyName,
@@ -202,80 +202,6 @@ function record(run: Run): void {
   writeFileSync(resultsFile + '.partial', JSON.stringify(runs));
 }
 
-/**
- * Counts the connection log lines a proxy wrote: fulcrum's in its log file (read from where the
- * last count stopped), HAProxy's as datagrams at the harness's syslog receiver.
- */
-interface LogCounter {
-  /** Lines seen so far. */
-  count(): number;
-  close(): void;
-}
-
-/** fulcrum's `"msg":"connection"` lines appended to `file` since this counter was made. */
-function fileLogCounter(file: string): LogCounter {
-  let offset = 0;
-  let lines = 0;
-  let tail = '';
-  const buf = Buffer.alloc(1 << 20);
-  return {
-    count() {
-      const size = statSync(file).size;
-      if (size > offset) {
-        const fd = openSync(file, 'r');
-        try {
-          while (offset < size) {
-            const n = readSync(fd, buf, 0, Math.min(buf.length, size - offset), offset);
-            if (n <= 0) break;
-            offset += n;
-            const text = tail + buf.toString('utf8', 0, n);
-            const cut = text.lastIndexOf('\n') + 1;
-            for (const line of text.slice(0, cut).split('\n')) if (line.includes('"msg":"connection"')) lines++;
-            tail = text.slice(cut);
-          }
-        } finally {
-          closeSync(fd);
-        }
-      }
-      return lines;
-    },
-    close() {},
-  };
-}
-
-/** A syslog receiver over UDP (what HAProxy's `log` line sends to): counts the lines naming `frontend`. */
-async function syslogCounter(frontend: string): Promise<LogCounter & { address: string }> {
-  const sock = dgram.createSocket('udp4');
-  let lines = 0;
-  const needle = ` ${frontend} `;
-  sock.on('message', (msg) => {
-    if (msg.includes(needle)) lines++;
-  });
-  await new Promise<void>((resolve, reject) => {
-    sock.once('error', reject);
-    sock.bind(0, SYSLOG_HOST, () => resolve());
-  });
-  try {
-    sock.setRecvBufferSize(8 << 20); // capped by net.core.rmem_max; what is lost beyond it is counted as lost
-  } catch { /* keep the default */ }
-  return { address: `${SYSLOG_HOST}:${sock.address().port}`, count: () => lines, close: () => sock.close() };
-}
-
-/** Waits until `counter` reaches `want` lines, or stops growing for 1.5 s (the proxy writes late or lost them). */
-async function settledLines(counter: LogCounter, want: number): Promise<number> {
-  let last = counter.count();
-  let stillSince = Date.now();
-  while (last < want && Date.now() - stillSince < 1500) {
-    await sleep(100);
-    const n = counter.count();
-    if (n !== last) {
-      last = n;
-      stillSince = Date.now();
-    }
-  }
-  return last;
-}
-
 /** One churn run of a family variant through `t`; with `logs`, the connection log lines are counted against the connections. */
 async function churnRun(v: ChurnVariant, t: Target, rep: number, logs?: LogCounter): Promise<void> {
   const duration = S.churnDuration;
@@ -413,7 +339,7 @@ async function variantPair(v: ChurnVariant, w: number, proxies: ProxyName[],
         // fulcrum's lines go to a file, HAProxy's to a receiver here; each proxy is given both names.
         const file = path.join(OUT_DIR, `fulcrum-w${w}-connections.log`);
         if (p === 'fulcrum') writeFileSync(file, '');
-        const syslog = p === 'haproxy' ? await syslogCounter('echo_in') : null;
+        const syslog = p === 'haproxy' ? await syslogCounter('echo_in', SYSLOG_HOST) : null;
         variant = { ...variant, connLog: { file, syslog: syslog?.address ?? `${SYSLOG_HOST}:9` } };
         logs = syslog ?? fileLogCounter(file);
       }

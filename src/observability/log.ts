@@ -14,6 +14,7 @@
  * about LOG_BATCH_MS while they log, and always within a second (LOG_MAX_HOLD_MS).
  * LogOutput also applies `logging.format`: JSON as pino made it, or formatText's readable line.
  */
+import { writeSync } from 'node:fs';
 import { pino, type Logger, type LevelWithSilent } from 'pino';
 import type { LoggingConfig } from '../config/schema.ts';
 
@@ -28,8 +29,14 @@ export const LOG_SETTLE_MS = 20;
 export const LOG_MAX_HOLD_MS = 1000;
 /** How long LineForwarder collects a thread's lines before sending them: a line waits at most this long in its thread. */
 export const LOG_BATCH_MS = 100;
-/** A batch is sent at once when it holds this many lines (a busy worker under connection logging). */
+/** A batch is sent at once when it holds this many lines (a busy worker under connection logging)… */
 const LOG_BATCH_LINES = 512;
+/**
+ * …or this many characters: its text stays below V8's large-object size (128 KiB) on both threads,
+ * so it is made and dropped in the young generation (512 connection lines, ≈ 140 KiB, were
+ * allocated with mmap and freed with munmap by the full collector, on both threads).
+ */
+const LOG_BATCH_CHARS = 60_000;
 
 // The time of the line this thread's loggers are writing. pino calls `timestamp` and then the
 // destination's write() synchronously, in the same log call: the destination reads the time here
@@ -56,8 +63,35 @@ export function loggedAt(): number {
 
 const streamOf = (logger: Logger): pino.DestinationStream => (logger as unknown as Record<symbol, pino.DestinationStream>)[pino.symbols.streamSym];
 
+/**
+ * A batch of one thread's lines as a LineForwarder sends it: the lines joined into one string
+ * (`text`; line i ends at ends[i], in UTF-16 code units) and when each was logged (`at`, epoch ms).
+ * One string and two typed arrays cost the structured clone a copy each on both threads, where an
+ * array of 512 strings cost it 512 strings to flatten, write and read back (bench/analysis.md).
+ */
+export interface ForwardedBatch {
+  text: string;
+  ends: Uint32Array;
+  at: Float64Array;
+}
+
 /** What a LineForwarder sends: the notice that a batch began at `open`, or the batch itself. */
-export type ForwardedLines = { open: number } | { lines: string[]; at: number[] };
+export type ForwardedLines = { open: number } | ForwardedBatch;
+
+/** `lines` (logged at `at`, in that order) as one ForwardedBatch: LineForwarder's encoding (and tests'). */
+export function toBatch(lines: readonly string[], at: ArrayLike<number>): ForwardedBatch {
+  const ends = new Uint32Array(lines.length);
+  let end = 0;
+  for (let i = 0; i < lines.length; i++) ends[i] = end += lines[i].length;
+  return { text: lines.join(''), ends, at: Float64Array.from(at) };
+}
+
+/** The lines of a batch, each as its own string (toBatch's inverse). */
+export function batchLines(m: ForwardedBatch): string[] {
+  const lines: string[] = [];
+  for (let i = 0, from = 0; i < m.ends.length; from = m.ends[i++]) lines.push(m.text.slice(from, m.ends[i]));
+  return lines;
+}
 
 /**
  * Hands what a LineForwarder of another thread (`source`: which one) sent to `logger`'s own
@@ -67,9 +101,9 @@ export function writeForwarded(logger: Logger, source: string, m: ForwardedLines
   const stream = streamOf(logger);
   if (stream instanceof LogOutput) {
     if ('open' in m) stream.open(source, m.open);
-    else stream.batch(source, m.lines, m.at);
-  } else if ('lines' in m) {
-    for (const line of m.lines) stream.write(line);
+    else stream.batch(source, m);
+  } else if ('text' in m) {
+    for (const line of batchLines(m)) stream.write(line);
   }
 }
 
@@ -102,8 +136,13 @@ export class LogOutput implements pino.DestinationStream {
   readonly #out: pino.DestinationStream & { flush?(cb?: (err?: Error) => void): void };
   readonly #now: () => number;
   readonly #timer: boolean;
-  /** Lines waiting, in arrival order; take() sorts them (stable: one thread's lines keep their order). */
-  #pending: { at: number; line: string }[] = [];
+  /**
+   * Lines waiting, as runs in arrival order: a run is lines of one thread in the order they were
+   * logged and in time order (a worker's batch, split where its clock stepped back; or one line).
+   * take() merges the runs by time, the earlier arrival first among equal times: the order a
+   * stable sort of all the lines by time gives, at the cost of a comparison per run, not per line.
+   */
+  #pending: Run[] = [];
   /** Sources with a batch announced and not yet arrived: when its first line was logged. */
   readonly #open = new Map<string, number>();
   #armed = false;
@@ -121,7 +160,7 @@ export class LogOutput implements pino.DestinationStream {
 
   /** A line logged at `at` (epoch ms), by this thread or another (the failover thread's, posted as logged). */
   writeAt(line: string, at: number): void {
-    this.#pending.push({ at, line });
+    this.#pending.push(new Run(line, [line.length], [at], 0, 1));
     this.#arm();
   }
 
@@ -131,9 +170,16 @@ export class LogOutput implements pino.DestinationStream {
   }
 
   /** `source`'s batch (the pool: once per batch of a worker), which closes what it announced. */
-  batch(source: string, lines: readonly string[], at: readonly number[]): void {
+  batch(source: string, m: ForwardedBatch): void {
     this.#open.delete(source);
-    for (let i = 0; i < lines.length; i++) this.#pending.push({ at: at[i], line: lines[i] });
+    const { text, ends, at } = m;
+    let first = 0;
+    for (let i = 1; i < at.length; i++) {
+      if (at[i] >= at[i - 1]) continue;
+      this.#pending.push(new Run(text, ends, at, first, i)); // the clock stepped back: a run of its own from here
+      first = i;
+    }
+    if (first < at.length) this.#pending.push(new Run(text, ends, at, first, at.length));
     this.#arm();
   }
 
@@ -163,16 +209,49 @@ export class LogOutput implements pino.DestinationStream {
 
   /** Removes the lines drain(now) would write and returns them, in time order and in the format set. */
   take(now: number): string {
-    const pending = this.#pending;
-    if (pending.length === 0) return '';
-    pending.sort((a, b) => a.at - b.at);
+    const runs = this.#pending;
+    if (runs.length === 0) return '';
     let until = now - LOG_SETTLE_MS;
     for (const openedAt of this.#open.values()) if (now - openedAt < LOG_MAX_HOLD_MS) until = Math.min(until, openedAt - 1);
-    let due = 0;
-    while (due < pending.length && pending[due].at <= until) due++;
+    const asText = this.format === 'text';
     let chunk = '';
-    for (let i = 0; i < due; i++) chunk += this.format === 'text' ? formatText(pending[i].line) : pending[i].line;
-    this.#pending = due === pending.length ? [] : pending.slice(due);
+    let spent = 0;
+    for (;;) {
+      // The run whose next line is the oldest (the first arrived among equal times)…
+      let r = -1;
+      let head = Infinity;
+      for (let j = 0; j < runs.length; j++) {
+        const x = runs[j];
+        if (x.next < x.last && x.at[x.next] < head) {
+          head = x.at[x.next];
+          r = j;
+        }
+      }
+      if (r < 0 || head > until) break;
+      // …gives its lines up to the next line of another run: older than the heads of the runs
+      // that arrived before it, no newer than those after it. A batch that overlaps no other
+      // goes whole, as one piece of its text.
+      let atMost = until;
+      let below = Infinity;
+      for (let j = 0; j < runs.length; j++) {
+        const x = runs[j];
+        if (j === r || x.next >= x.last) continue;
+        if (j < r) below = Math.min(below, x.at[x.next]);
+        else atMost = Math.min(atMost, x.at[x.next]);
+      }
+      const x = runs[r];
+      let end = x.next;
+      while (end < x.last && x.at[end] <= atMost && x.at[end] < below) end++;
+      if (asText) {
+        for (let i = x.next, from = x.from; i < end; from = x.ends[i++]) chunk += formatText(x.text.slice(from, x.ends[i]));
+      } else {
+        chunk += x.from === 0 && x.ends[end - 1] === x.text.length ? x.text : x.text.slice(x.from, x.ends[end - 1]);
+      }
+      x.from = x.ends[end - 1];
+      x.next = end;
+      if (end === x.last) spent++;
+    }
+    if (spent > 0) this.#pending = spent === runs.length ? [] : runs.filter((x) => x.next < x.last);
     return chunk;
   }
 
@@ -184,7 +263,62 @@ export class LogOutput implements pino.DestinationStream {
   }
 }
 
+/** Lines next..last-1 of a batch (LogOutput's pending runs); `from`: where line `next` starts in `text`. */
+class Run {
+  readonly text: string;
+  readonly ends: ArrayLike<number>;
+  readonly at: ArrayLike<number>;
+  next: number;
+  readonly last: number;
+  from: number;
+
+  constructor(text: string, ends: ArrayLike<number>, at: ArrayLike<number>, next: number, last: number) {
+    this.text = text;
+    this.ends = ends;
+    this.at = at;
+    this.next = next;
+    this.last = last;
+    this.from = next === 0 ? 0 : ends[next - 1];
+  }
+}
+
 let processOutput: LogOutput | undefined;
+
+/** For Atomics.wait: a pause of FdOutput's while a non-blocking pipe is full. */
+const pause = new Int32Array(new SharedArrayBuffer(4));
+
+/**
+ * A file descriptor as LogOutput's stream: each chunk encoded once and written synchronously,
+ * whole (a partial write goes on where it stopped; a full non-blocking pipe, EAGAIN, is waited
+ * on a millisecond at a time, as pino's SonicBoom does in its sync mode). SonicBoom, which it
+ * replaces here, measured each chunk's UTF-8 length twice before writing it: ≈ 0.4 µs per
+ * connection line on the main thread with the connection log on (bench/analysis.md).
+ */
+export class FdOutput implements pino.DestinationStream {
+  readonly #fd: number;
+
+  constructor(fd: number) {
+    this.#fd = fd;
+  }
+
+  write(chunk: string): void {
+    const bytes = Buffer.from(chunk, 'utf8');
+    let off = 0;
+    while (off < bytes.length) {
+      try {
+        off += writeSync(this.#fd, bytes, off, bytes.length - off);
+      } catch (err) {
+        if ((err as NodeJS.ErrnoException).code !== 'EAGAIN') throw err;
+        Atomics.wait(pause, 0, 0, 1);
+      }
+    }
+  }
+
+  /** Nothing is held: every write is done when write() returns. */
+  flush(cb?: (err?: Error) => void): void {
+    cb?.();
+  }
+}
 
 /**
  * This process's LogOutput on stdout, made at first use. Its writes are synchronous: one write per
@@ -194,7 +328,7 @@ let processOutput: LogOutput | undefined;
  */
 export function logOutput(): LogOutput {
   if (processOutput === undefined) {
-    const out = new LogOutput(pino.destination({ dest: 1, sync: true }));
+    const out = new LogOutput(new FdOutput(1));
     process.on('exit', () => out.drain(Infinity));
     processOutput = out;
   }
@@ -205,12 +339,13 @@ export function logOutput(): LogOutput {
  * A destination for a thread whose lines the main thread writes (the data-plane workers): keeps
  * each line with the time it was logged; the first line of a batch is announced to `send` at once
  * ({ open }), and the batch is sent LOG_BATCH_MS later (no timer while the thread logs nothing),
- * or at LOG_BATCH_LINES.
+ * or at LOG_BATCH_LINES or LOG_BATCH_CHARS.
  */
 export class LineForwarder implements pino.DestinationStream {
   readonly #send: (m: ForwardedLines) => void;
   #lines: string[] = [];
-  #at: number[] = [];
+  #chars = 0;
+  readonly #at = new Float64Array(LOG_BATCH_LINES);
   #timer: NodeJS.Timeout | null = null;
 
   constructor(send: (m: ForwardedLines) => void) {
@@ -219,10 +354,12 @@ export class LineForwarder implements pino.DestinationStream {
 
   /** pino's call, once per line the thread logs: per closed connection with logging.connections. */
   write(line: string): void {
-    if (this.#lines.length === 0) this.#send({ open: stampedAt });
+    const n = this.#lines.length;
+    if (n === 0) this.#send({ open: stampedAt });
+    this.#at[n] = stampedAt;
     this.#lines.push(line);
-    this.#at.push(stampedAt);
-    if (this.#lines.length >= LOG_BATCH_LINES) this.flush();
+    this.#chars += line.length;
+    if (n + 1 >= LOG_BATCH_LINES || this.#chars >= LOG_BATCH_CHARS) this.flush();
     else this.#timer ??= setTimeout(() => this.flush(), LOG_BATCH_MS).unref();
   }
 
@@ -230,10 +367,11 @@ export class LineForwarder implements pino.DestinationStream {
   flush(): void {
     if (this.#timer !== null) clearTimeout(this.#timer);
     this.#timer = null;
-    if (this.#lines.length === 0) return;
-    this.#send({ lines: this.#lines, at: this.#at });
+    const n = this.#lines.length;
+    if (n === 0) return;
+    this.#send(toBatch(this.#lines, this.#at.subarray(0, n)));
     this.#lines = [];
-    this.#at = [];
+    this.#chars = 0;
   }
 }
 
@@ -345,18 +483,29 @@ export function connectionLineWriter(logger: Logger): (rec: ConnectionLogLine) =
   const tail = `,"msg":"${CONNECTION_LOG_MSG}"}\n`;
   let ms = -1;
   let iso = '';
+  const isoTime = isoTimeCache();
+  // The service, backend and reason strings as JSON: a worker writes the same few over and over.
+  const known = new Map<string, string>();
+  const named = (s: string): string => {
+    let json = known.get(s);
+    if (json === undefined) {
+      if (known.size >= 1024) known.clear(); // names of backends a reload or discovery removed
+      known.set(s, json = jsonString(s));
+    }
+    return json;
+  };
   return (rec) => {
     if (logger.levelVal > pino.levels.values.info) return;
     const now = Date.now();
     stampedAt = now; // what the destination orders the line by, as pino's timestamp() sets it
     if (now !== ms) {
       ms = now;
-      iso = new Date(now).toISOString(); // pino.stdTimeFunctions.isoTime, once per millisecond
+      iso = isoTime(now); // pino.stdTimeFunctions.isoTime, once per millisecond
     }
-    let line = `${head}${iso}"${bindings},"client":${jsonString(rec.client)},"service":${jsonString(rec.service)},"backend":${
-      rec.backend === null ? 'null' : jsonString(rec.backend)},"connect_ms":${jsonNumber(rec.connect_ms)},"queue_ms":${jsonNumber(rec.queue_ms)},"duration_ms":${
+    let line = `${head}${iso}"${bindings},"client":${jsonString(rec.client)},"service":${named(rec.service)},"backend":${
+      rec.backend === null ? 'null' : named(rec.backend)},"connect_ms":${jsonNumber(rec.connect_ms)},"queue_ms":${jsonNumber(rec.queue_ms)},"duration_ms":${
       jsonNumber(rec.duration_ms)},"bytes_in":${jsonNumber(rec.bytes_in)},"bytes_out":${jsonNumber(rec.bytes_out)},"retries":${jsonNumber(rec.retries)},"reason":${
-      jsonString(rec.reason)}`;
+      named(rec.reason)}`;
     if (rec.detail !== undefined) line += `,"detail":${jsonString(rec.detail)}`;
     if (rec.datagrams_in !== undefined) line += `,"datagrams_in":${jsonNumber(rec.datagrams_in)},"datagrams_out":${jsonNumber(rec.datagrams_out!)}`;
     stream.write(line + tail);
@@ -371,10 +520,44 @@ function jsonString(s: string): string {
   return NEEDS_ESCAPE.test(s) ? JSON.stringify(s) : `"${s}"`;
 }
 
-/** A JSON number as pino writes it (a non-finite one is null). */
-function jsonNumber(n: number): string | number {
-  return Number.isFinite(n) ? n : 'null';
+/**
+ * A JSON number as pino writes it (String(n); a non-finite one is null). The milliseconds of a
+ * connection line have one decimal (core.ts round1): such a number is the double nearest to k/10,
+ * whose shortest round-trip form — what String() writes — is k's digits with a point before the
+ * last, built here from integers; V8 would run its double-to-shortest conversion for each one
+ * (its number-to-string cache misses on durations).
+ */
+export function jsonNumber(n: number): string | number {
+  if (Number.isInteger(n)) return n;
+  const k = Math.round(n * 10);
+  // Below 1e9 a tenth is far wider than a double's spacing, so no shorter form reaches n.
+  if (k / 10 === n && k > 0 && k < 1e10) return `${(k - (k % 10)) / 10}.${k % 10}`;
+  return Number.isFinite(n) ? String(n) : 'null';
 }
+
+/**
+ * Date.prototype.toISOString for epoch milliseconds, the date and time of day made once per
+ * second ("2026-12-06T12:40:17.") and the milliseconds appended ("123Z"): Date's formatting
+ * (a C++ call with a time-zone lookup) once a second instead of once per millisecond.
+ */
+export function isoTimeCache(): (ms: number) => string {
+  let second = NaN;
+  let prefix = '';
+  return (ms) => {
+    const s = Math.floor(ms / 1000);
+    if (s !== second) {
+      const full = new Date(s * 1000).toISOString();
+      // Years 0–9999 only ("+010000-…" has another length): others are formatted whole.
+      if (full.length !== 24) return new Date(ms).toISOString();
+      second = s;
+      prefix = full.slice(0, 20);
+    }
+    return prefix + MILLIS[ms - s * 1000];
+  };
+}
+
+/** "000Z" … "999Z": the end of an ISO time, by its milliseconds. */
+const MILLIS = Array.from({ length: 1000 }, (_, i) => `${String(i).padStart(3, '0')}Z`);
 
 /** A destination that can be flushed: pino.destination()'s SonicBoom. */
 export type FlushableDestination = pino.DestinationStream & { flush(): void; flushSync(): void };

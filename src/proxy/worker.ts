@@ -33,7 +33,8 @@ const port = parentPort!;
 const post = (msg: WorkerToMain): void => port.postMessage(msg);
 
 // The main thread writes every thread's lines, in time order (observability/log.ts): the worker
-// sends its lines in batches, two messages per LOG_BATCH_MS at most while it logs.
+// sends its lines in batches, two messages per batch (one per LOG_BATCH_MS while it logs, more
+// often when a busy worker fills them), each batch one string with its line ends and times.
 const destination = new LineForwarder((log) => post({ type: 'log', log }));
 const log: Logger = createLogger(init.logging.level as 'info', destination).child({ component: 'proxy', worker: init.workerId });
 

@@ -2,12 +2,15 @@
  * The connection line's hand-built writer (log.ts connectionLineWriter) against pino itself: the
  * same bytes as `logger.info(rec, 'connection')` for every shape a record takes (a backend or
  * none, a detail that needs escaping, a UDP flow's datagram counts, a number that is not finite),
- * the logger's level respected; and LineBatch: lines in order, handed over at the mark and on
+ * the logger's level respected; its number and time formatting against String() and toISOString;
+ * and LineBatch: lines in order, handed over at the mark and on
  * flush.
  */
 import { describe, expect, it } from 'vitest';
 import { pino } from 'pino';
-import { CONNECTION_LOG_MSG, connectionLineWriter, createLogger, LineBatch, type ConnectionLogLine, type FlushableDestination } from '../../src/observability/log.ts';
+import {
+  CONNECTION_LOG_MSG, connectionLineWriter, createLogger, isoTimeCache, jsonNumber, LineBatch, type ConnectionLogLine, type FlushableDestination,
+} from '../../src/observability/log.ts';
 
 /** A destination that keeps what it is given, one entry per write. */
 function collector(): FlushableDestination & { writes: string[]; flushes: number } {
@@ -56,6 +59,28 @@ describe('connectionLineWriter', () => {
     logger.level = 'info'; // a reload (worker.ts setLogging)
     write(base);
     expect(out.writes).toHaveLength(1);
+  });
+});
+
+describe('the connection line\'s numbers and times', () => {
+  it('jsonNumber writes what String() writes (null when not finite)', () => {
+    const values: number[] = [0, -0, 1, -1, 7, 64, 1048576, 1e21, 2 ** 53, -0.5, 0.1 + 0.2, 1 / 3, 123456.789, 5e-7, 1e9 + 0.5, 999999999.9];
+    // Every one-decimal millisecond value core.ts round1 gives, up to 100 s, and a random spread beyond.
+    for (let k = 0; k <= 1_000_000; k++) values.push(Math.round(k) / 10);
+    for (let i = 0; i < 100_000; i++) values.push(Math.round(Math.random() * 1e11) / 10, Math.random() * 1e4);
+    let wrong = 0;
+    for (const v of values) if (String(jsonNumber(v)) !== String(v)) wrong++;
+    expect(wrong).toBe(0);
+    for (const v of [Number.NaN, Number.POSITIVE_INFINITY, Number.NEGATIVE_INFINITY]) expect(jsonNumber(v)).toBe('null');
+  });
+
+  it('isoTimeCache writes what toISOString writes, across seconds, days and years, in any order', () => {
+    const iso = isoTimeCache();
+    const times = [0, 999, 1000, 1001, -1, -1000, -1001, Date.UTC(2026, 11, 31, 23, 59, 59, 999), Date.UTC(2027, 0, 1), Date.UTC(9999, 11, 31, 23, 59, 59, 999),
+      Date.UTC(10000, 0, 1), Date.UTC(-1, 0, 1), 8.64e15, -8.64e15];
+    const now = Date.now();
+    for (let i = 0; i < 5000; i++) times.push(now + i, now - i * 7, Math.floor(Math.random() * 4e12));
+    for (const t of times) expect(iso(t), String(t)).toBe(new Date(t).toISOString());
   });
 });
 

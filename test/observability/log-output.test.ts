@@ -4,8 +4,14 @@
  * The same pieces in a running fulcrum: log-order.test.ts.
  */
 import { spawnSync } from 'node:child_process';
+import { closeSync, mkdtempSync, openSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
-import { createLogger, formatText, LineForwarder, LOG_BATCH_MS, LOG_MAX_HOLD_MS, LOG_SETTLE_MS, LogOutput, setLogFormat, writeLine, type ForwardedLines } from '../../src/observability/log.ts';
+import {
+  batchLines, createLogger, FdOutput, formatText, LineForwarder, LOG_BATCH_MS, LOG_MAX_HOLD_MS, LOG_SETTLE_MS, LogOutput, setLogFormat, toBatch, writeLine,
+  type ForwardedBatch, type ForwardedLines,
+} from '../../src/observability/log.ts';
 import { waitFor } from '../helpers/net.ts';
 
 const savedTz = process.env.TZ;
@@ -69,7 +75,7 @@ describe('LogOutput', () => {
     now = T + 90;
     o.drain();
     expect(msgs(out)).toEqual(['main 1']);
-    o.batch('worker 1', [line(t(T - 25), 'w1 a'), line(t(T - 5), 'w1 b')], [T - 25, T - 5]);
+    o.batch('worker 1', toBatch([line(t(T - 25), 'w1 a'), line(t(T - 5), 'w1 b')], [T - 25, T - 5]));
     o.writeAt(line(t(now), 'main 3'), now); // not LOG_SETTLE_MS old yet
     o.drain();
     // Same millisecond (failover, w1 b): the order they arrived in.
@@ -93,7 +99,7 @@ describe('LogOutput', () => {
     o.drain();
     expect(msgs(out)).toEqual(['main']); // a stalled worker holds the log a second at most
     // Its batch, when it comes, is written then (late, after the lines written meanwhile).
-    o.batch('worker 2', [line(t(T), 'stalled')], [T]);
+    o.batch('worker 2', toBatch([line(t(T), 'stalled')], [T]));
     o.drain();
     expect(msgs(out)).toEqual(['main', 'stalled']);
     // A worker that exits with a batch announced: the output stops waiting for it.
@@ -135,6 +141,121 @@ describe('LogOutput', () => {
   });
 });
 
+describe('LogOutput merging batches', () => {
+  /** What LogOutput did before batches: every line on its own, a stable sort by time, the due ones written. */
+  class Reference {
+    pending: { at: number; line: string }[] = [];
+    readonly open = new Map<string, number>();
+    take(now: number): string {
+      this.pending.sort((a, b) => a.at - b.at);
+      let until = now - LOG_SETTLE_MS;
+      for (const openedAt of this.open.values()) if (now - openedAt < LOG_MAX_HOLD_MS) until = Math.min(until, openedAt - 1);
+      let due = 0;
+      while (due < this.pending.length && this.pending[due].at <= until) due++;
+      const chunk = this.pending.slice(0, due).map((p) => p.line).join('');
+      this.pending = this.pending.slice(due);
+      return chunk;
+    }
+  }
+
+  it('writes what a stable sort of every line by time writes, batches overlapping or not, clocks stepping back', () => {
+    let seed = 42;
+    const rnd = (n: number): number => {
+      seed = (seed * 1103515245 + 12345) & 0x7fffffff;
+      return seed % n;
+    };
+    for (let round = 0; round < 200; round++) {
+      const T = 5_000_000;
+      let now = T;
+      let clock = T; // the time now; a thread's line is logged a little before (and reaches the output late)
+      const clocks = [T, T, T, T]; // main, failover, worker 1, worker 2: the time of each thread's last line
+      const out = sink();
+      const o = new LogOutput(out, { now: () => now, timer: false });
+      const ref = new Reference();
+      const got: string[] = [];
+      const want: string[] = [];
+      let n = 0;
+      // A line names its thread and number, and has a non-ASCII character now and then (UTF-16 offsets).
+      const make = (thread: number, at: number): string => `{"t":${thread},"n":${n++},"at":${at}${rnd(5) === 0 ? ',"s":"é→"' : ''}}\n`;
+      const tick = (thread: number): number => {
+        clock += rnd(3);
+        // A thread's lines are in time order, many in the same millisecond as another thread's;
+        // now and then its clock steps back.
+        clocks[thread] = rnd(40) === 0 ? clocks[thread] - 20 : Math.max(clocks[thread], clock - rnd(6));
+        return clocks[thread];
+      };
+      for (let step = 0; step < 60; step++) {
+        const what = rnd(6);
+        if (what <= 1) {
+          const thread = rnd(2);
+          const at = tick(thread);
+          const line = make(thread, at);
+          o.writeAt(line, at);
+          ref.pending.push({ at, line });
+        } else if (what <= 3) {
+          const w = 2 + rnd(2);
+          const source = `worker ${w}`;
+          const lines: string[] = [];
+          const at: number[] = [];
+          for (let i = 1 + rnd(30); i > 0; i--) {
+            at.push(tick(w));
+            lines.push(make(w, at[at.length - 1]));
+          }
+          if (rnd(2) === 0) {
+            o.open(source, at[0]);
+            if (!ref.open.has(source)) ref.open.set(source, at[0]);
+          }
+          o.batch(source, toBatch(lines, at));
+          ref.open.delete(source);
+          for (let i = 0; i < lines.length; i++) ref.pending.push({ at: at[i], line: lines[i] });
+        } else if (what === 4) {
+          const source = `worker ${2 + rnd(2)}`;
+          const at = clock - rnd(5);
+          o.open(source, at);
+          if (!ref.open.has(source)) ref.open.set(source, at);
+        } else {
+          now = clock + rnd(40);
+          got.push(o.take(now));
+          want.push(ref.take(now));
+        }
+      }
+      got.push(o.take(Infinity));
+      want.push(ref.take(Infinity));
+      expect(got).toEqual(want);
+      expect(got.join('').split('\n').length - 1).toBe(n); // every line written, once
+    }
+  });
+
+  it('hands a batch\'s lines back as they were given (toBatch, batchLines)', () => {
+    const lines = ['{"a":"é"}\n', '\n', '{"b":"😀 two words"}\n'];
+    const b = toBatch(lines, [3, 4, 4]);
+    expect(batchLines(b)).toEqual(lines);
+    expect([...b.at]).toEqual([3, 4, 4]);
+    expect(b.text).toBe(lines.join(''));
+    expect(batchLines(toBatch([], []))).toEqual([]);
+  });
+});
+
+describe('FdOutput', () => {
+  it('writes each chunk whole, in order, as UTF-8', () => {
+    const dir = mkdtempSync(join(tmpdir(), 'fulcrum-fdoutput-'));
+    try {
+      const file = join(dir, 'out');
+      const fd = openSync(file, 'w');
+      const out = new FdOutput(fd);
+      const chunks = ['{"a":"é→😀"}\n', 'x'.repeat(3 << 20) + '\n', '{"b":2}\n'];
+      for (const c of chunks) out.write(c);
+      let flushed = false;
+      out.flush(() => { flushed = true; });
+      closeSync(fd);
+      expect(flushed).toBe(true);
+      expect(readFileSync(file, 'utf8')).toBe(chunks.join(''));
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+});
+
 describe('the process output (logOutput)', () => {
   it('writes the lines still held when the process exits, in order, after what the stream had', () => {
     const log = new URL('../../src/observability/log.ts', import.meta.url).pathname;
@@ -171,17 +292,32 @@ describe('LineForwarder', () => {
     logger.info('b');
     expect(sent).toHaveLength(1); // batched, not one message per line
     await waitFor(() => sent.length === 2, LOG_BATCH_MS * 20, 'the batch');
-    const batch = sent[1] as { lines: string[]; at: number[] };
-    expect(batch.lines.map((l) => JSON.parse(l).msg)).toEqual(['a', 'b']);
-    for (let i = 0; i < 2; i++) expect(batch.at[i]).toBe(Date.parse(JSON.parse(batch.lines[i]).time));
+    const batch = sent[1] as ForwardedBatch;
+    const lines = batchLines(batch);
+    expect(lines.map((l) => JSON.parse(l).msg)).toEqual(['a', 'b']);
+    for (let i = 0; i < 2; i++) expect(batch.at[i]).toBe(Date.parse(JSON.parse(lines[i]).time));
     expect(batch.at[0]).toBe(open.open);
     // A full batch goes at once; flush sends the rest (a worker that stops).
     sent.length = 0;
     for (let i = 0; i < 513; i++) logger.info({ i }, 'many');
-    expect(sent.map((m) => ('open' in m ? 'open' : m.lines.length))).toEqual(['open', 512, 'open']);
+    expect(sent.map((m) => ('open' in m ? 'open' : m.ends.length))).toEqual(['open', 512, 'open']);
     f.flush();
-    expect(sent.map((m) => ('open' in m ? 'open' : m.lines.length))).toEqual(['open', 512, 'open', 1]);
+    expect(sent.map((m) => ('open' in m ? 'open' : m.ends.length))).toEqual(['open', 512, 'open', 1]);
     f.flush();
     expect(sent).toHaveLength(4); // nothing left: no empty message
+  });
+
+  it('sends a batch at once when its text reaches 60,000 characters (below V8\'s large-object size)', () => {
+    const sent: ForwardedLines[] = [];
+    const f = new LineForwarder((m) => sent.push(m));
+    const logger = createLogger('info', f);
+    const long = 'x'.repeat(2900); // a line of about 3,000 characters
+    for (let i = 0; i < 25; i++) logger.info({ long, i }, 'long');
+    const batches = sent.filter((m): m is ForwardedBatch => 'text' in m);
+    expect(batches).toHaveLength(1);
+    expect(batches[0].text.length).toBeGreaterThanOrEqual(60_000);
+    expect(batches[0].text.length).toBeLessThan(63_000);
+    expect(batchLines(batches[0]).map((l) => JSON.parse(l).i)).toEqual(Array.from({ length: batches[0].ends.length }, (_, i) => i));
+    f.flush();
   });
 });

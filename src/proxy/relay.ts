@@ -84,7 +84,7 @@ export interface RelayBinding {
   socketOptions(fd: number, out: Int32Array): number;
   /**
    * Drops (on) or lets through the pure SYNs that reach a listening TCP socket of this process:
-   * a classic BPF socket filter (relay.c js_quiesce). 0, or a negative errno (-EBADF: not a
+   * a classic BPF socket filter (listen.c js_quiesce). 0, or a negative errno (-EBADF: not a
    * listening TCP socket). Needs no init(); the workers call it on both data paths (quiesceFilter).
    */
   quiesce(fd: number, on: boolean): number;

@@ -1,10 +1,11 @@
 /*
  * The relay's shared definitions: the constants relay.ts checks (constants()), the session, the
- * per-worker relay, and what its three files give each other:
+ * per-worker relay, and what its files give each other:
  *
- *   relay.c    the N-API surface: argument checks (one helper, args()), init, listen, connect,
- *              watch, stop, closeFd, localAddress, constants, notify (sd_notify's datagram);
- *              the worker's teardown
+ *   relay.c    the N-API surface: argument checks (one helper, args()), init, connect, watch,
+ *              stop, closeFd, localAddress, socketOptions, constants, notify (sd_notify's
+ *              datagram); the worker's teardown
+ *   listen.c   the listeners: listen, adopt, close, pause/resume, quiesce; their N-API functions
  *   loop.c     the event loop and the sessions: epoll wake, accept, connect completion, moving
  *              bytes both ways with backpressure and half-close, the events for JS, fd ownership
  *   handoff.c  the registry of relays (one per worker thread) and the hand-over of connections
@@ -190,6 +191,16 @@ int args(napi_env env, napi_callback_info info, Relay **r, const char *usage, co
 napi_value int_value(napi_env env, int32_t v);
 napi_value throw_msg(napi_env env, const char *msg);
 napi_value close_failed(napi_env env, Relay *r, int fd);
+
+/* ── listen.c ── */
+napi_value js_listen(napi_env env, napi_callback_info info);
+napi_value js_adopt(napi_env env, napi_callback_info info);
+napi_value js_handed_over(napi_env env, napi_callback_info info);
+napi_value js_listener_fd(napi_env env, napi_callback_info info);
+napi_value js_close_listener(napi_env env, napi_callback_info info);
+napi_value js_pause(napi_env env, napi_callback_info info);
+napi_value js_resume(napi_env env, napi_callback_info info);
+napi_value js_quiesce(napi_env env, napi_callback_info info);
 
 /* ── udp.c ── */
 void udp_on_listener(Relay *r, uint32_t lid, int fd);

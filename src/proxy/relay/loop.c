@@ -18,7 +18,8 @@
  *     times, then re-arm, so one stream cannot hold the loop);
  *   - a short read empties the queue, except that a FIN right behind the bytes is consumed with
  *     them and no edge follows: the event's EPOLLRDHUP (the peer's FIN had arrived) is kept per
- *     side (Session.rdhup), and a side with it is read until recv returns 0;
+ *     side (Session.rdhup), and a side with it is at EOF after its next short read (TCP queues
+ *     the FIN behind every byte before it) or when recv returns 0;
  *   - a side not read while its bytes were held (backpressure) is read once they are out
  *     (on_writable), whatever arrived in between.
  */
